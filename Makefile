@@ -1,0 +1,38 @@
+# Two commands do all the set-up: `make demo` and `make test` create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# torch is pinned here (not in pyproject) to the CPU wheel these machines carry; a bare `torch` pulls a GPU build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test lab bench lint clean help
+
+help:
+	@echo "make demo   set up .venv (first use), then run the end-to-end DPO demo -> results/demo/"
+	@echo "make test   set up .venv (first use), then run the whole test suite"
+	@echo "make lab    open the notebooks in JupyterLab"
+	@echo "make bench  throughput and memory benchmarks -> results/bench.json"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev,peers]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dpo-teach demo
+
+test: $(STAMP)
+	$(BIN)/ruff check dpo_teach tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf results .pytest_cache .ruff_cache

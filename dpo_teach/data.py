@@ -1,0 +1,177 @@
+"""Preference data: pairs sampled from π_ref and labelled by Bradley–Terry, JSONL files, and a validating loader.
+
+A row is ``{"prompt": x, "chosen": y_w, "rejected": y_l}`` (TRL's column names); our generated rows add
+``chosen_reward`` and ``rejected_reward``, the ground-truth rewards, which the label-noise ceiling needs.
+The loader also reads HH-RLHF rows (only ``chosen``/``rejected`` dialogues; see :func:`split_dialogue`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dpo_teach import grammar
+from dpo_teach.reward import ground_truth_reward
+from dpo_teach.sampling import sample
+from dpo_teach.utils import atomic_write_text
+
+ASSISTANT = "\n\nAssistant:"
+
+
+class DataError(ValueError):
+    """A preference file that cannot be used as it is; the message names the file, the line and the fix."""
+
+
+@dataclass
+class PreferenceConfig:
+    n_prompts: int = 2000  # prompts drawn (with replacement) from the grammar's prompts; two samples each
+    bt_temperature: float = 0.1  # τ in P(a ≻ b) = σ((r(a) − r(b)) / τ); smaller = less label noise
+    max_new_tokens: int = 16  # completion length limit when sampling from π_ref
+    seed: int = 0  # prompt choice, sampling and labelling seed
+
+
+def bt_probability(reward_a: float, reward_b: float, temperature: float) -> float:
+    """Bradley–Terry: P(a ≻ b) = σ((r(a) − r(b)) / τ)."""
+    return 1.0 / (1.0 + math.exp(-(reward_a - reward_b) / temperature))
+
+
+@torch.no_grad()
+def make_preference_pairs(model: torch.nn.Module, tokenizer, config: PreferenceConfig) -> list[dict]:
+    """Sample two completions per prompt from ``model`` (π_ref), label them with Bradley–Terry noise.
+
+    Pairs whose two completions are identical carry no preference and are dropped, so slightly fewer than
+    ``n_prompts`` rows come back.
+    """
+    rng = random.Random(config.seed)
+    prompts = rng.choices(grammar.all_prompts(), k=config.n_prompts)
+    a = sample(model, tokenizer, prompts, config.max_new_tokens, seed=config.seed)
+    b = sample(model, tokenizer, prompts, config.max_new_tokens, seed=config.seed + 10_000)
+    ra, rb = ground_truth_reward(a.completions), ground_truth_reward(b.completions)
+    rows = []
+    for i, prompt in enumerate(prompts):
+        ya, yb = a.completions[i], b.completions[i]
+        if ya == yb or not ya.strip() or not yb.strip():
+            continue
+        a_wins = rng.random() < bt_probability(ra[i], rb[i], config.bt_temperature)
+        (yw, rw), (yl, rl) = ((ya, ra[i]), (yb, rb[i])) if a_wins else ((yb, rb[i]), (ya, ra[i]))
+        rows.append({"prompt": prompt, "chosen": yw, "rejected": yl,
+                     "chosen_reward": float(rw), "rejected_reward": float(rl)})
+    return rows
+
+
+def bt_ceiling(rows: list[dict], temperature: float) -> float:
+    """Best accuracy any model can reach on these labels: E[max(p, 1 − p)] with p the Bradley–Terry probability.
+
+    Needs ``chosen_reward``/``rejected_reward`` in every row (our generated files have them).
+    """
+    ps = [bt_probability(r["chosen_reward"], r["rejected_reward"], temperature) for r in rows]
+    return sum(max(p, 1 - p) for p in ps) / len(ps)
+
+
+def split_pairs(rows: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Shuffle with ``seed`` and split into (train, held-out)."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = int(round(eval_fraction * len(rows)))
+    return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
+
+
+def write_preferences(path: str | Path, rows: list[dict]) -> None:
+    """Write rows as JSONL, atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def split_dialogue(chosen: str, rejected: str) -> tuple[str, str, str] | None:
+    """HH-RLHF rows: the prompt is the shared prefix up to and including the last ``"\\n\\nAssistant:"``.
+
+    Returns ``(prompt, chosen_completion, rejected_completion)``, or None when the two share no such prefix.
+    """
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    cut = chosen.rfind(ASSISTANT, 0, n)
+    if cut < 0 or cut + len(ASSISTANT) > n:
+        return None
+    end = cut + len(ASSISTANT)
+    return chosen[:end], chosen[end:], rejected[end:]
+
+
+@dataclass
+class PreferenceFile:
+    """What :func:`load_preferences` read: the valid rows and, with ``skip_invalid``, what was skipped."""
+
+    rows: list[dict]
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
+
+
+def _check_row(obj, tokenizer, max_length: int | None) -> tuple[dict | None, str]:
+    """Validate one parsed line. Returns ``(row, "")`` or ``(None, reason)``."""
+    if not isinstance(obj, dict):
+        return None, f"expected a JSON object, got {type(obj).__name__}"
+    row = dict(obj)
+    if "prompt" not in row and isinstance(row.get("chosen"), str) and isinstance(row.get("rejected"), str):
+        parts = split_dialogue(row["chosen"], row["rejected"])
+        if parts is None:
+            return None, ("no 'prompt' field, and 'chosen'/'rejected' share no prefix ending in "
+                          "'\\n\\nAssistant:' (HH-RLHF format); add a 'prompt' field")
+        row["prompt"], row["chosen"], row["rejected"] = parts
+    for key in ("prompt", "chosen", "rejected"):
+        if key not in row:
+            return None, f"the field '{key}' is missing; every row needs 'prompt', 'chosen' and 'rejected'"
+        if not isinstance(row[key], str):
+            return None, f"the field '{key}' must be a string, got {type(row[key]).__name__}"
+    for key in ("chosen", "rejected"):
+        if not row[key].strip():
+            return None, f"the '{key}' completion is empty; remove the row or fill it in"
+    if row["chosen"] == row["rejected"]:
+        return None, "'chosen' and 'rejected' are identical, so the row expresses no preference; remove it"
+    if tokenizer is not None and max_length is not None:
+        n_prompt = len(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"])
+        if n_prompt >= max_length:
+            return None, (f"the prompt is {n_prompt} tokens, which leaves no room for the completion within "
+                          f"max_length={max_length}; shorten the prompt or raise --max-length")
+    return row, ""
+
+
+def load_preferences(
+    path: str | Path, tokenizer=None, max_length: int | None = None, skip_invalid: bool = False
+) -> PreferenceFile:
+    """Read and validate a JSONL preference file.
+
+    Every row is checked: valid JSON object; string ``prompt``/``chosen``/``rejected`` (or an HH-RLHF row with
+    only ``chosen``/``rejected``); non-empty completions; chosen ≠ rejected; and, given a tokenizer and
+    ``max_length``, a prompt that leaves room for the completion. Blank lines are ignored. Extra fields are kept
+    unchanged.
+
+    Raises:
+        DataError: on the first bad row (``file:line: reason``), unless ``skip_invalid``; then bad rows are listed
+            in ``PreferenceFile.skipped``. Also when the file is missing or holds no valid row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; pass the path of a JSONL file with one preference pair per line")
+    rows, skipped = [], []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row, reason = _check_row(json.loads(line), tokenizer, max_length)
+            except json.JSONDecodeError as e:
+                row, reason = None, f"not valid JSON ({e.msg} at column {e.colno}); fix the line"
+            if row is not None:
+                rows.append(row)
+            elif skip_invalid:
+                skipped.append((lineno, reason))
+            else:
+                raise DataError(f"{path}:{lineno}: {reason} (or pass --skip-invalid to skip bad rows)")
+    if not rows:
+        raise DataError(f"{path}: no valid preference rows"
+                        + (f" ({len(skipped)} skipped, first at line {skipped[0][0]}: {skipped[0][1]})"
+                           if skipped else "; the file is empty"))
+    return PreferenceFile(rows, skipped)

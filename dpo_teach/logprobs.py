@@ -1,0 +1,160 @@
+"""Sequence log-probabilities: log π(y | x) = Σ_t log π(y_t | x, y_<t), summed over completion tokens only.
+
+The prompt x and the padding are masked out; the EOS that ends y is a completion token (the model must learn to
+stop). This is the convention of the DPO paper, Mitchell's reference code and TRL. Chosen and rejected
+completions go through the model in one concatenated forward: rows ``[:B]`` chosen, rows ``[B:]`` rejected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def encode_completion(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+    """Token ids of ``prompt`` and of ``completion`` + EOS, tokenized separately.
+
+    Tokenizing the two apart means the model is trained on exactly the context it sees when it samples a
+    completion after the prompt. Start completions with a space so that BPE would not merge across the boundary
+    anyway (then this equals tokenizing ``prompt + completion`` whole, as TRL does).
+    """
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt_ids, completion_ids
+
+
+def pad_rows(
+    prompts: list[list[int]], completions: list[list[int]], pad_token_id: int, padding_side: str = "right"
+) -> dict[str, torch.Tensor]:
+    """Concatenate each prompt with its completion and pad the rows to one length.
+
+    Returns:
+        ``input_ids``, ``attention_mask`` (1 on real tokens) and ``completion_mask`` (1 on completion tokens),
+        each of shape (N, T) where N = ``len(prompts)`` and T the longest row.
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    T = max(len(p) + len(c) for p, c in zip(prompts, completions, strict=True))
+    N = len(prompts)
+    input_ids = torch.full((N, T), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((N, T), dtype=torch.long)
+    completion_mask = torch.zeros((N, T), dtype=torch.long)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        n = len(p) + len(c)
+        start = 0 if padding_side == "right" else T - n
+        input_ids[i, start:start + n] = torch.tensor(p + c, dtype=torch.long)
+        attention_mask[i, start:start + n] = 1
+        completion_mask[i, start + len(p):start + n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+
+
+@dataclass
+class PreferenceCollator:
+    """Pads tokenized preference pairs into one batch: chosen rows first, then rejected rows.
+
+    Example::
+
+        >>> collate = PreferenceCollator(pad_token_id=0)
+        >>> batch = collate([
+        ...     {"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]},
+        ...     {"prompt_ids": [7, 8], "chosen_ids": [9], "rejected_ids": [10, 11]},
+        ... ])
+        >>> batch["input_ids"]
+        tensor([[ 1,  2,  3,  4,  5],
+                [ 7,  8,  9,  0,  0],
+                [ 1,  2,  3,  6,  0],
+                [ 7,  8, 10, 11,  0]])
+        >>> batch["completion_mask"]
+        tensor([[0, 0, 0, 1, 1],
+                [0, 0, 1, 0, 0],
+                [0, 0, 0, 1, 0],
+                [0, 0, 1, 1, 0]])
+
+    Extra per-example float fields named in ``extra_keys`` (e.g. precomputed ``ref_chosen_logps``) are stacked
+    into tensors of shape (B,).
+    """
+
+    pad_token_id: int
+    padding_side: str = "right"
+    extra_keys: tuple[str, ...] = ()
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        prompts = [e["prompt_ids"] for e in examples] * 2
+        completions = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
+        batch = pad_rows(prompts, completions, self.pad_token_id, self.padding_side)
+        for key in self.extra_keys:
+            batch[key] = torch.tensor([float(e[key]) for e in examples])
+        return batch
+
+
+def sequence_logprobs(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    average: bool = False,
+) -> torch.Tensor:
+    """Summed log-probability of the completion tokens of each row.
+
+    Only positions whose *next* token is a completion token go through the LM head, so prompt and padding
+    cost nothing there. Position ids follow the attention mask, so left and right padding give the same numbers.
+
+    Args:
+        model: a causal LM with ``.transformer`` and ``.lm_head`` (GPT-2 layout), or any model returning ``logits``.
+        input_ids: Shape: (N, T).
+        attention_mask: Shape: (N, T), 1 on real tokens.
+        completion_mask: Shape: (N, T), 1 on the tokens whose log-probs are summed.
+        average: divide by the number of completion tokens (length-normalized variant; not the paper's default).
+
+    Returns:
+        Shape: (N,). log π(y | x) per row.
+    """
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (N, T)
+    targets = completion_mask[:, 1:].bool()  # (N, T-1): token t+1 is scored from position t
+    labels = input_ids[:, 1:][targets]  # (M,) M = completion tokens in the batch
+    if hasattr(model, "transformer") and hasattr(model, "lm_head"):
+        hidden = model.transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   use_cache=False).last_hidden_state  # (N, T, d)
+        logits = model.lm_head(hidden[:, :-1][targets])  # (M, V)
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       use_cache=False).logits[:, :-1][targets]  # (M, V)
+    token_logps = -F.cross_entropy(logits.float(), labels, reduction="none")  # (M,)
+    row = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(targets)[targets]  # (M,)
+    logps = torch.zeros(input_ids.shape[0], device=input_ids.device, dtype=token_logps.dtype)
+    logps = logps.index_add(0, row, token_logps)  # (N,)
+    if average:
+        logps = logps / targets.sum(-1).clamp(min=1)
+    return logps
+
+
+def concatenated_logprobs(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], average: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected log-probs from one forward over the 2B rows of a ``PreferenceCollator`` batch.
+
+    Returns:
+        ``(chosen_logps, rejected_logps)``, each Shape: (B,).
+    """
+    logps = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"], average)
+    B = logps.shape[0] // 2
+    return logps[:B], logps[B:]
+
+
+def tokenize_pairs(tokenizer, rows: list[dict], max_length: int) -> list[dict]:
+    """Tokenize preference rows into ``prompt_ids``/``chosen_ids``/``rejected_ids`` (completions end with EOS).
+
+    A completion that would run past ``max_length`` together with its prompt is cut at the end (TRL's
+    ``keep_start``); the loader has already rejected prompts that leave no room at all.
+    """
+    out = []
+    for row in rows:
+        prompt_ids, chosen_ids = encode_completion(tokenizer, row["prompt"], row["chosen"])
+        _, rejected_ids = encode_completion(tokenizer, row["prompt"], row["rejected"])
+        room = max_length - len(prompt_ids)
+        if room < 1:
+            raise ValueError(f"prompt {row['prompt'][:40]!r}... leaves no room within max_length={max_length}")
+        out.append({"prompt_ids": prompt_ids, "chosen_ids": chosen_ids[:room], "rejected_ids": rejected_ids[:room]})
+    return out

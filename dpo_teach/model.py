@@ -1,0 +1,90 @@
+"""Tiny GPT-2 presets, and loading/saving any ``from_pretrained``-style checkpoint with errors that say what to do.
+
+The course's models are ordinary ``transformers.GPT2LMHeadModel``s built from a small ``GPT2Config``; a real GPT-2
+checkpoint directory (``save_pretrained`` output: ``config.json``, weights and tokenizer files) works in their place.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel
+
+from dpo_teach.utils import atomic_write_dir
+
+# Sizes measured on 2 CPU cores in DESIGN.md §7: "tiny" trains in seconds, "small" in about a minute.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2},
+    "small": {"n_layer": 4, "n_embd": 128, "n_head": 4},
+    "base": {"n_layer": 6, "n_embd": 256, "n_head": 8},
+}
+
+
+class CheckpointError(ValueError):
+    """A model directory that cannot be used; the message names the path and the fix."""
+
+
+def build_model(preset: str, vocab_size: int, eos_token_id: int, n_positions: int = 64) -> GPT2LMHeadModel:
+    """A freshly initialised tiny GPT-2. Dropout is off, so a policy equals its reference bit for bit."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        **PRESETS[preset],
+    )
+    return GPT2LMHeadModel(config)
+
+
+def save_checkpoint(model: PreTrainedModel, tokenizer, path: str | Path, extra: dict | None = None) -> None:
+    """Save model and tokenizer with ``save_pretrained``, atomically (a crash leaves the old directory intact).
+
+    ``extra`` maps file names to JSON-serialisable objects written beside them (e.g. the config that built it).
+    """
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name, obj in (extra or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+    atomic_write_dir(path, write)
+
+
+def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
+    """Load ``(model, tokenizer)`` from a ``save_pretrained`` directory, e.g. a real GPT-2 you downloaded yourself.
+
+    Nothing is fetched from a hub: ``path`` must be a local directory. The model is put in eval mode.
+
+    Raises:
+        CheckpointError: the directory is missing, incomplete or corrupt; the message names the path and the fix.
+    """
+    path = Path(path)
+    fix = "point it at a directory written by `save_pretrained` (config.json, weights, tokenizer files)"
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: no such directory; {fix}")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"checkpoint {path}: config.json is missing; {fix}")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise CheckpointError(f"checkpoint {path}: no weights file (*.safetensors or *.bin); {fix}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure here means an unusable tokenizer
+        raise CheckpointError(f"checkpoint {path}: the tokenizer cannot be loaded ({e}); {fix}") from e
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint {path}: the model cannot be loaded ({type(e).__name__}: {e}); "
+                              f"the files may be truncated or corrupt — re-save or re-download them") from e
+    if tokenizer.pad_token is None:  # real GPT-2 has no pad token; padding is always masked out, so EOS serves
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,139 @@
+"""The end-to-end demo: π_ref (cached) → preference pairs → DPO → evaluation → results on disk.
+
+``run_demo`` is what ``dpo-teach demo`` and ``make demo`` run. Everything in ``metrics.json`` is a function of the
+config and its seed (timings go to ``run.json``), so the same seed writes the same ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from dpo_teach import grammar
+from dpo_teach.data import PreferenceConfig, bt_ceiling, make_preference_pairs, split_pairs, write_preferences
+from dpo_teach.dpo import DPOConfig, train_dpo
+from dpo_teach.evaluate import evaluate_policy, preference_accuracy, win_rate
+from dpo_teach.model import load_checkpoint, save_checkpoint
+from dpo_teach.plots import plot_dpo_history, plot_reward_before_after, save_figure
+from dpo_teach.reward import ground_truth_reward
+from dpo_teach.utils import atomic_write_json, atomic_write_text
+from dpo_teach.world import WorldConfig, load_reference
+
+
+@dataclass
+class DemoConfig:
+    world: WorldConfig = field(default_factory=lambda: WorldConfig(preset="tiny"))  # π_ref to build or load
+    prefs: PreferenceConfig = field(default_factory=lambda: PreferenceConfig(n_prompts=2400))  # pair generation
+    dpo: DPOConfig = field(default_factory=lambda: DPOConfig(beta=1.0, lr=5e-4, epochs=3))  # DPO training
+    eval_fraction: float = 1 / 6  # share of pairs held out for implicit-reward accuracy
+    n_eval_prompts: int = 1000  # prompts sampled once each from π_ref and from π_θ for evaluation
+    model_path: str | None = None  # a save_pretrained directory to use as π_ref instead of the toy model
+    out_dir: str = "results/demo"  # where metrics, figures, samples and the policy go
+
+    @classmethod
+    def with_seed(cls, seed: int, **kwargs) -> DemoConfig:
+        """Defaults with every seed (π_ref, pairs, batch order, evaluation) set to ``seed``."""
+        cfg = cls(**kwargs)
+        cfg.world.seed = cfg.prefs.seed = cfg.dpo.seed = seed
+        return cfg
+
+
+def _side_by_side(prompts, before, after, n: int = 40) -> str:
+    lines = ["# Sample completions before (π_ref) and after DPO\n",
+             "Same prompts, one sample each at temperature 1. ✓ = well-formed sentence ended by EOS.\n",
+             "| prompt | π_ref | r | DPO | r |", "|---|---|---|---|---|"]
+    rb, ra = ground_truth_reward(before.completions[:n]), ground_truth_reward(after.completions[:n])
+    for i in range(min(n, len(prompts))):
+        fb = "✓" if before.ended[i] and grammar.is_well_formed(before.completions[i]) else "✗"
+        fa = "✓" if after.ended[i] and grammar.is_well_formed(after.completions[i]) else "✗"
+        lines.append(f"| {prompts[i]} | {fb} {before.completions[i].strip()!r} | {rb[i]:+.2f} "
+                     f"| {fa} {after.completions[i].strip()!r} | {ra[i]:+.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def results_table(metrics: dict) -> str:
+    """The demo's summary as a plain-text table."""
+    ref, pol = metrics["reference"], metrics["policy"]
+    rows = [
+        ("mean ground-truth reward", f"{ref['reward']:+.3f}", f"{pol['reward']:+.3f}",
+         f"gain {metrics['reward_gain']:+.3f}"),
+        ("fluency (well-formed)", f"{ref['fluency']:.1%}", f"{pol['fluency']:.1%}", "target ≥ 70 %"),
+        ("KL(π‖π_ref), nats", f"{ref['kl']:.2f}", f"{pol['kl']:.2f}", f"± {pol['kl_sem']:.2f} (s.e.)"),
+        ("mean completion tokens", f"{ref['length']:.1f}", f"{pol['length']:.1f}", ""),
+        ("win rate vs π_ref", "0.500", f"{metrics['win_rate']:.3f}", "ties count ½"),
+        ("held-out implicit-reward acc.", "—", f"{metrics['heldout_accuracy']:.3f}",
+         f"BT-noise ceiling {metrics['bt_ceiling']:.3f}"),
+    ]
+    w = [max(len(r[i]) for r in rows) for i in range(4)]
+    head = f"{'':{w[0]}}  {'π_ref':>{w[1]}}  {'DPO':>{w[2]}}"
+    return "\n".join([head] + [f"{a:{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}  {d}" for a, b, c, d in rows])
+
+
+def run_demo(config: DemoConfig, progress: bool = True, verbose: bool = True) -> dict:
+    """Run the whole job and write ``config.out_dir``. Returns the metrics dict (also in ``metrics.json``)."""
+    log = print if verbose else (lambda *a, **k: None)
+    out = Path(config.out_dir)
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    if config.model_path:
+        reference, tokenizer = load_checkpoint(config.model_path)
+        log(f"π_ref: loaded checkpoint {config.model_path}")
+    else:
+        reference, tokenizer = load_reference(config.world, progress=progress, verbose=verbose)
+    times["reference_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    rows = make_preference_pairs(reference, tokenizer, config.prefs)
+    train_rows, heldout_rows = split_pairs(rows, config.eval_fraction, config.prefs.seed)
+    write_preferences(out / "train.jsonl", train_rows)
+    write_preferences(out / "heldout.jsonl", heldout_rows)
+    times["pairs_s"] = time.perf_counter() - t
+    log(f"preference pairs: {len(train_rows)} train, {len(heldout_rows)} held out → {out}/train.jsonl")
+
+    t = time.perf_counter()
+    policy = copy.deepcopy(reference)
+    config.dpo.progress = progress
+    history = train_dpo(policy, reference, tokenizer, train_rows, config.dpo)
+    times["dpo_s"] = time.perf_counter() - t
+    save_checkpoint(policy, tokenizer, out / "policy")
+    atomic_write_json(out / "history.json", history)
+
+    t = time.perf_counter()
+    prompts = random.Random(config.prefs.seed + 1).choices(grammar.all_prompts(), k=config.n_eval_prompts)
+    eval_seed = config.prefs.seed + 2
+    ref_metrics, ref_samples = evaluate_policy(reference, reference, tokenizer, prompts, eval_seed)
+    pol_metrics, pol_samples = evaluate_policy(policy, reference, tokenizer, prompts, eval_seed)
+    metrics = {
+        "reference": ref_metrics,
+        "policy": pol_metrics,
+        "reward_gain": pol_metrics["reward"] - ref_metrics["reward"],
+        "win_rate": win_rate(pol_samples, ref_samples),
+        "heldout_accuracy": preference_accuracy(policy, reference, tokenizer, heldout_rows, config.dpo.max_length),
+        "bt_ceiling": bt_ceiling(heldout_rows, config.prefs.bt_temperature)
+        if all("chosen_reward" in r for r in heldout_rows) else None,
+        "n_train_pairs": len(train_rows),
+        "n_heldout_pairs": len(heldout_rows),
+        "dpo_steps": len(history),
+        "final_train_loss": history[-1]["loss"],
+        "config": asdict(config),
+    }
+    times["eval_s"] = time.perf_counter() - t
+    metrics["config"]["dpo"]["progress"] = False  # a display setting, not part of the result
+
+    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_json(out / "run.json", {"timings_s": times, "torch": torch.__version__})
+    atomic_write_text(out / "samples.md", _side_by_side(prompts, ref_samples, pol_samples))
+    save_figure(plot_dpo_history(history), out / "training_curves.png")
+    save_figure(plot_reward_before_after(ground_truth_reward(ref_samples.completions),
+                                         ground_truth_reward(pol_samples.completions), ref_metrics, pol_metrics),
+                out / "reward_before_after.png")
+    log("\n" + results_table(metrics))
+    log(f"\nwrote {out}/metrics.json, training_curves.png, reward_before_after.png, samples.md, policy/")
+    log("timings: " + json.dumps({k: round(v, 1) for k, v in times.items()}))
+    return metrics

@@ -1,0 +1,74 @@
+"""Figures from training histories and evaluation results (matplotlib, headless-safe, written atomically)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def smooth(values: list[float], window: int = 10) -> np.ndarray:
+    """Trailing moving average (the first points average over what exists so far)."""
+    v = np.asarray(values, dtype=float)
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    idx = np.arange(1, len(v) + 1)
+    lo = np.maximum(0, idx - window)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def plot_dpo_history(history: list[dict], title: str = "DPO training"):
+    """Loss (with the ln 2 start), reward accuracy, margins and chosen/rejected log-probs against the step."""
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
+    panels = [
+        ("loss", ["loss"]),
+        ("rewards/accuracies", ["rewards/accuracies"]),
+        ("implicit rewards", ["rewards/chosen", "rewards/rejected", "rewards/margins"]),
+        ("sequence log-probs", ["logps/chosen", "logps/rejected"]),
+    ]
+    for ax, (name, keys) in zip(axes, panels, strict=True):
+        for key in keys:
+            ax.plot(steps, smooth([h[key] for h in history]), label=key)
+        if name == "loss":
+            ax.axhline(np.log(2), color="gray", ls=":", label="ln 2")
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reward_before_after(rewards_before: np.ndarray, rewards_after: np.ndarray, metrics_before: dict,
+                             metrics_after: dict):
+    """Histogram of ground-truth rewards of π_ref and π_θ samples, with mean reward, fluency and KL in the legend."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    bins = np.linspace(-1, 1, 41)
+    for r, m, name in ((rewards_before, metrics_before, "π_ref"), (rewards_after, metrics_after, "DPO")):
+        ax.hist(r, bins=bins, alpha=0.55,
+                label=f"{name}: mean r {m['reward']:+.2f}, fluent {m['fluency']:.0%}, KL {m['kl']:.2f}")
+    ax.set_xlabel("ground-truth reward r(x, y) (VADER compound)")
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Save as PNG atomically, then close the figure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        plt.close(fig)

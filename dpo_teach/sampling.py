@@ -1,0 +1,72 @@
+"""Sampling completions from a policy, keeping the token ids so that log-probs are scored on exactly what was drawn.
+
+Evaluation samples at temperature 1 with no top-k or top-p truncation: a KL estimate from samples is only unbiased
+for samples drawn from π itself (``generate`` would otherwise apply top_k=50 by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dpo_teach.logprobs import pad_rows, sequence_logprobs
+
+
+@dataclass
+class Samples:
+    """Completions drawn for a list of prompts, with their token ids."""
+
+    prompts: list[str]  # x, one per sample
+    completions: list[str]  # y as text, up to (not including) the first EOS
+    prompt_ids: list[list[int]]  # tokens of x
+    completion_ids: list[list[int]]  # tokens of y, EOS included when the model produced it
+    ended: list[bool]  # True when the model produced EOS within max_new_tokens
+
+
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int = 16,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 512,
+) -> Samples:
+    """Draw one completion per prompt (repeat a prompt to draw several). Global RNG state is left untouched."""
+    eos = tokenizer.eos_token_id
+    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    completion_ids: list[list[int]] = []
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompt_ids[start:start + batch_size]
+            batch = pad_rows(chunk, [[] for _ in chunk], eos, padding_side="left")
+            out = model.generate(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                max_new_tokens=max_new_tokens, pad_token_id=eos, eos_token_id=eos,
+            )
+            for row in out[:, batch["input_ids"].shape[1]:].tolist():  # generated part, (b, ≤max_new_tokens)
+                completion_ids.append(row[:row.index(eos) + 1] if eos in row else row)
+    model.train(was_training)
+    ended = [bool(c) and c[-1] == eos for c in completion_ids]
+    texts = [tokenizer.decode(c[:-1] if e else c) for c, e in zip(completion_ids, ended, strict=True)]
+    return Samples(list(prompts), texts, prompt_ids, completion_ids, ended)
+
+
+@torch.no_grad()
+def samples_logprobs(model: torch.nn.Module, samples: Samples, pad_token_id: int, batch_size: int = 512) -> torch.Tensor:
+    """log π(y|x) of each sampled completion under ``model``, summed over its tokens. Shape: (N,)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(samples.prompts), batch_size):
+        sl = slice(start, start + batch_size)
+        batch = pad_rows(samples.prompt_ids[sl], samples.completion_ids[sl], pad_token_id)
+        out.append(sequence_logprobs(model, **batch))
+    model.train(was_training)
+    return torch.cat(out)

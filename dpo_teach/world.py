@@ -1,0 +1,97 @@
+"""The toy world's reference model π_ref: corpus → tokenizer → tiny GPT-2 → SFT, built once and cached on disk.
+
+The cache is keyed by the full ``WorldConfig`` (a hash of its fields), so a changed setting builds a new π_ref and
+an unchanged one is reused by the notebooks, the CLI and the tests. Its location is ``$DPO_TEACH_CACHE``
+(default ``~/.cache/dpo-teach``). A cache entry that cannot be loaded is rebuilt with a warning that names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from dpo_teach import grammar
+from dpo_teach.logprobs import encode_completion
+from dpo_teach.model import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from dpo_teach.sft import SFTConfig, train_sft
+from dpo_teach.tokenizer import train_tokenizer
+
+CACHE_ENV = "DPO_TEACH_CACHE"
+_FORMAT = 1  # bump when the build procedure changes, so old cache entries are not reused
+
+
+@dataclass
+class WorldConfig:
+    preset: str = "small"  # model size, a key of model.PRESETS
+    corpus_size: int = 20_000  # review sentences in the SFT corpus
+    vocab_size: int = 512  # upper bound of the BPE vocabulary
+    sft_steps: int = 600  # SFT optimizer steps
+    sft_batch_size: int = 64  # SFT sequences per step
+    sft_lr: float = 3e-3  # SFT peak learning rate
+    seed: int = 0  # corpus, initialisation and batch-order seed
+
+    def key(self) -> str:
+        """A short hash of every field: the cache entry's name."""
+        blob = json.dumps({"format": _FORMAT, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def cache_dir() -> Path:
+    """Where built reference models live: ``$DPO_TEACH_CACHE`` or ``~/.cache/dpo-teach``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dpo-teach")
+
+
+def corpus_examples(config: WorldConfig) -> list[tuple[str, str]]:
+    """The SFT corpus as (prompt, completion) pairs, reproducible from ``config.seed``."""
+    rng = random.Random(config.seed)
+    return [grammar.sample_review(rng) for _ in range(config.corpus_size)]
+
+
+def build_reference(config: WorldConfig, progress: bool = False) -> tuple[torch.nn.Module, object]:
+    """Train the tokenizer and SFT a fresh tiny GPT-2 on the grammar corpus. Returns ``(model, tokenizer)``."""
+    pairs = corpus_examples(config)
+    tokenizer = train_tokenizer([p + c for p, c in pairs], vocab_size=config.vocab_size)
+    examples = [encode_completion(tokenizer, p, c) for p, c in pairs]
+    torch.manual_seed(config.seed)
+    model = build_model(config.preset, len(tokenizer), tokenizer.eos_token_id)
+    sft = SFTConfig(steps=config.sft_steps, batch_size=config.sft_batch_size, lr=config.sft_lr,
+                    seed=config.seed, progress=progress)
+    train_sft(model, examples, tokenizer.pad_token_id, sft)
+    return model, tokenizer
+
+
+def load_reference(
+    config: WorldConfig | None = None, rebuild: bool = False, progress: bool = False, verbose: bool = False
+) -> tuple[torch.nn.Module, object]:
+    """π_ref and its tokenizer for ``config``: from the disk cache when present, else built and cached.
+
+    The model is in eval mode; treat it as frozen (the fixed-reference assumption).
+    """
+    config = config or WorldConfig()
+    path = cache_dir() / f"reference-{config.preset}-{config.key()}"
+    if path.exists() and not rebuild:
+        try:
+            model, tokenizer = load_checkpoint(path)
+            saved = json.loads((path / "world.json").read_text())
+            if saved != asdict(config):
+                raise CheckpointError(f"world.json describes {saved}, not {asdict(config)}")
+            if verbose:
+                print(f"π_ref: loaded from cache {path}")
+            return model, tokenizer
+        except (CheckpointError, OSError, ValueError) as e:
+            warnings.warn(f"reference cache {path} is unusable ({e}); rebuilding it", stacklevel=2)
+    start = time.perf_counter()
+    model, tokenizer = build_reference(config, progress=progress)
+    save_checkpoint(model, tokenizer, path, extra={"world.json": asdict(config)})
+    if verbose:
+        print(f"π_ref: built in {time.perf_counter() - start:.1f} s, cached at {path}")
+    model.eval()
+    return model, tokenizer
