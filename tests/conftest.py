@@ -1,0 +1,44 @@
+"""Shared fixtures: a small, quickly built toy world in a private cache directory (never the user's cache)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A world that builds in a few seconds: enough SFT for the grammar's shape, not for the demo's numbers.
+SMALL_WORLD = dict(preset="tiny", corpus_size=4000, sft_steps=150, sft_batch_size=32)
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory):
+    """A private reference cache for the whole session, set as $DPO_TEACH_CACHE."""
+    root = tmp_path_factory.mktemp("dpo-teach-cache")
+    old = os.environ.get("DPO_TEACH_CACHE")
+    os.environ["DPO_TEACH_CACHE"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("DPO_TEACH_CACHE", None)
+    else:
+        os.environ["DPO_TEACH_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def world(cache_root):
+    """``(reference, tokenizer)`` of a small toy world, built once per session."""
+    from dpo_teach.world import WorldConfig, load_reference
+
+    return load_reference(WorldConfig(**SMALL_WORLD))
+
+
+@pytest.fixture(scope="session")
+def pairs(world):
+    """About 300 labelled preference pairs sampled from the small world's π_ref."""
+    from dpo_teach.data import PreferenceConfig, make_preference_pairs
+
+    reference, tokenizer = world
+    return make_preference_pairs(reference, tokenizer, PreferenceConfig(n_prompts=300, seed=0))
