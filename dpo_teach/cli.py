@@ -19,12 +19,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+_KIND = {int: "a positive integer", float: "a positive number"}
+
+
 def _positive(kind):
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {_KIND[kind]}, got {text!r}") from None
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
@@ -45,7 +48,8 @@ def _add_dpo_args(p: argparse.ArgumentParser, defaults) -> None:
     g.add_argument("--beta", type=_positive(float), default=defaults.beta, help="β, KL-penalty strength (%(default)s)")
     g.add_argument("--lr", type=_positive(float), default=defaults.lr, help="peak learning rate (%(default)s)")
     g.add_argument("--epochs", type=_positive(int), default=defaults.epochs, help="passes over the pairs (%(default)s)")
-    g.add_argument("--batch-size", type=_positive(int), default=defaults.batch_size, help="pairs per step (%(default)s)")
+    g.add_argument("--batch-size", type=_positive(int), default=defaults.batch_size,
+                   help="pairs per step (%(default)s)")
     g.add_argument("--loss", choices=["sigmoid", "cdpo", "ipo", "hinge", "reference_free"], default=defaults.loss_type,
                    help="loss variant (%(default)s = the DPO paper's)")
     g.add_argument("--max-length", type=_positive(int), default=defaults.max_length,

@@ -124,7 +124,8 @@ def run_demo(config: DemoConfig, progress: bool = True, verbose: bool = True) ->
         "config": asdict(config),
     }
     times["eval_s"] = time.perf_counter() - t
-    metrics["config"]["dpo"]["progress"] = False  # a display setting, not part of the result
+    metrics["config"]["dpo"]["progress"] = False  # display settings are not part of the result
+    metrics["config"].pop("out_dir")
 
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(out / "run.json", {"timings_s": times, "torch": torch.__version__})

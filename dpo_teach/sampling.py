@@ -59,7 +59,8 @@ def sample(
 
 
 @torch.no_grad()
-def samples_logprobs(model: torch.nn.Module, samples: Samples, pad_token_id: int, batch_size: int = 512) -> torch.Tensor:
+def samples_logprobs(model: torch.nn.Module, samples: Samples, pad_token_id: int,
+                     batch_size: int = 512) -> torch.Tensor:
     """log π(y|x) of each sampled completion under ``model``, summed over its tokens. Shape: (N,)."""
     was_training = model.training
     model.eval()

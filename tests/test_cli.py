@@ -1,0 +1,76 @@
+"""The dpo-teach command: help everywhere, one-line errors, training on a user's file."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dpo_teach.cli import main
+
+GOOD = {"prompt": "the film was", "chosen": " great .", "rejected": " bad ."}
+
+
+@pytest.mark.parametrize("argv", [[], ["demo"], ["data"], ["train"]])
+def test_help_on_every_command(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--help"])
+    assert e.value.code == 0
+    assert "usage: dpo-teach" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--beta", "-1"], "--beta: must be > 0"),
+    (["demo", "--epochs", "two"], "--epochs: expected a positive integer, got 'two'"),
+    (["demo", "--preset", "huge"], "invalid choice: 'huge'"),
+    (["train"], "the following arguments are required: --data"),
+    (["train", "--data", "x.jsonl", "--eval-fraction", "1.5"], "must be between 0 and 1"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_wrong_arguments_give_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bad_data_file_is_one_line_naming_file_and_row(tmp_path, capsys, cache_root):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + '{"prompt": "x"}\n')
+    assert main(["train", "--data", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:2:" in err and "'chosen' is missing" in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_checkpoint_is_one_line(tmp_path, capsys):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n")
+    assert main(["train", "--data", str(path), "--model", str(tmp_path / "nope")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
+def test_train_on_a_user_file_with_a_checkpoint(tmp_path, world, pairs, capsys):
+    from dpo_teach.data import write_preferences
+    from dpo_teach.model import save_checkpoint
+
+    model, tok = world
+    save_checkpoint(model, tok, tmp_path / "ref")
+    data = tmp_path / "prefs.jsonl"
+    write_preferences(data, pairs[:100])
+    with open(data, "a") as f:
+        f.write("not json\n")
+    out = tmp_path / "out"
+    assert main(["train", "--data", str(data), "--model", str(tmp_path / "ref"), "--out", str(out),
+                 "--skip-invalid", "--quiet", "--epochs", "1", "--lr", "1e-3"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 1 invalid rows" in printed and "line 101" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_train_pairs"] == 90 and metrics["n_heldout_pairs"] == 10
+    assert metrics["skipped_rows"] == [{"line": 101, "reason": metrics["skipped_rows"][0]["reason"]}]
+    assert (out / "policy" / "model.safetensors").is_file() and (out / "training_curves.png").is_file()
+
+
+def test_console_script_runs():
+    r = subprocess.run([sys.executable, "-m", "dpo_teach.cli", "demo", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--beta" in r.stdout

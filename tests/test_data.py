@@ -1,0 +1,127 @@
+"""Preference pairs: generation, Bradley–Terry labels, and every bad row the loader must name."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from dpo_teach.data import (
+    DataError,
+    bt_ceiling,
+    bt_probability,
+    load_preferences,
+    split_dialogue,
+    split_pairs,
+    write_preferences,
+)
+
+HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-sample" / "harmless-base-test-first200.jsonl"
+GOOD = {"prompt": "the film was", "chosen": " great .", "rejected": " bad ."}
+
+
+def write_lines(tmp_path, lines):
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_generated_pairs_are_labelled_by_bradley_terry(pairs):
+    assert len(pairs) > 250  # identical pairs dropped, most kept
+    for r in pairs:
+        assert set(r) == {"prompt", "chosen", "rejected", "chosen_reward", "rejected_reward"}
+        assert r["chosen"] != r["rejected"]
+    # with τ = 0.1 the chosen completion has the higher reward far more often than not
+    better = sum(r["chosen_reward"] > r["rejected_reward"] for r in pairs)
+    worse = sum(r["chosen_reward"] < r["rejected_reward"] for r in pairs)
+    assert better > 4 * worse
+
+
+def test_bt_probability_and_ceiling():
+    assert bt_probability(0.5, 0.5, 0.1) == 0.5
+    assert math.isclose(bt_probability(0.3, 0.1, 0.1), 1 / (1 + math.exp(-2)))
+    rows = [{"chosen_reward": 0.0, "rejected_reward": 0.0}, {"chosen_reward": -1.0, "rejected_reward": 1.0}]
+    assert math.isclose(bt_ceiling(rows, 0.1), (0.5 + 1 / (1 + math.exp(-20))) / 2)
+
+
+def test_write_then_load_roundtrip_keeps_every_field_unchanged(tmp_path, pairs):
+    path = tmp_path / "p.jsonl"
+    write_preferences(path, pairs)
+    loaded = load_preferences(path)
+    assert loaded.rows == pairs and loaded.skipped == []
+
+
+def test_split_is_seeded_and_disjoint(pairs):
+    a_train, a_eval = split_pairs(pairs, 0.2, seed=3)
+    b_train, b_eval = split_pairs(pairs, 0.2, seed=3)
+    assert a_eval == b_eval and len(a_train) + len(a_eval) == len(pairs)
+    assert len(a_eval) == round(0.2 * len(pairs))
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": "x", "chosen": " a"', "not valid JSON"),
+    ('["x", " a", " b"]', "expected a JSON object"),
+    ('{"prompt": "x", "rejected": " b"}', "'chosen' is missing"),
+    ('{"chosen": " a", "rejected": " b"}', "no 'prompt' field"),
+    ('{"prompt": "x", "chosen": 3, "rejected": " b"}', "'chosen' must be a string"),
+    ('{"prompt": null, "chosen": " a", "rejected": " b"}', "'prompt' must be a string"),
+    ('{"prompt": "x", "chosen": "   ", "rejected": " b"}', "'chosen' completion is empty"),
+    ('{"prompt": "x", "chosen": " a", "rejected": ""}', "'rejected' completion is empty"),
+    ('{"prompt": "x", "chosen": " same", "rejected": " same"}', "identical"),
+])
+def test_bad_rows_name_file_line_and_fix(tmp_path, line, message):
+    path = write_lines(tmp_path, [json.dumps(GOOD), "", line, json.dumps(GOOD)])
+    with pytest.raises(DataError) as err:
+        load_preferences(path)
+    text = str(err.value)
+    assert f"{path}:3:" in text and message in text and "--skip-invalid" in text
+
+
+def test_prompt_that_leaves_no_room_is_reported(tmp_path, world):
+    _, tok = world
+    long_prompt = {"prompt": "the film was " * 30, "chosen": " great .", "rejected": " bad ."}
+    path = write_lines(tmp_path, [json.dumps(GOOD), json.dumps(long_prompt)])
+    with pytest.raises(DataError, match=r":2: the prompt is \d+ tokens.*max_length=64"):
+        load_preferences(path, tok, max_length=64)
+    assert len(load_preferences(path, tok, max_length=200).rows) == 2
+
+
+def test_skip_invalid_counts_and_keeps_the_rest_unchanged(tmp_path):
+    extra = {**GOOD, "chosen": " so great .", "note": {"kept": [1, 2]}}
+    path = write_lines(tmp_path, [json.dumps(GOOD), "oops", json.dumps({**GOOD, "rejected": " great ."}),
+                                  json.dumps(extra)])
+    loaded = load_preferences(path, skip_invalid=True)
+    assert loaded.rows == [GOOD, extra]
+    assert [line for line, _ in loaded.skipped] == [2, 3]
+
+
+def test_missing_empty_and_all_invalid_files(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load_preferences(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match="empty"):
+        load_preferences(write_lines(tmp_path, ["", "  "]))
+    with pytest.raises(DataError, match="no valid preference rows.*1 skipped"):
+        load_preferences(write_lines(tmp_path, ["{"]), skip_invalid=True)
+
+
+def test_hh_rlhf_rows_split_at_the_last_assistant_turn():
+    chosen = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: Why did the chicken..."
+    rejected = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant: No."
+    prompt, c, r = split_dialogue(chosen, rejected)
+    assert prompt == "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: joke?\n\nAssistant:"
+    assert (c, r) == (" Why did the chicken...", " No.")
+    assert split_dialogue("\n\nHuman: a", "\n\nHuman: b") is None
+
+
+@pytest.mark.skipif(not HH.exists(), reason="the shared HH-RLHF sample is not beside this checkout")
+def test_real_hh_rlhf_sample_loads(world):
+    _, tok = world
+    with pytest.raises(DataError, match=r":87: the 'chosen' completion is empty"):
+        load_preferences(HH)  # row 87 of the real file has an empty chosen answer
+    loaded = load_preferences(HH, tok, max_length=4096, skip_invalid=True)
+    assert len(loaded.rows) == 199 and loaded.skipped[0][0] == 87
+    raw = [json.loads(line) for line in HH.read_text(encoding="utf-8").splitlines()]
+    for row, original in zip(loaded.rows[:20], raw[:20]):
+        assert row["prompt"].endswith("\n\nAssistant:")
+        assert row["prompt"] + row["chosen"] == original["chosen"]  # nothing lost or changed
+        assert row["prompt"] + row["rejected"] == original["rejected"]

@@ -1,0 +1,87 @@
+"""Every loss against values computed by hand in the test."""
+
+import math
+
+import pytest
+import torch
+
+from dpo_teach.losses import LOSSES, cdpo_loss, dpo_loss, hinge_loss, ipo_loss, reference_free_loss
+
+# policy chosen, policy rejected, ref chosen, ref rejected (summed log-probs)
+PC, PR, RC, RR = torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -2.0]), torch.tensor([-3.5, -4.0]), torch.tensor(
+    [-3.0, -3.0])
+# log-ratios: chosen [0.5, -1.0], rejected [-1.0, 1.0]; h = chosen - rejected = [1.5, -2.0]
+H = [1.5, -2.0]
+
+
+def sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_dpo_loss_by_hand():
+    beta = 0.5
+    losses, rc, rr = dpo_loss(PC, PR, RC, RR, beta=beta)
+    expected = [-math.log(sig(beta * h)) for h in H]  # 0.4741, 1.3133
+    torch.testing.assert_close(losses, torch.tensor(expected))
+    torch.testing.assert_close(rc, torch.tensor([0.25, -0.5]))
+    torch.testing.assert_close(rr, torch.tensor([-0.5, 0.5]))
+
+
+def test_dpo_loss_is_ln2_when_policy_equals_reference():
+    x = torch.randn(16, dtype=torch.float64) * 10
+    y = torch.randn(16, dtype=torch.float64) * 10
+    losses, rc, rr = dpo_loss(x, y, x.clone(), y.clone(), beta=0.1)
+    assert torch.allclose(losses, torch.full_like(losses, math.log(2)), atol=1e-12)
+    assert (rc == 0).all() and (rr == 0).all()
+
+
+def test_rewards_are_detached_and_losses_per_example():
+    pc = PC.clone().requires_grad_()
+    losses, rc, rr = dpo_loss(pc, PR, RC, RR, beta=0.1)
+    assert losses.shape == (2,) and losses.requires_grad
+    assert not rc.requires_grad and not rr.requires_grad
+
+
+def test_dpo_gradient_weight_is_sigmoid_of_reward_error():
+    # d loss / d log π(y_w) = -β σ(r̂_l - r̂_w)  (the paper's §4 gradient weighting)
+    beta = 0.5
+    pc = PC.clone().requires_grad_()
+    losses, rc, rr = dpo_loss(pc, PR, RC, RR, beta=beta)
+    losses.sum().backward()
+    expected = [-beta * sig(-beta * h) for h in H]
+    torch.testing.assert_close(pc.grad, torch.tensor(expected))
+
+
+def test_cdpo_by_hand():
+    beta, eps = 0.5, 0.1
+    losses, _, _ = cdpo_loss(PC, PR, RC, RR, beta=beta, label_smoothing=eps)
+    expected = [-(1 - eps) * math.log(sig(beta * h)) - eps * math.log(sig(-beta * h)) for h in H]
+    torch.testing.assert_close(losses, torch.tensor(expected))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        cdpo_loss(PC, PR, RC, RR, label_smoothing=0.5)
+
+
+def test_ipo_by_hand():
+    beta = 0.5  # target margin 1/(2β) = 1
+    losses, _, _ = ipo_loss(PC, PR, RC, RR, beta=beta)
+    torch.testing.assert_close(losses, torch.tensor([(1.5 - 1) ** 2, (-2.0 - 1) ** 2]))
+
+
+def test_hinge_by_hand():
+    losses, _, _ = hinge_loss(PC, PR, RC, RR, beta=1.0)
+    torch.testing.assert_close(losses, torch.tensor([0.0, 3.0]))  # max(0, 1 - 1.5), max(0, 1 + 2)
+
+
+def test_reference_free_by_hand():
+    losses, rc, rr = reference_free_loss(PC, PR, RC, RR, beta=0.5)
+    expected = [-math.log(sig(0.5 * (-3.0 + 4.0))), -math.log(sig(0.5 * (-5.0 + 2.0)))]
+    torch.testing.assert_close(losses, torch.tensor(expected))
+    # the reference is ignored: changing it changes nothing
+    losses2, _, _ = reference_free_loss(PC, PR, RC + 7, RR - 3, beta=0.5)
+    torch.testing.assert_close(losses, losses2)
+
+
+def test_every_loss_has_the_same_signature_and_returns():
+    for name, fn in LOSSES.items():
+        out = fn(PC, PR, RC, RR, beta=0.3)
+        assert len(out) == 3 and all(t.shape == (2,) for t in out), name

@@ -1,0 +1,34 @@
+"""environment.yml installs what pyproject.toml declares; the Makefile and CI use the README's commands."""
+
+import re
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _names(specs):
+    return {re.split(r"[<>=!~\[ ]", s.strip(), maxsplit=1)[0].lower() for s in specs}
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = list(project["dependencies"])
+    for extra in ("dev", "peers"):
+        declared += project["optional-dependencies"][extra]
+    env = (ROOT / "environment.yml").read_text()
+    pip_section = env.split("- pip:", 1)[1]
+    pip_specs = [m.group(1) for m in re.finditer(r"^\s+- (?!-e)(\S+)\s*$", pip_section, re.M)]
+    assert sorted(pip_specs) == sorted(declared)  # same packages, same version ranges
+    assert "- -e ." in env
+
+
+def test_make_targets_create_the_venv_and_pin_torch():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "torch==2.13.0" in makefile
+    for target in ("demo", "test", "lab", "bench"):
+        assert re.search(rf"^{target}: \$\(STAMP\)", makefile, re.M), target
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme
+    assert _names(["torch>=2.4"]) == {"torch"}

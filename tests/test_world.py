@@ -1,0 +1,77 @@
+"""π_ref cache and checkpoints: reuse, corrupt entries, unusable directories."""
+
+import pytest
+import torch
+
+from dpo_teach.model import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from dpo_teach.world import WorldConfig, cache_dir, load_reference
+
+FAST = WorldConfig(preset="tiny", corpus_size=500, sft_steps=5, sft_batch_size=8, seed=11)
+
+
+def same_weights(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_cache_is_keyed_by_config_and_reused(cache_root):
+    assert cache_dir() == cache_root
+    m1, _ = load_reference(FAST)
+    entries = list(cache_root.glob("reference-tiny-*"))
+    m2, _ = load_reference(FAST)  # second call loads, does not rebuild
+    assert list(cache_root.glob("reference-tiny-*")) == entries
+    assert same_weights(m1, m2)
+    assert WorldConfig(seed=1).key() != WorldConfig(seed=2).key()
+
+
+def test_build_is_reproducible(cache_root):
+    a, _ = load_reference(FAST)
+    b, _ = load_reference(FAST, rebuild=True)
+    assert same_weights(a, b)
+
+
+def test_corrupt_cache_is_rebuilt_with_a_warning(cache_root):
+    load_reference(FAST)
+    path = cache_root / f"reference-tiny-{FAST.key()}"
+    (path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.warns(UserWarning, match=f"reference cache {path} is unusable.*rebuilding"):
+        model, tok = load_reference(FAST)
+    reloaded, _ = load_checkpoint(path)
+    assert same_weights(model, reloaded)
+
+
+def test_missing_and_corrupt_checkpoints_say_what_to_do(tmp_path, world):
+    with pytest.raises(CheckpointError, match="no such directory"):
+        load_checkpoint(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="config.json is missing.*save_pretrained"):
+        load_checkpoint(tmp_path / "empty")
+    model, tok = world
+    save_checkpoint(model, tok, tmp_path / "ok")
+    loaded, loaded_tok = load_checkpoint(tmp_path / "ok")
+    assert same_weights(model, loaded) and loaded_tok.eos_token_id == tok.eos_token_id
+    (tmp_path / "ok" / "model.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path / "ok")
+    (tmp_path / "ok" / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="no weights file"):
+        load_checkpoint(tmp_path / "ok")
+
+
+def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, world):
+    model, tok = world
+    save_checkpoint(model, tok, tmp_path / "ckpt")
+
+    class Broken:
+        def save_pretrained(self, path):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint(model, Broken(), tmp_path / "ckpt")
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    assert same_weights(model, loaded)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary directory left behind
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown model preset 'huge'"):
+        build_model("huge", 100, 0)
