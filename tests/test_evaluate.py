@@ -68,3 +68,20 @@ def test_samples_logprobs_are_batched_consistently(world, prompts):
     a = samples_logprobs(reference, s, tok.pad_token_id, batch_size=7)
     b = samples_logprobs(reference, s, tok.pad_token_id, batch_size=30)
     assert np.allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+def test_left_padded_sampling_scores_equal_unpadded(world):
+    import torch
+
+    from dpo_teach.logprobs import pad_rows
+
+    model, tok = world
+    short, long = tok("the film was")["input_ids"], tok("honestly , i think the acting seemed")["input_ids"]
+    batch = pad_rows([short, long], [[], []], tok.pad_token_id, "left")
+    kw = dict(do_sample=False, max_new_tokens=4, pad_token_id=tok.pad_token_id, output_scores=True,
+              return_dict_in_generate=True)
+    padded = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kw)
+    alone = model.generate(input_ids=torch.tensor([short]), attention_mask=torch.ones(1, len(short), dtype=torch.long),
+                           **kw)
+    for a, b in zip(padded.scores, alone.scores):
+        torch.testing.assert_close(a[0], b[0], atol=1e-4, rtol=0)
