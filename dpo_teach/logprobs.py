@@ -36,17 +36,18 @@ def pad_rows(
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    T = max(len(p) + len(c) for p, c in zip(prompts, completions, strict=True))
-    N = len(prompts)
-    input_ids = torch.full((N, T), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((N, T), dtype=torch.long)
-    completion_mask = torch.zeros((N, T), dtype=torch.long)
-    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
-        n = len(p) + len(c)
-        start = 0 if padding_side == "right" else T - n
-        input_ids[i, start:start + n] = torch.tensor(p + c, dtype=torch.long)
-        attention_mask[i, start:start + n] = 1
-        completion_mask[i, start + len(p):start + n] = 1
+    rows = [p + c for p, c in zip(prompts, completions, strict=True)]
+    T = max(len(r) for r in rows)
+    pads = [[pad_token_id] * (T - len(r)) for r in rows]
+    input_ids = torch.tensor([r + q if padding_side == "right" else q + r for r, q in zip(rows, pads)],
+                             dtype=torch.long).view(len(rows), T)  # (N, T)
+    length = torch.tensor([len(r) for r in rows]).unsqueeze(1)  # (N, 1)
+    prompt_length = torch.tensor([len(p) for p in prompts]).unsqueeze(1)  # (N, 1)
+    start = torch.zeros_like(length) if padding_side == "right" else T - length  # (N, 1) first real token
+    end = start + length  # (N, 1) one past the last real token
+    position = torch.arange(T).unsqueeze(0)  # (1, T)
+    attention_mask = ((position >= start) & (position < end)).long()  # (N, T)
+    completion_mask = ((position >= start + prompt_length) & (position < end)).long()  # (N, T)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
 
 
@@ -100,6 +101,8 @@ def sequence_logprobs(
 
     Only positions whose *next* token is a completion token go through the LM head, so prompt and padding
     cost nothing there. Position ids follow the attention mask, so left and right padding give the same numbers.
+    With right padding the mask is not needed at all (causal attention never looks ahead, and padding only follows
+    the real tokens), which lets attention take its faster unmasked causal path.
 
     Args:
         model: a causal LM with ``.transformer`` and ``.lm_head`` (GPT-2 layout), or any model returning ``logits``.
@@ -111,16 +114,21 @@ def sequence_logprobs(
     Returns:
         Shape: (N,). log π(y | x) per row.
     """
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (N, T)
+    T = input_ids.shape[1]
     targets = completion_mask[:, 1:].bool()  # (N, T-1): token t+1 is scored from position t
     labels = input_ids[:, 1:][targets]  # (M,) M = completion tokens in the batch
+    # The last position predicts no token, so it is not fed in (causal attention leaves the others unchanged).
+    fed = max(T - 1, 1)
+    inputs = {"input_ids": input_ids[:, :fed], "use_cache": False}  # (N, T-1)
+    right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())  # every row is 1…1 0…0
+    if not right_padded:  # left padding: mask it and start each row's positions at its first real token
+        inputs["attention_mask"] = attention_mask[:, :fed]
+        inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, :fed]  # (N, T-1)
     if hasattr(model, "transformer") and hasattr(model, "lm_head"):
-        hidden = model.transformer(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                   use_cache=False).last_hidden_state  # (N, T, d)
-        logits = model.lm_head(hidden[:, :-1][targets])  # (M, V)
+        hidden = model.transformer(**inputs).last_hidden_state  # (N, T-1, d)
+        logits = model.lm_head(hidden[:, :T - 1][targets])  # (M, V)
     else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                       use_cache=False).logits[:, :-1][targets]  # (M, V)
+        logits = model(**inputs).logits[:, :T - 1][targets]  # (M, V)
     token_logps = -F.cross_entropy(logits.float(), labels, reduction="none")  # (M,)
     row = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1).expand_as(targets)[targets]  # (M,)
     logps = torch.zeros(input_ids.shape[0], device=input_ids.device, dtype=token_logps.dtype)
