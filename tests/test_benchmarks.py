@@ -1,0 +1,47 @@
+"""Smoke tests of the benchmark helpers (the benchmarks themselves run with ``make bench``, not in the suite)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+from bench_demo import _same_result, lookup  # noqa: E402
+from common import summary, window_rates  # noqa: E402
+from run_all import table, targets  # noqa: E402
+
+
+def test_window_rates_count_whole_steps_after_warmup():
+    stamps = [0.0, 1.0, 2.0, 2.5, 3.0, 3.5, 4.0]  # steps 0-2 slow (warm-up), then 0.5 s per step
+    assert window_rates(stamps, warmup=3, window=2, items_per_step=32) == [64.0, 64.0]
+    assert window_rates(stamps, warmup=3, window=5, items_per_step=32) == []  # a partial window is not counted
+
+
+def test_summary_and_lookup():
+    s = summary([0.5, None, 0.7])
+    assert s["mean"] == pytest.approx(0.6) and s["min"] == 0.5 and s["max"] == 0.7
+    assert summary([None])["mean"] is None
+    assert lookup({"policy": {"kl": 1.5}}, "policy.kl") == 1.5
+
+
+def test_same_result_ignores_only_the_output_directory():
+    a = {"reward_gain": 0.5, "config": {"out_dir": "x", "seed": 0}}
+    assert _same_result(a, {"reward_gain": 0.5, "config": {"out_dir": "y", "seed": 0}})
+    assert not _same_result(a, {"reward_gain": 0.4, "config": {"out_dir": "x", "seed": 0}})
+
+
+def test_targets_and_table():
+    result = {"dpo_pairs_per_s": 1500.0, "trl_pairs_per_s": 1000.0, "speedup_vs_trl": 1.5,
+              "dpo_step_over_sft_step": 1.2, "demo_wall_s_build": 60.0,
+              "reward_gain": summary([0.5, 0.45, 0.39])}
+    checks = targets(result)
+    assert checks["speedup_vs_trl"]["met"] and checks["demo_wall_s_build"]["met"]
+    assert not checks["dpo_step_over_sft_step"]["met"]
+    assert not checks["reward_gain (min over seeds)"]["met"]  # judged on the worst seed
+    assert "demo_wall_s_cached" not in checks  # not measured, not judged
+    result["targets"] = checks
+    text = table(result)
+    assert "1.50" in text and "targets missed: dpo_step_over_sft_step, reward_gain" in text
