@@ -3,8 +3,8 @@
 Both steps see the same padded batch of 2B rows (B chosen + B rejected completions after their prompts) and run the
 same AdamW update with gradient clipping; each does what its training loop does per step (DPO: ``dpo_loss`` and its
 TRL-named metrics; SFT: ``sft_loss`` and its scalar). With π_ref's log-probs cached, DPO's extra work is a handful of
-(B,)-sized tensor operations, so the ratio should be close to 1. Steps alternate in blocks; the median block ratio
-is reported.
+(B,)-sized tensor operations, so the ratio should be close to 1. The two steps are timed back to back, many times,
+alternating which goes first; the median ratio is reported.
 
 Run alone: ``python benchmarks/bench_steps.py [--preset tiny]``.
 """
@@ -65,33 +65,38 @@ def make_steps(reference, batch):
     return dpo_step, sft_step
 
 
-def _timed(step, n: int) -> float:
+def _timed(step, n: int = 1) -> float:
     start = time.perf_counter()
     for _ in range(n):
         step()
     return (time.perf_counter() - start) / n
 
 
-def step_ratio(preset: str = "tiny", blocks: int = 7, steps_per_block: int = 10, verbose: bool = True) -> dict:
-    """Median over ``blocks`` of (mean DPO step time) / (mean SFT step time), alternating which runs first."""
+def step_ratio(preset: str = "tiny", pairs: int = 40, verbose: bool = True) -> dict:
+    """Median over ``pairs`` back-to-back (DPO step, SFT step) pairs of their time ratio, alternating who goes first.
+
+    Timing the two steps right after each other means both see the same load from anything else on the machine.
+    """
     quiet_offline()
     reference, tokenizer, rows = world_and_pairs(preset, BATCH)
     dpo_step, sft_step = make_steps(reference, fixed_batch(reference, tokenizer, rows))
     for step in (dpo_step, sft_step):  # warm-up
         _timed(step, 3)
     dpo_s, sft_s = [], []
-    for b in range(blocks):
-        pair = (dpo_step, sft_step) if b % 2 == 0 else (sft_step, dpo_step)
-        times = {step: _timed(step, steps_per_block) for step in pair}
-        dpo_s.append(times[dpo_step])
-        sft_s.append(times[sft_step])
+    for i in range(pairs):
+        if i % 2 == 0:
+            dpo_s.append(_timed(dpo_step))
+            sft_s.append(_timed(sft_step))
+        else:
+            sft_s.append(_timed(sft_step))
+            dpo_s.append(_timed(dpo_step))
     ratios = [d / s for d, s in zip(dpo_s, sft_s)]
-    result = {"preset": preset, "ratio": statistics.median(ratios), "ratios": ratios,
+    result = {"preset": preset, "ratio": statistics.median(ratios), "pairs": pairs,
               "dpo_step_ms": 1000 * statistics.median(dpo_s), "sft_step_ms": 1000 * statistics.median(sft_s),
               "batch_pairs": BATCH}
     if verbose:
-        print(f"  [{preset}] DPO step {result['dpo_step_ms']:.1f} ms, SFT step {result['sft_step_ms']:.1f} ms, "
-              f"ratio {result['ratio']:.3f}", flush=True)
+        print(f"  [{preset}] DPO step {result['dpo_step_ms']:.1f} ms, SFT step {result['sft_step_ms']:.1f} ms "
+              f"(medians), median ratio {result['ratio']:.3f}", flush=True)
     return result
 
 
