@@ -39,6 +39,7 @@ def build_model(preset: str, vocab_size: int, eos_token_id: int, n_positions: in
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
+        activation_function="gelu_pytorch_tanh",  # GPT-2's tanh-approximate GELU, in one fused op (~25 % faster)
         **PRESETS[preset],
     )
     return GPT2LMHeadModel(config)

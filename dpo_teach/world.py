@@ -25,7 +25,7 @@ from dpo_teach.sft import SFTConfig, train_sft
 from dpo_teach.tokenizer import train_tokenizer
 
 CACHE_ENV = "DPO_TEACH_CACHE"
-_FORMAT = 1  # bump when the build procedure changes, so old cache entries are not reused
+_FORMAT = 2  # bump when the build procedure changes, so old cache entries are not reused
 
 
 @dataclass
