@@ -6,13 +6,14 @@ STAMP  := $(VENV)/.installed
 # torch is pinned here (not in pyproject) to the CPU wheel these machines carry; a bare `torch` pulls a GPU build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lab bench lint clean help
+.PHONY: demo test lab bench assign lint clean help
 
 help:
 	@echo "make demo   set up .venv (first use), then run the end-to-end DPO demo -> results/demo/"
 	@echo "make test   set up .venv (first use), then run the whole test suite"
 	@echo "make lab    open the notebooks in JupyterLab"
 	@echo "make bench  throughput and memory benchmarks -> results/bench.json"
+	@echo "make assign course/masters/*.ipynb -> notebooks/ (student versions) and course/autograder/ (bundles)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +34,10 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# otter assign on every master; writes only the notebooks named after a master, never others in notebooks/
+assign: $(STAMP)
+	$(BIN)/python -m dpo_teach.grading assign
 
 clean:
 	rm -rf results .pytest_cache .ruff_cache

@@ -1,4 +1,4 @@
-"""The ``dpo-teach`` command: ``demo``, ``data`` and ``train``. ``dpo-teach COMMAND --help`` explains each.
+"""The ``dpo-teach`` command: ``demo``, ``data``, ``train`` and ``grade``. ``dpo-teach COMMAND --help`` explains each.
 
 Errors a user can fix (a bad argument, a bad row in a data file, an unusable checkpoint) print one line naming
 the problem and the fix, and exit with status 2; they never show a traceback.
@@ -97,6 +97,28 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0, help="seed (%(default)s)")
     m.add_argument("--preset", choices=sorted(PRESETS), default=demo_defaults.world.preset, help="(%(default)s)")
 
+    g = sub.add_parser("grade", help="grade a folder of submitted notebooks → grades.csv and grades.json",
+                       description="Grade every notebook under SUBMISSIONS_DIR (NAME.ipynb files, or one folder per "
+                                   "student) with its autograder bundle from `make assign` (otter-grader), each in a "
+                                   "fresh kernel with a time limit per cell and per notebook. A notebook that "
+                                   "raises, loops, lost cells or is not a notebook at all scores what it earned, "
+                                   "with a reason; the batch always finishes. Writes grades.csv (a row per "
+                                   "submission, a column per question) and grades.json (also feedback, cell errors, "
+                                   "totals per student).")
+    g.add_argument("submissions", metavar="SUBMISSIONS_DIR", help="folder of submitted notebooks")
+    g.add_argument("--out", default="results/grades", help="where grades.csv and grades.json go (%(default)s)")
+    g.add_argument("--assignment", help="grade every notebook as this assignment, e.g. 03_deriving_dpo (default: "
+                                        "read from each notebook's metadata, else from its file name)")
+    g.add_argument("--autograder-dir", metavar="DIR",
+                   help="bundles written by `make assign` (default: course/autograder)")
+    g.add_argument("--timeout", type=_positive(float), default=900,
+                   help="seconds per notebook; past it the notebook is killed and scores 0 (%(default)s)")
+    g.add_argument("--cell-timeout", type=_positive(int), default=120,
+                   help="seconds per cell; past it the cell raises TimeoutError and grading goes on (%(default)s)")
+    g.add_argument("--jobs", type=_positive(int), default=1, help="notebooks graded in parallel (%(default)s)")
+    g.add_argument("--full", action="store_true",
+                   help="run notebooks in full mode (default: fast mode, DPO_TEACH_FAST=1; exercises score the same)")
+
     t = sub.add_parser("train", help="train DPO on your own preference file",
                        description="Train a policy with DPO on a JSONL file of {prompt, chosen, rejected} rows "
                                    "(or HH-RLHF {chosen, rejected} dialogues). π_ref is the toy model unless "
@@ -136,6 +158,26 @@ def cmd_data(args) -> None:
         n_prompts=args.pairs, bt_temperature=args.bt_temperature, seed=args.seed))
     write_preferences(args.out, rows)
     print(f"wrote {len(rows)} preference pairs to {args.out}")
+
+
+def cmd_grade(args) -> int:
+    from dpo_teach import grading
+
+    folder, out = Path(args.submissions), Path(args.out)
+    if not folder.is_dir():
+        print(f"dpo-teach grade: error: {folder} is not a directory; pass the folder that holds the submitted "
+              f"notebooks", file=sys.stderr)
+        return 2
+    try:
+        report = grading.grade(folder, out, Path(args.autograder_dir or grading.AUTOGRADER), args.assignment,
+                               cell_timeout=args.cell_timeout, timeout=args.timeout, fast=not args.full,
+                               jobs=args.jobs)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"dpo-teach grade: error: {e}", file=sys.stderr)
+        return 2
+    print(grading.format_table(report))
+    print(f"wrote {out}/grades.csv and {out}/grades.json")
+    return 0
 
 
 def cmd_train(args) -> None:
@@ -180,6 +222,8 @@ def cmd_train(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "grade":  # no model, no transformers: its own errors and exit codes
+        return cmd_grade(args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 

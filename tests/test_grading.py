@@ -1,0 +1,328 @@
+"""The grading workflow end to end: `make assign` reproduces the committed files without leaking solutions, and
+`dpo-teach grade` scores a folder of submissions as expected.
+
+The submissions are made here from the masters (nothing is committed under tests/): the solution notebooks that
+otter assign writes ("full"), the student notebooks ("blank"), the solutions with one function replaced by a
+classic mistake ("wrong"), and files that are broken in the ways a real batch contains. One `grade` run covers the
+acceptance table; a second, with short time limits, covers endless loops and a notebook that must be killed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from dpo_teach import grading
+
+NAMES = [p.stem for p in sorted(grading.MASTERS.glob("*.ipynb"))]
+
+# Deliberately wrong submissions: (assignment, function, replacement cell, the only question that must lose points).
+WRONG = {
+    "kl_reversed": ("01_kl_objective", "kl_divergence", """
+def kl_divergence(p, q):
+    return (q * (torch.log(q) - torch.log(p))).sum(-1)  # KL(q‖p): the wrong direction
+""", "kl_divergence"),
+    "bt_swapped": ("02_bradley_terry", "bt_probability", """
+def bt_probability(reward_a, reward_b):
+    return torch.sigmoid(reward_b - reward_a)  # arguments swapped
+""", "bt_probability"),
+    "dpo_sign_flipped": ("03_deriving_dpo", "dpo_loss", """
+import torch.nn.functional as F
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
+    chosen, rejected = policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
+    losses = -F.logsigmoid(-beta * (chosen - rejected))  # sign flipped
+    return losses, beta * chosen.detach(), beta * rejected.detach()
+""", "dpo_loss"),
+    "dpo_no_reference": ("03_deriving_dpo", "dpo_loss", """
+import torch.nn.functional as F
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
+    losses = -F.logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps))  # reference terms dropped
+    return losses, beta * policy_chosen_logps.detach(), beta * policy_rejected_logps.detach()
+""", "dpo_loss"),
+    "dpo_beta_one_side": ("03_deriving_dpo", "dpo_loss", """
+import torch.nn.functional as F
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
+    chosen, rejected = policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
+    losses = -F.logsigmoid(beta * chosen - rejected)  # β applied to the chosen side only
+    return losses, beta * chosen.detach(), beta * rejected.detach()
+""", "dpo_loss"),
+}
+PASS_PUBLIC = {"kl_reversed", "bt_swapped", "dpo_sign_flipped", "dpo_beta_one_side"}  # only hidden tests catch these
+
+
+def cell_index(nb, text: str) -> int:
+    return next(i for i, cell in enumerate(nb.cells) if text in cell.source)
+
+
+def replaced(solution: Path, function: str, source: str):
+    nb = nbformat.read(solution, as_version=4)
+    nb.cells[cell_index(nb, f"def {function}(")].source = source.strip()
+    return nb
+
+
+@pytest.fixture(scope="module")
+def assigned(tmp_path_factory):
+    """`make assign` into a temporary tree: student notebooks, bundles, manifests and solution notebooks."""
+    root = tmp_path_factory.mktemp("assign")
+    grading.assign(notebooks=root / "notebooks", autograder=root / "autograder", solutions=root / "solutions")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_reference(cache_root):
+    """Notebook 04's π_ref, built once in the session's private cache before any kernel needs it."""
+    import torch
+
+    from dpo_teach.world import WorldConfig, load_reference
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the notebook; on a busy 2-core machine 2 threads build many times slower
+    try:
+        load_reference(WorldConfig(preset="tiny"))  # notebook 04's π_ref, in the session's private cache
+    finally:
+        torch.set_num_threads(threads)
+
+
+def manifest_points(assigned, name: str) -> dict[str, float]:
+    manifest = json.loads((assigned / "autograder" / f"{name}.json").read_text())
+    return {q["name"]: float(q["points"]) for q in manifest["questions"] if not q["manual"]}
+
+
+def expected_scores(assigned) -> dict[str, dict[str, float]]:
+    """student → question → score, for the acceptance folder."""
+    expected = {}
+    for name in NAMES:
+        points = manifest_points(assigned, name)
+        expected[f"full_{name}"] = points
+        expected[f"blank_{name}"] = dict.fromkeys(points, 0.0)
+    for kind, (name, _, _, broken) in WRONG.items():
+        expected[f"{kind}_{name}"] = {q: 0.0 if q == broken else p for q, p in manifest_points(assigned, name).items()}
+    expected["broken_03_deriving_dpo"] = dict.fromkeys(manifest_points(assigned, "03_deriving_dpo"), 0.0)
+    return expected
+
+
+@pytest.fixture(scope="module")
+def graded(assigned, tiny_reference, tmp_path_factory):
+    """One `grade` run over full, blank, wrong and broken submissions."""
+    folder = tmp_path_factory.mktemp("submissions")
+    for name in NAMES:
+        shutil.copy(assigned / "solutions" / f"{name}.ipynb", folder / f"full_{name}.ipynb")
+        shutil.copy(assigned / "notebooks" / f"{name}.ipynb", folder / f"blank_{name}.ipynb")
+    for kind, (name, function, source, _) in WRONG.items():
+        nbformat.write(replaced(assigned / "solutions" / f"{name}.ipynb", function, source),
+                       folder / f"{kind}_{name}.ipynb")
+    (folder / "broken_03_deriving_dpo.ipynb").write_text('{"cells": [{"cell_type": "code", "source": "1 +')
+    out = tmp_path_factory.mktemp("grades")
+    report = grading.grade(folder, out, autograder=assigned / "autograder", cell_timeout=90, timeout=400, jobs=2)
+    return report, out
+
+
+def test_committed_student_notebooks_are_what_assign_makes(assigned):
+    for name in NAMES:
+        committed = grading.NOTEBOOKS / f"{name}.ipynb"
+        assert committed.is_file(), f"{committed} is missing: run `make assign` and commit notebooks/"
+        assert committed.read_bytes() == (assigned / "notebooks" / f"{name}.ipynb").read_bytes(), \
+            f"{committed} differs from what `make assign` makes from course/masters/{name}.ipynb: run `make assign`"
+
+
+def test_committed_bundles_are_what_assign_makes(assigned):
+    for name in NAMES:
+        for suffix in [".zip", ".json"]:
+            committed = grading.AUTOGRADER / f"{name}{suffix}"
+            assert committed.read_bytes() == (assigned / "autograder" / f"{name}{suffix}").read_bytes(), \
+                f"{committed} is stale: run `make assign`"
+
+
+def solution_lines(master: Path) -> list[str]:
+    """Every line a student must not see: solution code, '# SOLUTION' answers, hidden tests, rubrics."""
+    lines, block, tests = [], False, False
+    for cell in nbformat.read(master, as_version=4).cells:
+        source = cell.source.strip()
+        if cell.cell_type == "raw":
+            block = {"# BEGIN SOLUTION": True, "# END SOLUTION": False}.get(source, block)
+            tests = {"# BEGIN TESTS": True, "# END TESTS": False}.get(source, tests)
+            continue
+        if tests and source.splitlines()[0].lstrip("# ").upper().startswith("HIDDEN"):
+            lines += source.splitlines()[1:]
+        if block and cell.cell_type == "markdown":
+            lines += source.splitlines()
+        if block and cell.cell_type == "code":
+            inside = False
+            for line in source.splitlines():
+                if line.strip().startswith("# BEGIN SOLUTION"):
+                    inside = True
+                elif line.strip() == "# END SOLUTION":
+                    inside = False
+                elif inside or line.rstrip().endswith("# SOLUTION"):
+                    lines.append(line.split("# SOLUTION")[0])
+    return [line.strip() for line in lines if len(line.strip()) > 12 and not line.strip().startswith("import ")]
+
+
+def test_no_solution_leaks_into_student_notebooks(assigned):
+    for name in NAMES:
+        secret = solution_lines(grading.MASTERS / f"{name}.ipynb")
+        assert secret, f"{name}: found no solution lines to look for"
+        nb = nbformat.read(assigned / "notebooks" / f"{name}.ipynb", as_version=4)
+        sources = "\n".join(cell.source for cell in nb.cells)
+        leaked = [line for line in secret if line in sources]
+        assert not leaked, f"{name}: solution lines in the student notebook: {leaked[:3]}"
+        cases = [case for test in nb.metadata["otter"]["tests"].values() for suite in test["suites"]
+                 for case in suite["cases"]]
+        assert cases and not any(case["hidden"] for case in cases), f"{name}: hidden tests in the metadata"
+
+
+def test_student_stubs_raise_not_implemented(assigned):
+    for name in NAMES[:4]:
+        nb = nbformat.read(assigned / "notebooks" / f"{name}.ipynb", as_version=4)
+        answers = [c.source for c in nb.cells
+                   if c.cell_type == "code" and "otter_answer_cell" in c.metadata.get("tags", [])]
+        assert answers and all("raise NotImplementedError" in a for a in answers), name
+
+
+def test_assign_touches_only_notebooks_it_generates(tmp_path):
+    masters, notebooks = tmp_path / "masters", tmp_path / "notebooks"
+    masters.mkdir()
+    notebooks.mkdir()
+    shutil.copy(grading.MASTERS / "00_start_here.ipynb", masters)
+    (notebooks / "06_ppo_vs_dpo.ipynb").write_text("hand-written, not generated")
+    assert grading.assign(masters, notebooks, tmp_path / "autograder") == ["00_start_here"]
+    assert (notebooks / "06_ppo_vs_dpo.ipynb").read_text() == "hand-written, not generated"
+    assert sorted(p.name for p in notebooks.iterdir()) == ["00_start_here.ipynb", "06_ppo_vs_dpo.ipynb"]
+
+
+def test_grade_scores_the_acceptance_folder(graded, assigned):
+    report, out = graded
+    rows = {r["student"]: r for r in report["results"]}
+    expected = expected_scores(assigned)
+    assert sorted(rows) == sorted(expected)
+    for student, scores in expected.items():
+        got = {q: r["score"] for q, r in rows[student]["questions"].items()}
+        assert got == scores, f"{student}: {got} != {scores}; reason: {rows[student]['reason']}"
+        assert rows[student]["score"] == sum(scores.values())
+    assert rows["broken_03_deriving_dpo"]["status"] == "invalid"
+    assert "not a valid notebook" in rows["broken_03_deriving_dpo"]["reason"]
+    for kind, (_, _, _, broken) in WRONG.items():
+        row = next(r for s, r in rows.items() if s.startswith(kind))
+        assert broken in row["reason"] and row["status"] == "graded"
+
+
+def test_grade_writes_matching_csv_and_json(graded):
+    report, out = graded
+    assert json.loads((out / "grades.json").read_text()) == json.loads(json.dumps(report))
+    with open(out / "grades.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(report["results"])
+    for line, row in zip(table, report["results"]):
+        assert line["student"] == row["student"] and float(line["score"]) == row["score"]
+        for q, result in row["questions"].items():
+            assert float(line[q]) == result["score"]
+    assert report["students"]["full_03_deriving_dpo"]["score"] == report["students"]["full_03_deriving_dpo"]["possible"]
+
+
+def test_full_solutions_and_blank_notebooks_run_without_cell_errors(graded):
+    """Masters execute headless with every test passing; stubs fail only inside their checks."""
+    report, _ = graded
+    for row in report["results"]:
+        if row["student"].startswith(("full_", "blank_")):
+            assert row["errors"] == [], f"{row['student']}: {row['errors'][:2]}"
+
+
+def test_wrong_submissions_are_caught_by_hidden_tests(graded):
+    report, _ = graded
+    for row in report["results"]:
+        kind = next((k for k in WRONG if row["student"].startswith(k)), None)
+        if kind in PASS_PUBLIC:
+            question = row["questions"][WRONG[kind][3]]
+            assert question["public_passed"] and question["score"] == 0, f"{kind}: {question}"
+
+
+@pytest.fixture(scope="module")
+def graded_robustness(assigned, tmp_path_factory):
+    """A raising cell, an endless loop and deleted cells; a loop inside a graded function; a notebook that
+    disables the per-cell alarm and must be killed; a folder per student; a notebook of unknown assignment."""
+    folder = tmp_path_factory.mktemp("robustness")
+    solution = assigned / "solutions" / "01_kl_objective.ipynb"
+    nb = nbformat.read(solution, as_version=4)
+    at = cell_index(nb, "world = bandit.default_bandit()")
+    nb.cells.insert(at, nbformat.v4.new_code_cell("1 / 0  # raises"))
+    nb.cells.insert(at, nbformat.v4.new_code_cell("while True:  # never ends\n    pass"))
+    del nb.cells[cell_index(nb, 'grader.check("objective")')]
+    del nb.cells[cell_index(nb, "grader = otter.Notebook")]
+    (folder / "messy").mkdir()
+    nbformat.write(nb, folder / "messy" / "homework.ipynb")  # renamed: found through its metadata
+    endless = "def objective(pi, pi_ref, r, beta):\n    while True:\n        pass"
+    nbformat.write(replaced(solution, "objective", endless), folder / "loop_01_kl_objective.ipynb")
+    stuck = tmp_path_factory.mktemp("stuck")  # graded alongside, with a short per-notebook limit
+    nb = nbformat.read(solution, as_version=4)
+    nb.cells.insert(1, nbformat.v4.new_code_cell(
+        "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    pass"))
+    nbformat.write(nb, stuck / "stuck_01_kl_objective.ipynb")
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), folder / "mystery.ipynb")
+    out = tmp_path_factory.mktemp("grades")
+    with ThreadPoolExecutor(2) as pool:
+        killed = pool.submit(grading.grade, stuck, out / "stuck", autograder=assigned / "autograder",
+                             cell_timeout=15, timeout=20)
+        report = grading.grade(folder, out / "rest", autograder=assigned / "autograder", cell_timeout=15,
+                               timeout=240, jobs=2)
+        report["results"] += killed.result()["results"]
+    return report
+
+
+def test_grade_survives_loops_errors_and_deleted_cells(graded_robustness):
+    rows = {r["student"]: r for r in graded_robustness["results"]}
+    messy = rows["messy"]
+    assert messy["assignment"] == "01_kl_objective" and messy["score"] == messy["possible"] == 5
+    assert any(e.startswith("TimeoutError") for e in messy["errors"]), messy["errors"]
+    assert any(e.startswith("ZeroDivisionError") for e in messy["errors"]), messy["errors"]
+    loop = rows["loop_01_kl_objective"]
+    assert {q: r["score"] for q, r in loop["questions"].items()} == {"kl_divergence": 2, "objective": 0,
+                                                                     "optimal_policy": 2}
+    assert "objective (TimeoutError" in loop["reason"]
+    stuck = rows["stuck_01_kl_objective"]
+    assert stuck["status"] == "timeout" and stuck["score"] == 0 and "per-notebook time limit" in stuck["reason"]
+    mystery = rows["mystery"]
+    assert mystery["status"] == "error" and "which assignment" in mystery["reason"]
+
+
+def test_find_submissions_and_assignment_detection(tmp_path):
+    (tmp_path / "alice").mkdir()
+    (tmp_path / "alice" / "hw.ipynb").write_text("{}")
+    (tmp_path / "bob_02_bradley_terry.ipynb").write_text("{}")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".ipynb_checkpoints" / "x.ipynb").write_text("{}")
+    (tmp_path / "notes.txt").write_text("not a notebook")
+    found = grading.find_submissions(tmp_path)
+    assert [(s, p.name) for s, p in found] == [("alice", "hw.ipynb"),
+                                               ("bob_02_bradley_terry", "bob_02_bradley_terry.ipynb")]
+    manifests = {"02_bradley_terry": {}, "03_deriving_dpo": {}}
+    assert grading._detect_assignment(found[1][1], None, manifests) == "02_bradley_terry"
+    nb = nbformat.v4.new_notebook(metadata={"otter": {"assignment_name": "03_deriving_dpo"}})
+    assert grading._detect_assignment(found[0][1], nb, manifests) == "03_deriving_dpo"
+
+
+def test_cli_grade_reports_user_errors(tmp_path, capsys):
+    from dpo_teach.cli import main
+
+    assert main(["grade", str(tmp_path / "missing")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert main(["grade", str(tmp_path), "--autograder-dir", str(tmp_path)]) == 2
+    assert "make assign" in capsys.readouterr().err
+
+
+def test_cli_grade_writes_reports(tmp_path, assigned, capsys):
+    from dpo_teach.cli import main
+
+    (tmp_path / "subs").mkdir()
+    (tmp_path / "subs" / "carol_02_bradley_terry.ipynb").write_text("not json")
+    code = main(["grade", str(tmp_path / "subs"), "--out", str(tmp_path / "out"),
+                 "--autograder-dir", str(assigned / "autograder")])
+    assert code == 0
+    assert re.search(r"carol_02_bradley_terry\s+02_bradley_terry\s+0/3\s+invalid", capsys.readouterr().out)
+    assert (tmp_path / "out" / "grades.csv").is_file() and (tmp_path / "out" / "grades.json").is_file()
