@@ -9,7 +9,8 @@ TORCH  ?= torch==2.13.0
 .PHONY: demo test lab bench assign lint clean help
 
 help:
-	@echo "make demo   set up .venv (first use), then run the end-to-end DPO demo -> results/demo/"
+	@echo "make demo   set up .venv (first use), then run the end-to-end DPO demo -> results/demo/,"
+	@echo "            then the fast PPO vs DPO comparison -> results/compare/fast/"
 	@echo "make test   set up .venv (first use), then run the whole test suite"
 	@echo "make lab    open the notebooks in JupyterLab"
 	@echo "make bench  throughput and memory benchmarks -> results/bench.json"
@@ -24,6 +25,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/dpo-teach demo
+	$(BIN)/dpo-teach compare --fast
 
 test: $(STAMP)
 	$(BIN)/ruff check dpo_teach tests benchmarks

@@ -1,4 +1,4 @@
-"""The ``dpo-teach`` command: ``demo``, ``data``, ``train`` and ``grade``. ``dpo-teach COMMAND --help`` explains each.
+"""The ``dpo-teach`` command: ``demo``, ``data``, ``train``, ``grade`` and ``compare`` (``--help`` on each).
 
 Errors a user can fix (a bad argument, a bad row in a data file, an unusable checkpoint) print one line naming
 the problem and the fix, and exit with status 2; they never show a traceback.
@@ -133,6 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="seed (%(default)s)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dpo_args(t, DPOConfig())
+
+    c = sub.add_parser("compare", help="classic RLHF (reward model + PPO) against DPO: the reward–KL frontier",
+                       description="Sweep DPO's β and PPO's KL coefficient (with a learned reward model, 'PPO', "
+                                   "and with the ground-truth reward, 'PPO-GT') over several seeds; evaluate every run "
+                                   "at regular intervals (reward, KL, fluency); write results.json, table.md and "
+                                   "frontier.png to --out. The full sweep takes about 4 minutes on 2 free cores.")
+    c.add_argument("--fast", action="store_true", help="one setting per method, shorter runs (under a minute)")
+    c.add_argument("--seeds", type=int, nargs="+", help="seeds to repeat everything with (default: 0 1)")
+    c.add_argument("--out", help="output directory (default: results/compare, or results/compare/fast with --fast)")
+    c.add_argument("--workers", type=_positive(int), default=2, help="seeds run in parallel processes (%(default)s)")
+    c.add_argument("--threads", type=_positive(int), default=1, help="torch CPU threads per process (%(default)s)")
+    c.add_argument("--asset", metavar="FILE.json",
+                   help="also write the results compactly here (notebooks/assets/compare_results.json ships them)")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -220,6 +234,22 @@ def cmd_train(args) -> None:
     print(f"wrote {out}/policy/, metrics.json, history.json, training_curves.png")
 
 
+def cmd_compare(args) -> None:
+    from dataclasses import replace
+
+    from dpo_teach.compare import CompareConfig, run_comparison
+
+    cfg = CompareConfig.fast() if args.fast else CompareConfig()
+    cfg = replace(cfg, threads=args.threads, workers=args.workers,
+                  **({"seeds": tuple(args.seeds)} if args.seeds else {}), **({"out_dir": args.out} if args.out else {}))
+    results = run_comparison(cfg, progress=not args.quiet)
+    if args.asset:
+        from dpo_teach.frontier import write_asset
+
+        write_asset(results, args.asset)
+        print(f"wrote {args.asset}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "grade":  # no model, no transformers: its own errors and exit codes
@@ -233,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     from dpo_teach.model import CheckpointError
 
     try:
-        {"demo": cmd_demo, "data": cmd_data, "train": cmd_train}[args.command](args)
+        {"demo": cmd_demo, "data": cmd_data, "train": cmd_train, "compare": cmd_compare}[args.command](args)
     except (DataError, CheckpointError) as e:
         print(f"dpo-teach {args.command}: error: {e}", file=sys.stderr)
         return 2

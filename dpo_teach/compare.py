@@ -1,0 +1,340 @@
+"""Classic RLHF against DPO on the toy world: the DPO paper's §6.1 experiment (Fig. 2, left) in minutes.
+
+For each seed: sample a preference set from π_ref; train DPO on it for every β of a sweep; train a reward model on
+the same pairs and run PPO on it ("PPO") for every KL coefficient of a sweep; run PPO on the ground-truth reward
+itself ("PPO-GT", which needs no pairs but asks "the human" about every completion it samples). Every run is
+evaluated at regular intervals on the same prompts: mean ground-truth reward, sequence KL(π‖π_ref) and fluency.
+Each run's wall and CPU time (evaluation excluded), completions sampled, reward calls, forward/backward passes,
+models held and peak memory are recorded. Seeds run in parallel processes, one torch thread each.
+:mod:`dpo_teach.frontier` turns the results into the frontier, the table and the conclusions; ``dpo-teach compare``
+runs it all and writes ``results/compare/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import gc
+import math
+import multiprocessing
+import os
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from dpo_teach import grammar
+from dpo_teach.data import PreferenceConfig, bt_ceiling, make_preference_pairs, split_pairs
+from dpo_teach.dpo import DPOConfig, train_dpo
+from dpo_teach.evaluate import evaluate_policy
+from dpo_teach.ppo import PPOConfig, train_ppo
+from dpo_teach.reward import ground_truth_reward
+from dpo_teach.reward_model import LearnedReward, RewardConfig, ScalarModel, pairwise_accuracy, train_reward_model
+from dpo_teach.rollout import Compute
+from dpo_teach.world import WorldConfig, load_reference
+
+METHODS = ("DPO", "PPO", "PPO-GT")
+FORMAT = 1  # bump when the layout of results.json changes
+
+
+@dataclass
+class CompareConfig:
+    world: WorldConfig = field(default_factory=lambda: WorldConfig(preset="tiny"))  # π_ref, shared by all seeds
+    n_prompts: int = 2400  # prompts of the preference set (two samples each); DPO and the RM train on it
+    seeds: tuple[int, ...] = (0, 1)  # one full repetition per seed: pairs, RM, every run, evaluation prompts
+    betas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)  # DPO's β sweep
+    kl_coefs: tuple[float, ...] = (0.02, 0.05, 0.1, 0.3)  # PPO's and PPO-GT's KL-coefficient sweep
+    dpo: DPOConfig = field(default_factory=lambda: DPOConfig(lr=5e-4, epochs=3))  # the demo's DPO settings
+    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(steps=20))  # PPO settings (kl_coef is swept)
+    reward: RewardConfig = field(default_factory=RewardConfig)  # reward-model training
+    n_evals: int = 5  # evaluations per run, evenly spaced (π_ref itself is the point at step 0)
+    n_eval_prompts: int = 500  # prompts per evaluation, one sample each at T = 1
+    methods: tuple[str, ...] = METHODS  # which methods to run
+    threads: int = 1  # torch CPU threads per process (tiny models gain little from more; one never oversubscribes)
+    workers: int = 2  # processes running seeds in parallel (one per core: 2 on a 2-core machine)
+    out_dir: str = "results/compare"  # where results.json, table.md and frontier.png go
+
+    @classmethod
+    def fast(cls, **kwargs) -> CompareConfig:
+        """The ``--fast`` comparison (under a minute on 2 free cores): one setting per method, shorter runs."""
+        cfg = cls(n_prompts=1200, betas=(1.0,), kl_coefs=(0.1,), ppo=PPOConfig(steps=10), n_evals=3,
+                  n_eval_prompts=300, out_dir="results/compare/fast")
+        return replace(cfg, **kwargs)
+
+
+def _rss_bytes() -> int | None:
+    """Resident memory of this process now (Linux /proc; psutil elsewhere if installed; else None)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        try:
+            import psutil
+
+            return psutil.Process().memory_info().rss
+        except Exception:  # noqa: BLE001 - no way to measure: report None
+            return None
+
+
+class PeakMemory:
+    """Peak resident memory above the level at entry, sampled every few ms by a background thread.
+
+    Freed heap is handed back to the OS first (glibc ``malloc_trim``), so that one run's leftovers do not hide the
+    next run's peak. A process-level measure: it includes everything Python and torch allocate meanwhile.
+    """
+
+    def __init__(self, interval_s: float = 0.003):
+        self.interval_s, self.peak_mb = interval_s, None
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        self._base = self._peak = _rss_bytes()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            rss = _rss_bytes()
+            if rss is not None and self._peak is not None:
+                self._peak = max(self._peak, rss)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._base is not None:
+            self.peak_mb = round((max(self._peak, _rss_bytes() or 0) - self._base) / 2**20, 1)
+
+
+class Evaluator:
+    """Evaluates policies on fixed prompts with a fixed sampling seed and keeps the time it spends."""
+
+    def __init__(self, reference, tokenizer, n_prompts: int, seed: int):
+        self.reference, self.tokenizer = reference, tokenizer
+        self.prompts = random.Random(seed + 1).choices(grammar.all_prompts(), k=n_prompts)
+        self.seed, self.seconds, self.cpu_seconds = seed + 2, 0.0, 0.0
+        metrics, samples = evaluate_policy(reference, reference, tokenizer, self.prompts, self.seed)
+        self.reference_point = {"step": 0, "completions": 0, **_rounded(metrics)}
+        self.reference_samples = samples.completions[:4]
+
+    def __call__(self, policy, step: int, completions: int) -> dict:
+        start, cpu = time.perf_counter(), time.process_time()
+        metrics, samples = evaluate_policy(policy, self.reference, self.tokenizer, self.prompts, self.seed)
+        self.last_samples = samples.completions[:4]
+        self.seconds += time.perf_counter() - start
+        self.cpu_seconds += time.process_time() - cpu
+        return {"step": step, "completions": completions, **_rounded(metrics)}
+
+    def reset(self) -> None:
+        """Zero the time kept, before a new run."""
+        self.seconds = self.cpu_seconds = 0.0
+
+
+def _rounded(metrics: dict) -> dict:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+def eval_steps(total: int, n_evals: int) -> set[int]:
+    """Steps (1-based) after which to evaluate: ``n_evals`` evenly spaced, the last one at ``total``."""
+    return {max(1, math.ceil(k * total / n_evals)) for k in range(1, n_evals + 1)}
+
+
+def _n_params(*models) -> int:
+    return sum(p.numel() for m in models for p in m.parameters())
+
+
+def _record(method, param, seed, evals, evaluator, wall_s, cpu_s, memory, compute, models) -> dict:
+    return {"method": method, "param": param, "param_name": "beta" if method == "DPO" else "kl_coef",
+            "seed": seed, "evals": evals, "final": evals[-1], "train_s": round(wall_s - evaluator.seconds, 2),
+            "cpu_s": round(cpu_s - evaluator.cpu_seconds, 2),
+            "peak_mb": memory.peak_mb, "compute": compute.as_dict(), "models_held": sorted(models),
+            "params_held": _n_params(*models.values()), "samples": evaluator.last_samples}
+
+
+def run_dpo(reference, tokenizer, train_rows, beta: float, config: CompareConfig, seed: int,
+            evaluator: Evaluator, progress: bool = False) -> dict:
+    """One DPO run at ``beta``, evaluated ``config.n_evals`` times. Returns its record for results.json."""
+    policy = copy.deepcopy(reference)
+    cfg = replace(config.dpo, beta=beta, seed=seed, progress=progress)
+    total = -(-len(train_rows) // cfg.batch_size) * cfg.epochs
+    due, evals = eval_steps(total, config.n_evals), [evaluator.reference_point]
+    evaluator.reset()
+
+    def callback(metrics: dict) -> None:
+        if metrics["step"] + 1 in due:
+            evals.append(evaluator(policy, metrics["step"] + 1, completions=0))
+
+    start, cpu = time.perf_counter(), time.process_time()
+    with PeakMemory() as memory:
+        train_dpo(policy, reference, tokenizer, train_rows, cfg, callback=callback)
+    wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    n = len(train_rows)  # π_ref scores each pair once (precomputed); π_θ scores it every epoch, with backward
+    compute = Compute(forward=2 * n + 2 * n * cfg.epochs, backward=2 * n * cfg.epochs)
+    return _record("DPO", beta, seed, evals, evaluator, wall_s, cpu_s, memory, compute,
+                   {"policy": policy, "reference": reference})
+
+
+def run_ppo(reference, tokenizer, method: str, kl_coef: float, config: CompareConfig, seed: int,
+            evaluator: Evaluator, learned: LearnedReward | None = None, progress: bool = False) -> dict:
+    """One PPO run on the learned reward (``method="PPO"``) or the ground truth (``"PPO-GT"``)."""
+    policy = copy.deepcopy(reference)
+    value = ScalarModel.from_causal_lm(reference, head_std=0.0)
+    cfg = replace(config.ppo, kl_coef=kl_coef, seed=seed, progress=progress)
+    compute = Compute()
+
+    def reward_fn(prompts: list[str], completions: list[str]):
+        if method == "PPO":
+            compute.add(reward_model_calls=len(completions), forward=len(completions))
+            return learned(prompts, completions)
+        compute.add(ground_truth_calls=len(completions))
+        return ground_truth_reward(completions)
+
+    due, evals = eval_steps(cfg.steps, config.n_evals), [evaluator.reference_point]
+    evaluator.reset()
+
+    def callback(metrics: dict) -> None:
+        if metrics["step"] + 1 in due:
+            evals.append(evaluator(policy, metrics["step"] + 1, completions=metrics["episode"]))
+
+    start, cpu = time.perf_counter(), time.process_time()
+    with PeakMemory() as memory:
+        history = train_ppo(policy, reference, value, tokenizer, reward_fn, cfg, compute=compute, callback=callback)
+    wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    models = {"policy": policy, "reference": reference, "value": value}
+    if method == "PPO":
+        models["reward_model"] = learned.rm
+    record = _record(method, kl_coef, seed, evals, evaluator, wall_s, cpu_s, memory, compute, models)
+    keys = ("objective/kl", "objective/scores", "objective/entropy", "policy/clipfrac", "loss/value")
+    record["history"] = [{k: round(h[k], 4) for k in ("step", *keys)} for h in history]
+    return record
+
+
+def prepare_seed(reference, tokenizer, config: CompareConfig, seed: int, progress: bool = False) -> dict:
+    """The preference set and, if PPO runs, the reward model trained on it, for one seed, with their costs."""
+    start = time.perf_counter()
+    prefs = PreferenceConfig(n_prompts=config.n_prompts, seed=seed)
+    rows = make_preference_pairs(reference, tokenizer, prefs)
+    train_rows, heldout = split_pairs(rows, 1 / 6, seed)
+    stage = {"train_rows": train_rows, "pairs": {
+        "seconds": round(time.perf_counter() - start, 2), "completions": 2 * config.n_prompts,
+        "ground_truth_calls": len(rows), "n_train": len(train_rows), "n_heldout": len(heldout),
+        "bt_temperature": prefs.bt_temperature, "bt_ceiling": round(bt_ceiling(heldout, prefs.bt_temperature), 4)}}
+    if "PPO" in config.methods:
+        start, cpu, compute = time.perf_counter(), time.process_time(), Compute()
+        with PeakMemory() as memory:
+            rm, history = train_reward_model(reference, tokenizer, train_rows,
+                                             replace(config.reward, seed=seed, progress=progress), compute)
+            learned = LearnedReward(rm, tokenizer, train_rows)
+        stage["learned"] = learned
+        stage["reward_model"] = {
+            "seconds": round(time.perf_counter() - start, 2), "cpu_s": round(time.process_time() - cpu, 2),
+            "compute": compute.as_dict(), "peak_mb": memory.peak_mb,
+            "steps": len(history), "final_loss": round(history[-1]["loss"], 4),
+            "train_accuracy": round(pairwise_accuracy(rm, tokenizer, train_rows), 4),
+            "heldout_accuracy": round(pairwise_accuracy(rm, tokenizer, heldout), 4)}
+    return stage
+
+
+def run_seed(config: CompareConfig, seed: int, progress: bool = False, verbose: bool = True) -> dict:
+    """Everything for one seed: π_ref's evaluation, the preference set, the reward model and every run.
+
+    Returns:
+        ``{"seed", "reference", "stage", "runs"}``, the pieces :func:`run_comparison` assembles.
+    """
+    torch.set_num_threads(config.threads)
+    start, cpu = time.perf_counter(), time.process_time()
+    reference, tokenizer = load_reference(config.world)
+    evaluator = Evaluator(reference, tokenizer, config.n_eval_prompts, seed)
+    stage = prepare_seed(reference, tokenizer, config, seed, progress)
+    jobs = [("DPO", b) for b in config.betas if "DPO" in config.methods]
+    jobs += [(m, c) for m in ("PPO", "PPO-GT") if m in config.methods for c in config.kl_coefs]
+    runs = []
+    for method, param in jobs:
+        if method == "DPO":
+            run = run_dpo(reference, tokenizer, stage["train_rows"], param, config, seed, evaluator, progress)
+        else:
+            run = run_ppo(reference, tokenizer, method, param, config, seed, evaluator, stage.get("learned"), progress)
+        runs.append(run)
+        if verbose:
+            f = run["final"]
+            print(f"seed {seed} {method:6s} {run['param_name']}={param:<5g} reward {f['reward']:+.3f} "
+                  f"KL {f['kl']:5.2f} fluency {f['fluency']:.0%}  ({run['train_s']:.1f} s)", flush=True)
+    return {"seed": seed, "reference": {**evaluator.reference_point, "samples": evaluator.reference_samples},
+            "stage": {k: v for k, v in stage.items() if k not in ("train_rows", "learned")}, "runs": runs,
+            "wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(time.process_time() - cpu, 1)}
+
+
+def _load_average() -> list[float] | None:
+    """The machine's 1/5/15-minute load averages: how busy the cores were (other work slows wall times)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def _seed_worker(config: CompareConfig, seed: int, verbose: bool) -> dict:
+    """:func:`run_seed` in a spawned process: quiet Hugging Face progress bars, no tokenizer threads, and a
+    thread lock for tqdm (its default inter-process lock would leak a semaphore when the pool shuts down)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from tqdm import tqdm
+    from transformers.utils import logging as hf_logging
+
+    tqdm.set_lock(threading.RLock())
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    return run_seed(config, seed, progress=False, verbose=verbose)
+
+
+def run_comparison(config: CompareConfig, progress: bool = True, verbose: bool = True) -> dict:
+    """Run every method, setting and seed of ``config``; write ``results.json``, ``table.md`` and ``frontier.png``.
+
+    With ``config.workers`` > 1 the seeds run in parallel processes (``config.threads`` torch threads each); every
+    number except timings and memory is the same either way.
+
+    Returns:
+        The results dict (see ``results.json``): ``config``, ``reference`` (π_ref's evaluation per seed),
+        ``stages`` (preference set and reward model per seed), ``runs`` (one record per method × setting × seed,
+        with its evaluations), ``wall_s`` and ``environment``.
+    """
+    from dpo_teach import frontier
+
+    unknown = set(config.methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
+    log = print if verbose else (lambda *a, **k: None)
+    start = time.perf_counter()
+    load_reference(config.world, progress=progress, verbose=verbose)  # build it once, before any worker needs it
+    workers = max(1, min(config.workers, len(config.seeds), os.cpu_count() or 1))
+    threads = torch.get_num_threads()
+    try:
+        if workers == 1:
+            parts = [run_seed(config, seed, progress, verbose) for seed in config.seeds]
+        else:
+            log(f"running {len(config.seeds)} seeds in {workers} processes, {config.threads} torch thread(s) each")
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                parts = pool.starmap(_seed_worker, [(config, seed, verbose) for seed in config.seeds])
+    finally:
+        torch.set_num_threads(threads)
+    results = {"format": FORMAT, "config": asdict(config),
+               "reference": {str(p["seed"]): p["reference"] for p in parts},
+               "stages": {str(p["seed"]): p["stage"] for p in parts},
+               "runs": [run for p in parts for run in p["runs"]],
+               "wall_s": round(time.perf_counter() - start, 1),
+               "environment": {"torch": torch.__version__, "threads": config.threads, "workers": workers,
+                               "cpus": os.cpu_count(), "load_average": _load_average(),
+                               "seed_wall_s": {str(p["seed"]): p["wall_s"] for p in parts},
+                               "seed_cpu_s": {str(p["seed"]): p["cpu_s"] for p in parts}}}
+    frontier.write_outputs(results, Path(config.out_dir))
+    log("\n" + frontier.results_table(results))
+    log("\n" + "\n".join(frontier.conclusions(results).values()))
+    log(f"\nwrote {config.out_dir}/results.json, table.md, frontier.png ({results['wall_s']:.0f} s in all)")
+    return results
