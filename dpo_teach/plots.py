@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +10,8 @@ import matplotlib
 matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from dpo_teach.utils import atomic_file  # noqa: E402
 
 
 def smooth(values: list[float], window: int = 10) -> np.ndarray:
@@ -62,13 +63,8 @@ def plot_reward_before_after(rewards_before: np.ndarray, rewards_after: np.ndarr
 
 def save_figure(fig, path: str | Path) -> None:
     """Save as PNG atomically, then close the figure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
-        Path(tmp).unlink(missing_ok=True)
         plt.close(fig)

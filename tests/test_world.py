@@ -75,3 +75,26 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, world):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown model preset 'huge'"):
         build_model("huge", 100, 0)
+
+
+def test_atomic_writes_keep_the_old_file_on_failure_and_use_normal_permissions(tmp_path):
+    import os
+
+    from dpo_teach.utils import atomic_file, atomic_write_json
+
+    path = tmp_path / "m.json"
+    atomic_write_json(path, {"a": 1})
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_current_umask())
+    with pytest.raises(RuntimeError):
+        with atomic_file(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert path.read_text() == '{\n  "a": 1\n}\n' and os.listdir(tmp_path) == ["m.json"]
+
+
+def _current_umask():
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
