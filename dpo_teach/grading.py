@@ -411,8 +411,8 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
             row = grade_submission(*item, manifests, assignment, cell_timeout, timeout, env, slot)
         finally:
             slots.put(slot)
-        log(f"  {row['student']:<24} {row['assignment'] or '?':<30} {row['score']:g}/{row['possible']:g}  "
-            f"{row['status']}  {row['seconds']:.0f} s")
+        log(f"  {row['student']}: {row['assignment'] or '?'} {row['score']:g}/{row['possible']:g} "
+            f"{row['status']} ({row['seconds']:.0f} s)")
         return row
 
     try:
@@ -460,10 +460,13 @@ def write_reports(report: dict, out: Path) -> None:
 
 def format_table(report: dict) -> str:
     """A short text table of the results, for the terminal."""
-    lines = [f"{'student':<24}{'assignment':<32}{'score':>12}  {'status':<8} reason"]
-    for r in report["results"]:
+    rows = report["results"]
+    w1 = max([len("student")] + [len(r["student"]) for r in rows]) + 2
+    w2 = max([len("assignment")] + [len(r["assignment"] or "?") for r in rows]) + 2
+    lines = [f"{'student':<{w1}}{'assignment':<{w2}}{'score':>8}  {'status':<8} reason"]
+    for r in rows:
         score, reason = f"{r['score']:g}/{r['possible']:g}", re.sub(r"\s+", " ", r["reason"])[:100]
-        lines.append(f"{r['student']:<24}{(r['assignment'] or '?'):<32}{score:>12}  {r['status']:<8} {reason}")
+        lines.append(f"{r['student']:<{w1}}{(r['assignment'] or '?'):<{w2}}{score:>8}  {r['status']:<8} {reason}")
     return "\n".join(lines)
 
 
