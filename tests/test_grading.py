@@ -20,6 +20,7 @@ import nbformat
 import pytest
 
 from dpo_teach import grading
+from dpo_teach.grading.grade import _detect_assignment as detect_assignment
 
 NAMES = [p.stem for p in sorted(grading.MASTERS.glob("*.ipynb"))]
 
@@ -302,9 +303,9 @@ def test_find_submissions_and_assignment_detection(tmp_path):
     assert [(s, p.name) for s, p in found] == [("alice", "hw.ipynb"),
                                                ("bob_02_bradley_terry", "bob_02_bradley_terry.ipynb")]
     manifests = {"02_bradley_terry": {}, "03_deriving_dpo": {}}
-    assert grading._detect_assignment(found[1][1], None, manifests) == "02_bradley_terry"
+    assert detect_assignment(found[1][1], None, manifests) == "02_bradley_terry"
     nb = nbformat.v4.new_notebook(metadata={"otter": {"assignment_name": "03_deriving_dpo"}})
-    assert grading._detect_assignment(found[0][1], nb, manifests) == "03_deriving_dpo"
+    assert detect_assignment(found[0][1], nb, manifests) == "03_deriving_dpo"
 
 
 def test_cli_grade_reports_user_errors(tmp_path, capsys):

@@ -1,0 +1,83 @@
+"""``make assign``: otter assign on every master → student notebooks, reproducible bundles and manifests."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import nbformat
+import yaml
+
+from dpo_teach.utils import atomic_file, atomic_write_json, atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[2]
+MASTERS, NOTEBOOKS, AUTOGRADER = ROOT / "course" / "masters", ROOT / "notebooks", ROOT / "course" / "autograder"
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same master gives the same bundle, byte for byte
+
+
+def read_questions(master: Path) -> list[dict]:
+    """The questions of a master notebook in order: ``[{"name": q, "points": p, "manual": bool}, ...]``."""
+    questions = []
+    for cell in nbformat.read(master, as_version=4).cells:
+        if cell.cell_type == "raw" and cell.source.lstrip().startswith("# BEGIN QUESTION"):
+            config = yaml.safe_load(cell.source.split("\n", 1)[1]) or {}
+            questions.append({"name": config["name"], "points": config.get("points", 1),
+                              "manual": bool(config.get("manual"))})
+    return questions
+
+
+def _normalized_student_notebook(path: Path, stem: str) -> str:
+    """otter assign gives generated cells random ids; number them so that the output is reproducible."""
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"{stem[:2]}-{i:03d}"
+    nbformat.validate(nb)
+    return nbformat.writes(nb) + "\n"
+
+
+def _repack(zip_path: Path) -> bytes:
+    """Otter's bundle with sorted members, fixed timestamps and permissions."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(zip_path) as src, zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name in sorted(src.namelist()):
+            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+            info.external_attr = (0o755 if name == "run_autograder" else 0o644) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            dst.writestr(info, src.read(name))
+    return buffer.getvalue()
+
+
+def assign(masters: Path = MASTERS, notebooks: Path = NOTEBOOKS, autograder: Path = AUTOGRADER,
+           solutions: Path | None = None, quiet: bool = True) -> list[str]:
+    """Run ``otter assign`` on every ``masters/*.ipynb``; write student notebooks, bundles and manifests.
+
+    ``solutions`` (optional): also write the solution notebooks there (the masters without otter's markup),
+    e.g. to grade them as a full-score submission. Returns the assignment names.
+    """
+    from otter.assign import main as otter_assign
+
+    names = []
+    for master in sorted(Path(masters).glob("*.ipynb")):
+        stem = master.stem
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "dist"
+            sink = io.StringIO()
+            quiet_stderr = contextlib.redirect_stderr(sink) if quiet else contextlib.nullcontext()
+            with contextlib.redirect_stdout(sink), quiet_stderr:
+                otter_assign(str(master), str(out), no_run_tests=True, no_pdfs=True)
+            (bundle,) = (out / "autograder").glob("*.zip")
+            atomic_write_text(Path(notebooks) / f"{stem}.ipynb",
+                              _normalized_student_notebook(out / "student" / f"{stem}.ipynb", stem))
+            with atomic_file(Path(autograder) / f"{stem}.zip") as tmp_zip:
+                tmp_zip.write_bytes(_repack(bundle))
+            manifest = {"assignment": stem, "questions": read_questions(master)}
+            atomic_write_json(Path(autograder) / f"{stem}.json", manifest, sort_keys=False)
+            if solutions is not None:
+                Path(solutions).mkdir(parents=True, exist_ok=True)
+                shutil.copy(out / "autograder" / f"{stem}.ipynb", Path(solutions) / f"{stem}.ipynb")
+        names.append(stem)
+    return names
