@@ -16,7 +16,8 @@ from dpo_teach.data import (
     write_preferences,
 )
 
-HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-sample" / "harmless-base-test-first200.jsonl"
+# 200 real HH-RLHF rows (MIT, Anthropic; see the LICENSE and README beside the file): red-teaming data, tests only
+HH = Path(__file__).resolve().parent / "data" / "hh-rlhf-sample" / "harmless-base-test-first200.jsonl"
 GOOD = {"prompt": "the film was", "chosen": " great .", "rejected": " bad ."}
 
 
@@ -113,7 +114,6 @@ def test_hh_rlhf_rows_split_at_the_last_assistant_turn():
     assert split_dialogue("\n\nHuman: a", "\n\nHuman: b") is None
 
 
-@pytest.mark.skipif(not HH.exists(), reason="the shared HH-RLHF sample is not beside this checkout")
 def test_real_hh_rlhf_sample_loads(world):
     _, tok = world
     with pytest.raises(DataError, match=r":87: the 'chosen' completion is empty"):
