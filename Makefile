@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch is pinned here (not in pyproject) to the CPU wheel these machines carry; a bare `torch` pulls a GPU build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test lab bench assign lint clean help
+.PHONY: demo test lab bench bench-notebooks assign lint clean help
 
 help:
 	@echo "make demo   set up .venv (first use), then run the end-to-end DPO demo -> results/demo/,"
@@ -14,6 +14,7 @@ help:
 	@echo "make test   set up .venv (first use), then run the whole test suite"
 	@echo "make lab    open the notebooks in JupyterLab"
 	@echo "make bench  throughput and memory benchmarks -> results/bench.json"
+	@echo "make bench-notebooks  notebook run times (fast mode: all; full mode: 05, 07) -> results/notebooks_bench.json"
 	@echo "make assign course/masters/*.ipynb -> notebooks/ (student versions) and course/autograder/ (bundles)"
 
 $(STAMP): pyproject.toml
@@ -36,6 +37,10 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# about 15 minutes on 2 cores: every notebook in fast mode, then 05 and 07 in full mode
+bench-notebooks: $(STAMP)
+	$(BIN)/python benchmarks/bench_notebooks.py --fast --full 05 07 --keep results/notebooks
 
 # otter assign on every master; writes only the notebooks named after a master, never others in notebooks/
 assign: $(STAMP)

@@ -16,8 +16,10 @@ One topic per module:
 - ``bandit``     the exact bandit world of notebooks 01–04
 - ``reward_model``, ``rollout``, ``ppo``  classic RLHF: a Bradley–Terry reward model and our own PPO
 - ``compare``, ``frontier``  PPO vs DPO: the sweep, the reward–KL frontier and the cost table
+- ``pitfalls``   notebook 07's failure modes: length-biased labels, a length-balanced subset, DPOP, sample reports
+- ``trl_bridge`` preference rows to TRL's ``DPOTrainer`` (optional ``peers`` extra) and the two losses on one batch
 - ``plots``, ``pipeline``, ``cli``  figures, the demo job and the ``dpo-teach`` command
-- ``grading``    otter-grader: ``make assign`` and ``dpo-teach grade``
+- ``grading``    (a package) otter-grader: ``make assign`` and ``dpo-teach grade``
 
 Shape letters used in docstrings and comments throughout:
 

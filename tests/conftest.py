@@ -42,3 +42,17 @@ def pairs(world):
 
     reference, tokenizer = world
     return make_preference_pairs(reference, tokenizer, PreferenceConfig(n_prompts=300, seed=0))
+
+
+@pytest.fixture(scope="session")
+def notebook_reference(cache_root):
+    """The notebooks' π_ref (the "tiny" preset at full size), built once in the session's private cache before any
+    kernel needs it."""
+    from dpo_teach.world import WorldConfig, load_reference
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the notebooks; on a busy 2-core machine 2 threads build many times slower
+    try:
+        return load_reference(WorldConfig(preset="tiny"))
+    finally:
+        torch.set_num_threads(threads)

@@ -76,20 +76,6 @@ def assigned(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def tiny_reference(cache_root):
-    """Notebook 04's π_ref, built once in the session's private cache before any kernel needs it."""
-    import torch
-
-    from dpo_teach.world import WorldConfig, load_reference
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the notebook; on a busy 2-core machine 2 threads build many times slower
-    try:
-        load_reference(WorldConfig(preset="tiny"))  # notebook 04's π_ref, in the session's private cache
-    finally:
-        torch.set_num_threads(threads)
-
 
 def manifest_points(assigned, name: str) -> dict[str, float]:
     manifest = json.loads((assigned / "autograder" / f"{name}.json").read_text())
@@ -110,7 +96,7 @@ def expected_scores(assigned) -> dict[str, dict[str, float]]:
 
 
 @pytest.fixture(scope="module")
-def graded(assigned, tiny_reference, tmp_path_factory):
+def graded(assigned, notebook_reference, tmp_path_factory):
     """One `grade` run over full, blank, wrong and broken submissions."""
     folder = tmp_path_factory.mktemp("submissions")
     for name in NAMES:

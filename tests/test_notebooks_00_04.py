@@ -21,18 +21,8 @@ FAST_BUDGET_S = 300  # CI's limit for notebooks 00–04 together, in fast mode o
 
 
 @pytest.fixture(scope="module")
-def executed(cache_root, tmp_path_factory):
+def executed(notebook_reference, tmp_path_factory):
     """Run every student notebook once, in a copy under its own name (its grader reads the file by name)."""
-    import torch
-
-    from dpo_teach.world import WorldConfig, load_reference
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the notebook; on a busy 2-core machine 2 threads build many times slower
-    try:
-        load_reference(WorldConfig(preset="tiny"))  # notebook 04's π_ref, in the session's private cache
-    finally:
-        torch.set_num_threads(threads)
     workdir = tmp_path_factory.mktemp("notebooks")
     results = {}
     old = os.environ.get("DPO_TEACH_FAST")

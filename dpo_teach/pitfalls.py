@@ -1,0 +1,136 @@
+"""DPO's failure modes, made reproducible (notebook 07): biased preference data, a displacement fix, sample checks.
+
+- **Length exploitation.** :func:`relabel_with_length_bonus` relabels sampled pairs the way verbosity-biased
+  labellers would (Bradley–Terry on the reward plus a bonus per word), so that the chosen completion is
+  systematically longer; :func:`length_balanced` keeps a subset in which length no longer predicts the label.
+- **Likelihood displacement.** :func:`dpop_loss` (DPO-Positive, Pal et al. 2024) penalises a chosen completion whose
+  log-probability falls below the reference's, which plain DPO allows.
+- **Reward hacking.** :func:`sample_report` describes what the samples of a drifting policy look like: ill-formed
+  text, missing EOS, stacked sentiment words, and the reward the ground truth still pays for them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dpo_teach import grammar
+from dpo_teach.data import bt_probability
+from dpo_teach.evaluate import fluency
+from dpo_teach.reward import ground_truth_reward
+from dpo_teach.sampling import Samples
+
+SENTIMENT_WORDS = frozenset(grammar.POSITIVE + grammar.NEGATIVE + grammar.VERBS_POSITIVE + grammar.VERBS_NEGATIVE)
+
+
+def n_words(text: str) -> int:
+    """Length of a completion in words (what a labeller sees), not in tokens."""
+    return len(text.split())
+
+
+def relabel_with_length_bonus(rows: list[dict], bonus: float, temperature: float = 0.1, seed: int = 0) -> list[dict]:
+    """Relabel each pair by Bradley–Terry on ``r(x, y) + bonus · words(y)`` instead of ``r(x, y)``.
+
+    Same prompts and completions as ``rows`` (which need ``chosen_reward``/``rejected_reward``), new labels: a
+    labeller who likes long answers. ``chosen_reward``/``rejected_reward`` stay the ground-truth rewards.
+    """
+    rng = random.Random(seed)
+    out = []
+    for row in rows:
+        a = (row["chosen"], row["chosen_reward"])
+        b = (row["rejected"], row["rejected_reward"])
+        score_a, score_b = a[1] + bonus * n_words(a[0]), b[1] + bonus * n_words(b[0])
+        (yw, rw), (yl, rl) = (a, b) if rng.random() < bt_probability(score_a, score_b, temperature) else (b, a)
+        out.append({**row, "chosen": yw, "rejected": yl, "chosen_reward": rw, "rejected_reward": rl})
+    return out
+
+
+def length_stats(rows: list[dict]) -> dict[str, float]:
+    """How strongly length predicts the label: shares of pairs whose chosen completion is longer/shorter (in
+    words), the mean word gap chosen − rejected, and the mean length of chosen and rejected completions."""
+    gaps = np.array([n_words(r["chosen"]) - n_words(r["rejected"]) for r in rows])
+    return {
+        "chosen_longer": float(np.mean(gaps > 0)),
+        "chosen_shorter": float(np.mean(gaps < 0)),
+        "mean_gap_words": float(np.mean(gaps)),
+        "chosen_words": float(np.mean([n_words(r["chosen"]) for r in rows])),
+        "rejected_words": float(np.mean([n_words(r["rejected"]) for r in rows])),
+    }
+
+
+def length_balanced(rows: list[dict], seed: int = 0) -> list[dict]:
+    """A length-controlled subset: for every word gap d > 0, as many pairs in which the chosen completion is d words
+    longer as pairs in which it is d words shorter (the larger group is subsampled); equal-length pairs are kept.
+
+    In the result the gap chosen − rejected is symmetric around 0, so length alone no longer predicts the label;
+    what still separates chosen from rejected is everything else (here: sentiment). Order is shuffled with ``seed``.
+    """
+    groups: dict[int, tuple[list, list]] = defaultdict(lambda: ([], []))
+    out = []
+    for row in rows:
+        gap = n_words(row["chosen"]) - n_words(row["rejected"])
+        if gap == 0:
+            out.append(row)
+        else:
+            groups[abs(gap)][gap < 0].append(row)  # [0]: chosen longer, [1]: chosen shorter
+    rng = random.Random(seed)
+    for gap in sorted(groups):
+        longer, shorter = groups[gap]
+        n = min(len(longer), len(shorter))
+        out += rng.sample(longer, n) + rng.sample(shorter, n)
+    rng.shuffle(out)
+    return out
+
+
+def dpop_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float = 0.1,
+    lam: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DPO-Positive (DPOP, Eq. 3 in Pal et al. 2024, "Smaug"):
+
+        L = -log σ( β·[ log π_θ/π_ref(y_w) − log π_θ/π_ref(y_l) − λ·max(0, log π_ref(y_w) − log π_θ(y_w)) ] )
+
+    Plain DPO only sees the difference of the two log-ratios, so it can raise the margin while *both* log-probs
+    fall (likelihood displacement). The penalty is 0 while the chosen log-prob stays at or above the reference's
+    and grows with λ once it falls below. Same arguments and returns as :func:`dpo_teach.losses.dpo_loss`.
+
+    Args:
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: Shape: (B,) each.
+        beta: β > 0.
+        lam: λ ≥ 0, the weight of the penalty; λ = 0 is DPO.
+    """
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps  # log π_θ/π_ref(y_w)
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps  # log π_θ/π_ref(y_l)
+    penalty = lam * torch.clamp(-chosen_logratios, min=0)  # > 0 only when y_w lost probability
+    losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios - penalty))
+    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+
+
+def sample_report(samples: Samples) -> dict[str, float]:
+    """What a policy's samples look like, beside the reward: the signs of reward hacking.
+
+    ``fluency`` (well-formed and ended by EOS), ``ended`` (EOS within the token limit), ``words`` (mean length),
+    ``sentiment_words`` (mean count of the grammar's sentiment words per completion), ``repeats`` (share of
+    completions that repeat a word three or more times), ``reward`` and ``reward_ill_formed`` (mean ground-truth
+    reward of all samples, and of the ill-formed ones only: what the reward pays for broken text).
+    """
+    rewards = ground_truth_reward(samples.completions)
+    ok = fluency(samples).astype(bool)
+    words = [c.split() for c in samples.completions]
+    return {
+        "fluency": float(ok.mean()),
+        "ended": float(np.mean(samples.ended)),
+        "words": float(np.mean([len(w) for w in words])),
+        "sentiment_words": float(np.mean([sum(x in SENTIMENT_WORDS for x in w) for w in words])),
+        "repeats": float(np.mean([max((w.count(x) for x in set(w)), default=0) >= 3 for w in words])),
+        "reward": float(rewards.mean()),
+        "reward_ill_formed": float(rewards[~ok].mean()) if (~ok).any() else float("nan"),
+    }

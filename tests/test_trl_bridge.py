@@ -1,0 +1,52 @@
+"""dpo_teach.trl_bridge: preference rows to a TRL dataset and trainer; the same loss on a batch; a clear message
+without TRL. (tests/test_trl_parity.py checks tokens, metrics and gradients against TRL in depth.)"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import pytest
+
+from dpo_teach import trl_bridge
+from dpo_teach.dpo import DPOConfig, train_dpo
+
+
+def test_without_trl_the_bridge_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "trl", None)  # what a missing package looks like to `import`
+    assert not trl_bridge.trl_available()
+    with pytest.raises(ImportError, match=r"pip install 'dpo-teach\[peers\]'"):
+        trl_bridge.to_dataset([{"prompt": "x", "chosen": " a", "rejected": " b"}])
+
+
+@pytest.fixture(scope="module")
+def policy(world, pairs):
+    """π_θ ≠ π_ref, so that the compared loss is not ln 2."""
+    reference, tokenizer = world
+    policy = copy.deepcopy(reference)
+    train_dpo(policy, reference, tokenizer, pairs[32:160], DPOConfig(beta=0.5, lr=1e-2, seed=0))
+    return policy
+
+
+def test_to_dataset_keeps_trls_three_columns(pairs):
+    pytest.importorskip("trl")
+    dataset = trl_bridge.to_dataset(pairs[:5])
+    assert dataset.column_names == ["prompt", "chosen", "rejected"] and len(dataset) == 5
+    assert dataset[0] == {k: pairs[0][k] for k in ("prompt", "chosen", "rejected")}
+
+
+@pytest.mark.parametrize("loss_type, beta, average", [("sigmoid", 0.5, False), ("ipo", 0.1, True)])
+def test_trl_trainer_computes_our_loss_on_a_batch(world, pairs, policy, tmp_path, loss_type, beta, average):
+    pytest.importorskip("trl")
+    reference, tokenizer = world
+    rows = pairs[:32]
+    trainer = trl_bridge.trl_trainer(policy, reference, tokenizer, rows, beta=beta, loss_type=loss_type,
+                                     output_dir=str(tmp_path))
+    assert not trainer.args.bf16 and not trainer.args.gradient_checkpointing and trainer.args.use_cpu
+    theirs = trl_bridge.trl_batch_metrics(trainer)
+    ours = trl_bridge.our_batch_metrics(policy, reference, tokenizer, rows, beta, loss_type=loss_type, average=average)
+    keys = list(ours) if loss_type == "sigmoid" else ["loss"]  # TRL's IPO averages log-probs only inside the loss
+    assert set(ours) <= set(theirs)
+    for key in keys:
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-5, rel=0), key
+    assert abs(ours["loss"] - {"sigmoid": 0.6931, "ipo": 1 / (4 * beta**2)}[loss_type]) > 0.01
