@@ -90,25 +90,8 @@ def assigned(tmp_path_factory):
 
 
 
-def exercises_only(nb):
-    """The notebook's set-up cells (up to the grader) and its answer and check cells; the runs in between go.
-
-    Graded names are defined only in answer cells, so a submission cut this way grades exactly as the whole one
-    would, in seconds instead of minutes.
-    """
-    keep, setup = [], True
-    for cell in nb.cells:
-        tags = cell.metadata.get("tags", [])
-        answer = "otter_answer_cell" in tags or "otter_assign_solution_cell" in tags
-        if cell.cell_type != "code" or setup or answer or cell.source.startswith("grader.check("):
-            keep.append(cell)
-        setup = setup and "otter.Notebook(" not in cell.source
-    nb.cells = keep
-    return nb
-
-
 def wrong_submission(solution, find: str, source: str):
-    nb = exercises_only(nbformat.read(solution, as_version=4))
+    nb = shared_grading.exercises_only(nbformat.read(solution, as_version=4))
     (index,) = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code" and find in cell.source]
     nb.cells[index].source = source.strip()
     return nb
