@@ -56,3 +56,18 @@ def notebook_reference(cache_root):
         return load_reference(WorldConfig(preset="tiny"))
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def trained_policy(world, pairs):
+    """π_θ ≠ π_ref: a copy of the small world's reference after a few DPO steps on pairs[32:160], which tests
+    comparing a batch of at most the first 32 pairs never see. Tests must not modify it (deep-copy first)."""
+    import copy
+
+    from dpo_teach.dpo import DPOConfig, train_dpo
+
+    reference, tokenizer = world
+    policy = copy.deepcopy(reference)
+    train_dpo(policy, reference, tokenizer, pairs[32:160], DPOConfig(beta=0.5, lr=1e-2, batch_size=32, seed=0))
+    policy.zero_grad(set_to_none=True)
+    return policy
