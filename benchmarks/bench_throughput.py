@@ -46,9 +46,10 @@ def trl_stamps(reference, tokenizer, rows: list[dict]) -> list[float]:
     loading in the main process, reference log-probs precomputed (the policy's initial weights serve as π_ref, so no
     second model is kept).
     """
-    import datasets
     import trl
     from transformers import PrinterCallback, TrainerCallback
+
+    from dpo_teach import trl_bridge
 
     stamps: list[float] = []
 
@@ -57,14 +58,12 @@ def trl_stamps(reference, tokenizer, rows: list[dict]) -> list[float]:
             stamps.append(time.perf_counter())
 
     with tempfile.TemporaryDirectory() as out:
-        args = trl.DPOConfig(
-            output_dir=out, beta=BETA, learning_rate=LR, per_device_train_batch_size=BATCH, max_length=MAX_LENGTH,
-            num_train_epochs=1, precompute_ref_log_probs=True, bf16=False, fp16=False,
-            gradient_checkpointing=False, use_cpu=True, report_to="none", eval_strategy="no", save_strategy="no",
-            disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False, seed=0,
+        args = trl_bridge.cpu_config(  # bf16, fp16 and gradient checkpointing off, no progress bar, no workers
+            out, BETA, MAX_LENGTH, BATCH, learning_rate=LR, num_train_epochs=1, precompute_ref_log_probs=True,
+            eval_strategy="no", save_strategy="no", dataloader_pin_memory=False, seed=0,
         )
         trainer = trl.DPOTrainer(model=copy.deepcopy(reference), args=args, processing_class=tokenizer,
-                                 train_dataset=datasets.Dataset.from_list(rows), callbacks=[Stamp()])
+                                 train_dataset=trl_bridge.to_dataset(rows), callbacks=[Stamp()])
         trainer.remove_callback(PrinterCallback)  # logs are still computed every 10 steps, just not printed
         trainer.train()
     return stamps

@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--autograder-dir", metavar="DIR",
                    help="bundles written by `make assign` (default: course/autograder)")
     g.add_argument("--timeout", type=_positive(float), default=900,
-                   help="seconds per notebook; past it the notebook is killed and scores 0 (%(default)s)")
+                   help="seconds per notebook; past it a notebook is killed, retried once, then scores 0 (%(default)s)")
     g.add_argument("--cell-timeout", type=_positive(int), default=120,
                    help="seconds per cell; past it the cell raises TimeoutError and grading goes on (%(default)s)")
     g.add_argument("--jobs", type=_positive(int), default=1, help="notebooks graded in parallel (%(default)s)")
@@ -252,7 +252,7 @@ def cmd_compare(args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "grade":  # no model, no transformers: its own errors and exit codes
+    if args.command == "grade":  # its own errors and exit codes (grading runs notebooks, trains no model)
         return cmd_grade(args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging

@@ -115,27 +115,39 @@ class PeakMemory:
 
 
 class Evaluator:
-    """Evaluates policies on fixed prompts with a fixed sampling seed and keeps the time it spends."""
+    """Evaluates policies on fixed prompts with a fixed sampling seed (sampling forks the RNG, so evaluating never
+    changes a training run)."""
 
     def __init__(self, reference, tokenizer, n_prompts: int, seed: int):
         self.reference, self.tokenizer = reference, tokenizer
         self.prompts = random.Random(seed + 1).choices(grammar.all_prompts(), k=n_prompts)
-        self.seed, self.seconds, self.cpu_seconds = seed + 2, 0.0, 0.0
+        self.seed = seed + 2
         metrics, samples = evaluate_policy(reference, reference, tokenizer, self.prompts, self.seed)
         self.reference_point = {"step": 0, "completions": 0, **_rounded(metrics)}
         self.reference_samples = samples.completions[:4]
 
     def __call__(self, policy, step: int, completions: int) -> dict:
-        start, cpu = time.perf_counter(), time.process_time()
         metrics, samples = evaluate_policy(policy, self.reference, self.tokenizer, self.prompts, self.seed)
         self.last_samples = samples.completions[:4]
-        self.seconds += time.perf_counter() - start
-        self.cpu_seconds += time.process_time() - cpu
         return {"step": step, "completions": completions, **_rounded(metrics)}
 
-    def reset(self) -> None:
-        """Zero the time kept, before a new run."""
-        self.seconds = self.cpu_seconds = 0.0
+    def snapshots(self, snapshots: list[tuple[int, int, dict]]) -> list[dict]:
+        """π_ref's evaluation, then one per ``(step, completions, state_dict)`` saved during a run.
+
+        Runs save weights while they train and are evaluated afterwards, so that a run's wall time, CPU time and
+        peak memory are its training's alone.
+        """
+        scratch = copy.deepcopy(self.reference)
+        evals = [self.reference_point]
+        for step, completions, state in snapshots:
+            scratch.load_state_dict(state)
+            evals.append(self(scratch, step, completions))
+        return evals
+
+
+def _state(model) -> dict:
+    """A copy of ``model``'s weights (a few hundred kB for the toy presets)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _rounded(metrics: dict) -> dict:
@@ -153,8 +165,7 @@ def _n_params(*models) -> int:
 
 def _record(method, param, seed, evals, evaluator, wall_s, cpu_s, memory, compute, models) -> dict:
     return {"method": method, "param": param, "param_name": "beta" if method == "DPO" else "kl_coef",
-            "seed": seed, "evals": evals, "final": evals[-1], "train_s": round(wall_s - evaluator.seconds, 2),
-            "cpu_s": round(cpu_s - evaluator.cpu_seconds, 2),
+            "seed": seed, "evals": evals, "final": evals[-1], "train_s": round(wall_s, 2), "cpu_s": round(cpu_s, 2),
             "peak_mb": memory.peak_mb, "compute": compute.as_dict(), "models_held": sorted(models),
             "params_held": _n_params(*models.values()), "samples": evaluator.last_samples}
 
@@ -165,19 +176,20 @@ def run_dpo(reference, tokenizer, train_rows, beta: float, config: CompareConfig
     policy = copy.deepcopy(reference)
     cfg = replace(config.dpo, beta=beta, seed=seed, progress=progress)
     total = -(-len(train_rows) // cfg.batch_size) * cfg.epochs
-    due, evals = eval_steps(total, config.n_evals), [evaluator.reference_point]
-    evaluator.reset()
+    due, saved = eval_steps(total, config.n_evals), []
 
     def callback(metrics: dict) -> None:
         if metrics["step"] + 1 in due:
-            evals.append(evaluator(policy, metrics["step"] + 1, completions=0))
+            saved.append((metrics["step"] + 1, 0, _state(policy)))
 
     start, cpu = time.perf_counter(), time.process_time()
     with PeakMemory() as memory:
         train_dpo(policy, reference, tokenizer, train_rows, cfg, callback=callback)
     wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu
-    n = len(train_rows)  # π_ref scores each pair once (precomputed); π_θ scores it every epoch, with backward
-    compute = Compute(forward=2 * n + 2 * n * cfg.epochs, backward=2 * n * cfg.epochs)
+    evals = evaluator.snapshots(saved)
+    n = len(train_rows)  # π_θ scores each pair every epoch, with backward; π_ref once (precomputed) or every epoch
+    ref_passes = 1 if cfg.precompute_ref else cfg.epochs
+    compute = Compute(forward=2 * n * (ref_passes + cfg.epochs), backward=2 * n * cfg.epochs)
     return _record("DPO", beta, seed, evals, evaluator, wall_s, cpu_s, memory, compute,
                    {"policy": policy, "reference": reference})
 
@@ -197,17 +209,17 @@ def run_ppo(reference, tokenizer, method: str, kl_coef: float, config: CompareCo
         compute.add(ground_truth_calls=len(completions))
         return ground_truth_reward(completions)
 
-    due, evals = eval_steps(cfg.steps, config.n_evals), [evaluator.reference_point]
-    evaluator.reset()
+    due, saved = eval_steps(cfg.steps, config.n_evals), []
 
     def callback(metrics: dict) -> None:
         if metrics["step"] + 1 in due:
-            evals.append(evaluator(policy, metrics["step"] + 1, completions=metrics["episode"]))
+            saved.append((metrics["step"] + 1, metrics["episode"], _state(policy)))
 
     start, cpu = time.perf_counter(), time.process_time()
     with PeakMemory() as memory:
         history = train_ppo(policy, reference, value, tokenizer, reward_fn, cfg, compute=compute, callback=callback)
     wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    evals = evaluator.snapshots(saved)
     models = {"policy": policy, "reference": reference, "value": value}
     if method == "PPO":
         models["reward_model"] = learned.rm

@@ -5,7 +5,8 @@
 - fluency: the share of completions that are well-formed (the grammar could produce them, and they end with EOS).
   Reward bought with garbage text is reward hacking, so it is reported beside the reward;
 - win rate: how often a policy sample beats a π_ref sample on the same prompt (ties count one half);
-- implicit-reward accuracy on held-out pairs: how often r̂(x, y_w) > r̂(x, y_l).
+- implicit-reward accuracy on held-out pairs: how often r̂(x, y_w) > r̂(x, y_l), from the log-ratios
+  log π_θ/π_ref of both completions (:func:`logratios`).
 """
 
 from __future__ import annotations
@@ -60,20 +61,31 @@ def win_rate(policy_samples: Samples, ref_samples: Samples) -> float:
 
 
 @torch.no_grad()
+def logratios(policy, reference, tokenizer, rows: list[dict], max_length: int = 64,
+              batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π_θ/π_ref of each pair's chosen and rejected completion: ``(chosen, rejected)``, each Shape: (len(rows),).
+
+    π_ref's log-probs are computed once (one pass, as ``train_dpo`` precomputes them), then π_θ's, batch by batch.
+    β·``chosen`` and β·``rejected`` are the implicit rewards r̂(x, y_w), r̂(x, y_l); at π_θ = π_ref both are 0.
+    """
+    pad = tokenizer.pad_token_id
+    examples = reference_logprobs(reference, tokenize_pairs(tokenizer, rows, max_length), pad, batch_size)
+    collate = PreferenceCollator(pad, extra_keys=("ref_chosen_logps", "ref_rejected_logps"))
+    policy.eval()
+    chosen, rejected = [], []
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start:start + batch_size])
+        policy_chosen, policy_rejected = concatenated_logprobs(policy, batch)
+        chosen.append(policy_chosen - batch["ref_chosen_logps"])
+        rejected.append(policy_rejected - batch["ref_rejected_logps"])
+    return torch.cat(chosen), torch.cat(rejected)
+
+
 def preference_accuracy(policy, reference, tokenizer, rows: list[dict], max_length: int = 64,
                         batch_size: int = 256) -> float:
     """Implicit-reward accuracy: the share of pairs with log π/π_ref(y_w) > log π/π_ref(y_l) (β > 0 drops out).
 
     Ties count as wrong, as in TRL's ``rewards/accuracies``; at π = π_ref every pair ties, so accuracy is 0.
     """
-    pad = tokenizer.pad_token_id
-    examples = reference_logprobs(reference, tokenize_pairs(tokenizer, rows, max_length), pad)
-    collate = PreferenceCollator(pad, extra_keys=("ref_chosen_logps", "ref_rejected_logps"))
-    policy.eval()
-    correct = 0
-    for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start:start + batch_size])
-        chosen, rejected = concatenated_logprobs(policy, batch)
-        margin = (chosen - batch["ref_chosen_logps"]) - (rejected - batch["ref_rejected_logps"])
-        correct += int((margin > 0).sum())
-    return correct / len(examples)
+    chosen, rejected = logratios(policy, reference, tokenizer, rows, max_length, batch_size)
+    return int((chosen > rejected).sum()) / len(chosen)

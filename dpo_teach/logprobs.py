@@ -7,10 +7,26 @@ completions go through the model in one concatenated forward: rows ``[:B]`` chos
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+class _UnmaskedPaddingWarning(logging.Filter):
+    """Drop transformers' "pass an attention_mask" warning where leaving the mask out is deliberate.
+
+    :func:`sequence_logprobs` feeds right-padded batches without a mask (the causal mask already keeps padding out
+    of every real token's context), and GPT-2's padding id is its EOS id, so transformers suspects a mistake.
+    tests/test_logprobs.py checks the padded scores against unpadded ones.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "strongly recommend passing in an `attention_mask`" not in record.getMessage()
+
+
+logging.getLogger("transformers.modeling_utils").addFilter(_UnmaskedPaddingWarning())
 
 
 def encode_completion(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:

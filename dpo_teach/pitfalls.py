@@ -5,8 +5,9 @@
   systematically longer; :func:`length_balanced` keeps a subset in which length no longer predicts the label.
 - **Likelihood displacement.** :func:`dpop_loss` (DPO-Positive, Pal et al. 2024) penalises a chosen completion whose
   log-probability falls below the reference's, which plain DPO allows.
-- **Reward hacking.** :func:`sample_report` describes what the samples of a drifting policy look like: ill-formed
-  text, missing EOS, stacked sentiment words, and the reward the ground truth still pays for them.
+- **Reward hacking.** :func:`sample_report` describes what the samples of a drifting policy look like beside the
+  reward, KL and fluency that ``evaluate_policy`` reports: length, stacked sentiment words, repeated words, and the
+  reward the ground truth still pays for the ill-formed ones.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from dpo_teach import grammar
 from dpo_teach.data import bt_probability
 from dpo_teach.evaluate import fluency
+from dpo_teach.losses import _logratios
 from dpo_teach.reward import ground_truth_reward
 from dpo_teach.sampling import Samples
 
@@ -107,30 +109,27 @@ def dpop_loss(
         beta: β > 0.
         lam: λ ≥ 0, the weight of the penalty; λ = 0 is DPO.
     """
-    chosen_logratios = policy_chosen_logps - ref_chosen_logps  # log π_θ/π_ref(y_w)
-    rejected_logratios = policy_rejected_logps - ref_rejected_logps  # log π_θ/π_ref(y_l)
+    chosen_logratios, rejected_logratios = _logratios(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     penalty = lam * torch.clamp(-chosen_logratios, min=0)  # > 0 only when y_w lost probability
     losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios - penalty))
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
 def sample_report(samples: Samples) -> dict[str, float]:
-    """What a policy's samples look like, beside the reward: the signs of reward hacking.
+    """What a policy's samples look like beyond :func:`dpo_teach.evaluate.evaluate_policy`'s metrics (which already
+    hold their mean ``reward``, ``fluency`` and ``ended``): the signs of reward hacking.
 
-    ``fluency`` (well-formed and ended by EOS), ``ended`` (EOS within the token limit), ``words`` (mean length),
-    ``sentiment_words`` (mean count of the grammar's sentiment words per completion), ``repeats`` (share of
-    completions that repeat a word three or more times), ``reward`` and ``reward_ill_formed`` (mean ground-truth
-    reward of all samples, and of the ill-formed ones only: what the reward pays for broken text).
+    ``words`` (mean length in words), ``sentiment_words`` (mean count of the grammar's sentiment words per
+    completion), ``repeats`` (share of completions that repeat a word three or more times) and ``reward_ill_formed``
+    (mean ground-truth reward of the ill-formed samples only: what the reward pays for broken text; NaN if none).
     """
+    ill_formed = ~fluency(samples).astype(bool)
     rewards = ground_truth_reward(samples.completions)
-    ok = fluency(samples).astype(bool)
     words = [c.split() for c in samples.completions]
     return {
-        "fluency": float(ok.mean()),
-        "ended": float(np.mean(samples.ended)),
-        "words": float(np.mean([len(w) for w in words])),
+        "words": float(np.mean([n_words(c) for c in samples.completions])),
         "sentiment_words": float(np.mean([sum(x in SENTIMENT_WORDS for x in w) for w in words])),
         "repeats": float(np.mean([max((w.count(x) for x in set(w)), default=0) >= 3 for w in words])),
-        "reward": float(rewards.mean()),
-        "reward_ill_formed": float(rewards[~ok].mean()) if (~ok).any() else float("nan"),
+        "reward_ill_formed": float(rewards[ill_formed].mean()) if ill_formed.any() else float("nan"),
     }

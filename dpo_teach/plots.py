@@ -23,24 +23,33 @@ def smooth(values: list[float], window: int = 10) -> np.ndarray:
     return (c[idx] - c[lo]) / (idx - lo)
 
 
-def plot_dpo_history(history: list[dict], title: str = "DPO training"):
-    """Loss (with the ln 2 start), reward accuracy, margins and chosen/rejected log-probs against the step."""
+DPO_PANELS = [  # (title, history keys) of the four panels of a DPO training run
+    ("loss", ["loss"]),
+    ("rewards/accuracies", ["rewards/accuracies"]),
+    ("implicit rewards β·log π_θ/π_ref", ["rewards/chosen", "rewards/rejected", "rewards/margins"]),
+    ("sequence log-probs log π_θ(y|x)", ["logps/chosen", "logps/rejected"]),
+]
+
+
+def draw_dpo_panels(axes, history: list[dict], window: int = 10) -> None:
+    """Draw :data:`DPO_PANELS` from ``history`` (``train_dpo``'s) into four axes, as moving averages over ``window``
+    steps, with ln 2 marked on the loss. Each axis is cleared first, so a live plot can redraw into the same axes."""
     steps = [h["step"] for h in history]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
-    panels = [
-        ("loss", ["loss"]),
-        ("rewards/accuracies", ["rewards/accuracies"]),
-        ("implicit rewards", ["rewards/chosen", "rewards/rejected", "rewards/margins"]),
-        ("sequence log-probs", ["logps/chosen", "logps/rejected"]),
-    ]
-    for ax, (name, keys) in zip(axes, panels, strict=True):
+    for ax, (title, keys) in zip(axes, DPO_PANELS, strict=True):
+        ax.clear()
         for key in keys:
-            ax.plot(steps, smooth([h[key] for h in history]), label=key)
-        if name == "loss":
+            ax.plot(steps, smooth([h[key] for h in history], window), label=key)
+        if keys == ["loss"]:
             ax.axhline(np.log(2), color="gray", ls=":", label="ln 2")
-        ax.set_title(name)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
+
+
+def plot_dpo_history(history: list[dict], title: str = "DPO training"):
+    """Loss (with the ln 2 start), reward accuracy, margins and chosen/rejected log-probs against the step."""
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
+    draw_dpo_panels(axes, history)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -6,26 +6,11 @@ for samples drawn from π itself (``generate`` would otherwise apply top_k=50 by
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
 
 from dpo_teach.logprobs import pad_rows, sequence_logprobs
-
-
-class _DecodeStepPaddingWarning(logging.Filter):
-    """Drop transformers' "pass an attention_mask" warning, raised by ``generate``'s own decode steps.
-
-    ``generate`` carries our mask internally; the warning fires because GPT-2's EOS is also its padding token.
-    tests/test_evaluate.py checks that left-padded sampling gives the same scores as unpadded sampling.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "strongly recommend passing in an `attention_mask`" not in record.getMessage()
-
-
-logging.getLogger("transformers.modeling_utils").addFilter(_DecodeStepPaddingWarning())
 
 
 @dataclass

@@ -6,9 +6,9 @@ trainer built here computes the same loss and metrics as ``dpo_teach`` on the sa
 checks tokens, loss, metrics and gradients to 1e-5).
 
 TRL and ``datasets`` are optional (the ``peers`` extra: ``pip install 'dpo-teach[peers]'``); without them every
-function here raises an ``ImportError`` that says so. The CPU settings that matter for a comparison
-(DESIGN.md §7): bf16 and gradient checkpointing default to on in TRL, so both are switched off; the reference model
-is passed as a copy (TRL 1.16 cannot rebuild an in-memory model from its config name).
+function here raises an ``ImportError`` that says so. The CPU settings that matter for a comparison: bf16 and
+gradient checkpointing default to on in TRL, so both are switched off; the reference model is passed as a copy
+(TRL 1.16 cannot rebuild an in-memory model from its config name).
 """
 
 from __future__ import annotations
@@ -86,15 +86,18 @@ def quiet(trainer=None) -> None:
 def trl_trainer(policy, reference, tokenizer, rows: list[dict], beta: float, max_length: int = 64,
                 loss_type: str = "sigmoid", output_dir: str | None = None, **kwargs):
     """A ``trl.DPOTrainer`` on *copies* of ``policy`` and ``reference`` (ours stay untouched), with ``rows`` as
-    both its training and its evaluation set, evaluated in one batch. ``kwargs`` go to :func:`cpu_config`."""
+    both its training and its evaluation set, evaluated in one batch. ``kwargs`` go to :func:`cpu_config`.
+    Quiet (:func:`quiet`): its logs stay in ``trainer.state.log_history``."""
     trl, _ = require_trl()
-    quiet()
+    from transformers import PrinterCallback
+
+    quiet()  # before the trainer tokenizes the dataset (its progress bars)
     output_dir = output_dir or tempfile.mkdtemp(prefix="dpo-teach-trl-")
     args = cpu_config(output_dir, beta, max_length, len(rows), loss_type, **kwargs)
     data = to_dataset(rows)
     trainer = trl.DPOTrainer(model=copy.deepcopy(policy), ref_model=copy.deepcopy(reference), args=args,
                              train_dataset=data, eval_dataset=data, processing_class=tokenizer)
-    quiet(trainer)
+    trainer.remove_callback(PrinterCallback)
     return trainer
 
 
@@ -111,9 +114,10 @@ def our_batch_metrics(policy, reference, tokenizer, rows: list[dict], beta: floa
                       loss_type: str = "sigmoid", average: bool = False) -> dict[str, float]:
     """Our loss and TRL-named metrics on ``rows`` as one batch (``average``: length-normalised log-probs)."""
     batch = PreferenceCollator(tokenizer.pad_token_id)(tokenize_pairs(tokenizer, rows, max_length))
-    policy.eval()
-    chosen, rejected = concatenated_logprobs(policy, batch, average)  # (B,), (B,)
-    ref_chosen, ref_rejected = concatenated_logprobs(reference, batch, average)
+    training = policy.training
+    chosen, rejected = concatenated_logprobs(policy.eval(), batch, average)  # (B,), (B,)
+    ref_chosen, ref_rejected = concatenated_logprobs(reference.eval(), batch, average)
+    policy.train(training)
     losses, chosen_rewards, rejected_rewards = LOSSES[loss_type](chosen, rejected, ref_chosen, ref_rejected,
                                                                  beta=beta)
     return step_metrics(losses, chosen_rewards, rejected_rewards, chosen, rejected)

@@ -71,3 +71,13 @@ def trained_policy(world, pairs):
     train_dpo(policy, reference, tokenizer, pairs[32:160], DPOConfig(beta=0.5, lr=1e-2, batch_size=32, seed=0))
     policy.zero_grad(set_to_none=True)
     return policy
+
+
+@pytest.fixture(scope="session")
+def assigned(tmp_path_factory):
+    """`make assign` into a temporary tree: student notebooks, bundles, manifests and solution notebooks."""
+    from dpo_teach import grading
+
+    root = tmp_path_factory.mktemp("assign")
+    grading.assign(notebooks=root / "notebooks", autograder=root / "autograder", solutions=root / "solutions")
+    return root

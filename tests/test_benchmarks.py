@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from bench_demo import _same_result, lookup  # noqa: E402
+from bench_demo import lookup  # noqa: E402
 from common import summary, window_rates  # noqa: E402
 from run_all import table, targets  # noqa: E402
 
@@ -25,12 +25,6 @@ def test_summary_and_lookup():
     assert s["mean"] == pytest.approx(0.6) and s["min"] == 0.5 and s["max"] == 0.7
     assert summary([None])["mean"] is None
     assert lookup({"policy": {"kl": 1.5}}, "policy.kl") == 1.5
-
-
-def test_same_result_ignores_only_the_output_directory():
-    a = {"reward_gain": 0.5, "config": {"out_dir": "x", "seed": 0}}
-    assert _same_result(a, {"reward_gain": 0.5, "config": {"out_dir": "y", "seed": 0}})
-    assert not _same_result(a, {"reward_gain": 0.4, "config": {"out_dir": "x", "seed": 0}})
 
 
 def test_targets_and_table():

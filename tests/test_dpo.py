@@ -98,5 +98,22 @@ def test_unknown_loss_type_is_named(world, pairs):
 
 def test_reference_logprobs_are_computed_once_per_pair(world, pairs):
     reference, tok = world
-    ex = reference_logprobs(reference, tokenize_pairs(tok, pairs[:10], 64), tok.pad_token_id, batch_size=4)
+    examples = tokenize_pairs(tok, pairs[:10], 64)
+    ex = reference_logprobs(reference, examples, tok.pad_token_id, batch_size=4)  # 3 chunks
     assert len(ex) == 10 and all(e["ref_chosen_logps"] < 0 and e["ref_rejected_logps"] < 0 for e in ex)
+    with torch.no_grad():
+        chosen, rejected = concatenated_logprobs(reference, PreferenceCollator(tok.pad_token_id)(examples))
+    assert torch.allclose(torch.tensor([e["ref_chosen_logps"] for e in ex]), chosen, atol=1e-5)
+    assert torch.allclose(torch.tensor([e["ref_rejected_logps"] for e in ex]), rejected, atol=1e-5)
+
+    # In training: one pass of π_ref over the 40 pairs before the 2 × 5 steps, or one forward per step.
+    calls = []
+    body = reference.transformer  # the policy is a deep copy, hook included: count only π_ref's own calls
+    hook = body.register_forward_hook(lambda module, *_: calls.append(1) if module is body else None)
+    try:
+        for precompute, expected in [(True, 1), (False, 10)]:
+            calls.clear()
+            _, history = run(world, pairs[:40], batch_size=8, epochs=2, precompute_ref=precompute)
+            assert len(history) == 10 and len(calls) == expected, (precompute, len(calls))
+    finally:
+        hook.remove()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dpo_teach import grammar
-from dpo_teach.evaluate import evaluate_policy, fluency, preference_accuracy, win_rate
+from dpo_teach.evaluate import evaluate_policy, fluency, logratios, preference_accuracy, win_rate
 from dpo_teach.sampling import Samples, sample, samples_logprobs
 
 
@@ -60,6 +60,34 @@ def test_win_rate_needs_matching_prompts(world, prompts):
 def test_preference_accuracy_is_zero_at_the_reference(world, pairs):
     reference, tok = world
     assert preference_accuracy(reference, reference, tok, pairs[:50]) == 0.0
+
+
+def test_logratios_are_zero_at_the_reference(world, pairs):
+    reference, tok = world
+    chosen, rejected = logratios(reference, reference, tok, pairs[:50])
+    assert chosen.shape == rejected.shape == (50,)
+    assert not chosen.any() and not rejected.any(), "log π_ref/π_ref = 0 exactly: every pair ties"
+
+
+def test_logratios_of_a_trained_policy_match_the_accuracy(world, pairs, trained_policy):
+    import torch
+
+    from dpo_teach.logprobs import PreferenceCollator, concatenated_logprobs, tokenize_pairs
+
+    reference, tok = world
+    policy = copy.deepcopy(trained_policy)
+    rows = pairs[:60]
+    chosen, rejected = logratios(policy, reference, tok, rows)
+    assert chosen.abs().max() > 0.1 and rejected.abs().max() > 0.1, "π_θ ≠ π_ref: the log-ratios moved"
+    assert preference_accuracy(policy, reference, tok, rows) == int((chosen > rejected).sum()) / len(rows)
+    small_batches = logratios(policy, reference, tok, rows, batch_size=7)
+    for a, b in zip((chosen, rejected), small_batches, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    batch = PreferenceCollator(tok.pad_token_id)(tokenize_pairs(tok, rows[:5], 64))  # by hand, for five pairs
+    with torch.no_grad():
+        by_hand = [p - r for p, r in zip(concatenated_logprobs(policy, batch), concatenated_logprobs(reference, batch))]
+    torch.testing.assert_close(chosen[:5], by_hand[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(rejected[:5], by_hand[1], atol=1e-4, rtol=0)
 
 
 def test_samples_logprobs_are_batched_consistently(world, prompts):

@@ -2,9 +2,11 @@
 `dpo-teach grade` scores a folder of submissions as expected.
 
 The submissions are made here from the masters (nothing is committed under tests/): the solution notebooks that
-otter assign writes ("full"), the student notebooks ("blank"), the solutions with one function replaced by a
-classic mistake ("wrong"), and files that are broken in the ways a real batch contains. One `grade` run covers the
-acceptance table; a second, with short time limits, covers endless loops and a notebook that must be killed.
+otter assign writes ("full"), the student notebooks ("blank"), the solutions with one answer replaced by a classic
+mistake ("wrong"), and files that are broken in the ways a real batch contains. Blank and wrong submissions are cut
+to their exercises (`exercises_only`): every student notebook's whole run is already tested headless in
+tests/test_notebooks_00_04.py. One `grade` run covers the acceptance table of every master; a second, with short
+time limits, covers endless loops and a notebook that must be killed.
 """
 
 from __future__ import annotations
@@ -23,50 +25,89 @@ from dpo_teach import grading
 from dpo_teach.grading.grade import _detect_assignment as detect_assignment
 
 NAMES = [p.stem for p in sorted(grading.MASTERS.glob("*.ipynb"))]
-# Notebooks that train GPT-2 for a minute or more: their blank submissions are graded on the exercises alone.
-LONG_RUNS = {"05_dpo_on_gpt2", "07_variants_and_pitfalls"}
 
-# Deliberately wrong submissions: (assignment, function, replacement cell, the only question that must lose points).
+# Deliberately wrong submissions: (assignment, text that finds the answer cell, replacement cell, the only question
+# that must lose points).
 WRONG = {
-    "kl_reversed": ("01_kl_objective", "kl_divergence", """
+    "kl_reversed": ("01_kl_objective", "def kl_divergence(", """
 def kl_divergence(p, q):
     return (q * (torch.log(q) - torch.log(p))).sum(-1)  # KL(q‖p): the wrong direction
 """, "kl_divergence"),
-    "bt_swapped": ("02_bradley_terry", "bt_probability", """
+    "bt_swapped": ("02_bradley_terry", "def bt_probability(", """
 def bt_probability(reward_a, reward_b):
     return torch.sigmoid(reward_b - reward_a)  # arguments swapped
 """, "bt_probability"),
-    "dpo_sign_flipped": ("03_deriving_dpo", "dpo_loss", """
+    "dpo_sign_flipped": ("03_deriving_dpo", "def dpo_loss(", """
 import torch.nn.functional as F
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
     chosen, rejected = policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
     losses = -F.logsigmoid(-beta * (chosen - rejected))  # sign flipped
     return losses, beta * chosen.detach(), beta * rejected.detach()
 """, "dpo_loss"),
-    "dpo_no_reference": ("03_deriving_dpo", "dpo_loss", """
+    "dpo_no_reference": ("03_deriving_dpo", "def dpo_loss(", """
 import torch.nn.functional as F
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
     losses = -F.logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps))  # reference terms dropped
     return losses, beta * policy_chosen_logps.detach(), beta * policy_rejected_logps.detach()
 """, "dpo_loss"),
-    "dpo_beta_one_side": ("03_deriving_dpo", "dpo_loss", """
+    "dpo_beta_one_side": ("03_deriving_dpo", "def dpo_loss(", """
 import torch.nn.functional as F
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
     chosen, rejected = policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
     losses = -F.logsigmoid(beta * chosen - rejected)  # β applied to the chosen side only
     return losses, beta * chosen.detach(), beta * rejected.detach()
 """, "dpo_loss"),
+    "mask_includes_prompt": ("05_dpo_on_gpt2", "def completion_mask(", """
+def completion_mask(attention_mask, prompt_lengths):
+    return attention_mask.long()  # every real token, the prompt included
+""", "completion_mask"),
+    "logps_averaged": ("05_dpo_on_gpt2", "def sequence_logprobs_from_logits(", """
+def sequence_logprobs_from_logits(logits, input_ids, completion_mask):
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    mask = completion_mask[:, 1:]
+    return (logps * mask).sum(-1) / mask.sum(-1)  # the mean over the completion, not the sum
+""", "sequence_logprobs"),
+    "logps_not_shifted": ("05_dpo_on_gpt2", "def sequence_logprobs_from_logits(", """
+def sequence_logprobs_from_logits(logits, input_ids, completion_mask):
+    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, input_ids[:, :, None]).squeeze(-1)
+    return (logps * completion_mask).sum(-1)  # token t scored by the logits at t: no shift
+""", "sequence_logprobs"),
+    "gpt2_dpo_sign_flipped": ("05_dpo_on_gpt2", "def dpo_loss(", """
+import torch.nn.functional as F
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
+    chosen, rejected = policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
+    losses = -F.logsigmoid(-beta * (chosen - rejected))  # sign flipped
+    return losses, beta * chosen.detach(), beta * rejected.detach()
+""", "dpo_loss_again"),
+    "ipo_wrong_target": ("07_variants_and_pitfalls", "def ipo_loss(", """
+def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
+    chosen, rejected = policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
+    losses = (chosen - rejected - 1 / beta) ** 2  # target 1/β instead of 1/(2β)
+    return losses, beta * chosen.detach(), beta * rejected.detach()
+""", "ipo_loss"),
+    "ipo_wrong_sign": ("07_variants_and_pitfalls", "def ipo_loss(", """
+def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
+    chosen, rejected = policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
+    losses = (chosen - rejected + 1 / (2 * beta)) ** 2  # pushes the margin towards −1/(2β)
+    return losses, beta * chosen.detach(), beta * rejected.detach()
+""", "ipo_loss"),
+    "diagnosis_wrong": ("07_variants_and_pitfalls", "diagnose_small_beta =", """
+diagnose_small_beta = "b"  # lower β: the wrong direction
+""", "diagnose_small_beta"),
 }
-PASS_PUBLIC = {"kl_reversed", "bt_swapped", "dpo_sign_flipped", "dpo_beta_one_side"}  # only hidden tests catch these
+# Only hidden tests catch these: they pass the public check and must still lose the question's points.
+PASS_PUBLIC = {"kl_reversed", "bt_swapped", "dpo_sign_flipped", "dpo_beta_one_side", "logps_averaged",
+               "gpt2_dpo_sign_flipped", "ipo_wrong_sign", "diagnosis_wrong"}
 
 
 def cell_index(nb, text: str) -> int:
     return next(i for i, cell in enumerate(nb.cells) if text in cell.source)
 
 
-def replaced(solution: Path, function: str, source: str):
-    nb = nbformat.read(solution, as_version=4)
-    nb.cells[cell_index(nb, f"def {function}(")].source = source.strip()
+def replaced(nb, find: str, source: str):
+    """``nb`` with its one code cell that contains ``find`` replaced by ``source``."""
+    (index,) = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code" and find in cell.source]
+    nb.cells[index].source = source.strip()
     return nb
 
 
@@ -85,15 +126,6 @@ def exercises_only(nb):
         setup = setup and "otter.Notebook(" not in cell.source
     nb.cells = keep
     return nb
-
-
-@pytest.fixture(scope="module")
-def assigned(tmp_path_factory):
-    """`make assign` into a temporary tree: student notebooks, bundles, manifests and solution notebooks."""
-    root = tmp_path_factory.mktemp("assign")
-    grading.assign(notebooks=root / "notebooks", autograder=root / "autograder", solutions=root / "solutions")
-    return root
-
 
 
 def manifest_points(assigned, name: str) -> dict[str, float]:
@@ -121,12 +153,10 @@ def graded(assigned, notebook_reference, tmp_path_factory):
     for name in NAMES:
         shutil.copy(assigned / "solutions" / f"{name}.ipynb", folder / f"full_{name}.ipynb")
         blank = nbformat.read(assigned / "notebooks" / f"{name}.ipynb", as_version=4)
-        if name in LONG_RUNS:  # its whole run is already tested headless (test_notebooks_00_04.py)
-            blank = exercises_only(blank)
-        nbformat.write(blank, folder / f"blank_{name}.ipynb")
-    for kind, (name, function, source, _) in WRONG.items():
-        nbformat.write(replaced(assigned / "solutions" / f"{name}.ipynb", function, source),
-                       folder / f"{kind}_{name}.ipynb")
+        nbformat.write(exercises_only(blank), folder / f"blank_{name}.ipynb")
+    for kind, (name, find, source, _) in WRONG.items():
+        solution = exercises_only(nbformat.read(assigned / "solutions" / f"{name}.ipynb", as_version=4))
+        nbformat.write(replaced(solution, find, source), folder / f"{kind}_{name}.ipynb")
     (folder / "broken_03_deriving_dpo.ipynb").write_text('{"cells": [{"cell_type": "code", "source": "1 +')
     out = tmp_path_factory.mktemp("grades")
     report = grading.grade(folder, out, autograder=assigned / "autograder", cell_timeout=90, timeout=400, jobs=2)
@@ -188,11 +218,16 @@ def test_no_solution_leaks_into_student_notebooks(assigned):
 
 
 def test_student_stubs_raise_not_implemented(assigned):
-    for name in NAMES[:4]:
+    """Every answer cell that defines a function raises NotImplementedError (a `concept_x = ...` answer is exempt)."""
+    for name in NAMES:
+        master = nbformat.read(grading.MASTERS / f"{name}.ipynb", as_version=4)
+        has_function_exercises = any(c.cell_type == "code" and "SOLUTION" in c.source and "def " in c.source
+                                     for c in master.cells)
         nb = nbformat.read(assigned / "notebooks" / f"{name}.ipynb", as_version=4)
-        answers = [c.source for c in nb.cells
-                   if c.cell_type == "code" and "otter_answer_cell" in c.metadata.get("tags", [])]
-        assert answers and all("raise NotImplementedError" in a for a in answers), name
+        functions = [c.source for c in nb.cells if c.cell_type == "code"
+                     and "otter_answer_cell" in c.metadata.get("tags", []) and "def " in c.source]
+        assert functions or not has_function_exercises, f"{name}: no answer cell defines a function"
+        assert all("raise NotImplementedError" in f for f in functions), name
 
 
 def test_assign_touches_only_notebooks_it_generates(tmp_path):
@@ -217,9 +252,6 @@ def test_grade_scores_the_acceptance_folder(graded, assigned):
         assert rows[student]["score"] == sum(scores.values())
     assert rows["broken_03_deriving_dpo"]["status"] == "invalid"
     assert "not a valid notebook" in rows["broken_03_deriving_dpo"]["reason"]
-    for kind, (_, _, _, broken) in WRONG.items():
-        row = next(r for s, r in rows.items() if s.startswith(kind))
-        assert broken in row["reason"] and row["status"] == "graded"
 
 
 def test_grade_writes_matching_csv_and_json(graded):
@@ -243,13 +275,18 @@ def test_full_solutions_and_blank_notebooks_run_without_cell_errors(graded):
             assert row["errors"] == [], f"{row['student']}: {row['errors'][:2]}"
 
 
-def test_wrong_submissions_are_caught_by_hidden_tests(graded):
+@pytest.mark.parametrize("kind", sorted(WRONG))
+def test_a_wrong_submission_loses_exactly_its_question(graded, kind):
+    """Its scores (each question's points, the broken one 0) are checked with the acceptance table; here: it is
+    graded without a cell error, the reason names the broken question, and the hidden tests catch what the public
+    check lets through."""
     report, _ = graded
-    for row in report["results"]:
-        kind = next((k for k in WRONG if row["student"].startswith(k)), None)
-        if kind in PASS_PUBLIC:
-            question = row["questions"][WRONG[kind][3]]
-            assert question["public_passed"] and question["score"] == 0, f"{kind}: {question}"
+    name, _, _, broken = WRONG[kind]
+    (row,) = [r for r in report["results"] if r["student"] == f"{kind}_{name}"]
+    assert row["status"] == "graded" and not row["errors"], row["reason"]
+    assert broken in row["reason"] and row["questions"][broken]["score"] == 0, row["reason"]
+    if kind in PASS_PUBLIC:
+        assert row["questions"][broken]["public_passed"], f"{kind} should pass the public check and still lose"
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +304,8 @@ def graded_robustness(assigned, tmp_path_factory):
     (folder / "messy").mkdir()
     nbformat.write(nb, folder / "messy" / "homework.ipynb")  # renamed: found through its metadata
     endless = "def objective(pi, pi_ref, r, beta):\n    while True:\n        pass"
-    nbformat.write(replaced(solution, "objective", endless), folder / "loop_01_kl_objective.ipynb")
+    nbformat.write(replaced(nbformat.read(solution, as_version=4), "def objective(", endless),
+                   folder / "loop_01_kl_objective.ipynb")
     stuck = tmp_path_factory.mktemp("stuck")  # graded alongside, with a short per-notebook limit
     nb = nbformat.read(solution, as_version=4)
     nb.cells.insert(1, nbformat.v4.new_code_cell(

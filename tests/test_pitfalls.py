@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dpo_teach import pitfalls
+from dpo_teach.evaluate import sample_metrics
 from dpo_teach.losses import dpo_loss
 from dpo_teach.reward import ground_truth_reward
 from dpo_teach.sampling import Samples
@@ -74,7 +75,10 @@ def test_sample_report_by_hand():
                       completions=[" great .", " great great great it it it", " dull , but the music was lovely ."],
                       prompt_ids=[[1]] * 3, completion_ids=[[2, 0], [3, 3, 3], [4, 0]], ended=[True, False, True])
     report = pitfalls.sample_report(samples)
-    assert report["fluency"] == pytest.approx(2 / 3) and report["ended"] == pytest.approx(2 / 3)
+    # reward, fluency and EOS are evaluate's metrics, which the notebook already has; the report adds the rest
+    metrics = sample_metrics(samples, torch.zeros(3), torch.zeros(3))
+    assert metrics["fluency"] == pytest.approx(2 / 3) and metrics["ended"] == pytest.approx(2 / 3)
+    assert set(report) == {"words", "sentiment_words", "repeats", "reward_ill_formed"}
     assert report["repeats"] == pytest.approx(1 / 3) and report["words"] == pytest.approx((2 + 6 + 8) / 3)
     assert report["sentiment_words"] == pytest.approx((1 + 3 + 2) / 3)
     assert report["reward_ill_formed"] == pytest.approx(float(ground_truth_reward([" great great great it it it"])[0]))

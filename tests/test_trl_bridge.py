@@ -3,13 +3,11 @@ without TRL. (tests/test_trl_parity.py checks tokens, metrics and gradients agai
 
 from __future__ import annotations
 
-import copy
 import sys
 
 import pytest
 
 from dpo_teach import trl_bridge
-from dpo_teach.dpo import DPOConfig, train_dpo
 
 
 def test_without_trl_the_bridge_says_how_to_install_it(monkeypatch):
@@ -17,15 +15,6 @@ def test_without_trl_the_bridge_says_how_to_install_it(monkeypatch):
     assert not trl_bridge.trl_available()
     with pytest.raises(ImportError, match=r"pip install 'dpo-teach\[peers\]'"):
         trl_bridge.to_dataset([{"prompt": "x", "chosen": " a", "rejected": " b"}])
-
-
-@pytest.fixture(scope="module")
-def policy(world, pairs):
-    """π_θ ≠ π_ref, so that the compared loss is not ln 2."""
-    reference, tokenizer = world
-    policy = copy.deepcopy(reference)
-    train_dpo(policy, reference, tokenizer, pairs[32:160], DPOConfig(beta=0.5, lr=1e-2, seed=0))
-    return policy
 
 
 def test_to_dataset_keeps_trls_three_columns(pairs):
@@ -36,10 +25,10 @@ def test_to_dataset_keeps_trls_three_columns(pairs):
 
 
 @pytest.mark.parametrize("loss_type, beta, average", [("sigmoid", 0.5, False), ("ipo", 0.1, True)])
-def test_trl_trainer_computes_our_loss_on_a_batch(world, pairs, policy, tmp_path, loss_type, beta, average):
+def test_trl_trainer_computes_our_loss_on_a_batch(world, pairs, trained_policy, tmp_path, loss_type, beta, average):
     pytest.importorskip("trl")
     reference, tokenizer = world
-    rows = pairs[:32]
+    rows, policy = pairs[:32], trained_policy
     trainer = trl_bridge.trl_trainer(policy, reference, tokenizer, rows, beta=beta, loss_type=loss_type,
                                      output_dir=str(tmp_path))
     assert not trainer.args.bf16 and not trainer.args.gradient_checkpointing and trainer.args.use_cpu

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 trl = pytest.importorskip("trl")  # the `peers` extra; CI installs it
-datasets = pytest.importorskip("datasets")
+pytest.importorskip("datasets")
 
-from dpo_teach.dpo import DPOConfig, train_dpo  # noqa: E402
+from dpo_teach import trl_bridge  # noqa: E402
+from dpo_teach.dpo import step_metrics  # noqa: E402
 from dpo_teach.logprobs import PreferenceCollator, concatenated_logprobs, tokenize_pairs  # noqa: E402
 from dpo_teach.losses import dpo_loss  # noqa: E402
 
@@ -25,36 +26,9 @@ BETA = 0.3
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def policy(world, pairs) -> torch.nn.Module:
-    """π_θ ≠ π_ref: a copy of the reference after a few DPO steps on pairs *outside* the compared batch."""
-    reference, tokenizer = world
-    policy = copy.deepcopy(reference)
-    config = DPOConfig(beta=BETA, lr=1e-2, batch_size=32, seed=0)
-    train_dpo(policy, reference, tokenizer, _rows(pairs[N_ROWS:], 128), config)
-    policy.zero_grad(set_to_none=True)
-    return policy
-
-
 def _rows(pairs, n: int = N_ROWS) -> list[dict]:
     """TRL's three columns of the first ``n`` pairs."""
-    return [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in pairs[:n]]
-
-
-def _trl_trainer(policy, reference, tokenizer, rows, max_length, tmp_path):
-    """A TRL DPOTrainer on copies of our models, configured for a CPU comparison (no bf16, no checkpointing)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    args = trl.DPOConfig(
-        output_dir=str(tmp_path / "trl"), beta=BETA, max_length=max_length, loss_type="sigmoid",
-        per_device_train_batch_size=len(rows), per_device_eval_batch_size=len(rows),
-        bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
-        disable_tqdm=True, dataloader_num_workers=0, precompute_ref_log_probs=False,
-    )
-    data = datasets.Dataset.from_list(rows)
-    return trl.DPOTrainer(model=copy.deepcopy(policy), ref_model=copy.deepcopy(reference), args=args,
-                          train_dataset=data, eval_dataset=data, processing_class=tokenizer)
+    return [{k: r[k] for k in trl_bridge.COLUMNS} for r in pairs[:n]]
 
 
 def _ours(policy, reference, tokenizer, rows, max_length):
@@ -65,24 +39,18 @@ def _ours(policy, reference, tokenizer, rows, max_length):
     with torch.no_grad():
         ref_chosen, ref_rejected = concatenated_logprobs(reference, batch)
     losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=BETA)
-    metrics = {
-        "loss": losses.mean().item(),
-        "rewards/chosen": chosen_rewards.mean().item(),
-        "rewards/rejected": rejected_rewards.mean().item(),
-        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
-        "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
-        "logps/chosen": chosen.mean().item(),
-        "logps/rejected": rejected.mean().item(),
-    }
+    metrics = step_metrics(losses, chosen_rewards, rejected_rewards, chosen, rejected)
     return examples, batch, losses.mean(), metrics
 
 
 @pytest.mark.parametrize("max_length", [64, 8], ids=["no-truncation", "truncated"])
-def test_dpo_matches_trl_dpotrainer(world, pairs, policy, tmp_path, max_length):
+def test_dpo_matches_trl_dpotrainer(world, pairs, trained_policy, tmp_path, max_length):
     reference, tokenizer = world
     rows = _rows(pairs)
-    policy = copy.deepcopy(policy)  # this test accumulates gradients in it
-    trainer = _trl_trainer(policy, reference, tokenizer, rows, max_length, tmp_path)
+    policy = copy.deepcopy(trained_policy)  # this test accumulates gradients in it
+    # TRL on copies, configured by the course's bridge for a CPU comparison (bf16 and checkpointing off)
+    trainer = trl_bridge.trl_trainer(policy, reference, tokenizer, rows, beta=BETA, max_length=max_length,
+                                     output_dir=str(tmp_path / "trl"))
     examples, batch, loss, ours = _ours(policy, reference, tokenizer, rows, max_length)
 
     # Same tokens: TRL's split of prompt+completion+EOS equals our separate tokenization.
@@ -117,10 +85,11 @@ def test_dpo_matches_trl_dpotrainer(world, pairs, policy, tmp_path, max_length):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 
 
-def test_parity_check_can_fail(world, pairs, policy):
+def test_parity_check_can_fail(world, pairs, trained_policy):
     """Near-misses of the convention (length-normalized log-probs, EOS not scored) move the loss by far more than
     the tolerance, so the parity test above would catch them."""
     reference, tokenizer = world
+    policy = trained_policy
     _, batch, loss, _ = _ours(policy, reference, tokenizer, _rows(pairs), 64)
     no_eos = dict(batch, completion_mask=batch["completion_mask"] * (batch["input_ids"] != tokenizer.eos_token_id))
     with torch.no_grad():

@@ -54,17 +54,25 @@ def _detect_assignment(path: Path, nb, manifests: dict) -> str | None:
 
 def _run_job(worker_slot: list, bundle: Path, path: Path, assignment: str, cell_timeout: int, timeout: float,
              env: dict) -> dict:
-    """Grade one notebook in this slot's worker (started on first use, replaced after a kill or a crash)."""
+    """Grade one notebook in this slot's worker (started on first use, replaced after a kill or a crash).
+
+    A notebook past the per-notebook limit is tried once more in a fresh worker before it scores 0: the per-cell
+    limit already stops a student's endless loop, so a whole notebook running out of time is most often a kernel
+    that hung outside any cell (seen, rarely, on a busy machine), not the student's doing.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
-        if worker_slot[0] is None:
-            worker_slot[0] = _Worker(cell_timeout, env)
         job = {"bundle": str(bundle), "submission": str(path), "result": str(result), "assignment": assignment}
-        outcome = worker_slot[0].run(job, timeout)
-        if outcome != "done":
-            worker_slot[0] = None
+        for _attempt in range(2):
+            if worker_slot[0] is None:
+                worker_slot[0] = _Worker(cell_timeout, env)
+            outcome = worker_slot[0].run(job, timeout)
+            if outcome != "done":
+                worker_slot[0] = None
+            if outcome != "timeout":
+                break
         if outcome == "timeout":
-            return {"status": "timeout", "reason": f"killed after {timeout:g} s (per-notebook time limit); "
+            return {"status": "timeout", "reason": f"killed after {timeout:g} s, twice (per-notebook time limit); "
                                                    "nothing could be scored"}
         if outcome != "done" or not result.is_file():
             return {"status": "error", "reason": f"the grader {outcome}"}

@@ -1,0 +1,45 @@
+"""dpo_teach.plots: the four DPO panels, shared by the saved figure and notebook 05's live curves."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from dpo_teach import plots
+
+KEYS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+        "logps/rejected"]
+
+
+def fake_history(n: int) -> list[dict]:
+    return [{"step": s, **{key: float(i + s) for i, key in enumerate(KEYS)}} for s in range(n)]
+
+
+def test_smooth_is_a_trailing_mean():
+    assert np.allclose(plots.smooth([1, 2, 3, 4], window=2), [1, 1.5, 2.5, 3.5])
+
+
+def test_draw_dpo_panels_draws_every_key_and_redraws_in_place():
+    fig, axes = plt.subplots(1, 4)
+    try:
+        for n in (5, 12):  # a live plot redraws into the same axes: nothing may pile up
+            plots.draw_dpo_panels(axes, fake_history(n))
+            labels = [[line.get_label() for line in ax.get_lines()] for ax in axes]
+            assert labels == [keys + ["ln 2"] * (title == "loss") for title, keys in plots.DPO_PANELS]
+            curves = [line for ax in axes for line in ax.get_lines() if line.get_label() != "ln 2"]
+            assert all(list(line.get_xdata()) == list(range(n)) for line in curves)
+        assert axes[0].get_lines()[-1].get_ydata()[0] == math.log(2)
+        assert [ax.get_title() for ax in axes] == [title for title, _ in plots.DPO_PANELS]
+    finally:
+        plt.close(fig)
+
+
+def test_plot_dpo_history_uses_the_shared_panels():
+    fig = plots.plot_dpo_history(fake_history(8), title="run")
+    try:
+        assert [ax.get_title() for ax in fig.axes] == [title for title, _ in plots.DPO_PANELS]
+        assert fig._suptitle.get_text() == "run"
+    finally:
+        plt.close(fig)
