@@ -26,6 +26,14 @@ from dpo_teach.grading.grade import _detect_assignment as detect_assignment
 
 NAMES = [p.stem for p in sorted(grading.MASTERS.glob("*.ipynb"))]
 
+DPO_SIGN_FLIPPED = """
+import torch.nn.functional as F
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
+    chosen, rejected = policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
+    losses = -F.logsigmoid(-beta * (chosen - rejected))  # sign flipped
+    return losses, beta * chosen.detach(), beta * rejected.detach()
+"""  # in 03, and again in 05
+
 # Deliberately wrong submissions: (assignment, text that finds the answer cell, replacement cell, the only question
 # that must lose points).
 WRONG = {
@@ -37,13 +45,7 @@ def kl_divergence(p, q):
 def bt_probability(reward_a, reward_b):
     return torch.sigmoid(reward_b - reward_a)  # arguments swapped
 """, "bt_probability"),
-    "dpo_sign_flipped": ("03_deriving_dpo", "def dpo_loss(", """
-import torch.nn.functional as F
-def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
-    chosen, rejected = policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
-    losses = -F.logsigmoid(-beta * (chosen - rejected))  # sign flipped
-    return losses, beta * chosen.detach(), beta * rejected.detach()
-""", "dpo_loss"),
+    "dpo_sign_flipped": ("03_deriving_dpo", "def dpo_loss(", DPO_SIGN_FLIPPED, "dpo_loss"),
     "dpo_no_reference": ("03_deriving_dpo", "def dpo_loss(", """
 import torch.nn.functional as F
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
@@ -72,13 +74,7 @@ def sequence_logprobs_from_logits(logits, input_ids, completion_mask):
     logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, input_ids[:, :, None]).squeeze(-1)
     return (logps * completion_mask).sum(-1)  # token t scored by the logits at t: no shift
 """, "sequence_logprobs"),
-    "gpt2_dpo_sign_flipped": ("05_dpo_on_gpt2", "def dpo_loss(", """
-import torch.nn.functional as F
-def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
-    chosen, rejected = policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
-    losses = -F.logsigmoid(-beta * (chosen - rejected))  # sign flipped
-    return losses, beta * chosen.detach(), beta * rejected.detach()
-""", "dpo_loss_again"),
+    "gpt2_dpo_sign_flipped": ("05_dpo_on_gpt2", "def dpo_loss(", DPO_SIGN_FLIPPED, "dpo_loss_again"),
     "ipo_wrong_target": ("07_variants_and_pitfalls", "def ipo_loss(", """
 def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
     chosen, rejected = policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
