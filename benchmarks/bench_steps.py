@@ -26,8 +26,7 @@ BETA = 1.0
 
 def fixed_batch(reference, tokenizer, rows: list[dict]) -> dict[str, torch.Tensor]:
     """One padded preference batch with ``ref_chosen_logps``/``ref_rejected_logps`` precomputed."""
-    from dpo_teach.dpo import reference_logprobs
-    from dpo_teach.logprobs import PreferenceCollator, tokenize_pairs
+    from dpo_teach.logprobs import PreferenceCollator, reference_logprobs, tokenize_pairs
 
     pad = tokenizer.pad_token_id
     examples = reference_logprobs(reference, tokenize_pairs(tokenizer, rows, MAX_LENGTH), pad)
@@ -36,9 +35,8 @@ def fixed_batch(reference, tokenizer, rows: list[dict]) -> dict[str, torch.Tenso
 
 def make_steps(reference, batch):
     """``(dpo_step, sft_step)``: closures that each train their own copy of π_ref by one step on ``batch``."""
-    from dpo_teach.dpo import step_metrics
     from dpo_teach.logprobs import concatenated_logprobs
-    from dpo_teach.losses import dpo_loss
+    from dpo_teach.losses import dpo_loss, step_metrics
     from dpo_teach.sft import sft_loss
 
     def update(model, optimizer, loss):

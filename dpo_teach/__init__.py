@@ -1,25 +1,25 @@
 """dpo-teach: Direct Preference Optimization, derived, broken, fixed and run on a laptop CPU.
 
 The helper package behind the course notebooks, the ``dpo-teach`` command and the tests.
-One topic per module:
+One topic per module, in layers that import one way (lowest first; tests/test_layers.py checks it):
 
-- ``grammar``    the toy world's movie-review grammar and its well-formedness check
-- ``tokenizer``  a byte-level BPE tokenizer (GPT-2's algorithm) trained on that grammar
-- ``model``      tiny ``GPT2Config`` presets; loading and saving checkpoints with clear errors
-- ``sft``, ``world``  supervised fine-tuning and the cached reference model π_ref
-- ``reward``     the ground-truth reward r(x, y): VADER's compound sentiment score
+- ``utils``, ``grammar``, ``tokenizer``, ``model``  seeding and atomic writes; the toy world's review grammar, its
+  byte-level BPE tokenizer (GPT-2's algorithm) and tiny ``GPT2Config`` presets, checkpoints with clear errors
+- ``reward``     the ground-truth reward r(x, y) (VADER) and the Bradley–Terry probability the "human" labels with
+- ``compute``, ``measure``, ``plots``  cost counters; time, memory and load; figures
+- ``logprobs``, ``sampling``, ``rollout``  tokenization with a completion mask, summed sequence log-probs, π_ref's
+  log-probs precomputed once; sampling; rollouts with per-token log-probs
 - ``data``       preference pairs: generation, JSONL I/O and validation (also HH-RLHF rows)
-- ``logprobs``   tokenization with a completion mask and summed sequence log-probabilities
-- ``losses``     DPO (Eq. 7 of Rafailov et al. 2023) and its variants, as pure functions
-- ``dpo``        the DPO training loop
-- ``sampling``, ``evaluate``  sampling; mean reward, KL(π‖π_ref), win rate, implicit-reward accuracy, fluency
-- ``bandit``     the exact bandit world of notebooks 01–04
-- ``reward_model``, ``rollout``, ``ppo``  classic RLHF: a Bradley–Terry reward model and our own PPO
-- ``compare``, ``frontier``  PPO vs DPO: the sweep, the reward–KL frontier and the cost table
-- ``pitfalls``   notebook 07's failure modes: length-biased labels, a length-balanced subset, DPOP, sample reports
-- ``trl_bridge`` preference rows to TRL's ``DPOTrainer`` (optional ``peers`` extra) and the two losses on one batch
-- ``plots``, ``pipeline``, ``cli``  figures, the demo job and the ``dpo-teach`` command
-- ``grading``    (a package) otter-grader: ``make assign`` and ``dpo-teach grade``
+- ``losses``     the preference math: Bradley–Terry, the implicit reward, DPO (Eq. 7 of Rafailov et al. 2023) and
+  its variants, each a pure function registered in ``LOSSES``; TRL's metric names
+- ``training``   the loop mechanics every trainer shares (optimizer, minibatches, schedule, one step)
+- ``sft``, ``dpo``, ``reward_model``, ``ppo``  the trainers: SFT, DPO, a Bradley–Terry reward model, our own PPO
+- ``world``, ``evaluate``, ``bandit``, ``pitfalls``  the cached π_ref; evaluation (reward, KL, fluency, win rate,
+  implicit-reward accuracy, the shared evaluation prompts and samples table); the exact bandit world of notebooks
+  01–04; notebook 07's failure modes
+- ``compare``, ``frontier``, ``conclusions``, ``pipeline``, ``trl_bridge``  PPO vs DPO (the sweep, the frontier,
+  the table and sentences); the demo job; preference rows to TRL's ``DPOTrainer`` (optional ``peers`` extra)
+- ``cli``, ``grading``  the ``dpo-teach`` command; otter-grader (``make assign`` and ``dpo-teach grade``)
 
 Shape letters used in docstrings and comments throughout:
 

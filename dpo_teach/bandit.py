@@ -15,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from dpo_teach.losses import bradley_terry_loss, implicit_reward
+from dpo_teach.reward import bt_probability
 
 PROMPTS = ["the film was", "honestly , the acting was", "overall , the ending felt"]
 RESPONSES = [
@@ -74,39 +76,7 @@ def log_partition(pi_ref: torch.Tensor, r: torch.Tensor, beta: float) -> torch.T
     return torch.logsumexp(torch.log(pi_ref) + r / beta, dim=-1)
 
 
-# --- notebook 02: Bradley–Terry -----------------------------------------------------------------------------------
-
-def bt_probability(reward_a: torch.Tensor, reward_b: torch.Tensor) -> torch.Tensor:
-    """P(a ≻ b) = exp r_a / (exp r_a + exp r_b) = σ(r_a − r_b), Eq. 1 in Rafailov et al. 2023. Elementwise."""
-    return torch.sigmoid(reward_a - reward_b)
-
-
-def bt_loss(reward_chosen: torch.Tensor, reward_rejected: torch.Tensor) -> torch.Tensor:
-    """Per-pair negative log-likelihood −log σ(r(x, y_w) − r(x, y_l)), Eq. 2 in Rafailov et al. 2023. Elementwise.
-
-    ``logsigmoid`` keeps it finite for any margin (−log of a rounded-to-zero probability would be inf).
-    """
-    return -F.logsigmoid(reward_chosen - reward_rejected)
-
-
-# --- notebooks 03–04: DPO -----------------------------------------------------------------------------------------
-
-def implicit_reward(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
-    """r̂(x, y) = β·log(π_θ(y|x) / π_ref(y|x)): the reward that the policy defines (Eq. 5 without Z). Elementwise."""
-    return beta * (policy_logps - ref_logps)
-
-
-def dpo_preference_probability(chosen_logratio: torch.Tensor, rejected_logratio: torch.Tensor,
-                               beta: float) -> torch.Tensor:
-    """The policy's own P(y_w ≻ y_l | x) = σ(β·log π_θ/π_ref(y_w) − β·log π_θ/π_ref(y_l)) (Eq. 6). Elementwise.
-
-    Args:
-        chosen_logratio: log π_θ(y_w|x) − log π_ref(y_w|x), e.g. read from a training log.
-        rejected_logratio: log π_θ(y_l|x) − log π_ref(y_l|x).
-        beta: β.
-    """
-    return torch.sigmoid(beta * (chosen_logratio - rejected_logratio))
-
+# --- notebooks 02–04: preferences in the bandit (the formulas themselves live in reward.py and losses.py) -----------
 
 def sample_preferences(pi_ref: torch.Tensor, rewards: torch.Tensor, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Draw ``n`` prompts uniformly, two responses from π_ref for each, and a Bradley–Terry label on ``rewards``.
@@ -143,9 +113,9 @@ def center(r: torch.Tensor) -> torch.Tensor:
 def fit_reward_mle(counts: torch.Tensor, init: torch.Tensor | None = None, max_iter: int = 500) -> torch.Tensor:
     """Maximum-likelihood Bradley–Terry rewards from pair counts (stage 1 of RLHF). Shape: (P, K, K) → (P, K).
 
-    Minimizes Σ n[x, w, l]·bt_loss(r̂[x, w], r̂[x, l]) / Σ n with L-BFGS from ``init`` (default 0). The loss only
-    sees differences within a prompt, so its gradient sums to 0 over each prompt's responses: every prompt's mean
-    reward stays where ``init`` put it. Compare estimates after :func:`center`.
+    Minimizes Σ n[x, w, l]·bradley_terry_loss(r̂[x, w], r̂[x, l]) / Σ n with L-BFGS from ``init`` (default 0). The
+    loss only sees differences within a prompt, so its gradient sums to 0 over each prompt's responses: every
+    prompt's mean reward stays where ``init`` put it. Compare estimates after :func:`center`.
     """
     P, K, _ = counts.shape
     r_hat = (torch.zeros(P, K, dtype=torch.float64) if init is None else init.clone().double()).requires_grad_(True)
@@ -155,7 +125,7 @@ def fit_reward_mle(counts: torch.Tensor, init: torch.Tensor | None = None, max_i
 
     def closure():
         optimizer.zero_grad()
-        loss = (counts * bt_loss(r_hat[:, :, None], r_hat[:, None, :])).sum() / total  # (P, K, K) pairs
+        loss = (counts * bradley_terry_loss(r_hat[:, :, None], r_hat[:, None, :])).sum() / total  # (P, K, K) pairs
         loss.backward()
         return loss
 
@@ -179,9 +149,9 @@ def bandit_dpo_loss(logits: torch.Tensor, counts: torch.Tensor, pi_ref: torch.Te
         ref = torch.zeros_like(logp)
     else:
         raise ValueError(f"reference must be 'fixed', 'moving' or 'none', got {reference!r}")
-    ratio = logp - ref  # log π_θ/π_ref, (P, K)
-    margins = beta * (ratio[:, :, None] - ratio[:, None, :])  # (P, K, K): r̂(x, y_w) − r̂(x, y_l)
-    return (counts * -F.logsigmoid(margins)).sum() / counts.sum()
+    r_hat = implicit_reward(logp, ref, beta)  # (P, K): β·log π_θ/π_ref
+    losses = bradley_terry_loss(r_hat[:, :, None], r_hat[:, None, :])  # (P, K, K): pair (y_w, y_l) = (k, j)
+    return (counts * losses).sum() / counts.sum()
 
 
 def fit_dpo(counts: torch.Tensor, pi_ref: torch.Tensor, beta: float, max_iter: int = 500) -> torch.Tensor:

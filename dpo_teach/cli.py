@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import sys
 from dataclasses import asdict
@@ -28,12 +29,54 @@ def _positive(kind):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {_KIND[kind]}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
 
     parse.__name__ = f"positive {kind.__name__}"
     return parse
+
+
+def _at_least(minimum: int, why: str):
+    def parse(text: str) -> int:
+        value = _positive(int)(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum} ({why}), got {text}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _seed(text: str) -> int:
+    """A seed NumPy accepts too: an integer from 0 to 2**32 − 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {2**32 - 1}, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {2**32 - 1} (NumPy's range), got {text}")
+    return value
+
+
+class UsageError(ValueError):
+    """An argument that parses but cannot be used (e.g. an --out nobody can write); checked before any work."""
+
+
+def _check_writable(path: str | Path, flag: str, directory: bool) -> None:
+    """Refuse an output path that could not be written at the end of a long run: check it before the run."""
+    path = Path(path)
+    want, other = ("a directory", "a file") if directory else ("a file", "a directory")
+    if path.exists() and path.is_dir() != directory:
+        raise UsageError(f"{flag} {path}: is {other}, expected {want}; pass another path")
+    start = path if directory else path.parent
+    existing = next(p for p in (start, *start.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path}: {existing} is a file, so nothing can be created under it; pass another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: {existing} is not writable for you; pass a path you can write to")
 
 
 def _fraction(text: str) -> float:
@@ -44,14 +87,16 @@ def _fraction(text: str) -> float:
 
 
 def _add_dpo_args(p: argparse.ArgumentParser, defaults) -> None:
+    from dpo_teach.losses import LOSSES
+
     g = p.add_argument_group("DPO")
     g.add_argument("--beta", type=_positive(float), default=defaults.beta, help="β, KL-penalty strength (%(default)s)")
     g.add_argument("--lr", type=_positive(float), default=defaults.lr, help="peak learning rate (%(default)s)")
     g.add_argument("--epochs", type=_positive(int), default=defaults.epochs, help="passes over the pairs (%(default)s)")
     g.add_argument("--batch-size", type=_positive(int), default=defaults.batch_size,
                    help="pairs per step (%(default)s)")
-    g.add_argument("--loss", choices=["sigmoid", "cdpo", "ipo", "hinge", "reference_free"], default=defaults.loss_type,
-                   help="loss variant (%(default)s = the DPO paper's)")
+    g.add_argument("--loss", choices=sorted(LOSSES), default=defaults.loss_type,
+                   help="loss variant, a name in dpo_teach.losses.LOSSES (%(default)s = the DPO paper's)")
     g.add_argument("--max-length", type=_positive(int), default=defaults.max_length,
                    help="prompt + completion tokens (%(default)s)")
     g.add_argument("--on-the-fly-ref", action="store_true",
@@ -77,10 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build (or load from cache) the toy π_ref, sample and label preference pairs, "
                                    "train DPO, evaluate with the ground-truth reward; write metrics.json, figures, "
                                    "samples.md and the trained policy to --out.")
-    d.add_argument("--seed", type=int, default=0, help="one seed for everything (%(default)s)")
+    d.add_argument("--seed", type=_seed, default=0, help="one seed for everything (%(default)s)")
     d.add_argument("--preset", choices=sorted(PRESETS), default=demo_defaults.world.preset,
                    help="toy model size (%(default)s)")
-    d.add_argument("--pairs", type=_positive(int), default=demo_defaults.prefs.n_prompts,
+    d.add_argument("--pairs", type=_at_least(12, "a sixth of the pairs is held out"),
+                   default=demo_defaults.prefs.n_prompts,
                    help="prompts to sample preference pairs for (%(default)s)")
     d.add_argument("--model", metavar="DIR", help="use this save_pretrained directory as π_ref (e.g. a real GPT-2)")
     d.add_argument("--out", default=demo_defaults.out_dir, help="output directory (%(default)s)")
@@ -94,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="JSONL file to write")
     m.add_argument("--pairs", type=_positive(int), default=2000, help="prompts (%(default)s)")
     m.add_argument("--bt-temperature", type=_positive(float), default=0.1, help="label noise τ (%(default)s)")
-    m.add_argument("--seed", type=int, default=0, help="seed (%(default)s)")
+    m.add_argument("--seed", type=_seed, default=0, help="seed (%(default)s)")
     m.add_argument("--preset", choices=sorted(PRESETS), default=demo_defaults.world.preset, help="(%(default)s)")
 
     g = sub.add_parser("grade", help="grade a folder of submitted notebooks → grades.csv and grades.json",
@@ -130,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="results/train", help="output directory (%(default)s)")
     t.add_argument("--eval-fraction", type=_fraction, default=0.1, help="pairs held out for accuracy (%(default)s)")
     t.add_argument("--skip-invalid", action="store_true", help="skip bad rows (counted) instead of stopping")
-    t.add_argument("--seed", type=int, default=0, help="seed (%(default)s)")
+    t.add_argument("--seed", type=_seed, default=0, help="seed (%(default)s)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dpo_args(t, DPOConfig())
 
@@ -140,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "at regular intervals (reward, KL, fluency); write results.json, table.md and "
                                    "frontier.png to --out. The full sweep takes about 4 minutes on 2 free cores.")
     c.add_argument("--fast", action="store_true", help="one setting per method, shorter runs (under a minute)")
-    c.add_argument("--seeds", type=int, nargs="+", help="seeds to repeat everything with (default: 0 1)")
+    c.add_argument("--seeds", type=_seed, nargs="+", help="seeds to repeat everything with (default: 0 1)")
     c.add_argument("--out", help="output directory (default: results/compare, or results/compare/fast with --fast)")
     c.add_argument("--workers", type=_positive(int), default=2, help="seeds run in parallel processes (%(default)s)")
     c.add_argument("--threads", type=_positive(int), default=1, help="torch CPU threads per process (%(default)s)")
@@ -150,9 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_context(model_dir: str | None, max_length: int) -> None:
+    """--max-length must fit the model's context: the toy model's (known without building it) or the checkpoint's."""
+    from dpo_teach.model import TOY_CONTEXT, check_max_length, context_length, load_checkpoint
+
+    if model_dir is None:
+        check_max_length(max_length, TOY_CONTEXT, "the toy model")
+    else:
+        check_max_length(max_length, context_length(load_checkpoint(model_dir)[0]), f"the checkpoint {model_dir}")
+
+
 def cmd_demo(args) -> None:
     from dpo_teach.pipeline import DemoConfig, run_demo
 
+    _check_writable(args.out, "--out", directory=True)
+    _check_context(args.model, args.max_length)
     cfg = DemoConfig.with_seed(args.seed, out_dir=args.out, model_path=args.model)
     cfg.world.preset, cfg.prefs.n_prompts = args.preset, args.pairs
     _apply_dpo_args(cfg.dpo, args)
@@ -167,6 +225,7 @@ def cmd_data(args) -> None:
     from dpo_teach.data import PreferenceConfig, make_preference_pairs, write_preferences
     from dpo_teach.world import WorldConfig, load_reference
 
+    _check_writable(args.out, "--out", directory=False)
     reference, tokenizer = load_reference(WorldConfig(preset=args.preset, seed=args.seed), verbose=True)
     rows = make_preference_pairs(reference, tokenizer, PreferenceConfig(
         n_prompts=args.pairs, bt_temperature=args.bt_temperature, seed=args.seed))
@@ -183,6 +242,10 @@ def cmd_grade(args) -> int:
               f"notebooks", file=sys.stderr)
         return 2
     try:
+        _check_writable(out, "--out", directory=True)
+        if args.autograder_dir and not Path(args.autograder_dir).is_dir():
+            raise UsageError(f"--autograder-dir {args.autograder_dir}: not a directory; pass the folder `make assign` "
+                             "wrote (course/autograder)")
         report = grading.grade(folder, out, Path(args.autograder_dir or grading.AUTOGRADER), args.assignment,
                                cell_timeout=args.cell_timeout, timeout=args.timeout, fast=not args.full,
                                jobs=args.jobs)
@@ -198,15 +261,18 @@ def cmd_train(args) -> None:
     from dpo_teach.data import DataError, load_preferences, split_pairs
     from dpo_teach.dpo import DPOConfig, train_dpo
     from dpo_teach.evaluate import preference_accuracy
-    from dpo_teach.model import load_checkpoint, save_checkpoint
+    from dpo_teach.model import TOY_CONTEXT, check_max_length, context_length, load_checkpoint, save_checkpoint
     from dpo_teach.plots import plot_dpo_history, save_figure
     from dpo_teach.utils import atomic_write_json
     from dpo_teach.world import WorldConfig, load_reference
 
     load_preferences(args.data, skip_invalid=args.skip_invalid)  # fail fast, before any model is loaded or built
+    _check_writable(args.out, "--out", directory=True)
     if args.model:
         reference, tokenizer = load_checkpoint(args.model)
+        check_max_length(args.max_length, context_length(reference), f"the checkpoint {args.model}")
     else:
+        check_max_length(args.max_length, TOY_CONTEXT, "the toy model")
         reference, tokenizer = load_reference(WorldConfig(preset=args.preset), verbose=True)
     data = load_preferences(args.data, tokenizer, args.max_length, skip_invalid=args.skip_invalid)
     if data.skipped:
@@ -216,10 +282,10 @@ def cmd_train(args) -> None:
     if not train_rows or not heldout:
         raise DataError(f"{args.data}: {len(data.rows)} valid rows are too few to hold out "
                          f"{args.eval_fraction:.0%}; add rows or change --eval-fraction")
-    cfg = DPOConfig(progress=not args.quiet)
+    cfg = DPOConfig()
     _apply_dpo_args(cfg, args)
     policy = copy.deepcopy(reference)
-    history = train_dpo(policy, reference, tokenizer, train_rows, cfg)
+    history = train_dpo(policy, reference, tokenizer, train_rows, cfg, progress=not args.quiet)
     out = Path(args.out)
     save_checkpoint(policy, tokenizer, out / "policy")
     accuracy = preference_accuracy(policy, reference, tokenizer, heldout, cfg.max_length)
@@ -242,6 +308,9 @@ def cmd_compare(args) -> None:
     cfg = CompareConfig.fast() if args.fast else CompareConfig()
     cfg = replace(cfg, threads=args.threads, workers=args.workers,
                   **({"seeds": tuple(args.seeds)} if args.seeds else {}), **({"out_dir": args.out} if args.out else {}))
+    _check_writable(cfg.out_dir, "--out", directory=True)
+    if args.asset:
+        _check_writable(args.asset, "--asset", directory=False)
     results = run_comparison(cfg, progress=not args.quiet)
     if args.asset:
         from dpo_teach.frontier import write_asset
@@ -255,16 +324,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "grade":  # its own errors and exit codes (grading runs notebooks, trains no model)
         return cmd_grade(args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MPLBACKEND", "Agg")  # the commands write figures to files; never open a window
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     from dpo_teach.data import DataError
-    from dpo_teach.model import CheckpointError
+    from dpo_teach.model import CheckpointError, ContextLengthError
 
     try:
         {"demo": cmd_demo, "data": cmd_data, "train": cmd_train, "compare": cmd_compare}[args.command](args)
-    except (DataError, CheckpointError) as e:
+    except (DataError, CheckpointError, ContextLengthError, UsageError) as e:
         print(f"dpo-teach {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,19 +6,17 @@ itself ("PPO-GT", which needs no pairs but asks "the human" about every completi
 evaluated at regular intervals on the same prompts: mean ground-truth reward, sequence KL(π‖π_ref) and fluency.
 Each run's wall and CPU time (evaluation excluded), completions sampled, reward calls, forward/backward passes,
 models held and peak memory are recorded. Seeds run in parallel processes, one torch thread each.
-:mod:`dpo_teach.frontier` turns the results into the frontier, the table and the conclusions; ``dpo-teach compare``
-runs it all and writes ``results/compare/``.
+:mod:`dpo_teach.frontier` turns the results into the frontier, :mod:`dpo_teach.conclusions` into the table and the
+sentences; :mod:`dpo_teach.measure` measures time and memory. ``dpo-teach compare`` runs it all and writes
+``results/compare/``.
 """
 
 from __future__ import annotations
 
 import copy
-import ctypes
-import gc
 import math
 import multiprocessing
 import os
-import random
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -26,14 +24,15 @@ from pathlib import Path
 
 import torch
 
-from dpo_teach import grammar
+from dpo_teach.compute import Compute
 from dpo_teach.data import PreferenceConfig, bt_ceiling, make_preference_pairs, split_pairs
 from dpo_teach.dpo import DPOConfig, train_dpo
-from dpo_teach.evaluate import evaluate_policy
+from dpo_teach.evaluate import evaluate_policy, evaluation_prompts
+from dpo_teach.measure import PeakMemory, load_average, n_params, stopwatch
 from dpo_teach.ppo import PPOConfig, train_ppo
 from dpo_teach.reward import ground_truth_reward
 from dpo_teach.reward_model import LearnedReward, RewardConfig, ScalarModel, pairwise_accuracy, train_reward_model
-from dpo_teach.rollout import Compute
+from dpo_teach.training import n_steps
 from dpo_teach.world import WorldConfig, load_reference
 
 METHODS = ("DPO", "PPO", "PPO-GT")
@@ -65,63 +64,13 @@ class CompareConfig:
         return replace(cfg, **kwargs)
 
 
-def _rss_bytes() -> int | None:
-    """Resident memory of this process now (Linux /proc; psutil elsewhere if installed; else None)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        try:
-            import psutil
-
-            return psutil.Process().memory_info().rss
-        except Exception:  # noqa: BLE001 - no way to measure: report None
-            return None
-
-
-class PeakMemory:
-    """Peak resident memory above the level at entry, sampled every few ms by a background thread.
-
-    Freed heap is handed back to the OS first (glibc ``malloc_trim``), so that one run's leftovers do not hide the
-    next run's peak. A process-level measure: it includes everything Python and torch allocate meanwhile.
-    """
-
-    def __init__(self, interval_s: float = 0.003):
-        self.interval_s, self.peak_mb = interval_s, None
-        self._stop = threading.Event()
-
-    def __enter__(self) -> PeakMemory:
-        gc.collect()
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-        self._base = self._peak = _rss_bytes()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            rss = _rss_bytes()
-            if rss is not None and self._peak is not None:
-                self._peak = max(self._peak, rss)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        if self._base is not None:
-            self.peak_mb = round((max(self._peak, _rss_bytes() or 0) - self._base) / 2**20, 1)
-
-
 class Evaluator:
     """Evaluates policies on fixed prompts with a fixed sampling seed (sampling forks the RNG, so evaluating never
     changes a training run)."""
 
     def __init__(self, reference, tokenizer, n_prompts: int, seed: int):
         self.reference, self.tokenizer = reference, tokenizer
-        self.prompts = random.Random(seed + 1).choices(grammar.all_prompts(), k=n_prompts)
-        self.seed = seed + 2
+        self.prompts, self.seed = evaluation_prompts(n_prompts, seed)
         metrics, samples = evaluate_policy(reference, reference, tokenizer, self.prompts, self.seed)
         self.reference_point = {"step": 0, "completions": 0, **_rounded(metrics)}
         self.reference_samples = samples.completions[:4]
@@ -159,39 +108,59 @@ def eval_steps(total: int, n_evals: int) -> set[int]:
     return {max(1, math.ceil(k * total / n_evals)) for k in range(1, n_evals + 1)}
 
 
-def _n_params(*models) -> int:
-    return sum(p.numel() for m in models for p in m.parameters())
+@dataclass
+class RunRecord:
+    """One training run of the comparison, as ``results.json`` stores it (the results schema, written once)."""
 
+    method: str  # one of METHODS
+    param: float  # the swept setting: β for DPO, the KL coefficient for PPO and PPO-GT
+    param_name: str  # "beta" or "kl_coef"
+    seed: int  # the seed of the pairs, the run and the evaluation prompts
+    evals: list[dict]  # π_ref's evaluation, then one per evaluation point: step, completions, reward, kl, fluency, …
+    train_s: float  # wall seconds of training alone (evaluation excluded)
+    cpu_s: float  # CPU seconds of training alone
+    peak_mb: float | None  # peak resident memory above the level at the start, MB (None where not measurable)
+    compute: dict[str, int]  # :class:`dpo_teach.compute.Compute` counts
+    models_held: list[str]  # the networks the method keeps in memory while it trains
+    params_held: int  # their parameters together
+    samples: list[str]  # a few completions of the final policy
+    history: list[dict] | None = None  # PPO's per-iteration metrics (TRL's names); None for DPO
 
-def _record(method, param, seed, evals, evaluator, wall_s, cpu_s, memory, compute, models) -> dict:
-    return {"method": method, "param": param, "param_name": "beta" if method == "DPO" else "kl_coef",
-            "seed": seed, "evals": evals, "final": evals[-1], "train_s": round(wall_s, 2), "cpu_s": round(cpu_s, 2),
-            "peak_mb": memory.peak_mb, "compute": compute.as_dict(), "models_held": sorted(models),
-            "params_held": _n_params(*models.values()), "samples": evaluator.last_samples}
+    @classmethod
+    def of(cls, method: str, param: float, seed: int, evals: list[dict], evaluator: Evaluator, times: dict,
+           memory: PeakMemory, compute: Compute, models: dict) -> RunRecord:
+        """A record from what a run measured; ``models`` maps names to the networks held."""
+        return cls(method, param, "beta" if method == "DPO" else "kl_coef", seed, evals, round(times["wall_s"], 2),
+                   round(times["cpu_s"], 2), memory.peak_mb, compute.as_dict(), sorted(models),
+                   n_params(*models.values()), evaluator.last_samples)
+
+    def as_dict(self) -> dict:
+        """The JSON form, with ``final`` (the last evaluation) added for readers; ``history`` only when present."""
+        out = {**asdict(self), "final": self.evals[-1]}
+        if out["history"] is None:
+            del out["history"]
+        return out
 
 
 def run_dpo(reference, tokenizer, train_rows, beta: float, config: CompareConfig, seed: int,
             evaluator: Evaluator, progress: bool = False) -> dict:
     """One DPO run at ``beta``, evaluated ``config.n_evals`` times. Returns its record for results.json."""
     policy = copy.deepcopy(reference)
-    cfg = replace(config.dpo, beta=beta, seed=seed, progress=progress)
-    total = -(-len(train_rows) // cfg.batch_size) * cfg.epochs
-    due, saved = eval_steps(total, config.n_evals), []
+    cfg = replace(config.dpo, beta=beta, seed=seed)
+    due, saved = eval_steps(n_steps(len(train_rows), cfg.batch_size, cfg.epochs), config.n_evals), []
 
     def callback(metrics: dict) -> None:
         if metrics["step"] + 1 in due:
             saved.append((metrics["step"] + 1, 0, _state(policy)))
 
-    start, cpu = time.perf_counter(), time.process_time()
-    with PeakMemory() as memory:
-        train_dpo(policy, reference, tokenizer, train_rows, cfg, callback=callback)
-    wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    with stopwatch() as times, PeakMemory() as memory:
+        train_dpo(policy, reference, tokenizer, train_rows, cfg, callback=callback, progress=progress)
     evals = evaluator.snapshots(saved)
     n = len(train_rows)  # π_θ scores each pair every epoch, with backward; π_ref once (precomputed) or every epoch
     ref_passes = 1 if cfg.precompute_ref else cfg.epochs
     compute = Compute(forward=2 * n * (ref_passes + cfg.epochs), backward=2 * n * cfg.epochs)
-    return _record("DPO", beta, seed, evals, evaluator, wall_s, cpu_s, memory, compute,
-                   {"policy": policy, "reference": reference})
+    return RunRecord.of("DPO", beta, seed, evals, evaluator, times, memory, compute,
+                        {"policy": policy, "reference": reference}).as_dict()
 
 
 def run_ppo(reference, tokenizer, method: str, kl_coef: float, config: CompareConfig, seed: int,
@@ -199,7 +168,7 @@ def run_ppo(reference, tokenizer, method: str, kl_coef: float, config: CompareCo
     """One PPO run on the learned reward (``method="PPO"``) or the ground truth (``"PPO-GT"``)."""
     policy = copy.deepcopy(reference)
     value = ScalarModel.from_causal_lm(reference, head_std=0.0)
-    cfg = replace(config.ppo, kl_coef=kl_coef, seed=seed, progress=progress)
+    cfg = replace(config.ppo, kl_coef=kl_coef, seed=seed)
     compute = Compute()
 
     def reward_fn(prompts: list[str], completions: list[str]):
@@ -215,18 +184,17 @@ def run_ppo(reference, tokenizer, method: str, kl_coef: float, config: CompareCo
         if metrics["step"] + 1 in due:
             saved.append((metrics["step"] + 1, metrics["episode"], _state(policy)))
 
-    start, cpu = time.perf_counter(), time.process_time()
-    with PeakMemory() as memory:
-        history = train_ppo(policy, reference, value, tokenizer, reward_fn, cfg, compute=compute, callback=callback)
-    wall_s, cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    with stopwatch() as times, PeakMemory() as memory:
+        history = train_ppo(policy, reference, value, tokenizer, reward_fn, cfg, compute=compute, callback=callback,
+                            progress=progress)
     evals = evaluator.snapshots(saved)
     models = {"policy": policy, "reference": reference, "value": value}
     if method == "PPO":
         models["reward_model"] = learned.rm
-    record = _record(method, kl_coef, seed, evals, evaluator, wall_s, cpu_s, memory, compute, models)
     keys = ("objective/kl", "objective/scores", "objective/entropy", "policy/clipfrac", "loss/value")
-    record["history"] = [{k: round(h[k], 4) for k in ("step", *keys)} for h in history]
-    return record
+    record = RunRecord.of(method, kl_coef, seed, evals, evaluator, times, memory, compute, models)
+    record.history = [{k: round(h[k], 4) for k in ("step", *keys)} for h in history]
+    return record.as_dict()
 
 
 def prepare_seed(reference, tokenizer, config: CompareConfig, seed: int, progress: bool = False) -> dict:
@@ -240,14 +208,14 @@ def prepare_seed(reference, tokenizer, config: CompareConfig, seed: int, progres
         "ground_truth_calls": len(rows), "n_train": len(train_rows), "n_heldout": len(heldout),
         "bt_temperature": prefs.bt_temperature, "bt_ceiling": round(bt_ceiling(heldout, prefs.bt_temperature), 4)}}
     if "PPO" in config.methods:
-        start, cpu, compute = time.perf_counter(), time.process_time(), Compute()
-        with PeakMemory() as memory:
-            rm, history = train_reward_model(reference, tokenizer, train_rows,
-                                             replace(config.reward, seed=seed, progress=progress), compute)
+        compute = Compute()
+        with stopwatch() as times, PeakMemory() as memory:
+            rm, history = train_reward_model(reference, tokenizer, train_rows, replace(config.reward, seed=seed),
+                                             compute, progress=progress)
             learned = LearnedReward(rm, tokenizer, train_rows)
         stage["learned"] = learned
         stage["reward_model"] = {
-            "seconds": round(time.perf_counter() - start, 2), "cpu_s": round(time.process_time() - cpu, 2),
+            "seconds": round(times["wall_s"], 2), "cpu_s": round(times["cpu_s"], 2),
             "compute": compute.as_dict(), "peak_mb": memory.peak_mb,
             "steps": len(history), "final_loss": round(history[-1]["loss"], 4),
             "train_accuracy": round(pairwise_accuracy(rm, tokenizer, train_rows), 4),
@@ -284,14 +252,6 @@ def run_seed(config: CompareConfig, seed: int, progress: bool = False, verbose: 
             "wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(time.process_time() - cpu, 1)}
 
 
-def _load_average() -> list[float] | None:
-    """The machine's 1/5/15-minute load averages: how busy the cores were (other work slows wall times)."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
-
-
 def _seed_worker(config: CompareConfig, seed: int, verbose: bool) -> dict:
     """:func:`run_seed` in a spawned process: quiet Hugging Face progress bars, no tokenizer threads, and a
     thread lock for tqdm (its default inter-process lock would leak a semaphore when the pool shuts down)."""
@@ -317,7 +277,7 @@ def run_comparison(config: CompareConfig, progress: bool = True, verbose: bool =
         ``stages`` (preference set and reward model per seed), ``runs`` (one record per method × setting × seed,
         with its evaluations), ``wall_s`` and ``environment``.
     """
-    from dpo_teach import frontier
+    from dpo_teach import conclusions
 
     unknown = set(config.methods) - set(METHODS)
     if unknown:
@@ -342,11 +302,11 @@ def run_comparison(config: CompareConfig, progress: bool = True, verbose: bool =
                "runs": [run for p in parts for run in p["runs"]],
                "wall_s": round(time.perf_counter() - start, 1),
                "environment": {"torch": torch.__version__, "threads": config.threads, "workers": workers,
-                               "cpus": os.cpu_count(), "load_average": _load_average(),
+                               "cpus": os.cpu_count(), "load_average": load_average(),
                                "seed_wall_s": {str(p["seed"]): p["wall_s"] for p in parts},
                                "seed_cpu_s": {str(p["seed"]): p["cpu_s"] for p in parts}}}
-    frontier.write_outputs(results, Path(config.out_dir))
-    log("\n" + frontier.results_table(results))
-    log("\n" + "\n".join(frontier.conclusions(results).values()))
+    conclusions.write_outputs(results, Path(config.out_dir))
+    log("\n" + conclusions.results_table(results))
+    log("\n" + "\n".join(conclusions.conclusions(results).values()))
     log(f"\nwrote {config.out_dir}/results.json, table.md, frontier.png ({results['wall_s']:.0f} s in all)")
     return results

@@ -8,15 +8,15 @@ The loader also reads HH-RLHF rows (only ``chosen``/``rejected`` dialogues; see 
 from __future__ import annotations
 
 import json
-import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from dpo_teach import grammar
-from dpo_teach.reward import ground_truth_reward
+from dpo_teach.reward import bt_probability, ground_truth_reward
 from dpo_teach.sampling import sample
 from dpo_teach.utils import atomic_write_text
 
@@ -33,11 +33,6 @@ class PreferenceConfig:
     bt_temperature: float = 0.1  # τ in P(a ≻ b) = σ((r(a) − r(b)) / τ); smaller = less label noise
     max_new_tokens: int = 16  # completion length limit when sampling from π_ref
     seed: int = 0  # prompt choice, sampling and labelling seed
-
-
-def bt_probability(reward_a: float, reward_b: float, temperature: float) -> float:
-    """Bradley–Terry: P(a ≻ b) = σ((r(a) − r(b)) / τ)."""
-    return 1.0 / (1.0 + math.exp(-(reward_a - reward_b) / temperature))
 
 
 @torch.no_grad()
@@ -125,6 +120,11 @@ def _check_row(obj, tokenizer, max_length: int | None) -> tuple[dict | None, str
             return None, f"the field '{key}' is missing; every row needs 'prompt', 'chosen' and 'rejected'"
         if not isinstance(row[key], str):
             return None, f"the field '{key}' must be a string, got {type(row[key]).__name__}"
+        try:
+            row[key].encode("utf-8")
+        except UnicodeEncodeError as e:  # JSON allows "\ud800" alone, but no text holds half a surrogate pair
+            return None, (f"the field '{key}' holds an unpaired surrogate escape (\\u{ord(row[key][e.start]):04x} at "
+                          f"character {e.start + 1}), which is not text; fix or remove the escape")
     for key in ("chosen", "rejected"):
         if not row[key].strip():
             return None, f"the '{key}' completion is empty; remove the row or fill it in"
@@ -136,6 +136,34 @@ def _check_row(obj, tokenizer, max_length: int | None) -> tuple[dict | None, str
             return None, (f"the prompt is {n_prompt} tokens, which leaves no room for the completion within "
                           f"max_length={max_length}; shorten the prompt or raise --max-length")
     return row, ""
+
+
+def _lines(f) -> Iterator[bytes]:
+    """A binary file's lines without their ends, split at \\n, \\r\\n or \\r (as Python's text mode splits)."""
+    for chunk in f:
+        yield from chunk.removesuffix(b"\n").removesuffix(b"\r").split(b"\r")
+
+
+def _parse_line(raw: bytes, first: bool, tokenizer, max_length: int | None) -> tuple[dict | None, str]:
+    """Decode, parse and validate one line. Returns ``(row, "")``, ``(None, reason)`` or ``(None, "blank")``."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return None, (f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); re-save the file as UTF-8 "
+                      "(e.g. `iconv -f latin1 -t utf-8 in.jsonl > out.jsonl`)")
+    if first:
+        line = line.removeprefix("\ufeff")  # a byte-order mark some editors write; harmless
+    if not line.strip():
+        return None, "blank"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON ({e.msg} at column {e.colno}); fix the line"
+    except RecursionError:
+        return None, "JSON nested too deeply to read; a row is one flat object of strings"
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        return None, f"not usable JSON ({e}); fix the line"
+    return _check_row(obj, tokenizer, max_length)
 
 
 def load_preferences(
@@ -154,16 +182,18 @@ def load_preferences(
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such file; pass the path of a JSONL file with one preference pair per line")
+        what = "is a directory, not a file" if path.is_dir() else "no such file"
+        raise DataError(f"{path}: {what}; pass the path of a JSONL file with one preference pair per line")
     rows, skipped = [], []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+    try:
+        f = path.open("rb")  # bytes: a line that is not UTF-8 is reported (or skipped) like any other bad row
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror}); check the file's permissions") from None
+    with f:
+        for lineno, raw in enumerate(_lines(f), start=1):
+            row, reason = _parse_line(raw, lineno == 1, tokenizer, max_length)
+            if reason == "blank":
                 continue
-            try:
-                row, reason = _check_row(json.loads(line), tokenizer, max_length)
-            except json.JSONDecodeError as e:
-                row, reason = None, f"not valid JSON ({e.msg} at column {e.colno}); fix the line"
             if row is not None:
                 rows.append(row)
             elif skip_invalid:

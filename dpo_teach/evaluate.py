@@ -7,18 +7,35 @@
 - win rate: how often a policy sample beats a π_ref sample on the same prompt (ties count one half);
 - implicit-reward accuracy on held-out pairs: how often r̂(x, y_w) > r̂(x, y_l), from the log-ratios
   log π_θ/π_ref of both completions (:func:`logratios`).
+
+Every evaluation in the course (demo, comparison, notebooks) draws its prompts and its sampling seed the same way,
+:func:`evaluation_prompts`, and shows samples in the same ✓/✗ table, :func:`samples_table`.
 """
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import torch
 
-from dpo_teach.dpo import reference_logprobs
+from dpo_teach import grammar
 from dpo_teach.grammar import is_well_formed
-from dpo_teach.logprobs import PreferenceCollator, concatenated_logprobs, tokenize_pairs
+from dpo_teach.logprobs import PreferenceCollator, concatenated_logprobs, reference_logprobs, tokenize_pairs
 from dpo_teach.reward import ground_truth_reward
 from dpo_teach.sampling import Samples, sample, samples_logprobs
+
+
+def evaluation_prompts(n: int, seed: int = 0) -> tuple[list[str], int]:
+    """The course's evaluation set for ``seed``: ``n`` grammar prompts drawn with replacement from
+    ``random.Random(seed + 1)``, and the sampling seed ``seed + 2`` to draw one completion per prompt with.
+
+    Both stay apart from the seeds that make the preference pairs (``seed``), so evaluation never reuses them.
+
+    Returns:
+        ``(prompts, sample_seed)``.
+    """
+    return random.Random(seed + 1).choices(grammar.all_prompts(), k=n), seed + 2
 
 
 def fluency(samples: Samples) -> np.ndarray:
@@ -89,3 +106,30 @@ def preference_accuracy(policy, reference, tokenizer, rows: list[dict], max_leng
     """
     chosen, rejected = logratios(policy, reference, tokenizer, rows, max_length, batch_size)
     return int((chosen > rejected).sum()) / len(chosen)
+
+
+def samples_table(columns: dict[str, Samples], n: int = 12, markdown_math: bool = False) -> str:
+    """Samples side by side as a Markdown table: the prompt, then per policy its completion marked ✓ (well-formed
+    sentence ended by EOS) or ✗, and its ground-truth reward. Every ``Samples`` must be for the same prompts.
+
+    Args:
+        columns: column title (e.g. ``"π_ref"``, ``"DPO"``) → that policy's samples.
+        n: rows (the first ``n`` prompts).
+        markdown_math: write the header's π_ref/π_θ in LaTeX for a notebook.
+    """
+    first = next(iter(columns.values()))
+    if any(s.prompts[:n] != first.prompts[:n] for s in columns.values()):
+        raise ValueError("samples_table needs samples drawn for the same prompts in the same order")
+    rewards = {name: ground_truth_reward(s.completions[:n]) for name, s in columns.items()}
+    head = ["prompt $x$" if markdown_math else "prompt"]
+    for name in columns:
+        head += [f"{name}: $y$" if markdown_math else name, "$r$" if markdown_math else "r"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i in range(min(n, len(first.prompts))):
+        cells = [first.prompts[i]]
+        for name, s in columns.items():
+            mark = "✓" if s.ended[i] and is_well_formed(s.completions[i]) else "✗"
+            text = s.completions[i].strip().replace("|", "\\|") or "(empty)"
+            cells += [f"{mark} {text}", f"{rewards[name][i]:+.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,8 +1,8 @@
-"""Reading a comparison's results: the reward–KL frontier, reward at matched KL, the cost table, the conclusions.
+"""Reading a comparison's results: the reward–KL frontier, reward at matched KL, summaries per setting, the figure.
 
 Works on the dict that :func:`dpo_teach.compare.run_comparison` returns and writes as ``results.json`` (also the
 file shipped in ``notebooks/assets/``), so the notebook and the command draw the same conclusions from the same
-numbers. Nothing here trains or samples.
+numbers. Nothing here trains or samples; :mod:`dpo_teach.conclusions` writes the table and the sentences.
 
 The frontier of a method is made of its Pareto-optimal evaluation points over all settings (no other point has a
 lower KL and a higher reward), joined by straight lines: F(k) is the reward the method reaches at KL k. Comparing
@@ -17,22 +17,66 @@ from pathlib import Path
 import matplotlib.ticker
 import numpy as np
 
-from dpo_teach.plots import plt, save_figure
-from dpo_teach.utils import atomic_write_json, atomic_write_text
+from dpo_teach.plots import plt
+from dpo_teach.utils import atomic_write_text
 
 MIN_FLUENCY = 0.7  # the course's fluency target: a "best setting" must keep at least this share well-formed
 KL_QUOTED = (0.5, 1.0, 2.0, 4.0)  # KL values (nats) at which the conclusions quote both rewards, where both reach them
 COLORS = {"DPO": "tab:blue", "PPO": "tab:orange", "PPO-GT": "tab:green"}
 
 
+class ResultsError(ValueError):
+    """A results file that cannot be read as a comparison's results; the message names the file and the fix."""
+
+
+_RUN_KEYS = {"method": str, "param": (int, float), "seed": int, "evals": list, "final": dict, "param_name": str,
+             "compute": dict}  # what the frontier, the table and notebook 06 read from every run
+_EVAL_KEYS = ("kl", "reward", "fluency")
+
+
+def _results_problem(results, format_: int) -> str | None:
+    """What makes ``results`` unreadable as a comparison's results (None when nothing does)."""
+    if not isinstance(results, dict):
+        return f"expected a JSON object, got {type(results).__name__}"
+    if results.get("format") != format_:
+        return f"it is in format {results.get('format')!r}, this version reads format {format_}"
+    for key, kind in (("runs", list), ("reference", dict), ("config", dict), ("stages", dict)):
+        if not isinstance(results.get(key), kind):
+            return f"'{key}' is missing or not a JSON {'array' if kind is list else 'object'}"
+    for i, run in enumerate(results["runs"]):
+        if not isinstance(run, dict):
+            return f"runs[{i}] is not a JSON object"
+        bad = [k for k, kind in _RUN_KEYS.items() if not isinstance(run.get(k), kind) or isinstance(run.get(k), bool)]
+        if bad:
+            return f"runs[{i}] has no usable {', '.join(repr(k) for k in bad)}"
+        for j, point in enumerate([*run["evals"], run["final"]]):
+            if not isinstance(point, dict) or not all(isinstance(point.get(k), (int, float)) for k in _EVAL_KEYS):
+                where = f"evals[{j}]" if j < len(run["evals"]) else "final"
+                return f"runs[{i}].{where} needs numbers 'kl', 'reward' and 'fluency'"
+        if not isinstance(results["reference"].get(str(run["seed"])), dict):
+            return f"'reference' has no entry for seed {run['seed']} of runs[{i}]"
+    return None
+
+
 def load_results(path: str | Path) -> dict:
-    """Read a ``results.json`` written by ``dpo-teach compare``, with an error that says what to do."""
+    """Read a ``results.json`` written by ``dpo-teach compare``, with an error that says what to do.
+
+    Raises:
+        FileNotFoundError: no such file. ResultsError: not JSON, or not the layout this version reads.
+    """
+    from dpo_teach.compare import FORMAT  # the layout's version lives with the code that writes it
+
     path = Path(path)
+    fix = "rerun `dpo-teach compare` (with `--asset FILE` to rewrite a shipped asset)"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; run `dpo-teach compare` (or `--fast`) to write it")
-    results = json.loads(path.read_text())
-    if "runs" not in results or "reference" not in results:
-        raise ValueError(f"{path}: not a comparison results file (no 'runs'/'reference'); rerun `dpo-teach compare`")
+    try:
+        results = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, not UTF-8, ...
+        raise ResultsError(f"{path}: not a comparison results file (not JSON: {e}); {fix}") from None
+    problem = _results_problem(results, FORMAT)
+    if problem:
+        raise ResultsError(f"{path}: not a comparison results file ({problem}); {fix}")
     return results
 
 
@@ -45,7 +89,7 @@ def runs_of(results: dict, method: str, param: float | None = None, seed: int | 
             and (seed is None or r["seed"] == seed)]
 
 
-def _ms(values) -> tuple[float, float]:
+def mean_sd(values) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     v = np.asarray(values, dtype=float)
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
@@ -115,7 +159,7 @@ def matched_kl_gap(results: dict, a: str, b: str, min_fluency: float = 0.0, n_gr
         for k in KL_QUOTED:
             if k <= kmax:
                 at.setdefault(k, []).append((reward_at_kl(ca, k), reward_at_kl(cb, k)))
-    gap, gap_sd = _ms(gaps) if gaps else (float("nan"), float("nan"))
+    gap, gap_sd = mean_sd(gaps) if gaps else (float("nan"), float("nan"))
     return {"a": a, "b": b, "gap": gap, "gap_sd": gap_sd, "per_seed": gaps,
             "share_above": float(np.mean(shares)) if shares else float("nan"),
             "kl_max": float(np.mean(kmaxes)) if kmaxes else float("nan"),
@@ -130,15 +174,15 @@ def summarize(results: dict) -> list[dict]:
             runs = runs_of(results, method, param)
             gains = [r["final"]["reward"] - results["reference"][str(r["seed"])]["reward"] for r in runs]
             row = {"method": method, "param": param, "param_name": runs[0]["param_name"], "n_seeds": len(runs),
-                   "reward_gain": _ms(gains), "models_held": runs[0]["models_held"],
+                   "reward_gain": mean_sd(gains), "models_held": runs[0]["models_held"],
                    "params_held": runs[0]["params_held"]}
             for key in ("reward", "kl", "fluency"):
-                row[key] = _ms([r["final"][key] for r in runs])
-            row["train_s"] = _ms([r["train_s"] for r in runs])
-            row["cpu_s"] = _ms([r.get("cpu_s", float("nan")) for r in runs])
-            row["peak_mb"] = _ms([r["peak_mb"] for r in runs]) if all(r["peak_mb"] is not None for r in runs) \
+                row[key] = mean_sd([r["final"][key] for r in runs])
+            row["train_s"] = mean_sd([r["train_s"] for r in runs])
+            row["cpu_s"] = mean_sd([r.get("cpu_s", float("nan")) for r in runs])
+            row["peak_mb"] = mean_sd([r["peak_mb"] for r in runs]) if all(r["peak_mb"] is not None for r in runs) \
                 else (float("nan"), float("nan"))
-            row["compute"] = {k: _ms([r["compute"][k] for r in runs])[0] for k in runs[0]["compute"]}
+            row["compute"] = {k: mean_sd([r["compute"][k] for r in runs])[0] for k in runs[0]["compute"]}
             rows.append(row)
     return rows
 
@@ -153,129 +197,6 @@ def best_settings(results: dict, min_fluency: float = MIN_FLUENCY) -> dict[str, 
         pick = max(fluent or rows, key=lambda r: r["reward"][0])
         best[method] = {**pick, "fluent": bool(fluent)}
     return best
-
-
-def _pm(ms: tuple[float, float], fmt: str) -> str:
-    return f"{ms[0]:{fmt}} ± {ms[1]:{fmt.lstrip('+')}}"
-
-
-def results_table(results: dict) -> str:
-    """The comparison as a Markdown table (final evaluation of each run; mean ± sd over seeds), plus the stages
-    that come before training (preference set, reward model)."""
-    best = best_settings(results)
-    head = ["method", "setting", "reward gain", "KL (nats)", "fluency", "wall s", "CPU s", "completions sampled",
-            "RM calls", "ground-truth calls", "forward seqs", "backward seqs", "models held", "peak MB"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in summarize(results):
-        c = r["compute"]
-        star = " ★" if best[r["method"]]["param"] == r["param"] else ""
-        sym = "β" if r["param_name"] == "beta" else "kl"
-        cells = [r["method"] + star, f"{sym}={r['param']:g}", _pm(r["reward_gain"], "+.3f"), _pm(r["kl"], ".2f"),
-                 _pm((100 * r["fluency"][0], 100 * r["fluency"][1]), ".0f") + " %", _pm(r["train_s"], ".1f"),
-                 _pm(r["cpu_s"], ".1f"),
-                 f"{c['completions']:,.0f}", f"{c['reward_model_calls']:,.0f}", f"{c['ground_truth_calls']:,.0f}",
-                 f"{c['forward']:,.0f}", f"{c['backward']:,.0f}",
-                 f"{len(r['models_held'])} ({', '.join(r['models_held'])})", _pm(r["peak_mb"], ".0f")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + _stages_text(results)
-
-
-def _stages_text(results: dict) -> str:
-    stages = list(results["stages"].values())
-    pairs = stages[0]["pairs"]
-    out = [f"Before training (per seed): the preference set = {pairs['completions']:,} completions sampled from "
-           f"π_ref and {pairs['ground_truth_calls']:,} ground-truth labels "
-           f"({_pm(_ms([s['pairs']['seconds'] for s in stages]), '.1f')} s); DPO and the reward model train on its "
-           f"{pairs['n_train']:,} training pairs, PPO-GT does not use it."]
-    if "reward_model" in stages[0]:
-        rm = [s["reward_model"] for s in stages]
-        out.append(f"Reward model (PPO only): {_pm(_ms([m['seconds'] for m in rm]), '.1f')} s, "
-                   f"{rm[0]['compute']['forward']:,} forward / {rm[0]['compute']['backward']:,} backward seqs, "
-                   f"held-out pairwise accuracy {_pm(_ms([m['heldout_accuracy'] for m in rm]), '.3f')} "
-                   f"(BT-noise ceiling {np.mean([s['pairs']['bt_ceiling'] for s in stages]):.3f}).")
-    seeds = ", ".join(results["reference"])
-    out.append(f"★ = best setting (highest reward with fluency ≥ {MIN_FLUENCY:.0%}). Gains are over π_ref on the same "
-               f"evaluation prompts; mean ± sd over seeds {seeds}. Counts are per run, evaluation excluded; a "
-               f"'forward seq' is one sequence through one network (a sampled completion counts once). "
-               f"Wall and CPU seconds exclude evaluation; CPU seconds do not depend on what else the machine runs.")
-    out.append(_environment_text(results))
-    return "\n".join(out) + "\n"
-
-
-def _environment_text(results: dict) -> str:
-    """Total wall time, and what it depends on: processes, threads, how busy the machine was."""
-    env = results.get("environment", {})
-    text = f"Total wall time {results['wall_s']:.0f} s"
-    if env.get("workers"):
-        text += (f" ({env['workers']} process(es) × {env.get('threads', 1)} torch thread(s) on {env.get('cpus')} "
-                 f"CPUs")
-        if env.get("load_average"):
-            text += f"; load average at the end {env['load_average'][1]:.1f} over 5 min"
-        text += ")"
-    if env.get("seed_cpu_s"):
-        text += ("; CPU seconds per seed (one process each): "
-                 + ", ".join(f"{k}: {v:.0f}" for k, v in env["seed_cpu_s"].items()))
-    return text + "."
-
-
-def _relation(share: float) -> str:
-    if share == 1.0:
-        return "lies above"
-    if share == 0.0:
-        return "lies below"
-    return "lies mostly above" if share >= 0.8 else "lies mostly below" if share <= 0.2 else "crosses"
-
-
-def frontier_sentence(results: dict, a: str, b: str, min_fluency: float = 0.0) -> str:
-    """One sentence on where ``a``'s frontier lies relative to ``b``'s, with the numbers."""
-    g = matched_kl_gap(results, a, b, min_fluency)
-    if np.isnan(g["gap"]):
-        scope = f" with fluency ≥ {min_fluency:.0%}" if min_fluency else ""
-        return f"{a} and {b} have no points to compare{scope}."
-    per_seed = ", ".join(f"{x:+.3f}" for x in g["per_seed"])
-    at = "; ".join(f"at KL {k:g}: {fa:+.3f} vs {fb:+.3f}" for k, (fa, fb) in g["at"].items())
-    scope = f" (points with fluency ≥ {min_fluency:.0%} only)" if min_fluency else ""
-    return (f"{a}'s reward–KL frontier {_relation(g['share_above'])} {b}'s{scope}: at matched KL (0 to "
-            f"{g['kl_max']:.2f} nats) {a}'s reward is {abs(g['gap']):.3f} {'higher' if g['gap'] >= 0 else 'lower'} "
-            f"on average (per seed {per_seed}; {a} ahead on {g['share_above']:.0%} of the KL grid). "
-            f"Reward at matched KL, {a} vs {b}: {at}.")
-
-
-def conclusions(results: dict) -> dict[str, str]:
-    """The statements the README and notebook 06 make, computed from ``results``."""
-    out, best, methods = {}, best_settings(results), methods_in(results)
-    for m in methods:
-        r = best[m]
-        sym = "β" if r["param_name"] == "beta" else "KL coefficient"
-        out[f"best {m}"] = (f"{m} at its best setting ({sym} {r['param']:g}) raises the mean ground-truth reward by "
-                            f"{_pm(r['reward_gain'], '+.3f')} over π_ref, at KL {_pm(r['kl'], '.2f')} nats, with "
-                            f"{r['fluency'][0]:.0%} of completions well-formed"
-                            + ("." if r["fluent"] else f" (no setting kept {MIN_FLUENCY:.0%} fluency)."))
-    for b in ("PPO", "PPO-GT"):
-        if "DPO" in methods and b in methods:
-            out[f"frontier DPO vs {b}"] = frontier_sentence(results, "DPO", b)
-            if any((points(results, m)[:, 2] < MIN_FLUENCY).any() for m in ("DPO", b)):
-                out[f"fluent frontier DPO vs {b}"] = frontier_sentence(results, "DPO", b, MIN_FLUENCY)
-    out["completions"] = completions_sentence(results)
-    return out
-
-
-def completions_sentence(results: dict) -> str:
-    """How many completions each method sampled (per run, at its best setting) and how many labels it needed."""
-    pairs = next(iter(results["stages"].values()))["pairs"]
-    parts, best = [], best_settings(results)
-    for m in methods_in(results):
-        row = best[m]["compute"]
-        if m == "DPO":
-            parts.append(f"DPO sampled 0 completions while training (offline: it reuses the {pairs['completions']:,} "
-                         f"completions sampled once from π_ref for the {pairs['ground_truth_calls']:,} labelled pairs)")
-        elif m == "PPO":
-            parts.append(f"PPO sampled {row['completions']:,.0f} completions per run from its own policy (online) "
-                         f"and scored them with the reward model, on top of the same preference set")
-        else:
-            parts.append(f"PPO-GT sampled {row['completions']:,.0f} per run and asked the ground truth "
-                         f"{row['ground_truth_calls']:,.0f} times (one label per completion)")
-    return "; ".join(parts) + "."
 
 
 def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
@@ -316,14 +237,6 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-def write_outputs(results: dict, out: Path) -> None:
-    """``results.json``, ``table.md`` (table and conclusions) and ``frontier.png`` under ``out``."""
-    atomic_write_json(out / "results.json", results)
-    text = results_table(results) + "\n" + "\n\n".join(f"- {s}" for s in conclusions(results).values()) + "\n"
-    atomic_write_text(out / "table.md", "# PPO vs DPO on the toy world\n\n" + text)
-    save_figure(plot_frontier(results), out / "frontier.png")
 
 
 def write_asset(results: dict, path: str | Path) -> None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dpo_teach.model import ContextLengthError, context_length
+
 
 class _UnmaskedPaddingWarning(logging.Filter):
     """Drop transformers' "pass an attention_mask" warning where leaving the mask out is deliberate.
@@ -26,7 +28,19 @@ class _UnmaskedPaddingWarning(logging.Filter):
         return "strongly recommend passing in an `attention_mask`" not in record.getMessage()
 
 
-logging.getLogger("transformers.modeling_utils").addFilter(_UnmaskedPaddingWarning())
+_WARNING_FILTER = _UnmaskedPaddingWarning()
+
+
+def _quiet_unmasked_padding_warning() -> None:
+    """Install the filter above (once) when the first unmasked batch is scored, not at import time."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    if _WARNING_FILTER not in logger.filters:
+        logger.addFilter(_WARNING_FILTER)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count real tokens only, so left padding does not shift them. Shape: (N, T)."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def encode_completion(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
@@ -131,6 +145,10 @@ def sequence_logprobs(
         Shape: (N,). log π(y | x) per row.
     """
     T = input_ids.shape[1]
+    context = context_length(model)
+    if context is not None and T - 1 > context:  # past it GPT-2 has no position embedding: an IndexError in torch
+        raise ContextLengthError(f"sequences of {T} tokens do not fit the model's context of {context} tokens "
+                                 f"(n_positions); use max_length (--max-length) {context} or less")
     targets = completion_mask[:, 1:].bool()  # (N, T-1): token t+1 is scored from position t
     labels = input_ids[:, 1:][targets]  # (M,) M = completion tokens in the batch
     # The last position predicts no token, so it is not fed in (causal attention leaves the others unchanged).
@@ -139,7 +157,9 @@ def sequence_logprobs(
     right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())  # every row is 1…1 0…0
     if not right_padded:  # left padding: mask it and start each row's positions at its first real token
         inputs["attention_mask"] = attention_mask[:, :fed]
-        inputs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, :fed]  # (N, T-1)
+        inputs["position_ids"] = position_ids(attention_mask)[:, :fed]  # (N, T-1)
+    else:
+        _quiet_unmasked_padding_warning()
     if hasattr(model, "transformer") and hasattr(model, "lm_head"):
         hidden = model.transformer(**inputs).last_hidden_state  # (N, T-1, d)
         logits = model.lm_head(hidden[:, :T - 1][targets])  # (M, V)
@@ -179,6 +199,26 @@ def tokenize_pairs(tokenizer, rows: list[dict], max_length: int) -> list[dict]:
         _, rejected_ids = encode_completion(tokenizer, row["prompt"], row["rejected"])
         room = max_length - len(prompt_ids)
         if room < 1:
-            raise ValueError(f"prompt {row['prompt'][:40]!r}... leaves no room within max_length={max_length}")
+            raise ContextLengthError(f"prompt {row['prompt'][:40]!r}... is {len(prompt_ids)} tokens, which leaves no "
+                                     f"room for a completion within max_length={max_length}; raise --max-length")
         out.append({"prompt_ids": prompt_ids, "chosen_ids": chosen_ids[:room], "rejected_ids": rejected_ids[:room]})
+    return out
+
+
+@torch.no_grad()
+def reference_logprobs(reference: torch.nn.Module, examples: list[dict], pad_token_id: int,
+                       batch_size: int = 256) -> list[dict]:
+    """Return copies of tokenized ``examples`` with ``ref_chosen_logps`` and ``ref_rejected_logps`` added.
+
+    One pass of π_ref over the data, under ``no_grad``: legal because π_ref is fixed (its log-probs do not depend
+    on θ), so they can be computed once before training and cached with the pairs.
+    """
+    collate = PreferenceCollator(pad_token_id)
+    reference.eval()
+    out = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        chosen, rejected = concatenated_logprobs(reference, collate(chunk))
+        for e, c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
+            out.append({**e, "ref_chosen_logps": c, "ref_rejected_logps": r})
     return out

@@ -1,40 +1,88 @@
-"""Preference losses as pure functions: log-probs in, per-example losses and implicit rewards out.
+"""The preference math, all in one place: Bradley–Terry, the implicit reward, DPO and its variants, the metrics.
 
-All functions take the summed sequence log-probs of the policy π_θ and of the fixed reference π_ref on the chosen
-(y_w) and rejected (y_l) completions, each Shape: (B,), and return ``(losses, chosen_rewards, rejected_rewards)``,
-each Shape: (B,). The caller takes the mean. The implicit rewards r̂(x, y) = β·log(π_θ(y|x) / π_ref(y|x)) are
-detached: they are for logging (``rewards/chosen``, ``rewards/rejected``), not for gradients.
+Every DPO-family loss takes the summed sequence log-probs of the policy π_θ and of the fixed reference π_ref on the
+chosen (y_w) and rejected (y_l) completions, each Shape: (B,), and returns ``(losses, chosen_rewards,
+rejected_rewards)``, each Shape: (B,). The caller takes the mean. The implicit rewards r̂(x, y) = β·log(π_θ(y|x) /
+π_ref(y|x)) are detached: they are for logging (``rewards/chosen``, ``rewards/rejected``), not for gradients.
 
 The reference log-probs enter only as constants. That is the fixed-reference assumption: π_ref does not depend
 on θ, so its log-probs can be computed once, before training, and cached.
+
+Each variant is its own small function, registered once in :data:`LOSSES` under the name that ``DPOConfig.loss_type``
+and ``dpo-teach train --loss`` use. The Bradley–Terry *probability* with which "the human" labels lives beside the
+ground-truth reward, in :func:`dpo_teach.reward.bt_probability`.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
-
-def _logratios(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps):
-    chosen_logratios = policy_chosen_logps - ref_chosen_logps  # log π_θ(y_w|x)/π_ref(y_w|x)
-    rejected_logratios = policy_rejected_logps - ref_rejected_logps  # log π_θ(y_l|x)/π_ref(y_l|x)
-    return chosen_logratios, rejected_logratios
+LOSSES: dict[str, Callable] = {}
+"""name → loss function; every function here that ``@register`` marks."""
 
 
+def register(name: str) -> Callable:
+    """Add a loss to :data:`LOSSES` under ``name``."""
+    def add(fn: Callable) -> Callable:
+        assert name not in LOSSES, f"loss {name!r} registered twice"
+        LOSSES[name] = fn
+        return fn
+    return add
+
+
+# --- Bradley–Terry and the implicit reward (notebooks 02–03) --------------------------------------------------------
+
+def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """Per-pair Bradley–Terry negative log-likelihood −log σ(r(x, y_w) − r(x, y_l)), Eq. 2 in Rafailov et al. 2023.
+
+    The reward model's loss (stage 1 of RLHF) and, with r = r̂, the DPO loss. ``logsigmoid`` keeps it finite for
+    any margin (−log of a probability rounded to 0 would be inf). Elementwise.
+
+    Args:
+        chosen_rewards: r(x, y_w). Shape: (B,) (or any shape).
+        rejected_rewards: r(x, y_l). Same shape.
+
+    Returns:
+        Same shape. Equal rewards give ln 2 ≈ 0.6931.
+    """
+    return -F.logsigmoid(chosen_rewards - rejected_rewards)
+
+
+def implicit_reward(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
+    """r̂(x, y) = β·log(π_θ(y|x) / π_ref(y|x)): the reward that the policy defines (Eq. 5 without Z(x)). Elementwise."""
+    return beta * (policy_logps - ref_logps)
+
+
+def preference_probability(chosen_logratio: torch.Tensor, rejected_logratio: torch.Tensor,
+                           beta: float) -> torch.Tensor:
+    """The policy's own P(y_w ≻ y_l | x) = σ(β·log π_θ/π_ref(y_w) − β·log π_θ/π_ref(y_l)) (Eq. 6). Elementwise.
+
+    Args:
+        chosen_logratio: log π_θ(y_w|x) − log π_ref(y_w|x), e.g. read from a training log.
+        rejected_logratio: log π_θ(y_l|x) − log π_ref(y_l|x).
+        beta: β.
+    """
+    return torch.sigmoid(beta * (chosen_logratio - rejected_logratio))
+
+
+# --- DPO and its variants (notebooks 03, 05 and 07) -----------------------------------------------------------------
+
+@register("sigmoid")
 def dpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
     ref_chosen_logps: torch.Tensor,
     ref_rejected_logps: torch.Tensor,
     beta: float = 0.1,
-    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The DPO loss, Eq. 7 in Rafailov et al. 2023:
 
         L = -log σ( β·log π_θ(y_w|x)/π_ref(y_w|x) − β·log π_θ(y_l|x)/π_ref(y_l|x) )
-
-    With ``label_smoothing`` ε > 0 this is conservative DPO (cDPO, Mitchell 2023): the label is assumed flipped
-    with probability ε, so the loss is ``(1-ε)·L(y_w ≻ y_l) + ε·L(y_l ≻ y_w)``.
 
     Args:
         policy_chosen_logps: log π_θ(y_w|x). Shape: (B,).
@@ -42,27 +90,36 @@ def dpo_loss(
         ref_chosen_logps: log π_ref(y_w|x). Shape: (B,).
         ref_rejected_logps: log π_ref(y_l|x). Shape: (B,).
         beta: β, the strength of the KL penalty; larger keeps π_θ closer to π_ref.
-        label_smoothing: ε in [0, 0.5), the assumed probability that a label is flipped.
 
     Returns:
         ``(losses, chosen_rewards, rejected_rewards)``, each Shape: (B,); rewards are detached.
     """
-    chosen_logratios, rejected_logratios = _logratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
-    logits = beta * (chosen_logratios - rejected_logratios)  # r̂(x, y_w) − r̂(x, y_l)
-    losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps  # log π_θ/π_ref(y_w)
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps  # log π_θ/π_ref(y_l)
+    losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
+@register("cdpo")
 def cdpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
               beta: float = 0.1, label_smoothing: float = 0.1):
-    """Conservative DPO: :func:`dpo_loss` with label smoothing ε (default 0.1). Same arguments and returns."""
+    """Conservative DPO (cDPO, Mitchell 2023): each label is assumed flipped with probability ε, so
+
+        L = −(1 − ε)·log σ(β·h) − ε·log σ(−β·h),    h = log π_θ/π_ref(y_w) − log π_θ/π_ref(y_l)
+
+    Its minimum is at a finite margin, β·h = log((1 − ε)/ε), instead of at infinity. Same arguments and returns as
+    :func:`dpo_loss`, plus ``label_smoothing`` ε in [0, 0.5) (ε = 0 is DPO).
+    """
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
-    return dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-                    beta=beta, label_smoothing=label_smoothing)
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    margin = beta * (chosen_logratios - rejected_logratios)  # β·h
+    losses = -(1 - label_smoothing) * F.logsigmoid(margin) - label_smoothing * F.logsigmoid(-margin)
+    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
+@register("ipo")
 def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float = 0.1):
     """IPO, Eq. 17 in Azar et al. 2023: ``(h − 1/(2β))²`` with h the difference of log-ratios.
 
@@ -71,41 +128,78 @@ def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     log-ratio by the completion length first, so its β is on another scale. Same arguments and returns as
     :func:`dpo_loss`.
     """
-    chosen_logratios, rejected_logratios = _logratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps
     losses = (chosen_logratios - rejected_logratios - 1 / (2 * beta)) ** 2
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
+@register("hinge")
 def hinge_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float = 0.1):
-    """Hinge loss on the reward margin (SLiC, Zhao et al. 2023): ``max(0, 1 − β·h)``.
+    """Hinge loss on the implicit-reward margin: ``max(0, 1 − β·h)``.
 
-    Pairs whose implicit-reward margin already exceeds 1 give no gradient at all. Same arguments and returns as
-    :func:`dpo_loss`.
+    SLiC (Zhao et al. 2023) puts a hinge on the policy's own log-probs; normalising them by π_ref, as here, is the
+    hinge variant of RSO (Liu et al. 2023) and TRL's ``loss_type="hinge"``. Pairs whose margin already exceeds 1 give
+    no gradient at all. Same arguments and returns as :func:`dpo_loss`.
     """
-    chosen_logratios, rejected_logratios = _logratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps
     losses = torch.relu(1 - beta * (chosen_logratios - rejected_logratios))
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
+@register("reference_free")
 def reference_free_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps=None, ref_rejected_logps=None,
                         beta: float = 0.1):
-    """Reference-free DPO: ``-log σ(β·(log π_θ(y_w|x) − log π_θ(y_l|x)))``, i.e. π_ref taken as uniform.
+    """Reference-free DPO: ``-log σ(β·(log π_θ(y_w|x) − log π_θ(y_l|x)))``, i.e. DPO with a π_ref that is constant
+    over responses (then log π_ref cancels in the margin).
 
     Without the reference nothing anchors the policy: it can raise the margin by any means, fluency included.
     The reference arguments are accepted and ignored so that every loss has one signature; the returned
     "rewards" are then β·log π_θ(y|x). Same returns as :func:`dpo_loss`.
     """
-    logits = beta * (policy_chosen_logps - policy_rejected_logps)
-    losses = -F.logsigmoid(logits)
+    losses = -F.logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps))
     return losses, beta * policy_chosen_logps.detach(), beta * policy_rejected_logps.detach()
 
 
-LOSSES = {
-    "sigmoid": dpo_loss,
-    "cdpo": cdpo_loss,
-    "ipo": ipo_loss,
-    "hinge": hinge_loss,
-    "reference_free": reference_free_loss,
-}
+@register("dpop")
+def dpop_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+              beta: float = 0.1, lam: float = 0.5):
+    """DPO-Positive (DPOP, Eq. 3 in Pal et al. 2024, "Smaug"):
+
+        L = -log σ( β·[ log π_θ/π_ref(y_w) − log π_θ/π_ref(y_l) − λ·max(0, log π_ref(y_w) − log π_θ(y_w)) ] )
+
+    Plain DPO only sees the difference of the two log-ratios, so it can raise the margin while *both* log-probs
+    fall (likelihood displacement). The penalty is 0 while the chosen log-prob stays at or above the reference's
+    and grows with λ ≥ 0 once it falls below (λ = 0 is DPO). Same arguments and returns as :func:`dpo_loss`.
+    """
+    chosen_logratios = policy_chosen_logps - ref_chosen_logps
+    rejected_logratios = policy_rejected_logps - ref_rejected_logps
+    penalty = lam * torch.clamp(-chosen_logratios, min=0)  # > 0 only when y_w lost probability
+    losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios - penalty))
+    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+
+
+def get_loss(name: str, beta: float, **options) -> Callable:
+    """``LOSSES[name]`` with β and those of ``options`` that it takes bound (e.g. ``label_smoothing`` for cdpo,
+    ``lam`` for dpop); it is then called with the four log-prob tensors alone."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss_type {name!r}; choose one of {sorted(LOSSES)}")
+    fn = LOSSES[name]
+    takes = inspect.signature(fn).parameters
+    return partial(fn, beta=beta, **{k: v for k, v in options.items() if k in takes})
+
+
+# --- what a training step reports (TRL's metric names) --------------------------------------------------------------
+
+def step_metrics(losses, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps) -> dict[str, float]:
+    """Batch means under TRL's metric names. All arguments Shape: (B,)."""
+    return {
+        "loss": losses.mean().item(),
+        "rewards/chosen": chosen_rewards.mean().item(),
+        "rewards/rejected": rejected_rewards.mean().item(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+        "logps/chosen": chosen_logps.detach().mean().item(),
+        "logps/rejected": rejected_logps.detach().mean().item(),
+    }

@@ -22,11 +22,38 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+TOY_CONTEXT = 64  # n_positions of the toy models: the longest prompt + completion they can read, in tokens
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt")
+
+
 class CheckpointError(ValueError):
     """A model directory that cannot be used; the message names the path and the fix."""
 
 
-def build_model(preset: str, vocab_size: int, eos_token_id: int, n_positions: int = 64) -> GPT2LMHeadModel:
+class ContextLengthError(ValueError):
+    """A ``max_length`` that does not fit: longer than the model's context (``n_positions``) or too short for a
+    prompt; the message names both numbers and the fix."""
+
+
+def context_length(model: PreTrainedModel) -> int | None:
+    """The most positions ``model`` can read (GPT-2's ``n_positions``), or None when its config does not say."""
+    config = getattr(model, "config", None)
+    n = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) else None
+
+
+def check_max_length(max_length: int, context: int | None, what: str = "the model") -> None:
+    """Refuse a ``max_length`` (prompt + completion tokens) above a ``context`` of positions, before any work.
+
+    Past its context a GPT-2 has no position embedding to look up, so training would die deep inside torch.
+    """
+    if context is not None and max_length > context:
+        raise ContextLengthError(f"--max-length {max_length} is longer than {what}'s context of {context} tokens "
+                                 f"(n_positions); pass --max-length {context} or less, or use a model with a longer "
+                                 "context")
+
+
+def build_model(preset: str, vocab_size: int, eos_token_id: int, n_positions: int = TOY_CONTEXT) -> GPT2LMHeadModel:
     """A freshly initialised tiny GPT-2. Dropout is off, so a policy equals its reference bit for bit."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -60,6 +87,12 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, path: str | Path, extra: 
     atomic_write_dir(path, write)
 
 
+def _first_line(error: Exception) -> str:
+    """``Type: first line of the message``, at most 200 characters: library errors can run over many lines."""
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {text[:200]}"
+
+
 def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
     """Load ``(model, tokenizer)`` from a ``save_pretrained`` directory, e.g. a real GPT-2 you downloaded yourself.
 
@@ -71,20 +104,28 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
     path = Path(path)
     fix = "point it at a directory written by `save_pretrained` (config.json, weights, tokenizer files)"
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path}: no such directory; {fix}")
+        what = "is a file, not a directory" if path.exists() else "no such directory"
+        raise CheckpointError(f"checkpoint {path}: {what}; {fix}")
     if not (path / "config.json").is_file():
         raise CheckpointError(f"checkpoint {path}: config.json is missing; {fix}")
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise CheckpointError(f"checkpoint {path}: no weights file (*.safetensors or *.bin); {fix}")
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):  # else transformers makes an empty one
+        raise CheckpointError(f"checkpoint {path}: no tokenizer files ({' or '.join(_TOKENIZER_FILES)}); save the "
+                              "tokenizer beside the model with `tokenizer.save_pretrained(path)`")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means an unusable tokenizer
-        raise CheckpointError(f"checkpoint {path}: the tokenizer cannot be loaded ({e}); {fix}") from e
+        raise CheckpointError(f"checkpoint {path}: the tokenizer cannot be loaded ({_first_line(e)}); {fix}") from e
     try:
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"checkpoint {path}: the model cannot be loaded ({type(e).__name__}: {e}); "
+        raise CheckpointError(f"checkpoint {path}: the model cannot be loaded ({_first_line(e)}); "
                               f"the files may be truncated or corrupt — re-save or re-download them") from e
+    n_embedded = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > n_embedded:  # a token id past the embedding table would fail deep inside torch
+        raise CheckpointError(f"checkpoint {path}: the tokenizer has {len(tokenizer)} tokens but the model embeds only "
+                              f"{n_embedded}; the tokenizer files belong to another model — save both together")
     if tokenizer.pad_token is None:  # real GPT-2 has no pad token; padding is always masked out, so EOS serves
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from dpo_teach import grammar
 from dpo_teach.data import PreferenceConfig, bt_ceiling, make_preference_pairs, split_pairs, write_preferences
 from dpo_teach.dpo import DPOConfig, train_dpo
-from dpo_teach.evaluate import evaluate_policy, preference_accuracy, win_rate
+from dpo_teach.evaluate import evaluate_policy, evaluation_prompts, preference_accuracy, samples_table, win_rate
 from dpo_teach.model import load_checkpoint, save_checkpoint
 from dpo_teach.plots import plot_dpo_history, plot_reward_before_after, save_figure
 from dpo_teach.reward import ground_truth_reward
@@ -42,19 +40,6 @@ class DemoConfig:
         cfg = cls(**kwargs)
         cfg.world.seed = cfg.prefs.seed = cfg.dpo.seed = seed
         return cfg
-
-
-def _side_by_side(prompts, before, after, n: int = 40) -> str:
-    lines = ["# Sample completions before (π_ref) and after DPO\n",
-             "Same prompts, one sample each at temperature 1. ✓ = well-formed sentence ended by EOS.\n",
-             "| prompt | π_ref | r | DPO | r |", "|---|---|---|---|---|"]
-    rb, ra = ground_truth_reward(before.completions[:n]), ground_truth_reward(after.completions[:n])
-    for i in range(min(n, len(prompts))):
-        fb = "✓" if before.ended[i] and grammar.is_well_formed(before.completions[i]) else "✗"
-        fa = "✓" if after.ended[i] and grammar.is_well_formed(after.completions[i]) else "✗"
-        lines.append(f"| {prompts[i]} | {fb} {before.completions[i].strip()!r} | {rb[i]:+.2f} "
-                     f"| {fa} {after.completions[i].strip()!r} | {ra[i]:+.2f} |")
-    return "\n".join(lines) + "\n"
 
 
 def results_table(metrics: dict) -> str:
@@ -98,15 +83,13 @@ def run_demo(config: DemoConfig, progress: bool = True, verbose: bool = True) ->
 
     t = time.perf_counter()
     policy = copy.deepcopy(reference)
-    config.dpo.progress = progress
-    history = train_dpo(policy, reference, tokenizer, train_rows, config.dpo)
+    history = train_dpo(policy, reference, tokenizer, train_rows, config.dpo, progress=progress)
     times["dpo_s"] = time.perf_counter() - t
     save_checkpoint(policy, tokenizer, out / "policy")
     atomic_write_json(out / "history.json", history)
 
     t = time.perf_counter()
-    prompts = random.Random(config.prefs.seed + 1).choices(grammar.all_prompts(), k=config.n_eval_prompts)
-    eval_seed = config.prefs.seed + 2
+    prompts, eval_seed = evaluation_prompts(config.n_eval_prompts, config.prefs.seed)
     ref_metrics, ref_samples = evaluate_policy(reference, reference, tokenizer, prompts, eval_seed)
     pol_metrics, pol_samples = evaluate_policy(policy, reference, tokenizer, prompts, eval_seed)
     metrics = {
@@ -124,12 +107,13 @@ def run_demo(config: DemoConfig, progress: bool = True, verbose: bool = True) ->
         "config": asdict(config),
     }
     times["eval_s"] = time.perf_counter() - t
-    metrics["config"]["dpo"]["progress"] = False  # display settings are not part of the result
     metrics["config"].pop("out_dir")
 
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(out / "run.json", {"timings_s": times, "torch": torch.__version__})
-    atomic_write_text(out / "samples.md", _side_by_side(prompts, ref_samples, pol_samples))
+    atomic_write_text(out / "samples.md", "# Sample completions before (π_ref) and after DPO\n\nSame prompts, one "
+                      "sample each at temperature 1. ✓ = well-formed sentence ended by EOS.\n\n"
+                      + samples_table({"π_ref": ref_samples, "DPO": pol_samples}, n=40))
     save_figure(plot_dpo_history(history), out / "training_curves.png")
     save_figure(plot_reward_before_after(ground_truth_reward(ref_samples.completions),
                                          ground_truth_reward(pol_samples.completions), ref_metrics, pol_metrics),

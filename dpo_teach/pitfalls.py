@@ -3,8 +3,8 @@
 - **Length exploitation.** :func:`relabel_with_length_bonus` relabels sampled pairs the way verbosity-biased
   labellers would (Bradley–Terry on the reward plus a bonus per word), so that the chosen completion is
   systematically longer; :func:`length_balanced` keeps a subset in which length no longer predicts the label.
-- **Likelihood displacement.** :func:`dpop_loss` (DPO-Positive, Pal et al. 2024) penalises a chosen completion whose
-  log-probability falls below the reference's, which plain DPO allows.
+- **Likelihood displacement.** :func:`dpo_teach.losses.dpop_loss` (DPO-Positive, Pal et al. 2024, ``loss_type="dpop"``)
+  penalises a chosen completion whose log-probability falls below the reference's, which plain DPO allows.
 - **Reward hacking.** :func:`sample_report` describes what the samples of a drifting policy look like beside the
   reward, KL and fluency that ``evaluate_policy`` reports: length, stacked sentiment words, repeated words, and the
   reward the ground truth still pays for the ill-formed ones.
@@ -16,14 +16,10 @@ import random
 from collections import defaultdict
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from dpo_teach import grammar
-from dpo_teach.data import bt_probability
 from dpo_teach.evaluate import fluency
-from dpo_teach.losses import _logratios
-from dpo_teach.reward import ground_truth_reward
+from dpo_teach.reward import bt_probability, ground_truth_reward
 from dpo_teach.sampling import Samples
 
 SENTIMENT_WORDS = frozenset(grammar.POSITIVE + grammar.NEGATIVE + grammar.VERBS_POSITIVE + grammar.VERBS_NEGATIVE)
@@ -86,34 +82,6 @@ def length_balanced(rows: list[dict], seed: int = 0) -> list[dict]:
         out += rng.sample(longer, n) + rng.sample(shorter, n)
     rng.shuffle(out)
     return out
-
-
-def dpop_loss(
-    policy_chosen_logps: torch.Tensor,
-    policy_rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor,
-    ref_rejected_logps: torch.Tensor,
-    beta: float = 0.1,
-    lam: float = 0.5,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DPO-Positive (DPOP, Eq. 3 in Pal et al. 2024, "Smaug"):
-
-        L = -log σ( β·[ log π_θ/π_ref(y_w) − log π_θ/π_ref(y_l) − λ·max(0, log π_ref(y_w) − log π_θ(y_w)) ] )
-
-    Plain DPO only sees the difference of the two log-ratios, so it can raise the margin while *both* log-probs
-    fall (likelihood displacement). The penalty is 0 while the chosen log-prob stays at or above the reference's
-    and grows with λ once it falls below. Same arguments and returns as :func:`dpo_teach.losses.dpo_loss`.
-
-    Args:
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: Shape: (B,) each.
-        beta: β > 0.
-        lam: λ ≥ 0, the weight of the penalty; λ = 0 is DPO.
-    """
-    chosen_logratios, rejected_logratios = _logratios(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
-    penalty = lam * torch.clamp(-chosen_logratios, min=0)  # > 0 only when y_w lost probability
-    losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios - penalty))
-    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
 def sample_report(samples: Samples) -> dict[str, float]:

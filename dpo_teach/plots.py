@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt  # the backend is the caller's: inline in a notebook, Agg for the CLI (cli.main)
+import numpy as np
 
-matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from dpo_teach.utils import atomic_file  # noqa: E402
+from dpo_teach.utils import atomic_file
 
 
 def smooth(values: list[float], window: int = 10) -> np.ndarray:

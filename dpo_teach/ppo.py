@@ -31,9 +31,11 @@ import torch
 from tqdm.auto import tqdm
 
 from dpo_teach import grammar
+from dpo_teach.compute import Compute
 from dpo_teach.reward_model import ScalarModel
-from dpo_teach.rollout import Compute, RolloutBatch, collate_rollout, token_logprobs
+from dpo_teach.rollout import RolloutBatch, collate_rollout, token_logprobs
 from dpo_teach.sampling import sample
+from dpo_teach.training import adamw, minibatches, optimizer_step, set_lr
 from dpo_teach.utils import lr_at, set_seed
 
 RewardFn = Callable[[list[str], list[str]], np.ndarray]  # (prompts, completions) -> scores, Shape: (N,)
@@ -173,7 +175,6 @@ class PPOConfig:
     lam: float = 0.95  # GAE λ
     max_new_tokens: int = 16  # completion length limit of rollouts
     seed: int = 0  # prompt choice, sampling and minibatch-order seed
-    progress: bool = False  # show a tqdm bar
 
 
 @dataclass
@@ -214,28 +215,21 @@ def ppo_update(policy, value_model: ScalarModel, optimizer, rollout: Rollout, co
                generator: torch.Generator, compute: Compute) -> dict[str, float]:
     """``ppo_epochs`` passes of minibatch steps over one rollout. Returns the minibatch means of the losses/stats."""
     stats: dict[str, list[float]] = {}
-    params = [p for g in optimizer.param_groups for p in g["params"]]
     policy.train()
     value_model.train()
-    for _ in range(config.ppo_epochs):
-        order = torch.randperm(len(rollout.batch), generator=generator)
-        for start in range(0, len(order), config.minibatch_size):
-            idx = order[start:start + config.minibatch_size]
-            mb, mask = rollout.batch[idx], rollout.batch.response_mask[idx]
-            logps, _ = token_logprobs(policy, mb)
-            values = value_model(mb.input_ids, mb.attention_mask)[:, mb.prompt_len - 1:-1]
-            pg_loss, pg_stats = clipped_policy_loss(logps, rollout.logps[idx], rollout.advantages[idx], mask,
-                                                    config.cliprange)
-            vf_loss, vf_clipfrac = clipped_value_loss(values, rollout.values[idx], rollout.returns[idx], mask,
-                                                      config.cliprange_value)
-            optimizer.zero_grad(set_to_none=True)
-            (pg_loss + config.vf_coef * vf_loss).backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            compute.add(forward=2 * len(idx), backward=2 * len(idx))  # π_θ and V
-            for key, value in {"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(),
-                               "val/clipfrac": vf_clipfrac, **{f"policy/{k}": v for k, v in pg_stats.items()}}.items():
-                stats.setdefault(key, []).append(value)
+    for _, idx in minibatches(len(rollout.batch), config.minibatch_size, config.ppo_epochs, generator):
+        mb, mask = rollout.batch[idx], rollout.batch.response_mask[idx]
+        logps, _ = token_logprobs(policy, mb)
+        values = value_model(mb.input_ids, mb.attention_mask)[:, mb.prompt_len - 1:-1]
+        pg_loss, pg_stats = clipped_policy_loss(logps, rollout.logps[idx], rollout.advantages[idx], mask,
+                                                config.cliprange)
+        vf_loss, vf_clipfrac = clipped_value_loss(values, rollout.values[idx], rollout.returns[idx], mask,
+                                                  config.cliprange_value)
+        optimizer_step(optimizer, pg_loss + config.vf_coef * vf_loss)
+        compute.add(forward=2 * len(idx), backward=2 * len(idx))  # π_θ and V
+        for key, value in {"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(),
+                           "val/clipfrac": vf_clipfrac, **{f"policy/{k}": v for k, v in pg_stats.items()}}.items():
+            stats.setdefault(key, []).append(value)
     policy.eval()
     value_model.eval()
     return {k: float(np.mean(v)) for k, v in stats.items()}
@@ -255,7 +249,8 @@ def rollout_metrics(rollout: Rollout, kl_coef: float) -> dict[str, float]:
 
 
 def train_ppo(policy, reference, value_model: ScalarModel, tokenizer, reward_fn: RewardFn, config: PPOConfig,
-              compute: Compute | None = None, callback: Callable[[dict], None] | None = None) -> list[dict]:
+              compute: Compute | None = None, callback: Callable[[dict], None] | None = None,
+              progress: bool = False) -> list[dict]:
     """Train ``policy`` (and ``value_model``) in place with PPO on ``reward_fn`` minus the KL penalty to ``reference``.
 
     Args:
@@ -267,6 +262,7 @@ def train_ppo(policy, reference, value_model: ScalarModel, tokenizer, reward_fn:
         config: hyper-parameters.
         compute: a counter to add this run's costs to.
         callback: called with each iteration's metrics (e.g. to evaluate the policy every few iterations).
+        progress: show a progress bar.
 
     Returns:
         The history: one dict per PPO iteration with ``step``, ``episode`` (completions so far), ``lr`` and
@@ -276,14 +272,12 @@ def train_ppo(policy, reference, value_model: ScalarModel, tokenizer, reward_fn:
     compute = compute if compute is not None else Compute()
     prompt_rng = random.Random(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    params = list(policy.parameters()) + list(value_model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=config.lr, eps=1e-5, weight_decay=0.0)
+    optimizer = adamw(list(policy.parameters()) + list(value_model.parameters()), config.lr, eps=1e-5)
     reference.eval()
     history: list[dict] = []
-    for step in tqdm(range(config.steps), desc=f"PPO β={config.kl_coef:g}", disable=not config.progress):
+    for step in tqdm(range(config.steps), desc=f"PPO β={config.kl_coef:g}", disable=not progress):
         lr = lr_at(step, config.steps, config.lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(optimizer, lr)
         prompts = prompt_rng.choices(grammar.all_prompts(), k=config.rollout_size)
         rollout = make_rollout(policy, reference, value_model, tokenizer, reward_fn, prompts, config,
                                seed=config.seed * 1_000_003 + step + 1, compute=compute)

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from dpo_teach.logprobs import PreferenceCollator, encode_completion, pad_rows, tokenize_pairs
-from dpo_teach.rollout import Compute, position_ids
+from dpo_teach.compute import Compute
+from dpo_teach.logprobs import PreferenceCollator, encode_completion, pad_rows, position_ids, tokenize_pairs
+from dpo_teach.losses import bradley_terry_loss
+from dpo_teach.training import adamw, minibatches, n_steps, optimizer_step, set_lr
 from dpo_teach.utils import lr_at, set_seed
 
 
@@ -57,19 +58,6 @@ def last_token_scores(values: torch.Tensor, attention_mask: torch.Tensor) -> tor
     return values.gather(1, last.unsqueeze(1)).squeeze(1)
 
 
-def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
-    """Per-pair Bradley–Terry negative log-likelihood −log σ(r(x, y_w) − r(x, y_l)) (Eq. 2).
-
-    Args:
-        chosen_rewards: r_φ(x, y_w). Shape: (B,).
-        rejected_rewards: r_φ(x, y_l). Shape: (B,).
-
-    Returns:
-        Shape: (B,). The caller takes the mean. Equal rewards give ln 2 ≈ 0.6931.
-    """
-    return -F.logsigmoid(chosen_rewards - rejected_rewards)
-
-
 @dataclass
 class RewardConfig:
     lr: float = 1e-3  # peak learning rate (AdamW), 5 % warm-up then cosine decay
@@ -77,7 +65,6 @@ class RewardConfig:
     epochs: int = 2  # passes over the training pairs
     max_length: int = 64  # prompt + completion tokens
     seed: int = 0  # head initialisation and batch-order seed
-    progress: bool = False  # show a tqdm bar
 
 
 def pair_scores(rm: ScalarModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +75,7 @@ def pair_scores(rm: ScalarModel, batch: dict[str, torch.Tensor]) -> tuple[torch.
 
 
 def train_reward_model(reference: torch.nn.Module, tokenizer, rows: list[dict], config: RewardConfig,
-                       compute: Compute | None = None) -> tuple[ScalarModel, list[dict]]:
+                       compute: Compute | None = None, progress: bool = False) -> tuple[ScalarModel, list[dict]]:
     """Fit r_φ (initialised from ``reference``'s body) to preference ``rows`` with the Bradley–Terry loss.
 
     Returns:
@@ -99,29 +86,23 @@ def train_reward_model(reference: torch.nn.Module, tokenizer, rows: list[dict], 
     rm = ScalarModel.from_causal_lm(reference)
     examples = tokenize_pairs(tokenizer, rows, config.max_length)
     collate = PreferenceCollator(tokenizer.pad_token_id)
-    optimizer = torch.optim.AdamW(rm.parameters(), lr=config.lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(config.seed)
-    total = -(-len(examples) // config.batch_size) * config.epochs
+    optimizer = adamw(rm.parameters(), config.lr)
+    total = n_steps(len(examples), config.batch_size, config.epochs)
+    batches = minibatches(len(examples), config.batch_size, config.epochs, torch.Generator().manual_seed(config.seed))
     history: list[dict] = []
     rm.train()
-    for epoch in tqdm(range(config.epochs), desc="reward model", disable=not config.progress):
-        order = torch.randperm(len(examples), generator=generator).tolist()
-        for start in range(0, len(order), config.batch_size):
-            batch = collate([examples[i] for i in order[start:start + config.batch_size]])
-            lr = lr_at(len(history), total, config.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            chosen, rejected = pair_scores(rm, batch)
-            loss = bradley_terry_loss(chosen, rejected).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
-            optimizer.step()
-            if compute is not None:
-                compute.add(forward=2 * len(chosen), backward=2 * len(chosen))
-            history.append({"step": len(history), "epoch": epoch, "lr": lr, "loss": loss.item(),
-                            "accuracy": (chosen > rejected).float().mean().item(),
-                            "margin": (chosen - rejected).mean().item()})
+    for step, (epoch, idx) in enumerate(tqdm(batches, total=total, desc="reward model", disable=not progress)):
+        batch = collate([examples[i] for i in idx.tolist()])
+        lr = lr_at(step, total, config.lr)
+        set_lr(optimizer, lr)
+        chosen, rejected = pair_scores(rm, batch)  # r_φ(x, y_w), r_φ(x, y_l), (B,) each
+        loss = bradley_terry_loss(chosen, rejected).mean()  # Eq. 2
+        optimizer_step(optimizer, loss)
+        if compute is not None:
+            compute.add(forward=2 * len(chosen), backward=2 * len(chosen))
+        history.append({"step": step, "epoch": epoch, "lr": lr, "loss": loss.item(),
+                        "accuracy": (chosen > rejected).float().mean().item(),
+                        "margin": (chosen - rejected).mean().item()})
     rm.eval()
     return rm, history
 

@@ -1,4 +1,4 @@
-"""Rollouts for on-policy RL: sampled completions laid out as a batch, per-token log-probs, and a compute counter.
+"""Rollouts for on-policy RL: sampled completions laid out as a batch, and their per-token log-probs.
 
 PPO scores every completion token separately (a KL penalty per token, a value per token), so the batch layout
 differs from :mod:`dpo_teach.logprobs`, which sums. Prompts are padded on the left and completions on the right,
@@ -13,10 +13,12 @@ and values are read. Shape letters: N completions, P prompt columns, L completio
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from dpo_teach.logprobs import position_ids
 
 
 @dataclass
@@ -62,11 +64,6 @@ def collate_rollout(prompt_ids: list[list[int]], completion_ids: list[list[int]]
     return RolloutBatch(input_ids, attention_mask, response_mask, P)
 
 
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that count real tokens only, so left padding does not shift them. Shape: (N, T)."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-
 def token_logprobs(model: torch.nn.Module, batch: RolloutBatch, with_entropy: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(y_t | x, y_<t) of every completion token, and optionally the entropy of π at that position.
@@ -91,26 +88,3 @@ def token_logprobs(model: torch.nn.Module, batch: RolloutBatch, with_entropy: bo
     if with_entropy:
         entropy = -(logp_all.exp() * logp_all).sum(-1) * mask  # (N, L)
     return logps, entropy
-
-
-@dataclass
-class Compute:
-    """What a training run cost, counted in sequences (one prompt + completion through one network).
-
-    Generating a completion with the KV cache costs about one forward over the sequence, so it is counted once in
-    ``forward`` as well as in ``completions``.
-    """
-
-    completions: int = 0  # completions sampled from the policy during training
-    reward_model_calls: int = 0  # completions scored by the learned reward model
-    ground_truth_calls: int = 0  # completions or pairs labelled by the ground truth ("the human")
-    forward: int = 0  # sequences through a forward pass, any network
-    backward: int = 0  # sequences through a backward pass
-
-    def add(self, **counts: int) -> None:
-        """Increase the named counters, e.g. ``compute.add(forward=64, backward=64)``."""
-        for name, n in counts.items():
-            setattr(self, name, getattr(self, name) + int(n))
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)

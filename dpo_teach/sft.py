@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dpo_teach.logprobs import pad_rows, sequence_logprobs
+from dpo_teach.training import adamw, optimizer_step, set_lr
 from dpo_teach.utils import lr_at, set_seed
 
 
@@ -21,7 +22,6 @@ class SFTConfig:
     lr: float = 3e-3  # peak learning rate (AdamW), cosine decay to 10 % after a 5 % warm-up
     weight_decay: float = 0.0  # AdamW weight decay
     seed: int = 0  # batch order and initialisation seed
-    progress: bool = False  # show a tqdm bar
 
 
 def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -31,29 +31,28 @@ def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
 
 
 def train_sft(
-    model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], pad_token_id: int, config: SFTConfig
+    model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], pad_token_id: int, config: SFTConfig,
+    progress: bool = False,
 ) -> list[dict]:
     """Train ``model`` in place on tokenized ``(prompt_ids, completion_ids)`` examples.
+
+    Each step draws ``batch_size`` examples with replacement (the corpus is generated, so epochs mean little here).
 
     Returns:
         The history: one dict per step with ``step``, ``loss`` and ``lr``.
     """
     set_seed(config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = adamw(model.parameters(), config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     model.train()
     history = []
-    for step in tqdm(range(config.steps), desc="SFT", disable=not config.progress):
+    for step in tqdm(range(config.steps), desc="SFT", disable=not progress):
         idx = torch.randint(len(examples), (config.batch_size,), generator=generator).tolist()
         batch = pad_rows([examples[i][0] for i in idx], [examples[i][1] for i in idx], pad_token_id)
         lr = lr_at(step, config.steps, config.lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(optimizer, lr)
         loss = sft_loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, loss)
         history.append({"step": step, "loss": loss.item(), "lr": lr})
     model.eval()
     return history

@@ -20,9 +20,8 @@ import warnings
 
 import torch
 
-from dpo_teach.dpo import step_metrics
 from dpo_teach.logprobs import PreferenceCollator, concatenated_logprobs, tokenize_pairs
-from dpo_teach.losses import LOSSES
+from dpo_teach.losses import LOSSES, step_metrics
 
 COLUMNS = ("prompt", "chosen", "rejected")
 INSTALL_HINT = "pip install 'dpo-teach[peers]' (or: pip install trl datasets)"

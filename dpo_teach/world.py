@@ -62,9 +62,8 @@ def build_reference(config: WorldConfig, progress: bool = False) -> tuple[torch.
     examples = [encode_completion(tokenizer, p, c) for p, c in pairs]
     torch.manual_seed(config.seed)
     model = build_model(config.preset, len(tokenizer), tokenizer.eos_token_id)
-    sft = SFTConfig(steps=config.sft_steps, batch_size=config.sft_batch_size, lr=config.sft_lr,
-                    seed=config.seed, progress=progress)
-    train_sft(model, examples, tokenizer.pad_token_id, sft)
+    sft = SFTConfig(steps=config.sft_steps, batch_size=config.sft_batch_size, lr=config.sft_lr, seed=config.seed)
+    train_sft(model, examples, tokenizer.pad_token_id, sft, progress=progress)
     return model, tokenizer
 
 
@@ -86,11 +85,15 @@ def load_reference(
             if verbose:
                 print(f"π_ref: loaded from cache {path}")
             return model, tokenizer
-        except (CheckpointError, OSError, ValueError) as e:
+        except (CheckpointError, OSError, ValueError, RecursionError) as e:  # e.g. a truncated or edited entry
             warnings.warn(f"reference cache {path} is unusable ({e}); rebuilding it", stacklevel=2)
     start = time.perf_counter()
     model, tokenizer = build_reference(config, progress=progress)
-    save_checkpoint(model, tokenizer, path, extra={"world.json": asdict(config)})
+    try:
+        save_checkpoint(model, tokenizer, path, extra={"world.json": asdict(config)})
+    except OSError as e:  # a full disk or an unwritable $DPO_TEACH_CACHE costs a rebuild next time, not this run
+        warnings.warn(f"π_ref could not be cached at {path} ({e}); it will be rebuilt next time. Point "
+                      f"${CACHE_ENV} at a writable directory to keep it", stacklevel=2)
     if verbose:
         print(f"π_ref: built in {time.perf_counter() - start:.1f} s, cached at {path}")
     model.eval()

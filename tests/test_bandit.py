@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dpo_teach import bandit, losses
+from dpo_teach.reward import bt_probability
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,9 +69,9 @@ def test_optimal_policy_limits_and_stability(world):
 
 def test_bt_functions_are_stable_and_consistent():
     a, b = torch.tensor([1.0, 800.0, -800.0]), torch.tensor([0.0, 0.0, 0.0])
-    p = bandit.bt_probability(a, b)
+    p = bt_probability(a, b)
     assert abs(float(p[0]) - 1 / (1 + math.exp(-1))) < 1e-6 and not bool(torch.isnan(p).any())
-    loss = bandit.bt_loss(a, b)
+    loss = losses.bradley_terry_loss(a, b)
     assert abs(float(loss[0]) + math.log(float(p[0]))) < 1e-6, "−log σ(1)"
     assert float(loss[1]) < 1e-6 and abs(float(loss[2]) - 800.0) < 1e-3, "finite where σ rounds to 0"
 
@@ -79,9 +80,9 @@ def test_dpo_pieces_agree_with_the_package_loss():
     g = torch.Generator().manual_seed(0)
     pc, pr, rc, rr = (-10 * torch.rand(8, generator=g, dtype=torch.float64) for _ in range(4))
     loss, chosen, rejected = losses.dpo_loss(pc, pr, rc, rr, beta=0.2)
-    assert torch.allclose(chosen, bandit.implicit_reward(pc, rc, 0.2))
-    assert torch.allclose(rejected, bandit.implicit_reward(pr, rr, 0.2))
-    assert torch.allclose(torch.exp(-loss), bandit.dpo_preference_probability(pc - rc, pr - rr, 0.2))
+    assert torch.allclose(chosen, losses.implicit_reward(pc, rc, 0.2))
+    assert torch.allclose(rejected, losses.implicit_reward(pr, rr, 0.2))
+    assert torch.allclose(torch.exp(-loss), losses.preference_probability(pc - rc, pr - rr, 0.2))
 
 
 def test_sampled_labels_follow_bradley_terry(world):
@@ -91,7 +92,7 @@ def test_sampled_labels_follow_bradley_terry(world):
     assert float(counts.sum()) == len(prefs["prompt"])
     x, a, b = 1, 1, 3
     won = float(counts[x, a, b] / (counts[x, a, b] + counts[x, b, a]))
-    expected = float(bandit.bt_probability(world.rewards[x, a], world.rewards[x, b]))
+    expected = float(bt_probability(world.rewards[x, a], world.rewards[x, b]))
     n = float(counts[x, a, b] + counts[x, b, a])
     assert abs(won - expected) < 4 * math.sqrt(expected * (1 - expected) / n)
 

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from dpo_teach import frontier
+from dpo_teach import conclusions, frontier
 from dpo_teach.cli import main
 from dpo_teach.compare import CompareConfig, eval_steps
+from dpo_teach.plots import save_figure
 
 
 def _run(method, param, seed, pts, fluency=0.95, completions=0):
@@ -50,7 +51,7 @@ def test_matched_kl_gap_on_known_frontiers():
     assert g["share_above"] == 1.0 and g["gap"] > 0 and g["gap_sd"] == pytest.approx(0.0)
     assert g["at"][1.0] == pytest.approx((0.5, 0.4)) and g["at"][2.0] == pytest.approx((0.7, 0.6))
     assert 4.0 not in g["at"]  # beyond what both reached: not quoted
-    assert "lies above" in frontier.frontier_sentence(results, "DPO", "PPO")
+    assert "lies above" in conclusions.frontier_sentence(results, "DPO", "PPO")
     reverse = frontier.matched_kl_gap(results, "PPO", "DPO")
     assert reverse["gap"] == pytest.approx(-g["gap"]) and reverse["share_above"] == 0.0
     # dropping DPO's disfluent run (fluency 0.5) removes its (2, 0.7) point: DPO then reaches only KL 1
@@ -62,9 +63,9 @@ def test_best_setting_must_keep_the_fluency_target():
     best = frontier.best_settings(fake_results())
     assert best["DPO"]["param"] == 1.0 and best["DPO"]["fluent"]  # β = 0.1 has more reward but 50 % fluency
     assert best["PPO"]["param"] == 0.02
-    table = frontier.results_table(fake_results())
+    table = conclusions.results_table(fake_results())
     assert "| DPO ★ | β=1 |" in table and "| DPO | β=0.1 |" in table and "50 ± 0 %" in table
-    text = frontier.conclusions(fake_results())
+    text = conclusions.conclusions(fake_results())
     assert "fluent frontier DPO vs PPO" in text and "PPO sampled 128 completions" in text["completions"]
 
 
@@ -121,7 +122,7 @@ def test_fast_comparison_end_to_end(tmp_path, cache_root, capsys):
         assert best[method]["reward_gain"][0] >= 0.3, (method, best[method]["reward_gain"])
         assert best[method]["fluency"][0] >= 0.7, (method, best[method]["fluency"])
     assert best["DPO"]["reward_gain"][0] >= 0.2
-    text = frontier.conclusions(results)
+    text = conclusions.conclusions(results)
     assert {"frontier DPO vs PPO", "frontier DPO vs PPO-GT", "completions"} <= set(text)
     assert text["frontier DPO vs PPO"] in printed and "| PPO-GT ★ |" in (out / "table.md").read_text()
-    frontier.save_figure(frontier.plot_frontier(results, highlight={"DPO": 1.0, "PPO": 0.1}), tmp_path / "h.png")
+    save_figure(frontier.plot_frontier(results, highlight={"DPO": 1.0, "PPO": 0.1}), tmp_path / "h.png")

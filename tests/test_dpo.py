@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from dpo_teach.dpo import DPOConfig, reference_logprobs, train_dpo
+from dpo_teach.dpo import DPOConfig, train_dpo
 from dpo_teach.evaluate import preference_accuracy
-from dpo_teach.logprobs import PreferenceCollator, concatenated_logprobs, tokenize_pairs
+from dpo_teach.logprobs import PreferenceCollator, concatenated_logprobs, reference_logprobs, tokenize_pairs
 from dpo_teach.losses import dpo_loss
 
 METRICS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",

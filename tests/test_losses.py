@@ -85,3 +85,40 @@ def test_every_loss_has_the_same_signature_and_returns():
     for name, fn in LOSSES.items():
         out = fn(PC, PR, RC, RR, beta=0.3)
         assert len(out) == 3 and all(t.shape == (2,) for t in out), name
+
+
+def test_dpop_registered_and_its_option_bound():
+    from dpo_teach.dpo import DPOConfig
+    from dpo_teach.losses import dpop_loss, get_loss
+
+    below = PC - 2.0  # y_w lost probability against the reference: the penalty is active
+    for cfg_lam in (0.0, 2.0):
+        loss = DPOConfig(loss_type="dpop", beta=0.5, dpop_lambda=cfg_lam).loss()
+        torch.testing.assert_close(loss(below, PR, PC, RR)[0], dpop_loss(below, PR, PC, RR, beta=0.5, lam=cfg_lam)[0])
+    assert not torch.allclose(get_loss("dpop", 0.5, lam=2.0)(below, PR, PC, RR)[0],
+                              get_loss("dpop", 0.5, lam=0.0)(below, PR, PC, RR)[0])
+
+
+def test_cdpo_from_the_config_smooths_and_dpo_ignores_the_smoothing():
+    from dpo_teach.dpo import DPOConfig
+
+    smoothed = DPOConfig(loss_type="cdpo", beta=0.5).loss()(PC, PR, RC, RR)[0]
+    torch.testing.assert_close(smoothed, cdpo_loss(PC, PR, RC, RR, beta=0.5, label_smoothing=0.1)[0])
+    assert not torch.allclose(smoothed, dpo_loss(PC, PR, RC, RR, beta=0.5)[0]), "cdpo's default ε is not 0"
+    plain = DPOConfig(loss_type="sigmoid", beta=0.5, label_smoothing=0.3).loss()(PC, PR, RC, RR)[0]
+    torch.testing.assert_close(plain, dpo_loss(PC, PR, RC, RR, beta=0.5)[0])
+
+
+def test_unknown_loss_names_the_choices():
+    from dpo_teach.losses import get_loss
+
+    with pytest.raises(ValueError, match="choose one of"):
+        get_loss("dop", 0.1)
+
+
+def test_cli_loss_choices_are_the_registry():
+    from dpo_teach.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    loss_action = next(a for a in train._actions if a.dest == "loss")
+    assert sorted(loss_action.choices) == sorted(LOSSES) and "dpop" in LOSSES

@@ -1,4 +1,4 @@
-"""dpo_teach.pitfalls: the length-biased relabelling, the length-balanced subset, DPOP and the sample report."""
+"""The length-biased relabelling, the length-balanced subset and the sample report (pitfalls); DPOP (losses)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from dpo_teach import pitfalls
 from dpo_teach.evaluate import sample_metrics
-from dpo_teach.losses import dpo_loss
+from dpo_teach.losses import dpo_loss, dpop_loss
 from dpo_teach.reward import ground_truth_reward
 from dpo_teach.sampling import Samples
 
@@ -54,11 +54,11 @@ def test_dpop_is_dpo_until_the_chosen_log_prob_falls_below_the_reference():
     ref_chosen, ref_rejected = -10 * torch.rand(8, generator=g), -10 * torch.rand(8, generator=g)
     rejected = ref_rejected - 1.0
     above = ref_chosen + torch.rand(8, generator=g)  # y_w gained probability: no penalty
-    for ours, theirs in zip(pitfalls.dpop_loss(above, rejected, ref_chosen, ref_rejected, beta=0.5, lam=5.0),
+    for ours, theirs in zip(dpop_loss(above, rejected, ref_chosen, ref_rejected, beta=0.5, lam=5.0),
                             dpo_loss(above, rejected, ref_chosen, ref_rejected, beta=0.5)):
         torch.testing.assert_close(ours, theirs)
     below = (ref_chosen - 2.0).requires_grad_(True)  # y_w lost 2 nats
-    losses, chosen_rewards, _ = pitfalls.dpop_loss(below, rejected, ref_chosen, ref_rejected, beta=0.5, lam=1.0)
+    losses, chosen_rewards, _ = dpop_loss(below, rejected, ref_chosen, ref_rejected, beta=0.5, lam=1.0)
     # margin h = −2 − (−1) = −1, penalty λ·2 = 2: the logit is β·(h − 2) = −1.5
     torch.testing.assert_close(losses, torch.full((8,), math.log1p(math.exp(1.5))))
     assert not chosen_rewards.requires_grad
@@ -66,7 +66,7 @@ def test_dpop_is_dpo_until_the_chosen_log_prob_falls_below_the_reference():
     plain = below.detach().clone().requires_grad_(True)
     dpo_loss(plain, rejected, ref_chosen, ref_rejected, beta=0.5)[0].sum().backward()
     assert bool((below.grad < plain.grad).all()), "DPOP pulls a fallen chosen log-prob up harder than DPO"
-    torch.testing.assert_close(pitfalls.dpop_loss(below, rejected, ref_chosen, ref_rejected, beta=0.5, lam=0.0)[0],
+    torch.testing.assert_close(dpop_loss(below, rejected, ref_chosen, ref_rejected, beta=0.5, lam=0.0)[0],
                                dpo_loss(below, rejected, ref_chosen, ref_rejected, beta=0.5)[0])
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dpo_teach import grammar
+from dpo_teach.compute import Compute
 from dpo_teach.ppo import (
     PPOConfig,
     clipped_policy_loss,
@@ -22,7 +23,7 @@ from dpo_teach.ppo import (
 )
 from dpo_teach.reward import ground_truth_reward
 from dpo_teach.reward_model import ScalarModel
-from dpo_teach.rollout import Compute, collate_rollout, token_logprobs
+from dpo_teach.rollout import collate_rollout, token_logprobs
 
 TRL_NAMES = ["objective/kl", "objective/scores", "objective/entropy", "objective/non_score_reward",
              "objective/rlhf_reward", "policy/clipfrac", "policy/approxkl", "loss/policy", "loss/value",

@@ -5,12 +5,13 @@ import math
 import pytest
 import torch
 
-from dpo_teach.data import bt_probability, split_pairs
+from dpo_teach.data import split_pairs
+from dpo_teach.losses import bradley_terry_loss
+from dpo_teach.reward import bt_probability
 from dpo_teach.reward_model import (
     LearnedReward,
     RewardConfig,
     ScalarModel,
-    bradley_terry_loss,
     last_token_scores,
     pairwise_accuracy,
     score_completions,

@@ -17,9 +17,8 @@ trl = pytest.importorskip("trl")  # the `peers` extra; CI installs it
 pytest.importorskip("datasets")
 
 from dpo_teach import trl_bridge  # noqa: E402
-from dpo_teach.dpo import step_metrics  # noqa: E402
 from dpo_teach.logprobs import PreferenceCollator, concatenated_logprobs, tokenize_pairs  # noqa: E402
-from dpo_teach.losses import dpo_loss  # noqa: E402
+from dpo_teach.losses import dpo_loss, step_metrics  # noqa: E402
 
 N_ROWS = 24  # one batch
 BETA = 0.3

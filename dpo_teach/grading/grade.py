@@ -10,6 +10,8 @@ import queue
 import re
 import tempfile
 import time
+import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,15 +22,59 @@ from dpo_teach.grading.worker import _Worker
 from dpo_teach.utils import atomic_write_json, atomic_write_text
 
 
+class ManifestError(ValueError):
+    """An autograder manifest or bundle that cannot be used; the message names the file and the fix."""
+
+
+def _manifest_problem(manifest) -> str | None:
+    """What makes a parsed manifest unusable (None when nothing does)."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("assignment"), str):
+        return "no 'assignment' name"
+    if not isinstance(manifest.get("questions"), list):
+        return "no 'questions' list"
+    for i, q in enumerate(manifest["questions"]):
+        ok = (isinstance(q, dict) and isinstance(q.get("name"), str) and isinstance(q.get("manual"), bool)
+              and isinstance(q.get("points"), (int, float)) and not isinstance(q.get("points"), bool)
+              and 0 <= q["points"] < float("inf"))
+        if not ok:
+            return f"questions[{i}] needs a 'name', 'points' (a number ≥ 0) and 'manual' (true/false)"
+    return None
+
+
+def _bundle_problem(bundle: Path) -> str | None:
+    """Why otter could not open ``bundle`` (None when the zip reads back intact)."""
+    try:
+        with zipfile.ZipFile(bundle) as z:
+            broken = z.testzip()
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError) as e:
+        return f"not a zip archive ({type(e).__name__}: {e})"
+    return f"member {broken} is corrupt" if broken else None
+
+
 def load_manifests(autograder: Path) -> dict[str, dict]:
-    """``{assignment: {"bundle": path, "questions": {...}}}`` for every bundle in ``autograder``."""
+    """``{assignment: {"bundle": path, "questions": {...}}}`` for every bundle in ``autograder``.
+
+    Raises:
+        ManifestError: a manifest that is not JSON or lacks a field, or a bundle that is not an intact zip.
+    """
     manifests = {}
+    fix = "run `make assign` to write the bundles and manifests again"
     for path in sorted(Path(autograder).glob("*.json")):
-        manifest = json.loads(path.read_text())
         bundle = path.with_suffix(".zip")
-        if bundle.is_file():
-            questions = {q["name"]: {"points": q["points"], "manual": q["manual"]} for q in manifest["questions"]}
-            manifests[manifest["assignment"]] = {"bundle": bundle, "questions": questions}
+        if not bundle.is_file():
+            continue
+        try:
+            manifest = json.loads(path.read_bytes())
+        except (ValueError, RecursionError, OSError) as e:
+            raise ManifestError(f"{path}: not a readable autograder manifest ({e}); {fix}") from None
+        problem = _manifest_problem(manifest)
+        if problem:
+            raise ManifestError(f"{path}: not a usable autograder manifest ({problem}); {fix}")
+        problem = _bundle_problem(bundle)
+        if problem:
+            raise ManifestError(f"{bundle}: not a usable autograder bundle ({problem}); {fix}")
+        questions = {q["name"]: {"points": q["points"], "manual": q["manual"]} for q in manifest["questions"]}
+        manifests[manifest["assignment"]] = {"bundle": bundle, "questions": questions}
     return manifests
 
 

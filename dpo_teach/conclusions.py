@@ -1,0 +1,155 @@
+"""The comparison in words: the cost table and the conclusions that the README, ``table.md`` and notebook 06 state,
+each computed from the numbers of :mod:`dpo_teach.frontier` (nothing here is typed in by hand).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dpo_teach.frontier import (
+    MIN_FLUENCY,
+    best_settings,
+    matched_kl_gap,
+    mean_sd,
+    methods_in,
+    plot_frontier,
+    points,
+    summarize,
+)
+from dpo_teach.plots import save_figure
+from dpo_teach.utils import atomic_write_json, atomic_write_text
+
+
+def _pm(ms: tuple[float, float], fmt: str) -> str:
+    return f"{ms[0]:{fmt}} ± {ms[1]:{fmt.lstrip('+')}}"
+
+
+def results_table(results: dict) -> str:
+    """The comparison as a Markdown table (final evaluation of each run; mean ± sd over seeds), plus the stages
+    that come before training (preference set, reward model)."""
+    best = best_settings(results)
+    head = ["method", "setting", "reward gain", "KL (nats)", "fluency", "wall s", "CPU s", "completions sampled",
+            "RM calls", "ground-truth calls", "forward seqs", "backward seqs", "models held", "peak MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summarize(results):
+        c = r["compute"]
+        star = " ★" if best[r["method"]]["param"] == r["param"] else ""
+        sym = "β" if r["param_name"] == "beta" else "kl"
+        cells = [r["method"] + star, f"{sym}={r['param']:g}", _pm(r["reward_gain"], "+.3f"), _pm(r["kl"], ".2f"),
+                 _pm((100 * r["fluency"][0], 100 * r["fluency"][1]), ".0f") + " %", _pm(r["train_s"], ".1f"),
+                 _pm(r["cpu_s"], ".1f"),
+                 f"{c['completions']:,.0f}", f"{c['reward_model_calls']:,.0f}", f"{c['ground_truth_calls']:,.0f}",
+                 f"{c['forward']:,.0f}", f"{c['backward']:,.0f}",
+                 f"{len(r['models_held'])} ({', '.join(r['models_held'])})", _pm(r["peak_mb"], ".0f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + _stages_text(results)
+
+
+def _stages_text(results: dict) -> str:
+    stages = list(results["stages"].values())
+    pairs = stages[0]["pairs"]
+    out = [f"Before training (per seed): the preference set = {pairs['completions']:,} completions sampled from "
+           f"π_ref and {pairs['ground_truth_calls']:,} ground-truth labels "
+           f"({_pm(mean_sd([s['pairs']['seconds'] for s in stages]), '.1f')} s); DPO and the reward model train on its "
+           f"{pairs['n_train']:,} training pairs, PPO-GT does not use it."]
+    if "reward_model" in stages[0]:
+        rm = [s["reward_model"] for s in stages]
+        out.append(f"Reward model (PPO only): {_pm(mean_sd([m['seconds'] for m in rm]), '.1f')} s, "
+                   f"{rm[0]['compute']['forward']:,} forward / {rm[0]['compute']['backward']:,} backward seqs, "
+                   f"held-out pairwise accuracy {_pm(mean_sd([m['heldout_accuracy'] for m in rm]), '.3f')} "
+                   f"(BT-noise ceiling {np.mean([s['pairs']['bt_ceiling'] for s in stages]):.3f}).")
+    seeds = ", ".join(results["reference"])
+    out.append(f"★ = best setting (highest reward with fluency ≥ {MIN_FLUENCY:.0%}). Gains are over π_ref on the same "
+               f"evaluation prompts; mean ± sd over seeds {seeds}. Counts are per run, evaluation excluded; a "
+               f"'forward seq' is one sequence through one network (a sampled completion counts once). "
+               f"Wall and CPU seconds exclude evaluation; CPU seconds do not depend on what else the machine runs.")
+    out.append(_environment_text(results))
+    return "\n".join(out) + "\n"
+
+
+def _environment_text(results: dict) -> str:
+    """Total wall time, and what it depends on: processes, threads, how busy the machine was."""
+    env = results.get("environment", {})
+    text = f"Total wall time {results['wall_s']:.0f} s"
+    if env.get("workers"):
+        text += (f" ({env['workers']} process(es) × {env.get('threads', 1)} torch thread(s) on {env.get('cpus')} "
+                 f"CPUs")
+        if env.get("load_average"):
+            text += f"; load average at the end {env['load_average'][1]:.1f} over 5 min"
+        text += ")"
+    if env.get("seed_cpu_s"):
+        text += ("; CPU seconds per seed (one process each): "
+                 + ", ".join(f"{k}: {v:.0f}" for k, v in env["seed_cpu_s"].items()))
+    return text + "."
+
+
+def _relation(share: float) -> str:
+    if share == 1.0:
+        return "lies above"
+    if share == 0.0:
+        return "lies below"
+    return "lies mostly above" if share >= 0.8 else "lies mostly below" if share <= 0.2 else "crosses"
+
+
+def frontier_sentence(results: dict, a: str, b: str, min_fluency: float = 0.0) -> str:
+    """One sentence on where ``a``'s frontier lies relative to ``b``'s, with the numbers."""
+    g = matched_kl_gap(results, a, b, min_fluency)
+    if np.isnan(g["gap"]):
+        scope = f" with fluency ≥ {min_fluency:.0%}" if min_fluency else ""
+        return f"{a} and {b} have no points to compare{scope}."
+    per_seed = ", ".join(f"{x:+.3f}" for x in g["per_seed"])
+    at = "; ".join(f"at KL {k:g}: {fa:+.3f} vs {fb:+.3f}" for k, (fa, fb) in g["at"].items())
+    scope = f" (points with fluency ≥ {min_fluency:.0%} only)" if min_fluency else ""
+    return (f"{a}'s reward–KL frontier {_relation(g['share_above'])} {b}'s{scope}: at matched KL (0 to "
+            f"{g['kl_max']:.2f} nats) {a}'s reward is {abs(g['gap']):.3f} {'higher' if g['gap'] >= 0 else 'lower'} "
+            f"on average (per seed {per_seed}; {a} ahead on {g['share_above']:.0%} of the KL grid). "
+            f"Reward at matched KL, {a} vs {b}: {at}.")
+
+
+def conclusions(results: dict) -> dict[str, str]:
+    """The statements the README and notebook 06 make, computed from ``results``."""
+    out, best, methods = {}, best_settings(results), methods_in(results)
+    for m in methods:
+        r = best[m]
+        sym = "β" if r["param_name"] == "beta" else "KL coefficient"
+        out[f"best {m}"] = (f"{m} at its best setting ({sym} {r['param']:g}) raises the mean ground-truth reward by "
+                            f"{_pm(r['reward_gain'], '+.3f')} over π_ref, at KL {_pm(r['kl'], '.2f')} nats, with "
+                            f"{r['fluency'][0]:.0%} of completions well-formed"
+                            + ("." if r["fluent"] else f" (no setting kept {MIN_FLUENCY:.0%} fluency)."))
+    for b in ("PPO", "PPO-GT"):
+        if "DPO" in methods and b in methods:
+            out[f"frontier DPO vs {b}"] = frontier_sentence(results, "DPO", b)
+            if any((points(results, m)[:, 2] < MIN_FLUENCY).any() for m in ("DPO", b)):
+                out[f"fluent frontier DPO vs {b}"] = frontier_sentence(results, "DPO", b, MIN_FLUENCY)
+    out["completions"] = completions_sentence(results)
+    return out
+
+
+def completions_sentence(results: dict) -> str:
+    """How many completions each method sampled (per run, at its best setting) and how many labels it needed."""
+    pairs = next(iter(results["stages"].values()))["pairs"]
+    parts, best = [], best_settings(results)
+    for m in methods_in(results):
+        row = best[m]["compute"]
+        if m == "DPO":
+            parts.append(f"DPO sampled 0 completions while training (offline: it reuses the {pairs['completions']:,} "
+                         f"completions sampled once from π_ref for the {pairs['ground_truth_calls']:,} labelled pairs)")
+        elif m == "PPO":
+            parts.append(f"PPO sampled {row['completions']:,.0f} completions per run from its own policy (online) "
+                         f"and scored them with the reward model, on top of the same preference set")
+        else:
+            parts.append(f"PPO-GT sampled {row['completions']:,.0f} per run and asked the ground truth "
+                         f"{row['ground_truth_calls']:,.0f} times (one label per completion)")
+    return "; ".join(parts) + "."
+
+
+def write_outputs(results: dict, out: Path) -> None:
+    """``results.json``, ``table.md`` (table and conclusions) and ``frontier.png`` under ``out``."""
+    atomic_write_json(out / "results.json", results)
+    text = results_table(results) + "\n" + "\n\n".join(f"- {s}" for s in conclusions(results).values()) + "\n"
+    atomic_write_text(out / "table.md", "# PPO vs DPO on the toy world\n\n" + text)
+    save_figure(plot_frontier(results), out / "frontier.png")
+
+

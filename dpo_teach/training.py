@@ -1,0 +1,56 @@
+"""The loop mechanics every trainer shares, as small helpers (not a Trainer class), so that SFT, DPO, the reward model
+and PPO each show only what differs between them: what they score, and which loss they take.
+
+A trainer reads::
+
+    optimizer = adamw(model.parameters(), config.lr)
+    for step, (epoch, idx) in enumerate(minibatches(len(examples), config.batch_size, config.epochs, generator)):
+        set_lr(optimizer, lr_at(step, total, config.lr))  # utils.lr_at: warm-up, cosine
+        loss = ...                                   # the algorithm
+        optimizer_step(optimizer, loss)              # zero_grad → backward → clip → step
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+
+
+def adamw(params: Iterable[torch.nn.Parameter], lr: float, **kwargs) -> torch.optim.AdamW:
+    """AdamW without weight decay unless asked (``weight_decay=...``); ``kwargs`` go to ``torch.optim.AdamW``."""
+    return torch.optim.AdamW(params, lr=lr, **{"weight_decay": 0.0, **kwargs})
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group (the schedule is applied by hand, one step at a time)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def n_steps(n_examples: int, batch_size: int, epochs: int = 1) -> int:
+    """Optimizer steps of :func:`minibatches`: ⌈n_examples / batch_size⌉ per epoch (the last batch may be short)."""
+    return -(-n_examples // batch_size) * epochs
+
+
+def minibatches(n_examples: int, batch_size: int, epochs: int,
+                generator: torch.Generator) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(epoch, indices)`` of every minibatch: each epoch is a fresh permutation drawn from ``generator``.
+
+    Yields:
+        The epoch number and the example indices of one minibatch, Shape: (≤ batch_size,).
+    """
+    for epoch in range(epochs):
+        order = torch.randperm(n_examples, generator=generator)
+        for start in range(0, n_examples, batch_size):
+            yield epoch, order[start:start + batch_size]
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, max_grad_norm: float = 1.0) -> None:
+    """One update: clear old gradients, backpropagate ``loss``, clip the gradient norm of all the optimizer's
+    parameters to ``max_grad_norm``, step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()

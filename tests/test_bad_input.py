@@ -1,0 +1,592 @@
+"""Every input a user controls gets a clear one-line error (file, line or argument; what was wrong; what to do).
+
+The command's arguments, preference files, checkpoints, reference-cache entries, comparison results and autograder
+bundles, each fed malformed values. Models here are built in the test (a few thousand weights), never π_ref.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from dpo_teach.cli import main
+from dpo_teach.data import DataError, load_preferences
+
+GOOD = {"prompt": "the film was", "chosen": " great .", "rejected": " bad ."}
+OTHER = {"prompt": "honestly , the acting", "chosen": " was superb .", "rejected": " was awful ."}
+
+
+def write_bytes(tmp_path: Path, data: bytes, name: str = "prefs.jsonl") -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def jsonl(*rows) -> bytes:
+    return b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in rows)
+
+
+def one_line_error(capsys) -> str:
+    """The command's stderr, checked to be exactly one line without a traceback."""
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A save_pretrained directory of an untrained 2-layer GPT-2 with a 32-token context (n_positions=32)."""
+    from dpo_teach.model import build_model, save_checkpoint
+    from dpo_teach.tokenizer import train_tokenizer
+
+    tok = train_tokenizer([GOOD["prompt"] + GOOD["chosen"], OTHER["prompt"] + OTHER["rejected"]] * 20,
+                          vocab_size=280)
+    model = build_model("tiny", len(tok), tok.eos_token_id, n_positions=32)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    save_checkpoint(model, tok, path)
+    return path
+
+
+# --- preference files: bytes that are not UTF-8 -------------------------------------------------------------
+
+
+def test_latin1_row_names_line_byte_and_column(tmp_path):
+    latin1 = '{"prompt": "caf\xe9", "chosen": " a", "rejected": " b"}'.encode("latin-1")  # a Latin-1 export
+    path = write_bytes(tmp_path, jsonl(GOOD, latin1))
+    with pytest.raises(DataError) as err:
+        load_preferences(path)
+    text = str(err.value)
+    assert f"{path}:2: not UTF-8 (byte 0xe9 at column 16)" in text and "re-save the file as UTF-8" in text
+
+
+def test_skip_invalid_skips_and_counts_a_non_utf8_line(tmp_path):
+    truncated = '{"prompt": "x", "chosen": " très'.encode()[:-2]  # a download cut in the middle of "è"
+    path = write_bytes(tmp_path, jsonl(GOOD, b'{"prompt": "\xff\xfe"}', OTHER) + truncated)
+    loaded = load_preferences(path, skip_invalid=True)
+    assert loaded.rows == [GOOD, OTHER]
+    assert [n for n, _ in loaded.skipped] == [2, 4] and "not UTF-8 (byte 0xff at column 13)" in loaded.skipped[0][1]
+
+
+def test_train_on_a_non_utf8_file_is_one_line(tmp_path, capsys):
+    path = write_bytes(tmp_path, jsonl(GOOD, b"\x80\x81"))
+    assert main(["train", "--data", str(path)]) == 2
+    assert f"{path}:2: not UTF-8 (byte 0x80 at column 1)" in one_line_error(capsys)
+
+
+# --- --max-length beyond the model's context ------------------------------------------------------------------
+
+
+def test_train_max_length_above_the_checkpoints_context_is_refused(tmp_path, tiny_checkpoint, capsys):
+    long = {"prompt": "the film was " * 6, "chosen": " great ." * 20, "rejected": " bad ." * 20}
+    data = write_bytes(tmp_path, jsonl(*[long] * 20))
+    assert main(["train", "--data", str(data), "--model", str(tiny_checkpoint), "--max-length", "1024",
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = one_line_error(capsys)
+    assert "--max-length 1024" in err and "32" in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "demo"])
+def test_max_length_above_the_toy_context_is_refused_before_any_model(tmp_path, command, capsys, monkeypatch):
+    import dpo_teach.pipeline
+    import dpo_teach.world
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the argument check must come before π_ref is loaded or built")
+
+    monkeypatch.setattr(dpo_teach.world, "load_reference", no_build)
+    monkeypatch.setattr(dpo_teach.pipeline, "load_reference", no_build)
+    data = write_bytes(tmp_path, jsonl(GOOD, OTHER))
+    argv = ["train", "--data", str(data)] if command == "train" else ["demo", "--out", str(tmp_path / "o")]
+    assert main(argv + ["--max-length", "1024"]) == 2
+    err = one_line_error(capsys)
+    assert "--max-length 1024" in err and "64" in err
+
+
+# --- every argument of every command: rejected with one line before any work -----------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--beta", "nan"], "--beta: expected a finite number, got 'nan'"),
+    (["demo", "--beta", "inf"], "--beta: expected a finite number, got 'inf'"),
+    (["demo", "--lr", "0"], "--lr: must be > 0"),
+    (["demo", "--lr=-1e-3"], "--lr: must be > 0"),
+    (["demo", "--epochs", "0"], "--epochs: must be > 0"),
+    (["demo", "--batch-size", "-5"], "--batch-size: must be > 0"),
+    (["demo", "--max-length", "0"], "--max-length: must be > 0"),
+    (["demo", "--max-length", "1.5"], "--max-length: expected a positive integer, got '1.5'"),
+    (["demo", "--pairs", "5"], "--pairs: must be at least 12"),
+    (["demo", "--seed", "-1"], "--seed: must be from 0 to 4294967295"),
+    (["demo", "--seed", str(2**32)], "--seed: must be from 0 to 4294967295"),
+    (["demo", "--seed", "abc"], "--seed: expected an integer"),
+    (["demo", "--loss", "bogus"], "--loss: invalid choice"),
+    (["demo", "--preset", ""], "--preset: invalid choice"),
+    (["data"], "the following arguments are required: --out"),
+    (["data", "--out", "x.jsonl", "--pairs", "0"], "--pairs: must be > 0"),
+    (["data", "--out", "x.jsonl", "--bt-temperature", "nan"], "--bt-temperature: expected a finite number"),
+    (["data", "--out", "x.jsonl", "--bt-temperature", "-0.1"], "--bt-temperature: must be > 0"),
+    (["data", "--out", "x.jsonl", "--seed", "-3"], "--seed: must be from 0"),
+    (["train", "--data", "x.jsonl", "--eval-fraction", "nan"], "--eval-fraction: expected a finite number"),
+    (["train", "--data", "x.jsonl", "--eval-fraction", "0"], "--eval-fraction: must be > 0"),
+    (["train", "--data", "x.jsonl", "--eval-fraction", "1"], "--eval-fraction: must be between 0 and 1"),
+    (["train", "--data", "x.jsonl", "--eval-fraction=-inf"], "--eval-fraction: expected a finite number"),
+    (["train", "--data", "x.jsonl", "--seed", "-1"], "--seed: must be from 0"),
+    (["train", "--data", "x.jsonl", "--beta", "1e400"], "--beta: expected a finite number"),
+    (["grade"], "the following arguments are required: SUBMISSIONS_DIR"),
+    (["grade", "subs", "--timeout", "nan"], "--timeout: expected a finite number"),
+    (["grade", "subs", "--timeout", "inf"], "--timeout: expected a finite number"),
+    (["grade", "subs", "--timeout", "0"], "--timeout: must be > 0"),
+    (["grade", "subs", "--cell-timeout", "0"], "--cell-timeout: must be > 0"),
+    (["grade", "subs", "--jobs", "-1"], "--jobs: must be > 0"),
+    (["compare", "--seeds", "-1"], "--seeds: must be from 0"),
+    (["compare", "--seeds", "x"], "--seeds: expected an integer"),
+    (["compare", "--seeds"], "--seeds: expected at least one argument"),
+    (["compare", "--workers", "0"], "--workers: must be > 0"),
+    (["compare", "--threads", "nan"], "--threads: expected a positive integer, got 'nan'"),
+])
+def test_malformed_argument_values_give_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in one_line_error(capsys)
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Make any model build, load of π_ref, training or comparison fail the test: checks must come first."""
+    import dpo_teach.compare
+    import dpo_teach.pipeline
+    import dpo_teach.world
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("an argument check must come before any model is built or trained")
+
+    for module, name in [(dpo_teach.world, "load_reference"), (dpo_teach.pipeline, "load_reference"),
+                         (dpo_teach.pipeline, "run_demo"), (dpo_teach.compare, "run_comparison")]:
+        monkeypatch.setattr(module, name, forbidden)
+
+
+def _paths(tmp_path: Path) -> dict[str, str]:
+    """A file, a path under that file, a directory and a missing path, as the command-line strings to pass."""
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "garbage_model").mkdir()
+    (tmp_path / "garbage_model" / "config.json").write_text("{not json")
+    (tmp_path / "garbage_model" / "model.safetensors").write_bytes(b"\0" * 64)
+    (tmp_path / "garbage_model" / "tokenizer.json").write_text("[]")
+    (tmp_path / "prefs.jsonl").write_bytes(jsonl(GOOD, OTHER))
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    return {k: str(tmp_path / v) for k, v in {
+        "FILE": "a_file", "UNDER_FILE": "a_file/sub", "DIR": "a_dir", "MISSING": "missing/deeper", "EMPTY": "empty_dir",
+        "GARBAGE": "garbage_model", "DATA": "prefs.jsonl", "EMPTY_DATA": "empty.jsonl"}.items()}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--out", "FILE"], "--out FILE: is a file, expected a directory"),
+    (["demo", "--out", "UNDER_FILE"], "FILE is a file, so nothing can be created under it"),
+    (["demo", "--model", "MISSING"], "checkpoint MISSING: no such directory"),
+    (["demo", "--model", "FILE"], "checkpoint FILE: is a file, not a directory"),
+    (["demo", "--model", "EMPTY"], "config.json is missing"),
+    (["demo", "--model", "GARBAGE"], "cannot be loaded"),
+    (["data", "--out", "DIR"], "--out DIR: is a directory, expected a file"),
+    (["data", "--out", "UNDER_FILE"], "FILE is a file, so nothing can be created under it"),
+    (["train", "--data", "MISSING"], "MISSING: no such file"),
+    (["train", "--data", "DIR"], "DIR: is a directory, not a file"),
+    (["train", "--data", "EMPTY_DATA"], "no valid preference rows; the file is empty"),
+    (["train", "--data", "DATA", "--out", "FILE"], "--out FILE: is a file, expected a directory"),
+    (["train", "--data", "DATA", "--out", "UNDER_FILE"], "so nothing can be created under it"),
+    (["train", "--data", "DATA", "--model", "MISSING"], "checkpoint MISSING: no such directory"),
+    (["train", "--data", "DATA", "--model", "EMPTY"], "config.json is missing"),
+    (["train", "--data", "DATA", "--model", "GARBAGE"], "cannot be loaded"),
+    (["grade", "MISSING"], "MISSING is not a directory"),
+    (["grade", "FILE"], "FILE is not a directory"),
+    (["grade", "DIR", "--out", "FILE"], "--out FILE: is a file, expected a directory"),
+    (["grade", "DIR", "--autograder-dir", "MISSING"], "--autograder-dir MISSING: not a directory"),
+    (["grade", "DIR", "--autograder-dir", "FILE"], "--autograder-dir FILE: not a directory"),
+    (["grade", "DIR", "--autograder-dir", "EMPTY"], "no autograder bundles in EMPTY"),
+    (["grade", "DIR", "--assignment", "99_nope"], "unknown assignment '99_nope'"),
+    (["compare", "--out", "FILE"], "--out FILE: is a file, expected a directory"),
+    (["compare", "--fast", "--out", "UNDER_FILE"], "so nothing can be created under it"),
+    (["compare", "--out", "DIR", "--asset", "DIR"], "--asset DIR: is a directory, expected a file"),
+    (["compare", "--out", "DIR", "--asset", "UNDER_FILE"], "so nothing can be created under it"),
+])
+def test_unusable_paths_give_one_line_before_any_work(tmp_path, argv, message, capsys, no_work):
+    paths = _paths(tmp_path)
+    argv = [paths.get(a, a) for a in argv]
+    message = re.sub(r"\b[A-Z_]+\b", lambda m: paths.get(m.group(), m.group()), message)
+    assert main(argv) == 2
+    err = one_line_error(capsys)
+    assert message in err and ("; " in err or "rerun" in err or "run `make assign`" in err)
+
+
+def test_output_path_checks_accept_what_can_be_created(tmp_path):
+    from dpo_teach.cli import _check_writable
+
+    _check_writable(tmp_path / "new" / "deeper", "--out", directory=True)  # created later, parents included
+    _check_writable(tmp_path / "missing_dir" / "results.json", "--asset", directory=False)
+    (tmp_path / "old.json").write_text("{}")
+    _check_writable(tmp_path / "old.json", "--asset", directory=False)  # replaced atomically
+    assert not (tmp_path / "new").exists() and not (tmp_path / "missing_dir").exists()  # a check writes nothing
+
+
+# --- preference files ---------------------------------------------------------------------------------------------
+
+GOOD_LINE = json.dumps(GOOD).encode()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "no valid preference rows; the file is empty"),
+    (b"\n \n\t\n", "the file is empty"),
+    (b"\xef\xbb\xbf", "the file is empty"),  # a byte-order mark and nothing else
+    (b"[1, 2, 3]\n", ":1: expected a JSON object, got list"),
+    (b'"the film was great"\n', ":1: expected a JSON object, got str"),
+    (b"42\n", ":1: expected a JSON object, got int"),
+    (b"null\n", ":1: expected a JSON object, got NoneType"),
+    (b"true\n", ":1: expected a JSON object, got bool"),
+    (b"NaN\n", ":1: expected a JSON object, got float"),
+    (b'{"prompt": NaN, "chosen": " a", "rejected": " b"}\n', "'prompt' must be a string, got float"),
+    (b'{"prompt": "x", "chosen": Infinity, "rejected": " b"}\n', "'chosen' must be a string, got float"),
+    (b'{"prompt": 7, "chosen": " a", "rejected": " b"}\n', "'prompt' must be a string, got int"),
+    (b'{"prompt": "x", "chosen": [" a"], "rejected": " b"}\n', "'chosen' must be a string, got list"),
+    (b'{"prompt": "x", "chosen": " a", "rejected": {"t": " b"}}\n', "'rejected' must be a string, got dict"),
+    (b'{"prompt": "x", "chosen": " a"}\n', "the field 'rejected' is missing"),
+    (b'{}\n', "the field 'prompt' is missing"),
+    (b'{"Prompt": "x", "Chosen": " a", "Rejected": " b"}\n', "the field 'prompt' is missing"),
+    (b'{"prompt": "x", "chosen": " \\ud800", "rejected": " b"}\n',
+     "unpaired surrogate escape (\\ud800 at character 2)"),
+    (b"[" * 100_000 + b"\n", "nested too deeply"),
+    (b'{"prompt": ' + b"1" * 5000 + b"}\n", "not usable JSON (Exceeds the limit"),
+    (b"x" * 2_000_000 + b"\n", "not valid JSON"),  # a 2 MB line of junk
+    (b'{"prompt": "x", "chosen": " a", "rejected": " b"\x00}\n', "not valid JSON"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00", "not UTF-8 (byte 0x89 at column 1)"),  # an image
+    (b"\x00\x00\x00\n", "not valid JSON"),  # NUL bytes
+    (GOOD_LINE[:-9], "not valid JSON"),  # a download cut short, no newline at the end
+    (b'{"prompt": "x", "chosen": " a", "rejected": " b"} {"prompt": "y"}\n', "not valid JSON (Extra data"),
+    (b"\xc3\x28\n", "not UTF-8 (byte 0xc3 at column 1)"),
+    (b"\xff\xfe{\x00}\x00\n", "not UTF-8 (byte 0xff at column 1)"),  # a UTF-16 export
+])
+def test_malformed_preference_files(tmp_path, content, message):
+    path = write_bytes(tmp_path, content)
+    with pytest.raises(DataError) as err:
+        load_preferences(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("content", [
+    b"\xef\xbb\xbf" + GOOD_LINE + b"\n",  # a byte-order mark (Windows editors)
+    GOOD_LINE + b"\r\n\r\n" + GOOD_LINE + b"\r\n",  # Windows line ends and a blank line
+    GOOD_LINE + b"\r" + GOOD_LINE,  # old Mac line ends, no final newline
+    b"\n\n  \n" + GOOD_LINE + b"\n\n",
+])
+def test_harmless_oddities_load(tmp_path, content):
+    assert load_preferences(write_bytes(tmp_path, content)).rows == [GOOD] * content.count(GOOD_LINE)
+
+
+def test_huge_valid_row_loads_and_is_checked_against_max_length(tmp_path, tiny_checkpoint):
+    from dpo_teach.model import load_checkpoint
+
+    _, tok = load_checkpoint(tiny_checkpoint)
+    huge = {**GOOD, "prompt": "the film was " * 20_000}  # a 260 kB prompt
+    path = write_bytes(tmp_path, jsonl(huge, GOOD))
+    assert load_preferences(path).rows[0] == huge
+    loaded = load_preferences(path, tok, max_length=32, skip_invalid=True)
+    assert loaded.rows == [GOOD] and "leaves no room" in loaded.skipped[0][1]
+
+
+def test_surrogates_with_a_tokenizer_are_a_data_error_not_a_tokenizer_crash(tmp_path, tiny_checkpoint):
+    from dpo_teach.model import load_checkpoint
+
+    _, tok = load_checkpoint(tiny_checkpoint)
+    path = write_bytes(tmp_path, jsonl(GOOD, b'{"prompt": "\\udfff x", "chosen": " a", "rejected": " b"}'))
+    with pytest.raises(DataError, match=r":2: the field 'prompt' holds an unpaired surrogate"):
+        load_preferences(path, tok, max_length=32)
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------------
+
+
+def _corrupt(path: Path, how: str) -> None:
+    if how == "empty config.json":
+        (path / "config.json").write_text("")
+    elif how == "config.json not JSON":
+        (path / "config.json").write_text("{'n_layer': 2")
+    elif how == "config.json a list":
+        (path / "config.json").write_text("[]")
+    elif how == "config.json unknown model_type":
+        (path / "config.json").write_text(json.dumps({"model_type": "no-such-model"}))
+    elif how == "weights truncated":
+        data = (path / "model.safetensors").read_bytes()
+        (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif how == "weights garbage":
+        (path / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    elif how == "weights missing":
+        (path / "model.safetensors").unlink()
+    elif how == "tokenizer.json garbage":
+        (path / "tokenizer.json").write_text("{")
+    elif how == "tokenizer files missing":
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (path / name).unlink()
+    elif how == "tokenizer of a bigger vocabulary":
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path)
+        tok.add_tokens([f"<extra_{i}>" for i in range(1000)])
+        tok.save_pretrained(path)
+
+
+BROKEN = ["empty config.json", "config.json not JSON", "config.json a list", "config.json unknown model_type",
+          "weights truncated", "weights garbage", "weights missing", "tokenizer.json garbage",
+          "tokenizer files missing", "tokenizer of a bigger vocabulary"]
+
+
+@pytest.mark.parametrize("how", BROKEN)
+def test_corrupt_checkpoints_are_checkpoint_errors(tmp_path, tiny_checkpoint, how):
+    import shutil
+
+    from dpo_teach.model import CheckpointError, load_checkpoint
+
+    path = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, path)
+    _corrupt(path, how)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    text = str(err.value)
+    assert text.startswith(f"checkpoint {path}: ") and "\n" not in text and len(text) < 600
+
+
+def test_empty_or_missing_checkpoint_dirs(tmp_path):
+    from dpo_teach.model import CheckpointError, load_checkpoint
+
+    with pytest.raises(CheckpointError, match="config.json is missing"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="no such directory"):
+        load_checkpoint(tmp_path / "nope")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"no weights file \(\*.safetensors or \*.bin\)"):
+        load_checkpoint(tmp_path)
+
+
+def test_sequences_longer_than_the_context_are_a_clear_error(tiny_checkpoint):
+    import torch
+
+    from dpo_teach.logprobs import sequence_logprobs
+    from dpo_teach.model import ContextLengthError, load_checkpoint
+
+    model, _ = load_checkpoint(tiny_checkpoint)
+    ids = torch.zeros(2, 40, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    with pytest.raises(ContextLengthError, match="sequences of 40 tokens do not fit the model's context of 32"):
+        sequence_logprobs(model, ids, mask, mask)
+    assert sequence_logprobs(model, ids[:, :33], mask[:, :33], mask[:, :33]).shape == (2,)  # 32 fed: fits
+
+
+# --- reference-cache entries ------------------------------------------------------------------------------------
+
+TINY_WORLD = dict(preset="tiny", corpus_size=200, vocab_size=300, sft_steps=2, sft_batch_size=8)  # builds in 0.1 s
+
+
+@pytest.mark.parametrize("how", ["world.json missing", "world.json not JSON", "world.json nested too deeply",
+                                 "world.json not UTF-8", "world.json of another config", "entry is a file",
+                                 "entry is an empty dir", *BROKEN])
+def test_corrupt_cache_entry_is_rebuilt_with_a_warning(tmp_path, monkeypatch, how):
+    import shutil
+
+    import torch
+
+    from dpo_teach.world import WorldConfig, load_reference
+
+    monkeypatch.setenv("DPO_TEACH_CACHE", str(tmp_path))
+    config = WorldConfig(**TINY_WORLD)
+    load_reference(config)
+    (entry,) = tmp_path.glob("reference-*")
+    if how == "entry is a file":
+        shutil.rmtree(entry)
+        entry.write_text("x")
+    elif how == "entry is an empty dir":
+        shutil.rmtree(entry)
+        entry.mkdir()
+    elif how.startswith("world.json"):
+        content = {"world.json missing": None, "world.json not JSON": b"{", "world.json not UTF-8": b"\xff",
+                   "world.json nested too deeply": b"[" * 100_000,
+                   "world.json of another config": json.dumps({**TINY_WORLD, "seed": 9}).encode()}[how]
+        (entry / "world.json").unlink()
+        if content is not None:
+            (entry / "world.json").write_bytes(content)
+    else:
+        _corrupt(entry, how)
+    with pytest.warns(UserWarning, match=f"reference cache {entry} is unusable .*; rebuilding it"):
+        model, tok = load_reference(config)
+    ids = torch.tensor([tok("the film was great", add_special_tokens=False)["input_ids"]])
+    assert model(ids).logits.shape[-1] == len(tok)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_reference(config)  # the rebuilt entry loads without a warning
+
+
+def test_unwritable_cache_warns_and_still_returns_the_model(tmp_path, monkeypatch):
+    from dpo_teach.world import WorldConfig, load_reference
+
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setenv("DPO_TEACH_CACHE", str(tmp_path / "a_file" / "cache"))
+    with pytest.warns(UserWarning, match=r"could not be cached .* Point \$DPO_TEACH_CACHE at a writable directory"):
+        model, tok = load_reference(WorldConfig(**TINY_WORLD))
+    assert model.config.vocab_size == len(tok)
+
+
+# --- comparison results (notebook 06's asset) -----------------------------------------------------------------
+
+ASSET = Path(__file__).resolve().parents[1] / "notebooks" / "assets" / "compare_results.json"
+
+
+def _mutated_results(how: str):
+    results = json.loads(ASSET.read_text())
+    run = results["runs"][0]
+    if how == "format 0":
+        results["format"] = 0
+    elif how == "no format":
+        del results["format"]
+    elif how == "a list":
+        return [results]
+    elif how == "runs missing":
+        del results["runs"]
+    elif how == "runs not a list":
+        results["runs"] = {"0": run}
+    elif how == "run not an object":
+        results["runs"][3] = "DPO"
+    elif how == "run without evals":
+        del run["evals"]
+    elif how == "kl a string":
+        run["evals"][1]["kl"] = "0.5"
+    elif how == "final without reward":
+        del run["final"]["reward"]
+    elif how == "seed a string":
+        run["seed"] = "0"
+    elif how == "reference without the seed":
+        results["reference"].pop(str(run["seed"]))
+    elif how == "stages missing":
+        del results["stages"]
+    return results
+
+
+@pytest.mark.parametrize("how, message", [
+    ("format 0", "in format 0, this version reads format 1"),
+    ("no format", "in format None"),
+    ("a list", "expected a JSON object, got list"),
+    ("runs missing", "'runs' is missing"),
+    ("runs not a list", "'runs' is missing or not a JSON array"),
+    ("run not an object", "runs[3] is not a JSON object"),
+    ("run without evals", "runs[0] has no usable 'evals'"),
+    ("kl a string", "runs[0].evals[1] needs numbers"),
+    ("final without reward", "runs[0].final needs numbers"),
+    ("seed a string", "runs[0] has no usable 'seed'"),
+    ("reference without the seed", "'reference' has no entry for seed"),
+    ("stages missing", "'stages' is missing"),
+])
+def test_malformed_results_assets(tmp_path, how, message):
+    from dpo_teach.frontier import ResultsError, load_results
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(_mutated_results(how)))
+    with pytest.raises(ResultsError) as err:
+        load_results(path)
+    assert str(err.value).startswith(f"{path}: not a comparison results file") and message in str(err.value)
+    assert "rerun `dpo-teach compare`" in str(err.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"{", b"\xff\xfe", b"[" * 100_000, ASSET.read_bytes()[:1000]])
+def test_results_files_that_are_not_json(tmp_path, content):
+    from dpo_teach.frontier import ResultsError, load_results
+
+    path = tmp_path / "results.json"
+    path.write_bytes(content)
+    with pytest.raises(ResultsError, match="not a comparison results file"):
+        load_results(path)
+
+
+def test_the_shipped_asset_still_loads():
+    from dpo_teach.frontier import load_results
+
+    assert len(load_results(ASSET)["runs"]) > 0
+
+
+# --- autograder manifests and bundles ----------------------------------------------------------------------------
+
+AUTOGRADER = Path(__file__).resolve().parents[1] / "course" / "autograder"
+
+
+@pytest.mark.parametrize("how, message", [
+    ("manifest empty", "not a readable autograder manifest"),
+    ("manifest not JSON", "not a readable autograder manifest"),
+    ("manifest a list", "no 'assignment' name"),
+    ("no assignment", "no 'assignment' name"),
+    ("questions missing", "no 'questions' list"),
+    ("question without points", "questions[0] needs a 'name', 'points'"),
+    ("points a string", "questions[0] needs"),
+    ("points negative", "questions[0] needs"),
+    ("points NaN", "questions[0] needs"),
+    ("manual missing", "questions[1] needs"),
+    ("bundle not a zip", "not a usable autograder bundle (not a zip archive"),
+    ("bundle truncated", "not a usable autograder bundle"),
+    ("bundle member corrupt", "not a usable autograder bundle"),
+])
+def test_malformed_autograder_bundles(tmp_path, how, message, capsys):
+    import shutil
+
+    from dpo_teach.grading.grade import ManifestError, load_manifests
+
+    name = "01_kl_objective"
+    shutil.copy(AUTOGRADER / f"{name}.json", tmp_path)
+    shutil.copy(AUTOGRADER / f"{name}.zip", tmp_path)
+    manifest_path, bundle = tmp_path / f"{name}.json", tmp_path / f"{name}.zip"
+    manifest = json.loads(manifest_path.read_text())
+    text = {"manifest empty": "", "manifest not JSON": '{"assignment": "01_kl',
+            "manifest a list": "[]"}.get(how)
+    q = manifest["questions"]
+    if how == "no assignment":
+        del manifest["assignment"]
+    elif how == "questions missing":
+        del manifest["questions"]
+    elif how == "question without points":
+        del q[0]["points"]
+    elif how == "points a string":
+        q[0]["points"] = "2"
+    elif how == "points negative":
+        q[0]["points"] = -1
+    elif how == "points NaN":
+        q[0]["points"] = float("nan")
+    elif how == "manual missing":
+        del q[1]["manual"]
+    elif how == "bundle not a zip":
+        bundle.write_bytes(b"PK not really")
+    elif how == "bundle truncated":
+        bundle.write_bytes(bundle.read_bytes()[:-100])
+    elif how == "bundle member corrupt":  # headers intact, the last member's deflate stream damaged
+        import zipfile
+
+        data = bytearray(bundle.read_bytes())
+        info = zipfile.ZipFile(bundle).infolist()[-1]
+        start = info.header_offset + 30 + len(info.filename.encode()) + 20
+        data[start:start + 30] = b"\xff" * 30
+        bundle.write_bytes(bytes(data))
+    manifest_path.write_text(text if text is not None else json.dumps(manifest))
+    with pytest.raises(ManifestError) as err:
+        load_manifests(tmp_path)
+    assert message in str(err.value) and "run `make assign`" in str(err.value) and "\n" not in str(err.value)
+    submissions = tmp_path / "subs"
+    submissions.mkdir()
+    assert main(["grade", str(submissions), "--autograder-dir", str(tmp_path), "--out", str(tmp_path / "g")]) == 2
+    assert message in one_line_error(capsys)
+
+
+def test_a_manifest_without_its_bundle_is_skipped(tmp_path):
+    import shutil
+
+    from dpo_teach.grading.grade import load_manifests
+
+    shutil.copy(AUTOGRADER / "01_kl_objective.json", tmp_path)
+    assert load_manifests(tmp_path) == {}
