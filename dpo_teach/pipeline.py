@@ -14,7 +14,14 @@ from pathlib import Path
 
 import torch
 
-from dpo_teach.data import PreferenceConfig, bt_ceiling, make_preference_pairs, split_pairs, write_preferences
+from dpo_teach.data import (
+    DataError,
+    PreferenceConfig,
+    bt_ceiling,
+    make_preference_pairs,
+    split_pairs,
+    write_preferences,
+)
 from dpo_teach.dpo import DPOConfig, train_dpo
 from dpo_teach.evaluate import evaluate_policy, evaluation_prompts, preference_accuracy, samples_table, win_rate
 from dpo_teach.model import load_checkpoint, save_checkpoint
@@ -76,6 +83,9 @@ def run_demo(config: DemoConfig, progress: bool = True, verbose: bool = True) ->
     t = time.perf_counter()
     rows = make_preference_pairs(reference, tokenizer, config.prefs)
     train_rows, heldout_rows = split_pairs(rows, config.eval_fraction, config.prefs.seed)
+    if not train_rows or not heldout_rows:
+        raise DataError(f"{len(rows)} preference pairs are too few to hold out {config.eval_fraction:.0%} of them and "
+                        "train on the rest; sample more pairs (--pairs) or change eval_fraction")
     write_preferences(out / "train.jsonl", train_rows)
     write_preferences(out / "heldout.jsonl", heldout_rows)
     times["pairs_s"] = time.perf_counter() - t

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from dpo_teach.logprobs import pad_rows, sequence_logprobs
+from dpo_teach.model import ContextLengthError, context_length
 
 
 @dataclass
@@ -37,6 +38,12 @@ def sample(
     """Draw one completion per prompt (repeat a prompt to draw several). Global RNG state is left untouched."""
     eos = tokenizer.eos_token_id
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    context = context_length(model)
+    longest = max((len(p) for p in prompt_ids), default=0)
+    if context is not None and longest + max_new_tokens > context:  # else an IndexError deep inside generate
+        raise ContextLengthError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} does not fit the "
+                                 f"model's context of {context} tokens (n_positions); shorten the prompts or lower "
+                                 "max_new_tokens")
     completion_ids: list[list[int]] = []
     was_training = model.training
     model.eval()

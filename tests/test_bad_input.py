@@ -383,6 +383,26 @@ def test_sequences_longer_than_the_context_are_a_clear_error(tiny_checkpoint):
     assert sequence_logprobs(model, ids[:, :33], mask[:, :33], mask[:, :33]).shape == (2,)  # 32 fed: fits
 
 
+def test_sampling_past_the_context_is_a_clear_error(tiny_checkpoint):
+    from dpo_teach.model import ContextLengthError, load_checkpoint
+    from dpo_teach.sampling import sample
+
+    model, tok = load_checkpoint(tiny_checkpoint)
+    with pytest.raises(ContextLengthError, match="max_new_tokens=40 does not fit the model's context of 32"):
+        sample(model, tok, [GOOD["prompt"]], max_new_tokens=40)
+    assert len(sample(model, tok, [GOOD["prompt"]], max_new_tokens=4).completions) == 1
+
+
+def test_demo_with_too_few_pairs_to_hold_out_is_a_data_error(tmp_path, monkeypatch):
+    from dpo_teach import pipeline
+
+    monkeypatch.setattr(pipeline, "load_reference", lambda *a, **k: (None, None))
+    monkeypatch.setattr(pipeline, "make_preference_pairs", lambda *a, **k: [dict(GOOD)] * 2)
+    cfg = pipeline.DemoConfig.with_seed(0, out_dir=str(tmp_path / "demo"))
+    with pytest.raises(DataError, match="2 preference pairs are too few to hold out 17%"):
+        pipeline.run_demo(cfg, progress=False, verbose=False)
+
+
 # --- reference-cache entries ------------------------------------------------------------------------------------
 
 TINY_WORLD = dict(preset="tiny", corpus_size=200, vocab_size=300, sft_steps=2, sft_batch_size=8)  # builds in 0.1 s
