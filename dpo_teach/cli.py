@@ -324,7 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "grade":  # its own errors and exit codes (grading runs notebooks, trains no model)
         return cmd_grade(args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("MPLBACKEND", "Agg")  # the commands write figures to files; never open a window
+    if "MPLBACKEND" not in os.environ:  # the commands write figures to files: never open a window. (Set in this
+        import matplotlib  # process only, not in os.environ, which notebook kernels started later would inherit.)
+
+        matplotlib.use("Agg")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,10 @@ ASSISTANT = "\n\nAssistant:"
 
 class DataError(ValueError):
     """A preference file that cannot be used as it is; the message names the file, the line and the fix."""
+
+
+class EOSWarning(UserWarning):
+    """The completions of a preference file end with EOS inconsistently (missing, duplicated or one-sided)."""
 
 
 @dataclass
@@ -167,14 +172,17 @@ def _parse_line(raw: bytes, first: bool, tokenizer, max_length: int | None) -> t
 
 
 def load_preferences(
-    path: str | Path, tokenizer=None, max_length: int | None = None, skip_invalid: bool = False
+    path: str | Path, tokenizer=None, max_length: int | None = None, skip_invalid: bool = False,
+    eos_in_text: bool = False,
 ) -> PreferenceFile:
     """Read and validate a JSONL preference file.
 
     Every row is checked: valid JSON object; string ``prompt``/``chosen``/``rejected`` (or an HH-RLHF row with
     only ``chosen``/``rejected``); non-empty completions; chosen ≠ rejected; and, given a tokenizer and
     ``max_length``, a prompt that leaves room for the completion. Blank lines are ignored. Extra fields are kept
-    unchanged.
+    unchanged. Given a tokenizer with an EOS token, it warns (:class:`EOSWarning`, see :func:`eos_problems`) when the
+    completions end with EOS inconsistently: duplicated (the text ends with EOS and the trainer appends another),
+    missing (``eos_in_text=True`` but none ends with it), or different between chosen and rejected.
 
     Raises:
         DataError: on the first bad row (``file:line: reason``), unless ``skip_invalid``; then bad rows are listed
@@ -204,4 +212,33 @@ def load_preferences(
         raise DataError(f"{path}: no valid preference rows"
                         + (f" ({len(skipped)} skipped, first at line {skipped[0][0]}: {skipped[0][1]})"
                            if skipped else "; the file is empty"))
+    eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
+    for message in eos_problems(rows, eos, eos_in_text):
+        warnings.warn(f"{path}: {message}", EOSWarning, stacklevel=2)
     return PreferenceFile(rows, skipped)
+
+
+def eos_problems(rows: list[dict], eos: str | None, eos_in_text: bool = False) -> list[str]:
+    """What is wrong with how the completions of ``rows`` end with the EOS string ``eos`` (empty: nothing).
+
+    ``eos_in_text=False`` (this package's and TRL's convention): the trainer appends EOS to every completion, so
+    the text must not end with it too (else two EOS). ``eos_in_text=True`` (a pipeline that appends nothing): every
+    completion must end with it, or the model never learns to stop. Either way, chosen and rejected must not
+    differ in it, or DPO learns "ends / does not end" as the preference.
+    """
+    if not eos or not rows:
+        return []
+    chosen = sum(r["chosen"].rstrip().endswith(eos) for r in rows) / len(rows)
+    rejected = sum(r["rejected"].rstrip().endswith(eos) for r in rows) / len(rows)
+    problems = []
+    if abs(chosen - rejected) > 0.05:
+        problems.append(f"{chosen:.0%} of the chosen and {rejected:.0%} of the rejected completions end with the EOS "
+                        f"token {eos!r}: DPO will learn to prefer (or avoid) ending the text; make them agree")
+    if not eos_in_text and max(chosen, rejected) > 0:
+        problems.append(f"completions end with the EOS token {eos!r} in the text, and the trainer appends another "
+                        f"(duplicated EOS); remove it from the text, or pass eos_in_text=True if nothing appends it")
+    if eos_in_text and min(chosen, rejected) == 0:
+        side = "chosen" if chosen == 0 else "rejected"
+        problems.append(f"no {side} completion ends with the EOS token {eos!r}, which this pipeline expects in the "
+                        f"text (eos_in_text=True): the model would never learn to stop; append it")
+    return problems

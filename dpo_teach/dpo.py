@@ -37,6 +37,26 @@ class DPOConfig:
         return get_loss(self.loss_type, self.beta, label_smoothing=self.label_smoothing, lam=self.dpop_lambda)
 
 
+def dpo_step(policy: torch.nn.Module, reference: torch.nn.Module, batch: dict[str, torch.Tensor],
+             optimizer: torch.optim.Optimizer, loss_fn: Callable, max_grad_norm: float = 1.0) -> dict[str, float]:
+    """One DPO training step on a ``PreferenceCollator`` batch; returns its metrics (TRL's names).
+
+    π_ref's log-probs come from the batch when precomputed (``ref_chosen_logps``/``ref_rejected_logps``), else from
+    one forward of ``reference`` under ``no_grad``; the policy's chosen and rejected rows go through one forward;
+    the per-example losses are averaged over the pairs; then clear, backward, clip, step.
+    """
+    policy.train()
+    chosen_logps, rejected_logps = concatenated_logprobs(policy, batch)  # (B,), (B,)
+    if "ref_chosen_logps" in batch:
+        ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+    else:
+        with torch.no_grad():
+            ref_chosen, ref_rejected = concatenated_logprobs(reference, batch)
+    losses, chosen_rewards, rejected_rewards = loss_fn(chosen_logps, rejected_logps, ref_chosen, ref_rejected)
+    optimizer_step(optimizer, losses.mean(), max_grad_norm)
+    return step_metrics(losses, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps)
+
+
 def train_dpo(
     policy: torch.nn.Module,
     reference: torch.nn.Module,
@@ -46,6 +66,8 @@ def train_dpo(
     loss_fn: Callable | None = None,
     callback: Callable[[dict], None] | None = None,
     progress: bool = False,
+    step_fn: Callable | None = None,
+    examples: list[dict] | None = None,
 ) -> list[dict]:
     """Train ``policy`` in place with DPO on preference ``rows`` against the fixed ``reference``.
 
@@ -60,13 +82,16 @@ def train_dpo(
             returning ``(losses, chosen_rewards, rejected_rewards)`` (e.g. a student's own ``dpo_loss``).
         callback: called with each step's metrics dict (e.g. for live plots).
         progress: show a progress bar.
+        step_fn: replaces :func:`dpo_step` (same signature), e.g. a student's own training step.
+        examples: already tokenized ``rows`` (``tokenize_pairs``' format), e.g. with EOS handled differently
+            (notebook 07's EOS pitfall); ``rows`` is then only counted.
 
     Returns:
         The history: one dict per step with ``step``, ``epoch``, ``lr`` and TRL's metric names.
     """
     set_seed(config.seed)
     loss_fn = loss_fn or config.loss()
-    examples = tokenize_pairs(tokenizer, rows, config.max_length)
+    examples = examples if examples is not None else tokenize_pairs(tokenizer, rows, config.max_length)
     extra = ("ref_chosen_logps", "ref_rejected_logps") if config.precompute_ref else ()
     if config.precompute_ref:  # legal because π_ref is fixed: one pass, before training
         examples = reference_logprobs(reference, examples, tokenizer.pad_token_id)
@@ -81,16 +106,8 @@ def train_dpo(
         batch = collate([examples[i] for i in idx.tolist()])
         lr = lr_at(step, total, config.lr)
         set_lr(optimizer, lr)
-        chosen_logps, rejected_logps = concatenated_logprobs(policy, batch)  # (B,), (B,)
-        if config.precompute_ref:
-            ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-        else:
-            with torch.no_grad():
-                ref_chosen, ref_rejected = concatenated_logprobs(reference, batch)
-        losses, chosen_rewards, rejected_rewards = loss_fn(chosen_logps, rejected_logps, ref_chosen, ref_rejected)
-        optimizer_step(optimizer, losses.mean())
-        history.append({"step": step, "epoch": epoch, "lr": lr,
-                        **step_metrics(losses, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps)})
+        metrics = (step_fn or dpo_step)(policy, reference, batch, optimizer, loss_fn)
+        history.append({"step": step, "epoch": epoch, "lr": lr, **metrics})
         if callback is not None:
             callback(history[-1])
     policy.eval()

@@ -5,6 +5,10 @@
   systematically longer; :func:`length_balanced` keeps a subset in which length no longer predicts the label.
 - **Likelihood displacement.** :func:`dpo_teach.losses.dpop_loss` (DPO-Positive, Pal et al. 2024, ``loss_type="dpop"``)
   penalises a chosen completion whose log-probability falls below the reference's, which plain DPO allows.
+- **A missing or duplicated EOS.** :func:`with_eos_in_text` writes the EOS token into the text of one side's
+  completions, as an export script that handles the two columns differently would; :func:`tokenize_as_written`
+  tokenizes such rows without appending EOS (a pipeline that expects EOS in the text), so a completion ends with
+  EOS only where the text says so. ``data.load_preferences`` warns about both (``data.eos_problems``).
 - **Reward hacking.** :func:`sample_report` describes what the samples of a drifting policy look like beside the
   reward, KL and fluency that ``evaluate_policy`` reports: length, stacked sentiment words, repeated words, and the
   reward the ground truth still pays for the ill-formed ones.
@@ -101,3 +105,21 @@ def sample_report(samples: Samples) -> dict[str, float]:
         "repeats": float(np.mean([max((w.count(x) for x in set(w)), default=0) >= 3 for w in words])),
         "reward_ill_formed": float(rewards[ill_formed].mean()) if ill_formed.any() else float("nan"),
     }
+
+
+def with_eos_in_text(rows: list[dict], eos: str, side: str = "rejected") -> list[dict]:
+    """Copies of ``rows`` whose ``side`` completions (``"chosen"``, ``"rejected"`` or ``"both"``) end with ``eos``."""
+    sides = ("chosen", "rejected") if side == "both" else (side,)
+    return [{**row, **{k: row[k] + eos for k in sides}} for row in rows]
+
+
+def tokenize_as_written(tokenizer, rows: list[dict], max_length: int) -> list[dict]:
+    """Like ``logprobs.tokenize_pairs``, but nothing is appended: a completion ends with EOS only if its text does
+    (the EOS string in the text becomes the EOS token). Completions are cut to fit ``max_length``."""
+    out = []
+    for row in rows:
+        prompt_ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        room = max_length - len(prompt_ids)
+        ids = {k: tokenizer(row[k], add_special_tokens=False)["input_ids"][:room] for k in ("chosen", "rejected")}
+        out.append({"prompt_ids": prompt_ids, "chosen_ids": ids["chosen"], "rejected_ids": ids["rejected"]})
+    return out

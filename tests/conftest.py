@@ -1,22 +1,135 @@
-"""Shared fixtures: a small, quickly built toy world in a private cache directory (never the user's cache)."""
+"""Shared fixtures: small, quickly built toy worlds in a private cache directory (never the user's cache).
+
+The suite runs in one process (plain ``pytest``) or in parallel (``make test``: pytest-xdist, one worker per core,
+``--dist loadscope``). Either way, what is expensive is made once per suite and shared:
+
+- each π_ref (the small world below, the notebooks' "tiny" preset) is built once, by whichever worker needs it
+  first, in a store that every worker of the run sees (``shared_dir``), under a file lock; each worker links it into
+  its own private ``$DPO_TEACH_CACHE``, where its tests and its notebook kernels load it;
+- each notebook is executed once (``notebook_runs``); the executed copy, its seconds and its error are read by every
+  test that checks them;
+- a test module is one work unit (``work_unit``), so a module fixture (the grading batch, the demo runs) is computed
+  once, by the worker whose tests check it; the tests that each run one notebook are a unit per notebook, so that
+  the notebook runs spread over the workers;
+- the slowest units are handed out first (``SLOWEST_FIRST``), so that the workers finish at about the same time.
+
+The units are pytest-xdist's ``loadscope`` scheduling with the exceptions of ``work_unit``, and not ``xdist_group``
+marks: with pytest 9.2, ``--dist loadgroup`` silently ignores them (pytest-xdist issue #1386).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import time
+from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))  # set by pytest-xdist in its workers
+MAX_WORKERS = 4  # `-n auto`: the suite has a few long parts; more workers would only add start-up (torch, worlds)
+
+# One torch thread per worker once the workers fill the cores: threads beyond the cores spin and slow every step.
+torch.set_num_threads(max(1, min(2, torch.get_num_threads(), CORES // WORKERS)))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DPO_TEACH_STRICT", "1")  # claim checks in notebook kernels raise (dpo_teach/claims.py)
 
 # A world that builds in a few seconds: enough SFT for the grammar's shape, not for the demo's numbers.
 SMALL_WORLD = dict(preset="tiny", corpus_size=4000, sft_steps=150, sft_batch_size=32)
 
+NOTEBOOK_MODULE = "tests/test_notebooks_00_04.py"
+# Tests that each run one notebook (parametrized by its name) and share no module fixture: one work unit per notebook,
+# so that the notebook runs spread over the workers.
+PER_NOTEBOOK = {
+    NOTEBOOK_MODULE: ("test_student_notebook_runs_headless[", "test_every_check_fails_on_the_stubs_and_says_why["),
+    "tests/test_notebook_claims_forced.py": ("test_notebook_finishes_with_every_claim_forced_to_fail[",),
+}
+OWN_UNIT = ["tests/test_grading.py::test_grade_survives_loops_errors_and_deleted_cells"]  # slow, no shared fixture
+LAST = [f"{NOTEBOOK_MODULE}::test_notebooks_fit_the_fast_mode_budget",  # they read several notebooks' runs
+        f"{NOTEBOOK_MODULE}::test_notebooks_draw_figures_and_the_widget"]
 
-@pytest.fixture(scope="session")
-def cache_root(tmp_path_factory):
-    """A private reference cache for the whole session, set as $DPO_TEACH_CACHE."""
+
+def per_notebook(module: str, name: str) -> str:
+    """One unit per notebook, whichever module's tests read its run: they share that one execution."""
+    return f"notebook[{name}]"
+
+
+# Work units from the slowest down, as `pytest --durations` measured them on 2 cores (efe1393 in one process, and
+# the working tree of 2026-12 under xdist). The other units follow in file order, then ``LAST``.
+SLOWEST_FIRST = [
+    "tests/test_grading.py",  # 120 s alone: one `grade` run over every master's full, blank and wrong submissions
+    OWN_UNIT[0],  # 40 s: endless loops, a notebook killed twice; needs no π_ref, so it runs while one builds
+    per_notebook(NOTEBOOK_MODULE, "07_variants_and_pitfalls"),  # 30-40 s each alone: the student notebooks
+    per_notebook(NOTEBOOK_MODULE, "05_dpo_on_gpt2"),
+    "tests/test_compare.py",  # 28 s: `dpo-teach compare --fast`
+    "tests/test_pipeline.py",  # 16 s: the default demo, twice
+    per_notebook(NOTEBOOK_MODULE, "04_fixed_reward_and_reference"),
+    "tests/test_notebooks_renamed.py",
+]
+
+
+def work_unit(nodeid: str) -> str:
+    """What one xdist worker runs as a whole: the test's module (its tests share the module's fixtures), except
+    the one-notebook tests of ``PER_NOTEBOOK`` (a unit per notebook), the tests in ``OWN_UNIT`` and the ``LAST``."""
+    module, _, name = nodeid.partition("::")
+    if name.startswith(PER_NOTEBOOK.get(module, ())) and "[" in name:
+        return per_notebook(module, name.split("[", 1)[1][:-1])
+    if nodeid in OWN_UNIT:
+        return nodeid
+    if any(nodeid.startswith(last) for last in LAST):
+        return "last"
+    return module
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core this process may use, at most ``MAX_WORKERS``."""
+    return max(1, min(CORES, MAX_WORKERS))
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadscope`` with this suite's ``work_unit``s, handed out in collection order (slowest first)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class WorkUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    config.option.loadscopereorder = False  # keep our order, not "most tests first"
+    return WorkUnits(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slowest work units first, ``LAST`` last, the rest in file order."""
+
+    def rank(item) -> int:
+        unit = work_unit(item.nodeid)
+        if unit == "last":
+            return len(SLOWEST_FIRST) + 1
+        return SLOWEST_FIRST.index(unit) if unit in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+    items.sort(key=rank)  # stable: file order within a rank
+
+
+def shared_dir(tmp_path_factory, name: str) -> Path:
+    """``name`` in a directory that every worker of this run sees (the run's base temporary directory)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # a worker's is <run's>/popen-gwN
+    path = root / "shared" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """This worker's reference cache, set as $DPO_TEACH_CACHE for every test and every kernel it starts."""
     root = tmp_path_factory.mktemp("dpo-teach-cache")
     old = os.environ.get("DPO_TEACH_CACHE")
     os.environ["DPO_TEACH_CACHE"] = str(root)
@@ -27,12 +140,69 @@ def cache_root(tmp_path_factory):
         os.environ["DPO_TEACH_CACHE"] = old
 
 
-@pytest.fixture(scope="session")
-def world(cache_root):
-    """``(reference, tokenizer)`` of a small toy world, built once per session."""
-    from dpo_teach.world import WorldConfig, load_reference
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Whatever a test sets in os.environ (e.g. ``cli.main`` sets MPLBACKEND=Agg) is undone after it: later tests
+    and the kernels they start (which inherit the environment) must not depend on which tests ran before them in
+    this worker."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
-    return load_reference(WorldConfig(**SMALL_WORLD))
+
+def shared_reference(config, tmp_path_factory, private: Path, threads: int | None = None):
+    """``load_reference(config)``, with π_ref built at most once per suite.
+
+    The first worker to ask builds it in the shared store (``threads`` torch threads), under a lock that the others
+    wait on; each worker links the entry into its private cache and loads it from there.
+    """
+    from dpo_teach.world import CACHE_ENV, load_reference
+
+    store = shared_dir(tmp_path_factory, "references")
+    name = f"reference-{config.preset}-{config.key()}"
+    with FileLock(str(store / f"{name}.lock")):
+        if not (store / name).is_dir():
+            before = torch.get_num_threads()
+            os.environ[CACHE_ENV] = str(store)
+            torch.set_num_threads(threads or before)
+            try:
+                load_reference(config)
+            finally:
+                torch.set_num_threads(before)
+                os.environ[CACHE_ENV] = str(private)
+    link = private / name
+    if not link.exists():
+        try:
+            link.symlink_to(store / name, target_is_directory=True)
+        except OSError:  # no symlinks here (some Windows set-ups): a copy loads the same
+            shutil.copytree(store / name, link)
+    return load_reference(config)
+
+
+@pytest.fixture(scope="session")
+def notebook_reference(private_cache, tmp_path_factory):
+    """The notebooks' π_ref (the "tiny" preset at full size), in this worker's cache before any kernel needs it."""
+    from dpo_teach.world import WorldConfig
+
+    # One thread as in the notebooks; on a busy 2-core machine 2 threads build many times slower.
+    return shared_reference(WorldConfig(preset="tiny"), tmp_path_factory, private_cache, threads=1)
+
+
+@pytest.fixture(scope="session")
+def cache_root(private_cache, notebook_reference):
+    """The private reference cache ($DPO_TEACH_CACHE), holding the notebooks' π_ref that the demo, the comparison
+    and the CLI default to."""
+    return private_cache
+
+
+@pytest.fixture(scope="session")
+def world(private_cache, tmp_path_factory):
+    """``(reference, tokenizer)`` of a small toy world, built once per suite."""
+    from dpo_teach.world import WorldConfig
+
+    return shared_reference(WorldConfig(**SMALL_WORLD), tmp_path_factory, private_cache)
 
 
 @pytest.fixture(scope="session")
@@ -42,20 +212,6 @@ def pairs(world):
 
     reference, tokenizer = world
     return make_preference_pairs(reference, tokenizer, PreferenceConfig(n_prompts=300, seed=0))
-
-
-@pytest.fixture(scope="session")
-def notebook_reference(cache_root):
-    """The notebooks' π_ref (the "tiny" preset at full size), built once in the session's private cache before any
-    kernel needs it."""
-    from dpo_teach.world import WorldConfig, load_reference
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the notebooks; on a busy 2-core machine 2 threads build many times slower
-    try:
-        return load_reference(WorldConfig(preset="tiny"))
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -81,3 +237,73 @@ def assigned(tmp_path_factory):
     root = tmp_path_factory.mktemp("assign")
     grading.assign(notebooks=root / "notebooks", autograder=root / "autograder", solutions=root / "solutions")
     return root
+
+
+class NotebookRuns:
+    """Notebooks executed headless in a fresh kernel, each (path, mode) at most once per suite.
+
+    ``get(path)`` returns ``{"nb": the executed notebook, "seconds": its wall time, "error": None or what stopped
+    it}``. The first caller runs it, in a copy under its own name (its grader reads the file by name), and stores the
+    executed copy; later callers, in any worker, read that copy (and wait while another worker is running it).
+    """
+
+    def __init__(self, store: Path):
+        self.store = store
+        self.read: dict[str, dict] = {}  # what this worker has read already
+
+    def get(self, path: Path, fast: bool = True, timeout: int = 600) -> dict:
+        import nbformat
+
+        key = f"{path.parent.name}-{path.stem}-{'fast' if fast else 'full'}"
+        if key not in self.read:
+            with FileLock(str(self.store / f"{key}.lock")):
+                if not (self.store / f"{key}.json").is_file():
+                    self._execute(path, fast, timeout, key)
+            run = json.loads((self.store / f"{key}.json").read_text())
+            self.read[key] = {**run, "nb": nbformat.read(self.store / key / path.name, as_version=4)}
+        return self.read[key]
+
+    def _execute(self, path: Path, fast: bool, timeout: int, key: str) -> None:
+        import nbformat
+        from nbclient import NotebookClient
+
+        from dpo_teach.utils import atomic_write_json
+
+        workdir = self.store / key
+        workdir.mkdir(exist_ok=True)
+        copy = Path(shutil.copy(path, workdir / path.name))
+        nb = nbformat.read(copy, as_version=4)
+        log = workdir / "claims.jsonl"
+        # The kernel inherits these: fast or full mode; every claim check logs whether its claim held (the run fails
+        # below on any that did not, as strictly as an assert) and then takes the failed-check path, so this one run
+        # also shows that no check stops the notebook (tests/test_notebook_claims_forced.py reads it).
+        env = {"DPO_TEACH_FAST": "1" if fast else "0", "DPO_TEACH_CLAIMS": "record", "DPO_TEACH_CLAIMS_LOG": str(log),
+               "DPO_TEACH_STRICT": "0"}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        start, stopped = time.perf_counter(), None
+        try:
+            NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                           resources={"metadata": {"path": str(workdir)}}).execute()
+        except Exception as e:  # noqa: BLE001 - reported by the test that needs it
+            stopped = f"{type(e).__name__}: {e}"
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        seconds = time.perf_counter() - start
+        claims = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.is_file() else []
+        failed = [c["claim"] for c in claims if not c["held"]]
+        error = stopped or (f"ClaimFailed: {len(failed)} claim(s) did not hold: {failed}" if failed else None)
+        nbformat.write(nb, copy)  # the executed copy, outputs included, where the run left its files
+        atomic_write_json(self.store / f"{key}.json", {"seconds": seconds, "error": error, "stopped": stopped,
+                                                       "claims": claims})  # last: marks it done
+        print(f"{key}: {seconds:.1f} s" + (f", stopped: {error.splitlines()[0]}" if error else ""))
+
+
+@pytest.fixture(scope="session")
+def notebook_runs(notebook_reference, tmp_path_factory):
+    """Notebook runs shared by the whole suite (see :class:`NotebookRuns`); π_ref is cached before any kernel."""
+    return NotebookRuns(shared_dir(tmp_path_factory, "notebooks"))

@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from bench_demo import lookup  # noqa: E402
+from bench_test_suite import parse_pytest  # noqa: E402
 from common import summary, window_rates  # noqa: E402
 from run_all import table, targets  # noqa: E402
 
@@ -39,3 +40,24 @@ def test_targets_and_table():
     result["targets"] = checks
     text = table(result)
     assert "1.50" in text and "targets missed: dpo_step_over_sft_step, reward_gain" in text
+
+
+def test_parse_pytest_reads_the_summary_and_the_slowest_tests():
+    output = """ruff check dpo_teach tests benchmarks
+All checks passed!
+........................................................................ [ 50%]
+============================= slowest 3 durations ==============================
+130.31s setup    tests/test_notebooks_00_04.py::test_student_notebook_runs_headless[00_start_here]
+28.46s call     tests/test_compare.py::test_fast_comparison_end_to_end
+0.65s setup    tests/test_grading.py::test_committed_student_notebooks_are_what_assign_makes
+=========================== short test summary info ============================
+FAILED tests/test_x.py::test_y - assert 1 == 2
+1 failed, 191 passed, 2 warnings in 356.17s (0:05:56)
+"""
+    parsed = parse_pytest(output, top=2)
+    assert parsed["summary"] == "1 failed, 191 passed, 2 warnings in 356.17s (0:05:56)"
+    assert parsed["slowest"] == [
+        {"seconds": 130.31, "when": "setup",
+         "test": "tests/test_notebooks_00_04.py::test_student_notebook_runs_headless[00_start_here]"},
+        {"seconds": 28.46, "when": "call", "test": "tests/test_compare.py::test_fast_comparison_end_to_end"}]
+    assert parse_pytest("make: *** [Makefile:22] Error 1", top=15) == {"summary": None, "slowest": []}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from test_exercises_new import WRONG as NEW_EXERCISE_MISTAKES  # tests/ is on sys.path (pytest's rootdir import)
 
 from dpo_teach import grading
 from dpo_teach.grading.grade import _detect_assignment as detect_assignment
@@ -91,6 +92,7 @@ def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
 diagnose_small_beta = "b"  # lower β: the wrong direction
 """, "diagnose_small_beta"),
 }
+WRONG.update(NEW_EXERCISE_MISTAKES)  # 03's gradient weight, 05's training step, 07's cDPO: graded in this one run
 # Only hidden tests catch these: they pass the public check and must still lose the question's points.
 PASS_PUBLIC = {"kl_reversed", "bt_swapped", "dpo_sign_flipped", "dpo_beta_one_side", "logps_averaged",
                "gpt2_dpo_sign_flipped", "ipo_wrong_sign", "diagnosis_wrong"}

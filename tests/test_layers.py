@@ -14,13 +14,14 @@ PACKAGE = Path(dpo_teach.__file__).parent
 
 # Lowest first. A module may import from its own layer or a lower one, never from a higher one.
 LAYERS = [
-    {"utils", "grammar", "tokenizer", "model", "reward", "compute", "measure", "plots"},  # foundations, the world's r
+    # foundations, the world's r, the notebooks' claim checks
+    {"utils", "claims", "grammar", "tokenizer", "model", "reward", "compute", "measure", "plots"},
     {"logprobs", "sampling", "rollout"},  # tokens → log-probabilities, samples, rollouts
     {"data"},  # preference pairs (sampled from π_ref, labelled by the ground truth), files
     {"losses", "training"},  # the preference math; the shared loop mechanics
     {"sft", "dpo", "reward_model", "ppo"},  # trainers
     {"world", "evaluate", "bandit", "pitfalls"},  # π_ref (built by SFT), evaluation, the notebooks' worlds
-    {"compare", "frontier", "conclusions", "pipeline", "trl_bridge"},  # jobs and their reports
+    {"compare", "frontier", "conclusions", "pipeline", "trl_bridge", "setup_check"},  # jobs, reports, set-up check
     {"cli", "grading"},  # entry points
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -4,19 +4,19 @@ fresh kernel each.
 Each must finish without a cell error although every exercise is still a stub (a failing `grader.check` prints
 feedback, it does not raise), and each group of `bench_notebooks.FAST_GROUPS` (00–04; 05 + 07) must stay within
 CI's budget of 5 minutes. Every committed notebook, 06 included, is stored clean.
+
+Each notebook runs once per suite, whichever test needs it first (``notebook_runs`` in conftest.py). Under
+pytest-xdist each notebook's two tests are one work unit, the notebooks are spread over the workers, and the tests
+that read several of them run last (``work_unit`` in conftest.py).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import time
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from dpo_teach.grading import MASTERS, NOTEBOOKS
 
@@ -27,32 +27,23 @@ from bench_notebooks import FAST_BUDGET_S, FAST_GROUPS  # noqa: E402 - CI's limi
 NAMES = [p.stem for p in sorted(MASTERS.glob("*.ipynb"))]
 
 
-@pytest.fixture(scope="module")
-def executed(notebook_reference, tmp_path_factory):
-    """Run every student notebook once, in a copy under its own name (its grader reads the file by name)."""
-    workdir = tmp_path_factory.mktemp("notebooks")
-    results = {}
-    old = os.environ.get("DPO_TEACH_FAST")
-    os.environ["DPO_TEACH_FAST"] = "1"
-    try:
-        for name in NAMES:
-            path = shutil.copy(NOTEBOOKS / f"{name}.ipynb", workdir / f"{name}.ipynb")
-            nb = nbformat.read(path, as_version=4)
-            start = time.perf_counter()
-            error = None
-            try:
-                NotebookClient(nb, timeout=600, kernel_name="python3",
-                               resources={"metadata": {"path": str(workdir)}}).execute()
-            except Exception as e:  # noqa: BLE001 - reported by the test that needs it
-                error = e
-            results[name] = {"nb": nb, "seconds": time.perf_counter() - start, "error": error}
-    finally:
-        if old is None:
-            os.environ.pop("DPO_TEACH_FAST", None)
-        else:
-            os.environ["DPO_TEACH_FAST"] = old
-    print({name: round(r["seconds"], 1) for name, r in results.items()})
-    return results
+class Executed:
+    """``executed[name]``: student notebook ``name`` run headless in fast mode in a fresh kernel, once per suite
+    (``notebook_runs`` in conftest.py): ``{"nb", "seconds", "error"}``. Iterating gives every name."""
+
+    def __init__(self, runs):
+        self.runs = runs
+
+    def __getitem__(self, name: str) -> dict:
+        return self.runs.get(NOTEBOOKS / f"{name}.ipynb", fast=True)
+
+    def __iter__(self):
+        return iter(NAMES)
+
+
+@pytest.fixture
+def executed(notebook_runs):
+    return Executed(notebook_runs)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -97,5 +88,8 @@ def test_committed_notebooks_are_clean(name):
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
     assert all(not cell.outputs and cell.execution_count is None for cell in code), "commit notebooks without outputs"
-    assert 'FAST = os.environ.get("DPO_TEACH_FAST", "0") == "1"' in code[0].source
+    from dpo_teach.grading.student import SETUP_CHECK
+
+    assert code[0].source == SETUP_CHECK, "first the set-up check (says how to install the package where it is missing)"
+    assert 'FAST = os.environ.get("DPO_TEACH_FAST", "0") == "1"' in code[1].source
     assert nb.metadata["kernelspec"]["name"] == "python3"

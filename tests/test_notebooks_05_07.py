@@ -27,9 +27,9 @@ from dpo_teach import grading
 
 def test_manifests_list_the_exercises(assigned):
     assert manifest_points(assigned, "05_dpo_on_gpt2") == {"completion_mask": 2, "sequence_logprobs": 2,
-                                                           "dpo_loss_again": 1}
+                                                           "dpo_loss_again": 1, "dpo_training_step": 3}
     assert manifest_points(assigned, "07_variants_and_pitfalls") == {
-        "ipo_loss": 2, "diagnose_flat_loss": 1, "diagnose_falling_chosen": 1, "diagnose_small_beta": 1,
+        "ipo_loss": 2, "cdpo_loss": 2, "diagnose_flat_loss": 1, "diagnose_falling_chosen": 1, "diagnose_small_beta": 1,
         "diagnose_length": 1}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import shutil
 import tempfile
 import zipfile
@@ -12,11 +13,13 @@ from pathlib import Path
 import nbformat
 import yaml
 
+from dpo_teach.grading.student import SETUP_CHECK
 from dpo_teach.utils import atomic_file, atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[2]
 MASTERS, NOTEBOOKS, AUTOGRADER = ROOT / "course" / "masters", ROOT / "notebooks", ROOT / "course" / "autograder"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same master gives the same bundle, byte for byte
+_GRADER = re.compile(r'otter\.Notebook\("(?P<stem>[^"]+)\.ipynb"\)')  # the master's grader: one file name
 
 
 def read_questions(master: Path) -> list[dict]:
@@ -30,9 +33,24 @@ def read_questions(master: Path) -> list[dict]:
     return questions
 
 
+def _portable(nb) -> None:
+    """A student notebook that runs under any file name and says how to install the package where it is missing.
+
+    The grader cell finds the notebook's file by its otter metadata (``find_notebook``), not by the master's file
+    name; the set-up check comes before the first code cell (both in ``dpo_teach/grading/student.py``).
+    """
+    (cell,) = [c for c in nb.cells if c.cell_type == "code" and _GRADER.search(c.source)]
+    assert cell.source.startswith("import otter\n"), "the master's grader cell starts with `import otter`"
+    cell.source = _GRADER.sub(lambda m: f'otter.Notebook(find_notebook("{m["stem"]}"))', cell.source).replace(
+        "import otter\n", "import otter\n\nfrom dpo_teach.grading.student import find_notebook\n\n", 1)
+    first_code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")  # after the title
+    nb.cells.insert(first_code, nbformat.v4.new_code_cell(SETUP_CHECK))
+
+
 def _normalized_student_notebook(path: Path, stem: str) -> str:
     """otter assign gives generated cells random ids; number them so that the output is reproducible."""
     nb = nbformat.read(path, as_version=4)
+    _portable(nb)
     for i, cell in enumerate(nb.cells):
         cell["id"] = f"{stem[:2]}-{i:03d}"
     nbformat.validate(nb)

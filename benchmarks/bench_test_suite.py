@@ -1,0 +1,193 @@
+"""Wall time of a fresh clone's ``make test`` (set-up included): a given commit vs the working tree, back to back.
+
+    python benchmarks/bench_test_suite.py --base efe1393      # or: make bench-test BASE=efe1393
+    python benchmarks/bench_test_suite.py --base efe1393 --new-first --keep /tmp/bench-trees
+
+Two trees are made in a temporary directory:
+
+- ``base``: ``git clone`` of this repository, checked out at ``--base``;
+- ``new``: a copy of the working tree as a commit of it would hold it: every file git tracks (as it is on disk now,
+  uncommitted edits included; deleted ones left out) plus untracked files that .gitignore does not exclude. No
+  .venv, no results, no caches are copied.
+
+In each, ``make .venv/.installed`` (the set-up: a new .venv and every pip install) then ``make test`` run with an empty
+HOME (so an empty pip cache and Hugging Face cache), an empty $DPO_TEACH_CACHE and ``PYTEST_ADDOPTS`` adding
+``--durations=N``. Nothing is shared between the two runs but the machine. The script prints both times (set-up,
+tests, total), the ratio base / new, the load average before and after each run, and the slowest tests of the new
+tree, and writes ``results/bench_test_suite.json`` (atomically). It exits 1 if either ``make test`` fails.
+
+The runs take what the two suites take (10-30 minutes on 2 cores). Speed-ups are only meaningful side by side on one
+machine: a load average above the core count means other jobs shared the CPUs during the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+STAMP = ".venv/.installed"  # the Makefile's set-up target, in both trees
+SUMMARY = re.compile(r"^=*\s*(\d+ \w+(?:, \d+ \w+)* in [\d.]+s\b.*?)\s*=*$", re.M)  # "3 passed, 1 failed in 9.1s"
+SLOWEST = re.compile(r"^=+ slowest (?:\d+ )?durations =+\n", re.M)
+DURATION = re.compile(r"^\s*([\d.]+)s (setup|call|teardown)\s+(\S.*)$")
+
+
+def git(*args: str, cwd: Path = ROOT) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def clone_at(commit: str, dest: Path) -> str:
+    """``git clone`` of this repository into ``dest`` at ``commit``; returns the full commit id."""
+    subprocess.run(["git", "clone", "--quiet", "--no-checkout", str(ROOT), str(dest)], check=True)
+    subprocess.run(["git", "-c", "advice.detachedHead=false", "checkout", "--quiet", commit], cwd=dest, check=True)
+    return git("rev-parse", "HEAD", cwd=dest).strip()
+
+
+def copy_working_tree(dest: Path) -> list[str]:
+    """Tracked files as they are on disk plus untracked, not ignored ones, copied to ``dest``; returns the paths."""
+    listed = git("ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+    copied = []
+    for rel in sorted(set(filter(None, listed))):
+        src = ROOT / rel
+        if src.is_file() or src.is_symlink():  # a tracked file deleted on disk is left out, as a commit would
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel, follow_symlinks=False)
+            copied.append(rel)
+    return copied
+
+
+def clean_env(home: Path, cache: Path, durations: int) -> dict:
+    """The caller's environment with a fresh HOME and reference cache, no active venv, and pytest's --durations."""
+    drop = {"VIRTUAL_ENV", "PYTHONPATH", "PIP_CACHE_DIR", "XDG_CACHE_HOME", "HF_HOME", "DPO_TEACH_CACHE",
+            "PYTEST_ADDOPTS", "PYTEST_XDIST_AUTO_NUM_WORKERS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    venv_bin = os.environ.get("VIRTUAL_ENV")
+    if venv_bin:  # a venv active in the caller's shell must not shadow the tree's own
+        env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                      if not p.startswith(venv_bin))
+    home.mkdir(parents=True)
+    cache.mkdir(parents=True)
+    return {**env, "HOME": str(home), "DPO_TEACH_CACHE": str(cache),
+            "PYTEST_ADDOPTS": f"--durations={durations} -p no:cacheprovider"}
+
+
+def run_logged(cmd: list[str], cwd: Path, env: dict, log) -> tuple[int, float]:
+    """Run ``cmd``, its output appended to ``log``; return (exit status, seconds)."""
+    log.write(f"$ {' '.join(cmd)}\n")
+    log.flush()
+    start = time.perf_counter()
+    rc = subprocess.run(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    return rc, time.perf_counter() - start
+
+
+def parse_pytest(output: str, top: int) -> dict:
+    """pytest's summary line and its slowest tests (``--durations``) from a ``make test`` log."""
+    summaries = SUMMARY.findall(output)
+    slowest = []
+    header = SLOWEST.search(output)
+    for line in output[header.end():].splitlines() if header else []:
+        match = DURATION.match(line)
+        if not match:
+            break
+        slowest.append({"seconds": float(match.group(1)), "when": match.group(2), "test": match.group(3).strip()})
+    return {"summary": summaries[-1] if summaries else None, "slowest": slowest[:top]}
+
+
+def bench_tree(name: str, tree: Path, work: Path, durations: int) -> dict:
+    """Fresh-clone ``make test`` in ``tree``, timed as set-up (the .venv) then tests."""
+    env = clean_env(work / f"home-{name}", work / f"cache-{name}", durations)
+    log_path = work / f"{name}.log"
+    load_before = os.getloadavg()
+    print(f"[{name}] make {STAMP} && make test in {tree} (log: {log_path}) ...", flush=True)
+    with open(log_path, "w") as log:
+        rc_setup, setup_s = run_logged(["make", STAMP], tree, env, log)
+        rc_test, test_s = run_logged(["make", "test"], tree, env, log) if rc_setup == 0 else (None, 0.0)
+    output = log_path.read_text(errors="replace")
+    result = {"setup_s": round(setup_s, 1), "test_s": round(test_s, 1), "total_s": round(setup_s + test_s, 1),
+              "setup_rc": rc_setup, "test_rc": rc_test, "ok": rc_setup == 0 and rc_test == 0,
+              "load_before": [round(x, 2) for x in load_before],
+              "load_after": [round(x, 2) for x in os.getloadavg()], **parse_pytest(output, durations)}
+    if not result["ok"]:
+        result["log_tail"] = output[-3000:]
+    print(f"[{name}] set-up {setup_s:.0f} s + tests {test_s:.0f} s = {setup_s + test_s:.0f} s"
+          f" ({result['summary'] or 'no pytest summary'}); load average {load_before[0]:.2f} -> "
+          f"{result['load_after'][0]:.2f}", flush=True)
+    return result
+
+
+def report(result: dict, top: int) -> str:
+    base, new = result["base"], result["new"]
+    lines = [f"{'':<6}{'set-up':>9}{'tests':>9}{'total':>9}  load avg before -> after  pytest",
+             *[f"{k:<6}{r['setup_s']:>8.0f}s{r['test_s']:>8.0f}s{r['total_s']:>8.0f}s  "
+               f"{r['load_before'][0]:>6.2f} -> {r['load_after'][0]:<14.2f}  {r['summary']}"
+               for k, r in (("base", base), ("new", new))]]
+    if result["ratio_total"] is not None:
+        lines.append(f"speed-up base / new: {result['ratio_total']:.2f}x in total, {result['ratio_test']:.2f}x for "
+                     f"the tests alone ({result['environment']['cpus']} cores)")
+    lines.append(f"\nslowest {top} tests of the new tree:")
+    lines += [f"{t['seconds']:>8.2f}s {t['when']:<8} {t['test']}" for t in new["slowest"][:top]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default="HEAD", help="commit to compare against (default: HEAD)")
+    parser.add_argument("--durations", type=int, default=15, help="slowest tests to report (default: 15)")
+    parser.add_argument("--new-first", action="store_true", help="run the working tree first, then the base")
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="make the trees, logs and venvs in DIR (must not exist) and keep them")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench_test_suite.json")
+    args = parser.parse_args(argv)
+
+    from dpo_teach.utils import atomic_write_json
+
+    if args.keep is not None:
+        args.keep.mkdir(parents=True)
+    work = args.keep or Path(tempfile.mkdtemp(prefix="dpo-teach-bench-test-"))
+    try:
+        commit = clone_at(args.base, work / "base")
+        (work / "new").mkdir()
+        files = copy_working_tree(work / "new")
+        head = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=normal").strip())
+        print(f"base: {args.base} = {commit[:12]}; new: working tree of {head[:12]}"
+              f"{' with uncommitted changes' if dirty else ''} ({len(files)} files)", flush=True)
+        start = time.perf_counter()
+        order = ["new", "base"] if args.new_first else ["base", "new"]
+        runs = {name: bench_tree(name, work / name, work, args.durations) for name in order}
+        base, new = runs["base"], runs["new"]
+        both_ok = base["ok"] and new["ok"]
+        result = {
+            "base": {"commit": commit, "ref": args.base, **base},
+            "new": {"head": head, "uncommitted_changes": dirty, "files": len(files), **new},
+            "ratio_total": round(base["total_s"] / new["total_s"], 3) if both_ok else None,
+            "ratio_test": round(base["test_s"] / new["test_s"], 3) if both_ok else None,
+            "order": order,
+            "environment": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": sys.platform,
+                            "wall_s": round(time.perf_counter() - start, 1),
+                            "date": time.strftime("%Y-%m-%d %H:%M:%S")},
+        }
+        atomic_write_json(args.out, result, sort_keys=False)
+        print("\n" + report(result, args.durations))
+        print(f"\n→ {args.out}")
+        for name in order:
+            if not runs[name]["ok"]:
+                print(f"\n[{name}] make test FAILED; the end of its log:\n{runs[name]['log_tail']}", file=sys.stderr)
+        return 0 if both_ok else 1
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""The first-run check of notebook 00: what a student needs to know about this machine, in one table.
+
+    from dpo_teach.setup_check import setup_report; setup_report()
+
+shows Python, the torch build (CPU, CUDA or MPS), the threads torch uses, where π_ref is cached and whether it is
+already built, and how long the first notebooks will take here. The times are estimates: the course's measured times
+(``REFERENCE``, a 2-core machine) scaled by how fast a small fixed torch workload (``speed_probe``) runs here.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from dpo_teach.world import WorldConfig, cache_dir
+
+SUPPORTED_PYTHONS = ((3, 11), (3, 12), (3, 13))
+
+# Measured on the course's machine (2 cores, torch 2.13.0 CPU, load average about 2, 2026-12-03): each notebook in
+# full mode in a fresh kernel (05 and 07: README, `make bench-notebooks`).
+REFERENCE = {
+    "probe_s": 0.085,  # speed_probe()
+    "notebook_01_s": 6.0,  # the first exercises: the bandit world, no π_ref needed
+    "notebook_05_s": 42.0,  # the first GPT-2 training (07: 77 s)
+    "build_reference_s": 14.6,  # π_ref ("tiny"), built once by the first notebook that needs it (04, 05 or 07)
+}
+
+
+@dataclass
+class SetupReport:
+    """``rows``: ``(what, value)`` pairs. Shown as a table in a notebook, as aligned text by ``print``."""
+
+    rows: list[tuple[str, str]]
+
+    def __str__(self) -> str:
+        width = max(len(what) for what, _ in self.rows)
+        return "\n".join(f"{what:<{width}}  {value}" for what, value in self.rows)
+
+    def _repr_markdown_(self) -> str:
+        return "| | this machine |\n|---|---|\n" + "\n".join(f"| {what} | {value} |" for what, value in self.rows)
+
+    def __getitem__(self, what: str) -> str:
+        return dict(self.rows)[what]
+
+
+def torch_build() -> str:
+    """Which torch this is and what it can use: ``"CUDA 12.4 (NVIDIA ...)"``, ``"MPS (Apple GPU)"`` or ``"CPU"``."""
+    if torch.version.cuda is not None:
+        if torch.cuda.is_available():
+            return f"CUDA {torch.version.cuda} ({torch.cuda.get_device_name(0)})"
+        return f"CUDA {torch.version.cuda} build, no GPU visible: runs on the CPU (a CPU-only build is smaller)"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "MPS (Apple GPU) and CPU"
+    return "CPU"
+
+
+def speed_probe(repeats: int = 3) -> float:
+    """Seconds for a fixed small workload (a 2-layer MLP forward and backward, one thread), best of ``repeats``."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 64, generator=generator)  # (B, C)
+    w1 = torch.randn(64, 256, generator=generator, requires_grad=True)
+    w2 = torch.randn(256, 64, generator=generator, requires_grad=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the notebooks run
+    try:
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(200):
+                loss = (torch.relu(x @ w1) @ w2).square().mean()  # (B, 256) → (B, C) → ()
+                loss.backward()
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return best
+
+
+def reference_cached(config: WorldConfig | None = None) -> bool:
+    """Whether π_ref for ``config`` (the notebooks' "tiny" preset) is in the cache, so no notebook builds it."""
+    config = config or WorldConfig(preset="tiny")
+    return (cache_dir() / f"reference-{config.preset}-{config.key()}" / "world.json").is_file()
+
+
+def _seconds(s: float) -> str:
+    return f"about {s:.0f} s" if s < 90 else f"about {s / 60:.1f} min"
+
+
+def setup_report(probe_s: float | None = None) -> SetupReport:
+    """The table; ``probe_s`` (seconds of :func:`speed_probe`) is measured when not given."""
+    py = sys.version_info[:2]
+    supported = "supported" if py in SUPPORTED_PYTHONS else "not tested: the course supports 3.11, 3.12, 3.13"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cache = cache_dir()
+    writable = os.access(cache if cache.exists() else cache.parent if cache.parent.exists() else "/", os.W_OK)
+    cached = reference_cached()
+    probe_s = speed_probe() if probe_s is None else probe_s
+    slower = probe_s / REFERENCE["probe_s"]
+    build = "" if cached else f", + {_seconds(REFERENCE['build_reference_s'] * slower)} once to build π_ref"
+    rows = [
+        ("Python", f"{platform.python_version()} ({supported})"),
+        ("torch", f"{torch.__version__}: {torch_build()}"),
+        ("threads", f"torch uses {torch.get_num_threads()} of {cores} cores (notebooks set 1 for the tiny models)"),
+        ("cache (π_ref)", f"{cache}{'' if writable else ' (not writable: set DPO_TEACH_CACHE)'}"),
+        ("π_ref cached", "yes" if cached else "no: the first notebook that needs it builds it once"),
+        ("speed", f"{1 / slower:.2f}× the course's 2-core machine"),
+        ("first notebook", f"01: {_seconds(REFERENCE['notebook_01_s'] * slower)} (estimate)"),
+        ("first GPT-2 run", f"05: {_seconds(REFERENCE['notebook_05_s'] * slower)} (estimate){build}"),
+    ]
+    return SetupReport(rows)

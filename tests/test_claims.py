@@ -1,0 +1,56 @@
+"""Claim checks: strict in CI, a printed note on a student's machine; a student's function that raises anything."""
+
+from __future__ import annotations
+
+import pytest
+
+from dpo_teach import claims
+
+
+def test_a_holding_claim_is_silent(monkeypatch, capsys):
+    monkeypatch.setenv(claims.STRICT_ENV, "1")
+    monkeypatch.delenv(claims.MODE_ENV, raising=False)
+    assert claims.check(1 < 2, "one is less than two") is None
+    assert capsys.readouterr().out == ""
+
+
+def test_strict_mode_raises(monkeypatch):
+    monkeypatch.setenv(claims.STRICT_ENV, "1")
+    monkeypatch.delenv(claims.MODE_ENV, raising=False)
+    with pytest.raises(claims.ClaimFailed, match="the margin grows"):
+        claims.check(False, "the margin grows")
+    with pytest.raises(AssertionError):  # a ClaimFailed is an AssertionError, as the asserts it replaced
+        claims.check(0)
+
+
+def test_a_student_run_prints_what_differs_and_why(monkeypatch, capsys):
+    monkeypatch.delenv(claims.STRICT_ENV, raising=False)
+    monkeypatch.delenv(claims.MODE_ENV, raising=False)
+    claims.check(False, "accuracy above 0.75")
+    claims.check(False, "a package is missing", why="another environment")
+    out = capsys.readouterr().out
+    assert "claim not reproduced on this machine: accuracy above 0.75" in out and "seed 0" in out
+    assert "why this can happen: another environment" in out and "The notebook goes on" in out
+
+
+def test_forced_failure_prints_and_never_raises(monkeypatch, capsys):
+    monkeypatch.setenv(claims.MODE_ENV, "fail")
+    monkeypatch.setenv(claims.STRICT_ENV, "0")
+    claims.check(True, "true, but forced to fail")
+    assert "(forced: DPO_TEACH_CLAIMS=fail): true, but forced to fail" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("error", [NotImplementedError("stub"), ValueError("shapes"), RuntimeError("boom"),
+                                   IndexError("index 3"), KeyError("loss")])
+def test_try_exercise_catches_whatever_a_student_function_raises(capsys, error):
+    def broken():
+        raise error
+
+    ok, out = claims.try_exercise("Exercise 5.1 (completion_mask)", broken, fallback="the collator's mask")
+    printed = capsys.readouterr().out
+    assert (ok, out) == (False, None)
+    assert "Exercise 5.1 (completion_mask)" in printed and "the collator's mask is used from here on" in printed
+
+
+def test_try_exercise_returns_the_result():
+    assert claims.try_exercise("Exercise 3.3", lambda: 42) == (True, 42)

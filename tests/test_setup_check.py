@@ -1,0 +1,70 @@
+"""dpo_teach.setup_check: notebook 00's first-run table (issue 14)."""
+
+from __future__ import annotations
+
+import platform
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dpo_teach import setup_check
+from dpo_teach.setup_check import REFERENCE, setup_report
+
+
+def test_the_table_has_what_a_student_needs(tmp_path, monkeypatch):
+    monkeypatch.setenv("DPO_TEACH_CACHE", str(tmp_path / "cache"))
+    report = setup_report(probe_s=REFERENCE["probe_s"])  # as fast as the course's machine
+    whats = [what for what, _ in report.rows]
+    assert whats == ["Python", "torch", "threads", "cache (π_ref)", "π_ref cached", "speed", "first notebook",
+                     "first GPT-2 run"]
+    assert report["Python"].startswith(platform.python_version()) and "(supported)" in report["Python"]
+    assert report["torch"].startswith(torch.__version__)
+    assert str(tmp_path / "cache") in report["cache (π_ref)"]
+    assert report["π_ref cached"].startswith("no")  # an empty cache: the build time is added
+    assert report["speed"].startswith("1.00×")
+    assert report["first notebook"] == f"01: about {REFERENCE['notebook_01_s']:.0f} s (estimate)"
+    assert "once to build π_ref" in report["first GPT-2 run"]
+    text, table = str(report), report._repr_markdown_()
+    assert all(what in text and f"| {what} |" in table for what in whats)
+
+
+def test_estimates_scale_with_the_probe_and_drop_the_build_once_cached(tmp_path, monkeypatch):
+    from dpo_teach.world import WorldConfig
+
+    monkeypatch.setenv("DPO_TEACH_CACHE", str(tmp_path))
+    config = WorldConfig(preset="tiny")
+    entry = tmp_path / f"reference-{config.preset}-{config.key()}"
+    entry.mkdir()
+    (entry / "world.json").write_text("{}")
+    assert setup_check.reference_cached()
+    report = setup_report(probe_s=3 * REFERENCE["probe_s"])  # a machine 3× slower
+    assert report["π_ref cached"] == "yes" and "build" not in report["first GPT-2 run"]
+    assert report["speed"].startswith("0.33×")
+    assert report["first GPT-2 run"] == f"05: about {3 * REFERENCE['notebook_05_s'] / 60:.1f} min (estimate)"
+
+
+@pytest.mark.parametrize("cuda, available, mps, expected", [
+    (None, False, False, "CPU"),
+    (None, False, True, "MPS (Apple GPU) and CPU"),
+    ("12.4", True, False, "CUDA 12.4 (Fake GPU)"),
+    ("12.4", False, False, "CUDA 12.4 build, no GPU visible"),
+])
+def test_torch_build_names_cpu_cuda_and_mps(monkeypatch, cuda, available, mps, expected):
+    monkeypatch.setattr(torch.version, "cuda", cuda)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "Fake GPU")
+    monkeypatch.setattr(torch.backends, "mps", SimpleNamespace(is_available=lambda: mps))
+    assert setup_check.torch_build().startswith(expected)
+
+
+def test_speed_probe_is_short_and_leaves_the_threads_alone():
+    threads = torch.get_num_threads()
+    assert 0 < setup_check.speed_probe(repeats=1) < 5
+    assert torch.get_num_threads() == threads
+
+
+def test_an_unsupported_python_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("DPO_TEACH_CACHE", str(tmp_path))
+    monkeypatch.setattr(setup_check, "SUPPORTED_PYTHONS", ((3, 99),))
+    assert "3.11, 3.12, 3.13" in setup_report(probe_s=1.0)["Python"]
