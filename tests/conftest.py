@@ -239,12 +239,19 @@ def assigned(tmp_path_factory):
     return root
 
 
+def renamed(path: Path) -> str:
+    """The file name a browser gives a second download of ``path``."""
+    return f"{path.stem} (1){path.suffix}"
+
+
 class NotebookRuns:
     """Notebooks executed headless in a fresh kernel, each (path, mode) at most once per suite.
 
     ``get(path)`` returns ``{"nb": the executed notebook, "seconds": its wall time, "error": None or what stopped
-    it}``. The first caller runs it, in a copy under its own name (its grader reads the file by name), and stores the
-    executed copy; later callers, in any worker, read that copy (and wait while another worker is running it).
+    it}``. The first caller runs it and stores the executed copy; later callers, in any worker, read that copy (and
+    wait while another worker is running it). The copy is saved under the name a browser download or "Make a copy"
+    gives (``NN_name (1).ipynb``), in a folder outside the repository: the whole notebook must run to its end under
+    any file name (its grader cell finds its own file and tests, dpo_teach/grading/student.py).
     """
 
     def __init__(self, store: Path):
@@ -260,7 +267,7 @@ class NotebookRuns:
                 if not (self.store / f"{key}.json").is_file():
                     self._execute(path, fast, timeout, key)
             run = json.loads((self.store / f"{key}.json").read_text())
-            self.read[key] = {**run, "nb": nbformat.read(self.store / key / path.name, as_version=4)}
+            self.read[key] = {**run, "nb": nbformat.read(self.store / key / renamed(path), as_version=4)}
         return self.read[key]
 
     def _execute(self, path: Path, fast: bool, timeout: int, key: str) -> None:
@@ -271,7 +278,7 @@ class NotebookRuns:
 
         workdir = self.store / key
         workdir.mkdir(exist_ok=True)
-        copy = Path(shutil.copy(path, workdir / path.name))
+        copy = Path(shutil.copy(path, workdir / renamed(path)))
         nb = nbformat.read(copy, as_version=4)
         log = workdir / "claims.jsonl"
         # The kernel inherits these: fast or full mode; every claim check logs whether its claim held (the run fails
@@ -299,7 +306,7 @@ class NotebookRuns:
         error = stopped or (f"ClaimFailed: {len(failed)} claim(s) did not hold: {failed}" if failed else None)
         nbformat.write(nb, copy)  # the executed copy, outputs included, where the run left its files
         atomic_write_json(self.store / f"{key}.json", {"seconds": seconds, "error": error, "stopped": stopped,
-                                                       "claims": claims})  # last: marks it done
+                                                       "claims": claims, "file": str(copy)})  # last: marks it done
         print(f"{key}: {seconds:.1f} s" + (f", stopped: {error.splitlines()[0]}" if error else ""))
 
 

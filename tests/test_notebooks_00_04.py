@@ -50,6 +50,8 @@ def executed(notebook_runs):
 def test_student_notebook_runs_headless(executed, name):
     result = executed[name]
     assert result["error"] is None, f"{name} stopped: {result['error']}"
+    run_as = Path(result["file"])  # the whole notebook ran under a browser's name, outside the repository
+    assert run_as.name == f"{name} (1).ipynb" and NOTEBOOKS.resolve() not in run_as.resolve().parents
 
 
 def outputs(nb, kind: str) -> list:

@@ -5,7 +5,9 @@ where the package is not installed says how to install it, in one message.
 Cheap on purpose: the renamed copies run in one kernel, each in a folder outside the repository, cut to what the
 grader needs (its set-up cells up to the grader, the answer cells, the check cells; graded names are defined only in
 answer cells).
-The whole notebooks run headless under their own names in tests/test_notebooks_00_04.py.
+The whole notebooks also run to their end renamed, outside the repository: the suite's one run of each student
+notebook uses the name ``NN_name (1).ipynb`` (``NotebookRuns`` in conftest.py, asserted in
+tests/test_notebooks_00_04.py).
 """
 
 from __future__ import annotations
