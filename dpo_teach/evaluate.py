@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from dpo_teach import grammar
-from dpo_teach.grammar import is_well_formed
 from dpo_teach.logprobs import PreferenceCollator, concatenated_logprobs, reference_logprobs, tokenize_pairs
 from dpo_teach.reward import ground_truth_reward
 from dpo_teach.sampling import Samples, sample, samples_logprobs
@@ -40,7 +39,8 @@ def evaluation_prompts(n: int, seed: int = 0) -> tuple[list[str], int]:
 
 def fluency(samples: Samples) -> np.ndarray:
     """1.0 for each completion that is a grammatical sentence ended by EOS, else 0.0. Shape: (N,)."""
-    return np.array([float(e and is_well_formed(c)) for c, e in zip(samples.completions, samples.ended, strict=True)])
+    pairs = zip(samples.completions, samples.ended, strict=True)
+    return np.array([float(e and grammar.is_well_formed(c)) for c, e in pairs])
 
 
 def sample_metrics(samples: Samples, policy_logps: torch.Tensor, ref_logps: torch.Tensor) -> dict[str, float]:
@@ -128,7 +128,7 @@ def samples_table(columns: dict[str, Samples], n: int = 12, markdown_math: bool 
     for i in range(min(n, len(first.prompts))):
         cells = [first.prompts[i]]
         for name, s in columns.items():
-            mark = "✓" if s.ended[i] and is_well_formed(s.completions[i]) else "✗"
+            mark = "✓" if s.ended[i] and grammar.is_well_formed(s.completions[i]) else "✗"
             text = s.completions[i].strip().replace("|", "\\|") or "(empty)"
             cells += [f"{mark} {text}", f"{rewards[name][i]:+.2f}"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -43,7 +43,7 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def encode_completion(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+def encode_completion(tokenizer, prompt: str, completion: str, append_eos: bool = True) -> tuple[list[int], list[int]]:
     """Token ids of ``prompt`` and of ``completion`` + EOS, tokenized separately.
 
     Tokenizing the two apart means the model is trained on exactly the context it sees when it samples a
@@ -51,7 +51,9 @@ def encode_completion(tokenizer, prompt: str, completion: str) -> tuple[list[int
     anyway (then this equals tokenizing ``prompt + completion`` whole, as TRL does).
     """
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if append_eos:  # False: the text alone decides whether the completion ends (notebook 07's EOS pitfall)
+        completion_ids = completion_ids + [tokenizer.eos_token_id]
     return prompt_ids, completion_ids
 
 
@@ -187,7 +189,7 @@ def concatenated_logprobs(
     return logps[:B], logps[B:]
 
 
-def tokenize_pairs(tokenizer, rows: list[dict], max_length: int) -> list[dict]:
+def tokenize_pairs(tokenizer, rows: list[dict], max_length: int, append_eos: bool = True) -> list[dict]:
     """Tokenize preference rows into ``prompt_ids``/``chosen_ids``/``rejected_ids`` (completions end with EOS).
 
     A completion that would run past ``max_length`` together with its prompt is cut at the end (TRL's
@@ -195,8 +197,8 @@ def tokenize_pairs(tokenizer, rows: list[dict], max_length: int) -> list[dict]:
     """
     out = []
     for row in rows:
-        prompt_ids, chosen_ids = encode_completion(tokenizer, row["prompt"], row["chosen"])
-        _, rejected_ids = encode_completion(tokenizer, row["prompt"], row["rejected"])
+        prompt_ids, chosen_ids = encode_completion(tokenizer, row["prompt"], row["chosen"], append_eos)
+        _, rejected_ids = encode_completion(tokenizer, row["prompt"], row["rejected"], append_eos)
         room = max_length - len(prompt_ids)
         if room < 1:
             raise ContextLengthError(f"prompt {row['prompt'][:40]!r}... is {len(prompt_ids)} tokens, which leaves no "

@@ -23,6 +23,7 @@ import numpy as np
 
 from dpo_teach import grammar
 from dpo_teach.evaluate import fluency
+from dpo_teach.logprobs import tokenize_pairs
 from dpo_teach.reward import bt_probability, ground_truth_reward
 from dpo_teach.sampling import Samples
 
@@ -116,10 +117,4 @@ def with_eos_in_text(rows: list[dict], eos: str, side: str = "rejected") -> list
 def tokenize_as_written(tokenizer, rows: list[dict], max_length: int) -> list[dict]:
     """Like ``logprobs.tokenize_pairs``, but nothing is appended: a completion ends with EOS only if its text does
     (the EOS string in the text becomes the EOS token). Completions are cut to fit ``max_length``."""
-    out = []
-    for row in rows:
-        prompt_ids = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
-        room = max_length - len(prompt_ids)
-        ids = {k: tokenizer(row[k], add_special_tokens=False)["input_ids"][:room] for k in ("chosen", "rejected")}
-        out.append({"prompt_ids": prompt_ids, "chosen_ids": ids["chosen"], "rejected_ids": ids["rejected"]})
-    return out
+    return tokenize_pairs(tokenizer, rows, max_length, append_eos=False)
