@@ -11,18 +11,26 @@ TORCH_BUILD ?= auto
 # LOCKED=1: install the exact versions of requirements.lock (`make lock` writes it) before the package itself.
 LOCKED ?=
 
-.PHONY: demo test lab bench bench-notebooks bench-test assign lint clean help
+.PHONY: demo test lab bench bench-notebooks bench-test bench-compare bench-grading assign release gradescope lint clean help
+.PHONY: site browser test-site readme-images
 
 help:
 	@echo "make demo   set up .venv (first use), then run the end-to-end DPO demo -> results/demo/,"
-	@echo "            then the fast PPO vs DPO comparison -> results/compare/fast/"
+	@echo "            then the fast comparison (PPO, GRPO, RLOO, DPO, online DPO) -> results/compare/fast/"
 	@echo "make test   set up .venv (first use), then run the whole test suite"
 	@echo "make lab    open the notebooks in JupyterLab"
 	@echo "make bench  throughput and memory benchmarks -> results/bench.json"
 	@echo "make bench-notebooks  notebook run times (fast mode: all; full mode: 05, 07) -> results/notebooks_bench.json"
 	@echo "make bench-test BASE=<commit>  fresh-clone \`make test\` of BASE, then of the working tree, timed with set-up"
 	@echo "            -> results/bench_test_suite.json (as long as both suites together)"
+	@echo "make bench-compare  today's comparison (DPO, PPO, PPO-GT) vs all methods, full and --fast, side by side"
+	@echo "            -> results/bench_compare.json and the shipped notebooks/assets/compare_results.json"
 	@echo "make assign course/masters/*.ipynb -> notebooks/ (student versions) and course/autograder/ (bundles)"
+	@echo "make bench-grading  notebooks graded per minute: sandbox, no sandbox, the old otter grader, --jobs 2"
+	@echo "make gradescope  Gradescope autograder bundles that carry torch, the package and π_ref -> results/gradescope/"
+	@echo "make release  the student-only tree -> results/release/dpo-teach (no masters, bundles or tests)"
+	@echo "make site   every notebook executed (full mode; DPO_TEACH_FAST=1: fast) and rendered -> results/site/"
+	@echo "make test-site  the site's browser test alone; make readme-images: the README's figures -> docs/images/"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,9 +75,50 @@ BASE ?= HEAD
 bench-test:
 	$(PYTHON) benchmarks/bench_test_suite.py --base $(BASE)
 
+# about 25 minutes on 2 cores: both comparisons, fast then full; the full all-methods run becomes the shipped asset
+bench-compare: $(STAMP)
+	$(BIN)/python benchmarks/bench_compare.py --asset notebooks/assets/compare_results.json
+
+# grading throughput, same submissions: sandbox vs --unsafe vs the otter grader of BASE_GRADER, and --jobs 2
+BASE_GRADER ?= c3f4382
+bench-grading: $(STAMP)
+	$(BIN)/python benchmarks/bench_grading.py --base $(BASE_GRADER)
+
+# Gradescope autograder bundles (package wheel, π_ref, pinned CPU requirements): results/gradescope/NN_name.zip
+gradescope: $(STAMP)
+	$(BIN)/python -m dpo_teach.grading gradescope --out results/gradescope
+
 # otter assign on every master; writes only the notebooks named after a master, never others in notebooks/
 assign: $(STAMP)
 	$(BIN)/python -m dpo_teach.grading assign
+
+# the student-only tree (committed notebooks, package, README, LICENSE; no masters, bundles or tests), checked for
+# every master's solution and hidden-test line before it is written. RELEASE=<folder> (default below)
+RELEASE ?= results/release/dpo-teach
+release: $(STAMP)
+	$(BIN)/python -m dpo_teach.grading release --out $(RELEASE)
+
+# The course as a static site (dpo_teach/site.py): every notebook executed once, rendered with its outputs to
+# results/site/ (open results/site/index.html; no network needed). Full mode; `make site DPO_TEACH_FAST=1`: fast mode.
+site: $(STAMP)
+	$(BIN)/python -m dpo_teach.site --out results/site
+
+# Debian's chromium for the site's browser test (tests/test_site.py), installed with apt when missing and root
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+		echo "no chromium: tests/test_site.py skips its browser checks (install chromium; in CI they fail)"
+test: browser
+
+# the site's tests alone: every notebook in fast mode, the site of those runs, each page in headless chromium
+test-site: $(STAMP) browser
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_site.py
+
+# the README's figures (docs/images/): the demo's training curves, the frontier of the shipped PPO-vs-DPO results
+readme-images: $(STAMP)
+	$(BIN)/dpo-teach demo --out results/demo
+	mkdir -p docs/images && cp results/demo/training_curves.png docs/images/training_curves.png
+	$(BIN)/python -m dpo_teach.site --frontier docs/images/frontier.png
 
 clean:
 	rm -rf results .pytest_cache .ruff_cache

@@ -1,8 +1,13 @@
-"""Classic RLHF against DPO on the toy world: the DPO paper's §6.1 experiment (Fig. 2, left) in minutes.
+"""The preference-optimisation family on the toy world: the DPO paper's §6.1 experiment (Fig. 2, left) in minutes,
+extended to GRPO, RLOO and online DPO.
 
 For each seed: sample a preference set from π_ref; train DPO on it for every β of a sweep; train a reward model on
-the same pairs and run PPO on it ("PPO") for every KL coefficient of a sweep; run PPO on the ground-truth reward
-itself ("PPO-GT", which needs no pairs but asks "the human" about every completion it samples). Every run is
+the same pairs and run PPO, GRPO and RLOO on it ("PPO", "GRPO", "RLOO") for every KL coefficient / β of their
+sweeps; run PPO and GRPO on the ground-truth reward itself ("PPO-GT", "GRPO-GT", which need no pairs but ask "the
+human" about every completion they sample; "GRPO-GT/token" is GRPO-GT with per-token loss averaging); run online DPO
+("online-DPO": rounds of fresh pairs from the current policy, labelled like the preference set, reference refreshed
+between rounds; "online-DPO-fixed": reference kept at π_ref; "online-DPO-RM": pairs labelled by the reward model).
+Every run is
 evaluated at regular intervals on the same prompts: mean ground-truth reward, sequence KL(π‖π_ref) and fluency.
 Each run's wall and CPU time (evaluation excluded), completions sampled, reward calls, forward/backward passes,
 models held and peak memory are recorded. Seeds run in parallel processes, one torch thread each.
@@ -28,14 +33,17 @@ from dpo_teach.compute import Compute
 from dpo_teach.data import PreferenceConfig, bt_ceiling, make_preference_pairs, split_pairs
 from dpo_teach.dpo import DPOConfig, train_dpo
 from dpo_teach.evaluate import evaluate_policy, evaluation_prompts
+from dpo_teach.frontier import METHODS, PARAM_NAMES, USES_REWARD_MODEL
+from dpo_teach.grpo import GRPOConfig, train_grpo
 from dpo_teach.measure import PeakMemory, load_average, n_params, stopwatch
+from dpo_teach.online_dpo import OnlineDPOConfig, dpo_compute, train_online_dpo
 from dpo_teach.ppo import PPOConfig, train_ppo
 from dpo_teach.reward import ground_truth_reward
 from dpo_teach.reward_model import LearnedReward, RewardConfig, ScalarModel, pairwise_accuracy, train_reward_model
+from dpo_teach.rloo import train_rloo
 from dpo_teach.training import n_steps
 from dpo_teach.world import WorldConfig, load_reference
 
-METHODS = ("DPO", "PPO", "PPO-GT")
 FORMAT = 1  # bump when the layout of results.json changes
 
 
@@ -46,8 +54,13 @@ class CompareConfig:
     seeds: tuple[int, ...] = (0, 1)  # one full repetition per seed: pairs, RM, every run, evaluation prompts
     betas: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)  # DPO's β sweep
     kl_coefs: tuple[float, ...] = (0.02, 0.05, 0.1, 0.3)  # PPO's and PPO-GT's KL-coefficient sweep
+    grpo_betas: tuple[float, ...] = (0.0, 0.1, 0.5)  # GRPO's, GRPO-GT's and GRPO-GT/token's β sweep (k3 in the loss)
+    rloo_kl_coefs: tuple[float, ...] = (0.02, 0.1, 0.3)  # RLOO's KL-coefficient sweep (sequence KL in the reward)
+    online_betas: tuple[float, ...] = (1.0, 3.0, 10.0)  # the β sweep of online-DPO, -fixed and -RM
     dpo: DPOConfig = field(default_factory=lambda: DPOConfig(lr=5e-4, epochs=3))  # the demo's DPO settings
     ppo: PPOConfig = field(default_factory=lambda: PPOConfig(steps=20))  # PPO settings (kl_coef is swept)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)  # GRPO and RLOO settings (β is swept); 128 samples a step
+    online: OnlineDPOConfig = field(default_factory=OnlineDPOConfig)  # online DPO settings (dpo.beta is swept)
     reward: RewardConfig = field(default_factory=RewardConfig)  # reward-model training
     n_evals: int = 5  # evaluations per run, evenly spaced (π_ref itself is the point at step 0)
     n_eval_prompts: int = 500  # prompts per evaluation, one sample each at T = 1
@@ -59,9 +72,14 @@ class CompareConfig:
     @classmethod
     def fast(cls, **kwargs) -> CompareConfig:
         """The ``--fast`` comparison (under a minute on 2 free cores): one setting per method, shorter runs."""
-        cfg = cls(n_prompts=1200, betas=(1.0,), kl_coefs=(0.1,), ppo=PPOConfig(steps=10), n_evals=3,
-                  n_eval_prompts=300, out_dir="results/compare/fast")
+        cfg = cls(n_prompts=1200, betas=(1.0,), kl_coefs=(0.1,), grpo_betas=(0.1,), rloo_kl_coefs=(0.1,),
+                  online_betas=(3.0,), ppo=PPOConfig(steps=10), grpo=GRPOConfig(steps=10),
+                  online=OnlineDPOConfig(rounds=3, prompts_per_round=300), n_evals=3, n_eval_prompts=300,
+                  methods=FAST_METHODS, out_dir="results/compare/fast")
         return replace(cfg, **kwargs)
+
+
+FAST_METHODS = tuple(m for m in METHODS if m not in ("online-DPO-fixed", "online-DPO-RM", "GRPO-GT/token"))  # no twins
 
 
 class Evaluator:
@@ -113,7 +131,7 @@ class RunRecord:
     """One training run of the comparison, as ``results.json`` stores it (the results schema, written once)."""
 
     method: str  # one of METHODS
-    param: float  # the swept setting: β for DPO, the KL coefficient for PPO and PPO-GT
+    param: float  # the swept setting: β for DPO, online DPO and GRPO; the KL coefficient for PPO and RLOO
     param_name: str  # "beta" or "kl_coef"
     seed: int  # the seed of the pairs, the run and the evaluation prompts
     evals: list[dict]  # π_ref's evaluation, then one per evaluation point: step, completions, reward, kl, fluency, …
@@ -124,13 +142,13 @@ class RunRecord:
     models_held: list[str]  # the networks the method keeps in memory while it trains
     params_held: int  # their parameters together
     samples: list[str]  # a few completions of the final policy
-    history: list[dict] | None = None  # PPO's per-iteration metrics (TRL's names); None for DPO
+    history: list[dict] | None = None  # per-iteration (PPO, GRPO, RLOO) or per-round (online DPO) metrics
 
     @classmethod
     def of(cls, method: str, param: float, seed: int, evals: list[dict], evaluator: Evaluator, times: dict,
            memory: PeakMemory, compute: Compute, models: dict) -> RunRecord:
         """A record from what a run measured; ``models`` maps names to the networks held."""
-        return cls(method, param, "beta" if method == "DPO" else "kl_coef", seed, evals, round(times["wall_s"], 2),
+        return cls(method, param, PARAM_NAMES[method], seed, evals, round(times["wall_s"], 2),
                    round(times["cpu_s"], 2), memory.peak_mb, compute.as_dict(), sorted(models),
                    n_params(*models.values()), evaluator.last_samples)
 
@@ -142,25 +160,93 @@ class RunRecord:
         return out
 
 
+def checkpoints(policy, total: int, n_evals: int, step_key: str = "step", completions_key: str | None = "episode"):
+    """A training callback that saves ``policy``'s weights at the evaluation steps, and the list it saves into.
+
+    ``metrics[step_key]`` counts from 0 ("step") or from 1 ("round"); ``completions_key`` names the completions
+    sampled so far (None: the method samples none while training).
+    """
+    offset = 1 if step_key == "step" else 0
+    due, saved = eval_steps(total, n_evals), []
+
+    def callback(metrics: dict) -> None:
+        done = metrics[step_key] + offset
+        if done in due:
+            saved.append((done, metrics[completions_key] if completions_key else 0, _state(policy)))
+
+    return callback, saved
+
+
+def _reward_fn(learned: LearnedReward | None, compute: Compute):
+    """r(x, y) for the RL methods, counting its calls: the learned reward model, or the ground truth (``None``)."""
+    def reward_fn(prompts: list[str], completions: list[str]):
+        if learned is not None:
+            compute.add(reward_model_calls=len(completions), forward=len(completions))
+            return learned(prompts, completions)
+        compute.add(ground_truth_calls=len(completions))
+        return ground_truth_reward(completions)
+
+    return reward_fn
+
+
 def run_dpo(reference, tokenizer, train_rows, beta: float, config: CompareConfig, seed: int,
             evaluator: Evaluator, progress: bool = False) -> dict:
     """One DPO run at ``beta``, evaluated ``config.n_evals`` times. Returns its record for results.json."""
     policy = copy.deepcopy(reference)
     cfg = replace(config.dpo, beta=beta, seed=seed)
-    due, saved = eval_steps(n_steps(len(train_rows), cfg.batch_size, cfg.epochs), config.n_evals), []
-
-    def callback(metrics: dict) -> None:
-        if metrics["step"] + 1 in due:
-            saved.append((metrics["step"] + 1, 0, _state(policy)))
-
+    callback, saved = checkpoints(policy, n_steps(len(train_rows), cfg.batch_size, cfg.epochs), config.n_evals,
+                                  completions_key=None)
     with stopwatch() as times, PeakMemory() as memory:
         train_dpo(policy, reference, tokenizer, train_rows, cfg, callback=callback, progress=progress)
     evals = evaluator.snapshots(saved)
-    n = len(train_rows)  # π_θ scores each pair every epoch, with backward; π_ref once (precomputed) or every epoch
-    ref_passes = 1 if cfg.precompute_ref else cfg.epochs
-    compute = Compute(forward=2 * n * (ref_passes + cfg.epochs), backward=2 * n * cfg.epochs)
-    return RunRecord.of("DPO", beta, seed, evals, evaluator, times, memory, compute,
+    return RunRecord.of("DPO", beta, seed, evals, evaluator, times, memory, dpo_compute(len(train_rows), cfg),
                         {"policy": policy, "reference": reference}).as_dict()
+
+
+def run_online_dpo(reference, tokenizer, method: str, beta: float, config: CompareConfig, seed: int,
+                   evaluator: Evaluator, learned: LearnedReward | None = None, progress: bool = False) -> dict:
+    """One online-DPO run: ``"online-DPO"`` (Bradley–Terry labels, reference refreshed between rounds),
+    ``"online-DPO-fixed"`` (reference kept at π_ref) or ``"online-DPO-RM"`` (pairs ordered by the reward model)."""
+    policy = copy.deepcopy(reference)
+    cfg = replace(config.online, dpo=replace(config.online.dpo, beta=beta), seed=seed,
+                  refresh_reference=method != "online-DPO-fixed", labeller="rm" if method == "online-DPO-RM" else "bt")
+    callback, saved = checkpoints(policy, cfg.rounds, config.n_evals, "round", "completions")
+    compute = Compute()
+    reward_fn = _reward_fn(learned, compute) if method in USES_REWARD_MODEL else None
+    with stopwatch() as times, PeakMemory() as memory:
+        history = train_online_dpo(policy, reference, tokenizer, cfg, reward_fn, compute=compute, callback=callback,
+                                   progress=progress)
+    evals = evaluator.snapshots(saved)
+    models = {"policy": policy, "reference": reference}  # a refreshed reference replaces π_ref: still two networks
+    if method in USES_REWARD_MODEL:
+        models["reward_model"] = learned.rm
+    record = RunRecord.of(method, beta, seed, evals, evaluator, times, memory, compute, models)
+    record.history = [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()} for h in history]
+    return record.as_dict()
+
+
+def run_group(reference, tokenizer, method: str, beta: float, config: CompareConfig, seed: int,
+              evaluator: Evaluator, learned: LearnedReward | None = None, progress: bool = False) -> dict:
+    """One GRPO, GRPO-GT, GRPO-GT/token or RLOO run at ``beta`` (RLOO: the KL coefficient in its reward)."""
+    policy = copy.deepcopy(reference)
+    cfg = replace(config.grpo, beta=beta, seed=seed, **({"loss_norm": "token"} if method == "GRPO-GT/token" else {}))
+    if method == "RLOO":
+        cfg = replace(cfg, scale_rewards=False)  # TRL's RLOO default: the leave-one-out advantage as it is
+    compute = Compute()
+    reward_fn = _reward_fn(learned if method in USES_REWARD_MODEL else None, compute)
+    callback, saved = checkpoints(policy, cfg.steps, config.n_evals)
+    train = train_rloo if method == "RLOO" else train_grpo
+    with stopwatch() as times, PeakMemory() as memory:
+        history = train(policy, reference, tokenizer, reward_fn, cfg, compute=compute, callback=callback,
+                        progress=progress)
+    evals = evaluator.snapshots(saved)
+    models = {"policy": policy, **({"reference": reference} if beta != 0.0 else {})}
+    if method in USES_REWARD_MODEL:
+        models["reward_model"] = learned.rm
+    keys = ("objective/kl", "objective/scores", "policy/clipfrac", "completion_length")
+    record = RunRecord.of(method, beta, seed, evals, evaluator, times, memory, compute, models)
+    record.history = [{k: round(h[k], 4) for k in ("step", *keys)} for h in history]
+    return record.as_dict()
 
 
 def run_ppo(reference, tokenizer, method: str, kl_coef: float, config: CompareConfig, seed: int,
@@ -170,20 +256,8 @@ def run_ppo(reference, tokenizer, method: str, kl_coef: float, config: CompareCo
     value = ScalarModel.from_causal_lm(reference, head_std=0.0)
     cfg = replace(config.ppo, kl_coef=kl_coef, seed=seed)
     compute = Compute()
-
-    def reward_fn(prompts: list[str], completions: list[str]):
-        if method == "PPO":
-            compute.add(reward_model_calls=len(completions), forward=len(completions))
-            return learned(prompts, completions)
-        compute.add(ground_truth_calls=len(completions))
-        return ground_truth_reward(completions)
-
-    due, saved = eval_steps(cfg.steps, config.n_evals), []
-
-    def callback(metrics: dict) -> None:
-        if metrics["step"] + 1 in due:
-            saved.append((metrics["step"] + 1, metrics["episode"], _state(policy)))
-
+    reward_fn = _reward_fn(learned if method == "PPO" else None, compute)
+    callback, saved = checkpoints(policy, cfg.steps, config.n_evals)
     with stopwatch() as times, PeakMemory() as memory:
         history = train_ppo(policy, reference, value, tokenizer, reward_fn, cfg, compute=compute, callback=callback,
                             progress=progress)
@@ -207,7 +281,7 @@ def prepare_seed(reference, tokenizer, config: CompareConfig, seed: int, progres
         "seconds": round(time.perf_counter() - start, 2), "completions": 2 * config.n_prompts,
         "ground_truth_calls": len(rows), "n_train": len(train_rows), "n_heldout": len(heldout),
         "bt_temperature": prefs.bt_temperature, "bt_ceiling": round(bt_ceiling(heldout, prefs.bt_temperature), 4)}}
-    if "PPO" in config.methods:
+    if USES_REWARD_MODEL & set(config.methods):
         compute = Compute()
         with stopwatch() as times, PeakMemory() as memory:
             rm, history = train_reward_model(reference, tokenizer, train_rows, replace(config.reward, seed=seed),
@@ -223,6 +297,19 @@ def prepare_seed(reference, tokenizer, config: CompareConfig, seed: int, progres
     return stage
 
 
+def sweep(config: CompareConfig, method: str) -> tuple[float, ...]:
+    """The settings ``config`` sweeps for ``method``."""
+    if method.startswith("online-DPO"):
+        return config.online_betas
+    return {"DPO": config.betas, "PPO": config.kl_coefs, "PPO-GT": config.kl_coefs,
+            "RLOO": config.rloo_kl_coefs}.get(method, config.grpo_betas)
+
+
+def jobs(config: CompareConfig) -> list[tuple[str, float]]:
+    """Every (method, setting) of one seed, in the order of METHODS."""
+    return [(m, p) for m in METHODS if m in config.methods for p in sweep(config, m)]
+
+
 def run_seed(config: CompareConfig, seed: int, progress: bool = False, verbose: bool = True) -> dict:
     """Everything for one seed: π_ref's evaluation, the preference set, the reward model and every run.
 
@@ -234,14 +321,18 @@ def run_seed(config: CompareConfig, seed: int, progress: bool = False, verbose: 
     reference, tokenizer = load_reference(config.world)
     evaluator = Evaluator(reference, tokenizer, config.n_eval_prompts, seed)
     stage = prepare_seed(reference, tokenizer, config, seed, progress)
-    jobs = [("DPO", b) for b in config.betas if "DPO" in config.methods]
-    jobs += [(m, c) for m in ("PPO", "PPO-GT") if m in config.methods for c in config.kl_coefs]
     runs = []
-    for method, param in jobs:
+    for method, param in jobs(config):
         if method == "DPO":
             run = run_dpo(reference, tokenizer, stage["train_rows"], param, config, seed, evaluator, progress)
-        else:
+        elif method.startswith("online-DPO"):
+            run = run_online_dpo(reference, tokenizer, method, param, config, seed, evaluator, stage.get("learned"),
+                                 progress)
+        elif method.startswith("PPO"):
             run = run_ppo(reference, tokenizer, method, param, config, seed, evaluator, stage.get("learned"), progress)
+        else:
+            run = run_group(reference, tokenizer, method, param, config, seed, evaluator, stage.get("learned"),
+                            progress)
         runs.append(run)
         if verbose:
             f = run["final"]
@@ -280,7 +371,7 @@ def run_comparison(config: CompareConfig, progress: bool = True, verbose: bool =
     from dpo_teach import conclusions
 
     unknown = set(config.methods) - set(METHODS)
-    if unknown:
+    if unknown or not config.methods:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
     log = print if verbose else (lambda *a, **k: None)
     start = time.perf_counter()

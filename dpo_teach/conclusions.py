@@ -10,7 +10,10 @@ import numpy as np
 
 from dpo_teach.frontier import (
     MIN_FLUENCY,
+    USES_PAIRS,
+    USES_REWARD_MODEL,
     best_settings,
+    evaluation_noise,
     matched_kl_gap,
     mean_sd,
     methods_in,
@@ -50,13 +53,16 @@ def results_table(results: dict) -> str:
 def _stages_text(results: dict) -> str:
     stages = list(results["stages"].values())
     pairs = stages[0]["pairs"]
+    methods = methods_in(results)
+    without = [m for m in methods if m not in USES_PAIRS]
     out = [f"Before training (per seed): the preference set = {pairs['completions']:,} completions sampled from "
            f"π_ref and {pairs['ground_truth_calls']:,} ground-truth labels "
            f"({_pm(mean_sd([s['pairs']['seconds'] for s in stages]), '.1f')} s); DPO and the reward model train on its "
-           f"{pairs['n_train']:,} training pairs, PPO-GT does not use it."]
+           f"{pairs['n_train']:,} training pairs" + (f", {', '.join(without)} do not use it." if without else ".")]
     if "reward_model" in stages[0]:
         rm = [s["reward_model"] for s in stages]
-        out.append(f"Reward model (PPO only): {_pm(mean_sd([m['seconds'] for m in rm]), '.1f')} s, "
+        users = ", ".join(m for m in methods if m in USES_REWARD_MODEL)
+        out.append(f"Reward model ({users} only): {_pm(mean_sd([m['seconds'] for m in rm]), '.1f')} s, "
                    f"{rm[0]['compute']['forward']:,} forward / {rm[0]['compute']['backward']:,} backward seqs, "
                    f"held-out pairwise accuracy {_pm(mean_sd([m['heldout_accuracy'] for m in rm]), '.3f')} "
                    f"(BT-noise ceiling {np.mean([s['pairs']['bt_ceiling'] for s in stages]):.3f}).")
@@ -108,6 +114,81 @@ def frontier_sentence(results: dict, a: str, b: str, min_fluency: float = 0.0) -
             f"Reward at matched KL, {a} vs {b}: {at}.")
 
 
+# Frontier comparisons the conclusions state, each with what it isolates (a, b, what a removes or adds vs b)
+STORY = [("DPO", "PPO", "DPO drops the reward model, the value model and sampling"),
+         ("DPO", "PPO-GT", "offline pairs vs online ground-truth rewards"),
+         ("GRPO", "PPO", "GRPO drops the value model (group baseline instead)"),
+         ("GRPO-GT", "PPO-GT", "the same on the ground-truth reward"),
+         ("RLOO", "GRPO", "leave-one-out baseline and sequence-level ratio vs group-normalised, per-token"),
+         ("online-DPO", "DPO", "fresh on-policy pairs each round vs one offline set"),
+         ("online-DPO", "online-DPO-fixed", "reference refreshed between rounds vs kept at π_ref"),
+         ("online-DPO-RM", "online-DPO", "pairs labelled by the reward model vs by the ground truth"),
+         ("online-DPO", "GRPO-GT", "online pairs with one label each vs a score for every sample")]
+
+
+def gap_table(results: dict, min_fluency: float = 0.0) -> str:
+    """Markdown: the matched-KL frontier gap of every pair of methods (row minus column, mean ± sd over seeds)."""
+    methods = methods_in(results)
+    lines = ["| row − column | " + " | ".join(methods[1:]) + " |", "|" + "---|" * len(methods)]
+    for i, a in enumerate(methods[:-1]):
+        cells = ["" if j <= i else _pm(_gap(results, a, b, min_fluency), "+.3f") for j, b in enumerate(methods)]
+        lines.append(f"| {a} | " + " | ".join(cells[1:]) + " |")
+    noise = evaluation_noise(results)
+    return ("\n".join(lines) + f"\n\nReward gap at matched KL (0 to the largest KL both reached), row minus column, "
+            f"mean ± sd over seeds. Evaluation noise: one evaluation's standard error ≈ {noise:.3f} reward, so a "
+            f"difference of two frontier points has a standard error ≈ {noise * np.sqrt(2):.3f}.\n")
+
+
+def _gap(results: dict, a: str, b: str, min_fluency: float) -> tuple[float, float]:
+    g = matched_kl_gap(results, a, b, min_fluency)
+    return g["gap"], g["gap_sd"]
+
+
+def ranking(results: dict, min_fluency: float = MIN_FLUENCY) -> list[tuple[str, float]]:
+    """Methods ordered by their mean matched-KL gap against every other method (fluent points only by default)."""
+    methods = methods_in(results)
+    score = {}
+    for a in methods:
+        gaps = [matched_kl_gap(results, a, b, min_fluency)["gap"] for b in methods if b != a]
+        score[a] = float(np.nanmean(gaps)) if not all(np.isnan(gaps)) else float("nan")
+    return sorted(score.items(), key=lambda kv: -np.nan_to_num(kv[1], nan=-np.inf))
+
+
+def verdict(results: dict) -> str:
+    """Which method's fluent frontier lies highest at matched KL here, by how much, against the evaluation noise."""
+    order = ranking(results)
+    if len(order) < 2:
+        return "Only one method in these results: nothing to compare."
+    (top, _), (second, _) = order[0], order[1]
+    g = matched_kl_gap(results, top, second, MIN_FLUENCY)
+    noise = evaluation_noise(results) * np.sqrt(2)  # standard error of a difference of two evaluations
+    signs = {bool(x > 0) for x in g["per_seed"]}
+    clear = abs(g["gap"]) > 2 * noise and signs == {True}
+    return (f"Verdict at matched KL (points with fluency ≥ {MIN_FLUENCY:.0%}): {top}'s frontier lies highest, "
+            f"{g['gap']:+.3f} ± {g['gap_sd']:.3f} reward above the runner-up {second} (per seed "
+            f"{', '.join(f'{x:+.3f}' for x in g['per_seed'])}); a difference of two evaluations has a standard error "
+            f"≈ {noise:.3f}, so this lead is " + ("clear of the noise." if clear else "within the noise: a tie on this "
+                                                  "toy world.") + " Ranking by mean gap against all others: "
+            + ", ".join(f"{m} {v:+.3f}" for m, v in order) + ".")
+
+
+def length_sentence(results: dict) -> str | None:
+    """What per-token instead of per-sequence loss averaging did to completion length (GRPO-GT vs GRPO-GT/token)."""
+    methods = methods_in(results)
+    if not {"GRPO-GT", "GRPO-GT/token"} <= set(methods):
+        return None
+    rows = {(r["method"], r["param"]): r for r in summarize(results)}
+    parts = []
+    for (m, param), r in sorted(rows.items()):
+        if m == "GRPO-GT" and ("GRPO-GT/token", param) in rows:
+            t = rows[("GRPO-GT/token", param)]
+            parts.append(f"β={param:g}: {_pm(r['length'], '.1f')} (per sequence) vs {_pm(t['length'], '.1f')} "
+                         f"(per token) tokens, reward {r['reward'][0]:+.3f} vs {t['reward'][0]:+.3f}")
+    ref = np.mean([v.get("length", np.nan) for v in results["reference"].values()])
+    return (f"Loss averaging and completion length (GRPO-GT, final evaluation, π_ref {ref:.1f} tokens): "
+            + "; ".join(parts) + ".")
+
+
 def conclusions(results: dict) -> dict[str, str]:
     """The statements the README and notebook 06 make, computed from ``results``."""
     out, best, methods = {}, best_settings(results), methods_in(results)
@@ -118,12 +199,17 @@ def conclusions(results: dict) -> dict[str, str]:
                             f"{_pm(r['reward_gain'], '+.3f')} over π_ref, at KL {_pm(r['kl'], '.2f')} nats, with "
                             f"{r['fluency'][0]:.0%} of completions well-formed"
                             + ("." if r["fluent"] else f" (no setting kept {MIN_FLUENCY:.0%} fluency)."))
-    for b in ("PPO", "PPO-GT"):
-        if "DPO" in methods and b in methods:
-            out[f"frontier DPO vs {b}"] = frontier_sentence(results, "DPO", b)
-            if any((points(results, m)[:, 2] < MIN_FLUENCY).any() for m in ("DPO", b)):
-                out[f"fluent frontier DPO vs {b}"] = frontier_sentence(results, "DPO", b, MIN_FLUENCY)
+    for a, b, _ in STORY:
+        if a in methods and b in methods:
+            out[f"frontier {a} vs {b}"] = frontier_sentence(results, a, b)
+            if any((points(results, m)[:, 2] < MIN_FLUENCY).any() for m in (a, b)):
+                out[f"fluent frontier {a} vs {b}"] = frontier_sentence(results, a, b, MIN_FLUENCY)
     out["completions"] = completions_sentence(results)
+    length = length_sentence(results)
+    if length:
+        out["length"] = length
+    if len(methods) > 2 and "reward_std" in results["runs"][0]["final"]:
+        out["verdict"] = verdict(results)
     return out
 
 
@@ -136,20 +222,27 @@ def completions_sentence(results: dict) -> str:
         if m == "DPO":
             parts.append(f"DPO sampled 0 completions while training (offline: it reuses the {pairs['completions']:,} "
                          f"completions sampled once from π_ref for the {pairs['ground_truth_calls']:,} labelled pairs)")
-        elif m == "PPO":
-            parts.append(f"PPO sampled {row['completions']:,.0f} completions per run from its own policy (online) "
+        elif m == "online-DPO-RM":
+            parts.append(f"{m} sampled {row['completions']:,.0f} per run from its own policy, in pairs, and let the "
+                         f"reward model order each pair ({row['reward_model_calls']:,.0f} scores, no new labels)")
+        elif m in USES_REWARD_MODEL:
+            parts.append(f"{m} sampled {row['completions']:,.0f} completions per run from its own policy (online) "
                          f"and scored them with the reward model, on top of the same preference set")
+        elif m.startswith("online-DPO"):
+            parts.append(f"{m} sampled {row['completions']:,.0f} per run from its own policy, in pairs, and asked the "
+                         f"ground truth {row['ground_truth_calls']:,.0f} times (one noisy label per pair)")
         else:
-            parts.append(f"PPO-GT sampled {row['completions']:,.0f} per run and asked the ground truth "
-                         f"{row['ground_truth_calls']:,.0f} times (one label per completion)")
+            parts.append(f"{m} sampled {row['completions']:,.0f} per run and asked the ground truth "
+                         f"{row['ground_truth_calls']:,.0f} times (one score per completion)")
     return "; ".join(parts) + "."
 
 
 def write_outputs(results: dict, out: Path) -> None:
     """``results.json``, ``table.md`` (table and conclusions) and ``frontier.png`` under ``out``."""
     atomic_write_json(out / "results.json", results)
-    text = results_table(results) + "\n" + "\n\n".join(f"- {s}" for s in conclusions(results).values()) + "\n"
-    atomic_write_text(out / "table.md", "# PPO vs DPO on the toy world\n\n" + text)
+    text = (results_table(results) + "\n## Frontier gaps at matched KL\n\n" + gap_table(results) + "\n"
+            + "\n\n".join(f"- {s}" for s in conclusions(results).values()) + "\n")
+    atomic_write_text(out / "table.md", "# The preference-optimisation family on the toy world\n\n" + text)
     save_figure(plot_frontier(results), out / "frontier.png")
 
 

@@ -22,7 +22,15 @@ from dpo_teach.utils import atomic_write_text
 
 MIN_FLUENCY = 0.7  # the course's fluency target: a "best setting" must keep at least this share well-formed
 KL_QUOTED = (0.5, 1.0, 2.0, 4.0)  # KL values (nats) at which the conclusions quote both rewards, where both reach them
-COLORS = {"DPO": "tab:blue", "PPO": "tab:orange", "PPO-GT": "tab:green"}
+# The methods of the comparison, in the order tables and figures list them (``dpo_teach.compare`` runs them).
+COLORS = {"DPO": "tab:blue", "online-DPO": "tab:cyan", "online-DPO-fixed": "tab:purple", "online-DPO-RM": "tab:gray",
+          "PPO": "tab:orange",
+          "PPO-GT": "tab:green", "GRPO": "tab:red", "GRPO-GT": "tab:olive", "GRPO-GT/token": "tab:brown",
+          "RLOO": "tab:pink"}
+METHODS = tuple(COLORS)
+PARAM_NAMES = {m: "kl_coef" if m in ("PPO", "PPO-GT", "RLOO") else "beta" for m in METHODS}  # the swept setting
+USES_PAIRS = {"DPO", "PPO", "GRPO", "RLOO", "online-DPO-RM"}  # trained on the offline preference set (or via the RM)
+USES_REWARD_MODEL = {"PPO", "GRPO", "RLOO", "online-DPO-RM"}  # optimise (or label with) the learned reward model
 
 
 class ResultsError(ValueError):
@@ -81,7 +89,7 @@ def load_results(path: str | Path) -> dict:
 
 
 def methods_in(results: dict) -> list[str]:
-    return [m for m in ("DPO", "PPO", "PPO-GT") if any(r["method"] == m for r in results["runs"])]
+    return [m for m in METHODS if any(r["method"] == m for r in results["runs"])]
 
 
 def runs_of(results: dict, method: str, param: float | None = None, seed: int | None = None) -> list[dict]:
@@ -166,6 +174,13 @@ def matched_kl_gap(results: dict, a: str, b: str, min_fluency: float = 0.0, n_gr
             "at": {k: tuple(np.mean(v, axis=0).tolist()) for k, v in at.items() if len(v) == len(gaps)}}
 
 
+def evaluation_noise(results: dict) -> float:
+    """One evaluation's standard error of the mean reward: the reward's sd over samples / √(evaluation prompts),
+    averaged over the final evaluations of all runs."""
+    return float(np.mean([r["final"]["reward_std"] for r in results["runs"]]) / np.sqrt(
+        results["config"]["n_eval_prompts"]))
+
+
 def summarize(results: dict) -> list[dict]:
     """One row per method × setting: final metrics and costs, mean and sd over seeds."""
     rows = []
@@ -178,6 +193,7 @@ def summarize(results: dict) -> list[dict]:
                    "params_held": runs[0]["params_held"]}
             for key in ("reward", "kl", "fluency"):
                 row[key] = mean_sd([r["final"][key] for r in runs])
+            row["length"] = mean_sd([r["final"].get("length", float("nan")) for r in runs])
             row["train_s"] = mean_sd([r["train_s"] for r in runs])
             row["cpu_s"] = mean_sd([r.get("cpu_s", float("nan")) for r in runs])
             row["peak_mb"] = mean_sd([r["peak_mb"] for r in runs]) if all(r["peak_mb"] is not None for r in runs) \
@@ -216,7 +232,7 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
         axes[0].plot(kl, best, color=COLORS[m], lw=2, label=f"{m} frontier")
         for param in sorted({r["param"] for r in runs_of(results, m)}):
             runs = runs_of(results, m, param)
-            x = [np.mean([r["evals"][i]["completions"] for r in runs]) + (pairs if m != "PPO-GT" else 0)
+            x = [np.mean([r["evals"][i]["completions"] for r in runs]) + (pairs if m in USES_PAIRS else 0)
                  for i in range(1, len(runs[0]["evals"]))]
             y = [np.mean([r["evals"][i]["reward"] for r in runs]) for i in range(1, len(runs[0]["evals"]))]
             axes[2].plot(x, y, "o-", color=COLORS[m], ms=3, alpha=0.6)
@@ -225,7 +241,7 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
             traj = np.array([[np.mean([r["evals"][i][k] for r in runs]) for k in ("kl", "reward")]
                              for i in range(len(runs[0]["evals"]))])
             axes[0].plot(traj[:, 0], traj[:, 1], "--", color=COLORS[m], lw=1.5, marker="x",
-                         label=f"{m} {'β' if m == 'DPO' else 'kl'}={param:g} run")
+                         label=f"{m} {'β' if PARAM_NAMES[m] == 'beta' else 'kl'}={param:g} run")
     axes[0].set(xlabel="KL(π‖π_ref), nats", ylabel="mean ground-truth reward", title="reward–KL frontier")
     axes[1].axhline(MIN_FLUENCY, color="gray", ls=":")
     axes[1].set(xlabel="KL(π‖π_ref), nats", ylabel="fluency (share well-formed)", title="fluency")

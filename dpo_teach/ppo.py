@@ -108,6 +108,20 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values) * mask
 
 
+def clipped_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
+                      cliprange: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token clipped surrogate max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε)), ρ = π_θ/π_old, shared by PPO and GRPO.
+
+    Returns:
+        ``(loss, clipped)``: the per-token loss and where the clipped term is the active one (bool), each of the
+        broadcast shape of the inputs, e.g. Shape: (N, L).
+    """
+    ratio = (logps - old_logps).exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - cliprange, 1 + cliprange)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
 def clipped_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
                         mask: torch.Tensor, cliprange: float = 0.2) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO's clipped surrogate (Eq. 7 in Schulman et al. 2017), as a loss to minimise:
@@ -126,11 +140,10 @@ def clipped_policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages
         ``approxkl`` (½·E[(log ρ)²]) and ``ratio`` (mean ρ).
     """
     log_ratio = logps - old_logps
+    per_token, clipped = clipped_surrogate(logps, old_logps, advantages, cliprange)
+    loss = masked_mean(per_token, mask)
     ratio = log_ratio.exp()
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1 - cliprange, 1 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
+    stats = {"clipfrac": masked_mean(clipped.float(), mask).item(),
              "approxkl": 0.5 * masked_mean(log_ratio.detach() ** 2, mask).item(),
              "ratio": masked_mean(ratio.detach(), mask).item()}
     return loss, stats

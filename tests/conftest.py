@@ -49,8 +49,8 @@ PER_NOTEBOOK = {
     "tests/test_notebook_claims_forced.py": ("test_notebook_finishes_with_every_claim_forced_to_fail[",),
 }
 OWN_UNIT = ["tests/test_grading.py::test_grade_survives_loops_errors_and_deleted_cells"]  # slow, no shared fixture
-LAST = [f"{NOTEBOOK_MODULE}::test_notebooks_fit_the_fast_mode_budget",  # they read several notebooks' runs
-        f"{NOTEBOOK_MODULE}::test_notebooks_draw_figures_and_the_widget"]
+LAST = [f"{NOTEBOOK_MODULE}::test_notebooks_draw_figures_and_the_widget",  # they read several notebooks' runs
+        "tests/test_site.py::"]  # the course site, built from every notebook's run
 
 
 def per_notebook(module: str, name: str) -> str:
@@ -62,10 +62,12 @@ def per_notebook(module: str, name: str) -> str:
 # the working tree of 2026-12 under xdist). The other units follow in file order, then ``LAST``.
 SLOWEST_FIRST = [
     "tests/test_grading.py",  # 120 s alone: one `grade` run over every master's full, blank and wrong submissions
+    "tests/test_gradescope.py",  # 100 s alone, mostly pip: a Gradescope bundle's environment built from its files
+    "tests/test_grading_hostile.py",  # 60 s alone: one `grade` run over the attacks and the fairness cases
     OWN_UNIT[0],  # 40 s: endless loops, a notebook killed twice; needs no π_ref, so it runs while one builds
     per_notebook(NOTEBOOK_MODULE, "07_variants_and_pitfalls"),  # 30-40 s each alone: the student notebooks
     per_notebook(NOTEBOOK_MODULE, "05_dpo_on_gpt2"),
-    "tests/test_compare.py",  # 28 s: `dpo-teach compare --fast`
+    "tests/test_compare.py",  # 30-60 s: `dpo-teach compare --fast`, every method
     "tests/test_pipeline.py",  # 16 s: the default demo, twice
     per_notebook(NOTEBOOK_MODULE, "04_fixed_reward_and_reference"),
     "tests/test_notebooks_renamed.py",
@@ -274,11 +276,13 @@ class NotebookRuns:
         import nbformat
         from nbclient import NotebookClient
 
+        from dpo_teach.site import link_assets
         from dpo_teach.utils import atomic_write_json
 
         workdir = self.store / key
         workdir.mkdir(exist_ok=True)
         copy = Path(shutil.copy(path, workdir / renamed(path)))
+        link_assets(path, workdir)  # notebook 06 opens the shipped results in assets/ beside it
         nb = nbformat.read(copy, as_version=4)
         log = workdir / "claims.jsonl"
         # The kernel inherits these: fast or full mode; every claim check logs whether its claim held (the run fails

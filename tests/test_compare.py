@@ -7,7 +7,7 @@ import pytest
 
 from dpo_teach import conclusions, frontier
 from dpo_teach.cli import main
-from dpo_teach.compare import CompareConfig, eval_steps
+from dpo_teach.compare import FAST_METHODS, CompareConfig, eval_steps, jobs
 from dpo_teach.plots import save_figure
 
 
@@ -69,6 +69,49 @@ def test_best_setting_must_keep_the_fluency_target():
     assert "fluent frontier DPO vs PPO" in text and "PPO sampled 128 completions" in text["completions"]
 
 
+def _fake_family():
+    """fake_results plus GRPO-GT and GRPO-GT/token runs (with completion lengths) and an online-DPO run."""
+    results = fake_results()
+    for seed in (0, 1):
+        for method, length in (("GRPO-GT", 9.0), ("GRPO-GT/token", 12.0)):
+            run = _run(method, 0.1, seed, [(0, 0), (1, 0.45)], completions=128)
+            run["param_name"] = "beta"
+            run["final"] = run["evals"][-1] = {**run["evals"][-1], "length": length + seed}
+            results["runs"].append(run)
+        results["runs"].append({**_run("online-DPO", 3.0, seed, [(0, 0), (1.5, 0.55)], completions=600),
+                                "param_name": "beta"})
+    for run in results["runs"]:
+        run["final"]["reward_std"] = 0.5
+    results["config"] = {"n_eval_prompts": 100}
+    return results
+
+
+def test_gap_table_covers_every_pair_and_states_the_noise():
+    results = _fake_family()
+    table = conclusions.gap_table(results)
+    header, _, *rows = table.split("\n\n")[0].splitlines()
+    methods = frontier.methods_in(results)
+    assert methods == ["DPO", "online-DPO", "PPO", "GRPO-GT", "GRPO-GT/token"]  # frontier.METHODS order
+    assert header.split(" | ")[1:] == [*methods[1:-1], methods[-1] + " |"]
+    assert len(rows) == len(methods) - 1 and rows[0].startswith("| DPO | ")
+    g = frontier.matched_kl_gap(results, "DPO", "PPO")
+    assert f"{g['gap']:+.3f} ± {g['gap_sd']:.3f}" in rows[0]
+    assert frontier.evaluation_noise(results) == pytest.approx(0.05)  # 0.5 / √100
+    assert "≈ 0.050 reward" in table and "≈ 0.071" in table  # one evaluation; a difference of two
+    text = conclusions.conclusions(results)
+    assert "frontier online-DPO vs DPO" in text
+    assert "0.1: 9.5 ± 0.7 (per sequence) vs 12.5 ± 0.7 (per token) tokens" in text["length"]
+    assert "online-DPO sampled 600 per run" in text["completions"]
+
+
+def test_jobs_follow_each_methods_sweep():
+    cfg = CompareConfig(methods=("RLOO", "DPO", "GRPO-GT"))
+    assert jobs(cfg) == ([("DPO", b) for b in cfg.betas] + [("GRPO-GT", b) for b in cfg.grpo_betas]
+                         + [("RLOO", c) for c in cfg.rloo_kl_coefs])
+    assert 0.0 in cfg.grpo_betas  # TRL's default: no KL term, no reference model
+    assert set(FAST_METHODS) == {"PPO", "PPO-GT", "GRPO", "GRPO-GT", "RLOO", "DPO", "online-DPO"}
+
+
 def test_eval_steps_are_evenly_spaced_and_end_at_the_last_step():
     assert eval_steps(20, 5) == {4, 8, 12, 16, 20}
     assert eval_steps(94, 3) == {32, 63, 94}
@@ -90,10 +133,12 @@ def test_compare_command_help_and_bad_arguments(capsys):
     with pytest.raises(SystemExit) as e:
         main(["compare", "--workers", "0"])
     assert e.value.code == 2 and "--workers: must be > 0" in capsys.readouterr().err
+    assert main(["compare", "--methods", "DPO", "GRPO-XL"]) == 2
+    assert "--methods: unknown GRPO-XL; choose from DPO, online-DPO" in capsys.readouterr().err
 
 
 def test_fast_comparison_end_to_end(tmp_path, cache_root, capsys):
-    """``dpo-teach compare --fast``: two seeds, the three methods, evaluation, table, figure, conclusions."""
+    """``dpo-teach compare --fast``: two seeds, seven methods, evaluation, table, figure, conclusions."""
     out = tmp_path / "fast"
     assert main(["compare", "--fast", "--quiet", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -101,19 +146,19 @@ def test_fast_comparison_end_to_end(tmp_path, cache_root, capsys):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     cfg = CompareConfig.fast()
-    assert len(results["runs"]) == 3 * len(cfg.seeds)
+    assert len(results["runs"]) == len(FAST_METHODS) * len(cfg.seeds)
     assert all(len(r["evals"]) == cfg.n_evals + 1 for r in results["runs"])  # π_ref + n_evals checkpoints
     rollouts = cfg.ppo.steps * cfg.ppo.rollout_size
+    groups = cfg.grpo.steps * cfg.grpo.prompts_per_step * cfg.grpo.group_size
+    online = cfg.online.rounds * cfg.online.prompts_per_round
+    expected = {  # method: (completions, reward-model calls, ground-truth calls, networks held)
+        "DPO": (0, 0, 0, 2), "PPO": (rollouts, rollouts, 0, 4), "PPO-GT": (rollouts, 0, rollouts, 3),
+        "GRPO": (groups, groups, 0, 3), "RLOO": (groups, groups, 0, 3), "GRPO-GT": (groups, 0, groups, 2),
+        "online-DPO": (2 * online, 0, online, 2)}
     for run in results["runs"]:
         c = run["compute"]
-        if run["method"] == "DPO":
-            assert c["completions"] == 0 and len(run["models_held"]) == 2
-        elif run["method"] == "PPO":
-            assert c["completions"] == c["reward_model_calls"] == rollouts and c["ground_truth_calls"] == 0
-            assert len(run["models_held"]) == 4
-        else:
-            assert c["completions"] == c["ground_truth_calls"] == rollouts and c["reward_model_calls"] == 0
-            assert len(run["models_held"]) == 3
+        got = (c["completions"], c["reward_model_calls"], c["ground_truth_calls"], len(run["models_held"]))
+        assert got == expected[run["method"]], run["method"]
         assert c["forward"] > 0 and c["backward"] > 0 and run["train_s"] > 0
     for stage in results["stages"].values():
         assert stage["reward_model"]["heldout_accuracy"] >= 0.75  # the RM learned the preferences
@@ -122,7 +167,10 @@ def test_fast_comparison_end_to_end(tmp_path, cache_root, capsys):
         assert best[method]["reward_gain"][0] >= 0.3, (method, best[method]["reward_gain"])
         assert best[method]["fluency"][0] >= 0.7, (method, best[method]["fluency"])
     assert best["DPO"]["reward_gain"][0] >= 0.2
+    for method in ("GRPO-GT", "online-DPO"):
+        assert best[method]["reward_gain"][0] >= 0.2, (method, best[method]["reward_gain"])
     text = conclusions.conclusions(results)
-    assert {"frontier DPO vs PPO", "frontier DPO vs PPO-GT", "completions"} <= set(text)
+    assert {"frontier DPO vs PPO", "frontier DPO vs PPO-GT", "frontier GRPO vs PPO", "frontier online-DPO vs DPO",
+            "completions"} <= set(text)
     assert text["frontier DPO vs PPO"] in printed and "| PPO-GT ★ |" in (out / "table.md").read_text()
     save_figure(frontier.plot_frontier(results, highlight={"DPO": 1.0, "PPO": 0.1}), tmp_path / "h.png")

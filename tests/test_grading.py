@@ -16,13 +16,13 @@ import json
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import nbformat
 import pytest
 from test_exercises_new import WRONG as NEW_EXERCISE_MISTAKES  # tests/ is on sys.path (pytest's rootdir import)
 
 from dpo_teach import grading
+from dpo_teach.grading.assign import solution_lines
 from dpo_teach.grading.grade import _detect_assignment as detect_assignment
 
 NAMES = [p.stem for p in sorted(grading.MASTERS.glob("*.ipynb"))]
@@ -34,6 +34,14 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     losses = -F.logsigmoid(-beta * (chosen - rejected))  # sign flipped
     return losses, beta * chosen.detach(), beta * rejected.detach()
 """  # in 03, and again in 05
+
+DPO_NAIVE = """
+import torch
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
+    chosen, rejected = policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
+    losses = -torch.log(torch.sigmoid(beta * (chosen - rejected)))  # inf once σ underflows to 0
+    return losses, beta * chosen.detach(), beta * rejected.detach()
+"""  # one rule in 03 and 05: finite for huge margins in float32 and in float64
 
 # Deliberately wrong submissions: (assignment, text that finds the answer cell, replacement cell, the only question
 # that must lose points).
@@ -76,6 +84,8 @@ def sequence_logprobs_from_logits(logits, input_ids, completion_mask):
     return (logps * completion_mask).sum(-1)  # token t scored by the logits at t: no shift
 """, "sequence_logprobs"),
     "gpt2_dpo_sign_flipped": ("05_dpo_on_gpt2", "def dpo_loss(", DPO_SIGN_FLIPPED, "dpo_loss_again"),
+    "dpo_naive_log_sigmoid": ("03_deriving_dpo", "def dpo_loss(", DPO_NAIVE, "dpo_loss"),
+    "gpt2_dpo_naive_log_sigmoid": ("05_dpo_on_gpt2", "def dpo_loss(", DPO_NAIVE, "dpo_loss_again"),
     "ipo_wrong_target": ("07_variants_and_pitfalls", "def ipo_loss(", """
 def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
     chosen, rejected = policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
@@ -95,7 +105,8 @@ diagnose_small_beta = "b"  # lower β: the wrong direction
 WRONG.update(NEW_EXERCISE_MISTAKES)  # 03's gradient weight, 05's training step, 07's cDPO: graded in this one run
 # Only hidden tests catch these: they pass the public check and must still lose the question's points.
 PASS_PUBLIC = {"kl_reversed", "bt_swapped", "dpo_sign_flipped", "dpo_beta_one_side", "logps_averaged",
-               "gpt2_dpo_sign_flipped", "ipo_wrong_sign", "diagnosis_wrong"}
+               "gpt2_dpo_sign_flipped", "ipo_wrong_sign", "diagnosis_wrong", "dpo_naive_log_sigmoid",
+               "gpt2_dpo_naive_log_sigmoid"}
 
 
 def cell_index(nb, text: str) -> int:
@@ -157,7 +168,8 @@ def graded(assigned, notebook_reference, tmp_path_factory):
         nbformat.write(replaced(solution, find, source), folder / f"{kind}_{name}.ipynb")
     (folder / "broken_03_deriving_dpo.ipynb").write_text('{"cells": [{"cell_type": "code", "source": "1 +')
     out = tmp_path_factory.mktemp("grades")
-    report = grading.grade(folder, out, autograder=assigned / "autograder", cell_timeout=90, timeout=400, jobs=2)
+    # limits far above any honest cell, also on a busy CI machine (the robustness test below checks the limits)
+    report = grading.grade(folder, out, autograder=assigned / "autograder", cell_timeout=300, timeout=900, jobs=2)
     return report, out
 
 
@@ -175,31 +187,6 @@ def test_committed_bundles_are_what_assign_makes(assigned):
             committed = grading.AUTOGRADER / f"{name}{suffix}"
             assert committed.read_bytes() == (assigned / "autograder" / f"{name}{suffix}").read_bytes(), \
                 f"{committed} is stale: run `make assign`"
-
-
-def solution_lines(master: Path) -> list[str]:
-    """Every line a student must not see: solution code, '# SOLUTION' answers, hidden tests, rubrics."""
-    lines, block, tests = [], False, False
-    for cell in nbformat.read(master, as_version=4).cells:
-        source = cell.source.strip()
-        if cell.cell_type == "raw":
-            block = {"# BEGIN SOLUTION": True, "# END SOLUTION": False}.get(source, block)
-            tests = {"# BEGIN TESTS": True, "# END TESTS": False}.get(source, tests)
-            continue
-        if tests and source.splitlines()[0].lstrip("# ").upper().startswith("HIDDEN"):
-            lines += source.splitlines()[1:]
-        if block and cell.cell_type == "markdown":
-            lines += source.splitlines()
-        if block and cell.cell_type == "code":
-            inside = False
-            for line in source.splitlines():
-                if line.strip().startswith("# BEGIN SOLUTION"):
-                    inside = True
-                elif line.strip() == "# END SOLUTION":
-                    inside = False
-                elif inside or line.rstrip().endswith("# SOLUTION"):
-                    lines.append(line.split("# SOLUTION")[0])
-    return [line.strip() for line in lines if len(line.strip()) > 12 and not line.strip().startswith("import ")]
 
 
 def test_no_solution_leaks_into_student_notebooks(assigned):
@@ -296,18 +283,19 @@ def graded_robustness(assigned, tmp_path_factory):
     nb = nbformat.read(solution, as_version=4)
     at = cell_index(nb, "world = bandit.default_bandit()")
     nb.cells.insert(at, nbformat.v4.new_code_cell("1 / 0  # raises"))
-    nb.cells.insert(at, nbformat.v4.new_code_cell("while True:  # never ends\n    pass"))
+    nb.cells.insert(at, nbformat.v4.new_code_cell("import time\nwhile True:  # never ends (asleep: no CPU)\n"
+                                                  "    time.sleep(1)"))
     del nb.cells[cell_index(nb, 'grader.check("objective")')]
     del nb.cells[cell_index(nb, "grader = otter.Notebook")]
     (folder / "messy").mkdir()
     nbformat.write(nb, folder / "messy" / "homework.ipynb")  # renamed: found through its metadata
-    endless = "def objective(pi, pi_ref, r, beta):\n    while True:\n        pass"
+    endless = "import time\ndef objective(pi, pi_ref, r, beta):\n    while True:\n        time.sleep(0.5)"
     nbformat.write(replaced(nbformat.read(solution, as_version=4), "def objective(", endless),
                    folder / "loop_01_kl_objective.ipynb")
     stuck = tmp_path_factory.mktemp("stuck")  # graded alongside, with a short per-notebook limit
     nb = nbformat.read(solution, as_version=4)
     nb.cells.insert(1, nbformat.v4.new_code_cell(
-        "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    pass"))
+        "import signal, time\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    time.sleep(1)"))
     nbformat.write(nb, stuck / "stuck_01_kl_objective.ipynb")
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), folder / "mystery.ipynb")
     out = tmp_path_factory.mktemp("grades")
@@ -331,7 +319,10 @@ def test_grade_survives_loops_errors_and_deleted_cells(graded_robustness):
                                                                      "optimal_policy": 2}
     assert "objective (TimeoutError" in loop["reason"]
     stuck = rows["stuck_01_kl_objective"]
-    assert stuck["status"] == "timeout" and stuck["score"] == 0 and "per-notebook time limit" in stuck["reason"]
+    # it switched off the grader's per-cell alarm: killed at the notebook limit, and flagged for the instructor
+    assert stuck["status"] == "flagged" and stuck["score"] == 0 and "per-notebook time limit" in stuck["reason"]
+    assert any("signal" in flag for flag in stuck["flags"]), stuck["flags"]
+    assert "while running cell" in stuck["reason"] and stuck["seconds"] < 2 * 20, "killed once, not retried"
     mystery = rows["mystery"]
     assert mystery["status"] == "error" and "which assignment" in mystery["reason"]
 

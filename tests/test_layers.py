@@ -19,10 +19,10 @@ LAYERS = [
     {"logprobs", "sampling", "rollout"},  # tokens → log-probabilities, samples, rollouts
     {"data"},  # preference pairs (sampled from π_ref, labelled by the ground truth), files
     {"losses", "training"},  # the preference math; the shared loop mechanics
-    {"sft", "dpo", "reward_model", "ppo"},  # trainers
+    {"sft", "dpo", "reward_model", "ppo", "grpo", "rloo", "online_dpo"},  # trainers
     {"world", "evaluate", "bandit", "pitfalls"},  # π_ref (built by SFT), evaluation, the notebooks' worlds
     {"compare", "frontier", "conclusions", "pipeline", "trl_bridge", "setup_check"},  # jobs, reports, set-up check
-    {"cli", "grading"},  # entry points
+    {"cli", "grading", "site"},  # entry points; the course site
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 TRAINERS = LAYERS[4]
@@ -72,7 +72,8 @@ def test_nothing_below_the_trainers_imports_a_trainer():
 
 
 @pytest.mark.parametrize("qualname", ["sft.train_sft", "dpo.train_dpo", "reward_model.train_reward_model",
-                                      "ppo.train_ppo", "ppo.ppo_update"])
+                                      "ppo.train_ppo", "ppo.ppo_update", "grpo.train_group_policy", "grpo.update",
+                                      "grpo.train_grpo", "rloo.train_rloo", "online_dpo.train_online_dpo"])
 def test_trainer_bodies_show_only_their_algorithm(qualname):
     """Each training function stays short enough to read as its algorithm (the loop mechanics live in training)."""
     module, name = qualname.split(".")

@@ -2,8 +2,9 @@
 fresh kernel each.
 
 Each must finish without a cell error although every exercise is still a stub (a failing `grader.check` prints
-feedback, it does not raise), and each group of `bench_notebooks.FAST_GROUPS` (00–04; 05 + 07) must stay within
-CI's budget of 5 minutes. Every committed notebook, 06 included, is stored clean.
+feedback, it does not raise). Every committed notebook, 06 included, is stored clean. How long they take (CI's budget
+of 5 minutes per group of `bench_notebooks.FAST_GROUPS`) is a benchmark's target, `make bench-notebooks`, not a
+timed test: wall time on a shared machine says more about the other jobs than about the notebooks.
 
 Each notebook runs once per suite, whichever test needs it first (``notebook_runs`` in conftest.py). Under
 pytest-xdist each notebook's two tests are one work unit, the notebooks are spread over the workers, and the tests
@@ -12,17 +13,12 @@ that read several of them run last (``work_unit`` in conftest.py).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from dpo_teach.grading import MASTERS, NOTEBOOKS
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
-from bench_notebooks import FAST_BUDGET_S, FAST_GROUPS  # noqa: E402 - CI's limit per group, fast mode, 2 cores
 
 NAMES = [p.stem for p in sorted(MASTERS.glob("*.ipynb"))]
 
@@ -67,14 +63,6 @@ def test_every_check_fails_on_the_stubs_and_says_why(executed, name):
         text = "".join(o.get("data", {}).get("text/plain", "") for o in cell.outputs)
         assert "❌ Test case failed" in text, f"{name}: {cell.source} did not fail on the stub: {text[:200]}"
     assert not outputs(nb, "error")
-
-
-@pytest.mark.parametrize("group", FAST_GROUPS)
-def test_notebooks_fit_the_fast_mode_budget(executed, group):
-    members = {prefix: [name for name in executed if name.startswith(prefix)] for prefix in FAST_GROUPS[group]}
-    assert all(len(found) == 1 for found in members.values()), f"{group}: not one executed notebook each: {members}"
-    total = sum(executed[name]["seconds"] for (name,) in members.values())
-    assert total <= FAST_BUDGET_S, f"notebooks {group} took {total:.0f} s in fast mode (budget {FAST_BUDGET_S:.0f} s)"
 
 
 def test_notebooks_draw_figures_and_the_widget(executed):

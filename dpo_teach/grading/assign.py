@@ -33,6 +33,52 @@ def read_questions(master: Path) -> list[dict]:
     return questions
 
 
+def solution_lines(master: Path) -> list[str]:
+    """Every line of a master that a student must not see: solution code, '# SOLUTION' answers, hidden tests and
+    rubrics (lines of 13 characters or more that are not imports, so that each is specific), less the lines the
+    student sees anyway elsewhere in the master (a public test's set-up, ``optimizer.step()`` in a given cell)."""
+    lines, seen = _secret_and_seen(master)
+    return [line for line in lines if line not in seen]
+
+
+def course_secrets(masters: Path = MASTERS) -> set[str]:
+    """:func:`solution_lines` of every master, less the lines any master shows its students."""
+    secret, seen = set(), set()
+    for master in sorted(Path(masters).glob("*.ipynb")):
+        lines, shown = _secret_and_seen(master)
+        secret.update(lines)
+        seen |= shown
+    return secret - seen
+
+
+def _secret_and_seen(master: Path) -> tuple[list[str], set[str]]:
+    lines, seen, block, tests = [], set(), False, False
+    for cell in nbformat.read(master, as_version=4).cells:
+        source = cell.source.strip()
+        if cell.cell_type == "raw":
+            block = {"# BEGIN SOLUTION": True, "# END SOLUTION": False}.get(source, block)
+            tests = {"# BEGIN TESTS": True, "# END TESTS": False}.get(source, tests)
+            continue
+        if tests and source.splitlines()[0].lstrip("# ").upper().startswith("HIDDEN"):
+            lines += source.splitlines()[1:]
+        elif block and cell.cell_type == "markdown":
+            lines += source.splitlines()
+        elif block and cell.cell_type == "code":
+            inside = False
+            for line in source.splitlines():
+                if line.strip().startswith("# BEGIN SOLUTION"):
+                    inside = True
+                elif line.strip() == "# END SOLUTION":
+                    inside = False
+                elif inside or line.rstrip().endswith("# SOLUTION"):
+                    lines.append(line.split("# SOLUTION")[0])
+                else:
+                    seen.add(line.strip())
+        else:
+            seen.update(line.strip() for line in source.splitlines())
+    return [line.strip() for line in lines if len(line.strip()) > 12 and not line.strip().startswith("import ")], seen
+
+
 def _portable(nb) -> None:
     """A student notebook that runs under any file name and says how to install the package where it is missing.
 

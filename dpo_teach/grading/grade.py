@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
-import queue
 import re
-import tempfile
+import threading
 import time
 import zipfile
 import zlib
@@ -17,8 +17,10 @@ from pathlib import Path
 
 import nbformat
 
-from dpo_teach.grading.assign import AUTOGRADER
-from dpo_teach.grading.worker import _Worker
+from dpo_teach.grading import sandbox
+from dpo_teach.grading.assign import AUTOGRADER, NOTEBOOKS, ROOT
+from dpo_teach.grading.judge import load_tests, run_notebook
+from dpo_teach.grading.scan import scan
 from dpo_teach.utils import atomic_write_json, atomic_write_text
 
 
@@ -74,7 +76,9 @@ def load_manifests(autograder: Path) -> dict[str, dict]:
         if problem:
             raise ManifestError(f"{bundle}: not a usable autograder bundle ({problem}); {fix}")
         questions = {q["name"]: {"points": q["points"], "manual": q["manual"]} for q in manifest["questions"]}
-        manifests[manifest["assignment"]] = {"bundle": bundle, "questions": questions}
+        digest = hashlib.sha256(bundle.read_bytes() + path.read_bytes()).hexdigest()
+        manifests[manifest["assignment"]] = {"bundle": bundle, "questions": questions, "tests": load_tests(bundle),
+                                             "digest": digest}
     return manifests
 
 
@@ -98,47 +102,49 @@ def _detect_assignment(path: Path, nb, manifests: dict) -> str | None:
     return max(matches, key=len) if matches else None
 
 
-def _run_job(worker_slot: list, bundle: Path, path: Path, assignment: str, cell_timeout: int, timeout: float,
-             env: dict) -> dict:
-    """Grade one notebook in this slot's worker (started on first use, replaced after a kill or a crash).
+def _run_job(bundle_tests: dict, path: Path, assignment: str, cell_timeout: int, timeout: float, env: dict,
+             sandboxed: bool, hide: list[str]) -> dict:
+    """Grade one notebook in a fresh process (the sandbox unless ``--unsafe``). A notebook that ran out of time
+    before any of its cells started (the machine, not the student) is tried once more; one that ran out of time in
+    its own code is not."""
+    text = path.read_text(encoding="utf-8")
+    for _attempt in range(2):
+        out = run_notebook(text, f"{assignment}.ipynb", bundle_tests, cell_timeout, timeout, env, sandboxed, hide)
+        if not (out["status"] == "timeout" and out["phase"] == "start"):
+            break
+    return out
 
-    A notebook past the per-notebook limit is tried once more in a fresh worker before it scores 0: the per-cell
-    limit already stops a student's endless loop, so a whole notebook running out of time is most often a kernel
-    that hung outside any cell (seen, rarely, on a busy machine), not the student's doing.
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        result = Path(tmp) / "result.json"
-        job = {"bundle": str(bundle), "submission": str(path), "result": str(result), "assignment": assignment}
-        for _attempt in range(2):
-            if worker_slot[0] is None:
-                worker_slot[0] = _Worker(cell_timeout, env)
-            outcome = worker_slot[0].run(job, timeout)
-            if outcome != "done":
-                worker_slot[0] = None
-            if outcome != "timeout":
-                break
-        if outcome == "timeout":
-            return {"status": "timeout", "reason": f"killed after {timeout:g} s, twice (per-notebook time limit); "
-                                                   "nothing could be scored"}
-        if outcome != "done" or not result.is_file():
-            return {"status": "error", "reason": f"the grader {outcome}"}
-        data = json.loads(result.read_text())
-        if "crash" in data:
-            return {"status": "error", "reason": f"otter could not grade it: {data['crash'][:400]}"}
-        return {"status": "graded", **data}
+
+def _public_feedback(cases: list[dict]) -> tuple[bool, str]:
+    """(every public case passed, what the first failed case said). A hidden case is named, never quoted."""
+    failed = [c for c in cases if not c["passed"]]
+    public_passed = all(c["passed"] for c in cases if not c["hidden"])
+    if not failed:
+        return public_passed, ""
+    first = failed[0]
+    return public_passed, f"{'hidden' if first['hidden'] else 'public'} test failed: {first['message']}"
 
 
 def _why(feedback: str) -> str:
     """`` (TimeoutError)`` or `` (AssertionError: message)`` from a test's feedback, for the one-line reason."""
-    errors = re.findall(r"^\s*(\w+(?:Error|Exception)\b.*)$", feedback, flags=re.M)
+    errors = re.findall(r"(\w+(?:Error|Exception)\b.*)$", feedback, flags=re.M)
     return f" ({errors[0].strip()[:80]})" if errors else ""
 
 
+def _released(assignment: str, released_dir: Path) -> list[dict]:
+    path = Path(released_dir) / f"{assignment}.ipynb"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+    except (OSError, ValueError):
+        return []
+
+
 def grade_submission(student: str, path: Path, manifests: dict, assignment: str | None, cell_timeout: int,
-                     timeout: float, env: dict, worker_slot: list) -> dict:
+                     timeout: float, env: dict, sandboxed: bool = True, hide: list[str] = (),
+                     released_dir: Path = NOTEBOOKS) -> dict:
     """Score one file. Never raises: whatever goes wrong becomes a status and a reason."""
     row = {"student": student, "file": str(path), "assignment": assignment, "status": "graded", "reason": "",
-           "score": 0.0, "possible": 0.0, "questions": {}, "errors": [], "seconds": 0.0}
+           "score": 0.0, "possible": 0.0, "questions": {}, "errors": [], "flags": [], "seconds": 0.0}
     start = time.perf_counter()
     try:
         nb = nbformat.read(path, as_version=4)
@@ -154,37 +160,83 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
             row.update(status="error", reason="cannot tell which assignment this is: name the file after it "
                                               f"(e.g. alice_{example}.ipynb) or pass --assignment")
         return row
-    auto = {q: v for q, v in manifests[row["assignment"]]["questions"].items() if not v["manual"]}
+    manifest = manifests[row["assignment"]]
+    auto = {q: v for q, v in manifest["questions"].items() if not v["manual"]}
     row["questions"] = {q: {"score": 0.0, "possible": float(v["points"]), "public_passed": False,
                             "feedback": "not graded"} for q, v in auto.items()}
     row["possible"] = float(sum(v["points"] for v in auto.values()))
     if row["status"] == "graded":
+        tests = {q: cases for q, cases in manifest["tests"].items() if q in auto}
+        found = scan(nb.cells, _released(row["assignment"], released_dir), tests)
         try:
-            outcome = _run_job(worker_slot, manifests[row["assignment"]]["bundle"], path, row["assignment"],
-                               cell_timeout, timeout, env)
+            outcome = _run_job(tests, path, row["assignment"], cell_timeout, timeout, env, sandboxed, list(hide))
         except Exception as e:  # noqa: BLE001 - e.g. no process could be started: report it, go on
-            outcome = {"status": "error", "reason": f"could not grade it: {type(e).__name__}: {e}"}
-        row["status"], row["errors"] = outcome["status"], outcome.get("errors", [])
-        for q, result in outcome.get("questions", {}).items():
-            if q in row["questions"]:
-                row["questions"][q] = result
-        reasons = [outcome.get("reason") or outcome.get("catastrophic") or ""]
+            outcome = {"status": "error", "reason": f"could not grade it: {type(e).__name__}: {e}", "cases": {},
+                       "errors": [], "tampered": []}
+        row["status"], row["errors"] = outcome["status"], outcome["errors"]
+        for q, cases in outcome["cases"].items():
+            passed = all(c["passed"] for c in cases) and q not in found["reference"]
+            public_passed, feedback = _public_feedback(cases)
+            if q in found["reference"]:
+                feedback = (f"calls the package's {', '.join(found['reference'][q])} instead of your own code "
+                            "(course rule: write your own; the package's version is for after your exercise)")
+            row["questions"][q] = {"score": float(auto[q]["points"]) if passed else 0.0,
+                                   "possible": float(auto[q]["points"]), "public_passed": public_passed,
+                                   "feedback": feedback}
+        row["flags"] = found["grader"] + [f"at run time: changed {t}" for t in outcome["tampered"]]
+        reasons = [outcome.get("reason", "")]
+        if row["flags"]:  # also when it crashed or ran out of time: what it tried matters more
+            row["status"] = "flagged"
+            reasons.append(f"scored 0 until an instructor has read it: it touches the grading machinery "
+                           f"({'; '.join(row['flags'][:3])})")
         lost = [f"{q}{_why(r['feedback'])}" for q, r in row["questions"].items() if r["score"] < r["possible"]]
         if lost and row["status"] == "graded":
             reasons.append("lost points on " + ", ".join(lost))
         if row["errors"]:
             reasons.append(f"{len(row['errors'])} cell error(s), first: {row['errors'][0]}")
         row["reason"] = "; ".join(r for r in reasons if r)
-    row["score"] = float(sum(r["score"] for r in row["questions"].values()))
+    if row["status"] == "graded":
+        row["score"] = float(sum(r["score"] for r in row["questions"].values()))
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
 
 
+def _fingerprint(path: Path, manifest: dict) -> str:
+    """What a row depends on: which file it is, its bytes and the bundle's (a rerun skips what it has graded; two
+    students' identical files are two rows)."""
+    digest = hashlib.sha256(str(Path(path).resolve()).encode() + b"\0")
+    digest.update(Path(path).read_bytes())
+    digest.update(manifest["digest"].encode())
+    return digest.hexdigest()
+
+
+def _latest_per_student(found: list[tuple[str, Path]], manifests: dict, assignment: str | None) -> dict:
+    """``{path: the path graded instead}`` for every notebook that another, later notebook of the same student
+    and assignment supersedes (latest modification time, then file name)."""
+    groups: dict[tuple, list[Path]] = {}
+    for student, path in found:
+        try:
+            nb = nbformat.read(path, as_version=4)
+        except Exception:  # noqa: BLE001 - an unreadable file is graded (as invalid) on its own
+            continue
+        name = assignment or _detect_assignment(path, nb, manifests)
+        if name in manifests:
+            groups.setdefault((student, name), []).append(path)
+    superseded = {}
+    for paths in groups.values():
+        latest = max(paths, key=lambda p: (p.stat().st_mtime, p.name))
+        superseded.update({p: latest for p in paths if p != latest})
+    return superseded
+
+
 def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignment: str | None = None,
-          cell_timeout: int = 120, timeout: float = 900, fast: bool = True, jobs: int = 1,
-          log=print) -> dict:
+          cell_timeout: int = 120, timeout: float = 900, fast: bool = True, jobs: int = 1, unsafe: bool = False,
+          released_dir: Path = NOTEBOOKS, log=print) -> dict:
     """Grade every notebook under ``submissions``; write ``out/grades.csv`` and ``out/grades.json``.
 
+    Each notebook runs in the sandbox (``sandbox.py``); where there is none, grading refuses unless ``unsafe``.
+    Every row is appended to ``out/grades.partial.jsonl`` as soon as it is graded, and a rerun of an interrupted
+    batch takes the rows whose notebook and bundle are unchanged from there instead of grading them again.
     Returns the JSON report: the assignments with their questions, one row per submission and totals per student.
     """
     manifests = load_manifests(autograder)
@@ -192,46 +244,113 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         raise FileNotFoundError(f"no autograder bundles in {autograder}; run `make assign` first")
     if assignment is not None and assignment not in manifests:
         raise ValueError(f"unknown assignment {assignment!r}; choose one of {sorted(manifests)}")
+    why_not = None if unsafe else sandbox.unavailable_reason()
+    if why_not:
+        raise sandbox.SandboxUnavailable(
+            f"cannot grade untrusted notebooks here: {why_not}. A submission could then read the hidden tests, "
+            "change the grader or another student's files. Grade on Linux with user namespaces, or pass --unsafe "
+            "only for notebooks you trust (your own solutions).")
     found = find_submissions(submissions)
-    log(f"grading {len(found)} notebooks in {submissions} ({'fast' if fast else 'full'} mode, {jobs} at a time)")
-
+    superseded = _latest_per_student(found, manifests, assignment)
+    out = Path(out)
+    journal = out / "grades.partial.jsonl"
+    done = _read_journal(journal)
+    log(f"grading {len(found)} notebooks in {submissions} ({'fast' if fast else 'full'} mode, {jobs} at a time, "
+        f"{'no sandbox (--unsafe)' if unsafe else 'each in the sandbox'}; {len(done)} graded before)")
     env = {**os.environ, "DPO_TEACH_FAST": "1" if fast else "0", "TOKENIZERS_PARALLELISM": "false"}
-    slots = queue.Queue()  # one worker process per parallel job, reused across notebooks
-    for _ in range(max(1, jobs)):
-        slots.put([None])
+    hide = sorted({str(Path(p).resolve()) for p in [submissions, out, autograder, ROOT / "course", ROOT / "tests"]})
+    out.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
 
     def one(item):
-        slot = slots.get()
+        student, path = item
         try:
-            row = grade_submission(*item, manifests, assignment, cell_timeout, timeout, env, slot)
-        finally:
-            slots.put(slot)
+            row = graded(student, path)
+        except Exception as e:  # noqa: BLE001 - e.g. the file vanished mid-batch: its row says so, the rest go on
+            row = {**_superseded_row(student, path, path), "status": "error",
+                   "reason": f"could not grade it: {type(e).__name__}: {e}"}
         log(f"  {row['student']}: {row['assignment'] or '?'} {row['score']:g}/{row['possible']:g} "
             f"{row['status']} ({row['seconds']:.0f} s)")
         return row
 
+    def graded(student, path):
+        if path in superseded:
+            row = _superseded_row(student, path, superseded[path])
+        else:
+            row = None
+            name = assignment or _detect_assignment(path, _read_or_none(path), manifests)
+            key = _fingerprint(path, manifests[name]) if name in manifests else None
+            if key is not None and key in done:
+                row = done[key]
+            if row is None:
+                row = grade_submission(student, path, manifests, assignment, cell_timeout, timeout, env,
+                                       sandboxed=not unsafe, hide=hide, released_dir=released_dir)
+                if key is not None:
+                    with lock, open(journal, "a", encoding="utf-8") as f:
+                        f.write(json.dumps({"key": key, "row": row}) + "\n")
+                        f.flush()
+                        os.fsync(f.fileno())
+        return row
+
+    # the largest notebooks first (longest first: with several jobs the batch ends sooner); rows in folder order
+    order = sorted(range(len(found)), key=lambda i: -_size(found[i][1]))
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            rows = list(pool.map(one, found))
+        futures = {i: pool.submit(one, found[i]) for i in order}
+        rows = [futures[i].result() for i in range(len(found))]
     finally:
-        while not slots.empty():
-            worker = slots.get()[0]
-            if worker is not None:
-                worker.close()
+        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: the rows written so far stay in the journal
     report = {
         "submissions_dir": str(submissions), "mode": "fast" if fast else "full",
+        "sandbox": not unsafe,
         "time_limits": {"per_cell_s": cell_timeout, "per_notebook_s": timeout},
         "assignments": {a: {"questions": m["questions"]} for a, m in manifests.items()
                         if any(r["assignment"] == a for r in rows)},
         "results": rows, "students": _per_student(rows),
     }
-    write_reports(report, Path(out))
+    write_reports(report, out)
+    journal.unlink(missing_ok=True)  # the batch is complete: grades.json holds every row
     return report
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_or_none(path: Path):
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _read_journal(journal: Path) -> dict[str, dict]:
+    """The rows an interrupted run wrote (a torn last line, from a crash mid-write, is ignored)."""
+    rows = {}
+    if journal.is_file():
+        for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+                rows[entry["key"]] = entry["row"]
+            except (ValueError, KeyError, TypeError):
+                continue
+    return rows
+
+
+def _superseded_row(student: str, path: Path, latest: Path) -> dict:
+    return {"student": student, "file": str(path), "assignment": None, "status": "superseded",
+            "reason": f"not graded: {latest.name} is this student's later notebook of the same assignment",
+            "score": 0.0, "possible": 0.0, "questions": {}, "errors": [], "flags": [], "seconds": 0.0}
 
 
 def _per_student(rows: list[dict]) -> dict:
     students: dict[str, dict] = {}
     for r in rows:
+        if r["status"] == "superseded":
+            continue
         s = students.setdefault(r["student"], {"score": 0.0, "possible": 0.0, "assignments": {}})
         s["assignments"][r["assignment"] or r["file"]] = r["score"]
         s["score"] += r["score"]

@@ -1,0 +1,150 @@
+"""Gradescope autograder bundles that carry what grading needs, and their entry point.
+
+``make gradescope`` writes ``results/gradescope/NN_name.zip`` for every assignment (not committed: it holds a
+wheel of the package). Uploaded as a Gradescope "autograder", it is unpacked into ``/autograder/source``; Gradescope
+runs ``setup.sh`` once to build the image and ``run_autograder`` for every submission. A bundle holds:
+
+- ``setup.sh``, ``torch.txt`` and ``requirements.txt``: a fresh virtual environment with the CPU build of torch
+  (from PyTorch's CPU index; ``TORCH_INDEX=`` empty uses pip's default index, as on machines whose pip already
+  serves CPU wheels), then the exact versions of everything else grading imports, taken from the environment that
+  built the bundle;
+- ``dpo_teach-*.whl``: the package (its grader, the notebooks' helpers), installed without its other extras;
+- ``cache/``: the notebooks' π_ref, so that nothing trains at grade time (``DPO_TEACH_CACHE``);
+- ``autograder/``: this assignment's test bundle and manifest from ``make assign``; ``released/``: the student
+  notebook as given out (the integrity scan compares against it);
+- ``run_autograder``: grades the submitted notebook with ``dpo-teach grade``'s grader (the sandbox when the
+  container allows user namespaces; otherwise Gradescope's one-container-per-submission is the isolation, and the
+  output says so) and writes ``/autograder/results/results.json`` in Gradescope's format.
+
+Students upload the ``.ipynb`` file itself (any name); Gradescope's manual questions (04's open answers) are graded
+on Gradescope as usual.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+from dpo_teach.grading.assign import AUTOGRADER, NOTEBOOKS, ROOT
+
+# What grading imports (the package's grader, the notebooks, their helpers), pinned to the builder's versions.
+RUNTIME = ["transformers", "tokenizers", "numpy", "matplotlib", "ipywidgets", "ipython", "nbformat",
+           "PyYAML", "tqdm", "vaderSentiment", "filelock"]
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+SETUP = """#!/usr/bin/env bash
+# Gradescope runs this once, as root, when it builds the autograder image. PYTHON and TORCH_INDEX may be set.
+set -euo pipefail
+SRC="$(cd "$(dirname "$0")" && pwd)"
+"${PYTHON:-python3}" -m venv "$SRC/venv"
+TORCH_INDEX="${TORCH_INDEX-TORCH_CPU_INDEX}"
+"$SRC/venv/bin/pip" install --quiet ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} -r "$SRC/torch.txt"
+"$SRC/venv/bin/pip" install --quiet -r "$SRC/requirements.txt"
+"$SRC/venv/bin/pip" install --quiet --no-deps "$SRC"/dpo_teach-*.whl
+""".replace("TORCH_CPU_INDEX", TORCH_CPU_INDEX)
+
+RUN = """#!/usr/bin/env bash
+# Gradescope runs this for every submission: the files in $ROOT/submission, the result in $ROOT/results.
+set -euo pipefail
+ROOT="${AUTOGRADER_ROOT:-/autograder}"
+SRC="$ROOT/source"
+export DPO_TEACH_CACHE="$SRC/cache" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+mkdir -p "$ROOT/results"
+exec "$SRC/venv/bin/python" -m dpo_teach.grading gradescope --source "$SRC" --submission "$ROOT/submission" \\
+    --results "$ROOT/results/results.json"
+"""
+
+
+def requirements() -> str:
+    lines = [f"{name}=={metadata.version(name)}" for name in RUNTIME]
+    return "# what grading imports, at the versions of the environment that built this bundle\n" + "\n".join(lines)
+
+
+def torch_requirement() -> str:
+    """torch at the builder's version, without its build label: from the CPU index it is the CPU build."""
+    return f"torch=={metadata.version('torch').split('+')[0]}\n"
+
+
+def _wheel(tmp: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp), str(ROOT)],
+                   check=True, capture_output=True)
+    (wheel,) = tmp.glob("dpo_teach-*.whl")
+    return wheel
+
+
+def _reference_entry() -> Path:
+    """The cache entry of the notebooks' π_ref (built first if it is not cached)."""
+    from dpo_teach.world import WorldConfig, cache_dir, load_reference
+
+    config = WorldConfig(preset="tiny")
+    load_reference(config)
+    (entry,) = [p for p in cache_dir().iterdir() if p.name.endswith(config.key())]
+    return entry.resolve()
+
+
+def build(out: Path, autograder: Path = AUTOGRADER, released: Path = NOTEBOOKS) -> list[Path]:
+    """One Gradescope bundle per assignment of ``autograder`` into ``out``; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel, reference = _wheel(Path(tmp)), _reference_entry()
+        for manifest in sorted(Path(autograder).glob("*.json")):
+            name = manifest.stem
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+                for member, text, mode in [("setup.sh", SETUP, 0o755), ("run_autograder", RUN, 0o755),
+                                           ("requirements.txt", requirements() + "\n", 0o644),
+                                           ("torch.txt", torch_requirement(), 0o644)]:
+                    info = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
+                    info.external_attr = mode << 16
+                    z.writestr(info, text)
+                z.write(wheel, wheel.name)
+                z.write(manifest, f"autograder/{name}.json")
+                z.write(manifest.with_suffix(".zip"), f"autograder/{name}.zip")
+                z.write(Path(released) / f"{name}.ipynb", f"released/{name}.ipynb")
+                for path in sorted(reference.rglob("*")):
+                    if path.is_file():
+                        z.write(path, f"cache/{reference.name}/{path.relative_to(reference)}")
+            target = out / f"{name}.zip"
+            target.write_bytes(buffer.getvalue())
+            written.append(target)
+    return written
+
+
+def run(source: Path, submission: Path, results: Path) -> dict:
+    """Grade the notebook in ``submission`` (the latest ``.ipynb``) and write Gradescope's ``results.json``."""
+    from dpo_teach.grading import sandbox
+    from dpo_teach.grading.grade import grade
+
+    (manifest,) = sorted((source / "autograder").glob("*.json"))
+    assignment = manifest.stem
+    notebooks = sorted(submission.rglob("*.ipynb"), key=lambda p: p.stat().st_mtime)
+    output = []
+    if not notebooks:
+        report = {"score": 0, "output": "No .ipynb file was submitted: upload your notebook file.", "tests": []}
+    else:
+        unsafe = sandbox.unavailable_reason() is not None
+        if unsafe:
+            output.append(f"(The grader's own sandbox is not available in this container: "
+                          f"{sandbox.unavailable_reason()}; the container isolates the submission.)")
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "submission"
+            folder.mkdir()
+            shutil.copy(notebooks[-1], folder / f"submission_{assignment}.ipynb")
+            graded = grade(folder, Path(tmp) / "out", autograder=source / "autograder", assignment=assignment,
+                           unsafe=unsafe, released_dir=source / "released", log=lambda m: None)
+        (row,) = graded["results"]
+        output.insert(0, row["reason"] or "All auto-graded questions passed.")
+        tests = [{"name": q, "score": r["score"], "max_score": r["possible"], "output": r["feedback"],
+                  "visibility": "visible"} for q, r in row["questions"].items()]
+        report = {"score": row["score"], "output": "\n".join(output), "tests": tests}
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(report, indent=1))
+    return report

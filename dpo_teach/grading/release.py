@@ -1,0 +1,89 @@
+"""``make release``: the course as students get it, with nothing of the instructor's in it.
+
+The release is the committed tree minus what only instructors and developers need: the masters (solutions, hidden
+tests, rubrics), the autograder bundles, the test suite (it grades the masters' solutions and builds wrong
+answers from them), the benchmarks and CI. Before the folder appears, every text file in it outside the package
+(whose functions are the reference the exercises re-derive, public by design) is searched for every solution line
+and hidden-test line of every master (``assign.course_secrets``); one found, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from dpo_teach.grading.assign import MASTERS, ROOT, course_secrets
+
+INCLUDE = ("notebooks/", "dpo_teach/", "scripts/", ".devcontainer/", "README.md", "LICENSE", "Makefile",
+           "pyproject.toml", "environment.yml", "requirements.lock", ".gitignore")
+
+
+class LeakError(RuntimeError):
+    """The release would hold instructor-only text; the message names the file and the line."""
+
+
+def released_files(root: Path = ROOT) -> list[str]:
+    """The committed files (``git ls-files``) that students get."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
+    return sorted(f for f in listed.decode().split("\0") if f.startswith(INCLUDE) and (root / f).is_file())
+
+
+def _lines(path: Path) -> set[str]:
+    """The stripped lines of a text file; of a notebook, of every string in it (cells, outputs, the public tests in
+    its metadata, doctest prompts removed)."""
+    text = path.read_text(encoding="utf-8")
+    strings = [text]
+    if path.suffix == ".ipynb":
+        strings, todo = [], [json.loads(text)]
+        while todo:
+            item = todo.pop()
+            if isinstance(item, dict):
+                todo += item.values()
+            elif isinstance(item, list):
+                todo += item
+            elif isinstance(item, str):
+                strings.append(item)
+    return {line.strip().removeprefix(">>> ").removeprefix("... ").strip()
+            for string in strings for line in string.splitlines()}
+
+
+def find_leaks(tree: Path, masters: Path = MASTERS) -> list[str]:
+    """``"file: line"`` for every line of a text file under ``tree`` that is a master's solution or hidden-test
+    line (whole lines: a public test's ``_ref = GPT2LMHeadModel(...)`` is not the hidden ``ref = ...``)."""
+    secret = course_secrets(masters)
+    leaks = []
+    for path in sorted(p for p in Path(tree).rglob("*") if p.is_file()):
+        if path.relative_to(tree).parts[0] == "dpo_teach":
+            continue  # the package is the course's reference implementation, public by design
+        if path.suffix == ".zip":
+            leaks.append(f"{path.relative_to(tree)}: an archive (autograder bundles stay with the instructor)")
+            continue
+        try:
+            found = _lines(path) & secret
+        except (UnicodeDecodeError, ValueError, OSError):
+            continue
+        leaks += [f"{path.relative_to(tree)}: {line[:80]}" for line in sorted(found)]
+    return leaks
+
+
+def release(out: Path, root: Path = ROOT) -> list[str]:
+    """Write the student release to ``out`` (replacing it); return its files. Raises LeakError, writing nothing,
+    when a master's solution or hidden test would be in it."""
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files = released_files(root)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        stage = Path(tmp) / out.name
+        for name in files:
+            (stage / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, stage / name)
+        leaks = find_leaks(stage, root / "course" / "masters")
+        if leaks:
+            raise LeakError(f"the release would show {len(leaks)} instructor-only line(s), first: {leaks[0]}")
+        if out.exists():
+            shutil.rmtree(out)
+        stage.rename(out)
+    return files

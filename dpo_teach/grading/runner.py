@@ -1,0 +1,286 @@
+"""One submitted notebook, run where the grader cannot be reached (``python -m dpo_teach.grading _run``).
+
+``grade.py`` starts this process inside the sandbox (``sandbox.py``) and talks to it over its stdin and stdout, one
+JSON object per line, every line carrying the job's id:
+
+1. grader → runner: the job (the notebook's text, limits, the sandbox's mounts). No test is in it.
+2. runner: enters the sandbox, takes **private references** to everything a test relies on (the builtins, every
+   loaded ``torch``, ``numpy``, ``math`` and ``dpo_teach`` module's attributes, ``torch.Tensor``'s methods), then
+   runs the notebook's code cells in an IPython shell with a per-cell time limit, telling the grader which cell it
+   is in (``cell``) and what failed (``error``); ``grader.check`` cells do nothing here (otter is not loaded).
+3. runner → grader: ``ready``, with what the notebook changed of those references (``tampered``). Every change
+   is undone before any test runs.
+4. grader → runner, one question at a time: that question's test cases (so no test is in the process while the
+   notebook's cells run); runner → grader: pass/fail per case. Test code runs with the private builtins and the
+   pristine modules; a case during which the student's code changes a reference again fails, and is reported.
+
+The runner only reports; the grader decides the score (``grade.py``): points come from the manifest, a reply
+with another job's id or out of turn voids the notebook's score.
+"""
+
+from __future__ import annotations
+
+import builtins
+import doctest
+import importlib
+import io
+import json
+import os
+import signal
+import sys
+import threading
+import types
+from pathlib import Path
+
+WATCHED = ("torch", "numpy", "math", "dpo_teach", "builtins", "operator", "functools")
+CLASSES = ("torch.Tensor", "torch.nn.Module", "torch.nn.Parameter")
+MISSING = object()
+CELL_FILES = ("<ipython-input-", "<cell")  # IPython's names for the code of a cell
+
+
+class References:
+    """Private references to what tests rely on, taken before student code runs; ``restore`` puts them back."""
+
+    def __init__(self) -> None:
+        self.modules = {name: m for name, m in list(sys.modules.items())
+                        if type(m) is types.ModuleType and name.split(".")[0] in WATCHED}
+        self.attributes = {name: dict(vars(m)) for name, m in self.modules.items()}
+        self.classes = {}
+        for qualified in CLASSES:
+            module, _, attr = qualified.rpartition(".")
+            cls = getattr(self.modules[module], attr)
+            self.classes[qualified] = (cls, dict(vars(cls)))
+        self.builtins = dict(vars(builtins))
+
+    def restore(self, strict: bool) -> list[str]:
+        """Undo every change to the references; return the changes that count: with ``strict`` (while a test runs)
+        any change, otherwise those that put the notebook's own code in place (a library updating itself, such as
+        ``torch.set_default_dtype`` rebinding ``torch.Storage``, is put back silently)."""
+        changed = []
+        for name, module in self.modules.items():
+            if sys.modules.get(name) is not module:
+                changed.append(f"sys.modules[{name!r}]")
+                sys.modules[name] = module
+            current = vars(module)
+            for key, value in self.attributes[name].items():
+                now = current.get(key, MISSING)
+                if now is not value:
+                    if _counts(key, value, now, strict):
+                        changed.append(f"{name}.{key}")
+                    current[key] = value
+        for qualified, (cls, saved) in self.classes.items():
+            for key, value in saved.items():
+                now = vars(cls).get(key, MISSING)
+                if key not in ("__dict__", "__weakref__", "__doc__") and now is not value:
+                    if _counts(key, value, now, strict):
+                        changed.append(f"{qualified}.{key}")
+                    setattr(cls, key, value)
+            for key in set(vars(cls)) - set(saved):
+                if _from_notebook(vars(cls)[key]):  # what a library adds to a class (transformers does) stays
+                    changed.append(f"{qualified}.{key} (added)")
+                    delattr(cls, key)
+        if sys.gettrace() is not None or sys.getprofile() is not None:
+            changed.append("sys.settrace/sys.setprofile")
+            sys.settrace(None)
+            sys.setprofile(None)
+        return changed
+
+    def namespace(self, user_ns: dict) -> dict:
+        """What test code runs in: the notebook's names, every module among them replaced by the pristine one, the
+        usual module names forced to the pristine modules, and a private copy of the original builtins."""
+        ns = {}
+        for key, value in user_ns.items():
+            if key.startswith("_") or key in self.builtins:  # `abs = ...` in the notebook: tests keep the builtin
+                continue
+            if type(value) is types.ModuleType and value.__name__ in self.modules:
+                value = self.modules[value.__name__]
+            ns[key] = value
+        for alias, name in [("torch", "torch"), ("F", "torch.nn.functional"), ("math", "math"), ("np", "numpy"),
+                            ("numpy", "numpy"), ("dpo_teach", "dpo_teach")]:
+            if name in self.modules:
+                ns[alias] = self.modules[name]
+        ns["__builtins__"] = dict(self.builtins)
+        ns["__name__"] = "__grader__"
+        return ns
+
+
+def _counts(key: str, before, now, strict: bool) -> bool:
+    """Whether a changed attribute is tampering: the notebook's code put in place, or (while a test runs) one public
+    function swapped for another, such as ``torch.allclose = torch.is_tensor``. A library updating its own state
+    (``torch.set_default_dtype`` rebinding ``torch.Storage``, a cached flag) does not count; it is undone all the
+    same."""
+    if _from_notebook(now):
+        return True
+    return strict and not key.startswith("_") and callable(before) and callable(now)
+
+
+def _from_notebook(value) -> bool:
+    """Whether ``value`` is (or wraps, or is an instance of) a function or class written in the notebook."""
+    for obj in (value, getattr(value, "__func__", None), getattr(value, "func", None), type(value)):
+        code = getattr(obj, "__code__", None)
+        if isinstance(code, types.CodeType) and code.co_filename.startswith(CELL_FILES):
+            return True
+        if isinstance(obj, type) and obj.__module__ == "__main__":
+            return True
+    return False
+
+
+def _student_threads() -> list[str]:
+    """Python threads whose code was written in the notebook: they could change things while tests run."""
+    return [f"thread {t.name!r} started by the notebook" for t in threading.enumerate()
+            if _from_notebook(getattr(t, "_target", None)) or _from_notebook(t)]
+
+
+def _kill_other_processes() -> None:
+    """Inside the sandbox's PID namespace this process is the first: end everything the notebook started."""
+    if os.getpid() != 1:
+        return
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != 1:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _fake_otter() -> types.ModuleType:
+    """``import otter`` in a graded notebook: its checks are the grader's job, so they do nothing here."""
+    otter = types.ModuleType("otter")
+
+    class Notebook:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __getattr__(self, name):  # check, check_all, export, ...
+            return lambda *args, **kwargs: None
+
+    otter.Notebook = Notebook
+    return otter
+
+
+def _preload(modules: list[str]) -> None:
+    """The package modules the tests rely on, loaded now so that they are among the private references (the rest
+    of the package loads when the notebook imports it: each module costs start-up time)."""
+    for name in modules:
+        if name.startswith("dpo_teach.") and not name.startswith("dpo_teach.grading"):
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                continue
+
+
+class _Alarm:
+    """SIGALRM after ``seconds``: the code running then gets ``TimeoutError``; then ``grace`` s more per expiry."""
+
+    def __init__(self, seconds: int, grace: int = 3):
+        self.seconds, self.grace, self._now = seconds, min(seconds, grace), seconds
+        signal.signal(signal.SIGALRM, self._expire)
+
+    def _expire(self, signum, frame):
+        signal.alarm(self.grace)
+        raise TimeoutError(f"time limit: a cell ran past the grader's limit of {self.seconds} s per cell")
+
+    def __enter__(self):
+        signal.signal(signal.SIGALRM, self._expire)
+        signal.alarm(self._now)
+
+    def __exit__(self, *exc):
+        signal.alarm(0)
+        self._now = self.seconds
+
+    def limit(self, seconds: int) -> _Alarm:
+        """This alarm, once, with another limit."""
+        self._now = max(1, int(seconds))
+        return self
+
+
+def run_cases(cases: list[dict], refs: References, user_ns: dict, alarm: _Alarm) -> tuple[list[dict], list[str]]:
+    """Each case's doctest examples in a fresh grader namespace; a case passes when none raises. What the code
+    under test prints is not compared with anything (a debug print cannot fail a test)."""
+    results, tampered = [], []
+    parser = doctest.DocTestParser()
+    seconds = alarm.seconds
+    for case in cases:
+        ns, message = refs.namespace(user_ns), ""
+        stdout = sys.stdout
+        try:
+            sys.stdout = io.StringIO()
+            with alarm.limit(seconds):
+                for example in parser.get_examples(case["code"]):
+                    exec(compile(example.source, "<test>", "single"), ns)  # noqa: S102 - the grader's own tests
+        except BaseException as e:  # noqa: BLE001 - a failed test, whatever it raised
+            message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            if isinstance(e, TimeoutError):
+                seconds = alarm.grace  # the question's next cases call the same looping function: a short limit
+        finally:
+            sys.stdout = stdout
+        changed = refs.restore(strict=True) + _student_threads()
+        if changed:
+            message = f"the code under test changed {', '.join(changed[:3])} while it was tested"
+            tampered += changed
+        results.append({"passed": not message, "message": message[:300]})
+    return results, tampered
+
+
+def main() -> int:
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    requests = os.fdopen(os.dup(0), "r")
+    job = json.loads(requests.readline())
+    job_id = job["id"]
+
+    def send(event: str, **fields) -> None:
+        protocol.write(json.dumps({"id": job_id, "event": event, **fields}) + "\n")
+
+    private = job["private"]
+    if job.get("sandbox"):
+        from dpo_teach.grading import sandbox
+
+        sandbox.enter(private, **job["sandbox"])
+    for sub in ("home", "tmp", "work"):
+        os.makedirs(os.path.join(private, sub), exist_ok=True)
+    os.environ.update(HOME=f"{private}/home", TMPDIR=f"{private}/tmp", MPLBACKEND="Agg",
+                      MPLCONFIGDIR=f"{private}/tmp", IPYTHONDIR=f"{private}/home/.ipython")
+    os.chdir(f"{private}/work")
+    log = os.open(f"{private}/output.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    os.dup2(log, 1)  # what the notebook prints; stderr stays the grader's log of this job (crashes, warnings)
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(os.fdopen(1, "wb", buffering=0), write_through=True)
+
+    import numpy  # the modules tests rely on, loaded before the references are taken
+    import torch
+    from IPython.core.interactiveshell import InteractiveShell
+
+    _preload(job.get("preload", []))
+    sys.modules["otter"] = _fake_otter()
+    refs = References()
+    shell = InteractiveShell.instance()
+    alarm = _Alarm(int(job["cell_timeout"]))
+    import random
+
+    random.seed(0)  # every notebook starts from the same seeds: a notebook that samples without seeding grades
+    numpy.random.seed(0)  # the same each time
+    torch.manual_seed(0)
+    notebook = json.loads(job["notebook"])
+    Path(job["file_name"]).write_text(job["notebook"])
+    for index, cell in enumerate(notebook.get("cells", [])):
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else source
+        if cell.get("cell_type") != "code" or not source.strip():
+            continue
+        send("cell", index=index)
+        with alarm:
+            result = shell.run_cell(source, store_history=False)
+        error = result.error_before_exec or result.error_in_exec
+        if error is not None:
+            first_line = next((s for s in source.splitlines() if s.strip()), "")[:60]
+            send("error", text=f"{type(error).__name__}: {str(error)[:200]} (in cell `{first_line}`)")
+    _kill_other_processes()
+    send("ready", tampered=refs.restore(strict=False) + _student_threads())
+    for line in requests:
+        request = json.loads(line)
+        if request.get("id") != job_id or "cases" not in request:
+            break
+        results, tampered = run_cases(request["cases"], refs, shell.user_ns, alarm)
+        send("result", question=request["question"], cases=results, tampered=tampered)
+    protocol.flush()
+    os._exit(0)  # no interpreter shutdown: nothing the notebook registered (atexit, __del__) runs after the tests

@@ -1,0 +1,60 @@
+"""A Gradescope bundle graded as the platform grades it: unpacked into an empty folder, its environment built from
+its own files only (``setup.sh``), its ``run_autograder`` run on a correct and on a wrong submission."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import nbformat
+from test_grading import exercises_only, replaced  # tests/ is on sys.path (pytest's rootdir import)
+from test_grading_hostile import WRONG_KL
+
+from dpo_teach.grading import gradescope
+
+
+def test_a_bundle_grades_from_an_empty_folder(assigned, notebook_reference, tmp_path):
+    bundles = gradescope.build(tmp_path / "bundles", autograder=assigned / "autograder",
+                               released=assigned / "notebooks")
+    (bundle,) = [b for b in bundles if b.stem == "01_kl_objective"]
+    with zipfile.ZipFile(bundle) as z:
+        names = z.namelist()
+    assert {"setup.sh", "run_autograder", "requirements.txt", "torch.txt", "autograder/01_kl_objective.zip",
+            "released/01_kl_objective.ipynb"} <= set(names)
+    assert any(n.startswith("dpo_teach-") and n.endswith(".whl") for n in names)
+    assert any(n.startswith("cache/reference-tiny-") and n.endswith(".safetensors") for n in names), names
+
+    root = tmp_path / "autograder"  # Gradescope's /autograder
+    source = root / "source"
+    source.mkdir(parents=True)
+    subprocess.run(["unzip", "-q", str(bundle), "-d", str(source)], check=True)
+    # the machine's own environment (its pip configuration), without this suite's virtual environment
+    clean = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    clean.update(PATH=os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if ".venv" not in p),
+                 HOME=str(tmp_path / "home"), TORCH_INDEX="", PYTHON=sys._base_executable,
+                 PIP_CACHE_DIR=os.environ.get("PIP_CACHE_DIR", os.path.expanduser("~/.cache/pip")))
+    clean.pop("DPO_TEACH_CACHE", None)
+    setup = subprocess.run(["bash", str(source / "setup.sh")], env=clean, capture_output=True, text=True)
+    assert setup.returncode == 0, setup.stderr[-2000:]
+
+    solution = exercises_only(nbformat.read(assigned / "solutions" / "01_kl_objective.ipynb", as_version=4))
+    scores = {}
+    wrong = replaced(copy.deepcopy(solution), "def kl_divergence(", WRONG_KL)
+    for kind, nb in [("correct", solution), ("wrong", wrong)]:
+        (root / "submission").mkdir(exist_ok=True)
+        for old in (root / "submission").iterdir():
+            old.unlink()
+        nbformat.write(nb, root / "submission" / "homework (1).ipynb")
+        done = subprocess.run(["bash", str(source / "run_autograder")], env={**clean, "AUTOGRADER_ROOT": str(root)},
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results = json.loads((root / "results" / "results.json").read_text())
+        scores[kind] = (results["score"], {t["name"]: t["score"] for t in results["tests"]}, results["output"])
+        assert all(t["max_score"] > 0 and t["visibility"] == "visible" for t in results["tests"])
+    assert scores["correct"][:2] == (5.0, {"kl_divergence": 2.0, "objective": 1.0, "optimal_policy": 2.0}), scores
+    assert scores["wrong"][:2] == (3.0, {"kl_divergence": 0.0, "objective": 1.0, "optimal_policy": 2.0}), scores
+    assert "kl_divergence" in scores["wrong"][2]

@@ -1,0 +1,33 @@
+"""`make release`: the student-only tree holds the course and nothing of the instructor's."""
+
+from __future__ import annotations
+
+import pytest
+
+from dpo_teach.grading import MASTERS
+from dpo_teach.grading.assign import solution_lines
+from dpo_teach.grading.release import LeakError, find_leaks, release, released_files
+
+
+def test_release_has_the_course_and_no_solution_or_hidden_test(tmp_path):
+    out = tmp_path / "student"
+    files = release(out)
+    assert {"README.md", "LICENSE", "Makefile", "pyproject.toml", "dpo_teach/__init__.py"} <= set(files)
+    assert {p.name for p in (out / "notebooks").glob("*.ipynb")} >= {f"{m.stem}.ipynb" for m in MASTERS.glob("*.ipynb")}
+    assert not any(f.startswith(("course/", "tests/", "benchmarks/", ".ci/")) for f in files)
+    assert not list(out.rglob("*.zip"))
+    assert find_leaks(out) == []
+
+
+def test_the_leak_check_finds_a_solution_line_and_release_writes_nothing(tmp_path, monkeypatch):
+    master = sorted(MASTERS.glob("*.ipynb"))[1]
+    line = solution_lines(master)[0]
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "notes.md").write_text(f"copied from the master:\n    {line}\n")
+    assert find_leaks(tmp_path / "tree") == [f"notes.md: {line[:80]}"]
+
+    monkeypatch.setattr("dpo_teach.grading.release.released_files",
+                        lambda root: [*released_files(root), f"course/masters/{master.name}"])
+    with pytest.raises(LeakError, match="instructor-only"):
+        release(tmp_path / "student")
+    assert not (tmp_path / "student").exists()
