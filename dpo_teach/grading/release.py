@@ -25,10 +25,20 @@ class LeakError(RuntimeError):
     """The release would hold instructor-only text; the message names the file and the line."""
 
 
+SKIP = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".ruff_cache"}  # never part of a release
+
+
 def released_files(root: Path = ROOT) -> list[str]:
-    """The committed files (``git ls-files``) that students get."""
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
-    return sorted(f for f in listed.decode().split("\0") if f.startswith(INCLUDE) and (root / f).is_file())
+    """The files students get: the committed ones (``git ls-files``), or, in a copy without git history (an
+    unpacked archive), the files on disk under the same paths, build leftovers excepted."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True)
+    if listed.returncode == 0 and (root / ".git").exists():
+        names = listed.stdout.decode().split("\0")
+    else:
+        names = [p.relative_to(root).as_posix() for p in root.rglob("*")
+                 if p.is_file() and not SKIP & set(p.relative_to(root).parts)
+                 and not any(part.endswith(".egg-info") for part in p.relative_to(root).parts)]
+    return sorted(f for f in names if f.startswith(INCLUDE) and (root / f).is_file())
 
 
 def _lines(path: Path) -> set[str]:
