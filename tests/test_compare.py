@@ -7,8 +7,9 @@ import pytest
 
 from dpo_teach import conclusions, frontier
 from dpo_teach.cli import main
-from dpo_teach.compare import FAST_METHODS, CompareConfig, eval_steps, jobs
+from dpo_teach.compare import FAST_METHODS, CompareConfig, jobs
 from dpo_teach.plots import save_figure
+from dpo_teach.runs import eval_steps
 
 
 def _run(method, param, seed, pts, fluency=0.95, completions=0):

@@ -21,7 +21,7 @@ LAYERS = [
     {"losses", "training"},  # the preference math; the shared loop mechanics
     {"sft", "dpo", "reward_model", "ppo", "grpo", "rloo", "online_dpo"},  # trainers
     {"world", "evaluate", "bandit", "pitfalls"},  # π_ref (built by SFT), evaluation, the notebooks' worlds
-    {"compare", "frontier", "conclusions", "pipeline", "trl_bridge", "setup_check"},  # jobs, reports, set-up check
+    {"compare", "runs", "frontier", "conclusions", "pipeline", "trl_bridge", "setup_check"},  # jobs, reports, set-up
     {"cli", "grading", "site"},  # entry points; the course site
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
