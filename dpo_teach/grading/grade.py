@@ -143,8 +143,7 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
                      timeout: float, env: dict, sandboxed: bool = True, hide: list[str] = (),
                      released_dir: Path = NOTEBOOKS) -> dict:
     """Score one file. Never raises: whatever goes wrong becomes a status and a reason."""
-    row = {"student": student, "file": str(path), "assignment": assignment, "status": "graded", "reason": "",
-           "score": 0.0, "possible": 0.0, "questions": {}, "errors": [], "flags": [], "seconds": 0.0}
+    row = _empty_row(student, path, assignment, "graded")
     start = time.perf_counter()
     try:
         nb = nbformat.read(path, as_version=4)
@@ -267,15 +266,15 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         try:
             row = graded(student, path)
         except Exception as e:  # noqa: BLE001 - e.g. the file vanished mid-batch: its row says so, the rest go on
-            row = {**_superseded_row(student, path, path), "status": "error",
-                   "reason": f"could not grade it: {type(e).__name__}: {e}"}
+            row = _empty_row(student, path, None, "error", f"could not grade it: {type(e).__name__}: {e}")
         log(f"  {row['student']}: {row['assignment'] or '?'} {row['score']:g}/{row['possible']:g} "
             f"{row['status']} ({row['seconds']:.0f} s)")
         return row
 
     def graded(student, path):
         if path in superseded:
-            row = _superseded_row(student, path, superseded[path])
+            row = _empty_row(student, path, None, "superseded", f"not graded: {superseded[path].name} is this "
+                             "student's later notebook of the same assignment")
         else:
             row = None
             name = assignment or _detect_assignment(path, _read_or_none(path), manifests)
@@ -340,9 +339,9 @@ def _read_journal(journal: Path) -> dict[str, dict]:
     return rows
 
 
-def _superseded_row(student: str, path: Path, latest: Path) -> dict:
-    return {"student": student, "file": str(path), "assignment": None, "status": "superseded",
-            "reason": f"not graded: {latest.name} is this student's later notebook of the same assignment",
+def _empty_row(student: str, path: Path, assignment: str | None, status: str, reason: str = "") -> dict:
+    """A grade row before (or without) grading: nothing scored."""
+    return {"student": student, "file": str(path), "assignment": assignment, "status": status, "reason": reason,
             "score": 0.0, "possible": 0.0, "questions": {}, "errors": [], "flags": [], "seconds": 0.0}
 
 
