@@ -10,7 +10,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import nbformat
 import yaml
 
 from dpo_teach.grading.student import SETUP_CHECK
@@ -24,6 +23,8 @@ _GRADER = re.compile(r'otter\.Notebook\("(?P<stem>[^"]+)\.ipynb"\)')  # the mast
 
 def read_questions(master: Path) -> list[dict]:
     """The questions of a master notebook in order: ``[{"name": q, "points": p, "manual": bool}, ...]``."""
+    import nbformat  # not at the top: each submission's process imports this package (nbformat costs ~1 s)
+
     questions = []
     for cell in nbformat.read(master, as_version=4).cells:
         if cell.cell_type == "raw" and cell.source.lstrip().startswith("# BEGIN QUESTION"):
@@ -52,6 +53,8 @@ def course_secrets(masters: Path = MASTERS) -> set[str]:
 
 
 def _secret_and_seen(master: Path) -> tuple[list[str], set[str]]:
+    import nbformat
+
     lines, seen, block, tests = [], set(), False, False
     for cell in nbformat.read(master, as_version=4).cells:
         source = cell.source.strip()
@@ -85,6 +88,8 @@ def _portable(nb) -> None:
     The grader cell finds the notebook's file by its otter metadata (``find_notebook``), not by the master's file
     name; the set-up check comes before the first code cell (both in ``dpo_teach/grading/student.py``).
     """
+    import nbformat
+
     (cell,) = [c for c in nb.cells if c.cell_type == "code" and _GRADER.search(c.source)]
     assert cell.source.startswith("import otter\n"), "the master's grader cell starts with `import otter`"
     cell.source = _GRADER.sub(lambda m: f'otter.Notebook(find_notebook("{m["stem"]}"))', cell.source).replace(
@@ -95,6 +100,8 @@ def _portable(nb) -> None:
 
 def _normalized_student_notebook(path: Path, stem: str) -> str:
     """otter assign gives generated cells random ids; number them so that the output is reproducible."""
+    import nbformat
+
     nb = nbformat.read(path, as_version=4)
     _portable(nb)
     for i, cell in enumerate(nb.cells):

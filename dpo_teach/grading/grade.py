@@ -15,8 +15,6 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import nbformat
-
 from dpo_teach.grading import sandbox
 from dpo_teach.grading.assign import AUTOGRADER, NOTEBOOKS, ROOT
 from dpo_teach.grading.judge import load_tests, run_notebook
@@ -143,6 +141,8 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
                      timeout: float, env: dict, sandboxed: bool = True, hide: list[str] = (),
                      released_dir: Path = NOTEBOOKS) -> dict:
     """Score one file. Never raises: whatever goes wrong becomes a status and a reason."""
+    import nbformat  # not at the top: each submission's process imports this package (nbformat costs ~1 s)
+
     row = _empty_row(student, path, assignment, "graded")
     start = time.perf_counter()
     try:
@@ -212,6 +212,8 @@ def _fingerprint(path: Path, manifest: dict) -> str:
 def _latest_per_student(found: list[tuple[str, Path]], manifests: dict, assignment: str | None) -> dict:
     """``{path: the path graded instead}`` for every notebook that another, later notebook of the same student
     and assignment supersedes (latest modification time, then file name)."""
+    import nbformat
+
     groups: dict[tuple, list[Path]] = {}
     for student, path in found:
         try:
@@ -320,6 +322,8 @@ def _size(path: Path) -> int:
 
 
 def _read_or_none(path: Path):
+    import nbformat
+
     try:
         return nbformat.read(path, as_version=4)
     except Exception:  # noqa: BLE001
