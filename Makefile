@@ -32,17 +32,13 @@ help:
 	@echo "make site   every notebook executed (full mode; DPO_TEACH_FAST=1: fast) and rendered -> results/site/"
 	@echo "make test-site  the site's browser test alone; make readme-images: the README's figures -> docs/images/"
 
-# --no-compile: pip would byte-compile every file of every package (half of the set-up's time, 27 of 54 s on 2
-# cores); Python compiles the modules that are imported, once, on first import.
-PIP_INSTALL := $(BIN)/python -m pip install --quiet --no-compile
-
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	args=$$($(BIN)/python scripts/torch_spec.py --build "$(TORCH_BUILD)" --torch "$(TORCH)") && \
-		$(PIP_INSTALL) $$args
-	$(if $(LOCKED),$(PIP_INSTALL) -r requirements.lock)
-	$(PIP_INSTALL) -e ".[dev,peers]"
+		$(BIN)/python -m pip install --quiet $$args
+	$(if $(LOCKED),$(BIN)/python -m pip install --quiet -r requirements.lock)
+	$(BIN)/python -m pip install --quiet -e ".[dev,peers]"
 	touch $(STAMP)
 
 # requirements.lock: the versions installed in .venv of everything dpo-teach[dev,peers] needs (torch excepted)
