@@ -61,9 +61,9 @@ def per_notebook(module: str, name: str) -> str:
 # Work units from the slowest down, as `pytest --durations` measured them on 2 cores (efe1393 in one process, and
 # the working tree of 2026-12 under xdist). The other units follow in file order, then ``LAST``.
 SLOWEST_FIRST = [
-    "tests/test_grading.py",  # 120 s alone: one `grade` run over every master's full, blank and wrong submissions
-    "tests/test_gradescope.py",  # 100 s alone, mostly pip: a Gradescope bundle's environment built from its files
-    "tests/test_grading_hostile.py",  # 60 s alone: one `grade` run over the attacks and the fairness cases
+    "tests/test_grading.py",  # 75 s: one `grade` run over every master's full, blank and wrong submissions
+    "tests/test_gradescope.py",  # 75 s, mostly pip: a Gradescope bundle's environment built from its files
+    "tests/test_grading_hostile.py",  # 15 s: one `grade` run over the attacks and the fairness cases
     OWN_UNIT[0],  # 40 s: endless loops, a notebook killed twice; needs no π_ref, so it runs while one builds
     per_notebook(NOTEBOOK_MODULE, "07_variants_and_pitfalls"),  # 30-40 s each alone: the student notebooks
     per_notebook(NOTEBOOK_MODULE, "05_dpo_on_gpt2"),

@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--submission", help="the folder holding the submitted notebook")
     g.add_argument("--results", help="results.json to write")
     sub.add_parser("_run", help="(internal) run one submitted notebook for dpo-teach grade")
+    sub.add_parser("_zygote", help="(internal) start each notebook's process warm").add_argument("fd", type=int)
     args = parser.parse_args(argv)
     if args.command == "assign":
         for name in assign():
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             report = gradescope.run(Path(args.source), Path(args.submission), Path(args.results))
             print(f"score {report['score']:g}: {report['output']}")
+    elif args.command == "_zygote":
+        from dpo_teach.grading.zygote import serve
+
+        return serve(args.fd)
     else:
         from dpo_teach.grading.runner import main as run_one
 

@@ -47,26 +47,42 @@ def load_tests(bundle: Path) -> dict[str, list[dict]]:
 
 
 class _Process:
-    """The runner process and its lines; ``kill`` ends it with everything it started."""
+    """The runner process and its lines; ``kill`` ends it with everything it started.
 
-    def __init__(self, command: list[str], env: dict):
+    Sandboxed, it is a fork of the batch's zygote (``zygote.py``) that enters its own namespaces; with ``--unsafe``,
+    a plain new Python."""
+
+    def __init__(self, command: list[str], env: dict, sandboxed: bool):
         self.log = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-                                     env=env, start_new_session=True)
+        if sandboxed:
+            stdin_r, stdin_w = os.pipe()
+            stdout_r, stdout_w = os.pipe()
+            try:
+                self.pid = _spawn(env, stdin_r, stdout_w, self.log.fileno())
+            finally:
+                os.close(stdin_r)
+                os.close(stdout_w)
+            self.proc = None
+            self.stdin, self.stdout = os.fdopen(stdin_w, "wb"), os.fdopen(stdout_r, "rb")
+        else:
+            self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                         env=env, start_new_session=True)
+            self.pid, self.stdin, self.stdout = self.proc.pid, self.proc.stdin, self.proc.stdout
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         while True:
-            line = self.proc.stdout.readline(MAX_LINE + 1)
+            line = self.stdout.readline(MAX_LINE + 1)
             if not line:
                 break
             self.lines.put(line)
+        self.stdout.close()  # here, not in kill(): this thread may be reading while kill() runs
         self.lines.put(None)
 
     def send(self, message: dict) -> None:
-        self.proc.stdin.write((json.dumps(message) + "\n").encode())
-        self.proc.stdin.flush()
+        self.stdin.write((json.dumps(message) + "\n").encode())
+        self.stdin.flush()
 
     def stderr_tail(self) -> str:
         self.log.seek(0)
@@ -74,10 +90,26 @@ class _Process:
         return " | ".join(tail)[-400:]
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # unshare --kill-child takes the namespace down with it
-        self.proc.wait()
+        if self.proc is None:  # the fork outside the namespaces: its death kills the namespace's first process
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signal.SIGKILL)
+        else:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        with contextlib.suppress(OSError):
+            self.stdin.close()
         self.log.close()
+
+
+def _spawn(env: dict, *fds: int) -> int:
+    """A notebook's process forked by the zygote for ``env`` (started, or started again, when needed)."""
+    from dpo_teach.grading import zygote
+
+    try:
+        return zygote.for_env(env).spawn(*fds)
+    except OSError:  # a zygote that has died since its last fork: once more with a new one
+        return zygote.for_env(env, fresh=True).spawn(*fds)
 
 
 class _Abort(Exception):
@@ -94,9 +126,9 @@ def run_notebook(text: str, file_name: str, tests: dict[str, list[dict]], cell_t
     private = tempfile.mkdtemp(prefix="dpo-grade-")
     limits = {"private": private, "hide": hide, "memory_mb": memory_mb, "cpu_s": int(timeout) + 5,
               "nproc": sandbox.process_limit()}
-    command = [*(sandbox.command() if sandboxed else []), sys.executable, "-m", "dpo_teach.grading", "_run"]
+    command = [sys.executable, "-m", "dpo_teach.grading", "_run"]
     out = {"status": "graded", "reason": "", "phase": "start", "cases": {}, "errors": [], "tampered": []}
-    process = _Process(command, env)
+    process = _Process(command, env, sandboxed)
     deadline = time.monotonic() + timeout
 
     def receive(*expected: str) -> dict:

@@ -1,4 +1,5 @@
-"""One submitted notebook, run where the grader cannot be reached (``python -m dpo_teach.grading _run``).
+"""One submitted notebook, run where the grader cannot be reached (``main``: in a fork of the zygote, ``zygote.py``,
+or ``python -m dpo_teach.grading _run`` with ``--unsafe``).
 
 ``grade.py`` starts this process inside the sandbox (``sandbox.py``) and talks to it over its stdin and stdout, one
 JSON object per line, every line carrying the job's id:
@@ -28,6 +29,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import types
 from pathlib import Path
@@ -240,6 +242,7 @@ def main() -> int:
         os.makedirs(os.path.join(private, sub), exist_ok=True)
     os.environ.update(HOME=f"{private}/home", TMPDIR=f"{private}/tmp", MPLBACKEND="Agg",
                       MPLCONFIGDIR=f"{private}/tmp", IPYTHONDIR=f"{private}/home/.ipython")
+    tempfile.tempdir = None  # found again from TMPDIR: the zygote's imports may have settled on /tmp
     os.chdir(f"{private}/work")
     log = os.open(f"{private}/output.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)

@@ -1,13 +1,15 @@
-"""The sandbox each submitted notebook runs in: Linux namespaces through util-linux's ``unshare``, plus rlimits.
+"""The sandbox each submitted notebook runs in: Linux namespaces, entered by the notebook's process itself, plus
+rlimits.
 
-Why ``unshare``: it ships with util-linux, so it is on every Linux machine (bubblewrap is a separate package that
-Debian does not install by default), it works without root wherever unprivileged user namespaces are enabled (the
-default on Debian, Ubuntu and Fedora) and as root (containers, CI), and it starts in about 5 ms. What the notebook
-gets (``unshare`` flags, then :func:`enter` inside):
+The process is a fork of the batch's zygote (``zygote.py``). :func:`isolate` does what util-linux's ``unshare --user
+--map-root-user --pid --fork --kill-child --mount-proc --net --mount --ipc --uts`` did when each notebook was a new
+Python: unshare(2), root mapped to the grader's user, a fork into the new PID namespace. No extra package and no root
+are needed wherever unprivileged user namespaces are enabled (the default on Debian, Ubuntu and Fedora); it works as
+root too (containers, CI). What the notebook gets (:func:`isolate`, then :func:`enter`):
 
 - its own PID namespace: it sees no other process, so it cannot signal the grader or another submission, and when
-  its first process ends the kernel kills every process it started (``--kill-child`` ties that to the grader's
-  kill of ``unshare``);
+  its first process ends the kernel kills every process it started (the grader kills the process that waits for it
+  outside the namespace, and that death kills the first process: ``PR_SET_PDEATHSIG``);
 - no network (its own network namespace, loopback only), its own IPC and host name;
 - a read-only view of every file system: the course, the package, the Python environment, the cache; the folders
   that hold tests, bundles, masters, other submissions and the grades are covered by empty file systems;
@@ -23,14 +25,16 @@ import ctypes
 import functools
 import os
 import resource
-import shutil
+import select
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-UNSHARE = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child", "--mount-proc", "--net",
-           "--mount", "--ipc", "--uts"]
 _CLONE_NEWUSER = 0x10000000
+# isolate()'s namespaces: user, mount, PID, network, IPC, host name
+_CLONE_ALL = _CLONE_NEWUSER | 0x00020000 | 0x20000000 | 0x40000000 | 0x08000000 | 0x04000000
+_PR_SET_PDEATHSIG = 1
 KEEP_WRITABLE = ("/proc", "/dev")  # the namespace's own /proc; devices (/dev/shm gets its own tmpfs)
 
 
@@ -40,28 +44,24 @@ class SandboxUnavailable(RuntimeError):
 
 @functools.lru_cache(maxsize=1)
 def unavailable_reason() -> str | None:
-    """None when the sandbox works here, else why not (checked once per process by starting an empty one)."""
+    """None when the sandbox works here, else why not (checked once per process: a new Python enters the
+    namespaces, as every notebook's process does)."""
     if not sys.platform.startswith("linux"):
         return f"the sandbox needs Linux namespaces; this is {sys.platform}"
-    if shutil.which("unshare") is None:
-        return "util-linux's `unshare` is not on PATH (Debian/Ubuntu: apt-get install util-linux)"
     try:
-        probe = subprocess.run([*UNSHARE, "true"], capture_output=True, text=True, timeout=30)
+        probe = subprocess.run([sys.executable, "-c", "from dpo_teach.grading import sandbox; sandbox.isolate()"],
+                               capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return f"`unshare` could not start: {e}"
+        return f"the sandbox's probe could not start: {e}"
     if probe.returncode != 0:
         detail = probe.stderr.strip().splitlines()[-1:] or ["no message"]
-        return (f"`unshare` refused to create namespaces ({detail[0]}); unprivileged user namespaces may be off "
+        return (f"the kernel refused to create namespaces ({detail[0]}); unprivileged user namespaces may be off "
                 "(sysctl kernel.unprivileged_userns_clone=1, or run the grader in a container)")
     return None
 
 
-def command() -> list[str]:
-    """The prefix that starts a process in fresh namespaces (it then calls :func:`enter` itself)."""
-    return list(UNSHARE)
-
-
-_MS_RDONLY, _MS_REMOUNT, _MS_BIND = 1, 32, 4096
+_MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 32, 4096, 1 << 14, 1 << 18
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
 # a remount inside a user namespace must keep the flags the mount has (the kernel locks them)
 _KEPT = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
 
@@ -73,6 +73,41 @@ def _mount(source: str | None, target: str, fstype: str | None = None, flags: in
     if libc.mount(encode(source), encode(target), encode(fstype), flags, encode(data)) != 0:
         error = ctypes.get_errno()
         raise SandboxUnavailable(f"mount {fstype or source} on {target}: {os.strerror(error)}")
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent ends (``--kill-child``)."""
+    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+        raise SandboxUnavailable(f"prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}")
+
+
+def isolate() -> None:
+    """What ``unshare`` with the flags of ``UNSHARE`` does, done by a freshly forked, single-threaded process itself
+    (``zygote.py``): new namespaces with root mapped to the caller's user, then a fork. The child, the new PID
+    namespace's first process, returns and goes on (to :func:`enter`); this process only waits for it and exits
+    with its status, and when this process is killed the child is killed too, and with it the whole namespace."""
+    uid, gid = os.geteuid(), os.getegid()
+    if ctypes.CDLL(None, use_errno=True).unshare(_CLONE_ALL) != 0:
+        raise SandboxUnavailable(f"unshare(2): {os.strerror(ctypes.get_errno())}")
+    for name, text in [("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")]:
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+    lifeline, held = os.pipe()  # open as long as this process lives
+    child = os.fork()
+    if child:
+        os.close(lifeline)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # the runner's channels stay with the runner alone: its end is the grader's EOF
+            os.dup2(null, fd)
+        _, status = os.waitpid(child, 0)
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    os.close(held)
+    die_with_parent()
+    if select.select([lifeline], [], [], 0)[0]:  # EOF already: the parent was killed before the line above
+        os._exit(1)
+    os.close(lifeline)
+    _mount("none", "/", None, _MS_REC | _MS_PRIVATE)  # --mount-proc: this namespace's own /proc
+    _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
 
 
 def process_limit() -> int | None:

@@ -1,0 +1,139 @@
+"""A warm start for every graded notebook: torch, transformers and IPython are imported once per batch, not once per
+notebook.
+
+Each notebook's process used to be a new Python started by ``unshare`` that imported torch, transformers and IPython
+before its first cell: 1.5-3 s of CPU per notebook, most of the time a short submission takes. Now the grader starts
+one **zygote** per batch (``python -m dpo_teach.grading _zygote``): it imports those libraries and waits. For each
+notebook, the grader hands it the notebook's three channels (stdin, stdout, stderr) over a Unix socket; the zygote
+forks, and the fork enters fresh namespaces itself (:func:`sandbox.isolate`: what ``unshare`` did) and runs
+``runner.main`` as before, with nothing of another submission in it: every notebook still gets its own process, its
+own namespaces and its own copy of the libraries (copy-on-write memory).
+
+The zygote never runs student code and holds no test. It exits when the grader closes the socket or ends.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import traceback
+
+# What every notebook's process imports before its first cell (the runner's own imports and the notebooks' heavy
+# ones). Not the rest of dpo_teach: the runner loads what each assignment's tests name, as before.
+PRELOAD = ("numpy", "torch", "IPython.core.interactiveshell", "matplotlib.pyplot", "transformers",
+           "transformers.models.gpt2.modeling_gpt2", "ipywidgets")
+_MAX_ZYGOTES = 2  # one per environment the grader uses at a time (fast and full mode)
+
+
+class Zygote:
+    """The grader's handle on one zygote process (started with ``env``); :meth:`spawn` forks a notebook's process."""
+
+    def __init__(self, env: dict):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.process = subprocess.Popen([sys.executable, "-m", "dpo_teach.grading", "_zygote", str(theirs.fileno())],
+                                        pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        theirs.close()
+        self.socket, self.lock = ours, threading.Lock()
+        self.socket.settimeout(300)  # the imports, on a busy machine
+        if self.socket.recv(16) != b"ready":
+            self.close()
+            raise OSError("the grader's zygote did not start")
+        self.socket.settimeout(60)
+
+    def spawn(self, stdin: int, stdout: int, stderr: int) -> int:
+        """Fork a notebook's process with these three file descriptors; returns its process id."""
+        with self.lock:
+            socket.send_fds(self.socket, [b"fork"], [stdin, stdout, stderr])
+            reply = self.socket.recv(32)
+        if not reply.isdigit():
+            raise OSError("the grader's zygote did not fork")
+        return int(reply)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.socket.close()
+        self.process.kill()
+        self.process.wait()
+
+
+_zygotes: dict[tuple, Zygote] = {}
+_zygotes_lock = threading.Lock()
+
+
+def for_env(env: dict, fresh: bool = False) -> Zygote:
+    """The running zygote for ``env``, started on first use or when ``fresh`` (at most ``_MAX_ZYGOTES`` are kept;
+    the oldest goes)."""
+    key = tuple(sorted(env.items()))
+    with _zygotes_lock:
+        zygote = _zygotes.get(key)
+        if fresh and zygote is not None:
+            _zygotes.pop(key).close()
+            zygote = None
+        if zygote is None or not zygote.alive():
+            _zygotes.pop(key, None)
+            while len(_zygotes) >= _MAX_ZYGOTES:
+                _zygotes.pop(next(iter(_zygotes))).close()
+            zygote = _zygotes[key] = Zygote(env)
+        return zygote
+
+
+@atexit.register
+def close_all() -> None:
+    with _zygotes_lock:
+        while _zygotes:
+            _zygotes.popitem()[1].close()
+
+
+def serve(fd: int) -> int:
+    """The zygote itself: import ``PRELOAD``, say ``ready``, then fork a notebook's process per request."""
+    channel = socket.socket(fileno=fd)  # when the grader ends, the kernel closes its end: EOF, and the zygote exits
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    for name in PRELOAD:
+        with contextlib.suppress(ImportError):
+            __import__(name)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the forks
+    channel.send(b"ready")
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(channel, 16, 3)
+        except OSError:
+            return 0
+        if not message:
+            return 0
+        pid = os.fork()
+        if pid == 0:
+            _child(channel, fds)
+        for descriptor in fds:
+            os.close(descriptor)
+        channel.send(str(pid).encode())
+
+
+def _child(channel: socket.socket, fds: list[int]) -> None:
+    """A notebook's process: its channels on 0, 1 and 2, fresh namespaces, then the runner. Never returns."""
+    code = 70
+    try:
+        channel.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for target, descriptor in enumerate(fds):
+            os.dup2(descriptor, target)
+            os.close(descriptor)
+        from dpo_teach.grading import sandbox
+        from dpo_teach.grading.runner import main
+
+        os.setsid()  # not tied to the zygote: a zygote that ends (evicted, or the batch done) ends no notebook
+        sandbox.isolate()
+        code = main()
+    except BaseException:  # noqa: BLE001 - reported on the runner's stderr (the grader's log of this job)
+        traceback.print_exc()
+    finally:
+        os._exit(code or 0)

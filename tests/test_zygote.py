@@ -1,0 +1,78 @@
+"""The grader's warm start (dpo_teach/grading/zygote.py): every notebook still runs in namespaces of its own, a zygote
+that dies is replaced without losing a notebook, and no zygote outlives the grader."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import nbformat
+import pytest
+
+from dpo_teach.grading import judge, sandbox, zygote
+
+NAMESPACES = ("pid", "net", "mnt", "user", "ipc", "uts")
+pytestmark = pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="needs the sandbox (Linux namespaces)")
+
+
+def notebook(*cells: str) -> str:
+    return json.dumps(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]))
+
+
+def grade(text: str, code: str, env: dict) -> dict:
+    return judge.run_notebook(text, "homework.ipynb", {"q": [{"code": code, "hidden": False}]}, cell_timeout=60,
+                              timeout=120, env=env, sandboxed=True, hide=[])
+
+
+def test_each_notebook_runs_in_namespaces_of_its_own():
+    env = dict(os.environ)
+    grader = {ns: os.readlink(f"/proc/self/ns/{ns}") for ns in NAMESPACES}
+    warm = zygote.for_env(env)
+    assert {ns: os.readlink(f"/proc/{warm.process.pid}/ns/{ns}") for ns in NAMESPACES} == grader
+    checks = [">>> import os", ">>> assert os.getpid() == 1, 'the first process of its own PID namespace'",
+              *[f">>> assert os.readlink('/proc/self/ns/{ns}') != {link!r}, '{ns}'" for ns, link in grader.items()],
+              ">>> assert sorted(p for p in os.listdir('/proc') if p.isdigit()) == ['1'], 'no other process in view'",
+              ">>> import tempfile",  # what the zygote's imports settled on (/tmp) is not where temporary files go
+              ">>> assert tempfile.gettempdir() == os.environ['TMPDIR'] != '/tmp', tempfile.gettempdir()"]
+    for _ in range(2):  # the second fork of the same zygote is just as isolated
+        out = grade(notebook("import torch\nx = torch.ones(2).sum().item()"), "\n".join(checks), env)
+        assert out["status"] == "graded" and out["cases"]["q"][0]["passed"], out
+
+
+def test_a_zygote_that_dies_ends_no_notebook_and_is_replaced():
+    env = {**os.environ, "DPO_TEACH_TEST_ZYGOTE": "1"}  # a zygote of this test's own
+    first = zygote.for_env(env)
+    slow = notebook("import time\ntime.sleep(3)\nx = 1")
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(grade, slow, ">>> assert x == 1", env)
+        time.sleep(1.5)  # the notebook is in its sleep
+        first.process.kill()
+        out = running.result()
+    assert out["status"] == "graded" and out["cases"]["q"][0]["passed"], out
+    out = grade(notebook("x = 2"), ">>> assert x == 2", env)
+    assert out["status"] == "graded" and out["cases"]["q"][0]["passed"], out
+    assert zygote.for_env(env) is not first and zygote.for_env(env).alive()
+
+
+def test_no_zygote_outlives_the_grader(tmp_path):
+    script = ("import json, os, sys\nfrom dpo_teach.grading import judge, zygote\n"
+              "nb = json.dumps({'cells': [{'cell_type': 'code', 'source': 'x = 1', 'metadata': {}, 'outputs': [],"
+              " 'execution_count': None}], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5})\n"
+              "tests = {'q': [{'code': '>>> assert x == 1', 'hidden': False}]}\n"
+              "out = judge.run_notebook(nb, 'h.ipynb', tests, 60, 120, dict(os.environ), True, [])\n"
+              "print(json.dumps([out['cases']['q'][0]['passed'], zygote.for_env(dict(os.environ)).process.pid]))\n"
+              "os._exit(0)  # no atexit: the zygote must notice by itself that its grader is gone\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    passed, pid = json.loads(done.stdout.strip().splitlines()[-1])
+    assert passed
+    for _ in range(100):
+        if not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the zygote {pid} still runs after its grader ended")
