@@ -126,7 +126,7 @@ def _child(channel: socket.socket, fds: list[int]) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for target, descriptor in enumerate(fds):
             os.dup2(descriptor, target)
-            os.close(descriptor)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # nothing else of the zygote's (close_range(2): one call)
         from dpo_teach.grading import sandbox
         from dpo_teach.grading.runner import main
 
