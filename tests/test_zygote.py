@@ -76,3 +76,16 @@ def test_no_zygote_outlives_the_grader(tmp_path):
         time.sleep(0.1)
     else:
         pytest.fail(f"the zygote {pid} still runs after its grader ended")
+
+
+def test_a_kernel_without_user_namespaces_is_named_with_what_to_do(tmp_path, monkeypatch):
+    """The probe's Python fails as ``isolate`` fails where namespaces are off: the reason quotes it and says what to
+    change."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'dpo_teach.grading.sandbox.SandboxUnavailable: unshare(2): "
+                    "Operation not permitted' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    reason = sandbox.unavailable_reason.__wrapped__()
+    assert "unshare(2): Operation not permitted" in reason
+    assert "kernel.unprivileged_userns_clone=1" in reason and "apparmor_restrict_unprivileged_userns" in reason

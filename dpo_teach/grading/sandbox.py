@@ -56,7 +56,8 @@ def unavailable_reason() -> str | None:
     if probe.returncode != 0:
         detail = probe.stderr.strip().splitlines()[-1:] or ["no message"]
         return (f"the kernel refused to create namespaces ({detail[0]}); unprivileged user namespaces may be off "
-                "(sysctl kernel.unprivileged_userns_clone=1, or run the grader in a container)")
+                "(sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04 and later AppArmor restricts them: "
+                "sysctl kernel.apparmor_restrict_unprivileged_userns=0; or run the grader in a container)")
     return None
 
 
