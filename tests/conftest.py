@@ -64,7 +64,7 @@ SLOWEST_FIRST = [
     "tests/test_grading.py",  # 75 s: one `grade` run over every master's full, blank and wrong submissions
     "tests/test_gradescope.py",  # 75 s, mostly pip: a Gradescope bundle's environment built from its files
     "tests/test_grading_hostile.py",  # 15 s: one `grade` run over the attacks and the fairness cases
-    OWN_UNIT[0],  # 40 s: endless loops, a notebook killed twice; needs no π_ref, so it runs while one builds
+    OWN_UNIT[0],  # 25 s: endless loops, a notebook killed; needs no π_ref, so it runs while one builds
     per_notebook(NOTEBOOK_MODULE, "07_variants_and_pitfalls"),  # 30-40 s each alone: the student notebooks
     per_notebook(NOTEBOOK_MODULE, "05_dpo_on_gpt2"),
     "tests/test_compare.py",  # 30-60 s: `dpo-teach compare --fast`, every method

@@ -52,21 +52,26 @@ class _Process:
     Sandboxed, it is a fork of the batch's zygote (``zygote.py``) that enters its own namespaces; with ``--unsafe``,
     a plain new Python."""
 
-    def __init__(self, command: list[str], env: dict, sandboxed: bool):
+    def __init__(self, env: dict, sandboxed: bool):
         self.log = tempfile.TemporaryFile("w+")
         if sandboxed:
             stdin_r, stdin_w = os.pipe()
             stdout_r, stdout_w = os.pipe()
             try:
                 self.pid = _spawn(env, stdin_r, stdout_w, self.log.fileno())
+            except BaseException:
+                for fd in (stdin_w, stdout_r):
+                    os.close(fd)
+                self.log.close()
+                raise
             finally:
                 os.close(stdin_r)
                 os.close(stdout_w)
             self.proc = None
             self.stdin, self.stdout = os.fdopen(stdin_w, "wb"), os.fdopen(stdout_r, "rb")
         else:
-            self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-                                         env=env, start_new_session=True)
+            self.proc = subprocess.Popen([sys.executable, "-m", "dpo_teach.grading", "_run"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=self.log, env=env, start_new_session=True)
             self.pid, self.stdin, self.stdout = self.proc.pid, self.proc.stdin, self.proc.stdout
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -95,7 +100,7 @@ class _Process:
                 os.kill(self.pid, signal.SIGKILL)
         else:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.killpg(self.pid, signal.SIGKILL)
             self.proc.wait()
         with contextlib.suppress(OSError):
             self.stdin.close()
@@ -106,10 +111,11 @@ def _spawn(env: dict, *fds: int) -> int:
     """A notebook's process forked by the zygote for ``env`` (started, or started again, when needed)."""
     from dpo_teach.grading import zygote
 
+    warm = zygote.for_env(env)
     try:
-        return zygote.for_env(env).spawn(*fds)
+        return warm.spawn(*fds)
     except OSError:  # a zygote that has died since its last fork: once more with a new one
-        return zygote.for_env(env, fresh=True).spawn(*fds)
+        return zygote.for_env(env, replacing=warm).spawn(*fds)
 
 
 class _Abort(Exception):
@@ -126,9 +132,8 @@ def run_notebook(text: str, file_name: str, tests: dict[str, list[dict]], cell_t
     private = tempfile.mkdtemp(prefix="dpo-grade-")
     limits = {"private": private, "hide": hide, "memory_mb": memory_mb, "cpu_s": int(timeout) + 5,
               "nproc": sandbox.process_limit()}
-    command = [sys.executable, "-m", "dpo_teach.grading", "_run"]
     out = {"status": "graded", "reason": "", "phase": "start", "cases": {}, "errors": [], "tampered": []}
-    process = _Process(command, env, sandboxed)
+    process = _Process(env, sandboxed)
     deadline = time.monotonic() + timeout
 
     def receive(*expected: str) -> dict:

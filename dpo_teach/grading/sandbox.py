@@ -64,7 +64,8 @@ def unavailable_reason() -> str | None:
 _MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 32, 4096, 1 << 14, 1 << 18
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
 # a remount inside a user namespace must keep the flags the mount has (the kernel locks them)
-_KEPT = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
+_KEPT = {"nosuid": _MS_NOSUID, "nodev": _MS_NODEV, "noexec": _MS_NOEXEC, "noatime": 1024, "nodiratime": 2048,
+         "relatime": 1 << 21}
 
 
 def _mount(source: str | None, target: str, fstype: str | None = None, flags: int = 0, data: str | None = None):
@@ -76,19 +77,14 @@ def _mount(source: str | None, target: str, fstype: str | None = None, flags: in
         raise SandboxUnavailable(f"mount {fstype or source} on {target}: {os.strerror(error)}")
 
 
-def die_with_parent() -> None:
-    """SIGKILL this process when its parent ends (``--kill-child``)."""
-    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
-        raise SandboxUnavailable(f"prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}")
-
-
 def isolate() -> None:
-    """What ``unshare`` with the flags of ``UNSHARE`` does, done by a freshly forked, single-threaded process itself
-    (``zygote.py``): new namespaces with root mapped to the caller's user, then a fork. The child, the new PID
-    namespace's first process, returns and goes on (to :func:`enter`); this process only waits for it and exits
-    with its status, and when this process is killed the child is killed too, and with it the whole namespace."""
-    uid, gid = os.geteuid(), os.getegid()
-    if ctypes.CDLL(None, use_errno=True).unshare(_CLONE_ALL) != 0:
+    """What ``unshare --user --map-root-user --pid --fork --kill-child --mount-proc --net --mount --ipc --uts`` does,
+    done by a freshly forked, single-threaded process itself (``zygote.py``): new namespaces with root mapped to the
+    caller's user, then a fork. The child, the new PID namespace's first process, returns and goes on (to
+    :func:`enter`); this process only waits for it and exits with its status, and when this process is killed the
+    child is killed too, and with it the whole namespace."""
+    uid, gid, libc = os.geteuid(), os.getegid(), ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_ALL) != 0:
         raise SandboxUnavailable(f"unshare(2): {os.strerror(ctypes.get_errno())}")
     for name, text in [("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")]:
         with open(f"/proc/self/{name}", "w") as f:
@@ -103,7 +99,8 @@ def isolate() -> None:
         _, status = os.waitpid(child, 0)
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
     os.close(held)
-    die_with_parent()
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:  # --kill-child: this process dies with its parent
+        raise SandboxUnavailable(f"prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}")
     if select.select([lifeline], [], [], 0)[0]:  # EOF already: the parent was killed before the line above
         os._exit(1)
     os.close(lifeline)

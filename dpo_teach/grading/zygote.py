@@ -70,17 +70,17 @@ _zygotes: dict[tuple, Zygote] = {}
 _zygotes_lock = threading.Lock()
 
 
-def for_env(env: dict, fresh: bool = False) -> Zygote:
-    """The running zygote for ``env``, started on first use or when ``fresh`` (at most ``_MAX_ZYGOTES`` are kept;
-    the oldest goes)."""
+def for_env(env: dict, replacing: Zygote | None = None) -> Zygote:
+    """The running zygote for ``env``, started on first use, when it has died, or in place of ``replacing`` (one
+    that failed; if another thread has replaced it already, that one is returned). At most ``_MAX_ZYGOTES`` are
+    kept; the oldest goes."""
     key = tuple(sorted(env.items()))
     with _zygotes_lock:
         zygote = _zygotes.get(key)
-        if fresh and zygote is not None:
+        if zygote is not None and (zygote is replacing or not zygote.alive()):
             _zygotes.pop(key).close()
             zygote = None
-        if zygote is None or not zygote.alive():
-            _zygotes.pop(key, None)
+        if zygote is None:
             while len(_zygotes) >= _MAX_ZYGOTES:
                 _zygotes.pop(next(iter(_zygotes))).close()
             zygote = _zygotes[key] = Zygote(env)
