@@ -62,9 +62,10 @@ def per_notebook(module: str, name: str) -> str:
 # the working tree of 2026-12 under xdist). The other units follow in file order, then ``LAST``.
 SLOWEST_FIRST = [
     "tests/test_grading.py",  # 75 s: one `grade` run over every master's full, blank and wrong submissions
-    "tests/test_gradescope.py",  # 75 s, mostly pip: a Gradescope bundle's environment built from its files
+    OWN_UNIT[0],  # 20 s: endless loops, a notebook killed; needs no π_ref, so the second worker runs it while the
+    # first builds the notebooks' π_ref (every other unit of the start would wait for it)
+    "tests/test_gradescope.py",  # 40 s: a Gradescope bundle's environment built from its files (uv, else pip)
     "tests/test_grading_hostile.py",  # 15 s: one `grade` run over the attacks and the fairness cases
-    OWN_UNIT[0],  # 25 s: endless loops, a notebook killed; needs no π_ref, so it runs while one builds
     per_notebook(NOTEBOOK_MODULE, "07_variants_and_pitfalls"),  # 30-40 s each alone: the student notebooks
     per_notebook(NOTEBOOK_MODULE, "05_dpo_on_gpt2"),
     "tests/test_compare.py",  # 30-60 s: `dpo-teach compare --fast`, every method

@@ -23,8 +23,8 @@ def test_a_bundle_grades_from_an_empty_folder(assigned, notebook_reference, tmp_
     (bundle,) = [b for b in bundles if b.stem == "01_kl_objective"]
     with zipfile.ZipFile(bundle) as z:
         names = z.namelist()
-    assert {"setup.sh", "run_autograder", "requirements.txt", "torch.txt", "autograder/01_kl_objective.zip",
-            "released/01_kl_objective.ipynb"} <= set(names)
+    assert {"setup.sh", "run_autograder", "requirements.txt", "torch.txt", "pip_install.py",
+            "autograder/01_kl_objective.zip", "released/01_kl_objective.ipynb"} <= set(names)
     assert any(n.startswith("dpo_teach-") and n.endswith(".whl") for n in names)
     assert any(n.startswith("cache/reference-tiny-") and n.endswith(".safetensors") for n in names), names
 
@@ -36,7 +36,8 @@ def test_a_bundle_grades_from_an_empty_folder(assigned, notebook_reference, tmp_
     clean = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     clean.update(PATH=os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if ".venv" not in p),
                  HOME=str(tmp_path / "home"), TORCH_INDEX="", PYTHON=sys._base_executable,
-                 PIP_CACHE_DIR=os.environ.get("PIP_CACHE_DIR", os.path.expanduser("~/.cache/pip")))
+                 PIP_CACHE_DIR=os.environ.get("PIP_CACHE_DIR", os.path.expanduser("~/.cache/pip")),
+                 UV_CACHE_DIR=os.environ.get("UV_CACHE_DIR", os.path.expanduser("~/.cache/uv")))
     clean.pop("DPO_TEACH_CACHE", None)
     setup = subprocess.run(["bash", str(source / "setup.sh")], env=clean, capture_output=True, text=True)
     assert setup.returncode == 0, setup.stderr[-2000:]

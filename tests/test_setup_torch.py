@@ -137,8 +137,8 @@ def test_the_makefile_installs_what_the_script_picks(tmp_path, spec, variables, 
     """The bootstrap's torch line, run by the shell as make would run it, with ``echo`` in place of pip."""
     venv = tmp_path / "venv"
     (line,) = [s for s in make_bootstrap(tmp_path, *variables) if "torch_spec.py" in s]
-    assert "pip install" in line
-    line = line.replace(f"{venv}/bin/python -m pip install --quiet", "echo PIP").replace(
+    assert "scripts/pip_install.py" in line  # pip install, through uv where it can (tests/test_pip_install.py)
+    line = line.replace(f"{venv}/bin/python scripts/pip_install.py --quiet", "echo PIP").replace(
         f"{venv}/bin/python", sys.executable)
     out = subprocess.run(["sh", "-c", line], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.startswith("PIP ")

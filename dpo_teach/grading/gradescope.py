@@ -7,7 +7,8 @@ runs ``setup.sh`` once to build the image and ``run_autograder`` for every submi
 - ``setup.sh``, ``torch.txt`` and ``requirements.txt``: a fresh virtual environment with the CPU build of torch
   (from PyTorch's CPU index; ``TORCH_INDEX=`` empty uses pip's default index, as on machines whose pip already
   serves CPU wheels), then the exact versions of everything else grading imports, taken from the environment that
-  built the bundle;
+  built the bundle; ``pip_install.py`` (the course's ``scripts/pip_install.py``) installs them with uv, or with pip
+  where uv cannot be had;
 - ``dpo_teach-*.whl``: the package (its grader, the notebooks' helpers), installed without its other extras;
 - ``cache/``: the notebooks' π_ref, so that nothing trains at grade time (``DPO_TEACH_CACHE``);
 - ``autograder/``: this assignment's test bundle and manifest from ``make assign``; ``released/``: the student
@@ -38,6 +39,7 @@ from dpo_teach.grading.assign import AUTOGRADER, NOTEBOOKS, ROOT
 RUNTIME = ["transformers", "tokenizers", "numpy", "matplotlib", "ipywidgets", "ipython", "nbformat",
            "PyYAML", "tqdm", "vaderSentiment", "filelock"]
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+INSTALLER = ROOT / "scripts" / "pip_install.py"  # setup.sh installs with it: uv where it can be had, else pip
 
 SETUP = """#!/usr/bin/env bash
 # Gradescope runs this once, as root, when it builds the autograder image. PYTHON and TORCH_INDEX may be set.
@@ -45,9 +47,11 @@ set -euo pipefail
 SRC="$(cd "$(dirname "$0")" && pwd)"
 "${PYTHON:-python3}" -m venv "$SRC/venv"
 TORCH_INDEX="${TORCH_INDEX-TORCH_CPU_INDEX}"
-"$SRC/venv/bin/pip" install --quiet ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} -r "$SRC/torch.txt"
-"$SRC/venv/bin/pip" install --quiet -r "$SRC/requirements.txt"
-"$SRC/venv/bin/pip" install --quiet --no-deps "$SRC"/dpo_teach-*.whl
+# pip install, through uv where it can be had (the course's scripts/pip_install.py; INSTALLER=pip: pip only)
+install() { "$SRC/venv/bin/python" "$SRC/pip_install.py" --quiet "$@"; }
+install ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} -r "$SRC/torch.txt"
+install -r "$SRC/requirements.txt"
+install --no-deps "$SRC"/dpo_teach-*.whl
 """.replace("TORCH_CPU_INDEX", TORCH_CPU_INDEX)
 
 RUN = """#!/usr/bin/env bash
@@ -101,7 +105,8 @@ def build(out: Path, autograder: Path = AUTOGRADER, released: Path = NOTEBOOKS) 
             with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
                 for member, text, mode in [("setup.sh", SETUP, 0o755), ("run_autograder", RUN, 0o755),
                                            ("requirements.txt", requirements() + "\n", 0o644),
-                                           ("torch.txt", torch_requirement(), 0o644)]:
+                                           ("torch.txt", torch_requirement(), 0o644),
+                                           ("pip_install.py", INSTALLER.read_text(), 0o644)]:
                     info = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
                     info.external_attr = mode << 16
                     z.writestr(info, text)

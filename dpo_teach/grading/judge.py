@@ -113,9 +113,9 @@ def _spawn(env: dict, *fds: int) -> int:
 
     warm = zygote.for_env(env)
     try:
-        return warm.spawn(*fds)
+        return warm.spawn(env, *fds)
     except OSError:  # a zygote that has died since its last fork: once more with a new one
-        return zygote.for_env(env, replacing=warm).spawn(*fds)
+        return zygote.for_env(env, replacing=warm).spawn(env, *fds)
 
 
 class _Abort(Exception):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -29,6 +30,10 @@ import traceback
 PRELOAD = ("numpy", "torch", "IPython.core.interactiveshell", "matplotlib.pyplot", "transformers",
            "transformers.models.gpt2.modeling_gpt2", "ipywidgets")
 _MAX_ZYGOTES = 2  # one per environment the grader uses at a time (fast and full mode)
+# Variables that differ from one grading call to the next in one grader process and that no import reads: a zygote
+# started under other values serves the call (its fork takes the call's exact environment). pytest sets the first
+# for every test, so without this each test that grades would start a zygote of its own.
+VOLATILE = ("PYTEST_CURRENT_TEST",)
 
 
 class Zygote:
@@ -47,10 +52,10 @@ class Zygote:
             raise OSError("the grader's zygote did not start")
         self.socket.settimeout(60)
 
-    def spawn(self, stdin: int, stdout: int, stderr: int) -> int:
-        """Fork a notebook's process with these three file descriptors; returns its process id."""
+    def spawn(self, env: dict, stdin: int, stdout: int, stderr: int) -> int:
+        """Fork a notebook's process with environment ``env`` and these three file descriptors; returns its id."""
         with self.lock:
-            socket.send_fds(self.socket, [b"fork"], [stdin, stdout, stderr])
+            socket.send_fds(self.socket, [json.dumps(env).encode()], [stdin, stdout, stderr])
             reply = self.socket.recv(32)
         if not reply.isdigit():
             raise OSError("the grader's zygote did not fork")
@@ -74,7 +79,7 @@ def for_env(env: dict, replacing: Zygote | None = None) -> Zygote:
     """The running zygote for ``env``, started on first use, when it has died, or in place of ``replacing`` (one
     that failed; if another thread has replaced it already, that one is returned). At most ``_MAX_ZYGOTES`` are
     kept; the oldest goes."""
-    key = tuple(sorted(env.items()))
+    key = tuple(sorted((name, value) for name, value in env.items() if name not in VOLATILE))
     with _zygotes_lock:
         zygote = _zygotes.get(key)
         if zygote is not None and (zygote is replacing or not zygote.alive()):
@@ -105,24 +110,28 @@ def serve(fd: int) -> int:
     channel.send(b"ready")
     while True:
         try:
-            message, fds, _, _ = socket.recv_fds(channel, 16, 3)
+            message, fds, _, _ = socket.recv_fds(channel, 1 << 20, 3)
         except OSError:
             return 0
         if not message:
             return 0
         pid = os.fork()
         if pid == 0:
-            _child(channel, fds)
+            _child(channel, fds, message)
         for descriptor in fds:
             os.close(descriptor)
         channel.send(str(pid).encode())
 
 
-def _child(channel: socket.socket, fds: list[int]) -> None:
-    """A notebook's process: its channels on 0, 1 and 2, fresh namespaces, then the runner. Never returns."""
+def _child(channel: socket.socket, fds: list[int], request: bytes) -> None:
+    """A notebook's process: its channels on 0, 1 and 2, the environment of the grader's ``request`` (JSON), fresh
+    namespaces, then the runner. Never returns."""
     code = 70
     try:
         channel.close()
+        os.environ.clear()
+        os.environ.update(json.loads(request))
+        os.environ.setdefault("MPLBACKEND", "Agg")  # as the zygote imported matplotlib
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for target, descriptor in enumerate(fds):
             os.dup2(descriptor, target)
