@@ -66,7 +66,7 @@ def uv_command(uv: str, args: list[str], config: dict[str, list[str]], python: s
 
 def find_uv(python: str = sys.executable, install: bool = True) -> str | None:
     """uv on PATH or in this environment; else installed into it with pip (None where that fails)."""
-    here = Path(python).parent / "uv"
+    here = Path(python).parent / ("uv.exe" if os.name == "nt" else "uv")
     found = shutil.which("uv") or (str(here) if here.is_file() else None)
     if found or not install:
         return found
