@@ -46,16 +46,15 @@ def test_each_notebook_runs_in_namespaces_of_its_own():
 def test_one_zygote_serves_every_test_and_each_fork_sees_its_calls_environment():
     """pytest changes PYTEST_CURRENT_TEST for every test: the same zygote serves them all, and each notebook sees the
     environment of the call that graded it, not the zygote's. Any other difference gets a zygote of its own."""
-    base = {**os.environ, "DPO_TEACH_TEST_ZYGOTE": "env"}
-    first = {**base, "PYTEST_CURRENT_TEST": "first", "DPO_TEACH_TEST_MARK": "a"}
-    warm = zygote.for_env(first)
-    for current, mark in [("first", "a"), ("second", "a")]:
-        env = {**base, "PYTEST_CURRENT_TEST": current, "DPO_TEACH_TEST_MARK": mark}
+    base = dict(os.environ)  # the first test's zygote, when it ran in this worker before
+    warm = zygote.for_env({**base, "PYTEST_CURRENT_TEST": "first"})
+    for current in ("first", "second"):
+        env = {**base, "PYTEST_CURRENT_TEST": current}
         assert zygote.for_env(env) is warm
         out = grade(notebook("import os\nseen = dict(os.environ)"),
                     f">>> assert seen['PYTEST_CURRENT_TEST'] == {current!r}, seen.get('PYTEST_CURRENT_TEST')", env)
         assert out["status"] == "graded" and out["cases"]["q"][0]["passed"], out
-    other = zygote.for_env({**base, "PYTEST_CURRENT_TEST": "third", "DPO_TEACH_TEST_MARK": "b"})
+    other = zygote.for_env({**base, "PYTEST_CURRENT_TEST": "third", "DPO_TEACH_TEST_ZYGOTE": "other"})
     assert other is not warm and warm.alive()
 
 
