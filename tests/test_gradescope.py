@@ -59,3 +59,23 @@ def test_a_bundle_grades_from_an_empty_folder(assigned, notebook_reference, tmp_
     assert scores["correct"][:2] == (5.0, {"kl_divergence": 2.0, "objective": 1.0, "optimal_policy": 2.0}), scores
     assert scores["wrong"][:2] == (3.0, {"kl_divergence": 0.0, "objective": 1.0, "optimal_policy": 2.0}), scores
     assert "kl_divergence" in scores["wrong"][2]
+
+
+def test_the_bundled_wheel_holds_the_package_as_it_is_now(tmp_path, monkeypatch):
+    """A clone's ``build/`` folder keeps what setuptools copied there earlier, deleted modules included; the bundle's
+    wheel is built from a copy of the sources, so a stale file there never reaches Gradescope."""
+    import shutil
+
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(gradescope.ROOT / name, clone / name)
+    shutil.copytree(gradescope.ROOT / "dpo_teach", clone / "dpo_teach", ignore=shutil.ignore_patterns("__pycache__"))
+    stale = clone / "build" / "lib" / "dpo_teach" / "removed_module.py"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("STALE = True\n")
+    monkeypatch.setattr(gradescope, "ROOT", clone)
+    (tmp_path / "out").mkdir()
+    with zipfile.ZipFile(gradescope._wheel(tmp_path / "out")) as z:
+        modules = {n for n in z.namelist() if n.endswith(".py")}
+    assert modules == {str(p.relative_to(clone)) for p in (clone / "dpo_teach").rglob("*.py")}

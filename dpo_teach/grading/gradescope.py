@@ -77,7 +77,14 @@ def torch_requirement() -> str:
 
 
 def _wheel(tmp: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp), str(ROOT)],
+    """The package as a wheel, built from a copy of its sources: a build in the clone itself would reuse its
+    ``build/`` folder, where setuptools leaves files that have since been renamed or deleted."""
+    source = tmp / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "dpo_teach", source / "dpo_teach", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp), str(source)],
                    check=True, capture_output=True)
     (wheel,) = tmp.glob("dpo_teach-*.whl")
     return wheel
