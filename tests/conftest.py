@@ -51,6 +51,8 @@ PER_NOTEBOOK = {
 OWN_UNIT = ["tests/test_grading.py::test_grade_survives_loops_errors_and_deleted_cells"]  # slow, no shared fixture
 LAST = [f"{NOTEBOOK_MODULE}::test_notebooks_draw_figures_and_the_widget",  # they read several notebooks' runs
         "tests/test_site.py::"]  # the course site, built from every notebook's run
+# Units that run a notebook and are not a per-notebook unit: with those, before ``LAST`` (which reads every run).
+RUNS_NOTEBOOKS = ["tests/test_notebook_06.py"]
 
 
 def per_notebook(module: str, name: str) -> str:
@@ -59,11 +61,12 @@ def per_notebook(module: str, name: str) -> str:
 
 
 # Work units from the slowest down, as `pytest --durations` measured them on 2 cores (efe1393 in one process, and
-# the working tree of 2026-12 under xdist). The other units follow in file order, then ``LAST``.
+# the working tree of 2026-12 under xdist). Then the other units that run notebooks, ``LAST`` (the site: ~20 s in
+# one worker) and the rest in file order: while one worker builds the site, the other runs the short modules.
 SLOWEST_FIRST = [
     "tests/test_grading.py",  # 75 s: one `grade` run over every master's full, blank and wrong submissions
-    OWN_UNIT[0],  # 20 s: endless loops, a notebook killed; needs no π_ref, so the second worker runs it while the
-    # first builds the notebooks' π_ref (every other unit of the start would wait for it)
+    "tests/test_zygote.py",  # 20 s of CPU that needs no π_ref: the second worker's while the first builds π_ref
+    OWN_UNIT[0],  # 20 s, mostly asleep in endless loops (no π_ref): best beside the grading batch's two processes
     "tests/test_gradescope.py",  # 40 s: a Gradescope bundle's environment built from its files (uv, else pip)
     "tests/test_grading_hostile.py",  # 15 s: one `grade` run over the attacks and the fairness cases
     per_notebook(NOTEBOOK_MODULE, "07_variants_and_pitfalls"),  # 30-40 s each alone: the student notebooks
@@ -110,13 +113,15 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The slowest work units first, ``LAST`` last, the rest in file order."""
+    """The slowest work units first, then the other notebook runs, ``LAST``, and the rest in file order."""
 
     def rank(item) -> int:
         unit = work_unit(item.nodeid)
-        if unit == "last":
-            return len(SLOWEST_FIRST) + 1
-        return SLOWEST_FIRST.index(unit) if unit in SLOWEST_FIRST else len(SLOWEST_FIRST)
+        if unit in SLOWEST_FIRST:
+            return SLOWEST_FIRST.index(unit)
+        if unit.startswith("notebook[") or unit in RUNS_NOTEBOOKS:
+            return len(SLOWEST_FIRST)
+        return len(SLOWEST_FIRST) + (1 if unit == "last" else 2)
 
     items.sort(key=rank)  # stable: file order within a rank
 
