@@ -72,8 +72,8 @@ def find_uv(python: str = sys.executable, install: bool = True) -> str | None:
         return found
     done = subprocess.run([python, "-m", "pip", "install", "--quiet", "uv"], capture_output=True, text=True)
     if done.returncode != 0 or not here.is_file():
-        print(f"pip_install: uv could not be installed ({done.stderr.strip().splitlines()[-1:] or 'no uv'}); "
-              "using pip", file=sys.stderr)
+        why = (done.stderr.strip().splitlines() or [f"no {here.name} in {here.parent}"])[-1]
+        print(f"pip_install: uv could not be installed ({why}); using pip", file=sys.stderr)
         return None
     return str(here)
 

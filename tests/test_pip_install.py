@@ -132,3 +132,14 @@ def test_pip_config_reads_files_and_variables(tmp_path, script, monkeypatch):
     config = script.pip_config()  # the machine's own pip.conf files are read too (not compared)
     assert {k: config.get(k) for k in ("extra-index-url", "constraint", "find-links")} == {
         "extra-index-url": ["file:///x", "file:///y"], "constraint": ["/caps.txt"], "find-links": ["/here", "/there"]}
+
+
+def test_where_uv_cannot_be_installed_pip_is_used_and_says_why(tmp_path, script, monkeypatch, capsys):
+    python = tmp_path / "bin" / "python"  # an environment without uv whose pip cannot reach an index
+    python.parent.mkdir()
+    python.write_text("#!/bin/sh\necho 'ERROR: No matching distribution found for uv' >&2\nexit 1\n")
+    python.chmod(0o755)
+    monkeypatch.setattr(script.shutil, "which", lambda name: None)
+    assert script.find_uv(python=str(python)) is None
+    err = capsys.readouterr().err
+    assert "uv could not be installed (ERROR: No matching distribution found for uv); using pip" in err
