@@ -247,6 +247,21 @@ def assigned(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script("torch_spec")``: ``scripts/torch_spec.py`` as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "scripts"
+                                                      / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 def renamed(path: Path) -> str:
     """The file name a browser gives a second download of ``path``."""
     return f"{path.stem} (1){path.suffix}"

@@ -64,13 +64,7 @@ def test_a_bundle_grades_from_an_empty_folder(assigned, notebook_reference, tmp_
 def test_the_bundled_wheel_holds_the_package_as_it_is_now(tmp_path, monkeypatch):
     """A clone's ``build/`` folder keeps what setuptools copied there earlier, deleted modules included; the bundle's
     wheel is built from a copy of the sources, so a stale file there never reaches Gradescope."""
-    import shutil
-
-    clone = tmp_path / "clone"
-    clone.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
-        shutil.copy(gradescope.ROOT / name, clone / name)
-    shutil.copytree(gradescope.ROOT / "dpo_teach", clone / "dpo_teach", ignore=shutil.ignore_patterns("__pycache__"))
+    clone = gradescope.copy_sources(gradescope.ROOT, tmp_path / "clone")
     stale = clone / "build" / "lib" / "dpo_teach" / "removed_module.py"
     stale.parent.mkdir(parents=True)
     stale.write_text("STALE = True\n")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import os
 import subprocess
 import sys
@@ -22,11 +21,8 @@ SCRIPT = ROOT / "scripts" / "pip_install.py"
 
 
 @pytest.fixture(scope="module")
-def script():
-    loader = importlib.util.spec_from_file_location("pip_install", SCRIPT)
-    module = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(module)
-    return module
+def script(load_script):
+    return load_script("pip_install")
 
 
 def make_wheel(folder: Path, name: str = "toy_pkg", version: str = "1.0") -> Path:
@@ -55,19 +51,34 @@ def offline_env(tmp_path: Path, links: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture
+def links(tmp_path) -> Path:
+    """A find-links folder holding one wheel of toy_pkg 1.0."""
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    make_wheel(folder)
+    return folder
+
+
+def fake_uv(tmp_path: Path, body: str) -> str:
+    """A PATH whose first ``uv`` is a shell script running ``body`` (then failing)."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "uv").write_text(f"#!/bin/sh\n{body}\nexit 2\n")
+    (folder / "uv").chmod(0o755)
+    return f"{folder}{os.pathsep}{os.environ['PATH']}"
+
+
 def install(target: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), "--quiet", "--target", str(target), "toy_pkg==1.0"],
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_uv_installs_from_where_pips_configuration_points(tmp_path, script):
+def test_uv_installs_from_where_pips_configuration_points(tmp_path, script, links):
     if script.find_uv(install=False) is None:
         if os.environ.get("INSTALLER", "").lower() == "pip":
             pytest.skip("INSTALLER=pip: this .venv was set up without uv")
         pytest.fail("uv is missing from .venv: the Makefile's set-up (scripts/pip_install.py) installs it")
-    links = tmp_path / "wheels"
-    links.mkdir()
-    make_wheel(links)
     done = install(tmp_path / "target", offline_env(tmp_path, links))
     assert done.returncode == 0, done.stderr
     assert "uv failed" not in done.stderr and "using pip" not in done.stderr, done.stderr
@@ -75,30 +86,16 @@ def test_uv_installs_from_where_pips_configuration_points(tmp_path, script):
     assert list((tmp_path / "target" / "__pycache__").glob("toy_pkg.*.pyc")), "uv compiled no bytecode"
 
 
-def test_a_failing_uv_falls_back_to_pip(tmp_path):
-    links = tmp_path / "wheels"
-    links.mkdir()
-    make_wheel(links)
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "uv").write_text("#!/bin/sh\necho 'uv: broken on purpose' >&2\nexit 2\n")
-    (fake / "uv").chmod(0o755)
-    env = offline_env(tmp_path, links, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
+def test_a_failing_uv_falls_back_to_pip(tmp_path, links):
+    env = offline_env(tmp_path, links, PATH=fake_uv(tmp_path, "echo 'uv: broken on purpose' >&2"))
     done = install(tmp_path / "target", env)
     assert done.returncode == 0, done.stderr
     assert "broken on purpose" in done.stderr and "installing the same with pip" in done.stderr
     assert (tmp_path / "target" / "toy_pkg.py").is_file()
 
 
-def test_installer_pip_never_runs_uv(tmp_path):
-    links = tmp_path / "wheels"
-    links.mkdir()
-    make_wheel(links)
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "uv").write_text(f"#!/bin/sh\ntouch {tmp_path}/uv-ran\nexit 2\n")
-    (fake / "uv").chmod(0o755)
-    env = offline_env(tmp_path, links, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}", INSTALLER="pip")
+def test_installer_pip_never_runs_uv(tmp_path, links):
+    env = offline_env(tmp_path, links, PATH=fake_uv(tmp_path, f"touch {tmp_path}/uv-ran"), INSTALLER="pip")
     done = install(tmp_path / "target", env)
     assert done.returncode == 0 and (tmp_path / "target" / "toy_pkg.py").is_file(), done.stderr
     assert not (tmp_path / "uv-ran").exists()

@@ -3,7 +3,6 @@ bootstrap recipe that uses it (issue 14: a laptop without a GPU must not downloa
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -18,11 +17,8 @@ CPU = [TORCH, "--index-url", "https://download.pytorch.org/whl/cpu", "--extra-in
 
 
 @pytest.fixture(scope="module")
-def spec():
-    loader = importlib.util.spec_from_file_location("torch_spec", SCRIPT)
-    module = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(module)
-    return module
+def spec(load_script):
+    return load_script("torch_spec")
 
 
 @pytest.mark.parametrize("system, gpu, build, args", [

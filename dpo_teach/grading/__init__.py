@@ -11,7 +11,7 @@ Adding a graded notebook = adding a master and running ``make assign``. Only fil
 written; other notebooks in ``notebooks/`` are never touched.
 
 Grading (``dpo-teach grade DIR``, ``grade.py``) runs each notebook in a process of its own (a fork of a zygote that
-loaded the libraries once per batch, ``zygote.py``) inside a sandbox (``sandbox.py``: Linux namespaces; no network, no
+loaded the libraries once per grader, ``zygote.py``) inside a sandbox (``sandbox.py``: Linux namespaces; no network, no
 other process in view, every file system read-only, tests and other submissions hidden), under two time limits: a
 per-cell limit (an endless loop raises ``TimeoutError`` and costs only the points that depend on it) and a per-notebook
 wall-clock limit (the sandbox is killed with everything in it; the notebook scores 0 with that reason). The tests of the

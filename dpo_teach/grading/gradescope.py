@@ -76,14 +76,19 @@ def torch_requirement() -> str:
     return f"torch=={metadata.version('torch').split('+')[0]}\n"
 
 
+def copy_sources(root: Path, dest: Path) -> Path:
+    """What a wheel of the package is built from: its metadata files and ``dpo_teach/`` (no caches), into ``dest``."""
+    dest.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(root / name, dest / name)
+    shutil.copytree(root / "dpo_teach", dest / "dpo_teach", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
 def _wheel(tmp: Path) -> Path:
     """The package as a wheel, built from a copy of its sources: a build in the clone itself would reuse its
     ``build/`` folder, where setuptools leaves files that have since been renamed or deleted."""
-    source = tmp / "source"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
-        shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "dpo_teach", source / "dpo_teach", ignore=shutil.ignore_patterns("__pycache__"))
+    source = copy_sources(ROOT, tmp / "source")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp), str(source)],
                    check=True, capture_output=True)
     (wheel,) = tmp.glob("dpo_teach-*.whl")

@@ -49,7 +49,7 @@ def load_tests(bundle: Path) -> dict[str, list[dict]]:
 class _Process:
     """The runner process and its lines; ``kill`` ends it with everything it started.
 
-    Sandboxed, it is a fork of the batch's zygote (``zygote.py``) that enters its own namespaces; with ``--unsafe``,
+    Sandboxed, it is a fork of the grader's zygote (``zygote.py``) that enters its own namespaces; with ``--unsafe``,
     a plain new Python."""
 
     def __init__(self, env: dict, sandboxed: bool):

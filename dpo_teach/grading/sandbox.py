@@ -1,7 +1,7 @@
 """The sandbox each submitted notebook runs in: Linux namespaces, entered by the notebook's process itself, plus
 rlimits.
 
-The process is a fork of the batch's zygote (``zygote.py``). :func:`isolate` does what util-linux's ``unshare --user
+The process is a fork of the grader's zygote (``zygote.py``). :func:`isolate` does what util-linux's ``unshare --user
 --map-root-user --pid --fork --kill-child --mount-proc --net --mount --ipc --uts`` did when each notebook was a new
 Python: unshare(2), root mapped to the grader's user, a fork into the new PID namespace. No extra package and no root
 are needed wherever unprivileged user namespaces are enabled (the default on Debian, Ubuntu and Fedora); it works as

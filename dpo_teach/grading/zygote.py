@@ -1,13 +1,15 @@
-"""A warm start for every graded notebook: torch, transformers and IPython are imported once per batch, not once per
+"""A warm start for every graded notebook: torch, transformers and IPython are imported once per grader, not once per
 notebook.
 
 Each notebook's process used to be a new Python started by ``unshare`` that imported torch, transformers and IPython
 before its first cell: 1.5-3 s of CPU per notebook, most of the time a short submission takes. Now the grader starts
-one **zygote** per batch (``python -m dpo_teach.grading _zygote``): it imports those libraries and waits. For each
+one **zygote** (``python -m dpo_teach.grading _zygote``) per environment it grades in, on first use, and keeps it for
+its later batches: it imports those libraries and waits. For each
 notebook, the grader hands it the notebook's three channels (stdin, stdout, stderr) over a Unix socket; the zygote
 forks, and the fork enters fresh namespaces itself (:func:`sandbox.isolate`: what ``unshare`` did) and runs
 ``runner.main`` as before, with nothing of another submission in it: every notebook still gets its own process, its
-own namespaces and its own copy of the libraries (copy-on-write memory).
+own namespaces, the environment of the call that graded it, and its own copy of the libraries (copy-on-write
+memory).
 
 The zygote never runs student code and holds no test. It exits when the grader closes the socket or ends.
 """
