@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from dpo_teach.logprobs import PreferenceCollator, concatenated_logprobs, reference_logprobs, tokenize_pairs
+from dpo_teach.logprobs import PreferenceCollator, concatenated_logprobs, tokenize_pairs, with_reference_logprobs
 from dpo_teach.losses import get_loss, step_metrics
 from dpo_teach.training import adamw, minibatches, n_steps, optimizer_step, set_lr
 from dpo_teach.utils import lr_at, set_seed
@@ -84,7 +84,8 @@ def train_dpo(
         progress: show a progress bar.
         step_fn: replaces :func:`dpo_step` (same signature), e.g. a student's own training step.
         examples: already tokenized ``rows`` (``tokenize_pairs``' format), e.g. with EOS handled differently
-            (notebook 07's EOS pitfall); ``rows`` is then only counted.
+            (notebook 07's EOS pitfall); ``rows`` is then only counted. When they carry π_ref's log-probs
+            (``logprobs.reference_logprobs``: one pass for every run on the same pairs), those are used.
 
     Returns:
         The history: one dict per step with ``step``, ``epoch``, ``lr`` and TRL's metric names.
@@ -93,8 +94,8 @@ def train_dpo(
     loss_fn = loss_fn or config.loss()
     examples = examples if examples is not None else tokenize_pairs(tokenizer, rows, config.max_length)
     extra = ("ref_chosen_logps", "ref_rejected_logps") if config.precompute_ref else ()
-    if config.precompute_ref:  # legal because π_ref is fixed: one pass, before training
-        examples = reference_logprobs(reference, examples, tokenizer.pad_token_id)
+    if config.precompute_ref:  # legal because π_ref is fixed: one pass, before training (or before several runs)
+        examples = with_reference_logprobs(reference, examples, tokenizer.pad_token_id)
     collate = PreferenceCollator(tokenizer.pad_token_id, extra_keys=extra)
     reference.eval()
     optimizer = adamw(policy.parameters(), config.lr)

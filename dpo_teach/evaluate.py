@@ -20,7 +20,13 @@ import numpy as np
 import torch
 
 from dpo_teach import grammar
-from dpo_teach.logprobs import PreferenceCollator, concatenated_logprobs, reference_logprobs, tokenize_pairs
+from dpo_teach.logprobs import (
+    REF_KEYS,
+    PreferenceCollator,
+    concatenated_logprobs,
+    tokenize_pairs,
+    with_reference_logprobs,
+)
 from dpo_teach.reward import ground_truth_reward
 from dpo_teach.sampling import Samples, sample, samples_logprobs
 
@@ -78,16 +84,19 @@ def win_rate(policy_samples: Samples, ref_samples: Samples) -> float:
 
 
 @torch.no_grad()
-def logratios(policy, reference, tokenizer, rows: list[dict], max_length: int = 64,
-              batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def logratios(policy, reference, tokenizer, rows: list[dict], max_length: int = 64, batch_size: int = 256,
+              examples: list[dict] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """log π_θ/π_ref of each pair's chosen and rejected completion: ``(chosen, rejected)``, each Shape: (len(rows),).
 
     π_ref's log-probs are computed once (one pass, as ``train_dpo`` precomputes them), then π_θ's, batch by batch.
     β·``chosen`` and β·``rejected`` are the implicit rewards r̂(x, y_w), r̂(x, y_l); at π_θ = π_ref both are 0.
+    ``examples``: ``rows`` already tokenized, usually with π_ref's log-probs computed once for every policy that
+    is compared on them (``logprobs.reference_logprobs``); ``rows`` is then not read.
     """
     pad = tokenizer.pad_token_id
-    examples = reference_logprobs(reference, tokenize_pairs(tokenizer, rows, max_length), pad, batch_size)
-    collate = PreferenceCollator(pad, extra_keys=("ref_chosen_logps", "ref_rejected_logps"))
+    examples = examples if examples is not None else tokenize_pairs(tokenizer, rows, max_length)
+    examples = with_reference_logprobs(reference, examples, pad, batch_size)
+    collate = PreferenceCollator(pad, extra_keys=REF_KEYS)
     policy.eval()
     chosen, rejected = [], []
     for start in range(0, len(examples), batch_size):
@@ -99,12 +108,13 @@ def logratios(policy, reference, tokenizer, rows: list[dict], max_length: int = 
 
 
 def preference_accuracy(policy, reference, tokenizer, rows: list[dict], max_length: int = 64,
-                        batch_size: int = 256) -> float:
+                        batch_size: int = 256, examples: list[dict] | None = None) -> float:
     """Implicit-reward accuracy: the share of pairs with log π/π_ref(y_w) > log π/π_ref(y_l) (β > 0 drops out).
 
     Ties count as wrong, as in TRL's ``rewards/accuracies``; at π = π_ref every pair ties, so accuracy is 0.
+    ``examples`` as in :func:`logratios`.
     """
-    chosen, rejected = logratios(policy, reference, tokenizer, rows, max_length, batch_size)
+    chosen, rejected = logratios(policy, reference, tokenizer, rows, max_length, batch_size, examples)
     return int((chosen > rejected).sum()) / len(chosen)
 
 

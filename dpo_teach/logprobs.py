@@ -213,7 +213,8 @@ def reference_logprobs(reference: torch.nn.Module, examples: list[dict], pad_tok
     """Return copies of tokenized ``examples`` with ``ref_chosen_logps`` and ``ref_rejected_logps`` added.
 
     One pass of π_ref over the data, under ``no_grad``: legal because π_ref is fixed (its log-probs do not depend
-    on θ), so they can be computed once before training and cached with the pairs.
+    on θ), so they can be computed once before training and cached with the pairs, and once for every run that
+    trains or evaluates on the same pairs (:func:`with_reference_logprobs`).
     """
     collate = PreferenceCollator(pad_token_id)
     reference.eval()
@@ -224,3 +225,30 @@ def reference_logprobs(reference: torch.nn.Module, examples: list[dict], pad_tok
         for e, c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
             out.append({**e, "ref_chosen_logps": c, "ref_rejected_logps": r})
     return out
+
+
+REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
+SPOT_CHECKED = 4  # examples whose carried log-probs are scored again by the reference they are used with
+
+
+def with_reference_logprobs(reference: torch.nn.Module, examples: list[dict], pad_token_id: int,
+                            batch_size: int = 256) -> list[dict]:
+    """``examples`` with π_ref's log-probs: as they are when every one carries them already (computed once, by
+    :func:`reference_logprobs`, for several runs on the same pairs), else :func:`reference_logprobs` of them.
+
+    Carried log-probs must be ``reference``'s: the first few examples are scored again, and a mismatch (log-probs
+    of another model, or of other pairs) raises ``ValueError`` instead of training against the wrong reference.
+    """
+    if not examples or not all(key in e for e in examples for key in REF_KEYS):
+        return reference_logprobs(reference, examples, pad_token_id, batch_size)
+    head = examples[:SPOT_CHECKED]
+    again = reference_logprobs(reference, [{k: v for k, v in e.items() if k not in REF_KEYS} for e in head],
+                               pad_token_id)
+    for i, (carried, scored) in enumerate(zip(head, again, strict=True)):
+        for key in REF_KEYS:
+            if abs(carried[key] - scored[key]) > 1e-3 + 1e-4 * abs(scored[key]):
+                raise ValueError(f"example {i} carries {key} = {carried[key]:.4f}, but the reference model gives "
+                                 f"{scored[key]:.4f} for it: the examples' log-probs come from another model (or "
+                                 "other pairs). Pass examples without ref_chosen_logps/ref_rejected_logps, or "
+                                 "compute them with reference_logprobs(reference, ...) for this reference.")
+    return examples

@@ -117,3 +117,38 @@ def test_reference_logprobs_are_computed_once_per_pair(world, pairs):
             assert len(history) == 10 and len(calls) == expected, (precompute, len(calls))
     finally:
         hook.remove()
+
+
+def test_log_probs_computed_once_serve_every_run_on_the_same_pairs(world, pairs):
+    """Examples that carry π_ref's log-probs (computed once for several runs, as notebooks 05 and 07 do) give the
+    history of a run that computes them itself, and π_ref scores only a spot check of them again."""
+    reference, tok = world
+    rows = pairs[:40]
+    examples = reference_logprobs(reference, tokenize_pairs(tok, rows, 64), tok.pad_token_id)
+    config = DPOConfig(beta=0.5, lr=1e-3, batch_size=8, epochs=2)
+    calls = []
+    body = reference.transformer
+    hook = body.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape[0])
+                                      if module is body else None, with_kwargs=True)  # rows π_ref scores
+    try:
+        histories = {}
+        for name, given in [("itself", None), ("carried", examples)]:
+            calls.clear()
+            histories[name] = train_dpo(copy.deepcopy(reference), reference, tok, rows, config, examples=given)
+            histories[f"{name} calls"] = list(calls)
+    finally:
+        hook.remove()
+    assert histories["itself"] == histories["carried"] and len(histories["itself"]) == 10
+    assert histories["itself calls"] == [80], "one pass over the 40 pairs (2 × 40 rows)"
+    assert histories["carried calls"] == [8], "only the spot check: 4 pairs scored again"
+
+
+def test_log_probs_of_another_reference_are_refused(world, pairs):
+    reference, tok = world
+    examples = reference_logprobs(reference, tokenize_pairs(tok, pairs[:8], 64), tok.pad_token_id)
+    other = copy.deepcopy(reference)
+    with torch.no_grad():
+        other.lm_head.weight.mul_(1.5)  # another model: other log-probs
+    with pytest.raises(ValueError, match=r"example 0 carries ref_chosen_logps = .* the reference model gives .*"
+                                         r"Pass examples without ref_chosen_logps"):
+        train_dpo(copy.deepcopy(other), other, tok, pairs[:8], DPOConfig(batch_size=4), examples=examples)

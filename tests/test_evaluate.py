@@ -88,6 +88,13 @@ def test_logratios_of_a_trained_policy_match_the_accuracy(world, pairs, trained_
         by_hand = [p - r for p, r in zip(concatenated_logprobs(policy, batch), concatenated_logprobs(reference, batch))]
     torch.testing.assert_close(chosen[:5], by_hand[0], atol=1e-4, rtol=0)
     torch.testing.assert_close(rejected[:5], by_hand[1], atol=1e-4, rtol=0)
+    # π_ref's log-probs computed once, for every policy compared on these pairs: the same numbers, bit for bit
+    from dpo_teach.logprobs import reference_logprobs
+
+    examples = reference_logprobs(reference, tokenize_pairs(tok, rows, 64), tok.pad_token_id)
+    for a, b in zip((chosen, rejected), logratios(policy, reference, tok, rows, examples=examples), strict=True):
+        assert torch.equal(a, b)
+    assert preference_accuracy(policy, reference, tok, rows, examples=examples) == int((chosen > rejected).sum()) / 60
 
 
 def test_samples_logprobs_are_batched_consistently(world, prompts):
