@@ -239,11 +239,15 @@ def trained_policy(world, pairs):
 
 @pytest.fixture(scope="session")
 def assigned(tmp_path_factory):
-    """`make assign` into a temporary tree: student notebooks, bundles, manifests and solution notebooks."""
+    """`make assign` into a temporary tree: student notebooks, bundles, manifests and solution notebooks. Made once
+    per suite, by the first worker that needs it, in the store every worker sees; tests only read it."""
     from dpo_teach import grading
 
-    root = tmp_path_factory.mktemp("assign")
-    grading.assign(notebooks=root / "notebooks", autograder=root / "autograder", solutions=root / "solutions")
+    root = shared_dir(tmp_path_factory, "assign")
+    with FileLock(f"{root}.lock"):
+        if not (root / "done").is_file():
+            grading.assign(notebooks=root / "notebooks", autograder=root / "autograder", solutions=root / "solutions")
+            (root / "done").touch()  # last: marks it complete
     return root
 
 
