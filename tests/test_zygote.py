@@ -58,6 +58,21 @@ def test_one_zygote_serves_every_test_and_each_fork_sees_its_calls_environment()
     assert other is not warm and warm.alive()
 
 
+def test_a_large_environment_reaches_the_fork_and_a_volatile_variable_can_be_unset():
+    """A request carries only what differs from the zygote's environment: 400 kB of variables (more than one socket
+    message holds) reach the notebook as usual, and a volatile variable that the call does not have is gone."""
+    big = {f"DPO_TEACH_TEST_BIG_{i}": str(i) * 100_000 for i in range(4)}
+    started = {**os.environ, **big, "PYTEST_CURRENT_TEST": "first"}
+    warm = zygote.for_env(started)
+    call = {k: v for k, v in started.items() if k != "PYTEST_CURRENT_TEST"}
+    assert zygote.for_env(call) is warm
+    out = grade(notebook("import os\nseen = {k: v for k, v in os.environ.items() if k.startswith('DPO_TEACH_TEST_')}\n"
+                         "volatile = os.environ.get('PYTEST_CURRENT_TEST')"),
+                ">>> assert seen == {f'DPO_TEACH_TEST_BIG_{i}': str(i) * 100_000 for i in range(4)} "
+                "and volatile is None, volatile", call)
+    assert out["status"] == "graded" and out["cases"]["q"][0]["passed"], out
+
+
 def test_a_zygote_that_dies_ends_no_notebook_and_is_replaced():
     env = {**os.environ, "DPO_TEACH_TEST_ZYGOTE": "1"}  # a zygote of this test's own
     first = zygote.for_env(env)

@@ -4,12 +4,12 @@ notebook.
 Each notebook's process used to be a new Python started by ``unshare`` that imported torch, transformers and IPython
 before its first cell: 1.5-3 s of CPU per notebook, most of the time a short submission takes. Now the grader starts
 one **zygote** (``python -m dpo_teach.grading _zygote``) per environment it grades in, on first use, and keeps it for
-its later batches: it imports those libraries and waits. For each
-notebook, the grader hands it the notebook's three channels (stdin, stdout, stderr) over a Unix socket; the zygote
-forks, and the fork enters fresh namespaces itself (:func:`sandbox.isolate`: what ``unshare`` did) and runs
-``runner.main`` as before, with nothing of another submission in it: every notebook still gets its own process, its
-own namespaces, the environment of the call that graded it, and its own copy of the libraries (copy-on-write
-memory).
+its later batches: it imports those libraries and waits. For each notebook, the grader hands it the notebook's three
+channels (stdin, stdout, stderr) and the call's environment (as its difference from the zygote's own) over a Unix
+socket; the zygote forks, and the fork enters fresh namespaces itself (:func:`sandbox.isolate`: what ``unshare``
+did) and runs ``runner.main`` as before, with nothing of another submission in it: every notebook still gets its own
+process, its own namespaces, the environment of the call that graded it, and its own copy of the libraries
+(copy-on-write memory).
 
 The zygote never runs student code and holds no test. It exits when the grader closes the socket or ends.
 """
@@ -47,7 +47,7 @@ class Zygote:
                                         pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         theirs.close()
-        self.socket, self.lock = ours, threading.Lock()
+        self.socket, self.lock, self.env = ours, threading.Lock(), dict(env)
         self.socket.settimeout(300)  # the imports, on a busy machine
         if self.socket.recv(16) != b"ready":
             self.close()
@@ -55,9 +55,15 @@ class Zygote:
         self.socket.settimeout(60)
 
     def spawn(self, env: dict, stdin: int, stdout: int, stderr: int) -> int:
-        """Fork a notebook's process with environment ``env`` and these three file descriptors; returns its id."""
+        """Fork a notebook's process with environment ``env`` and these three file descriptors; returns its id.
+
+        The request carries ``env`` as its difference from the environment the zygote started with (in practice
+        the ``VOLATILE`` variables), so it stays one small message however large the environment is.
+        """
+        changes = {"set": {name: value for name, value in env.items() if self.env.get(name) != value},
+                   "unset": [name for name in self.env if name not in env]}
         with self.lock:
-            socket.send_fds(self.socket, [json.dumps(env).encode()], [stdin, stdout, stderr])
+            socket.send_fds(self.socket, [json.dumps(changes).encode()], [stdin, stdout, stderr])
             reply = self.socket.recv(32)
         if not reply.isdigit():
             raise OSError("the grader's zygote did not fork")
@@ -104,6 +110,7 @@ def close_all() -> None:
 def serve(fd: int) -> int:
     """The zygote itself: import ``PRELOAD``, say ``ready``, then fork a notebook's process per request."""
     channel = socket.socket(fileno=fd)  # when the grader ends, the kernel closes its end: EOF, and the zygote exits
+    started = dict(os.environ)  # each request's environment is a change of this one
     os.environ.setdefault("MPLBACKEND", "Agg")
     for name in PRELOAD:
         with contextlib.suppress(ImportError):
@@ -119,20 +126,22 @@ def serve(fd: int) -> int:
             return 0
         pid = os.fork()
         if pid == 0:
-            _child(channel, fds, message)
+            _child(channel, fds, message, started)
         for descriptor in fds:
             os.close(descriptor)
         channel.send(str(pid).encode())
 
 
-def _child(channel: socket.socket, fds: list[int], request: bytes) -> None:
-    """A notebook's process: its channels on 0, 1 and 2, the environment of the grader's ``request`` (JSON), fresh
-    namespaces, then the runner. Never returns."""
+def _child(channel: socket.socket, fds: list[int], request: bytes, started: dict) -> None:
+    """A notebook's process: its channels on 0, 1 and 2, the environment of the grader's ``request`` (JSON: what to
+    set and unset in the zygote's ``started`` environment), fresh namespaces, then the runner. Never returns."""
     code = 70
     try:
         channel.close()
+        changes = json.loads(request)
         os.environ.clear()
-        os.environ.update(json.loads(request))
+        os.environ.update({name: value for name, value in started.items() if name not in changes["unset"]})
+        os.environ.update(changes["set"])
         os.environ.setdefault("MPLBACKEND", "Agg")  # as the zygote imported matplotlib
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for target, descriptor in enumerate(fds):
