@@ -48,7 +48,8 @@ def execute(path: Path, fast: bool, timeout: float, keep: Path | None = None) ->
     With ``keep``, the executed notebook (outputs included) is saved there as ``NAME.fast.ipynb``/``NAME.full.ipynb``.
     """
     import nbformat
-    from nbclient import NotebookClient
+
+    from dpo_teach.headless import notebook_client
 
     os.environ["DPO_TEACH_FAST"] = "1" if fast else "0"  # the kernel inherits it
     with tempfile.TemporaryDirectory(prefix="dpo-teach-bench-nb-") as tmp:
@@ -56,7 +57,7 @@ def execute(path: Path, fast: bool, timeout: float, keep: Path | None = None) ->
         if (path.parent / "assets").is_dir():  # shipped results that a notebook opens (06)
             shutil.copytree(path.parent / "assets", Path(tmp) / "assets")
         nb = nbformat.read(copy, as_version=4)
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": tmp}})
+        client = notebook_client(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": tmp}})
         start, error = time.perf_counter(), None
         try:
             client.execute()

@@ -63,12 +63,13 @@ def link_assets(path: Path, workdir: Path) -> None:
 
 def execute(path: Path, workdir: Path, timeout: int = 1800) -> nbformat.NotebookNode:
     """``path`` run top to bottom in a fresh kernel in ``workdir`` (in this process's mode); raises on a cell error."""
-    from nbclient import NotebookClient
+    from dpo_teach.headless import notebook_client
 
     nb = nbformat.read(path, as_version=4)
     workdir.mkdir(parents=True, exist_ok=True)
     link_assets(path, workdir)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+    client = notebook_client(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(workdir)}})
+    client.execute()
     nbformat.write(nb, workdir / path.name)
     return nb
 

@@ -299,8 +299,8 @@ class NotebookRuns:
 
     def _execute(self, path: Path, fast: bool, timeout: int, key: str) -> None:
         import nbformat
-        from nbclient import NotebookClient
 
+        from dpo_teach.headless import notebook_client
         from dpo_teach.site import link_assets
         from dpo_teach.utils import atomic_write_json
 
@@ -319,8 +319,8 @@ class NotebookRuns:
         os.environ.update(env)
         start, stopped = time.perf_counter(), None
         try:
-            NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                           resources={"metadata": {"path": str(workdir)}}).execute()
+            notebook_client(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(workdir)}}).execute()
         except Exception as e:  # noqa: BLE001 - reported by the test that needs it
             stopped = f"{type(e).__name__}: {e}"
         finally:

@@ -14,8 +14,8 @@ PACKAGE = Path(dpo_teach.__file__).parent
 
 # Lowest first. A module may import from its own layer or a lower one, never from a higher one.
 LAYERS = [
-    # foundations, the world's r, the notebooks' claim checks
-    {"utils", "claims", "grammar", "tokenizer", "model", "reward", "compute", "measure", "plots"},
+    # foundations, the world's r, the notebooks' claim checks, running notebooks headless
+    {"utils", "claims", "grammar", "tokenizer", "model", "reward", "compute", "measure", "plots", "headless"},
     {"logprobs", "sampling", "rollout"},  # tokens → log-probabilities, samples, rollouts
     {"data"},  # preference pairs (sampled from π_ref, labelled by the ground truth), files
     {"losses", "training"},  # the preference math; the shared loop mechanics

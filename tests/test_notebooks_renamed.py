@@ -18,10 +18,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from dpo_teach.grading import MASTERS, NOTEBOOKS
 from dpo_teach.grading.student import SETUP_CHECK, assignment_of, find_notebook
+from dpo_teach.headless import notebook_client
 
 NAMES = [p.stem for p in sorted(MASTERS.glob("*.ipynb"))]
 
@@ -62,7 +62,7 @@ def renamed_runs(tmp_path_factory) -> dict[str, list]:
     old = os.environ.get("DPO_TEACH_FAST")
     os.environ["DPO_TEACH_FAST"] = "1"
     try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
+        notebook_client(nb, timeout=300, kernel_name="python3", allow_errors=True,
                        resources={"metadata": {"path": str(downloads)}}).execute()
     finally:
         os.environ.pop("DPO_TEACH_FAST") if old is None else os.environ.__setitem__("DPO_TEACH_FAST", old)
@@ -98,7 +98,7 @@ def test_without_the_package_the_notebook_says_how_to_install_it(tmp_path):
         nbformat.v4.new_code_cell("print('not reached')"),
     ])
     with pytest.raises(Exception, match="SetupError"):
-        NotebookClient(nb, timeout=60, kernel_name="python3",
+        notebook_client(nb, timeout=60, kernel_name="python3",
                        resources={"metadata": {"path": str(tmp_path)}}).execute()
     (error,) = nb.cells[1].outputs
     assert error.output_type == "error" and error.ename == "SetupError"
