@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from dpo_teach.logprobs import PreferenceCollator, concatenated_logprobs, tokenize_pairs, with_reference_logprobs
+from dpo_teach.logprobs import (
+    REF_KEYS,
+    PreferenceCollator,
+    concatenated_logprobs,
+    tokenize_pairs,
+    with_reference_logprobs,
+)
 from dpo_teach.losses import get_loss, step_metrics
 from dpo_teach.training import adamw, minibatches, n_steps, optimizer_step, set_lr
 from dpo_teach.utils import lr_at, set_seed
@@ -93,7 +99,7 @@ def train_dpo(
     set_seed(config.seed)
     loss_fn = loss_fn or config.loss()
     examples = examples if examples is not None else tokenize_pairs(tokenizer, rows, config.max_length)
-    extra = ("ref_chosen_logps", "ref_rejected_logps") if config.precompute_ref else ()
+    extra = REF_KEYS if config.precompute_ref else ()
     if config.precompute_ref:  # legal because π_ref is fixed: one pass, before training (or before several runs)
         examples = with_reference_logprobs(reference, examples, tokenizer.pad_token_id)
     collate = PreferenceCollator(tokenizer.pad_token_id, extra_keys=extra)
