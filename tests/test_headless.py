@@ -61,3 +61,15 @@ def test_the_notebook_client_polls_its_kernel_in_slices():
     client.execute()
     assert seen == {"shell": 1.0, "iopub": 1.0}
     assert nb.cells[0].outputs[0]["text"] == "42\n"
+
+
+def test_every_headless_run_goes_through_the_notebook_client():
+    """nbclient's own client stalls on a missed wake-up: the package, the tests and the benchmarks use
+    ``notebook_client`` (a raw ``NotebookClient(...)`` would bring the stalls back)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    raw = [f"{p.relative_to(root)}:{n}" for folder in ("dpo_teach", "tests", "benchmarks", "scripts")
+           for p in sorted((root / folder).rglob("*.py")) if p.name not in ("headless.py", "test_headless.py")
+           for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if "NotebookClient(" in line]
+    assert not raw, f"use dpo_teach.headless.notebook_client instead of nbclient.NotebookClient at {raw}"
