@@ -207,6 +207,10 @@ def tokenize_pairs(tokenizer, rows: list[dict], max_length: int, append_eos: boo
     return out
 
 
+REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")  # what reference_logprobs adds to each example
+SPOT_CHECKED = 4  # examples whose carried log-probs are scored again by the reference they are used with
+
+
 @torch.no_grad()
 def reference_logprobs(reference: torch.nn.Module, examples: list[dict], pad_token_id: int,
                        batch_size: int = 256) -> list[dict]:
@@ -227,10 +231,6 @@ def reference_logprobs(reference: torch.nn.Module, examples: list[dict], pad_tok
     return out
 
 
-REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
-SPOT_CHECKED = 4  # examples whose carried log-probs are scored again by the reference they are used with
-
-
 def with_reference_logprobs(reference: torch.nn.Module, examples: list[dict], pad_token_id: int,
                             batch_size: int = 256) -> list[dict]:
     """``examples`` with π_ref's log-probs: as they are when every one carries them already (computed once, by
@@ -242,8 +242,7 @@ def with_reference_logprobs(reference: torch.nn.Module, examples: list[dict], pa
     if not examples or not all(key in e for e in examples for key in REF_KEYS):
         return reference_logprobs(reference, examples, pad_token_id, batch_size)
     head = examples[:SPOT_CHECKED]
-    again = reference_logprobs(reference, [{k: v for k, v in e.items() if k not in REF_KEYS} for e in head],
-                               pad_token_id)
+    again = reference_logprobs(reference, head, pad_token_id)  # copies, scored anew
     for i, (carried, scored) in enumerate(zip(head, again, strict=True)):
         for key in REF_KEYS:
             if abs(carried[key] - scored[key]) > 1e-3 + 1e-4 * abs(scored[key]):

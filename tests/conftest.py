@@ -135,6 +135,14 @@ def shared_dir(tmp_path_factory, name: str) -> Path:
     return path
 
 
+def once_per_suite(done: Path, make) -> None:
+    """``make()`` unless ``done`` exists, under a file lock that every worker shares: the first worker that needs it
+    makes it (``make`` leaves ``done`` last), the others wait for it and then read it."""
+    with FileLock(f"{done}.lock"):
+        if not done.exists():
+            make()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
     """This worker's reference cache, set as $DPO_TEACH_CACHE for every test and every kernel it starts."""
@@ -170,16 +178,18 @@ def shared_reference(config, tmp_path_factory, private: Path, threads: int | Non
 
     store = shared_dir(tmp_path_factory, "references")
     name = f"reference-{config.preset}-{config.key()}"
-    with FileLock(str(store / f"{name}.lock")):
-        if not (store / name).is_dir():
-            before = torch.get_num_threads()
-            os.environ[CACHE_ENV] = str(store)
-            torch.set_num_threads(threads or before)
-            try:
-                load_reference(config)
-            finally:
-                torch.set_num_threads(before)
-                os.environ[CACHE_ENV] = str(private)
+
+    def build() -> None:  # the cache writes the entry's folder atomically
+        before = torch.get_num_threads()
+        os.environ[CACHE_ENV] = str(store)
+        torch.set_num_threads(threads or before)
+        try:
+            load_reference(config)
+        finally:
+            torch.set_num_threads(before)
+            os.environ[CACHE_ENV] = str(private)
+
+    once_per_suite(store / name, build)
     link = private / name
     if not link.exists():
         try:
@@ -244,10 +254,12 @@ def assigned(tmp_path_factory):
     from dpo_teach import grading
 
     root = shared_dir(tmp_path_factory, "assign")
-    with FileLock(f"{root}.lock"):
-        if not (root / "done").is_file():
-            grading.assign(notebooks=root / "notebooks", autograder=root / "autograder", solutions=root / "solutions")
-            (root / "done").touch()  # last: marks it complete
+
+    def assign() -> None:
+        grading.assign(notebooks=root / "notebooks", autograder=root / "autograder", solutions=root / "solutions")
+        (root / "done").touch()  # last: marks it complete
+
+    once_per_suite(root / "done", assign)
     return root
 
 
@@ -290,9 +302,7 @@ class NotebookRuns:
 
         key = f"{path.parent.name}-{path.stem}-{'fast' if fast else 'full'}"
         if key not in self.read:
-            with FileLock(str(self.store / f"{key}.lock")):
-                if not (self.store / f"{key}.json").is_file():
-                    self._execute(path, fast, timeout, key)
+            once_per_suite(self.store / f"{key}.json", lambda: self._execute(path, fast, timeout, key))
             run = json.loads((self.store / f"{key}.json").read_text())
             self.read[key] = {**run, "nb": nbformat.read(self.store / key / renamed(path), as_version=4)}
         return self.read[key]

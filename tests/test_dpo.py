@@ -1,5 +1,6 @@
 """The DPO loop: ln 2 at the start, precomputed = on-the-fly reference, reproducible, and it learns."""
 
+import contextlib
 import copy
 import math
 
@@ -13,6 +14,19 @@ from dpo_teach.losses import dpo_loss
 
 METRICS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
            "logps/chosen", "logps/rejected"]
+
+
+@contextlib.contextmanager
+def reference_forwards(reference):
+    """The rows of each forward pass of ``reference`` itself while the block runs (a policy deep-copied from it
+    inherits the hook and is not counted)."""
+    rows, body = [], reference.transformer
+    hook = body.register_forward_hook(lambda module, args, kwargs, out: rows.append(kwargs["input_ids"].shape[0])
+                                      if module is body else None, with_kwargs=True)
+    try:
+        yield rows
+    finally:
+        hook.remove()
 
 
 def run(world, rows, **kw):
@@ -107,16 +121,10 @@ def test_reference_logprobs_are_computed_once_per_pair(world, pairs):
     assert torch.allclose(torch.tensor([e["ref_rejected_logps"] for e in ex]), rejected, atol=1e-5)
 
     # In training: one pass of π_ref over the 40 pairs before the 2 × 5 steps, or one forward per step.
-    calls = []
-    body = reference.transformer  # the policy is a deep copy, hook included: count only π_ref's own calls
-    hook = body.register_forward_hook(lambda module, *_: calls.append(1) if module is body else None)
-    try:
-        for precompute, expected in [(True, 1), (False, 10)]:
-            calls.clear()
+    for precompute, expected in [(True, 1), (False, 10)]:
+        with reference_forwards(reference) as calls:
             _, history = run(world, pairs[:40], batch_size=8, epochs=2, precompute_ref=precompute)
-            assert len(history) == 10 and len(calls) == expected, (precompute, len(calls))
-    finally:
-        hook.remove()
+        assert len(history) == 10 and len(calls) == expected, (precompute, len(calls))
 
 
 def test_log_probs_computed_once_serve_every_run_on_the_same_pairs(world, pairs):
@@ -126,21 +134,13 @@ def test_log_probs_computed_once_serve_every_run_on_the_same_pairs(world, pairs)
     rows = pairs[:40]
     examples = reference_logprobs(reference, tokenize_pairs(tok, rows, 64), tok.pad_token_id)
     config = DPOConfig(beta=0.5, lr=1e-3, batch_size=8, epochs=2)
-    calls = []
-    body = reference.transformer
-    hook = body.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape[0])
-                                      if module is body else None, with_kwargs=True)  # rows π_ref scores
-    try:
-        histories = {}
-        for name, given in [("itself", None), ("carried", examples)]:
-            calls.clear()
-            histories[name] = train_dpo(copy.deepcopy(reference), reference, tok, rows, config, examples=given)
-            histories[f"{name} calls"] = list(calls)
-    finally:
-        hook.remove()
-    assert histories["itself"] == histories["carried"] and len(histories["itself"]) == 10
-    assert histories["itself calls"] == [80], "one pass over the 40 pairs (2 × 40 rows)"
-    assert histories["carried calls"] == [8], "only the spot check: 4 pairs scored again"
+    with reference_forwards(reference) as itself:
+        computed = train_dpo(copy.deepcopy(reference), reference, tok, rows, config)
+    with reference_forwards(reference) as carried:
+        reused = train_dpo(copy.deepcopy(reference), reference, tok, rows, config, examples=examples)
+    assert computed == reused and len(computed) == 10
+    assert itself == [80], "one pass over the 40 pairs (2 × 40 rows)"
+    assert carried == [8], "only the spot check: 4 pairs scored again"
 
 
 def test_log_probs_of_another_reference_are_refused(world, pairs):

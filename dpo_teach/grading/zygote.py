@@ -139,9 +139,11 @@ def _child(channel: socket.socket, fds: list[int], request: bytes, started: dict
     try:
         channel.close()
         changes = json.loads(request)
+        env = {**started, **changes["set"]}
+        for name in changes["unset"]:
+            env.pop(name, None)
         os.environ.clear()
-        os.environ.update({name: value for name, value in started.items() if name not in changes["unset"]})
-        os.environ.update(changes["set"])
+        os.environ.update(env)
         os.environ.setdefault("MPLBACKEND", "Agg")  # as the zygote imported matplotlib
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for target, descriptor in enumerate(fds):
