@@ -14,7 +14,9 @@ In each, ``make .venv/.installed`` (the set-up: a new .venv and every pip instal
 HOME (so an empty pip cache and Hugging Face cache), an empty $DPO_TEACH_CACHE and ``PYTEST_ADDOPTS`` adding
 ``--durations=N``. Nothing is shared between the two runs but the machine. The script prints both times (set-up,
 tests, total), the ratio base / new, the load average before and after each run, and the slowest tests of the new
-tree, and writes ``results/bench_test_suite.json`` (atomically). It exits 1 if either ``make test`` fails.
+tree, and where each tree's test CPU time went, by kind of process (``process_cpu.py``: notebook kernels, the
+grading sandbox, test workers, ...), and writes ``results/bench_test_suite.json`` (atomically). It exits 1 if either
+``make test`` fails.
 
 The runs take what the two suites take (10-30 minutes on 2 cores). Speed-ups are only meaningful side by side on one
 machine: a load average above the core count means other jobs shared the CPUs during the runs.
@@ -31,6 +33,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from process_cpu import ProcessCPU
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -110,12 +114,14 @@ def bench_tree(name: str, tree: Path, work: Path, durations: int) -> dict:
     print(f"[{name}] make {STAMP} && make test in {tree} (log: {log_path}) ...", flush=True)
     with open(log_path, "w") as log:
         rc_setup, setup_s = run_logged(["make", STAMP], tree, env, log)
-        rc_test, test_s = run_logged(["make", "test"], tree, env, log) if rc_setup == 0 else (None, 0.0)
+        with ProcessCPU() as cpu:  # where the tests' CPU time goes
+            rc_test, test_s = run_logged(["make", "test"], tree, env, log) if rc_setup == 0 else (None, 0.0)
     output = log_path.read_text(errors="replace")
     result = {"setup_s": round(setup_s, 1), "test_s": round(test_s, 1), "total_s": round(setup_s + test_s, 1),
               "setup_rc": rc_setup, "test_rc": rc_test, "ok": rc_setup == 0 and rc_test == 0,
               "load_before": [round(x, 2) for x in load_before],
-              "load_after": [round(x, 2) for x in os.getloadavg()], **parse_pytest(output, durations)}
+              "load_after": [round(x, 2) for x in os.getloadavg()], "test_cpu": cpu.as_dict(),
+              **parse_pytest(output, durations)}
     if not result["ok"]:
         result["log_tail"] = output[-3000:]
     print(f"[{name}] set-up {setup_s:.0f} s + tests {test_s:.0f} s = {setup_s + test_s:.0f} s"
@@ -133,6 +139,12 @@ def report(result: dict, top: int) -> str:
     if result["ratio_total"] is not None:
         lines.append(f"speed-up base / new: {result['ratio_total']:.2f}x in total, {result['ratio_test']:.2f}x for "
                      f"the tests alone ({result['environment']['cpus']} cores)")
+    for k, r in (("base", base), ("new", new)):
+        cpu = r.get("test_cpu", {})
+        if cpu.get("cpu_s") is not None:
+            lines.append(f"\n{k}: the tests used {cpu['cpu_s']:.0f} CPU s, the cores {cpu['busy']:.0%} busy; "
+                         "by process:")
+            lines += [f"{s:>8.0f} s  {kind}" for kind, s in cpu["by_kind"].items() if s >= 1]
     lines.append(f"\nslowest {top} tests of the new tree:")
     lines += [f"{t['seconds']:>8.2f}s {t['when']:<8} {t['test']}" for t in new["slowest"][:top]]
     return "\n".join(lines)

@@ -61,3 +61,32 @@ FAILED tests/test_x.py::test_y - assert 1 == 2
          "test": "tests/test_notebooks_00_04.py::test_student_notebook_runs_headless[00_start_here]"},
         {"seconds": 28.46, "when": "call", "test": "tests/test_compare.py::test_fast_comparison_end_to_end"}]
     assert parse_pytest("make: *** [Makefile:22] Error 1", top=15) == {"summary": None, "slowest": []}
+
+
+def test_process_cpu_counts_what_the_block_starts_by_kind():
+    """The test-suite benchmark's CPU breakdown: a child that burns 1 CPU-second is counted (a process already
+    running before the block is not), under the kind its command line says."""
+    import subprocess
+    import time
+
+    from process_cpu import ProcessCPU, kind_of
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < {}: pass"
+    before = subprocess.Popen([sys.executable, "-c", burn.format(3.0)])
+    time.sleep(0.1)  # start times are in clock ticks (10 ms): this one starts ticks before the block
+    try:
+        with ProcessCPU(interval_s=0.1) as cpu:
+            subprocess.run([sys.executable, "-c", burn.format(1.0)], check=True)
+    finally:
+        before.kill()
+        before.wait()
+    if not cpu.available:
+        pytest.skip("no /proc here: the benchmark reports no CPU breakdown")
+    assert 0.8 <= cpu.total() <= 1.6, cpu.processes
+    assert cpu.by_kind() == {"other Python processes": pytest.approx(cpu.total(), abs=0.05)}
+    assert 0 < cpu.busy() <= 1.0
+    assert kind_of("/x/.venv/bin/python -m ipykernel_launcher -f k.json") == "notebook kernels"
+    assert kind_of("/x/.venv/bin/python -m dpo_teach.grading _zygote 19") == "grading sandbox (zygotes, forks)"
+    assert kind_of("python -u -c import sys;exec(eval(sys.stdin.readline()))").startswith("pytest-xdist workers")
+    assert kind_of("/usr/lib/chromium/chromium --headless") == "browser (the site's test)"
+    assert kind_of("make test") == "other"

@@ -1,0 +1,124 @@
+"""Where a command's CPU time goes, by kind of process: notebook kernels, the grader's sandbox, test workers, ...
+
+    with ProcessCPU() as cpu:
+        subprocess.run(["make", "test"])
+    cpu.by_kind()   # {"notebook kernels": 184.1, "grading sandbox": 148.0, ...} CPU seconds
+    cpu.busy()      # CPU seconds / (wall seconds × cores): 1.0 when every core was busy throughout
+
+A background thread reads /proc every ``interval_s`` seconds: each process's user + system time (all its threads) and
+its command line, keeping the last value seen. It counts the processes that started after it did, so on a quiet
+machine that is the command and everything it starts; a process that lives less than ``interval_s`` may be missed,
+and one that ends loses the time since its last sample (both small next to the suite's minutes). Linux only: elsewhere
+``available`` is False and nothing is measured. The test-suite benchmark (``bench_test_suite.py``) reports it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+PROC = Path("/proc")
+# (what the command line contains, the kind it is counted as), first match wins
+KINDS = [
+    ("ipykernel_launcher", "notebook kernels"),
+    ("dpo_teach.grading _", "grading sandbox (zygotes, forks)"),
+    ("multiprocessing.spawn", "multiprocessing workers (the comparison's seeds)"),
+    ("exec(eval(sys.stdin.readline()))", "pytest-xdist workers (tests run in process)"),
+    ("pytest", "pytest (main process)"),
+    ("chrom", "browser (the site's test)"),
+    ("playwright", "browser (the site's test)"),
+    ("compileall", "installers (uv, pip, bytecode)"),
+    ("/uv ", "installers (uv, pip, bytecode)"),
+    (" pip ", "installers (uv, pip, bytecode)"),
+    ("-m pip", "installers (uv, pip, bytecode)"),
+    ("pip_install.py", "installers (uv, pip, bytecode)"),
+    ("jupyter", "jupyter servers"),
+    ("dpo_teach.cli", "dpo-teach commands"),
+    ("dpo-teach", "dpo-teach commands"),
+    ("python", "other Python processes"),
+]
+
+
+def kind_of(cmdline: str) -> str:
+    """The kind a process with this command line is counted as (``KINDS``; "other" for anything else)."""
+    return next((kind for needle, kind in KINDS if needle in cmdline), "other")
+
+
+class ProcessCPU:
+    """CPU seconds of every process started while the block runs, by kind (see the module's docstring)."""
+
+    def __init__(self, interval_s: float = 0.5):
+        self.interval_s = interval_s
+        self.available = (PROC / "self" / "stat").is_file()
+        self.processes: dict[tuple[int, int], dict] = {}  # (pid, start time) -> {"cmd", "cpu_s"}
+        self.wall_s = 0.0
+        self._hz = os.sysconf("SC_CLK_TCK") if self.available else 100
+        self._stop = threading.Event()
+
+    def __enter__(self) -> ProcessCPU:
+        self._start, self._t0 = self._clock_ticks(), time.perf_counter()
+        if self.available:
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.available:
+            self._stop.set()
+            self._thread.join()
+            self._sample()
+        self.wall_s = time.perf_counter() - self._t0
+
+    def _clock_ticks(self) -> int:
+        """Now, in the clock ticks since boot that /proc/PID/stat gives a process's start time in."""
+        try:
+            return int(float((PROC / "uptime").read_text().split()[0]) * self._hz)
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        me = os.getpid()
+        for entry in os.scandir(PROC):
+            if not entry.name.isdigit() or int(entry.name) == me:
+                continue
+            try:
+                stat = (PROC / entry.name / "stat").read_text()
+                fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "; field 3 of proc(5) is fields[0]
+                started = int(fields[19])
+                if started < self._start:
+                    continue
+                cpu_s = (int(fields[11]) + int(fields[12])) / self._hz  # utime + stime, every thread
+                key = (int(entry.name), started)
+                if key not in self.processes:
+                    cmd = (PROC / entry.name / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    self.processes[key] = {"cmd": cmd.strip(), "cpu_s": 0.0}
+                self.processes[key]["cpu_s"] = max(self.processes[key]["cpu_s"], cpu_s)
+            except (OSError, ValueError, IndexError):  # it ended meanwhile
+                continue
+
+    def total(self) -> float:
+        return sum(p["cpu_s"] for p in self.processes.values())
+
+    def by_kind(self) -> dict[str, float]:
+        """CPU seconds per kind, the largest first."""
+        kinds: dict[str, float] = {}
+        for p in self.processes.values():
+            kind = kind_of(p["cmd"])
+            kinds[kind] = kinds.get(kind, 0.0) + p["cpu_s"]
+        return {k: round(v, 1) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}
+
+    def busy(self, cores: int | None = None) -> float | None:
+        """CPU seconds over what the cores could give in the block's wall time (1.0: every core busy throughout)."""
+        if cores is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return round(self.total() / (self.wall_s * cores), 3) if self.available and self.wall_s > 0 else None
+
+    def as_dict(self) -> dict:
+        return {"cpu_s": round(self.total(), 1), "busy": self.busy(), "by_kind": self.by_kind(),
+                "sampled_every_s": self.interval_s} if self.available else {"cpu_s": None}
