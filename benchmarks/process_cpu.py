@@ -6,10 +6,10 @@
     cpu.busy()      # CPU seconds / (wall seconds × cores): 1.0 when every core was busy throughout
 
 A background thread reads /proc every ``interval_s`` seconds: each process's user + system time (all its threads) and
-its command line, keeping the last value seen. It counts the processes that started after it did, so on a quiet
-machine that is the command and everything it starts; a process that lives less than ``interval_s`` may be missed,
-and one that ends loses the time since its last sample (both small next to the suite's minutes). Linux only: elsewhere
-``available`` is False and nothing is measured. The test-suite benchmark (``bench_test_suite.py``) reports it.
+its command line, keeping the last value seen. It counts the descendants of ``root`` (this process) that started
+while it ran: a process that lives less than ``interval_s`` may be missed, so may one whose parent ended before it
+was first seen, and one that ends loses the time since its last sample (all small next to the suite's minutes).
+Linux only: elsewhere ``available`` is False and nothing is measured. ``bench_test_suite.py`` reports it.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def kind_of(cmdline: str) -> str:
 class ProcessCPU:
     """CPU seconds of every process started while the block runs, by kind (see the module's docstring)."""
 
-    def __init__(self, interval_s: float = 0.5):
-        self.interval_s = interval_s
+    def __init__(self, interval_s: float = 0.5, root: int | None = None):
+        self.interval_s, self.root = interval_s, root or os.getpid()
         self.available = (PROC / "self" / "stat").is_file()
         self.processes: dict[tuple[int, int], dict] = {}  # (pid, start time) -> {"cmd", "cpu_s"}
         self.wall_s = 0.0
@@ -83,24 +83,29 @@ class ProcessCPU:
             self._sample()
 
     def _sample(self) -> None:
-        me = os.getpid()
+        seen = {}  # pid -> (parent pid, start time, CPU seconds), every process alive now
         for entry in os.scandir(PROC):
-            if not entry.name.isdigit() or int(entry.name) == me:
-                continue
-            try:
-                stat = (PROC / entry.name / "stat").read_text()
-                fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "; field 3 of proc(5) is fields[0]
-                started = int(fields[19])
-                if started < self._start:
+            if entry.name.isdigit():
+                try:
+                    stat = (PROC / entry.name / "stat").read_text()
+                except OSError:  # it ended meanwhile
                     continue
+                fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": proc(5)'s field 3 is fields[0]
                 cpu_s = (int(fields[11]) + int(fields[12])) / self._hz  # utime + stime, every thread
-                key = (int(entry.name), started)
-                if key not in self.processes:
-                    cmd = (PROC / entry.name / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                    self.processes[key] = {"cmd": cmd.strip(), "cpu_s": 0.0}
-                self.processes[key]["cpu_s"] = max(self.processes[key]["cpu_s"], cpu_s)
-            except (OSError, ValueError, IndexError):  # it ended meanwhile
-                continue
+                seen[int(entry.name)] = (int(fields[1]), int(fields[19]), cpu_s)
+        by_start = sorted(seen.items(), key=lambda item: (item[1][1], item[0]))  # parents before their children
+        for pid, (ppid, started, cpu_s) in by_start:
+            key = (pid, started)
+            if key not in self.processes:
+                parent = (ppid, seen[ppid][1]) if ppid in seen else None
+                if started < self._start or not (ppid == self.root or parent in self.processes):
+                    continue  # not started by the block (or its parent ended before it was seen)
+                try:
+                    cmd = (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    cmd = ""
+                self.processes[key] = {"cmd": cmd.strip(), "cpu_s": 0.0}
+            self.processes[key]["cpu_s"] = max(self.processes[key]["cpu_s"], cpu_s)
 
     def total(self) -> float:
         return sum(p["cpu_s"] for p in self.processes.values())
