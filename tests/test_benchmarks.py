@@ -88,8 +88,9 @@ def test_process_cpu_counts_what_the_block_starts_by_kind():
     if not cpu.available:
         pytest.skip("no /proc here: the benchmark reports no CPU breakdown")
     assert 0.8 <= cpu.total() <= 1.4, cpu.processes
-    busy_kinds = {kind: s for kind, s in cpu.by_kind().items() if s}  # the shell's `sleep` used no CPU
-    assert busy_kinds == {"other Python processes": pytest.approx(cpu.total(), abs=0.05)}
+    # the shell's `sleep` uses next to no CPU, but time is charged in whole clock ticks (10 ms) now and then
+    busy_kinds = {kind: s for kind, s in cpu.by_kind().items() if s >= 0.1}
+    assert busy_kinds == {"other Python processes": pytest.approx(cpu.total(), abs=0.05)}, cpu.processes
     assert 0 < cpu.busy() <= 1.0
     assert kind_of("/x/.venv/bin/python -m ipykernel_launcher -f k.json") == "notebook kernels"
     assert kind_of("/x/.venv/bin/python -m dpo_teach.grading _zygote 19") == "grading sandbox (zygotes, forks)"
