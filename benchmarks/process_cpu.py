@@ -20,30 +20,54 @@ import time
 from pathlib import Path
 
 PROC = Path("/proc")
-# (what the command line contains, the kind it is counted as), first match wins
+# (what runs, the kind it is counted as), first match wins. "What runs" is the program's name, then what it runs:
+# the module after -m, the script's file name, or the code after -c. Paths are reduced to their last part, so that
+# a checkout in /tmp/dpo-teach-bench-test-x/ is not taken for a dpo-teach command.
 KINDS = [
     ("ipykernel_launcher", "notebook kernels"),
-    ("dpo_teach.grading _", "grading sandbox (zygotes, forks)"),
-    ("multiprocessing.spawn", "multiprocessing workers (the comparison's seeds)"),
+    ("dpo_teach.grading", "grading sandbox (zygotes, forks)"),
+    ("multiprocessing", "multiprocessing workers (the comparison's seeds)"),
     ("exec(eval(sys.stdin.readline()))", "pytest-xdist workers (tests run in process)"),
     ("pytest", "pytest (main process)"),
     ("chrom", "browser (the site's test)"),
-    ("playwright", "browser (the site's test)"),
+    ("headless_shell", "browser (the site's test)"),
+    ("node cli.js", "browser (the site's test)"),  # Playwright's driver
     ("compileall", "installers (uv, pip, bytecode)"),
-    ("/uv ", "installers (uv, pip, bytecode)"),
-    (" pip ", "installers (uv, pip, bytecode)"),
-    ("-m pip", "installers (uv, pip, bytecode)"),
+    ("uv ", "installers (uv, pip, bytecode)"),
+    ("python pip", "installers (uv, pip, bytecode)"),
+    ("__pip-runner__", "installers (uv, pip, bytecode)"),
     ("pip_install.py", "installers (uv, pip, bytecode)"),
     ("jupyter", "jupyter servers"),
-    ("dpo_teach.cli", "dpo-teach commands"),
+    ("dpo_teach", "dpo-teach commands"),
     ("dpo-teach", "dpo-teach commands"),
     ("python", "other Python processes"),
 ]
 
 
-def kind_of(cmdline: str) -> str:
+def what_runs(argv: list[str]) -> str:
+    """``"python ipykernel_launcher"``, ``"chromium"``, ``"python exec(eval(...))"``: a process's program (its file
+    name) and what it runs (-m's module, the script's file name, -c's code)."""
+    if not argv:
+        return ""
+    program, entry = os.path.basename(argv[0]), ""
+    args = iter(argv[1:])
+    for arg in args:
+        if arg in ("-W", "-X"):  # options with a value of their own
+            next(args, "")
+            continue
+        if arg in ("-m", "-c"):
+            entry = next(args, "")
+            break
+        if not arg.startswith("-"):
+            entry = arg
+            break
+    return f"{program} {entry if '(' in entry or ' ' in entry else os.path.basename(entry)}".strip()
+
+
+def kind_of(argv: list[str]) -> str:
     """The kind a process with this command line is counted as (``KINDS``; "other" for anything else)."""
-    return next((kind for needle, kind in KINDS if needle in cmdline), "other")
+    runs = what_runs(argv)
+    return next((kind for needle, kind in KINDS if needle in runs), "other")
 
 
 class ProcessCPU:
@@ -52,7 +76,7 @@ class ProcessCPU:
     def __init__(self, interval_s: float = 0.5, root: int | None = None):
         self.interval_s, self.root = interval_s, root or os.getpid()
         self.available = (PROC / "self" / "stat").is_file()
-        self.processes: dict[tuple[int, int], dict] = {}  # (pid, start time) -> {"cmd", "cpu_s"}
+        self.processes: dict[tuple[int, int], dict] = {}  # (pid, start time) -> {"argv", "cpu_s"}
         self.wall_s = 0.0
         self._hz = os.sysconf("SC_CLK_TCK") if self.available else 100
         self._stop = threading.Event()
@@ -101,10 +125,10 @@ class ProcessCPU:
                 if started < self._start or not (ppid == self.root or parent in self.processes):
                     continue  # not started by the block (or its parent ended before it was seen)
                 try:
-                    cmd = (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                    argv = (PROC / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
                 except OSError:
-                    cmd = ""
-                self.processes[key] = {"cmd": cmd.strip(), "cpu_s": 0.0}
+                    argv = []
+                self.processes[key] = {"argv": argv, "cpu_s": 0.0}
             self.processes[key]["cpu_s"] = max(self.processes[key]["cpu_s"], cpu_s)
 
     def total(self) -> float:
@@ -114,7 +138,7 @@ class ProcessCPU:
         """CPU seconds per kind, the largest first."""
         kinds: dict[str, float] = {}
         for p in self.processes.values():
-            kind = kind_of(p["cmd"])
+            kind = kind_of(p["argv"])
             kinds[kind] = kinds.get(kind, 0.0) + p["cpu_s"]
         return {k: round(v, 1) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}
 
@@ -124,6 +148,12 @@ class ProcessCPU:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return round(self.total() / (self.wall_s * cores), 3) if self.available and self.wall_s > 0 else None
 
+    def largest(self, n: int = 20) -> list[dict]:
+        """The ``n`` processes that used the most CPU: what each ran (``what_runs``, cut to 100 characters)."""
+        top = sorted(self.processes.values(), key=lambda p: -p["cpu_s"])[:n]
+        return [{"cpu_s": round(p["cpu_s"], 1), "kind": kind_of(p["argv"]), "runs": what_runs(p["argv"])[:100]}
+                for p in top]
+
     def as_dict(self) -> dict:
         return {"cpu_s": round(self.total(), 1), "busy": self.busy(), "by_kind": self.by_kind(),
-                "sampled_every_s": self.interval_s} if self.available else {"cpu_s": None}
+                "largest": self.largest(), "sampled_every_s": self.interval_s} if self.available else {"cpu_s": None}

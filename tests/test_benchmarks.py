@@ -75,14 +75,19 @@ def test_process_cpu_counts_what_the_block_starts_by_kind():
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < {}: pass"
     before = subprocess.Popen([sys.executable, "-c", burn.format(3.0)])
     time.sleep(0.1)  # start times are in clock ticks (10 ms): this one starts ticks before the block
-    # the block's process: a shell that starts a Python burning 1 CPU-second (`; true`: not exec'd in its place)
-    shell = subprocess.Popen(["sh", "-c", f"sleep 0.2; {shlex.quote(sys.executable)} -c {shlex.quote(burn.format(1.0))}"
-                                          "; true"])
+    # The block's process: a shell that starts a Python burning 1 CPU-second (`; true`: not exec'd in its place). The
+    # Python then waits for its stdin to close, so that the block's last sample sees all of its CPU time, however
+    # busy the machine.
+    burner = burn.format(1.0) + "\nimport sys\nprint('burnt', flush=True)\nsys.stdin.read()"
+    shell = subprocess.Popen(["sh", "-c", f"sleep 0.2; {shlex.quote(sys.executable)} -c {shlex.quote(burner)}; true"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         with ProcessCPU(interval_s=0.1, root=shell.pid) as cpu:
             subprocess.run([sys.executable, "-c", burn.format(0.6)], check=True)  # another process's child
-            shell.wait()
+            assert shell.stdout.readline().strip() == "burnt"
     finally:
+        shell.stdin.close()
+        shell.wait()
         before.kill()
         before.wait()
     if not cpu.available:
@@ -92,8 +97,17 @@ def test_process_cpu_counts_what_the_block_starts_by_kind():
     busy_kinds = {kind: s for kind, s in cpu.by_kind().items() if s >= 0.1}
     assert busy_kinds == {"other Python processes": pytest.approx(cpu.total(), abs=0.05)}, cpu.processes
     assert 0 < cpu.busy() <= 1.0
-    assert kind_of("/x/.venv/bin/python -m ipykernel_launcher -f k.json") == "notebook kernels"
-    assert kind_of("/x/.venv/bin/python -m dpo_teach.grading _zygote 19") == "grading sandbox (zygotes, forks)"
-    assert kind_of("python -u -c import sys;exec(eval(sys.stdin.readline()))").startswith("pytest-xdist workers")
-    assert kind_of("/usr/lib/chromium/chromium --headless") == "browser (the site's test)"
-    assert kind_of("make test") == "other"
+    python = "/tmp/dpo-teach-bench-test-x/new/.venv/bin/python"  # a checkout's path says nothing of what runs
+    for argv, kind in [([python, "-c", burner], "other Python processes"),
+                       ([python, "-m", "ipykernel_launcher", "-f", "k.json"], "notebook kernels"),
+                       ([python, "-m", "dpo_teach.grading", "_zygote", "19"], "grading sandbox (zygotes, forks)"),
+                       ([python, "-u", "-c", "import sys;exec(eval(sys.stdin.readline()))"],
+                        "pytest-xdist workers (tests run in process)"),
+                       ([python, "-B", "-c", "from multiprocessing.spawn import spawn_main; spawn_main()"],
+                        "multiprocessing workers (the comparison's seeds)"),
+                       ([python, "/x/.venv/bin/dpo-teach", "compare", "--fast"], "dpo-teach commands"),
+                       ([python, "-W", "ignore::DeprecationWarning", "-m", "pip", "install"],
+                        "installers (uv, pip, bytecode)"),
+                       (["/usr/lib/chromium/chromium", "--headless"], "browser (the site's test)"),
+                       (["make", "test"], "other")]:
+        assert kind_of(argv) == kind, argv
