@@ -2,13 +2,14 @@
 
     with ProcessCPU() as cpu:
         subprocess.run(["make", "test"])
-    cpu.by_kind()   # {"notebook kernels": 184.1, "grading sandbox": 148.0, ...} CPU seconds
+    cpu.by_kind()   # {"notebook kernels": 152.0, "grading sandbox (zygotes, forks)": 147.0, ...} CPU seconds
     cpu.busy()      # CPU seconds / (wall seconds × cores): 1.0 when every core was busy throughout
 
 A background thread reads /proc every ``interval_s`` seconds: each process's user + system time (all its threads) and
-its command line, keeping the last value seen. It counts the descendants of ``root`` (this process) that started
-while it ran: a process that lives less than ``interval_s`` may be missed, so may one whose parent ended before it
-was first seen, and one that ends loses the time since its last sample (all small next to the suite's minutes).
+its command line, keeping the last value seen. It counts the descendants of ``root`` (by default this process) that
+started while it ran: a process that lives less than ``interval_s`` may be missed, so may one whose parent ended
+before it was first seen, and one that ends loses the time since its last sample (all small next to the suite's
+minutes).
 Linux only: elsewhere ``available`` is False and nothing is measured. ``bench_test_suite.py`` reports it.
 """
 
