@@ -21,54 +21,45 @@ import time
 from pathlib import Path
 
 PROC = Path("/proc")
-# (what runs, the kind it is counted as), first match wins. "What runs" is the program's name, then what it runs:
-# the module after -m, the script's file name, or the code after -c. Paths are reduced to their last part, so that
-# a checkout in /tmp/dpo-teach-bench-test-x/ is not taken for a dpo-teach command.
-KINDS = [
-    ("ipykernel_launcher", "notebook kernels"),
-    ("dpo_teach.grading", "grading sandbox (zygotes, forks)"),
-    ("multiprocessing", "multiprocessing workers (the comparison's seeds)"),
-    ("exec(eval(sys.stdin.readline()))", "pytest-xdist workers (tests run in process)"),
-    ("pytest", "pytest (main process)"),
-    ("chrom", "browser (the site's test)"),
-    ("headless_shell", "browser (the site's test)"),
-    ("node cli.js", "browser (the site's test)"),  # Playwright's driver
-    ("compileall", "installers (uv, pip, bytecode)"),
-    ("uv ", "installers (uv, pip, bytecode)"),
-    ("python pip", "installers (uv, pip, bytecode)"),
-    ("__pip-runner__", "installers (uv, pip, bytecode)"),
-    ("pip_install.py", "installers (uv, pip, bytecode)"),
-    ("jupyter", "jupyter servers"),
-    ("dpo_teach", "dpo-teach commands"),
-    ("dpo-teach", "dpo-teach commands"),
-    ("python", "other Python processes"),
-]
+# kind -> what its processes run (any of these in ``what_runs``), in order: the first kind that matches counts.
+# "What runs" is the program's file name, then the module after -m, the script's file name or the code after -c, so
+# that a checkout in /tmp/dpo-teach-bench-test-x/ is not taken for a dpo-teach command.
+KINDS = {
+    "notebook kernels": ("ipykernel_launcher",),
+    "grading sandbox (zygotes, forks)": ("dpo_teach.grading",),
+    "multiprocessing workers (the comparison's seeds)": ("multiprocessing",),
+    "pytest-xdist workers (tests run in process)": ("exec(eval(sys.stdin.readline()))",),
+    "pytest (main process)": ("pytest",),
+    "browser (the site's test)": ("chrom", "headless_shell", "node cli.js"),  # the last: Playwright's driver
+    "installers (uv, pip, bytecode)": ("compileall", "uv ", "python pip", "__pip-runner__", "pip_install.py"),
+    "jupyter servers": ("jupyter",),
+    "dpo-teach commands": ("dpo_teach", "dpo-teach"),
+    "other Python processes": ("python",),
+}
 
 
 def what_runs(argv: list[str]) -> str:
-    """``"python ipykernel_launcher"``, ``"chromium"``, ``"python exec(eval(...))"``: a process's program (its file
-    name) and what it runs (-m's module, the script's file name, -c's code)."""
+    """``"python ipykernel_launcher"``, ``"chromium"``, ``"python import sys;exec(...)"``: a process's program (its
+    file name) and what it runs (-m's module, -c's code, or the script's file name)."""
     if not argv:
         return ""
-    program, entry = os.path.basename(argv[0]), ""
-    args = iter(argv[1:])
+    entry, args = "", iter(argv[1:])
     for arg in args:
         if arg in ("-W", "-X"):  # options with a value of their own
             next(args, "")
-            continue
-        if arg in ("-m", "-c"):
+        elif arg in ("-m", "-c"):
             entry = next(args, "")
             break
-        if not arg.startswith("-"):
-            entry = arg
+        elif not arg.startswith("-"):
+            entry = os.path.basename(arg)  # a script, or a program's first argument
             break
-    return f"{program} {entry if '(' in entry or ' ' in entry else os.path.basename(entry)}".strip()
+    return f"{os.path.basename(argv[0])} {entry}".strip()
 
 
 def kind_of(argv: list[str]) -> str:
     """The kind a process with this command line is counted as (``KINDS``; "other" for anything else)."""
     runs = what_runs(argv)
-    return next((kind for needle, kind in KINDS if needle in runs), "other")
+    return next((kind for kind, needles in KINDS.items() if any(n in runs for n in needles)), "other")
 
 
 class ProcessCPU:

@@ -65,7 +65,6 @@ class PeakMemory:
 
     def __init__(self, interval_s: float = 0.003, kernel: bool = True):
         self.interval_s, self.kernel, self.peak_mb = interval_s, kernel, None
-        self.sampled = False  # True when the peak came from the sampling thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -77,10 +76,14 @@ class PeakMemory:
             pass
         self._base = self._peak = _rss_bytes()
         if not (self.kernel and _reset_peak()):
-            self.sampled = True
             self._thread = threading.Thread(target=self._poll, daemon=True)
             self._thread.start()
         return self
+
+    @property
+    def sampled(self) -> bool:
+        """True when the peak comes from the sampling thread, not from the kernel."""
+        return self._thread is not None
 
     def _poll(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -70,7 +70,7 @@ def test_process_cpu_counts_what_the_block_starts_by_kind():
     import subprocess
     import time
 
-    from process_cpu import ProcessCPU, kind_of
+    from process_cpu import ProcessCPU
 
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < {}: pass"
     before = subprocess.Popen([sys.executable, "-c", burn.format(3.0)])
@@ -97,8 +97,13 @@ def test_process_cpu_counts_what_the_block_starts_by_kind():
     busy_kinds = {kind: s for kind, s in cpu.by_kind().items() if s >= 0.1}
     assert busy_kinds == {"other Python processes": pytest.approx(cpu.total(), abs=0.05)}, cpu.processes
     assert 0 < cpu.busy() <= 1.0
+
+
+def test_a_process_is_counted_by_what_it_runs_not_by_where_it_lies():
+    from process_cpu import kind_of
+
     python = "/tmp/dpo-teach-bench-test-x/new/.venv/bin/python"  # a checkout's path says nothing of what runs
-    for argv, kind in [([python, "-c", burner], "other Python processes"),
+    for argv, kind in [([python, "-c", "import time"], "other Python processes"),
                        ([python, "-m", "ipykernel_launcher", "-f", "k.json"], "notebook kernels"),
                        ([python, "-m", "dpo_teach.grading", "_zygote", "19"], "grading sandbox (zygotes, forks)"),
                        ([python, "-u", "-c", "import sys;exec(eval(sys.stdin.readline()))"],
@@ -107,6 +112,8 @@ def test_process_cpu_counts_what_the_block_starts_by_kind():
                         "multiprocessing workers (the comparison's seeds)"),
                        ([python, "/x/.venv/bin/dpo-teach", "compare", "--fast"], "dpo-teach commands"),
                        ([python, "-W", "ignore::DeprecationWarning", "-m", "pip", "install"],
+                        "installers (uv, pip, bytecode)"),
+                       (["/tmp/pytest-of-root/pytest-9/venv/bin/python", "/root/.cache/uv/.tmp/pip_compileall.py"],
                         "installers (uv, pip, bytecode)"),
                        (["/usr/lib/chromium/chromium", "--headless"], "browser (the site's test)"),
                        (["make", "test"], "other")]:

@@ -28,7 +28,8 @@ def test_peak_counts_what_the_block_holds_and_not_what_was_freed_before(kernel):
         held = bytearray(100 * MB)
         held[::4096] = b"\x01" * len(held[::4096])
         time.sleep(0.05)  # long enough for the sampling thread to see it
-    assert memory.sampled or kernel  # asked to sample, it samples
+    if sys.platform.startswith("linux"):  # the kernel's peak where it is asked for, the thread where it is not
+        assert memory.sampled is not kernel
     assert 95 <= memory.peak_mb <= 140, memory.peak_mb
     del held
 
