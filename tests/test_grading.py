@@ -325,7 +325,11 @@ def test_grade_survives_loops_errors_and_deleted_cells(graded_robustness):
     # it switched off the grader's per-cell alarm: killed at the notebook limit, and flagged for the instructor
     assert stuck["status"] == "flagged" and stuck["score"] == 0 and "per-notebook time limit" in stuck["reason"]
     assert any("signal" in flag for flag in stuck["flags"]), stuck["flags"]
-    assert "while running cell" in stuck["reason"] and stuck["seconds"] < 2 * STUCK_S, "killed once, not retried"
+    # killed once in its own code, not run again (a first try that timed out before cell 1, on a busy machine, may
+    # come before it: then the row says so)
+    assert "while running cell" in stuck["reason"] and stuck["tries"][-1] == "cell 1", stuck["tries"]
+    assert stuck["tries"] in (["cell 1"], ["start", "cell 1"]), stuck["tries"]
+    assert ("started twice" in stuck["reason"]) == (len(stuck["tries"]) == 2), stuck["reason"]
     mystery = rows["mystery"]
     assert mystery["status"] == "error" and "which assignment" in mystery["reason"]
 

@@ -277,8 +277,8 @@ def test_a_notebook_is_retried_only_when_it_hung_before_its_own_code(monkeypatch
             return {"status": "graded" if phase == "graded" else "timeout", "phase": phase}
 
         monkeypatch.setattr(grade_module, "run_notebook", fake)
-        grade_module._run_job({}, path, "x", 1, 1.0, {}, False, [])
-        assert len(calls) == runs, (phases, calls)
+        out = grade_module._run_job({}, path, "x", 1, 1.0, {}, False, [])
+        assert len(calls) == runs and out["tries"] == calls, (phases, calls, out)
 
 
 def test_without_a_sandbox_grading_refuses_unless_unsafe(assigned, tmp_path, monkeypatch, capsys):

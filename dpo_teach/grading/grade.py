@@ -104,13 +104,15 @@ def _run_job(bundle_tests: dict, path: Path, assignment: str, cell_timeout: int,
              sandboxed: bool, hide: list[str]) -> dict:
     """Grade one notebook in a fresh process (the sandbox unless ``--unsafe``). A notebook that ran out of time
     before any of its cells started (the machine, not the student) is tried once more; one that ran out of time in
-    its own code is not."""
+    its own code is not. ``out["tries"]`` lists where each try ended (``["start", "cell 1"]``: tried twice)."""
     text = path.read_text(encoding="utf-8")
+    tries = []
     for _attempt in range(2):
         out = run_notebook(text, f"{assignment}.ipynb", bundle_tests, cell_timeout, timeout, env, sandboxed, hide)
+        tries.append(out["phase"])
         if not (out["status"] == "timeout" and out["phase"] == "start"):
             break
-    return out
+    return {**out, "tries": tries}
 
 
 def _public_feedback(cases: list[dict]) -> tuple[bool, str]:
@@ -172,7 +174,7 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
         except Exception as e:  # noqa: BLE001 - e.g. no process could be started: report it, go on
             outcome = {"status": "error", "reason": f"could not grade it: {type(e).__name__}: {e}", "cases": {},
                        "errors": [], "tampered": []}
-        row["status"], row["errors"] = outcome["status"], outcome["errors"]
+        row["status"], row["errors"], row["tries"] = outcome["status"], outcome["errors"], outcome.get("tries", [])
         for q, cases in outcome["cases"].items():
             passed = all(c["passed"] for c in cases) and q not in found["reference"]
             public_passed, feedback = _public_feedback(cases)
@@ -184,6 +186,8 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
                                    "feedback": feedback}
         row["flags"] = found["grader"] + [f"at run time: changed {t}" for t in outcome["tampered"]]
         reasons = [outcome.get("reason", "")]
+        if len(row["tries"]) > 1:
+            reasons.append("started twice: the first start ran out of time before any cell ran (a busy machine)")
         if row["flags"]:  # also when it crashed or ran out of time: what it tried matters more
             row["status"] = "flagged"
             reasons.append(f"scored 0 until an instructor has read it: it touches the grading machinery "
@@ -346,7 +350,7 @@ def _read_journal(journal: Path) -> dict[str, dict]:
 def _empty_row(student: str, path: Path, assignment: str | None, status: str, reason: str = "") -> dict:
     """A grade row before (or without) grading: nothing scored."""
     return {"student": student, "file": str(path), "assignment": assignment, "status": status, "reason": reason,
-            "score": 0.0, "possible": 0.0, "questions": {}, "errors": [], "flags": [], "seconds": 0.0}
+            "score": 0.0, "possible": 0.0, "questions": {}, "errors": [], "flags": [], "tries": [], "seconds": 0.0}
 
 
 def _per_student(rows: list[dict]) -> dict:
