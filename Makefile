@@ -22,7 +22,8 @@ help:
 	@echo "make bench  throughput and memory benchmarks -> results/bench.json"
 	@echo "make bench-notebooks  notebook run times (fast mode: all; full mode: 05, 07) -> results/notebooks_bench.json"
 	@echo "make bench-test BASE=<commit>  fresh-clone \`make test\` of BASE, then of the working tree, timed with set-up"
-	@echo "            -> results/bench_test_suite.json (as long as both suites together)"
+	@echo "            -> results/bench_test_suite.json (as long as both suites together); SAME_TESTS=1 adds a run of"
+	@echo "            the working tree on only BASE's tests (like for like)"
 	@echo "make bench-compare  today's comparison (DPO, PPO, PPO-GT) vs all methods, full and --fast, side by side"
 	@echo "            -> results/bench_compare.json and the shipped notebooks/assets/compare_results.json"
 	@echo "make assign course/masters/*.ipynb -> notebooks/ (student versions) and course/autograder/ (bundles)"
@@ -77,7 +78,7 @@ bench-notebooks: $(STAMP)
 # a fresh clone's `make test` (new .venv, empty caches) of BASE and of the working tree, back to back; needs no .venv
 BASE ?= HEAD
 bench-test:
-	$(PYTHON) benchmarks/bench_test_suite.py --base $(BASE)
+	$(PYTHON) benchmarks/bench_test_suite.py --base $(BASE) $(if $(SAME_TESTS),--same-tests)
 
 # about 25 minutes on 2 cores: both comparisons, fast then full; the full all-methods run becomes the shipped asset
 bench-compare: $(STAMP)

@@ -18,8 +18,14 @@ tree, and where each tree's test CPU time went, by kind of process (``process_cp
 grading sandbox, test workers, ...), and writes ``results/bench_test_suite.json`` (atomically). It exits 1 if either
 ``make test`` fails.
 
-The runs take what the two suites take (10-30 minutes on 2 cores). Speed-ups are only meaningful side by side on one
-machine: a load average above the core count means other jobs shared the CPUs during the runs.
+``--same-tests`` adds a third run, like for like: the working tree's ``make test`` again (fresh HOME and caches, its
+set-up already made), on only the tests that the base has too (same node ids, as each tree's pytest collects them;
+the base's tests that the working tree no longer has are listed). Its time, with the working tree's set-up added, is
+compared with the base's: how much faster the same tests run, apart from the tests added since.
+
+The runs take what the two suites take (10-30 minutes on 2 cores; ``--same-tests`` adds the third run). Speed-ups
+are only meaningful side by side on one machine: a load average above the core count means other jobs shared the
+CPUs during the runs.
 """
 
 from __future__ import annotations
@@ -69,8 +75,9 @@ def copy_working_tree(dest: Path) -> list[str]:
     return copied
 
 
-def clean_env(home: Path, cache: Path, durations: int) -> dict:
-    """The caller's environment with a fresh HOME and reference cache, no active venv, and pytest's --durations."""
+def clean_env(home: Path, cache: Path, durations: int, select: Path | None = None) -> dict:
+    """The caller's environment with a fresh HOME and reference cache, no active venv, and pytest's --durations
+    (and ``@select``: only the node ids listed in that file)."""
     drop = {"VIRTUAL_ENV", "PYTHONPATH", "PIP_CACHE_DIR", "XDG_CACHE_HOME", "HF_HOME", "DPO_TEACH_CACHE",
             "PYTEST_ADDOPTS", "PYTEST_XDIST_AUTO_NUM_WORKERS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"}
     env = {k: v for k, v in os.environ.items() if k not in drop}
@@ -81,7 +88,7 @@ def clean_env(home: Path, cache: Path, durations: int) -> dict:
     home.mkdir(parents=True)
     cache.mkdir(parents=True)
     return {**env, "HOME": str(home), "DPO_TEACH_CACHE": str(cache),
-            "PYTEST_ADDOPTS": f"--durations={durations} -p no:cacheprovider"}
+            "PYTEST_ADDOPTS": f"--durations={durations} -p no:cacheprovider" + (f" @{select}" if select else "")}
 
 
 def run_logged(cmd: list[str], cwd: Path, env: dict, log) -> tuple[int, float]:
@@ -106,9 +113,26 @@ def parse_pytest(output: str, top: int) -> dict:
     return {"summary": summaries[-1] if summaries else None, "slowest": slowest[:top]}
 
 
-def bench_tree(name: str, tree: Path, work: Path, durations: int) -> dict:
-    """Fresh-clone ``make test`` in ``tree``, timed as set-up (the .venv) then tests."""
-    env = clean_env(work / f"home-{name}", work / f"cache-{name}", durations)
+def collect_ids(tree: Path) -> list[str]:
+    """The node ids that ``tree``'s pytest collects, in its order (its .venv must exist)."""
+    out = subprocess.run([str(tree / ".venv" / "bin" / "python"), "-m", "pytest", "--collect-only", "-q",
+                          "-p", "no:cacheprovider"], cwd=tree, capture_output=True, text=True)
+    ids = [line.strip() for line in out.stdout.splitlines() if "::" in line and not line.startswith(" ")]
+    if out.returncode != 0 or not ids:
+        raise RuntimeError(f"pytest could not collect the tests in {tree}:\n{(out.stdout + out.stderr)[-2000:]}")
+    return ids
+
+
+def same_tests(base_ids: list[str], new_ids: list[str]) -> tuple[list[str], list[str]]:
+    """(the new tree's tests that the base has too, in the new tree's order; the base's tests the new tree lacks)."""
+    new_set, base_set = set(new_ids), set(base_ids)
+    return [t for t in new_ids if t in base_set], [t for t in base_ids if t not in new_set]
+
+
+def bench_tree(name: str, tree: Path, work: Path, durations: int, select: Path | None = None) -> dict:
+    """Fresh-clone ``make test`` in ``tree`` (only the tests listed in ``select``, if given), timed as set-up (the
+    .venv; nothing to do if a run before made it) then tests."""
+    env = clean_env(work / f"home-{name}", work / f"cache-{name}", durations, select)
     log_path = work / f"{name}.log"
     load_before = os.getloadavg()
     print(f"[{name}] make {STAMP} && make test in {tree} (log: {log_path}) ...", flush=True)
@@ -139,7 +163,17 @@ def report(result: dict, top: int) -> str:
     if result["ratio_total"] is not None:
         lines.append(f"speed-up base / new: {result['ratio_total']:.2f}x in total, {result['ratio_test']:.2f}x for "
                      f"the tests alone ({result['environment']['cpus']} cores)")
-    for k, r in (("base", base), ("new", new)):
+    same = result.get("same_tests")
+    if same:
+        lines.append(f"\nlike for like, the new tree on the base's {same['tests']} tests that it still has "
+                     f"({len(same['gone'])} gone): set-up {same['setup_s']:.0f} s (the new tree's) + tests "
+                     f"{same['test_s']:.0f} s = {same['total_s']:.0f} s ({same['summary']}); load average "
+                     f"{same['load_before'][0]:.2f} -> {same['load_after'][0]:.2f}")
+        if same.get("ratio_total") is not None:
+            lines.append(f"speed-up base / new on the same tests: {same['ratio_total']:.2f}x in total, "
+                         f"{same['ratio_test']:.2f}x for the tests alone")
+        lines += [f"  gone: {t}" for t in same["gone"]]
+    for k, r in (("base", base), ("new", new), ("new on the base's tests", same or {})):
         cpu = r.get("test_cpu", {})
         if cpu.get("cpu_s") is not None:
             lines.append(f"\n{k}: the tests used {cpu['cpu_s']:.0f} CPU s, the cores {cpu['busy']:.0%} busy; "
@@ -156,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default="HEAD", help="commit to compare against (default: HEAD)")
     parser.add_argument("--durations", type=int, default=15, help="slowest tests to report (default: 15)")
     parser.add_argument("--new-first", action="store_true", help="run the working tree first, then the base")
+    parser.add_argument("--same-tests", action="store_true",
+                        help="then run the working tree's suite again on only the base's tests (like for like)")
     parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
                         help="make the trees, logs and venvs in DIR (must not exist) and keep them")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench_test_suite.json")
@@ -179,11 +215,24 @@ def main(argv: list[str] | None = None) -> int:
         runs = {name: bench_tree(name, work / name, work, args.durations) for name in order}
         base, new = runs["base"], runs["new"]
         both_ok = base["ok"] and new["ok"]
+        same = None
+        if args.same_tests and both_ok:
+            kept, gone = same_tests(collect_ids(work / "base"), collect_ids(work / "new"))
+            select = work / "same-tests.txt"
+            select.write_text("".join(f"{t}\n" for t in kept))
+            print(f"[new-same] the base's tests that the new tree has: {len(kept)} ({len(gone)} gone)", flush=True)
+            same = bench_tree("new-same", work / "new", work, args.durations, select)
+            same.update(tests=len(kept), gone=gone, setup_s=new["setup_s"],
+                        total_s=round(new["setup_s"] + same["test_s"], 1))
+            same["ratio_total"] = round(base["total_s"] / same["total_s"], 3) if same["ok"] else None
+            same["ratio_test"] = round(base["test_s"] / same["test_s"], 3) if same["ok"] else None
+            runs["new-same"] = same
         result = {
             "base": {"commit": commit, "ref": args.base, **base},
             "new": {"head": head, "uncommitted_changes": dirty, "files": len(files), **new},
             "ratio_total": round(base["total_s"] / new["total_s"], 3) if both_ok else None,
             "ratio_test": round(base["test_s"] / new["test_s"], 3) if both_ok else None,
+            "same_tests": same,
             "order": order,
             "environment": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": sys.platform,
                             "wall_s": round(time.perf_counter() - start, 1),
@@ -192,10 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(args.out, result, sort_keys=False)
         print("\n" + report(result, args.durations))
         print(f"\n→ {args.out}")
-        for name in order:
+        for name in runs:
             if not runs[name]["ok"]:
                 print(f"\n[{name}] make test FAILED; the end of its log:\n{runs[name]['log_tail']}", file=sys.stderr)
-        return 0 if both_ok else 1
+        return 0 if all(run["ok"] for run in runs.values()) else 1
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from bench_demo import lookup  # noqa: E402
-from bench_test_suite import parse_pytest  # noqa: E402
+from bench_test_suite import clean_env, parse_pytest, same_tests  # noqa: E402
 from common import summary, window_rates  # noqa: E402
 from run_all import table, targets  # noqa: E402
 
@@ -61,6 +62,23 @@ FAILED tests/test_x.py::test_y - assert 1 == 2
          "test": "tests/test_notebooks_00_04.py::test_student_notebook_runs_headless[00_start_here]"},
         {"seconds": 28.46, "when": "call", "test": "tests/test_compare.py::test_fast_comparison_end_to_end"}]
     assert parse_pytest("make: *** [Makefile:22] Error 1", top=15) == {"summary": None, "slowest": []}
+
+
+def test_like_for_like_runs_exactly_the_base_tests_that_remain(tmp_path):
+    """``--same-tests``: the new tree's tests that the base has too, in the new order, and the base's that are gone;
+    the list reaches pytest through PYTEST_ADDOPTS (``@file``) and selects exactly those tests."""
+    base = ["t/a.py::x", "t/a.py::gone[1]", "t/b.py::y[p-1]"]
+    new = ["t/b.py::y[p-1]", "t/b.py::added", "t/a.py::x"]
+    assert same_tests(base, new) == (["t/b.py::y[p-1]", "t/a.py::x"], ["t/a.py::gone[1]"])
+    (tmp_path / "test_sel.py").write_text("import pytest\n\ndef test_a(): pass\n\ndef test_b(): pass\n\n"
+                                          "@pytest.mark.parametrize('n', [1, 2])\ndef test_c(n): pass\n")
+    select = tmp_path / "ids.txt"
+    select.write_text("test_sel.py::test_b\ntest_sel.py::test_c[2]\n")
+    env = clean_env(tmp_path / "home", tmp_path / "cache", 3, select)
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert [line for line in out.stdout.splitlines() if "::" in line] == ["test_sel.py::test_b",
+                                                                          "test_sel.py::test_c[2]"], out.stdout
 
 
 def test_process_cpu_counts_what_the_block_starts_by_kind():
