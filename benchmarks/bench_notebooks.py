@@ -50,12 +50,12 @@ def execute(path: Path, fast: bool, timeout: float, keep: Path | None = None) ->
     import nbformat
 
     from dpo_teach.headless import notebook_client
+    from dpo_teach.site import link_assets
 
     os.environ["DPO_TEACH_FAST"] = "1" if fast else "0"  # the kernel inherits it
     with tempfile.TemporaryDirectory(prefix="dpo-teach-bench-nb-") as tmp:
         copy = Path(shutil.copy(path, Path(tmp) / path.name))
-        if (path.parent / "assets").is_dir():  # shipped results that a notebook opens (06)
-            shutil.copytree(path.parent / "assets", Path(tmp) / "assets")
+        link_assets(path, Path(tmp))  # shipped results that a notebook opens (06)
         nb = nbformat.read(copy, as_version=4)
         client = notebook_client(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": tmp}})
         start, error = time.perf_counter(), None

@@ -84,17 +84,21 @@ def win_rate(policy_samples: Samples, ref_samples: Samples) -> float:
 
 
 @torch.no_grad()
-def logratios(policy, reference, tokenizer, rows: list[dict], max_length: int = 64, batch_size: int = 256,
+def logratios(policy, reference, tokenizer, rows: list[dict] | None, max_length: int = 64, batch_size: int = 256,
               examples: list[dict] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """log π_θ/π_ref of each pair's chosen and rejected completion: ``(chosen, rejected)``, each Shape: (len(rows),).
+    """log π_θ/π_ref of each pair's chosen and rejected completion: ``(chosen, rejected)``, each Shape: (pairs,).
 
     π_ref's log-probs are computed once (one pass, as ``train_dpo`` precomputes them), then π_θ's, batch by batch.
     β·``chosen`` and β·``rejected`` are the implicit rewards r̂(x, y_w), r̂(x, y_l); at π_θ = π_ref both are 0.
     ``examples``: ``rows`` already tokenized, usually with π_ref's log-probs computed once for every policy that
-    is compared on them (``logprobs.reference_logprobs``); ``rows`` is then not read.
+    is compared on them (``logprobs.reference_logprobs``); ``rows`` (or None) is then only checked against them:
+    as many, the first and last the same pairs.
     """
     pad = tokenizer.pad_token_id
-    examples = examples if examples is not None else tokenize_pairs(tokenizer, rows, max_length)
+    if examples is None:
+        examples = tokenize_pairs(tokenizer, rows, max_length)
+    elif rows is not None:
+        _check_tokenized_from(rows, examples, tokenizer)
     examples = with_reference_logprobs(reference, examples, pad, batch_size)
     collate = PreferenceCollator(pad, extra_keys=REF_KEYS)
     policy.eval()
@@ -107,7 +111,22 @@ def logratios(policy, reference, tokenizer, rows: list[dict], max_length: int = 
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def preference_accuracy(policy, reference, tokenizer, rows: list[dict], max_length: int = 64,
+def _check_tokenized_from(rows: list[dict], examples: list[dict], tokenizer) -> None:
+    """Raise ValueError unless ``examples`` could be ``rows`` tokenized: as many, and the first and last example are
+    the first and last row's tokens (completions possibly cut at the end, as ``tokenize_pairs`` cuts them)."""
+    if len(rows) != len(examples):
+        raise ValueError(f"rows has {len(rows)} preference pairs but examples has {len(examples)}: pass the examples "
+                         "tokenized from these rows (logprobs.tokenize_pairs), or rows=None")
+    keys = ("prompt_ids", "chosen_ids", "rejected_ids")
+    for i in {0, len(rows) - 1} if rows else ():
+        full = tokenize_pairs(tokenizer, [rows[i]], max_length=10**9)[0]
+        example = examples[i]
+        if any(list(example[k]) != list(full[k][:len(example[k])]) for k in keys):
+            raise ValueError(f"examples[{i}] is not rows[{i}] tokenized (prompt {rows[i]['prompt'][:40]!r}): pass "
+                             "the examples tokenized from these rows, in the same order, or rows=None")
+
+
+def preference_accuracy(policy, reference, tokenizer, rows: list[dict] | None, max_length: int = 64,
                         batch_size: int = 256, examples: list[dict] | None = None) -> float:
     """Implicit-reward accuracy: the share of pairs with log π/π_ref(y_w) > log π/π_ref(y_l) (β > 0 drops out).
 

@@ -208,7 +208,8 @@ def tokenize_pairs(tokenizer, rows: list[dict], max_length: int, append_eos: boo
 
 
 REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")  # what reference_logprobs adds to each example
-SPOT_CHECKED = 4  # examples whose carried log-probs are scored again by the reference they are used with
+SPOT_CHECKED = 4  # examples whose carried log-probs are scored again by the reference they are used with (spread
+# over the list, first and last included: a list joined from two sources is caught wherever the join is)
 
 
 @torch.no_grad()
@@ -236,14 +237,16 @@ def with_reference_logprobs(reference: torch.nn.Module, examples: list[dict], pa
     """``examples`` with π_ref's log-probs: as they are when every one carries them already (computed once, by
     :func:`reference_logprobs`, for several runs on the same pairs), else :func:`reference_logprobs` of them.
 
-    Carried log-probs must be ``reference``'s: the first few examples are scored again, and a mismatch (log-probs
-    of another model, or of other pairs) raises ``ValueError`` instead of training against the wrong reference.
+    Carried log-probs must be ``reference``'s: a few examples, spread from the first to the last, are scored again,
+    and a mismatch (log-probs of another model, or of other pairs) raises ``ValueError`` instead of training against
+    the wrong reference.
     """
     if not examples or not all(key in e for e in examples for key in REF_KEYS):
         return reference_logprobs(reference, examples, pad_token_id, batch_size)
-    head = examples[:SPOT_CHECKED]
-    again = reference_logprobs(reference, head, pad_token_id)  # copies, scored anew
-    for i, (carried, scored) in enumerate(zip(head, again, strict=True)):
+    picked = sorted({round(k * (len(examples) - 1) / max(1, SPOT_CHECKED - 1)) for k in range(SPOT_CHECKED)})
+    again = reference_logprobs(reference, [examples[i] for i in picked], pad_token_id)  # copies, scored anew
+    for i, scored in zip(picked, again, strict=True):
+        carried = examples[i]
         for key in REF_KEYS:
             if abs(carried[key] - scored[key]) > 1e-3 + 1e-4 * abs(scored[key]):
                 raise ValueError(f"example {i} carries {key} = {carried[key]:.4f}, but the reference model gives "

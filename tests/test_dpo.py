@@ -152,3 +152,7 @@ def test_log_probs_of_another_reference_are_refused(world, pairs):
     with pytest.raises(ValueError, match=r"example 0 carries ref_chosen_logps = .* the reference model gives .*"
                                          r"Pass examples without ref_chosen_logps"):
         train_dpo(copy.deepcopy(other), other, tok, pairs[:8], DPOConfig(batch_size=4), examples=examples)
+    # the check is spread over the list: examples joined from this reference's and another's are refused too
+    joined = examples[:6] + reference_logprobs(other, tokenize_pairs(tok, pairs[6:8], 64), tok.pad_token_id)
+    with pytest.raises(ValueError, match=r"example 7 carries ref_chosen_logps"):
+        train_dpo(copy.deepcopy(reference), reference, tok, pairs[:8], DPOConfig(batch_size=4), examples=joined)

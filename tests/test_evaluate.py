@@ -95,6 +95,13 @@ def test_logratios_of_a_trained_policy_match_the_accuracy(world, pairs, trained_
     for a, b in zip((chosen, rejected), logratios(policy, reference, tok, rows, examples=examples), strict=True):
         assert torch.equal(a, b)
     assert preference_accuracy(policy, reference, tok, rows, examples=examples) == int((chosen > rejected).sum()) / 60
+    for a, b in zip((chosen, rejected), logratios(policy, reference, tok, None, examples=examples), strict=True):
+        assert torch.equal(a, b)
+    # examples that are not these rows tokenized: an error that says so, never the wrong pairs' numbers
+    with pytest.raises(ValueError, match="rows has 60 preference pairs but examples has 59"):
+        logratios(policy, reference, tok, rows, examples=examples[1:])
+    with pytest.raises(ValueError, match=r"examples\[59\] is not rows\[59\] tokenized"):
+        logratios(policy, reference, tok, rows, examples=examples[:59] + examples[:1])
 
 
 def test_samples_logprobs_are_batched_consistently(world, prompts):
