@@ -209,7 +209,7 @@ def tokenize_pairs(tokenizer, rows: list[dict], max_length: int, append_eos: boo
 
 REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")  # what reference_logprobs adds to each example
 SPOT_CHECKED = 4  # examples whose carried log-probs are scored again by the reference they are used with (spread
-# over the list, first and last included: a list joined from two sources is caught wherever the join is)
+# over the list, first and last included: a list whose end was joined on from another source is caught)
 
 
 @torch.no_grad()
