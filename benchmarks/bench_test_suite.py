@@ -129,6 +129,14 @@ def same_tests(base_ids: list[str], new_ids: list[str]) -> tuple[list[str], list
     return [t for t in new_ids if t in base_set], [t for t in base_ids if t not in new_set]
 
 
+def ratios(base: dict, run: dict) -> dict:
+    """``{"ratio_total", "ratio_test"}``: base / ``run`` in total (set-up included) and for the tests alone; None
+    unless both runs passed."""
+    ok = base["ok"] and run["ok"]
+    return {f"ratio_{part}": round(base[f"{part}_s"] / run[f"{part}_s"], 3) if ok else None
+            for part in ("total", "test")}
+
+
 def bench_tree(name: str, tree: Path, work: Path, durations: int, select: Path | None = None) -> dict:
     """Fresh-clone ``make test`` in ``tree`` (only the tests listed in ``select``, if given), timed as set-up (the
     .venv; nothing to do if a run before made it) then tests."""
@@ -214,9 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         order = ["new", "base"] if args.new_first else ["base", "new"]
         runs = {name: bench_tree(name, work / name, work, args.durations) for name in order}
         base, new = runs["base"], runs["new"]
-        both_ok = base["ok"] and new["ok"]
         same = None
-        if args.same_tests and both_ok:
+        if args.same_tests and base["ok"] and new["ok"]:
             kept, gone = same_tests(collect_ids(work / "base"), collect_ids(work / "new"))
             select = work / "same-tests.txt"
             select.write_text("".join(f"{t}\n" for t in kept))
@@ -224,14 +231,12 @@ def main(argv: list[str] | None = None) -> int:
             same = bench_tree("new-same", work / "new", work, args.durations, select)
             same.update(tests=len(kept), gone=gone, setup_s=new["setup_s"],
                         total_s=round(new["setup_s"] + same["test_s"], 1))
-            same["ratio_total"] = round(base["total_s"] / same["total_s"], 3) if same["ok"] else None
-            same["ratio_test"] = round(base["test_s"] / same["test_s"], 3) if same["ok"] else None
+            same.update(ratios(base, same))
             runs["new-same"] = same
         result = {
             "base": {"commit": commit, "ref": args.base, **base},
             "new": {"head": head, "uncommitted_changes": dirty, "files": len(files), **new},
-            "ratio_total": round(base["total_s"] / new["total_s"], 3) if both_ok else None,
-            "ratio_test": round(base["test_s"] / new["test_s"], 3) if both_ok else None,
+            **ratios(base, new),
             "same_tests": same,
             "order": order,
             "environment": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": sys.platform,

@@ -24,6 +24,7 @@ from dpo_teach.logprobs import (
     REF_KEYS,
     PreferenceCollator,
     concatenated_logprobs,
+    encode_completion,
     tokenize_pairs,
     with_reference_logprobs,
 )
@@ -117,11 +118,12 @@ def _check_tokenized_from(rows: list[dict], examples: list[dict], tokenizer) -> 
     if len(rows) != len(examples):
         raise ValueError(f"rows has {len(rows)} preference pairs but examples has {len(examples)}: pass the examples "
                          "tokenized from these rows (logprobs.tokenize_pairs), or rows=None")
-    keys = ("prompt_ids", "chosen_ids", "rejected_ids")
-    for i in {0, len(rows) - 1} if rows else ():
-        full = tokenize_pairs(tokenizer, [rows[i]], max_length=10**9)[0]
-        example = examples[i]
-        if any(list(example[k]) != list(full[k][:len(example[k])]) for k in keys):
+    for i in sorted({0, len(rows) - 1}) if rows else []:
+        row, example = rows[i], examples[i]
+        prompt_ids, chosen_ids = encode_completion(tokenizer, row["prompt"], row["chosen"])
+        _, rejected_ids = encode_completion(tokenizer, row["prompt"], row["rejected"])
+        whole = {"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids}
+        if any(list(example[k]) != ids[:len(example[k])] for k, ids in whole.items()):
             raise ValueError(f"examples[{i}] is not rows[{i}] tokenized (prompt {rows[i]['prompt'][:40]!r}): pass "
                              "the examples tokenized from these rows, in the same order, or rows=None")
 

@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from bench_demo import lookup  # noqa: E402
-from bench_test_suite import clean_env, parse_pytest, same_tests  # noqa: E402
+from bench_test_suite import clean_env, parse_pytest, ratios, same_tests  # noqa: E402
 from common import summary, window_rates  # noqa: E402
 from run_all import table, targets  # noqa: E402
 
@@ -70,6 +70,9 @@ def test_like_for_like_runs_exactly_the_base_tests_that_remain(tmp_path):
     base = ["t/a.py::x", "t/a.py::gone[1]", "t/b.py::y[p-1]"]
     new = ["t/b.py::y[p-1]", "t/b.py::added", "t/a.py::x"]
     assert same_tests(base, new) == (["t/b.py::y[p-1]", "t/a.py::x"], ["t/a.py::gone[1]"])
+    run = {"ok": True, "total_s": 230.0, "test_s": 200.0}
+    assert ratios({"ok": True, "total_s": 460.0, "test_s": 400.0}, run) == {"ratio_total": 2.0, "ratio_test": 2.0}
+    assert ratios({"ok": False, "total_s": 460.0, "test_s": 400.0}, run) == {"ratio_total": None, "ratio_test": None}
     (tmp_path / "test_sel.py").write_text("import pytest\n\ndef test_a(): pass\n\ndef test_b(): pass\n\n"
                                           "@pytest.mark.parametrize('n', [1, 2])\ndef test_c(n): pass\n")
     select = tmp_path / "ids.txt"

@@ -327,8 +327,7 @@ def test_grade_survives_loops_errors_and_deleted_cells(graded_robustness):
     assert any("signal" in flag for flag in stuck["flags"]), stuck["flags"]
     # killed once in its own code, not run again (a first try that timed out before cell 1, on a busy machine, may
     # come before it: then the row says so)
-    assert "while running cell" in stuck["reason"] and stuck["tries"][-1] == "cell 1", stuck["tries"]
-    assert stuck["tries"] in (["cell 1"], ["start", "cell 1"]), stuck["tries"]
+    assert "while running cell" in stuck["reason"] and stuck["tries"] in (["cell 1"], ["start", "cell 1"]), stuck
     assert ("started twice" in stuck["reason"]) == (len(stuck["tries"]) == 2), stuck["reason"]
     mystery = rows["mystery"]
     assert mystery["status"] == "error" and "which assignment" in mystery["reason"]
