@@ -18,7 +18,6 @@ from dpo_teach.frontier import (
     mean_sd,
     methods_in,
     plot_frontier,
-    points,
     summarize,
 )
 from dpo_teach.plots import save_figure
@@ -99,19 +98,19 @@ def _relation(share: float) -> str:
     return "lies mostly above" if share >= 0.8 else "lies mostly below" if share <= 0.2 else "crosses"
 
 
-def frontier_sentence(results: dict, a: str, b: str, min_fluency: float = 0.0) -> str:
-    """One sentence on where ``a``'s frontier lies relative to ``b``'s, with the numbers."""
+def frontier_sentence(results: dict, a: str, b: str, min_fluency: float = MIN_FLUENCY) -> str:
+    """One sentence on where ``a``'s frontier lies relative to ``b``'s, with the numbers (``matched_kl_gap``)."""
     g = matched_kl_gap(results, a, b, min_fluency)
+    scope = f" (points with fluency ≥ {min_fluency:.0%})" if min_fluency else ""
     if np.isnan(g["gap"]):
-        scope = f" with fluency ≥ {min_fluency:.0%}" if min_fluency else ""
-        return f"{a} and {b} have no points to compare{scope}."
+        return f"{a} and {b} have no KL range where both have measured points{scope}: nothing to compare."
     per_seed = ", ".join(f"{x:+.3f}" for x in g["per_seed"])
     at = "; ".join(f"at KL {k:g}: {fa:+.3f} vs {fb:+.3f}" for k, (fa, fb) in g["at"].items())
-    scope = f" (points with fluency ≥ {min_fluency:.0%} only)" if min_fluency else ""
-    return (f"{a}'s reward–KL frontier {_relation(g['share_above'])} {b}'s{scope}: at matched KL (0 to "
-            f"{g['kl_max']:.2f} nats) {a}'s reward is {abs(g['gap']):.3f} {'higher' if g['gap'] >= 0 else 'lower'} "
-            f"on average (per seed {per_seed}; {a} ahead on {g['share_above']:.0%} of the KL grid). "
-            f"Reward at matched KL, {a} vs {b}: {at}.")
+    return (f"{a}'s reward–KL frontier {_relation(g['share_above'])} {b}'s{scope}: at matched KL, from "
+            f"{g['kl_min']:.2f} to {g['kl_max']:.2f} nats where both have measured points, {a}'s reward is "
+            f"{abs(g['gap']):.3f} {'higher' if g['gap'] >= 0 else 'lower'} on average (per seed {per_seed}; {a} "
+            f"ahead on {g['share_above']:.0%} of the KL grid)"
+            + (f". Reward at matched KL, {a} vs {b}: {at}." if at else "."))
 
 
 # Frontier comparisons the conclusions state, each with what it isolates (a, b, what a removes or adds vs b)
@@ -126,7 +125,7 @@ STORY = [("DPO", "PPO", "DPO drops the reward model, the value model and samplin
          ("online-DPO", "GRPO-GT", "online pairs with one label each vs a score for every sample")]
 
 
-def gap_table(results: dict, min_fluency: float = 0.0) -> str:
+def gap_table(results: dict, min_fluency: float = MIN_FLUENCY) -> str:
     """Markdown: the matched-KL frontier gap of every pair of methods (row minus column, mean ± sd over seeds)."""
     methods = methods_in(results)
     lines = ["| row − column | " + " | ".join(methods[1:]) + " |", "|" + "---|" * len(methods)]
@@ -134,8 +133,10 @@ def gap_table(results: dict, min_fluency: float = 0.0) -> str:
         cells = ["" if j <= i else _pm(_gap(results, a, b, min_fluency), "+.3f") for j, b in enumerate(methods)]
         lines.append(f"| {a} | " + " | ".join(cells[1:]) + " |")
     noise = evaluation_noise(results)
-    return ("\n".join(lines) + f"\n\nReward gap at matched KL (0 to the largest KL both reached), row minus column, "
-            f"mean ± sd over seeds. Evaluation noise: one evaluation's standard error ≈ {noise:.3f} reward, so a "
+    scope = f"points with fluency ≥ {min_fluency:.0%}; " if min_fluency else ""
+    return ("\n".join(lines) + f"\n\nReward gap at matched KL ({scope}from the larger of the two methods' lowest "
+            f"evaluated KL to the smaller of their highest), row minus column, mean ± sd over seeds. Evaluation "
+            f"noise: one evaluation's standard error ≈ {noise:.3f} reward, so a "
             f"difference of two frontier points has a standard error ≈ {noise * np.sqrt(2):.3f}.\n")
 
 
@@ -169,7 +170,7 @@ def verdict(results: dict) -> str:
             f"{', '.join(f'{x:+.3f}' for x in g['per_seed'])}); a difference of two evaluations has a standard error "
             f"≈ {noise:.3f}, so this lead is " + ("clear of the noise." if clear else "within the noise: a tie on this "
                                                   "toy world.") + " Ranking by mean gap against all others: "
-            + ", ".join(f"{m} {v:+.3f}" for m, v in order) + ".")
+            + ", ".join(f"{m} {round(v, 3) + 0.0:+.3f}" for m, v in order) + ".")
 
 
 def length_sentence(results: dict) -> str | None:
@@ -202,8 +203,6 @@ def conclusions(results: dict) -> dict[str, str]:
     for a, b, _ in STORY:
         if a in methods and b in methods:
             out[f"frontier {a} vs {b}"] = frontier_sentence(results, a, b)
-            if any((points(results, m)[:, 2] < MIN_FLUENCY).any() for m in (a, b)):
-                out[f"fluent frontier {a} vs {b}"] = frontier_sentence(results, a, b, MIN_FLUENCY)
     out["completions"] = completions_sentence(results)
     length = length_sentence(results)
     if length:

@@ -6,7 +6,10 @@ numbers. Nothing here trains or samples; :mod:`dpo_teach.conclusions` writes the
 
 The frontier of a method is made of its Pareto-optimal evaluation points over all settings (no other point has a
 lower KL and a higher reward), joined by straight lines: F(k) is the reward the method reaches at KL k. Comparing
-two methods "at matched KL" compares their F on a grid of KL values both reached, per seed.
+two methods "at matched KL" compares their F on a grid of KL values where both have measured points, per seed:
+from the larger of their lowest evaluated KLs to the smaller of their highest. Below a method's lowest evaluation,
+its F is only the straight line from π_ref, not a measurement, and a method evaluated later in training (PPO here)
+would lose there to one evaluated early.
 """
 
 from __future__ import annotations
@@ -141,35 +144,42 @@ def reward_at_kl(curve: tuple[np.ndarray, np.ndarray], kl_value: float) -> float
     return float(np.interp(kl_value, kl, reward)) if kl_value >= kl[0] else float("nan")
 
 
-def matched_kl_gap(results: dict, a: str, b: str, min_fluency: float = 0.0, n_grid: int = 40) -> dict:
+def matched_kl_gap(results: dict, a: str, b: str, min_fluency: float = MIN_FLUENCY, n_grid: int = 40) -> dict:
     """How much higher method ``a``'s frontier lies than ``b``'s at matched KL, per seed, on a grid of KL values
-    from 0 to the largest KL both methods reached.
+    where both have measured points: from the larger of the two methods' lowest evaluated KL (π_ref's point at KL 0
+    aside) to the smaller of their highest.
 
-    Points below ``min_fluency`` are left out (0 keeps all). Returns ``gap`` (F_a − F_b averaged over the grid,
-    mean over seeds), ``gap_sd`` (sd over seeds), ``per_seed``, ``share_above`` (share of grid × seeds with
-    F_a > F_b), ``kl_max`` (the end of the grid, mean over seeds) and ``at`` ({KL: (F_a, F_b)}, seed means, at the
-    ``KL_QUOTED`` values inside every seed's grid).
+    Points below ``min_fluency`` are left out (by default the fluency target: reward bought with garbage text does
+    not count; 0 keeps all). A seed where the two ranges do not overlap is left out. Returns ``gap`` (F_a − F_b
+    averaged over the grid, mean over seeds), ``gap_sd`` (sd over seeds), ``per_seed``, ``share_above`` (share of
+    grid × seeds with F_a > F_b), ``kl_min`` and ``kl_max`` (the grid's ends, means over seeds) and ``at``
+    ({KL: (F_a, F_b)}, seed means, at the ``KL_QUOTED`` values inside every seed's grid).
     """
-    gaps, shares, kmaxes, at = [], [], [], {}
+    gaps, shares, kmins, kmaxes, at = [], [], [], [], {}
     for seed in sorted({r["seed"] for r in results["runs"]}):
         pa, pb = (points(results, m, seed) for m in (a, b))
         pa, pb = pa[pa[:, 2] >= min_fluency], pb[pb[:, 2] >= min_fluency]
-        if len(pa) == 0 or len(pb) == 0:
+        measured_a, measured_b = pa[pa[:, 0] > 0, 0], pb[pb[:, 0] > 0, 0]  # π_ref's step-0 points have KL 0
+        if len(measured_a) == 0 or len(measured_b) == 0:
+            continue
+        kmin = max(measured_a.min(), measured_b.min())
+        kmax = min(measured_a.max(), measured_b.max())
+        if kmin > kmax:  # one method's points all lie below the other's: nothing measured at the same KL
             continue
         ca, cb = frontier_curve(pa[:, 0], pa[:, 1]), frontier_curve(pb[:, 0], pb[:, 1])
-        kmax = min(pa[:, 0].max(), pb[:, 0].max())
-        grid = np.linspace(kmax / n_grid, kmax, n_grid)
+        grid = np.linspace(kmin, kmax, n_grid)
         diff = np.array([reward_at_kl(ca, k) - reward_at_kl(cb, k) for k in grid])
-        diff = diff[~np.isnan(diff)]
-        gaps.append(float(diff.mean()) if len(diff) else float("nan"))
-        shares.append(float((diff > 0).mean()) if len(diff) else float("nan"))
+        gaps.append(float(diff.mean()))
+        shares.append(float((diff > 0).mean()))
+        kmins.append(float(kmin))
         kmaxes.append(float(kmax))
         for k in KL_QUOTED:
-            if k <= kmax:
+            if kmin <= k <= kmax:
                 at.setdefault(k, []).append((reward_at_kl(ca, k), reward_at_kl(cb, k)))
     gap, gap_sd = mean_sd(gaps) if gaps else (float("nan"), float("nan"))
     return {"a": a, "b": b, "gap": gap, "gap_sd": gap_sd, "per_seed": gaps,
             "share_above": float(np.mean(shares)) if shares else float("nan"),
+            "kl_min": float(np.mean(kmins)) if kmins else float("nan"),
             "kl_max": float(np.mean(kmaxes)) if kmaxes else float("nan"),
             "at": {k: tuple(np.mean(v, axis=0).tolist()) for k, v in at.items() if len(v) == len(gaps)}}
 

@@ -47,17 +47,41 @@ def test_frontier_keeps_only_pareto_points():
 
 def test_matched_kl_gap_on_known_frontiers():
     results = fake_results()
-    g = frontier.matched_kl_gap(results, "DPO", "PPO")
-    assert g["kl_max"] == pytest.approx(2.0)  # the largest KL both methods reached
+    g = frontier.matched_kl_gap(results, "DPO", "PPO", min_fluency=0.0)  # every point, the disfluent ones too
+    # where both have measured points: from PPO's lowest evaluated KL (1; DPO's is 0.5) to PPO's highest (2)
+    assert (g["kl_min"], g["kl_max"]) == pytest.approx((1.0, 2.0))
     assert g["share_above"] == 1.0 and g["gap"] > 0 and g["gap_sd"] == pytest.approx(0.0)
     assert g["at"][1.0] == pytest.approx((0.5, 0.4)) and g["at"][2.0] == pytest.approx((0.7, 0.6))
-    assert 4.0 not in g["at"]  # beyond what both reached: not quoted
-    assert "lies above" in conclusions.frontier_sentence(results, "DPO", "PPO")
-    reverse = frontier.matched_kl_gap(results, "PPO", "DPO")
+    assert 0.5 not in g["at"] and 4.0 not in g["at"]  # outside what both measured: not quoted
+    assert "lies above" in conclusions.frontier_sentence(results, "DPO", "PPO", min_fluency=0.0)
+    reverse = frontier.matched_kl_gap(results, "PPO", "DPO", min_fluency=0.0)
     assert reverse["gap"] == pytest.approx(-g["gap"]) and reverse["share_above"] == 0.0
-    # dropping DPO's disfluent run (fluency 0.5) removes its (2, 0.7) point: DPO then reaches only KL 1
-    fluent = frontier.matched_kl_gap(results, "DPO", "PPO", min_fluency=0.7)
-    assert fluent["at"][1.0] == pytest.approx((0.5, 0.4)) and 2.0 not in fluent["at"]
+    # by default only points that keep the fluency target: DPO's disfluent run (fluency 0.5) and its (2, 0.7) point
+    # go, so DPO reaches only KL 1
+    fluent = frontier.matched_kl_gap(results, "DPO", "PPO")
+    assert fluent["at"][1.0] == pytest.approx((0.5, 0.4)) and 2.0 not in fluent["at"] and fluent["kl_max"] == 1.0
+    assert "(points with fluency ≥ 70%)" in conclusions.frontier_sentence(results, "DPO", "PPO")
+
+
+def test_a_method_evaluated_late_is_not_judged_by_the_line_from_pi_ref():
+    """Below a method's first evaluation its frontier is only the straight line from π_ref (KL 0): comparing there
+    would rank a method evaluated early above one evaluated late whatever they reach. A has points at KL 0.2 and 1,
+    B only at KL 1, where B is higher: B is ahead."""
+    runs = []
+    for seed in (0, 1):
+        runs += [_run("DPO", 1.0, seed, [(0, 0), (0.2, 0.3), (1.0, 0.45)]),
+                 _run("PPO", 0.1, seed, [(0, 0), (1.0, 0.5)])]
+    results = {**fake_results(), "runs": runs}
+    g = frontier.matched_kl_gap(results, "DPO", "PPO")
+    assert (g["kl_min"], g["kl_max"]) == (1.0, 1.0)
+    assert g["gap"] == pytest.approx(-0.05) and g["share_above"] == 0.0
+    # when one method's points all lie below the other's lowest, nothing was measured at the same KL
+    for run in runs:
+        if run["method"] == "DPO":
+            run["evals"] = run["evals"][:2]
+    g = frontier.matched_kl_gap(results, "DPO", "PPO")
+    assert np.isnan(g["gap"]) and g["per_seed"] == [] and g["at"] == {}
+    assert "no KL range where both have measured points" in conclusions.frontier_sentence(results, "DPO", "PPO")
 
 
 def test_best_setting_must_keep_the_fluency_target():
@@ -67,7 +91,9 @@ def test_best_setting_must_keep_the_fluency_target():
     table = conclusions.results_table(fake_results())
     assert "| DPO ★ | β=1 |" in table and "| DPO | β=0.1 |" in table and "50 ± 0 %" in table
     text = conclusions.conclusions(fake_results())
-    assert "fluent frontier DPO vs PPO" in text and "PPO sampled 128 completions" in text["completions"]
+    assert "fluent frontier DPO vs PPO" not in text, "one filter for every matched-KL statement: fluent points"
+    assert "(points with fluency ≥ 70%)" in text["frontier DPO vs PPO"]
+    assert "PPO sampled 128 completions" in text["completions"]
 
 
 def _fake_family():
