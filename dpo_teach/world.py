@@ -64,6 +64,7 @@ def build_reference(config: WorldConfig, progress: bool = False) -> tuple[torch.
     model = build_model(config.preset, len(tokenizer), tokenizer.eos_token_id)
     sft = SFTConfig(steps=config.sft_steps, batch_size=config.sft_batch_size, lr=config.sft_lr, seed=config.seed)
     train_sft(model, examples, tokenizer.pad_token_id, sft, progress=progress)
+    model.zero_grad(set_to_none=True)  # as loaded from the cache: the last SFT step's gradients are not π_ref's
     return model, tokenizer
 
 

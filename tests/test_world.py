@@ -29,6 +29,17 @@ def test_build_is_reproducible(cache_root):
     assert same_weights(a, b)
 
 
+def test_a_freshly_built_reference_is_the_cached_one_without_gradients(cache_root):
+    """π_ref built now and π_ref loaded from the cache are the same model: no gradient left over from its SFT (a
+    stale one would add into the gradients notebook 04 computes through π_ref, and count as "π_ref has a
+    gradient" there, on a student's first run only)."""
+    built, _ = load_reference(FAST, rebuild=True)
+    loaded, _ = load_reference(FAST)
+    assert all(p.grad is None for p in built.parameters())
+    assert all(p.grad is None for p in loaded.parameters())
+    assert not built.training and not loaded.training
+
+
 def test_corrupt_cache_is_rebuilt_with_a_warning(cache_root):
     load_reference(FAST)
     path = cache_root / f"reference-tiny-{FAST.key()}"
