@@ -13,6 +13,7 @@ that read several of them run last (``work_unit`` in conftest.py).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -83,3 +84,16 @@ def test_committed_notebooks_are_clean(name):
     assert code[0].source == SETUP_CHECK, "first the set-up check (says how to install the package where it is missing)"
     assert 'FAST = os.environ.get("DPO_TEACH_FAST", "0") == "1"' in code[1].source
     assert nb.metadata["kernelspec"]["name"] == "python3"
+
+
+# How the course was made, which a student's notebook never talks about: its tracker, its test suite, its CI, the
+# solution ("master") versions of the notebooks.
+COURSE_MAKING = re.compile(r"source card|acceptance|\bissues? \d|completed by us|\bCI\b|pytest|test suite"
+                           r"|student (?:notebook|version)|\bmasters?\b", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("name", [p.stem for p in sorted(NOTEBOOKS.glob("*.ipynb"))])
+def test_notebooks_speak_to_students_not_about_how_the_course_was_made(name):
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    found = [(i, m.group(0)) for i, cell in enumerate(nb.cells) for m in COURSE_MAKING.finditer(cell.source)]
+    assert not found, f"{name}: cells talk about how the course was made (cell, words): {found}"

@@ -41,7 +41,7 @@ def test_estimates_scale_with_the_probe_and_drop_the_build_once_cached(tmp_path,
     report = setup_report(probe_s=3 * REFERENCE["probe_s"])  # a machine 3× slower
     assert report["π_ref cached"] == "yes" and "build" not in report["first GPT-2 run"]
     assert report["speed"].startswith("0.33×")
-    assert report["first GPT-2 run"] == f"05: about {3 * REFERENCE['notebook_05_s'] / 60:.1f} min (estimate)"
+    assert report["first GPT-2 run"] == f"04: about {3 * REFERENCE['notebook_04_s']:.0f} s (estimate)"  # under 90 s
 
 
 @pytest.mark.parametrize("cuda, available, mps, expected", [
