@@ -144,6 +144,23 @@ def reward_at_kl(curve: tuple[np.ndarray, np.ndarray], kl_value: float) -> float
     return float(np.interp(kl_value, kl, reward)) if kl_value >= kl[0] else float("nan")
 
 
+def _evaluated_kls(p: np.ndarray) -> np.ndarray:
+    """The KLs of the evaluations in points ``p`` after π_ref's own (whose step-0 points have KL 0)."""
+    return p[p[:, 0] > 0, 0]
+
+
+def lowest_evaluated_kl(results: dict, method: str, min_fluency: float = MIN_FLUENCY) -> float:
+    """The lowest KL among a method's evaluations after π_ref's (points of at least ``min_fluency``), mean over seeds:
+    below it the method's frontier is only the straight line from π_ref."""
+    lowest = []
+    for seed in sorted({r["seed"] for r in runs_of(results, method)}):
+        p = points(results, method, seed)
+        kls = _evaluated_kls(p[p[:, 2] >= min_fluency])
+        if len(kls):
+            lowest.append(float(kls.min()))
+    return float(np.mean(lowest)) if lowest else float("nan")
+
+
 def matched_kl_gap(results: dict, a: str, b: str, min_fluency: float = MIN_FLUENCY, n_grid: int = 40) -> dict:
     """How much higher method ``a``'s frontier lies than ``b``'s at matched KL, per seed, on a grid of KL values
     where both have measured points: from the larger of the two methods' lowest evaluated KL (π_ref's point at KL 0
@@ -159,7 +176,7 @@ def matched_kl_gap(results: dict, a: str, b: str, min_fluency: float = MIN_FLUEN
     for seed in sorted({r["seed"] for r in results["runs"]}):
         pa, pb = (points(results, m, seed) for m in (a, b))
         pa, pb = pa[pa[:, 2] >= min_fluency], pb[pb[:, 2] >= min_fluency]
-        measured_a, measured_b = pa[pa[:, 0] > 0, 0], pb[pb[:, 0] > 0, 0]  # π_ref's step-0 points have KL 0
+        measured_a, measured_b = _evaluated_kls(pa), _evaluated_kls(pb)
         if len(measured_a) == 0 or len(measured_b) == 0:
             continue
         kmin = max(measured_a.min(), measured_b.min())

@@ -50,6 +50,7 @@ def test_matched_kl_gap_on_known_frontiers():
     g = frontier.matched_kl_gap(results, "DPO", "PPO", min_fluency=0.0)  # every point, the disfluent ones too
     # where both have measured points: from PPO's lowest evaluated KL (1; DPO's is 0.5) to PPO's highest (2)
     assert (g["kl_min"], g["kl_max"]) == pytest.approx((1.0, 2.0))
+    assert frontier.lowest_evaluated_kl(results, "DPO") == 0.5 and frontier.lowest_evaluated_kl(results, "PPO") == 1.0
     assert g["share_above"] == 1.0 and g["gap"] > 0 and g["gap_sd"] == pytest.approx(0.0)
     assert g["at"][1.0] == pytest.approx((0.5, 0.4)) and g["at"][2.0] == pytest.approx((0.7, 0.6))
     assert 0.5 not in g["at"] and 4.0 not in g["at"]  # outside what both measured: not quoted

@@ -46,6 +46,9 @@ def test_readme_quotes_the_shipped_numbers():
     section = readme.split("## PPO vs DPO (instructor demo)", 1)[1].split("\n## ", 1)[0]
     gap = frontier.matched_kl_gap(results, "DPO", "PPO")
     assert f"{abs(gap['gap']):.3f}" in section
+    lowest = {m: frontier.lowest_evaluated_kl(results, m) for m in ("DPO", "PPO")}  # why the grid starts where it does
+    assert (f"PPO's lowest evaluated KL is {lowest['PPO']:.2f} nats where DPO's is {lowest['DPO']:.2f}"
+            in " ".join(section.split()))
     for method, row in frontier.best_settings(results).items():
         assert f"{row['reward_gain'][0]:+.3f}" in section, method
 
