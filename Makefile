@@ -11,7 +11,7 @@ TORCH_BUILD ?= auto
 # LOCKED=1: install the exact versions of requirements.lock (`make lock` writes it) before the package itself.
 LOCKED ?=
 
-.PHONY: demo test lab bench bench-notebooks bench-test bench-compare bench-grading assign release gradescope lint clean help
+.PHONY: demo test suite-present lab bench bench-notebooks bench-test bench-compare bench-grading assign release gradescope lint clean help
 .PHONY: site browser test-site readme-images
 
 help:
@@ -28,7 +28,7 @@ help:
 	@echo "            -> results/bench_compare.json and the shipped notebooks/assets/compare_results.json"
 	@echo "make assign course/masters/*.ipynb -> notebooks/ (student versions) and course/autograder/ (bundles)"
 	@echo "make bench-grading  notebooks graded per minute: sandbox, no sandbox, the old otter grader, --jobs 2"
-	@echo "make gradescope  Gradescope autograder bundles that carry torch, the package and π_ref -> results/gradescope/"
+	@echo "make gradescope  Gradescope autograder bundles (they install CPU torch at set-up; carry the package and π_ref) -> results/gradescope/"
 	@echo "make release  the student-only tree -> results/release/dpo-teach (no masters, bundles or tests)"
 	@echo "make site   every notebook executed (full mode; DPO_TEACH_FAST=1: fast) and rendered -> results/site/"
 	@echo "make test-site  the site's browser test alone; make readme-images: the README's figures -> docs/images/"
@@ -58,7 +58,12 @@ demo: $(STAMP)
 # once), slowest first: see tests/conftest.py. PYTEST_WORKERS=0 runs in one process; PYTEST_ADDOPTS adds options.
 PYTEST_WORKERS ?= auto
 
-test: $(STAMP)
+# The student release (`make release`) has no tests/: say so before installing anything.
+suite-present:
+	@test -d tests || { echo "make test: this copy of the course has no tests/ (it is the student release);" \
+		"run the notebooks with 'make lab', or clone the full repository for the test suite" >&2; exit 2; }
+
+test: suite-present $(STAMP)
 	$(BIN)/ruff check dpo_teach tests benchmarks scripts
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope
 

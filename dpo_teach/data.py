@@ -130,6 +130,8 @@ def _check_row(obj, tokenizer, max_length: int | None) -> tuple[dict | None, str
         except UnicodeEncodeError as e:  # JSON allows "\ud800" alone, but no text holds half a surrogate pair
             return None, (f"the field '{key}' holds an unpaired surrogate escape (\\u{ord(row[key][e.start]):04x} at "
                           f"character {e.start + 1}), which is not text; fix or remove the escape")
+    if not row["prompt"]:  # with no token before it, a completion's first token would never be scored
+        return None, "the prompt is empty; give the row a prompt (at least one token before the completion)"
     for key in ("chosen", "rejected"):
         if not row[key].strip():
             return None, f"the '{key}' completion is empty; remove the row or fill it in"
@@ -221,10 +223,11 @@ def load_preferences(
 def eos_problems(rows: list[dict], eos: str | None, eos_in_text: bool = False) -> list[str]:
     """What is wrong with how the completions of ``rows`` end with the EOS string ``eos`` (empty: nothing).
 
-    ``eos_in_text=False`` (this package's and TRL's convention): the trainer appends EOS to every completion, so
-    the text must not end with it too (else two EOS). ``eos_in_text=True`` (a pipeline that appends nothing): every
-    completion must end with it, or the model never learns to stop. Either way, chosen and rejected must not
-    differ in it, or DPO learns "ends / does not end" as the preference.
+    ``eos_in_text=False`` (this package's convention): the trainer appends EOS to every completion, so the text
+    must not end with it too (else two EOS; TRL appends it only where the text does not already end with it).
+    ``eos_in_text=True`` (a pipeline that appends nothing): every completion must end with it, or the model never
+    learns to stop. Either way, chosen and rejected must not differ in it, or DPO learns "ends / does not end" as
+    the preference.
     """
     if not eos or not rows:
         return []

@@ -14,7 +14,8 @@ Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath §4.1; TRL's 
    default today) needs no reference model at all;
 4. average the per-token loss over a batch (:func:`grpo_loss`). **How** is a real choice: ``"sequence"`` (the GRPO
    paper) averages tokens within each completion first, so a long completion's tokens weigh less each;
-   ``"token"`` (DAPO, Dr. GRPO; TRL's ``bnpo``) averages over all tokens of the batch, so every token weighs the same.
+   ``"token"`` (DAPO; TRL's ``bnpo``) averages over all tokens of the batch, so every token weighs the same (Dr.
+   GRPO divides by a constant instead: the batch size times the longest allowed completion).
 
 RLOO (:mod:`dpo_teach.rloo`) runs the same loop with its own advantage and loss. Shape letters: N completions
 (prompts × K, a group's completions next to each other), L completion tokens (see :mod:`dpo_teach.rollout`).
@@ -48,7 +49,7 @@ def group_advantages(scores: torch.Tensor, group_size: int, scale: bool = True, 
 
     Args:
         scores: r(x, y) per completion, groups of ``group_size`` next to each other. Shape: (N,).
-        group_size: K, completions per prompt.
+        group_size: K ≥ 2, completions per prompt.
         scale: divide by the group's standard deviation (sample std, as TRL); False keeps only the mean baseline
             (Dr. GRPO's fix: a group whose rewards barely differ is not blown up to unit scale).
         eps: keeps a group of equal rewards at advantage 0 instead of 0/0.
@@ -56,6 +57,10 @@ def group_advantages(scores: torch.Tensor, group_size: int, scale: bool = True, 
     Returns:
         One advantage per completion. Shape: (N,).
     """
+    if group_size < 2:
+        raise ValueError(f"group_size must be at least 2, got {group_size}: with one completion per prompt there is "
+                         "no group to compare with (the advantage would be 0, its scale nan); sample K >= 2 "
+                         "completions per prompt, or use PPO for one")
     assert scores.numel() % group_size == 0, "scores must hold whole groups of group_size completions"
     groups = scores.view(-1, group_size)  # (N / K, K)
     advantages = groups - groups.mean(dim=1, keepdim=True)
@@ -118,11 +123,11 @@ class GRPOConfig:
     steps: int = 20  # iterations, each one batch of groups then its updates
     prompts_per_step: int = 16  # prompts per iteration
     group_size: int = 8  # K completions per prompt (prompts_per_step × K completions per iteration)
-    epochs: int = 2  # passes over each batch (μ in the GRPO paper; 1 = every update on fresh samples)
+    epochs: int = 2  # passes over each batch (μ in the GRPO paper; only 1 with one minibatch = fresh samples)
     minibatch_size: int = 32  # completions per gradient step
     lr: float = 3e-4  # peak learning rate (AdamW), warm-up then cosine decay
     cliprange: float = 0.2  # ε of the clipped ratio
-    loss_norm: str = "sequence"  # "sequence" (GRPO paper) or "token" (DAPO / Dr. GRPO) averaging of the loss
+    loss_norm: str = "sequence"  # "sequence" (GRPO paper) or "token" (DAPO, TRL's bnpo) averaging of the loss
     scale_rewards: bool = True  # GRPO: divide advantages by the group's std; RLOO: whiten them over the batch
     max_new_tokens: int = 16  # completion length limit
     seed: int = 0  # prompt choice, sampling and minibatch-order seed

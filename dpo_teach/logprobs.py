@@ -190,7 +190,8 @@ def concatenated_logprobs(
 
 
 def tokenize_pairs(tokenizer, rows: list[dict], max_length: int, append_eos: bool = True) -> list[dict]:
-    """Tokenize preference rows into ``prompt_ids``/``chosen_ids``/``rejected_ids`` (completions end with EOS).
+    """Tokenize preference rows into ``prompt_ids``/``chosen_ids``/``rejected_ids`` (completions end with EOS,
+    unless cut at ``max_length``).
 
     A completion that would run past ``max_length`` together with its prompt is cut at the end (TRL's
     ``keep_start``); the loader has already rejected prompts that leave no room at all.

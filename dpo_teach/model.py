@@ -96,7 +96,8 @@ def _first_line(error: Exception) -> str:
 def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
     """Load ``(model, tokenizer)`` from a ``save_pretrained`` directory, e.g. a real GPT-2 you downloaded yourself.
 
-    Nothing is fetched from a hub: ``path`` must be a local directory. The model is put in eval mode.
+    Nothing is fetched from a hub: ``path`` must be a local directory. The model is put in eval mode, with its
+    dropout off (:func:`disable_dropout`).
 
     Raises:
         CheckpointError: the directory is missing, incomplete or corrupt; the message names the path and the fix.
@@ -128,5 +129,21 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
                               f"{n_embedded}; the tokenizer files belong to another model — save both together")
     if tokenizer.pad_token is None:  # real GPT-2 has no pad token; padding is always masked out, so EOS serves
         tokenizer.pad_token = tokenizer.eos_token
+    disable_dropout(model)
     model.eval()
     return model, tokenizer
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability of ``model`` to 0, as the course's own models are built (and as TRL's
+    ``disable_dropout=True`` does). A real GPT-2 comes with dropout 0.1: left on, the policy (in train mode) and its
+    reference (in eval mode) would disagree before any step, so DPO's first loss would not be ln 2 and PPO's ratios
+    would not start at 1."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    config = getattr(model, "config", None)
+    for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout", "dropout", "attention_dropout",
+                 "hidden_dropout_prob", "attention_probs_dropout_prob"):
+        if isinstance(getattr(config, name, None), float):
+            setattr(config, name, 0.0)  # saved checkpoints then say what ran

@@ -31,7 +31,8 @@ class ScalarModel(torch.nn.Module):
     """A GPT-2 body with a linear head giving one scalar per position: a reward model or a value model."""
 
     def __init__(self, backbone: torch.nn.Module, head_std: float | None = None):
-        """``head_std``: std of the head's initial weights; None gives 1/√(d+1) (TRL's choice), 0 starts at 0."""
+        """``head_std``: std of the head's initial weights; None gives 1/√(d+1) (OpenAI's lm-human-preferences;
+        Huang et al. 2024, "The N+ implementation details of RLHF with PPO"), 0 starts at 0."""
         super().__init__()
         self.backbone = backbone
         d = backbone.config.n_embd

@@ -10,8 +10,9 @@ completions, like GRPO (:mod:`dpo_teach.grpo`, whose sampling loop it shares); w
       A_i = r_i − (1 / (K − 1)) · Σ_{j≠i} r_j = K / (K − 1) · (r_i − mean(r_1 … r_K))
 
 - the whole completion is one action: the ratio and its clip are taken on the **sequence** log-probability
-  (:func:`rloo_loss`), and the loss is a mean over completions. With one pass over fresh samples the ratio is 1 and
-  this is plain REINFORCE.
+  (:func:`rloo_loss`), and the loss is a mean over completions. With one pass and a single gradient step per batch
+  (``epochs=1``, ``minibatch_size`` ≥ the batch) the ratio is 1 and this is plain REINFORCE; every further minibatch
+  or pass steps from a policy that has already moved.
 """
 
 from __future__ import annotations

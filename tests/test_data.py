@@ -68,6 +68,7 @@ def test_split_is_seeded_and_disjoint(pairs):
     ('{"prompt": null, "chosen": " a", "rejected": " b"}', "'prompt' must be a string"),
     ('{"prompt": "x", "chosen": "   ", "rejected": " b"}', "'chosen' completion is empty"),
     ('{"prompt": "x", "chosen": " a", "rejected": ""}', "'rejected' completion is empty"),
+    ('{"prompt": "", "chosen": " a", "rejected": " b"}', "the prompt is empty"),  # else y's first token goes unscored
     ('{"prompt": "x", "chosen": " same", "rejected": " same"}', "identical"),
 ])
 def test_bad_rows_name_file_line_and_fix(tmp_path, line, message):

@@ -111,6 +111,12 @@ def test_hand_computed_values(check):
     check()
 
 
+def test_one_completion_per_prompt_is_refused_not_turned_into_nan():
+    with pytest.raises(ValueError, match="group_size must be at least 2, got 1"):
+        grpo.group_advantages(torch.tensor([1.0, 2.0, 3.0]), 1)
+    assert torch.isfinite(grpo.group_advantages(torch.tensor([1.0, 2.0, 3.0, 3.0]), 2)).all()
+
+
 def test_bad_loss_norm_is_named():
     with pytest.raises(ValueError, match="loss_norm"):
         grpo.aggregate(torch.ones(1, 2), torch.ones(1, 2), "batch")

@@ -27,7 +27,7 @@ def test_make_targets_create_the_venv_and_pin_torch():
     makefile = (ROOT / "Makefile").read_text()
     assert "torch==2.13.0" in makefile
     for target in ("demo", "test", "lab", "bench"):
-        assert re.search(rf"^{target}: \$\(STAMP\)", makefile, re.M), target
+        assert re.search(rf"^{target}:[^\n]*\$\(STAMP\)", makefile, re.M), target
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+
 import pytest
 
 from dpo_teach.grading import MASTERS
@@ -17,6 +20,16 @@ def test_release_has_the_course_and_no_solution_or_hidden_test(tmp_path):
     assert not any(f.startswith(("course/", "tests/", "benchmarks/", ".ci/")) for f in files)
     assert not list(out.rglob("*.zip"))
     assert find_leaks(out) == []
+    figures = re.findall(r"\]\((docs/images/[^)]+)\)", (out / "README.md").read_text())
+    assert figures and all((out / f).is_file() for f in figures), "the README's figures travel with it"
+
+
+def test_make_test_in_the_release_says_the_suite_is_not_there(tmp_path):
+    out = tmp_path / "student"
+    release(out)
+    done = subprocess.run(["make", "-s", "test"], cwd=out, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "no tests/ (it is the student release)" in done.stderr
+    assert not (out / ".venv").exists(), "nothing installed for a suite that is not there"
 
 
 def test_the_leak_check_finds_a_solution_line_and_release_writes_nothing(tmp_path, monkeypatch):

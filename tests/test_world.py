@@ -68,6 +68,24 @@ def test_missing_and_corrupt_checkpoints_say_what_to_do(tmp_path, world):
         load_checkpoint(tmp_path / "ok")
 
 
+def test_a_loaded_checkpoint_trains_without_dropout(tmp_path, world):
+    """A real GPT-2 comes with dropout 0.1. Loaded, its dropout is off: in train mode (a policy) it gives the same
+    log-probs as in eval mode (its reference), so DPO starts at ln 2 and PPO's ratios at 1."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, tok = world
+    config = GPT2Config(vocab_size=len(tok), n_positions=64, n_layer=1, n_embd=32, n_head=2,  # dropout 0.1 each
+                        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    save_checkpoint(GPT2LMHeadModel(config), tok, tmp_path / "gpt2-like")
+    model, _ = load_checkpoint(tmp_path / "gpt2-like")
+    ids = torch.tensor([tok("the film was great .")["input_ids"]])
+    model.train()
+    first, second = model(ids).logits, model(ids).logits
+    model.eval()
+    assert torch.equal(first, second) and torch.allclose(first, model(ids).logits, atol=1e-6)
+    assert model.config.resid_pdrop == model.config.attn_pdrop == model.config.embd_pdrop == 0.0
+
+
 def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, world):
     model, tok = world
     save_checkpoint(model, tok, tmp_path / "ckpt")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from dpo_teach.grading.assign import MASTERS, ROOT, course_secrets
 
-INCLUDE = ("notebooks/", "dpo_teach/", "scripts/", ".devcontainer/", "README.md", "LICENSE", "Makefile",
-           "pyproject.toml", "environment.yml", "requirements.lock", ".gitignore")
+INCLUDE = ("notebooks/", "dpo_teach/", "scripts/", ".devcontainer/", "docs/images/", "README.md", "LICENSE", "Makefile",
+           "pyproject.toml", "environment.yml", "requirements.lock", ".gitignore")  # docs/images/: the README's figures
 
 
 class LeakError(RuntimeError):
