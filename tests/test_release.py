@@ -20,7 +20,9 @@ def test_release_has_the_course_and_no_solution_or_hidden_test(tmp_path):
     assert not any(f.startswith(("course/", "tests/", "benchmarks/", ".ci/")) for f in files)
     assert not list(out.rglob("*.zip"))
     assert find_leaks(out) == []
-    figures = re.findall(r"\]\((docs/images/[^)]+)\)", (out / "README.md").read_text())
+    readme = (out / "README.md").read_text()
+    assert readme.startswith("# dpo-teach\n\n> This is the student release") and "`course/`" in readme.split("\n")[2]
+    figures = re.findall(r"\]\((docs/images/[^)]+)\)", readme)
     assert figures and all((out / f).is_file() for f in figures), "the README's figures travel with it"
 
 

@@ -21,6 +21,11 @@ INCLUDE = ("notebooks/", "dpo_teach/", "scripts/", ".devcontainer/", "docs/image
            "pyproject.toml", "environment.yml", "requirements.lock", ".gitignore")  # docs/images/: the README's figures
 
 
+RELEASE_NOTE = ("> This is the student release of the course: the notebooks, the package and the set-up. What the "
+                "README says about `course/` (the instructor's masters, bundles and guide), `tests/` and "
+                "`benchmarks/` is in the full repository.\n")
+
+
 class LeakError(RuntimeError):
     """The release would hold instructor-only text; the message names the file and the line."""
 
@@ -90,6 +95,10 @@ def release(out: Path, root: Path = ROOT) -> list[str]:
         for name in files:
             (stage / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / name, stage / name)
+        readme = stage / "README.md"
+        if readme.is_file():  # under its title: what the README mentions that this tree leaves out
+            title, _, rest = readme.read_text(encoding="utf-8").partition("\n")
+            readme.write_text(f"{title}\n\n{RELEASE_NOTE}{rest}", encoding="utf-8")
         leaks = find_leaks(stage, root / "course" / "masters")
         if leaks:
             raise LeakError(f"the release would show {len(leaks)} instructor-only line(s), first: {leaks[0]}")
