@@ -296,6 +296,44 @@ def test_without_a_sandbox_grading_refuses_unless_unsafe(assigned, tmp_path, mon
     assert "ann_00_start_here" in (tmp_path / "out" / "grades.csv").read_text()
 
 
+def test_the_scan_takes_no_honest_answer_for_the_package_and_still_follows_an_alias(assigned):
+    """A local variable named like one of the notebook's (``pi_star``), the gradient weight read off autograd
+    through the package's loss, and a string "test" are honest; a global alias of the package's function, defined in
+    a later cell and called by the answer, is not."""
+    from dpo_teach.grading.judge import load_tests
+    from dpo_teach.grading.scan import scan
+
+    def scanned(name: str, find: str, answer: str, extra: str = "") -> dict:
+        nb = replaced(_solution(assigned, name), find, answer)
+        if extra:
+            nb.cells.append(nbformat.v4.new_code_cell(extra))
+        released = nbformat.read(assigned / "notebooks" / f"{name}.ipynb", as_version=4).cells
+        return scan(nb.cells, released, load_tests(assigned / "autograder" / f"{name}.zip"))
+
+    local_pi_star = """
+def optimal_policy(pi_ref, r, beta):
+    pi_star = torch.softmax(torch.log(pi_ref) + r / beta, dim=-1)
+    print("test")
+    return pi_star
+"""
+    assert scanned("01_kl_objective", "def optimal_policy(", local_pi_star) == {"grader": [], "reference": {}}
+    autograd_weight = """
+from dpo_teach import losses
+def dpo_gradient_weight(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
+    x = policy_chosen_logps.detach().clone().requires_grad_(True)
+    losses.dpo_loss(x, policy_rejected_logps.detach(), ref_chosen_logps.detach(), ref_rejected_logps.detach(),
+                    beta=beta)[0].sum().backward()
+    return -x.grad / beta
+"""
+    assert scanned("03_deriving_dpo", "def dpo_gradient_weight(", autograd_weight)["reference"] == {}
+    through_alias = """
+def optimal_policy(pi_ref, r, beta):
+    return best(pi_ref, r, beta)
+"""
+    found = scanned("01_kl_objective", "def optimal_policy(", through_alias, "best = bandit.optimal_policy")
+    assert found["reference"] == {"optimal_policy": ["dpo_teach.bandit.optimal_policy"]}
+
+
 def test_the_scan_finds_nothing_in_honest_notebooks(assigned):
     """Every master's solution, and every student notebook, scans clean: the flags above are not false alarms."""
     from dpo_teach.grading.judge import load_tests

@@ -31,12 +31,14 @@ GRADER_ATTRIBUTES = {"__code__", "__globals__", "__builtins__", "__closure__", "
                      "setprofile", "modules", "meta_path", "path_hooks", "kill", "killpg", "fork", "forkpty",
                      "system", "popen", "execv", "execve", "spawnv", "dup", "dup2", "fdopen", "write", "_exit",
                      "setsid", "events", "register_magic_function"}
-GRADER_PATHS = re.compile(r"/proc\b|/dev/|autograder|(^|/)tests?(/|$)|\.zip$|\botter\b")
+GRADER_PATHS = re.compile(r"/proc\b|/dev/|autograder|(^|/)tests?/|/tests?$|\.zip$|\botter\b")  # not "test" alone
 OTTER_ALLOWED = {"Notebook", "check", "check_all", "export", "to_pdf"}
 # Input-building helpers that a question's tests call, which an answer may call too.
 INPUT_HELPERS = {"dpo_teach.logprobs.pad_rows", "dpo_teach.logprobs.PreferenceCollator",
                  "dpo_teach.logprobs.reference_logprobs"}
-ALLOWED = {"dpo_training_step": {"dpo_teach.losses.dpo_loss"}}  # the step's loss is an argument, not its answer
+# Package functions a question's tests use as a tool, which its answer may use too: the step's loss is an argument,
+# not its answer; the gradient weight may be read off autograd through the loss (notebook 03 does so above it).
+ALLOWED = {"dpo_training_step": {"dpo_teach.losses.dpo_loss"}, "dpo_gradient_weight": {"dpo_teach.losses.dpo_loss"}}
 _CHECK = re.compile(r"""grader\.check\(\s*["'](\w+)["']""")
 _REFERENCE = re.compile(r"dpo_teach(?:\.\w+)+")
 
@@ -150,10 +152,28 @@ def _definitions(tree: ast.AST, aliases: dict[str, str]) -> dict[str, tuple[set[
             continue
         visitor = _Visitor(aliases)
         visitor.visit(node)
-        bare = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
         for name in names:
-            found[name] = (visitor.used, bare - {name})
+            found[name] = (visitor.used, _free_names(node) - {name})
     return found
+
+
+def _free_names(node: ast.AST) -> set[str]:
+    """The names ``node`` reads that it does not bind itself: for a ``def``, what it reads from the notebook, not its
+    parameters or its own local variables (a local ``pi_star`` is not the notebook's ``pi_star``)."""
+    read, bound = set(), set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name):
+            (read if isinstance(n.ctx, ast.Load) else bound).add(n.id)
+        elif isinstance(n, ast.arg):
+            bound.add(n.arg)
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n is not node:
+            bound.add(n.name)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            bound |= {a.asname or a.name.split(".")[0] for a in n.names}
+        elif isinstance(n, ast.Global):
+            read |= set(n.names)
+    declared_global = {name for n in ast.walk(node) if isinstance(n, ast.Global) for name in n.names}
+    return read - (bound - declared_global)  # an alias ``f = bandit.f`` still reads ``bandit``: it is followed
 
 
 def answer_names(released: list[dict]) -> dict[str, set[str]]:
