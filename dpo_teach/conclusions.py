@@ -105,6 +105,8 @@ def frontier_sentence(results: dict, a: str, b: str, min_fluency: float = MIN_FL
     if np.isnan(g["gap"]):
         return f"{a} and {b} have no KL range where both have measured points{scope}: nothing to compare."
     per_seed = ", ".join(f"{x:+.3f}" for x in g["per_seed"])
+    if g["seeds"] < g["of_seeds"]:
+        per_seed += f": only {g['seeds']} of {g['of_seeds']} seeds share a KL range"
     at = "; ".join(f"at KL {k:g}: {fa:+.3f} vs {fb:+.3f}" for k, (fa, fb) in g["at"].items())
     return (f"{a}'s reward–KL frontier {_relation(g['share_above'])} {b}'s{scope}: at matched KL, from "
             f"{g['kl_min']:.2f} to {g['kl_max']:.2f} nats where both have measured points, {a}'s reward is "
@@ -130,7 +132,8 @@ def gap_table(results: dict, min_fluency: float = MIN_FLUENCY) -> str:
     methods = methods_in(results)
     lines = ["| row − column | " + " | ".join(methods[1:]) + " |", "|" + "---|" * len(methods)]
     for i, a in enumerate(methods[:-1]):
-        cells = ["" if j <= i else _pm(_gap(results, a, b, min_fluency), "+.3f") for j, b in enumerate(methods)]
+        cells = ["" if j <= i else gap_text(matched_kl_gap(results, a, b, min_fluency))
+                 for j, b in enumerate(methods)]
         lines.append(f"| {a} | " + " | ".join(cells[1:]) + " |")
     noise = evaluation_noise(results)
     scope = f"points with fluency ≥ {min_fluency:.0%}; " if min_fluency else ""
@@ -140,9 +143,12 @@ def gap_table(results: dict, min_fluency: float = MIN_FLUENCY) -> str:
             f"difference of two frontier points has a standard error ≈ {noise * np.sqrt(2):.3f}.\n")
 
 
-def _gap(results: dict, a: str, b: str, min_fluency: float) -> tuple[float, float]:
-    g = matched_kl_gap(results, a, b, min_fluency)
-    return g["gap"], g["gap_sd"]
+def gap_text(g: dict) -> str:
+    """``+0.022 ± 0.015`` (mean ± sd over seeds), or ``+0.046 (1 of 2 seeds)`` when only some seeds have a KL range
+    that both methods measured: one seed's gap is no agreement between seeds."""
+    if g["seeds"] == g["of_seeds"] and g["seeds"] > 1:
+        return _pm((g["gap"], g["gap_sd"]), "+.3f")
+    return "—" if not g["seeds"] else f"{g['gap']:+.3f} ({g['seeds']} of {g['of_seeds']} seeds)"
 
 
 def ranking(results: dict, min_fluency: float = MIN_FLUENCY) -> list[tuple[str, float]]:
@@ -166,7 +172,7 @@ def verdict(results: dict) -> str:
     signs = {bool(x > 0) for x in g["per_seed"]}
     clear = abs(g["gap"]) > 2 * noise and signs == {True}
     return (f"Verdict at matched KL (points with fluency ≥ {MIN_FLUENCY:.0%}): {top}'s frontier lies highest, "
-            f"{g['gap']:+.3f} ± {g['gap_sd']:.3f} reward above the runner-up {second} (per seed "
+            f"{gap_text(g)} reward above the runner-up {second} (per seed "
             f"{', '.join(f'{x:+.3f}' for x in g['per_seed'])}); a difference of two evaluations has a standard error "
             f"≈ {noise:.3f}, so this lead is " + ("clear of the noise." if clear else "within the noise: a tie on this "
                                                   "toy world.") + " Ranking by mean gap against all others: "

@@ -167,8 +167,9 @@ def matched_kl_gap(results: dict, a: str, b: str, min_fluency: float = MIN_FLUEN
     aside) to the smaller of their highest.
 
     Points below ``min_fluency`` are left out (by default the fluency target: reward bought with garbage text does
-    not count; 0 keeps all). A seed where the two ranges do not overlap is left out. Returns ``gap`` (F_a − F_b
-    averaged over the grid, mean over seeds), ``gap_sd`` (sd over seeds), ``per_seed``, ``share_above`` (share of
+    not count; 0 keeps all). A seed where the two ranges do not overlap is left out: ``seeds`` says how many of the
+    ``of_seeds`` remain. Returns ``gap`` (F_a − F_b averaged over the grid, mean over seeds), ``gap_sd`` (sd over
+    seeds; nan for fewer than two), ``per_seed``, ``share_above`` (share of
     grid × seeds with F_a > F_b), ``kl_min`` and ``kl_max`` (the grid's ends, means over seeds) and ``at``
     ({KL: (F_a, F_b)}, seed means, at the ``KL_QUOTED`` values inside every seed's grid).
     """
@@ -194,7 +195,10 @@ def matched_kl_gap(results: dict, a: str, b: str, min_fluency: float = MIN_FLUEN
             if kmin <= k <= kmax:
                 at.setdefault(k, []).append((reward_at_kl(ca, k), reward_at_kl(cb, k)))
     gap, gap_sd = mean_sd(gaps) if gaps else (float("nan"), float("nan"))
-    return {"a": a, "b": b, "gap": gap, "gap_sd": gap_sd, "per_seed": gaps,
+    if len(gaps) < 2:
+        gap_sd = float("nan")  # one seed says nothing about the spread over seeds
+    return {"a": a, "b": b, "gap": gap, "gap_sd": gap_sd, "per_seed": gaps, "seeds": len(gaps),
+            "of_seeds": len({r["seed"] for r in results["runs"]}),
             "share_above": float(np.mean(shares)) if shares else float("nan"),
             "kl_min": float(np.mean(kmins)) if kmins else float("nan"),
             "kl_max": float(np.mean(kmaxes)) if kmaxes else float("nan"),

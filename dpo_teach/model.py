@@ -135,10 +135,11 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
-    """Set every dropout probability of ``model`` to 0, as the course's own models are built (and as TRL's
-    ``disable_dropout=True`` does). A real GPT-2 comes with dropout 0.1: left on, the policy (in train mode) and its
-    reference (in eval mode) would disagree before any step, so DPO's first loss would not be ln 2 and PPO's ratios
-    would not start at 1."""
+    """Set the probability of every ``nn.Dropout`` module of ``model`` to 0, and the config's dropout fields, as the
+    course's own models are built (and as TRL's ``disable_dropout=True`` does; GPT-2's dropouts are all modules).
+
+    A real GPT-2 comes with dropout 0.1: left on, the policy (in train mode) and its reference (in eval mode) would
+    disagree before any step, so DPO's first loss would not be ln 2 and PPO's ratios would not start at 1."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0

@@ -81,8 +81,23 @@ def test_a_method_evaluated_late_is_not_judged_by_the_line_from_pi_ref():
         if run["method"] == "DPO":
             run["evals"] = run["evals"][:2]
     g = frontier.matched_kl_gap(results, "DPO", "PPO")
-    assert np.isnan(g["gap"]) and g["per_seed"] == [] and g["at"] == {}
+    assert np.isnan(g["gap"]) and g["per_seed"] == [] and g["at"] == {} and g["seeds"] == 0
     assert "no KL range where both have measured points" in conclusions.frontier_sentence(results, "DPO", "PPO")
+
+
+def test_a_gap_measured_on_one_seed_does_not_pass_for_two_that_agree():
+    results = fake_results()
+    for run in results["runs"]:  # seed 1's DPO never gets past KL 0.6: below PPO's lowest evaluation (1)
+        if run["method"] == "DPO" and run["seed"] == 1:
+            run["evals"] = [{**e, "kl": min(e["kl"], 0.6)} for e in run["evals"]]
+    g = frontier.matched_kl_gap(results, "DPO", "PPO", min_fluency=0.0)
+    assert (g["seeds"], g["of_seeds"], len(g["per_seed"])) == (1, 2, 1) and np.isnan(g["gap_sd"])
+    assert conclusions.gap_text(g) == f"{g['gap']:+.3f} (1 of 2 seeds)"
+    assert "only 1 of 2 seeds share a KL range" in conclusions.frontier_sentence(results, "DPO", "PPO", 0.0)
+    for run in results["runs"]:
+        run["final"]["reward_std"] = 0.5
+    table = conclusions.gap_table({**results, "config": {"n_eval_prompts": 100}}, 0.0)
+    assert f"| DPO | {g['gap']:+.3f} (1 of 2 seeds) |" in table and "±" not in table.split("\n\n")[0]
 
 
 def test_best_setting_must_keep_the_fluency_target():

@@ -330,8 +330,17 @@ def dpo_gradient_weight(policy_chosen_logps, policy_rejected_logps, ref_chosen_l
 def optimal_policy(pi_ref, r, beta):
     return best(pi_ref, r, beta)
 """
-    found = scanned("01_kl_objective", "def optimal_policy(", through_alias, "best = bandit.optimal_policy")
-    assert found["reference"] == {"optimal_policy": ["dpo_teach.bandit.optimal_policy"]}
+    # the alias, and the alias behind a name bound only in an inner scope or as a default: Python still calls it
+    hidden = [through_alias,
+              through_alias.replace("    return", "    [best for best in ()]\n    return"),
+              through_alias.replace("    return", "    def h():\n        best = 0\n    return"),
+              through_alias.replace("    return", "    f = lambda best: 0\n    return"),
+              through_alias.replace("beta):", "beta, best=best):")]
+    for answer in hidden:
+        found = scanned("01_kl_objective", "def optimal_policy(", answer, "best = bandit.optimal_policy")
+        assert found["reference"] == {"optimal_policy": ["dpo_teach.bandit.optimal_policy"]}, answer
+    reads_tests = local_pi_star.replace('print("test")', 'print(open("tests/q.py").read())')
+    assert scanned("01_kl_objective", "def optimal_policy(", reads_tests)["grader"], "a path into tests/ is flagged"
 
 
 def test_the_scan_finds_nothing_in_honest_notebooks(assigned):

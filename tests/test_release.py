@@ -29,7 +29,7 @@ def test_release_has_the_course_and_no_solution_or_hidden_test(tmp_path):
 def test_make_test_in_the_release_says_the_suite_is_not_there(tmp_path):
     out = tmp_path / "student"
     release(out)
-    done = subprocess.run(["make", "-s", "test"], cwd=out, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(["make", "-s", "-j2", "test"], cwd=out, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "no tests/ (it is the student release)" in done.stderr
     assert not (out / ".venv").exists(), "nothing installed for a suite that is not there"
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import builtins
 import re
+import symtable
 
 GRADER_MODULES = {"ctypes", "gc", "inspect", "signal", "subprocess", "multiprocessing", "threading", "_thread",
                   "importlib", "builtins", "socket", "pty", "resource", "sysconfig", "site", "runpy"}
@@ -31,7 +32,7 @@ GRADER_ATTRIBUTES = {"__code__", "__globals__", "__builtins__", "__closure__", "
                      "setprofile", "modules", "meta_path", "path_hooks", "kill", "killpg", "fork", "forkpty",
                      "system", "popen", "execv", "execve", "spawnv", "dup", "dup2", "fdopen", "write", "_exit",
                      "setsid", "events", "register_magic_function"}
-GRADER_PATHS = re.compile(r"/proc\b|/dev/|autograder|(^|/)tests?/|/tests?$|\.zip$|\botter\b")  # not "test" alone
+GRADER_PATHS = re.compile(r"/proc\b|/dev/|autograder|(^|/)tests(/|$)|(^|/)test/|/test$|\.zip$|\botter\b")  # not "test"
 OTTER_ALLOWED = {"Notebook", "check", "check_all", "export", "to_pdf"}
 # Input-building helpers that a question's tests call, which an answer may call too.
 INPUT_HELPERS = {"dpo_teach.logprobs.pad_rows", "dpo_teach.logprobs.PreferenceCollator",
@@ -158,22 +159,21 @@ def _definitions(tree: ast.AST, aliases: dict[str, str]) -> dict[str, tuple[set[
 
 
 def _free_names(node: ast.AST) -> set[str]:
-    """The names ``node`` reads that it does not bind itself: for a ``def``, what it reads from the notebook, not its
-    parameters or its own local variables (a local ``pi_star`` is not the notebook's ``pi_star``)."""
-    read, bound = set(), set()
-    for n in ast.walk(node):
-        if isinstance(n, ast.Name):
-            (read if isinstance(n.ctx, ast.Load) else bound).add(n.id)
-        elif isinstance(n, ast.arg):
-            bound.add(n.arg)
-        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n is not node:
-            bound.add(n.name)
-        elif isinstance(n, (ast.Import, ast.ImportFrom)):
-            bound |= {a.asname or a.name.split(".")[0] for a in n.names}
-        elif isinstance(n, ast.Global):
-            read |= set(n.names)
-    declared_global = {name for n in ast.walk(node) if isinstance(n, ast.Global) for name in n.names}
-    return read - (bound - declared_global)  # an alias ``f = bandit.f`` still reads ``bandit``: it is followed
+    """The names ``node`` reads from the notebook: for a ``def``, not its parameters or its own local variables (a
+    local ``pi_star`` is not the notebook's ``pi_star``), but every read that Python resolves to the notebook's
+    globals, in nested functions, lambdas and comprehensions too, and what its default values read. Python's own
+    scoping (``symtable``) decides, so a name bound only in an inner scope cannot hide a global call."""
+    names: set[str] = set()
+
+    def walk(table: symtable.SymbolTable, top: bool) -> None:
+        for symbol in table.get_symbols():
+            if symbol.is_referenced() and (top or symbol.is_global()):
+                names.add(symbol.get_name())
+        for child in table.get_children():
+            walk(child, False)
+
+    walk(symtable.symtable(ast.unparse(node), "<cell>", "exec"), True)
+    return names
 
 
 def answer_names(released: list[dict]) -> dict[str, set[str]]:
