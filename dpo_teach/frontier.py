@@ -106,10 +106,11 @@ def mean_sd(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def points(results: dict, method: str, seed: int | None = None) -> np.ndarray:
+def points(results: dict, method: str, seed: int | None = None, min_fluency: float = 0.0) -> np.ndarray:
     """Every evaluation point of a method's runs, π_ref's step-0 point included.
 
-    With ``seed`` the points of that seed's runs; without, each (setting, evaluation) averaged over seeds.
+    With ``seed`` the points of that seed's runs; without, each (setting, evaluation) averaged over seeds. Points
+    below ``min_fluency`` are left out.
 
     Returns:
         Shape: (M, 3), columns KL, reward, fluency.
@@ -119,7 +120,8 @@ def points(results: dict, method: str, seed: int | None = None) -> np.ndarray:
         runs = runs_of(results, method, param, seed)
         for i in range(len(runs[0]["evals"]) if runs else 0):
             out.append([np.mean([r["evals"][i][k] for r in runs]) for k in ("kl", "reward", "fluency")])
-    return np.array(out).reshape(-1, 3)
+    p = np.array(out).reshape(-1, 3)
+    return p[p[:, 2] >= min_fluency]
 
 
 def frontier_curve(kl: np.ndarray, reward: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,8 +156,7 @@ def lowest_evaluated_kl(results: dict, method: str, min_fluency: float = MIN_FLU
     below it the method's frontier is only the straight line from π_ref."""
     lowest = []
     for seed in sorted({r["seed"] for r in runs_of(results, method)}):
-        p = points(results, method, seed)
-        kls = _evaluated_kls(p[p[:, 2] >= min_fluency])
+        kls = _evaluated_kls(points(results, method, seed, min_fluency))
         if len(kls):
             lowest.append(float(kls.min()))
     return float(np.mean(lowest)) if lowest else float("nan")
@@ -174,9 +175,9 @@ def matched_kl_gap(results: dict, a: str, b: str, min_fluency: float = MIN_FLUEN
     ({KL: (F_a, F_b)}, seed means, at the ``KL_QUOTED`` values inside every seed's grid).
     """
     gaps, shares, kmins, kmaxes, at = [], [], [], [], {}
-    for seed in sorted({r["seed"] for r in results["runs"]}):
-        pa, pb = (points(results, m, seed) for m in (a, b))
-        pa, pb = pa[pa[:, 2] >= min_fluency], pb[pb[:, 2] >= min_fluency]
+    seeds = sorted({r["seed"] for r in results["runs"]})
+    for seed in seeds:
+        pa, pb = (points(results, m, seed, min_fluency) for m in (a, b))
         measured_a, measured_b = _evaluated_kls(pa), _evaluated_kls(pb)
         if len(measured_a) == 0 or len(measured_b) == 0:
             continue
@@ -194,11 +195,9 @@ def matched_kl_gap(results: dict, a: str, b: str, min_fluency: float = MIN_FLUEN
         for k in KL_QUOTED:
             if kmin <= k <= kmax:
                 at.setdefault(k, []).append((reward_at_kl(ca, k), reward_at_kl(cb, k)))
-    gap, gap_sd = mean_sd(gaps) if gaps else (float("nan"), float("nan"))
-    if len(gaps) < 2:
-        gap_sd = float("nan")  # one seed says nothing about the spread over seeds
-    return {"a": a, "b": b, "gap": gap, "gap_sd": gap_sd, "per_seed": gaps, "seeds": len(gaps),
-            "of_seeds": len({r["seed"] for r in results["runs"]}),
+    gap = float(np.mean(gaps)) if gaps else float("nan")
+    gap_sd = mean_sd(gaps)[1] if len(gaps) > 1 else float("nan")  # one seed says nothing about the spread
+    return {"a": a, "b": b, "gap": gap, "gap_sd": gap_sd, "per_seed": gaps, "seeds": len(gaps), "of_seeds": len(seeds),
             "share_above": float(np.mean(shares)) if shares else float("nan"),
             "kl_min": float(np.mean(kmins)) if kmins else float("nan"),
             "kl_max": float(np.mean(kmaxes)) if kmaxes else float("nan"),
