@@ -248,7 +248,9 @@ def best_settings(results: dict, min_fluency: float = MIN_FLUENCY) -> dict[str, 
 def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
     """Reward vs KL (frontiers), fluency vs KL, and reward vs completions sampled; seed means.
 
-    Hollow markers: fluency below the target. ``highlight`` ({method: setting}) draws those runs' trajectories.
+    Hollow markers: fluency below the target. Each frontier joins a method's fluent points, as every matched-KL
+    comparison does: solid between measured points, dotted from π_ref (KL 0) to the first, which no evaluation
+    measured. ``highlight`` ({method: setting}) draws those runs' trajectories.
     """
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     pairs = next(iter(results["stages"].values()))["pairs"]["completions"]
@@ -258,8 +260,11 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
         for ax, y in ((axes[0], 1), (axes[1], 2)):
             ax.scatter(p[fluent, 0], p[fluent, y], color=COLORS[m], s=18, alpha=0.7)
             ax.scatter(p[~fluent, 0], p[~fluent, y], facecolors="none", edgecolors=COLORS[m], s=18)
-        kl, best = frontier_curve(p[:, 0], p[:, 1])
-        axes[0].plot(kl, best, color=COLORS[m], lw=2, label=f"{m} frontier")
+        kl, best = frontier_curve(p[fluent, 0], p[fluent, 1])
+        measured = kl > 0  # π_ref's own point is KL 0: the line up to the first evaluation is drawn, not measured
+        upto = np.argmax(measured) + 1  # π_ref's point and the first measured one
+        axes[0].plot(kl[:upto], best[:upto], ":", color=COLORS[m], lw=1.5)
+        axes[0].plot(kl[measured], best[measured], color=COLORS[m], lw=2, label=f"{m} frontier")
         for param in sorted({r["param"] for r in runs_of(results, m)}):
             runs = runs_of(results, m, param)
             x = [np.mean([r["evals"][i]["completions"] for r in runs]) + (pairs if m in USES_PAIRS else 0)

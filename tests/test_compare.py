@@ -100,6 +100,20 @@ def test_a_gap_measured_on_one_seed_does_not_pass_for_two_that_agree():
     assert f"| DPO | {g['gap']:+.3f} (1 of 2 seeds) |" in table and "±" not in table.split("\n\n")[0]
 
 
+def test_the_figure_draws_each_frontier_as_the_comparisons_compute_it():
+    """The drawn frontier joins fluent points only (DPO's (2, 0.7) at fluency 0.5 is no part of it), solid between
+    measured points and dotted from π_ref to the first evaluation, which no evaluation measured."""
+    import matplotlib.pyplot as plt
+
+    fig = frontier.plot_frontier(fake_results())
+    lines = {(line.get_label(), line.get_linestyle()): line.get_xydata().tolist() for line in fig.axes[0].lines}
+    plt.close(fig)
+    assert lines[("DPO frontier", "-")] == [[0.5, 0.3], [1.0, 0.5]]
+    assert lines[("PPO frontier", "-")] == [[1.0, 0.4], [2.0, 0.6]]
+    dotted = sorted(xy for (label, style), xy in lines.items() if style == ":")
+    assert dotted == [[[0.0, 0.0], [0.5, 0.3]], [[0.0, 0.0], [1.0, 0.4]]]
+
+
 def test_best_setting_must_keep_the_fluency_target():
     best = frontier.best_settings(fake_results())
     assert best["DPO"]["param"] == 1.0 and best["DPO"]["fluent"]  # β = 0.1 has more reward but 50 % fluency
