@@ -199,6 +199,19 @@ def shared_reference(config, tmp_path_factory, private: Path, threads: int | Non
     return load_reference(config)
 
 
+@pytest.fixture
+def count_builds(monkeypatch):
+    """``count_builds()`` returns a list that grows by one each time π_ref is built (not loaded from the cache)."""
+    from dpo_teach import world
+
+    def start() -> list:
+        calls, build = [], world.build_reference
+        monkeypatch.setattr(world, "build_reference", lambda *a, **k: calls.append(1) or build(*a, **k))
+        return calls
+
+    return start
+
+
 @pytest.fixture(scope="session")
 def notebook_reference(private_cache, tmp_path_factory):
     """The notebooks' π_ref (the "tiny" preset at full size), in this worker's cache before any kernel needs it."""

@@ -413,7 +413,7 @@ TINY_WORLD = dict(preset="tiny", corpus_size=200, vocab_size=300, sft_steps=2, s
 @pytest.mark.parametrize("how", ["world.json missing", "world.json not JSON", "world.json nested too deeply",
                                  "world.json not UTF-8", "world.json of another config", "entry is a file",
                                  "entry is an empty dir", *BROKEN])
-def test_corrupt_cache_entry_is_rebuilt_with_a_warning(tmp_path, monkeypatch, how):
+def test_corrupt_cache_entry_is_rebuilt_with_a_warning(tmp_path, monkeypatch, how, count_builds):
     import shutil
 
     import torch
@@ -445,9 +445,11 @@ def test_corrupt_cache_entry_is_rebuilt_with_a_warning(tmp_path, monkeypatch, ho
     assert model(ids).logits.shape[-1] == len(tok)
     import warnings
 
+    builds = count_builds()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_reference(config)  # the rebuilt entry loads without a warning
+    assert builds == [], "the rebuilt entry must be loaded, not built again"
 
 
 def test_unwritable_cache_warns_and_still_returns_the_model(tmp_path, monkeypatch):

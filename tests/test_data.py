@@ -8,6 +8,7 @@ import pytest
 
 from dpo_teach.data import (
     DataError,
+    PreferenceConfig,
     bt_ceiling,
     bt_probability,
     load_preferences,
@@ -36,6 +37,14 @@ def test_generated_pairs_are_labelled_by_bradley_terry(pairs):
     better = sum(r["chosen_reward"] > r["rejected_reward"] for r in pairs)
     worse = sum(r["chosen_reward"] < r["rejected_reward"] for r in pairs)
     assert better > 4 * worse
+    # ... but not always: each label is flipped with Bradley–Terry's probability σ(−|Δr| / τ), so the number of
+    # pairs whose chosen completion has the lower reward is a sum of those Bernoullis (ties aside)
+    tau = PreferenceConfig().bt_temperature
+    flip = [bt_probability(min(a, b), max(a, b), tau) for r in pairs
+            if (a := r["chosen_reward"]) != (b := r["rejected_reward"])]
+    mean, sd = sum(flip), math.sqrt(sum(q * (1 - q) for q in flip))
+    assert mean > 4 * sd, "the check below needs pairs whose label can flip"
+    assert abs(worse - mean) <= 4 * sd, f"{worse} labels flipped; Bradley–Terry expects {mean:.1f} ± {sd:.1f}"
 
 
 def test_bt_probability_and_ceiling():
@@ -55,8 +64,12 @@ def test_write_then_load_roundtrip_keeps_every_field_unchanged(tmp_path, pairs):
 def test_split_is_seeded_and_disjoint(pairs):
     a_train, a_eval = split_pairs(pairs, 0.2, seed=3)
     b_train, b_eval = split_pairs(pairs, 0.2, seed=3)
-    assert a_eval == b_eval and len(a_train) + len(a_eval) == len(pairs)
+    assert a_eval == b_eval and a_train == b_train
     assert len(a_eval) == round(0.2 * len(pairs))
+    train, held_out = {id(r) for r in a_train}, {id(r) for r in a_eval}  # the rows themselves, not equal copies
+    assert not train & held_out and train | held_out == {id(r) for r in pairs} and len(train) == len(a_train)
+    _, other_eval = split_pairs(pairs, 0.2, seed=4)
+    assert other_eval != a_eval, "the seed picks the held-out rows"
 
 
 @pytest.mark.parametrize("line, message", [

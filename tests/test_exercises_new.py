@@ -14,6 +14,7 @@ import nbformat
 import pytest
 
 from dpo_teach import grading
+from dpo_teach.grading.assign import solution_lines
 
 WEIGHT = "def dpo_gradient_weight("
 STEP = "def dpo_training_step("
@@ -102,5 +103,11 @@ def test_new_exercises_have_public_and_hidden_tests(assigned, name):
     assert question in points(assigned, name)
     master = nbformat.read(grading.MASTERS / f"{name}.ipynb", as_version=4)
     hidden = [c.source for c in master.cells if c.cell_type == "code" and c.source.startswith("# HIDDEN")]
-    assert hidden and not any(h.splitlines()[1] in student for h in hidden if len(h.splitlines()) > 1 and
-                              h.splitlines()[1].startswith("_")), "no hidden test in the student notebook"
+    secret = set(solution_lines(grading.MASTERS / f"{name}.ipynb"))  # specific lines no student cell shows
+    hidden_lines = {line for h in hidden for line in h.splitlines()[1:] if line in secret}
+    assert hidden and hidden_lines, f"{name}: no hidden test line to look for"
+    nb = nbformat.read(assigned / "notebooks" / f"{name}.ipynb", as_version=4)
+    shown = [c.source for c in nb.cells] + [case["code"] for test in nb.metadata["otter"]["tests"].values()
+                                           for suite in test["suites"] for case in suite["cases"]]
+    leaked = sorted(line for line in hidden_lines if any(line in text for text in shown))
+    assert not leaked, f"{name}: hidden test lines in the student notebook: {leaked[:3]}"

@@ -78,10 +78,18 @@ def test_concatenated_forward_equals_two_separate_forwards(world):
 def test_gradients_flow_only_through_completion_tokens(world):
     model, tok = world
     batch = PreferenceCollator(tok.pad_token_id)(tokenize_pairs(tok, ROWS[:1], max_length=64))
-    emb = model.transformer.wte.weight
-    chosen, _ = concatenated_logprobs(model, batch)
-    (grad,) = torch.autograd.grad(chosen.sum(), emb)
-    assert grad.abs().sum() > 0
+    hidden = []  # the body's output at each position t, which predicts token t + 1
+    hook = model.transformer.register_forward_hook(lambda m, a, out: hidden.append(out.last_hidden_state))
+    try:
+        chosen, _ = concatenated_logprobs(model, batch)
+    finally:
+        hook.remove()
+    (grad,) = torch.autograd.grad(chosen.sum(), hidden[0])  # (2, T - 1, d): row 0 chosen, row 1 rejected
+    predicts_completion = batch["completion_mask"][0, 1:].bool()  # (T - 1,): is token t + 1 a completion token?
+    scored = grad[0].abs().sum(-1) > 0  # (T - 1,)
+    assert predicts_completion.any() and (~predicts_completion).any()
+    assert torch.equal(scored, predicts_completion), "only the positions that predict a completion token count"
+    assert grad[1].abs().sum() == 0  # the rejected row is not part of the chosen score
     # the padding token id appears only as padding here: the loss must not depend on padded positions
     batch2 = {k: v.clone() for k, v in batch.items()}
     batch2["input_ids"][batch2["attention_mask"] == 0] = 5

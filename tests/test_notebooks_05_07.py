@@ -2,9 +2,9 @@
 
 Shared with every graded notebook, and not repeated here (each run of 05 and 07 costs a minute or two):
 - ``tests/test_notebooks_00_04.py`` executes every student notebook headless in fast mode with the exercises still
-  stubs, checks that each ``grader.check`` fails on a stub and says why, that figures are drawn, and that 05 + 07
-  together fit CI's 5-minute budget. Every pitfall of 07 asserts its own symptom and its fix inside the notebook (as
-  does 05 for its claims), so that clean run *is* the check that each was measured.
+  stubs, checks that each ``grader.check`` fails on a stub and says why, and that figures are drawn (run times are
+  a benchmark, ``make bench-notebooks``, not a test). Every pitfall of 07 asserts its own symptom and its fix
+  inside the notebook (as does 05 for its claims), so that clean run *is* the check that each was measured.
 - ``tests/test_grading.py`` grades the full solutions (full marks, no cell error), the blank notebooks (0 points, no
   cell error) and deliberately wrong submissions of every master (05 and 07 included: each must lose exactly the
   points of the question it breaks), checks that the committed notebooks and bundles are what ``make assign``

@@ -79,11 +79,39 @@ def test_costs_and_seed_reproducibility(world):
     history, compute = run()
     pairs = sum(h["pairs"] for h in history)
     assert compute.completions == 3 * 2 * 24 and compute.ground_truth_calls == 3 * 24
-    dpo = dpo_compute(pairs, small().dpo)
-    assert compute.backward == dpo.backward and compute.forward == 3 * 2 * 24 + dpo.forward
+    epochs = small().dpo.epochs
+    assert small().dpo.precompute_ref  # π_ref scores each pair's two sequences once, π_θ every epoch with backward
+    assert compute.backward == 2 * pairs * epochs and compute.forward == 3 * 2 * 24 + 2 * pairs * (1 + epochs)
     assert [h["completions"] for h in history] == [48, 96, 144]
     again, _ = run()
     assert again == history
+
+
+@pytest.mark.parametrize("precompute_ref", [True, False])
+def test_dpo_compute_counts_the_sequences_the_models_score(world, pairs, precompute_ref):
+    """The cost the comparison reports for DPO is what training does: sequences through π_θ and π_ref (forward), and
+    through π_θ with a gradient (backward), counted by hooks on the two models."""
+    from dpo_teach.dpo import train_dpo
+
+    reference, tokenizer = world
+    policy, rows = copy.deepcopy(reference), pairs[:12]
+    cfg = DPOConfig(batch_size=4, epochs=2, precompute_ref=precompute_ref)
+    seen = {"forward": 0, "backward": 0}
+
+    def count(body, args, kwargs, output):  # every scored sequence goes through the transformer body
+        rows_in = (args[0] if args else kwargs["input_ids"]).shape[0]
+        seen["forward"] += rows_in
+        seen["backward"] += rows_in if body is policy.transformer and torch.is_grad_enabled() else 0
+
+    hooks = [m.transformer.register_forward_hook(count, with_kwargs=True) for m in (policy, reference)]
+    try:
+        train_dpo(policy, reference, tokenizer, rows, cfg)
+    finally:
+        for h in hooks:
+            h.remove()
+    expected = dpo_compute(len(rows), cfg)
+    assert (seen["forward"], seen["backward"]) == (expected.forward, expected.backward)
+    assert expected.backward == 2 * 12 * 2 and expected.forward == 2 * 12 * ((1 if precompute_ref else 2) + 2)
 
 
 def test_reward_model_labeller_chooses_the_higher_score(world):

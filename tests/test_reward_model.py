@@ -49,6 +49,9 @@ def test_scalar_model_copies_the_body_and_leaves_the_lm_alone(world):
     reference, _ = world
     rm = ScalarModel.from_causal_lm(reference)
     assert all(p.data_ptr() != q.data_ptr() for p, q in zip(rm.backbone.parameters(), reference.parameters()))
+    body = reference.transformer.state_dict()  # a copy of π_ref's body (its weights), not a fresh network
+    copied = rm.backbone.state_dict()
+    assert copied.keys() == body.keys() and all(torch.equal(copied[k], body[k]) for k in body)
     zero = ScalarModel.from_causal_lm(reference, head_std=0.0)
     ids = torch.tensor([[5, 6, 7]])
     assert zero(ids, torch.ones_like(ids)).abs().max().item() == 0.0  # a value model that starts at 0

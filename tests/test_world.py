@@ -13,11 +13,13 @@ def same_weights(a, b):
     return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_cache_is_keyed_by_config_and_reused(cache_root):
+def test_cache_is_keyed_by_config_and_reused(cache_root, count_builds):
     assert cache_dir() == cache_root
     m1, _ = load_reference(FAST)
     entries = list(cache_root.glob("reference-tiny-*"))
+    builds = count_builds()
     m2, _ = load_reference(FAST)  # second call loads, does not rebuild
+    assert builds == [], "π_ref was rebuilt although its cache entry is there"
     assert list(cache_root.glob("reference-tiny-*")) == entries
     assert same_weights(m1, m2)
     assert WorldConfig(seed=1).key() != WorldConfig(seed=2).key()
@@ -29,12 +31,14 @@ def test_build_is_reproducible(cache_root):
     assert same_weights(a, b)
 
 
-def test_a_freshly_built_reference_is_the_cached_one_without_gradients(cache_root):
+def test_a_freshly_built_reference_is_the_cached_one_without_gradients(cache_root, count_builds):
     """π_ref built now and π_ref loaded from the cache are the same model: no gradient left over from its SFT (a
     stale one would add into the gradients notebook 04 computes through π_ref, and count as "π_ref has a
     gradient" there, on a student's first run only)."""
     built, _ = load_reference(FAST, rebuild=True)
+    builds = count_builds()
     loaded, _ = load_reference(FAST)
+    assert builds == [], "the second π_ref must come from the cache"
     assert all(p.grad is None for p in built.parameters())
     assert all(p.grad is None for p in loaded.parameters())
     assert not built.training and not loaded.training
