@@ -1,20 +1,25 @@
 """A Gradescope bundle graded as the platform grades it: unpacked into an empty folder, its environment built from
-its own files only (``setup.sh``), its ``run_autograder`` run on a correct and on a wrong submission."""
+its own files only (``setup.sh``), its ``run_autograder`` run on a correct and on a wrong submission; and what its
+grading entry point (``gradescope.run``) writes: no hidden test quoted, no process of the notebook's left running
+where the container forbids the sandbox."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import time
 import zipfile
 
 import nbformat
 from test_grading import exercises_only, replaced  # tests/ is on sys.path (pytest's rootdir import)
 from test_grading_hostile import WRONG_KL
 
-from dpo_teach.grading import gradescope
+from dpo_teach.grading import gradescope, judge, sandbox
 
 
 def test_a_bundle_grades_from_an_empty_folder(assigned, notebook_reference, tmp_path):
@@ -73,3 +78,57 @@ def test_the_bundled_wheel_holds_the_package_as_it_is_now(tmp_path, monkeypatch)
     with zipfile.ZipFile(gradescope._wheel(tmp_path / "out")) as z:
         modules = {n for n in z.namelist() if n.endswith(".py")}
     assert modules == {str(p.relative_to(clone)) for p in (clone / "dpo_teach").rglob("*.py")}
+
+
+def _source(assigned, root, name: str = "01_kl_objective"):
+    """An unpacked bundle's grading files (what ``run`` reads), without its environment: this Python grades."""
+    source = root / "source"
+    (source / "autograder").mkdir(parents=True)
+    (source / "released").mkdir()
+    for suffix in (".json", ".zip"):
+        shutil.copy(assigned / "autograder" / f"{name}{suffix}", source / "autograder")
+    shutil.copy(assigned / "notebooks" / f"{name}.ipynb", source / "released")
+    return source
+
+
+def _submit(root, nb):
+    folder = root / "submission"
+    folder.mkdir(exist_ok=True)
+    nbformat.write(nb, folder / "homework.ipynb")
+    return folder
+
+
+def test_results_json_numbers_a_failed_hidden_test_and_never_quotes_it(assigned, notebook_reference, tmp_path):
+    source = _source(assigned, tmp_path)
+    wrong = replaced(exercises_only(nbformat.read(assigned / "solutions" / "01_kl_objective.ipynb", as_version=4)),
+                     "def kl_divergence(", WRONG_KL)  # passes the public tests, fails the hidden ones
+    report = gradescope.run(source, _submit(tmp_path, wrong), tmp_path / "results" / "results.json")
+    written = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert written == json.loads(json.dumps(report)) and written["score"] == 3.0, written
+    (kl,) = [t for t in written["tests"] if t["name"] == "kl_divergence"]
+    assert re.fullmatch(r"hidden test 1 of \d+ failed", kl["output"]), kl["output"]
+    hidden = [c["code"] for c in judge.load_tests(source / "autograder" / "01_kl_objective.zip")["kl_divergence"]
+              if c["hidden"]]
+    messages = [m for code in hidden for m in re.findall(r"'([^']{8,})'\s*$", code, flags=re.M)]
+    assert messages and not any(m in json.dumps(written) for m in messages), "a hidden test's message was quoted"
+
+
+def test_without_namespaces_nothing_the_notebook_started_outlives_the_grading(assigned, notebook_reference, tmp_path,
+                                                                              monkeypatch):
+    """A Gradescope container that forbids namespaces: the grader runs the notebook without its sandbox. A process
+    the notebook starts in a session of its own (out of killpg's reach), meant to rewrite results.json after the
+    grader wrote it, is ended before ``run`` returns."""
+    monkeypatch.setattr(sandbox, "unavailable_reason", lambda: "simulated: this container forbids namespaces")
+    source, pid_file, marker = _source(assigned, tmp_path), tmp_path / "pid", tmp_path / "late.txt"
+    nb = exercises_only(nbformat.read(assigned / "notebooks" / "01_kl_objective.ipynb", as_version=4))
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "import os\n"
+        f"os.posix_spawn('/bin/sh', ['sh', '-c', 'echo $$ > {pid_file}; sleep 4; echo late > {marker}'], "
+        "dict(os.environ), setsid=True)\n"
+        "import time\ntime.sleep(1)"))
+    report = gradescope.run(source, _submit(tmp_path, nb), tmp_path / "results" / "results.json")
+    assert "not available in this container" in report["output"] and report["score"] == 0, report["output"]
+    pid = int(pid_file.read_text())
+    assert not os.path.exists(f"/proc/{pid}"), "the notebook's process outlived the grading"
+    time.sleep(5)  # when it would have written
+    assert not marker.exists()

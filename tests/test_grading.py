@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -368,3 +369,44 @@ def test_cli_grade_writes_reports(tmp_path, assigned, capsys):
     assert code == 0
     assert re.search(r"carol_02_bradley_terry\s+02_bradley_terry\s+0/3\s+invalid", capsys.readouterr().out)
     assert (tmp_path / "out" / "grades.csv").is_file() and (tmp_path / "out" / "grades.json").is_file()
+
+
+def test_a_failed_hidden_test_is_numbered_and_never_quoted():
+    from dpo_teach.grading.grade import _public_feedback, _why
+
+    cases = [{"passed": True, "hidden": False, "message": ""},
+             {"passed": True, "hidden": True, "message": ""},
+             {"passed": False, "hidden": True, "message": "AssertionError: KL(p‖q) value (direction?)"},
+             {"passed": False, "hidden": True, "message": "AssertionError: p(y) = 0 must contribute 0"}]
+    public_passed, feedback = _public_feedback(cases)
+    assert public_passed and feedback == "hidden test 2 of 3 failed"
+    assert _why(feedback) == " (hidden test 2 of 3)"
+    timed_out = "TimeoutError: time limit: a cell ran past the grader's limit of 8 s per cell"
+    cases[1] = {"passed": False, "hidden": True, "message": timed_out}  # the grader's own words: kept
+    assert _public_feedback(cases)[1] == f"hidden test 1 of 3 failed: {timed_out}"
+    cases[0] = {"passed": False, "hidden": False, "message": "AssertionError: return a tensor"}  # the student has it
+    assert _public_feedback(cases) == (False, "public test failed: AssertionError: return a tensor")
+
+
+def test_a_cell_error_keeps_the_end_of_a_long_message_and_the_line_it_came_from(notebook_reference):
+    """What a student needs of an error: where it was raised and what the end of a long message says."""
+    from dpo_teach.grading import judge
+
+    cells = ["x = 1", "def helper(n):\n    y = n + 1\n    raise ValueError('start ' + 'x' * 1500 + ' the end')",
+             "z = 2\nhelper(3)"]
+    text = nbformat.writes(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]))
+    out = judge.run_notebook(text, "homework.ipynb", {}, 30, 120, dict(os.environ), True, [])
+    (error,) = out["errors"]
+    assert error.startswith("ValueError: start xxx") and "the end" in error and len(error) < 1200, error
+    assert "in cell `z = 2`" in error and "raise ValueError(" in error, error
+
+
+def test_the_assign_command_writes_the_solutions_where_asked(tmp_path, monkeypatch, capsys):
+    """`python -m dpo_teach.grading assign --solutions DIR`: the full-score reference submissions to grade first."""
+    from dpo_teach.grading import __main__ as command
+
+    calls = []
+    monkeypatch.setattr(command, "assign", lambda solutions=None: calls.append(solutions) or ["01_kl_objective"])
+    assert command.main(["assign", "--solutions", str(tmp_path / "solutions")]) == 0
+    assert calls == [tmp_path / "solutions"] and "(solutions)" in capsys.readouterr().out
+    assert command.main(["assign"]) == 0 and calls[-1] is None

@@ -1,10 +1,12 @@
 """Submissions that attack the grader, and honest ones that must not be hurt by it: one `grade` batch.
 
 Every attack class a student has tried on an in-kernel grader (score inflation by patching, test rewriting, forged
-replies, processes left behind, signalling the grader, reading the hidden tests, answers that call the package's
-implementation) is a submission here, graded in one batch with innocent notebooks before and after it; the
-fairness cases (lost metadata, a debug print, two notebooks of one assignment) are in the same batch. Each
-hostile answer is wrong, so the only way it could score is by beating the grader.
+replies, impersonating the runner from a cell, processes left behind, signalling the grader, reading the hidden
+tests, answers that call the package's implementation) is a submission here, graded in one batch with innocent
+notebooks before and after it; the fairness cases (lost metadata, a debug print, two notebooks of one assignment,
+ordinary code that looks like an attack to a careless scan, a notebook that is not graded) are in the same batch.
+Each hostile answer is wrong, so the only way it could score is by beating the grader. The runner's own defences
+are also tested alone (``judge.run_notebook``, no scan): what the scan would flag must still not score.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
 import os
+import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +27,8 @@ import pytest
 from test_grading import exercises_only, replaced  # tests/ is on sys.path (pytest's rootdir import)
 
 from dpo_teach import grading
-from dpo_teach.grading import sandbox
+from dpo_teach.grading import judge, sandbox
+from dpo_teach.grading.scan import scan
 
 OTTER = importlib.util.find_spec("otter").origin  # the environment's otter package, a target for tampering
 
@@ -31,6 +37,68 @@ import torch
 def kl_divergence(p, q):
     return (q * (torch.log(q) - torch.log(p))).sum(-1)  # KL(q‖p): the wrong direction
 """
+
+# How both attacks below begin: raise and catch an error, and walk up from its traceback's frame to the runner's, whose
+# locals hold `send` (and `requests`), without naming a frame field (getattr and joined strings).
+STEAL_FRAME = """
+    try:
+        raise ValueError
+    except ValueError as _e:
+        _tb = _e.__traceback__
+    _f = getattr(_tb, "tb_" + "frame")
+    while "send" not in getattr(_f, "f_" + "locals") or "requests" not in getattr(_f, "f_" + "locals"):
+        _f = getattr(_f, "f_" + "back")
+    _loc = getattr(_f, "f_" + "locals")
+"""
+# Mallory's attack (a review, on notebook 05): with the runner's `send` and requests, say `ready` and answer every
+# question as passed while the cell still runs, then never end it. Braces doubled: format().
+TAKE_OVER = "import json as _json\n\ndef _take_over():" + STEAL_FRAME + """
+    _send, _req = _loc["send"], _loc["requests"]
+    _send("ready", tampered=[])
+    for _line in _req:
+        _m = _json.loads(_line)
+        if "cases" not in _m:
+            break
+        _send("result", question=_m["question"], cases=[{{"passed": True, "message": ""}} for _ in _m["cases"]],
+              tampered=[])
+    while True:
+        pass
+
+_take_over()
+"""
+# The same theft, but the cell ends: in the notebook's last cell, `ready` and a passing reply to every question
+# (their names and case counts known, say from an earlier submission) are written before the runner's own `ready`.
+PREPARED_REPLIES = "def _prepare():" + STEAL_FRAME + """
+    _send = _loc["send"]
+    _send("ready", tampered=[])
+    for _question, _count in {counts}.items():
+        _send("result", question=_question, cases=[{{"passed": True, "message": ""}}] * _count, tampered=[])
+
+_prepare()
+"""
+PATCH_DOCTEST = "import doctest\ndoctest.DocTestParser.get_examples = lambda self, text, name='<string>': []"
+
+# Ordinary code that a careless scan took for an attack (a review found each): inside a correct notebook it must
+# scan clean and score in full.
+INNOCENT_CODE = {
+    "dunders in a helper class": "class Running:\n    def __init__(self):\n        self.total = 0.0\n\n"
+                                 "    def __repr__(self):\n        return f'Running({self.total})'\n\n"
+                                 "    def sum(self):\n        return self.total\n\nrunning = Running()",
+    "sys.stdout.write": "import sys\nsys.stdout.write('progress\\n')",
+    "a module's .modules()": "import torch\nm = [torch.nn.Sequential(torch.nn.Linear(2, 2))]\n"
+                             "n_modules = len(list(m[0].modules()))",
+    "reading the package's source": "import inspect\nimport dpo_teach.losses\n"
+                                    "source = inspect.getsource(dpo_teach.losses.dpo_loss)",
+    "vars of a config": "from dataclasses import dataclass\n\n@dataclass\nclass Cfg:\n    beta: float = 0.1\n\n"
+                        "settings = vars(Cfg())",
+    "a plot titled tests": "import matplotlib.pyplot as plt\nplt.title('tests')\nplt.close()",
+    "a loop variable named id": "for id in range(3):\n    pass",
+    "open(...).write": "import os\nimport tempfile\n"
+                       "open(os.path.join(tempfile.mkdtemp(), 'notes.txt'), 'w').write('notes')",
+    "a computed value named sum": "import torch\nsum = torch.ones(3).sum()",
+    "an f-string file name": "names = [f'f_{i}.png' for i in range(2)]",
+    "getattr with a constant": "import torch\nshape = getattr(torch.ones(2), 'shape')",
+}
 
 # name → (assignment, cell to find, its replacement, cells put in front of it)
 HOSTILE = {
@@ -116,15 +184,18 @@ def _helper(*args):
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
     return _helper(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
 """, []),
+    "take_over": ("01_kl_objective", "def kl_divergence(", WRONG_KL, [TAKE_OVER]),
+    "patch_doctest": ("01_kl_objective", "def kl_divergence(", WRONG_KL, [PATCH_DOCTEST]),
 }
 LOSES = {  # hostile submission → the question its (wrong) answer must lose
     "patch_allclose": "kl_divergence", "patch_builtins": "kl_divergence", "shadow_builtins": "kl_divergence",
     "patch_while_tested": "kl_divergence", "rewrite_tests": "kl_divergence", "read_hidden": "diagnose_small_beta",
     "reference_wrapper": "dpo_loss", "reference_helper": "dpo_loss", "forge_reply": "kl_divergence",
-    "background_process": "kl_divergence", "signal_grader": "kl_divergence",
+    "background_process": "kl_divergence", "signal_grader": "kl_divergence", "take_over": "kl_divergence",
+    "patch_doctest": "kl_divergence",
 }
 FLAGGED = {"patch_allclose", "patch_builtins", "shadow_builtins", "patch_while_tested", "rewrite_tests",
-           "forge_reply", "background_process", "signal_grader", "read_hidden"}
+           "forge_reply", "background_process", "signal_grader", "read_hidden", "take_over", "patch_doctest"}
 
 
 def _solution(assigned, name: str):
@@ -163,6 +234,10 @@ def hostile(assigned, notebook_reference, tmp_path_factory):
                    folder / "carol" / "old_01_kl_objective.ipynb")
     os.utime(folder / "carol" / "old_01_kl_objective.ipynb", (time.time() - 3600, time.time() - 3600))
     nbformat.write(_solution(assigned, "01_kl_objective"), folder / "carol" / "final_01_kl_objective.ipynb")
+    nb = _solution(assigned, "01_kl_objective")
+    nb.cells += [nbformat.v4.new_code_cell(code) for code in INNOCENT_CODE.values()]
+    nbformat.write(nb, folder / "ordinary_code_01_kl_objective.ipynb")
+    shutil.copy(grading.NOTEBOOKS / "06_ppo_vs_dpo.ipynb", folder / "olga_06_ppo_vs_dpo.ipynb")  # not graded
 
     watched = [*autograder.iterdir(), grading.ROOT / "dpo_teach" / "losses.py", Path(OTTER)]
     bundles = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in watched}
@@ -183,6 +258,7 @@ def test_innocent_notebooks_score_in_full_whatever_was_graded_beside_them(hostil
     for student in ["aaa_innocent_01_kl_objective", "zzz_innocent_01_kl_objective", "zzz_innocent_00_start_here"]:
         assert rows[student]["status"] == "graded" and rows[student]["score"] == rows[student]["possible"] > 0, \
             rows[student]["reason"]
+        assert rows[student]["errors"] == [], rows[student]["errors"]  # 00's set-up check finds the package
 
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
@@ -230,17 +306,148 @@ def test_fair_to_honest_students(hostile):
     assert sorted(r["status"] for r in carol) == ["graded", "superseded"]
     (kept,) = [r for r in carol if r["status"] == "graded"]
     assert kept["file"].endswith("final_01_kl_objective.ipynb") and kept["score"] == 5
+    assert all(r["assignment"] == "01_kl_objective" for r in carol), "a superseded row names its assignment"
     assert hostile["report"]["students"]["carol"] == {"score": 5.0, "possible": 5.0,
                                                       "assignments": {"01_kl_objective": 5.0}}
 
 
-def test_an_interrupted_batch_resumes_without_grading_again(assigned, notebook_reference, tmp_path, monkeypatch):
-    grade_module = importlib.import_module("dpo_teach.grading.grade")
+def test_ordinary_code_is_not_flagged_and_scores_in_full(hostile):
+    row = hostile["rows"]["ordinary_code_01_kl_objective"]
+    assert row["flags"] == [] and row["status"] == "graded", row["flags"]
+    assert row["score"] == row["possible"] == 5 and row["errors"] == [], (row["reason"], row["errors"])
 
+
+def _scan_with(assigned, code: str) -> dict:
+    """What the scan finds in a correct 01 with one more cell holding ``code``."""
+    nb = _solution(assigned, "01_kl_objective")
+    nb.cells.append(nbformat.v4.new_code_cell(code))
+    released = nbformat.read(assigned / "notebooks" / "01_kl_objective.ipynb", as_version=4).cells
+    return scan(nb.cells, released, judge.load_tests(assigned / "autograder" / "01_kl_objective.zip"))
+
+
+@pytest.mark.parametrize("what", sorted(INNOCENT_CODE))
+def test_ordinary_code_scans_clean(assigned, what):
+    """Each snippet alone, in a correct notebook, for a finding that names it."""
+    assert _scan_with(assigned, INNOCENT_CODE[what]) == {"grader": [], "reference": {}}
+
+
+ROUTES = {  # routes to the runner's frames, to processes, to the shell: each flagged
+    "a traceback": "try:\n    1 / 0\nexcept ZeroDivisionError as e:\n    tb = e.__traceback__",
+    "sys.exc_info": "import sys\ntry:\n    1 / 0\nexcept ZeroDivisionError:\n    tb = sys.exc_info()[2]",
+    "with_traceback": "e = ValueError().with_traceback(None)",
+    "getattr with a computed name": "name = 'sha' + 'pe'\nx = getattr(object, name)",
+    "a frame field in a string": "import operator\nget = operator.attrgetter('tb_frame.f_back')",
+    "a fragment of one": "prefix = 'f_'",
+    "inspect's frames": "import inspect\nframe = inspect.currentframe()",
+    "inspect.stack": "import inspect\nframes = inspect.stack()",
+    "traceback.walk_stack": "import traceback\nframes = list(traceback.walk_stack(None))",
+    "a generator's frame": "g = (i for i in [1])\nframe = g.gi_frame",
+    "sys.modules through an alias": "import sys as s\nt = s\nloaded = t.modules",
+    "_getframe imported": "from sys import _getframe\nframe = _getframe()",
+    "os.posix_spawn": "import os\nos.posix_spawn('/bin/true', ['true'], {}, setsid=True)",
+    "os.execv": "import os\nos.execv('/bin/true', ['true'])",
+    "fork through another module": "import torch\ntorch.os.fork()",
+    "a shell escape": "!true",
+    "a bash cell": "%%bash\ntrue",
+    "code in %time": "%time import ctypes",
+    "patching doctest": PATCH_DOCTEST,
+    "vars of a module": "import torch\nnames = vars(torch)",
+    "pickle's globals": "import io\nimport torch\nx = torch.load(io.BytesIO(b''), weights_only=False)",
+    "the builtins through print": "os = print.__self__.__import__('os')",
+}
+
+
+@pytest.mark.parametrize("what", sorted(ROUTES))
+def test_routes_to_the_runner_and_to_processes_are_flagged(assigned, what):
+    assert _scan_with(assigned, ROUTES[what])["grader"], what
+
+
+def test_a_notebook_without_exercises_is_not_graded_and_says_so(hostile):
+    row = hostile["rows"]["olga_06_ppo_vs_dpo"]
+    assert row["status"] == "skipped" and row["assignment"] == "06_ppo_vs_dpo", row
+    assert "06_ppo_vs_dpo has no auto-graded exercises" in row["reason"] and "alice_" not in row["reason"]
+
+
+def _judged(assigned, nb, cell_timeout: int = 20) -> dict:
+    """What the runner and the judge alone make of a notebook (no scan): ``judge.run_notebook`` in the sandbox."""
+    tests = judge.load_tests(assigned / "autograder" / "01_kl_objective.zip")
+    return judge.run_notebook(nbformat.writes(nb), "01_kl_objective.ipynb", tests, cell_timeout, 120,
+                              dict(os.environ), True, [])
+
+
+def test_a_ready_said_from_a_cell_is_not_the_runners(assigned, notebook_reference):
+    """Mallory's attack, scan or no scan: the runner has not reported the notebook's last cell yet."""
+    nb = replaced(_solution(assigned, "01_kl_objective"), "def kl_divergence(", WRONG_KL)
+    nb.cells.insert(1, nbformat.v4.new_code_cell(TAKE_OVER.format()))
+    out = _judged(assigned, nb)
+    assert out["status"] == "flagged" and out["cases"] == {}, out
+    assert any("'ready' after cells" in t for t in out["tampered"]), out["tampered"]
+
+
+def test_a_reply_prepared_in_advance_is_refused(assigned, notebook_reference):
+    """The theft from the notebook's last cell, which then ends: its replies lack the question's nonce."""
+    tests = judge.load_tests(assigned / "autograder" / "01_kl_objective.zip")
+    nb = replaced(_solution(assigned, "01_kl_objective"), "def kl_divergence(", WRONG_KL)
+    nb.cells.append(nbformat.v4.new_code_cell(PREPARED_REPLIES.format(
+        counts={q: len(cases) for q, cases in tests.items()})))
+    out = _judged(assigned, nb)
+    assert out["status"] == "flagged" and out["cases"] == {}, out
+    assert any("nonce" in t for t in out["tampered"]), out["tampered"]
+
+
+def test_a_patched_doctest_does_not_empty_the_tests(assigned, notebook_reference):
+    """The grader parses the tests itself: the runner's doctest, patched by the notebook, is never used."""
+    nb = replaced(_solution(assigned, "01_kl_objective"), "def kl_divergence(", WRONG_KL)
+    nb.cells.insert(1, nbformat.v4.new_code_cell(PATCH_DOCTEST))
+    out = _judged(assigned, nb)
+    assert out["status"] == "graded" and not all(c["passed"] for c in out["cases"]["kl_divergence"]), out
+
+
+def test_the_committed_bundles_grade_and_only_what_notebooks_need_is_in_view(assigned, notebook_reference,
+                                                                              tmp_path):
+    """The default autograder folder (course/autograder, inside course/ which is covered too) grades; inside the
+    sandbox the course's folder shows the package, the notebooks and the Python environment, and nothing else:
+    no .git (its history holds the masters), no results/ (Gradescope bundles, grades), no tests or masters."""
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    nbformat.write(_solution(assigned, "01_kl_objective"), folder / "ann_01_kl_objective.ipynb")
+    nb = _solution(assigned, "01_kl_objective")
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "import json, pathlib, dpo_teach\n"
+        "root = pathlib.Path(dpo_teach.__file__).resolve().parents[1]\n"
+        "def shown(p):\n"
+        "    try:\n"
+        "        return any(p.iterdir()) if p.is_dir() else len(p.read_bytes()) > 0\n"
+        "    except OSError:\n"
+        "        return False\n"
+        "raise RuntimeError('IN VIEW ' + json.dumps(sorted(p.name for p in root.iterdir() if shown(p))))"))
+    nbformat.write(nb, folder / "probe_01_kl_objective.ipynb")
+    report = grading.grade(folder, tmp_path / "out", log=lambda m: None)  # the default: course/autograder
+    rows = {r["student"]: r for r in report["results"]}
+    assert rows["ann_01_kl_objective"]["status"] == "graded" and rows["ann_01_kl_objective"]["score"] == 5, \
+        rows["ann_01_kl_objective"]["reason"]
+    probe = rows["probe_01_kl_objective"]
+    (seen,) = [json.loads(e.split("IN VIEW ", 1)[1].split(" (in cell", 1)[0]) for e in probe["errors"]
+               if "IN VIEW" in e]
+    environment = [p.name for p in grading.ROOT.iterdir()
+                   if Path(sys.prefix).resolve() == p.resolve() or p.resolve() in Path(sys.prefix).resolve().parents]
+    metadata = [p.name for p in grading.ROOT.glob("*.egg-info")]  # the package's version, for notebook 00's check
+    assert set(seen) == {"dpo_teach", "notebooks", *environment, *metadata}, seen
+    assert probe["score"] == 5 and probe["flags"] == [], probe["reason"]
+
+
+def _ann_and_ben(assigned, tmp_path) -> Path:
+    """A folder with two students' correct 00 (it grades in a second)."""
     folder = tmp_path / "subs"
     folder.mkdir()
     for student in ("ann", "ben"):
         nbformat.write(_solution(assigned, "00_start_here"), folder / f"{student}_00_start_here.ipynb")
+    return folder
+
+
+def test_an_interrupted_batch_resumes_without_grading_again(assigned, notebook_reference, tmp_path, monkeypatch):
+    grade_module = importlib.import_module("dpo_teach.grading.grade")
+    folder = _ann_and_ben(assigned, tmp_path)
     calls = []
     real = grade_module.grade_submission
 
@@ -261,6 +468,36 @@ def test_an_interrupted_batch_resumes_without_grading_again(assigned, notebook_r
     assert not (tmp_path / "out" / "grades.partial.jsonl").exists()
     grading.grade(folder, tmp_path / "out", autograder=assigned / "autograder", log=lambda m: None)
     assert calls == ["ann", "ben", "ben", "ann", "ben"], "a finished batch is graded afresh"
+
+
+def test_a_rerun_grades_again_what_the_grader_failed_on(assigned, tmp_path, monkeypatch):
+    """A row of status ``error`` (the grader failed: a missing folder, a broken sandbox) is not taken from the journal:
+    once the cause is fixed, the rerun grades that notebook."""
+    grade_module = importlib.import_module("dpo_teach.grading.grade")
+    folder = _ann_and_ben(assigned, tmp_path)
+    calls = []
+
+    def failing(student, path, manifests, assignment, *args, **kwargs):
+        calls.append(student)
+        if student.startswith("ben"):
+            raise KeyboardInterrupt("interrupted after ann's row")
+        row = grade_module._empty_row(student, path, "00_start_here", "error", "the sandbox could not start")
+        return {**row, "possible": 1.0}
+
+    monkeypatch.setattr(grade_module, "grade_submission", failing)
+    with pytest.raises(KeyboardInterrupt):
+        grading.grade(folder, tmp_path / "out", autograder=assigned / "autograder", log=lambda m: None)
+    assert calls == ["ann_00_start_here", "ben_00_start_here"]
+
+    def fixed(student, path, manifests, assignment, *args, **kwargs):
+        calls.append(student)
+        row = grade_module._empty_row(student, path, "00_start_here", "graded")
+        return {**row, "score": 1.0, "possible": 1.0}
+
+    monkeypatch.setattr(grade_module, "grade_submission", fixed)
+    report = grading.grade(folder, tmp_path / "out", autograder=assigned / "autograder", log=lambda m: None)
+    assert calls[2:] == ["ann_00_start_here", "ben_00_start_here"], "ann's error row was taken from the journal"
+    assert [r["status"] for r in report["results"]] == ["graded", "graded"]
 
 
 def test_a_notebook_is_retried_only_when_it_hung_before_its_own_code(monkeypatch, tmp_path):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -46,3 +48,16 @@ def test_the_leak_check_finds_a_solution_line_and_release_writes_nothing(tmp_pat
     with pytest.raises(LeakError, match="instructor-only"):
         release(tmp_path / "student")
     assert not (tmp_path / "student").exists()
+
+
+def test_the_instructors_commands_in_the_release_say_what_is_missing(tmp_path):
+    """No masters, no bundles in the release: `assign` and `gradescope` say where they are, with status 2 (they
+    used to print nothing and exit 0)."""
+    out = tmp_path / "student"
+    release(out)
+    for command, missing in [(["assign"], "master notebooks"), (["gradescope", "--out", "bundles"], "autograder")]:
+        done = subprocess.run([sys.executable, "-m", "dpo_teach.grading", *command], cwd=out, capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(out)})
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        assert missing in done.stderr and "instructor's full repository" in done.stderr, done.stderr
+        assert str(out / "course") in done.stderr, "the message names the folder it looked in"

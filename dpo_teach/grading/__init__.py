@@ -12,15 +12,17 @@ written; other notebooks in ``notebooks/`` are never touched.
 
 Grading (``dpo-teach grade DIR``, ``grade.py``) runs each notebook in a process of its own (a fork of a zygote that
 loaded the libraries once per grader, ``zygote.py``) inside a sandbox (``sandbox.py``: Linux namespaces; no network, no
-other process in view, every file system read-only, tests and other submissions hidden), under two time limits: a
+other process in view, every file system read-only, of the course's folder only the package, the student notebooks
+and the Python environment in view, other submissions hidden), under two time limits: a
 per-cell limit (an endless loop raises ``TimeoutError`` and costs only the points that depend on it) and a per-notebook
 wall-clock limit (the sandbox is killed with everything in it; the notebook scores 0 with that reason). The tests of the
 bundle are sent in only after the notebook's cells have run, one question at a time, and run against private references
 taken before the student's code (``runner.py``); the grader scores from the manifest (``judge.py``). A static scan
-(``scan.py``) flags code that touches the grading machinery and answers that call the package's own implementation. A
+(``scan.py``, its rules in ``rules.py``) flags code that touches the grading machinery and answers that call the
+package's own implementation. A
 file that is not a notebook, an unknown assignment or a crash is scored 0 with a reason; nothing stops the batch, and
-every row is journaled so that an interrupted batch resumes. Results go to ``grades.csv`` and ``grades.json``, written
-atomically.
+every row is journaled so that an interrupted batch resumes (a row the grader failed on is graded again). Results go
+to ``grades.csv`` and ``grades.json``, written atomically.
 """
 
 from __future__ import annotations

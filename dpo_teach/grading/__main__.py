@@ -1,5 +1,6 @@
-"""``python -m dpo_teach.grading assign|release`` (``make assign``, ``make release``); ``_run``: one notebook's grading
-process."""
+"""``python -m dpo_teach.grading assign [--solutions DIR]|release|gradescope`` (``make assign``, ``make release``,
+``make gradescope``); ``_run`` and ``_zygote``: a notebook's grading process. Where the instructor's folders are
+missing (the student release), ``assign`` and ``gradescope`` say so and exit with status 2."""
 
 from __future__ import annotations
 
@@ -9,11 +10,24 @@ from pathlib import Path
 
 from dpo_teach.grading.assign import AUTOGRADER, MASTERS, ROOT, assign
 
+PROG = "python -m dpo_teach.grading"
+
+
+def _missing(folder: Path, pattern: str, what: str) -> str | None:
+    """Why an instructor's command cannot run here (``folder`` has no ``pattern``), or None. The student release
+    has neither the masters nor the bundles: the message says where they are."""
+    if any(Path(folder).glob(pattern)):
+        return None
+    return (f"no {what} in {folder} ({pattern}): this copy of the course has none (the student release leaves them "
+            "out); they are in the instructor's full repository of the course")
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dpo_teach.grading")
+    parser = argparse.ArgumentParser(prog=PROG)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("assign", help="masters → student notebooks, autograder bundles and manifests")
+    sub.add_parser("assign", help="masters → student notebooks, autograder bundles and manifests").add_argument(
+        "--solutions", metavar="DIR", help="also write the solution notebooks there: grade them first, they must "
+                                           "score in full")
     sub.add_parser("release", help="the student-only tree: notebooks, package, README; no masters, bundles or "
                                    "tests").add_argument("--out", default="results/release/dpo-teach",
                                                          help="folder to write (replaced) (%(default)s)")
@@ -26,10 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("_run", help="(internal) run one submitted notebook for dpo-teach grade")
     sub.add_parser("_zygote", help="(internal) start each notebook's process warm").add_argument("fd", type=int)
     args = parser.parse_args(argv)
+    problem = None
     if args.command == "assign":
-        for name in assign():
+        problem = _missing(MASTERS, "*.ipynb", "master notebooks")
+    elif args.command == "gradescope" and args.out:
+        problem = _missing(AUTOGRADER, "*.json", "autograder bundles (`make assign` writes them from the masters)")
+    if problem:
+        print(f"{PROG} {args.command}: error: {problem}", file=sys.stderr)
+        return 2
+    if args.command == "assign":
+        for name in assign(solutions=Path(args.solutions) if args.solutions else None):
             print(f"{MASTERS.relative_to(ROOT)}/{name}.ipynb → notebooks/{name}.ipynb, "
-                  f"{AUTOGRADER.relative_to(ROOT)}/{name}.zip")
+                  f"{AUTOGRADER.relative_to(ROOT)}/{name}.zip"
+                  + (f", {Path(args.solutions) / name}.ipynb (solutions)" if args.solutions else ""))
     elif args.command == "release":
         from dpo_teach.grading.release import LeakError, release
 

@@ -8,6 +8,8 @@ import io
 import json
 import os
 import re
+import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from dpo_teach.grading import sandbox
 from dpo_teach.grading.assign import AUTOGRADER, NOTEBOOKS, ROOT
-from dpo_teach.grading.judge import load_tests, run_notebook
+from dpo_teach.grading.judge import ending_strays, load_tests, run_notebook
 from dpo_teach.grading.scan import scan
 from dpo_teach.utils import atomic_write_json, atomic_write_text
 
@@ -116,19 +118,29 @@ def _run_job(bundle_tests: dict, path: Path, assignment: str, cell_timeout: int,
 
 
 def _public_feedback(cases: list[dict]) -> tuple[bool, str]:
-    """(every public case passed, what the first failed case said). A hidden case is named, never quoted."""
+    """(every public case passed, what the first failed case says). A public case is quoted (the student has its
+    test); a hidden one is only numbered ("hidden test 2 of 3 failed"), with the grader's own words when it ran out
+    of time or caught the code tampering, never the test's own message (it says what the test checks)."""
     failed = [c for c in cases if not c["passed"]]
     public_passed = all(c["passed"] for c in cases if not c["hidden"])
     if not failed:
         return public_passed, ""
     first = failed[0]
-    return public_passed, f"{'hidden' if first['hidden'] else 'public'} test failed: {first['message']}"
+    if not first["hidden"]:
+        return public_passed, f"public test failed: {first['message']}"
+    hidden = [c for c in cases if c["hidden"]]
+    number = next(i for i, c in enumerate(hidden, 1) if c is first)
+    grader_words = first["message"].startswith(("TimeoutError: time limit", "the code under test changed"))
+    return public_passed, f"hidden test {number} of {len(hidden)} failed" + (
+        f": {first['message']}" if grader_words else "")
 
 
 def _why(feedback: str) -> str:
-    """`` (TimeoutError)`` or `` (AssertionError: message)`` from a test's feedback, for the one-line reason."""
+    """`` (TimeoutError: ...)``, `` (AssertionError: message)`` or `` (hidden test 2 of 3)`` from a test's
+    feedback, for the one-line reason."""
     errors = re.findall(r"(\w+(?:Error|Exception)\b.*)$", feedback, flags=re.M)
-    return f" ({errors[0].strip()[:80]})" if errors else ""
+    hidden = re.match(r"hidden test \d+ of \d+", feedback)
+    return f" ({errors[0].strip()[:80]})" if errors else f" ({hidden.group()})" if hidden else ""
 
 
 def _released(assignment: str, released_dir: Path) -> list[dict]:
@@ -157,9 +169,7 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
     row["assignment"] = assignment or _detect_assignment(path, nb, manifests)
     if row["assignment"] not in manifests:
         if row["status"] == "graded":
-            example = next(iter(manifests))
-            row.update(status="error", reason="cannot tell which assignment this is: name the file after it "
-                                              f"(e.g. alice_{example}.ipynb) or pass --assignment")
+            row.update(_unknown_assignment(path, nb, manifests, released_dir))
         return row
     manifest = manifests[row["assignment"]]
     auto = {q: v for q, v in manifest["questions"].items() if not v["manual"]}
@@ -204,6 +214,34 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
     return row
 
 
+def _unknown_assignment(path: Path, nb, manifests: dict, released_dir: Path) -> dict:
+    """The row's status and reason for a notebook of no graded assignment: a course notebook without exercises
+    (06, the instructor's demo) is not graded, and says so; of anything else the grader cannot tell what it is."""
+    ungraded = [p.stem for p in sorted(Path(released_dir).glob("*.ipynb")) if p.stem not in manifests]
+    named = (nb.metadata.get("otter") or {}).get("assignment_name") if nb is not None else None
+    course = [stem for stem in ungraded if stem == named or stem in path.name]
+    if course:
+        return {"status": "skipped", "assignment": course[0],
+                "reason": f"not graded: {course[0]} has no auto-graded exercises (the graded notebooks are "
+                          f"{', '.join(sorted(manifests))})"}
+    return {"status": "error", "reason": "cannot tell which assignment this is: name the file after it "
+                                         f"(e.g. alice_{next(iter(manifests))}.ipynb) or pass --assignment"}
+
+
+def _hidden(submissions: Path, out: Path, autograder: Path) -> list[str]:
+    """What every notebook's sandbox covers: the course's folder, but for what a notebook needs there
+    (``sandbox.covered``: the package and its metadata, the student notebooks, the Python environment, the cache,
+    the temporary folder), and wherever they are, the submissions, the grades and the bundles. The metadata
+    (``dpo_teach.egg-info``) stays because the course's folder is on the notebook's ``sys.path`` (the runner is
+    ``python -m``), where an empty folder of that name would hide the installed package's version (notebook 00
+    checks it)."""
+    from dpo_teach.world import cache_dir  # not at the top: torch; each notebook's process imports this module
+
+    keep = [ROOT / "dpo_teach", *ROOT.glob("*.egg-info"), NOTEBOOKS, Path(sys.prefix), Path(sys.base_prefix),
+            cache_dir(), Path(tempfile.gettempdir())]
+    return sandbox.covered(ROOT, keep) + [str(Path(p).resolve()) for p in (submissions, out, autograder)]
+
+
 def _fingerprint(path: Path, manifest: dict) -> str:
     """What a row depends on: which file it is, its bytes and the bundle's (a rerun skips what it has graded; two
     students' identical files are two rows)."""
@@ -214,8 +252,8 @@ def _fingerprint(path: Path, manifest: dict) -> str:
 
 
 def _latest_per_student(found: list[tuple[str, Path]], manifests: dict, assignment: str | None) -> dict:
-    """``{path: the path graded instead}`` for every notebook that another, later notebook of the same student
-    and assignment supersedes (latest modification time, then file name)."""
+    """``{path: (the path graded instead, the assignment)}`` for every notebook that another, later notebook of the
+    same student and assignment supersedes (latest modification time, then file name)."""
     import nbformat
 
     groups: dict[tuple, list[Path]] = {}
@@ -228,9 +266,9 @@ def _latest_per_student(found: list[tuple[str, Path]], manifests: dict, assignme
         if name in manifests:
             groups.setdefault((student, name), []).append(path)
     superseded = {}
-    for paths in groups.values():
+    for (_, name), paths in groups.items():
         latest = max(paths, key=lambda p: (p.stat().st_mtime, p.name))
-        superseded.update({p: latest for p in paths if p != latest})
+        superseded.update({p: (latest, name) for p in paths if p != latest})
     return superseded
 
 
@@ -239,9 +277,11 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
           released_dir: Path = NOTEBOOKS, log=print) -> dict:
     """Grade every notebook under ``submissions``; write ``out/grades.csv`` and ``out/grades.json``.
 
-    Each notebook runs in the sandbox (``sandbox.py``); where there is none, grading refuses unless ``unsafe``.
+    Each notebook runs in the sandbox (``sandbox.py``); where there is none, grading refuses unless ``unsafe``, and
+    then every process the batch started is ended before the reports are written (``judge.ending_strays``).
     Every row is appended to ``out/grades.partial.jsonl`` as soon as it is graded, and a rerun of an interrupted
-    batch takes the rows whose notebook and bundle are unchanged from there instead of grading them again.
+    batch takes the rows whose notebook and bundle are unchanged from there instead of grading them again, except
+    rows of status ``error`` (the grader failed, not the notebook: graded again).
     Returns the JSON report: the assignments with their questions, one row per submission and totals per student.
     """
     manifests = load_manifests(autograder)
@@ -259,12 +299,13 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     superseded = _latest_per_student(found, manifests, assignment)
     out = Path(out)
     journal = out / "grades.partial.jsonl"
-    done = _read_journal(journal)
+    # rows graded before an interruption; a row of status error is the grader's failure, not the notebook's: again
+    done = {key: row for key, row in _read_journal(journal).items() if row.get("status") != "error"}
     log(f"grading {len(found)} notebooks in {submissions} ({'fast' if fast else 'full'} mode, {jobs} at a time, "
         f"{'no sandbox (--unsafe)' if unsafe else 'each in the sandbox'}; {len(done)} graded before)")
     env = {**os.environ, "DPO_TEACH_FAST": "1" if fast else "0", "TOKENIZERS_PARALLELISM": "false"}
-    hide = sorted({str(Path(p).resolve()) for p in [submissions, out, autograder, ROOT / "course", ROOT / "tests"]})
     out.mkdir(parents=True, exist_ok=True)
+    hide = _hidden(submissions, out, autograder)
     lock = threading.Lock()
 
     def one(item):
@@ -279,8 +320,9 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
 
     def graded(student, path):
         if path in superseded:
-            row = _empty_row(student, path, None, "superseded", f"not graded: {superseded[path].name} is this "
-                             "student's later notebook of the same assignment")
+            latest, name = superseded[path]
+            row = _empty_row(student, path, name, "superseded", f"not graded: {latest.name} is this student's "
+                             "later notebook of the same assignment")
         else:
             row = None
             name = assignment or _detect_assignment(path, _read_or_none(path), manifests)
@@ -299,12 +341,13 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
 
     # the largest notebooks first (longest first: with several jobs the batch ends sooner); rows in folder order
     order = sorted(range(len(found)), key=lambda i: -_size(found[i][1]))
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
-    try:
-        futures = {i: pool.submit(one, found[i]) for i in order}
-        rows = [futures[i].result() for i in range(len(found))]
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: the rows written so far stay in the journal
+    with ending_strays(unsafe):  # without the sandbox: no process a notebook started outlives the batch
+        pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+        try:
+            futures = {i: pool.submit(one, found[i]) for i in order}
+            rows = [futures[i].result() for i in range(len(found))]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: the rows written so far stay in the journal
     report = {
         "submissions_dir": str(submissions), "mode": "fast" if fast else "full",
         "sandbox": not unsafe,

@@ -14,8 +14,13 @@ runs ``setup.sh`` once to build the image and ``run_autograder`` for every submi
 - ``autograder/``: this assignment's test bundle and manifest from ``make assign``; ``released/``: the student
   notebook as given out (the integrity scan compares against it);
 - ``run_autograder``: grades the submitted notebook with ``dpo-teach grade``'s grader (the sandbox when the
-  container allows user namespaces; otherwise Gradescope's one-container-per-submission is the isolation, and the
-  output says so) and writes ``/autograder/results/results.json`` in Gradescope's format.
+  container allows user namespaces; otherwise Gradescope's one-container-per-submission is the isolation, the
+  grader ends every process the notebook started, in a session of its own too, before it writes the result, and
+  the output says so) and writes ``/autograder/results/results.json`` in Gradescope's format. A failed hidden test
+  is numbered there, never quoted.
+
+``setup.sh`` needs Python ≥ 3.11 (the wheel's ``Requires-Python``) with its ``venv`` module (Debian and Ubuntu:
+``python3.X-venv``) and the network (PyPI, PyTorch's CPU index); it stops with a message naming what is missing.
 
 Students upload the ``.ipynb`` file itself (any name); Gradescope's manual questions (04's open answers) are graded
 on Gradescope as usual.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -43,16 +49,40 @@ INSTALLER = ROOT / "scripts" / "pip_install.py"  # setup.sh installs with it: uv
 
 SETUP = """#!/usr/bin/env bash
 # Gradescope runs this once, as root, when it builds the autograder image. PYTHON and TORCH_INDEX may be set.
+# Needs: Python >= PYTHON_FLOOR with its venv module (Debian/Ubuntu: the python3.X-venv package), and the network.
 set -euo pipefail
 SRC="$(cd "$(dirname "$0")" && pwd)"
-"${PYTHON:-python3}" -m venv "$SRC/venv"
+PY="${PYTHON:-python3}"
+"$PY" -c 'import sys; sys.exit(sys.version_info < PYTHON_TUPLE)' || {
+    echo "setup.sh: $PY is not Python >= PYTHON_FLOOR, which the package requires: choose a Gradescope base image" >&2
+    echo "that has it, or install one (apt-get install -y python3.12 python3.12-venv) and set PYTHON=python3.12" >&2
+    exit 1
+}
+"$PY" -m venv "$SRC/venv"
 TORCH_INDEX="${TORCH_INDEX-TORCH_CPU_INDEX}"
 # pip install, through uv where it can be had (the course's scripts/pip_install.py; INSTALLER=pip: pip only)
 install() { "$SRC/venv/bin/python" "$SRC/pip_install.py" --quiet "$@"; }
 install ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} -r "$SRC/torch.txt"
 install -r "$SRC/requirements.txt"
 install --no-deps "$SRC"/dpo_teach-*.whl
-""".replace("TORCH_CPU_INDEX", TORCH_CPU_INDEX)
+"""
+
+
+def python_floor() -> tuple[int, int]:
+    """The oldest Python the package supports: its wheel's ``Requires-Python`` (``>=3.11``)."""
+    try:
+        spec = metadata.metadata("dpo-teach").get("Requires-Python") or ""
+    except metadata.PackageNotFoundError:  # a source tree on the path, not installed: this Python, then
+        spec = ""
+    match = re.search(r">=\s*(\d+)\.(\d+)", spec)
+    return (int(match[1]), int(match[2])) if match else sys.version_info[:2]
+
+
+def setup_script() -> str:
+    """``setup.sh``: the torch index and the Python it checks for filled in."""
+    floor = python_floor()
+    return (SETUP.replace("TORCH_CPU_INDEX", TORCH_CPU_INDEX).replace("PYTHON_FLOOR", ".".join(map(str, floor)))
+            .replace("PYTHON_TUPLE", repr(floor)))
 
 RUN = """#!/usr/bin/env bash
 # Gradescope runs this for every submission: the files in $ROOT/submission, the result in $ROOT/results.
@@ -115,7 +145,7 @@ def build(out: Path, autograder: Path = AUTOGRADER, released: Path = NOTEBOOKS) 
             name = manifest.stem
             buffer = io.BytesIO()
             with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-                for member, text, mode in [("setup.sh", SETUP, 0o755), ("run_autograder", RUN, 0o755),
+                for member, text, mode in [("setup.sh", setup_script(), 0o755), ("run_autograder", RUN, 0o755),
                                            ("requirements.txt", requirements() + "\n", 0o644),
                                            ("torch.txt", torch_requirement(), 0o644),
                                            ("pip_install.py", INSTALLER.read_text(), 0o644)]:

@@ -3,14 +3,23 @@ and decide the score itself.
 
 What a submission cannot do from inside: see the tests before its cells have run (they are sent afterwards, a
 question at a time, and never written to disk), see or signal the grader or another submission (PID namespace),
-leave a process behind (killed with the namespace), answer for another job (every line carries this job's random
-id and must be the reply the grader is waiting for), or give itself points (the score is the manifest's points
+leave a process behind (killed with the namespace; without the sandbox, :func:`ending_strays`), answer for another
+job (every line carries this job's random id and must be the reply the grader is waiting for), say ``ready``
+before the runner has reported its last cell, or prepare a reply in advance (each question carries a nonce that the
+reply must return: no one knew it while the cells ran), or give itself points (the score is the manifest's points
 for a question whose every case passed, 0 otherwise).
+
+What it can still do, and only the scan (``scan.py``) sees: code that reaches the runner's own objects while one of
+its cells runs (its frames, through a traceback or a generator) can impersonate the runner, read each question as
+it comes and answer it. No grader that runs tests in the student's process resists every such attack; such code is
+flagged, and a flagged notebook scores 0 until an instructor has read it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import doctest
 import json
 import os
 import queue
@@ -27,6 +36,7 @@ import zipfile
 from pathlib import Path
 
 from dpo_teach.grading import sandbox
+from dpo_teach.grading.runner import code_cells
 
 MAX_LINE = 1 << 20  # a reply longer than this is not the runner's
 _PACKAGE_MODULE = re.compile(r"\bdpo_teach\.[a-z_]+")  # the package modules a test names
@@ -107,6 +117,70 @@ class _Process:
         self.log.close()
 
 
+_PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
+
+
+def _processes() -> dict[int, tuple[int, str, str]]:
+    """pid → (parent's pid, state, start time) of every process in view (``/proc``)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()  # after "pid (name)"
+            except OSError:  # it has ended meanwhile
+                continue
+            found[int(entry.name)] = (int(fields[1]), fields[0], fields[19])
+    return found
+
+
+def _strays(before: set[tuple[int, str]]) -> dict[int, tuple[int, str]]:
+    """pid → (parent's pid, state) of every process below this one that was not there in ``before``; what runs below
+    a process that was there before (a zygote and its forks, a kernel) is not looked into."""
+    table, found = _processes(), {}
+    todo = [os.getpid()]
+    while todo:
+        parent = todo.pop()
+        for pid, (ppid, state, start) in table.items():
+            if ppid == parent and (pid, start) not in before:
+                found[pid] = (ppid, state)
+                todo.append(pid)
+    return found
+
+
+@contextlib.contextmanager
+def ending_strays(active: bool = True):
+    """Without the sandbox (``--unsafe``, a Gradescope container that forbids namespaces) no PID namespace ends what a
+    notebook started, and ``killpg`` does not reach a process that left the group (``setsid``): while this block
+    runs, this process adopts every orphan below it (``PR_SET_CHILD_SUBREAPER``), and on leaving it kills every
+    process below it that was not there when it began, with whatever those started meanwhile. Linux only; elsewhere
+    it does nothing."""
+    if not active or not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    was = ctypes.c_int(0)
+    libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0)
+    before = {(pid, start) for pid, (_, _, start) in _processes().items()}
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    try:
+        yield
+    finally:
+        for _ in range(1000):  # a process that forks as fast as it is killed: each round kills what is new
+            strays = _strays(before)
+            for pid, (ppid, state) in strays.items():
+                if state == "Z" and ppid == os.getpid():
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, os.WNOHANG)  # ended; its exit status is no one's business
+            living = [pid for pid, (_, state) in strays.items() if state != "Z"]
+            if not living:
+                break
+            for pid in living:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, was.value, 0, 0, 0)
+
+
 def _spawn(env: dict, *fds: int) -> int:
     """A notebook's process forked by the zygote for ``env`` (started, or started again, when needed)."""
     from dpo_teach.grading import zygote
@@ -124,6 +198,12 @@ class _Abort(Exception):
         self.status, self.reason = status, reason
 
 
+def _examples(code: str) -> list[str]:
+    """The sources of a doctest's examples, parsed here in the grader: the runner only executes them (a notebook
+    that patched ``doctest`` in its own process could otherwise turn every test into a test of nothing)."""
+    return [example.source for example in doctest.DocTestParser().get_examples(code)]
+
+
 def run_notebook(text: str, file_name: str, tests: dict[str, list[dict]], cell_timeout: int, timeout: float,
                  env: dict, sandboxed: bool, hide: list[str], memory_mb: int = 6144) -> dict:
     """Run one notebook's cells, then its tests. Returns ``{"status", "reason", "phase", "cases", "errors",
@@ -134,53 +214,17 @@ def run_notebook(text: str, file_name: str, tests: dict[str, list[dict]], cell_t
               "nproc": sandbox.process_limit()}
     out = {"status": "graded", "reason": "", "phase": "start", "cases": {}, "errors": [], "tampered": []}
     process = _Process(env, sandboxed)
-    deadline = time.monotonic() + timeout
-
-    def receive(*expected: str) -> dict:
-        try:
-            line = process.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            raise _Abort("timeout", f"killed after {timeout:g} s (per-notebook time limit) while "
-                                    f"{_phase_words(out['phase'])}") from None
-        if line is None:
-            raise _Abort("error", f"the notebook's process ended while {_phase_words(out['phase'])}: "
-                                  f"{process.stderr_tail() or 'no message'}")
-        try:
-            message = json.loads(line)
-            ok = isinstance(message, dict) and message.get("id") == job_id and message.get("event") in expected
-        except ValueError:
-            ok = False
-        if not ok:
-            out["tampered"].append("a line on the grader's channel that the grader did not ask for")
-            raise _Abort("flagged", "the notebook wrote to the grader's channel")
-        return message
-
+    channel = _Channel(process, job_id, time.monotonic() + timeout, timeout, out)
     try:
         preload = sorted({m for cases in tests.values() for case in cases
                           for m in _PACKAGE_MODULE.findall(case["code"])})
         process.send({"id": job_id, "notebook": text, "file_name": file_name, "cell_timeout": cell_timeout,
                       "private": private, "preload": preload,
                       "sandbox": {k: v for k, v in limits.items() if k != "private"} if sandboxed else None})
-        while True:
-            message = receive("cell", "error", "ready")
-            if message["event"] == "cell":
-                out["phase"] = f"cell {int(message['index'])}"
-            elif message["event"] == "error":
-                out["errors"].append(str(message["text"])[:400])
-            else:
-                out["tampered"] += [str(t) for t in message.get("tampered", [])][:20]
-                break
+        _cell_phase(channel, [index for index, _ in code_cells(json.loads(text))], out)
         out["phase"] = "tests"
         for question, cases in tests.items():
-            process.send({"id": job_id, "question": question, "cases": cases})
-            message = receive("result")
-            results = message.get("cases")
-            if message.get("question") != question or not isinstance(results, list) or len(results) != len(cases):
-                out["tampered"].append("a reply to another question")
-                raise _Abort("flagged", "the notebook wrote to the grader's channel")
-            out["tampered"] += [str(t) for t in message.get("tampered", [])][:20]
-            out["cases"][question] = [{"passed": r.get("passed") is True, "message": str(r.get("message", ""))[:300],
-                                       "hidden": case["hidden"]} for r, case in zip(results, cases)]
+            _test_question(channel, process, question, cases, out)
         process.send({"id": job_id, "end": True})
     except _Abort as e:
         out["status"], out["reason"] = e.status, e.reason
@@ -190,6 +234,70 @@ def run_notebook(text: str, file_name: str, tests: dict[str, list[dict]], cell_t
         process.kill()
         shutil.rmtree(private, ignore_errors=True)
     return out
+
+
+class _Channel:
+    """The runner's replies, each checked: this job's id, an event the grader is waiting for, in time."""
+
+    def __init__(self, process: _Process, job_id: str, deadline: float, timeout: float, out: dict):
+        self.process, self.job_id, self.deadline, self.timeout, self.out = process, job_id, deadline, timeout, out
+
+    def receive(self, *expected: str) -> dict:
+        try:
+            line = self.process.lines.get(timeout=max(0.0, self.deadline - time.monotonic()))
+        except queue.Empty:
+            raise _Abort("timeout", f"killed after {self.timeout:g} s (per-notebook time limit) while "
+                                    f"{_phase_words(self.out['phase'])}") from None
+        if line is None:
+            raise _Abort("error", f"the notebook's process ended while {_phase_words(self.out['phase'])}: "
+                                  f"{self.process.stderr_tail() or 'no message'}")
+        try:
+            message = json.loads(line)
+            ok = isinstance(message, dict) and message.get("id") == self.job_id and message.get("event") in expected
+        except ValueError:
+            ok = False
+        if not ok:
+            self.forged("a line on the grader's channel that the grader did not ask for")
+        return message
+
+    def forged(self, what: str) -> None:
+        self.out["tampered"].append(what)
+        raise _Abort("flagged", "the notebook wrote to the grader's channel")
+
+
+def _cell_phase(channel: _Channel, cells: list[int], out: dict) -> None:
+    """The runner's reports while the cells run, until ``ready``: a ``cell`` for each code cell of the notebook,
+    in order, before it. A ``ready`` any earlier came from the notebook's own code, not from the runner."""
+    reported = []
+    while True:
+        message = channel.receive("cell", "error", "ready")
+        if message["event"] == "cell":
+            if type(message.get("index")) is not int:
+                channel.forged("a 'cell' report without a cell number")
+            reported.append(message["index"])
+            out["phase"] = f"cell {message['index']}"
+        elif message["event"] == "error":
+            out["errors"].append(str(message["text"])[:1200])
+        elif reported != cells:
+            channel.forged(f"'ready' after cells {reported[-3:]} of {len(cells)}: not the runner's")
+        else:
+            out["tampered"] += [str(t) for t in message.get("tampered", [])][:20]
+            return
+
+
+def _test_question(channel: _Channel, process: _Process, question: str, cases: list[dict], out: dict) -> None:
+    """Send one question's cases with a fresh nonce; take the reply that returns it, with a result per case."""
+    nonce = secrets.token_hex(16)
+    process.send({"id": channel.job_id, "question": question, "nonce": nonce,
+                  "cases": [{"examples": _examples(case["code"])} for case in cases]})
+    message = channel.receive("result")
+    results = message.get("cases")
+    if message.get("nonce") != nonce or message.get("question") != question or not isinstance(results, list) \
+            or len(results) != len(cases) or not all(isinstance(r, dict) for r in results):
+        channel.forged("a reply that does not answer the question asked (another question, or no nonce)")
+    out["tampered"] += [str(t) for t in message.get("tampered", [])][:20]
+    out["cases"][question] = [{"passed": r.get("passed") is True, "message": str(r.get("message", ""))[:300],
+                               "hidden": case["hidden"]} for r, case in zip(results, cases)]
 
 
 def _phase_words(phase: str) -> str:

@@ -11,9 +11,12 @@ JSON object per line, every line carrying the job's id:
    is in (``cell``) and what failed (``error``); ``grader.check`` cells do nothing here (otter is not loaded).
 3. runner → grader: ``ready``, with what the notebook changed of those references (``tampered``). Every change
    is undone before any test runs.
-4. grader → runner, one question at a time: that question's test cases (so no test is in the process while the
-   notebook's cells run); runner → grader: pass/fail per case. Test code runs with the private builtins and the
-   pristine modules; a case during which the student's code changes a reference again fails, and is reported.
+4. grader → runner, one question at a time: that question's test cases, as the sources of their doctest examples
+   (parsed by the grader), and a nonce (so no test is in the process while the notebook's cells run, and no reply
+   can be written before its question); runner → grader: pass/fail per case, with the nonce. Test code runs with
+   the private builtins and the pristine modules; a case during which the student's code changes a reference
+   again fails, and is reported. What the runner itself uses then (``json``, ``io``, ``signal``) is among the
+   references, and it encodes and decodes with private instances.
 
 The runner only reports; the grader decides the score (``grade.py``): points come from the manifest, a reply
 with another job's id or out of turn voids the notebook's score.
@@ -22,7 +25,6 @@ with another job's id or out of turn voids the notebook's score.
 from __future__ import annotations
 
 import builtins
-import doctest
 import importlib
 import io
 import json
@@ -31,11 +33,13 @@ import signal
 import sys
 import tempfile
 import threading
+import traceback
 import types
 from pathlib import Path
 
-WATCHED = ("torch", "numpy", "math", "dpo_teach", "builtins", "operator", "functools")
-CLASSES = ("torch.Tensor", "torch.nn.Module", "torch.nn.Parameter")
+# what tests rely on, and what the runner itself uses while they run
+WATCHED = ("torch", "numpy", "math", "dpo_teach", "builtins", "operator", "functools", "json", "io", "signal")
+CLASSES = ("torch.Tensor", "torch.nn.Module", "torch.nn.Parameter", "json.JSONDecoder", "json.JSONEncoder")
 MISSING = object()
 CELL_FILES = ("<ipython-input-", "<cell")  # IPython's names for the code of a cell
 
@@ -197,10 +201,10 @@ class _Alarm:
 
 
 def run_cases(cases: list[dict], refs: References, user_ns: dict, alarm: _Alarm) -> tuple[list[dict], list[str]]:
-    """Each case's doctest examples in a fresh grader namespace; a case passes when none raises. What the code
-    under test prints is not compared with anything (a debug print cannot fail a test)."""
+    """Each case's examples (their sources, parsed by the grader) in a fresh grader namespace; a case passes when
+    none raises. What the code under test prints is not compared with anything (a debug print cannot fail a
+    test)."""
     results, tampered = [], []
-    parser = doctest.DocTestParser()
     seconds = alarm.seconds
     for case in cases:
         ns, message = refs.namespace(user_ns), ""
@@ -208,8 +212,8 @@ def run_cases(cases: list[dict], refs: References, user_ns: dict, alarm: _Alarm)
         try:
             sys.stdout = io.StringIO()
             with alarm.limit(seconds):
-                for example in parser.get_examples(case["code"]):
-                    exec(compile(example.source, "<test>", "single"), ns)  # noqa: S102 - the grader's own tests
+                for source in case["examples"]:
+                    exec(compile(source, "<test>", "single"), ns)  # noqa: S102 - the grader's own tests
         except BaseException as e:  # noqa: BLE001 - a failed test, whatever it raised
             message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             if isinstance(e, TimeoutError):
@@ -224,14 +228,40 @@ def run_cases(cases: list[dict], refs: References, user_ns: dict, alarm: _Alarm)
     return results, tampered
 
 
+def code_cells(notebook: dict) -> list[tuple[int, str]]:
+    """(index, source) of every code cell that has code: what the runner runs, and reports, in this order."""
+    found = []
+    for index, cell in enumerate(notebook.get("cells", [])):
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else source
+        if cell.get("cell_type") == "code" and source.strip():
+            found.append((index, source))
+    return found
+
+
+def describe_error(error: BaseException, source: str) -> str:
+    """A cell's error for the grade row: its type and message (a long one keeps its start and its end, where
+    Python and torch say what went wrong) and the line it came from, in this cell or in a function of the
+    notebook's that it called."""
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    if len(text) > 1000:
+        text = f"{text[:300]} … {text[-600:]}"
+    first_line = next((s for s in source.splitlines() if s.strip()), "")[:60]
+    lines = [f.line for f in traceback.extract_tb(error.__traceback__) if f.filename.startswith(CELL_FILES)]
+    where = f", at `{lines[-1].strip()[:80]}`" if lines and lines[-1] and lines[-1].strip() != first_line.strip() \
+        else ""
+    return f"{text} (in cell `{first_line}`{where})"
+
+
 def main() -> int:
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     requests = os.fdopen(os.dup(0), "r")
-    job = json.loads(requests.readline())
+    encode, decode = json.JSONEncoder().encode, json.JSONDecoder().decode  # private: a notebook can patch json's
+    job = decode(requests.readline())
     job_id = job["id"]
 
     def send(event: str, **fields) -> None:
-        protocol.write(json.dumps({"id": job_id, "event": event, **fields}) + "\n")
+        protocol.write(encode({"id": job_id, "event": event, **fields}) + "\n")
 
     private = job["private"]
     if job.get("sandbox"):
@@ -263,27 +293,25 @@ def main() -> int:
     random.seed(0)  # every notebook starts from the same seeds: a notebook that samples without seeding grades
     numpy.random.seed(0)  # the same each time
     torch.manual_seed(0)
-    notebook = json.loads(job["notebook"])
     Path(job["file_name"]).write_text(job["notebook"])
-    for index, cell in enumerate(notebook.get("cells", [])):
-        source = cell.get("source", "")
-        source = "".join(source) if isinstance(source, list) else source
-        if cell.get("cell_type") != "code" or not source.strip():
-            continue
+    for index, source in code_cells(decode(job["notebook"])):
         send("cell", index=index)
         with alarm:
             result = shell.run_cell(source, store_history=False)
         error = result.error_before_exec or result.error_in_exec
         if error is not None:
-            first_line = next((s for s in source.splitlines() if s.strip()), "")[:60]
-            send("error", text=f"{type(error).__name__}: {str(error)[:200]} (in cell `{first_line}`)")
+            try:
+                text = describe_error(error, source)
+            except Exception:  # noqa: BLE001 - an error whose message itself fails (the notebook's own class)
+                text = f"{type(error).__name__} (in a cell whose error could not be described)"
+            send("error", text=text)
     _kill_other_processes()
     send("ready", tampered=refs.restore(strict=False) + _student_threads())
     for line in requests:
-        request = json.loads(line)
+        request = decode(line)
         if request.get("id") != job_id or "cases" not in request:
             break
         results, tampered = run_cases(request["cases"], refs, shell.user_ns, alarm)
-        send("result", question=request["question"], cases=results, tampered=tampered)
+        send("result", question=request["question"], nonce=request.get("nonce"), cases=results, tampered=tampered)
     protocol.flush()
     os._exit(0)  # no interpreter shutdown: nothing the notebook registered (atexit, __del__) runs after the tests

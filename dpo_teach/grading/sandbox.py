@@ -11,8 +11,10 @@ root too (containers, CI). What the notebook gets (:func:`isolate`, then :func:`
   its first process ends the kernel kills every process it started (the grader kills the process that waits for it
   outside the namespace, and that death kills the first process: ``PR_SET_PDEATHSIG``);
 - no network (its own network namespace, loopback only), its own IPC and host name;
-- a read-only view of every file system: the course, the package, the Python environment, the cache; the folders
-  that hold tests, bundles, masters, other submissions and the grades are covered by empty file systems;
+- a read-only view of every file system, in which the course's folder shows only what a notebook needs (the
+  package, the student notebooks, the Python environment and the cache, :func:`covered`): everything else there
+  (tests, bundles, masters, ``.git``, ``results/``) and the other submissions and the grades are covered by empty
+  file systems;
 - one private writable folder (a fresh tmpfs over the job's folder) for its home, temporary files and working
   copy, and its own ``/dev/shm``;
 - after the set-up it drops every privilege over these mounts (a second, unmapped user namespace), so it cannot
@@ -124,6 +126,38 @@ def _owner(path: Path) -> int | None:
         return None
 
 
+def outermost(paths: list[str]) -> list[str]:
+    """``paths`` without those inside another of them: once a folder is covered, what was inside it is gone (a
+    mount on ``course/autograder`` after one on ``course`` would fail: no such folder)."""
+    chosen: list[Path] = []
+    for path in sorted({Path(p) for p in paths}, key=lambda p: len(p.parts)):
+        if not any(path == c or c in path.parents for c in chosen):
+            chosen.append(path)
+    return [str(p) for p in chosen]
+
+
+def covered(root: Path, keep: list[Path]) -> list[str]:
+    """What to cover under ``root`` so that only ``keep`` stays in view there: every file and folder of ``root``
+    except the kept ones, the folders on the way to them and the symbolic links (a link is covered, or not, where it
+    points). Nothing when ``root`` is itself inside a kept folder (an installed package's ``site-packages``).
+
+    The grader keeps the package, the student notebooks, the Python environment, the cache and the temporary
+    folder: whatever else the course's folder holds (masters, bundles, tests, ``.git``, ``results/`` with its
+    Gradescope bundles and grades) a notebook never needs, so it never sees it."""
+    root, keep = Path(root).resolve(), [Path(k).resolve() for k in keep]
+    if any(root == k or k in root.parents for k in keep):
+        return []
+    hidden = []
+    for entry in sorted(root.iterdir()):
+        if entry.is_symlink() or any(entry == k or k in entry.parents for k in keep):
+            continue
+        if any(entry in k.parents for k in keep):
+            hidden += covered(entry, keep)
+        else:
+            hidden.append(str(entry))
+    return hidden
+
+
 def enter(private: str, hide: list[str], memory_mb: int, cpu_s: int, nproc: int | None, file_mb: int = 256) -> None:
     """Inside the new namespaces, before any student code: everything read-only, ``hide`` covered, ``private``
     a fresh writable tmpfs; then drop the privilege to change mounts, and set rlimits."""
@@ -134,10 +168,11 @@ def enter(private: str, hide: list[str], memory_mb: int, cpu_s: int, nproc: int 
     for point, kept in sorted(mounts.items()):
         if point == "/" or not point.startswith(KEEP_WRITABLE):
             _mount(None, point, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | kept)
-    for path in [p for p in hide if Path(p).is_dir()]:
-        _mount("tmpfs", path, "tmpfs", 0, "size=1k,mode=0555")
-    for path in [p for p in hide if Path(p).is_file()]:
-        _mount("/dev/null", path, None, _MS_BIND)
+    for path in outermost(hide):  # an empty tmpfs over a folder, /dev/null over a file
+        if Path(path).is_dir() and not Path(path).is_symlink():
+            _mount("tmpfs", path, "tmpfs", 0, "size=1k,mode=0555")
+        elif Path(path).is_file() and not Path(path).is_symlink():
+            _mount("/dev/null", path, None, _MS_BIND)
     _mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=64m")
     _mount("tmpfs", private, "tmpfs", 0, f"size={max(64, file_mb * 2)}m,mode=0777")
     libc = ctypes.CDLL(None, use_errno=True)
