@@ -102,9 +102,10 @@ bench-grading: $(STAMP)
 gradescope: $(STAMP)
 	$(BIN)/python -m dpo_teach.grading gradescope --out results/gradescope
 
-# otter assign on every master; writes only the notebooks named after a master, never others in notebooks/
+# otter assign on every master; writes only the notebooks named after a master, never others in notebooks/.
+# SOLUTIONS=<folder>: also the solution notebooks there (grade them first: each must score full marks)
 assign: $(STAMP)
-	$(BIN)/python -m dpo_teach.grading assign
+	$(BIN)/python -m dpo_teach.grading assign $(if $(SOLUTIONS),--solutions $(SOLUTIONS))
 
 # the student-only tree (committed notebooks, package, README, LICENSE; no masters, bundles or tests), checked for
 # every master's solution and hidden-test line before it is written. RELEASE=<folder> (default below)
