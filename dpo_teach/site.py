@@ -1,17 +1,19 @@
 """The course as a static web site: every notebook executed once and rendered with its outputs, offline.
 
     python -m dpo_teach.site --out results/site          # full mode: the numbers a student sees (`make site`)
-    DPO_TEACH_FAST=1 python -m dpo_teach.site ...          # fast mode: what CI builds; the pages say which
+    DPO_TEACH_FAST=1 python -m dpo_teach.site ...          # fast mode: shorter runs; the pages say which
 
-Pages: ``index.html`` (the course map and the README's quick start), one page per notebook (the student version,
-exercises still stubs: its check cells show the feedback an unsolved exercise gets, the notebook goes on with the
-package's reference answers), ``ppo_vs_dpo.html`` (the shipped comparison and its frontier) and one
-``grading_NN_name.html`` per exercise set. Rendering is nbconvert's JupyterLab template with three changes
+Pages: ``index.html`` (the course map, the toy world and "Get the course": the student release as a zip in
+``downloads/``, built by ``dpo_teach.grading.release``, which refuses to write one that holds a solution), one page
+per notebook (the student version, exercises still stubs: its check cells show, folded, the feedback an unsolved
+exercise gets, and the notebook goes on with the package's reference answers; dpo_teach/site_pages.py makes each
+executed notebook into a page and keeps developers' text out of the README's sections), ``ppo_vs_dpo.html`` (the
+shipped comparison and its frontier), one ``grading_NN_name.html`` per exercise set and ``grading.html`` (every set,
+and how instructors grade). Rendering is nbconvert's JupyterLab template with three changes
 (``site_assets/page.html``, a Jinja template): no script from a CDN (math is typeset by the MathJax 3 copy that the
-``django-static-mathjax`` wheel ships, copied into ``static/mathjax``), one shared stylesheet, and a header with
-the navigation and the mode. Widgets are written as their static state (the outputs they showed, the sliders'
-values); the test suite builds the site from its own notebook runs (tests/test_site.py), so nothing runs twice.
-"""
+``django-static-mathjax`` wheel ships, copied into ``static/mathjax``), one shared stylesheet, and a header and footer
+with the navigation and the mode. The test suite builds the site from its own notebook runs (tests/test_site.py), so
+nothing runs twice."""
 
 from __future__ import annotations
 
@@ -22,23 +24,44 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import nbformat
 from nbconvert import HTMLExporter
 
-from dpo_teach.claims import MODE_ENV
+from dpo_teach import site_pages
 from dpo_teach.grading import AUTOGRADER, MASTERS, NOTEBOOKS
 from dpo_teach.grading.assign import solution_lines
+from dpo_teach.grading.release import release
 
 ROOT = NOTEBOOKS.parent
 ASSETS = Path(__file__).parent / "site_assets"
-WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-# The note a claim check prints when a run forces it down its failed path (claims.py), as the test suite's runs do.
-FORCED_NOTE = re.compile(r"⚠ claim not reproduced on this machine \(forced: " + MODE_ENV + r"=[^)]*\): .*\n"
-                         r"  why this can happen: .*\n  The notebook goes on; .*\n?")
+DOWNLOADS = "downloads"  # the student release as a zip, and its notebooks one by one
+CHECKING = ("## Checking your answer\n\nEach exercise is a function (or an answer) in a cell of the notebook, followed "
+            "by a `grader.check(\"question\")` cell that runs the public tests and prints what failed. The pages of "
+            "this site show those checks on the unsolved stubs, as a student sees them first (open one to read its "
+            "feedback); after each exercise the notebook goes on with the package's reference version, so every "
+            "later cell runs.")
+INSTRUCTORS = """## For instructors: grading
+
+Grading needs the instructor's copy of the course repository, which holds what the download leaves out: each
+exercise's solution, its hidden tests and the rubrics of the questions graded by hand. There, one command grades a
+folder of submitted notebooks (one file, or one folder, per student):
+
+```bash
+.venv/bin/dpo-teach grade SUBMISSIONS_DIR --out results/grades
+```
+
+Each notebook runs from the top in a sandbox of its own (no network, read-only files, memory and CPU limits); then
+the public and hidden tests of each question run against it. `grades.csv` has a row per submission (score, one
+column per question, a one-line reason), `grades.json` the feedback per question and any integrity flags. A cell
+that fails or never ends costs only the questions that depend on it. `make gradescope` builds Gradescope autograder
+bundles instead (they install CPU torch at set-up and carry the package and π_ref). Code questions are
+all-or-nothing, and a check cell runs only the public tests, so an answer can pass its check and still lose points.
+The instructor guide in that repository, `course/INSTRUCTOR.md`, covers assigning, grading locally or on
+Gradescope, the sandbox and its limits, the integrity flags and the questions graded by hand."""
 # The parts of MathJax 3 that the pages load (TeX in, CommonHTML out, its web fonts, the TeX packages it loads on
 # demand), from the copy that the django-static-mathjax wheel ships (no Django needed: only its files are read).
 MATHJAX_PARTS = ["tex-chtml.js", "output/chtml/fonts/woff-v2", "input/tex/extensions"]
@@ -74,67 +97,19 @@ def execute(path: Path, workdir: Path, timeout: int = 1800) -> nbformat.Notebook
     return nb
 
 
-# --- notebooks as pages ---------------------------------------------------------------------------------------------
-
-def _widget_outputs(state: dict, model_id: str) -> list[dict]:
-    """What widget ``model_id`` showed when the run ended: an Output widget's outputs, a control's value."""
-    model = state.get(model_id, {})
-    name, fields = model.get("model_name", ""), model.get("state", {})
-    if name == "OutputModel":
-        return list(fields.get("outputs", []))
-    if "children" in fields:
-        return [out for child in fields["children"] for out in _widget_outputs(state, child.removeprefix("IPY_MODEL_"))]
-    if "value" in fields and name.endswith(("SliderModel", "DropdownModel", "CheckboxModel", "ToggleButtonsModel")):
-        label, value = html.escape(fields.get("description", "")), fields["value"]
-        if "_options_labels" in fields and isinstance(value, int):  # a dropdown's value is the chosen label's index
-            value = fields["_options_labels"][value]
-        value = html.escape(str(value))
-        return [nbformat.v4.new_output("display_data", data={
-            "text/html": f'<p class="site-widget">{label} <b>{value}</b> <span>(a control: change it when you run '
-                         f"the notebook)</span></p>", "text/plain": f"{label} {value}"})]
-    return []
-
-
-def static_widgets(nb: nbformat.NotebookNode) -> None:
-    """Replace every widget view by its static state, and drop the widget state (no widget script is loaded)."""
-    state = nb.metadata.pop("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        outputs = []
-        for out in cell.get("outputs", []):
-            view = out.get("data", {}).get(WIDGET_VIEW)
-            outputs += [nbformat.from_dict(o) for o in _widget_outputs(state, view["model_id"])] if view else [out]
-        cell.outputs = outputs
-
-
-def drop_forced_notes(nb: nbformat.NotebookNode) -> None:
-    """Remove the notes of claim checks forced to take their failed path (the suite's runs force every check, to show
-    that none stops a notebook; a claim that did not hold fails the suite instead), which a reader should not see."""
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            if out.get("output_type") == "stream":
-                out.text = FORCED_NOTE.sub("", out.text)
-        if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.outputs if o.get("output_type") != "stream" or o.text]
-
-
-def mark_checks(nb: nbformat.NotebookNode) -> None:
-    """Tag the exercise check cells so that the page labels their output (the feedback an unsolved stub gets)."""
-    for cell in nb.cells:
-        if cell.cell_type == "code" and cell.source.startswith("grader.check("):
-            cell.metadata.setdefault("tags", []).append("site-check")
-
+# --- rendering -------------------------------------------------------------------------------------------------------
 
 def exporter() -> HTMLExporter:
     return HTMLExporter(template_name="lab", extra_template_paths=[str(ASSETS)], template_file="page.html",
                         exclude_anchor_links=True)
 
 
-def render(nb: nbformat.NotebookNode, title: str, nav: list[tuple[str, str]], banner: str) -> str:
-    """One page: ``nav`` is the header's (href, label) links, ``banner`` the line saying how the page was made."""
+def render(nb: nbformat.NotebookNode, title: str, **site) -> str:
+    """One page titled ``title``; ``site`` fills the header and footer of ``site_assets/page.html``: ``nav`` (the
+    links of :func:`site_pages.header_links`), ``banner`` (the mode), ``download`` (the notebook's file), ``pager``
+    (:func:`site_pages.neighbours`) and ``made`` (commit and time)."""
     nb.metadata["title"] = title
-    body, _ = exporter().from_notebook_node(nb, resources={"site": {"nav": nav, "banner": banner}})
+    body, _ = exporter().from_notebook_node(nb, resources={"site": site})
     return body
 
 
@@ -151,34 +126,62 @@ def markdown_page(*sections: str) -> nbformat.NotebookNode:
     return nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(s) for s in sections])
 
 
-def link_notebooks(markdown: str, names: list[str]) -> str:
-    """`` `NN_name` `` in the README's course map -> a link to its page (and its exercise page, if any)."""
+def link_pages(markdown: str, names: list[str]) -> str:
+    """`` `NN_name` `` in the README's course map -> a link to its page (and its exercise page, if any); the
+    README's pointer to its "PPO vs DPO" section -> a link to that page."""
     for name in names:
         grading = f" ([exercises](grading_{name}.html))" if (AUTOGRADER / f"{name}.json").is_file() else ""
         markdown = markdown.replace(f"`{name}`", f"[{name}]({name}.html){grading}")
-    return markdown
+    return markdown.replace('"PPO vs DPO" below', "[PPO vs DPO](ppo_vs_dpo.html)")
 
 
-def landing(names: list[str]) -> nbformat.NotebookNode:
+def get_the_course(zip_bytes: int) -> str:
+    """The index's section on downloading the course (the zip of :func:`write_downloads`) and starting it."""
+    requirements = next(p for p in readme_section("Quick start").split("\n\n") if p.startswith("Requirements:"))
+    return (f"## Get the course\n\n[Download the course]({DOWNLOADS}/dpo-teach.zip) (a zip, {zip_bytes / 1e6:.1f} MB): "
+            "the notebooks, the `dpo_teach` package they import, the README and the set-up; no exercise solutions. "
+            "Unzip it and, in its folder `dpo-teach`, run\n\n```bash\n"
+            "make lab    # first use creates .venv and installs everything; then opens the notebooks in JupyterLab\n"
+            "make demo   # the end-to-end DPO job and the fast PPO vs DPO comparison, a few minutes on a laptop CPU\n"
+            f"```\n\n{requirements} Each notebook page also links its own `.ipynb`, to run in that folder (the "
+            "notebooks import the package).")
+
+
+def landing(titles: dict[str, str], zip_bytes: int) -> nbformat.NotebookNode:
+    """``index.html``: the README's introduction, course map and toy world, how to get the course, every page."""
     intro = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## ", 1)[0].replace("# dpo-teach", "# dpo-teach: "
                                                                                              "the course")
-    pages = "\n".join(f"- [{name}]({name}.html)" for name in names)
-    return markdown_page(intro, link_notebooks(readme_section("Course map"), names),
-                         "## Pages\n\n" + pages + "\n- [PPO vs DPO: the shipped comparison](ppo_vs_dpo.html)",
-                         readme_section("Quick start").split("\n### ", 1)[0])
+    pages = "\n".join(f"- [{title}]({name}.html)" for name, title in titles.items())
+    course_map = link_pages(site_pages.for_readers(readme_section("Course map")), list(titles))
+    return markdown_page(intro, get_the_course(zip_bytes), course_map,
+                         site_pages.for_readers(readme_section("The toy world")),
+                         "## Pages\n\n" + pages + "\n- [PPO vs DPO: the shipped comparison](ppo_vs_dpo.html)"
+                         "\n- [Exercises and grading](grading.html)")
 
 
-def grading_page(name: str) -> nbformat.NotebookNode:
-    manifest = json.loads((AUTOGRADER / f"{name}.json").read_text(encoding="utf-8"))
+def manifest(name: str) -> dict:
+    return json.loads((AUTOGRADER / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def grading_page(name: str, title: str) -> nbformat.NotebookNode:
     rows = "\n".join(f"| `{q['name']}` | {q['points']} | {'by hand' if q['manual'] else 'automatically'} |"
-                     for q in manifest["questions"])
+                     for q in manifest(name)["questions"])
     return markdown_page(
-        f"# Exercises of [{name}]({name}.html)\n\n| question | points | graded |\n|---|---|---|\n{rows}",
-        "## Checking your answer\n\nEach exercise is a function (or an answer) in a cell of the notebook, followed "
-        "by a `grader.check(\"question\")` cell that runs the public tests and prints what failed. The pages of this "
-        "site show those checks on the unsolved stubs, as a student sees them first; after each exercise the "
-        "notebook goes on with the package's reference version, so every later cell runs.",
-        readme_section("For instructors: grading"))
+        f"# Exercises of [{title}]({name}.html)\n\n| question | points | graded |\n|---|---|---|\n{rows}", CHECKING,
+        "How instructors grade these exercises, and every other set: [Exercises and grading](grading.html).")
+
+
+def grading_index(titles: dict[str, str]) -> nbformat.NotebookNode:
+    """``grading.html``: every exercise set (``titles``: the graded notebooks' titles), how a student checks an
+    answer, and how an instructor grades."""
+    rows = []
+    for name, title in titles.items():
+        questions = manifest(name)["questions"]
+        count = f"{len(questions)} question{'s' * (len(questions) > 1)}"
+        rows.append(f"| [{title}]({name}.html) | [{count}](grading_{name}.html) | "
+                    f"{sum(q['points'] for q in questions)} | {sum(q['manual'] for q in questions)} |")
+    table = "| notebook | exercises | points | graded by hand |\n|---|---|---|---|\n" + "\n".join(rows)
+    return markdown_page(f"# Exercises and grading\n\n{table}", CHECKING, INSTRUCTORS)
 
 
 def frontier_figure(path: Path) -> None:
@@ -193,7 +196,7 @@ def frontier_figure(path: Path) -> None:
 
 
 def results_page() -> nbformat.NotebookNode:
-    return markdown_page(readme_section("PPO vs DPO (instructor demo)").replace(
+    return markdown_page(site_pages.for_readers(readme_section("PPO vs DPO (instructor demo)")).replace(
         "\n\nMeasured", "\n\n![reward–KL frontier, fluency and sample efficiency](images/frontier.png)\n\nMeasured", 1))
 
 
@@ -255,38 +258,65 @@ def leaks(out: Path) -> list[str]:
             if plain(line) in text]
 
 
-def provenance(mode: str) -> str:
+def mode_note(mode: str) -> str:
+    """The line under each page's header: which mode produced the numbers on it."""
+    return ("Executed in <b>fast mode</b>: shorter training runs than the notebooks' default, so some numbers differ "
+            "a little from a full run; same lessons." if mode == "fast" else
+            "Executed in <b>full mode</b>: the notebooks' default runs, the numbers you get when you run them.")
+
+
+def provenance() -> str:
+    """The line at the foot of each page: from which commit, when."""
     try:
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    how = ("fast mode (DPO_TEACH_FAST=1: the CI build, shorter runs, same lessons)" if mode == "fast"
-           else "full mode (the numbers a student sees running the notebooks)")
-    return f"Executed in <b>{how}</b>, commit {commit}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
+    return f"Built from commit {commit} on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
+
+
+def write_downloads(out: Path) -> int:
+    """The student release (``dpo_teach.grading.release``, which writes nothing when a solution or hidden test would
+    be in it) as ``out/downloads/dpo-teach.zip``, and its notebooks one by one beside it; returns the zip's bytes."""
+    folder = out / DOWNLOADS
+    folder.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        release(Path(tmp) / "dpo-teach")
+        archive = Path(shutil.make_archive(str(folder / "dpo-teach"), "zip", root_dir=tmp, base_dir="dpo-teach"))
+        for notebook in sorted((Path(tmp) / "dpo-teach" / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+            shutil.copy(notebook, folder)
+    return archive.stat().st_size
+
+
+def all_pages(executed: dict[str, nbformat.NotebookNode], titles: dict[str, str], zip_bytes: int) -> dict:
+    """``{stem: (notebook, title)}`` for every page of the site: the index, the comparison, the notebooks and the
+    exercise pages."""
+    graded = {name: title for name, title in titles.items() if (AUTOGRADER / f"{name}.json").is_file()}
+    pages = {"index": (landing(titles, zip_bytes), "dpo-teach: the course"),
+             "ppo_vs_dpo": (results_page(), "PPO vs DPO: the shipped comparison")}
+    pages |= {name: (site_pages.prepare(executed[name]), title) for name, title in titles.items()}
+    pages |= {f"grading_{name}": (grading_page(name, title), f"Exercises of {title}") for name, title in graded.items()}
+    if graded:
+        pages["grading"] = (grading_index(graded), "Exercises and grading")
+    return pages
 
 
 def build(executed: dict[str, nbformat.NotebookNode], out: Path, mode: str) -> list[Path]:
     """Write the site for the executed notebooks ``{name: notebook}`` into ``out`` (emptied first); returns pages."""
-    names = sorted(executed)
-    graded = [n for n in names if (AUTOGRADER / f"{n}.json").is_file()]
-    nav = ([("index.html", "Home")] + [(f"{n}.html", n[:2]) for n in names] + [("ppo_vs_dpo.html", "PPO vs DPO")]
-           + [(f"grading_{graded[0]}.html", "Grading")] * bool(graded))
+    titles = {name: site_pages.first_heading(executed[name], name) for name in sorted(executed)}
     shutil.rmtree(out, ignore_errors=True)
     (out / "images").mkdir(parents=True)
     copy_static(out)
     frontier_figure(out / "images" / "frontier.png")
-    banner = provenance(mode)
-    pages = {"index": (landing(names), "dpo-teach: the course"), "ppo_vs_dpo": (results_page(), "PPO vs DPO")}
-    for name in names:
-        nb = nbformat.from_dict(json.loads(json.dumps(executed[name])))  # a copy: the caller's stays as it ran
-        static_widgets(nb)
-        drop_forced_notes(nb)
-        mark_checks(nb)
-        pages[name] = (nb, name)
-    pages.update({f"grading_{n}": (grading_page(n), f"Exercises of {n}") for n in graded})
+    pages = all_pages(executed, titles, write_downloads(out))
+    common = {"banner": mode_note(mode), "made": provenance()}
     for stem, (nb, title) in pages.items():
-        (out / f"{stem}.html").write_text(render(nb, title, nav, banner), encoding="utf-8")
+        download = f"{DOWNLOADS}/{stem}.ipynb"
+        page = render(nb, title if stem == "index" else f"{title} · dpo-teach", **common,
+                      nav=site_pages.header_links(titles, stem, "grading" in pages),
+                      download=download if stem in titles and (out / download).is_file() else None,
+                      pager=site_pages.neighbours(titles, stem) if stem in titles else None)
+        (out / f"{stem}.html").write_text(page, encoding="utf-8")
     found = leaks(out)
     if found:
         shutil.rmtree(out)

@@ -1,10 +1,11 @@
-"""The course site (dpo_teach/site.py), built from this suite's own notebook runs and read in a real browser.
+"""The course site (dpo_teach/site.py, site_pages.py), built from this suite's own notebook runs and read in a real
+browser.
 
 The site is built from the executed copies that ``notebook_runs`` (conftest.py) keeps, so no notebook runs twice:
 this module is one of the ``LAST`` work units, after the units that run the notebooks. Headless Chromium (Debian's
 ``chromium``, driven by Playwright; ``make test`` installs it as root) opens every page from 127.0.0.1 with every
-other host blocked, and each page's full-length screenshot is written to ``results/site-test/`` for a person to look
-at, with the build's time and size in ``build.json``.
+other host blocked, at a desktop's width and then at a phone's, and each page's full-length screenshots are written to
+``results/site-test/`` for a person to look at, with the build's time and size in ``build.json``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import json
 import os
 import re
 import shutil
+import sys
 import threading
 import time
+import zipfile
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,14 +25,20 @@ from urllib.parse import urljoin, urlparse
 
 import nbformat
 import pytest
+from test_notebooks_00_04 import COURSE_MAKING  # tests/ is on sys.path (pytest's rootdir import)
 
-from dpo_teach import site
-from dpo_teach.grading import MASTERS, NOTEBOOKS
+from dpo_teach import site, site_pages
+from dpo_teach.grading import AUTOGRADER, MASTERS, NOTEBOOKS
 from dpo_teach.grading.assign import solution_lines
+from dpo_teach.grading.release import find_leaks
+from dpo_teach.world import cache_dir
 
 ARTIFACTS = Path(os.environ.get("DPO_TEACH_SITE_ARTIFACTS", NOTEBOOKS.parent / "results" / "site-test"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 RAW_MATH = re.compile(r"\$[^$\n]+\$|\\\(|\\\[|\\begin\{")
+PHONE = {"width": 390, "height": 844}
+TITLES = {path.stem: site_pages.first_heading(nbformat.read(path, as_version=4), path.stem)
+          for path in site.notebook_paths()}
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +68,8 @@ def test_every_notebook_has_a_page_with_its_outputs(built):
         assert "Executed in <b>fast mode" in page, path.stem  # which mode produced the numbers
         assert "application/vnd.jupyter.widget" not in page, f"{path.stem}: a widget left without its static state"
         assert "(forced: DPO_TEACH_CLAIMS" not in page, f"{path.stem}: the suite's forced claim notes are shown"
+    for path in pages:  # a browser that finds no icon asks for /favicon.ico, which the site does not have
+        assert re.search(r'<link [^>]*rel="icon"', path.read_text(encoding="utf-8")), path.stem
     for name in ("01_kl_objective", "05_dpo_on_gpt2", "06_ppo_vs_dpo"):  # figures are embedded PNGs
         assert "data:image/png" in (out / f"{name}.html").read_text(encoding="utf-8"), f"{name}: no figure"
 
@@ -73,11 +84,126 @@ def test_no_solution_text_anywhere_in_the_site(built):
     # a markdown cell, rendered as every page is
     line = secrets["03_deriving_dpo"][0]
     planted = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(line), nbformat.v4.new_markdown_cell(line)])
-    (out / "planted.html").write_text(site.render(planted, "planted", [], ""), encoding="utf-8")
+    (out / "planted.html").write_text(site.render(planted, "planted"), encoding="utf-8")
     try:
         assert site.page_text(out / "planted.html").count(line) == 2 and site.leaks(out)
     finally:
         (out / "planted.html").unlink()
+
+
+def test_no_page_shows_the_build_machine(built):
+    """Paths of the machine that built the site (its π_ref cache, its Python, temporary folders, the kernel's cell
+    files, doctest's own frames in exercise feedback) mean nothing to a reader; 00's report says whose machine it is."""
+    out, pages = built
+    machine = [str(cache_dir()), sys.prefix, "/tmp/", "ipykernel_", "doctest.py"]
+    shown = {p.stem: [m for m in machine if m in site.page_text(p)] for p in pages}
+    assert not any(shown.values()), {k: v for k, v in shown.items() if v}
+    assert site.page_text(out / "00_start_here.html").count(site_pages.MACHINE_NOTE) == 2  # the versions, the report
+    feedback = site.page_text(out / "01_kl_objective.html")
+    assert 'File "<cell>", line' in feedback and "NotImplementedError: Exercise 1.1" in feedback  # what matters stays
+
+
+def test_build_machine_paths_become_a_readers_names():
+    doctest_frame = ['      File "/usr/lib/python3.11/doctest.py", line 1353, in __run',
+                     '        exec(compile(example.source, filename, "single",']
+    feedback = ["    Traceback (most recent call last):", *doctest_frame,
+                '      File "<doctest q 0[1]>", line 1, in <module>', "        f(1)",
+                '      File "/tmp/ipykernel_8714/15115880.py", line 6, in f', "        raise ValueError",
+                "    ValueError"]
+    kept = [line.replace("/tmp/ipykernel_8714/15115880.py", "<cell>") for line in feedback if line not in doctest_frame]
+    assert site_pages.clean_text("\n".join(feedback) + "\n") == "\n".join(kept) + "\n"
+    printed = {f"π_ref: loaded from cache {cache_dir()}/reference-tiny-70065":
+               "π_ref: loaded from cache ~/.cache/dpo-teach/reference-tiny-70065",
+               f"cache {cache_dir()}": "cache ~/.cache/dpo-teach",
+               f"kernel python: {sys.prefix}/bin/python": "kernel python: .venv/bin/python",
+               "/tmp/dpo-teach-07-jeslvsp3/train.jsonl: 1997 rows": "<temporary folder>/train.jsonl: 1997 rows",
+               "/tmp/pytest-of-root/pytest-3/cache0/reference-tiny-70065": "~/.cache/dpo-teach/reference-tiny-70065"}
+    assert {line: site_pages.clean_text(line) for line in printed} == printed
+    assert site_pages.clean_text("/tmp/x/train.jsonl", markup=True) == "&lt;temporary folder&gt;/train.jsonl"
+
+
+def test_selections_show_their_chosen_label():
+    """ipywidgets 8 saves a selection's ``index`` into ``_options_labels``, no ``value``: the page shows the label."""
+    import ipywidgets as widgets
+
+    controls = [widgets.SelectionSlider(options=["low", "mid", "high"], value="mid", description="setting"),
+                widgets.Dropdown(options=[("PPO", 1), ("DPO", 2)], value=2, description="method"),
+                widgets.FloatLogSlider(value=0.3, min=-2, max=1, description="β")]
+    box = widgets.VBox(controls)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("box", outputs=[nbformat.v4.new_output(
+        "display_data", data=box._repr_mimebundle_())])])
+    nb.metadata["widgets"] = {site_pages.WIDGET_STATE: widgets.Widget.get_manager_state(widgets=[box, *controls])}
+    site_pages.static_widgets(nb)
+    shown = [out.data["text/plain"] for out in nb.cells[0].outputs]
+    assert shown == ["setting mid", "method DPO", "β 0.3"] and "widgets" not in nb.metadata
+    for control in (box, *controls):
+        control.close()
+
+
+def test_readme_sections_leave_out_what_only_developers_need():
+    section = ["## Title", "", "Run the notebooks. `DPO_TEACH_FAST=1` (what CI uses) shrinks the runs. The suite",
+               "checks it. `tests/test_x.py` does, e.g. `make test`. Then read on.", "",
+               "```bash", "make demo   # the demo", "make test   # the whole test suite",
+               "            # (its second line)", "make lab", "```", "",
+               "- **A**: one. The masters say so.", "- **B**: checked by pytest.", "",
+               "| a | b |", "|---|---|", "| kept | row |", "| CI | row |"]
+    kept = ["## Title", "",
+            "Run the notebooks. `DPO_TEACH_FAST=1` shrinks the runs. The suite checks it. Then read on.",
+            "", "```bash", "make demo   # the demo", "make lab", "```", "", "- **A**: one.", "",
+            "| a | b |", "|---|---|", "| kept | row |"]
+    assert site_pages.for_readers("\n".join(section)) == "\n".join(kept)
+
+
+def test_no_page_talks_about_how_the_course_was_made(built):
+    """As the notebooks (test_notebooks_00_04.py), so the pages: the README's sections they show are filtered."""
+    out, pages = built
+    found = {p.stem: [m[0] for m in COURSE_MAKING.finditer(site.page_text(p))][:5] for p in pages}
+    assert not any(found.values()), {k: v for k, v in found.items() if v}
+    banner = site.page_text(out / "index.html")
+    assert "shorter training runs than the notebooks' default" in banner and "DPO_TEACH_FAST=1 (what" not in banner
+
+
+def test_the_course_can_be_downloaded_without_solutions(built, tmp_path):
+    out, _ = built
+    archive = out / site.DOWNLOADS / "dpo-teach.zip"
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(tmp_path)
+    tree = tmp_path / "dpo-teach"
+    assert {p.stem for p in site.notebook_paths()} <= {p.stem for p in (tree / "notebooks").glob("*.ipynb")}
+    assert (tree / "dpo_teach" / "losses.py").is_file() and (tree / "Makefile").is_file()
+    assert not (tree / "course").exists() and not (tree / "tests").exists()
+    assert not find_leaks(tree)
+    text = site.page_text(out / "index.html")
+    assert 'href="downloads/dpo-teach.zip"' in (out / "index.html").read_text(encoding="utf-8")
+    assert "make lab" in text and "make demo" in text
+    # the README's pointers to its sections: a link to the page, or the section below on the index
+    assert not re.findall(r'"[^"]+" below', text) and "(below)" in text.split("The toy world\n")[0]
+    for path in site.notebook_paths():
+        assert (out / site.DOWNLOADS / path.name).read_bytes() == (tree / "notebooks" / path.name).read_bytes()
+        assert f'href="downloads/{path.name}"' in (out / f"{path.stem}.html").read_text(encoding="utf-8")
+
+
+def test_exercise_pages_for_students_and_one_grading_page_for_instructors(built):
+    out, _ = built
+    graded = sorted(p.stem for p in AUTOGRADER.glob("*.json"))
+    index = (out / "grading.html").read_text(encoding="utf-8")
+    for name in graded:
+        page = (out / f"grading_{name}.html").read_text(encoding="utf-8")
+        assert "Checking your answer" in page and 'href="grading.html"' in page and "For instructors" not in page
+        assert f'href="grading_{name}.html"' in index
+    text = site.page_text(out / "grading.html")
+    assert "dpo-teach grade SUBMISSIONS_DIR" in text and "make gradescope" in text
+    assert not re.search(r"tests/|BEGIN SOLUTION|DPO_TEACH_STRICT|record mode", text)
+
+
+def test_log_axes_leave_minor_ticks_unlabelled():
+    """On a log axis of a decade or two matplotlib labels the minor ticks too, on top of each other (05's β sweep)."""
+    unlabelled = {}
+    for path in site.notebook_paths():
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "code" and re.search(r"set_[xy]scale\(\"log\"", cell.source):
+                unlabelled[f"{path.stem}: {cell.source[:40]}"] = "minor_formatter(plt.NullFormatter())" in cell.source
+    assert unlabelled and all(unlabelled.values()), unlabelled
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +225,7 @@ class QuietHandler(SimpleHTTPRequestHandler):
 PAGE_CHECKS = """() => {
   const body = document.body.cloneNode(true);
   body.querySelectorAll('pre, code, script, style, mjx-container').forEach(e => e.remove());
+  const link = selector => (document.querySelector(selector) || {getAttribute: () => null}).getAttribute('href');
   return {
     text: body.innerText,
     math: document.querySelectorAll('mjx-container').length,
@@ -109,12 +236,34 @@ PAGE_CHECKS = """() => {
     links: Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href')),
     ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id),
     all: document.body.innerText,
+    title: document.title,
+    nav: Array.from(document.querySelectorAll('.site-header nav a')).map(a => ({
+      href: a.getAttribute('href'), label: a.innerText, title: a.title, current: a.getAttribute('aria-current')})),
+    prev: link('.site-pager a[rel=prev]'), next: link('.site-pager a[rel=next]'),
+    checks: Array.from(document.querySelectorAll('.celltag_site-check .jp-OutputArea')).map(area => {
+      const folded = area.querySelector('details');
+      return {summary: folded && folded.querySelector('summary').innerText, open: folded && folded.open,
+              labelFont: getComputedStyle(area, '::before').fontFamily};
+    }),
+    uiFont: getComputedStyle(document.querySelector('.site-header')).fontFamily,
   };
 }"""
+# At each width: what is cut off without a way to scroll to it (in a cell, MathJax's own parts aside), output text
+# that breaks inside words, and how the header stays.
+LAYOUT_CHECKS = """() => ({
+  clipped: Array.from(document.querySelectorAll('.jp-Cell *'))
+    .filter(e => !e.tagName.startsWith('MJX') && ['hidden', 'clip'].includes(getComputedStyle(e).overflowX)
+                 && e.scrollWidth > e.clientWidth + 1)
+    .map(e => `${e.closest('.jp-Cell').id} ${e.tagName}.${e.className}: ${e.scrollWidth} > ${e.clientWidth} px`),
+  breakAll: Array.from(document.querySelectorAll('.jp-OutputArea-output pre'))
+    .filter(e => getComputedStyle(e).wordBreak === 'break-all').length,
+  header: getComputedStyle(document.querySelector('.site-header')).position,
+})"""
 
 
 def browse(base: str, pages: list[Path], shots: Path) -> dict[str, dict]:
-    """Every page opened in headless Chromium: what its checks found, with a full-length screenshot of each."""
+    """Every page opened in headless Chromium: what its checks found, at a desktop's width and at a phone's
+    (``"phone"``), with full-length screenshots of each."""
     from playwright.sync_api import sync_playwright
 
     found = {}
@@ -133,8 +282,12 @@ def browse(base: str, pages: list[Path], shots: Path) -> dict[str, dict]:
                     else None)
             page.goto(base + path.name, wait_until="load")
             page.wait_for_function("document.documentElement.dataset.mathjax === 'done'", timeout=90_000)
-            found[path.stem] = {**page.evaluate(PAGE_CHECKS), "errors": errors, "offsite": list(offsite)}
+            found[path.stem] = {**page.evaluate(PAGE_CHECKS), **page.evaluate(LAYOUT_CHECKS)}
             page.screenshot(path=str(shots / f"{path.stem}.jpg"), full_page=True, type="jpeg", quality=70)
+            page.set_viewport_size(PHONE)
+            found[path.stem]["phone"] = page.evaluate(LAYOUT_CHECKS)
+            page.screenshot(path=str(shots / f"{path.stem}-phone.jpg"), full_page=True, type="jpeg", quality=60)
+            found[path.stem].update(errors=errors, offsite=list(offsite))
             page.close()
         browser.close()
     return found
@@ -172,7 +325,7 @@ def test_math_is_typeset(browsed):
     assert browsed["01_kl_objective"]["math"] >= 20 and browsed["03_deriving_dpo"]["math"] >= 20
 
 
-def test_every_internal_link_resolves(browsed, server):
+def test_every_internal_link_resolves(browsed, server, built):
     broken = []
     for name, page in browsed.items():
         for href in page["links"]:
@@ -180,9 +333,55 @@ def test_every_internal_link_resolves(browsed, server):
             if url.scheme in {"http", "https"} and url.netloc != urlparse(server).netloc:
                 continue  # a link out of the site (the papers, otter's docs): not this site's to serve
             target = Path(url.path).stem
-            if target not in browsed or (url.fragment and url.fragment not in browsed[target]["ids"]):
+            if not url.path.endswith(".html"):  # a download
+                if not (built[0] / url.path.lstrip("/")).is_file():
+                    broken.append(f"{name}: {href}")
+            elif target not in browsed or (url.fragment and url.fragment not in browsed[target]["ids"]):
                 broken.append(f"{name}: {href}")
     assert not broken, broken
+
+
+def test_code_and_outputs_scroll_instead_of_being_cut_off(browsed):
+    for width in ("desktop", "phone"):
+        layouts = {name: page["phone"] if width == "phone" else page for name, page in browsed.items()}
+        clipped = {name: layout["clipped"][:3] for name, layout in layouts.items() if layout["clipped"]}
+        assert not clipped, f"{width}: cut off, no scrolling: {clipped}"
+        assert not {name: layout["breakAll"] for name, layout in layouts.items() if layout["breakAll"]}, \
+            f"{width}: output text breaks inside words"
+
+
+def test_markdown_tables_are_rendered(browsed):
+    """A table whose row has a "|" inside math (``$\\pi(y|x)$``) is left as text by nbconvert's markdown parser."""
+    raw = {name: [line for line in page["text"].splitlines() if line.startswith("| ") or "|---" in line][:3]
+           for name, page in browsed.items()}
+    assert not any(raw.values()), {k: v for k, v in raw.items() if v}
+
+
+def test_navigation_names_and_marks_the_pages(browsed):
+    notebooks = list(TITLES)
+    for name, page in browsed.items():
+        here = "grading.html" if name.startswith("grading") else f"{name}.html"
+        assert [link["href"] for link in page["nav"] if link["current"] == "page"] == [here], name
+        assert all(link["title"] for link in page["nav"]), f"{name}: a header link without its full name"
+        assert {"grading.html", "ppo_vs_dpo.html", "index.html"} <= {link["href"] for link in page["nav"]}
+        assert page["phone"]["header"] not in {"sticky", "fixed"} and page["header"] == "sticky", name
+    for at, name in enumerate(notebooks):
+        page = browsed[name]
+        assert page["title"] == f"{TITLES[name]} · dpo-teach", page["title"]
+        assert {link["href"]: link["title"] for link in page["nav"]}[f"{name}.html"] == TITLES[name]
+        assert page["prev"] == (f"{notebooks[at - 1]}.html" if at else None), name
+        assert page["next"] == (f"{notebooks[at + 1]}.html" if at + 1 < len(notebooks) else None), name
+
+
+def test_exercise_checks_are_folded_to_one_line(browsed):
+    summary = re.compile(r"^\w+: (\d+ of \d+ tests? fails? on the unsolved stub|all \d+ tests pass)$")
+    checks = [(name, check) for name, page in browsed.items() for check in page["checks"]]
+    assert len(checks) >= 20, "every graded notebook has exercise checks"
+    unfolded = [(name, check) for name, check in checks if not (check["summary"] and summary.match(check["summary"]))
+                or check["open"]]
+    assert not unfolded, unfolded[:3]
+    font = re.compile(r"[\s'\"]")
+    assert {font.sub("", check["labelFont"]) for _, check in checks} == {font.sub("", browsed["index"]["uiFont"])}
 
 
 def test_no_solution_code_on_any_page(browsed):

@@ -1,0 +1,263 @@
+"""An executed notebook made into a page of the course site (dpo_teach/site.py), and the links between the pages.
+
+A notebook's outputs speak to the person who ran it, on their machine; a page of the site is read by someone else.
+So before a notebook is rendered: widgets become what they showed (:func:`static_widgets`), the suite's forced
+claim notes go (:func:`drop_forced_notes`), the build machine's folders become the names a reader would have
+(:func:`clean_outputs`: the π_ref cache, the virtual environment, temporary folders, the kernel's cell files, the
+doctest frames of exercise feedback), notebook 00's report on "this machine" says whose machine that was
+(:func:`note_build_machine`), and each exercise check's feedback folds into one line (:func:`fold_checks`). The
+README's sections that the site shows leave out what only the course's developers need (:func:`for_readers`).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+
+from dpo_teach.claims import MODE_ENV
+from dpo_teach.grading import NOTEBOOKS
+
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+# Widget models shown as "description chosen-value" (ipywidgets 8 saves a selection's `index` into `_options_labels`,
+# a slider's or a checkbox's `value`).
+CONTROLS = ("SliderModel", "DropdownModel", "CheckboxModel", "ToggleButtonsModel", "ToggleButtonModel",
+            "RadioButtonsModel", "SelectModel")
+# The note a claim check prints when a run forces it down its failed path (claims.py), as the test suite's runs do.
+FORCED_NOTE = re.compile(r"⚠ claim not reproduced on this machine \(forced: " + MODE_ENV + r"=[^)]*\): .*\n"
+                         r"  why this can happen: .*\n  The notebook goes on; .*\n?")
+# A frame of doctest's own code in otter's feedback, with its source and caret lines (indented deeper than it).
+DOCTEST_FRAME = re.compile(r'^( *)File "[^"\n]*doctest\.py", line \d+, in \w+\n(?:\1 +.*\n)*', re.MULTILINE)
+CHECK = re.compile(r'grader\.check\("(\w+)"\)')
+# Cells that report on the machine they ran on (notebook 00's environment check and set-up report).
+MACHINE_CELL = re.compile(r"setup_report\(|sys\.executable")
+MACHINE_NOTE = ("These lines describe the machine that built this site (its Python, packages, folders and speed); "
+                "run the notebook to see yours.")
+# What only the course's developers need (CI, the test suite and its files, the masters, DPO_TEACH_STRICT): the
+# README's sections that the site shows leave out each sentence, parenthesis, table row or code line that names it.
+FOR_DEVELOPERS = re.compile(r"\bCI\b|test suite|pytest|\btests/|\bmasters?\b|student (?:notebook|version)|"
+                            r"DPO_TEACH_STRICT", re.IGNORECASE)
+SENTENCE_END = re.compile(r"(?<=[.!?])(?<!e\.g\.)(?<!i\.e\.)\s+(?=[A-Z*`\[(])")  # not after "e.g."
+PARENTHESIS = re.compile(r" ?\([^()]*\)")
+MARKUP = {"text/html", "text/markdown"}  # output kinds in which "<" starts a tag
+PATH_CHAR = r"[^\s'\"<>|`)]"  # a character of a printed path
+NAME_CHAR = r"[^\s'\"<>|`)/]"  # a character of one of its folders' names
+
+
+# --- widgets --------------------------------------------------------------------------------------------------------
+
+def _control_value(fields: dict) -> str:
+    """What a control shows as chosen: the label at ``index`` for a selection, else its ``value``."""
+    if "index" in fields and "_options_labels" in fields:
+        index, labels = fields["index"], fields["_options_labels"]
+        chosen = [index] if isinstance(index, int) else list(index or [])
+        return ", ".join(str(labels[i]) for i in chosen) or "(none)"
+    return str(fields.get("value", ""))
+
+
+def _widget_outputs(state: dict, model_id: str) -> list[dict]:
+    """What widget ``model_id`` showed when the run ended: an Output widget's outputs, a control's chosen value."""
+    model = state.get(model_id, {})
+    name, fields = model.get("model_name", ""), model.get("state", {})
+    if name == "OutputModel":
+        return list(fields.get("outputs", []))
+    if "children" in fields:
+        return [out for child in fields["children"] for out in _widget_outputs(state, child.removeprefix("IPY_MODEL_"))]
+    if name.endswith(CONTROLS) and ("value" in fields or "index" in fields):
+        label, value = html.escape(fields.get("description", "")), html.escape(_control_value(fields))
+        return [nbformat.v4.new_output("display_data", data={
+            "text/html": f'<p class="site-widget">{label} <b>{value}</b> <span>(a control: change it when you run '
+                         f"the notebook)</span></p>", "text/plain": f"{label} {value}"})]
+    return []
+
+
+def static_widgets(nb: nbformat.NotebookNode) -> None:
+    """Replace every widget view by its static state, and drop the widget state (no widget script is loaded)."""
+    state = nb.metadata.pop("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    for cell in code_cells(nb):
+        outputs = []
+        for out in cell.get("outputs", []):
+            view = out.get("data", {}).get(WIDGET_VIEW)
+            outputs += [nbformat.from_dict(o) for o in _widget_outputs(state, view["model_id"])] if view else [out]
+        cell.outputs = outputs
+
+
+# --- outputs a reader should see ------------------------------------------------------------------------------------
+
+def code_cells(nb: nbformat.NotebookNode) -> list:
+    return [cell for cell in nb.cells if cell.cell_type == "code"]
+
+
+def drop_forced_notes(nb: nbformat.NotebookNode) -> None:
+    """Remove the notes of claim checks forced to take their failed path (the suite's runs force every check, to show
+    that none stops a notebook; a claim that did not hold fails the suite instead), which a reader should not see."""
+    for cell in code_cells(nb):
+        for out in cell.outputs:
+            if out.get("output_type") == "stream":
+                out.text = FORCED_NOTE.sub("", out.text)
+        cell.outputs = [o for o in cell.outputs if o.get("output_type") != "stream" or o.text]
+
+
+def _literal(path: Path | str) -> str:
+    """A regex for the folder ``path`` as printed, alone or followed by more of a path (not by more of its name)."""
+    return re.escape(str(path).rstrip("/")) + rf"(?=/|(?!{NAME_CHAR}))"
+
+
+def machine_paths() -> list[tuple[re.Pattern, str]]:
+    """``(pattern, what a reader sees instead)`` for the folders of the machine and the run that built the site, in
+    the order they apply (a kernel's cell file and a cache entry can lie in a temporary folder, the venv in the
+    repository): a kernel's cell file -> ``<cell>``, a π_ref cache entry anywhere or the cache -> the default cache,
+    the venv -> ``.venv``, the repository -> ``dpo-teach``, a temporary folder -> ``<temporary folder>``."""
+    from dpo_teach.world import cache_dir
+
+    folders = [(cache_dir(), "~/.cache/dpo-teach"), (cache_dir().resolve(), "~/.cache/dpo-teach"),
+               (sys.prefix, ".venv"), (sys.base_prefix, "python"), (NOTEBOOKS.parent, "dpo-teach"), (Path.home(), "~")]
+    rules = [(rf"{PATH_CHAR}*/ipykernel_\d+/\d+\.py", "<cell>"),
+             (rf"{PATH_CHAR}*/(?=reference-\w+-\w+)", "~/.cache/dpo-teach/")]
+    rules += [(_literal(folder), text) for folder, text in folders if str(folder).strip("/.")]
+    rules += [(re.escape(temp) + rf"/{NAME_CHAR}+", "<temporary folder>") for temp in {tempfile.gettempdir(), "/tmp"}]
+    return [(re.compile(pattern), text) for pattern, text in rules]
+
+
+def clean_text(text: str, markup: bool = False) -> str:
+    """``text`` (an output's text, or its HTML when ``markup``) without the build machine's folders
+    (:func:`machine_paths`) and without doctest's own frames in a traceback (the failing example and its error
+    stay)."""
+    for pattern, neutral in machine_paths():
+        text = pattern.sub(html.escape(neutral) if markup else neutral, text)
+    return DOCTEST_FRAME.sub("", text)
+
+
+def clean_outputs(nb: nbformat.NotebookNode) -> None:
+    """:func:`clean_text` on every output: streams, tracebacks and every text form of a result."""
+    for cell in code_cells(nb):
+        for out in cell.outputs:
+            if "text" in out:
+                out.text = clean_text(out.text)
+            if "traceback" in out:
+                out.traceback = [clean_text(line) for line in out.traceback]
+            for kind, value in out.get("data", {}).items():
+                if kind.startswith("text/") and isinstance(value, str):
+                    out.data[kind] = clean_text(value, markup=kind in MARKUP)
+
+
+def note_build_machine(nb: nbformat.NotebookNode) -> None:
+    """Put :data:`MACHINE_NOTE` before the output of each cell that reports on the machine it ran on."""
+    note = nbformat.v4.new_output("display_data", data={
+        "text/html": f'<p class="site-note">{html.escape(MACHINE_NOTE)}</p>', "text/plain": MACHINE_NOTE})
+    for cell in code_cells(nb):
+        if cell.outputs and MACHINE_CELL.search(cell.source):
+            cell.outputs.insert(0, nbformat.from_dict(note))
+
+
+def check_summary(question: str, feedback: str) -> str:
+    """One line for otter's feedback on ``question``: how many of its public tests fail (on the unsolved stub)."""
+    failed, passed = feedback.count("❌"), feedback.count("✅")
+    total = failed + passed
+    if not total:
+        return f"{question}: the check's feedback"
+    if not failed:
+        return f"{question}: all {total} tests pass"
+    return f"{question}: {failed} of {total} test{'s' * (total > 1)} fail{'s' * (total == 1)} on the unsolved stub"
+
+
+def fold_checks(nb: nbformat.NotebookNode) -> None:
+    """Tag each exercise check cell (the page labels its output: the feedback an unsolved stub gets) and fold that
+    feedback into a ``<details>`` whose summary is :func:`check_summary`: the lessons stay readable between checks.
+    The feedback is shown as the text otter prints (its HTML form leaves doctest's ``<module>`` unescaped)."""
+    for cell in code_cells(nb):
+        question = CHECK.match(cell.source)
+        if not question:
+            continue
+        cell.metadata.setdefault("tags", []).append("site-check")
+        for out in cell.outputs:
+            feedback = out.get("data", {}).get("text/plain")
+            if feedback:
+                summary = html.escape(check_summary(question.group(1), feedback))
+                out.data = {"text/plain": feedback, "text/html": f'<details class="site-check"><summary>{summary}'
+                            f"</summary><pre>{html.escape(feedback)}</pre></details>"}
+
+
+def prepare(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A copy of the executed notebook ``nb`` made ready to render (the caller's stays as it ran)."""
+    page = nbformat.from_dict(json.loads(json.dumps(nb)))
+    for step in (static_widgets, drop_forced_notes, clean_outputs, note_build_machine, fold_checks):
+        step(page)
+    return page
+
+
+# --- the README's text for readers ---------------------------------------------------------------------------------
+
+def _units(markdown: str) -> list[tuple[bool, str]]:
+    """``markdown`` as ``(is_prose, text)``: a paragraph or a bullet joined into one line (prose), every other line
+    (code, table row, heading, blank) as it is."""
+    units, fenced = [], False
+    for line in markdown.split("\n"):
+        fenced ^= line.startswith("```")
+        prose = not fenced and bool(line.strip()) and not line.startswith(("```", "|", "#"))
+        if prose and units and units[-1][0] and not line.startswith("- "):
+            units[-1] = (True, f"{units[-1][1]} {line.strip()}")
+        else:
+            units.append((prose, line))
+    return units
+
+
+def _sentences_for_readers(prose: str) -> str:
+    """``prose`` without the parentheses and sentences that match :data:`FOR_DEVELOPERS`."""
+    bullet = "- " if prose.startswith("- ") else ""
+    prose = PARENTHESIS.sub(lambda m: "" if FOR_DEVELOPERS.search(m[0]) else m[0], prose.removeprefix(bullet))
+    kept = " ".join(s for s in SENTENCE_END.split(prose) if not FOR_DEVELOPERS.search(s))
+    return bullet + kept if kept else ""
+
+
+def for_readers(markdown: str) -> str:
+    """``markdown`` (a README section) without what only the course's developers need: each sentence, parenthesis,
+    table row or code line that names it (:data:`FOR_DEVELOPERS`), with the comment lines that continue a dropped
+    code line."""
+    kept, dropped = [], False
+    for prose, text in _units(markdown):
+        if prose:
+            text = _sentences_for_readers(text)
+        continues = dropped and text.startswith(" ") and text.lstrip().startswith("#")
+        dropped = (prose and not text) or (not prose and bool(FOR_DEVELOPERS.search(text))) or continues
+        if not dropped:
+            kept.append(text)
+    return "\n".join(kept)
+
+
+# --- navigation -----------------------------------------------------------------------------------------------------
+
+def first_heading(nb: nbformat.NotebookNode, default: str) -> str:
+    """The text of the notebook's first ``# heading`` (markdown marks removed), or ``default``."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return re.sub(r"[*`$]", "", line[2:]).strip()
+    return default
+
+
+def header_links(titles: dict[str, str], current: str, graded: bool) -> list[dict]:
+    """The header's links (``href``, ``label``, ``title`` tooltip, ``current``): home, each notebook by its number,
+    the comparison and, when any notebook has exercises, the exercises and grading page."""
+    links = [("index", "Home", "dpo-teach: the course")]
+    links += [(name, name[:2], title) for name, title in titles.items()]
+    links += [("ppo_vs_dpo", "PPO vs DPO", "PPO vs DPO: the shipped comparison")]
+    links += [("grading", "Grading", "Exercises and grading")] * graded
+    return [{"href": f"{stem}.html", "label": label, "title": title,
+             "current": stem == current or (stem == "grading" and current.startswith("grading_"))}
+            for stem, label, title in links]
+
+
+def neighbours(titles: dict[str, str], current: str) -> dict[str, dict | None]:
+    """The notebook pages before and after ``current`` (``{"prev": {"href", "title"} or None, "next": ...}``)."""
+    names = list(titles)
+    at = names.index(current)
+    return {side: {"href": f"{names[i]}.html", "title": titles[names[i]]} if 0 <= i < len(names) else None
+            for side, i in (("prev", at - 1), ("next", at + 1))}
