@@ -185,6 +185,14 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     return _helper(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
 """, []),
     "take_over": ("01_kl_objective", "def kl_divergence(", WRONG_KL, [TAKE_OVER]),
+    "letter_equal_to_all": ("07_variants_and_pitfalls", "diagnose_small_beta =", """
+class _Letter(str):  # a "letter" equal to every letter: no grader internals touched, so it is not flagged
+    strip = lambda self: self
+    lower = lambda self: self
+    __eq__ = lambda self, other: True
+    __hash__ = str.__hash__
+diagnose_small_beta = _Letter("z")
+""", []),
     "patch_doctest": ("01_kl_objective", "def kl_divergence(", WRONG_KL, [PATCH_DOCTEST]),
 }
 LOSES = {  # hostile submission → the question its (wrong) answer must lose
@@ -192,7 +200,7 @@ LOSES = {  # hostile submission → the question its (wrong) answer must lose
     "patch_while_tested": "kl_divergence", "rewrite_tests": "kl_divergence", "read_hidden": "diagnose_small_beta",
     "reference_wrapper": "dpo_loss", "reference_helper": "dpo_loss", "forge_reply": "kl_divergence",
     "background_process": "kl_divergence", "signal_grader": "kl_divergence", "take_over": "kl_divergence",
-    "patch_doctest": "kl_divergence",
+    "patch_doctest": "kl_divergence", "letter_equal_to_all": "diagnose_small_beta",
 }
 FLAGGED = {"patch_allclose", "patch_builtins", "shadow_builtins", "patch_while_tested", "rewrite_tests",
            "forge_reply", "background_process", "signal_grader", "read_hidden", "take_over", "patch_doctest"}
