@@ -11,6 +11,7 @@ import copy
 import math
 import os
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,8 +23,15 @@ class _Parser(argparse.ArgumentParser):
 
 _KIND = {int: "a positive integer", float: "a positive number"}
 
+# Upper bounds of the arguments that size something the system must hold: past them Python, torch or the OS fail
+# deep inside (an OverflowError in random.choices, torch.set_num_threads, signal.alarm or a deadline's timestamp).
+MAX_PAIRS = 10**7  # --pairs: 10 million prompts sampled is days of CPU; far beyond, random.choices overflows
+MAX_PROCESSES = 1024  # --threads, --workers, --jobs: more than any machine's cores
+MAX_CELL_TIMEOUT = 2**31 - 1  # --cell-timeout, seconds: the largest alarm signal.alarm can set (a C int)
+MAX_TIMEOUT = 10**7  # --timeout, seconds per notebook (115 days): a deadline past year 9999 is no timestamp
 
-def _positive(kind):
+
+def _positive(kind, maximum: int | None = None):
     def parse(text: str):
         try:
             value = kind(text)
@@ -33,15 +41,17 @@ def _positive(kind):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {text}")
         return value
 
     parse.__name__ = f"positive {kind.__name__}"
     return parse
 
 
-def _at_least(minimum: int, why: str):
+def _at_least(minimum: int, why: str, maximum: int | None = None):
     def parse(text: str) -> int:
-        value = _positive(int)(text)
+        value = _positive(int, maximum)(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum} ({why}), got {text}")
         return value
@@ -123,14 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "train DPO, evaluate with the ground-truth reward; write metrics.json, figures, "
                                    "samples.md and the trained policy to --out.")
     d.add_argument("--seed", type=_seed, default=0, help="one seed for everything (%(default)s)")
-    d.add_argument("--preset", choices=sorted(PRESETS), default=demo_defaults.world.preset,
-                   help="toy model size (%(default)s)")
-    d.add_argument("--pairs", type=_at_least(12, "a sixth of the pairs is held out"),
+    d.add_argument("--preset", choices=sorted(PRESETS),
+                   help=f"toy model size ({demo_defaults.world.preset}; not with --model)")
+    d.add_argument("--pairs", type=_at_least(12, "a sixth of the pairs is held out", MAX_PAIRS),
                    default=demo_defaults.prefs.n_prompts,
                    help="prompts to sample preference pairs for (%(default)s)")
     d.add_argument("--model", metavar="DIR", help="use this save_pretrained directory as π_ref (e.g. a real GPT-2)")
     d.add_argument("--out", default=demo_defaults.out_dir, help="output directory (%(default)s)")
-    d.add_argument("--rebuild", action="store_true", help="rebuild π_ref even when cached")
+    d.add_argument("--rebuild", action="store_true", help="rebuild π_ref even when cached (not with --model)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dpo_args(d, demo_defaults.dpo)
 
@@ -138,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Sample two completions per prompt from the toy π_ref and label them with "
                                    "Bradley–Terry noise on the ground-truth reward.")
     m.add_argument("--out", required=True, help="JSONL file to write")
-    m.add_argument("--pairs", type=_positive(int), default=2000, help="prompts (%(default)s)")
+    m.add_argument("--pairs", type=_positive(int, MAX_PAIRS), default=2000, help="prompts (%(default)s)")
     m.add_argument("--bt-temperature", type=_positive(float), default=0.1, help="label noise τ (%(default)s)")
     m.add_argument("--seed", type=_seed, default=0, help="seed (%(default)s)")
     m.add_argument("--preset", choices=sorted(PRESETS), default=demo_defaults.world.preset, help="(%(default)s)")
@@ -161,11 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
                                         "read from each notebook's metadata, else from its file name)")
     g.add_argument("--autograder-dir", metavar="DIR",
                    help="bundles written by `make assign` (default: course/autograder)")
-    g.add_argument("--timeout", type=_positive(float), default=900,
+    g.add_argument("--timeout", type=_positive(float, MAX_TIMEOUT), default=900,
                    help="seconds per notebook; past it a notebook is killed and scores 0 (%(default)s)")
-    g.add_argument("--cell-timeout", type=_positive(int), default=120,
+    g.add_argument("--cell-timeout", type=_positive(int, MAX_CELL_TIMEOUT), default=120,
                    help="seconds per cell; past it the cell raises TimeoutError and grading goes on (%(default)s)")
-    g.add_argument("--jobs", type=_positive(int), default=1, help="notebooks graded in parallel (%(default)s)")
+    g.add_argument("--jobs", type=_positive(int, MAX_PROCESSES), default=1,
+                   help="notebooks graded in parallel (%(default)s)")
     g.add_argument("--full", action="store_true",
                    help="run notebooks in full mode (default: fast mode, DPO_TEACH_FAST=1; exercises score the same)")
     g.add_argument("--unsafe", action="store_true",
@@ -177,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--model points at a save_pretrained directory.")
     t.add_argument("--data", required=True, metavar="FILE.jsonl", help="preference pairs")
     t.add_argument("--model", metavar="DIR", help="π_ref checkpoint directory (default: the cached toy model)")
-    t.add_argument("--preset", choices=sorted(PRESETS), default=demo_defaults.world.preset,
-                   help="toy model size when --model is not given (%(default)s)")
+    t.add_argument("--preset", choices=sorted(PRESETS),
+                   help=f"toy model size ({demo_defaults.world.preset}; not with --model)")
     t.add_argument("--out", default="results/train", help="output directory (%(default)s)")
     t.add_argument("--eval-fraction", type=_fraction, default=0.1, help="pairs held out for accuracy (%(default)s)")
     t.add_argument("--skip-invalid", action="store_true", help="skip bad rows (counted) instead of stopping")
@@ -202,33 +213,76 @@ def build_parser() -> argparse.ArgumentParser:
                         "online-DPO-RM and GRPO-GT/token), e.g. --methods DPO PPO PPO-GT")
     c.add_argument("--seeds", type=_seed, nargs="+", help="seeds to repeat everything with (default: 0 1)")
     c.add_argument("--out", help="output directory (default: results/compare, or results/compare/fast with --fast)")
-    c.add_argument("--workers", type=_positive(int), default=2, help="seeds run in parallel processes (%(default)s)")
-    c.add_argument("--threads", type=_positive(int), default=1, help="torch CPU threads per process (%(default)s)")
+    c.add_argument("--workers", type=_positive(int, MAX_PROCESSES), default=2,
+                   help="seeds run in parallel processes (%(default)s)")
+    c.add_argument("--threads", type=_positive(int, MAX_PROCESSES), default=1,
+                   help="torch CPU threads per process (%(default)s)")
     c.add_argument("--asset", metavar="FILE.json",
                    help="also write the results compactly here (notebooks/assets/compare_results.json ships them)")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
-def _check_context(model_dir: str | None, max_length: int) -> None:
-    """--max-length must fit the model's context: the toy model's (known without building it) or the checkpoint's."""
-    from dpo_teach.model import TOY_CONTEXT, check_max_length, context_length, load_checkpoint
+def _check_model_flags(args) -> str:
+    """--preset and --rebuild describe the toy π_ref, which --model replaces: refuse them together (else they would be
+    ignored, and metrics.json would record a preset that was not used). Returns the toy preset to use."""
+    if args.model:
+        given = [flag for flag, value in (("--preset", args.preset), ("--rebuild", getattr(args, "rebuild", False)))
+                 if value]
+        if given:
+            raise UsageError(f"{' and '.join(given)} set the toy π_ref, which --model {args.model} replaces; drop "
+                             f"{' and '.join(given)}, or drop --model to use the toy model")
+    from dpo_teach.pipeline import DemoConfig
+
+    return args.preset or DemoConfig().world.preset
+
+
+def _check_out_replaceable(out: str) -> None:
+    """A run replaces --out as a whole at its end: refuse a directory that holds anything but an earlier run."""
+    from dpo_teach.pipeline import RUN_OUTPUTS
+    from dpo_teach.utils import check_replaceable
+
+    try:
+        check_replaceable(out, RUN_OUTPUTS)
+    except FileExistsError as e:
+        raise UsageError(f"--out {e}") from None
+
+
+def _check_context(model_dir: str | None, max_length: int, sample_tokens: int | None = None) -> None:
+    """--max-length must fit the model's context: the toy model's (known without building it) or the checkpoint's.
+
+    With ``sample_tokens`` (the demo samples completions of that many tokens after the grammar's prompts), the
+    checkpoint's context must also hold the longest prompt plus that many tokens."""
+    from dpo_teach.model import TOY_CONTEXT, ContextLengthError, check_max_length, context_length, load_checkpoint
 
     if model_dir is None:
         check_max_length(max_length, TOY_CONTEXT, "the toy model")
-    else:
-        check_max_length(max_length, context_length(load_checkpoint(model_dir)[0]), f"the checkpoint {model_dir}")
+        return
+    model, tokenizer = load_checkpoint(model_dir)
+    context = context_length(model)
+    check_max_length(max_length, context, f"the checkpoint {model_dir}")
+    if sample_tokens is not None and context is not None:
+        from dpo_teach import grammar
+
+        longest = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in grammar.all_prompts())
+        if longest + sample_tokens > context:
+            raise ContextLengthError(f"the demo samples completions of up to {sample_tokens} tokens after prompts of "
+                                     f"up to {longest} tokens, which needs a context of {longest + sample_tokens}, but "
+                                     f"the checkpoint {model_dir} has {context} (n_positions); use a checkpoint with a "
+                                     "longer context, or drop --model to use the toy model")
 
 
 def cmd_demo(args) -> None:
     from dpo_teach.pipeline import DemoConfig, run_demo
 
+    preset = _check_model_flags(args)
     _check_writable(args.out, "--out", directory=True)
-    _check_context(args.model, args.max_length)
+    _check_out_replaceable(args.out)
     cfg = DemoConfig.with_seed(args.seed, out_dir=args.out, model_path=args.model)
-    cfg.world.preset, cfg.prefs.n_prompts = args.preset, args.pairs
+    cfg.world.preset, cfg.prefs.n_prompts = preset, args.pairs
     _apply_dpo_args(cfg.dpo, args)
-    if args.rebuild and not args.model:
+    _check_context(args.model, args.max_length, cfg.prefs.max_new_tokens)
+    if args.rebuild:
         from dpo_teach.world import load_reference
 
         load_reference(cfg.world, rebuild=True, progress=not args.quiet, verbose=True)
@@ -271,44 +325,74 @@ def cmd_grade(args) -> int:
     return 0
 
 
+def _fraction_text(k: int, n: int) -> str:
+    """``k / n`` in as few digits as still hold out ``k`` of ``n`` rows (``split_pairs`` rounds the product)."""
+    for digits in range(1, 17):
+        text = f"{k / n:.{digits}g}"
+        if int(round(float(text) * n)) == k:
+            return text
+    return repr(k / n)
+
+
+def _split(data_path: str, rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """``split_pairs``, refusing a split with an empty side in words that say which number to change."""
+    from dpo_teach.data import DataError, split_pairs
+
+    train_rows, heldout = split_pairs(rows, fraction, seed)
+    if len(rows) < 2:
+        raise DataError(f"{data_path}: {len(rows)} valid row is too few to hold out one pair and train on the rest; "
+                        "add rows")
+    if not heldout:
+        raise DataError(f"{data_path}: --eval-fraction {fraction:g} of {len(rows)} valid rows rounds to no held-out "
+                        f"pair; pass at least --eval-fraction {_fraction_text(1, len(rows))} to hold out one")
+    if not train_rows:
+        most = _fraction_text(len(rows) - 1, len(rows))
+        raise DataError(f"{data_path}: --eval-fraction {fraction:g} of {len(rows)} valid rows holds out all of them, "
+                        f"leaving none to train on; pass at most --eval-fraction {most}")
+    return train_rows, heldout
+
+
 def cmd_train(args) -> None:
-    from dpo_teach.data import DataError, load_preferences, split_pairs
+    from dpo_teach.data import DataWarning, load_preferences, warn_heldout_overlap
     from dpo_teach.dpo import DPOConfig, train_dpo
     from dpo_teach.evaluate import preference_accuracy
     from dpo_teach.model import TOY_CONTEXT, check_max_length, context_length, load_checkpoint, save_checkpoint
     from dpo_teach.plots import plot_dpo_history, save_figure
-    from dpo_teach.utils import atomic_write_json
+    from dpo_teach.utils import atomic_dir, atomic_write_json
     from dpo_teach.world import WorldConfig, load_reference
 
-    load_preferences(args.data, skip_invalid=args.skip_invalid)  # fail fast, before any model is loaded or built
+    preset = _check_model_flags(args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)  # shown once, by the second reading below
+        load_preferences(args.data, skip_invalid=args.skip_invalid)  # fail fast, before any model is loaded or built
     _check_writable(args.out, "--out", directory=True)
+    _check_out_replaceable(args.out)
     if args.model:
         reference, tokenizer = load_checkpoint(args.model)
         check_max_length(args.max_length, context_length(reference), f"the checkpoint {args.model}")
     else:
         check_max_length(args.max_length, TOY_CONTEXT, "the toy model")
-        reference, tokenizer = load_reference(WorldConfig(preset=args.preset), verbose=True)
+        reference, tokenizer = load_reference(WorldConfig(preset=preset), verbose=True)
     data = load_preferences(args.data, tokenizer, args.max_length, skip_invalid=args.skip_invalid)
     if data.skipped:
         line, reason = data.skipped[0]
         print(f"skipped {len(data.skipped)} invalid rows of {args.data} (first: line {line}: {reason})")
-    train_rows, heldout = split_pairs(data.rows, args.eval_fraction, args.seed)
-    if not train_rows or not heldout:
-        raise DataError(f"{args.data}: {len(data.rows)} valid rows are too few to hold out "
-                         f"{args.eval_fraction:.0%}; add rows or change --eval-fraction")
+    train_rows, heldout = _split(args.data, data.rows, args.eval_fraction, args.seed)
+    warn_heldout_overlap(args.data, train_rows, heldout)
     cfg = DPOConfig()
     _apply_dpo_args(cfg, args)
     policy = copy.deepcopy(reference)
     history = train_dpo(policy, reference, tokenizer, train_rows, cfg, progress=not args.quiet)
     out = Path(args.out)
-    save_checkpoint(policy, tokenizer, out / "policy")
-    accuracy = preference_accuracy(policy, reference, tokenizer, heldout, cfg.max_length)
-    atomic_write_json(out / "history.json", history)
-    atomic_write_json(out / "metrics.json", {
-        "heldout_accuracy": accuracy, "n_train_pairs": len(train_rows), "n_heldout_pairs": len(heldout),
-        "skipped_rows": [{"line": n, "reason": r} for n, r in data.skipped], "config": asdict(cfg),
-        "data": str(args.data), "model": args.model})
-    save_figure(plot_dpo_history(history), out / "training_curves.png")
+    with atomic_dir(out) as work:  # an interrupted run leaves an earlier run in --out intact
+        save_checkpoint(policy, tokenizer, work / "policy")
+        accuracy = preference_accuracy(policy, reference, tokenizer, heldout, cfg.max_length)
+        atomic_write_json(work / "history.json", history)
+        atomic_write_json(work / "metrics.json", {
+            "heldout_accuracy": accuracy, "n_train_pairs": len(train_rows), "n_heldout_pairs": len(heldout),
+            "skipped_rows": [{"line": n, "reason": r} for n, r in data.skipped], "config": asdict(cfg),
+            "data": str(args.data), "model": args.model})
+        save_figure(plot_dpo_history(history), work / "training_curves.png")
     print(f"{len(history)} steps; final loss {history[-1]['loss']:.4f}; held-out implicit-reward accuracy "
           f"{accuracy:.3f} on {len(heldout)} pairs")
     print(f"wrote {out}/policy/, metrics.json, history.json, training_curves.png")
@@ -340,6 +424,19 @@ def cmd_compare(args) -> None:
         print(f"wrote {args.asset}")
 
 
+def _one_line_warnings(command: str, category: type[Warning]) -> None:
+    """Show warnings about the user's input (``category``) as one line each, like the errors: no source line."""
+    show = warnings.showwarning
+
+    def showwarning(message, cls, filename, lineno, file=None, line=None):
+        if issubclass(cls, category):
+            print(f"dpo-teach {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            show(message, cls, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning  # restored by the caller's warnings.catch_warnings()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "grade":  # its own errors and exit codes (grading runs notebooks, trains no model)
@@ -353,16 +450,21 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    from dpo_teach.data import DataError
+    from dpo_teach.data import DataError, DataWarning
     from dpo_teach.model import CheckpointError, ContextLengthError
+    from dpo_teach.training import TrainingError
 
     try:
-        {"demo": cmd_demo, "data": cmd_data, "train": cmd_train, "compare": cmd_compare}[args.command](args)
-    except (DataError, CheckpointError, ContextLengthError, UsageError) as e:
+        with warnings.catch_warnings():
+            _one_line_warnings(args.command, DataWarning)
+            {"demo": cmd_demo, "data": cmd_data, "train": cmd_train, "compare": cmd_compare}[args.command](args)
+    except (DataError, CheckpointError, ContextLengthError, UsageError, TrainingError) as e:
         print(f"dpo-teach {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; results written so far are intact", file=sys.stderr)
+        kept = (f"--out {args.out} is as it was before this run" if args.command in ("demo", "train")
+                else "results written so far are intact")
+        print(f"interrupted; {kept}", file=sys.stderr)
         return 130
     return 0
 

@@ -7,9 +7,12 @@ The loader also reads HH-RLHF rows (only ``chosen``/``rejected`` dialogues; see 
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
+import stat
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,11 @@ class DataError(ValueError):
     """A preference file that cannot be used as it is; the message names the file, the line and the fix."""
 
 
-class EOSWarning(UserWarning):
+class DataWarning(UserWarning):
+    """A preference file that loads but probably does not say what its author meant; the message says what to do."""
+
+
+class EOSWarning(DataWarning):
     """The completions of a preference file end with EOS inconsistently (missing, duplicated or one-sided)."""
 
 
@@ -111,8 +118,14 @@ class PreferenceFile:
 
 def _check_row(obj, tokenizer, max_length: int | None) -> tuple[dict | None, str]:
     """Validate one parsed line. Returns ``(row, "")`` or ``(None, reason)``."""
+    if isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
+        return None, (f"a JSON array of {len(obj)} objects: JSON Lines has one object per line, without [ ]; convert "
+                      "the file with `jq -c '.[]' in.json > out.jsonl`")
     if not isinstance(obj, dict):
         return None, f"expected a JSON object, got {type(obj).__name__}"
+    conversational = [key for key in ("prompt", "chosen", "rejected") if _is_messages(obj.get(key))]
+    if conversational:
+        return None, _conversational(conversational[0], implicit="prompt" not in obj)
     row = dict(obj)
     if "prompt" not in row and isinstance(row.get("chosen"), str) and isinstance(row.get("rejected"), str):
         parts = split_dialogue(row["chosen"], row["rejected"])
@@ -145,6 +158,37 @@ def _check_row(obj, tokenizer, max_length: int | None) -> tuple[dict | None, str
     return row, ""
 
 
+def _is_messages(value) -> bool:
+    """A list of chat messages, ``[{"role": ..., "content": ...}, ...]`` (TRL's conversational format)."""
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(m, dict) and "role" in m and "content" in m for m in value))
+
+
+def _conversational(key: str, implicit: bool) -> str:
+    """Why a conversational row is refused, and how to flatten it. This loader reads plain text only: turning
+    messages into text takes a chat template, and choosing one for the user would change what the model learns."""
+    where = (" with an implicit prompt (the first messages of 'chosen' and 'rejected')" if implicit else "")
+    fix = ("flatten 'chosen' and 'rejected' to HH-RLHF text ('\\n\\nHuman: …\\n\\nAssistant: …'), which this loader "
+           "splits into prompt and completion" if implicit else
+           "flatten each field to plain text (e.g. HH-RLHF's '\\n\\nHuman: …\\n\\nAssistant: …' for the prompt, the "
+           "assistant's reply for 'chosen'/'rejected')")
+    return (f"the field '{key}' is a list of chat messages ({{role, content}}), TRL's conversational format{where}, "
+            f"which this loader does not read (it needs plain-text fields); {fix}")
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object with one key twice (``json`` would silently keep the last value)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``object_pairs_hook`` for ``json.loads``: a dict, or :class:`_DuplicateKey` naming the repeated key."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
 def _lines(f) -> Iterator[bytes]:
     """A binary file's lines without their ends, split at \\n, \\r\\n or \\r (as Python's text mode splits)."""
     for chunk in f:
@@ -163,14 +207,89 @@ def _parse_line(raw: bytes, first: bool, tokenizer, max_length: int | None) -> t
     if not line.strip():
         return None, "blank"
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as e:
+        if line.strip() in ("[", "{"):  # the first line of a pretty-printed JSON file
+            return None, _pretty_printed(line.strip())
         return None, f"not valid JSON ({e.msg} at column {e.colno}); fix the line"
+    except _DuplicateKey as e:
+        return None, (f"the key {e.args[0]!r} appears twice in one object, and JSON would keep only the last value; "
+                      "remove the one you do not mean")
     except RecursionError:
         return None, "JSON nested too deeply to read; a row is one flat object of strings"
     except ValueError as e:  # e.g. an integer of more than 4,300 digits
         return None, f"not usable JSON ({e}); fix the line"
     return _check_row(obj, tokenizer, max_length)
+
+
+def _pretty_printed(bracket: str) -> str:
+    if bracket == "[":
+        return ("a line with a lone '[': the file looks like one JSON array printed over many lines, not JSON Lines "
+                "(one whole object per line); convert it with `jq -c '.[]' in.json > out.jsonl`")
+    return ("a line with a lone '{': the rows look printed over several lines each, but JSON Lines needs one whole "
+            "object per line; convert the file with `jq -c . in.json > out.jsonl`")
+
+
+# Files that are not UTF-8 JSON Lines, by their first bytes: (magic, what the file is, what to do).
+_ICONV = "convert it: `iconv -f {} -t utf-8 in.jsonl > out.jsonl`"
+_NOT_JSONL = [
+    (b"\xff\xfe\x00\x00", "UTF-32 text (byte-order mark FF FE 00 00)", _ICONV.format("utf-32")),
+    (b"\x00\x00\xfe\xff", "UTF-32 text (byte-order mark 00 00 FE FF)", _ICONV.format("utf-32")),
+    (b"\xff\xfe", "UTF-16 text (byte-order mark FF FE)", _ICONV.format("utf-16")),
+    (b"\xfe\xff", "UTF-16 text (byte-order mark FE FF)", _ICONV.format("utf-16")),
+    (b"PAR1", "a Parquet file", "this loader reads JSON Lines only; convert it: `python -c \"import pandas as pd; "
+     "pd.read_parquet('in.parquet').to_json('out.jsonl', orient='records', lines=True, force_ascii=False)\"`"),
+    (b"BZh", "bzip2-compressed", "decompress it first: `bunzip2 -k in.jsonl.bz2`"),
+    (b"\xfd7zXZ\x00", "xz-compressed", "decompress it first: `unxz -k in.jsonl.xz`"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it first: `unzstd in.jsonl.zst`"),
+    (b"PK\x03\x04", "a zip archive", "unzip it first and pass the JSON Lines file inside"),
+]
+_GZIP = b"\x1f\x8b"  # gzip's magic: read transparently (HH-RLHF ships *.jsonl.gz)
+
+
+def _check_readable(path: Path) -> bool:
+    """Refuse what is not a regular file of UTF-8 JSON Lines (gzipped or not), by its first bytes, with what to do.
+    Returns whether the file is gzipped."""
+    fix = "pass the path of a JSONL file with one preference pair per line"
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a file; {fix}")
+    if not path.exists():
+        raise DataError(f"{path}: no such file; {fix}")
+    if not path.is_file():  # read twice (checked, then tokenized), so a pipe's rows would be gone the second time
+        mode = path.stat().st_mode
+        kind = ("a pipe" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+        raise DataError(f"{path}: is {kind}, not a regular file; save the data to a file first and pass its path")
+    head = _head(path, gzipped=False)
+    gzipped = head.startswith(_GZIP)
+    if gzipped:
+        head = _head(path, gzipped=True)
+    for magic, what, todo in _NOT_JSONL:
+        if head.startswith(magic):
+            raise DataError(f"{path}: is {'gzipped ' if gzipped else ''}{what}, not UTF-8 JSON Lines; {todo}")
+    return gzipped
+
+
+def _head(path: Path, gzipped: bool) -> bytes:
+    """The first 8 bytes of ``path`` (decompressed if ``gzipped``)."""
+    return b"".join(_file_chunks(path, gzipped, lambda f: [f.read(8)]))
+
+
+def _file_lines(path: Path, gzipped: bool) -> Iterator[bytes]:
+    """The lines of ``path``, decompressed if ``gzipped``."""
+    yield from _file_chunks(path, gzipped, _lines)
+
+
+def _file_chunks(path: Path, gzipped: bool, read) -> Iterator[bytes]:
+    """``read(f)``'s chunks of the open file; an unreadable file or a truncated or corrupt archive is a DataError."""
+    try:
+        with (gzip.open(path, "rb") if gzipped else path.open("rb")) as f:
+            yield from read(f)
+    except (OSError, EOFError, zlib.error) as e:
+        if gzipped:
+            raise DataError(f"{path}: the gzip data is truncated or corrupt ({e}); download or compress it again, "
+                            "or pass the uncompressed file") from None
+        raise DataError(f"{path}: cannot be read ({e.strerror or e}); check the file's permissions") from None
 
 
 def load_preferences(
@@ -191,25 +310,19 @@ def load_preferences(
             in ``PreferenceFile.skipped``. Also when the file is missing or holds no valid row.
     """
     path = Path(path)
-    if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "no such file"
-        raise DataError(f"{path}: {what}; pass the path of a JSONL file with one preference pair per line")
+    gzipped = _check_readable(path)
     rows, skipped = [], []
-    try:
-        f = path.open("rb")  # bytes: a line that is not UTF-8 is reported (or skipped) like any other bad row
-    except OSError as e:
-        raise DataError(f"{path}: cannot be read ({e.strerror}); check the file's permissions") from None
-    with f:
-        for lineno, raw in enumerate(_lines(f), start=1):
-            row, reason = _parse_line(raw, lineno == 1, tokenizer, max_length)
-            if reason == "blank":
-                continue
-            if row is not None:
-                rows.append(row)
-            elif skip_invalid:
-                skipped.append((lineno, reason))
-            else:
-                raise DataError(f"{path}:{lineno}: {reason} (or pass --skip-invalid to skip bad rows)")
+    # bytes: a line that is not UTF-8 is reported (or skipped) like any other bad row
+    for lineno, raw in enumerate(_file_lines(path, gzipped), start=1):
+        row, reason = _parse_line(raw, lineno == 1, tokenizer, max_length)
+        if reason == "blank":
+            continue
+        if row is not None:
+            rows.append(row)
+        elif skip_invalid:
+            skipped.append((lineno, reason))
+        else:
+            raise DataError(f"{path}:{lineno}: {reason} (or pass --skip-invalid to skip bad rows)")
     if not rows:
         raise DataError(f"{path}: no valid preference rows"
                         + (f" ({len(skipped)} skipped, first at line {skipped[0][0]}: {skipped[0][1]})"
@@ -217,7 +330,35 @@ def load_preferences(
     eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
     for message in eos_problems(rows, eos, eos_in_text):
         warnings.warn(f"{path}: {message}", EOSWarning, stacklevel=2)
+    repeated = sum(_repeats_prompt(r) for r in rows)
+    if repeated > len(rows) / 2:
+        warnings.warn(f"{path}: in {repeated} of {len(rows)} rows both 'chosen' and 'rejected' begin with the prompt; "
+                      "they should hold only the completion that follows it (the trainer scores prompt + completion, "
+                      "so the prompt would be read twice): remove the prompt from the start of the completions",
+                      DataWarning, stacklevel=2)
     return PreferenceFile(rows, skipped)
+
+
+def _repeats_prompt(row: dict) -> bool:
+    """Both completions start with the row's prompt (a file that stores prompt + completion as 'chosen')."""
+    prompt = row["prompt"].strip()
+    return bool(prompt) and all(row[k].lstrip().startswith(prompt) for k in ("chosen", "rejected"))
+
+
+def heldout_overlap(train_rows: list[dict], heldout_rows: list[dict]) -> int:
+    """How many held-out rows also appear in the training rows (same prompt, chosen and rejected): duplicated rows
+    in a file end up on both sides of a split, and held-out accuracy on them measures memory, not generalisation."""
+    seen = {(r["prompt"], r["chosen"], r["rejected"]) for r in train_rows}
+    return sum((r["prompt"], r["chosen"], r["rejected"]) in seen for r in heldout_rows)
+
+
+def warn_heldout_overlap(path: str | Path, train_rows: list[dict], heldout_rows: list[dict]) -> None:
+    """Warn (:class:`DataWarning`) when held-out rows also appear in training (see :func:`heldout_overlap`)."""
+    n = heldout_overlap(train_rows, heldout_rows)
+    if n:
+        warnings.warn(f"{path}: {n} of the {len(heldout_rows)} held-out pairs also appear in the training pairs "
+                      "(the file repeats rows), so held-out accuracy overstates how well the policy generalises; "
+                      "remove duplicate rows (e.g. `sort -u`)", DataWarning, stacklevel=2)
 
 
 def eos_problems(rows: list[dict], eos: str | None, eos_in_text: bool = False) -> list[str]:

@@ -10,7 +10,14 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+)
 
 from dpo_teach.utils import atomic_write_dir
 
@@ -109,7 +116,8 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
         raise CheckpointError(f"checkpoint {path}: {what}; {fix}")
     if not (path / "config.json").is_file():
         raise CheckpointError(f"checkpoint {path}: config.json is missing; {fix}")
-    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+    weights = [p for p in (*path.glob("*.safetensors"), *path.glob("*.bin")) if p.is_file()]
+    if not [p for p in weights if p.name != "training_args.bin"]:  # a Trainer's arguments, not weights
         raise CheckpointError(f"checkpoint {path}: no weights file (*.safetensors or *.bin); {fix}")
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):  # else transformers makes an empty one
         raise CheckpointError(f"checkpoint {path}: no tokenizer files ({' or '.join(_TOKENIZER_FILES)}); save the "
@@ -118,20 +126,74 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means an unusable tokenizer
         raise CheckpointError(f"checkpoint {path}: the tokenizer cannot be loaded ({_first_line(e)}); {fix}") from e
+    _check_special_tokens(path, tokenizer)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint {path}: config.json cannot be loaded ({_first_line(e)}); {fix}") from e
+    _check_causal(path, config)
+    try:  # mismatched shapes are reported in the loading info below, with an example, instead of raised
+        model, info = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32,
+                                                           ignore_mismatched_sizes=True, output_loading_info=True)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"checkpoint {path}: the model cannot be loaded ({_first_line(e)}); "
                               f"the files may be truncated or corrupt — re-save or re-download them") from e
+    _check_weights(path, config, info)
     n_embedded = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > n_embedded:  # a token id past the embedding table would fail deep inside torch
         raise CheckpointError(f"checkpoint {path}: the tokenizer has {len(tokenizer)} tokens but the model embeds only "
                               f"{n_embedded}; the tokenizer files belong to another model — save both together")
-    if tokenizer.pad_token is None:  # real GPT-2 has no pad token; padding is always masked out, so EOS serves
-        tokenizer.pad_token = tokenizer.eos_token
     disable_dropout(model)
     model.eval()
     return model, tokenizer
+
+
+def _check_special_tokens(path: Path, tokenizer) -> None:
+    """Every completion ends with EOS (the trainer appends it) and padding needs a token id: refuse a tokenizer
+    without an EOS token. A missing pad token is fine: padding is always masked out, so EOS serves (as for GPT-2)."""
+    if tokenizer.eos_token is None or tokenizer.eos_token_id is None:
+        what = ("no EOS token" if tokenizer.eos_token is None
+                else f"an EOS token {tokenizer.eos_token!r} that is not in its vocabulary")
+        raise CheckpointError(f"checkpoint {path}: the tokenizer has {what}, which ends every completion and pads "
+                              "batches; set \"eos_token\" in tokenizer_config.json to the model's end-of-text token "
+                              "(GPT-2's is \"<|endoftext|>\")")
+    if tokenizer.pad_token is None:  # real GPT-2 has no pad token; padding is always masked out, so EOS serves
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def _check_causal(path: Path, config) -> None:
+    """DPO scores y token by token given x and the tokens before: only a causal (left-to-right) LM can do that."""
+    kind = getattr(config, "model_type", "?")
+    if getattr(config, "is_encoder_decoder", False):
+        raise CheckpointError(f"checkpoint {path}: config.json describes a {kind} encoder-decoder model, not a causal "
+                              "language model; use a decoder-only checkpoint such as GPT-2")
+    if getattr(config, "is_decoder", True) is False:  # e.g. BERT: its "LM head" sees the tokens after each position
+        raise CheckpointError(f"checkpoint {path}: config.json describes a {kind} model with is_decoder false, a "
+                              "bidirectional encoder, not a causal language model; use a decoder-only checkpoint such "
+                              "as GPT-2")
+
+
+def _check_weights(path: Path, config, info: dict) -> None:
+    """Refuse weights that do not fill the model config.json builds: transformers would start the missing ones from
+    random numbers and only log a warning. (Keys a model may lack legitimately, such as GPT-2's ``lm_head.weight``
+    tied to its embedding or its causal-mask buffers, are not reported as missing or unexpected by transformers.)"""
+    missing, unexpected = list(info.get("missing_keys", ())), list(info.get("unexpected_keys", ()))
+    mismatched = list(info.get("mismatched_keys", ()))
+    if not (missing or unexpected or mismatched):
+        return
+    found = []
+    if missing:
+        found.append(f"{len(missing)} weights the config needs are missing (e.g. {sorted(missing)[0]})")
+    if unexpected:
+        found.append(f"{len(unexpected)} weights in the files are not used (e.g. {sorted(unexpected)[0]})")
+    if mismatched:
+        name, *shapes = sorted(mismatched, key=str)[0]
+        shape = f": {tuple(shapes[0])} in the files, {tuple(shapes[1])} in the model" if len(shapes) == 2 else ""
+        found.append(f"{len(mismatched)} weights have another shape (e.g. {name}{shape})")
+    raise CheckpointError(f"checkpoint {path}: the weights do not match config.json (a {config.model_type} model): "
+                          f"{'; '.join(found)}; transformers would start such weights from random numbers. config.json "
+                          "and the weights come from different models — re-save model and config together "
+                          "(`model.save_pretrained(path)`)")
 
 
 def disable_dropout(model: torch.nn.Module) -> None:

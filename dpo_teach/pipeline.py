@@ -27,8 +27,13 @@ from dpo_teach.evaluate import evaluate_policy, evaluation_prompts, preference_a
 from dpo_teach.model import load_checkpoint, save_checkpoint
 from dpo_teach.plots import plot_dpo_history, plot_reward_before_after, save_figure
 from dpo_teach.reward import ground_truth_reward
-from dpo_teach.utils import atomic_write_json, atomic_write_text
+from dpo_teach.utils import atomic_dir, atomic_write_json, atomic_write_text, check_replaceable
 from dpo_teach.world import WorldConfig, load_reference
+
+# What a run writes in its output directory (the demo's files, and `dpo-teach train`'s): a directory that holds
+# nothing else is a previous run, which a new run may replace as a whole.
+RUN_OUTPUTS = frozenset({"metrics.json", "run.json", "history.json", "samples.md", "train.jsonl", "heldout.jsonl",
+                         "training_curves.png", "reward_before_after.png", "policy"})
 
 
 @dataclass
@@ -68,9 +73,27 @@ def results_table(metrics: dict) -> str:
 
 
 def run_demo(config: DemoConfig, progress: bool = True, verbose: bool = True) -> dict:
-    """Run the whole job and write ``config.out_dir``. Returns the metrics dict (also in ``metrics.json``)."""
-    log = print if verbose else (lambda *a, **k: None)
+    """Run the whole job and write ``config.out_dir``. Returns the metrics dict (also in ``metrics.json``).
+
+    The run is written into a temporary folder beside ``out_dir`` that replaces it at the end (``utils.atomic_dir``):
+    an interrupted run leaves a previous run in ``out_dir`` intact, a finished one leaves only the new run.
+
+    Raises:
+        FileExistsError: ``out_dir`` is a file, or holds files a run does not write (``RUN_OUTPUTS``): they stay.
+    """
     out = Path(config.out_dir)
+    check_replaceable(out, RUN_OUTPUTS, "a demo run")
+    log = print if verbose else (lambda *a, **k: None)
+    with atomic_dir(out) as work:
+        metrics, times = _write_demo(config, work, out, progress, verbose, log)
+    log(f"\nwrote {out}/metrics.json, training_curves.png, reward_before_after.png, samples.md, policy/")
+    log("timings: " + json.dumps({k: round(v, 1) for k, v in times.items()}))
+    return metrics
+
+
+def _write_demo(config: DemoConfig, out: Path, shown: Path, progress: bool, verbose: bool,
+                log) -> tuple[dict, dict[str, float]]:
+    """The demo's steps, writing into ``out`` (a temporary folder); messages name ``shown``, where it ends up."""
     times: dict[str, float] = {}
     t = time.perf_counter()
     if config.model_path:
@@ -89,7 +112,7 @@ def run_demo(config: DemoConfig, progress: bool = True, verbose: bool = True) ->
     write_preferences(out / "train.jsonl", train_rows)
     write_preferences(out / "heldout.jsonl", heldout_rows)
     times["pairs_s"] = time.perf_counter() - t
-    log(f"preference pairs: {len(train_rows)} train, {len(heldout_rows)} held out → {out}/train.jsonl")
+    log(f"preference pairs: {len(train_rows)} train, {len(heldout_rows)} held out → {shown}/train.jsonl")
 
     t = time.perf_counter()
     policy = copy.deepcopy(reference)
@@ -118,6 +141,8 @@ def run_demo(config: DemoConfig, progress: bool = True, verbose: bool = True) ->
     }
     times["eval_s"] = time.perf_counter() - t
     metrics["config"].pop("out_dir")
+    if config.model_path:  # π_ref came from the checkpoint: the toy world's settings were not used
+        metrics["config"]["world"] = None
 
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(out / "run.json", {"timings_s": times, "torch": torch.__version__})
@@ -129,6 +154,4 @@ def run_demo(config: DemoConfig, progress: bool = True, verbose: bool = True) ->
                                          ground_truth_reward(pol_samples.completions), ref_metrics, pol_metrics),
                 out / "reward_before_after.png")
     log("\n" + results_table(metrics))
-    log(f"\nwrote {out}/metrics.json, training_curves.png, reward_before_after.png, samples.md, policy/")
-    log("timings: " + json.dumps({k: round(v, 1) for k, v in times.items()}))
-    return metrics
+    return metrics, times

@@ -17,6 +17,11 @@ from collections.abc import Iterable, Iterator
 import torch
 
 
+class TrainingError(RuntimeError):
+    """Training diverged: the loss or the gradient is no longer a finite number (nan or inf). Nothing is updated
+    with it; the message says at which step and what to change."""
+
+
 def adamw(params: Iterable[torch.nn.Parameter], lr: float, **kwargs) -> torch.optim.AdamW:
     """AdamW without weight decay unless asked (``weight_decay=...``); ``kwargs`` go to ``torch.optim.AdamW``."""
     return torch.optim.AdamW(params, lr=lr, **{"weight_decay": 0.0, **kwargs})
@@ -48,9 +53,18 @@ def minibatches(n_examples: int, batch_size: int, epochs: int,
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, max_grad_norm: float = 1.0) -> None:
     """One update: clear old gradients, backpropagate ``loss``, clip the gradient norm of all the optimizer's
-    parameters to ``max_grad_norm``, step."""
+    parameters to ``max_grad_norm``, step.
+
+    Raises:
+        TrainingError: ``loss`` or the gradient norm is nan or inf (training diverged); the parameters are left as
+            they were, since one such step would turn every weight into nan.
+    """
+    if not torch.isfinite(loss.detach()).all():
+        raise TrainingError(f"the loss is {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    if not torch.isfinite(norm):
+        raise TrainingError(f"the gradient norm is {norm.item()}")
     optimizer.step()

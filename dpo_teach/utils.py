@@ -8,7 +8,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,17 +59,20 @@ def atomic_write_json(path: str | Path, obj: object, sort_keys: bool = True) -> 
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n")
 
 
-def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Fill a fresh temporary directory with ``write(tmp_dir)``, then swap it in place of ``path``.
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside ``path``; when the block succeeds it takes the place of ``path``.
 
-    If ``write`` raises, ``path`` keeps its previous contents (if any) and the temporary directory is removed.
+    Everything a run writes goes into the temporary directory, so an interrupted or failed run (an exception, a
+    Ctrl-C) leaves ``path`` exactly as it was and removes the temporary directory; a finished one leaves only the new
+    contents (whatever ``path`` held before is deleted: check with :func:`check_replaceable` first).
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # "results/." has the parent "results", not "."
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
-        write(tmp)
+        yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -80,6 +83,37 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> None:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Fill a fresh temporary directory with ``write(tmp_dir)``, then swap it in place of ``path``.
+
+    If ``write`` raises, ``path`` keeps its previous contents (if any) and the temporary directory is removed.
+    """
+    with atomic_dir(path) as tmp:
+        write(tmp)
+
+
+def check_replaceable(path: str | Path, owned: Collection[str], what: str = "a run") -> None:
+    """Refuse to let :func:`atomic_dir` replace ``path`` when that would delete something that is not an earlier
+    output: a file, the current directory (or one holding it), or a directory with names not in ``owned``.
+
+    Raises:
+        FileExistsError: the message names ``path``, what is in the way, and what to do.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise FileExistsError(f"{path}: is a file, expected a directory; pass another path")
+    if Path.cwd().resolve().is_relative_to(path.resolve()):
+        raise FileExistsError(f"{path}: is the current directory or holds it, which {what} replaces as a whole; "
+                              "pass a new subdirectory")
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in owned)
+    if foreign:
+        raise FileExistsError(f"{path}: holds {len(foreign)} file(s) that {what} does not write (e.g. {foreign[0]}), "
+                              f"and {what} replaces the directory as a whole; pass an empty or new directory, or move "
+                              "them out")
 
 
 def lr_at(step: int, steps: int, peak: float, warmup_frac: float = 0.05, floor: float = 0.1) -> float:

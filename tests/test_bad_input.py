@@ -29,6 +29,12 @@ def jsonl(*rows) -> bytes:
     return b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in rows)
 
 
+def distinct_rows(n: int) -> list[dict]:
+    """``n`` different rows (a file of repeated rows is warned about: the same pair lands in both splits)."""
+    return [{**(GOOD if i % 2 else OTHER), "prompt": f"{i} : " + (GOOD if i % 2 else OTHER)["prompt"]}
+            for i in range(n)]
+
+
 def one_line_error(capsys) -> str:
     """The command's stderr, checked to be exactly one line without a traceback."""
     err = capsys.readouterr().err
@@ -145,6 +151,14 @@ def test_max_length_above_the_toy_context_is_refused_before_any_model(tmp_path, 
     (["compare", "--seeds"], "--seeds: expected at least one argument"),
     (["compare", "--workers", "0"], "--workers: must be > 0"),
     (["compare", "--threads", "nan"], "--threads: expected a positive integer, got 'nan'"),
+    # numbers that pass "> 0" but are too large for the system (OverflowError or ValueError deep inside)
+    (["data", "--out", "x.jsonl", "--pairs", str(10**30)], "--pairs: must be at most 10000000"),
+    (["demo", "--pairs", str(10**30)], "--pairs: must be at most 10000000"),
+    (["compare", "--threads", str(10**20)], "--threads: must be at most 1024"),
+    (["compare", "--workers", str(10**20)], "--workers: must be at most 1024"),
+    (["grade", "subs", "--jobs", str(10**9)], "--jobs: must be at most 1024"),
+    (["grade", "subs", "--cell-timeout", str(10**20)], "--cell-timeout: must be at most 2147483647"),
+    (["grade", "subs", "--timeout", "1e300"], "--timeout: must be at most 10000000"),
 ])
 def test_malformed_argument_values_give_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -265,7 +279,37 @@ GOOD_LINE = json.dumps(GOOD).encode()
     (GOOD_LINE[:-9], "not valid JSON"),  # a download cut short, no newline at the end
     (b'{"prompt": "x", "chosen": " a", "rejected": " b"} {"prompt": "y"}\n', "not valid JSON (Extra data"),
     (b"\xc3\x28\n", "not UTF-8 (byte 0xc3 at column 1)"),
-    (b"\xff\xfe{\x00}\x00\n", "not UTF-8 (byte 0xff at column 1)"),  # a UTF-16 export
+    # files that are not UTF-8 JSON Lines: say what they are and how to convert them
+    ('{"prompt": "x"}\n'.encode("utf-16"), "is UTF-16 text (byte-order mark FF FE), not UTF-8 JSON Lines; "
+                                              "convert it: `iconv -f utf-16 -t utf-8"),
+    (b"\xfe\xff\x00{\x00}\n", "is UTF-16 text (byte-order mark FE FF)"),
+    ('{"prompt": "x"}\n'.encode("utf-32"), "is UTF-32 text (byte-order mark FF FE 00 00)"),
+    (b"PAR1\x15\x04\x15\x10", "is a Parquet file, not UTF-8 JSON Lines; this loader reads JSON Lines only; "
+                               "convert it: `python -c"),
+    (b"BZh91AY&SY", "is bzip2-compressed, not UTF-8 JSON Lines; decompress it first"),
+    (b"PK\x03\x04\x14\x00", "is a zip archive, not UTF-8 JSON Lines; unzip it first"),
+    (b"\x1f\x8b\x08\x00\x00\x00\x00\x00", "the gzip data is truncated or corrupt"),
+    # JSON that is not JSON Lines, and TRL's conversational rows: say which format it is and what to do
+    (b'[{"prompt": "x", "chosen": " a", "rejected": " b"}, {"prompt": "y", "chosen": " a", "rejected": " b"}]\n',
+     ":1: a JSON array of 2 objects: JSON Lines has one object per line, without [ ]; convert the file with "
+     "`jq -c '.[]' in.json > out.jsonl`"),
+    (json.dumps([GOOD, GOOD], indent=2).encode(), ":1: a line with a lone '[': the file looks like one JSON array "
+                                                  "printed over many lines, not JSON Lines"),
+    (json.dumps(GOOD, indent=2).encode(), ":1: a line with a lone '{': the rows look printed over several lines each"),
+    (json.dumps({"prompt": [{"role": "user", "content": "the film was"}],
+                 "chosen": [{"role": "assistant", "content": " great ."}],
+                 "rejected": [{"role": "assistant", "content": " bad ."}]}).encode(),
+     ":1: the field 'prompt' is a list of chat messages ({role, content}), TRL's conversational format, which this "
+     "loader does not read (it needs plain-text fields); flatten each field to plain text"),
+    (json.dumps({"chosen": [{"role": "user", "content": "the film was"}, {"role": "assistant", "content": " great ."}],
+                 "rejected": [{"role": "user", "content": "the film was"},
+                              {"role": "assistant", "content": " bad ."}]}).encode(),
+     "'chosen' is a list of chat messages ({role, content}), TRL's conversational format with an implicit prompt"),
+    # a key twice in one object: json would silently keep the last value
+    (b'{"prompt": "the film was", "chosen": " great .", "rejected": " bad .", "chosen": " bad ."}\n',
+     ":1: the key 'chosen' appears twice in one object, and JSON would keep only the last value"),
+    (GOOD_LINE + b'\n{"prompt": "x", "prompt": "", "chosen": " a", "rejected": " b"}\n',
+     ":2: the key 'prompt' appears"),
 ])
 def test_malformed_preference_files(tmp_path, content, message):
     path = write_bytes(tmp_path, content)
@@ -367,6 +411,115 @@ def test_empty_or_missing_checkpoint_dirs(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(CheckpointError, match=r"no weights file \(\*.safetensors or \*.bin\)"):
         load_checkpoint(tmp_path)
+
+
+def _copy_checkpoint(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _mismatch(path: Path, how: str) -> None:
+    """Give the checkpoint at ``path`` (2 layers, 64 wide) a config.json that its weights do not fill."""
+    import transformers
+
+    config = json.loads((path / "config.json").read_text())
+    vocab = config["vocab_size"]
+    if how == "config with a layer more than the weights":
+        (path / "config.json").write_text(json.dumps({**config, "n_layer": 3}))
+    elif how == "config twice as wide as the weights":
+        (path / "config.json").write_text(json.dumps({**config, "n_embd": 128}))
+    elif how == "untied config, weights without lm_head":
+        (path / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    elif how == "a Llama config beside GPT-2 weights":
+        transformers.LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=2, max_position_embeddings=32).save_pretrained(path)
+    elif how == "a BERT config beside its own weights":  # a bidirectional encoder: no causal LM even with its weights
+        config = transformers.BertConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=2, max_position_embeddings=32)
+        transformers.BertLMHeadModel(config).save_pretrained(path)
+    elif how == "a T5 config":
+        transformers.T5Config(vocab_size=vocab, d_model=64, num_layers=2, num_heads=2).save_pretrained(path)
+
+
+@pytest.mark.parametrize("how, message", [
+    ("config with a layer more than the weights", "12 weights the config needs are missing (e.g. transformer.h.2."),
+    ("config twice as wide as the weights", "weights have another shape (e.g. "),
+    ("untied config, weights without lm_head", "1 weights the config needs are missing (e.g. lm_head.weight)"),
+    ("a Llama config beside GPT-2 weights", "weights in the files are not used (e.g. transformer.h.0."),
+    ("a BERT config beside its own weights", "a bert model with is_decoder false, a bidirectional encoder"),
+    ("a T5 config", "a t5 encoder-decoder model, not a causal language model"),
+])
+def test_weights_that_do_not_fit_the_config_or_a_non_causal_model_are_refused(tmp_path, tiny_checkpoint, how,
+                                                                                message):
+    from dpo_teach.model import CheckpointError, load_checkpoint
+
+    path = _copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    _mismatch(path, how)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)  # transformers only logs a warning and starts the missing weights at random
+    text = str(err.value)
+    assert text.startswith(f"checkpoint {path}: ") and message in text and "\n" not in text
+    if "missing" in message or "not used" in message or "shape" in message:
+        assert "re-save model and config together" in text
+
+
+def test_train_on_a_checkpoint_whose_config_does_not_fit_its_weights_is_one_line(tmp_path, tiny_checkpoint, capsys):
+    path = _copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    _mismatch(path, "config with a layer more than the weights")
+    data = write_bytes(tmp_path, jsonl(*[GOOD, OTHER] * 10))
+    assert main(["train", "--data", str(data), "--model", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = one_line_error(capsys)
+    assert "the weights do not match config.json" in err and "12 weights" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("layout", ["save_pretrained, tied", "save_pretrained, untied",
+                                    "the hub's GPT-2 layout: no prefix, mask buffers, no lm_head"])
+def test_checkpoints_lacking_only_tied_or_buffer_weights_load(tmp_path, tiny_checkpoint, layout):
+    """GPT-2 checkpoints may legitimately lack ``lm_head.weight`` (tied to ``wte``) and carry or lack the attention
+    mask buffers (``h.N.attn.bias``): those load, with every weight from the files."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from dpo_teach.model import load_checkpoint
+
+    path = _copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    (path / "model.safetensors").unlink()
+    config = GPT2Config.from_pretrained(path, tie_word_embeddings="untied" not in layout)
+    torch.manual_seed(1)
+    model = GPT2LMHeadModel(config)
+    model.save_pretrained(path)
+    if layout.startswith("the hub"):
+        n = config.n_positions
+        weights = {k.removeprefix("transformer."): v.contiguous() for k, v in model.state_dict().items()
+                   if k != "lm_head.weight"}
+        weights.update({f"h.{i}.attn.bias": torch.tril(torch.ones(n, n)).view(1, 1, n, n)
+                        for i in range(config.n_layer)})
+        save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    loaded, _ = load_checkpoint(path)
+    for name, weight in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], weight), name
+
+
+def test_a_tokenizer_without_eos_is_refused_at_load(tmp_path, tiny_checkpoint, capsys):
+    from dpo_teach.model import CheckpointError, load_checkpoint
+
+    path = _copy_checkpoint(tiny_checkpoint, tmp_path / "ckpt")
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**config, "pad_token": None}))
+    _, tok = load_checkpoint(path)  # no pad token: EOS pads (padding is masked out), as for a real GPT-2
+    assert tok.pad_token == tok.eos_token == "<|endoftext|>"
+    (path / "tokenizer_config.json").write_text(json.dumps({**config, "eos_token": None, "bos_token": None,
+                                                           "pad_token": None}))
+    with pytest.raises(CheckpointError, match=r"the tokenizer has no EOS token, .*set \"eos_token\" in "
+                                              r"tokenizer_config\.json"):
+        load_checkpoint(path)  # before: a TypeError inside logprobs.pad_rows, after the model was loaded
+    data = write_bytes(tmp_path, jsonl(*[GOOD, OTHER] * 10))
+    assert main(["train", "--data", str(data), "--model", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "no EOS token" in one_line_error(capsys) and not (tmp_path / "out").exists()
 
 
 def test_sequences_longer_than_the_context_are_a_clear_error(tiny_checkpoint):
@@ -614,3 +767,130 @@ def test_a_manifest_without_its_bundle_is_skipped(tmp_path):
 
     shutil.copy(AUTOGRADER / "01_kl_objective.json", tmp_path)
     assert load_manifests(tmp_path) == {}
+
+
+# --- flags that cannot go together, numbers that make no sense for the data ------------------------------------
+
+
+@pytest.mark.parametrize("argv, flags", [
+    (["demo", "--model", "CKPT", "--preset", "small"], "--preset set the toy π_ref, which --model"),
+    (["demo", "--model", "CKPT", "--rebuild"], "--rebuild set the toy π_ref"),
+    (["demo", "--model", "CKPT", "--preset", "tiny", "--rebuild"], "--preset and --rebuild set the toy π_ref"),
+    (["train", "--data", "DATA", "--model", "CKPT", "--preset", "base"], "--preset set the toy π_ref, which --model"),
+])
+def test_model_with_toy_model_flags_is_refused(tmp_path, tiny_checkpoint, argv, flags, capsys, no_work):
+    data = write_bytes(tmp_path, jsonl(GOOD, OTHER))
+    argv = [{"CKPT": str(tiny_checkpoint), "DATA": str(data)}.get(a, a) for a in argv]
+    assert main(argv + ["--out", str(tmp_path / "out")]) == 2  # before: both ignored, the wrong preset recorded
+    err = one_line_error(capsys)
+    assert flags in err and "drop --model to use the toy model" in err and not (tmp_path / "out").exists()
+
+
+def test_demo_on_a_checkpoint_too_short_for_its_samples_says_what_applies(tmp_path, tiny_checkpoint, capsys, no_work):
+    from dpo_teach.model import build_model, load_checkpoint, save_checkpoint
+
+    _, tok = load_checkpoint(tiny_checkpoint)
+    path = tmp_path / "short"
+    save_checkpoint(build_model("tiny", len(tok), tok.eos_token_id, n_positions=20), tok, path)
+    capsys.readouterr()  # progress bars of the loading and saving above
+    assert main(["demo", "--model", str(path), "--max-length", "20", "--out", str(tmp_path / "out")]) == 2
+    err = one_line_error(capsys)  # before: "lower max_new_tokens", a setting the demo has no flag for
+    assert "the demo samples completions of up to 16 tokens" in err and f"checkpoint {path} has 20" in err
+    assert "max_new_tokens" not in err and "use a checkpoint with a longer context" in err
+
+
+@pytest.mark.parametrize("fraction, rows, message", [
+    ("1e-300", 20, "--eval-fraction 1e-300 of 20 valid rows rounds to no held-out pair; pass at least "
+                   "--eval-fraction 0.05"),
+    ("0.999", 20, "--eval-fraction 0.999 of 20 valid rows holds out all of them, leaving none to train on; pass at "
+                  "most --eval-fraction 0.95"),
+    ("0.5", 1, "1 valid row is too few to hold out one pair and train on the rest"),
+])
+def test_an_eval_fraction_that_leaves_a_side_empty_names_the_fraction(tmp_path, tiny_checkpoint, fraction, rows,
+                                                                      message, capsys):
+    data = write_bytes(tmp_path, jsonl(*([GOOD, OTHER] * rows)[:rows]))
+    assert main(["train", "--data", str(data), "--model", str(tiny_checkpoint), "--eval-fraction", fraction,
+                 "--out", str(tmp_path / "out"), "--quiet", "--max-length", "32"]) == 2
+    assert message in one_line_error(capsys)  # before: "too few to hold out 0%"
+
+
+@pytest.mark.parametrize("kind", ["pipe", "device"])
+def test_data_that_is_not_a_regular_file_is_named_so(tmp_path, kind, capsys):
+    import os
+
+    if kind == "pipe":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)  # what `--data <(cat f)` passes; reading it would block, and it can be read once only
+    else:
+        path = Path("/dev/null")
+    with pytest.raises(DataError, match=f"{path}: is a {kind}, not a regular file; save the data to a file first"):
+        load_preferences(path)  # before: "no such file", though the path exists
+    assert main(["train", "--data", str(path)]) == 2
+    assert "not a regular file" in one_line_error(capsys)
+
+
+# --- training that diverges, an --out that holds other files ------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "10"), ("--lr", "1e6"), ("--beta", "1e300")])
+def test_divergent_training_is_an_error_and_saves_nothing(tmp_path, tiny_checkpoint, flag, value, capsys):
+    data = write_bytes(tmp_path, jsonl(*distinct_rows(40)))
+    out = tmp_path / "out"
+    argv = ["train", "--data", str(data), "--model", str(tiny_checkpoint), "--out", str(out), "--quiet",
+            "--batch-size", "4", "--epochs", "2", "--max-length", "32", flag, value]
+    assert main(argv) == 2  # before: rc 0, "final loss nan" and a policy of nan weights
+    err = one_line_error(capsys)
+    assert re.search(r"DPO diverged at step \d+ of 18 \(the (loss|gradient norm) is (nan|inf)", err), err
+    assert f"lr={float(value) if flag == '--lr' else 2e-4:g}" in err and "Lower the learning rate (--lr" in err
+    assert f"beta={float(value) if flag == '--beta' else 0.5:g}" in err and "or β (--beta)" in err
+    assert not out.exists()
+
+
+def test_optimizer_step_refuses_a_nan_loss_and_leaves_the_weights(tiny_checkpoint):
+    import torch
+
+    from dpo_teach.model import load_checkpoint
+    from dpo_teach.training import TrainingError, adamw, optimizer_step
+
+    model, _ = load_checkpoint(tiny_checkpoint)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = model(torch.tensor([[1, 2, 3]])).logits.sum() * float("nan")
+    with pytest.raises(TrainingError, match="the loss is nan"):
+        optimizer_step(adamw(model.parameters(), 1e-3), loss)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_out_dir_holding_other_files_is_refused_before_any_work(tmp_path, capsys, no_work):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    (out / "metrics.json").write_text("{}")  # an earlier run's file is fine to replace
+    assert main(["demo", "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert f"--out {out}: holds 1 file(s) that a run does not write (e.g. notes.txt)" in err
+    assert (out / "notes.txt").read_text() == "my notes"
+
+
+def test_heldout_pairs_repeated_in_training_are_warned_about(tmp_path, tiny_checkpoint, capsys):
+    data = write_bytes(tmp_path, jsonl(*[GOOD] * 20))
+    assert main(["train", "--data", str(data), "--model", str(tiny_checkpoint), "--out", str(tmp_path / "out"),
+                 "--quiet", "--batch-size", "8", "--max-length", "32"]) == 0
+    captured = capsys.readouterr()
+    warning = [line for line in captured.err.splitlines() if "warning" in line]
+    assert warning == [f"dpo-teach train: warning: {data}: 2 of the 2 held-out pairs also appear in the training "
+                       "pairs (the file repeats rows), so held-out accuracy overstates how well the policy "
+                       "generalises; remove duplicate rows (e.g. `sort -u`)"]
+    assert "held-out implicit-reward accuracy 1.000 on 2 pairs" in captured.out
+
+
+def test_completions_repeating_the_prompt_are_warned_about_once(tmp_path, tiny_checkpoint, capsys):
+    rows = [{**row, "chosen": row["prompt"] + row["chosen"], "rejected": row["prompt"] + row["rejected"]}
+            for row in distinct_rows(20)]
+    data = write_bytes(tmp_path, jsonl(*rows))
+    assert main(["train", "--data", str(data), "--model", str(tiny_checkpoint), "--out", str(tmp_path / "out"),
+                 "--quiet", "--batch-size", "8", "--max-length", "32"]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warning == [f"dpo-teach train: warning: {data}: in 20 of 20 rows both 'chosen' and 'rejected' begin with "
+                       "the prompt; they should hold only the completion that follows it (the trainer scores prompt + "
+                       "completion, so the prompt would be read twice): remove the prompt from the start of the "
+                       "completions"]

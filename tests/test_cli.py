@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +76,31 @@ def test_train_on_a_user_file_with_a_checkpoint(tmp_path, world, pairs, capsys):
 def test_console_script_runs():
     r = subprocess.run([sys.executable, "-m", "dpo_teach.cli", "demo", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--beta" in r.stdout
+
+
+def test_an_interrupted_train_rerun_leaves_the_earlier_run_intact(tmp_path, world, pairs, monkeypatch, capsys):
+    import dpo_teach.plots
+    from dpo_teach.data import write_preferences
+    from dpo_teach.model import save_checkpoint
+
+    save_checkpoint(*world, tmp_path / "ref")
+    data = tmp_path / "prefs.jsonl"
+    write_preferences(data, pairs[:60])
+    out = tmp_path / "runs" / "train"
+    argv = ["train", "--data", str(data), "--model", str(tmp_path / "ref"), "--out", str(out), "--quiet"]
+    assert main(argv) == 0
+    (out / "samples.md").write_text("from an earlier demo run in the same folder\n")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt  # the last step: the policy, history and metrics are written by now
+
+    monkeypatch.setattr(dpo_teach.plots, "save_figure", ctrl_c)
+    assert main(argv + ["--seed", "1"]) == 130
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in out.parent.iterdir()] == ["train"]  # no temporary folder left behind
+    monkeypatch.undo()
+    assert main(argv + ["--seed", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["history.json", "metrics.json", "policy", "training_curves.png"]
+    assert (out / "metrics.json").read_bytes() != before[Path("metrics.json")]
+    assert [p.name for p in out.parent.iterdir()] == ["train"]

@@ -8,9 +8,11 @@ import pytest
 
 from dpo_teach.data import (
     DataError,
+    DataWarning,
     PreferenceConfig,
     bt_ceiling,
     bt_probability,
+    heldout_overlap,
     load_preferences,
     split_dialogue,
     split_pairs,
@@ -139,3 +141,38 @@ def test_real_hh_rlhf_sample_loads(world):
         assert row["prompt"].endswith("\n\nAssistant:")
         assert row["prompt"] + row["chosen"] == original["chosen"]  # nothing lost or changed
         assert row["prompt"] + row["rejected"] == original["rejected"]
+
+
+def test_gzipped_jsonl_is_read_transparently(tmp_path):
+    """HH-RLHF ships ``train.jsonl.gz``: read as it is, bad rows named by their line as in the plain file."""
+    import gzip
+
+    path = tmp_path / "harmless-base-test.jsonl.gz"
+    path.write_bytes(gzip.compress(HH.read_bytes()))
+    with pytest.raises(DataError, match=r":87: the 'chosen' completion is empty"):
+        load_preferences(path)  # before: "not UTF-8 (byte 0x8b ...); re-save the file as UTF-8 (iconv -f latin1 ...)"
+    assert load_preferences(path, skip_invalid=True).rows == load_preferences(HH, skip_invalid=True).rows
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a download cut short
+    with pytest.raises(DataError, match=r"cut.jsonl.gz: the gzip data is truncated or corrupt \(.*\); download"):
+        load_preferences(cut, skip_invalid=True)
+
+
+def test_completions_that_repeat_the_prompt_are_warned_about(tmp_path):
+    full = {"prompt": "the film was", "chosen": "the film was great .", "rejected": "the film was bad ."}
+    path = write_lines(tmp_path, [json.dumps(full)] * 3 + [json.dumps(GOOD)])
+    with pytest.warns(DataWarning, match=r"in 3 of 4 rows both 'chosen' and 'rejected' begin with the prompt; .* "
+                                         r"remove the prompt from the start of the completions"):
+        assert len(load_preferences(path).rows) == 4  # still loads: a warning, not an error
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_preferences(write_lines(tmp_path, [json.dumps(full), json.dumps(GOOD), json.dumps(GOOD)]))  # a minority
+
+
+def test_heldout_overlap_counts_heldout_pairs_also_in_training():
+    other = {**GOOD, "chosen": " fine ."}
+    assert heldout_overlap([GOOD, other], [GOOD, {**GOOD, "prompt": "x"}]) == 1
+    assert heldout_overlap([GOOD] * 18, [GOOD] * 2) == 2
+    assert heldout_overlap([other], [GOOD]) == 0

@@ -22,7 +22,7 @@ LAYERS = [
     {"sft", "dpo", "reward_model", "ppo", "grpo", "rloo", "online_dpo"},  # trainers
     {"world", "evaluate", "bandit", "pitfalls"},  # π_ref (built by SFT), evaluation, the notebooks' worlds
     {"compare", "runs", "frontier", "conclusions", "pipeline", "trl_bridge", "setup_check"},  # jobs, reports, set-up
-    {"cli", "grading", "site"},  # entry points; the course site
+    {"cli", "grading", "site", "site_pages"},  # entry points; the course site (and its pages)
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 TRAINERS = LAYERS[4]

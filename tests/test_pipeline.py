@@ -44,3 +44,56 @@ def test_demo_writes_figures_samples_policy_and_data(demo_runs):
     assert sum(1 for _ in open(d / "heldout.jsonl")) == m["n_heldout_pairs"]
     table = results_table(m)
     assert "held-out implicit-reward acc." in table and "BT-noise ceiling" in table and "fluency" in table
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_interrupted_rerun_leaves_the_earlier_run_intact_and_complete(world, tmp_path, monkeypatch):
+    """A rerun into the same folder is written beside it and swapped in at the end: interrupted late (here while
+    drawing the figures, after metrics.json), the earlier run is all there is; finished, only the new run is."""
+    from dpo_teach import pipeline
+    from dpo_teach.model import save_checkpoint
+
+    save_checkpoint(*world, tmp_path / "ref")
+
+    def config(seed: int) -> DemoConfig:
+        cfg = DemoConfig.with_seed(seed, out_dir=str(tmp_path / "runs" / "demo"), model_path=str(tmp_path / "ref"))
+        cfg.prefs.n_prompts, cfg.n_eval_prompts, cfg.dpo.epochs = 60, 20, 1
+        return cfg
+
+    out = tmp_path / "runs" / "demo"
+    old = run_demo(config(0), progress=False, verbose=False)
+    before = _files(out)
+    assert old["config"]["world"] is None  # π_ref came from model_path: no toy-world preset is recorded
+    calls, save_figure = [], pipeline.save_figure
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C
+        return save_figure(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "save_figure", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(config(1), progress=False, verbose=False)
+    assert _files(out) == before  # before the fix: new train.jsonl, history.json, policy/ beside the old metrics
+    assert [p.name for p in out.parent.iterdir()] == ["demo"]  # no temporary folder left behind
+
+    monkeypatch.setattr(pipeline, "save_figure", save_figure)
+    new = run_demo(config(1), progress=False, verbose=False)
+    after = _files(out)
+    assert set(after) == set(before) and after["policy/model.safetensors"] != before["policy/model.safetensors"]
+    assert json.loads(after["metrics.json"]) == json.loads(json.dumps(new)) != json.loads(before["metrics.json"])
+    assert [p.name for p in out.parent.iterdir()] == ["demo"]
+
+
+def test_a_demo_into_a_folder_with_other_files_deletes_nothing(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"mine: holds 1 file\(s\) that a demo run does not write \(e.g. "
+                                              r"notes.txt\)"):
+        run_demo(DemoConfig.with_seed(0, out_dir=str(out)), progress=False, verbose=False)
+    assert (out / "notes.txt").read_text() == "keep me"
