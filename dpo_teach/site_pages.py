@@ -121,7 +121,9 @@ def machine_paths() -> list[tuple[re.Pattern, str]]:
     rules = [(rf"{PATH_CHAR}*/ipykernel_\d+/\d+\.py", "<cell>"),
              (rf"{PATH_CHAR}*/(?=reference-\w+-\w+)", "~/.cache/dpo-teach/")]
     rules += [(_literal(folder), text) for folder, text in folders if str(folder).strip("/.")]
-    rules += [(re.escape(temp) + rf"/{NAME_CHAR}+", "<temporary folder>") for temp in {tempfile.gettempdir(), "/tmp"}]
+    # a temporary folder, however deep (a test run's is /tmp/pytest-of-USER/pytest-N/...), up to a file's name
+    rules += [(re.escape(temp) + rf"(?:/{NAME_CHAR}+)+?(?=/{NAME_CHAR}+\.\w+\b|(?!/{NAME_CHAR}))", "<temporary folder>")
+              for temp in {tempfile.gettempdir(), "/tmp"}]
     return [(re.compile(pattern), text) for pattern, text in rules]
 
 

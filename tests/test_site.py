@@ -117,7 +117,9 @@ def test_build_machine_paths_become_a_readers_names():
                f"cache {cache_dir()}": "cache ~/.cache/dpo-teach",
                f"kernel python: {sys.prefix}/bin/python": "kernel python: .venv/bin/python",
                "/tmp/dpo-teach-07-jeslvsp3/train.jsonl: 1997 rows": "<temporary folder>/train.jsonl: 1997 rows",
-               "/tmp/pytest-of-root/pytest-3/cache0/reference-tiny-70065": "~/.cache/dpo-teach/reference-tiny-70065"}
+               "/tmp/pytest-of-root/pytest-3/cache0/reference-tiny-70065": "~/.cache/dpo-teach/reference-tiny-70065",
+               "cache (π_ref) /tmp/pytest-of-root/pytest-3/private0": "cache (π_ref) <temporary folder>",
+               "wrote /tmp/pytest-of-root/pytest-3/run0/metrics.json.": "wrote <temporary folder>/metrics.json."}
     assert {line: site_pages.clean_text(line) for line in printed} == printed
     assert site_pages.clean_text("/tmp/x/train.jsonl", markup=True) == "&lt;temporary folder&gt;/train.jsonl"
 
