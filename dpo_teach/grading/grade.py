@@ -237,8 +237,10 @@ def _hidden(submissions: Path, out: Path, autograder: Path) -> list[str]:
     checks it)."""
     from dpo_teach.world import cache_dir  # not at the top: torch; each notebook's process imports this module
 
-    keep = [ROOT / "dpo_teach", *ROOT.glob("*.egg-info"), NOTEBOOKS, Path(sys.prefix), Path(sys.base_prefix),
-            cache_dir(), Path(tempfile.gettempdir())]
+    keep = [ROOT / "dpo_teach", *ROOT.glob("*.egg-info"), NOTEBOOKS, cache_dir(), Path(tempfile.gettempdir())]
+    # a course folder inside the cache or the temporary folder (a clone in /tmp) is still covered; one inside the
+    # Python environment (an installed package) has nothing of the course's own to cover
+    keep = [k for k in keep if k.resolve() not in ROOT.resolve().parents] + [Path(sys.prefix), Path(sys.base_prefix)]
     return sandbox.covered(ROOT, keep) + [str(Path(p).resolve()) for p in (submissions, out, autograder)]
 
 
