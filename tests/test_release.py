@@ -61,3 +61,31 @@ def test_the_instructors_commands_in_the_release_say_what_is_missing(tmp_path):
         assert done.returncode == 2, (command, done.stdout, done.stderr)
         assert missing in done.stderr and "instructor's full repository" in done.stderr, done.stderr
         assert str(out / "course") in done.stderr, "the message names the folder it looked in"
+
+
+def test_release_replaces_only_an_earlier_release(tmp_path, monkeypatch):
+    """`--out` over a folder of someone's files deleted them; now only an earlier release (or a new or empty folder)
+    is replaced, and nothing is written otherwise."""
+    from dpo_teach.grading.release import OutError
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "precious.txt").write_text("mine")
+    with pytest.raises(OutError, match="holds files and is not an earlier release"):
+        release(notes)
+    assert [p.name for p in notes.iterdir()] == ["precious.txt"]
+    (tmp_path / "a_file").write_text("x")
+    for out in (tmp_path / "a_file", tmp_path / "a_file" / "sub"):
+        with pytest.raises(OutError, match="is a file, not a folder"):
+            release(out)
+    monkeypatch.chdir(notes)
+    with pytest.raises(OutError, match="or a folder above it"):
+        release(tmp_path)
+    out = tmp_path / "student"
+    release(out)
+    (out / "stale.txt").write_text("from before")
+    release(out)  # an earlier release is replaced whole
+    assert out.is_dir() and not (out / "stale.txt").exists()
+    done = subprocess.run([sys.executable, "-m", "dpo_teach.grading", "release", "--out", str(notes)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "nothing was written" in done.stderr and (notes / "precious.txt").is_file()

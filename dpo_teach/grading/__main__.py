@@ -54,10 +54,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{AUTOGRADER.relative_to(ROOT)}/{name}.zip"
                   + (f", {Path(args.solutions) / name}.ipynb (solutions)" if args.solutions else ""))
     elif args.command == "release":
-        from dpo_teach.grading.release import LeakError, release
+        from dpo_teach.grading.release import LeakError, OutError, release
 
         try:
             files = release(Path(args.out))
+        except OutError as e:
+            print(f"make release: error: {e}; nothing was written", file=sys.stderr)
+            return 2
         except LeakError as e:
             print(f"make release: error: {e}; nothing was written", file=sys.stderr)
             return 1

@@ -30,6 +30,29 @@ class LeakError(RuntimeError):
     """The release would hold instructor-only text; the message names the file and the line."""
 
 
+class OutError(ValueError):
+    """``out`` cannot be replaced by a release without losing files that are not an earlier release's."""
+
+
+def check_out(out: Path, root: Path = ROOT) -> None:
+    """Raise :class:`OutError` unless ``out`` may become the release: a new or empty folder, or an earlier release
+    (its README carries :data:`RELEASE_NOTE`), never the course's folder, the current one or a folder above them."""
+    out = Path(out).resolve()
+    for keep in (Path(root).resolve(), Path.cwd().resolve()):
+        if out == keep or out in keep.parents:
+            raise OutError(f"--out {out} is {keep} or a folder above it, which the release would replace; "
+                           "pass a new folder")
+    blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise OutError(f"--out {out}: {blocked} is a file, not a folder; pass a new folder")
+    if out.exists() and any(out.iterdir()):
+        readme = out / "README.md"
+        earlier = readme.is_file() and RELEASE_NOTE in readme.read_text(encoding="utf-8", errors="replace")
+        if not earlier:
+            raise OutError(f"--out {out} holds files and is not an earlier release (its README.md has no release "
+                           "note); pass a new folder, or remove that one yourself")
+
+
 SKIP = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".ruff_cache"}  # never part of a release
 
 
@@ -86,7 +109,9 @@ def find_leaks(tree: Path, masters: Path = MASTERS) -> list[str]:
 
 def release(out: Path, root: Path = ROOT) -> list[str]:
     """Write the student release to ``out`` (replacing it); return its files. Raises LeakError, writing nothing,
-    when a master's solution or hidden test would be in it."""
+    when a master's solution or hidden test would be in it, and OutError, writing nothing, when ``out`` holds other
+    files (:func:`check_out`)."""
+    check_out(out, root)
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     files = released_files(root)
