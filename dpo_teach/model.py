@@ -19,7 +19,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from dpo_teach.utils import atomic_write_dir
+from dpo_teach.utils import atomic_dir
 
 # Sizes measured on 2 CPU cores in DESIGN.md §7: "tiny" trains in seconds, "small" in about a minute.
 PRESETS: dict[str, dict[str, int]] = {
@@ -85,13 +85,11 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, path: str | Path, extra: 
     ``extra`` maps file names to JSON-serialisable objects written beside them (e.g. the config that built it).
     """
 
-    def write(tmp: Path) -> None:
+    with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         for name, obj in (extra or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-    atomic_write_dir(path, write)
 
 
 def _first_line(error: Exception) -> str:
@@ -133,8 +131,9 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
         raise CheckpointError(f"checkpoint {path}: config.json cannot be loaded ({_first_line(e)}); {fix}") from e
     _check_causal(path, config)
     try:  # mismatched shapes are reported in the loading info below, with an example, instead of raised
-        model, info = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32,
-                                                           ignore_mismatched_sizes=True, output_loading_info=True)
+        model, info = AutoModelForCausalLM.from_pretrained(path, config=config, local_files_only=True,
+                                                           dtype=torch.float32, ignore_mismatched_sizes=True,
+                                                           output_loading_info=True)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"checkpoint {path}: the model cannot be loaded ({_first_line(e)}); "
                               f"the files may be truncated or corrupt — re-save or re-download them") from e

@@ -40,8 +40,8 @@ def sample(
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     empty = [i for i, ids in enumerate(prompt_ids) if not ids]
     if empty:  # nothing to condition the first token on, and scoring it would need a token before it
-        raise ValueError(f"prompt {empty[0]} of {len(prompts)} is empty ({len(empty)} in all); every prompt needs at "
-                         "least one token")
+        raise ValueError(f"prompt {empty[0] + 1} of {len(prompts)} is empty ({len(empty)} in all); every prompt "
+                         "needs at least one token")
     context = context_length(model)
     longest = max((len(p) for p in prompt_ids), default=0)
     if context is not None and longest + max_new_tokens > context:  # else an IndexError deep inside generate

@@ -127,26 +127,27 @@ def machine_paths() -> list[tuple[re.Pattern, str]]:
     return [(re.compile(pattern), text) for pattern, text in rules]
 
 
-def clean_text(text: str, markup: bool = False) -> str:
+def clean_text(text: str, markup: bool = False, rules: list[tuple[re.Pattern, str]] | None = None) -> str:
     """``text`` (an output's text, or its HTML when ``markup``) without the build machine's folders
-    (:func:`machine_paths`) and without doctest's own frames in a traceback (the failing example and its error
-    stay)."""
-    for pattern, neutral in machine_paths():
+    (:func:`machine_paths`, or ``rules`` already made from it) and without doctest's own frames in a traceback (the
+    failing example and its error stay)."""
+    for pattern, neutral in rules or machine_paths():
         text = pattern.sub(html.escape(neutral) if markup else neutral, text)
     return DOCTEST_FRAME.sub("", text)
 
 
 def clean_outputs(nb: nbformat.NotebookNode) -> None:
     """:func:`clean_text` on every output: streams, tracebacks and every text form of a result."""
+    rules = machine_paths()  # once per notebook, not once per output line
     for cell in code_cells(nb):
         for out in cell.outputs:
             if "text" in out:
-                out.text = clean_text(out.text)
+                out.text = clean_text(out.text, rules=rules)
             if "traceback" in out:
-                out.traceback = [clean_text(line) for line in out.traceback]
+                out.traceback = [clean_text(line, rules=rules) for line in out.traceback]
             for kind, value in out.get("data", {}).items():
                 if kind.startswith("text/") and isinstance(value, str):
-                    out.data[kind] = clean_text(value, markup=kind in MARKUP)
+                    out.data[kind] = clean_text(value, markup=kind in MARKUP, rules=rules)
 
 
 def note_build_machine(nb: nbformat.NotebookNode) -> None:

@@ -8,7 +8,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -83,15 +83,6 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Fill a fresh temporary directory with ``write(tmp_dir)``, then swap it in place of ``path``.
-
-    If ``write`` raises, ``path`` keeps its previous contents (if any) and the temporary directory is removed.
-    """
-    with atomic_dir(path) as tmp:
-        write(tmp)
 
 
 def check_replaceable(path: str | Path, owned: Collection[str], what: str = "a run") -> None:

@@ -544,7 +544,7 @@ def test_sampling_past_the_context_is_a_clear_error(tiny_checkpoint):
     with pytest.raises(ContextLengthError, match="max_new_tokens=40 does not fit the model's context of 32"):
         sample(model, tok, [GOOD["prompt"]], max_new_tokens=40)
     assert len(sample(model, tok, [GOOD["prompt"]], max_new_tokens=4).completions) == 1
-    with pytest.raises(ValueError, match="prompt 1 of 2 is empty"):
+    with pytest.raises(ValueError, match="prompt 2 of 2 is empty"):
         sample(model, tok, [GOOD["prompt"], ""], max_new_tokens=4)
 
 

@@ -218,11 +218,10 @@ def _unknown_assignment(path: Path, nb, manifests: dict, released_dir: Path) -> 
     """The row's status and reason for a notebook of no graded assignment: a course notebook without exercises
     (06, the instructor's demo) is not graded, and says so; of anything else the grader cannot tell what it is."""
     ungraded = [p.stem for p in sorted(Path(released_dir).glob("*.ipynb")) if p.stem not in manifests]
-    named = (nb.metadata.get("otter") or {}).get("assignment_name") if nb is not None else None
-    course = [stem for stem in ungraded if stem == named or stem in path.name]
+    course = _detect_assignment(path, nb, ungraded)  # the same rule as for a graded notebook
     if course:
-        return {"status": "skipped", "assignment": course[0],
-                "reason": f"not graded: {course[0]} has no auto-graded exercises (the graded notebooks are "
+        return {"status": "skipped", "assignment": course,
+                "reason": f"not graded: {course} has no auto-graded exercises (the graded notebooks are "
                           f"{', '.join(sorted(manifests))})"}
     return {"status": "error", "reason": "cannot tell which assignment this is: name the file after it "
                                          f"(e.g. alice_{next(iter(manifests))}.ipynb) or pass --assignment"}

@@ -68,12 +68,12 @@ install --no-deps "$SRC"/dpo_teach-*.whl
 """
 
 
-def python_floor() -> tuple[int, int]:
-    """The oldest Python the package supports: its wheel's ``Requires-Python`` (``>=3.11``)."""
-    try:
-        spec = metadata.metadata("dpo-teach").get("Requires-Python") or ""
-    except metadata.PackageNotFoundError:  # a source tree on the path, not installed: this Python, then
-        spec = ""
+def python_floor(root: Path = ROOT) -> tuple[int, int]:
+    """The oldest Python the package supports: ``requires-python`` in the ``pyproject.toml`` the bundle's wheel is
+    built from (``>=3.11``; the installed copy's metadata may be older)."""
+    import tomllib
+
+    spec = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]["requires-python"]
     match = re.search(r">=\s*(\d+)\.(\d+)", spec)
     return (int(match[1]), int(match[2])) if match else sys.version_info[:2]
 
@@ -141,14 +141,14 @@ def build(out: Path, autograder: Path = AUTOGRADER, released: Path = NOTEBOOKS) 
     written = []
     with tempfile.TemporaryDirectory() as tmp:
         wheel, reference = _wheel(Path(tmp)), _reference_entry()
+        shared = [("setup.sh", setup_script(), 0o755), ("run_autograder", RUN, 0o755),  # the same in every bundle
+                  ("requirements.txt", requirements() + "\n", 0o644), ("torch.txt", torch_requirement(), 0o644),
+                  ("pip_install.py", INSTALLER.read_text(), 0o644)]
         for manifest in sorted(Path(autograder).glob("*.json")):
             name = manifest.stem
             buffer = io.BytesIO()
             with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-                for member, text, mode in [("setup.sh", setup_script(), 0o755), ("run_autograder", RUN, 0o755),
-                                           ("requirements.txt", requirements() + "\n", 0o644),
-                                           ("torch.txt", torch_requirement(), 0o644),
-                                           ("pip_install.py", INSTALLER.read_text(), 0o644)]:
+                for member, text, mode in shared:
                     info = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
                     info.external_attr = mode << 16
                     z.writestr(info, text)
