@@ -333,11 +333,13 @@ class NotebookRuns:
         link_assets(path, workdir)  # notebook 06 opens the shipped results in assets/ beside it
         nb = nbformat.read(copy, as_version=4)
         log = workdir / "claims.jsonl"
+        scratch = workdir / "tmp"  # the kernel's temporary folder: whatever the notebook leaves there, a student's does
+        scratch.mkdir(exist_ok=True)
         # The kernel inherits these: fast or full mode; every claim check logs whether its claim held (the run fails
         # below on any that did not, as strictly as an assert) and then takes the failed-check path, so this one run
         # also shows that no check stops the notebook (tests/test_notebook_claims_forced.py reads it).
         env = {"DPO_TEACH_FAST": "1" if fast else "0", "DPO_TEACH_CLAIMS": "record", "DPO_TEACH_CLAIMS_LOG": str(log),
-               "DPO_TEACH_STRICT": "0"}
+               "DPO_TEACH_STRICT": "0", "TMPDIR": str(scratch)}
         old = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         start, stopped = time.perf_counter(), None
@@ -358,7 +360,9 @@ class NotebookRuns:
         error = stopped or (f"ClaimFailed: {len(failed)} claim(s) did not hold: {failed}" if failed else None)
         nbformat.write(nb, copy)  # the executed copy, outputs included, where the run left its files
         atomic_write_json(self.store / f"{key}.json", {"seconds": seconds, "error": error, "stopped": stopped,
-                                                       "claims": claims, "file": str(copy)})  # last: marks it done
+                                                       "claims": claims, "file": str(copy),
+                                                       "left_in_tmp": sorted(p.name for p in scratch.iterdir())})
+        # (the json file is written last: it marks the run done)
         print(f"{key}: {seconds:.1f} s" + (f", stopped: {error.splitlines()[0]}" if error else ""))
 
 

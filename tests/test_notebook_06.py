@@ -56,6 +56,7 @@ def test_readme_quotes_the_shipped_numbers():
 def test_notebook_executes_headless_in_fast_mode(notebook_runs):
     run = notebook_runs.get(NOTEBOOK, fast=True)  # the suite's one run of 06 (the site is built from it too)
     assert run["stopped"] is None, f"06 stopped: {run['stopped']}"
+    assert run["left_in_tmp"] == [], "06 left files in the temporary folder after its kernel stopped"
     nb = run["nb"]
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "In one line: DPO's frontier lies" in printed

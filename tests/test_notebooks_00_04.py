@@ -49,6 +49,7 @@ def test_student_notebook_runs_headless(executed, name):
     assert result["error"] is None, f"{name} stopped: {result['error']}"
     run_as = Path(result["file"])  # the whole notebook ran under a browser's name, outside the repository
     assert run_as.name == f"{name} (1).ipynb" and NOTEBOOKS.resolve() not in run_as.resolve().parents
+    assert result["left_in_tmp"] == [], f"{name} left files in the temporary folder after its kernel stopped"
 
 
 def outputs(nb, kind: str) -> list:
