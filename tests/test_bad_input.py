@@ -860,6 +860,39 @@ def test_optimizer_step_refuses_a_nan_loss_and_leaves_the_weights(tiny_checkpoin
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("breaks", ["the loss", "a weight"])
+def test_a_students_step_that_steps_anyway_is_stopped_with_the_step_and_settings(world, pairs, breaks):
+    """Notebook 05 trains with the student's own ``dpo_training_step``: one that reports a nan loss, or that
+    steps without the package's finite-gradient check and overflows a weight, must stop ``train_dpo`` with the step
+    and settings, not hand back a policy of nan weights."""
+    import copy
+    import math
+
+    import torch
+
+    from dpo_teach.dpo import DPOConfig, dpo_step, train_dpo
+    from dpo_teach.training import TrainingError
+
+    reference, tokenizer = world
+    policy = copy.deepcopy(reference)
+    calls = []
+
+    def students_step(policy, reference, batch, optimizer, loss_fn):
+        metrics = dpo_step(policy, reference, batch, optimizer, loss_fn)
+        calls.append(1)
+        if len(calls) == 2 and breaks == "the loss":
+            return {**metrics, "loss": math.nan}
+        if len(calls) == 3 and breaks == "a weight":  # the last of 3 steps: only the final check can see it
+            with torch.no_grad():
+                next(policy.parameters())[0, 0] = math.inf
+        return metrics
+
+    cfg = DPOConfig(beta=0.5, lr=1e-3, batch_size=16, epochs=1, seed=0)
+    step, what = ("2 of 3", "the loss is nan") if breaks == "the loss" else ("3 of 3", "a weight is no longer finite")
+    with pytest.raises(TrainingError, match=rf"DPO diverged at step {step} \({what}; .*peak lr=0.001, beta=0.5\)"):
+        train_dpo(policy, reference, tokenizer, pairs[:48], cfg, step_fn=students_step)
+
+
 def test_an_out_dir_holding_other_files_is_refused_before_any_work(tmp_path, capsys, no_work):
     out = tmp_path / "mine"
     out.mkdir()
