@@ -22,7 +22,7 @@ from dpo_teach.logprobs import (
     with_reference_logprobs,
 )
 from dpo_teach.losses import get_loss, step_metrics
-from dpo_teach.training import TrainingError, adamw, minibatches, n_steps, optimizer_step, set_lr
+from dpo_teach.training import adamw, diverged, diverging, minibatches, n_steps, optimizer_step, set_lr
 from dpo_teach.utils import lr_at, set_seed
 
 
@@ -114,24 +114,21 @@ def train_dpo(
         batch = collate([examples[i] for i in idx.tolist()])
         lr = lr_at(step, total, config.lr)
         set_lr(optimizer, lr)
-        try:
+        with diverging("DPO", step, total, lr, config, _fix(config)):
             metrics = (step_fn or dpo_step)(policy, reference, batch, optimizer, loss_fn)
-        except TrainingError as e:
-            raise _diverged(step, total, lr, config, str(e)) from None
         loss = metrics.get("loss") if isinstance(metrics, dict) else None
         if isinstance(loss, float) and not math.isfinite(loss):  # a custom step_fn that stepped anyway
-            raise _diverged(step, total, lr, config, f"the loss is {loss}")
+            raise diverged("DPO", step, total, lr, config, f"the loss is {loss}", _fix(config))
         history.append({"step": step, "epoch": epoch, "lr": lr, **metrics})
         if callback is not None:
             callback(history[-1])
     if not all(torch.isfinite(p).all() for p in policy.parameters()):  # the last step overflowed a weight
-        raise _diverged(total - 1, total, lr_at(total - 1, total, config.lr), config, "a weight is no longer finite")
+        raise diverged("DPO", total - 1, total, lr_at(total - 1, total, config.lr), config,
+                       "a weight is no longer finite", _fix(config))
     policy.eval()
     return history
 
 
-def _diverged(step: int, total: int, lr: float, config: DPOConfig, what: str) -> TrainingError:
-    """The error for a step whose loss or gradient is nan or inf: where, with which settings, and what to change."""
-    return TrainingError(f"DPO diverged at step {step + 1} of {total} ({what}; learning rate {lr:.3g} at this step, "
-                         f"peak lr={config.lr:g}, beta={config.beta:g}); nothing was saved. Lower the learning rate "
-                         f"(--lr, e.g. {config.lr / 10:g}) or β (--beta)")
+def _fix(config: DPOConfig) -> str:
+    """What to change when DPO diverges, in ``dpo-teach train``'s flags."""
+    return f"Lower the learning rate (--lr, e.g. {config.lr / 10:g}) or β (--beta)"

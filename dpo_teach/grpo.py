@@ -36,7 +36,7 @@ from dpo_teach.compute import Compute
 from dpo_teach.ppo import RewardFn, clipped_surrogate, masked_mean
 from dpo_teach.rollout import RolloutBatch, collate_rollout, token_logprobs
 from dpo_teach.sampling import sample
-from dpo_teach.training import adamw, minibatches, optimizer_step, set_lr
+from dpo_teach.training import adamw, diverging, minibatches, optimizer_step, set_lr
 from dpo_teach.utils import lr_at, set_seed
 
 LOSS_NORMS = ("sequence", "token")
@@ -225,8 +225,10 @@ def train_group_policy(policy, reference, tokenizer, reward_fn: RewardFn, config
         prompts = prompt_rng.choices(grammar.all_prompts(), k=config.prompts_per_step)
         groups = make_groups(policy, reference, tokenizer, reward_fn, prompts, config,
                              seed=config.seed * 1_000_003 + step + 1, compute=compute, advantage_fn=advantage_fn)
+        with diverging(name, step, config.steps, lr, config):
+            updated = update(policy, optimizer, groups, config, loss_fn, generator, compute)
         metrics = {"step": step, "episode": (step + 1) * per_step, "lr": lr, **group_metrics(groups, config.group_size),
-                   **update(policy, optimizer, groups, config, loss_fn, generator, compute)}
+                   **updated}
         history.append(metrics)
         if callback is not None:
             callback(metrics)

@@ -35,7 +35,7 @@ from dpo_teach.compute import Compute
 from dpo_teach.reward_model import ScalarModel
 from dpo_teach.rollout import RolloutBatch, collate_rollout, token_logprobs
 from dpo_teach.sampling import sample
-from dpo_teach.training import adamw, minibatches, optimizer_step, set_lr
+from dpo_teach.training import adamw, diverging, minibatches, optimizer_step, set_lr
 from dpo_teach.utils import lr_at, set_seed
 
 RewardFn = Callable[[list[str], list[str]], np.ndarray]  # (prompts, completions) -> scores, Shape: (N,)
@@ -294,9 +294,10 @@ def train_ppo(policy, reference, value_model: ScalarModel, tokenizer, reward_fn:
         prompts = prompt_rng.choices(grammar.all_prompts(), k=config.rollout_size)
         rollout = make_rollout(policy, reference, value_model, tokenizer, reward_fn, prompts, config,
                                seed=config.seed * 1_000_003 + step + 1, compute=compute)
+        with diverging("PPO", step, config.steps, lr, config):
+            updated = ppo_update(policy, value_model, optimizer, rollout, config, generator, compute)
         metrics = {"step": step, "episode": (step + 1) * config.rollout_size, "lr": lr,
-                   **rollout_metrics(rollout, config.kl_coef),
-                   **ppo_update(policy, value_model, optimizer, rollout, config, generator, compute)}
+                   **rollout_metrics(rollout, config.kl_coef), **updated}
         history.append(metrics)
         if callback is not None:
             callback(metrics)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from dpo_teach.compute import Compute
 from dpo_teach.logprobs import PreferenceCollator, encode_completion, pad_rows, position_ids, tokenize_pairs
 from dpo_teach.losses import bradley_terry_loss
-from dpo_teach.training import adamw, minibatches, n_steps, optimizer_step, set_lr
+from dpo_teach.training import adamw, diverging, minibatches, n_steps, optimizer_step, set_lr
 from dpo_teach.utils import lr_at, set_seed
 
 
@@ -98,7 +98,8 @@ def train_reward_model(reference: torch.nn.Module, tokenizer, rows: list[dict], 
         set_lr(optimizer, lr)
         chosen, rejected = pair_scores(rm, batch)  # r_φ(x, y_w), r_φ(x, y_l), (B,) each
         loss = bradley_terry_loss(chosen, rejected).mean()  # Eq. 2
-        optimizer_step(optimizer, loss)
+        with diverging("The reward model", step, total, lr, config):
+            optimizer_step(optimizer, loss)
         if compute is not None:
             compute.add(forward=2 * len(chosen), backward=2 * len(chosen))
         history.append({"step": step, "epoch": epoch, "lr": lr, "loss": loss.item(),

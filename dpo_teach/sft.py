@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dpo_teach.logprobs import pad_rows, sequence_logprobs
-from dpo_teach.training import adamw, optimizer_step, set_lr
+from dpo_teach.training import adamw, diverging, optimizer_step, set_lr
 from dpo_teach.utils import lr_at, set_seed
 
 
@@ -52,7 +52,8 @@ def train_sft(
         lr = lr_at(step, config.steps, config.lr)
         set_lr(optimizer, lr)
         loss = sft_loss(model, batch)
-        optimizer_step(optimizer, loss)
+        with diverging("SFT", step, config.steps, lr, config):
+            optimizer_step(optimizer, loss)
         history.append({"step": step, "loss": loss.item(), "lr": lr})
     model.eval()
     return history

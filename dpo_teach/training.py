@@ -5,21 +5,45 @@ A trainer reads::
 
     optimizer = adamw(model.parameters(), config.lr)
     for step, (epoch, idx) in enumerate(minibatches(len(examples), config.batch_size, config.epochs, generator)):
-        set_lr(optimizer, lr_at(step, total, config.lr))  # utils.lr_at: warm-up, cosine
+        lr = lr_at(step, total, config.lr)           # utils.lr_at: warm-up, cosine
+        set_lr(optimizer, lr)
         loss = ...                                   # the algorithm
-        optimizer_step(optimizer, loss)              # zero_grad → backward → clip → step
+        with diverging("DPO", step, total, lr, config):  # nan or inf: an error naming the run, step and settings
+            optimizer_step(optimizer, loss)          # zero_grad → backward → clip → step
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 
 
 class TrainingError(RuntimeError):
     """Training diverged: the loss or the gradient is no longer a finite number (nan or inf). Nothing is updated
-    with it; the message says at which step and what to change."""
+    with it; raised through :func:`diverging`, the message says which run, at which step, and what to change."""
+
+
+def diverged(name: str, step: int, total: int, lr: float, config, what: str, fix: str | None = None) -> TrainingError:
+    """The error for ``name``'s step ``step`` (0-based) of ``total`` whose loss or gradient is nan or inf (``what``):
+    where, the learning rate then, the run's peak lr and KL weight (``config.lr``, ``config.beta`` or
+    ``config.kl_coef``), and what to change (``fix``; by default: a lower learning rate)."""
+    settings = ", ".join(f"{label}={getattr(config, key):g}" for key, label in
+                         [("lr", "peak lr"), ("beta", "beta"), ("kl_coef", "kl_coef")] if hasattr(config, key))
+    fix = fix or f"Lower the learning rate (lr, e.g. {config.lr / 10:g})"
+    return TrainingError(f"{name} diverged at step {step + 1} of {total} ({what}; learning rate {lr:.3g} at this "
+                         f"step, {settings}); nothing was saved. {fix}")
+
+
+@contextmanager
+def diverging(name: str, step: int, total: int, lr: float, config, fix: str | None = None) -> Iterator[None]:
+    """Around a training step: a :class:`TrainingError` raised inside (by :func:`optimizer_step`) comes out as
+    :func:`diverged`'s, which says which run, which step and which settings."""
+    try:
+        yield
+    except TrainingError as e:
+        raise diverged(name, step, total, lr, config, str(e), fix) from None
 
 
 def adamw(params: Iterable[torch.nn.Parameter], lr: float, **kwargs) -> torch.optim.AdamW:

@@ -893,6 +893,47 @@ def test_a_students_step_that_steps_anyway_is_stopped_with_the_step_and_settings
         train_dpo(policy, reference, tokenizer, pairs[:48], cfg, step_fn=students_step)
 
 
+@pytest.mark.parametrize("trainer", ["SFT", "The reward model", "PPO", "GRPO", "RLOO"])
+def test_every_trainer_that_diverges_says_which_run_which_step_and_what_to_change(world, pairs, trainer):
+    """lr = 1e30: AdamW's first step moves every weight by about 1e30, so the next loss is nan or inf. Each trainer
+    stops there with an error that names itself, the step and its settings (before: only DPO's did; the others
+    said "the loss is nan")."""
+    import copy
+
+    from dpo_teach.grpo import GRPOConfig, train_grpo
+    from dpo_teach.ppo import PPOConfig, train_ppo
+    from dpo_teach.reward import ground_truth_reward
+    from dpo_teach.reward_model import RewardConfig, ScalarModel, train_reward_model
+    from dpo_teach.rloo import train_rloo
+    from dpo_teach.sft import SFTConfig, train_sft
+    from dpo_teach.training import TrainingError
+
+    reference, tokenizer = world
+    policy = copy.deepcopy(reference)
+
+    def reward(prompts, completions):
+        return ground_truth_reward(completions)
+
+    group = GRPOConfig(beta=0.1, steps=2, prompts_per_step=4, group_size=4, minibatch_size=4, lr=1e30, seed=0)
+    runs = {
+        "SFT": lambda: train_sft(policy, [(tokenizer.encode(r["prompt"]), tokenizer.encode(r["chosen"]))
+                                          for r in pairs[:16]], tokenizer.pad_token_id,
+                                 SFTConfig(steps=3, batch_size=4, lr=1e30)),
+        "The reward model": lambda: train_reward_model(reference, tokenizer, pairs[:16],
+                                                       RewardConfig(batch_size=4, epochs=1, lr=1e30)),
+        "PPO": lambda: train_ppo(policy, reference, ScalarModel.from_causal_lm(reference, head_std=0.0), tokenizer,
+                                 reward, PPOConfig(kl_coef=0.05, steps=2, rollout_size=16, minibatch_size=4,
+                                                   ppo_epochs=1, lr=1e30)),
+        "GRPO": lambda: train_grpo(policy, reference, tokenizer, reward, group),
+        "RLOO": lambda: train_rloo(policy, reference, tokenizer, reward, group),
+    }
+    with pytest.raises(TrainingError) as caught:
+        runs[trainer]()
+    message = str(caught.value)
+    assert re.match(rf"{trainer} diverged at step \d+ of \d+ \(the (loss|gradient norm) is (nan|inf)", message), message
+    assert "peak lr=1e+30" in message and "Lower the learning rate (lr, e.g. 1e+29)" in message, message
+
+
 def test_an_out_dir_holding_other_files_is_refused_before_any_work(tmp_path, capsys, no_work):
     out = tmp_path / "mine"
     out.mkdir()
