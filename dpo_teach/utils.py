@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
+from glob import escape as glob_escape
 from pathlib import Path
 
 
@@ -69,7 +70,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(os.path.abspath(path))  # "results/." has the parent "results", not "."
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    _remove_abandoned(path)
+    prefix = f".{path.name}.{os.getpid()}."  # the owner's process id: a later run can tell an abandoned folder
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".tmp"))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         yield tmp
@@ -78,11 +81,30 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
     old = None
     if path.exists():
-        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".old"))
         os.replace(path, old / "x")
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_abandoned(path: Path) -> None:
+    """Delete what :func:`atomic_dir` left beside ``path`` in a run that was killed outright (SIGKILL, a power cut:
+    no ``except`` ran): its ``.NAME.PID.*.tmp``/``.old`` folders whose process no longer runs on this machine."""
+    for folder in path.parent.glob(f".{glob_escape(path.name)}.*.*"):
+        pid = folder.name[len(path.name) + 2:].split(".", 1)[0]
+        if folder.suffix in (".tmp", ".old") and folder.is_dir() and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def check_replaceable(path: str | Path, owned: Collection[str], what: str = "a run") -> None:

@@ -1,6 +1,7 @@
 """The demo at its default setting meets the course's targets, and the same seed writes the same metrics.json."""
 
 import json
+import os
 
 import pytest
 
@@ -88,6 +89,25 @@ def test_an_interrupted_rerun_leaves_the_earlier_run_intact_and_complete(world, 
     assert json.loads(after["metrics.json"]) == json.loads(json.dumps(new)) != json.loads(before["metrics.json"])
     assert [p.name for p in out.parent.iterdir()] == ["demo"]
 
+
+def test_a_folder_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path):
+    """SIGKILL runs no ``except``: the killed run's ``.NAME.PID.*.tmp`` stays beside --out until the next run into
+    the same place removes it, and only it (a live run's folder and other files stay)."""
+    import subprocess
+    import sys
+
+    from dpo_teach.utils import atomic_dir
+
+    out = tmp_path / "demo"
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive = int(ended.stdout), os.getppid()
+    leftovers = [tmp_path / f".demo.{dead}.abc123.tmp", tmp_path / f".demo.{dead}.def456.old"]
+    kept = [tmp_path / f".demo.{alive}.xyz789.tmp", tmp_path / f".demo-2.{dead}.abc123.tmp", tmp_path / "notes"]
+    for folder in leftovers + kept:
+        (folder / "policy").mkdir(parents=True)
+    with atomic_dir(out) as work:
+        (work / "metrics.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["demo"] + [p.name for p in kept])
 
 def test_a_demo_into_a_folder_with_other_files_deletes_nothing(tmp_path):
     out = tmp_path / "mine"
