@@ -16,7 +16,7 @@ import time
 import zipfile
 
 import nbformat
-from test_grading import exercises_only, replaced  # tests/ is on sys.path (pytest's rootdir import)
+from test_grading import WRONG, exercises_only, replaced  # tests/ is on sys.path (pytest's rootdir import)
 from test_grading_hostile import WRONG_KL
 
 from dpo_teach.grading import gradescope, judge, sandbox
@@ -132,3 +132,48 @@ def test_without_namespaces_nothing_the_notebook_started_outlives_the_grading(as
     assert not os.path.exists(f"/proc/{pid}"), "the notebook's process outlived the grading"
     time.sleep(5)  # when it would have written
     assert not marker.exists()
+
+
+def test_multiple_choice_questions_are_found_by_their_public_check(assigned):
+    """The letter questions (04's concept checks, 07's diagnoses) and the true/false ones, and no code question."""
+    for bundle in sorted((assigned / "autograder").glob("*.zip")):
+        tests = judge.load_tests(bundle)
+        assert gradescope.multiple_choice(tests) == {q for q in tests if q.startswith(("concept_", "diagnose_"))}, \
+            bundle.stem
+    assert len(gradescope.multiple_choice(judge.load_tests(assigned / "autograder" / "07_variants_and_pitfalls.zip"))) \
+        == 4
+
+
+def test_a_multiple_choice_result_waits_until_grades_are_published(assigned, tmp_path):
+    """A student who resubmits and watches a multiple-choice question's score finds its answer in four tries: its test
+    is shown only once the grades are published (and so, by Gradescope's rule, is the total), and nothing a student
+    sees at once differs between a right and a wrong letter. A code question stays visible, with its feedback."""
+    source = _source(assigned, tmp_path, "07_variants_and_pitfalls")
+    solution = exercises_only(nbformat.read(assigned / "solutions" / "07_variants_and_pitfalls.ipynb", as_version=4))
+    wrong_code = replaced(solution, "def ipo_loss(", WRONG["ipo_wrong_target"][2])
+    seen, scores = [], []
+    for letter in ("a", "b"):  # "a" is right
+        nb = replaced(copy.deepcopy(wrong_code), "diagnose_small_beta =", f'diagnose_small_beta = "{letter}"')
+        (tmp_path / letter).mkdir()
+        report = gradescope.run(source, _submit(tmp_path / letter, nb), tmp_path / letter / "results.json")
+        visibility = {t["name"]: t["visibility"] for t in report["tests"]}
+        assert visibility == {q: "after_published" if q.startswith("diagnose_") else "visible" for q in visibility}
+        seen.append((report["output"], [t for t in report["tests"] if t["visibility"] == "visible"]))
+        scores.append(report["score"])
+    assert seen[0] == seen[1], "what a student sees at once depends on the multiple-choice answer"
+    assert "ipo_loss" in seen[0][0] and "when your instructor publishes the grades" in seen[0][0], seen[0][0]
+    assert scores == [6.0, 5.0], "the instructor's total counts the multiple-choice answer"
+
+
+def test_a_sandbox_that_fails_for_the_notebook_grades_it_in_the_container(assigned, tmp_path, monkeypatch):
+    """The probe passed but the notebook's own sandbox did not start: Gradescope's container isolates the submission,
+    so it is graded without the grader's sandbox (and says so) rather than failing the student's submission."""
+    def no_sandbox(*args):
+        raise sandbox.SandboxUnavailable("mount tmpfs on /autograder/source: Permission denied")
+
+    monkeypatch.setattr(sandbox, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(judge, "_spawn", no_sandbox)
+    source = _source(assigned, tmp_path, "00_start_here")
+    nb = exercises_only(nbformat.read(assigned / "solutions" / "00_start_here.ipynb", as_version=4))
+    report = gradescope.run(source, _submit(tmp_path, nb), tmp_path / "results" / "results.json")
+    assert report["score"] == 1.0 and "not available in this container" in report["output"], report

@@ -16,7 +16,10 @@ import json
 import os
 import re
 import shutil
+import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -25,6 +28,7 @@ from test_exercises_new import WRONG as NEW_EXERCISE_MISTAKES  # tests/ is on sy
 from dpo_teach import grading
 from dpo_teach.grading.assign import solution_lines
 from dpo_teach.grading.grade import _detect_assignment as detect_assignment
+from dpo_teach.grading.grade import student_name
 
 NAMES = [p.stem for p in sorted(grading.MASTERS.glob("*.ipynb"))]
 
@@ -229,7 +233,7 @@ def test_assign_touches_only_notebooks_it_generates(tmp_path):
 
 def test_grade_scores_the_acceptance_folder(graded, assigned):
     report, out = graded
-    rows = {r["student"]: r for r in report["results"]}
+    rows = {Path(r["file"]).stem: r for r in report["results"]}  # a flat folder: the student is "full", "blank", ...
     expected = expected_scores(assigned)
     assert sorted(rows) == sorted(expected)
     for student, scores in expected.items():
@@ -250,14 +254,15 @@ def test_grade_writes_matching_csv_and_json(graded):
         assert line["student"] == row["student"] and float(line["score"]) == row["score"]
         for q, result in row["questions"].items():
             assert float(line[q]) == result["score"]
-    assert report["students"]["full_03_deriving_dpo"]["score"] == report["students"]["full_03_deriving_dpo"]["possible"]
+    full = report["students"]["full"]  # full_01_kl_objective.ipynb, full_02_bradley_terry.ipynb, ...: one student
+    assert full["score"] == full["possible"] > 0 and sorted(full["assignments"]) == NAMES, full
 
 
 def test_full_solutions_and_blank_notebooks_run_without_cell_errors(graded):
     """Masters execute headless with every test passing; stubs fail only inside their checks."""
     report, _ = graded
     for row in report["results"]:
-        if row["student"].startswith(("full_", "blank_")):
+        if row["student"] in ("full", "blank"):
             assert row["errors"] == [], f"{row['student']}: {row['errors'][:2]}"
 
 
@@ -268,7 +273,7 @@ def test_a_wrong_submission_loses_exactly_its_question(graded, kind):
     check lets through."""
     report, _ = graded
     name, _, _, broken = WRONG[kind]
-    (row,) = [r for r in report["results"] if r["student"] == f"{kind}_{name}"]
+    (row,) = [r for r in report["results"] if Path(r["file"]).stem == f"{kind}_{name}"]
     assert row["status"] == "graded" and not row["errors"], row["reason"]
     assert broken in row["reason"] and row["questions"][broken]["score"] == 0, row["reason"]
     if kind in PASS_PUBLIC:
@@ -318,11 +323,11 @@ def test_grade_survives_loops_errors_and_deleted_cells(graded_robustness):
     assert messy["assignment"] == "01_kl_objective" and messy["score"] == messy["possible"] == 5
     assert any(e.startswith("TimeoutError") for e in messy["errors"]), messy["errors"]
     assert any(e.startswith("ZeroDivisionError") for e in messy["errors"]), messy["errors"]
-    loop = rows["loop_01_kl_objective"]
+    loop = rows["loop"]
     assert {q: r["score"] for q, r in loop["questions"].items()} == {"kl_divergence": 2, "objective": 0,
                                                                      "optimal_policy": 2}
     assert "objective (TimeoutError" in loop["reason"]
-    stuck = rows["stuck_01_kl_objective"]
+    stuck = rows["stuck"]
     # it switched off the grader's per-cell alarm: killed at the notebook limit, and flagged for the instructor
     assert stuck["status"] == "flagged" and stuck["score"] == 0 and "per-notebook time limit" in stuck["reason"]
     assert any("signal" in flag for flag in stuck["flags"]), stuck["flags"]
@@ -340,14 +345,73 @@ def test_find_submissions_and_assignment_detection(tmp_path):
     (tmp_path / "bob_02_bradley_terry.ipynb").write_text("{}")
     (tmp_path / ".ipynb_checkpoints").mkdir()
     (tmp_path / ".ipynb_checkpoints" / "x.ipynb").write_text("{}")
-    (tmp_path / "notes.txt").write_text("not a notebook")
-    found = grading.find_submissions(tmp_path)
-    assert [(s, p.name) for s, p in found] == [("alice", "hw.ipynb"),
-                                               ("bob_02_bradley_terry", "bob_02_bradley_terry.ipynb")]
+    (tmp_path / ".DS_Store").write_text("")
+    (tmp_path / "notes.txt").write_text("not a notebook")  # found: its row says what it is
     manifests = {"02_bradley_terry": {}, "03_deriving_dpo": {}}
+    found = grading.find_submissions(tmp_path, manifests)
+    assert [(s, p.name) for s, p in found] == [("alice", "hw.ipynb"), ("bob", "bob_02_bradley_terry.ipynb"),
+                                               ("notes", "notes.txt")]
     assert detect_assignment(found[1][1], None, manifests) == "02_bradley_terry"
     nb = nbformat.v4.new_notebook(metadata={"otter": {"assignment_name": "03_deriving_dpo"}})
     assert detect_assignment(found[0][1], nb, manifests) == "03_deriving_dpo"
+
+
+@pytest.mark.parametrize("stem, student", [
+    ("alice_01_kl_objective", "alice"), ("alice_01_kl_objective (1)", "alice"), ("alice_01_kl_objective-1", "alice"),
+    ("alice_01_kl_objective copy", "alice"), ("alice_01_kl_objective - Copy (2)", "alice"),
+    ("Copy of alice_01_kl_objective", "alice"), ("01_kl_objective_alice (1)", "alice"), ("alice (1)", "alice"),
+    ("jd_2024_01_kl_objective-1", "jd_2024"),  # a number that is part of the name stays
+    ("01_kl_objective", "01_kl_objective"), ("01_kl_objective (1)", "01_kl_objective (1)")])  # no name: as it is
+def test_a_flat_files_student_is_its_name_less_the_assignment_and_a_copys_mark(stem, student):
+    assert student_name(stem, ["01_kl_objective", "02_bradley_terry"]) == student
+
+
+def _solution(assigned, name: str):
+    return exercises_only(nbformat.read(assigned / "solutions" / f"{name}.ipynb", as_version=4))
+
+
+def test_a_flat_folder_makes_one_student_across_assignments_and_copies(assigned, tmp_path):
+    """Notebooks directly in the folder: the student is the file's name less the assignment's and a copy's mark, so
+    alice's 01 and 02 make one total, and a browser's re-download ``(1)`` supersedes her first 01 (the latest is
+    graded, once)."""
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    first = folder / "alice_01_kl_objective.ipynb"
+    nbformat.write(replaced(_solution(assigned, "01_kl_objective"), "def kl_divergence(", WRONG["kl_reversed"][2]),
+                   first)
+    os.utime(first, (time.time() - 3600, time.time() - 3600))
+    nbformat.write(_solution(assigned, "01_kl_objective"), folder / "alice_01_kl_objective (1).ipynb")
+    nbformat.write(_solution(assigned, "02_bradley_terry"), folder / "alice_02_bradley_terry.ipynb")
+    report = grading.grade(folder, tmp_path / "out", autograder=assigned / "autograder", log=lambda m: None)
+    rows = {Path(r["file"]).name: (r["student"], r["assignment"], r["status"]) for r in report["results"]}
+    assert rows == {"alice_01_kl_objective.ipynb": ("alice", "01_kl_objective", "superseded"),
+                    "alice_01_kl_objective (1).ipynb": ("alice", "01_kl_objective", "graded"),
+                    "alice_02_bradley_terry.ipynb": ("alice", "02_bradley_terry", "graded")}, rows
+    assert report["students"] == {"alice": {"score": 8.0, "possible": 8.0,
+                                            "assignments": {"01_kl_objective": 5.0, "02_bradley_terry": 3.0}}}
+
+
+def test_files_that_are_not_notebooks_get_a_row_that_says_what_to_do(assigned, tmp_path):
+    """A notebook saved as ``.IPYNB`` is graded; a ``.py`` or a zip is not, but gets a row of status ``skipped`` that
+    says what to do, is named under the table, and costs no one a 0."""
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    nbformat.write(_solution(assigned, "01_kl_objective"), folder / "alice_01_kl_objective.ipynb")
+    nbformat.write(_solution(assigned, "01_kl_objective"), folder / "BOB_01_KL_OBJECTIVE.IPYNB")
+    (folder / "alice.py").write_text("def kl_divergence(p, q):\n    return (p * (p / q).log()).sum(-1)\n")
+    with zipfile.ZipFile(folder / "alice_01.ipynb.zip", "w") as z:
+        z.writestr("alice_01.ipynb", "{}")
+    report = grading.grade(folder, tmp_path / "out", autograder=assigned / "autograder", log=lambda m: None)
+    rows = {Path(r["file"]).name: r for r in report["results"]}
+    assert rows["BOB_01_KL_OBJECTIVE.IPYNB"]["status"] == "graded" and rows["BOB_01_KL_OBJECTIVE.IPYNB"]["score"] == 5
+    python, archive = rows["alice.py"], rows["alice_01.ipynb.zip"]
+    assert python["status"] == archive["status"] == "skipped" and python["possible"] == archive["possible"] == 0
+    assert "not a notebook (.py): ask the student for the .ipynb" in python["reason"], python["reason"]
+    assert "a .zip archive: unzip it into the submissions folder and grade again" in archive["reason"], archive
+    assert report["students"] == {"alice": {"score": 5.0, "possible": 5.0, "assignments": {"01_kl_objective": 5.0}},
+                                  "BOB": {"score": 5.0, "possible": 5.0, "assignments": {"01_kl_objective": 5.0}}}
+    summary = grading.format_table(report).splitlines()[-1]
+    assert "not graded" in summary and "alice.py" in summary and "alice_01.ipynb.zip" in summary, summary
 
 
 def test_cli_grade_reports_user_errors(tmp_path, capsys):
@@ -367,7 +431,7 @@ def test_cli_grade_writes_reports(tmp_path, assigned, capsys):
     code = main(["grade", str(tmp_path / "subs"), "--out", str(tmp_path / "out"),
                  "--autograder-dir", str(assigned / "autograder")])
     assert code == 0
-    assert re.search(r"carol_02_bradley_terry\s+02_bradley_terry\s+0/3\s+invalid", capsys.readouterr().out)
+    assert re.search(r"carol\s+02_bradley_terry\s+0/3\s+invalid", capsys.readouterr().out)
     assert (tmp_path / "out" / "grades.csv").is_file() and (tmp_path / "out" / "grades.json").is_file()
 
 

@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import json
 import os
+import queue
 import shutil
 import signal
 import sys
@@ -257,7 +258,7 @@ def hostile(assigned, notebook_reference, tmp_path_factory):
     finally:
         signal.signal(signal.SIGUSR2, previous)
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in watched}
-    return {"rows": {r["student"]: r for r in report["results"]}, "report": report, "signals": signals,
+    return {"rows": {Path(r["file"]).stem: r for r in report["results"]}, "report": report, "signals": signals,
             "bundles_unchanged": bundles == after, "marker": marker, "folder": folder}
 
 
@@ -432,9 +433,8 @@ def test_the_committed_bundles_grade_and_only_what_notebooks_need_is_in_view(ass
     nbformat.write(nb, folder / "probe_01_kl_objective.ipynb")
     report = grading.grade(folder, tmp_path / "out", log=lambda m: None)  # the default: course/autograder
     rows = {r["student"]: r for r in report["results"]}
-    assert rows["ann_01_kl_objective"]["status"] == "graded" and rows["ann_01_kl_objective"]["score"] == 5, \
-        rows["ann_01_kl_objective"]["reason"]
-    probe = rows["probe_01_kl_objective"]
+    assert rows["ann"]["status"] == "graded" and rows["ann"]["score"] == 5, rows["ann"]["reason"]
+    probe = rows["probe"]
     (seen,) = [json.loads(e.split("IN VIEW ", 1)[1].split(" (in cell", 1)[0]) for e in probe["errors"]
                if "IN VIEW" in e]
     environment = [p.name for p in grading.ROOT.iterdir()
@@ -460,7 +460,7 @@ def test_an_interrupted_batch_resumes_without_grading_again(assigned, notebook_r
     real = grade_module.grade_submission
 
     def counted(name, *args, **kwargs):
-        student = name.split("_")[0]  # a file directly in the folder: the student is the file's name
+        student = name.split("_")[0]  # ann_00_start_here.ipynb: "ann" (the file's name less its assignment)
         calls.append(student)
         if student == "ben" and calls.count("ben") == 1:
             raise KeyboardInterrupt("the machine rebooted")  # mid-batch, after ann's row was written
@@ -495,7 +495,7 @@ def test_a_rerun_grades_again_what_the_grader_failed_on(assigned, tmp_path, monk
     monkeypatch.setattr(grade_module, "grade_submission", failing)
     with pytest.raises(KeyboardInterrupt):
         grading.grade(folder, tmp_path / "out", autograder=assigned / "autograder", log=lambda m: None)
-    assert calls == ["ann_00_start_here", "ben_00_start_here"]
+    assert calls == ["ann", "ben"]
 
     def fixed(student, path, manifests, assignment, *args, **kwargs):
         calls.append(student)
@@ -504,8 +504,60 @@ def test_a_rerun_grades_again_what_the_grader_failed_on(assigned, tmp_path, monk
 
     monkeypatch.setattr(grade_module, "grade_submission", fixed)
     report = grading.grade(folder, tmp_path / "out", autograder=assigned / "autograder", log=lambda m: None)
-    assert calls[2:] == ["ann_00_start_here", "ben_00_start_here"], "ann's error row was taken from the journal"
+    assert calls[2:] == ["ann", "ben"], "ann's error row was taken from the journal"
     assert [r["status"] for r in report["results"]] == ["graded", "graded"]
+
+
+def test_a_sandbox_that_fails_mid_batch_stops_it_and_keeps_the_rows_before(assigned, tmp_path, monkeypatch, capsys):
+    """The machine's problem, not the student's: ben does not get a 0; the batch stops with one line that says what
+    failed and what to do (exit status 2), ann's row stays in the journal, and the rerun grades only ben."""
+    from dpo_teach.cli import main
+
+    folder = _ann_and_ben(assigned, tmp_path)
+    real, spawned = judge._spawn, []
+
+    def failing_after_the_first(*args):
+        spawned.append(args)
+        if len(spawned) > 1:
+            raise sandbox.SandboxUnavailable("unshare(2): Operation not permitted")
+        return real(*args)
+
+    monkeypatch.setattr(judge, "_spawn", failing_after_the_first)
+    args = ["grade", str(folder), "--out", str(tmp_path / "out"), "--autograder-dir", str(assigned / "autograder")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unshare(2): Operation not permitted" in err, err
+    assert "ben_00_start_here.ipynb" in err and "--unsafe" in err and "run the same command again" in err, err
+    journal = tmp_path / "out" / "grades.partial.jsonl"
+    kept = [json.loads(line)["row"] for line in journal.read_text().splitlines()]
+    assert [(r["student"], r["status"], r["score"]) for r in kept] == [("ann", "graded", 1.0)]
+    assert not (tmp_path / "out" / "grades.csv").exists()
+
+    spawned.clear()
+    monkeypatch.setattr(judge, "_spawn", lambda *a: spawned.append(a) or real(*a))  # the sandbox works again
+    assert main(args) == 0 and len(spawned) == 1, "the rerun graded ann's notebook again"
+    report = json.loads((tmp_path / "out" / "grades.json").read_text())
+    assert [(r["student"], r["status"], r["score"]) for r in report["results"]] == [("ann", "graded", 1.0),
+                                                                                 ("ben", "graded", 1.0)]
+
+
+def test_only_a_process_that_died_before_any_cell_can_say_its_sandbox_failed():
+    """The runner enters the sandbox before the notebook's first cell: a process that died then with
+    ``SandboxUnavailable`` in its log is the machine's problem (it stops the batch); after a cell started, the same
+    words may come from the notebook's own code, and it is an error of that notebook like any crash."""
+    class Dead:  # a notebook's process that has ended, with the last line of a traceback in its log
+        def __init__(self):
+            self.lines = queue.Queue()
+            self.lines.put(None)
+
+        def stderr_tail(self):
+            return "Traceback (most recent call last): | dpo_teach.grading.sandbox.SandboxUnavailable: mount tmpfs " \
+                   "on /srv/x: Permission denied"
+
+    for phase, raised in [("start", sandbox.SandboxUnavailable), ("cell 2", judge._Abort)]:
+        channel = judge._Channel(Dead(), "job", time.monotonic() + 5, 5.0, {"phase": phase})
+        with pytest.raises(raised, match="mount tmpfs on /srv/x: Permission denied"):
+            channel.receive("cell", "error", "ready")
 
 
 def test_a_notebook_is_retried_only_when_it_hung_before_its_own_code(monkeypatch, tmp_path):

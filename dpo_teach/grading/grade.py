@@ -14,6 +14,7 @@ import threading
 import time
 import zipfile
 import zlib
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -82,24 +83,75 @@ def load_manifests(autograder: Path) -> dict[str, dict]:
     return manifests
 
 
-def find_submissions(folder: Path) -> list[tuple[str, Path]]:
-    """``(student, path)`` for every ``*.ipynb`` under ``folder``: the student is the first sub-folder's name, or
-    the file name for notebooks directly in ``folder``."""
+# What a browser, a file manager or Jupyter adds to a copy's name: " (1)", "-1", " copy", " - Copy (2)", "-Copy1";
+# Google Drive and Colab put "Copy of " in front.
+_COPY_SUFFIX = re.compile(r"(\s*\(\d+\)|[\s_-]+copy\s*\d*|-\d{1,2})$", re.IGNORECASE)
+_COPY_PREFIX = re.compile(r"^copy of\s+", re.IGNORECASE)
+_SEPARATORS = "_- "
+_ARCHIVES = {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"}
+
+
+def is_notebook(path: Path) -> bool:
+    return Path(path).suffix.lower() == ".ipynb"  # also ALICE.IPYNB, saved by a tool that shouts
+
+
+def _without_copy_marks(text: str) -> str:
+    while (trimmed := _COPY_SUFFIX.sub("", text)) != text:
+        text = trimmed
+    return text.strip(_SEPARATORS)
+
+
+def student_name(stem: str, assignments: Iterable[str]) -> str:
+    """The student of a file directly in the submissions folder, from its name: what comes before the name of the
+    assignment in it (``alice`` of ``alice_01_kl_objective (1)``), else what comes after it
+    (``01_kl_objective_alice``), without separators and the marks of a copy; a name with neither
+    (``01_kl_objective``) stays as it is. Without an assignment's name, the name less the marks of a copy."""
+    bare = _COPY_PREFIX.sub("", stem)
+    found = [a for a in assignments if a.lower() in bare.lower()]
+    if not found:
+        return _without_copy_marks(bare) or stem
+    name = max(found, key=len)
+    at = bare.lower().index(name.lower())
+    return bare[:at].strip(_SEPARATORS) or _without_copy_marks(bare[at + len(name):]) or stem
+
+
+def find_submissions(folder: Path, assignments: Iterable[str] = ()) -> list[tuple[str, Path]]:
+    """``(student, path)`` for every file under ``folder`` but hidden ones (``.ipynb_checkpoints`` too): the
+    notebooks, and anything else a student handed in (graded as ``skipped``, with what to do). The student is the
+    first sub-folder's name, or for a file directly in ``folder`` its name without the name of the assignment in
+    ``assignments`` it holds (:func:`student_name`)."""
     found = []
-    for path in sorted(Path(folder).rglob("*.ipynb")):
+    for path in sorted(Path(folder).rglob("*")):
         rel = path.relative_to(folder)
-        if ".ipynb_checkpoints" in rel.parts or any(part.startswith(".") for part in rel.parts):
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
             continue
-        found.append((rel.parts[0] if len(rel.parts) > 1 else path.stem, path))
+        found.append((rel.parts[0] if len(rel.parts) > 1 else student_name(_bare_name(path), assignments), path))
     return found
+
+
+def _bare_name(path: Path) -> str:
+    """The file's name without its extension, and without ``.ipynb`` before it (``alice_01`` of
+    ``alice_01.ipynb.zip``)."""
+    return re.sub(r"\.ipynb$", "", path.name.removesuffix(path.suffix), flags=re.IGNORECASE)
 
 
 def _detect_assignment(path: Path, nb, manifests: dict) -> str | None:
     name = (nb.metadata.get("otter") or {}).get("assignment_name") if nb is not None else None
     if name in manifests:
         return name
-    matches = [a for a in manifests if a in path.name]
+    matches = [a for a in manifests if a.lower() in path.name.lower()]
     return max(matches, key=len) if matches else None
+
+
+def _not_a_notebook(student: str, path: Path) -> dict:
+    """The row of a file that is not a notebook: skipped, with what to do, and no assignment (no 0 in a total)."""
+    kind = Path(path).suffix.lower() or "no extension"
+    if kind in _ARCHIVES:
+        unpack = "unzip" if kind == ".zip" else "unpack"
+        what = f"a {kind} archive: {unpack} it into the submissions folder and grade again"
+    else:
+        what = f"not a notebook ({kind}): ask the student for the .ipynb file"
+    return _empty_row(student, path, None, "skipped", f"{Path(path).name} is {what}")
 
 
 def _run_job(bundle_tests: dict, path: Path, assignment: str, cell_timeout: int, timeout: float, env: dict,
@@ -181,6 +233,8 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
         found = scan(nb.cells, _released(row["assignment"], released_dir), tests)
         try:
             outcome = _run_job(tests, path, row["assignment"], cell_timeout, timeout, env, sandboxed, list(hide))
+        except sandbox.SandboxUnavailable:
+            raise  # the machine's, not the notebook's: grade() stops the batch
         except Exception as e:  # noqa: BLE001 - e.g. no process could be started: report it, go on
             outcome = {"status": "error", "reason": f"could not grade it: {type(e).__name__}: {e}", "cases": {},
                        "errors": [], "tampered": []}
@@ -202,9 +256,8 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
             row["status"] = "flagged"
             reasons.append(f"scored 0 until an instructor has read it: it touches the grading machinery "
                            f"({'; '.join(row['flags'][:3])})")
-        lost = [f"{q}{_why(r['feedback'])}" for q, r in row["questions"].items() if r["score"] < r["possible"]]
-        if lost and row["status"] == "graded":
-            reasons.append("lost points on " + ", ".join(lost))
+        if row["status"] == "graded":
+            reasons.append(lost_points(row["questions"]))
         if row["errors"]:
             reasons.append(f"{len(row['errors'])} cell error(s), first: {row['errors'][0]}")
         row["reason"] = "; ".join(r for r in reasons if r)
@@ -212,6 +265,13 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
         row["score"] = float(sum(r["score"] for r in row["questions"].values()))
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
+
+
+def lost_points(questions: dict) -> str:
+    """``lost points on q1 (AssertionError: ...), q2 (hidden test 1 of 2)`` for the questions that lost points, or
+    an empty string."""
+    lost = [f"{q}{_why(r['feedback'])}" for q, r in questions.items() if r["score"] < r["possible"]]
+    return "lost points on " + ", ".join(lost) if lost else ""
 
 
 def _unknown_assignment(path: Path, nb, manifests: dict, released_dir: Path) -> dict:
@@ -259,6 +319,8 @@ def _latest_per_student(found: list[tuple[str, Path]], manifests: dict, assignme
 
     groups: dict[tuple, list[Path]] = {}
     for student, path in found:
+        if not is_notebook(path):
+            continue
         try:
             nb = nbformat.read(path, as_version=4)
         except Exception:  # noqa: BLE001 - an unreadable file is graded (as invalid) on its own
@@ -282,7 +344,9 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     then every process the batch started is ended before the reports are written (``judge.ending_strays``).
     Every row is appended to ``out/grades.partial.jsonl`` as soon as it is graded, and a rerun of an interrupted
     batch takes the rows whose notebook and bundle are unchanged from there instead of grading them again, except
-    rows of status ``error`` (the grader failed, not the notebook: graded again).
+    rows of status ``error`` (the grader failed, not the notebook: graded again). A sandbox that fails as a notebook
+    starts (the machine, not the student) stops the batch with ``SandboxUnavailable``: the rows graded so far stay in
+    the journal for the rerun. A file that is not a notebook gets a row of status ``skipped`` that says what to do.
     Returns the JSON report: the assignments with their questions, one row per submission and totals per student.
     """
     manifests = load_manifests(autograder)
@@ -292,27 +356,33 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         raise ValueError(f"unknown assignment {assignment!r}; choose one of {sorted(manifests)}")
     why_not = None if unsafe else sandbox.unavailable_reason()
     if why_not:
-        raise sandbox.SandboxUnavailable(
-            f"cannot grade untrusted notebooks here: {why_not}. A submission could then read the hidden tests, "
-            "change the grader or another student's files. Grade on Linux with user namespaces, or pass --unsafe "
-            "only for notebooks you trust (your own solutions).")
-    found = find_submissions(submissions)
+        raise _no_sandbox(why_not)
+    course = [*manifests, *(p.stem for p in Path(released_dir).glob("*.ipynb"))]  # what a file's name may hold
+    found = find_submissions(submissions, course)
     superseded = _latest_per_student(found, manifests, assignment)
     out = Path(out)
     journal = out / "grades.partial.jsonl"
     # rows graded before an interruption; a row of status error is the grader's failure, not the notebook's: again
     done = {key: row for key, row in _read_journal(journal).items() if row.get("status") != "error"}
-    log(f"grading {len(found)} notebooks in {submissions} ({'fast' if fast else 'full'} mode, {jobs} at a time, "
-        f"{'no sandbox (--unsafe)' if unsafe else 'each in the sandbox'}; {len(done)} graded before)")
+    notebooks = sum(is_notebook(path) for _, path in found)
+    log(f"grading {notebooks} notebooks in {submissions} ({'fast' if fast else 'full'} mode, {jobs} at a time, "
+        f"{'no sandbox (--unsafe)' if unsafe else 'each in the sandbox'}; {len(done)} graded before; "
+        f"{len(found) - notebooks} other files skipped)")
     env = {**os.environ, "DPO_TEACH_FAST": "1" if fast else "0", "TOKENIZERS_PARALLELISM": "false"}
     out.mkdir(parents=True, exist_ok=True)
     hide = _hidden(submissions, out, autograder)
     lock = threading.Lock()
+    stopped: list[tuple[Path, Exception]] = []  # where the sandbox failed: the notebooks not yet started wait
 
     def one(item):
         student, path = item
+        if stopped:
+            return None
         try:
             row = graded(student, path)
+        except sandbox.SandboxUnavailable as e:
+            stopped.append((path, e))
+            return None
         except Exception as e:  # noqa: BLE001 - e.g. the file vanished mid-batch: its row says so, the rest go on
             row = _empty_row(student, path, None, "error", f"could not grade it: {type(e).__name__}: {e}")
         log(f"  {row['student']}: {row['assignment'] or '?'} {row['score']:g}/{row['possible']:g} "
@@ -320,6 +390,8 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         return row
 
     def graded(student, path):
+        if not is_notebook(path):
+            return _not_a_notebook(student, path)
         if path in superseded:
             latest, name = superseded[path]
             row = _empty_row(student, path, name, "superseded", f"not graded: {latest.name} is this student's "
@@ -349,6 +421,12 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
             rows = [futures[i].result() for i in range(len(found))]
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: the rows written so far stay in the journal
+    if stopped:
+        path, error = stopped[0]
+        kept = len(_read_journal(journal))
+        raise _no_sandbox(f"the sandbox failed as {Path(path).name} started ({error})",
+                          f"The {kept} notebook(s) graded before are kept in {journal}: once the sandbox works, run "
+                          "the same command again and it grades only the rest.")
     report = {
         "submissions_dir": str(submissions), "mode": "fast" if fast else "full",
         "sandbox": not unsafe,
@@ -360,6 +438,13 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     write_reports(report, out)
     journal.unlink(missing_ok=True)  # the batch is complete: grades.json holds every row
     return report
+
+
+def _no_sandbox(why: str, then: str = "") -> sandbox.SandboxUnavailable:
+    return sandbox.SandboxUnavailable(
+        f"cannot grade untrusted notebooks here: {why}. A submission could then read the hidden tests, change the "
+        "grader or another student's files. Grade on Linux with user namespaces, or pass --unsafe only for notebooks "
+        f"you trust (your own solutions). {then}".rstrip())
 
 
 def _size(path: Path) -> int:
@@ -400,7 +485,7 @@ def _empty_row(student: str, path: Path, assignment: str | None, status: str, re
 def _per_student(rows: list[dict]) -> dict:
     students: dict[str, dict] = {}
     for r in rows:
-        if r["status"] == "superseded":
+        if r["status"] in ("superseded", "skipped"):  # not graded: no 0 in anyone's total
             continue
         s = students.setdefault(r["student"], {"score": 0.0, "possible": 0.0, "assignments": {}})
         s["assignments"][r["assignment"] or r["file"]] = r["score"]
@@ -432,4 +517,8 @@ def format_table(report: dict) -> str:
     for r in rows:
         score, reason = f"{r['score']:g}/{r['possible']:g}", re.sub(r"\s+", " ", r["reason"])[:100]
         lines.append(f"{r['student']:<{w1}}{(r['assignment'] or '?'):<{w2}}{score:>8}  {r['status']:<8} {reason}")
+    skipped = [Path(r["file"]).name for r in rows if r["status"] == "skipped"]
+    if skipped:
+        lines.append(f"not graded ({len(skipped)} file(s), status skipped: see their reasons above): "
+                     + ", ".join(skipped))
     return "\n".join(lines)

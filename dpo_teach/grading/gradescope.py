@@ -17,7 +17,11 @@ runs ``setup.sh`` once to build the image and ``run_autograder`` for every submi
   container allows user namespaces; otherwise Gradescope's one-container-per-submission is the isolation, the
   grader ends every process the notebook started, in a session of its own too, before it writes the result, and
   the output says so) and writes ``/autograder/results/results.json`` in Gradescope's format. A failed hidden test
-  is numbered there, never quoted.
+  is numbered there, never quoted. A multiple-choice question's result is ``"visibility": "after_published"``
+  (:func:`multiple_choice`): a student who could resubmit and watch its score would find the answer by trying each
+  letter. Gradescope then also hides the total score from students until the grades are published (its results
+  specification: "If test cases are hidden, students will not be able to see their total score"), and the output
+  text names only the code questions; code questions stay visible, for instant feedback.
 
 ``setup.sh`` needs Python ≥ 3.11 (the wheel's ``Requires-Python``) with its ``venv`` module (Debian and Ubuntu:
 ``python3.X-venv``) and the network (PyPI, PyTorch's CPU index); it stops with a message naming what is missing.
@@ -165,33 +169,77 @@ def build(out: Path, autograder: Path = AUTOGRADER, released: Path = NOTEBOOKS) 
     return written
 
 
+def multiple_choice(tests: dict[str, list[dict]]) -> set[str]:
+    """The questions of a test bundle (``judge.load_tests``) whose answer is one of a few choices: a public test checks
+    only that the answer is a letter (``type(q) is str and q.strip().lower() in ('a', 'b', 'c', 'd')``) or True/False
+    (``isinstance(q, bool)``), as 04's concept checks and 07's diagnoses do."""
+    def choice(q: str, code: str) -> bool:
+        name = re.escape(q)
+        return re.search(rf"\btype\({name}\) is str\b|\bisinstance\({name}, bool\)", code) is not None
+
+    return {q for q, cases in tests.items() if any(choice(q, c["code"]) for c in cases if not c["hidden"])}
+
+
+def _student_output(row: dict, withheld: set[str]) -> str:
+    """The row's reason as a student sees it at once: the ``withheld`` questions left out of its "lost points on"."""
+    from dpo_teach.grading.grade import lost_points
+
+    every = lost_points(row["questions"])
+    reason = row["reason"]
+    if every and withheld:
+        shown = lost_points({q: r for q, r in row["questions"].items() if q not in withheld})
+        reason = "; ".join(part for part in reason.replace(every, shown).split("; ") if part)
+    if not withheld:
+        return reason or "All auto-graded questions passed."
+    return (f"{reason or 'All code questions passed.'}\nYour multiple-choice answers ({', '.join(sorted(withheld))}) "
+            "are scored now and shown, with your total, when your instructor publishes the grades.")
+
+
 def run(source: Path, submission: Path, results: Path) -> dict:
     """Grade the notebook in ``submission`` (the latest ``.ipynb``) and write Gradescope's ``results.json``."""
-    from dpo_teach.grading import sandbox
-    from dpo_teach.grading.grade import grade
+    from dpo_teach.grading.grade import is_notebook
+    from dpo_teach.grading.judge import load_tests
 
     (manifest,) = sorted((source / "autograder").glob("*.json"))
-    assignment = manifest.stem
-    notebooks = sorted(submission.rglob("*.ipynb"), key=lambda p: p.stat().st_mtime)
-    output = []
+    notebooks = sorted(filter(is_notebook, submission.rglob("*")), key=lambda p: p.stat().st_mtime)
     if not notebooks:
         report = {"score": 0, "output": "No .ipynb file was submitted: upload your notebook file.", "tests": []}
     else:
-        unsafe = sandbox.unavailable_reason() is not None
-        if unsafe:
-            output.append(f"(The grader's own sandbox is not available in this container: "
-                          f"{sandbox.unavailable_reason()}; the container isolates the submission.)")
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp) / "submission"
-            folder.mkdir()
-            shutil.copy(notebooks[-1], folder / f"submission_{assignment}.ipynb")
-            graded = grade(folder, Path(tmp) / "out", autograder=source / "autograder", assignment=assignment,
-                           unsafe=unsafe, released_dir=source / "released", log=lambda m: None)
-        (row,) = graded["results"]
-        output.insert(0, row["reason"] or "All auto-graded questions passed.")
+        notes: list[str] = []
+        row = _graded_row(source, notebooks[-1], manifest.stem, notes)
+        withheld = multiple_choice(load_tests(manifest.with_suffix(".zip"))) & set(row["questions"])
         tests = [{"name": q, "score": r["score"], "max_score": r["possible"], "output": r["feedback"],
-                  "visibility": "visible"} for q, r in row["questions"].items()]
-        report = {"score": row["score"], "output": "\n".join(output), "tests": tests}
+                  "visibility": "after_published" if q in withheld else "visible"} for q, r in row["questions"].items()]
+        report = {"score": row["score"], "output": "\n".join([_student_output(row, withheld), *notes]), "tests": tests}
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(report, indent=1))
     return report
+
+
+def _graded_row(source: Path, notebook: Path, assignment: str, notes: list[str]) -> dict:
+    """``notebook``'s grade row: in the grader's sandbox where the container allows it, else without it (Gradescope's
+    container per submission isolates it; ``notes`` gets a line that says so)."""
+    from dpo_teach.grading import sandbox
+
+    why_not = sandbox.unavailable_reason()
+    if why_not is None:
+        try:
+            return _grade_copy(source, notebook, assignment, unsafe=False)
+        except sandbox.SandboxUnavailable:  # the probe passed, yet the notebook's own sandbox did not start
+            why_not = "it did not start for this notebook"
+    notes.append(f"(The grader's own sandbox is not available in this container: {why_not}; the container isolates "
+                 "the submission.)")
+    return _grade_copy(source, notebook, assignment, unsafe=True)
+
+
+def _grade_copy(source: Path, notebook: Path, assignment: str, unsafe: bool) -> dict:
+    from dpo_teach.grading.grade import grade
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "submission"
+        folder.mkdir()
+        shutil.copy(notebook, folder / f"submission_{assignment}.ipynb")
+        graded = grade(folder, Path(tmp) / "out", autograder=source / "autograder", assignment=assignment,
+                       unsafe=unsafe, released_dir=source / "released", log=lambda m: None)
+    (row,) = graded["results"]
+    return row

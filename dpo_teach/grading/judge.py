@@ -39,6 +39,7 @@ from dpo_teach.grading import sandbox
 from dpo_teach.grading.runner import code_cells
 
 MAX_LINE = 1 << 20  # a reply longer than this is not the runner's
+_SANDBOX_FAILED = re.compile(r"\bSandboxUnavailable: ([^|]+)")  # the last line of its traceback, in the job's log
 _PACKAGE_MODULE = re.compile(r"\bdpo_teach\.[a-z_]+")  # the package modules a test names
 
 
@@ -207,7 +208,12 @@ def _examples(code: str) -> list[str]:
 def run_notebook(text: str, file_name: str, tests: dict[str, list[dict]], cell_timeout: int, timeout: float,
                  env: dict, sandboxed: bool, hide: list[str], memory_mb: int = 6144) -> dict:
     """Run one notebook's cells, then its tests. Returns ``{"status", "reason", "phase", "cases", "errors",
-    "tampered"}``; ``cases`` maps each question to its cases' ``{"passed", "message", "hidden"}``."""
+    "tampered"}``; ``cases`` maps each question to its cases' ``{"passed", "message", "hidden"}``.
+
+    Raises:
+        sandbox.SandboxUnavailable: the notebook's process could not enter its sandbox (before any of its code ran:
+            the machine's problem, not the notebook's).
+    """
     job_id = secrets.token_hex(16)
     private = tempfile.mkdtemp(prefix="dpo-grade-")
     limits = {"private": private, "hide": hide, "memory_mb": memory_mb, "cpu_s": int(timeout) + 5,
@@ -249,8 +255,12 @@ class _Channel:
             raise _Abort("timeout", f"killed after {self.timeout:g} s (per-notebook time limit) while "
                                     f"{_phase_words(self.out['phase'])}") from None
         if line is None:
+            tail = self.process.stderr_tail()
+            failed = _SANDBOX_FAILED.search(tail)
+            if failed and self.out["phase"] == "start":  # before any cell: the sandbox's own words, not the notebook's
+                raise sandbox.SandboxUnavailable(failed[1].strip())
             raise _Abort("error", f"the notebook's process ended while {_phase_words(self.out['phase'])}: "
-                                  f"{self.process.stderr_tail() or 'no message'}")
+                                  f"{tail or 'no message'}")
         try:
             message = json.loads(line)
             ok = isinstance(message, dict) and message.get("id") == self.job_id and message.get("event") in expected
