@@ -20,16 +20,25 @@ bundle are sent in only after the notebook's cells have run, one question at a t
 taken before the student's code (``runner.py``); the grader scores from the manifest (``judge.py``). A static scan
 (``scan.py``, its rules in ``rules.py``) flags code that touches the grading machinery and answers that call the
 package's own implementation. A
-file that is not a notebook, an unknown assignment or a crash is scored 0 with a reason; nothing stops the batch, and
-every row is journaled so that an interrupted batch resumes (a row the grader failed on is graded again). Results go
-to ``grades.csv`` and ``grades.json``, written atomically.
+file that is not a notebook is skipped, with what to do; an unknown assignment or a crash is scored 0 with a reason.
+Only the machine stops a batch (a sandbox that fails as a notebook starts: no student gets a 0 for it). Every row is
+journaled so that an interrupted or stopped batch resumes (a row the grader failed on is graded again). Students in a
+flat folder are named by ``student_name``. Results go to ``grades.csv`` and ``grades.json``, written atomically.
 """
 
 from __future__ import annotations
 
 from dpo_teach.grading.assign import AUTOGRADER, MASTERS, NOTEBOOKS, ROOT, assign, read_questions
-from dpo_teach.grading.grade import find_submissions, format_table, grade, grade_submission, load_manifests
+from dpo_teach.grading.grade import (
+    find_submissions,
+    format_table,
+    grade,
+    grade_submission,
+    is_notebook,
+    load_manifests,
+    student_name,
+)
 from dpo_teach.grading.sandbox import SandboxUnavailable
 
 __all__ = ["AUTOGRADER", "MASTERS", "NOTEBOOKS", "ROOT", "assign", "find_submissions", "format_table", "grade",
-           "grade_submission", "load_manifests", "read_questions", "SandboxUnavailable"]
+           "grade_submission", "is_notebook", "load_manifests", "read_questions", "SandboxUnavailable", "student_name"]
