@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import os
 import re
 import shutil
@@ -32,7 +31,7 @@ import nbformat
 from nbconvert import HTMLExporter
 
 from dpo_teach import site_pages
-from dpo_teach.grading import AUTOGRADER, MASTERS, NOTEBOOKS
+from dpo_teach.grading import AUTOGRADER, MASTERS, NOTEBOOKS, load_manifests
 from dpo_teach.grading.assign import solution_lines
 from dpo_teach.grading.release import release
 
@@ -44,24 +43,11 @@ CHECKING = ("## Checking your answer\n\nEach exercise is a function (or an answe
             "this site show those checks on the unsolved stubs, as a student sees them first (open one to read its "
             "feedback); after each exercise the notebook goes on with the package's reference version, so every "
             "later cell runs.")
-INSTRUCTORS = """## For instructors: grading
-
-Grading needs the instructor's copy of the course repository, which holds what the download leaves out: each
-exercise's solution, its hidden tests and the rubrics of the questions graded by hand. There, one command grades a
-folder of submitted notebooks (one file, or one folder, per student):
-
-```bash
-.venv/bin/dpo-teach grade SUBMISSIONS_DIR --out results/grades
-```
-
-Each notebook runs from the top in a sandbox of its own (no network, read-only files, memory and CPU limits); then
-the public and hidden tests of each question run against it. `grades.csv` has a row per submission (score, one
-column per question, a one-line reason), `grades.json` the feedback per question and any integrity flags. A cell
-that fails or never ends costs only the questions that depend on it. `make gradescope` builds Gradescope autograder
-bundles instead (they install CPU torch at set-up and carry the package and π_ref). Code questions are
-all-or-nothing, and a check cell runs only the public tests, so an answer can pass its check and still lose points.
-The instructor guide in that repository, `course/INSTRUCTOR.md`, covers assigning, grading locally or on
-Gradescope, the sandbox and its limits, the integrity flags and the questions graded by hand."""
+# What the download leaves out, said under the README's "For instructors: grading" on grading.html.
+INSTRUCTORS = ("Grading needs the instructor's copy of the course repository, which holds what the download leaves "
+               "out: each exercise's solution, its hidden tests and the rubrics of the questions graded by hand. "
+               "From its README:")
+START = ("lab", "demo")  # the commands that "Get the course" gives, described by the Makefile's own `make help`
 # The parts of MathJax 3 that the pages load (TeX in, CommonHTML out, its web fonts, the TeX packages it loads on
 # demand), from the copy that the django-static-mathjax wheel ships (no Django needed: only its files are read).
 MATHJAX_PARTS = ["tex-chtml.js", "output/chtml/fonts/woff-v2", "input/tex/extensions"]
@@ -126,13 +112,30 @@ def markdown_page(*sections: str) -> nbformat.NotebookNode:
     return nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(s) for s in sections])
 
 
-def link_pages(markdown: str, names: list[str]) -> str:
-    """`` `NN_name` `` in the README's course map -> a link to its page (and its exercise page, if any); the
-    README's pointer to its "PPO vs DPO" section -> a link to that page."""
+def link_pages(markdown: str, names: list[str], graded: dict[str, dict]) -> str:
+    """`` `NN_name` `` in the README's course map -> a link to its page (and to its exercise page, if it is in
+    ``graded``); the README's pointer to its "PPO vs DPO" section -> a link to that page."""
     for name in names:
-        grading = f" ([exercises](grading_{name}.html))" if (AUTOGRADER / f"{name}.json").is_file() else ""
-        markdown = markdown.replace(f"`{name}`", f"[{name}]({name}.html){grading}")
+        exercises = f" ([exercises](grading_{name}.html))" if name in graded else ""
+        markdown = markdown.replace(f"`{name}`", f"[{name}]({name}.html){exercises}")
     return markdown.replace('"PPO vs DPO" below', "[PPO vs DPO](ppo_vs_dpo.html)")
+
+
+def make_help(targets: tuple[str, ...] = START) -> str:
+    """The Makefile's own description of each of ``targets`` (its ``make help`` lines, continuations included) as
+    commands with comments: ``make lab    # open the notebooks in JupyterLab``."""
+    described, target = {}, None
+    for line in re.findall(r'^\t@echo "(.*)"$', (ROOT / "Makefile").read_text(encoding="utf-8"), re.MULTILINE):
+        start = re.match(r"make ([\w-]+)(?: \S+=\S+)* +", line)  # a command and its settings (BASE=<commit>)
+        if start or not line.startswith(" "):
+            target = start and start[1]
+            described[target] = []
+        at = start.end() if start else len(line) - len(line.lstrip())
+        described[target].append(f"{line[:at]}# {line[at:]}".replace("\\`", "`"))
+    missing = [t for t in targets if t not in described]
+    if missing:
+        raise ValueError(f"the Makefile's help describes no target {missing}: add an `@echo \"make ...\"` line to it")
+    return "\n".join(line for t in targets for line in described[t])
 
 
 def get_the_course(zip_bytes: int) -> str:
@@ -140,48 +143,44 @@ def get_the_course(zip_bytes: int) -> str:
     requirements = next(p for p in readme_section("Quick start").split("\n\n") if p.startswith("Requirements:"))
     return (f"## Get the course\n\n[Download the course]({DOWNLOADS}/dpo-teach.zip) (a zip, {zip_bytes / 1e6:.1f} MB): "
             "the notebooks, the `dpo_teach` package they import, the README and the set-up; no exercise solutions. "
-            "Unzip it and, in its folder `dpo-teach`, run\n\n```bash\n"
-            "make lab    # first use creates .venv and installs everything; then opens the notebooks in JupyterLab\n"
-            "make demo   # the end-to-end DPO job and the fast PPO vs DPO comparison, a few minutes on a laptop CPU\n"
-            f"```\n\n{requirements} Each notebook page also links its own `.ipynb`, to run in that folder (the "
-            "notebooks import the package).")
+            "Unzip it and, in its folder `dpo-teach`, run\n\n"
+            f"```bash\n{make_help()}\n```\n\nWhichever runs first sets up `.venv` (it installs everything the course "
+            f"needs); `make help` lists every command. {requirements} Each notebook page also links its own `.ipynb`, "
+            "to run in that folder (the notebooks import the package).")
 
 
-def landing(titles: dict[str, str], zip_bytes: int) -> nbformat.NotebookNode:
+def landing(titles: dict[str, str], graded: dict[str, dict], zip_bytes: int) -> nbformat.NotebookNode:
     """``index.html``: the README's introduction, course map and toy world, how to get the course, every page."""
     intro = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## ", 1)[0].replace("# dpo-teach", "# dpo-teach: "
                                                                                              "the course")
     pages = "\n".join(f"- [{title}]({name}.html)" for name, title in titles.items())
-    course_map = link_pages(site_pages.for_readers(readme_section("Course map")), list(titles))
+    course_map = link_pages(site_pages.for_readers(readme_section("Course map")), list(titles), graded)
     return markdown_page(intro, get_the_course(zip_bytes), course_map,
                          site_pages.for_readers(readme_section("The toy world")),
                          "## Pages\n\n" + pages + "\n- [PPO vs DPO: the shipped comparison](ppo_vs_dpo.html)"
                          "\n- [Exercises and grading](grading.html)")
 
 
-def manifest(name: str) -> dict:
-    return json.loads((AUTOGRADER / f"{name}.json").read_text(encoding="utf-8"))
-
-
-def grading_page(name: str, title: str) -> nbformat.NotebookNode:
-    rows = "\n".join(f"| `{q['name']}` | {q['points']} | {'by hand' if q['manual'] else 'automatically'} |"
-                     for q in manifest(name)["questions"])
+def grading_page(name: str, title: str, questions: dict[str, dict]) -> nbformat.NotebookNode:
+    """``grading_NN_name.html``: the exercises of one notebook (``questions``: its manifest's, by name)."""
+    rows = "\n".join(f"| `{q}` | {about['points']} | {'by hand' if about['manual'] else 'automatically'} |"
+                     for q, about in questions.items())
     return markdown_page(
         f"# Exercises of [{title}]({name}.html)\n\n| question | points | graded |\n|---|---|---|\n{rows}", CHECKING,
         "How instructors grade these exercises, and every other set: [Exercises and grading](grading.html).")
 
 
-def grading_index(titles: dict[str, str]) -> nbformat.NotebookNode:
-    """``grading.html``: every exercise set (``titles``: the graded notebooks' titles), how a student checks an
-    answer, and how an instructor grades."""
+def grading_index(titles: dict[str, str], graded: dict[str, dict]) -> nbformat.NotebookNode:
+    """``grading.html``: every exercise set (``graded``: each graded notebook's questions, from its manifest), how a
+    student checks an answer, and how an instructor grades (the README's section, for readers)."""
     rows = []
-    for name, title in titles.items():
-        questions = manifest(name)["questions"]
+    for name, questions in graded.items():
         count = f"{len(questions)} question{'s' * (len(questions) > 1)}"
-        rows.append(f"| [{title}]({name}.html) | [{count}](grading_{name}.html) | "
-                    f"{sum(q['points'] for q in questions)} | {sum(q['manual'] for q in questions)} |")
+        points, by_hand = (sum(q[key] for q in questions.values()) for key in ("points", "manual"))
+        rows.append(f"| [{titles[name]}]({name}.html) | [{count}](grading_{name}.html) | {points} | {by_hand} |")
     table = "| notebook | exercises | points | graded by hand |\n|---|---|---|---|\n" + "\n".join(rows)
-    return markdown_page(f"# Exercises and grading\n\n{table}", CHECKING, INSTRUCTORS)
+    heading, _, section = site_pages.for_readers(readme_section("For instructors: grading")).partition("\n\n")
+    return markdown_page(f"# Exercises and grading\n\n{table}", CHECKING, f"{heading}\n\n{INSTRUCTORS}\n\n{section}")
 
 
 def frontier_figure(path: Path) -> None:
@@ -288,17 +287,25 @@ def write_downloads(out: Path) -> int:
     return archive.stat().st_size
 
 
-def all_pages(executed: dict[str, nbformat.NotebookNode], titles: dict[str, str], zip_bytes: int) -> dict:
+def all_pages(executed: dict[str, nbformat.NotebookNode], titles: dict[str, str], graded: dict[str, dict],
+              zip_bytes: int) -> dict:
     """``{stem: (notebook, title)}`` for every page of the site: the index, the comparison, the notebooks and the
-    exercise pages."""
-    graded = {name: title for name, title in titles.items() if (AUTOGRADER / f"{name}.json").is_file()}
-    pages = {"index": (landing(titles, zip_bytes), "dpo-teach: the course"),
+    exercise pages (``graded``: :func:`graded_questions`)."""
+    pages = {"index": (landing(titles, graded, zip_bytes), "dpo-teach: the course"),
              "ppo_vs_dpo": (results_page(), "PPO vs DPO: the shipped comparison")}
     pages |= {name: (site_pages.prepare(executed[name]), title) for name, title in titles.items()}
-    pages |= {f"grading_{name}": (grading_page(name, title), f"Exercises of {title}") for name, title in graded.items()}
+    pages |= {f"grading_{name}": (grading_page(name, titles[name], questions), f"Exercises of {titles[name]}")
+              for name, questions in graded.items()}
     if graded:
-        pages["grading"] = (grading_index(graded), "Exercises and grading")
+        pages["grading"] = (grading_index(titles, graded), "Exercises and grading")
     return pages
+
+
+def graded_questions(names: list[str]) -> dict[str, dict]:
+    """``{name: {question: {"points", "manual"}}}`` for those of the notebooks ``names`` that are graded, read once
+    per build by the grader's own loader (``grading.load_manifests``: the manifests and bundles it grades with)."""
+    manifests = load_manifests(AUTOGRADER)
+    return {name: manifests[name]["questions"] for name in names if name in manifests}
 
 
 def build(executed: dict[str, nbformat.NotebookNode], out: Path, mode: str) -> list[Path]:
@@ -308,7 +315,7 @@ def build(executed: dict[str, nbformat.NotebookNode], out: Path, mode: str) -> l
     (out / "images").mkdir(parents=True)
     copy_static(out)
     frontier_figure(out / "images" / "frontier.png")
-    pages = all_pages(executed, titles, write_downloads(out))
+    pages = all_pages(executed, titles, graded_questions(list(titles)), write_downloads(out))
     common = {"banner": mode_note(mode), "made": provenance()}
     for stem, (nb, title) in pages.items():
         download = f"{DOWNLOADS}/{stem}.ipynb"

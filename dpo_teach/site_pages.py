@@ -16,6 +16,7 @@ import json
 import re
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import nbformat
@@ -39,15 +40,18 @@ CHECK = re.compile(r'grader\.check\("(\w+)"\)')
 MACHINE_CELL = re.compile(r"setup_report\(|sys\.executable")
 MACHINE_NOTE = ("These lines describe the machine that built this site (its Python, packages, folders and speed); "
                 "run the notebook to see yours.")
-# What only the course's developers need (CI, the test suite and its files, the masters, DPO_TEACH_STRICT): the
-# README's sections that the site shows leave out each sentence, parenthesis, table row or code line that names it.
+# Words about how the course is made, which only its developers need (CI, the test suite and its files, the masters,
+# DPO_TEACH_STRICT, the issues and source card it was built from): the README's sections that the site shows leave out
+# each sentence, parenthesis, table row or code line that names them, and no page or student notebook may show them
+# (tests/test_site.py, tests/test_notebooks_00_04.py). The one list of them.
 FOR_DEVELOPERS = re.compile(r"\bCI\b|test suite|pytest|\btests/|\bmasters?\b|student (?:notebook|version)|"
-                            r"DPO_TEACH_STRICT", re.IGNORECASE)
+                            r"DPO_TEACH_STRICT|source card|acceptance|\bissues? \d|completed by us", re.IGNORECASE)
 SENTENCE_END = re.compile(r"(?<=[.!?])(?<!e\.g\.)(?<!i\.e\.)\s+(?=[A-Z*`\[(])")  # not after "e.g."
 PARENTHESIS = re.compile(r" ?\([^()]*\)")
 MARKUP = {"text/html", "text/markdown"}  # output kinds in which "<" starts a tag
 PATH_CHAR = r"[^\s'\"<>|`)]"  # a character of a printed path
 NAME_CHAR = r"[^\s'\"<>|`)/]"  # a character of one of its folders' names
+DEFAULT_CACHE = "~/.cache/dpo-teach"  # where a student's π_ref is cached (world.cache_dir without $DPO_TEACH_CACHE)
 
 
 # --- widgets --------------------------------------------------------------------------------------------------------
@@ -109,17 +113,31 @@ def _literal(path: Path | str) -> str:
     return re.escape(str(path).rstrip("/")) + rf"(?=/|(?!{NAME_CHAR}))"
 
 
-def machine_paths() -> list[tuple[re.Pattern, str]]:
+def printed_caches(texts: Iterable[str]) -> set[str]:
+    """The folders printed in ``texts`` that are a π_ref cache: they hold an entry ``reference-PRESET-KEY/world.json``.
+    So a cache reads as the default one wherever it was, this process's ``$DPO_TEACH_CACHE`` or another's (a test
+    worker's that ran the notebook while this one builds the site)."""
+    found = set()
+    for printed in {m[0] for text in texts for m in re.finditer(rf"(?<![^\s'\"(>=])/{PATH_CHAR}+", text)}:
+        folder = Path(printed.rstrip(".,;:"))
+        if folder.is_dir() and any(folder.glob("reference-*-*/world.json")):
+            found.add(str(folder))
+    return found
+
+
+def machine_paths(texts: Iterable[str] = ()) -> list[tuple[re.Pattern, str]]:
     """``(pattern, what a reader sees instead)`` for the folders of the machine and the run that built the site, in
     the order they apply (a kernel's cell file and a cache entry can lie in a temporary folder, the venv in the
-    repository): a kernel's cell file -> ``<cell>``, a π_ref cache entry anywhere or the cache -> the default cache,
-    the venv -> ``.venv``, the repository -> ``dpo-teach``, a temporary folder -> ``<temporary folder>``."""
+    repository): a kernel's cell file -> ``<cell>``, a π_ref cache entry anywhere, the cache or a cache printed in
+    ``texts`` (:func:`printed_caches`) -> the default cache, the venv -> ``.venv``, the repository -> ``dpo-teach``, a
+    temporary folder -> ``<temporary folder>``."""
     from dpo_teach.world import cache_dir
 
-    folders = [(cache_dir(), "~/.cache/dpo-teach"), (cache_dir().resolve(), "~/.cache/dpo-teach"),
-               (sys.prefix, ".venv"), (sys.base_prefix, "python"), (NOTEBOOKS.parent, "dpo-teach"), (Path.home(), "~")]
+    caches = {cache_dir(), cache_dir().resolve(), *printed_caches(texts)}
+    folders = [(cache, DEFAULT_CACHE) for cache in sorted(map(str, caches), key=len, reverse=True)]
+    folders += [(sys.prefix, ".venv"), (sys.base_prefix, "python"), (NOTEBOOKS.parent, "dpo-teach"), (Path.home(), "~")]
     rules = [(rf"{PATH_CHAR}*/ipykernel_\d+/\d+\.py", "<cell>"),
-             (rf"{PATH_CHAR}*/(?=reference-\w+-\w+)", "~/.cache/dpo-teach/")]
+             (rf"{PATH_CHAR}*/(?=reference-\w+-\w+)", f"{DEFAULT_CACHE}/")]
     rules += [(_literal(folder), text) for folder, text in folders if str(folder).strip("/.")]
     # a temporary folder, however deep (a test run's is /tmp/pytest-of-USER/pytest-N/...), up to a file's name
     rules += [(re.escape(temp) + rf"(?:/{NAME_CHAR}+)+?(?=/{NAME_CHAR}+\.\w+\b|(?!/{NAME_CHAR}))", "<temporary folder>")
@@ -131,14 +149,24 @@ def clean_text(text: str, markup: bool = False, rules: list[tuple[re.Pattern, st
     """``text`` (an output's text, or its HTML when ``markup``) without the build machine's folders
     (:func:`machine_paths`, or ``rules`` already made from it) and without doctest's own frames in a traceback (the
     failing example and its error stay)."""
-    for pattern, neutral in rules or machine_paths():
+    for pattern, neutral in rules or machine_paths([text]):
         text = pattern.sub(html.escape(neutral) if markup else neutral, text)
     return DOCTEST_FRAME.sub("", text)
 
 
+def output_texts(nb: nbformat.NotebookNode) -> list[str]:
+    """Every text of every output of ``nb``: streams, tracebacks and the text forms of results."""
+    texts = []
+    for cell in code_cells(nb):
+        for out in cell.outputs:
+            texts += [out.get("text", ""), *out.get("traceback", [])]
+            texts += [v for k, v in out.get("data", {}).items() if k.startswith("text/") and isinstance(v, str)]
+    return texts
+
+
 def clean_outputs(nb: nbformat.NotebookNode) -> None:
     """:func:`clean_text` on every output: streams, tracebacks and every text form of a result."""
-    rules = machine_paths()  # once per notebook, not once per output line
+    rules = machine_paths(output_texts(nb))  # once per notebook, not once per output line
     for cell in code_cells(nb):
         for out in cell.outputs:
             if "text" in out:

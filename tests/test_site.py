@@ -10,6 +10,7 @@ other host blocked, at a desktop's width and then at a phone's, and each page's 
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -25,12 +26,11 @@ from urllib.parse import urljoin, urlparse
 
 import nbformat
 import pytest
-from test_notebooks_00_04 import COURSE_MAKING  # tests/ is on sys.path (pytest's rootdir import)
 
 from dpo_teach import site, site_pages
-from dpo_teach.grading import AUTOGRADER, MASTERS, NOTEBOOKS
+from dpo_teach.grading import AUTOGRADER, MASTERS, NOTEBOOKS, load_manifests
 from dpo_teach.grading.assign import solution_lines
-from dpo_teach.grading.release import find_leaks
+from dpo_teach.grading.release import find_leaks, released_files
 from dpo_teach.world import cache_dir
 
 ARTIFACTS = Path(os.environ.get("DPO_TEACH_SITE_ARTIFACTS", NOTEBOOKS.parent / "results" / "site-test"))
@@ -98,7 +98,10 @@ def test_no_page_shows_the_build_machine(built):
     machine = [str(cache_dir()), sys.prefix, "/tmp/", "ipykernel_", "doctest.py"]
     shown = {p.stem: [m for m in machine if m in site.page_text(p)] for p in pages}
     assert not any(shown.values()), {k: v for k, v in shown.items() if v}
-    assert site.page_text(out / "00_start_here.html").count(site_pages.MACHINE_NOTE) == 2  # the versions, the report
+    start = site.page_text(out / "00_start_here.html")
+    assert start.count(site_pages.MACHINE_NOTE) == 2  # the versions, the report
+    # the report's π_ref cache, whichever worker ran the notebook: the default one, as a student's reads
+    assert re.findall(r"cache \(π_ref\)\s+(\S+)", start) == [site_pages.DEFAULT_CACHE], start.split("cache (π_ref)")[1:]
     feedback = site.page_text(out / "01_kl_objective.html")
     assert 'File "<cell>", line' in feedback and "NotImplementedError: Exercise 1.1" in feedback  # what matters stays
 
@@ -118,10 +121,35 @@ def test_build_machine_paths_become_a_readers_names():
                f"kernel python: {sys.prefix}/bin/python": "kernel python: .venv/bin/python",
                "/tmp/dpo-teach-07-jeslvsp3/train.jsonl: 1997 rows": "<temporary folder>/train.jsonl: 1997 rows",
                "/tmp/pytest-of-root/pytest-3/cache0/reference-tiny-70065": "~/.cache/dpo-teach/reference-tiny-70065",
-               "cache (π_ref) /tmp/pytest-of-root/pytest-3/private0": "cache (π_ref) <temporary folder>",
+               "data in /tmp/pytest-of-root/pytest-3/private0": "data in <temporary folder>",  # not a cache
                "wrote /tmp/pytest-of-root/pytest-3/run0/metrics.json.": "wrote <temporary folder>/metrics.json."}
     assert {line: site_pages.clean_text(line) for line in printed} == printed
     assert site_pages.clean_text("/tmp/x/train.jsonl", markup=True) == "&lt;temporary folder&gt;/train.jsonl"
+
+
+def test_a_cache_reads_as_the_default_one_wherever_it_was(tmp_path, monkeypatch):
+    """Under pytest-xdist the notebook may have run in another worker, with another $DPO_TEACH_CACHE than the worker
+    that builds the site (``make site`` runs and builds in one process): a folder that holds a π_ref cache entry
+    reads as the default cache however the notebook was executed, in each form of 00's set-up report."""
+    from dpo_teach.setup_check import setup_report
+
+    other = tmp_path / "popen-gw0" / "dpo-teach-cache0"  # as the worker that ran 00 names its cache
+    (other / "reference-tiny-70065").mkdir(parents=True)
+    (other / "reference-tiny-70065" / "world.json").write_text("{}")
+    with monkeypatch.context() as run_elsewhere:
+        run_elsewhere.setenv("DPO_TEACH_CACHE", str(other))
+        report = setup_report(probe_s=0.01)
+    assert report["cache (π_ref)"] == str(other) and site_pages.DEFAULT_CACHE not in str(site.ROOT)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("setup_report()", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text=f"{report}\n"),
+        nbformat.v4.new_output("display_data", data={"text/plain": str(report),
+                                                     "text/markdown": report._repr_markdown_()})])])
+    site_pages.clean_outputs(nb)
+    stream, shown = nb.cells[0].outputs
+    for text in (stream.text, shown.data["text/plain"], shown.data["text/markdown"]):
+        assert re.findall(r"cache \(π_ref\)[\s|]+(\S+)", text) == [site_pages.DEFAULT_CACHE], text
+    assert site_pages.clean_text(f"cache {other}/") == f"cache {site_pages.DEFAULT_CACHE}/"
+    assert site_pages.clean_text(f"wrote {other.parent}/x.json") == "wrote <temporary folder>/x.json"  # no cache
 
 
 def test_selections_show_their_chosen_label():
@@ -157,44 +185,97 @@ def test_readme_sections_leave_out_what_only_developers_need():
 
 
 def test_no_page_talks_about_how_the_course_was_made(built):
-    """As the notebooks (test_notebooks_00_04.py), so the pages: the README's sections they show are filtered."""
+    """As the notebooks (test_notebooks_00_04.py), so the pages, with the words the README's sections on them are
+    filtered for (:data:`site_pages.FOR_DEVELOPERS`, the one list)."""
     out, pages = built
-    found = {p.stem: [m[0] for m in COURSE_MAKING.finditer(site.page_text(p))][:5] for p in pages}
+    found = {p.stem: [m[0] for m in site_pages.FOR_DEVELOPERS.finditer(site.page_text(p))][:5] for p in pages}
     assert not any(found.values()), {k: v for k, v in found.items() if v}
     banner = site.page_text(out / "index.html")
     assert "shorter training runs than the notebooks' default" in banner and "DPO_TEACH_FAST=1 (what" not in banner
 
 
 def test_the_course_can_be_downloaded_without_solutions(built, tmp_path):
+    """The zip holds exactly the student release (``release.released_files``): every notebook, nothing else (no
+    master, test or autograder bundle), checked for solution lines; each notebook also lies beside it."""
     out, _ = built
-    archive = out / site.DOWNLOADS / "dpo-teach.zip"
-    with zipfile.ZipFile(archive) as zipped:
+    with zipfile.ZipFile(out / site.DOWNLOADS / "dpo-teach.zip") as zipped:
         zipped.extractall(tmp_path)
+        files = sorted(n for n in zipped.namelist() if not n.endswith("/"))
     tree = tmp_path / "dpo-teach"
-    assert {p.stem for p in site.notebook_paths()} <= {p.stem for p in (tree / "notebooks").glob("*.ipynb")}
-    assert (tree / "dpo_teach" / "losses.py").is_file() and (tree / "Makefile").is_file()
-    assert not (tree / "course").exists() and not (tree / "tests").exists()
+    assert files == [f"dpo-teach/{name}" for name in released_files()]
+    assert {f"dpo-teach/notebooks/{p.name}" for p in site.notebook_paths()} <= set(files)
+    assert "dpo-teach/dpo_teach/losses.py" in files and "dpo-teach/Makefile" in files
+    assert not [f for f in files if f.startswith(("dpo-teach/course/", "dpo-teach/tests/")) or f.endswith(".zip")]
     assert not find_leaks(tree)
-    text = site.page_text(out / "index.html")
-    assert 'href="downloads/dpo-teach.zip"' in (out / "index.html").read_text(encoding="utf-8")
-    assert "make lab" in text and "make demo" in text
-    # the README's pointers to its sections: a link to the page, or the section below on the index
-    assert not re.findall(r'"[^"]+" below', text) and "(below)" in text.split("The toy world\n")[0]
     for path in site.notebook_paths():
         assert (out / site.DOWNLOADS / path.name).read_bytes() == (tree / "notebooks" / path.name).read_bytes()
         assert f'href="downloads/{path.name}"' in (out / f"{path.stem}.html").read_text(encoding="utf-8")
 
 
-def test_exercise_pages_for_students_and_one_grading_page_for_instructors(built):
+def text_of(markup: str) -> str:
+    """What a reader sees of an HTML fragment: its text without tags (highlighted code is split into spans)."""
+    return html.unescape(re.sub(r"<[^>]+>", "", markup))
+
+
+def makefile_rules() -> dict[str, str]:
+    """``{target: its prerequisites}`` for every rule of the Makefile."""
+    rules = re.findall(r"^([^\s#:=][^:=\n]*):(?!=)(.*)$", (site.ROOT / "Makefile").read_text(), re.MULTILINE)
+    return {target: needs for targets, needs in rules for target in targets.split()}
+
+
+def test_the_index_says_how_to_get_and_start_the_course(built):
+    """Under "Get the course": the zip, and the commands to start with the Makefile's own description of each
+    (``make help``); each of them sets up .venv on first use, as the section says."""
     out, _ = built
-    graded = sorted(p.stem for p in AUTOGRADER.glob("*.json"))
+    index = (out / "index.html").read_text(encoding="utf-8")
+    section = re.search(r"<h2[^>]*>(Get the course</h2>.*?)<h2[ >]", index, re.DOTALL)
+    assert section, "index.html has no 'Get the course' section followed by another"
+    text = text_of(section[1])
+    commands = site.make_help()
+    assert re.match(r"make lab +# open the notebooks in JupyterLab\nmake demo +# ", commands), commands
+    assert "Get the course\nDownload the course (a zip, " in text and 'href="downloads/dpo-teach.zip"' in section[1]
+    assert f"in its folder dpo-teach, run\n{commands}\n" in text and "Whichever runs first sets up .venv" in text
+    assert "Requirements: Python 3.11" in text
+    rules = makefile_rules()
+    assert all("$(STAMP)" in rules[target].split() for target in site.START), {t: rules[t] for t in site.START}
+    # the README's pointers to its sections: a link to the page, or the section below on the index
+    page = site.page_text(out / "index.html")
+    assert not re.findall(r'"[^"]+" below', page) and "The toy world\n" in page, "no section 'The toy world'"
+    above, toy_world = page.split("The toy world\n", 1)
+    assert "(below)" in above and "π_ref" in toy_world
+
+
+def test_every_make_command_on_the_site_is_in_the_makefile(built):
+    """A ``make X`` that a page shows as code (the README's sections, the commands to start, grading) is a rule
+    of the Makefile: none is retyped from memory."""
+    _, pages = built
+    shown = {}
+    for path in pages:
+        code = [text_of(c) for _, c in re.findall(r"<(code|pre)\b[^>]*>(.*?)</\1>", path.read_text(encoding="utf-8"),
+                                                     re.DOTALL)]
+        for target in re.findall(r"^\s*make ([\w.-]+)", "\n".join(code), re.MULTILINE):
+            shown.setdefault(target, set()).add(path.stem)
+    rules = makefile_rules()
+    assert {"lab", "demo", "gradescope"} <= set(shown), shown
+    assert not {t: sorted(where) for t, where in shown.items() if t not in rules}
+
+
+def test_exercise_pages_for_students_and_one_grading_page_for_instructors(built):
+    """One page per graded notebook (the grader's own manifests) with each question and its points; grading.html
+    links every one and says how instructors grade."""
+    out, pages = built
+    graded = {name: m["questions"] for name, m in load_manifests(AUTOGRADER).items() if name in TITLES}
+    assert graded and {p.stem for p in pages if p.stem.startswith("grading_")} == {f"grading_{n}" for n in graded}
     index = (out / "grading.html").read_text(encoding="utf-8")
-    for name in graded:
+    for name, questions in graded.items():
         page = (out / f"grading_{name}.html").read_text(encoding="utf-8")
         assert "Checking your answer" in page and 'href="grading.html"' in page and "For instructors" not in page
         assert f'href="grading_{name}.html"' in index
+        rows = re.findall(r"^(\w+)\n(\d+)\n(?:automatically|by hand)$", text_of(page), re.MULTILINE)
+        assert rows == [(q, str(about["points"])) for q, about in questions.items()], name
     text = site.page_text(out / "grading.html")
     assert "dpo-teach grade SUBMISSIONS_DIR" in text and "make gradescope" in text
+    assert site.INSTRUCTORS in text
     assert not re.search(r"tests/|BEGIN SOLUTION|DPO_TEACH_STRICT|record mode", text)
 
 
@@ -251,7 +332,8 @@ PAGE_CHECKS = """() => {
   };
 }"""
 # At each width: what is cut off without a way to scroll to it (in a cell, MathJax's own parts aside), output text
-# that breaks inside words, and how the header stays.
+# that breaks inside words, how the header stays, and how wide the page and the body's content are (content that
+# sticks out of the body by less than its margin leaves the page as wide as the screen, but not the body).
 LAYOUT_CHECKS = """() => ({
   clipped: Array.from(document.querySelectorAll('.jp-Cell *'))
     .filter(e => !e.tagName.startsWith('MJX') && ['hidden', 'clip'].includes(getComputedStyle(e).overflowX)
@@ -260,6 +342,9 @@ LAYOUT_CHECKS = """() => ({
   breakAll: Array.from(document.querySelectorAll('.jp-OutputArea-output pre'))
     .filter(e => getComputedStyle(e).wordBreak === 'break-all').length,
   header: getComputedStyle(document.querySelector('.site-header')).position,
+  screen: window.innerWidth,
+  page: document.documentElement.scrollWidth,
+  body: [document.body.clientWidth, document.body.scrollWidth],
 })"""
 
 
@@ -350,6 +435,17 @@ def test_code_and_outputs_scroll_instead_of_being_cut_off(browsed):
         assert not clipped, f"{width}: cut off, no scrolling: {clipped}"
         assert not {name: layout["breakAll"] for name, layout in layouts.items() if layout["breakAll"]}, \
             f"{width}: output text breaks inside words"
+
+
+def test_no_page_is_wider_than_the_screen(browsed):
+    """No sideways scrolling of the page on a phone (or a desktop): only code and wide outputs scroll, inside their
+    cells."""
+    for width in ("desktop", "phone"):
+        layouts = {name: page["phone"] if width == "phone" else page for name, page in browsed.items()}
+        wider = {name: f"page {lay['page']} px, body content {lay['body'][1]} px in {lay['body'][0]} px"
+                 for name, lay in layouts.items() if lay["page"] > lay["screen"] or lay["body"][1] > lay["body"][0]}
+        assert not wider, f"{width} ({next(iter(layouts.values()))['screen']} px): {wider}"
+    assert {page["phone"]["screen"] for page in browsed.values()} == {PHONE["width"]}
 
 
 def test_markdown_tables_are_rendered(browsed):
