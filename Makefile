@@ -32,6 +32,8 @@ help:
 	@echo "make release  the student-only tree -> results/release/dpo-teach (no masters, bundles or tests)"
 	@echo "make site   every notebook executed (full mode; DPO_TEACH_FAST=1: fast) and rendered -> results/site/"
 	@echo "make test-site  the site's browser test alone; make readme-images: the README's figures -> docs/images/"
+	@echo "make lint   ruff over the package, tests, benchmarks and scripts (the first step of make test)"
+	@echo "make lock   requirements.lock: the versions installed in .venv (make .venv/.installed LOCKED=1 installs them)"
 
 # `pip install` through scripts/pip_install.py: uv (fetched into .venv) given pip's own configuration, so the same
 # versions in about half the time; plain pip where uv cannot be had. INSTALLER=pip: pip only.
@@ -66,10 +68,12 @@ test:
 	@echo "make test: this copy of the course has no tests/ (it is the student release);" \
 		"run the notebooks with 'make lab', or clone the full repository for the test suite" >&2; exit 2
 else
-test: $(STAMP)
-	$(BIN)/ruff check dpo_teach tests benchmarks scripts
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope
 endif
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(wildcard dpo_teach tests benchmarks scripts)
 
 # JupyterLab on this machine only (127.0.0.1), opening the course map; --allow-root only as root (containers).
 # LAB_ARGS adds options, e.g. LAB_ARGS="--port 8899 --no-browser".

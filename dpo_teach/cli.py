@@ -160,9 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "processes or of the tests, everything read-only) with a time limit per cell and "
                                    "per notebook; the tests run after the notebook and the grader alone decides the "
                                    "score. A notebook that raises, loops, lost cells or is not a notebook at all "
-                                   "scores what it earned, with a reason; one that touches the grading machinery or "
-                                   "calls the package's answer is flagged; the batch always finishes, and a rerun "
-                                   "resumes an interrupted one. Writes grades.csv (a row per submission, a column "
+                                   "scores what it earned, with a reason (a file that is not a notebook is skipped, "
+                                   "with what to do); one that touches the grading machinery is flagged; an answer "
+                                   "that calls the package's own version scores 0 for that question. Only a sandbox "
+                                   "that fails to start stops the batch (exit 2); a rerun resumes a stopped or "
+                                   "interrupted one. Writes grades.csv (a row per submission, a column "
                                    "per question) and grades.json (also feedback, cell errors, flags, totals per "
                                    "student).")
     g.add_argument("submissions", metavar="SUBMISSIONS_DIR", help="folder of submitted notebooks")

@@ -105,14 +105,15 @@ def student_name(stem: str, assignments: Iterable[str]) -> str:
     """The student of a file directly in the submissions folder, from its name: what comes before the name of the
     assignment in it (``alice`` of ``alice_01_kl_objective (1)``), else what comes after it
     (``01_kl_objective_alice``), without separators and the marks of a copy; a name with neither
-    (``01_kl_objective``) stays as it is. Without an assignment's name, the name less the marks of a copy."""
+    (``01_kl_objective``, ``01_kl_objective (1)``) is the assignment's. Without an assignment's name, the name less
+    the marks of a copy."""
     bare = _COPY_PREFIX.sub("", stem)
     found = [a for a in assignments if a.lower() in bare.lower()]
     if not found:
         return _without_copy_marks(bare) or stem
     name = max(found, key=len)
     at = bare.lower().index(name.lower())
-    return bare[:at].strip(_SEPARATORS) or _without_copy_marks(bare[at + len(name):]) or stem
+    return bare[:at].strip(_SEPARATORS) or _without_copy_marks(bare[at + len(name):]) or _without_copy_marks(bare)
 
 
 def find_submissions(folder: Path, assignments: Iterable[str] = ()) -> list[tuple[str, Path]]:
