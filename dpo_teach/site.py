@@ -179,7 +179,9 @@ def grading_index(titles: dict[str, str], graded: dict[str, dict]) -> nbformat.N
         points, by_hand = (sum(q[key] for q in questions.values()) for key in ("points", "manual"))
         rows.append(f"| [{titles[name]}]({name}.html) | [{count}](grading_{name}.html) | {points} | {by_hand} |")
     table = "| notebook | exercises | points | graded by hand |\n|---|---|---|---|\n" + "\n".join(rows)
-    heading, _, section = site_pages.for_readers(readme_section("For instructors: grading")).partition("\n\n")
+    # marked for instructors: the masters and the student versions are theirs to know; the test suite is not
+    heading, _, section = site_pages.for_readers(readme_section("For instructors: grading"),
+                                                 site_pages.FOR_DEVELOPERS).partition("\n\n")
     return markdown_page(f"# Exercises and grading\n\n{table}", CHECKING, f"{heading}\n\n{INSTRUCTORS}\n\n{section}")
 
 

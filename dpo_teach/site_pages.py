@@ -40,12 +40,16 @@ CHECK = re.compile(r'grader\.check\("(\w+)"\)')
 MACHINE_CELL = re.compile(r"setup_report\(|sys\.executable")
 MACHINE_NOTE = ("These lines describe the machine that built this site (its Python, packages, folders and speed); "
                 "run the notebook to see yours.")
-# Words about how the course is made, which only its developers need (CI, the test suite and its files, the masters,
-# DPO_TEACH_STRICT, the issues and source card it was built from): the README's sections that the site shows leave out
-# each sentence, parenthesis, table row or code line that names them, and no page or student notebook may show them
-# (tests/test_site.py, tests/test_notebooks_00_04.py). The one list of them.
-FOR_DEVELOPERS = re.compile(r"\bCI\b|test suite|pytest|\btests/|\bmasters?\b|student (?:notebook|version)|"
-                            r"DPO_TEACH_STRICT|source card|acceptance|\bissues? \d|completed by us", re.IGNORECASE)
+# Words about how the course is made, in two lists. FOR_DEVELOPERS: what only its developers need (CI, the test suite
+# and its files, DPO_TEACH_STRICT, the issues and source card it was built from); no page shows them. FOR_INSTRUCTORS:
+# how a course is assigned (the masters, the student versions), which a section marked for instructors may say and a
+# student's page may not. The README's sections that the site shows leave out each sentence, parenthesis, table row or
+# code line that names them (for_readers), and no student notebook shows either (tests/test_site.py,
+# tests/test_notebooks_00_04.py). NOT_FOR_STUDENTS: both.
+FOR_DEVELOPERS = re.compile(r"\bCI\b|test suite|pytest|\btests/|DPO_TEACH_STRICT|source card|acceptance|\bissues? \d|"
+                            r"completed by us", re.IGNORECASE)
+FOR_INSTRUCTORS = re.compile(r"\bmasters?\b|student (?:notebook|version)", re.IGNORECASE)
+NOT_FOR_STUDENTS = re.compile(f"{FOR_DEVELOPERS.pattern}|{FOR_INSTRUCTORS.pattern}", re.IGNORECASE)
 SENTENCE_END = re.compile(r"(?<=[.!?])(?<!e\.g\.)(?<!i\.e\.)\s+(?=[A-Z*`\[(])")  # not after "e.g."
 PARENTHESIS = re.compile(r" ?\([^()]*\)")
 MARKUP = {"text/html", "text/markdown"}  # output kinds in which "<" starts a tag
@@ -239,24 +243,24 @@ def _units(markdown: str) -> list[tuple[bool, str]]:
     return units
 
 
-def _sentences_for_readers(prose: str) -> str:
-    """``prose`` without the parentheses and sentences that match :data:`FOR_DEVELOPERS`."""
+def _sentences_for_readers(prose: str, hide: re.Pattern) -> str:
+    """``prose`` without the parentheses and sentences that match ``hide``."""
     bullet = "- " if prose.startswith("- ") else ""
-    prose = PARENTHESIS.sub(lambda m: "" if FOR_DEVELOPERS.search(m[0]) else m[0], prose.removeprefix(bullet))
-    kept = " ".join(s for s in SENTENCE_END.split(prose) if not FOR_DEVELOPERS.search(s))
+    prose = PARENTHESIS.sub(lambda m: "" if hide.search(m[0]) else m[0], prose.removeprefix(bullet))
+    kept = " ".join(s for s in SENTENCE_END.split(prose) if not hide.search(s))
     return bullet + kept if kept else ""
 
 
-def for_readers(markdown: str) -> str:
-    """``markdown`` (a README section) without what only the course's developers need: each sentence, parenthesis,
-    table row or code line that names it (:data:`FOR_DEVELOPERS`), with the comment lines that continue a dropped
-    code line."""
+def for_readers(markdown: str, hide: re.Pattern = NOT_FOR_STUDENTS) -> str:
+    """``markdown`` (a README section) without each sentence, parenthesis, table row or code line that names what
+    ``hide`` matches (by default what a student's page may not say; for a section marked for instructors,
+    :data:`FOR_DEVELOPERS`), with the comment lines that continue a dropped code line."""
     kept, dropped = [], False
     for prose, text in _units(markdown):
         if prose:
-            text = _sentences_for_readers(text)
+            text = _sentences_for_readers(text, hide)
         continues = dropped and text.startswith(" ") and text.lstrip().startswith("#")
-        dropped = (prose and not text) or (not prose and bool(FOR_DEVELOPERS.search(text))) or continues
+        dropped = (prose and not text) or (not prose and bool(hide.search(text))) or continues
         if not dropped:
             kept.append(text)
     return "\n".join(kept)

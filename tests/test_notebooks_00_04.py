@@ -19,7 +19,7 @@ import nbformat
 import pytest
 
 from dpo_teach.grading import MASTERS, NOTEBOOKS
-from dpo_teach.site_pages import FOR_DEVELOPERS  # the words the published pages may not hold either
+from dpo_teach.site_pages import NOT_FOR_STUDENTS  # the words a student's page may not hold either
 
 NAMES = [p.stem for p in sorted(MASTERS.glob("*.ipynb"))]
 
@@ -94,5 +94,5 @@ def test_committed_notebooks_are_clean(name):
 @pytest.mark.parametrize("name", [p.stem for p in sorted(NOTEBOOKS.glob("*.ipynb"))])
 def test_notebooks_speak_to_students_not_about_how_the_course_was_made(name):
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    found = [(i, m.group(0)) for i, cell in enumerate(nb.cells) for m in FOR_DEVELOPERS.finditer(cell.source)]
+    found = [(i, m.group(0)) for i, cell in enumerate(nb.cells) for m in NOT_FOR_STUDENTS.finditer(cell.source)]
     assert not found, f"{name}: cells talk about how the course was made (cell, words): {found}"

@@ -186,10 +186,18 @@ def test_readme_sections_leave_out_what_only_developers_need():
 
 def test_no_page_talks_about_how_the_course_was_made(built):
     """As the notebooks (test_notebooks_00_04.py), so the pages, with the words the README's sections on them are
-    filtered for (:data:`site_pages.FOR_DEVELOPERS`, the one list)."""
+    filtered for (:data:`site_pages.NOT_FOR_STUDENTS`); in grading.html's section marked for instructors only the
+    developers' words (:data:`site_pages.FOR_DEVELOPERS`) are out, and what an instructor needs is kept."""
     out, pages = built
-    found = {p.stem: [m[0] for m in site_pages.FOR_DEVELOPERS.finditer(site.page_text(p))][:5] for p in pages}
+    texts = {p.stem: site.page_text(p) for p in pages}
+    students, _, instructors = texts["grading"].partition("For instructors: grading")
+    assert instructors, "grading.html has its section for instructors"
+    texts["grading"] = students
+    found = {name: [m[0] for m in site_pages.NOT_FOR_STUDENTS.finditer(text)][:5] for name, text in texts.items()}
+    found["grading (for instructors)"] = [m[0] for m in site_pages.FOR_DEVELOPERS.finditer(instructors)][:5]
     assert not any(found.values()), {k: v for k, v in found.items() if v}
+    for kept in ["`make assign` regenerates the student notebooks and the bundles", "their rubrics are in the master"]:
+        assert kept.replace("`", "") in instructors, kept
     banner = site.page_text(out / "index.html")
     assert "shorter training runs than the notebooks' default" in banner and "DPO_TEACH_FAST=1 (what" not in banner
 
