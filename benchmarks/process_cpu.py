@@ -56,6 +56,13 @@ def what_runs(argv: list[str]) -> str:
     return f"{os.path.basename(argv[0])} {entry}".strip()
 
 
+def _argv(pid: int) -> list[str]:
+    try:
+        return (PROC / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:  # it ended meanwhile
+        return []
+
+
 def kind_of(argv: list[str]) -> str:
     """The kind a process with this command line is counted as (``KINDS``; "other" for anything else)."""
     runs = what_runs(argv)
@@ -116,11 +123,12 @@ class ProcessCPU:
                 parent = (ppid, seen[ppid][1]) if ppid in seen else None
                 if started < self._start or not (ppid == self.root or parent in self.processes):
                     continue  # not started by the block (or its parent ended before it was seen)
-                try:
-                    argv = (PROC / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
-                except OSError:
-                    argv = []
-                self.processes[key] = {"argv": argv, "cpu_s": 0.0}
+                self.processes[key] = {"argv": [], "cpu_s": 0.0}
+            # What it runs now: a fork execs its program after it is first seen, and a process caught inside execve
+            # shows an empty command line; the last one read stands (empty only if every read came too early or late)
+            argv = _argv(pid)
+            if argv:
+                self.processes[key]["argv"] = argv
             self.processes[key]["cpu_s"] = max(self.processes[key]["cpu_s"], cpu_s)
 
     def total(self) -> float:
