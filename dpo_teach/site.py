@@ -221,9 +221,14 @@ def copy_static(out: Path) -> None:
 
 
 def page_text(path: Path) -> str:
-    """What a reader of file ``path`` sees: for a page, its text without tags (code is split into highlighted spans)."""
+    """What a reader of file ``path`` sees: for a page, its :func:`visible_text`."""
     text = path.read_text(encoding="utf-8", errors="replace")
-    return html.unescape(re.sub(r"<[^>]+>", "", text)) if path.suffix == ".html" else text
+    return visible_text(text) if path.suffix == ".html" else text
+
+
+def visible_text(markup: str) -> str:
+    """HTML without its tags, entities decoded (highlighted code is split into spans: this joins it again)."""
+    return html.unescape(re.sub(r"<[^>]+>", "", markup))
 
 
 def plain(text: str) -> str:

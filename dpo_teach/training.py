@@ -8,7 +8,7 @@ A trainer reads::
         lr = lr_at(step, total, config.lr)           # utils.lr_at: warm-up, cosine
         set_lr(optimizer, lr)
         loss = ...                                   # the algorithm
-        with diverging("DPO", step, total, lr, config):  # nan or inf: an error naming the run, step and settings
+        with diverging("SFT", step, total, lr, config):  # nan or inf: an error naming the run, step and settings
             optimizer_step(optimizer, loss)          # zero_grad → backward → clip → step
 """
 

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 from collections.abc import Collection, Iterator
@@ -90,11 +91,17 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 def _remove_abandoned(path: Path) -> None:
     """Delete what :func:`atomic_dir` left beside ``path`` in a run that was killed outright (SIGKILL, a power cut:
-    no ``except`` ran): its ``.NAME.PID.*.tmp``/``.old`` folders whose process no longer runs on this machine."""
-    for folder in path.parent.glob(f".{glob_escape(path.name)}.*.*"):
-        pid = folder.name[len(path.name) + 2:].split(".", 1)[0]
-        if folder.suffix in (".tmp", ".old") and folder.is_dir() and pid.isdigit() and not _running(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
+    no ``except`` ran): its ``.NAME.PID.*.tmp``/``.old`` folders whose process no longer runs on this machine. An
+    ``.old`` that holds the earlier run while ``path`` is gone (killed between the two renames) is kept: it is the
+    only copy of that run."""
+    form = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.(tmp|old)")  # mkdtemp's part has no dot
+    for folder in path.parent.glob(f".{glob_escape(path.name)}.*"):
+        found = form.fullmatch(folder.name)
+        if not found or not folder.is_dir() or _running(int(found[1])):
+            continue
+        if found[2] == "old" and (folder / "x").exists() and not path.exists():
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _running(pid: int) -> bool:
@@ -102,8 +109,8 @@ def _running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
-        return True
+    except PermissionError:  # another user's process: it runs
+        pass
     return True
 
 

@@ -125,8 +125,6 @@ def test_process_cpu_counts_what_the_block_starts_by_kind():
 def test_a_process_first_seen_without_its_command_line_is_named_by_a_later_sample(monkeypatch):
     """A process caught inside execve (or a fork before it execs) shows no command line, or its parent's: the kind
     comes from the last command line read, not the first (one CI run counted a Python burner as "other")."""
-    import subprocess
-
     import process_cpu
 
     real, reads = process_cpu._argv, {}
@@ -136,23 +134,22 @@ def test_a_process_first_seen_without_its_command_line_is_named_by_a_later_sampl
         return [] if reads[pid] == 1 else real(pid)
 
     monkeypatch.setattr(process_cpu, "_argv", racing)
-    burner = ("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass\n"
-              "import sys\nsys.stdin.read()")
-    child = subprocess.Popen([sys.executable, "-c", burner], stdin=subprocess.PIPE)  # started before: not counted
-    time.sleep(0.1)  # start times are in clock ticks
-    try:
-        with process_cpu.ProcessCPU(interval_s=0.05, root=os.getpid()) as cpu:
-            sleeper = subprocess.Popen([sys.executable, "-c", burner], stdin=subprocess.PIPE)
-            time.sleep(1.0)
-            sleeper.stdin.close()
-            sleeper.wait()
-    finally:
-        child.stdin.close()
-        child.wait()
+    # burns 0.3 CPU-s, says so, then waits for its stdin to close: the block's samples see it alive and busy
+    code = ("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+            "import sys\nprint('burnt', flush=True)\nsys.stdin.read()")
+    with process_cpu.ProcessCPU(interval_s=0.05, root=os.getpid()) as cpu:
+        burner = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
+        try:
+            assert burner.stdout.readline().strip() == "burnt"
+            time.sleep(0.2)  # a few more samples of it, alive
+        finally:
+            burner.stdin.close()
+            burner.wait()
     if not cpu.available:
         pytest.skip("no /proc here: the benchmark reports no CPU breakdown")
-    (seen,) = [p for (pid, _), p in cpu.processes.items() if pid == sleeper.pid]
-    assert reads[sleeper.pid] > 1 and seen["cpu_s"] >= 0.3, cpu.processes
+    (seen,) = [p for (pid, _), p in cpu.processes.items() if pid == burner.pid]
+    assert reads[burner.pid] > 1 and seen["cpu_s"] >= 0.2, cpu.processes
     assert process_cpu.kind_of(seen["argv"]) == "other Python processes", cpu.processes
 
 

@@ -16,7 +16,12 @@ import time
 import zipfile
 
 import nbformat
-from test_grading import WRONG, exercises_only, replaced  # tests/ is on sys.path (pytest's rootdir import)
+from test_grading import (  # tests/ is on sys.path (pytest's rootdir import)
+    WRONG,
+    exercise_solution,
+    exercises_only,
+    replaced,
+)
 from test_grading_hostile import WRONG_KL
 
 from dpo_teach.grading import gradescope, judge, sandbox
@@ -47,7 +52,7 @@ def test_a_bundle_grades_from_an_empty_folder(assigned, notebook_reference, tmp_
     setup = subprocess.run(["bash", str(source / "setup.sh")], env=clean, capture_output=True, text=True)
     assert setup.returncode == 0, setup.stderr[-2000:]
 
-    solution = exercises_only(nbformat.read(assigned / "solutions" / "01_kl_objective.ipynb", as_version=4))
+    solution = exercise_solution(assigned, "01_kl_objective")
     scores = {}
     wrong = replaced(copy.deepcopy(solution), "def kl_divergence(", WRONG_KL)
     for kind, nb in [("correct", solution), ("wrong", wrong)]:
@@ -100,7 +105,7 @@ def _submit(root, nb):
 
 def test_results_json_numbers_a_failed_hidden_test_and_never_quotes_it(assigned, notebook_reference, tmp_path):
     source = _source(assigned, tmp_path)
-    wrong = replaced(exercises_only(nbformat.read(assigned / "solutions" / "01_kl_objective.ipynb", as_version=4)),
+    wrong = replaced(exercise_solution(assigned, "01_kl_objective"),
                      "def kl_divergence(", WRONG_KL)  # passes the public tests, fails the hidden ones
     report = gradescope.run(source, _submit(tmp_path, wrong), tmp_path / "results" / "results.json")
     written = json.loads((tmp_path / "results" / "results.json").read_text())
@@ -149,7 +154,7 @@ def test_a_multiple_choice_result_waits_until_grades_are_published(assigned, tmp
     is shown only once the grades are published (and so, by Gradescope's rule, is the total), and nothing a student
     sees at once differs between a right and a wrong letter. A code question stays visible, with its feedback."""
     source = _source(assigned, tmp_path, "07_variants_and_pitfalls")
-    solution = exercises_only(nbformat.read(assigned / "solutions" / "07_variants_and_pitfalls.ipynb", as_version=4))
+    solution = exercise_solution(assigned, "07_variants_and_pitfalls")
     wrong_code = replaced(solution, "def ipo_loss(", WRONG["ipo_wrong_target"][2])
     seen, scores = [], []
     for letter in ("a", "b"):  # "a" is right
@@ -174,6 +179,6 @@ def test_a_sandbox_that_fails_for_the_notebook_grades_it_in_the_container(assign
     monkeypatch.setattr(sandbox, "unavailable_reason", lambda: None)
     monkeypatch.setattr(judge, "_spawn", no_sandbox)
     source = _source(assigned, tmp_path, "00_start_here")
-    nb = exercises_only(nbformat.read(assigned / "solutions" / "00_start_here.ipynb", as_version=4))
+    nb = exercise_solution(assigned, "00_start_here")
     report = gradescope.run(source, _submit(tmp_path, nb), tmp_path / "results" / "results.json")
     assert report["score"] == 1.0 and "not available in this container" in report["output"], report

@@ -142,6 +142,11 @@ def exercises_only(nb):
     return nb
 
 
+def exercise_solution(assigned, name: str):
+    """The solution notebook of assignment ``name``, cut to its exercises (what most grading tests submit)."""
+    return exercises_only(nbformat.read(assigned / "solutions" / f"{name}.ipynb", as_version=4))
+
+
 def manifest_points(assigned, name: str) -> dict[str, float]:
     manifest = json.loads((assigned / "autograder" / f"{name}.json").read_text())
     return {q["name"]: float(q["points"]) for q in manifest["questions"] if not q["manual"]}
@@ -366,10 +371,6 @@ def test_a_flat_files_student_is_its_name_less_the_assignment_and_a_copys_mark(s
     assert student_name(stem, ["01_kl_objective", "02_bradley_terry"]) == student
 
 
-def _solution(assigned, name: str):
-    return exercises_only(nbformat.read(assigned / "solutions" / f"{name}.ipynb", as_version=4))
-
-
 def test_a_flat_folder_makes_one_student_across_assignments_and_copies(assigned, tmp_path):
     """Notebooks directly in the folder: the student is the file's name less the assignment's and a copy's mark, so
     alice's 01 and 02 make one total, and a browser's re-download ``(1)`` supersedes her first 01 (the latest is
@@ -377,11 +378,11 @@ def test_a_flat_folder_makes_one_student_across_assignments_and_copies(assigned,
     folder = tmp_path / "subs"
     folder.mkdir()
     first = folder / "alice_01_kl_objective.ipynb"
-    nbformat.write(replaced(_solution(assigned, "01_kl_objective"), "def kl_divergence(", WRONG["kl_reversed"][2]),
-                   first)
+    wrong = replaced(exercise_solution(assigned, "01_kl_objective"), "def kl_divergence(", WRONG["kl_reversed"][2])
+    nbformat.write(wrong, first)
     os.utime(first, (time.time() - 3600, time.time() - 3600))
-    nbformat.write(_solution(assigned, "01_kl_objective"), folder / "alice_01_kl_objective (1).ipynb")
-    nbformat.write(_solution(assigned, "02_bradley_terry"), folder / "alice_02_bradley_terry.ipynb")
+    nbformat.write(exercise_solution(assigned, "01_kl_objective"), folder / "alice_01_kl_objective (1).ipynb")
+    nbformat.write(exercise_solution(assigned, "02_bradley_terry"), folder / "alice_02_bradley_terry.ipynb")
     report = grading.grade(folder, tmp_path / "out", autograder=assigned / "autograder", log=lambda m: None)
     rows = {Path(r["file"]).name: (r["student"], r["assignment"], r["status"]) for r in report["results"]}
     assert rows == {"alice_01_kl_objective.ipynb": ("alice", "01_kl_objective", "superseded"),
@@ -396,8 +397,8 @@ def test_files_that_are_not_notebooks_get_a_row_that_says_what_to_do(assigned, t
     says what to do, is named under the table, and costs no one a 0."""
     folder = tmp_path / "subs"
     folder.mkdir()
-    nbformat.write(_solution(assigned, "01_kl_objective"), folder / "alice_01_kl_objective.ipynb")
-    nbformat.write(_solution(assigned, "01_kl_objective"), folder / "BOB_01_KL_OBJECTIVE.IPYNB")
+    nbformat.write(exercise_solution(assigned, "01_kl_objective"), folder / "alice_01_kl_objective.ipynb")
+    nbformat.write(exercise_solution(assigned, "01_kl_objective"), folder / "BOB_01_KL_OBJECTIVE.IPYNB")
     (folder / "alice.py").write_text("def kl_divergence(p, q):\n    return (p * (p / q).log()).sum(-1)\n")
     with zipfile.ZipFile(folder / "alice_01.ipynb.zip", "w") as z:
         z.writestr("alice_01.ipynb", "{}")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from test_grading import exercises_only, replaced  # tests/ is on sys.path (pytest's rootdir import)
+from test_grading import exercise_solution, replaced  # tests/ is on sys.path (pytest's rootdir import)
 
 from dpo_teach import grading
 from dpo_teach.grading import judge, sandbox
@@ -207,10 +207,6 @@ FLAGGED = {"patch_allclose", "patch_builtins", "shadow_builtins", "patch_while_t
            "forge_reply", "background_process", "signal_grader", "read_hidden", "take_over", "patch_doctest"}
 
 
-def _solution(assigned, name: str):
-    return exercises_only(nbformat.read(assigned / "solutions" / f"{name}.ipynb", as_version=4))
-
-
 @pytest.fixture(scope="module")
 def hostile(assigned, notebook_reference, tmp_path_factory):
     assert sandbox.unavailable_reason() is None, sandbox.unavailable_reason()
@@ -220,30 +216,30 @@ def hostile(assigned, notebook_reference, tmp_path_factory):
     fill = {"autograder": autograder, "root": grading.ROOT, "submissions": folder, "marker": marker,
             "grader_pid": os.getpid(), "otter": OTTER}
     for kind, (name, find, source, before) in HOSTILE.items():
-        nb = replaced(_solution(assigned, name), find, source.format(**fill))
+        nb = replaced(exercise_solution(assigned, name), find, source.format(**fill))
         at = next(i for i, c in enumerate(nb.cells) if find in c.source)
         for cell in reversed(before):
             nb.cells.insert(at, nbformat.v4.new_code_cell(cell.format(**fill)))
         nbformat.write(nb, folder / f"{kind}_{name}.ipynb")
     for first_or_last in ("aaa", "zzz"):  # innocents graded before and after every attack
-        nbformat.write(_solution(assigned, "01_kl_objective"),
+        nbformat.write(exercise_solution(assigned, "01_kl_objective"),
                        folder / f"{first_or_last}_innocent_01_kl_objective.ipynb")
-    nbformat.write(_solution(assigned, "00_start_here"), folder / "zzz_innocent_00_start_here.ipynb")
+    nbformat.write(exercise_solution(assigned, "00_start_here"), folder / "zzz_innocent_00_start_here.ipynb")
     # fairness: metadata lost on re-saving, a debug print in a correct answer, two notebooks from one student
-    nb = _solution(assigned, "03_deriving_dpo")
+    nb = exercise_solution(assigned, "03_deriving_dpo")
     nb.metadata = {}
     nbformat.write(nb, folder / "no_metadata_03_deriving_dpo.ipynb")
-    nb = _solution(assigned, "01_kl_objective")
+    nb = exercise_solution(assigned, "01_kl_objective")
     (kl,) = [c for c in nb.cells if "def kl_divergence(" in c.source]
     kl.source = kl.source.replace('    """KL(p‖q)', '    print("debug", p.shape, q.shape)\n    """KL(p‖q)', 1)
     assert "print(" in kl.source
     nbformat.write(nb, folder / "debug_print_01_kl_objective.ipynb")
     (folder / "carol").mkdir()
-    nbformat.write(replaced(_solution(assigned, "01_kl_objective"), "def kl_divergence(", WRONG_KL),
+    nbformat.write(replaced(exercise_solution(assigned, "01_kl_objective"), "def kl_divergence(", WRONG_KL),
                    folder / "carol" / "old_01_kl_objective.ipynb")
     os.utime(folder / "carol" / "old_01_kl_objective.ipynb", (time.time() - 3600, time.time() - 3600))
-    nbformat.write(_solution(assigned, "01_kl_objective"), folder / "carol" / "final_01_kl_objective.ipynb")
-    nb = _solution(assigned, "01_kl_objective")
+    nbformat.write(exercise_solution(assigned, "01_kl_objective"), folder / "carol" / "final_01_kl_objective.ipynb")
+    nb = exercise_solution(assigned, "01_kl_objective")
     nb.cells += [nbformat.v4.new_code_cell(code) for code in INNOCENT_CODE.values()]
     nbformat.write(nb, folder / "ordinary_code_01_kl_objective.ipynb")
     shutil.copy(grading.NOTEBOOKS / "06_ppo_vs_dpo.ipynb", folder / "olga_06_ppo_vs_dpo.ipynb")  # not graded
@@ -328,7 +324,7 @@ def test_ordinary_code_is_not_flagged_and_scores_in_full(hostile):
 
 def _scan_with(assigned, code: str) -> dict:
     """What the scan finds in a correct 01 with one more cell holding ``code``."""
-    nb = _solution(assigned, "01_kl_objective")
+    nb = exercise_solution(assigned, "01_kl_objective")
     nb.cells.append(nbformat.v4.new_code_cell(code))
     released = nbformat.read(assigned / "notebooks" / "01_kl_objective.ipynb", as_version=4).cells
     return scan(nb.cells, released, judge.load_tests(assigned / "autograder" / "01_kl_objective.zip"))
@@ -386,7 +382,7 @@ def _judged(assigned, nb, cell_timeout: int = 20) -> dict:
 
 def test_a_ready_said_from_a_cell_is_not_the_runners(assigned, notebook_reference):
     """Mallory's attack, scan or no scan: the runner has not reported the notebook's last cell yet."""
-    nb = replaced(_solution(assigned, "01_kl_objective"), "def kl_divergence(", WRONG_KL)
+    nb = replaced(exercise_solution(assigned, "01_kl_objective"), "def kl_divergence(", WRONG_KL)
     nb.cells.insert(1, nbformat.v4.new_code_cell(TAKE_OVER.format()))
     out = _judged(assigned, nb)
     assert out["status"] == "flagged" and out["cases"] == {}, out
@@ -396,7 +392,7 @@ def test_a_ready_said_from_a_cell_is_not_the_runners(assigned, notebook_referenc
 def test_a_reply_prepared_in_advance_is_refused(assigned, notebook_reference):
     """The theft from the notebook's last cell, which then ends: its replies lack the question's nonce."""
     tests = judge.load_tests(assigned / "autograder" / "01_kl_objective.zip")
-    nb = replaced(_solution(assigned, "01_kl_objective"), "def kl_divergence(", WRONG_KL)
+    nb = replaced(exercise_solution(assigned, "01_kl_objective"), "def kl_divergence(", WRONG_KL)
     nb.cells.append(nbformat.v4.new_code_cell(PREPARED_REPLIES.format(
         counts={q: len(cases) for q, cases in tests.items()})))
     out = _judged(assigned, nb)
@@ -406,7 +402,7 @@ def test_a_reply_prepared_in_advance_is_refused(assigned, notebook_reference):
 
 def test_a_patched_doctest_does_not_empty_the_tests(assigned, notebook_reference):
     """The grader parses the tests itself: the runner's doctest, patched by the notebook, is never used."""
-    nb = replaced(_solution(assigned, "01_kl_objective"), "def kl_divergence(", WRONG_KL)
+    nb = replaced(exercise_solution(assigned, "01_kl_objective"), "def kl_divergence(", WRONG_KL)
     nb.cells.insert(1, nbformat.v4.new_code_cell(PATCH_DOCTEST))
     out = _judged(assigned, nb)
     assert out["status"] == "graded" and not all(c["passed"] for c in out["cases"]["kl_divergence"]), out
@@ -419,8 +415,8 @@ def test_the_committed_bundles_grade_and_only_what_notebooks_need_is_in_view(ass
     no .git (its history holds the masters), no results/ (Gradescope bundles, grades), no tests or masters."""
     folder = tmp_path / "subs"
     folder.mkdir()
-    nbformat.write(_solution(assigned, "01_kl_objective"), folder / "ann_01_kl_objective.ipynb")
-    nb = _solution(assigned, "01_kl_objective")
+    nbformat.write(exercise_solution(assigned, "01_kl_objective"), folder / "ann_01_kl_objective.ipynb")
+    nb = exercise_solution(assigned, "01_kl_objective")
     nb.cells.append(nbformat.v4.new_code_cell(
         "import json, pathlib, dpo_teach\n"
         "root = pathlib.Path(dpo_teach.__file__).resolve().parents[1]\n"
@@ -449,7 +445,7 @@ def _ann_and_ben(assigned, tmp_path) -> Path:
     folder = tmp_path / "subs"
     folder.mkdir()
     for student in ("ann", "ben"):
-        nbformat.write(_solution(assigned, "00_start_here"), folder / f"{student}_00_start_here.ipynb")
+        nbformat.write(exercise_solution(assigned, "00_start_here"), folder / f"{student}_00_start_here.ipynb")
     return folder
 
 
@@ -583,7 +579,7 @@ def test_without_a_sandbox_grading_refuses_unless_unsafe(assigned, tmp_path, mon
 
     monkeypatch.setattr(sandbox, "unavailable_reason", lambda: "the sandbox needs Linux namespaces; this is darwin")
     (tmp_path / "subs").mkdir()
-    nbformat.write(_solution(assigned, "00_start_here"), tmp_path / "subs" / "ann_00_start_here.ipynb")
+    nbformat.write(exercise_solution(assigned, "00_start_here"), tmp_path / "subs" / "ann_00_start_here.ipynb")
     args = ["grade", str(tmp_path / "subs"), "--out", str(tmp_path / "out"),
             "--autograder-dir", str(assigned / "autograder")]
     assert main(args) == 2
@@ -601,7 +597,7 @@ def test_the_scan_takes_no_honest_answer_for_the_package_and_still_follows_an_al
     from dpo_teach.grading.scan import scan
 
     def scanned(name: str, find: str, answer: str, extra: str = "") -> dict:
-        nb = replaced(_solution(assigned, name), find, answer)
+        nb = replaced(exercise_solution(assigned, name), find, answer)
         if extra:
             nb.cells.append(nbformat.v4.new_code_cell(extra))
         released = nbformat.read(assigned / "notebooks" / f"{name}.ipynb", as_version=4).cells

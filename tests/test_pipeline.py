@@ -92,7 +92,8 @@ def test_an_interrupted_rerun_leaves_the_earlier_run_intact_and_complete(world, 
 
 def test_a_folder_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path):
     """SIGKILL runs no ``except``: the killed run's ``.NAME.PID.*.tmp`` stays beside --out until the next run into
-    the same place removes it, and only it (a live run's folder and other files stay)."""
+    the same place removes it, and only it (a live run's folder, another --out's, an ``.old`` that is the only copy
+    of the earlier run, and other files stay)."""
     import subprocess
     import sys
 
@@ -102,12 +103,17 @@ def test_a_folder_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path):
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead, alive = int(ended.stdout), os.getppid()
     leftovers = [tmp_path / f".demo.{dead}.abc123.tmp", tmp_path / f".demo.{dead}.def456.old"]
-    kept = [tmp_path / f".demo.{alive}.xyz789.tmp", tmp_path / f".demo-2.{dead}.abc123.tmp", tmp_path / "notes"]
+    kept = [tmp_path / f".demo.{alive}.xyz789.tmp", tmp_path / f".demo-2.{dead}.abc123.tmp", tmp_path / "notes",
+            tmp_path / f".demo.{dead}.{alive}.abc123.tmp"]  # a live run's, into an --out named "demo.<dead>"
     for folder in leftovers + kept:
         (folder / "policy").mkdir(parents=True)
+    only_copy = tmp_path / f".demo.{dead}.ghi012.old"  # killed between its renames: the earlier run, and no demo/
+    (only_copy / "x" / "policy").mkdir(parents=True)
+    kept.append(only_copy)
     with atomic_dir(out) as work:
         (work / "metrics.json").write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["demo"] + [p.name for p in kept])
+
 
 def test_a_demo_into_a_folder_with_other_files_deletes_nothing(tmp_path):
     out = tmp_path / "mine"

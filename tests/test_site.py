@@ -10,7 +10,6 @@ other host blocked, at a desktop's width and then at a phone's, and each page's 
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import re
@@ -198,8 +197,7 @@ def test_no_page_talks_about_how_the_course_was_made(built):
     assert not any(found.values()), {k: v for k, v in found.items() if v}
     for kept in ["`make assign` regenerates the student notebooks and the bundles", "their rubrics are in the master"]:
         assert kept.replace("`", "") in instructors, kept
-    banner = site.page_text(out / "index.html")
-    assert "shorter training runs than the notebooks' default" in banner and "DPO_TEACH_FAST=1 (what" not in banner
+    assert "shorter training runs than the notebooks' default" in site.page_text(out / "index.html")  # the banner
 
 
 def test_the_course_can_be_downloaded_without_solutions(built, tmp_path):
@@ -220,11 +218,6 @@ def test_the_course_can_be_downloaded_without_solutions(built, tmp_path):
         assert f'href="downloads/{path.name}"' in (out / f"{path.stem}.html").read_text(encoding="utf-8")
 
 
-def text_of(markup: str) -> str:
-    """What a reader sees of an HTML fragment: its text without tags (highlighted code is split into spans)."""
-    return html.unescape(re.sub(r"<[^>]+>", "", markup))
-
-
 def makefile_rules() -> dict[str, str]:
     """``{target: its prerequisites}`` for every rule of the Makefile."""
     rules = re.findall(r"^([^\s#:=][^:=\n]*):(?!=)(.*)$", (site.ROOT / "Makefile").read_text(), re.MULTILINE)
@@ -238,7 +231,7 @@ def test_the_index_says_how_to_get_and_start_the_course(built):
     index = (out / "index.html").read_text(encoding="utf-8")
     section = re.search(r"<h2[^>]*>(Get the course</h2>.*?)<h2[ >]", index, re.DOTALL)
     assert section, "index.html has no 'Get the course' section followed by another"
-    text = text_of(section[1])
+    text = site.visible_text(section[1])
     commands = site.make_help()
     assert re.match(r"make lab +# open the notebooks in JupyterLab\nmake demo +# ", commands), commands
     assert "Get the course\nDownload the course (a zip, " in text and 'href="downloads/dpo-teach.zip"' in section[1]
@@ -259,8 +252,8 @@ def test_every_make_command_on_the_site_is_in_the_makefile(built):
     _, pages = built
     shown = {}
     for path in pages:
-        code = [text_of(c) for _, c in re.findall(r"<(code|pre)\b[^>]*>(.*?)</\1>", path.read_text(encoding="utf-8"),
-                                                     re.DOTALL)]
+        markup = path.read_text(encoding="utf-8")
+        code = [site.visible_text(c) for _, c in re.findall(r"<(code|pre)\b[^>]*>(.*?)</\1>", markup, re.DOTALL)]
         for target in re.findall(r"^\s*make ([\w.-]+)", "\n".join(code), re.MULTILINE):
             shown.setdefault(target, set()).add(path.stem)
     rules = makefile_rules()
@@ -279,7 +272,7 @@ def test_exercise_pages_for_students_and_one_grading_page_for_instructors(built)
         page = (out / f"grading_{name}.html").read_text(encoding="utf-8")
         assert "Checking your answer" in page and 'href="grading.html"' in page and "For instructors" not in page
         assert f'href="grading_{name}.html"' in index
-        rows = re.findall(r"^(\w+)\n(\d+)\n(?:automatically|by hand)$", text_of(page), re.MULTILINE)
+        rows = re.findall(r"^(\w+)\n(\d+)\n(?:automatically|by hand)$", site.visible_text(page), re.MULTILINE)
         assert rows == [(q, str(about["points"])) for q, about in questions.items()], name
     text = site.page_text(out / "grading.html")
     assert "dpo-teach grade SUBMISSIONS_DIR" in text and "make gradescope" in text
@@ -436,9 +429,14 @@ def test_every_internal_link_resolves(browsed, server, built):
     assert not broken, broken
 
 
+def layouts_at(browsed: dict, width: str) -> dict:
+    """Each page's layout measures at ``width`` ("desktop" or "phone")."""
+    return {name: page["phone"] if width == "phone" else page for name, page in browsed.items()}
+
+
 def test_code_and_outputs_scroll_instead_of_being_cut_off(browsed):
     for width in ("desktop", "phone"):
-        layouts = {name: page["phone"] if width == "phone" else page for name, page in browsed.items()}
+        layouts = layouts_at(browsed, width)
         clipped = {name: layout["clipped"][:3] for name, layout in layouts.items() if layout["clipped"]}
         assert not clipped, f"{width}: cut off, no scrolling: {clipped}"
         assert not {name: layout["breakAll"] for name, layout in layouts.items() if layout["breakAll"]}, \
@@ -449,7 +447,7 @@ def test_no_page_is_wider_than_the_screen(browsed):
     """No sideways scrolling of the page on a phone (or a desktop): only code and wide outputs scroll, inside their
     cells."""
     for width in ("desktop", "phone"):
-        layouts = {name: page["phone"] if width == "phone" else page for name, page in browsed.items()}
+        layouts = layouts_at(browsed, width)
         wider = {name: f"page {lay['page']} px, body content {lay['body'][1]} px in {lay['body'][0]} px"
                  for name, lay in layouts.items() if lay["page"] > lay["screen"] or lay["body"][1] > lay["body"][0]}
         assert not wider, f"{width} ({next(iter(layouts.values()))['screen']} px): {wider}"

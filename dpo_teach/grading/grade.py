@@ -108,10 +108,9 @@ def student_name(stem: str, assignments: Iterable[str]) -> str:
     (``01_kl_objective``, ``01_kl_objective (1)``) is the assignment's. Without an assignment's name, the name less
     the marks of a copy."""
     bare = _COPY_PREFIX.sub("", stem)
-    found = [a for a in assignments if a.lower() in bare.lower()]
-    if not found:
+    name = _named_in(bare, assignments)
+    if name is None:
         return _without_copy_marks(bare) or stem
-    name = max(found, key=len)
     at = bare.lower().index(name.lower())
     return bare[:at].strip(_SEPARATORS) or _without_copy_marks(bare[at + len(name):]) or _without_copy_marks(bare)
 
@@ -140,8 +139,12 @@ def _detect_assignment(path: Path, nb, manifests: dict) -> str | None:
     name = (nb.metadata.get("otter") or {}).get("assignment_name") if nb is not None else None
     if name in manifests:
         return name
-    matches = [a for a in manifests if a.lower() in path.name.lower()]
-    return max(matches, key=len) if matches else None
+    return _named_in(path.name, manifests)
+
+
+def _named_in(text: str, names: Iterable[str]) -> str | None:
+    """The longest of ``names`` that ``text`` holds, whatever the case (a student's or an assignment's file name)."""
+    return max((n for n in names if n.lower() in text.lower()), key=len, default=None)
 
 
 def _not_a_notebook(student: str, path: Path) -> dict:
@@ -207,7 +210,8 @@ def _released(assignment: str, released_dir: Path) -> list[dict]:
 def grade_submission(student: str, path: Path, manifests: dict, assignment: str | None, cell_timeout: int,
                      timeout: float, env: dict, sandboxed: bool = True, hide: list[str] = (),
                      released_dir: Path = NOTEBOOKS) -> dict:
-    """Score one file. Never raises: whatever goes wrong becomes a status and a reason."""
+    """Score one file. Whatever goes wrong with the file becomes a status and a reason; only a sandbox that fails as
+    the notebook starts (the machine's fault) raises ``SandboxUnavailable``."""
     import nbformat  # not at the top: each submission's process imports this package (nbformat costs ~1 s)
 
     row = _empty_row(student, path, assignment, "graded")
@@ -313,27 +317,29 @@ def _fingerprint(path: Path, manifest: dict) -> str:
     return digest.hexdigest()
 
 
-def _latest_per_student(found: list[tuple[str, Path]], manifests: dict, assignment: str | None) -> dict:
-    """``{path: (the path graded instead, the assignment)}`` for every notebook that another, later notebook of the
-    same student and assignment supersedes (latest modification time, then file name)."""
+def _assignments_and_latest(found: list[tuple[str, Path]], manifests: dict,
+                            assignment: str | None) -> tuple[dict, dict]:
+    """``({path: its assignment or None}`` for every notebook, ``{path: (the path graded instead, the assignment)}``
+    for every notebook that another, later notebook of the same student and assignment supersedes (latest
+    modification time, then file name)). An unreadable notebook is graded (as invalid) on its own."""
     import nbformat
 
-    groups: dict[tuple, list[Path]] = {}
+    names, groups = {}, {}
     for student, path in found:
         if not is_notebook(path):
             continue
         try:
             nb = nbformat.read(path, as_version=4)
-        except Exception:  # noqa: BLE001 - an unreadable file is graded (as invalid) on its own
-            continue
-        name = assignment or _detect_assignment(path, nb, manifests)
-        if name in manifests:
-            groups.setdefault((student, name), []).append(path)
+        except Exception:  # noqa: BLE001 - named by its file name alone, superseding nothing
+            nb = None
+        names[path] = assignment or _detect_assignment(path, nb, manifests)
+        if nb is not None and names[path] in manifests:
+            groups.setdefault((student, names[path]), []).append(path)
     superseded = {}
     for (_, name), paths in groups.items():
         latest = max(paths, key=lambda p: (p.stat().st_mtime, p.name))
         superseded.update({p: (latest, name) for p in paths if p != latest})
-    return superseded
+    return names, superseded
 
 
 def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignment: str | None = None,
@@ -360,11 +366,10 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         raise _no_sandbox(why_not)
     course = [*manifests, *(p.stem for p in Path(released_dir).glob("*.ipynb"))]  # what a file's name may hold
     found = find_submissions(submissions, course)
-    superseded = _latest_per_student(found, manifests, assignment)
+    names, superseded = _assignments_and_latest(found, manifests, assignment)
     out = Path(out)
     journal = out / "grades.partial.jsonl"
-    # rows graded before an interruption; a row of status error is the grader's failure, not the notebook's: again
-    done = {key: row for key, row in _read_journal(journal).items() if row.get("status") != "error"}
+    done = _resumable(journal)
     notebooks = sum(is_notebook(path) for _, path in found)
     log(f"grading {notebooks} notebooks in {submissions} ({'fast' if fast else 'full'} mode, {jobs} at a time, "
         f"{'no sandbox (--unsafe)' if unsafe else 'each in the sandbox'}; {len(done)} graded before; "
@@ -399,8 +404,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
                              "later notebook of the same assignment")
         else:
             row = None
-            name = assignment or _detect_assignment(path, _read_or_none(path), manifests)
-            key = _fingerprint(path, manifests[name]) if name in manifests else None
+            key = _fingerprint(path, manifests[names[path]]) if names[path] in manifests else None
             if key is not None and key in done:
                 row = done[key]
             if row is None:
@@ -424,7 +428,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
             pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: the rows written so far stay in the journal
     if stopped:
         path, error = stopped[0]
-        kept = len(_read_journal(journal))
+        kept = len(_resumable(journal))
         raise _no_sandbox(f"the sandbox failed as {Path(path).name} started ({error})",
                           f"The {kept} notebook(s) graded before are kept in {journal}: once the sandbox works, run "
                           "the same command again and it grades only the rest.")
@@ -455,13 +459,10 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _read_or_none(path: Path):
-    import nbformat
-
-    try:
-        return nbformat.read(path, as_version=4)
-    except Exception:  # noqa: BLE001
-        return None
+def _resumable(journal: Path) -> dict[str, dict]:
+    """The rows graded before an interruption that a rerun keeps: a row of status error is the grader's failure, not
+    the notebook's, and is graded again."""
+    return {key: row for key, row in _read_journal(journal).items() if row.get("status") != "error"}
 
 
 def _read_journal(journal: Path) -> dict[str, dict]:

@@ -205,31 +205,31 @@ def run(source: Path, submission: Path, results: Path) -> dict:
     if not notebooks:
         report = {"score": 0, "output": "No .ipynb file was submitted: upload your notebook file.", "tests": []}
     else:
-        notes: list[str] = []
-        row = _graded_row(source, notebooks[-1], manifest.stem, notes)
+        row, note = _graded_row(source, notebooks[-1], manifest.stem)
         withheld = multiple_choice(load_tests(manifest.with_suffix(".zip"))) & set(row["questions"])
         tests = [{"name": q, "score": r["score"], "max_score": r["possible"], "output": r["feedback"],
                   "visibility": "after_published" if q in withheld else "visible"} for q, r in row["questions"].items()]
-        report = {"score": row["score"], "output": "\n".join([_student_output(row, withheld), *notes]), "tests": tests}
+        output = "\n".join(filter(None, [_student_output(row, withheld), note]))
+        report = {"score": row["score"], "output": output, "tests": tests}
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(report, indent=1))
     return report
 
 
-def _graded_row(source: Path, notebook: Path, assignment: str, notes: list[str]) -> dict:
-    """``notebook``'s grade row: in the grader's sandbox where the container allows it, else without it (Gradescope's
-    container per submission isolates it; ``notes`` gets a line that says so)."""
+def _graded_row(source: Path, notebook: Path, assignment: str) -> tuple[dict, str | None]:
+    """``notebook``'s grade row, and a note for the output: in the grader's sandbox where the container allows it
+    (no note), else without it (Gradescope's container per submission isolates it; the note says so)."""
     from dpo_teach.grading import sandbox
 
     why_not = sandbox.unavailable_reason()
     if why_not is None:
         try:
-            return _grade_copy(source, notebook, assignment, unsafe=False)
+            return _grade_copy(source, notebook, assignment, unsafe=False), None
         except sandbox.SandboxUnavailable:  # the probe passed, yet the notebook's own sandbox did not start
             why_not = "it did not start for this notebook"
-    notes.append(f"(The grader's own sandbox is not available in this container: {why_not}; the container isolates "
-                 "the submission.)")
-    return _grade_copy(source, notebook, assignment, unsafe=True)
+    note = (f"(The grader's own sandbox is not available in this container: {why_not}; the container isolates the "
+            "submission.)")
+    return _grade_copy(source, notebook, assignment, unsafe=True), note
 
 
 def _grade_copy(source: Path, notebook: Path, assignment: str, unsafe: bool) -> dict:
