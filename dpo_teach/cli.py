@@ -250,16 +250,17 @@ def _check_out_replaceable(out: str) -> None:
         raise UsageError(f"--out {e}") from None
 
 
-def _check_context(model_dir: str | None, max_length: int, sample_tokens: int | None = None) -> None:
+def _check_context(model_dir: str | None, max_length: int, sample_tokens: int | None = None) -> tuple | None:
     """--max-length must fit the model's context: the toy model's (known without building it) or the checkpoint's.
 
     With ``sample_tokens`` (the demo samples completions of that many tokens after the grammar's prompts), the
-    checkpoint's context must also hold the longest prompt plus that many tokens."""
+    checkpoint's context must also hold the longest prompt plus that many tokens. Returns the checkpoint's
+    ``(model, tokenizer)``, loaded here once for the whole command, or None for the toy model."""
     from dpo_teach.model import TOY_CONTEXT, ContextLengthError, check_max_length, context_length, load_checkpoint
 
     if model_dir is None:
         check_max_length(max_length, TOY_CONTEXT, "the toy model")
-        return
+        return None
     model, tokenizer = load_checkpoint(model_dir)
     context = context_length(model)
     check_max_length(max_length, context, f"the checkpoint {model_dir}")
@@ -272,6 +273,7 @@ def _check_context(model_dir: str | None, max_length: int, sample_tokens: int | 
                                      f"up to {longest} tokens, which needs a context of {longest + sample_tokens}, but "
                                      f"the checkpoint {model_dir} has {context} (n_positions); use a checkpoint with a "
                                      "longer context, or drop --model to use the toy model")
+    return model, tokenizer
 
 
 def cmd_demo(args) -> None:
@@ -283,12 +285,12 @@ def cmd_demo(args) -> None:
     cfg = DemoConfig.with_seed(args.seed, out_dir=args.out, model_path=args.model)
     cfg.world.preset, cfg.prefs.n_prompts = preset, args.pairs
     _apply_dpo_args(cfg.dpo, args)
-    _check_context(args.model, args.max_length, cfg.prefs.max_new_tokens)
+    checkpoint = _check_context(args.model, args.max_length, cfg.prefs.max_new_tokens)
     if args.rebuild:
         from dpo_teach.world import load_reference
 
         load_reference(cfg.world, rebuild=True, progress=not args.quiet, verbose=True)
-    run_demo(cfg, progress=not args.quiet)
+    run_demo(cfg, progress=not args.quiet, checkpoint=checkpoint)
 
 
 def cmd_data(args) -> None:
@@ -327,59 +329,26 @@ def cmd_grade(args) -> int:
     return 0
 
 
-def _fraction_text(k: int, n: int) -> str:
-    """``k / n`` in as few digits as still hold out ``k`` of ``n`` rows (``split_pairs`` rounds the product)."""
-    for digits in range(1, 17):
-        text = f"{k / n:.{digits}g}"
-        if int(round(float(text) * n)) == k:
-            return text
-    return repr(k / n)
-
-
-def _split(data_path: str, rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """``split_pairs``, refusing a split with an empty side in words that say which number to change."""
-    from dpo_teach.data import DataError, split_pairs
-
-    train_rows, heldout = split_pairs(rows, fraction, seed)
-    if len(rows) < 2:
-        raise DataError(f"{data_path}: {len(rows)} valid row is too few to hold out one pair and train on the rest; "
-                        "add rows")
-    if not heldout:
-        raise DataError(f"{data_path}: --eval-fraction {fraction:g} of {len(rows)} valid rows rounds to no held-out "
-                        f"pair; pass at least --eval-fraction {_fraction_text(1, len(rows))} to hold out one")
-    if not train_rows:
-        most = _fraction_text(len(rows) - 1, len(rows))
-        raise DataError(f"{data_path}: --eval-fraction {fraction:g} of {len(rows)} valid rows holds out all of them, "
-                        f"leaving none to train on; pass at most --eval-fraction {most}")
-    return train_rows, heldout
-
-
 def cmd_train(args) -> None:
-    from dpo_teach.data import DataWarning, load_preferences, warn_heldout_overlap
+    from dpo_teach.data import check_preferences, read_preferences, split_heldout, warn_heldout_overlap
     from dpo_teach.dpo import DPOConfig, train_dpo
     from dpo_teach.evaluate import preference_accuracy
-    from dpo_teach.model import TOY_CONTEXT, check_max_length, context_length, load_checkpoint, save_checkpoint
+    from dpo_teach.model import save_checkpoint
     from dpo_teach.plots import plot_dpo_history, save_figure
     from dpo_teach.utils import atomic_dir, atomic_write_json
     from dpo_teach.world import WorldConfig, load_reference
 
     preset = _check_model_flags(args)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DataWarning)  # shown once, by the second reading below
-        load_preferences(args.data, skip_invalid=args.skip_invalid)  # fail fast, before any model is loaded or built
+    data = read_preferences(args.data, args.skip_invalid)  # fail fast, before any model is loaded or built
     _check_writable(args.out, "--out", directory=True)
     _check_out_replaceable(args.out)
-    if args.model:
-        reference, tokenizer = load_checkpoint(args.model)
-        check_max_length(args.max_length, context_length(reference), f"the checkpoint {args.model}")
-    else:
-        check_max_length(args.max_length, TOY_CONTEXT, "the toy model")
-        reference, tokenizer = load_reference(WorldConfig(preset=preset), verbose=True)
-    data = load_preferences(args.data, tokenizer, args.max_length, skip_invalid=args.skip_invalid)
+    checkpoint = _check_context(args.model, args.max_length)
+    reference, tokenizer = checkpoint or load_reference(WorldConfig(preset=preset), verbose=True)
+    data = check_preferences(args.data, data, tokenizer, args.max_length, args.skip_invalid)  # prompts vs --max-length
     if data.skipped:
         line, reason = data.skipped[0]
         print(f"skipped {len(data.skipped)} invalid rows of {args.data} (first: line {line}: {reason})")
-    train_rows, heldout = _split(args.data, data.rows, args.eval_fraction, args.seed)
+    train_rows, heldout = split_heldout(data.rows, args.eval_fraction, args.seed, args.data)
     warn_heldout_overlap(args.data, train_rows, heldout)
     cfg = DPOConfig()
     _apply_dpo_args(cfg, args)

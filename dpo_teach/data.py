@@ -88,6 +88,38 @@ def split_pairs(rows: list[dict], eval_fraction: float, seed: int) -> tuple[list
     return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
 
 
+def split_heldout(rows: list[dict], eval_fraction: float, seed: int, source: str,
+                  fraction_arg: str = "--eval-fraction", more_rows: str = "add rows") -> tuple[list[dict], list[dict]]:
+    """:func:`split_pairs`, refusing a split that leaves a side empty (no pair to train on, or none held out).
+
+    Raises:
+        DataError: the message starts with ``source`` (where the rows came from) and says which number to change:
+            ``fraction_arg`` (the argument that sets ``eval_fraction``), to a value that works, or the number of
+            rows (``more_rows``: how to get more).
+    """
+    train_rows, heldout = split_pairs(rows, eval_fraction, seed)
+    n = len(rows)
+    if n < 2:
+        raise DataError(f"{source}: {n} valid row{'' if n == 1 else 's'} {'is' if n == 1 else 'are'} too few to hold "
+                        f"out one pair and train on the rest; {more_rows}")
+    if not heldout:
+        raise DataError(f"{source}: {fraction_arg} {eval_fraction:g} of {n} valid rows rounds to no held-out pair; "
+                        f"pass at least {fraction_arg} {_fraction_text(1, n)} to hold out one")
+    if not train_rows:
+        raise DataError(f"{source}: {fraction_arg} {eval_fraction:g} of {n} valid rows holds out all of them, leaving "
+                        f"none to train on; pass at most {fraction_arg} {_fraction_text(n - 1, n)}")
+    return train_rows, heldout
+
+
+def _fraction_text(k: int, n: int) -> str:
+    """``k / n`` in as few digits as still hold out ``k`` of ``n`` rows (:func:`split_pairs` rounds the product)."""
+    for digits in range(1, 17):
+        text = f"{k / n:.{digits}g}"
+        if int(round(float(text) * n)) == k:
+            return text
+    return repr(k / n)
+
+
 def write_preferences(path: str | Path, rows: list[dict]) -> None:
     """Write rows as JSONL, atomically."""
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -114,9 +146,10 @@ class PreferenceFile:
 
     rows: list[dict]
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
+    lines: list[int] = field(default_factory=list)  # the line number of each row (for errors found later)
 
 
-def _check_row(obj, tokenizer, max_length: int | None) -> tuple[dict | None, str]:
+def _check_row(obj) -> tuple[dict | None, str]:
     """Validate one parsed line. Returns ``(row, "")`` or ``(None, reason)``."""
     if isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
         return None, (f"a JSON array of {len(obj)} objects: JSON Lines has one object per line, without [ ]; convert "
@@ -150,12 +183,16 @@ def _check_row(obj, tokenizer, max_length: int | None) -> tuple[dict | None, str
             return None, f"the '{key}' completion is empty; remove the row or fill it in"
     if row["chosen"] == row["rejected"]:
         return None, "'chosen' and 'rejected' are identical, so the row expresses no preference; remove it"
-    if tokenizer is not None and max_length is not None:
-        n_prompt = len(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"])
-        if n_prompt >= max_length:
-            return None, (f"the prompt is {n_prompt} tokens, which leaves no room for the completion within "
-                          f"max_length={max_length}; shorten the prompt or raise --max-length")
     return row, ""
+
+
+def _prompt_too_long(row: dict, tokenizer, max_length: int) -> str:
+    """Why the row's prompt leaves no room for a completion within ``max_length`` tokens ("" when it does)."""
+    n_prompt = len(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"])
+    if n_prompt < max_length:
+        return ""
+    return (f"the prompt is {n_prompt} tokens, which leaves no room for the completion within "
+            f"max_length={max_length}; shorten the prompt or raise --max-length")
 
 
 def _is_messages(value) -> bool:
@@ -195,7 +232,7 @@ def _lines(f) -> Iterator[bytes]:
         yield from chunk.removesuffix(b"\n").removesuffix(b"\r").split(b"\r")
 
 
-def _parse_line(raw: bytes, first: bool, tokenizer, max_length: int | None) -> tuple[dict | None, str]:
+def _parse_line(raw: bytes, first: bool) -> tuple[dict | None, str]:
     """Decode, parse and validate one line. Returns ``(row, "")``, ``(None, reason)`` or ``(None, "blank")``."""
     try:
         line = raw.decode("utf-8")
@@ -219,7 +256,7 @@ def _parse_line(raw: bytes, first: bool, tokenizer, max_length: int | None) -> t
         return None, "JSON nested too deeply to read; a row is one flat object of strings"
     except ValueError as e:  # e.g. an integer of more than 4,300 digits
         return None, f"not usable JSON ({e}); fix the line"
-    return _check_row(obj, tokenizer, max_length)
+    return _check_row(obj)
 
 
 def _pretty_printed(bracket: str) -> str:
@@ -255,7 +292,7 @@ def _check_readable(path: Path) -> bool:
         raise DataError(f"{path}: is a directory, not a file; {fix}")
     if not path.exists():
         raise DataError(f"{path}: no such file; {fix}")
-    if not path.is_file():  # read twice (checked, then tokenized), so a pipe's rows would be gone the second time
+    if not path.is_file():  # opened twice (its first bytes, then its lines): a pipe would lose them
         mode = path.stat().st_mode
         kind = ("a pipe" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
                 else "a socket" if stat.S_ISSOCK(mode) else "a special file")
@@ -296,7 +333,7 @@ def load_preferences(
     path: str | Path, tokenizer=None, max_length: int | None = None, skip_invalid: bool = False,
     eos_in_text: bool = False,
 ) -> PreferenceFile:
-    """Read and validate a JSONL preference file.
+    """Read and validate a JSONL preference file: :func:`read_preferences`, then :func:`check_preferences`.
 
     Every row is checked: valid JSON object; string ``prompt``/``chosen``/``rejected`` (or an HH-RLHF row with
     only ``chosen``/``rejected``); non-empty completions; chosen ≠ rejected; and, given a tokenizer and
@@ -306,37 +343,76 @@ def load_preferences(
     missing (``eos_in_text=True`` but none ends with it), or different between chosen and rejected.
 
     Raises:
-        DataError: on the first bad row (``file:line: reason``), unless ``skip_invalid``; then bad rows are listed
-            in ``PreferenceFile.skipped``. Also when the file is missing or holds no valid row.
+        DataError: on the first bad row (``file:line: reason``; rows that are not valid come before prompts that are
+            too long), unless ``skip_invalid``; then bad rows are listed in ``PreferenceFile.skipped``. Also when the
+            file is missing or holds no valid row.
+    """
+    data = read_preferences(path, skip_invalid)
+    return check_preferences(path, data, tokenizer, max_length, skip_invalid, eos_in_text)
+
+
+def read_preferences(path: str | Path, skip_invalid: bool = False) -> PreferenceFile:
+    """Parse and validate every row of a JSONL preference file, without a tokenizer: everything
+    :func:`load_preferences` checks but the prompt's length in tokens, and no warnings yet. Reads the file once, so
+    a caller can refuse a bad file before it loads a model, then finish with :func:`check_preferences`.
+
+    Raises:
+        DataError: as :func:`load_preferences`.
     """
     path = Path(path)
     gzipped = _check_readable(path)
-    rows, skipped = [], []
+    data = PreferenceFile([])
     # bytes: a line that is not UTF-8 is reported (or skipped) like any other bad row
     for lineno, raw in enumerate(_file_lines(path, gzipped), start=1):
-        row, reason = _parse_line(raw, lineno == 1, tokenizer, max_length)
-        if reason == "blank":
-            continue
-        if row is not None:
-            rows.append(row)
-        elif skip_invalid:
-            skipped.append((lineno, reason))
-        else:
-            raise DataError(f"{path}:{lineno}: {reason} (or pass --skip-invalid to skip bad rows)")
-    if not rows:
-        raise DataError(f"{path}: no valid preference rows"
-                        + (f" ({len(skipped)} skipped, first at line {skipped[0][0]}: {skipped[0][1]})"
-                           if skipped else "; the file is empty"))
+        row, reason = _parse_line(raw, lineno == 1)
+        if reason != "blank":
+            _keep(data, path, lineno, row, reason, skip_invalid)
+    return _some_rows(data, path)
+
+
+def check_preferences(path: str | Path, data: PreferenceFile, tokenizer=None, max_length: int | None = None,
+                      skip_invalid: bool = False, eos_in_text: bool = False) -> PreferenceFile:
+    """The checks of :func:`load_preferences` that need the tokenizer, on the rows :func:`read_preferences` read
+    from ``path``: a prompt that leaves room for the completion within ``max_length``, and the warnings (EOS, and
+    completions that repeat the prompt). Returns the rows that pass (``data`` itself without a tokenizer)."""
+    path = Path(path)
+    if tokenizer is not None and max_length is not None:
+        checked = PreferenceFile([], list(data.skipped))
+        for lineno, row in zip(data.lines, data.rows, strict=True):
+            reason = _prompt_too_long(row, tokenizer, max_length)
+            _keep(checked, path, lineno, None if reason else row, reason, skip_invalid)
+        checked.skipped.sort()
+        data = _some_rows(checked, path)
     eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
-    for message in eos_problems(rows, eos, eos_in_text):
+    for message in eos_problems(data.rows, eos, eos_in_text):
         warnings.warn(f"{path}: {message}", EOSWarning, stacklevel=2)
-    repeated = sum(_repeats_prompt(r) for r in rows)
-    if repeated > len(rows) / 2:
-        warnings.warn(f"{path}: in {repeated} of {len(rows)} rows both 'chosen' and 'rejected' begin with the prompt; "
-                      "they should hold only the completion that follows it (the trainer scores prompt + completion, "
-                      "so the prompt would be read twice): remove the prompt from the start of the completions",
-                      DataWarning, stacklevel=2)
-    return PreferenceFile(rows, skipped)
+    repeated = sum(_repeats_prompt(r) for r in data.rows)
+    if repeated > len(data.rows) / 2:
+        warnings.warn(f"{path}: in {repeated} of {len(data.rows)} rows both 'chosen' and 'rejected' begin with the "
+                      "prompt; they should hold only the completion that follows it (the trainer scores prompt + "
+                      "completion, so the prompt would be read twice): remove the prompt from the start of the "
+                      "completions", DataWarning, stacklevel=2)
+    return data
+
+
+def _keep(data: PreferenceFile, path: Path, lineno: int, row: dict | None, reason: str, skip_invalid: bool) -> None:
+    """Add line ``lineno``'s ``row`` to ``data``, or its ``reason`` to ``data.skipped``, or raise the DataError."""
+    if row is not None:
+        data.rows.append(row)
+        data.lines.append(lineno)
+    elif skip_invalid:
+        data.skipped.append((lineno, reason))
+    else:
+        raise DataError(f"{path}:{lineno}: {reason} (or pass --skip-invalid to skip bad rows)")
+
+
+def _some_rows(data: PreferenceFile, path: Path) -> PreferenceFile:
+    """``data``, unless it holds no valid row: then the DataError that says why."""
+    if not data.rows:
+        raise DataError(f"{path}: no valid preference rows"
+                        + (f" ({len(data.skipped)} skipped, first at line {data.skipped[0][0]}: {data.skipped[0][1]})"
+                           if data.skipped else "; the file is empty"))
+    return data
 
 
 def _repeats_prompt(row: dict) -> bool:

@@ -25,6 +25,9 @@ from dpo_teach.losses import get_loss, step_metrics
 from dpo_teach.training import adamw, diverged, diverging, minibatches, n_steps, optimizer_step, set_lr
 from dpo_teach.utils import lr_at, set_seed
 
+# The flags of `dpo-teach train` and `demo` that set these DPOConfig fields: a divergence error names them.
+FLAGS = {"lr": "--lr", "beta": "--beta"}
+
 
 @dataclass
 class DPOConfig:
@@ -110,26 +113,21 @@ def train_dpo(
     batches = minibatches(len(examples), config.batch_size, config.epochs, torch.Generator().manual_seed(config.seed))
     policy.train()
     history: list[dict] = []
-    fix = _fix(config)  # what the error says to change, should a step diverge
     for step, (epoch, idx) in enumerate(tqdm(batches, total=total, desc="DPO", disable=not progress)):
         batch = collate([examples[i] for i in idx.tolist()])
         lr = lr_at(step, total, config.lr)
         set_lr(optimizer, lr)
-        with diverging("DPO", step, total, lr, config, fix):
+        with diverging("DPO", step, total, lr, config, FLAGS):
             metrics = (step_fn or dpo_step)(policy, reference, batch, optimizer, loss_fn)
         loss = metrics.get("loss") if isinstance(metrics, dict) else None
         if isinstance(loss, float) and not math.isfinite(loss):  # a custom step_fn that stepped anyway
-            raise diverged("DPO", step, total, lr, config, f"the loss is {loss}", fix)
+            raise diverged("DPO", step, total, lr, config, f"the loss is {loss}", FLAGS)
         history.append({"step": step, "epoch": epoch, "lr": lr, **metrics})
         if callback is not None:
             callback(history[-1])
     if not all(torch.isfinite(p).all() for p in policy.parameters()):  # the last step overflowed a weight
         raise diverged("DPO", total - 1, total, lr_at(total - 1, total, config.lr), config,
-                       "a weight is no longer finite", fix)
+                       "a weight is no longer finite", FLAGS)
     policy.eval()
     return history
 
-
-def _fix(config: DPOConfig) -> str:
-    """What to change when DPO diverges, in ``dpo-teach train``'s flags."""
-    return f"Lower the learning rate (--lr, e.g. {config.lr / 10:g}) or β (--beta)"

@@ -14,14 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dpo_teach.data import (
-    DataError,
-    PreferenceConfig,
-    bt_ceiling,
-    make_preference_pairs,
-    split_pairs,
-    write_preferences,
-)
+from dpo_teach.data import PreferenceConfig, bt_ceiling, make_preference_pairs, split_heldout, write_preferences
 from dpo_teach.dpo import DPOConfig, train_dpo
 from dpo_teach.evaluate import evaluate_policy, evaluation_prompts, preference_accuracy, samples_table, win_rate
 from dpo_teach.model import load_checkpoint, save_checkpoint
@@ -72,32 +65,35 @@ def results_table(metrics: dict) -> str:
     return "\n".join([head] + [f"{a:{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}  {d}" for a, b, c, d in rows])
 
 
-def run_demo(config: DemoConfig, progress: bool = True, verbose: bool = True) -> dict:
+def run_demo(config: DemoConfig, progress: bool = True, verbose: bool = True, checkpoint: tuple | None = None) -> dict:
     """Run the whole job and write ``config.out_dir``. Returns the metrics dict (also in ``metrics.json``).
 
     The run is written into a temporary folder beside ``out_dir`` that replaces it at the end (``utils.atomic_dir``):
     an interrupted run leaves a previous run in ``out_dir`` intact, a finished one leaves only the new run.
+    ``checkpoint`` is ``(model, tokenizer)`` already loaded from ``config.model_path`` (the CLI loads it to check its
+    context first), so that it is not loaded twice.
 
     Raises:
         FileExistsError: ``out_dir`` is a file, or holds files a run does not write (``RUN_OUTPUTS``): they stay.
     """
+    assert checkpoint is None or config.model_path, "checkpoint is what was loaded from config.model_path"
     out = Path(config.out_dir)
     check_replaceable(out, RUN_OUTPUTS, "a demo run")
     log = print if verbose else (lambda *a, **k: None)
     with atomic_dir(out) as work:
-        metrics, times = _write_demo(config, work, out, progress, verbose, log)
+        metrics, times = _write_demo(config, work, out, progress, verbose, log, checkpoint)
     log(f"\nwrote {out}/metrics.json, training_curves.png, reward_before_after.png, samples.md, policy/")
     log("timings: " + json.dumps({k: round(v, 1) for k, v in times.items()}))
     return metrics
 
 
-def _write_demo(config: DemoConfig, out: Path, shown: Path, progress: bool, verbose: bool,
-                log) -> tuple[dict, dict[str, float]]:
+def _write_demo(config: DemoConfig, out: Path, shown: Path, progress: bool, verbose: bool, log,
+                checkpoint: tuple | None) -> tuple[dict, dict[str, float]]:
     """The demo's steps, writing into ``out`` (a temporary folder); messages name ``shown``, where it ends up."""
     times: dict[str, float] = {}
     t = time.perf_counter()
     if config.model_path:
-        reference, tokenizer = load_checkpoint(config.model_path)
+        reference, tokenizer = checkpoint or load_checkpoint(config.model_path)
         log(f"π_ref: loaded checkpoint {config.model_path}")
     else:
         reference, tokenizer = load_reference(config.world, progress=progress, verbose=verbose)
@@ -105,10 +101,8 @@ def _write_demo(config: DemoConfig, out: Path, shown: Path, progress: bool, verb
 
     t = time.perf_counter()
     rows = make_preference_pairs(reference, tokenizer, config.prefs)
-    train_rows, heldout_rows = split_pairs(rows, config.eval_fraction, config.prefs.seed)
-    if not train_rows or not heldout_rows:
-        raise DataError(f"{len(rows)} preference pairs are too few to hold out {config.eval_fraction:.0%} of them and "
-                        "train on the rest; sample more pairs (--pairs) or change eval_fraction")
+    train_rows, heldout_rows = split_heldout(rows, config.eval_fraction, config.prefs.seed, "the demo's sampled pairs",
+                                             "eval_fraction", "sample more pairs (--pairs)")
     write_preferences(out / "train.jsonl", train_rows)
     write_preferences(out / "heldout.jsonl", heldout_rows)
     times["pairs_s"] = time.perf_counter() - t

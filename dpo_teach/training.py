@@ -14,7 +14,7 @@ A trainer reads::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -25,25 +25,35 @@ class TrainingError(RuntimeError):
     with it; raised through :func:`diverging`, the message says which run, at which step, and what to change."""
 
 
-def diverged(name: str, step: int, total: int, lr: float, config, what: str, fix: str | None = None) -> TrainingError:
+BETAS = ("beta", "kl_coef")  # the config fields that hold a trainer's β, the weight of its KL term
+
+
+def diverged(name: str, step: int, total: int, lr: float, config, what: str,
+             flags: Mapping[str, str] | None = None) -> TrainingError:
     """The error for ``name``'s step ``step`` (0-based) of ``total`` whose loss or gradient is nan or inf (``what``):
-    where, the learning rate then, the run's peak lr and KL weight (``config.lr``, ``config.beta`` or
-    ``config.kl_coef``), and what to change (``fix``; by default: a lower learning rate)."""
+    where, the learning rate then, the run's peak lr and β (``config.lr``, and ``config.beta`` or ``config.kl_coef``
+    where the config has one), and what to change: the learning rate, or β where it is not 0 (a large β can overflow
+    the KL term). A setting is named by its command-line flag where ``flags`` (field → flag) has one, else by its
+    config field."""
+    flags = flags or {}
+    betas = [key for key in BETAS if hasattr(config, key)]
     settings = ", ".join(f"{label}={getattr(config, key):g}" for key, label in
-                         [("lr", "peak lr"), ("beta", "beta"), ("kl_coef", "kl_coef")] if hasattr(config, key))
-    fix = fix or f"Lower the learning rate (lr, e.g. {config.lr / 10:g})"
+                         [("lr", "peak lr"), *((key, key) for key in betas)])
+    fix = f"Lower the learning rate ({flags.get('lr', 'lr')}, e.g. {config.lr / 10:g})"
+    fix += "".join(f" or β ({flags.get(key, key)})" for key in betas if getattr(config, key))
     return TrainingError(f"{name} diverged at step {step + 1} of {total} ({what}; learning rate {lr:.3g} at this "
                          f"step, {settings}); nothing was saved. {fix}")
 
 
 @contextmanager
-def diverging(name: str, step: int, total: int, lr: float, config, fix: str | None = None) -> Iterator[None]:
+def diverging(name: str, step: int, total: int, lr: float, config,
+              flags: Mapping[str, str] | None = None) -> Iterator[None]:
     """Around a training step: a :class:`TrainingError` raised inside (by :func:`optimizer_step`) comes out as
     :func:`diverged`'s, which says which run, which step and which settings."""
     try:
         yield
     except TrainingError as e:
-        raise diverged(name, step, total, lr, config, str(e), fix) from None
+        raise diverged(name, step, total, lr, config, str(e), flags) from None
 
 
 def adamw(params: Iterable[torch.nn.Parameter], lr: float, **kwargs) -> torch.optim.AdamW:

@@ -548,14 +548,25 @@ def test_sampling_past_the_context_is_a_clear_error(tiny_checkpoint):
         sample(model, tok, [GOOD["prompt"], ""], max_new_tokens=4)
 
 
-def test_demo_with_too_few_pairs_to_hold_out_is_a_data_error(tmp_path, monkeypatch):
+@pytest.mark.parametrize("n, fraction, message", [
+    (1, 1 / 6, "the demo's sampled pairs: 1 valid row is too few to hold out one pair and train on the rest; sample "
+               "more pairs (--pairs)"),
+    (2, 1 / 6, "the demo's sampled pairs: eval_fraction 0.166667 of 2 valid rows rounds to no held-out pair; pass at "
+               "least eval_fraction 0.5 to hold out one"),
+    (30, 0.99, "the demo's sampled pairs: eval_fraction 0.99 of 30 valid rows holds out all of them, leaving none to "
+               "train on; pass at most eval_fraction 0.97"),
+])
+def test_demo_with_too_few_pairs_to_hold_out_names_the_number_to_change(tmp_path, monkeypatch, n, fraction, message):
+    """The demo refuses a split with an empty side in the words of `dpo-teach train` (one check, in data.py), naming
+    the setting to change and a value that works (before: its own message, "too few to hold out 17%")."""
     from dpo_teach import pipeline
 
     monkeypatch.setattr(pipeline, "load_reference", lambda *a, **k: (None, None))
-    monkeypatch.setattr(pipeline, "make_preference_pairs", lambda *a, **k: [dict(GOOD)] * 2)
-    cfg = pipeline.DemoConfig.with_seed(0, out_dir=str(tmp_path / "demo"))
-    with pytest.raises(DataError, match="2 preference pairs are too few to hold out 17%"):
+    monkeypatch.setattr(pipeline, "make_preference_pairs", lambda *a, **k: distinct_rows(n))
+    cfg = pipeline.DemoConfig.with_seed(0, out_dir=str(tmp_path / "demo"), eval_fraction=fraction)
+    with pytest.raises(DataError, match=re.escape(message)):
         pipeline.run_demo(cfg, progress=False, verbose=False)
+    assert not (tmp_path / "demo").exists()
 
 
 # --- reference-cache entries ------------------------------------------------------------------------------------
@@ -893,12 +904,15 @@ def test_a_students_step_that_steps_anyway_is_stopped_with_the_step_and_settings
         train_dpo(policy, reference, tokenizer, pairs[:48], cfg, step_fn=students_step)
 
 
-@pytest.mark.parametrize("trainer", ["SFT", "The reward model", "PPO", "GRPO", "RLOO"])
-def test_every_trainer_that_diverges_says_which_run_which_step_and_what_to_change(world, pairs, trainer):
+@pytest.mark.parametrize("trainer, beta", [("SFT", None), ("The reward model", None), ("PPO", "kl_coef"),
+                                           ("GRPO", "beta"), ("RLOO", "beta"), ("GRPO β=0", None)])
+def test_every_trainer_that_diverges_says_which_run_which_step_and_what_to_change(world, pairs, trainer, beta):
     """lr = 1e30: AdamW's first step moves every weight by about 1e30, so the next loss is nan or inf. Each trainer
     stops there with an error that names itself, the step and its settings (before: only DPO's did; the others
-    said "the loss is nan")."""
+    said "the loss is nan"), and what to lower: the learning rate, and β where the trainer has one that is not 0
+    (before: only DPO's named β)."""
     import copy
+    from dataclasses import replace
 
     from dpo_teach.grpo import GRPOConfig, train_grpo
     from dpo_teach.ppo import PPOConfig, train_ppo
@@ -926,12 +940,19 @@ def test_every_trainer_that_diverges_says_which_run_which_step_and_what_to_chang
                                                    ppo_epochs=1, lr=1e30)),
         "GRPO": lambda: train_grpo(policy, reference, tokenizer, reward, group),
         "RLOO": lambda: train_rloo(policy, reference, tokenizer, reward, group),
+        "GRPO β=0": lambda: train_grpo(policy, reference, tokenizer, reward, replace(group, beta=0.0)),
     }
     with pytest.raises(TrainingError) as caught:
         runs[trainer]()
     message = str(caught.value)
-    assert re.match(rf"{trainer} diverged at step \d+ of \d+ \(the (loss|gradient norm) is (nan|inf)", message), message
-    assert "peak lr=1e+30" in message and "Lower the learning rate (lr, e.g. 1e+29)" in message, message
+    name = trainer.removesuffix(" β=0")
+    assert re.match(rf"{name} diverged at step \d+ of \d+ \(the (loss|gradient norm) is (nan|inf)", message), message
+    fix = message.partition("nothing was saved. ")[2]
+    assert "peak lr=1e+30" in message and fix.startswith("Lower the learning rate (lr, e.g. 1e+29)"), message
+    if beta:
+        assert f", {beta}=" in message and fix.endswith(f" or β ({beta})"), message
+    else:
+        assert "β" not in fix, message
 
 
 def test_an_out_dir_holding_other_files_is_refused_before_any_work(tmp_path, capsys, no_work):
@@ -968,3 +989,56 @@ def test_completions_repeating_the_prompt_are_warned_about_once(tmp_path, tiny_c
                        "the prompt; they should hold only the completion that follows it (the trainer scores prompt + "
                        "completion, so the prompt would be read twice): remove the prompt from the start of the "
                        "completions"]
+
+
+# --- each input read once -------------------------------------------------------------------------------------
+
+
+def test_train_parses_the_data_file_once_and_checks_prompt_lengths_after(tmp_path, tiny_checkpoint, monkeypatch,
+                                                                       capsys):
+    """The file is parsed before any model is loaded (so a bad row fails fast) and only then: the prompt-length check,
+    which needs the tokenizer, runs on the rows already read and still names the line (before: parsed twice)."""
+    import dpo_teach.data
+
+    rows = distinct_rows(20)
+    rows[6] = {**rows[6], "prompt": "the film was " * 20}  # 60+ tokens: no room within --max-length 32
+    data = write_bytes(tmp_path, jsonl(*rows))
+    parsed = []
+    parse_line = dpo_teach.data._parse_line
+    monkeypatch.setattr(dpo_teach.data, "_parse_line", lambda *a: parsed.append(1) or parse_line(*a))
+    assert main(["train", "--data", str(data), "--model", str(tiny_checkpoint), "--out", str(tmp_path / "out"),
+                 "--quiet", "--batch-size", "8", "--max-length", "32", "--skip-invalid"]) == 0
+    assert len(parsed) == 20
+    out = capsys.readouterr().out
+    assert f"skipped 1 invalid rows of {data} (first: line 7: the prompt is" in out and "raise --max-length" in out
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["n_train_pairs"] == 17  # 19 valid, 2 held out
+
+
+def test_demo_loads_the_checkpoint_once(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    """`demo --model` reads the checkpoint to check its context, and trains on that same load (before: loaded twice,
+    which for a real GPT-2 doubles the wait and the memory at start)."""
+    import dpo_teach.model
+    import dpo_teach.pipeline
+    from dpo_teach.model import build_model, load_checkpoint, save_checkpoint
+
+    _, tok = load_checkpoint(tiny_checkpoint)
+    path = tmp_path / "ckpt"  # tiny_checkpoint's 32 positions are too few for the demo's prompts and samples
+    save_checkpoint(build_model("tiny", len(tok), tok.eos_token_id, n_positions=64), tok, path)
+    loads = []
+
+    def counted(where):
+        loads.append(where)
+        return load_checkpoint(where)
+
+    class Reached(Exception):
+        pass
+
+    def pairs(model, tokenizer, config):  # the first step after π_ref: stop the demo here
+        raise Reached
+
+    for module in (dpo_teach.model, dpo_teach.pipeline):
+        monkeypatch.setattr(module, "load_checkpoint", counted)
+    monkeypatch.setattr(dpo_teach.pipeline, "make_preference_pairs", pairs)
+    with pytest.raises(Reached):
+        main(["demo", "--model", str(path), "--pairs", "12", "--out", str(tmp_path / "out"), "--quiet"])
+    assert loads == [str(path)]

@@ -16,15 +16,17 @@ import time
 import zipfile
 
 import nbformat
+import pytest
 from test_grading import (  # tests/ is on sys.path (pytest's rootdir import)
     WRONG,
     exercise_solution,
     exercises_only,
     replaced,
 )
-from test_grading_hostile import WRONG_KL
+from test_grading_hostile import WRONG_KL, spawn_refused
 
 from dpo_teach.grading import gradescope, judge, sandbox
+from dpo_teach.grading.grade import ManifestError, load_manifests, row_reason
 
 
 def test_a_bundle_grades_from_an_empty_folder(assigned, notebook_reference, tmp_path):
@@ -139,14 +141,72 @@ def test_without_namespaces_nothing_the_notebook_started_outlives_the_grading(as
     assert not marker.exists()
 
 
-def test_multiple_choice_questions_are_found_by_their_public_check(assigned):
-    """The letter questions (04's concept checks, 07's diagnoses) and the true/false ones, and no code question."""
-    for bundle in sorted((assigned / "autograder").glob("*.zip")):
-        tests = judge.load_tests(bundle)
-        assert gradescope.multiple_choice(tests) == {q for q in tests if q.startswith(("concept_", "diagnose_"))}, \
-            bundle.stem
-    assert len(gradescope.multiple_choice(judge.load_tests(assigned / "autograder" / "07_variants_and_pitfalls.zip"))) \
-        == 4
+def test_the_manifests_mark_the_multiple_choice_questions(assigned):
+    """``assign`` marks the letter questions (04's concept checks, 07's diagnoses) and the true/false ones
+    ``"choice": true`` in the manifest, found by their public check, and every other question ``false``."""
+    for manifest in sorted((assigned / "autograder").glob("*.json")):
+        questions = json.loads(manifest.read_text())["questions"]
+        assert {q["name"]: q["choice"] for q in questions} == {
+            q["name"]: q["name"].startswith(("concept_", "diagnose_")) for q in questions}, manifest.stem
+    seven = json.loads((assigned / "autograder" / "07_variants_and_pitfalls.json").read_text())["questions"]
+    assert sum(q["choice"] for q in seven) == 4
+
+
+def test_a_manifest_written_before_the_mark_still_withholds_multiple_choice(assigned, tmp_path):
+    """A manifest from before ``assign`` wrote ``choice`` (a course's own, not rebuilt): its multiple-choice
+    questions are found from the bundle's public tests, so Gradescope still hides their results; a manifest with the
+    mark on some questions only is refused with what to do."""
+    for suffix in (".json", ".zip"):
+        shutil.copy(assigned / "autograder" / f"04_fixed_reward_and_reference{suffix}", tmp_path)
+    path = tmp_path / "04_fixed_reward_and_reference.json"
+    manifest = json.loads(path.read_text())
+    marked = {q["name"]: q["choice"] for q in manifest["questions"]}
+    path.write_text(json.dumps({**manifest, "questions": [{k: v for k, v in q.items() if k != "choice"}
+                                                          for q in manifest["questions"]]}))
+    questions = load_manifests(tmp_path)["04_fixed_reward_and_reference"]["questions"]
+    assert {q: about["choice"] for q, about in questions.items()} == marked and any(marked.values())
+    manifest["questions"][0].pop("choice")
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=r"questions\[0\] needs 'choice'.*make assign"):
+        load_manifests(tmp_path)
+
+
+def test_gradescope_withholds_what_the_manifest_marks(assigned, tmp_path):
+    """The manifest's mark decides: 00's warm-up question marked ``choice`` (by a course's own ``assign``) waits for
+    published grades, and the output says when it comes."""
+    source = _source(assigned, tmp_path, "00_start_here")
+    path = source / "autograder" / "00_start_here.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "questions": [{**q, "choice": True} for q in manifest["questions"]]}))
+    report = gradescope.run(source, _submit(tmp_path, exercise_solution(assigned, "00_start_here")),
+                            tmp_path / "results.json")
+    assert [t["visibility"] for t in report["tests"]] == ["after_published"] and report["score"] == 1.0, report
+    assert report["output"].startswith("All code questions passed.\nYour multiple-choice answers"), report["output"]
+
+
+def test_what_a_student_sees_at_once_leaves_out_only_the_multiple_choice_results():
+    """The output text is the row's reason without the withheld questions (``grade.row_reason``): the same for a
+    right and a wrong letter, with the code question that lost points, the second start and the first cell error."""
+    def row(letter_score: float) -> dict:
+        questions = {"ipo_loss": {"score": 0.0, "possible": 2.0, "public_passed": False,
+                                  "feedback": "public test failed: AssertionError: the IPO target is 1/(2β)"},
+                     "diagnose_small_beta": {"score": letter_score, "possible": 1.0, "public_passed": True,
+                                             "feedback": "" if letter_score else "hidden test 1 of 1 failed"}}
+        return {"status": "graded", "problem": "", "tries": ["start", "cell 2"], "flags": [], "questions": questions,
+                "errors": ["NameError: name 'x' is not defined (in cell `print(x)`)"]}
+
+    right, wrong = row(1.0), row(0.0)
+    assert "diagnose_small_beta (hidden test 1 of 1)" in row_reason(wrong)  # the instructor's reason
+    seen = gradescope._student_output(wrong, {"diagnose_small_beta"})
+    assert seen == gradescope._student_output(right, {"diagnose_small_beta"})
+    first, note = seen.split("\n")
+    assert first == ("started twice: the first start ran out of time before any cell ran (a busy machine); lost "
+                     "points on ipo_loss (AssertionError: the IPO target is 1/(2β)); 1 cell error(s), first: "
+                     "NameError: name 'x' is not defined (in cell `print(x)`)"), first
+    assert note.startswith("Your multiple-choice answers (diagnose_small_beta) are scored now"), note
+    only_letters = {**wrong, "questions": {"diagnose_small_beta": wrong["questions"]["diagnose_small_beta"]},
+                    "tries": [], "errors": []}
+    assert gradescope._student_output(only_letters, {"diagnose_small_beta"}).startswith("All code questions passed.")
 
 
 def test_a_multiple_choice_result_waits_until_grades_are_published(assigned, tmp_path):
@@ -173,11 +233,8 @@ def test_a_multiple_choice_result_waits_until_grades_are_published(assigned, tmp
 def test_a_sandbox_that_fails_for_the_notebook_grades_it_in_the_container(assigned, tmp_path, monkeypatch):
     """The probe passed but the notebook's own sandbox did not start: Gradescope's container isolates the submission,
     so it is graded without the grader's sandbox (and says so) rather than failing the student's submission."""
-    def no_sandbox(*args):
-        raise sandbox.SandboxUnavailable("mount tmpfs on /autograder/source: Permission denied")
-
     monkeypatch.setattr(sandbox, "unavailable_reason", lambda: None)
-    monkeypatch.setattr(judge, "_spawn", no_sandbox)
+    monkeypatch.setattr(judge, "_spawn", spawn_refused)  # the notebook's process says its sandbox did not start
     source = _source(assigned, tmp_path, "00_start_here")
     nb = exercise_solution(assigned, "00_start_here")
     report = gradescope.run(source, _submit(tmp_path, nb), tmp_path / "results" / "results.json")

@@ -415,6 +415,20 @@ def test_files_that_are_not_notebooks_get_a_row_that_says_what_to_do(assigned, t
     assert "not graded" in summary and "alice.py" in summary and "alice_01.ipynb.zip" in summary, summary
 
 
+def test_the_terminal_table_keeps_its_columns_for_every_status():
+    """``superseded`` is the longest status: every row's reason starts in the same column as the header's."""
+    def row(student, status, reason):
+        return {"student": student, "assignment": "01_kl_objective", "file": f"{student}.ipynb", "status": status,
+                "score": 0.0, "possible": 5.0, "reason": reason}
+
+    report = {"results": [row("ann", "graded", "lost points on kl_divergence"),
+                          row("ben", "superseded", "not graded: ben (1).ipynb is this student's later notebook"),
+                          row("cy", "timeout", "killed after 900 s")]}
+    lines = grading.format_table(report).splitlines()
+    starts = {line.index(word) for line, word in zip(lines, ["reason", "lost", "not graded", "killed"])}
+    assert len(starts) == 1, "\n" + "\n".join(lines)
+
+
 def test_cli_grade_reports_user_errors(tmp_path, capsys):
     from dpo_teach.cli import main
 

@@ -19,7 +19,9 @@ import os
 import queue
 import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,6 +80,26 @@ PREPARED_REPLIES = "def _prepare():" + STEAL_FRAME + """
 _prepare()
 """
 PATCH_DOCTEST = "import doctest\ndoctest.DocTestParser.get_examples = lambda self, text, name='<string>': []"
+
+# The zygote's fork of a notebook's process (its own code, ``zygote._child``) on a machine whose kernel refuses the
+# sandbox's namespaces: ``sandbox.isolate`` fails there as it fails on such a kernel.
+REFUSED_FORK = """
+import json, os, socket
+from dpo_teach.grading import sandbox, zygote
+
+def refused():
+    raise sandbox.SandboxUnavailable("unshare(2): Operation not permitted")
+
+sandbox.isolate = refused
+zygote._child(socket.socket(), [0, 1, 2], json.dumps({"set": {}, "unset": []}).encode(), dict(os.environ))
+"""
+
+
+def spawn_refused(env: dict, stdin: int, stdout: int, stderr: int) -> int:
+    """A stand-in for ``judge._spawn`` where the sandbox cannot start: the notebook's process runs the zygote's fork
+    code with the job's three channels, and its ``isolate`` fails (``REFUSED_FORK``)."""
+    return subprocess.Popen([sys.executable, "-c", REFUSED_FORK], stdin=stdin, stdout=stdout, stderr=stderr,
+                            env=env).pid
 
 # Ordinary code that a careless scan took for an attack (a review found each): inside a correct notebook it must
 # scan clean and score in full.
@@ -504,6 +526,37 @@ def test_a_rerun_grades_again_what_the_grader_failed_on(assigned, tmp_path, monk
     assert [r["status"] for r in report["results"]] == ["graded", "graded"]
 
 
+def test_a_resumed_row_names_the_student_as_the_rerun_does(assigned, tmp_path, monkeypatch):
+    """An instructor grades ``subs`` (``section1/`` read as one student's folder), interrupts it, then grades
+    ``subs/section1`` into the same ``--out``: the row taken from the journal names its student (and file) as the rerun
+    does, so one student's rows and total are not split between two names."""
+    grade_module = importlib.import_module("dpo_teach.grading.grade")
+    section = tmp_path / "subs" / "section1"
+    section.mkdir(parents=True)
+    for student, name in [("ann", "00_start_here"), ("ben", "01_kl_objective")]:
+        nbformat.write(exercise_solution(assigned, name), section / f"{student}_{name}.ipynb")
+    calls = []
+
+    def interrupted(student, path, manifests, assignment, *args, **kwargs):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("interrupted after the first row")
+        name = next(n for n in manifests if n in path.name)
+        return {**grade_module._empty_row(student, path, name, "graded"), "score": 1.0, "possible": 1.0}
+
+    monkeypatch.setattr(grade_module, "grade_submission", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        grading.grade(tmp_path / "subs", tmp_path / "out", autograder=assigned / "autograder", log=lambda m: None)
+    journal = [json.loads(line)["row"] for line in (tmp_path / "out" / "grades.partial.jsonl").read_text().splitlines()]
+    assert [r["student"] for r in journal] == ["section1"]
+    report = grading.grade(section, tmp_path / "out", autograder=assigned / "autograder", log=lambda m: None)
+    assert len(calls) == 3, "the rerun graded the journaled notebook again"
+    rows = {Path(r["file"]).name: r["student"] for r in report["results"]}
+    assert rows == {"ann_00_start_here.ipynb": "ann", "ben_01_kl_objective.ipynb": "ben"}, rows
+    assert {r["file"] for r in report["results"]} == {str(p) for p in section.iterdir()}
+    assert sorted(report["students"]) == ["ann", "ben"], report["students"]
+
+
 def test_a_sandbox_that_fails_mid_batch_stops_it_and_keeps_the_rows_before(assigned, tmp_path, monkeypatch, capsys):
     """The machine's problem, not the student's: ben does not get a 0; the batch stops with one line that says what
     failed and what to do (exit status 2), ann's row stays in the journal, and the rerun grades only ben."""
@@ -514,9 +567,7 @@ def test_a_sandbox_that_fails_mid_batch_stops_it_and_keeps_the_rows_before(assig
 
     def failing_after_the_first(*args):
         spawned.append(args)
-        if len(spawned) > 1:
-            raise sandbox.SandboxUnavailable("unshare(2): Operation not permitted")
-        return real(*args)
+        return real(*args) if len(spawned) == 1 else spawn_refused(*args)
 
     monkeypatch.setattr(judge, "_spawn", failing_after_the_first)
     args = ["grade", str(folder), "--out", str(tmp_path / "out"), "--autograder-dir", str(assigned / "autograder")]
@@ -537,23 +588,50 @@ def test_a_sandbox_that_fails_mid_batch_stops_it_and_keeps_the_rows_before(assig
                                                                                  ("ben", "graded", 1.0)]
 
 
-def test_only_a_process_that_died_before_any_cell_can_say_its_sandbox_failed():
-    """The runner enters the sandbox before the notebook's first cell: a process that died then with
-    ``SandboxUnavailable`` in its log is the machine's problem (it stops the batch); after a cell started, the same
-    words may come from the notebook's own code, and it is an error of that notebook like any crash."""
-    class Dead:  # a notebook's process that has ended, with the last line of a traceback in its log
-        def __init__(self):
+def test_a_sandbox_that_cannot_start_is_the_machines_problem_and_leaves_nothing_behind(monkeypatch, tmp_path):
+    """The notebook's process could not enter its namespaces: the runner says so (``sandbox_failed``) instead of
+    running any cell, and ``run_notebook`` raises ``SandboxUnavailable`` with the kernel's words (the batch stops; no
+    student gets a 0), leaving no private folder behind."""
+    monkeypatch.setattr(judge, "_spawn", spawn_refused)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    text = json.dumps(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]))
+    with pytest.raises(sandbox.SandboxUnavailable, match=r"^unshare\(2\): Operation not permitted$"):
+        judge.run_notebook(text, "homework.ipynb", {}, 30, 60, dict(os.environ), True, [])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_notebook_cannot_say_that_its_sandbox_failed():
+    """``sandbox_failed`` counts only before the first cell: the same line after a cell started comes from the
+    notebook's own code (through the runner's frames, say) and voids its score instead of stopping the batch."""
+    class Runner:  # a notebook's process that has written these lines
+        def __init__(self, *events):
             self.lines = queue.Queue()
-            self.lines.put(None)
+            for event in events:
+                self.lines.put(json.dumps({"id": "job", **event}).encode() + b"\n")
 
-        def stderr_tail(self):
-            return "Traceback (most recent call last): | dpo_teach.grading.sandbox.SandboxUnavailable: mount tmpfs " \
-                   "on /srv/x: Permission denied"
+    failed = {"event": "sandbox_failed", "reason": "mount tmpfs on /srv/x: Permission denied"}
+    out = {"phase": "start", "tampered": [], "errors": []}
+    with pytest.raises(sandbox.SandboxUnavailable, match="mount tmpfs on /srv/x: Permission denied"):
+        judge._cell_phase(judge._Channel(Runner(failed), "job", time.monotonic() + 5, 5.0, out), [0], out)
+    out = {"phase": "start", "tampered": [], "errors": []}
+    with pytest.raises(judge._Abort) as aborted:
+        judge._cell_phase(judge._Channel(Runner({"event": "cell", "index": 0}, failed), "job",
+                                         time.monotonic() + 5, 5.0, out), [0], out)
+    assert aborted.value.status == "flagged" and "'sandbox_failed' after cell 0" in out["tampered"][0], out
 
-    for phase, raised in [("start", sandbox.SandboxUnavailable), ("cell 2", judge._Abort)]:
-        channel = judge._Channel(Dead(), "job", time.monotonic() + 5, 5.0, {"phase": phase})
-        with pytest.raises(raised, match="mount tmpfs on /srv/x: Permission denied"):
-            channel.receive("cell", "error", "ready")
+
+def test_a_process_that_cannot_start_leaves_no_private_folder(monkeypatch, tmp_path):
+    """The grader's zygote did not start (or died and could not be replaced): the notebook's row says so (the caller
+    reports it), and its private folder is gone with it."""
+    def no_zygote(*args):
+        raise OSError("the grader's zygote did not start")
+
+    monkeypatch.setattr(judge, "_spawn", no_zygote)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(OSError, match="zygote did not start"):
+        judge.run_notebook(json.dumps(nbformat.v4.new_notebook()), "homework.ipynb", {}, 30, 60, dict(os.environ),
+                           True, [])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_notebook_is_retried_only_when_it_hung_before_its_own_code(monkeypatch, tmp_path):

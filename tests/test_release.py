@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from dpo_teach.grading import MASTERS
+from dpo_teach.grading import MASTERS, ROOT
 from dpo_teach.grading.assign import solution_lines
-from dpo_teach.grading.release import LeakError, find_leaks, release, released_files
+from dpo_teach.grading.release import RELEASE_NOTE, LeakError, find_leaks, release, released_files
 
 
 def test_release_has_the_course_and_no_solution_or_hidden_test(tmp_path):
@@ -71,21 +71,48 @@ def test_release_replaces_only_an_earlier_release(tmp_path, monkeypatch):
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "precious.txt").write_text("mine")
-    with pytest.raises(OutError, match="holds files and is not an earlier release"):
+    with pytest.raises(OutError, match="holds 1 file.s. that a release does not write .e.g. precious.txt."):
         release(notes)
     assert [p.name for p in notes.iterdir()] == ["precious.txt"]
     (tmp_path / "a_file").write_text("x")
-    for out in (tmp_path / "a_file", tmp_path / "a_file" / "sub"):
-        with pytest.raises(OutError, match="is a file, not a folder"):
+    for out, message in ((tmp_path / "a_file", "is a file, expected a directory"),
+                         (tmp_path / "a_file" / "sub", "is a file, not a folder")):
+        with pytest.raises(OutError, match=message):
             release(out)
     monkeypatch.chdir(notes)
-    with pytest.raises(OutError, match="or a folder above it"):
+    with pytest.raises(OutError, match="is the current directory or holds it"):
         release(tmp_path)
+    with pytest.raises(OutError, match="is the course's folder .* or a folder above it"):
+        release(ROOT.parent)
     out = tmp_path / "student"
     release(out)
-    (out / "stale.txt").write_text("from before")
-    release(out)  # an earlier release is replaced whole
-    assert out.is_dir() and not (out / "stale.txt").exists()
+    (out / "notebooks" / "stale.ipynb").write_text("from before")
+    (out / ".venv" / "bin").mkdir(parents=True)  # what `make lab` in the release creates
+    release(out)  # an earlier release is replaced whole, its .venv too
+    assert out.is_dir() and not (out / "notebooks" / "stale.ipynb").exists() and not (out / ".venv").exists()
     done = subprocess.run([sys.executable, "-m", "dpo_teach.grading", "release", "--out", str(notes)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "nothing was written" in done.stderr and (notes / "precious.txt").is_file()
+
+
+@pytest.mark.parametrize("holds, message", [
+    ({"README.md": RELEASE_NOTE, "notes.txt": "mine"},
+     "holds 1 file(s) that a release does not write (e.g. notes.txt)"),
+    ({"README.md": RELEASE_NOTE, "results/demo/metrics.json": "{}"}, "(e.g. results)"),
+    ({"README.md": "# my project\n", "notebooks/mine.ipynb": "{}"}, "is not an earlier release (its README.md has no "
+                                                                     "release note)"),
+    ({"notebooks/mine.ipynb": "{}"}, "is not an earlier release"),
+])
+def test_a_folder_that_is_not_an_earlier_release_is_never_replaced(tmp_path, holds, message):
+    """An earlier release is a folder with the release note in its README *and* only what a release writes: a release
+    folder in which someone kept their own notes, or the results of `make demo`, is refused with its files kept
+    (before: the README's note alone made it "an earlier release", and the release deleted the rest)."""
+    from dpo_teach.grading.release import OutError
+
+    out = tmp_path / "student"
+    for name, text in holds.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    with pytest.raises(OutError, match=re.escape(message)):
+        release(out)
+    assert {p.relative_to(out).as_posix(): p.read_text() for p in out.rglob("*") if p.is_file()} == holds

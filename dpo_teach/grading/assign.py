@@ -34,6 +34,28 @@ def read_questions(master: Path) -> list[dict]:
     return questions
 
 
+def multiple_choice(tests: dict[str, list[dict]]) -> set[str]:
+    """The questions of a test bundle (``judge.load_tests``) whose answer is one of a few choices: a public test checks
+    only that the answer is a letter (``type(q) is str and q.strip().lower() in ('a', 'b', 'c', 'd')``) or True/False
+    (``isinstance(q, bool)``), as 04's concept checks and 07's diagnoses do. ``assign`` marks them ``"choice": true``
+    in the manifest."""
+    def choice(q: str, code: str) -> bool:
+        name = re.escape(q)
+        return re.search(rf"\btype\({name}\) is str\b|\bisinstance\({name}, bool\)", code) is not None
+
+    return {q for q, cases in tests.items() if any(choice(q, c["code"]) for c in cases if not c["hidden"])}
+
+
+def manifest(stem: str, master: Path, bundle: Path) -> dict:
+    """The manifest of an assignment: its name and its questions in order, each with its points, whether it is graded
+    by hand (``manual``) and whether its answer is one of a few choices (``choice``, from the bundle's public tests:
+    Gradescope shows such a result only once the grades are published)."""
+    from dpo_teach.grading.judge import load_tests
+
+    choices = multiple_choice(load_tests(bundle))
+    return {"assignment": stem, "questions": [{**q, "choice": q["name"] in choices} for q in read_questions(master)]}
+
+
 def solution_lines(master: Path) -> list[str]:
     """Every line of a master that a student must not see: solution code, '# SOLUTION' answers, hidden tests and
     rubrics (lines of 13 characters or more that are not imports, so that each is specific), less the lines the
@@ -145,8 +167,7 @@ def assign(masters: Path = MASTERS, notebooks: Path = NOTEBOOKS, autograder: Pat
                               _normalized_student_notebook(out / "student" / f"{stem}.ipynb", stem))
             with atomic_file(Path(autograder) / f"{stem}.zip") as tmp_zip:
                 tmp_zip.write_bytes(_repack(bundle))
-            manifest = {"assignment": stem, "questions": read_questions(master)}
-            atomic_write_json(Path(autograder) / f"{stem}.json", manifest, sort_keys=False)
+            atomic_write_json(Path(autograder) / f"{stem}.json", manifest(stem, master, bundle), sort_keys=False)
             if solutions is not None:
                 Path(solutions).mkdir(parents=True, exist_ok=True)
                 shutil.copy(out / "autograder" / f"{stem}.ipynb", Path(solutions) / f"{stem}.ipynb")

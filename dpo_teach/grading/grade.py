@@ -14,12 +14,12 @@ import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dpo_teach.grading import sandbox
-from dpo_teach.grading.assign import AUTOGRADER, NOTEBOOKS, ROOT
+from dpo_teach.grading.assign import AUTOGRADER, NOTEBOOKS, ROOT, multiple_choice
 from dpo_teach.grading.judge import ending_strays, load_tests, run_notebook
 from dpo_teach.grading.scan import scan
 from dpo_teach.utils import atomic_write_json, atomic_write_text
@@ -41,7 +41,19 @@ def _manifest_problem(manifest) -> str | None:
               and 0 <= q["points"] < float("inf"))
         if not ok:
             return f"questions[{i}] needs a 'name', 'points' (a number ≥ 0) and 'manual' (true/false)"
+    marked = [isinstance(q.get("choice"), bool) for q in manifest["questions"]]
+    if any(marked) and not all(marked):
+        return f"questions[{marked.index(False)}] needs 'choice' (true/false), as the others have"
     return None
+
+
+def _questions(manifest: dict, tests: dict[str, list[dict]]) -> dict[str, dict]:
+    """``{question: {"points", "manual", "choice"}}`` of a manifest. A manifest written before ``assign`` marked the
+    multiple-choice questions (no ``choice`` at all) has them found from the bundle's public tests, as ``assign``
+    finds them: read without the mark, their results would be shown to students at once on Gradescope."""
+    derived = multiple_choice(tests) if all("choice" not in q for q in manifest["questions"]) else set()
+    return {q["name"]: {"points": q["points"], "manual": q["manual"], "choice": q.get("choice", q["name"] in derived)}
+            for q in manifest["questions"]}
 
 
 def _bundle_problem(bundle: Path) -> str | None:
@@ -55,7 +67,8 @@ def _bundle_problem(bundle: Path) -> str | None:
 
 
 def load_manifests(autograder: Path) -> dict[str, dict]:
-    """``{assignment: {"bundle": path, "questions": {...}}}`` for every bundle in ``autograder``.
+    """``{assignment: {"bundle": path, "questions": {q: {"points", "manual", "choice"}}, "tests", "digest"}}`` for
+    every bundle in ``autograder``.
 
     Raises:
         ManifestError: a manifest that is not JSON or lacks a field, or a bundle that is not an intact zip.
@@ -76,10 +89,10 @@ def load_manifests(autograder: Path) -> dict[str, dict]:
         problem = _bundle_problem(bundle)
         if problem:
             raise ManifestError(f"{bundle}: not a usable autograder bundle ({problem}); {fix}")
-        questions = {q["name"]: {"points": q["points"], "manual": q["manual"]} for q in manifest["questions"]}
+        tests = load_tests(bundle)
         digest = hashlib.sha256(bundle.read_bytes() + path.read_bytes()).hexdigest()
-        manifests[manifest["assignment"]] = {"bundle": bundle, "questions": questions, "tests": load_tests(bundle),
-                                             "digest": digest}
+        manifests[manifest["assignment"]] = {"bundle": bundle, "questions": _questions(manifest, tests),
+                                             "tests": tests, "digest": digest}
     return manifests
 
 
@@ -222,11 +235,12 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
     except Exception as e:  # noqa: BLE001 - any reason a file is not a usable notebook
         nb = None
         first_line = (str(e).splitlines() or [""])[0][:200]
-        row.update(status="invalid", reason=f"not a valid notebook ({type(e).__name__}: {first_line})")
+        row.update(status="invalid", problem=f"not a valid notebook ({type(e).__name__}: {first_line})")
     row["assignment"] = assignment or _detect_assignment(path, nb, manifests)
     if row["assignment"] not in manifests:
         if row["status"] == "graded":
             row.update(_unknown_assignment(path, nb, manifests, released_dir))
+        row["reason"] = row_reason(row)
         return row
     manifest = manifests[row["assignment"]]
     auto = {q: v for q, v in manifest["questions"].items() if not v["manual"]}
@@ -244,6 +258,7 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
             outcome = {"status": "error", "reason": f"could not grade it: {type(e).__name__}: {e}", "cases": {},
                        "errors": [], "tampered": []}
         row["status"], row["errors"], row["tries"] = outcome["status"], outcome["errors"], outcome.get("tries", [])
+        row["problem"] = outcome.get("reason", "")
         for q, cases in outcome["cases"].items():
             passed = all(c["passed"] for c in cases) and q not in found["reference"]
             public_passed, feedback = _public_feedback(cases)
@@ -254,22 +269,33 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
                                    "possible": float(auto[q]["points"]), "public_passed": public_passed,
                                    "feedback": feedback}
         row["flags"] = found["grader"] + [f"at run time: changed {t}" for t in outcome["tampered"]]
-        reasons = [outcome.get("reason", "")]
-        if len(row["tries"]) > 1:
-            reasons.append("started twice: the first start ran out of time before any cell ran (a busy machine)")
         if row["flags"]:  # also when it crashed or ran out of time: what it tried matters more
             row["status"] = "flagged"
-            reasons.append(f"scored 0 until an instructor has read it: it touches the grading machinery "
-                           f"({'; '.join(row['flags'][:3])})")
-        if row["status"] == "graded":
-            reasons.append(lost_points(row["questions"]))
-        if row["errors"]:
-            reasons.append(f"{len(row['errors'])} cell error(s), first: {row['errors'][0]}")
-        row["reason"] = "; ".join(r for r in reasons if r)
+    row["reason"] = row_reason(row)
     if row["status"] == "graded":
         row["score"] = float(sum(r["score"] for r in row["questions"].values()))
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
+
+
+def row_reason(row: dict, withheld: Collection[str] = ()) -> str:
+    """A grade row's one-line reason: its ``problem`` (why it was not graded, or what ended its run early), a second
+    start, why it is flagged, the questions that lost points (a graded row's) and its first cell error.
+
+    ``withheld``: questions whose result the reason leaves out (Gradescope's multiple-choice questions, whose results
+    students see only once the grades are published).
+    """
+    parts = [row["problem"]]
+    if len(row["tries"]) > 1:
+        parts.append("started twice: the first start ran out of time before any cell ran (a busy machine)")
+    if row["flags"]:
+        parts.append(f"scored 0 until an instructor has read it: it touches the grading machinery "
+                     f"({'; '.join(row['flags'][:3])})")
+    if row["status"] == "graded":
+        parts.append(lost_points({q: r for q, r in row["questions"].items() if q not in withheld}))
+    if row["errors"]:
+        parts.append(f"{len(row['errors'])} cell error(s), first: {row['errors'][0]}")
+    return "; ".join(part for part in parts if part)
 
 
 def lost_points(questions: dict) -> str:
@@ -280,16 +306,16 @@ def lost_points(questions: dict) -> str:
 
 
 def _unknown_assignment(path: Path, nb, manifests: dict, released_dir: Path) -> dict:
-    """The row's status and reason for a notebook of no graded assignment: a course notebook without exercises
+    """The row's status and problem for a notebook of no graded assignment: a course notebook without exercises
     (06, the instructor's demo) is not graded, and says so; of anything else the grader cannot tell what it is."""
     ungraded = [p.stem for p in sorted(Path(released_dir).glob("*.ipynb")) if p.stem not in manifests]
     course = _detect_assignment(path, nb, ungraded)  # the same rule as for a graded notebook
     if course:
         return {"status": "skipped", "assignment": course,
-                "reason": f"not graded: {course} has no auto-graded exercises (the graded notebooks are "
-                          f"{', '.join(sorted(manifests))})"}
-    return {"status": "error", "reason": "cannot tell which assignment this is: name the file after it "
-                                         f"(e.g. alice_{next(iter(manifests))}.ipynb) or pass --assignment"}
+                "problem": f"not graded: {course} has no auto-graded exercises (the graded notebooks are "
+                           f"{', '.join(sorted(manifests))})"}
+    return {"status": "error", "problem": "cannot tell which assignment this is: name the file after it "
+                                          f"(e.g. alice_{next(iter(manifests))}.ipynb) or pass --assignment"}
 
 
 def _hidden(submissions: Path, out: Path, autograder: Path) -> list[str]:
@@ -405,8 +431,8 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         else:
             row = None
             key = _fingerprint(path, manifests[names[path]]) if names[path] in manifests else None
-            if key is not None and key in done:
-                row = done[key]
+            if key is not None and key in done:  # named as this run names it (another folder, newer rules)
+                row = {**done[key], "student": student, "file": str(path)}
             if row is None:
                 row = grade_submission(student, path, manifests, assignment, cell_timeout, timeout, env,
                                        sandboxed=not unsafe, hide=hide, released_dir=released_dir)
@@ -478,10 +504,11 @@ def _read_journal(journal: Path) -> dict[str, dict]:
     return rows
 
 
-def _empty_row(student: str, path: Path, assignment: str | None, status: str, reason: str = "") -> dict:
-    """A grade row before (or without) grading: nothing scored."""
-    return {"student": student, "file": str(path), "assignment": assignment, "status": status, "reason": reason,
-            "score": 0.0, "possible": 0.0, "questions": {}, "errors": [], "flags": [], "tries": [], "seconds": 0.0}
+def _empty_row(student: str, path: Path, assignment: str | None, status: str, problem: str = "") -> dict:
+    """A grade row before (or without) grading: nothing scored; ``problem`` (why it is not graded) is its reason."""
+    return {"student": student, "file": str(path), "assignment": assignment, "status": status, "reason": problem,
+            "problem": problem, "score": 0.0, "possible": 0.0, "questions": {}, "errors": [], "flags": [],
+            "tries": [], "seconds": 0.0}
 
 
 def _per_student(rows: list[dict]) -> dict:
@@ -515,10 +542,11 @@ def format_table(report: dict) -> str:
     rows = report["results"]
     w1 = max([len("student")] + [len(r["student"]) for r in rows]) + 2
     w2 = max([len("assignment")] + [len(r["assignment"] or "?") for r in rows]) + 2
-    lines = [f"{'student':<{w1}}{'assignment':<{w2}}{'score':>8}  {'status':<8} reason"]
+    w3 = max([len("status")] + [len(r["status"]) for r in rows]) + 1  # "superseded" is the longest
+    lines = [f"{'student':<{w1}}{'assignment':<{w2}}{'score':>8}  {'status':<{w3}}reason"]
     for r in rows:
         score, reason = f"{r['score']:g}/{r['possible']:g}", re.sub(r"\s+", " ", r["reason"])[:100]
-        lines.append(f"{r['student']:<{w1}}{(r['assignment'] or '?'):<{w2}}{score:>8}  {r['status']:<8} {reason}")
+        lines.append(f"{r['student']:<{w1}}{(r['assignment'] or '?'):<{w2}}{score:>8}  {r['status']:<{w3}}{reason}")
     skipped = [Path(r["file"]).name for r in rows if r["status"] == "skipped"]
     if skipped:
         lines.append(f"not graded ({len(skipped)} file(s), status skipped: see their reasons above): "

@@ -17,11 +17,12 @@ runs ``setup.sh`` once to build the image and ``run_autograder`` for every submi
   container allows user namespaces; otherwise Gradescope's one-container-per-submission is the isolation, the
   grader ends every process the notebook started, in a session of its own too, before it writes the result, and
   the output says so) and writes ``/autograder/results/results.json`` in Gradescope's format. A failed hidden test
-  is numbered there, never quoted. A multiple-choice question's result is ``"visibility": "after_published"``
-  (:func:`multiple_choice`): a student who could resubmit and watch its score would find the answer by trying each
-  letter. Gradescope then also hides the total score from students until the grades are published (its results
-  specification: "If test cases are hidden, students will not be able to see their total score"), and the output
-  text names only the code questions; code questions stay visible, for instant feedback.
+  is numbered there, never quoted. A multiple-choice question's result (``"choice": true`` in the manifest,
+  ``assign.multiple_choice``) is ``"visibility": "after_published"``: a student who could resubmit and watch its
+  score would find the answer by trying each letter. Gradescope then also hides the total score from students until
+  the grades are published (its results specification: "If test cases are hidden, students will not be able to see
+  their total score"), and the output text names only the code questions (``grade.row_reason``); code questions
+  stay visible, for instant feedback.
 
 ``setup.sh`` needs Python ≥ 3.11 (the wheel's ``Requires-Python``) with its ``venv`` module (Debian and Ubuntu:
 ``python3.X-venv``) and the network (PyPI, PyTorch's CPU index); it stops with a message naming what is missing.
@@ -169,26 +170,12 @@ def build(out: Path, autograder: Path = AUTOGRADER, released: Path = NOTEBOOKS) 
     return written
 
 
-def multiple_choice(tests: dict[str, list[dict]]) -> set[str]:
-    """The questions of a test bundle (``judge.load_tests``) whose answer is one of a few choices: a public test checks
-    only that the answer is a letter (``type(q) is str and q.strip().lower() in ('a', 'b', 'c', 'd')``) or True/False
-    (``isinstance(q, bool)``), as 04's concept checks and 07's diagnoses do."""
-    def choice(q: str, code: str) -> bool:
-        name = re.escape(q)
-        return re.search(rf"\btype\({name}\) is str\b|\bisinstance\({name}, bool\)", code) is not None
-
-    return {q for q, cases in tests.items() if any(choice(q, c["code"]) for c in cases if not c["hidden"])}
-
-
 def _student_output(row: dict, withheld: set[str]) -> str:
-    """The row's reason as a student sees it at once: the ``withheld`` questions left out of its "lost points on"."""
-    from dpo_teach.grading.grade import lost_points
+    """What a student sees at once: the row's reason without the ``withheld`` questions (``grade.row_reason``), and
+    when there are any, when their results come."""
+    from dpo_teach.grading.grade import row_reason
 
-    every = lost_points(row["questions"])
-    reason = row["reason"]
-    if every and withheld:
-        shown = lost_points({q: r for q, r in row["questions"].items() if q not in withheld})
-        reason = "; ".join(part for part in reason.replace(every, shown).split("; ") if part)
+    reason = row_reason(row, withheld)
     if not withheld:
         return reason or "All auto-graded questions passed."
     return (f"{reason or 'All code questions passed.'}\nYour multiple-choice answers ({', '.join(sorted(withheld))}) "
@@ -197,16 +184,15 @@ def _student_output(row: dict, withheld: set[str]) -> str:
 
 def run(source: Path, submission: Path, results: Path) -> dict:
     """Grade the notebook in ``submission`` (the latest ``.ipynb``) and write Gradescope's ``results.json``."""
-    from dpo_teach.grading.grade import is_notebook
-    from dpo_teach.grading.judge import load_tests
+    from dpo_teach.grading.grade import is_notebook, load_manifests
 
-    (manifest,) = sorted((source / "autograder").glob("*.json"))
+    ((assignment, manifest),) = load_manifests(source / "autograder").items()
     notebooks = sorted(filter(is_notebook, submission.rglob("*")), key=lambda p: p.stat().st_mtime)
     if not notebooks:
         report = {"score": 0, "output": "No .ipynb file was submitted: upload your notebook file.", "tests": []}
     else:
-        row, note = _graded_row(source, notebooks[-1], manifest.stem)
-        withheld = multiple_choice(load_tests(manifest.with_suffix(".zip"))) & set(row["questions"])
+        row, note = _graded_row(source, notebooks[-1], assignment)
+        withheld = {q for q, about in manifest["questions"].items() if about["choice"]} & set(row["questions"])
         tests = [{"name": q, "score": r["score"], "max_score": r["possible"], "output": r["feedback"],
                   "visibility": "after_published" if q in withheld else "visible"} for q, r in row["questions"].items()]
         output = "\n".join(filter(None, [_student_output(row, withheld), note]))

@@ -25,7 +25,6 @@ import os
 import queue
 import re
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +38,6 @@ from dpo_teach.grading import sandbox
 from dpo_teach.grading.runner import code_cells
 
 MAX_LINE = 1 << 20  # a reply longer than this is not the runner's
-_SANDBOX_FAILED = re.compile(r"\bSandboxUnavailable: ([^|]+)")  # the last line of its traceback, in the job's log
 _PACKAGE_MODULE = re.compile(r"\bdpo_teach\.[a-z_]+")  # the package modules a test names
 
 
@@ -211,22 +209,30 @@ def run_notebook(text: str, file_name: str, tests: dict[str, list[dict]], cell_t
     "tampered"}``; ``cases`` maps each question to its cases' ``{"passed", "message", "hidden"}``.
 
     Raises:
-        sandbox.SandboxUnavailable: the notebook's process could not enter its sandbox (before any of its code ran:
-            the machine's problem, not the notebook's).
+        sandbox.SandboxUnavailable: the notebook's process could not enter its sandbox (it said so before any of the
+            notebook's code ran: the machine's problem, not the notebook's).
     """
+    # the job's private folder (the sandbox mounts a tmpfs over it), gone however the job ends, a failed start too
+    with tempfile.TemporaryDirectory(prefix="dpo-grade-", ignore_cleanup_errors=True) as private:
+        process = _Process(env, sandboxed)
+        try:
+            return _run(process, private, text, file_name, tests, cell_timeout, timeout, sandboxed, hide, memory_mb)
+        finally:
+            process.kill()
+
+
+def _run(process: _Process, private: str, text: str, file_name: str, tests: dict[str, list[dict]],
+         cell_timeout: int, timeout: float, sandboxed: bool, hide: list[str], memory_mb: int) -> dict:
+    """:func:`run_notebook` once its process has started: the job, the cells' reports, then the tests."""
     job_id = secrets.token_hex(16)
-    private = tempfile.mkdtemp(prefix="dpo-grade-")
-    limits = {"private": private, "hide": hide, "memory_mb": memory_mb, "cpu_s": int(timeout) + 5,
-              "nproc": sandbox.process_limit()}
     out = {"status": "graded", "reason": "", "phase": "start", "cases": {}, "errors": [], "tampered": []}
-    process = _Process(env, sandboxed)
     channel = _Channel(process, job_id, time.monotonic() + timeout, timeout, out)
+    limits = {"hide": hide, "memory_mb": memory_mb, "cpu_s": int(timeout) + 5, "nproc": sandbox.process_limit()}
     try:
         preload = sorted({m for cases in tests.values() for case in cases
                           for m in _PACKAGE_MODULE.findall(case["code"])})
         process.send({"id": job_id, "notebook": text, "file_name": file_name, "cell_timeout": cell_timeout,
-                      "private": private, "preload": preload,
-                      "sandbox": {k: v for k, v in limits.items() if k != "private"} if sandboxed else None})
+                      "private": private, "preload": preload, "sandbox": limits if sandboxed else None})
         _cell_phase(channel, [index for index, _ in code_cells(json.loads(text))], out)
         out["phase"] = "tests"
         for question, cases in tests.items():
@@ -236,9 +242,6 @@ def run_notebook(text: str, file_name: str, tests: dict[str, list[dict]], cell_t
         out["status"], out["reason"] = e.status, e.reason
     except OSError as e:  # the runner's stdin closed under us: it has died
         out["status"], out["reason"] = "error", f"the notebook's process ended: {e}; {process.stderr_tail()}"
-    finally:
-        process.kill()
-        shutil.rmtree(private, ignore_errors=True)
     return out
 
 
@@ -255,12 +258,8 @@ class _Channel:
             raise _Abort("timeout", f"killed after {self.timeout:g} s (per-notebook time limit) while "
                                     f"{_phase_words(self.out['phase'])}") from None
         if line is None:
-            tail = self.process.stderr_tail()
-            failed = _SANDBOX_FAILED.search(tail)
-            if failed and self.out["phase"] == "start":  # before any cell: the sandbox's own words, not the notebook's
-                raise sandbox.SandboxUnavailable(failed[1].strip())
             raise _Abort("error", f"the notebook's process ended while {_phase_words(self.out['phase'])}: "
-                                  f"{tail or 'no message'}")
+                                  f"{self.process.stderr_tail() or 'no message'}")
         try:
             message = json.loads(line)
             ok = isinstance(message, dict) and message.get("id") == self.job_id and message.get("event") in expected
@@ -277,10 +276,15 @@ class _Channel:
 
 def _cell_phase(channel: _Channel, cells: list[int], out: dict) -> None:
     """The runner's reports while the cells run, until ``ready``: a ``cell`` for each code cell of the notebook,
-    in order, before it. A ``ready`` any earlier came from the notebook's own code, not from the runner."""
+    in order, before it. A ``ready`` any earlier came from the notebook's own code, not from the runner; so did a
+    ``sandbox_failed`` after the first ``cell`` (the runner sends it only instead of running any cell)."""
     reported = []
     while True:
-        message = channel.receive("cell", "error", "ready")
+        message = channel.receive("cell", "error", "ready", "sandbox_failed")
+        if message["event"] == "sandbox_failed":
+            if reported:
+                channel.forged(f"'sandbox_failed' after cell {reported[-1]}: not the runner's")
+            raise sandbox.SandboxUnavailable(str(message.get("reason") or "no reason given"))
         if message["event"] == "cell":
             if type(message.get("index")) is not int:
                 channel.forged("a 'cell' report without a cell number")

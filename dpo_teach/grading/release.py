@@ -16,9 +16,14 @@ import tempfile
 from pathlib import Path
 
 from dpo_teach.grading.assign import MASTERS, ROOT, course_secrets
+from dpo_teach.utils import check_replaceable
 
 INCLUDE = ("notebooks/", "dpo_teach/", "scripts/", ".devcontainer/", "docs/images/", "README.md", "LICENSE", "Makefile",
            "pyproject.toml", "environment.yml", "requirements.lock", ".gitignore")  # docs/images/: the README's figures
+# What an earlier release may hold at its top and still be replaced whole: what a release writes, and the .venv that
+# its own `make lab`/`make demo` creates (rebuilt on the next make). Anything else (notes, a results/ folder) is kept:
+# the release is refused until it is moved out.
+RELEASED = frozenset(name.split("/")[0] for name in INCLUDE) | {".venv"}
 
 
 RELEASE_NOTE = ("> This is the student release of the course: the notebooks, the package and the set-up. What the "
@@ -36,19 +41,23 @@ class OutError(ValueError):
 
 def check_out(out: Path, root: Path = ROOT) -> None:
     """Raise :class:`OutError` unless ``out`` may become the release: a new or empty folder, or an earlier release
-    (its README carries :data:`RELEASE_NOTE`), never the course's folder, the current one or a folder above them."""
-    out = Path(out).resolve()
-    for keep in (Path(root).resolve(), Path.cwd().resolve()):
-        if out == keep or out in keep.parents:
-            raise OutError(f"--out {out} is {keep} or a folder above it, which the release would replace; "
-                           "pass a new folder")
-    blocked = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    (its README carries :data:`RELEASE_NOTE`, and it holds nothing at its top that a release does not write:
+    ``utils.check_replaceable``, which also refuses a file and the current folder or one above it), never the course's
+    folder or one above it."""
+    out, root = Path(out).resolve(), Path(root).resolve()
+    if out == root or out in root.parents:
+        raise OutError(f"--out {out} is the course's folder {root} or a folder above it, which the release would "
+                       "replace; pass a new folder")
+    blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocked is not None:
         raise OutError(f"--out {out}: {blocked} is a file, not a folder; pass a new folder")
+    try:
+        check_replaceable(out, RELEASED, "a release")
+    except FileExistsError as e:
+        raise OutError(f"--out {e}") from None
     if out.exists() and any(out.iterdir()):
         readme = out / "README.md"
-        earlier = readme.is_file() and RELEASE_NOTE in readme.read_text(encoding="utf-8", errors="replace")
-        if not earlier:
+        if not (readme.is_file() and RELEASE_NOTE in readme.read_text(encoding="utf-8", errors="replace")):
             raise OutError(f"--out {out} holds files and is not an earlier release (its README.md has no release "
                            "note); pass a new folder, or remove that one yourself")
 

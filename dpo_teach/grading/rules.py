@@ -42,8 +42,8 @@ PROCESS_CALLS = {"kill", "killpg", "fork", "forkpty", "vfork", "posix_spawn", "p
                  "setpgrp", "dup2", "fdopen", "pidfd_open", "pidfd_send_signal", "pthread_kill", "openpty",
                  "register_at_fork", "create_subprocess_exec", "create_subprocess_shell", "ProcessPoolExecutor"}
 # ... and names that are ordinary elsewhere (``f.write``, ``model.modules()``): flagged on ``os``, ``sys``, ``inspect``.
-OWNED = {"os": {"system", "popen", "write", "read", "dup", "pipe", "open", "close", "getppid"},
-         "posix": {"system", "popen", "write", "read", "dup", "pipe", "open", "close", "getppid"},
+_OS_OWNED = {"system", "popen", "write", "read", "dup", "pipe", "open", "close", "getppid"}
+OWNED = {"os": _OS_OWNED, "posix": _OS_OWNED,  # posix: what os re-exports
          "sys": {"modules", "meta_path", "path_hooks", "path_importer_cache", "monitoring", "addaudithook",
                  "exception", "last_value", "last_type", "displayhook", "excepthook", "breakpointhook",
                  "unraisablehook", "remote_exec"},
@@ -119,23 +119,17 @@ class Visitor(ast.NodeVisitor):
 
     def qualified(self, node) -> str | None:
         """``L.dpo_loss`` → ``dpo_teach.losses.dpo_loss`` when ``L`` is an import of ``dpo_teach.losses``."""
-        parts = []
-        while isinstance(node, ast.Attribute):
-            parts.append(node.attr)
-            node = node.value
-        if isinstance(node, ast.Name) and node.id in self.aliases:
-            return ".".join([self.aliases[node.id], *reversed(parts)])
+        root, attributes = _attribute_chain(node)
+        if isinstance(root, ast.Name) and root.id in self.aliases:
+            return ".".join([self.aliases[root.id], *attributes])
         return None
 
     def parts(self, node) -> list[str]:
         """``o.path.join`` → ``["os", "path", "join"]`` (the root through the notebook's imports); ``?`` for a root
         that is not a name (``f().x`` → ``["?", "x"]``)."""
-        parts = []
-        while isinstance(node, ast.Attribute):
-            parts.append(node.attr)
-            node = node.value
-        root = self.modules.get(node.id, node.id).split(".") if isinstance(node, ast.Name) else ["?"]
-        return [*root, *reversed(parts)]
+        root, attributes = _attribute_chain(node)
+        names = self.modules.get(root.id, root.id).split(".") if isinstance(root, ast.Name) else ["?"]
+        return [*names, *attributes]
 
     def flag(self, node, what: str) -> None:
         self.grader.append(f"line {getattr(node, 'lineno', '?')}: {what}")
@@ -253,11 +247,19 @@ class Visitor(ast.NodeVisitor):
             self.flag(node, f"names {(words or [node.value])[0]!r} in a string")
 
 
+def _attribute_chain(node) -> tuple[ast.AST, list[str]]:
+    """``torch.nn.Module.forward`` → (the node of ``torch``, ``["nn", "Module", "forward"]``)."""
+    attributes = []
+    while isinstance(node, ast.Attribute):
+        attributes.append(node.attr)
+        node = node.value
+    return node, attributes[::-1]
+
+
 def root_name(node) -> str | None:
     """The name an attribute path starts from (``torch`` for ``torch.nn.Module.forward``), or None."""
-    while isinstance(node, ast.Attribute):
-        node = node.value
-    return node.id if isinstance(node, ast.Name) else None
+    root, _ = _attribute_chain(node)
+    return root.id if isinstance(root, ast.Name) else None
 
 
 def _text(node) -> str | None:

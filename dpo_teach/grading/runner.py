@@ -5,10 +5,12 @@ or ``python -m dpo_teach.grading _run`` with ``--unsafe``).
 JSON object per line, every line carrying the job's id:
 
 1. grader → runner: the job (the notebook's text, limits, the sandbox's mounts). No test is in it.
-2. runner: enters the sandbox, takes **private references** to everything a test relies on (the builtins, every
-   loaded ``torch``, ``numpy``, ``math`` and ``dpo_teach`` module's attributes, ``torch.Tensor``'s methods), then
-   runs the notebook's code cells in an IPython shell with a per-cell time limit, telling the grader which cell it
-   is in (``cell``) and what failed (``error``); ``grader.check`` cells do nothing here (otter is not loaded).
+2. runner: enters the sandbox (where it cannot, it says ``sandbox_failed`` with why, and ends: the grader takes
+   that event only before the first ``cell``, while no student code has run), takes **private references** to
+   everything a test relies on (the builtins, every loaded ``torch``, ``numpy``, ``math`` and ``dpo_teach`` module's
+   attributes, ``torch.Tensor``'s methods), then runs the notebook's code cells in an IPython shell with a per-cell
+   time limit, telling the grader which cell it is in (``cell``) and what failed (``error``); ``grader.check`` cells
+   do nothing here (otter is not loaded).
 3. runner → grader: ``ready``, with what the notebook changed of those references (``tampered``). Every change
    is undone before any test runs.
 4. grader → runner, one question at a time: that question's test cases, as the sources of their doctest examples
@@ -253,7 +255,9 @@ def describe_error(error: BaseException, source: str) -> str:
     return f"{text} (in cell `{first_line}`{where})"
 
 
-def main() -> int:
+def main(unavailable: Exception | None = None) -> int:
+    """Run the job the grader sends on stdin. ``unavailable``: why this process could not enter its sandbox (the
+    zygote's fork, ``sandbox.isolate``); the runner then says only that (``sandbox_failed``) and runs no cell."""
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     requests = os.fdopen(os.dup(0), "r")
     encode, decode = json.JSONEncoder().encode, json.JSONDecoder().decode  # private: a notebook can patch json's
@@ -264,10 +268,16 @@ def main() -> int:
         protocol.write(encode({"id": job_id, "event": event, **fields}) + "\n")
 
     private = job["private"]
-    if job.get("sandbox"):
+    if job.get("sandbox") and unavailable is None:
         from dpo_teach.grading import sandbox
 
-        sandbox.enter(private, **job["sandbox"])
+        try:
+            sandbox.enter(private, **job["sandbox"])
+        except sandbox.SandboxUnavailable as e:
+            unavailable = e
+    if unavailable is not None:  # the machine's problem, not the notebook's: the grader stops its batch
+        send("sandbox_failed", reason=str(unavailable))
+        return 1
     for sub in ("home", "tmp", "work"):
         os.makedirs(os.path.join(private, sub), exist_ok=True)
     os.environ.update(HOME=f"{private}/home", TMPDIR=f"{private}/tmp", MPLBACKEND="Agg",

@@ -153,8 +153,12 @@ def _child(channel: socket.socket, fds: list[int], request: bytes, started: dict
         from dpo_teach.grading.runner import main
 
         os.setsid()  # not tied to the zygote: a zygote that ends (evicted, or the batch done) ends no notebook
-        sandbox.isolate()
-        code = main()
+        try:
+            sandbox.isolate()
+        except (sandbox.SandboxUnavailable, OSError) as e:  # the runner tells the grader (``sandbox_failed``)
+            code = main(unavailable=sandbox.SandboxUnavailable(str(e)))
+        else:
+            code = main()
     except BaseException:  # noqa: BLE001 - reported on the runner's stderr (the grader's log of this job)
         traceback.print_exc()
     finally:
