@@ -331,7 +331,7 @@ def cmd_grade(args) -> int:
 
 def cmd_train(args) -> None:
     from dpo_teach.data import check_preferences, read_preferences, split_heldout, warn_heldout_overlap
-    from dpo_teach.dpo import DPOConfig, train_dpo
+    from dpo_teach.dpo import FLAGS, DPOConfig, train_dpo
     from dpo_teach.evaluate import preference_accuracy
     from dpo_teach.model import save_checkpoint
     from dpo_teach.plots import plot_dpo_history, save_figure
@@ -353,7 +353,7 @@ def cmd_train(args) -> None:
     cfg = DPOConfig()
     _apply_dpo_args(cfg, args)
     policy = copy.deepcopy(reference)
-    history = train_dpo(policy, reference, tokenizer, train_rows, cfg, progress=not args.quiet)
+    history = train_dpo(policy, reference, tokenizer, train_rows, cfg, progress=not args.quiet, flags=FLAGS)
     out = Path(args.out)
     with atomic_dir(out) as work:  # an interrupted run leaves an earlier run in --out intact
         save_checkpoint(policy, tokenizer, work / "policy")

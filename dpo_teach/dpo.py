@@ -8,7 +8,7 @@ cost of a second forward pass per step; the option exists to show exactly that.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +25,8 @@ from dpo_teach.losses import get_loss, step_metrics
 from dpo_teach.training import adamw, diverged, diverging, minibatches, n_steps, optimizer_step, set_lr
 from dpo_teach.utils import lr_at, set_seed
 
-# The flags of `dpo-teach train` and `demo` that set these DPOConfig fields: a divergence error names them.
+# The flags of `dpo-teach train` and `demo` that set these DPOConfig fields: the CLI passes them to train_dpo so
+# that a divergence error names them (elsewhere, in a notebook or the comparison, it names the config fields).
 FLAGS = {"lr": "--lr", "beta": "--beta"}
 
 
@@ -78,6 +79,7 @@ def train_dpo(
     progress: bool = False,
     step_fn: Callable | None = None,
     examples: list[dict] | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> list[dict]:
     """Train ``policy`` in place with DPO on preference ``rows`` against the fixed ``reference``.
 
@@ -96,6 +98,8 @@ def train_dpo(
         examples: already tokenized ``rows`` (``tokenize_pairs``' format), e.g. with EOS handled differently
             (notebook 07's EOS pitfall); ``rows`` is then only counted. When they carry π_ref's log-probs
             (``logprobs.reference_logprobs``: one pass for every run on the same pairs), those are used.
+        flags: what a divergence error calls ``lr`` and ``beta`` (the CLI passes :data:`FLAGS`); by default their
+            field names, as a notebook or the comparison sets them.
 
     Returns:
         The history: one dict per step with ``step``, ``epoch``, ``lr`` and TRL's metric names.
@@ -117,17 +121,17 @@ def train_dpo(
         batch = collate([examples[i] for i in idx.tolist()])
         lr = lr_at(step, total, config.lr)
         set_lr(optimizer, lr)
-        with diverging("DPO", step, total, lr, config, FLAGS):
+        with diverging("DPO", step, total, lr, config, flags):
             metrics = (step_fn or dpo_step)(policy, reference, batch, optimizer, loss_fn)
         loss = metrics.get("loss") if isinstance(metrics, dict) else None
         if isinstance(loss, float) and not math.isfinite(loss):  # a custom step_fn that stepped anyway
-            raise diverged("DPO", step, total, lr, config, f"the loss is {loss}", FLAGS)
+            raise diverged("DPO", step, total, lr, config, f"the loss is {loss}", flags)
         history.append({"step": step, "epoch": epoch, "lr": lr, **metrics})
         if callback is not None:
             callback(history[-1])
     if not all(torch.isfinite(p).all() for p in policy.parameters()):  # the last step overflowed a weight
         raise diverged("DPO", total - 1, total, lr_at(total - 1, total, config.lr), config,
-                       "a weight is no longer finite", FLAGS)
+                       "a weight is no longer finite", flags)
     policy.eval()
     return history
 

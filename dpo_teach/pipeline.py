@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from dpo_teach.data import PreferenceConfig, bt_ceiling, make_preference_pairs, split_heldout, write_preferences
-from dpo_teach.dpo import DPOConfig, train_dpo
+from dpo_teach.dpo import FLAGS, DPOConfig, train_dpo
 from dpo_teach.evaluate import evaluate_policy, evaluation_prompts, preference_accuracy, samples_table, win_rate
 from dpo_teach.model import load_checkpoint, save_checkpoint
 from dpo_teach.plots import plot_dpo_history, plot_reward_before_after, save_figure
@@ -110,7 +110,7 @@ def _write_demo(config: DemoConfig, out: Path, shown: Path, progress: bool, verb
 
     t = time.perf_counter()
     policy = copy.deepcopy(reference)
-    history = train_dpo(policy, reference, tokenizer, train_rows, config.dpo, progress=progress)
+    history = train_dpo(policy, reference, tokenizer, train_rows, config.dpo, progress=progress, flags=FLAGS)
     times["dpo_s"] = time.perf_counter() - t
     save_checkpoint(policy, tokenizer, out / "policy")
     atomic_write_json(out / "history.json", history)

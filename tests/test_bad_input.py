@@ -905,15 +905,18 @@ def test_a_students_step_that_steps_anyway_is_stopped_with_the_step_and_settings
 
 
 @pytest.mark.parametrize("trainer, beta", [("SFT", None), ("The reward model", None), ("PPO", "kl_coef"),
-                                           ("GRPO", "beta"), ("RLOO", "beta"), ("GRPO β=0", None)])
+                                           ("GRPO", "beta"), ("RLOO", "beta"), ("GRPO β=0", None),
+                                           ("DPO", "beta")])
 def test_every_trainer_that_diverges_says_which_run_which_step_and_what_to_change(world, pairs, trainer, beta):
     """lr = 1e30: AdamW's first step moves every weight by about 1e30, so the next loss is nan or inf. Each trainer
     stops there with an error that names itself, the step and its settings (before: only DPO's did; the others
     said "the loss is nan"), and what to lower: the learning rate, and β where the trainer has one that is not 0
-    (before: only DPO's named β)."""
+    (before: only DPO's named β). Called from Python, as in a notebook or the comparison, they are named by their
+    config fields; DPO's named the CLI's --lr and --beta there too (its CLI test: the flags above)."""
     import copy
     from dataclasses import replace
 
+    from dpo_teach.dpo import DPOConfig, train_dpo
     from dpo_teach.grpo import GRPOConfig, train_grpo
     from dpo_teach.ppo import PPOConfig, train_ppo
     from dpo_teach.reward import ground_truth_reward
@@ -941,6 +944,7 @@ def test_every_trainer_that_diverges_says_which_run_which_step_and_what_to_chang
         "GRPO": lambda: train_grpo(policy, reference, tokenizer, reward, group),
         "RLOO": lambda: train_rloo(policy, reference, tokenizer, reward, group),
         "GRPO β=0": lambda: train_grpo(policy, reference, tokenizer, reward, replace(group, beta=0.0)),
+        "DPO": lambda: train_dpo(policy, reference, tokenizer, pairs[:16], DPOConfig(batch_size=4, lr=1e30)),
     }
     with pytest.raises(TrainingError) as caught:
         runs[trainer]()
