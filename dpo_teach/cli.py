@@ -330,11 +330,12 @@ def cmd_grade(args) -> int:
 
 
 def cmd_train(args) -> None:
-    from dpo_teach.data import check_preferences, read_preferences, split_heldout, warn_heldout_overlap
+    from dpo_teach.data import split_heldout, warn_heldout_overlap
     from dpo_teach.dpo import FLAGS, DPOConfig, train_dpo
     from dpo_teach.evaluate import preference_accuracy
     from dpo_teach.model import save_checkpoint
     from dpo_teach.plots import plot_dpo_history, save_figure
+    from dpo_teach.preference_file import check_preferences, read_preferences
     from dpo_teach.utils import atomic_dir, atomic_write_json
     from dpo_teach.world import WorldConfig, load_reference
 
@@ -421,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    from dpo_teach.data import DataError, DataWarning
     from dpo_teach.model import CheckpointError, ContextLengthError
+    from dpo_teach.preference_file import DataError, DataWarning
     from dpo_teach.training import TrainingError
 
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dpo_teach.cli import main
-from dpo_teach.data import DataError, load_preferences
+from dpo_teach.preference_file import DataError, load_preferences
 
 GOOD = {"prompt": "the film was", "chosen": " great .", "rejected": " bad ."}
 OTHER = {"prompt": "honestly , the acting", "chosen": " was superb .", "rejected": " was awful ."}
@@ -1002,14 +1002,14 @@ def test_train_parses_the_data_file_once_and_checks_prompt_lengths_after(tmp_pat
                                                                        capsys):
     """The file is parsed before any model is loaded (so a bad row fails fast) and only then: the prompt-length check,
     which needs the tokenizer, runs on the rows already read and still names the line (before: parsed twice)."""
-    import dpo_teach.data
+    import dpo_teach.preference_file
 
     rows = distinct_rows(20)
     rows[6] = {**rows[6], "prompt": "the film was " * 20}  # 60+ tokens: no room within --max-length 32
     data = write_bytes(tmp_path, jsonl(*rows))
     parsed = []
-    parse_line = dpo_teach.data._parse_line
-    monkeypatch.setattr(dpo_teach.data, "_parse_line", lambda *a: parsed.append(1) or parse_line(*a))
+    parse_line = dpo_teach.preference_file._parse_line
+    monkeypatch.setattr(dpo_teach.preference_file, "_parse_line", lambda *a: parsed.append(1) or parse_line(*a))
     assert main(["train", "--data", str(data), "--model", str(tiny_checkpoint), "--out", str(tmp_path / "out"),
                  "--quiet", "--batch-size", "8", "--max-length", "32", "--skip-invalid"]) == 0
     assert len(parsed) == 20

@@ -6,22 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from dpo_teach.data import (
-    DataError,
-    DataWarning,
-    PreferenceConfig,
-    bt_ceiling,
-    bt_probability,
-    heldout_overlap,
-    load_preferences,
-    split_dialogue,
-    split_pairs,
-    write_preferences,
-)
+from dpo_teach import data, preference_file
+from dpo_teach.data import PreferenceConfig, bt_ceiling, bt_probability, heldout_overlap, split_pairs, write_preferences
+from dpo_teach.preference_file import DataError, DataWarning, load_preferences, split_dialogue
 
 # 200 real HH-RLHF rows (MIT, Anthropic; see the LICENSE and README beside the file): red-teaming data, tests only
 HH = Path(__file__).resolve().parent / "data" / "hh-rlhf-sample" / "harmless-base-test-first200.jsonl"
 GOOD = {"prompt": "the film was", "chosen": " great .", "rejected": " bad ."}
+
+
+def test_the_loader_names_are_still_importable_from_data():
+    """The loader moved to preference_file; notebooks and the README import it from data: the same objects."""
+    for name in ("DataError", "DataWarning", "EOSWarning", "PreferenceFile", "load_preferences", "read_preferences",
+                 "check_preferences", "eos_problems", "split_dialogue", "ASSISTANT"):
+        assert getattr(data, name) is getattr(preference_file, name), name
 
 
 def write_lines(tmp_path, lines):

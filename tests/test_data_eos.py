@@ -6,8 +6,9 @@ import warnings
 
 import pytest
 
-from dpo_teach.data import EOSWarning, eos_problems, load_preferences, write_preferences
+from dpo_teach.data import write_preferences
 from dpo_teach.pitfalls import tokenize_as_written, with_eos_in_text
+from dpo_teach.preference_file import EOSWarning, eos_problems, load_preferences
 
 ROWS = [{"prompt": "the film was", "chosen": " great .", "rejected": " bad ."},
         {"prompt": "honestly , the acting was", "chosen": " superb .", "rejected": " dull ."}]

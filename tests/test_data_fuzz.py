@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dpo_teach.data import DataError, PreferenceFile, load_preferences
+from dpo_teach.preference_file import DataError, PreferenceFile, load_preferences
 
 N = 300  # examples per strategy
 SETTINGS = settings(max_examples=N, derandomize=True, deadline=None, database=None,

@@ -17,7 +17,8 @@ LAYERS = [
     # foundations, the world's r, the notebooks' claim checks, running notebooks headless
     {"utils", "claims", "grammar", "tokenizer", "model", "reward", "compute", "measure", "plots", "headless"},
     {"logprobs", "sampling", "rollout"},  # tokens → log-probabilities, samples, rollouts
-    {"data"},  # preference pairs (sampled from π_ref, labelled by the ground truth), files
+    {"preference_file"},  # reading a user's preference file (validation, errors); data re-exports it
+    {"data"},  # preference pairs (sampled from π_ref, labelled by the ground truth), splits, files
     {"losses", "training"},  # the preference math; the shared loop mechanics
     {"sft", "dpo", "reward_model", "ppo", "grpo", "rloo", "online_dpo"},  # trainers
     {"world", "evaluate", "bandit", "pitfalls"},  # π_ref (built by SFT), evaluation, the notebooks' worlds
@@ -25,7 +26,7 @@ LAYERS = [
     {"cli", "grading", "site", "site_pages"},  # entry points; the course site (and its pages)
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
-TRAINERS = LAYERS[4]
+TRAINERS = next(layer for layer in LAYERS if "dpo" in layer)
 
 
 def modules() -> dict[str, Path]:
