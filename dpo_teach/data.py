@@ -99,10 +99,10 @@ def split_heldout(rows: list[dict], eval_fraction: float, seed: int, source: str
                         f"out one pair and train on the rest; {more_rows}")
     if not heldout:
         raise DataError(f"{source}: {fraction_arg} {eval_fraction:g} of {n} valid rows rounds to no held-out pair; "
-                        f"pass at least {fraction_arg} {_fraction_text(1, n)} to hold out one")
+                        f"pass at least {fraction_arg} {_fraction_text(1, n)} to hold out one, or {more_rows}")
     if not train_rows:
         raise DataError(f"{source}: {fraction_arg} {eval_fraction:g} of {n} valid rows holds out all of them, leaving "
-                        f"none to train on; pass at most {fraction_arg} {_fraction_text(n - 1, n)}")
+                        f"none to train on; pass at most {fraction_arg} {_fraction_text(n - 1, n)}, or {more_rows}")
     return train_rows, heldout
 
 

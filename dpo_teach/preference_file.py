@@ -254,7 +254,7 @@ def load_preferences(
             file is missing or holds no valid row.
     """
     data = read_preferences(path, skip_invalid)
-    return check_preferences(path, data, tokenizer, max_length, skip_invalid, eos_in_text)
+    return check_preferences(path, data, tokenizer, max_length, skip_invalid, eos_in_text, _stacklevel=3)
 
 
 def read_preferences(path: str | Path, skip_invalid: bool = False) -> PreferenceFile:
@@ -277,7 +277,7 @@ def read_preferences(path: str | Path, skip_invalid: bool = False) -> Preference
 
 
 def check_preferences(path: str | Path, data: PreferenceFile, tokenizer=None, max_length: int | None = None,
-                      skip_invalid: bool = False, eos_in_text: bool = False) -> PreferenceFile:
+                      skip_invalid: bool = False, eos_in_text: bool = False, _stacklevel: int = 2) -> PreferenceFile:
     """The checks of :func:`load_preferences` that need the tokenizer, on the rows :func:`read_preferences` read
     from ``path``: a prompt that leaves room for the completion within ``max_length``, and the warnings (EOS, and
     completions that repeat the prompt). Returns the rows that pass (``data`` itself without a tokenizer)."""
@@ -291,13 +291,13 @@ def check_preferences(path: str | Path, data: PreferenceFile, tokenizer=None, ma
         data = _some_rows(checked, path)
     eos = getattr(tokenizer, "eos_token", None) if tokenizer is not None else None
     for message in eos_problems(data.rows, eos, eos_in_text):
-        warnings.warn(f"{path}: {message}", EOSWarning, stacklevel=2)
+        warnings.warn(f"{path}: {message}", EOSWarning, stacklevel=_stacklevel)  # the warning names the user's line
     repeated = sum(_repeats_prompt(r) for r in data.rows)
     if repeated > len(data.rows) / 2:
         warnings.warn(f"{path}: in {repeated} of {len(data.rows)} rows both 'chosen' and 'rejected' begin with the "
                       "prompt; they should hold only the completion that follows it (the trainer scores prompt + "
                       "completion, so the prompt would be read twice): remove the prompt from the start of the "
-                      "completions", DataWarning, stacklevel=2)
+                      "completions", DataWarning, stacklevel=_stacklevel)  # the warning names the user's line
     return data
 
 

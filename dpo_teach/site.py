@@ -93,19 +93,30 @@ def exporter() -> HTMLExporter:
 def render(nb: nbformat.NotebookNode, title: str, **site) -> str:
     """One page titled ``title``; ``site`` fills the header and footer of ``site_assets/page.html``: ``nav`` (the
     links of :func:`site_pages.header_links`), ``banner`` (the mode), ``download`` (the notebook's file), ``pager``
-    (:func:`site_pages.neighbours`) and ``made`` (commit and time)."""
+    (:func:`site_pages.neighbours`) and ``made`` (commit and time). otter's ✅/❌ are drawn
+    (:func:`site_pages.draw_marks`)."""
     nb.metadata["title"] = title
     body, _ = exporter().from_notebook_node(nb, resources={"site": site})
-    return body
+    return site_pages.draw_marks(body)
 
 
 # --- pages from the README and the manifests ------------------------------------------------------------------------
 
-def readme_section(title: str) -> str:
-    """The README's ``## title`` section, heading included."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    body = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
-    return f"## {title}\n\n{body.strip()}"
+class _Sections(dict):
+    def __missing__(self, title: str):
+        raise KeyError(f"README.md has no '## {title}' section, which the site quotes (a heading renamed?); its "
+                       f"sections: {', '.join(repr(t) for t in self if t)}")
+
+
+def readme_sections(path: Path = ROOT / "README.md") -> dict[str, str]:
+    """The README by section, read once per build: ``{"": its introduction, title: its "## title" section, heading
+    included}``; a missing title raises a ``KeyError`` that names it and the sections there are."""
+    intro, *sections = path.read_text(encoding="utf-8").split("\n## ")
+    readme = _Sections({"": intro})
+    for section in sections:
+        title, _, body = section.partition("\n")
+        readme[title] = f"## {title}\n\n{body.strip()}"
+    return readme
 
 
 def markdown_page(*sections: str) -> nbformat.NotebookNode:
@@ -123,12 +134,16 @@ def link_pages(markdown: str, names: list[str], graded: dict[str, dict]) -> str:
 
 def make_help(targets: tuple[str, ...] = START) -> str:
     """The Makefile's own description of each of ``targets`` (its ``make help`` lines, continuations included) as
-    commands with comments: ``make lab    # open the notebooks in JupyterLab``."""
+    commands with comments: ``make lab    # open the notebooks in JupyterLab``. Every help line is a ``make X``
+    line or an indented continuation of one; any other line is an error (it would belong to no command)."""
     described, target = {}, None
     for line in re.findall(r'^\t@echo "(.*)"$', (ROOT / "Makefile").read_text(encoding="utf-8"), re.MULTILINE):
         start = re.match(r"make ([\w-]+)(?: \S+=\S+)* +", line)  # a command and its settings (BASE=<commit>)
-        if start or not line.startswith(" "):
-            target = start and start[1]
+        if not start and (target is None or not line.startswith(" ")):
+            raise ValueError(f"the Makefile's help line {line!r} is neither a `make TARGET  what it does` line nor "
+                             "an indented continuation of one: write it as one of those (dpo_teach/site.py reads them)")
+        if start:
+            target = start[1]
             described[target] = []
         at = start.end() if start else len(line) - len(line.lstrip())
         described[target].append(f"{line[:at]}# {line[at:]}".replace("\\`", "`"))
@@ -138,9 +153,9 @@ def make_help(targets: tuple[str, ...] = START) -> str:
     return "\n".join(line for t in targets for line in described[t])
 
 
-def get_the_course(zip_bytes: int) -> str:
+def get_the_course(readme: dict[str, str], zip_bytes: int) -> str:
     """The index's section on downloading the course (the zip of :func:`write_downloads`) and starting it."""
-    requirements = next(p for p in readme_section("Quick start").split("\n\n") if p.startswith("Requirements:"))
+    requirements = next(p for p in readme["Quick start"].split("\n\n") if p.startswith("Requirements:"))
     return (f"## Get the course\n\n[Download the course]({DOWNLOADS}/dpo-teach.zip) (a zip, {zip_bytes / 1e6:.1f} MB): "
             "the notebooks, the `dpo_teach` package they import, the README and the set-up; no exercise solutions. "
             "Unzip it and, in its folder `dpo-teach`, run\n\n"
@@ -149,14 +164,14 @@ def get_the_course(zip_bytes: int) -> str:
             "to run in that folder (the notebooks import the package).")
 
 
-def landing(titles: dict[str, str], graded: dict[str, dict], zip_bytes: int) -> nbformat.NotebookNode:
+def landing(readme: dict[str, str], titles: dict[str, str], graded: dict[str, dict],
+            zip_bytes: int) -> nbformat.NotebookNode:
     """``index.html``: the README's introduction, course map and toy world, how to get the course, every page."""
-    intro = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## ", 1)[0].replace("# dpo-teach", "# dpo-teach: "
-                                                                                             "the course")
+    intro = readme[""].replace("# dpo-teach", "# dpo-teach: the course")
     pages = "\n".join(f"- [{title}]({name}.html)" for name, title in titles.items())
-    course_map = link_pages(site_pages.for_readers(readme_section("Course map")), list(titles), graded)
-    return markdown_page(intro, get_the_course(zip_bytes), course_map,
-                         site_pages.for_readers(readme_section("The toy world")),
+    course_map = link_pages(site_pages.for_readers(readme["Course map"]), list(titles), graded)
+    return markdown_page(intro, get_the_course(readme, zip_bytes), course_map,
+                         site_pages.for_readers(readme["The toy world"]),
                          "## Pages\n\n" + pages + "\n- [PPO vs DPO: the shipped comparison](ppo_vs_dpo.html)"
                          "\n- [Exercises and grading](grading.html)")
 
@@ -170,7 +185,7 @@ def grading_page(name: str, title: str, questions: dict[str, dict]) -> nbformat.
         "How instructors grade these exercises, and every other set: [Exercises and grading](grading.html).")
 
 
-def grading_index(titles: dict[str, str], graded: dict[str, dict]) -> nbformat.NotebookNode:
+def grading_index(readme: dict[str, str], titles: dict[str, str], graded: dict[str, dict]) -> nbformat.NotebookNode:
     """``grading.html``: every exercise set (``graded``: each graded notebook's questions, from its manifest), how a
     student checks an answer, and how an instructor grades (the README's section, for readers)."""
     rows = []
@@ -179,9 +194,10 @@ def grading_index(titles: dict[str, str], graded: dict[str, dict]) -> nbformat.N
         points, by_hand = (sum(q[key] for q in questions.values()) for key in ("points", "manual"))
         rows.append(f"| [{titles[name]}]({name}.html) | [{count}](grading_{name}.html) | {points} | {by_hand} |")
     table = "| notebook | exercises | points | graded by hand |\n|---|---|---|---|\n" + "\n".join(rows)
-    # marked for instructors: the masters and the student versions are theirs to know; the test suite is not
-    heading, _, section = site_pages.for_readers(readme_section("For instructors: grading"),
-                                                 site_pages.FOR_DEVELOPERS).partition("\n\n")
+    # marked for instructors: the masters and the student versions are theirs to know; the test suite is not (what
+    # it guarantees them is said in their words)
+    heading, _, section = site_pages.for_readers(readme["For instructors: grading"], site_pages.FOR_DEVELOPERS,
+                                                 reword=site_pages.INSTRUCTOR_WORDS).partition("\n\n")
     return markdown_page(f"# Exercises and grading\n\n{table}", CHECKING, f"{heading}\n\n{INSTRUCTORS}\n\n{section}")
 
 
@@ -196,8 +212,8 @@ def frontier_figure(path: Path) -> None:
     save_figure(frontier.plot_frontier(frontier.load_results(NOTEBOOKS / "assets" / "compare_results.json")), path)
 
 
-def results_page() -> nbformat.NotebookNode:
-    return markdown_page(site_pages.for_readers(readme_section("PPO vs DPO (instructor demo)")).replace(
+def results_page(readme: dict[str, str]) -> nbformat.NotebookNode:
+    return markdown_page(site_pages.for_readers(readme["PPO vs DPO (instructor demo)"]).replace(
         "\n\nMeasured", "\n\n![reward–KL frontier, fluency and sample efficiency](images/frontier.png)\n\nMeasured", 1))
 
 
@@ -294,17 +310,20 @@ def write_downloads(out: Path) -> int:
     return archive.stat().st_size
 
 
-def all_pages(executed: dict[str, nbformat.NotebookNode], titles: dict[str, str], graded: dict[str, dict],
-              zip_bytes: int) -> dict:
-    """``{stem: (notebook, title)}`` for every page of the site: the index, the comparison, the notebooks and the
-    exercise pages (``graded``: :func:`graded_questions`)."""
-    pages = {"index": (landing(titles, graded, zip_bytes), "dpo-teach: the course"),
-             "ppo_vs_dpo": (results_page(), "PPO vs DPO: the shipped comparison")}
-    pages |= {name: (site_pages.prepare(executed[name]), title) for name, title in titles.items()}
+def all_pages(executed: dict[str, nbformat.NotebookNode], caches: dict[str, str], titles: dict[str, str],
+              graded: dict[str, dict], zip_bytes: int) -> dict:
+    """``{stem: (notebook, title)}`` for every page of the site: the index, the comparison, the notebooks (``caches``:
+    the π_ref cache folder each one's run used, if not this process's) and the exercise pages (``graded``:
+    :func:`graded_questions`). The README is read here, once."""
+    readme = readme_sections()
+    pages = {"index": (landing(readme, titles, graded, zip_bytes), "dpo-teach: the course"),
+             "ppo_vs_dpo": (results_page(readme), "PPO vs DPO: the shipped comparison")}
+    pages |= {name: (site_pages.prepare(executed[name], [caches[name]] if name in caches else []), title)
+              for name, title in titles.items()}
     pages |= {f"grading_{name}": (grading_page(name, titles[name], questions), f"Exercises of {titles[name]}")
               for name, questions in graded.items()}
     if graded:
-        pages["grading"] = (grading_index(titles, graded), "Exercises and grading")
+        pages["grading"] = (grading_index(readme, titles, graded), "Exercises and grading")
     return pages
 
 
@@ -315,14 +334,17 @@ def graded_questions(names: list[str]) -> dict[str, dict]:
     return {name: manifests[name]["questions"] for name in names if name in manifests}
 
 
-def build(executed: dict[str, nbformat.NotebookNode], out: Path, mode: str) -> list[Path]:
-    """Write the site for the executed notebooks ``{name: notebook}`` into ``out`` (emptied first); returns pages."""
+def build(executed: dict[str, nbformat.NotebookNode], out: Path, mode: str,
+          caches: dict[str, str] | None = None) -> list[Path]:
+    """Write the site for the executed notebooks ``{name: notebook}`` into ``out`` (emptied first); returns pages.
+    ``caches``: ``{name: the π_ref cache folder its run recorded}``, for runs made in another process with another
+    ``$DPO_TEACH_CACHE`` (a test worker's); a run of this process used this process's cache."""
     titles = {name: site_pages.first_heading(executed[name], name) for name in sorted(executed)}
     shutil.rmtree(out, ignore_errors=True)
     (out / "images").mkdir(parents=True)
     copy_static(out)
     frontier_figure(out / "images" / "frontier.png")
-    pages = all_pages(executed, titles, graded_questions(list(titles)), write_downloads(out))
+    pages = all_pages(executed, caches or {}, titles, graded_questions(list(titles)), write_downloads(out))
     common = {"banner": mode_note(mode), "made": provenance()}
     for stem, (nb, title) in pages.items():
         download = f"{DOWNLOADS}/{stem}.ipynb"
@@ -349,18 +371,19 @@ def main(argv: list[str] | None = None) -> None:
         return frontier_figure(args.frontier)
     mode = current_mode()
     workdir = args.workdir or args.out.with_name(args.out.name + "-executed") / mode
-    from dpo_teach.world import WorldConfig, load_reference
+    from dpo_teach.world import WorldConfig, cache_dir, load_reference
 
     os.environ.pop("MPLBACKEND", None)  # the kernels draw inline: with MPLBACKEND=Agg the pages would have no figures
     start = time.perf_counter()
     load_reference(WorldConfig(preset="tiny"), verbose=True)  # π_ref cached before the first kernel asks for it
-    executed = {}
+    executed, caches = {}, {}
     for path in notebook_paths():
         t = time.perf_counter()
         executed[path.stem] = execute(path, workdir)
+        caches[path.stem] = str(cache_dir())  # the kernel's: it inherits this process's $DPO_TEACH_CACHE
         print(f"{path.stem}: executed in {time.perf_counter() - t:.0f} s ({mode} mode)", flush=True)
     t = time.perf_counter()
-    pages = build(executed, args.out, mode)
+    pages = build(executed, args.out, mode, caches)
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"{len(pages)} pages rendered in {time.perf_counter() - t:.0f} s; {args.out}: {size / 1e6:.1f} MB; "
           f"{time.perf_counter() - start:.0f} s in all. Open {args.out / 'index.html'}")

@@ -3,9 +3,10 @@
 A notebook's outputs speak to the person who ran it, on their machine; a page of the site is read by someone else.
 So before a notebook is rendered: widgets become what they showed (:func:`static_widgets`), the suite's forced
 claim notes go (:func:`drop_forced_notes`), the build machine's folders become the names a reader would have
-(:func:`clean_outputs`: the π_ref cache, the virtual environment, temporary folders, the kernel's cell files, the
-doctest frames of exercise feedback), notebook 00's report on "this machine" says whose machine that was
-(:func:`note_build_machine`), and each exercise check's feedback folds into one line (:func:`fold_checks`). The
+(:func:`clean_outputs`: the π_ref cache that the run recorded, the virtual environment, temporary folders, the
+kernel's cell files, the doctest frames of exercise feedback), notebook 00's report on "this machine" says whose machine
+that was (:func:`note_build_machine`), and each exercise check's feedback folds into one line (:func:`fold_checks`).
+On every rendered page otter's ✅/❌ marks are drawn, not typed (:func:`draw_marks`: no emoji font needed). The
 README's sections that the site shows leave out what only the course's developers need (:func:`for_readers`).
 """
 
@@ -16,7 +17,7 @@ import json
 import re
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import nbformat
@@ -50,11 +51,23 @@ FOR_DEVELOPERS = re.compile(r"\bCI\b|test suite|pytest|\btests/|DPO_TEACH_STRICT
                             r"completed by us", re.IGNORECASE)
 FOR_INSTRUCTORS = re.compile(r"\bmasters?\b|student (?:notebook|version)", re.IGNORECASE)
 NOT_FOR_STUDENTS = re.compile(f"{FOR_DEVELOPERS.pattern}|{FOR_INSTRUCTORS.pattern}", re.IGNORECASE)
+# The README's grading section (on grading.html) names the test suite in sentences that also tell an instructor
+# something they need: what is guaranteed about the student notebooks, and where the grader's limits are written down.
+# for_readers would drop those sentences; these words replace the developers' in them (tests/test_site.py checks
+# that the page keeps what they say).
+INSTRUCTOR_WORDS = {
+    "`tests/test_grading.py` checks that the committed files":
+        "The course's own checks confirm that the committed files",
+    "`tests/test_grading_hostile.py` holds the attacks it is tested against, and the ordinary code it must not flag;":
+        "The grader is tested against known attacks, and against ordinary code that it must not flag;",
+}
 SENTENCE_END = re.compile(r"(?<=[.!?])(?<!e\.g\.)(?<!i\.e\.)\s+(?=[A-Z*`\[(])")  # not after "e.g."
 PARENTHESIS = re.compile(r" ?\([^()]*\)")
 MARKUP = {"text/html", "text/markdown"}  # output kinds in which "<" starts a tag
 PATH_CHAR = r"[^\s'\"<>|`)]"  # a character of a printed path
 NAME_CHAR = r"[^\s'\"<>|`)/]"  # a character of one of its folders' names
+# where a printed path ends: only punctuation (the end of a sentence, a list's comma) follows, then no more path
+PATH_END = rf"[.,;:!?]*(?!{PATH_CHAR})"
 DEFAULT_CACHE = "~/.cache/dpo-teach"  # where a student's π_ref is cached (world.cache_dir without $DPO_TEACH_CACHE)
 
 
@@ -114,37 +127,27 @@ def drop_forced_notes(nb: nbformat.NotebookNode) -> None:
 
 def _literal(path: Path | str) -> str:
     """A regex for the folder ``path`` as printed, alone or followed by more of a path (not by more of its name)."""
-    return re.escape(str(path).rstrip("/")) + rf"(?=/|(?!{NAME_CHAR}))"
+    return re.escape(str(path).rstrip("/")) + rf"(?=/|{PATH_END})"
 
 
-def printed_caches(texts: Iterable[str]) -> set[str]:
-    """The folders printed in ``texts`` that are a π_ref cache: they hold an entry ``reference-PRESET-KEY/world.json``.
-    So a cache reads as the default one wherever it was, this process's ``$DPO_TEACH_CACHE`` or another's (a test
-    worker's that ran the notebook while this one builds the site)."""
-    found = set()
-    for printed in {m[0] for text in texts for m in re.finditer(rf"(?<![^\s'\"(>=])/{PATH_CHAR}+", text)}:
-        folder = Path(printed.rstrip(".,;:"))
-        if folder.is_dir() and any(folder.glob("reference-*-*/world.json")):
-            found.add(str(folder))
-    return found
-
-
-def machine_paths(texts: Iterable[str] = ()) -> list[tuple[re.Pattern, str]]:
+def machine_paths(caches: Iterable[Path | str] = ()) -> list[tuple[re.Pattern, str]]:
     """``(pattern, what a reader sees instead)`` for the folders of the machine and the run that built the site, in
     the order they apply (a kernel's cell file and a cache entry can lie in a temporary folder, the venv in the
-    repository): a kernel's cell file -> ``<cell>``, a π_ref cache entry anywhere, the cache or a cache printed in
-    ``texts`` (:func:`printed_caches`) -> the default cache, the venv -> ``.venv``, the repository -> ``dpo-teach``, a
-    temporary folder -> ``<temporary folder>``."""
+    repository): a kernel's cell file -> ``<cell>``, a π_ref cache entry anywhere, this process's cache or one of
+    ``caches`` (the π_ref caches that the notebook runs recorded: a run in another process, such as a test worker's,
+    had its own ``$DPO_TEACH_CACHE``) -> the default cache, the venv -> ``.venv``, the repository -> ``dpo-teach``, a
+    temporary folder -> ``<temporary folder>``. A path keeps the punctuation that follows it (``in /tmp/x.``)."""
     from dpo_teach.world import cache_dir
 
-    caches = {cache_dir(), cache_dir().resolve(), *printed_caches(texts)}
-    folders = [(cache, DEFAULT_CACHE) for cache in sorted(map(str, caches), key=len, reverse=True)]
+    recorded = [Path(cache) for cache in caches]
+    every_cache = {cache_dir(), cache_dir().resolve(), *recorded, *(cache.resolve() for cache in recorded)}
+    folders = [(cache, DEFAULT_CACHE) for cache in sorted(map(str, every_cache), key=len, reverse=True)]
     folders += [(sys.prefix, ".venv"), (sys.base_prefix, "python"), (NOTEBOOKS.parent, "dpo-teach"), (Path.home(), "~")]
     rules = [(rf"{PATH_CHAR}*/ipykernel_\d+/\d+\.py", "<cell>"),
              (rf"{PATH_CHAR}*/(?=reference-\w+-\w+)", f"{DEFAULT_CACHE}/")]
     rules += [(_literal(folder), text) for folder, text in folders if str(folder).strip("/.")]
     # a temporary folder, however deep (a test run's is /tmp/pytest-of-USER/pytest-N/...), up to a file's name
-    rules += [(re.escape(temp) + rf"(?:/{NAME_CHAR}+)+?(?=/{NAME_CHAR}+\.\w+\b|(?!/{NAME_CHAR}))", "<temporary folder>")
+    rules += [(re.escape(temp) + rf"(?:/{NAME_CHAR}+?)+?(?=/{NAME_CHAR}+\.\w+\b|/?{PATH_END})", "<temporary folder>")
               for temp in {tempfile.gettempdir(), "/tmp"}]
     return [(re.compile(pattern), text) for pattern, text in rules]
 
@@ -153,24 +156,15 @@ def clean_text(text: str, markup: bool = False, rules: list[tuple[re.Pattern, st
     """``text`` (an output's text, or its HTML when ``markup``) without the build machine's folders
     (:func:`machine_paths`, or ``rules`` already made from it) and without doctest's own frames in a traceback (the
     failing example and its error stay)."""
-    for pattern, neutral in rules or machine_paths([text]):
+    for pattern, neutral in rules or machine_paths():
         text = pattern.sub(html.escape(neutral) if markup else neutral, text)
     return DOCTEST_FRAME.sub("", text)
 
 
-def output_texts(nb: nbformat.NotebookNode) -> list[str]:
-    """Every text of every output of ``nb``: streams, tracebacks and the text forms of results."""
-    texts = []
-    for cell in code_cells(nb):
-        for out in cell.outputs:
-            texts += [out.get("text", ""), *out.get("traceback", [])]
-            texts += [v for k, v in out.get("data", {}).items() if k.startswith("text/") and isinstance(v, str)]
-    return texts
-
-
-def clean_outputs(nb: nbformat.NotebookNode) -> None:
-    """:func:`clean_text` on every output: streams, tracebacks and every text form of a result."""
-    rules = machine_paths(output_texts(nb))  # once per notebook, not once per output line
+def clean_outputs(nb: nbformat.NotebookNode, caches: Iterable[Path | str] = ()) -> None:
+    """:func:`clean_text` on every output: streams, tracebacks and every text form of a result. ``caches``: the π_ref
+    cache folders the run of ``nb`` recorded (:func:`machine_paths`)."""
+    rules = machine_paths(caches)  # once per notebook, not once per output line
     for cell in code_cells(nb):
         for out in cell.outputs:
             if "text" in out:
@@ -219,12 +213,33 @@ def fold_checks(nb: nbformat.NotebookNode) -> None:
                             f"</summary><pre>{html.escape(feedback)}</pre></details>"}
 
 
-def prepare(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """A copy of the executed notebook ``nb`` made ready to render (the caller's stays as it ran)."""
+def prepare(nb: nbformat.NotebookNode, caches: Iterable[Path | str] = ()) -> nbformat.NotebookNode:
+    """A copy of the executed notebook ``nb`` made ready to render (the caller's stays as it ran); ``caches``: the
+    π_ref cache folders its run recorded (:func:`clean_outputs`)."""
     page = nbformat.from_dict(json.loads(json.dumps(nb)))
-    for step in (static_widgets, drop_forced_notes, clean_outputs, note_build_machine, fold_checks):
-        step(page)
+    static_widgets(page)
+    drop_forced_notes(page)
+    clean_outputs(page, caches)
+    note_build_machine(page)
+    fold_checks(page)
     return page
+
+
+# otter's marks, drawn (an emoji font, which many machines lack, would be needed to show the characters), with their
+# meaning for a screen reader; site.css colours them.
+MARKS = {mark: f'<svg class="site-mark site-{kind}" role="img" aria-label="{kind}" viewBox="0 0 16 16" width="1em" '
+               f'height="1em"><path d="{path}" fill="none" stroke="currentColor" stroke-width="2.4" '
+               'stroke-linecap="round" stroke-linejoin="round"/></svg>'
+         for mark, kind, path in (("✅", "passed", "M2.5 8.5 6.5 12.5 13.5 3.5"),  # a tick
+                                  ("❌", "failed", "M3.5 3.5l9 9m0-9-9 9"))}  # a cross
+
+
+def draw_marks(page: str) -> str:
+    """The rendered ``page`` (HTML) with each ✅/❌ in the text of its body drawn as an inline SVG (:data:`MARKS`);
+    tags, their attributes, scripts, styles and the head are left as they are."""
+    body = max(page.find("<body"), 0)  # none: all of it is body
+    kept = r"(<script\b.*?</script>|<style\b.*?</style>|<[^>]*>)"
+    return page[:body] + re.sub(kept + "|[✅❌]", lambda m: m[1] or MARKS[m[0]], page[body:], flags=re.DOTALL)
 
 
 # --- the README's text for readers ---------------------------------------------------------------------------------
@@ -251,13 +266,17 @@ def _sentences_for_readers(prose: str, hide: re.Pattern) -> str:
     return bullet + kept if kept else ""
 
 
-def for_readers(markdown: str, hide: re.Pattern = NOT_FOR_STUDENTS) -> str:
+def for_readers(markdown: str, hide: re.Pattern = NOT_FOR_STUDENTS, reword: Mapping[str, str] | None = None) -> str:
     """``markdown`` (a README section) without each sentence, parenthesis, table row or code line that names what
     ``hide`` matches (by default what a student's page may not say; for a section marked for instructors,
-    :data:`FOR_DEVELOPERS`), with the comment lines that continue a dropped code line."""
+    :data:`FOR_DEVELOPERS`), with the comment lines that continue a dropped code line. ``reword``: ``{words: other
+    words}`` replaced in the prose first (its lines joined), so that a sentence that says something a reader needs in
+    words they do not need is kept, in theirs (:data:`INSTRUCTOR_WORDS`)."""
     kept, dropped = [], False
     for prose, text in _units(markdown):
         if prose:
+            for words, theirs in (reword or {}).items():
+                text = text.replace(words, theirs)
             text = _sentences_for_readers(text, hide)
         continues = dropped and text.startswith(" ") and text.lstrip().startswith("#")
         dropped = (prose and not text) or (not prose and bool(hide.search(text))) or continues

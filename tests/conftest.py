@@ -300,10 +300,11 @@ class NotebookRuns:
     """Notebooks executed headless in a fresh kernel, each (path, mode) at most once per suite.
 
     ``get(path)`` returns ``{"nb": the executed notebook, "seconds": its wall time, "error": None or what stopped
-    it}``. The first caller runs it and stores the executed copy; later callers, in any worker, read that copy (and
-    wait while another worker is running it). The copy is saved under the name a browser download or "Make a copy"
-    gives (``NN_name (1).ipynb``), in a folder outside the repository: the whole notebook must run to its end under
-    any file name (its grader cell finds its own file and tests, dpo_teach/grading/student.py).
+    it, "cache": the π_ref cache folder its kernel used (its worker's $DPO_TEACH_CACHE)}``. The first caller runs it
+    and stores the executed copy; later callers, in any worker, read that copy (and wait while another worker is
+    running it). The copy is saved under the name a browser download or "Make a copy" gives (``NN_name (1).ipynb``),
+    in a folder outside the repository: the whole notebook must run to its end under any file name (its grader cell
+    finds its own file and tests, dpo_teach/grading/student.py).
     """
 
     def __init__(self, store: Path):
@@ -326,6 +327,7 @@ class NotebookRuns:
         from dpo_teach.headless import notebook_client
         from dpo_teach.site import link_assets
         from dpo_teach.utils import atomic_write_json
+        from dpo_teach.world import cache_dir
 
         workdir = self.store / key
         workdir.mkdir(exist_ok=True)
@@ -360,7 +362,7 @@ class NotebookRuns:
         error = stopped or (f"ClaimFailed: {len(failed)} claim(s) did not hold: {failed}" if failed else None)
         nbformat.write(nb, copy)  # the executed copy, outputs included, where the run left its files
         atomic_write_json(self.store / f"{key}.json", {"seconds": seconds, "error": error, "stopped": stopped,
-                                                       "claims": claims, "file": str(copy),
+                                                       "claims": claims, "file": str(copy), "cache": str(cache_dir()),
                                                        "left_in_tmp": sorted(p.name for p in scratch.iterdir())})
         # (the json file is written last: it marks the run done)
         print(f"{key}: {seconds:.1f} s" + (f", stopped: {error.splitlines()[0]}" if error else ""))

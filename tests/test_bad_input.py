@@ -959,6 +959,21 @@ def test_every_trainer_that_diverges_says_which_run_which_step_and_what_to_chang
         assert "β" not in fix, message
 
 
+def test_ipos_divergence_hint_raises_beta(world, pairs):
+    """IPO's loss (h − 1/(2β))² has a target and a gradient that grow as β falls: its hint says to raise β, where
+    every other trainer's says to lower it (before: "or β", read as lower, which makes IPO worse)."""
+    import copy
+
+    from dpo_teach.dpo import DPOConfig, train_dpo
+    from dpo_teach.training import TrainingError
+
+    reference, tokenizer = world
+    with pytest.raises(TrainingError) as caught:
+        train_dpo(copy.deepcopy(reference), reference, tokenizer, pairs[:16],
+                  DPOConfig(batch_size=4, lr=1e30, loss_type="ipo"))
+    assert str(caught.value).endswith("Lower the learning rate (lr, e.g. 1e+29) or raise β (beta)"), str(caught.value)
+
+
 def test_an_out_dir_holding_other_files_is_refused_before_any_work(tmp_path, capsys, no_work):
     out = tmp_path / "mine"
     out.mkdir()

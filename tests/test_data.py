@@ -160,8 +160,9 @@ def test_completions_that_repeat_the_prompt_are_warned_about(tmp_path):
     full = {"prompt": "the film was", "chosen": "the film was great .", "rejected": "the film was bad ."}
     path = write_lines(tmp_path, [json.dumps(full)] * 3 + [json.dumps(GOOD)])
     with pytest.warns(DataWarning, match=r"in 3 of 4 rows both 'chosen' and 'rejected' begin with the prompt; .* "
-                                         r"remove the prompt from the start of the completions"):
+                                         r"remove the prompt from the start of the completions") as caught:
         assert len(load_preferences(path).rows) == 4  # still loads: a warning, not an error
+    assert {w.filename for w in caught} == {__file__}, "the warning points at the caller's line, not the package"
     import warnings
 
     with warnings.catch_warnings():

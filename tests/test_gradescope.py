@@ -155,7 +155,7 @@ def test_the_manifests_mark_the_multiple_choice_questions(assigned):
 def test_a_manifest_written_before_the_mark_still_withholds_multiple_choice(assigned, tmp_path):
     """A manifest from before ``assign`` wrote ``choice`` (a course's own, not rebuilt): its multiple-choice
     questions are found from the bundle's public tests, so Gradescope still hides their results; a manifest with the
-    mark on some questions only is refused with what to do."""
+    mark on some questions only, or with a mark that is not true or false, is refused with what to do."""
     for suffix in (".json", ".zip"):
         shutil.copy(assigned / "autograder" / f"04_fixed_reward_and_reference{suffix}", tmp_path)
     path = tmp_path / "04_fixed_reward_and_reference.json"
@@ -169,6 +169,11 @@ def test_a_manifest_written_before_the_mark_still_withholds_multiple_choice(assi
     path.write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match=r"questions\[0\] needs 'choice'.*make assign"):
         load_manifests(tmp_path)
+    for wrong in (None, 0, "no"):  # read as they are, null or 0 would show a letter's result at once
+        manifest["questions"][0]["choice"] = wrong
+        path.write_text(json.dumps(manifest))
+        with pytest.raises(ManifestError, match=rf"questions\[0\]: 'choice' must be true or false, not {wrong!r}"):
+            load_manifests(tmp_path)
 
 
 def test_gradescope_withholds_what_the_manifest_marks(assigned, tmp_path):

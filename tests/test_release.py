@@ -87,9 +87,11 @@ def test_release_replaces_only_an_earlier_release(tmp_path, monkeypatch):
     out = tmp_path / "student"
     release(out)
     (out / "notebooks" / "stale.ipynb").write_text("from before")
-    (out / ".venv" / "bin").mkdir(parents=True)  # what `make lab` in the release creates
-    release(out)  # an earlier release is replaced whole, its .venv too
+    for made in (".venv/bin", "dpo_teach.egg-info"):  # what `make lab` in the release creates
+        (out / made).mkdir(parents=True)
+    release(out)  # an earlier release is replaced whole, its set-up too
     assert out.is_dir() and not (out / "notebooks" / "stale.ipynb").exists() and not (out / ".venv").exists()
+    assert not (out / "dpo_teach.egg-info").exists()
     done = subprocess.run([sys.executable, "-m", "dpo_teach.grading", "release", "--out", str(notes)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "nothing was written" in done.stderr and (notes / "precious.txt").is_file()

@@ -10,6 +10,7 @@ other host blocked, at a desktop's width and then at a phone's, and each page's 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -36,26 +37,63 @@ ARTIFACTS = Path(os.environ.get("DPO_TEACH_SITE_ARTIFACTS", NOTEBOOKS.parent / "
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 RAW_MATH = re.compile(r"\$[^$\n]+\$|\\\(|\\\[|\\begin\{")
 PHONE = {"width": 390, "height": 844}
-TITLES = {path.stem: site_pages.first_heading(nbformat.read(path, as_version=4), path.stem)
-          for path in site.notebook_paths()}
+README = site.ROOT / "README.md"
+
+
+@functools.cache
+def titles() -> dict[str, str]:
+    """``{notebook: its title}``, read when a test first needs them (not when a worker imports this module)."""
+    return {path.stem: site_pages.first_heading(nbformat.read(path, as_version=4), path.stem)
+            for path in site.notebook_paths()}
 
 
 @pytest.fixture(scope="module")
-def built(notebook_runs, tmp_path_factory):
-    """``(site folder, pages)``: the site of the suite's fast-mode runs of every notebook."""
+def build_run(notebook_runs, tmp_path_factory):
+    """The site of the suite's fast-mode runs of every notebook (each run's π_ref cache as the run recorded it):
+    ``{"out": its folder, "pages", "readme_reads": how often the build read README.md}``."""
     runs = {path.stem: notebook_runs.get(path, fast=True) for path in site.notebook_paths()}
     stopped = {name: run["error"] for name, run in runs.items() if run["error"]}
     assert not stopped, f"notebooks that did not run to the end: {stopped}"
     out = tmp_path_factory.mktemp("site") / "site"
+    reads, read = [], Path.open
+
+    def counted(path, *args, **kwargs):  # Path.read_text opens through Path.open
+        reads.extend([path] if Path(path).absolute() == README else [])
+        return read(path, *args, **kwargs)
+
     start = time.perf_counter()
-    pages = site.build({name: run["nb"] for name, run in runs.items()}, out, mode="fast")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "open", counted)
+        pages = site.build({name: run["nb"] for name, run in runs.items()}, out, mode="fast",
+                           caches={name: run["cache"] for name, run in runs.items()})
     seconds = time.perf_counter() - start
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     (ARTIFACTS / "build.json").write_text(json.dumps({
         "render_s": round(seconds, 1), "notebook_run_s": {n: round(r["seconds"], 1) for n, r in runs.items()},
         "bytes": size, "pages": len(pages)}, indent=1))
-    return out, pages
+    return {"out": out, "pages": pages, "readme_reads": len(reads)}
+
+
+@pytest.fixture(scope="module")
+def built(build_run):
+    """``(site folder, pages)``."""
+    return build_run["out"], build_run["pages"]
+
+
+def test_importing_this_module_reads_no_notebook(monkeypatch):
+    """Every xdist worker imports this module, most of them only to run other modules' tests: nothing is read then."""
+    import importlib.util
+
+    reads, read = [], nbformat.read
+    monkeypatch.setattr(nbformat, "read", lambda *args, **kwargs: reads.append(args[0]) or read(*args, **kwargs))
+    spec = importlib.util.spec_from_file_location("test_site_imported_again", __file__)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    assert not reads, f"importing test_site.py read {len(reads)} notebooks"
+
+
+def test_the_readme_is_read_once_per_build(build_run):
+    assert build_run["readme_reads"] == 1
 
 
 def test_every_notebook_has_a_page_with_its_outputs(built):
@@ -121,34 +159,44 @@ def test_build_machine_paths_become_a_readers_names():
                "/tmp/dpo-teach-07-jeslvsp3/train.jsonl: 1997 rows": "<temporary folder>/train.jsonl: 1997 rows",
                "/tmp/pytest-of-root/pytest-3/cache0/reference-tiny-70065": "~/.cache/dpo-teach/reference-tiny-70065",
                "data in /tmp/pytest-of-root/pytest-3/private0": "data in <temporary folder>",  # not a cache
-               "wrote /tmp/pytest-of-root/pytest-3/run0/metrics.json.": "wrote <temporary folder>/metrics.json."}
+               "wrote /tmp/pytest-of-root/pytest-3/run0/metrics.json.": "wrote <temporary folder>/metrics.json.",
+               # a folder at the end of a sentence, or before a comma, keeps its punctuation
+               "data in /tmp/pytest-of-root/pytest-3/private0.": "data in <temporary folder>.",
+               "saved in /tmp/dpo-teach-x/run0, then read": "saved in <temporary folder>, then read",
+               f"π_ref is cached in {cache_dir()}.": "π_ref is cached in ~/.cache/dpo-teach.",
+               f"run it in {site.ROOT}.": "run it in dpo-teach."}
     assert {line: site_pages.clean_text(line) for line in printed} == printed
     assert site_pages.clean_text("/tmp/x/train.jsonl", markup=True) == "&lt;temporary folder&gt;/train.jsonl"
 
 
 def test_a_cache_reads_as_the_default_one_wherever_it_was(tmp_path, monkeypatch):
     """Under pytest-xdist the notebook may have run in another worker, with another $DPO_TEACH_CACHE than the worker
-    that builds the site (``make site`` runs and builds in one process): a folder that holds a π_ref cache entry
-    reads as the default cache however the notebook was executed, in each form of 00's set-up report."""
+    that builds the site (``make site`` runs and builds in one process): the cache folder that the run recorded reads
+    as the default cache, in each form of 00's set-up report, whether or not it is still on disk where the site is
+    built; a folder that only looks like a cache, and that no run recorded, is not called one."""
     from dpo_teach.setup_check import setup_report
 
     other = tmp_path / "popen-gw0" / "dpo-teach-cache0"  # as the worker that ran 00 names its cache
-    (other / "reference-tiny-70065").mkdir(parents=True)
-    (other / "reference-tiny-70065" / "world.json").write_text("{}")
     with monkeypatch.context() as run_elsewhere:
         run_elsewhere.setenv("DPO_TEACH_CACHE", str(other))
         report = setup_report(probe_s=0.01)
     assert report["cache (π_ref)"] == str(other) and site_pages.DEFAULT_CACHE not in str(site.ROOT)
+    assert not other.exists(), "the worker's cache is not on this disk"
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("setup_report()", outputs=[
         nbformat.v4.new_output("stream", name="stdout", text=f"{report}\n"),
         nbformat.v4.new_output("display_data", data={"text/plain": str(report),
                                                      "text/markdown": report._repr_markdown_()})])])
-    site_pages.clean_outputs(nb)
+    site_pages.clean_outputs(nb, caches=[other])  # as the run recorded it
     stream, shown = nb.cells[0].outputs
     for text in (stream.text, shown.data["text/plain"], shown.data["text/markdown"]):
         assert re.findall(r"cache \(π_ref\)[\s|]+(\S+)", text) == [site_pages.DEFAULT_CACHE], text
-    assert site_pages.clean_text(f"cache {other}/") == f"cache {site_pages.DEFAULT_CACHE}/"
-    assert site_pages.clean_text(f"wrote {other.parent}/x.json") == "wrote <temporary folder>/x.json"  # no cache
+    rules = site_pages.machine_paths([other])
+    assert site_pages.clean_text(f"cache {other}/", rules=rules) == f"cache {site_pages.DEFAULT_CACHE}/"
+    assert site_pages.clean_text(f"wrote {other.parent}/x.json", rules=rules) == "wrote <temporary folder>/x.json"
+    lookalike = tmp_path / "data"  # holds what a cache holds, but no run used it
+    (lookalike / "reference-tiny-70065").mkdir(parents=True)
+    (lookalike / "reference-tiny-70065" / "world.json").write_text("{}")
+    assert site_pages.clean_text(f"read {lookalike}", rules=rules) == "read <temporary folder>"
 
 
 def test_selections_show_their_chosen_label():
@@ -167,6 +215,33 @@ def test_selections_show_their_chosen_label():
     assert shown == ["setting mid", "method DPO", "β 0.3"] and "widgets" not in nb.metadata
     for control in (box, *controls):
         control.close()
+
+
+def test_pass_and_fail_marks_are_drawn_not_typed():
+    """otter's ✅/❌ (in its feedback, and in 00's text about it) need an emoji font, which many machines lack (they
+    show as empty boxes): a page draws them, with their meaning for a screen reader; the head is left as it is."""
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("For each public test, ✅ or ❌."),
+        nbformat.v4.new_code_cell('grader.check("q1")', outputs=[nbformat.v4.new_output(
+            "stream", name="stdout", text="q1 results:\n    q1 - 1 result:\n        ✅ Test case passed\n"
+                                          "    q1 - 2 result:\n        ❌ Test case failed\n")])])
+    page = site.render(nb, "marks ✅")
+    head, body = page.split("<body", 1)
+    assert not re.findall("[✅❌]", body) and "<title>marks ✅</title>" in head
+    for kind in ("passed", "failed"):  # one in the text, one in the feedback
+        assert body.count(f'<svg class="site-mark site-{kind}" role="img" aria-label="{kind}"') == 2, kind
+    assert "</svg> Test case passed" in body and "</svg> Test case failed" in body
+    script = '<body><script>const mark = "✅";</script><p>✅</p></body>'  # a script's text is code, not a mark
+    assert site_pages.draw_marks(script).startswith('<body><script>const mark = "✅";</script><p><svg')
+
+
+def test_a_readme_section_the_site_quotes_names_itself_when_missing(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# course\n\n## Quick start\n\nmake lab\n", encoding="utf-8")
+    sections = site.readme_sections(readme)
+    assert sections["Quick start"] == "## Quick start\n\nmake lab"
+    with pytest.raises(KeyError, match="README.md has no '## Grading' section, which the site quotes.*'Quick start'"):
+        sections["Grading"]
 
 
 def test_readme_sections_leave_out_what_only_developers_need():
@@ -195,8 +270,12 @@ def test_no_page_talks_about_how_the_course_was_made(built):
     found = {name: [m[0] for m in site_pages.NOT_FOR_STUDENTS.finditer(text)][:5] for name, text in texts.items()}
     found["grading (for instructors)"] = [m[0] for m in site_pages.FOR_DEVELOPERS.finditer(instructors)][:5]
     assert not any(found.values()), {k: v for k, v in found.items() if v}
-    for kept in ["`make assign` regenerates the student notebooks and the bundles", "their rubrics are in the master"]:
-        assert kept.replace("`", "") in instructors, kept
+    # ... also where the README says it with the test suite's names: the guarantee on the student notebooks, and
+    # where the grader's limits are written down
+    for kept in ["`make assign` regenerates the student notebooks and the bundles", "their rubrics are in the master",
+                 "no solution line or hidden test reaches a student notebook",
+                 "`course/INSTRUCTOR.md` says what no in-process grader can stop"]:
+        assert kept.replace("`", "") in " ".join(instructors.split()), kept
     assert "shorter training runs than the notebooks' default" in site.page_text(out / "index.html")  # the banner
 
 
@@ -246,6 +325,24 @@ def test_the_index_says_how_to_get_and_start_the_course(built):
     assert "(below)" in above and "π_ref" in toy_world
 
 
+def test_a_help_line_that_is_no_make_command_is_an_error(tmp_path, monkeypatch):
+    """``make help``'s lines are read as commands and their continuations: any other line (a heading, text at the
+    start of a line) would be described under no command, so the site's build says which line to fix."""
+    def makefile(*lines: str) -> None:
+        (tmp_path / "Makefile").write_text("help:\n" + "".join(f'\t@echo "{line}"\n' for line in lines))
+
+    monkeypatch.setattr(site, "ROOT", tmp_path)
+    lab, more, demo = "make lab    open the notebooks", "           in JupyterLab", "make demo   the demo"
+    makefile(lab, more, demo)
+    assert site.make_help() == "make lab    # open the notebooks\n           # in JupyterLab\nmake demo   # the demo"
+    for stray, lines in [("Usage: make TARGET", ["Usage: make TARGET", lab, more, demo]),
+                         ("(each sets up .venv)", [lab, more, "(each sets up .venv)", demo]),
+                         ("  before any command", ["  before any command", lab, demo])]:
+        makefile(*lines)
+        with pytest.raises(ValueError, match=re.escape(repr(stray))):
+            site.make_help()
+
+
 def test_every_make_command_on_the_site_is_in_the_makefile(built):
     """A ``make X`` that a page shows as code (the README's sections, the commands to start, grading) is a rule
     of the Makefile: none is retyped from memory."""
@@ -265,7 +362,7 @@ def test_exercise_pages_for_students_and_one_grading_page_for_instructors(built)
     """One page per graded notebook (the grader's own manifests) with each question and its points; grading.html
     links every one and says how instructors grade."""
     out, pages = built
-    graded = {name: m["questions"] for name, m in load_manifests(AUTOGRADER).items() if name in TITLES}
+    graded = {name: m["questions"] for name, m in load_manifests(AUTOGRADER).items() if name in titles()}
     assert graded and {p.stem for p in pages if p.stem.startswith("grading_")} == {f"grading_{n}" for n in graded}
     index = (out / "grading.html").read_text(encoding="utf-8")
     for name, questions in graded.items():
@@ -330,6 +427,10 @@ PAGE_CHECKS = """() => {
               labelFont: getComputedStyle(area, '::before').fontFamily};
     }),
     uiFont: getComputedStyle(document.querySelector('.site-header')).fontFamily,
+    typedMarks: (document.body.textContent.match(/[\u2705\u274c]/gu) || []).length,
+    marks: Array.from(document.querySelectorAll('svg.site-mark')).map(m => ({
+      kind: m.getAttribute('aria-label'), color: getComputedStyle(m).color, width: m.getBoundingClientRect().width,
+      shown: !m.closest('details:not([open])')})),
   };
 }"""
 # At each width: what is cut off without a way to scroll to it (in a cell, MathJax's own parts aside), output text
@@ -462,7 +563,7 @@ def test_markdown_tables_are_rendered(browsed):
 
 
 def test_navigation_names_and_marks_the_pages(browsed):
-    notebooks = list(TITLES)
+    notebooks = list(titles())
     for name, page in browsed.items():
         here = "grading.html" if name.startswith("grading") else f"{name}.html"
         assert [link["href"] for link in page["nav"] if link["current"] == "page"] == [here], name
@@ -471,8 +572,8 @@ def test_navigation_names_and_marks_the_pages(browsed):
         assert page["phone"]["header"] not in {"sticky", "fixed"} and page["header"] == "sticky", name
     for at, name in enumerate(notebooks):
         page = browsed[name]
-        assert page["title"] == f"{TITLES[name]} · dpo-teach", page["title"]
-        assert {link["href"]: link["title"] for link in page["nav"]}[f"{name}.html"] == TITLES[name]
+        assert page["title"] == f"{titles()[name]} · dpo-teach", page["title"]
+        assert {link["href"]: link["title"] for link in page["nav"]}[f"{name}.html"] == titles()[name]
         assert page["prev"] == (f"{notebooks[at - 1]}.html" if at else None), name
         assert page["next"] == (f"{notebooks[at + 1]}.html" if at + 1 < len(notebooks) else None), name
 
@@ -486,6 +587,17 @@ def test_exercise_checks_are_folded_to_one_line(browsed):
     assert not unfolded, unfolded[:3]
     font = re.compile(r"[\s'\"]")
     assert {font.sub("", check["labelFont"]) for _, check in checks} == {font.sub("", browsed["index"]["uiFont"])}
+
+
+def test_pass_and_fail_marks_show_without_an_emoji_font(browsed):
+    """No page types ✅/❌ (this machine, like many, has no emoji font); each is drawn, green or red, a letter wide."""
+    assert not {name: page["typedMarks"] for name, page in browsed.items() if page["typedMarks"]}
+    marks = {name: page["marks"] for name, page in browsed.items() if page["marks"]}
+    assert {"00_start_here", "01_kl_objective"} <= set(marks), set(marks)  # 00's text on checks, 01's feedback
+    colours = {(mark["kind"], mark["color"]) for page in marks.values() for mark in page}
+    assert colours == {("passed", "rgb(26, 127, 55)"), ("failed", "rgb(207, 34, 46)")}, colours
+    shown = [mark["width"] for page in marks.values() for mark in page if mark["shown"]]  # not folded away
+    assert shown and min(shown) >= 8, shown
 
 
 def test_no_solution_code_on_any_page(browsed):

@@ -41,7 +41,11 @@ def _manifest_problem(manifest) -> str | None:
               and 0 <= q["points"] < float("inf"))
         if not ok:
             return f"questions[{i}] needs a 'name', 'points' (a number ≥ 0) and 'manual' (true/false)"
-    marked = [isinstance(q.get("choice"), bool) for q in manifest["questions"]]
+    wrong = next((i for i, q in enumerate(manifest["questions"]) if "choice" in q and type(q["choice"]) is not bool),
+                 None)
+    if wrong is not None:  # null, 0 or "no" would decide silently whether students see a letter's result at once
+        return f"questions[{wrong}]: 'choice' must be true or false, not {manifest['questions'][wrong]['choice']!r}"
+    marked = ["choice" in q for q in manifest["questions"]]
     if any(marked) and not all(marked):
         return f"questions[{marked.index(False)}] needs 'choice' (true/false), as the others have"
     return None

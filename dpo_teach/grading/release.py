@@ -20,10 +20,10 @@ from dpo_teach.utils import check_replaceable
 
 INCLUDE = ("notebooks/", "dpo_teach/", "scripts/", ".devcontainer/", "docs/images/", "README.md", "LICENSE", "Makefile",
            "pyproject.toml", "environment.yml", "requirements.lock", ".gitignore")  # docs/images/: the README's figures
-# What an earlier release may hold at its top and still be replaced whole: what a release writes, and the .venv that
-# its own `make lab`/`make demo` creates (rebuilt on the next make). Anything else (notes, a results/ folder) is kept:
-# the release is refused until it is moved out.
-RELEASED = frozenset(name.split("/")[0] for name in INCLUDE) | {".venv"}
+# What an earlier release may hold at its top and still be replaced whole: what a release writes, and what its own
+# `make lab`/`make demo` set-up creates (.venv, and the editable install's dpo_teach.egg-info; rebuilt on the next
+# make). Anything else (notes, a results/ folder) is kept: the release is refused until it is moved out.
+RELEASED = frozenset(name.split("/")[0] for name in INCLUDE) | {".venv", "dpo_teach.egg-info"}
 
 
 RELEASE_NOTE = ("> This is the student release of the course: the notebooks, the package and the set-up. What the "
