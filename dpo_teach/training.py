@@ -33,8 +33,8 @@ def diverged(name: str, step: int, total: int, lr: float, config, what: str,
     """The error for ``name``'s step ``step`` (0-based) of ``total`` whose loss or gradient is nan or inf (``what``):
     where, the learning rate then, the run's peak lr and β (``config.lr``, and ``config.beta`` or ``config.kl_coef``
     where the config has one), and what to change: the learning rate, or β where it is not 0 (lowered: a large β can
-    overflow the KL term; raised for IPO, whose target 1/(2β) grows as β falls). A setting is named by its command-line flag where ``flags`` (field → flag) has one, else by its
-    config field."""
+    overflow the KL term; raised for IPO, whose target 1/(2β) grows as β falls). A setting is named by its
+    command-line flag where ``flags`` (field → flag) has one, else by its config field."""
     flags = flags or {}
     betas = [key for key in BETAS if hasattr(config, key)]
     settings = ", ".join(f"{label}={getattr(config, key):g}" for key, label in
