@@ -129,11 +129,19 @@ def check_replaceable(path: str | Path, owned: Collection[str], what: str = "a r
     if Path.cwd().resolve().is_relative_to(path.resolve()):
         raise FileExistsError(f"{path}: is the current directory or holds it, which {what} replaces as a whole; "
                               "pass a new subdirectory")
-    foreign = sorted(p.name for p in path.iterdir() if p.name not in owned)
+    foreign = sorted((p.name, p.is_dir()) for p in path.iterdir() if p.name not in owned)
     if foreign:
-        raise FileExistsError(f"{path}: holds {len(foreign)} file(s) that {what} does not write (e.g. {foreign[0]}), "
-                              f"and {what} replaces the directory as a whole; pass an empty or new directory, or move "
-                              "them out")
+        example = foreign[0][0] if len(foreign) == 1 else f"e.g. {foreign[0][0]}"
+        raise FileExistsError(f"{path}: holds {_count_entries([d for _, d in foreign])} ({example}) that {what} does "
+                              f"not write, and {what} replaces the directory as a whole; pass an empty or new "
+                              f"directory, or move {'it' if len(foreign) == 1 else 'them'} out")
+
+
+def _count_entries(is_dir: list[bool]) -> str:
+    """``[False, True, True]`` → ``"1 file and 2 folders"``: what a directory holds, each kind named."""
+    files, folders = is_dir.count(False), is_dir.count(True)
+    parts = [f"{n} {kind}{'s' if n > 1 else ''}" for n, kind in ((files, "file"), (folders, "folder")) if n]
+    return " and ".join(parts)
 
 
 def lr_at(step: int, steps: int, peak: float, warmup_frac: float = 0.05, floor: float = 0.1) -> float:

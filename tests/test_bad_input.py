@@ -236,12 +236,12 @@ def test_unusable_paths_give_one_line_before_any_work(tmp_path, argv, message, c
 
 
 def test_output_path_checks_accept_what_can_be_created(tmp_path):
-    from dpo_teach.cli import _check_writable
+    from dpo_teach.cli_args import check_writable
 
-    _check_writable(tmp_path / "new" / "deeper", "--out", directory=True)  # created later, parents included
-    _check_writable(tmp_path / "missing_dir" / "results.json", "--asset", directory=False)
+    check_writable(tmp_path / "new" / "deeper", "--out", directory=True)  # created later, parents included
+    check_writable(tmp_path / "missing_dir" / "results.json", "--asset", directory=False)
     (tmp_path / "old.json").write_text("{}")
-    _check_writable(tmp_path / "old.json", "--asset", directory=False)  # replaced atomically
+    check_writable(tmp_path / "old.json", "--asset", directory=False)  # replaced atomically
     assert not (tmp_path / "new").exists() and not (tmp_path / "missing_dir").exists()  # a check writes nothing
 
 
@@ -981,8 +981,26 @@ def test_an_out_dir_holding_other_files_is_refused_before_any_work(tmp_path, cap
     (out / "metrics.json").write_text("{}")  # an earlier run's file is fine to replace
     assert main(["demo", "--out", str(out)]) == 2
     err = one_line_error(capsys)
-    assert f"--out {out}: holds 1 file(s) that a run does not write (e.g. notes.txt)" in err
+    assert f"--out {out}: holds 1 file (notes.txt) that a run does not write" in err
     assert (out / "notes.txt").read_text() == "my notes"
+
+
+@pytest.mark.parametrize("names, holds", [
+    (["results/"], "holds 1 folder (results) that a run does not write"),
+    (["notes.txt", "old/", "results/"], "holds 1 file and 2 folders (e.g. notes.txt) that a run does not write"),
+    (["a.txt", "b.txt"], "holds 2 files (e.g. a.txt) that a run does not write"),
+])
+def test_what_an_out_dir_holds_is_called_a_file_or_a_folder(tmp_path, capsys, no_work, names, holds):
+    """The refusal called a folder "file(s)"; now it counts files and folders apart."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in names:
+        (out / name).mkdir() if name.endswith("/") else (out / name).write_text("mine")
+    assert main(["demo", "--out", str(out)]) == 2
+    err = one_line_error(capsys)
+    assert f"--out {out}: {holds}, and a run replaces" in err, err
+    assert ("move it out" if len(names) == 1 else "move them out") in err
+    assert sorted(p.name for p in out.iterdir()) == sorted(n.rstrip("/") for n in names)  # nothing was deleted
 
 
 def test_heldout_pairs_repeated_in_training_are_warned_about(tmp_path, tiny_checkpoint, capsys):

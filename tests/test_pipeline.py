@@ -119,7 +119,7 @@ def test_a_demo_into_a_folder_with_other_files_deletes_nothing(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match=r"mine: holds 1 file\(s\) that a demo run does not write \(e.g. "
-                                              r"notes.txt\)"):
+    with pytest.raises(FileExistsError, match=r"mine: holds 1 file \(notes.txt\) that a demo run does not write, "
+                                              r"and a demo run replaces"):
         run_demo(DemoConfig.with_seed(0, out_dir=str(out)), progress=False, verbose=False)
     assert (out / "notes.txt").read_text() == "keep me"

@@ -1,0 +1,275 @@
+"""The ``dpo-teach`` command line: its parser, the types that check each argument as it is parsed, and the checks of
+arguments against each other and the file system that run before any work (see :mod:`dpo_teach.cli` for the
+commands).
+
+A bad value stops the parser with one line naming the flag, the value and what is expected; an argument that parses
+but cannot be used raises :class:`UsageError`, which the command prints as one line (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+_KIND = {int: "a positive integer", float: "a positive number"}
+
+# Upper bounds of the arguments that size something the system must hold: past them Python, torch or the OS fail
+# deep inside (an OverflowError in random.choices, torch.set_num_threads, signal.alarm or a deadline's timestamp).
+MAX_PAIRS = 10**7  # --pairs: 10 million prompts sampled is days of CPU; far beyond, random.choices overflows
+MAX_PROCESSES = 1024  # --threads, --workers, --jobs: more than any machine's cores
+MAX_CELL_TIMEOUT = 2**31 - 1  # --cell-timeout, seconds: the largest alarm signal.alarm can set (a C int)
+MAX_TIMEOUT = 10**7  # --timeout, seconds per notebook (115 days): a deadline past year 9999 is no timestamp
+
+
+def _positive(kind, maximum: int | None = None):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {_KIND[kind]}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _at_least(minimum: int, why: str, maximum: int | None = None):
+    def parse(text: str) -> int:
+        value = _positive(int, maximum)(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum} ({why}), got {text}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _seed(text: str) -> int:
+    """A seed NumPy accepts too: an integer from 0 to 2**32 − 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {2**32 - 1}, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {2**32 - 1} (NumPy's range), got {text}")
+    return value
+
+
+class UsageError(ValueError):
+    """An argument that parses but cannot be used (e.g. an --out nobody can write); checked before any work."""
+
+
+def check_writable(path: str | Path, flag: str, directory: bool) -> None:
+    """Refuse an output path that could not be written at the end of a long run: check it before the run."""
+    path = Path(path)
+    want, other = ("a directory", "a file") if directory else ("a file", "a directory")
+    if path.exists() and path.is_dir() != directory:
+        raise UsageError(f"{flag} {path}: is {other}, expected {want}; pass another path")
+    start = path if directory else path.parent
+    existing = next(p for p in (start, *start.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path}: {existing} is a file, so nothing can be created under it; pass another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: {existing} is not writable for you; pass a path you can write to")
+
+
+def _fraction(text: str) -> float:
+    value = _positive(float)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _add_dpo_args(p: argparse.ArgumentParser, defaults) -> None:
+    from dpo_teach.losses import LOSSES
+
+    g = p.add_argument_group("DPO")
+    g.add_argument("--beta", type=_positive(float), default=defaults.beta, help="β, KL-penalty strength (%(default)s)")
+    g.add_argument("--lr", type=_positive(float), default=defaults.lr, help="peak learning rate (%(default)s)")
+    g.add_argument("--epochs", type=_positive(int), default=defaults.epochs, help="passes over the pairs (%(default)s)")
+    g.add_argument("--batch-size", type=_positive(int), default=defaults.batch_size,
+                   help="pairs per step (%(default)s)")
+    g.add_argument("--loss", choices=sorted(LOSSES), default=defaults.loss_type,
+                   help="loss variant, a name in dpo_teach.losses.LOSSES (%(default)s = the DPO paper's)")
+    g.add_argument("--max-length", type=_positive(int), default=defaults.max_length,
+                   help="prompt + completion tokens (%(default)s)")
+    g.add_argument("--on-the-fly-ref", action="store_true",
+                   help="compute π_ref log-probs every step instead of once before training (same result, slower)")
+
+
+def apply_dpo_args(cfg, args) -> None:
+    """Copy the DPO group's flags (and --seed) into ``cfg``, a :class:`~dpo_teach.dpo.DPOConfig`."""
+    cfg.beta, cfg.lr, cfg.epochs, cfg.batch_size = args.beta, args.lr, args.epochs, args.batch_size
+    cfg.loss_type, cfg.max_length, cfg.precompute_ref = args.loss, args.max_length, not args.on_the_fly_ref
+    cfg.seed = args.seed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dpo_teach.dpo import DPOConfig
+    from dpo_teach.model import PRESETS
+    from dpo_teach.pipeline import DemoConfig
+
+    demo_defaults = DemoConfig()
+    parser = _Parser(prog="dpo-teach", description="Direct Preference Optimization on a small GPT-2, on a CPU.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    d = sub.add_parser("demo", help="π_ref → preference pairs → DPO → evaluation, with a results table",
+                       description="Build (or load from cache) the toy π_ref, sample and label preference pairs, "
+                                   "train DPO, evaluate with the ground-truth reward; write metrics.json, figures, "
+                                   "samples.md and the trained policy to --out.")
+    d.add_argument("--seed", type=_seed, default=0, help="one seed for everything (%(default)s)")
+    d.add_argument("--preset", choices=sorted(PRESETS),
+                   help=f"toy model size ({demo_defaults.world.preset}; not with --model)")
+    d.add_argument("--pairs", type=_at_least(12, "a sixth of the pairs is held out", MAX_PAIRS),
+                   default=demo_defaults.prefs.n_prompts,
+                   help="prompts to sample preference pairs for (%(default)s)")
+    d.add_argument("--model", metavar="DIR", help="use this save_pretrained directory as π_ref (e.g. a real GPT-2)")
+    d.add_argument("--out", default=demo_defaults.out_dir, help="output directory (%(default)s)")
+    d.add_argument("--rebuild", action="store_true", help="rebuild π_ref even when cached (not with --model)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_dpo_args(d, demo_defaults.dpo)
+
+    m = sub.add_parser("data", help="write a toy preference set as JSONL",
+                       description="Sample two completions per prompt from the toy π_ref and label them with "
+                                   "Bradley–Terry noise on the ground-truth reward.")
+    m.add_argument("--out", required=True, help="JSONL file to write")
+    m.add_argument("--pairs", type=_positive(int, MAX_PAIRS), default=2000, help="prompts (%(default)s)")
+    m.add_argument("--bt-temperature", type=_positive(float), default=0.1, help="label noise τ (%(default)s)")
+    m.add_argument("--seed", type=_seed, default=0, help="seed (%(default)s)")
+    m.add_argument("--preset", choices=sorted(PRESETS), default=demo_defaults.world.preset, help="(%(default)s)")
+
+    g = sub.add_parser("grade", help="grade a folder of submitted notebooks → grades.csv and grades.json",
+                       description="Grade every notebook under SUBMISSIONS_DIR (NAME.ipynb files, or one folder per "
+                                   "student) with the tests of its autograder bundle from `make assign`, each "
+                                   "notebook in its own sandbox (Linux namespaces: no network, no view of other "
+                                   "processes or of the tests, everything read-only) with a time limit per cell and "
+                                   "per notebook; the tests run after the notebook and the grader alone decides the "
+                                   "score. A notebook that raises, loops, lost cells or is not a notebook at all "
+                                   "scores what it earned, with a reason (a file that is not a notebook is skipped, "
+                                   "with what to do); one that touches the grading machinery is flagged; an answer "
+                                   "that calls the package's own version scores 0 for that question. Only a sandbox "
+                                   "that fails to start stops the batch (exit 2); a rerun resumes a stopped or "
+                                   "interrupted one. Writes grades.csv (a row per submission, a column "
+                                   "per question) and grades.json (also feedback, cell errors, flags, totals per "
+                                   "student).")
+    g.add_argument("submissions", metavar="SUBMISSIONS_DIR", help="folder of submitted notebooks")
+    g.add_argument("--out", default="results/grades", help="where grades.csv and grades.json go (%(default)s)")
+    g.add_argument("--assignment", help="grade every notebook as this assignment, e.g. 03_deriving_dpo (default: "
+                                        "read from each notebook's metadata, else from its file name)")
+    g.add_argument("--autograder-dir", metavar="DIR",
+                   help="bundles written by `make assign` (default: course/autograder)")
+    g.add_argument("--timeout", type=_positive(float, MAX_TIMEOUT), default=900,
+                   help="seconds per notebook; past it a notebook is killed and scores 0 (%(default)s)")
+    g.add_argument("--cell-timeout", type=_positive(int, MAX_CELL_TIMEOUT), default=120,
+                   help="seconds per cell; past it the cell raises TimeoutError and grading goes on (%(default)s)")
+    g.add_argument("--jobs", type=_positive(int, MAX_PROCESSES), default=1,
+                   help="notebooks graded in parallel (%(default)s)")
+    g.add_argument("--full", action="store_true",
+                   help="run notebooks in full mode (default: fast mode, DPO_TEACH_FAST=1; exercises score the same)")
+    g.add_argument("--unsafe", action="store_true",
+                   help="grade without the sandbox (where there is none, e.g. macOS): only for notebooks you trust")
+
+    t = sub.add_parser("train", help="train DPO on your own preference file",
+                       description="Train a policy with DPO on a JSONL file of {prompt, chosen, rejected} rows "
+                                   "(or HH-RLHF {chosen, rejected} dialogues). π_ref is the toy model unless "
+                                   "--model points at a save_pretrained directory.")
+    t.add_argument("--data", required=True, metavar="FILE.jsonl", help="preference pairs")
+    t.add_argument("--model", metavar="DIR", help="π_ref checkpoint directory (default: the cached toy model)")
+    t.add_argument("--preset", choices=sorted(PRESETS),
+                   help=f"toy model size ({demo_defaults.world.preset}; not with --model)")
+    t.add_argument("--out", default="results/train", help="output directory (%(default)s)")
+    t.add_argument("--eval-fraction", type=_fraction, default=0.1, help="pairs held out for accuracy (%(default)s)")
+    t.add_argument("--skip-invalid", action="store_true", help="skip bad rows (counted) instead of stopping")
+    t.add_argument("--seed", type=_seed, default=0, help="seed (%(default)s)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_dpo_args(t, DPOConfig())
+
+    c = sub.add_parser("compare", help="PPO, GRPO, RLOO, DPO and online DPO on one reward–KL frontier",
+                       description="Sweep each method's β or KL coefficient over several seeds: DPO and online DPO "
+                                   "(reference refreshed between rounds, or fixed; pairs ordered by the labeller or "
+                                   "by the reward model), and PPO, GRPO and RLOO on the "
+                                   "learned reward model ('PPO', 'GRPO', 'RLOO') and on the ground-truth reward "
+                                   "('PPO-GT', 'GRPO-GT', 'GRPO-GT/token'); evaluate every run at regular intervals "
+                                   "(reward, KL, fluency); write results.json, table.md and frontier.png to --out. "
+                                   "The full sweep of all methods took 4.7 minutes on 2 free cores (about twice "
+                                   "that on a busy machine); --methods DPO PPO PPO-GT alone, 2.5 minutes.")
+    c.add_argument("--fast", action="store_true",
+                   help="one setting per method, shorter runs (under a minute on 2 free cores)")
+    c.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help="run only these methods (default: all; with --fast all but online-DPO-fixed, "
+                        "online-DPO-RM and GRPO-GT/token), e.g. --methods DPO PPO PPO-GT")
+    c.add_argument("--seeds", type=_seed, nargs="+", help="seeds to repeat everything with (default: 0 1)")
+    c.add_argument("--out", help="output directory (default: results/compare, or results/compare/fast with --fast)")
+    c.add_argument("--workers", type=_positive(int, MAX_PROCESSES), default=2,
+                   help="seeds run in parallel processes (%(default)s)")
+    c.add_argument("--threads", type=_positive(int, MAX_PROCESSES), default=1,
+                   help="torch CPU threads per process (%(default)s)")
+    c.add_argument("--asset", metavar="FILE.json",
+                   help="also write the results compactly here (notebooks/assets/compare_results.json ships them)")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def check_model_flags(args) -> str:
+    """--preset and --rebuild describe the toy π_ref, which --model replaces: refuse them together (else they would be
+    ignored, and metrics.json would record a preset that was not used). Returns the toy preset to use."""
+    if args.model:
+        given = [flag for flag, value in (("--preset", args.preset), ("--rebuild", getattr(args, "rebuild", False)))
+                 if value]
+        if given:
+            raise UsageError(f"{' and '.join(given)} set the toy π_ref, which --model {args.model} replaces; drop "
+                             f"{' and '.join(given)}, or drop --model to use the toy model")
+    from dpo_teach.pipeline import DemoConfig
+
+    return args.preset or DemoConfig().world.preset
+
+
+def check_out_replaceable(out: str) -> None:
+    """A run replaces --out as a whole at its end: refuse a directory that holds anything but an earlier run."""
+    from dpo_teach.pipeline import RUN_OUTPUTS
+    from dpo_teach.utils import check_replaceable
+
+    try:
+        check_replaceable(out, RUN_OUTPUTS)
+    except FileExistsError as e:
+        raise UsageError(f"--out {e}") from None
+
+
+def check_context(model_dir: str | None, max_length: int, sample_tokens: int | None = None) -> tuple | None:
+    """--max-length must fit the model's context: the toy model's (known without building it) or the checkpoint's.
+
+    With ``sample_tokens`` (the demo samples completions of that many tokens after the grammar's prompts), the
+    checkpoint's context must also hold the longest prompt plus that many tokens. Returns the checkpoint's
+    ``(model, tokenizer)``, loaded here once for the whole command, or None for the toy model."""
+    from dpo_teach.model import TOY_CONTEXT, ContextLengthError, check_max_length, context_length, load_checkpoint
+
+    if model_dir is None:
+        check_max_length(max_length, TOY_CONTEXT, "the toy model")
+        return None
+    model, tokenizer = load_checkpoint(model_dir)
+    context = context_length(model)
+    check_max_length(max_length, context, f"the checkpoint {model_dir}")
+    if sample_tokens is not None and context is not None:
+        from dpo_teach import grammar
+
+        longest = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in grammar.all_prompts())
+        if longest + sample_tokens > context:
+            raise ContextLengthError(f"the demo samples completions of up to {sample_tokens} tokens after prompts of "
+                                     f"up to {longest} tokens, which needs a context of {longest + sample_tokens}, but "
+                                     f"the checkpoint {model_dir} has {context} (n_positions); use a checkpoint with a "
+                                     "longer context, or drop --model to use the toy model")
+    return model, tokenizer
