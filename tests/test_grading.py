@@ -461,7 +461,7 @@ def test_a_failed_hidden_test_is_numbered_and_never_quoted():
     assert public_passed and feedback == "hidden test 2 of 3 failed"
     assert _why(feedback) == " (hidden test 2 of 3)"
     timed_out = "TimeoutError: time limit: a cell ran past the grader's limit of 8 s per cell"
-    cases[1] = {"passed": False, "hidden": True, "message": timed_out}  # the grader's own words: kept
+    cases[1] = {"passed": False, "hidden": True, "message": timed_out, "stopped": "time_limit"}  # the grader's: kept
     assert _public_feedback(cases)[1] == f"hidden test 1 of 3 failed: {timed_out}"
     cases[0] = {"passed": False, "hidden": False, "message": "AssertionError: return a tensor"}  # the student has it
     assert _public_feedback(cases) == (False, "public test failed: AssertionError: return a tensor")
@@ -489,3 +489,68 @@ def test_the_assign_command_writes_the_solutions_where_asked(tmp_path, monkeypat
     assert command.main(["assign", "--solutions", str(tmp_path / "solutions")]) == 0
     assert calls == [tmp_path / "solutions"] and "(solutions)" in capsys.readouterr().out
     assert command.main(["assign"]) == 0 and calls[-1] is None
+
+
+def test_the_terminal_table_sizes_the_score_column_from_its_scores():
+    """A fractional score (``10.5/12.5``, 9 characters) keeps every row's status and reason under their headers."""
+    def row(student, score, possible, status):
+        return {"student": student, "assignment": "03_deriving_dpo", "file": f"{student}.ipynb", "status": status,
+                "score": score, "possible": possible, "reason": "lost points on dpo_loss"}
+
+    report = {"results": [row("ann", 10.5, 12.5, "graded"), row("ben", 0.0, 5.0, "timeout"),
+                          row("cy", 112.25, 125.5, "superseded")]}
+    lines = grading.format_table(report).splitlines()
+    assert len({line.index(word) for line, word in zip(lines, ["status", "graded", "timeout", "superseded"])}) == 1, \
+        "\n" + "\n".join(lines)
+    assert len({line.index(word) for line, word in zip(lines, ["reason", "lost", "lost", "lost"])}) == 1, \
+        "\n" + "\n".join(lines)
+    ends = {line.index(score) + len(score) for line, score in zip(lines, ["score", "10.5/12.5", "0/5", "112.25/125.5"])}
+    assert len(ends) == 1, "scores are right-aligned under their header:\n" + "\n".join(lines)
+
+
+def tiny_course(folder: Path, cases: dict[str, list[tuple[str, bool]]]) -> tuple[Path, Path]:
+    """An autograder folder with one assignment ``hw`` (one point per question) and its released notebook."""
+    autograder, released = folder / "autograder", folder / "released"
+    autograder.mkdir()
+    released.mkdir()
+    with zipfile.ZipFile(autograder / "hw.zip", "w") as z:
+        for q, qcases in cases.items():
+            test = {"name": q, "points": 1, "suites": [{"cases": [{"code": code, "hidden": hidden}
+                                                                  for code, hidden in qcases]}]}
+            z.writestr(f"tests/{q}.py", f"test = {test!r}\n")
+    (autograder / "hw.json").write_text(json.dumps({"assignment": "hw", "questions": [
+        {"name": q, "points": 1, "manual": False, "choice": False} for q in cases]}))
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("def add(a, b):\n    ...")]),
+                   released / "hw.ipynb")
+    return autograder, released
+
+
+def test_each_test_is_parsed_once_for_a_batch_and_the_scan_and_the_runner_read_that_parse(tmp_path, monkeypatch):
+    """One case builder (``judge.test_case``): the bundle's doctests are parsed once, when the bundle is loaded, and
+    the scan and the runner both read that parse (they cannot disagree on what a test is); grading two notebooks
+    parses nothing again."""
+    import doctest
+
+    from dpo_teach.grading import sandbox
+
+    codes = {"add": [(">>> assert add(1, 2) == 3", False), (">>> abs(add(-2, -2))\n4", True)]}
+    autograder, released = tiny_course(tmp_path, codes)
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for student, body in [("ann", "return a + b"), ("ben", "return a - b")]:
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"def add(a, b):\n    {body}")])
+        nbformat.write(nb, subs / f"{student}_hw.ipynb")
+    parsed = []
+    original = doctest.DocTestParser.get_examples
+
+    def counting(self, string, name="<string>"):
+        parsed.append(string)
+        return original(self, string, name)
+
+    monkeypatch.setattr(doctest.DocTestParser, "get_examples", counting)
+    report = grading.grade(subs, tmp_path / "out", autograder=autograder, released_dir=released,
+                           cell_timeout=30, timeout=120, unsafe=sandbox.unavailable_reason() is not None,
+                           log=lambda m: None)
+    assert sorted(parsed) == sorted(code for code, _ in codes["add"]), f"parsed {len(parsed)} times: {parsed}"
+    assert {r["student"]: (r["status"], r["score"]) for r in report["results"]} == {"ann": ("graded", 1.0),
+                                                                                  "ben": ("graded", 0.0)}

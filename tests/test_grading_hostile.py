@@ -725,3 +725,74 @@ def test_the_scan_finds_nothing_in_honest_notebooks(assigned):
         for kind in ("solutions", "notebooks"):
             cells = nbformat.read(assigned / kind / master.name, as_version=4).cells
             assert scan(cells, released, tests) == {"grader": [], "reference": {}}, (kind, master.stem)
+
+
+def _notebook(*cells: str) -> str:
+    return json.dumps(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]))
+
+
+LEAK_AND_STUBBORN = """
+import time
+
+def leak(x):
+    raise TimeoutError(f"time limit: the test called leak({x!r})")  # the grader's words, with the test's input
+
+def stubborn(x):
+    try:
+        while True:
+            time.sleep(0.05)
+    except TimeoutError:  # the grader's time limit, caught and turned into an error of its own
+        raise RuntimeError("gave up") from None
+"""
+
+
+def _hidden_feedback(question: str) -> tuple[str, str | None]:
+    """What a student reads of ``question``'s one hidden test in LEAK_AND_STUBBORN (per-cell limit 2 s), and how
+    the runner marked the case."""
+    from dpo_teach.grading.grade import _public_feedback
+
+    tests = {question: [judge.test_case(f">>> {question}('the hidden input')", hidden=True)]}
+    out = judge.run_notebook(_notebook(LEAK_AND_STUBBORN), "homework.ipynb", tests, 2, 120, dict(os.environ), True, [])
+    assert out["status"] == "graded", out
+    public_passed, feedback = _public_feedback(out["cases"][question])
+    assert public_passed, out
+    return feedback, out["cases"][question][0].get("stopped")
+
+
+def test_a_students_error_that_reads_like_the_time_limit_is_not_quoted():
+    """Only the runner can say that it ended a hidden test (``stopped``, a field of its own): a student's
+    ``TimeoutError("time limit: ...")`` that carries the hidden test's input stays unquoted."""
+    feedback, stopped = _hidden_feedback("leak")
+    assert feedback == "hidden test 1 of 1 failed" and stopped is None, (feedback, stopped)
+
+
+def test_a_time_limit_the_students_code_caught_is_still_the_time_limit():
+    """The per-cell alarm went off during the hidden test, and the student's code turned it into an error of its
+    own: the feedback still gives the grader's words (the time limit), not the student's."""
+    feedback, stopped = _hidden_feedback("stubborn")
+    assert feedback.startswith("hidden test 1 of 1 failed: TimeoutError: time limit") and "of 2 s" in feedback, \
+        feedback
+    assert stopped == "time_limit"
+
+
+def test_a_notebook_that_ends_its_own_process_is_crashed_not_the_graders_error(tmp_path):
+    """An instructor reads from the status alone whose failure it is: ``crashed`` when the notebook's own code ended
+    its process (in a cell, or in a test of its function), ``error`` when the process ended before any of its cells
+    ran (the grader or the machine). A rerun keeps a crashed row and grades an error row again."""
+    grade_module = importlib.import_module("dpo_teach.grading.grade")
+    tests = {"q": [judge.test_case(">>> quit_now()", hidden=False)]}
+    in_cell = judge.run_notebook(_notebook("import os\nos._exit(3)", "y = 1"), "homework.ipynb", tests, 30, 120,
+                                 dict(os.environ), True, [])
+    assert in_cell["status"] == "crashed" and "while running cell 0" in in_cell["reason"], in_cell
+    in_test = judge.run_notebook(_notebook("import os\ndef quit_now():\n    os._exit(3)"), "homework.ipynb", tests,
+                                 30, 120, dict(os.environ), True, [])
+    assert in_test["status"] == "crashed" and "while the tests ran" in in_test["reason"], in_test
+    (tmp_path / "sitecustomize.py").write_text("import os\nos._exit(1)  # the grader's process dies as it starts\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    before = judge.run_notebook(_notebook("x = 1"), "homework.ipynb", tests, 30, 120, env, False, [])
+    assert before["status"] == "error" and "before any cell ran" in before["reason"], before
+    journal = tmp_path / "grades.partial.jsonl"
+    rows = {status: grade_module._empty_row(status, tmp_path / f"{status}.ipynb", "hw", status)
+            for status in ("crashed", "error")}
+    journal.write_text("".join(json.dumps({"key": status, "row": row}) + "\n" for status, row in rows.items()))
+    assert list(grade_module._resumable(journal)) == ["crashed"]

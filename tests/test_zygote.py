@@ -24,7 +24,7 @@ def notebook(*cells: str) -> str:
 
 
 def grade(text: str, code: str, env: dict) -> dict:
-    return judge.run_notebook(text, "homework.ipynb", {"q": [{"code": code, "hidden": False}]}, cell_timeout=60,
+    return judge.run_notebook(text, "homework.ipynb", {"q": [judge.test_case(code, hidden=False)]}, cell_timeout=60,
                               timeout=120, env=env, sandboxed=True, hide=[])
 
 
@@ -92,7 +92,7 @@ def test_no_zygote_outlives_the_grader(tmp_path):
     script = ("import json, os, sys\nfrom dpo_teach.grading import judge, zygote\n"
               "nb = json.dumps({'cells': [{'cell_type': 'code', 'source': 'x = 1', 'metadata': {}, 'outputs': [],"
               " 'execution_count': None}], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5})\n"
-              "tests = {'q': [{'code': '>>> assert x == 1', 'hidden': False}]}\n"
+              "tests = {'q': [judge.test_case('>>> assert x == 1', hidden=False)]}\n"
               "out = judge.run_notebook(nb, 'h.ipynb', tests, 60, 120, dict(os.environ), True, [])\n"
               "print(json.dumps([out['cases']['q'][0]['passed'], zygote.for_env(dict(os.environ)).process.pid]))\n"
               "os._exit(0)  # no atexit: the zygote must notice by itself that its grader is gone\n")

@@ -20,7 +20,8 @@ bundle are sent in only after the notebook's cells have run, one question at a t
 taken before the student's code (``runner.py``); the grader scores from the manifest (``judge.py``). A static scan
 (``scan.py``, its rules in ``rules.py``) flags code that touches the grading machinery and answers that call the
 package's own implementation. A
-file that is not a notebook is skipped, with what to do; an unknown assignment or a crash is scored 0 with a reason.
+file that is not a notebook is skipped, with what to do; an unknown assignment or a crash is scored 0 with a reason
+(status ``crashed`` when the notebook's own code ended its process, ``error`` when the grader failed).
 Only the machine stops a batch (a sandbox that fails as a notebook starts: no student gets a 0 for it). Every row is
 journaled so that an interrupted or stopped batch resumes (a row the grader failed on is graded again). Students in a
 flat folder are named by ``student_name``. Results go to ``grades.csv`` and ``grades.json``, written atomically.

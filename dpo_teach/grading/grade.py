@@ -192,8 +192,9 @@ def _run_job(bundle_tests: dict, path: Path, assignment: str, cell_timeout: int,
 
 def _public_feedback(cases: list[dict]) -> tuple[bool, str]:
     """(every public case passed, what the first failed case says). A public case is quoted (the student has its
-    test); a hidden one is only numbered ("hidden test 2 of 3 failed"), with the grader's own words when it ran out
-    of time or caught the code tampering, never the test's own message (it says what the test checks)."""
+    test); a hidden one is only numbered ("hidden test 2 of 3 failed"), with the grader's own words when the runner
+    itself ended it (``stopped``: it ran out of time, or the code tampered), never the test's own message (it says
+    what the test checks) nor the student's (it may hold the hidden test's inputs)."""
     failed = [c for c in cases if not c["passed"]]
     public_passed = all(c["passed"] for c in cases if not c["hidden"])
     if not failed:
@@ -203,9 +204,8 @@ def _public_feedback(cases: list[dict]) -> tuple[bool, str]:
         return public_passed, f"public test failed: {first['message']}"
     hidden = [c for c in cases if c["hidden"]]
     number = next(i for i, c in enumerate(hidden, 1) if c is first)
-    grader_words = first["message"].startswith(("TimeoutError: time limit", "the code under test changed"))
     return public_passed, f"hidden test {number} of {len(hidden)} failed" + (
-        f": {first['message']}" if grader_words else "")
+        f": {first['message']}" if first.get("stopped") else "")
 
 
 def _why(feedback: str) -> str:
@@ -381,7 +381,8 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     then every process the batch started is ended before the reports are written (``judge.ending_strays``).
     Every row is appended to ``out/grades.partial.jsonl`` as soon as it is graded, and a rerun of an interrupted
     batch takes the rows whose notebook and bundle are unchanged from there instead of grading them again, except
-    rows of status ``error`` (the grader failed, not the notebook: graded again). A sandbox that fails as a notebook
+    rows of status ``error`` (the grader failed, not the notebook: graded again; a ``crashed`` row, whose notebook
+    ended its own process, is kept). A sandbox that fails as a notebook
     starts (the machine, not the student) stops the batch with ``SandboxUnavailable``: the rows graded so far stay in
     the journal for the rerun. A file that is not a notebook gets a row of status ``skipped`` that says what to do.
     Returns the JSON report: the assignments with their questions, one row per submission and totals per student.
@@ -544,13 +545,15 @@ def write_reports(report: dict, out: Path) -> None:
 def format_table(report: dict) -> str:
     """A short text table of the results, for the terminal."""
     rows = report["results"]
+    scores = [f"{r['score']:g}/{r['possible']:g}" for r in rows]
     w1 = max([len("student")] + [len(r["student"]) for r in rows]) + 2
     w2 = max([len("assignment")] + [len(r["assignment"] or "?") for r in rows]) + 2
     w3 = max([len("status")] + [len(r["status"]) for r in rows]) + 1  # "superseded" is the longest
-    lines = [f"{'student':<{w1}}{'assignment':<{w2}}{'score':>8}  {'status':<{w3}}reason"]
-    for r in rows:
-        score, reason = f"{r['score']:g}/{r['possible']:g}", re.sub(r"\s+", " ", r["reason"])[:100]
-        lines.append(f"{r['student']:<{w1}}{(r['assignment'] or '?'):<{w2}}{score:>8}  {r['status']:<{w3}}{reason}")
+    ws = max([len("score")] + [len(score) for score in scores])  # right-aligned: "10.5/12.5" under "0/5"
+    lines = [f"{'student':<{w1}}{'assignment':<{w2}}{'score':>{ws}}  {'status':<{w3}}reason"]
+    for r, score in zip(rows, scores):
+        reason = re.sub(r"\s+", " ", r["reason"])[:100]
+        lines.append(f"{r['student']:<{w1}}{(r['assignment'] or '?'):<{w2}}{score:>{ws}}  {r['status']:<{w3}}{reason}")
     skipped = [Path(r["file"]).name for r in rows if r["status"] == "skipped"]
     if skipped:
         lines.append(f"not graded ({len(skipped)} file(s), status skipped: see their reasons above): "

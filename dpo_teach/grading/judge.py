@@ -38,11 +38,22 @@ from dpo_teach.grading import sandbox
 from dpo_teach.grading.runner import code_cells
 
 MAX_LINE = 1 << 20  # a reply longer than this is not the runner's
+STOPPED = ("time_limit", "tampered")  # how the runner itself may end a test case (``runner.run_cases``)
 _PACKAGE_MODULE = re.compile(r"\bdpo_teach\.[a-z_]+")  # the package modules a test names
 
 
+def test_case(code: str, hidden: bool) -> dict:
+    """One test case as the grader uses it: ``{"code": doctest text, "hidden": bool, "examples": [source, ...]}``.
+
+    Its doctest is parsed here, once, in the grader: the scan (``rules.builtins_used``) and the runner (which only
+    executes ``examples``; a notebook that patched ``doctest`` in its own process could otherwise turn every test
+    into a test of nothing) read the same parse, so the two can never disagree."""
+    examples = [example.source for example in doctest.DocTestParser().get_examples(code)]
+    return {"code": code, "hidden": bool(hidden), "examples": examples}
+
+
 def load_tests(bundle: Path) -> dict[str, list[dict]]:
-    """``{question: [{"code": doctest text, "hidden": bool}, ...]}`` from an otter bundle's ``tests/*.py``."""
+    """``{question: [test_case, ...]}`` (:func:`test_case`) from an otter bundle's ``tests/*.py``."""
     tests = {}
     with zipfile.ZipFile(bundle) as z:
         for name in sorted(z.namelist()):
@@ -50,7 +61,7 @@ def load_tests(bundle: Path) -> dict[str, list[dict]]:
                 scope: dict = {}
                 exec(z.read(name).decode("utf-8"), scope)  # noqa: S102 - the course's own bundle, never a student's
                 test = scope["test"]
-                tests[test["name"]] = [{"code": case["code"], "hidden": bool(case.get("hidden"))}
+                tests[test["name"]] = [test_case(case["code"], case.get("hidden"))
                                        for suite in test["suites"] for case in suite["cases"]]
     return tests
 
@@ -197,16 +208,17 @@ class _Abort(Exception):
         self.status, self.reason = status, reason
 
 
-def _examples(code: str) -> list[str]:
-    """The sources of a doctest's examples, parsed here in the grader: the runner only executes them (a notebook
-    that patched ``doctest`` in its own process could otherwise turn every test into a test of nothing)."""
-    return [example.source for example in doctest.DocTestParser().get_examples(code)]
-
-
 def run_notebook(text: str, file_name: str, tests: dict[str, list[dict]], cell_timeout: int, timeout: float,
                  env: dict, sandboxed: bool, hide: list[str], memory_mb: int = 6144) -> dict:
-    """Run one notebook's cells, then its tests. Returns ``{"status", "reason", "phase", "cases", "errors",
-    "tampered"}``; ``cases`` maps each question to its cases' ``{"passed", "message", "hidden"}``.
+    """Run one notebook's cells, then its tests (``{question: [test_case, ...]}``, :func:`load_tests`). Returns
+    ``{"status", "reason", "phase", "cases", "errors", "tampered"}``; ``cases`` maps each question to its cases'
+    ``{"passed", "message", "hidden", "stopped"}`` (``stopped``: one of ``STOPPED`` when the runner itself ended the
+    case, else None).
+
+    ``status``: ``graded`` (it ran to its end), ``timeout`` (the per-notebook limit), ``flagged`` (a line on the
+    grader's channel that the runner did not write), ``crashed`` (its process ended once the notebook's own code had
+    started: a cell or a test of its functions ended it, or it broke a resource limit) or ``error`` (its process
+    ended before any of the notebook's code ran: the grader's or the machine's failure, graded again on a rerun).
 
     Raises:
         sandbox.SandboxUnavailable: the notebook's process could not enter its sandbox (it said so before any of the
@@ -241,8 +253,17 @@ def _run(process: _Process, private: str, text: str, file_name: str, tests: dict
     except _Abort as e:
         out["status"], out["reason"] = e.status, e.reason
     except OSError as e:  # the runner's stdin closed under us: it has died
-        out["status"], out["reason"] = "error", f"the notebook's process ended: {e}; {process.stderr_tail()}"
+        out["status"] = _ended(out["phase"])
+        out["reason"] = f"the notebook's process ended while {_phase_words(out['phase'])}: {e}; " \
+                        f"{process.stderr_tail()}"
     return out
+
+
+def _ended(phase: str) -> str:
+    """The status of a notebook whose process ended early: ``crashed`` once its own code had started (the runner
+    reports a cell before running it, and the phase only moves forward: no notebook code can bring it back to
+    ``start``), ``error`` before that (the grader's or the machine's failure, not the student's)."""
+    return "error" if phase == "start" else "crashed"
 
 
 class _Channel:
@@ -258,7 +279,8 @@ class _Channel:
             raise _Abort("timeout", f"killed after {self.timeout:g} s (per-notebook time limit) while "
                                     f"{_phase_words(self.out['phase'])}") from None
         if line is None:
-            raise _Abort("error", f"the notebook's process ended while {_phase_words(self.out['phase'])}: "
+            raise _Abort(_ended(self.out["phase"]), f"the notebook's process ended while "
+                                                   f"{_phase_words(self.out['phase'])}: "
                                   f"{self.process.stderr_tail() or 'no message'}")
         try:
             message = json.loads(line)
@@ -303,7 +325,7 @@ def _test_question(channel: _Channel, process: _Process, question: str, cases: l
     """Send one question's cases with a fresh nonce; take the reply that returns it, with a result per case."""
     nonce = secrets.token_hex(16)
     process.send({"id": channel.job_id, "question": question, "nonce": nonce,
-                  "cases": [{"examples": _examples(case["code"])} for case in cases]})
+                  "cases": [{"examples": case["examples"]} for case in cases]})
     message = channel.receive("result")
     results = message.get("cases")
     if message.get("nonce") != nonce or message.get("question") != question or not isinstance(results, list) \
@@ -311,7 +333,14 @@ def _test_question(channel: _Channel, process: _Process, question: str, cases: l
         channel.forged("a reply that does not answer the question asked (another question, or no nonce)")
     out["tampered"] += [str(t) for t in message.get("tampered", [])][:20]
     out["cases"][question] = [{"passed": r.get("passed") is True, "message": str(r.get("message", ""))[:300],
-                               "hidden": case["hidden"]} for r, case in zip(results, cases)]
+                               "hidden": case["hidden"], "stopped": _stopped(r)} for r, case in zip(results, cases)]
+
+
+def _stopped(result: dict) -> str | None:
+    """How the runner itself ended a failed case (``"time_limit"``, ``"tampered"``), or None: a case it ended is
+    marked by the runner in a field of its own, never read from the message (the student's code writes messages)."""
+    stopped = result.get("stopped")
+    return stopped if stopped in STOPPED and result.get("passed") is not True else None
 
 
 def _phase_words(phase: str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import builtins
-import doctest
 import functools
 import re
 
@@ -63,13 +62,14 @@ CODE_MAGICS = {"time", "timeit", "capture"}
 
 
 def builtins_used(tests: dict[str, list[dict]]) -> set[str]:
-    """The builtins the tests' code names (``abs``, ``float``, ``isinstance`` ...)."""
+    """The builtins the tests' code names (``abs``, ``float``, ``isinstance`` ...), read from the examples the
+    grader parsed once (``judge.test_case``) and sends to the runner: the scan and the tests read the same code."""
     names = set()
     for cases in tests.values():
         for case in cases:
-            for example in doctest.DocTestParser().get_examples(case["code"]):
+            for source in case["examples"]:
                 try:
-                    tree = ast.parse(example.source)
+                    tree = ast.parse(source)
                 except SyntaxError:
                     continue
                 names |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and hasattr(builtins, n.id)}

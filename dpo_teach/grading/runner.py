@@ -17,8 +17,10 @@ JSON object per line, every line carrying the job's id:
    (parsed by the grader), and a nonce (so no test is in the process while the notebook's cells run, and no reply
    can be written before its question); runner → grader: pass/fail per case, with the nonce. Test code runs with
    the private builtins and the pristine modules; a case during which the student's code changes a reference
-   again fails, and is reported. What the runner itself uses then (``json``, ``io``, ``signal``) is among the
-   references, and it encodes and decodes with private instances.
+   again fails, and is reported. A case that the runner itself ended (its alarm, a changed reference) says so in a
+   field of its own (``stopped``), never only in its message's text, which the student's code can write too. What
+   the runner itself uses then (``json``, ``io``, ``signal``) is among the references, and it encodes and decodes
+   with private instances.
 
 The runner only reports; the grader decides the score (``grade.py``): points come from the manifest, a reply
 with another job's id or out of turn voids the notebook's score.
@@ -182,11 +184,16 @@ class _Alarm:
 
     def __init__(self, seconds: int, grace: int = 3):
         self.seconds, self.grace, self._now = seconds, min(seconds, grace), seconds
+        self.expired = 0  # how many times it has gone off: a test case it ended is marked so (``run_cases``)
         signal.signal(signal.SIGALRM, self._expire)
 
+    def message(self) -> str:
+        return f"TimeoutError: time limit: a cell ran past the grader's limit of {self.seconds} s per cell"
+
     def _expire(self, signum, frame):
+        self.expired += 1
         signal.alarm(self.grace)
-        raise TimeoutError(f"time limit: a cell ran past the grader's limit of {self.seconds} s per cell")
+        raise TimeoutError(self.message().removeprefix("TimeoutError: "))
 
     def __enter__(self):
         signal.signal(signal.SIGALRM, self._expire)
@@ -205,12 +212,18 @@ class _Alarm:
 def run_cases(cases: list[dict], refs: References, user_ns: dict, alarm: _Alarm) -> tuple[list[dict], list[str]]:
     """Each case's examples (their sources, parsed by the grader) in a fresh grader namespace; a case passes when
     none raises. What the code under test prints is not compared with anything (a debug print cannot fail a
-    test)."""
+    test).
+
+    A failed case's ``stopped`` says when the runner itself ended it, never from the text of what was raised:
+    ``"time_limit"`` when its alarm went off during the case (also if the code under test caught that
+    ``TimeoutError`` and raised something else), ``"tampered"`` when the code changed a reference; then ``message``
+    is the runner's own words. Otherwise ``stopped`` is None and ``message`` is what the case raised (the student's
+    words, or the test's)."""
     results, tampered = [], []
     seconds = alarm.seconds
     for case in cases:
-        ns, message = refs.namespace(user_ns), ""
-        stdout = sys.stdout
+        ns, message, stopped = refs.namespace(user_ns), "", None
+        stdout, expired = sys.stdout, alarm.expired
         try:
             sys.stdout = io.StringIO()
             with alarm.limit(seconds):
@@ -218,15 +231,16 @@ def run_cases(cases: list[dict], refs: References, user_ns: dict, alarm: _Alarm)
                     exec(compile(source, "<test>", "single"), ns)  # noqa: S102 - the grader's own tests
         except BaseException as e:  # noqa: BLE001 - a failed test, whatever it raised
             message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            if isinstance(e, TimeoutError):
+            if alarm.expired > expired:
+                message, stopped = alarm.message(), "time_limit"
                 seconds = alarm.grace  # the question's next cases call the same looping function: a short limit
         finally:
             sys.stdout = stdout
         changed = refs.restore(strict=True) + _student_threads()
         if changed:
-            message = f"the code under test changed {', '.join(changed[:3])} while it was tested"
+            message, stopped = f"the code under test changed {', '.join(changed[:3])} while it was tested", "tampered"
             tampered += changed
-        results.append({"passed": not message, "message": message[:300]})
+        results.append({"passed": not message, "message": message[:300], "stopped": stopped})
     return results, tampered
 
 
