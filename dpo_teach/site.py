@@ -371,19 +371,18 @@ def main(argv: list[str] | None = None) -> None:
         return frontier_figure(args.frontier)
     mode = current_mode()
     workdir = args.workdir or args.out.with_name(args.out.name + "-executed") / mode
-    from dpo_teach.world import WorldConfig, cache_dir, load_reference
+    from dpo_teach.world import WorldConfig, load_reference
 
     os.environ.pop("MPLBACKEND", None)  # the kernels draw inline: with MPLBACKEND=Agg the pages would have no figures
     start = time.perf_counter()
     load_reference(WorldConfig(preset="tiny"), verbose=True)  # π_ref cached before the first kernel asks for it
-    executed, caches = {}, {}
+    executed = {}
     for path in notebook_paths():
         t = time.perf_counter()
         executed[path.stem] = execute(path, workdir)
-        caches[path.stem] = str(cache_dir())  # the kernel's: it inherits this process's $DPO_TEACH_CACHE
         print(f"{path.stem}: executed in {time.perf_counter() - t:.0f} s ({mode} mode)", flush=True)
     t = time.perf_counter()
-    pages = build(executed, args.out, mode, caches)
+    pages = build(executed, args.out, mode)  # the kernels inherited this process's cache: machine_paths knows it
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"{len(pages)} pages rendered in {time.perf_counter() - t:.0f} s; {args.out}: {size / 1e6:.1f} MB; "
           f"{time.perf_counter() - start:.0f} s in all. Open {args.out / 'index.html'}")

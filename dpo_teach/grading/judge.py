@@ -254,8 +254,7 @@ def _run(process: _Process, private: str, text: str, file_name: str, tests: dict
         out["status"], out["reason"] = e.status, e.reason
     except OSError as e:  # the runner's stdin closed under us: it has died
         out["status"] = _ended(out["phase"])
-        out["reason"] = f"the notebook's process ended while {_phase_words(out['phase'])}: {e}; " \
-                        f"{process.stderr_tail()}"
+        out["reason"] = f"the notebook's process ended while {_phase_words(out['phase'])}: {e}; {process.stderr_tail()}"
     return out
 
 
@@ -279,9 +278,9 @@ class _Channel:
             raise _Abort("timeout", f"killed after {self.timeout:g} s (per-notebook time limit) while "
                                     f"{_phase_words(self.out['phase'])}") from None
         if line is None:
-            raise _Abort(_ended(self.out["phase"]), f"the notebook's process ended while "
-                                                   f"{_phase_words(self.out['phase'])}: "
-                                  f"{self.process.stderr_tail() or 'no message'}")
+            phase = self.out["phase"]
+            raise _Abort(_ended(phase), f"the notebook's process ended while {_phase_words(phase)}: "
+                                        f"{self.process.stderr_tail() or 'no message'}")
         try:
             message = json.loads(line)
             ok = isinstance(message, dict) and message.get("id") == self.job_id and message.get("event") in expected

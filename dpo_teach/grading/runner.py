@@ -185,15 +185,13 @@ class _Alarm:
     def __init__(self, seconds: int, grace: int = 3):
         self.seconds, self.grace, self._now = seconds, min(seconds, grace), seconds
         self.expired = 0  # how many times it has gone off: a test case it ended is marked so (``run_cases``)
+        self.words = f"time limit: a cell ran past the grader's limit of {seconds} s per cell"  # what it raises
         signal.signal(signal.SIGALRM, self._expire)
-
-    def message(self) -> str:
-        return f"TimeoutError: time limit: a cell ran past the grader's limit of {self.seconds} s per cell"
 
     def _expire(self, signum, frame):
         self.expired += 1
         signal.alarm(self.grace)
-        raise TimeoutError(self.message().removeprefix("TimeoutError: "))
+        raise TimeoutError(self.words)
 
     def __enter__(self):
         signal.signal(signal.SIGALRM, self._expire)
@@ -232,7 +230,7 @@ def run_cases(cases: list[dict], refs: References, user_ns: dict, alarm: _Alarm)
         except BaseException as e:  # noqa: BLE001 - a failed test, whatever it raised
             message = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             if alarm.expired > expired:
-                message, stopped = alarm.message(), "time_limit"
+                message, stopped = f"TimeoutError: {alarm.words}", "time_limit"
                 seconds = alarm.grace  # the question's next cases call the same looping function: a short limit
         finally:
             sys.stdout = stdout
