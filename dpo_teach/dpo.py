@@ -21,7 +21,7 @@ from dpo_teach.logprobs import (
     tokenize_pairs,
     with_reference_logprobs,
 )
-from dpo_teach.losses import get_loss, step_metrics
+from dpo_teach.losses import STEADIER_BETA, get_loss, step_metrics
 from dpo_teach.training import adamw, diverged, diverging, minibatches, n_steps, optimizer_step, set_lr
 from dpo_teach.utils import lr_at, set_seed
 
@@ -46,6 +46,11 @@ class DPOConfig:
     def loss(self) -> Callable:
         """The configured loss with β (and its own option) bound: called with the four log-prob tensors."""
         return get_loss(self.loss_type, self.beta, label_smoothing=self.label_smoothing, lam=self.dpop_lambda)
+
+    @property
+    def steadier_beta(self) -> str:
+        """Which way β steadies this loss when a run diverges ("lower" or "raise"): the loss registry's word."""
+        return STEADIER_BETA.get(self.loss_type, "lower")
 
 
 def dpo_step(policy: torch.nn.Module, reference: torch.nn.Module, batch: dict[str, torch.Tensor],

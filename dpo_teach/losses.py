@@ -24,13 +24,18 @@ import torch.nn.functional as F
 
 LOSSES: dict[str, Callable] = {}
 """name → loss function; every function here that ``@register`` marks."""
+STEADIER_BETA: dict[str, str] = {}
+"""name → which way β moves to make a diverging run of that loss steadier: "lower" (a smaller β scales the margin, and
+so the gradient, down) or "raise" (IPO: its target 1/(2β) and its gradient grow as β falls)."""
 
 
-def register(name: str) -> Callable:
-    """Add a loss to :data:`LOSSES` under ``name``."""
+def register(name: str, steadier_beta: str = "lower") -> Callable:
+    """Add a loss to :data:`LOSSES` under ``name``, with the way β steadies it (:data:`STEADIER_BETA`)."""
+    assert steadier_beta in ("lower", "raise"), steadier_beta
+
     def add(fn: Callable) -> Callable:
         assert name not in LOSSES, f"loss {name!r} registered twice"
-        LOSSES[name] = fn
+        LOSSES[name], STEADIER_BETA[name] = fn, steadier_beta
         return fn
     return add
 
@@ -119,7 +124,7 @@ def cdpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
-@register("ipo")
+@register("ipo", steadier_beta="raise")  # a smaller β moves the target 1/(2β) further out
 def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float = 0.1):
     """IPO, Eq. 17 in Azar et al. 2023: ``(h − 1/(2β))²`` with h the difference of log-ratios.
 

@@ -32,16 +32,15 @@ def diverged(name: str, step: int, total: int, lr: float, config, what: str,
              flags: Mapping[str, str] | None = None) -> TrainingError:
     """The error for ``name``'s step ``step`` (0-based) of ``total`` whose loss or gradient is nan or inf (``what``):
     where, the learning rate then, the run's peak lr and β (``config.lr``, and ``config.beta`` or ``config.kl_coef``
-    where the config has one), and what to change: the learning rate, or β where it is not 0 (lowered: a large β can
-    overflow the KL term; raised for IPO, whose target 1/(2β) grows as β falls). A setting is named by its
-    command-line flag where ``flags`` (field → flag) has one, else by its config field."""
+    where the config has one), and what to change: the learning rate, or β where it is not 0, lowered (a large β can
+    overflow the KL term) unless the config's ``steadier_beta`` says "raise" (IPO's loss, :data:`losses.STEADIER_BETA`).
+    A setting is named by its command-line flag where ``flags`` (field → flag) has one, else by its config field."""
     flags = flags or {}
     betas = [key for key in BETAS if hasattr(config, key)]
     settings = ", ".join(f"{label}={getattr(config, key):g}" for key, label in
                          [("lr", "peak lr"), *((key, key) for key in betas)])
     fix = f"Lower the learning rate ({flags.get('lr', 'lr')}, e.g. {config.lr / 10:g})"
-    # IPO regresses the margin onto 1/(2β): a smaller β makes its target and its gradient larger, so there β goes up
-    raise_beta = getattr(config, "loss_type", None) == "ipo"
+    raise_beta = getattr(config, "steadier_beta", "lower") == "raise"  # the loss's own word (DPOConfig)
     fix += "".join(f" or {'raise ' if raise_beta else ''}β ({flags.get(key, key)})"
                    for key in betas if getattr(config, key))
     return TrainingError(f"{name} diverged at step {step + 1} of {total} ({what}; learning rate {lr:.3g} at this "

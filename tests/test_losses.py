@@ -122,3 +122,24 @@ def test_cli_loss_choices_are_the_registry():
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     loss_action = next(a for a in train._actions if a.dest == "loss")
     assert sorted(loss_action.choices) == sorted(LOSSES) and "dpop" in LOSSES
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_the_registry_says_which_way_beta_steadies_each_loss(name):
+    """A diverging run's hint moves β the way that shrinks the loss's gradient: measured here on a batch where π_θ
+    starts at π_ref (as every run does), at β and at β/2, against the registry's word (training.diverged reads it
+    through DPOConfig.steadier_beta)."""
+    from dpo_teach.dpo import DPOConfig
+    from dpo_teach.losses import STEADIER_BETA, get_loss
+
+    ref_chosen, ref_rejected = torch.tensor([-9.0, -12.0]), torch.tensor([-10.0, -8.0])
+
+    def gradient_norm(beta: float) -> float:
+        chosen, rejected = ref_chosen.clone().requires_grad_(), ref_rejected.clone().requires_grad_()
+        losses, _, _ = get_loss(name, beta)(chosen, rejected, ref_chosen, ref_rejected)
+        losses.mean().backward()
+        return float(torch.cat([chosen.grad, rejected.grad]).norm())
+
+    smaller_beta_is_steadier = gradient_norm(0.05) < gradient_norm(0.1)
+    assert STEADIER_BETA[name] == ("lower" if smaller_beta_is_steadier else "raise")
+    assert DPOConfig(loss_type=name).steadier_beta == STEADIER_BETA[name]
