@@ -496,6 +496,40 @@ def test_an_interrupted_batch_resumes_without_grading_again(assigned, notebook_r
     assert calls == ["ann", "ben", "ben", "ann", "ben"], "a finished batch is graded afresh"
 
 
+def test_a_resumed_batch_grades_again_what_other_settings_would_score_differently(assigned, tmp_path, monkeypatch):
+    """A row taken from the journal was graded under the interrupted run's mode, time limits and sandbox: a rerun
+    with a longer ``--timeout`` (after notebooks ran out of time) or ``--full`` grades those notebooks again under
+    its own, instead of mixing rows of two settings under one report's ``time_limits``."""
+    grade_module = importlib.import_module("dpo_teach.grading.grade")
+    folder = _ann_and_ben(assigned, tmp_path)
+    calls = []
+
+    def interrupted(student, path, manifests, assignment, cell_timeout, timeout, *args, **kwargs):
+        calls.append((student.split("_")[0], timeout))
+        if student.startswith("ben"):
+            raise KeyboardInterrupt("interrupted after ann's row")
+        return {**grade_module._empty_row(student, path, "00_start_here", "timeout", f"killed after {timeout:g} s"),
+                "possible": 1.0}
+
+    monkeypatch.setattr(grade_module, "grade_submission", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        grading.grade(folder, tmp_path / "out", autograder=assigned / "autograder", timeout=60, log=lambda m: None)
+    assert calls == [("ann", 60), ("ben", 60)]
+    with pytest.raises(KeyboardInterrupt):  # the same settings: ann's row is taken from the journal
+        grading.grade(folder, tmp_path / "out", autograder=assigned / "autograder", timeout=60, log=lambda m: None)
+    assert calls[2:] == [("ben", 60)]
+
+    def in_time(student, path, manifests, assignment, cell_timeout, timeout, *args, **kwargs):
+        calls.append((student.split("_")[0], timeout))
+        return {**grade_module._empty_row(student, path, "00_start_here", "graded"), "possible": 1.0, "score": 1.0}
+
+    monkeypatch.setattr(grade_module, "grade_submission", in_time)
+    report = grading.grade(folder, tmp_path / "out", autograder=assigned / "autograder", timeout=600,
+                           log=lambda m: None)
+    assert calls[3:] == [("ann", 600), ("ben", 600)], "ann's row of the 60 s run was kept under a 600 s limit"
+    assert [r["status"] for r in report["results"]] == ["graded", "graded"]
+
+
 def test_a_rerun_grades_again_what_the_grader_failed_on(assigned, tmp_path, monkeypatch):
     """A row of status ``error`` (the grader failed: a missing folder, a broken sandbox) is not taken from the journal:
     once the cause is fixed, the rerun grades that notebook."""

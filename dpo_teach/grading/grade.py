@@ -338,12 +338,15 @@ def _hidden(submissions: Path, out: Path, autograder: Path) -> list[str]:
     return sandbox.covered(ROOT, keep) + [str(Path(p).resolve()) for p in (submissions, out, autograder)]
 
 
-def _fingerprint(path: Path, manifest: dict) -> str:
-    """What a row depends on: which file it is, its bytes and the bundle's (a rerun skips what it has graded; two
-    students' identical files are two rows)."""
+def _fingerprint(path: Path, manifest: dict, settings: dict) -> str:
+    """What a row depends on: which file it is, its bytes, the bundle's and the settings it is graded under (fast or
+    full mode, the time limits, the sandbox): a rerun skips what it has graded, and grades again what a rerun with
+    other settings (a longer ``--timeout``, ``--full``) would score differently; two students' identical files are
+    two rows."""
     digest = hashlib.sha256(str(Path(path).resolve()).encode() + b"\0")
     digest.update(Path(path).read_bytes())
     digest.update(manifest["digest"].encode())
+    digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -380,9 +383,9 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     Each notebook runs in the sandbox (``sandbox.py``); where there is none, grading refuses unless ``unsafe``, and
     then every process the batch started is ended before the reports are written (``judge.ending_strays``).
     Every row is appended to ``out/grades.partial.jsonl`` as soon as it is graded, and a rerun of an interrupted
-    batch takes the rows whose notebook and bundle are unchanged from there instead of grading them again, except
-    rows of status ``error`` (the grader failed, not the notebook: graded again; a ``crashed`` row, whose notebook
-    ended its own process, is kept). A sandbox that fails as a notebook
+    batch takes the rows whose notebook, bundle and settings (mode, time limits, sandbox) are unchanged from there
+    instead of grading them again, except rows of status ``error`` (the grader failed, not the notebook: graded again;
+    a ``crashed`` row, whose notebook ended its own process, is kept). A sandbox that fails as a notebook
     starts (the machine, not the student) stops the batch with ``SandboxUnavailable``: the rows graded so far stay in
     the journal for the rerun. A file that is not a notebook gets a row of status ``skipped`` that says what to do.
     Returns the JSON report: the assignments with their questions, one row per submission and totals per student.
@@ -406,6 +409,8 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         f"{'no sandbox (--unsafe)' if unsafe else 'each in the sandbox'}; {len(done)} graded before; "
         f"{len(found) - notebooks} other files skipped)")
     env = {**os.environ, "DPO_TEACH_FAST": "1" if fast else "0", "TOKENIZERS_PARALLELISM": "false"}
+    settings = {"mode": "fast" if fast else "full", "per_cell_s": cell_timeout, "per_notebook_s": timeout,
+                "sandbox": not unsafe}  # what a row depends on besides the files (_fingerprint)
     out.mkdir(parents=True, exist_ok=True)
     hide = _hidden(submissions, out, autograder)
     lock = threading.Lock()
@@ -435,7 +440,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
                              "later notebook of the same assignment")
         else:
             row = None
-            key = _fingerprint(path, manifests[names[path]]) if names[path] in manifests else None
+            key = _fingerprint(path, manifests[names[path]], settings) if names[path] in manifests else None
             if key is not None and key in done:  # named as this run names it (another folder, newer rules)
                 row = {**done[key], "student": student, "file": str(path)}
             if row is None:
