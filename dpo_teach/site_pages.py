@@ -146,8 +146,9 @@ def machine_paths(caches: Iterable[Path | str] = ()) -> list[tuple[re.Pattern, s
     rules = [(rf"{PATH_CHAR}*/ipykernel_\d+/\d+\.py", "<cell>"),
              (rf"{PATH_CHAR}*/(?=reference-\w+-\w+)", f"{DEFAULT_CACHE}/")]
     rules += [(_literal(folder), text) for folder, text in folders if str(folder).strip("/.")]
-    # a temporary folder, however deep (a test run's is /tmp/pytest-of-USER/pytest-N/...), up to a file's name
-    rules += [(re.escape(temp) + rf"(?:/{NAME_CHAR}+?)+?(?=/{NAME_CHAR}+\.\w+\b|/?{PATH_END})", "<temporary folder>")
+    # a temporary folder, however deep (a test run's is /tmp/pytest-of-USER/pytest-N/...), up to a file's name (which
+    # stays, also for a file directly in it: /tmp/x.json -> <temporary folder>/x.json)
+    rules += [(re.escape(temp) + rf"(?:/{NAME_CHAR}+?)*?(?=/{NAME_CHAR}+\.\w+\b|/?{PATH_END})", "<temporary folder>")
               for temp in {tempfile.gettempdir(), "/tmp"}]
     return [(re.compile(pattern), text) for pattern, text in rules]
 
@@ -271,17 +272,26 @@ def for_readers(markdown: str, hide: re.Pattern = NOT_FOR_STUDENTS, reword: Mapp
     ``hide`` matches (by default what a student's page may not say; for a section marked for instructors,
     :data:`FOR_DEVELOPERS`), with the comment lines that continue a dropped code line. ``reword``: ``{words: other
     words}`` replaced in the prose first (its lines joined), so that a sentence that says something a reader needs in
-    words they do not need is kept, in theirs (:data:`INSTRUCTOR_WORDS`)."""
-    kept, dropped = [], False
+    words they do not need is kept, in theirs (:data:`INSTRUCTOR_WORDS`).
+
+    Raises:
+        ValueError: a ``reword`` key is not in ``markdown`` (reworded there), which would drop its sentence silently.
+    """
+    kept, dropped, found = [], False, set()
     for prose, text in _units(markdown):
         if prose:
             for words, theirs in (reword or {}).items():
+                found.update([words] if words in text else [])
                 text = text.replace(words, theirs)
             text = _sentences_for_readers(text, hide)
         continues = dropped and text.startswith(" ") and text.lstrip().startswith("#")
         dropped = (prose and not text) or (not prose and bool(hide.search(text))) or continues
         if not dropped:
             kept.append(text)
+    missing = [words for words in reword or {} if words not in found]
+    if missing:
+        raise ValueError(f"the README section no longer says {missing}, so the sentences they stood in would be "
+                         "dropped: update site_pages.INSTRUCTOR_WORDS to the README's new words")
     return "\n".join(kept)
 
 

@@ -26,6 +26,7 @@ from urllib.parse import urljoin, urlparse
 
 import nbformat
 import pytest
+from filelock import FileLock
 
 from dpo_teach import site, site_pages
 from dpo_teach.grading import AUTOGRADER, MASTERS, NOTEBOOKS, load_manifests
@@ -167,6 +168,9 @@ def test_build_machine_paths_become_a_readers_names():
                f"run it in {site.ROOT}.": "run it in dpo-teach."}
     assert {line: site_pages.clean_text(line) for line in printed} == printed
     assert site_pages.clean_text("/tmp/x/train.jsonl", markup=True) == "&lt;temporary folder&gt;/train.jsonl"
+    # a file directly in a temporary folder keeps its name (before: "<temporary folder>" alone)
+    assert site_pages.clean_text("wrote /tmp/train.jsonl.") == "wrote <temporary folder>/train.jsonl."
+    assert site_pages.clean_text("in /tmp, then /tmpfiles/x.json") == "in <temporary folder>, then /tmpfiles/x.json"
 
 
 def test_a_cache_reads_as_the_default_one_wherever_it_was(tmp_path, monkeypatch):
@@ -256,6 +260,20 @@ def test_readme_sections_leave_out_what_only_developers_need():
             "", "```bash", "make demo   # the demo", "make lab", "```", "", "- **A**: one.", "",
             "| a | b |", "|---|---|", "| kept | row |"]
     assert site_pages.for_readers("\n".join(section)) == "\n".join(kept)
+
+
+def test_a_reworded_readme_sentence_is_refused_not_dropped():
+    """``INSTRUCTOR_WORDS`` keeps sentences an instructor needs in words the filter lets through. If the README is
+    reworded and a key no longer matches, the build stops and says which words to update; before, the sentence was
+    dropped from grading.html without a word."""
+    section = "## Grading\n\n`tests/test_grading.py` checks that the committed files match. Then read on."
+    reword = {"`tests/test_grading.py` checks that the committed files": "The course's checks confirm that the files"}
+    assert site_pages.for_readers(section, reword=reword) == ("## Grading\n\nThe course's checks confirm that the "
+                                                              "files match. Then read on.")
+    with pytest.raises(ValueError, match="no longer says.*tests/test_grading.py.*update site_pages.INSTRUCTOR_WORDS"):
+        site_pages.for_readers(section.replace("checks that", "confirms that"), reword=reword)
+    grading = site.readme_sections()["For instructors: grading"]  # the README as it is: every key still there
+    assert all(" ".join(words.split()) in " ".join(grading.split()) for words in site_pages.INSTRUCTOR_WORDS)
 
 
 def test_no_page_talks_about_how_the_course_was_made(built):
@@ -490,9 +508,13 @@ def browsed(built, server):
             pytest.fail(message)
         pytest.skip(message)
     shots = ARTIFACTS / "screenshots"
-    shutil.rmtree(shots, ignore_errors=True)
-    shots.mkdir(parents=True)
-    return browse(server, built[1], shots)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # one browser at a time writes the screenshots: under `pytest -n 2` without `--dist loadscope` each worker builds
+    # and browses the site, and two of them would empty the folder under each other
+    with FileLock(ARTIFACTS / ".screenshots.lock"):
+        shutil.rmtree(shots, ignore_errors=True)
+        shots.mkdir(parents=True)
+        return browse(server, built[1], shots)
 
 
 def test_every_page_loads_offline_without_errors(browsed):
