@@ -725,7 +725,7 @@ AUTOGRADER = Path(__file__).resolve().parents[1] / "course" / "autograder"
 def test_malformed_autograder_bundles(tmp_path, how, message, capsys):
     import shutil
 
-    from dpo_teach.grading.grade import ManifestError, load_manifests
+    from dpo_teach.grading.manifests import ManifestError, load_manifests
 
     name = "01_kl_objective"
     shutil.copy(AUTOGRADER / f"{name}.json", tmp_path)
@@ -774,7 +774,7 @@ def test_malformed_autograder_bundles(tmp_path, how, message, capsys):
 def test_a_manifest_without_its_bundle_is_skipped(tmp_path):
     import shutil
 
-    from dpo_teach.grading.grade import load_manifests
+    from dpo_teach.grading.manifests import load_manifests
 
     shutil.copy(AUTOGRADER / "01_kl_objective.json", tmp_path)
     assert load_manifests(tmp_path) == {}

@@ -26,7 +26,8 @@ from test_grading import (  # tests/ is on sys.path (pytest's rootdir import)
 from test_grading_hostile import WRONG_KL, spawn_refused
 
 from dpo_teach.grading import gradescope, judge, sandbox
-from dpo_teach.grading.grade import ManifestError, load_manifests, row_reason
+from dpo_teach.grading.manifests import ManifestError, load_manifests
+from dpo_teach.grading.reports import row_reason
 
 
 def test_a_bundle_grades_from_an_empty_folder(assigned, notebook_reference, tmp_path):

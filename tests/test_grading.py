@@ -27,8 +27,7 @@ from test_exercises_new import WRONG as NEW_EXERCISE_MISTAKES  # tests/ is on sy
 
 from dpo_teach import grading
 from dpo_teach.grading.assign import solution_lines
-from dpo_teach.grading.grade import _detect_assignment as detect_assignment
-from dpo_teach.grading.grade import student_name
+from dpo_teach.grading.submissions import detect_assignment, student_name
 
 NAMES = [p.stem for p in sorted(grading.MASTERS.glob("*.ipynb"))]
 
@@ -451,7 +450,8 @@ def test_cli_grade_writes_reports(tmp_path, assigned, capsys):
 
 
 def test_a_failed_hidden_test_is_numbered_and_never_quoted():
-    from dpo_teach.grading.grade import _public_feedback, _why
+    from dpo_teach.grading.grade import _public_feedback
+    from dpo_teach.grading.reports import _why
 
     cases = [{"passed": True, "hidden": False, "message": ""},
              {"passed": True, "hidden": True, "message": ""},

@@ -31,6 +31,7 @@ from test_grading import exercise_solution, replaced  # tests/ is on sys.path (p
 
 from dpo_teach import grading
 from dpo_teach.grading import judge, sandbox
+from dpo_teach.grading.reports import empty_row
 from dpo_teach.grading.scan import scan
 
 OTTER = importlib.util.find_spec("otter").origin  # the environment's otter package, a target for tampering
@@ -508,7 +509,7 @@ def test_a_resumed_batch_grades_again_what_other_settings_would_score_differentl
         calls.append((student.split("_")[0], timeout))
         if student.startswith("ben"):
             raise KeyboardInterrupt("interrupted after ann's row")
-        return {**grade_module._empty_row(student, path, "00_start_here", "timeout", f"killed after {timeout:g} s"),
+        return {**empty_row(student, path, "00_start_here", "timeout", f"killed after {timeout:g} s"),
                 "possible": 1.0}
 
     monkeypatch.setattr(grade_module, "grade_submission", interrupted)
@@ -521,7 +522,7 @@ def test_a_resumed_batch_grades_again_what_other_settings_would_score_differentl
 
     def in_time(student, path, manifests, assignment, cell_timeout, timeout, *args, **kwargs):
         calls.append((student.split("_")[0], timeout))
-        return {**grade_module._empty_row(student, path, "00_start_here", "graded"), "possible": 1.0, "score": 1.0}
+        return {**empty_row(student, path, "00_start_here", "graded"), "possible": 1.0, "score": 1.0}
 
     monkeypatch.setattr(grade_module, "grade_submission", in_time)
     report = grading.grade(folder, tmp_path / "out", autograder=assigned / "autograder", timeout=600,
@@ -541,7 +542,7 @@ def test_a_rerun_grades_again_what_the_grader_failed_on(assigned, tmp_path, monk
         calls.append(student)
         if student.startswith("ben"):
             raise KeyboardInterrupt("interrupted after ann's row")
-        row = grade_module._empty_row(student, path, "00_start_here", "error", "the sandbox could not start")
+        row = empty_row(student, path, "00_start_here", "error", "the sandbox could not start")
         return {**row, "possible": 1.0}
 
     monkeypatch.setattr(grade_module, "grade_submission", failing)
@@ -551,7 +552,7 @@ def test_a_rerun_grades_again_what_the_grader_failed_on(assigned, tmp_path, monk
 
     def fixed(student, path, manifests, assignment, *args, **kwargs):
         calls.append(student)
-        row = grade_module._empty_row(student, path, "00_start_here", "graded")
+        row = empty_row(student, path, "00_start_here", "graded")
         return {**row, "score": 1.0, "possible": 1.0}
 
     monkeypatch.setattr(grade_module, "grade_submission", fixed)
@@ -576,7 +577,7 @@ def test_a_resumed_row_names_the_student_as_the_rerun_does(assigned, tmp_path, m
         if len(calls) == 2:
             raise KeyboardInterrupt("interrupted after the first row")
         name = next(n for n in manifests if n in path.name)
-        return {**grade_module._empty_row(student, path, name, "graded"), "score": 1.0, "possible": 1.0}
+        return {**empty_row(student, path, name, "graded"), "score": 1.0, "possible": 1.0}
 
     monkeypatch.setattr(grade_module, "grade_submission", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -826,7 +827,7 @@ def test_a_notebook_that_ends_its_own_process_is_crashed_not_the_graders_error(t
     before = judge.run_notebook(_notebook("x = 1"), "homework.ipynb", tests, 30, 120, env, False, [])
     assert before["status"] == "error" and "before any cell ran" in before["reason"], before
     journal = tmp_path / "grades.partial.jsonl"
-    rows = {status: grade_module._empty_row(status, tmp_path / f"{status}.ipynb", "hw", status)
+    rows = {status: empty_row(status, tmp_path / f"{status}.ipynb", "hw", status)
             for status in ("crashed", "error")}
     journal.write_text("".join(json.dumps({"key": status, "row": row}) + "\n" for status, row in rows.items()))
     assert list(grade_module._resumable(journal)) == ["crashed"]

@@ -10,10 +10,11 @@ Layout (``make assign`` writes the last three from the first; all four are commi
 Adding a graded notebook = adding a master and running ``make assign``. Only files named after a master are
 written; other notebooks in ``notebooks/`` are never touched.
 
-Grading (``dpo-teach grade DIR``, ``grade.py``) runs each notebook in a process of its own (a fork of a zygote that
-loaded the libraries once per grader, ``zygote.py``) inside a sandbox (``sandbox.py``: Linux namespaces; no network, no
-other process in view, every file system read-only, of the course's folder only the package, the student notebooks
-and the Python environment in view, other submissions hidden), under two time limits: a
+Grading (``dpo-teach grade DIR``, ``grade.py``; the folder read by ``submissions.py``, the bundles by
+``manifests.py``, the reports written by ``reports.py``) runs each notebook in a process of its own (a fork of a
+zygote that loaded the libraries once per grader, ``zygote.py``) inside a sandbox (``sandbox.py``: Linux namespaces;
+no network, no other process in view, every file system read-only, of the course's folder only the package, the
+student notebooks and the Python environment in view, other submissions hidden), under two time limits: a
 per-cell limit (an endless loop raises ``TimeoutError`` and costs only the points that depend on it) and a per-notebook
 wall-clock limit (the sandbox is killed with everything in it; the notebook scores 0 with that reason). The tests of the
 bundle are sent in only after the notebook's cells have run, one question at a time, and run against private references
@@ -30,16 +31,11 @@ flat folder are named by ``student_name``. Results go to ``grades.csv`` and ``gr
 from __future__ import annotations
 
 from dpo_teach.grading.assign import AUTOGRADER, MASTERS, NOTEBOOKS, ROOT, assign, read_questions
-from dpo_teach.grading.grade import (
-    find_submissions,
-    format_table,
-    grade,
-    grade_submission,
-    is_notebook,
-    load_manifests,
-    student_name,
-)
+from dpo_teach.grading.grade import grade, grade_submission
+from dpo_teach.grading.manifests import load_manifests
+from dpo_teach.grading.reports import format_table
 from dpo_teach.grading.sandbox import SandboxUnavailable
+from dpo_teach.grading.submissions import find_submissions, is_notebook, student_name
 
 __all__ = ["AUTOGRADER", "MASTERS", "NOTEBOOKS", "ROOT", "assign", "find_submissions", "format_table", "grade",
            "grade_submission", "is_notebook", "load_manifests", "read_questions", "SandboxUnavailable", "student_name"]

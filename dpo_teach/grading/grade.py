@@ -1,178 +1,45 @@
-"""``dpo-teach grade DIR``: grade every notebook in a folder; one CSV and one JSON of scores, written atomically."""
+"""``dpo-teach grade DIR``: grade every notebook in a folder; one CSV and one JSON of scores, written atomically.
+
+A submission's file is found and named in ``submissions.py``, its bundle read in ``manifests.py``, its notebook run in
+a process of its own (``judge.py``); this module scores each one and runs the batch (in parallel, journaled so that an
+interrupted batch resumes); ``reports.py`` writes the rows out."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
-import re
 import sys
 import tempfile
 import threading
 import time
-import zipfile
-import zlib
-from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dpo_teach.grading import sandbox
-from dpo_teach.grading.assign import AUTOGRADER, NOTEBOOKS, ROOT, multiple_choice
-from dpo_teach.grading.judge import ending_strays, load_tests, run_notebook
+from dpo_teach.grading.assign import AUTOGRADER, NOTEBOOKS, ROOT
+from dpo_teach.grading.judge import ending_strays, run_notebook
+from dpo_teach.grading.manifests import load_manifests
+from dpo_teach.grading.reports import empty_row, per_student, row_reason, write_reports
 from dpo_teach.grading.scan import scan
-from dpo_teach.utils import atomic_write_json, atomic_write_text
-
-
-class ManifestError(ValueError):
-    """An autograder manifest or bundle that cannot be used; the message names the file and the fix."""
-
-
-def _manifest_problem(manifest) -> str | None:
-    """What makes a parsed manifest unusable (None when nothing does)."""
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("assignment"), str):
-        return "no 'assignment' name"
-    if not isinstance(manifest.get("questions"), list):
-        return "no 'questions' list"
-    for i, q in enumerate(manifest["questions"]):
-        ok = (isinstance(q, dict) and isinstance(q.get("name"), str) and isinstance(q.get("manual"), bool)
-              and isinstance(q.get("points"), (int, float)) and not isinstance(q.get("points"), bool)
-              and 0 <= q["points"] < float("inf"))
-        if not ok:
-            return f"questions[{i}] needs a 'name', 'points' (a number ≥ 0) and 'manual' (true/false)"
-    wrong = next((i for i, q in enumerate(manifest["questions"]) if "choice" in q and type(q["choice"]) is not bool),
-                 None)
-    if wrong is not None:  # null, 0 or "no" would decide silently whether students see a letter's result at once
-        return f"questions[{wrong}]: 'choice' must be true or false, not {manifest['questions'][wrong]['choice']!r}"
-    marked = ["choice" in q for q in manifest["questions"]]
-    if any(marked) and not all(marked):
-        return f"questions[{marked.index(False)}] needs 'choice' (true/false), as the others have"
-    return None
-
-
-def _questions(manifest: dict, tests: dict[str, list[dict]]) -> dict[str, dict]:
-    """``{question: {"points", "manual", "choice"}}`` of a manifest. A manifest written before ``assign`` marked the
-    multiple-choice questions (no ``choice`` at all) has them found from the bundle's public tests, as ``assign``
-    finds them: read without the mark, their results would be shown to students at once on Gradescope."""
-    derived = multiple_choice(tests) if all("choice" not in q for q in manifest["questions"]) else set()
-    return {q["name"]: {"points": q["points"], "manual": q["manual"], "choice": q.get("choice", q["name"] in derived)}
-            for q in manifest["questions"]}
-
-
-def _bundle_problem(bundle: Path) -> str | None:
-    """Why otter could not open ``bundle`` (None when the zip reads back intact)."""
-    try:
-        with zipfile.ZipFile(bundle) as z:
-            broken = z.testzip()
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError) as e:
-        return f"not a zip archive ({type(e).__name__}: {e})"
-    return f"member {broken} is corrupt" if broken else None
-
-
-def load_manifests(autograder: Path) -> dict[str, dict]:
-    """``{assignment: {"bundle": path, "questions": {q: {"points", "manual", "choice"}}, "tests", "digest"}}`` for
-    every bundle in ``autograder``.
-
-    Raises:
-        ManifestError: a manifest that is not JSON or lacks a field, or a bundle that is not an intact zip.
-    """
-    manifests = {}
-    fix = "run `make assign` to write the bundles and manifests again"
-    for path in sorted(Path(autograder).glob("*.json")):
-        bundle = path.with_suffix(".zip")
-        if not bundle.is_file():
-            continue
-        try:
-            manifest = json.loads(path.read_bytes())
-        except (ValueError, RecursionError, OSError) as e:
-            raise ManifestError(f"{path}: not a readable autograder manifest ({e}); {fix}") from None
-        problem = _manifest_problem(manifest)
-        if problem:
-            raise ManifestError(f"{path}: not a usable autograder manifest ({problem}); {fix}")
-        problem = _bundle_problem(bundle)
-        if problem:
-            raise ManifestError(f"{bundle}: not a usable autograder bundle ({problem}); {fix}")
-        tests = load_tests(bundle)
-        digest = hashlib.sha256(bundle.read_bytes() + path.read_bytes()).hexdigest()
-        manifests[manifest["assignment"]] = {"bundle": bundle, "questions": _questions(manifest, tests),
-                                             "tests": tests, "digest": digest}
-    return manifests
-
-
-# What a browser, a file manager or Jupyter adds to a copy's name: " (1)", "-1", " copy", " - Copy (2)", "-Copy1";
-# Google Drive and Colab put "Copy of " in front.
-_COPY_SUFFIX = re.compile(r"(\s*\(\d+\)|[\s_-]+copy\s*\d*|-\d{1,2})$", re.IGNORECASE)
-_COPY_PREFIX = re.compile(r"^copy of\s+", re.IGNORECASE)
-_SEPARATORS = "_- "
-_ARCHIVES = {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"}
-
-
-def is_notebook(path: Path) -> bool:
-    return Path(path).suffix.lower() == ".ipynb"  # also ALICE.IPYNB, saved by a tool that shouts
-
-
-def _without_copy_marks(text: str) -> str:
-    while (trimmed := _COPY_SUFFIX.sub("", text)) != text:
-        text = trimmed
-    return text.strip(_SEPARATORS)
-
-
-def student_name(stem: str, assignments: Iterable[str]) -> str:
-    """The student of a file directly in the submissions folder, from its name: what comes before the name of the
-    assignment in it (``alice`` of ``alice_01_kl_objective (1)``), else what comes after it
-    (``01_kl_objective_alice``), without separators and the marks of a copy; a name with neither
-    (``01_kl_objective``, ``01_kl_objective (1)``) is the assignment's. Without an assignment's name, the name less
-    the marks of a copy."""
-    bare = _COPY_PREFIX.sub("", stem)
-    name = _named_in(bare, assignments)
-    if name is None:
-        return _without_copy_marks(bare) or stem
-    at = bare.lower().index(name.lower())
-    return bare[:at].strip(_SEPARATORS) or _without_copy_marks(bare[at + len(name):]) or _without_copy_marks(bare)
-
-
-def find_submissions(folder: Path, assignments: Iterable[str] = ()) -> list[tuple[str, Path]]:
-    """``(student, path)`` for every file under ``folder`` but hidden ones (``.ipynb_checkpoints`` too): the
-    notebooks, and anything else a student handed in (graded as ``skipped``, with what to do). The student is the
-    first sub-folder's name, or for a file directly in ``folder`` its name without the name of the assignment in
-    ``assignments`` it holds (:func:`student_name`)."""
-    found = []
-    for path in sorted(Path(folder).rglob("*")):
-        rel = path.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue
-        found.append((rel.parts[0] if len(rel.parts) > 1 else student_name(_bare_name(path), assignments), path))
-    return found
-
-
-def _bare_name(path: Path) -> str:
-    """The file's name without its extension, and without ``.ipynb`` before it (``alice_01`` of
-    ``alice_01.ipynb.zip``)."""
-    return re.sub(r"\.ipynb$", "", path.name.removesuffix(path.suffix), flags=re.IGNORECASE)
-
-
-def _detect_assignment(path: Path, nb, manifests: dict) -> str | None:
-    name = (nb.metadata.get("otter") or {}).get("assignment_name") if nb is not None else None
-    if name in manifests:
-        return name
-    return _named_in(path.name, manifests)
-
-
-def _named_in(text: str, names: Iterable[str]) -> str | None:
-    """The longest of ``names`` that ``text`` holds, whatever the case (a student's or an assignment's file name)."""
-    return max((n for n in names if n.lower() in text.lower()), key=len, default=None)
+from dpo_teach.grading.submissions import (
+    ARCHIVES,
+    assignments_and_latest,
+    detect_assignment,
+    find_submissions,
+    is_notebook,
+)
 
 
 def _not_a_notebook(student: str, path: Path) -> dict:
     """The row of a file that is not a notebook: skipped, with what to do, and no assignment (no 0 in a total)."""
     kind = Path(path).suffix.lower() or "no extension"
-    if kind in _ARCHIVES:
+    if kind in ARCHIVES:
         unpack = "unzip" if kind == ".zip" else "unpack"
         what = f"a {kind} archive: {unpack} it into the submissions folder and grade again"
     else:
         what = f"not a notebook ({kind}): ask the student for the .ipynb file"
-    return _empty_row(student, path, None, "skipped", f"{Path(path).name} is {what}")
+    return empty_row(student, path, None, "skipped", f"{Path(path).name} is {what}")
 
 
 def _run_job(bundle_tests: dict, path: Path, assignment: str, cell_timeout: int, timeout: float, env: dict,
@@ -208,14 +75,6 @@ def _public_feedback(cases: list[dict]) -> tuple[bool, str]:
         f": {first['message']}" if first.get("stopped") else "")
 
 
-def _why(feedback: str) -> str:
-    """`` (TimeoutError: ...)``, `` (AssertionError: message)`` or `` (hidden test 2 of 3)`` from a test's
-    feedback, for the one-line reason."""
-    errors = re.findall(r"(\w+(?:Error|Exception)\b.*)$", feedback, flags=re.M)
-    hidden = re.match(r"hidden test \d+ of \d+", feedback)
-    return f" ({errors[0].strip()[:80]})" if errors else f" ({hidden.group()})" if hidden else ""
-
-
 def _released(assignment: str, released_dir: Path) -> list[dict]:
     path = Path(released_dir) / f"{assignment}.ipynb"
     try:
@@ -231,7 +90,7 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
     the notebook starts (the machine's fault) raises ``SandboxUnavailable``."""
     import nbformat  # not at the top: each submission's process imports this package (nbformat costs ~1 s)
 
-    row = _empty_row(student, path, assignment, "graded")
+    row = empty_row(student, path, assignment, "graded")
     start = time.perf_counter()
     try:
         nb = nbformat.read(path, as_version=4)
@@ -240,7 +99,7 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
         nb = None
         first_line = (str(e).splitlines() or [""])[0][:200]
         row.update(status="invalid", problem=f"not a valid notebook ({type(e).__name__}: {first_line})")
-    row["assignment"] = assignment or _detect_assignment(path, nb, manifests)
+    row["assignment"] = assignment or detect_assignment(path, nb, manifests)
     if row["assignment"] not in manifests:
         if row["status"] == "graded":
             row.update(_unknown_assignment(path, nb, manifests, released_dir))
@@ -282,38 +141,11 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
     return row
 
 
-def row_reason(row: dict, withheld: Collection[str] = ()) -> str:
-    """A grade row's one-line reason: its ``problem`` (why it was not graded, or what ended its run early), a second
-    start, why it is flagged, the questions that lost points (a graded row's) and its first cell error.
-
-    ``withheld``: questions whose result the reason leaves out (Gradescope's multiple-choice questions, whose results
-    students see only once the grades are published).
-    """
-    parts = [row["problem"]]
-    if len(row["tries"]) > 1:
-        parts.append("started twice: the first start ran out of time before any cell ran (a busy machine)")
-    if row["flags"]:
-        parts.append(f"scored 0 until an instructor has read it: it touches the grading machinery "
-                     f"({'; '.join(row['flags'][:3])})")
-    if row["status"] == "graded":
-        parts.append(lost_points({q: r for q, r in row["questions"].items() if q not in withheld}))
-    if row["errors"]:
-        parts.append(f"{len(row['errors'])} cell error(s), first: {row['errors'][0]}")
-    return "; ".join(part for part in parts if part)
-
-
-def lost_points(questions: dict) -> str:
-    """``lost points on q1 (AssertionError: ...), q2 (hidden test 1 of 2)`` for the questions that lost points, or
-    an empty string."""
-    lost = [f"{q}{_why(r['feedback'])}" for q, r in questions.items() if r["score"] < r["possible"]]
-    return "lost points on " + ", ".join(lost) if lost else ""
-
-
 def _unknown_assignment(path: Path, nb, manifests: dict, released_dir: Path) -> dict:
     """The row's status and problem for a notebook of no graded assignment: a course notebook without exercises
     (06, the instructor's demo) is not graded, and says so; of anything else the grader cannot tell what it is."""
     ungraded = [p.stem for p in sorted(Path(released_dir).glob("*.ipynb")) if p.stem not in manifests]
-    course = _detect_assignment(path, nb, ungraded)  # the same rule as for a graded notebook
+    course = detect_assignment(path, nb, ungraded)  # the same rule as for a graded notebook
     if course:
         return {"status": "skipped", "assignment": course,
                 "problem": f"not graded: {course} has no auto-graded exercises (the graded notebooks are "
@@ -350,31 +182,6 @@ def _fingerprint(path: Path, manifest: dict, settings: dict) -> str:
     return digest.hexdigest()
 
 
-def _assignments_and_latest(found: list[tuple[str, Path]], manifests: dict,
-                            assignment: str | None) -> tuple[dict, dict]:
-    """``({path: its assignment or None}`` for every notebook, ``{path: (the path graded instead, the assignment)}``
-    for every notebook that another, later notebook of the same student and assignment supersedes (latest
-    modification time, then file name)). An unreadable notebook is graded (as invalid) on its own."""
-    import nbformat
-
-    names, groups = {}, {}
-    for student, path in found:
-        if not is_notebook(path):
-            continue
-        try:
-            nb = nbformat.read(path, as_version=4)
-        except Exception:  # noqa: BLE001 - named by its file name alone, superseding nothing
-            nb = None
-        names[path] = assignment or _detect_assignment(path, nb, manifests)
-        if nb is not None and names[path] in manifests:
-            groups.setdefault((student, names[path]), []).append(path)
-    superseded = {}
-    for (_, name), paths in groups.items():
-        latest = max(paths, key=lambda p: (p.stat().st_mtime, p.name))
-        superseded.update({p: (latest, name) for p in paths if p != latest})
-    return names, superseded
-
-
 def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignment: str | None = None,
           cell_timeout: int = 120, timeout: float = 900, fast: bool = True, jobs: int = 1, unsafe: bool = False,
           released_dir: Path = NOTEBOOKS, log=print) -> dict:
@@ -400,7 +207,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         raise _no_sandbox(why_not)
     course = [*manifests, *(p.stem for p in Path(released_dir).glob("*.ipynb"))]  # what a file's name may hold
     found = find_submissions(submissions, course)
-    names, superseded = _assignments_and_latest(found, manifests, assignment)
+    names, superseded = assignments_and_latest(found, manifests, assignment)
     out = Path(out)
     journal = out / "grades.partial.jsonl"
     done = _resumable(journal)
@@ -426,7 +233,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
             stopped.append((path, e))
             return None
         except Exception as e:  # noqa: BLE001 - e.g. the file vanished mid-batch: its row says so, the rest go on
-            row = _empty_row(student, path, None, "error", f"could not grade it: {type(e).__name__}: {e}")
+            row = empty_row(student, path, None, "error", f"could not grade it: {type(e).__name__}: {e}")
         log(f"  {row['student']}: {row['assignment'] or '?'} {row['score']:g}/{row['possible']:g} "
             f"{row['status']} ({row['seconds']:.0f} s)")
         return row
@@ -436,7 +243,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
             return _not_a_notebook(student, path)
         if path in superseded:
             latest, name = superseded[path]
-            row = _empty_row(student, path, name, "superseded", f"not graded: {latest.name} is this student's "
+            row = empty_row(student, path, name, "superseded", f"not graded: {latest.name} is this student's "
                              "later notebook of the same assignment")
         else:
             row = None
@@ -474,7 +281,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         "time_limits": {"per_cell_s": cell_timeout, "per_notebook_s": timeout},
         "assignments": {a: {"questions": m["questions"]} for a, m in manifests.items()
                         if any(r["assignment"] == a for r in rows)},
-        "results": rows, "students": _per_student(rows),
+        "results": rows, "students": per_student(rows),
     }
     write_reports(report, out)
     journal.unlink(missing_ok=True)  # the batch is complete: grades.json holds every row
@@ -512,55 +319,3 @@ def _read_journal(journal: Path) -> dict[str, dict]:
             except (ValueError, KeyError, TypeError):
                 continue
     return rows
-
-
-def _empty_row(student: str, path: Path, assignment: str | None, status: str, problem: str = "") -> dict:
-    """A grade row before (or without) grading: nothing scored; ``problem`` (why it is not graded) is its reason."""
-    return {"student": student, "file": str(path), "assignment": assignment, "status": status, "reason": problem,
-            "problem": problem, "score": 0.0, "possible": 0.0, "questions": {}, "errors": [], "flags": [],
-            "tries": [], "seconds": 0.0}
-
-
-def _per_student(rows: list[dict]) -> dict:
-    students: dict[str, dict] = {}
-    for r in rows:
-        if r["status"] in ("superseded", "skipped"):  # not graded: no 0 in anyone's total
-            continue
-        s = students.setdefault(r["student"], {"score": 0.0, "possible": 0.0, "assignments": {}})
-        s["assignments"][r["assignment"] or r["file"]] = r["score"]
-        s["score"] += r["score"]
-        s["possible"] += r["possible"]
-    return students
-
-
-def write_reports(report: dict, out: Path) -> None:
-    """``grades.json`` (everything) and ``grades.csv`` (one row per submission, one column per question)."""
-    questions = [q for a in report["assignments"].values() for q, v in a["questions"].items() if not v["manual"]]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["student", "assignment", "file", "status", "score", "possible", *questions, "reason"])
-    for r in report["results"]:
-        scores = [r["questions"][q]["score"] if q in r["questions"] else "" for q in questions]
-        writer.writerow([r["student"], r["assignment"] or "", r["file"], r["status"], r["score"], r["possible"],
-                         *scores, r["reason"]])
-    atomic_write_json(out / "grades.json", report, sort_keys=False)
-    atomic_write_text(out / "grades.csv", buffer.getvalue())
-
-
-def format_table(report: dict) -> str:
-    """A short text table of the results, for the terminal."""
-    rows = report["results"]
-    scores = [f"{r['score']:g}/{r['possible']:g}" for r in rows]
-    w1 = max([len("student")] + [len(r["student"]) for r in rows]) + 2
-    w2 = max([len("assignment")] + [len(r["assignment"] or "?") for r in rows]) + 2
-    w3 = max([len("status")] + [len(r["status"]) for r in rows]) + 1  # "superseded" is the longest
-    ws = max([len("score")] + [len(score) for score in scores])  # right-aligned: "10.5/12.5" under "0/5"
-    lines = [f"{'student':<{w1}}{'assignment':<{w2}}{'score':>{ws}}  {'status':<{w3}}reason"]
-    for r, score in zip(rows, scores):
-        reason = re.sub(r"\s+", " ", r["reason"])[:100]
-        lines.append(f"{r['student']:<{w1}}{(r['assignment'] or '?'):<{w2}}{score:>{ws}}  {r['status']:<{w3}}{reason}")
-    skipped = [Path(r["file"]).name for r in rows if r["status"] == "skipped"]
-    if skipped:
-        lines.append(f"not graded ({len(skipped)} file(s), status skipped: see their reasons above): "
-                     + ", ".join(skipped))
-    return "\n".join(lines)

@@ -173,7 +173,7 @@ def build(out: Path, autograder: Path = AUTOGRADER, released: Path = NOTEBOOKS) 
 def _student_output(row: dict, withheld: set[str]) -> str:
     """What a student sees at once: the row's reason without the ``withheld`` questions (``grade.row_reason``), and
     when there are any, when their results come."""
-    from dpo_teach.grading.grade import row_reason
+    from dpo_teach.grading.reports import row_reason
 
     reason = row_reason(row, withheld)
     if not withheld:
@@ -184,7 +184,8 @@ def _student_output(row: dict, withheld: set[str]) -> str:
 
 def run(source: Path, submission: Path, results: Path) -> dict:
     """Grade the notebook in ``submission`` (the latest ``.ipynb``) and write Gradescope's ``results.json``."""
-    from dpo_teach.grading.grade import is_notebook, load_manifests
+    from dpo_teach.grading.manifests import load_manifests
+    from dpo_teach.grading.submissions import is_notebook
 
     ((assignment, manifest),) = load_manifests(source / "autograder").items()
     notebooks = sorted(filter(is_notebook, submission.rglob("*")), key=lambda p: p.stat().st_mtime)

@@ -1,0 +1,101 @@
+"""A grade row and what is written from the rows: its one-line reason, the totals per student, ``grades.csv`` and
+``grades.json`` (atomically), and the table for the terminal."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Collection
+from pathlib import Path
+
+from dpo_teach.utils import atomic_write_json, atomic_write_text
+
+
+def empty_row(student: str, path: Path, assignment: str | None, status: str, problem: str = "") -> dict:
+    """A grade row before (or without) grading: nothing scored; ``problem`` (why it is not graded) is its reason."""
+    return {"student": student, "file": str(path), "assignment": assignment, "status": status, "reason": problem,
+            "problem": problem, "score": 0.0, "possible": 0.0, "questions": {}, "errors": [], "flags": [],
+            "tries": [], "seconds": 0.0}
+
+
+def row_reason(row: dict, withheld: Collection[str] = ()) -> str:
+    """A grade row's one-line reason: its ``problem`` (why it was not graded, or what ended its run early), a second
+    start, why it is flagged, the questions that lost points (a graded row's) and its first cell error.
+
+    ``withheld``: questions whose result the reason leaves out (Gradescope's multiple-choice questions, whose results
+    students see only once the grades are published).
+    """
+    parts = [row["problem"]]
+    if len(row["tries"]) > 1:
+        parts.append("started twice: the first start ran out of time before any cell ran (a busy machine)")
+    if row["flags"]:
+        parts.append(f"scored 0 until an instructor has read it: it touches the grading machinery "
+                     f"({'; '.join(row['flags'][:3])})")
+    if row["status"] == "graded":
+        parts.append(lost_points({q: r for q, r in row["questions"].items() if q not in withheld}))
+    if row["errors"]:
+        parts.append(f"{len(row['errors'])} cell error(s), first: {row['errors'][0]}")
+    return "; ".join(part for part in parts if part)
+
+
+def lost_points(questions: dict) -> str:
+    """``lost points on q1 (AssertionError: ...), q2 (hidden test 1 of 2)`` for the questions that lost points, or
+    an empty string."""
+    lost = [f"{q}{_why(r['feedback'])}" for q, r in questions.items() if r["score"] < r["possible"]]
+    return "lost points on " + ", ".join(lost) if lost else ""
+
+
+def _why(feedback: str) -> str:
+    """`` (TimeoutError: ...)``, `` (AssertionError: message)`` or `` (hidden test 2 of 3)`` from a test's
+    feedback, for the one-line reason."""
+    errors = re.findall(r"(\w+(?:Error|Exception)\b.*)$", feedback, flags=re.M)
+    hidden = re.match(r"hidden test \d+ of \d+", feedback)
+    return f" ({errors[0].strip()[:80]})" if errors else f" ({hidden.group()})" if hidden else ""
+
+
+def per_student(rows: list[dict]) -> dict:
+    """``{student: {"score", "possible", "assignments": {assignment: score}}}`` over the graded rows (a superseded or
+    skipped file adds no 0 to anyone's total)."""
+    students: dict[str, dict] = {}
+    for r in rows:
+        if r["status"] in ("superseded", "skipped"):  # not graded: no 0 in anyone's total
+            continue
+        s = students.setdefault(r["student"], {"score": 0.0, "possible": 0.0, "assignments": {}})
+        s["assignments"][r["assignment"] or r["file"]] = r["score"]
+        s["score"] += r["score"]
+        s["possible"] += r["possible"]
+    return students
+
+
+def write_reports(report: dict, out: Path) -> None:
+    """``grades.json`` (everything) and ``grades.csv`` (one row per submission, one column per question)."""
+    questions = [q for a in report["assignments"].values() for q, v in a["questions"].items() if not v["manual"]]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["student", "assignment", "file", "status", "score", "possible", *questions, "reason"])
+    for r in report["results"]:
+        scores = [r["questions"][q]["score"] if q in r["questions"] else "" for q in questions]
+        writer.writerow([r["student"], r["assignment"] or "", r["file"], r["status"], r["score"], r["possible"],
+                         *scores, r["reason"]])
+    atomic_write_json(out / "grades.json", report, sort_keys=False)
+    atomic_write_text(out / "grades.csv", buffer.getvalue())
+
+
+def format_table(report: dict) -> str:
+    """A short text table of the results, for the terminal."""
+    rows = report["results"]
+    scores = [f"{r['score']:g}/{r['possible']:g}" for r in rows]
+    w1 = max([len("student")] + [len(r["student"]) for r in rows]) + 2
+    w2 = max([len("assignment")] + [len(r["assignment"] or "?") for r in rows]) + 2
+    w3 = max([len("status")] + [len(r["status"]) for r in rows]) + 1  # "superseded" is the longest
+    ws = max([len("score")] + [len(score) for score in scores])  # right-aligned: "10.5/12.5" under "0/5"
+    lines = [f"{'student':<{w1}}{'assignment':<{w2}}{'score':>{ws}}  {'status':<{w3}}reason"]
+    for r, score in zip(rows, scores):
+        reason = re.sub(r"\s+", " ", r["reason"])[:100]
+        lines.append(f"{r['student']:<{w1}}{(r['assignment'] or '?'):<{w2}}{score:>{ws}}  {r['status']:<{w3}}{reason}")
+    skipped = [Path(r["file"]).name for r in rows if r["status"] == "skipped"]
+    if skipped:
+        lines.append(f"not graded ({len(skipped)} file(s), status skipped: see their reasons above): "
+                     + ", ".join(skipped))
+    return "\n".join(lines)
