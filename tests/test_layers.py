@@ -23,7 +23,8 @@ LAYERS = [
     {"sft", "dpo", "reward_model", "ppo", "grpo", "rloo", "online_dpo"},  # trainers
     {"world", "evaluate", "bandit", "pitfalls"},  # π_ref (built by SFT), evaluation, the notebooks' worlds
     {"compare", "runs", "frontier", "conclusions", "pipeline", "trl_bridge", "setup_check"},  # jobs, reports, set-up
-    {"cli", "cli_args", "grading", "site", "site_pages"},  # entry points (the command, its arguments); the course site
+    # entry points (the command, its arguments); the course site (its build, its executed and its written pages)
+    {"cli", "cli_args", "grading", "site", "site_pages", "site_readme"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 TRAINERS = next(layer for layer in LAYERS if "dpo" in layer)

@@ -28,7 +28,7 @@ import nbformat
 import pytest
 from filelock import FileLock
 
-from dpo_teach import site, site_pages
+from dpo_teach import site, site_pages, site_readme
 from dpo_teach.grading import AUTOGRADER, MASTERS, NOTEBOOKS, load_manifests
 from dpo_teach.grading.assign import solution_lines
 from dpo_teach.grading.release import find_leaks, released_files
@@ -242,7 +242,7 @@ def test_pass_and_fail_marks_are_drawn_not_typed():
 def test_a_readme_section_the_site_quotes_names_itself_when_missing(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# course\n\n## Quick start\n\nmake lab\n", encoding="utf-8")
-    sections = site.readme_sections(readme)
+    sections = site_readme.readme_sections(readme)
     assert sections["Quick start"] == "## Quick start\n\nmake lab"
     with pytest.raises(KeyError, match="README.md has no '## Grading' section, which the site quotes.*'Quick start'"):
         sections["Grading"]
@@ -272,7 +272,7 @@ def test_a_reworded_readme_sentence_is_refused_not_dropped():
                                                               "files match. Then read on.")
     with pytest.raises(ValueError, match="no longer says.*tests/test_grading.py.*update site_pages.INSTRUCTOR_WORDS"):
         site_pages.for_readers(section.replace("checks that", "confirms that"), reword=reword)
-    grading = site.readme_sections()["For instructors: grading"]  # the README as it is: every key still there
+    grading = site_readme.readme_sections()["For instructors: grading"]  # the README as it is: every key still there
     assert all(" ".join(words.split()) in " ".join(grading.split()) for words in site_pages.INSTRUCTOR_WORDS)
 
 
@@ -301,7 +301,7 @@ def test_the_course_can_be_downloaded_without_solutions(built, tmp_path):
     """The zip holds exactly the student release (``release.released_files``): every notebook, nothing else (no
     master, test or autograder bundle), checked for solution lines; each notebook also lies beside it."""
     out, _ = built
-    with zipfile.ZipFile(out / site.DOWNLOADS / "dpo-teach.zip") as zipped:
+    with zipfile.ZipFile(out / site_readme.DOWNLOADS / "dpo-teach.zip") as zipped:
         zipped.extractall(tmp_path)
         files = sorted(n for n in zipped.namelist() if not n.endswith("/"))
     tree = tmp_path / "dpo-teach"
@@ -311,7 +311,7 @@ def test_the_course_can_be_downloaded_without_solutions(built, tmp_path):
     assert not [f for f in files if f.startswith(("dpo-teach/course/", "dpo-teach/tests/")) or f.endswith(".zip")]
     assert not find_leaks(tree)
     for path in site.notebook_paths():
-        assert (out / site.DOWNLOADS / path.name).read_bytes() == (tree / "notebooks" / path.name).read_bytes()
+        assert (out / site_readme.DOWNLOADS / path.name).read_bytes() == (tree / "notebooks" / path.name).read_bytes()
         assert f'href="downloads/{path.name}"' in (out / f"{path.stem}.html").read_text(encoding="utf-8")
 
 
@@ -329,13 +329,14 @@ def test_the_index_says_how_to_get_and_start_the_course(built):
     section = re.search(r"<h2[^>]*>(Get the course</h2>.*?)<h2[ >]", index, re.DOTALL)
     assert section, "index.html has no 'Get the course' section followed by another"
     text = site.visible_text(section[1])
-    commands = site.make_help()
+    commands = site_readme.make_help()
     assert re.match(r"make lab +# open the notebooks in JupyterLab\nmake demo +# ", commands), commands
     assert "Get the course\nDownload the course (a zip, " in text and 'href="downloads/dpo-teach.zip"' in section[1]
     assert f"in its folder dpo-teach, run\n{commands}\n" in text and "Whichever runs first sets up .venv" in text
     assert "Requirements: Python 3.11" in text
     rules = makefile_rules()
-    assert all("$(STAMP)" in rules[target].split() for target in site.START), {t: rules[t] for t in site.START}
+    starts = site_readme.START
+    assert all("$(STAMP)" in rules[target].split() for target in starts), {t: rules[t] for t in starts}
     # the README's pointers to its sections: a link to the page, or the section below on the index
     page = site.page_text(out / "index.html")
     assert not re.findall(r'"[^"]+" below', page) and "The toy world\n" in page, "no section 'The toy world'"
@@ -349,16 +350,17 @@ def test_a_help_line_that_is_no_make_command_is_an_error(tmp_path, monkeypatch):
     def makefile(*lines: str) -> None:
         (tmp_path / "Makefile").write_text("help:\n" + "".join(f'\t@echo "{line}"\n' for line in lines))
 
-    monkeypatch.setattr(site, "ROOT", tmp_path)
+    monkeypatch.setattr(site_readme, "ROOT", tmp_path)
     lab, more, demo = "make lab    open the notebooks", "           in JupyterLab", "make demo   the demo"
     makefile(lab, more, demo)
-    assert site.make_help() == "make lab    # open the notebooks\n           # in JupyterLab\nmake demo   # the demo"
+    assert site_readme.make_help() == ("make lab    # open the notebooks\n           # in JupyterLab\n"
+                                       "make demo   # the demo")
     for stray, lines in [("Usage: make TARGET", ["Usage: make TARGET", lab, more, demo]),
                          ("(each sets up .venv)", [lab, more, "(each sets up .venv)", demo]),
                          ("  before any command", ["  before any command", lab, demo])]:
         makefile(*lines)
         with pytest.raises(ValueError, match=re.escape(repr(stray))):
-            site.make_help()
+            site_readme.make_help()
 
 
 def test_every_make_command_on_the_site_is_in_the_makefile(built):
@@ -391,7 +393,7 @@ def test_exercise_pages_for_students_and_one_grading_page_for_instructors(built)
         assert rows == [(q, str(about["points"])) for q, about in questions.items()], name
     text = site.page_text(out / "grading.html")
     assert "dpo-teach grade SUBMISSIONS_DIR" in text and "make gradescope" in text
-    assert site.INSTRUCTORS in text
+    assert site_readme.INSTRUCTORS in text
     assert not re.search(r"tests/|BEGIN SOLUTION|DPO_TEACH_STRICT|record mode", text)
 
 
