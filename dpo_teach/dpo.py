@@ -49,7 +49,8 @@ class DPOConfig:
 
     @property
     def steadier_beta(self) -> str:
-        """Which way β steadies this loss when a run diverges ("lower" or "raise"): the loss registry's word."""
+        """Which way to move β when this loss's training blows up to nan/inf ("lower" or "raise"): the loss registry's
+        word (losses.STEADIER_BETA)."""
         return STEADIER_BETA.get(self.loss_type, "lower")
 
 

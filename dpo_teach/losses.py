@@ -25,12 +25,14 @@ import torch.nn.functional as F
 LOSSES: dict[str, Callable] = {}
 """name → loss function; every function here that ``@register`` marks."""
 STEADIER_BETA: dict[str, str] = {}
-"""name → which way β moves to make a diverging run of that loss steadier: "lower" (a smaller β scales the margin, and
-so the gradient, down) or "raise" (IPO: its target 1/(2β) and its gradient grow as β falls)."""
+"""name → which way to move β when training with that loss blows up numerically (its loss or gradient becomes nan
+or inf; ``training.diverged`` says so): "lower" (a smaller β scales the margin, and so the gradient, down) or "raise"
+(IPO: its target 1/(2β) and its gradient grow as β falls). This is about numbers overflowing, not about the policy
+drifting from π_ref: against drift a *larger* β anchors every one of these losses (notebook 07, "β too small")."""
 
 
 def register(name: str, steadier_beta: str = "lower") -> Callable:
-    """Add a loss to :data:`LOSSES` under ``name``, with the way β steadies it (:data:`STEADIER_BETA`)."""
+    """Add a loss to :data:`LOSSES` under ``name``, with the way to move β when it blows up (:data:`STEADIER_BETA`)."""
     assert steadier_beta in ("lower", "raise"), steadier_beta
 
     def add(fn: Callable) -> Callable:
@@ -124,7 +126,7 @@ def cdpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
-@register("ipo", steadier_beta="raise")  # a smaller β moves the target 1/(2β) further out
+@register("ipo", steadier_beta="raise")  # on nan/inf: a smaller β moves the target 1/(2β) further out
 def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float = 0.1):
     """IPO, Eq. 17 in Azar et al. 2023: ``(h − 1/(2β))²`` with h the difference of log-ratios.
 

@@ -98,7 +98,7 @@ def render(nb: nbformat.NotebookNode, title: str, **site) -> str:
     return site_pages.draw_marks(body)
 
 
-# --- pages from the README and the manifests ------------------------------------------------------------------------
+# --- the comparison's figure ----------------------------------------------------------------------------------------
 
 def frontier_figure(path: Path) -> None:
     """The reward–KL frontier of the shipped comparison (the README's and notebook 06's numbers) as a PNG."""

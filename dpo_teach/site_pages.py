@@ -64,8 +64,8 @@ INSTRUCTOR_WORDS = {
 SENTENCE_END = re.compile(r"(?<=[.!?])(?<!e\.g\.)(?<!i\.e\.)\s+(?=[A-Z*`\[(])")  # not after "e.g."
 PARENTHESIS = re.compile(r" ?\([^()]*\)")
 MARKUP = {"text/html", "text/markdown"}  # output kinds in which "<" starts a tag
-PATH_CHAR = r"[^\s'\"<>|`)]"  # a character of a printed path
-NAME_CHAR = r"[^\s'\"<>|`)/]"  # a character of one of its folders' names
+PATH_CHAR = r"[^\s'\"<>|`)&]"  # a character of a printed path (not "&": in HTML a path ends at an entity, &quot;)
+NAME_CHAR = r"[^\s'\"<>|`)&/]"  # a character of one of its folders' names
 # where a printed path ends: only punctuation (the end of a sentence, a list's comma) follows, then no more path
 PATH_END = rf"[.,;:!?]*(?!{PATH_CHAR})"
 DEFAULT_CACHE = "~/.cache/dpo-teach"  # where a student's π_ref is cached (world.cache_dir without $DPO_TEACH_CACHE)
@@ -146,10 +146,11 @@ def machine_paths(caches: Iterable[Path | str] = ()) -> list[tuple[re.Pattern, s
     rules = [(rf"{PATH_CHAR}*/ipykernel_\d+/\d+\.py", "<cell>"),
              (rf"{PATH_CHAR}*/(?=reference-\w+-\w+)", f"{DEFAULT_CACHE}/")]
     rules += [(_literal(folder), text) for folder, text in folders if str(folder).strip("/.")]
-    # a temporary folder, however deep (a test run's is /tmp/pytest-of-USER/pytest-N/...), up to a file's name (which
-    # stays, also for a file directly in it: /tmp/x.json -> <temporary folder>/x.json)
-    rules += [(re.escape(temp) + rf"(?:/{NAME_CHAR}+?)*?(?=/{NAME_CHAR}+\.\w+\b|/?{PATH_END})", "<temporary folder>")
-              for temp in {tempfile.gettempdir(), "/tmp"}]
+    # a temporary folder (not /var/tmp), however deep (a test run's is /tmp/pytest-of-USER/pytest-N/...), up to a file's
+    # name, which stays, also for a file directly in it (/tmp/x.json -> <temporary folder>/x.json); a folder with a dot
+    # in its name (mktemp's /tmp/tmp.k3JdS9) is a folder, not a file's name. The deepest temporary folder first.
+    rules += [(r"(?<![\w.-])" + re.escape(temp) + rf"(?:/{NAME_CHAR}+?)*?(?=/{NAME_CHAR}+\.\w+\b(?!/)|/?{PATH_END})",
+               "<temporary folder>") for temp in sorted({tempfile.gettempdir(), "/tmp"}, key=len, reverse=True)]
     return [(re.compile(pattern), text) for pattern, text in rules]
 
 
@@ -275,7 +276,8 @@ def for_readers(markdown: str, hide: re.Pattern = NOT_FOR_STUDENTS, reword: Mapp
     words they do not need is kept, in theirs (:data:`INSTRUCTOR_WORDS`).
 
     Raises:
-        ValueError: a ``reword`` key is not in ``markdown`` (reworded there), which would drop its sentence silently.
+        ValueError: a ``reword`` key is not, word for word, in ``markdown``'s prose (reworded, spaced differently, or
+            moved into a table or code), where its sentence would be dropped without a word.
     """
     kept, dropped, found = [], False, set()
     for prose, text in _units(markdown):
@@ -290,7 +292,8 @@ def for_readers(markdown: str, hide: re.Pattern = NOT_FOR_STUDENTS, reword: Mapp
             kept.append(text)
     missing = [words for words in reword or {} if words not in found]
     if missing:
-        raise ValueError(f"the README section no longer says {missing}, so the sentences they stood in would be "
+        raise ValueError(f"the README section's prose no longer holds {missing} word for word (reworded, spaced "
+                         "differently, or moved into a table or code), so the sentences they stood in would be "
                          "dropped: update site_pages.INSTRUCTOR_WORDS to the README's new words")
     return "\n".join(kept)
 

@@ -65,7 +65,8 @@ def make_help(targets: tuple[str, ...] = START) -> str:
         start = re.match(r"make ([\w-]+)(?: \S+=\S+)* +", line)  # a command and its settings (BASE=<commit>)
         if not start and (target is None or not line.startswith(" ")):
             raise ValueError(f"the Makefile's help line {line!r} is neither a `make TARGET  what it does` line nor "
-                             "an indented continuation of one: write it as one of those (dpo_teach/site.py reads them)")
+                             "an indented continuation of one: write it as one of those (dpo_teach/site_readme.py "
+                             "reads them)")
         if start:
             target = start[1]
             described[target] = []

@@ -191,7 +191,7 @@ def test_gradescope_withholds_what_the_manifest_marks(assigned, tmp_path):
 
 
 def test_what_a_student_sees_at_once_leaves_out_only_the_multiple_choice_results():
-    """The output text is the row's reason without the withheld questions (``grade.row_reason``): the same for a
+    """The output text is the row's reason without the withheld questions (``reports.row_reason``): the same for a
     right and a wrong letter, with the code question that lost points, the second start and the first cell error."""
     def row(letter_score: float) -> dict:
         questions = {"ipo_loss": {"score": 0.0, "possible": 2.0, "public_passed": False,

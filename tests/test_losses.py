@@ -126,7 +126,7 @@ def test_cli_loss_choices_are_the_registry():
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_the_registry_says_which_way_beta_steadies_each_loss(name):
-    """A diverging run's hint moves β the way that shrinks the loss's gradient: measured here on a batch where π_θ
+    """A run that blew up (nan/inf) is told to move β the way that shrinks the loss's gradient: measured here where π_θ
     starts at π_ref (as every run does), at β and at β/2, against the registry's word (training.diverged reads it
     through DPOConfig.steadier_beta)."""
     from dpo_teach.dpo import DPOConfig

@@ -170,13 +170,16 @@ def _hidden(submissions: Path, out: Path, autograder: Path) -> list[str]:
     return sandbox.covered(ROOT, keep) + [str(Path(p).resolve()) for p in (submissions, out, autograder)]
 
 
-def _fingerprint(path: Path, manifest: dict, settings: dict) -> str:
+def _fingerprint(path: Path, manifest: dict, settings: dict) -> str | None:
     """What a row depends on: which file it is, its bytes, the bundle's and the settings it is graded under (fast or
     full mode, the time limits, the sandbox): a rerun skips what it has graded, and grades again what a rerun with
     other settings (a longer ``--timeout``, ``--full``) would score differently; two students' identical files are
-    two rows."""
+    two rows. None for a file that cannot be read (it is graded, and its row says why, but not journaled)."""
     digest = hashlib.sha256(str(Path(path).resolve()).encode() + b"\0")
-    digest.update(Path(path).read_bytes())
+    try:
+        digest.update(Path(path).read_bytes())
+    except OSError:
+        return None
     digest.update(manifest["digest"].encode())
     digest.update(json.dumps(settings, sort_keys=True).encode())
     return digest.hexdigest()
@@ -210,14 +213,18 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     names, superseded = assignments_and_latest(found, manifests, assignment)
     out = Path(out)
     journal = out / "grades.partial.jsonl"
-    done = _resumable(journal)
+    # what a row depends on besides the files (--timeout 900 and the default 900 are one setting)
+    settings = {"mode": "fast" if fast else "full", "per_cell_s": int(cell_timeout),
+                "per_notebook_s": float(timeout), "sandbox": not unsafe}
+    keys = {path: _fingerprint(path, manifests[names[path]], settings) for _, path in found
+            if names.get(path) in manifests and path not in superseded}  # None: unreadable
+    current = set(keys.values()) - {None}
+    done = {key: row for key, row in _resumable(journal).items() if key in current}  # this run's rows
     notebooks = sum(is_notebook(path) for _, path in found)
     log(f"grading {notebooks} notebooks in {submissions} ({'fast' if fast else 'full'} mode, {jobs} at a time, "
         f"{'no sandbox (--unsafe)' if unsafe else 'each in the sandbox'}; {len(done)} graded before; "
         f"{len(found) - notebooks} other files skipped)")
     env = {**os.environ, "DPO_TEACH_FAST": "1" if fast else "0", "TOKENIZERS_PARALLELISM": "false"}
-    settings = {"mode": "fast" if fast else "full", "per_cell_s": cell_timeout, "per_notebook_s": timeout,
-                "sandbox": not unsafe}  # what a row depends on besides the files (_fingerprint)
     out.mkdir(parents=True, exist_ok=True)
     hide = _hidden(submissions, out, autograder)
     lock = threading.Lock()
@@ -247,7 +254,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
                              "later notebook of the same assignment")
         else:
             row = None
-            key = _fingerprint(path, manifests[names[path]], settings) if names[path] in manifests else None
+            key = keys.get(path)
             if key is not None and key in done:  # named as this run names it (another folder, newer rules)
                 row = {**done[key], "student": student, "file": str(path)}
             if row is None:
@@ -271,7 +278,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
             pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: the rows written so far stay in the journal
     if stopped:
         path, error = stopped[0]
-        kept = len(_resumable(journal))
+        kept = len(current & set(_resumable(journal)))  # the rows a rerun of this command takes
         raise _no_sandbox(f"the sandbox failed as {Path(path).name} started ({error})",
                           f"The {kept} notebook(s) graded before are kept in {journal}: once the sandbox works, run "
                           "the same command again and it grades only the rest.")

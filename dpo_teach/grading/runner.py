@@ -1,7 +1,7 @@
 """One submitted notebook, run where the grader cannot be reached (``main``: in a fork of the zygote, ``zygote.py``,
 or ``python -m dpo_teach.grading _run`` with ``--unsafe``).
 
-``grade.py`` starts this process inside the sandbox (``sandbox.py``) and talks to it over its stdin and stdout, one
+``judge.py`` starts this process inside the sandbox (``sandbox.py``) and talks to it over its stdin and stdout, one
 JSON object per line, every line carrying the job's id:
 
 1. grader → runner: the job (the notebook's text, limits, the sandbox's mounts). No test is in it.
