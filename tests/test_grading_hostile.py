@@ -31,6 +31,7 @@ from test_grading import exercise_solution, replaced  # tests/ is on sys.path (p
 
 from dpo_teach import grading
 from dpo_teach.grading import judge, sandbox
+from dpo_teach.grading.journal import resumable
 from dpo_teach.grading.reports import empty_row
 from dpo_teach.grading.scan import scan
 
@@ -817,7 +818,6 @@ def test_a_notebook_that_ends_its_own_process_is_crashed_not_the_graders_error(t
     """An instructor reads from the status alone whose failure it is: ``crashed`` when the notebook's own code ended
     its process (in a cell, or in a test of its function), ``error`` when the process ended before any of its cells
     ran (the grader or the machine). A rerun keeps a crashed row and grades an error row again."""
-    grade_module = importlib.import_module("dpo_teach.grading.grade")
     tests = {"q": [judge.test_case(">>> quit_now()", hidden=False)]}
     in_cell = judge.run_notebook(_notebook("import os\nos._exit(3)", "y = 1"), "homework.ipynb", tests, 30, 120,
                                  dict(os.environ), True, [])
@@ -833,4 +833,4 @@ def test_a_notebook_that_ends_its_own_process_is_crashed_not_the_graders_error(t
     rows = {status: empty_row(status, tmp_path / f"{status}.ipynb", "hw", status)
             for status in ("crashed", "error")}
     journal.write_text("".join(json.dumps({"key": status, "row": row}) + "\n" for status, row in rows.items()))
-    assert list(grade_module._resumable(journal)) == ["crashed"]
+    assert list(resumable(journal)) == ["crashed"]

@@ -1,23 +1,22 @@
 """``dpo-teach grade DIR``: grade every notebook in a folder; one CSV and one JSON of scores, written atomically.
 
 A submission's file is found and named in ``submissions.py``, its bundle read in ``manifests.py``, its notebook run in
-a process of its own (``judge.py``); this module scores each one and runs the batch (in parallel, journaled so that an
-interrupted batch resumes); ``reports.py`` writes the rows out."""
+a process of its own (``judge.py``); this module scores each one and runs the batch, in parallel and journaled so that
+an interrupted batch resumes (``journal.py``); ``reports.py`` writes the rows out."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dpo_teach.grading import sandbox
 from dpo_teach.grading.assign import AUTOGRADER, NOTEBOOKS, ROOT
+from dpo_teach.grading.journal import Journal, fingerprint
 from dpo_teach.grading.judge import ending_strays, run_notebook
 from dpo_teach.grading.manifests import load_manifests
 from dpo_teach.grading.reports import empty_row, per_student, row_reason, write_reports
@@ -170,21 +169,6 @@ def _hidden(submissions: Path, out: Path, autograder: Path) -> list[str]:
     return sandbox.covered(ROOT, keep) + [str(Path(p).resolve()) for p in (submissions, out, autograder)]
 
 
-def _fingerprint(path: Path, manifest: dict, settings: dict) -> str | None:
-    """What a row depends on: which file it is, its bytes, the bundle's and the settings it is graded under (fast or
-    full mode, the time limits, the sandbox): a rerun skips what it has graded, and grades again what a rerun with
-    other settings (a longer ``--timeout``, ``--full``) would score differently; two students' identical files are
-    two rows. None for a file that cannot be read (it is graded, and its row says why, but not journaled)."""
-    digest = hashlib.sha256(str(Path(path).resolve()).encode() + b"\0")
-    try:
-        digest.update(Path(path).read_bytes())
-    except OSError:
-        return None
-    digest.update(manifest["digest"].encode())
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    return digest.hexdigest()
-
-
 def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignment: str | None = None,
           cell_timeout: int = 120, timeout: float = 900, fast: bool = True, jobs: int = 1, unsafe: bool = False,
           released_dir: Path = NOTEBOOKS, log=print) -> dict:
@@ -212,22 +196,19 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     found = find_submissions(submissions, course)
     names, superseded = assignments_and_latest(found, manifests, assignment)
     out = Path(out)
-    journal = out / "grades.partial.jsonl"
     # what a row depends on besides the files (--timeout 900 and the default 900 are one setting)
     settings = {"mode": "fast" if fast else "full", "per_cell_s": int(cell_timeout),
                 "per_notebook_s": float(timeout), "sandbox": not unsafe}
-    keys = {path: _fingerprint(path, manifests[names[path]], settings) for _, path in found
-            if names.get(path) in manifests and path not in superseded}  # None: unreadable
-    current = set(keys.values()) - {None}
-    done = {key: row for key, row in _resumable(journal).items() if key in current}  # this run's rows
+    journal = Journal(out / "grades.partial.jsonl", {
+        path: fingerprint(path, manifests[names[path]], settings) for _, path in found
+        if names.get(path) in manifests and path not in superseded})
     notebooks = sum(is_notebook(path) for _, path in found)
     log(f"grading {notebooks} notebooks in {submissions} ({'fast' if fast else 'full'} mode, {jobs} at a time, "
-        f"{'no sandbox (--unsafe)' if unsafe else 'each in the sandbox'}; {len(done)} graded before; "
+        f"{'no sandbox (--unsafe)' if unsafe else 'each in the sandbox'}; {len(journal.done)} graded before; "
         f"{len(found) - notebooks} other files skipped)")
     env = {**os.environ, "DPO_TEACH_FAST": "1" if fast else "0", "TOKENIZERS_PARALLELISM": "false"}
     out.mkdir(parents=True, exist_ok=True)
     hide = _hidden(submissions, out, autograder)
-    lock = threading.Lock()
     stopped: list[tuple[Path, Exception]] = []  # where the sandbox failed: the notebooks not yet started wait
 
     def one(item):
@@ -253,18 +234,11 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
             row = empty_row(student, path, name, "superseded", f"not graded: {latest.name} is this student's "
                              "later notebook of the same assignment")
         else:
-            row = None
-            key = keys.get(path)
-            if key is not None and key in done:  # named as this run names it (another folder, newer rules)
-                row = {**done[key], "student": student, "file": str(path)}
+            row = journal.resumed(path, student)
             if row is None:
                 row = grade_submission(student, path, manifests, assignment, cell_timeout, timeout, env,
                                        sandboxed=not unsafe, hide=hide, released_dir=released_dir)
-                if key is not None:
-                    with lock, open(journal, "a", encoding="utf-8") as f:
-                        f.write(json.dumps({"key": key, "row": row}) + "\n")
-                        f.flush()
-                        os.fsync(f.fileno())
+                journal.record(path, row)
         return row
 
     # the largest notebooks first (longest first: with several jobs the batch ends sooner); rows in folder order
@@ -278,10 +252,9 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
             pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: the rows written so far stay in the journal
     if stopped:
         path, error = stopped[0]
-        kept = len(current & set(_resumable(journal)))  # the rows a rerun of this command takes
         raise _no_sandbox(f"the sandbox failed as {Path(path).name} started ({error})",
-                          f"The {kept} notebook(s) graded before are kept in {journal}: once the sandbox works, run "
-                          "the same command again and it grades only the rest.")
+                          f"The {len(journal.kept())} notebook(s) graded before are kept in {journal.path}: once the "
+                          "sandbox works, run the same command again and it grades only the rest.")
     report = {
         "submissions_dir": str(submissions), "mode": "fast" if fast else "full",
         "sandbox": not unsafe,
@@ -291,7 +264,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         "results": rows, "students": per_student(rows),
     }
     write_reports(report, out)
-    journal.unlink(missing_ok=True)  # the batch is complete: grades.json holds every row
+    journal.close()
     return report
 
 
@@ -307,22 +280,3 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
-
-
-def _resumable(journal: Path) -> dict[str, dict]:
-    """The rows graded before an interruption that a rerun keeps: a row of status error is the grader's failure, not
-    the notebook's, and is graded again."""
-    return {key: row for key, row in _read_journal(journal).items() if row.get("status") != "error"}
-
-
-def _read_journal(journal: Path) -> dict[str, dict]:
-    """The rows an interrupted run wrote (a torn last line, from a crash mid-write, is ignored)."""
-    rows = {}
-    if journal.is_file():
-        for line in journal.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                entry = json.loads(line)
-                rows[entry["key"]] = entry["row"]
-            except (ValueError, KeyError, TypeError):
-                continue
-    return rows
