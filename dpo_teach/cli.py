@@ -34,12 +34,12 @@ def cmd_demo(args) -> None:
     cfg = DemoConfig.with_seed(args.seed, out_dir=args.out, model_path=args.model)
     cfg.world.preset, cfg.prefs.n_prompts = preset, args.pairs
     apply_dpo_args(cfg.dpo, args)
-    checkpoint = check_context(args.model, args.max_length, cfg.prefs.max_new_tokens)
-    if args.rebuild:
+    reference = check_context(args.model, args.max_length, cfg.prefs.max_new_tokens)  # a checkpoint's, loaded once
+    if args.rebuild:  # not with --model (check_model_flags): the toy π_ref, built anew and used as it is
         from dpo_teach.world import load_reference
 
-        load_reference(cfg.world, rebuild=True, progress=not args.quiet, verbose=True)
-    run_demo(cfg, progress=not args.quiet, checkpoint=checkpoint)
+        reference = load_reference(cfg.world, rebuild=True, progress=not args.quiet, verbose=True)
+    run_demo(cfg, progress=not args.quiet, reference=reference)
 
 
 def cmd_data(args) -> None:

@@ -65,38 +65,38 @@ def results_table(metrics: dict) -> str:
     return "\n".join([head] + [f"{a:{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}  {d}" for a, b, c, d in rows])
 
 
-def run_demo(config: DemoConfig, progress: bool = True, verbose: bool = True, checkpoint: tuple | None = None) -> dict:
+def run_demo(config: DemoConfig, progress: bool = True, verbose: bool = True, reference: tuple | None = None) -> dict:
     """Run the whole job and write ``config.out_dir``. Returns the metrics dict (also in ``metrics.json``).
 
     The run is written into a temporary folder beside ``out_dir`` that replaces it at the end (``utils.atomic_dir``):
     an interrupted run leaves a previous run in ``out_dir`` intact, a finished one leaves only the new run.
-    ``checkpoint`` is ``(model, tokenizer)`` already loaded from ``config.model_path`` (the CLI loads it to check its
-    context first), so that it is not loaded twice.
+    ``reference`` is π_ref already in hand, ``(model, tokenizer)``: the checkpoint of ``config.model_path`` (the CLI
+    loads it to check its context first) or the toy π_ref of ``config.world`` that ``--rebuild`` has just built, so
+    that it is not loaded twice.
 
     Raises:
         FileExistsError: ``out_dir`` is a file, or holds files a run does not write (``RUN_OUTPUTS``): they stay.
     """
-    assert checkpoint is None or config.model_path, "checkpoint is what was loaded from config.model_path"
     out = Path(config.out_dir)
     check_replaceable(out, RUN_OUTPUTS, "a demo run")
     log = print if verbose else (lambda *a, **k: None)
     with atomic_dir(out) as work:
-        metrics, times = _write_demo(config, work, out, progress, verbose, log, checkpoint)
+        metrics, times = _write_demo(config, work, out, progress, verbose, log, reference)
     log(f"\nwrote {out}/metrics.json, training_curves.png, reward_before_after.png, samples.md, policy/")
     log("timings: " + json.dumps({k: round(v, 1) for k, v in times.items()}))
     return metrics
 
 
 def _write_demo(config: DemoConfig, out: Path, shown: Path, progress: bool, verbose: bool, log,
-                checkpoint: tuple | None) -> tuple[dict, dict[str, float]]:
+                in_hand: tuple | None) -> tuple[dict, dict[str, float]]:
     """The demo's steps, writing into ``out`` (a temporary folder); messages name ``shown``, where it ends up."""
     times: dict[str, float] = {}
     t = time.perf_counter()
     if config.model_path:
-        reference, tokenizer = checkpoint or load_checkpoint(config.model_path)
+        reference, tokenizer = in_hand or load_checkpoint(config.model_path)
         log(f"π_ref: loaded checkpoint {config.model_path}")
     else:
-        reference, tokenizer = load_reference(config.world, progress=progress, verbose=verbose)
+        reference, tokenizer = in_hand or load_reference(config.world, progress=progress, verbose=verbose)
     times["reference_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -32,12 +32,11 @@ import nbformat
 from nbconvert import HTMLExporter
 
 from dpo_teach import site_pages
-from dpo_teach.grading import AUTOGRADER, MASTERS, NOTEBOOKS, load_manifests
+from dpo_teach.grading import AUTOGRADER, MASTERS, NOTEBOOKS, ROOT, load_manifests
 from dpo_teach.grading.assign import solution_lines
 from dpo_teach.grading.release import release
 from dpo_teach.site_readme import (
     DOWNLOADS,
-    ROOT,
     grading_index,
     grading_page,
     landing,

@@ -17,7 +17,7 @@ import json
 import re
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 import nbformat
@@ -51,16 +51,6 @@ FOR_DEVELOPERS = re.compile(r"\bCI\b|test suite|pytest|\btests/|DPO_TEACH_STRICT
                             r"completed by us", re.IGNORECASE)
 FOR_INSTRUCTORS = re.compile(r"\bmasters?\b|student (?:notebook|version)", re.IGNORECASE)
 NOT_FOR_STUDENTS = re.compile(f"{FOR_DEVELOPERS.pattern}|{FOR_INSTRUCTORS.pattern}", re.IGNORECASE)
-# The README's grading section (on grading.html) names the test suite in sentences that also tell an instructor
-# something they need: what is guaranteed about the student notebooks, and where the grader's limits are written down.
-# for_readers would drop those sentences; these words replace the developers' in them (tests/test_site.py checks
-# that the page keeps what they say).
-INSTRUCTOR_WORDS = {
-    "`tests/test_grading.py` checks that the committed files":
-        "The course's own checks confirm that the committed files",
-    "`tests/test_grading_hostile.py` holds the attacks it is tested against, and the ordinary code it must not flag;":
-        "The grader is tested against known attacks, and against ordinary code that it must not flag;",
-}
 SENTENCE_END = re.compile(r"(?<=[.!?])(?<!e\.g\.)(?<!i\.e\.)\s+(?=[A-Z*`\[(])")  # not after "e.g."
 PARENTHESIS = re.compile(r" ?\([^()]*\)")
 MARKUP = {"text/html", "text/markdown"}  # output kinds in which "<" starts a tag
@@ -268,33 +258,19 @@ def _sentences_for_readers(prose: str, hide: re.Pattern) -> str:
     return bullet + kept if kept else ""
 
 
-def for_readers(markdown: str, hide: re.Pattern = NOT_FOR_STUDENTS, reword: Mapping[str, str] | None = None) -> str:
+def for_readers(markdown: str, hide: re.Pattern = NOT_FOR_STUDENTS) -> str:
     """``markdown`` (a README section) without each sentence, parenthesis, table row or code line that names what
     ``hide`` matches (by default what a student's page may not say; for a section marked for instructors,
-    :data:`FOR_DEVELOPERS`), with the comment lines that continue a dropped code line. ``reword``: ``{words: other
-    words}`` replaced in the prose first (its lines joined), so that a sentence that says something a reader needs in
-    words they do not need is kept, in theirs (:data:`INSTRUCTOR_WORDS`).
-
-    Raises:
-        ValueError: a ``reword`` key is not, word for word, in ``markdown``'s prose (reworded, spaced differently, or
-            moved into a table or code), where its sentence would be dropped without a word.
-    """
-    kept, dropped, found = [], False, set()
+    :data:`FOR_DEVELOPERS`), with the comment lines that continue a dropped code line. A sentence that tells a reader
+    something and names a test file keeps its point when the README puts the file in a parenthesis."""
+    kept, dropped = [], False
     for prose, text in _units(markdown):
         if prose:
-            for words, theirs in (reword or {}).items():
-                found.update([words] if words in text else [])
-                text = text.replace(words, theirs)
             text = _sentences_for_readers(text, hide)
         continues = dropped and text.startswith(" ") and text.lstrip().startswith("#")
         dropped = (prose and not text) or (not prose and bool(hide.search(text))) or continues
         if not dropped:
             kept.append(text)
-    missing = [words for words in reword or {} if words not in found]
-    if missing:
-        raise ValueError(f"the README section's prose no longer holds {missing} word for word (reworded, spaced "
-                         "differently, or moved into a table or code), so the sentences they stood in would be "
-                         "dropped: update site_pages.INSTRUCTOR_WORDS to the README's new words")
     return "\n".join(kept)
 
 

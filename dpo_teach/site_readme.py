@@ -10,9 +10,8 @@ from pathlib import Path
 import nbformat
 
 from dpo_teach import site_pages
-from dpo_teach.grading import NOTEBOOKS
+from dpo_teach.grading import ROOT
 
-ROOT = NOTEBOOKS.parent
 DOWNLOADS = "downloads"  # the student release as a zip, and its notebooks one by one
 CHECKING = ("## Checking your answer\n\nEach exercise is a function (or an answer) in a cell of the notebook, followed "
             "by a `grader.check(\"question\")` cell that runs the public tests and prints what failed. The pages of "
@@ -121,8 +120,8 @@ def grading_index(readme: dict[str, str], titles: dict[str, str], graded: dict[s
     table = "| notebook | exercises | points | graded by hand |\n|---|---|---|---|\n" + "\n".join(rows)
     # marked for instructors: the masters and the student versions are theirs to know; the test suite is not (what
     # it guarantees them is said in their words)
-    heading, _, section = site_pages.for_readers(readme["For instructors: grading"], site_pages.FOR_DEVELOPERS,
-                                                 reword=site_pages.INSTRUCTOR_WORDS).partition("\n\n")
+    heading, _, section = site_pages.for_readers(readme["For instructors: grading"],
+                                                 site_pages.FOR_DEVELOPERS).partition("\n\n")
     return markdown_page(f"# Exercises and grading\n\n{table}", CHECKING, f"{heading}\n\n{INSTRUCTORS}\n\n{section}")
 
 

@@ -1079,3 +1079,32 @@ def test_demo_loads_the_checkpoint_once(tmp_path, tiny_checkpoint, monkeypatch, 
     with pytest.raises(Reached):
         main(["demo", "--model", str(path), "--pairs", "12", "--out", str(tmp_path / "out"), "--quiet"])
     assert loads == [str(path)]
+
+
+def test_demo_rebuild_trains_on_the_reference_it_just_built(tmp_path, tiny_checkpoint, monkeypatch):
+    """`demo --rebuild` builds the toy π_ref anew and goes on with that model (before: it was thrown away and loaded
+    again from the cache, and built a second time where the cache could not be written)."""
+    import dpo_teach.pipeline
+    import dpo_teach.world
+    from dpo_teach.model import load_checkpoint
+
+    model, tok = load_checkpoint(tiny_checkpoint)  # stands in for the rebuilt π_ref
+    calls = []
+
+    def built(config, rebuild=False, **kwargs):
+        calls.append(("built" if rebuild else "loaded", config.preset))
+        return model, tok
+
+    class Reached(Exception):
+        pass
+
+    def pairs(reference, tokenizer, config):  # the first step after π_ref: stop the demo here
+        assert reference is model, "the demo went on with another π_ref than the one --rebuild built"
+        raise Reached
+
+    for module in (dpo_teach.world, dpo_teach.pipeline):
+        monkeypatch.setattr(module, "load_reference", built)
+    monkeypatch.setattr(dpo_teach.pipeline, "make_preference_pairs", pairs)
+    with pytest.raises(Reached):
+        main(["demo", "--rebuild", "--pairs", "12", "--out", str(tmp_path / "out"), "--quiet"])
+    assert calls == [("built", "tiny")]

@@ -28,6 +28,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from test_grading import exercise_solution, replaced  # tests/ is on sys.path (pytest's rootdir import)
+from test_zygote import notebook
 
 from dpo_teach import grading
 from dpo_teach.grading import judge, sandbox
@@ -660,8 +661,8 @@ def test_a_notebook_cannot_say_that_its_sandbox_failed():
 
 
 def test_a_process_that_cannot_start_leaves_no_private_folder(monkeypatch, tmp_path):
-    """The grader's zygote did not start (or died and could not be replaced): the notebook's row says so (the caller
-    reports it), and its private folder is gone with it."""
+    """The grader's zygote did not start (or died and could not be replaced): ``run_notebook`` raises (its caller,
+    ``grade_submission``, makes that the row's "could not grade it"), and the job's private folder is gone with it."""
     def no_zygote(*args):
         raise OSError("the grader's zygote did not start")
 
@@ -766,10 +767,6 @@ def test_the_scan_finds_nothing_in_honest_notebooks(assigned):
             assert scan(cells, released, tests) == {"grader": [], "reference": {}}, (kind, master.stem)
 
 
-def _notebook(*cells: str) -> str:
-    return json.dumps(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]))
-
-
 LEAK_AND_STUBBORN = """
 import time
 
@@ -791,7 +788,7 @@ def _hidden_feedback(question: str) -> tuple[str, str | None]:
     from dpo_teach.grading.grade import _public_feedback
 
     tests = {question: [judge.test_case(f">>> {question}('the hidden input')", hidden=True)]}
-    out = judge.run_notebook(_notebook(LEAK_AND_STUBBORN), "homework.ipynb", tests, 2, 120, dict(os.environ), True, [])
+    out = judge.run_notebook(notebook(LEAK_AND_STUBBORN), "homework.ipynb", tests, 2, 120, dict(os.environ), True, [])
     assert out["status"] == "graded", out
     public_passed, feedback = _public_feedback(out["cases"][question])
     assert public_passed, out
@@ -819,15 +816,15 @@ def test_a_notebook_that_ends_its_own_process_is_crashed_not_the_graders_error(t
     its process (in a cell, or in a test of its function), ``error`` when the process ended before any of its cells
     ran (the grader or the machine). A rerun keeps a crashed row and grades an error row again."""
     tests = {"q": [judge.test_case(">>> quit_now()", hidden=False)]}
-    in_cell = judge.run_notebook(_notebook("import os\nos._exit(3)", "y = 1"), "homework.ipynb", tests, 30, 120,
+    in_cell = judge.run_notebook(notebook("import os\nos._exit(3)", "y = 1"), "homework.ipynb", tests, 30, 120,
                                  dict(os.environ), True, [])
     assert in_cell["status"] == "crashed" and "while running cell 0" in in_cell["reason"], in_cell
-    in_test = judge.run_notebook(_notebook("import os\ndef quit_now():\n    os._exit(3)"), "homework.ipynb", tests,
+    in_test = judge.run_notebook(notebook("import os\ndef quit_now():\n    os._exit(3)"), "homework.ipynb", tests,
                                  30, 120, dict(os.environ), True, [])
     assert in_test["status"] == "crashed" and "while the tests ran" in in_test["reason"], in_test
     (tmp_path / "sitecustomize.py").write_text("import os\nos._exit(1)  # the grader's process dies as it starts\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    before = judge.run_notebook(_notebook("x = 1"), "homework.ipynb", tests, 30, 120, env, False, [])
+    before = judge.run_notebook(notebook("x = 1"), "homework.ipynb", tests, 30, 120, env, False, [])
     assert before["status"] == "error" and "before any cell ran" in before["reason"], before
     journal = tmp_path / "grades.partial.jsonl"
     rows = {status: empty_row(status, tmp_path / f"{status}.ipynb", "hw", status)
