@@ -640,6 +640,23 @@ def test_a_sandbox_that_cannot_start_is_the_machines_problem_and_leaves_nothing_
     assert list(tmp_path.iterdir()) == []
 
 
+def test_any_failure_to_enter_the_sandbox_is_the_machines_problem(tmp_path):
+    """Not only a refused mount: an OSError or ValueError while entering the sandbox (a limit, a file in /proc) comes
+    before any of the notebook's code, so the runner says ``sandbox_failed`` (the batch stops, no student gets a 0)
+    instead of ending with a traceback that makes an ``error`` row of every notebook."""
+    script = ("from dpo_teach.grading import runner, sandbox\n"
+              "def enter(*args, **kwargs):\n    raise ValueError('not allowed to raise maximum limit')\n"
+              "sandbox.enter = enter\nraise SystemExit(runner.main())")
+    job = {"id": "j", "notebook": notebook("x = 1"), "file_name": "homework.ipynb", "cell_timeout": 30,
+           "private": str(tmp_path), "preload": [], "sandbox": {"hide": [], "memory_mb": 6144, "cpu_s": 60,
+                                                                  "nproc": None}}
+    done = subprocess.run([sys.executable, "-c", script], input=json.dumps(job) + "\n", capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert [json.loads(line) for line in done.stdout.splitlines()] == [
+        {"id": "j", "event": "sandbox_failed", "reason": "not allowed to raise maximum limit"}]
+
+
 def test_a_notebook_cannot_say_that_its_sandbox_failed():
     """``sandbox_failed`` counts only before the first cell: the same line after a cell started comes from the
     notebook's own code (through the runner's frames, say) and voids its score instead of stopping the batch."""

@@ -119,3 +119,20 @@ def test_a_kernel_without_user_namespaces_is_named_with_what_to_do(tmp_path, mon
     reason = sandbox.unavailable_reason.__wrapped__()
     assert "unshare(2): Operation not permitted" in reason
     assert "kernel.unprivileged_userns_clone=1" in reason and "apparmor_restrict_unprivileged_userns" in reason
+
+
+def test_a_machine_limit_below_the_sandboxes_holds_and_no_notebook_is_an_error():
+    """Where the administrator set a hard limit below the sandbox's own (``ulimit -Hv`` under its 6 GiB: a shared
+    server), no process may raise it. The sandbox keeps the machine's limit; before, every notebook ended before its
+    first cell (``ValueError: not allowed to raise maximum limit``), an ``error`` row for every student."""
+    below = 5 << 30  # bytes, under the sandbox's 6144 MiB
+    script = (f"import json, os, resource\nresource.setrlimit(resource.RLIMIT_AS, ({below}, {below}))\n"
+              "from test_zygote import grade, notebook\n"
+              f"code = '>>> import resource\\n>>> assert resource.getrlimit(resource.RLIMIT_AS) == {(below, below)}'\n"
+              "print(json.dumps(grade(notebook('x = 1'), code, dict(os.environ))))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=os.path.dirname(__file__), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads(done.stdout.splitlines()[-1])
+    assert row["status"] == "graded", row["reason"]
+    assert [c["passed"] for c in row["cases"]["q"]] == [True], row["cases"]

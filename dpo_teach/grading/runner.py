@@ -285,7 +285,7 @@ def main(unavailable: Exception | None = None) -> int:
 
         try:
             sandbox.enter(private, **job["sandbox"])
-        except sandbox.SandboxUnavailable as e:
+        except (sandbox.SandboxUnavailable, OSError, ValueError) as e:  # a mount, a limit: before any student code
             unavailable = e
     if unavailable is not None:  # the machine's problem, not the notebook's: the grader stops its batch
         send("sandbox_failed", reason=str(unavailable))

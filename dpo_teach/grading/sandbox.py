@@ -160,7 +160,8 @@ def covered(root: Path, keep: list[Path]) -> list[str]:
 
 def enter(private: str, hide: list[str], memory_mb: int, cpu_s: int, nproc: int | None, file_mb: int = 256) -> None:
     """Inside the new namespaces, before any student code: everything read-only, ``hide`` covered, ``private``
-    a fresh writable tmpfs; then drop the privilege to change mounts, and set rlimits."""
+    a fresh writable tmpfs; then drop the privilege to change mounts, and set rlimits (none above the machine's own
+    hard limit for it)."""
     mounts = {}
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()  # id parent dev root mount-point options ...
@@ -183,4 +184,7 @@ def enter(private: str, hide: list[str], memory_mb: int, cpu_s: int, nproc: int 
     if nproc is not None:
         limits.append((resource.RLIMIT_NPROC, nproc))  # a fork bomb stops here
     for which, value in limits:
+        hard = resource.getrlimit(which)[1]
+        if hard != resource.RLIM_INFINITY:  # the machine's own limit is lower (ulimit -H): it holds for every
+            value = min(value, hard)  # process anyway, and no process may raise it (ValueError, every row an error)
         resource.setrlimit(which, (value, value))
