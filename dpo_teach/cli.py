@@ -70,9 +70,13 @@ def cmd_grade(args) -> int:
         report = grading.grade(folder, out, Path(args.autograder_dir or grading.AUTOGRADER), args.assignment,
                                cell_timeout=args.cell_timeout, timeout=args.timeout, fast=not args.full,
                                jobs=args.jobs, unsafe=args.unsafe)
-    except (FileNotFoundError, ValueError, grading.SandboxUnavailable) as e:
+    except (OSError, ValueError, grading.SandboxUnavailable) as e:  # OSError: no bundles, no files, no report
         print(f"dpo-teach grade: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: what is kept, and how to go on
+        said = str(e) or f"interrupted; run the same command again: it grades what {out}/grades.partial.jsonl lacks"
+        print(f"dpo-teach grade: {said}", file=sys.stderr)
+        return 130
     print(grading.format_table(report))
     print(f"wrote {out}/grades.csv and {out}/grades.json")
     return 0

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         problem = _missing(MASTERS, "*.ipynb", "master notebooks")
     elif args.command == "gradescope" and args.out:
         problem = _missing(AUTOGRADER, "*.json", "autograder bundles (`make assign` writes them from the masters)")
+    elif args.command == "gradescope" and not (args.source and args.submission and args.results):
+        problem = ("pass --out DIR to build the bundles, or --source, --submission and --results together to grade "
+                   "one submission (what a bundle's run_autograder does)")
     if problem:
         print(f"{PROG} {args.command}: error: {problem}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 from dpo_teach.grading import sandbox
 from dpo_teach.grading.assign import AUTOGRADER, NOTEBOOKS, ROOT
 from dpo_teach.grading.journal import Journal, fingerprint
-from dpo_teach.grading.judge import ending_strays, run_notebook
+from dpo_teach.grading.judge import end_running, ending_strays, run_notebook
 from dpo_teach.grading.manifests import load_manifests
 from dpo_teach.grading.reports import empty_row, per_student, row_reason, write_reports
 from dpo_teach.grading.scan import scan
@@ -27,18 +28,22 @@ from dpo_teach.grading.submissions import (
     detect_assignment,
     find_submissions,
     is_notebook,
+    read_notebook,
+    shown,
 )
 
 
-def _not_a_notebook(student: str, path: Path) -> dict:
+def _not_a_notebook(student: str, path: Path, submissions: Path) -> dict:
     """The row of a file that is not a notebook: skipped, with what to do, and no assignment (no 0 in a total)."""
     kind = Path(path).suffix.lower() or "no extension"
     if kind in ARCHIVES:
         unpack = "unzip" if kind == ".zip" else "unpack"
-        what = f"a {kind} archive: {unpack} it into the submissions folder and grade again"
+        where = ("the submissions folder" if Path(path).parent == Path(submissions)
+                 else f"its folder ({shown(Path(path).parent.name)}: the student's, so the name is kept)")
+        what = f"a {kind} archive: {unpack} it into {where} and grade again"
     else:
         what = f"not a notebook ({kind}): ask the student for the .ipynb file"
-    return empty_row(student, path, None, "skipped", f"{Path(path).name} is {what}")
+    return empty_row(student, path, None, "skipped", f"{shown(Path(path).name)} is {what}")
 
 
 def _run_job(bundle_tests: dict, path: Path, assignment: str, cell_timeout: int, timeout: float, env: dict,
@@ -87,17 +92,11 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
                      released_dir: Path = NOTEBOOKS) -> dict:
     """Score one file. Whatever goes wrong with the file becomes a status and a reason; only a sandbox that fails as
     the notebook starts (the machine's fault) raises ``SandboxUnavailable``."""
-    import nbformat  # not at the top: each submission's process imports this package (nbformat costs ~1 s)
-
     row = empty_row(student, path, assignment, "graded")
     start = time.perf_counter()
-    try:
-        nb = nbformat.read(path, as_version=4)
-        nbformat.validate(nb)
-    except Exception as e:  # noqa: BLE001 - any reason a file is not a usable notebook
-        nb = None
-        first_line = (str(e).splitlines() or [""])[0][:200]
-        row.update(status="invalid", problem=f"not a valid notebook ({type(e).__name__}: {first_line})")
+    nb, problem = read_notebook(path)
+    if problem:
+        row.update(status="invalid", problem=problem)
     row["assignment"] = assignment or detect_assignment(path, nb, manifests)
     if row["assignment"] not in manifests:
         if row["status"] == "graded":
@@ -184,6 +183,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     the journal for the rerun. A file that is not a notebook gets a row of status ``skipped`` that says what to do.
     Returns the JSON report: the assignments with their questions, one row per submission and totals per student.
     """
+    out = Path(out)
     manifests = load_manifests(autograder)
     if not manifests:
         raise FileNotFoundError(f"no autograder bundles in {autograder}; run `make assign` first")
@@ -193,9 +193,11 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     if why_not:
         raise _no_sandbox(why_not)
     course = [*manifests, *(p.stem for p in Path(released_dir).glob("*.ipynb"))]  # what a file's name may hold
-    found = find_submissions(submissions, course)
+    found = find_submissions(submissions, course, skip=out)
+    if not found:
+        raise FileNotFoundError(f"no files in {shown(submissions)} (its sub-folders searched too, hidden ones "
+                                "skipped): pass the folder that holds the submitted notebooks")
     names, superseded = assignments_and_latest(found, manifests, assignment)
-    out = Path(out)
     # what a row depends on besides the files (--timeout 900 and the default 900 are one setting)
     settings = {"mode": "fast" if fast else "full", "per_cell_s": int(cell_timeout),
                 "per_notebook_s": float(timeout), "sandbox": not unsafe}
@@ -203,17 +205,18 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         path: fingerprint(path, manifests[names[path]], settings) for _, path in found
         if names.get(path) in manifests and path not in superseded})
     notebooks = sum(is_notebook(path) for _, path in found)
-    log(f"grading {notebooks} notebooks in {submissions} ({'fast' if fast else 'full'} mode, {jobs} at a time, "
+    log(f"grading {notebooks} notebooks in {shown(submissions)} ({'fast' if fast else 'full'} mode, {jobs} at a time, "
         f"{'no sandbox (--unsafe)' if unsafe else 'each in the sandbox'}; {len(journal.done)} graded before; "
         f"{len(found) - notebooks} other files skipped)")
     env = {**os.environ, "DPO_TEACH_FAST": "1" if fast else "0", "TOKENIZERS_PARALLELISM": "false"}
     out.mkdir(parents=True, exist_ok=True)
     hide = _hidden(submissions, out, autograder)
     stopped: list[tuple[Path, Exception]] = []  # where the sandbox failed: the notebooks not yet started wait
+    interrupted = threading.Event()  # Ctrl-C: the notebooks running are ended, and none is kept or started
 
     def one(item):
         student, path = item
-        if stopped:
+        if stopped or interrupted.is_set():
             return None
         try:
             row = graded(student, path)
@@ -222,22 +225,25 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
             return None
         except Exception as e:  # noqa: BLE001 - e.g. the file vanished mid-batch: its row says so, the rest go on
             row = empty_row(student, path, None, "error", f"could not grade it: {type(e).__name__}: {e}")
+        if row is None:
+            return None
         log(f"  {row['student']}: {row['assignment'] or '?'} {row['score']:g}/{row['possible']:g} "
             f"{row['status']} ({row['seconds']:.0f} s)")
         return row
 
     def graded(student, path):
         if not is_notebook(path):
-            return _not_a_notebook(student, path)
+            return _not_a_notebook(student, path, submissions)
         if path in superseded:
-            latest, name = superseded[path]
-            row = empty_row(student, path, name, "superseded", f"not graded: {latest.name} is this student's "
-                             "later notebook of the same assignment")
+            _, name, why = superseded[path]
+            row = empty_row(student, path, name, "superseded", why)
         else:
             row = journal.resumed(path, student)
             if row is None:
                 row = grade_submission(student, path, manifests, assignment, cell_timeout, timeout, env,
                                        sandboxed=not unsafe, hide=hide, released_dir=released_dir)
+                if interrupted.is_set():  # ended by the Ctrl-C, not by its own code: graded again on the rerun
+                    return None
                 journal.record(path, row)
         return row
 
@@ -248,24 +254,44 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         try:
             futures = {i: pool.submit(one, found[i]) for i in order}
             rows = [futures[i].result() for i in range(len(found))]
+        except KeyboardInterrupt:
+            interrupted.set()
+            end_running()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise GradingInterrupted(f"interrupted; the {len(journal.kept())} notebook(s) graded so far are kept in "
+                                     f"{shown(journal.path)}: run the same command again and it grades only the "
+                                     "rest") from None
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: the rows written so far stay in the journal
+            pool.shutdown(wait=True, cancel_futures=True)
     if stopped:
         path, error = stopped[0]
-        raise _no_sandbox(f"the sandbox failed as {Path(path).name} started ({error})",
+        raise _no_sandbox(f"the sandbox failed as {shown(Path(path).name)} started ({error})",
                           f"The {len(journal.kept())} notebook(s) graded before are kept in {journal.path}: once the "
                           "sandbox works, run the same command again and it grades only the rest.")
     report = {
-        "submissions_dir": str(submissions), "mode": "fast" if fast else "full",
+        "submissions_dir": shown(submissions), "mode": "fast" if fast else "full",
         "sandbox": not unsafe,
         "time_limits": {"per_cell_s": cell_timeout, "per_notebook_s": timeout},
         "assignments": {a: {"questions": m["questions"]} for a, m in manifests.items()
                         if any(r["assignment"] == a for r in rows)},
         "results": rows, "students": per_student(rows),
     }
-    write_reports(report, out)
+    try:
+        write_reports(report, out)
+    except OSError as e:  # a full disk, a folder named grades.csv: the rows are not lost
+        raise ReportNotWritten(f"could not write grades.csv and grades.json in {shown(out)} ({e}); the "
+                               f"{len(journal.kept())} notebook(s) graded are kept in {shown(journal.path)}: fix that "
+                               "and run the same command again (it grades none of them again)") from e
     journal.close()
     return report
+
+
+class ReportNotWritten(OSError):
+    """The batch was graded, but its reports could not be written; the message says where the rows are kept."""
+
+
+class GradingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a batch: the message says how many rows the journal keeps for the rerun."""
 
 
 def _no_sandbox(why: str, then: str = "") -> sandbox.SandboxUnavailable:

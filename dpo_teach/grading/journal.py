@@ -14,13 +14,15 @@ import os
 import threading
 from pathlib import Path
 
+from dpo_teach.grading.submissions import shown
+
 
 def fingerprint(path: Path, manifest: dict, settings: dict) -> str | None:
     """What a row depends on: which file it is, its bytes, the bundle's and the settings it is graded under (fast or
     full mode, the time limits, the sandbox): a rerun skips what it has graded, and grades again what a rerun with
     other settings (a longer ``--timeout``, ``--full``) would score differently; two students' identical files are
     two rows. None for a file that cannot be read (it is graded, and its row says why, but not journaled)."""
-    digest = hashlib.sha256(str(Path(path).resolve()).encode() + b"\0")
+    digest = hashlib.sha256(os.fsencode(Path(path).resolve()) + b"\0")  # a name's bytes, UTF-8 or not
     try:
         digest.update(Path(path).read_bytes())
     except OSError:
@@ -47,7 +49,7 @@ class Journal:
     def resumed(self, path: Path, student: str) -> dict | None:
         """The row an earlier run graded for ``path``, named as this run names it (another folder, newer rules)."""
         key = self.keys.get(path)
-        return {**self.done[key], "student": student, "file": str(path)} if key in self.done else None
+        return {**self.done[key], "student": student, "file": shown(path)} if key in self.done else None
 
     def record(self, path: Path, row: dict) -> None:
         """Append ``row`` (graded just now) and sync it to disk, unless ``path`` is not journaled."""

@@ -114,13 +114,17 @@ class _Process:
         tail = [line for line in self.log.read().strip().splitlines()[-3:] if line.strip()]
         return " | ".join(tail)[-400:]
 
-    def kill(self) -> None:
-        if self.proc is None:  # the fork outside the namespaces: its death kills the namespace's first process
-            with contextlib.suppress(ProcessLookupError, PermissionError):
+    def end(self) -> None:
+        """SIGKILL, and nothing else: the thread that waits on this process sees its end and cleans up."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if self.proc is None:  # the fork outside the namespaces: its death kills the namespace's first process
                 os.kill(self.pid, signal.SIGKILL)
-        else:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
+            else:
                 os.killpg(self.pid, signal.SIGKILL)
+
+    def kill(self) -> None:
+        self.end()
+        if self.proc is not None:
             self.proc.wait()
         with contextlib.suppress(OSError):
             self.stdin.close()
@@ -227,10 +231,26 @@ def run_notebook(text: str, file_name: str, tests: dict[str, list[dict]], cell_t
     # the job's private folder (the sandbox mounts a tmpfs over it), gone however the job ends, a failed start too
     with tempfile.TemporaryDirectory(prefix="dpo-grade-", ignore_cleanup_errors=True) as private:
         process = _Process(env, sandboxed)
+        with _RUNNING_LOCK:
+            _RUNNING.add(process)
         try:
             return _run(process, private, text, file_name, tests, cell_timeout, timeout, sandboxed, hide, memory_mb)
         finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(process)
             process.kill()
+
+
+_RUNNING: set[_Process] = set()  # the notebooks' processes running now, in any thread
+_RUNNING_LOCK = threading.Lock()
+
+
+def end_running() -> None:
+    """End every notebook running now (the batch was interrupted: Ctrl-C). Each :func:`run_notebook` then returns
+    the row of a notebook whose process ended, which the caller must not keep."""
+    with _RUNNING_LOCK:
+        for process in _RUNNING:
+            process.end()
 
 
 def _run(process: _Process, private: str, text: str, file_name: str, tests: dict[str, list[dict]],

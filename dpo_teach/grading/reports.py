@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from collections.abc import Collection
 from pathlib import Path
 
-from dpo_teach.utils import atomic_write_json, atomic_write_text
+from dpo_teach.grading.submissions import shown
+from dpo_teach.utils import atomic_file
 
 
 def empty_row(student: str, path: Path, assignment: str | None, status: str, problem: str = "") -> dict:
     """A grade row before (or without) grading: nothing scored; ``problem`` (why it is not graded) is its reason."""
-    return {"student": student, "file": str(path), "assignment": assignment, "status": status, "reason": problem,
-            "problem": problem, "score": 0.0, "possible": 0.0, "questions": {}, "errors": [], "flags": [],
-            "tries": [], "seconds": 0.0}
+    return {"student": shown(student), "file": shown(path), "assignment": assignment, "status": status,
+            "reason": problem, "problem": problem, "score": 0.0, "possible": 0.0, "questions": {}, "errors": [],
+            "flags": [], "tries": [], "seconds": 0.0}
 
 
 def row_reason(row: dict, withheld: Collection[str] = ()) -> str:
@@ -78,8 +80,12 @@ def write_reports(report: dict, out: Path) -> None:
         scores = [r["questions"][q]["score"] if q in r["questions"] else "" for q in questions]
         writer.writerow([r["student"], r["assignment"] or "", r["file"], r["status"], r["score"], r["possible"],
                          *scores, r["reason"]])
-    atomic_write_json(out / "grades.json", report, sort_keys=False)
-    atomic_write_text(out / "grades.csv", buffer.getvalue())
+    for name in ("grades.csv", "grades.json"):  # the one thing that fails a rename once both are written
+        if (out / name).is_dir():
+            raise IsADirectoryError(f"{out / name} is a folder")
+    with atomic_file(out / "grades.csv") as csv_file, atomic_file(out / "grades.json") as json_file:
+        json_file.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        csv_file.write_text(buffer.getvalue(), encoding="utf-8")  # both written, then both renamed: never one alone
 
 
 def format_table(report: dict) -> str:

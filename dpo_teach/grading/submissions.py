@@ -4,6 +4,7 @@ latest."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,12 +13,43 @@ from pathlib import Path
 # Google Drive and Colab put "Copy of " in front.
 _COPY_SUFFIX = re.compile(r"(\s*\(\d+\)|[\s_-]+copy\s*\d*|-\d{1,2})$", re.IGNORECASE)
 _COPY_PREFIX = re.compile(r"^copy of\s+", re.IGNORECASE)
+# Canvas's bulk download names each file "<name>[_LATE]_<user id>_<submission id>_<the student's file name>": the
+# student is the name and the user id; the submission id changes with every upload, LATE with the deadline.
+_CANVAS = re.compile(r"^(.+?)(?:_late)?_(\d+)_\d+$", re.IGNORECASE)
 _SEPARATORS = "_- "
+GRADER_FILES = {"grades.csv", "grades.json", "grades.partial.jsonl"}  # what `dpo-teach grade` writes in --out
 ARCHIVES = {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"}
 
 
 def is_notebook(path: Path) -> bool:
     return Path(path).suffix.lower() == ".ipynb"  # also ALICE.IPYNB, saved by a tool that shouts
+
+
+def shown(text: str | Path) -> str:
+    """A file or student name as the reports write it: a name that is not UTF-8 on disk (unzipped from a Windows
+    archive: ``Fran\\xe7ois``) keeps its bytes as ``\\xe7`` escapes, where printing or writing it would fail."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+def read_notebook(path: Path):
+    """``(notebook, None)``, or ``(None, why it is not a usable notebook)``. Grading needs a list of cells, each with
+    its type and its source: nbformat's schema is stricter than Jupyter, which opens and runs (so a student hands in)
+    a notebook that VS Code saved with cell ids under nbformat 4.4, or whose markdown cell kept its outputs."""
+    import nbformat  # not at the top: each submission's process imports this package (nbformat costs ~1 s)
+
+    try:
+        nb = nbformat.read(path, as_version=4)
+        cells = nb.get("cells")
+        if not isinstance(cells, list):
+            raise ValueError("it holds no list of cells")
+        for i, cell in enumerate(cells, 1):
+            if not (isinstance(cell, dict) and isinstance(cell.get("cell_type"), str)
+                    and isinstance(cell.get("source"), str)):
+                raise ValueError(f"its cell {i} has no cell_type or no source text")
+    except Exception as e:  # noqa: BLE001 - any reason a file is not a usable notebook
+        first_line = (str(e).splitlines() or [""])[0][:200]
+        return None, f"not a valid notebook ({type(e).__name__}: {first_line})"
+    return nb, None
 
 
 def _without_copy_marks(text: str) -> str:
@@ -37,20 +69,41 @@ def student_name(stem: str, assignments: Iterable[str]) -> str:
     if name is None:
         return _without_copy_marks(bare) or stem
     at = bare.lower().index(name.lower())
-    return bare[:at].strip(_SEPARATORS) or _without_copy_marks(bare[at + len(name):]) or _without_copy_marks(bare)
+    before = bare[:at].strip(_SEPARATORS)
+    if canvas := _CANVAS.match(before):
+        before = f"{canvas.group(1)}_{canvas.group(2)}"
+    return before or _without_copy_marks(bare[at + len(name):]) or _without_copy_marks(bare)
 
 
-def find_submissions(folder: Path, assignments: Iterable[str] = ()) -> list[tuple[str, Path]]:
-    """``(student, path)`` for every file under ``folder`` but hidden ones (``.ipynb_checkpoints`` too): the
-    notebooks, and anything else a student handed in (graded as ``skipped``, with what to do). The student is the
-    first sub-folder's name, or for a file directly in ``folder`` its name without the name of the assignment in
-    ``assignments`` it holds (:func:`student_name`)."""
+def copy_number(stem: str) -> tuple[int, ...]:
+    """The numbers in the marks of a copy (``(2,)`` of ``alice_01 (2)``, ``(1,)`` of ``Copy of alice_01``, ``()`` of
+    the original): of two files saved in the same instant (a ``git clone``, an unzipped archive) the copy with the
+    larger number is the later one, ``(10)`` after ``(2)``."""
+    numbers = [1] if _COPY_PREFIX.match(stem) else []
+    text = _COPY_PREFIX.sub("", stem)
+    while (trimmed := _COPY_SUFFIX.sub("", text)) != text:
+        numbers[:0] = [int(n) for n in re.findall(r"\d+", text[len(trimmed):])] or [1]
+        text = trimmed
+    return tuple(numbers)
+
+
+def find_submissions(folder: Path, assignments: Iterable[str] = (), skip: Path | None = None) -> list[tuple[str, Path]]:
+    """``(student, path)`` for every file under ``folder`` but hidden ones (``.ipynb_checkpoints`` too) and the
+    grader's own (``skip``, the grades' folder: all of it when it is inside ``folder``, its files when it is
+    ``folder``): the notebooks, and anything else a student handed in (graded as ``skipped``, with what to do). The
+    student is the first sub-folder's name, or for a file directly in ``folder`` its name without the name of the
+    assignment in ``assignments`` it holds (:func:`student_name`)."""
     found = []
+    skip = Path(skip).resolve() if skip is not None else None
     for path in sorted(Path(folder).rglob("*")):
         rel = path.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts) or not path.is_file():
             continue
-        found.append((rel.parts[0] if len(rel.parts) > 1 else student_name(_bare_name(path), assignments), path))
+        if skip is not None and (path.resolve().parent == skip and path.name in GRADER_FILES
+                                 or skip != Path(folder).resolve() and skip in path.resolve().parents):
+            continue
+        student = rel.parts[0] if len(rel.parts) > 1 else student_name(_bare_name(path), assignments)
+        found.append((shown(student), path))
     return found
 
 
@@ -76,24 +129,34 @@ def _named_in(text: str, names: Iterable[str]) -> str | None:
 
 def assignments_and_latest(found: list[tuple[str, Path]], manifests: dict,
                            assignment: str | None) -> tuple[dict, dict]:
-    """``({path: its assignment or None}`` for every notebook, ``{path: (the path graded instead, the assignment)}``
-    for every notebook that another, later notebook of the same student and assignment supersedes (latest
-    modification time, then file name)). An unreadable notebook is graded (as invalid) on its own."""
-    import nbformat
-
+    """``({path: its assignment or None}`` for every notebook, ``{path: (the path graded instead, the assignment,
+    why)}`` for every notebook that another notebook of the same student and assignment supersedes: the latest one
+    (modification time, then the number of its copy marks, then its name) of those that can be read, and every one
+    that cannot while another can (an unreadable notebook is graded, as invalid, only when it is the student's
+    only notebook of the assignment: a broken re-upload does not cost the points of the notebook before it)."""
     names, groups = {}, {}
     for student, path in found:
         if not is_notebook(path):
             continue
-        try:
-            nb = nbformat.read(path, as_version=4)
-        except Exception:  # noqa: BLE001 - named by its file name alone, superseding nothing
-            nb = None
+        nb, _ = read_notebook(path)
         names[path] = assignment or detect_assignment(path, nb, manifests)
-        if nb is not None and names[path] in manifests:
-            groups.setdefault((student, names[path]), []).append(path)
+        if names[path] in manifests:
+            groups.setdefault((student, names[path]), []).append((nb is not None, path))
     superseded = {}
     for (_, name), paths in groups.items():
-        latest = max(paths, key=lambda p: (p.stat().st_mtime, p.name))
-        superseded.update({p: (latest, name) for p in paths if p != latest})
+        readable = [p for ok, p in paths if ok] or [p for _, p in paths]
+        latest = max(readable, key=lambda p: (_mtime(p), copy_number(_bare_name(p)), p.name))
+        for ok, p in paths:
+            if p != latest:
+                why = (f"{shown(latest.name)} is this student's later notebook of the same assignment" if ok else
+                       f"it cannot be read as a notebook; {shown(latest.name)}, this student's other notebook of the "
+                       "same assignment, is graded instead")
+                superseded[p] = (latest, name, f"not graded: {why}")
     return names, superseded
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

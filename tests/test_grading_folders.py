@@ -1,0 +1,239 @@
+"""What an instructor's folder of submissions really holds, and what the grader makes of it: notebooks that Jupyter
+runs but nbformat's schema refuses, copies saved in the same instant, a broken re-upload, names that are not UTF-8,
+Canvas's bulk-download names, the grades' own folder inside the submissions, Ctrl-C, a report that cannot be written.
+
+Most tests here stand the notebook's run in for a stub (``grade_submission``): what they check is which files are
+graded and what is written, not the scores; the first one grades for real."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from test_grading import exercise_solution
+from test_zygote import notebook
+
+from dpo_teach.cli import main as cli
+from dpo_teach.grading import gradescope, sandbox, submissions
+from dpo_teach.grading.reports import empty_row
+
+KL = "01_kl_objective"
+grade_module = importlib.import_module("dpo_teach.grading.grade")  # the package's `grade` is the function
+NEEDS_SANDBOX = pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="needs the sandbox")
+
+
+def as_vscode_saved_it(nb) -> dict:
+    """The solution as some editors save it: nbformat 4.4 with 4.5's cell ids kept, a markdown cell that kept
+    outputs, a stream output with metadata, a code cell without execution_count. Jupyter opens and runs it."""
+    raw = json.loads(nbformat.writes(nb))
+    raw["nbformat_minor"] = 4
+    markdown = next(c for c in raw["cells"] if c["cell_type"] == "markdown")
+    markdown.update(outputs=[], execution_count=None)
+    code = [c for c in raw["cells"] if c["cell_type"] == "code"]
+    code[0]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["hi\n"], "metadata": {}}]
+    del code[-1]["execution_count"]
+    return raw
+
+
+@pytest.fixture
+def stub_grading(monkeypatch):
+    """Each notebook 'graded' at once: 1 of 1 point, the rest of the batch (files, journal, reports) real."""
+    graded = []
+
+    def grade_submission(student, path, manifests, assignment, *args, **kwargs):
+        graded.append(path.name)
+        row = empty_row(student, path, assignment or KL, "graded")
+        return {**row, "score": 1.0, "possible": 1.0}
+
+    monkeypatch.setattr(grade_module, "grade_submission", grade_submission)
+    return graded
+
+
+def run_cli(folder: Path, out: Path, assigned: Path, capsys) -> tuple[int, str, str]:
+    code = cli(["grade", str(folder), "--out", str(out), "--autograder-dir", str(assigned / "autograder"), "--unsafe"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@NEEDS_SANDBOX
+def test_a_notebook_jupyter_runs_is_graded_though_nbformat_schema_refuses_it(assigned, notebook_reference, tmp_path):
+    raw = as_vscode_saved_it(exercise_solution(assigned, KL))
+    with pytest.raises(nbformat.ValidationError):  # what the grader checked before: every such student got a 0
+        nbformat.validate(nbformat.from_dict(raw))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / f"vscode_{KL}.ipynb").write_text(json.dumps(raw))
+    (folder / f"nocells_{KL}.ipynb").write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}}))
+    report = grade_module.grade(folder, tmp_path / "out", autograder=assigned / "autograder")
+    rows = {r["student"]: r for r in report["results"]}
+    assert (rows["vscode"]["status"], rows["vscode"]["score"], rows["vscode"]["possible"]) == ("graded", 5.0, 5.0), \
+        rows["vscode"]["reason"]
+    assert rows["nocells"]["status"] == "invalid" and "cells" in rows["nocells"]["reason"]
+
+
+def test_of_copies_saved_in_the_same_instant_the_higher_copy_number_is_the_later(tmp_path):
+    """A ``git clone`` (GitHub Classroom) or an unzipped archive gives every file the same modification time: the
+    re-download ``(1)`` is still the later one, and ``(10)`` is later than ``(2)``."""
+    names = [f"alice_{KL}.ipynb", f"alice_{KL} (1).ipynb", f"alice_{KL} (2).ipynb", f"alice_{KL} (10).ipynb",
+             f"Copy of bob_{KL}.ipynb", f"bob_{KL}.ipynb", f"carl_{KL}-Copy2.ipynb", f"carl_{KL}-Copy1.ipynb"]
+    for name in names:
+        (tmp_path / name).write_text(notebook("x = 1"))
+        os.utime(tmp_path / name, (1_700_000_000, 1_700_000_000))
+    found = submissions.find_submissions(tmp_path, [KL])
+    assert {s for s, _ in found} == {"alice", "bob", "carl"}
+    _, superseded = submissions.assignments_and_latest(found, {KL: {}}, None)
+    kept = {p.name for _, p in found} - set(p.name for p in superseded)
+    assert kept == {f"alice_{KL} (10).ipynb", f"Copy of bob_{KL}.ipynb", f"carl_{KL}-Copy2.ipynb"}
+    number = submissions.copy_number
+    assert number(f"alice_{KL}") == () < number(f"alice_{KL} (2)") < number(f"alice_{KL} (10)")
+
+
+def test_a_broken_re_upload_does_not_cost_the_points_of_the_notebook_before_it(tmp_path, assigned, stub_grading,
+                                                                              capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / f"alice_{KL}.ipynb").write_text(notebook("x = 1"))
+    (folder / f"alice_{KL} (1).ipynb").write_text("")  # newer, empty: an upload that broke off
+    os.utime(folder / f"alice_{KL}.ipynb", (time.time() - 60, time.time() - 60))
+    (folder / f"bob_{KL}.ipynb").write_text('{"cells": [')  # bob's only notebook: graded, as invalid
+    code, out, err = run_cli(folder, tmp_path / "out", assigned, capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "grades.json").read_text())
+    rows = {Path(r["file"]).name: r for r in report["results"]}
+    broken = rows[f"alice_{KL} (1).ipynb"]
+    assert broken["status"] == "superseded" and "cannot be read" in broken["reason"], broken
+    assert f"alice_{KL}.ipynb, this student's other notebook" in broken["reason"]
+    assert sorted(stub_grading) == [f"alice_{KL}.ipynb", f"bob_{KL}.ipynb"], "bob's only notebook is graded"
+    assert report["students"]["alice"]["possible"] == 1.0, "the broken copy added to alice's total"
+
+
+def test_names_that_are_not_utf8_are_graded_and_written(tmp_path, assigned, stub_grading, capsys):
+    """Unzipped from a Windows archive, a name keeps its Latin-1 bytes: the batch is graded and its reports written
+    (before: the batch stopped before any notebook, or after all of them without a report), the name shown with
+    escapes; a rerun resumes it."""
+    folder = tmp_path / "in"
+    student = folder / os.fsdecode(b"Fran\xe7ois")
+    student.mkdir(parents=True)
+    (student / "hw.ipynb").write_text(json.dumps(nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell("x = 1")], metadata={"otter": {"assignment_name": KL}})))
+    (folder / os.fsdecode(b"Jos\xe9_notes.pdf")).write_bytes(b"%PDF")
+    code, out, err = run_cli(folder, tmp_path / "out", assigned, capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "grades.json").read_text(encoding="utf-8"))
+    assert {r["student"] for r in report["results"]} == {"Fran\\xe7ois", "Jos\\xe9_notes"}
+    assert "Fran\\xe7ois" in (tmp_path / "out" / "grades.csv").read_text(encoding="utf-8") and "Fran\\xe7ois" in out
+    assert report["students"]["Fran\\xe7ois"]["score"] == 1.0
+
+
+def test_canvas_download_names_keep_one_student_across_uploads_and_deadlines():
+    names = [KL, "02_bradley_terry"]
+    assert submissions.student_name(f"smithjohn_12345_67890_{KL}", names) == "smithjohn_12345"
+    assert submissions.student_name("smithjohn_12345_71234_02_bradley_terry", names) == "smithjohn_12345"
+    assert submissions.student_name(f"smithjohn_LATE_12345_99999_{KL}-1", names) == "smithjohn_12345"
+    assert submissions.student_name(f"alice_{KL}", names) == "alice"
+    assert submissions.student_name(f"bob_2024_{KL}", names) == "bob_2024"
+
+
+def test_the_grades_folder_inside_the_submissions_is_not_graded(tmp_path, assigned, stub_grading, capsys):
+    for folder, out in ((tmp_path / "a", tmp_path / "a" / "grades"), (tmp_path / "b", tmp_path / "b")):
+        folder.mkdir()
+        (folder / f"alice_{KL}.ipynb").write_text(notebook("x = 1"))
+        for _ in range(2):  # the rerun finds the first run's grades there
+            code, printed, err = run_cli(folder, out, assigned, capsys)
+            assert code == 0, err
+            report = json.loads((out / "grades.json").read_text())
+            assert [r["student"] for r in report["results"]] == ["alice"], printed
+
+
+def test_an_archive_in_a_students_folder_says_to_unzip_it_there(tmp_path, assigned, stub_grading, capsys):
+    (tmp_path / "in" / "bob").mkdir(parents=True)
+    (tmp_path / "in" / "bob" / "work.zip").write_bytes(b"PK")
+    (tmp_path / "in" / "carol.zip").write_bytes(b"PK")
+    code, _, err = run_cli(tmp_path / "in", tmp_path / "out", assigned, capsys)
+    assert code == 0, err
+    reasons = {r["student"]: r["reason"] for r in json.loads((tmp_path / "out" / "grades.json").read_text())["results"]}
+    assert "unzip it into its folder (bob" in reasons["bob"], reasons
+    assert "unzip it into the submissions folder" in reasons["carol"], reasons
+
+
+def test_an_empty_folder_is_an_error_that_says_what_to_pass(tmp_path, assigned, capsys):
+    (tmp_path / "in" / ".ipynb_checkpoints").mkdir(parents=True)
+    code, _, err = run_cli(tmp_path / "in", tmp_path / "out", assigned, capsys)
+    assert code == 2 and "no files in" in err and "pass the folder that holds the submitted notebooks" in err, err
+    assert not (tmp_path / "out" / "grades.csv").exists()
+
+
+def test_a_report_that_cannot_be_written_keeps_the_rows_and_says_so(tmp_path, assigned, stub_grading, capsys):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    (folder / f"alice_{KL}.ipynb").write_text(notebook("x = 1"))
+    (out / "grades.csv").mkdir(parents=True)  # where the CSV goes: a full disk reaches the same path
+    code, _, err = run_cli(folder, out, assigned, capsys)
+    assert code == 2 and "could not write grades.csv and grades.json" in err and "1 notebook(s) graded" in err, err
+    assert "Traceback" not in err and not (out / "grades.json").exists(), "one report without the other"
+    (out / "grades.csv").rmdir()
+    code, printed, err = run_cli(folder, out, assigned, capsys)
+    assert code == 0 and stub_grading == [f"alice_{KL}.ipynb"], "the rerun graded alice again"
+    assert "1 graded before" in printed
+
+
+@NEEDS_SANDBOX
+def test_ctrl_c_ends_the_running_notebooks_keeps_the_graded_and_says_how_to_go_on(tmp_path, assigned, capsys):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    (folder / f"ann_{KL}.ipynb").write_text(notebook("x = 1"))
+    (folder / f"ben_{KL}.ipynb").write_text(notebook("import time\ntime.sleep(300)"))
+    journal = out / "grades.partial.jsonl"
+
+    def interrupt_once_ann_is_graded():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (journal.is_file() and journal.read_text().count("\n") == 1):
+            time.sleep(0.1)
+        time.sleep(1)  # ben's notebook is running
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
+
+    threading.Thread(target=interrupt_once_ann_is_graded, daemon=True).start()
+    start = time.monotonic()
+    code = cli(["grade", str(folder), "--out", str(out), "--autograder-dir", str(assigned / "autograder"),
+                "--jobs", "2"])
+    err = capsys.readouterr().err
+    assert code == 130 and time.monotonic() - start < 100, "it waited for ben's notebook to end on its own"
+    assert err.strip().splitlines() == [
+        f"dpo-teach grade: interrupted; the 1 notebook(s) graded so far are kept in {journal}: run the same command "
+        "again and it grades only the rest"], err
+    kept = [json.loads(line)["row"] for line in journal.read_text().splitlines()]
+    assert [(r["student"], r["status"]) for r in kept] == [("ann", "graded")], "ben's ended run was kept as his"
+
+
+def test_gradescope_names_the_notebook_it_graded_of_several(tmp_path, assigned, monkeypatch):
+    """Two notebooks uploaded in the same instant: the copy is the later one, and the output says which was graded."""
+    from test_gradescope import _source
+
+    source, submission = _source(assigned, tmp_path), tmp_path / "submission"
+    submission.mkdir()
+    for name in (f"{KL}.ipynb", f"{KL}-Copy1.ipynb"):
+        (submission / name).write_text(notebook("x = 1"))
+        os.utime(submission / name, (1_700_000_000, 1_700_000_000))
+    graded = []
+    monkeypatch.setattr(gradescope, "_graded_row", lambda src, nb, a: (graded.append(nb.name) or {
+        **empty_row("s", nb, a, "graded"), "score": 0.0}, None))
+    report = gradescope.run(source, submission, tmp_path / "results.json")
+    assert graded == [f"{KL}-Copy1.ipynb"]
+    assert f"Graded {KL}-Copy1.ipynb, the latest of the 2 notebooks you submitted." in report["output"]
+
+
+def test_gradescope_without_its_options_says_what_to_pass(capsys):
+    from dpo_teach.grading.__main__ import main
+
+    for args in (["gradescope"], ["gradescope", "--source", "x"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "pass --out DIR" in err and "--source, --submission and --results together" in err, err
+
