@@ -30,7 +30,7 @@ def cmd_demo(args) -> None:
 
     preset = check_model_flags(args)
     check_writable(args.out, "--out", directory=True)
-    check_out_replaceable(args.out)
+    check_out_replaceable(args.out, {"--model": args.model})
     cfg = DemoConfig.with_seed(args.seed, out_dir=args.out, model_path=args.model)
     cfg.world.preset, cfg.prefs.n_prompts = preset, args.pairs
     apply_dpo_args(cfg.dpo, args)
@@ -47,7 +47,8 @@ def cmd_data(args) -> None:
     from dpo_teach.world import WorldConfig, load_reference
 
     check_writable(args.out, "--out", directory=False)
-    reference, tokenizer = load_reference(WorldConfig(preset=args.preset, seed=args.seed), verbose=True)
+    # π_ref as `train` loads it (seed 0): the pairs must come from the model that training takes as its reference
+    reference, tokenizer = load_reference(WorldConfig(preset=args.preset), verbose=True)
     rows = make_preference_pairs(reference, tokenizer, PreferenceConfig(
         n_prompts=args.pairs, bt_temperature=args.bt_temperature, seed=args.seed))
     write_preferences(args.out, rows)
@@ -86,22 +87,30 @@ def cmd_train(args) -> None:
     from dpo_teach.data import split_heldout, warn_heldout_overlap
     from dpo_teach.dpo import FLAGS, DPOConfig, train_dpo
     from dpo_teach.evaluate import preference_accuracy
-    from dpo_teach.model import save_checkpoint
+    from dpo_teach.logprobs import cut_pairs
+    from dpo_teach.model import context_length, save_checkpoint
     from dpo_teach.plots import plot_dpo_history, save_figure
-    from dpo_teach.preference_file import check_preferences, read_preferences
+    from dpo_teach.preference_file import DataWarning, check_preferences, read_preferences
     from dpo_teach.utils import atomic_dir, atomic_write_json
     from dpo_teach.world import WorldConfig, load_reference
 
     preset = check_model_flags(args)
     data = read_preferences(args.data, args.skip_invalid)  # fail fast, before any model is loaded or built
     check_writable(args.out, "--out", directory=True)
-    check_out_replaceable(args.out)
+    check_out_replaceable(args.out, {"--data": args.data, "--model": args.model})
     checkpoint = check_context(args.model, args.max_length)
     reference, tokenizer = checkpoint or load_reference(WorldConfig(preset=preset), verbose=True)
-    data = check_preferences(args.data, data, tokenizer, args.max_length, args.skip_invalid)  # prompts vs --max-length
+    data = check_preferences(args.data, data, tokenizer, args.max_length, args.skip_invalid,  # prompts vs the length
+                             context=context_length(reference))
     if data.skipped:
         line, reason = data.skipped[0]
         print(f"skipped {len(data.skipped)} invalid rows of {args.data} (first: line {line}: {reason})")
+    cut, same = cut_pairs(tokenizer, data.rows, args.max_length)
+    if cut:
+        warnings.warn(f"{args.data}: {cut} of {len(data.rows)} pairs are longer than --max-length {args.max_length} "
+                      "tokens and are cut at the end (as TRL does)" + (f"; {same} of them are then the same tokens, "
+                      "with nothing left to prefer" if same else "") + ": raise --max-length, or shorten the "
+                      "completions", DataWarning, stacklevel=1)
     train_rows, heldout = split_heldout(data.rows, args.eval_fraction, args.seed, args.data)
     warn_heldout_overlap(args.data, train_rows, heldout)
     cfg = DPOConfig()
@@ -136,8 +145,9 @@ def cmd_compare(args) -> None:
         if unknown:
             raise UsageError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
         cfg = replace(cfg, methods=tuple(dict.fromkeys(args.methods)))
+    seeds = tuple(dict.fromkeys(args.seeds or ()))  # --seeds 0 0 is one seed: no spread to measure
     cfg = replace(cfg, threads=args.threads, workers=args.workers,
-                  **({"seeds": tuple(args.seeds)} if args.seeds else {}), **({"out_dir": args.out} if args.out else {}))
+                  **({"seeds": seeds} if seeds else {}), **({"out_dir": args.out} if args.out else {}))
     check_writable(cfg.out_dir, "--out", directory=True)
     if args.asset:
         check_writable(args.asset, "--asset", directory=False)
@@ -149,8 +159,9 @@ def cmd_compare(args) -> None:
         print(f"wrote {args.asset}")
 
 
-def _one_line_warnings(command: str, category: type[Warning]) -> None:
-    """Show warnings about the user's input (``category``) as one line each, like the errors: no source line."""
+def _one_line_warnings(command: str, category: type[Warning] | tuple[type[Warning], ...]) -> None:
+    """Show warnings about the user's input or cache (``category``) as one line each, like the errors: no source
+    line."""
     show = warnings.showwarning
 
     def showwarning(message, cls, filename, lineno, file=None, line=None):
@@ -178,10 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     from dpo_teach.model import CheckpointError, ContextLengthError
     from dpo_teach.preference_file import DataError, DataWarning
     from dpo_teach.training import TrainingError
+    from dpo_teach.world import CacheWarning
 
     try:
         with warnings.catch_warnings():
-            _one_line_warnings(args.command, DataWarning)
+            _one_line_warnings(args.command, (DataWarning, CacheWarning))
             {"demo": cmd_demo, "data": cmd_data, "train": cmd_train, "compare": cmd_compare}[args.command](args)
     except (DataError, CheckpointError, ContextLengthError, UsageError, TrainingError) as e:
         print(f"dpo-teach {args.command}: error: {e}", file=sys.stderr)

@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", required=True, help="JSONL file to write")
     m.add_argument("--pairs", type=_positive(int, MAX_PAIRS), default=2000, help="prompts (%(default)s)")
     m.add_argument("--bt-temperature", type=_positive(float), default=0.1, help="label noise τ (%(default)s)")
-    m.add_argument("--seed", type=_seed, default=0, help="seed (%(default)s)")
+    m.add_argument("--seed", type=_seed, default=0, help="seed of the prompts, samples and labels; π_ref is the toy "
+                                                          "one `train` loads (%(default)s)")
     m.add_argument("--preset", choices=sorted(PRESETS), default=demo_defaults.world.preset, help="(%(default)s)")
 
     g = sub.add_parser("grade", help="grade a folder of submitted notebooks → grades.csv and grades.json",
@@ -238,11 +239,18 @@ def check_model_flags(args) -> str:
     return args.preset or DemoConfig().world.preset
 
 
-def check_out_replaceable(out: str) -> None:
-    """A run replaces --out as a whole at its end: refuse a directory that holds anything but an earlier run."""
+def check_out_replaceable(out: str, inputs: dict[str, str | None] | None = None) -> None:
+    """A run replaces --out as a whole at its end: refuse a directory that holds anything but an earlier run, or that
+    holds one of the run's own ``inputs`` (``{"--data": path, "--model": path}``: an earlier run's pairs or policy,
+    which the run would delete while its metrics.json still named them)."""
     from dpo_teach.pipeline import RUN_OUTPUTS
     from dpo_teach.utils import check_replaceable
 
+    target = Path(out).resolve()
+    for flag, path in (inputs or {}).items():
+        if path is not None and (Path(path).resolve() == target or target in Path(path).resolve().parents):
+            raise UsageError(f"--out {out} holds {flag} {path}, and a run replaces --out as a whole (the run would "
+                             f"delete its own input); pass another --out, e.g. {Path(out).name}-next")
     try:
         check_replaceable(out, RUN_OUTPUTS)
     except FileExistsError as e:

@@ -66,8 +66,10 @@ def _stages_text(results: dict) -> str:
                    f"held-out pairwise accuracy {_pm(mean_sd([m['heldout_accuracy'] for m in rm]), '.3f')} "
                    f"(BT-noise ceiling {np.mean([s['pairs']['bt_ceiling'] for s in stages]):.3f}).")
     seeds = ", ".join(results["reference"])
+    spread = (f"mean ± sd over seeds {seeds}" if len(results["reference"]) > 1 else
+              f"one seed ({seeds}): every ± 0 means no spread was measured, not that there is none")
     out.append(f"★ = best setting (highest reward with fluency ≥ {MIN_FLUENCY:.0%}). Gains are over π_ref on the same "
-               f"evaluation prompts; mean ± sd over seeds {seeds}. Counts are per run, evaluation excluded; a "
+               f"evaluation prompts; {spread}. Counts are per run, evaluation excluded; a "
                f"'forward seq' is one sequence through one network (a sampled completion counts once). "
                f"Wall and CPU seconds exclude evaluation; CPU seconds do not depend on what else the machine runs.")
     out.append(_environment_text(results))

@@ -208,6 +208,17 @@ def tokenize_pairs(tokenizer, rows: list[dict], max_length: int, append_eos: boo
     return out
 
 
+def cut_pairs(tokenizer, rows: list[dict], max_length: int) -> tuple[int, int]:
+    """``(pairs whose completions tokenize_pairs cuts at max_length, pairs of those whose two completions are then
+    the same tokens)``: a pair made identical by the cut has no preference left to learn, and always counts as wrong
+    in accuracy."""
+    examples = tokenize_pairs(tokenizer, rows, max_length)
+    whole = [encode_completion(tokenizer, r["prompt"], r[k])[1] for r in rows for k in ("chosen", "rejected")]
+    cut = [e for e, c, r in zip(examples, whole[::2], whole[1::2], strict=True)
+           if len(e["chosen_ids"]) < len(c) or len(e["rejected_ids"]) < len(r)]
+    return len(cut), sum(e["chosen_ids"] == e["rejected_ids"] for e in cut)
+
+
 REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")  # what reference_logprobs adds to each example
 SPOT_CHECKED = 4  # examples whose carried log-probs are scored again by the reference they are used with (spread
 # over the list, first and last included: a list whose end was joined on from another source is caught)

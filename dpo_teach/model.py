@@ -19,7 +19,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from dpo_teach.utils import atomic_dir
+from dpo_teach.utils import atomic_dir, readable_by_all
 
 # Sizes measured on 2 CPU cores in DESIGN.md §7: "tiny" trains in seconds, "small" in about a minute.
 PRESETS: dict[str, dict[str, int]] = {
@@ -90,6 +90,7 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, path: str | Path, extra: 
         tokenizer.save_pretrained(tmp)
         for name, obj in (extra or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        readable_by_all(tmp)  # safetensors writes its file 0600: a shared cache, another user could not read it
 
 
 def _first_line(error: Exception) -> str:
@@ -120,6 +121,10 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):  # else transformers makes an empty one
         raise CheckpointError(f"checkpoint {path}: no tokenizer files ({' or '.join(_TOKENIZER_FILES)}); save the "
                               "tokenizer beside the model with `tokenizer.save_pretrained(path)`")
+    if (path / "vocab.json").is_file() and not (path / "tokenizer.json").is_file() \
+            and not (path / "merges.txt").is_file():  # a GPT-2 BPE needs both; transformers' words name neither
+        raise CheckpointError(f"checkpoint {path}: vocab.json is there but merges.txt is missing (a GPT-2 tokenizer "
+                              "needs both, or tokenizer.json); download merges.txt into the folder too")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means an unusable tokenizer

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import stat
 import warnings
 import zlib
@@ -92,13 +93,15 @@ def _check_row(obj) -> tuple[dict | None, str]:
     return row, ""
 
 
-def _prompt_too_long(row: dict, tokenizer, max_length: int) -> str:
-    """Why the row's prompt leaves no room for a completion within ``max_length`` tokens ("" when it does)."""
+def _prompt_too_long(row: dict, tokenizer, max_length: int, context: int | None = None) -> str:
+    """Why the row's prompt leaves no room for a completion within ``max_length`` tokens ("" when it does); where
+    ``max_length`` is already the model's ``context``, raising it is no way out."""
     n_prompt = len(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"])
     if n_prompt < max_length:
         return ""
-    return (f"the prompt is {n_prompt} tokens, which leaves no room for the completion within "
-            f"max_length={max_length}; shorten the prompt or raise --max-length")
+    fix = ("shorten the prompt or raise --max-length" if context is None or max_length < context else
+           f"shorten the prompt, or use a model with a longer context (--model): this one reads {context} tokens")
+    return f"the prompt is {n_prompt} tokens, leaving no room for the completion within max_length={max_length}; {fix}"
 
 
 def _is_messages(value) -> bool:
@@ -154,6 +157,10 @@ def _parse_line(raw: bytes, first: bool) -> tuple[dict | None, str]:
     except json.JSONDecodeError as e:
         if line.strip() in ("[", "{"):  # the first line of a pretty-printed JSON file
             return None, _pretty_printed(line.strip())
+        if first and re.match(r"\W*prompt\W*[,;\t]", line, re.IGNORECASE):  # a spreadsheet's header row
+            return None, ("the first line reads like a CSV header, not a JSON object: this loader reads JSON Lines; "
+                          "convert it: `python -c \"import pandas as pd; pd.read_csv('in.csv').to_json('out.jsonl', "
+                          "orient='records', lines=True, force_ascii=False)\"`")
         return None, f"not valid JSON ({e.msg} at column {e.colno}); fix the line"
     except _DuplicateKey as e:
         return None, (f"the key {e.args[0]!r} appears twice in one object, and JSON would keep only the last value; "
@@ -277,7 +284,8 @@ def read_preferences(path: str | Path, skip_invalid: bool = False) -> Preference
 
 
 def check_preferences(path: str | Path, data: PreferenceFile, tokenizer=None, max_length: int | None = None,
-                      skip_invalid: bool = False, eos_in_text: bool = False, _stacklevel: int = 2) -> PreferenceFile:
+                      skip_invalid: bool = False, eos_in_text: bool = False, _stacklevel: int = 2,
+                      context: int | None = None) -> PreferenceFile:
     """The checks of :func:`load_preferences` that need the tokenizer, on the rows :func:`read_preferences` read
     from ``path``: a prompt that leaves room for the completion within ``max_length``, and the warnings (EOS, and
     completions that repeat the prompt). Returns the rows that pass (``data`` itself without a tokenizer)."""
@@ -285,7 +293,7 @@ def check_preferences(path: str | Path, data: PreferenceFile, tokenizer=None, ma
     if tokenizer is not None and max_length is not None:
         checked = PreferenceFile([], list(data.skipped))
         for lineno, row in zip(data.lines, data.rows, strict=True):
-            reason = _prompt_too_long(row, tokenizer, max_length)
+            reason = _prompt_too_long(row, tokenizer, max_length, context)
             _keep(checked, path, lineno, None if reason else row, reason, skip_invalid)
         checked.skipped.sort()
         data = _some_rows(checked, path)
@@ -309,7 +317,9 @@ def _keep(data: PreferenceFile, path: Path, lineno: int, row: dict | None, reaso
     elif skip_invalid:
         data.skipped.append((lineno, reason))
     else:
-        raise DataError(f"{path}:{lineno}: {reason} (or pass --skip-invalid to skip bad rows)")
+        whole_file = "convert it" in reason or "convert the file" in reason  # skipping lines cannot help
+        skip = "" if whole_file else " (or pass --skip-invalid to skip bad rows)"
+        raise DataError(f"{path}:{lineno}: {reason}{skip}")
 
 
 def _some_rows(data: PreferenceFile, path: Path) -> PreferenceFile:
@@ -346,7 +356,8 @@ def eos_problems(rows: list[dict], eos: str | None, eos_in_text: bool = False) -
                         f"token {eos!r}: DPO will learn to prefer (or avoid) ending the text; make them agree")
     if not eos_in_text and max(chosen, rejected) > 0:
         problems.append(f"completions end with the EOS token {eos!r} in the text, and the trainer appends another "
-                        f"(duplicated EOS); remove it from the text, or pass eos_in_text=True if nothing appends it")
+                        f"(duplicated EOS); remove it from the text (in Python, where your own code appends nothing, "
+                        "pass eos_in_text=True)")
     if eos_in_text and min(chosen, rejected) == 0:
         side = "chosen" if chosen == 0 else "rejected"
         problems.append(f"no {side} completion ends with the EOS token {eos!r}, which this pipeline expects in the "

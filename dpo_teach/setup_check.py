@@ -115,3 +115,7 @@ def setup_report(probe_s: float | None = None) -> SetupReport:
         ("first GPT-2 run", f"04: {_seconds(REFERENCE['notebook_04_s'] * slower)} (estimate){build}"),
     ]
     return SetupReport(rows)
+
+
+if __name__ == "__main__":  # python -m dpo_teach.setup_check: the same table in a terminal
+    print(setup_report())

@@ -129,12 +129,26 @@ def check_replaceable(path: str | Path, owned: Collection[str], what: str = "a r
     if Path.cwd().resolve().is_relative_to(path.resolve()):
         raise FileExistsError(f"{path}: is the current directory or holds it, which {what} replaces as a whole; "
                               "pass a new subdirectory")
-    foreign = sorted((p.name, p.is_dir()) for p in path.iterdir() if p.name not in owned)
+    foreign = sorted((p.name, p.is_dir()) for p in path.iterdir() if p.name not in owned and not _clutter(p.name))
     if foreign:
         example = foreign[0][0] if len(foreign) == 1 else f"e.g. {foreign[0][0]}"
         raise FileExistsError(f"{path}: holds {_count_entries([d for _, d in foreign])} ({example}) that {what} does "
                               f"not write, and {what} replaces the directory as a whole; pass an empty or new "
                               f"directory, or move {'it' if len(foreign) == 1 else 'them'} out")
+
+
+def readable_by_all(folder: Path) -> None:
+    """Give every file under ``folder`` the permissions a new file gets (0666 less the umask), as ``open`` would:
+    some writers (safetensors) make theirs 0600."""
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, 0o666 & ~_umask())
+
+
+def _clutter(name: str) -> bool:
+    """What a file manager or Jupyter leaves in any folder it opens (macOS's ``.DS_Store`` and ``._`` files, Windows's
+    ``Thumbs.db`` and ``desktop.ini``, Jupyter's ``.ipynb_checkpoints``): not a user's work, replaced with the rest."""
+    return name in {".DS_Store", "Thumbs.db", "desktop.ini", ".ipynb_checkpoints"} or name.startswith("._")
 
 
 def _count_entries(is_dir: list[bool]) -> str:

@@ -25,6 +25,10 @@ from dpo_teach.sft import SFTConfig, train_sft
 from dpo_teach.tokenizer import train_tokenizer
 
 CACHE_ENV = "DPO_TEACH_CACHE"
+
+
+class CacheWarning(UserWarning):
+    """π_ref's cache entry could not be used or written: the run goes on (with a rebuild), the message says why."""
 _FORMAT = 2  # bump when the build procedure changes, so old cache entries are not reused
 
 
@@ -46,7 +50,8 @@ class WorldConfig:
 
 def cache_dir() -> Path:
     """Where built reference models live: ``$DPO_TEACH_CACHE`` or ``~/.cache/dpo-teach``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dpo-teach")
+    # "~/x" as a shell leaves it when quoted, and a relative path, are the same folder from every working directory
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dpo-teach").expanduser().absolute()
 
 
 def corpus_examples(config: WorldConfig) -> list[tuple[str, str]]:
@@ -87,15 +92,17 @@ def load_reference(
                 print(f"π_ref: loaded from cache {path}")
             return model, tokenizer
         except (CheckpointError, OSError, ValueError, RecursionError) as e:  # e.g. a truncated or edited entry
-            warnings.warn(f"reference cache {path} is unusable ({e}); rebuilding it", stacklevel=2)
+            warnings.warn(f"reference cache {path} is unusable ({e}); rebuilding it", CacheWarning, stacklevel=2)
     start = time.perf_counter()
     model, tokenizer = build_reference(config, progress=progress)
+    where = f"cached at {path}"
     try:
         save_checkpoint(model, tokenizer, path, extra={"world.json": asdict(config)})
     except OSError as e:  # a full disk or an unwritable $DPO_TEACH_CACHE costs a rebuild next time, not this run
+        where = "not cached"
         warnings.warn(f"π_ref could not be cached at {path} ({e}); it will be rebuilt next time. Point "
-                      f"${CACHE_ENV} at a writable directory to keep it", stacklevel=2)
+                      f"${CACHE_ENV} at a writable directory to keep it", CacheWarning, stacklevel=2)
     if verbose:
-        print(f"π_ref: built in {time.perf_counter() - start:.1f} s, cached at {path}")
+        print(f"π_ref: built in {time.perf_counter() - start:.1f} s, {where}")
     model.eval()
     return model, tokenizer

@@ -319,6 +319,22 @@ def test_malformed_preference_files(tmp_path, content, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("content, whole_file", [
+    (b"prompt,chosen,rejected\nthe film was, great ., bad .\n", True),  # a spreadsheet's export
+    (b"Prompt;Chosen;Rejected\nx;a;b\n", True),
+    (json.dumps([GOOD, GOOD], indent=2).encode(), True),
+    (GOOD_LINE + b'\n{"prompt": "x", "chosen": " a"\n', False),
+])
+def test_a_whole_file_in_another_format_is_not_told_to_skip_lines(tmp_path, content, whole_file):
+    """A CSV (its header row says so) and a pretty-printed JSON file get what to convert them with, and no
+    "--skip-invalid" (skipping lines cannot turn them into JSON Lines); one bad row keeps the hint."""
+    with pytest.raises(DataError) as err:
+        load_preferences(write_bytes(tmp_path, content))
+    assert ("--skip-invalid" in str(err.value)) is not whole_file, str(err.value)
+    if content.lower().startswith(b"prompt"):
+        assert ":1: the first line reads like a CSV header" in str(err.value) and "pd.read_csv" in str(err.value)
+
+
 @pytest.mark.parametrize("content", [
     b"\xef\xbb\xbf" + GOOD_LINE + b"\n",  # a byte-order mark (Windows editors)
     GOOD_LINE + b"\r\n\r\n" + GOOD_LINE + b"\r\n",  # Windows line ends and a blank line

@@ -1,0 +1,169 @@
+"""What a student's own laptop does to the commands: a Finder's .DS_Store in the run folder, a run pointed at its own
+input, a cache path written with a quoted ``~``, a cache shared with another user, a GPT-2 download without merges.txt,
+``--seeds 0 0``; and the data command's π_ref, which must be the one ``train`` takes as its reference."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from dpo_teach import utils, world
+from dpo_teach.cli import main
+from dpo_teach.data import write_preferences
+from dpo_teach.model import CheckpointError, load_checkpoint, save_checkpoint
+
+
+def test_what_a_file_manager_leaves_in_the_run_folder_does_not_block_the_rerun(tmp_path):
+    run = tmp_path / "demo"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    for clutter in (".DS_Store", "._metrics.json", "Thumbs.db", "desktop.ini"):
+        (run / clutter).write_text("")
+    (run / ".ipynb_checkpoints").mkdir()
+    utils.check_replaceable(run, {"metrics.json"})  # nothing of the user's would be lost
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        utils.check_replaceable(run, {"metrics.json"})
+
+
+def test_a_run_never_replaces_the_folder_that_holds_its_own_input(tmp_path, pairs, capsys):
+    """``train --data demo/train.jsonl --out demo`` deleted the pairs it trained on (and ``demo --model demo/policy
+    --out demo`` its π_ref), while metrics.json still named them."""
+    run = tmp_path / "demo"
+    run.mkdir()
+    write_preferences(run / "train.jsonl", pairs[:20])
+    (run / "policy").mkdir()
+    for argv in (["train", "--data", str(run / "train.jsonl"), "--out", str(run)],
+                 ["demo", "--model", str(run / "policy"), "--out", str(run)],
+                 ["train", "--data", str(run / "train.jsonl"), "--out", str(tmp_path)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "would delete its own input" in err and ("--data" in err or "--model" in err), err
+    assert (run / "train.jsonl").is_file()
+
+
+def test_saved_weights_are_readable_by_everyone_who_can_read_the_folder(tmp_path, world):
+    """safetensors writes its file 0600: a cache shared in a lab, or a policy handed to a classmate, could not be
+    read by anyone else."""
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(*world, tmp_path / "ck")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "ck").iterdir()}
+    assert modes and set(modes.values()) == {0o644}, modes
+
+
+def test_a_quoted_tilde_or_a_relative_cache_path_is_one_folder_from_anywhere(monkeypatch, tmp_path):
+    monkeypatch.setenv(world.CACHE_ENV, "~/dpo-cache")
+    assert world.cache_dir() == (world.Path.home() / "dpo-cache")
+    monkeypatch.setenv(world.CACHE_ENV, "cache")
+    monkeypatch.chdir(tmp_path)
+    here = world.cache_dir()
+    monkeypatch.chdir(tmp_path.parent)
+    assert here == tmp_path / "cache" and here.is_absolute(), "the same setting, another folder each time"
+
+
+def test_an_uncached_reference_does_not_say_it_was_cached(monkeypatch, capsys):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(world, "save_checkpoint", full_disk)
+    config = world.WorldConfig(preset="tiny", corpus_size=200, sft_steps=2, sft_batch_size=8)
+    with pytest.warns(UserWarning, match="could not be cached"):
+        world.load_reference(config, rebuild=True, verbose=True)
+    printed = capsys.readouterr().out
+    assert "not cached" in printed and "cached at" not in printed, printed
+
+
+def test_data_samples_from_the_reference_that_train_uses(monkeypatch, tmp_path):
+    """``data --seed 1`` built a π_ref of its own (seed 1), while ``train`` takes the seed-0 one as its reference:
+    the pairs came from another model than the one DPO measured them against."""
+    used = []
+
+    def load_reference(config, **kwargs):
+        used.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(world, "load_reference", load_reference)
+    with pytest.raises(SystemExit):
+        main(["data", "--out", str(tmp_path / "p.jsonl"), "--seed", "1", "--preset", "small"])
+    assert used == [world.WorldConfig(preset="small")]
+
+
+def test_repeated_seeds_are_one_seed(monkeypatch, tmp_path):
+    from dpo_teach import compare
+
+    configs = []
+    monkeypatch.setattr(compare, "run_comparison", lambda cfg, progress: configs.append(cfg) or {})
+    assert main(["compare", "--fast", "--seeds", "0", "0", "3", "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    assert configs[0].seeds == (0, 3)
+
+
+def test_a_gpt2_download_without_merges_says_which_file_is_missing(tmp_path, world):
+    save_checkpoint(*world, tmp_path / "ck")
+    vocab = json.loads((tmp_path / "ck" / "tokenizer.json").read_text())["model"]["vocab"]
+    (tmp_path / "ck" / "tokenizer.json").unlink()
+    (tmp_path / "ck" / "vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(CheckpointError, match="vocab.json is there but merges.txt is missing"):
+        load_checkpoint(tmp_path / "ck")
+
+
+def test_the_setup_check_runs_from_a_terminal(tmp_path):
+    env = {**os.environ, world.CACHE_ENV: str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "dpo_teach.setup_check"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "torch" in done.stdout and str(tmp_path) in done.stdout and "π_ref cached" in done.stdout, done.stdout
+
+
+def test_a_table_of_one_seed_says_its_spread_was_not_measured():
+    from dpo_teach.conclusions import results_table
+    from dpo_teach.grading import ROOT
+
+    results = json.loads((ROOT / "notebooks" / "assets" / "compare_results.json").read_text())
+    assert "mean ± sd over seeds 0, 1" in results_table(results)
+    results["reference"] = {"0": results["reference"]["0"]}
+    results["runs"] = [r for r in results["runs"] if r["seed"] == 0]
+    results["stages"] = {"0": results["stages"]["0"]}
+    assert "one seed (0): every ± 0 means no spread was measured" in results_table(results)
+
+
+def test_real_dialogues_with_a_short_context_model_get_advice_that_can_be_followed(tmp_path, world, monkeypatch,
+                                                                                   capsys):
+    """HH-RLHF rows with a 64-token model: a prompt that does not fit is not told to raise --max-length (the model
+    cannot read more), and the pairs cut at --max-length are counted, with those the cut made identical."""
+    from pathlib import Path
+
+    from dpo_teach import dpo
+
+    model, tokenizer = world
+    save_checkpoint(model, tokenizer, tmp_path / "ref")
+    hh = Path(__file__).resolve().parent / "data" / "hh-rlhf-sample" / "harmless-base-test-first200.jsonl"
+    monkeypatch.setattr(dpo, "train_dpo", lambda *a, **k: (_ for _ in ()).throw(SystemExit(0)))
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(hh), "--model", str(tmp_path / "ref"), "--out", str(tmp_path / "out"),
+              "--max-length", str(model.config.n_positions), "--skip-invalid", "--quiet"])
+    captured = capsys.readouterr()
+    assert "use a model with a longer context (--model): this one reads 64 tokens" in captured.out, captured.out
+    assert "raise --max-length" not in captured.out.split("(first:")[1].split("\n")[0]
+    assert "pairs are longer than --max-length 64 tokens and are cut at the end" in captured.err, captured.err
+
+
+def test_a_cache_warning_is_one_line_like_a_data_warning(capsys):
+    import warnings
+
+    from dpo_teach import cli
+    from dpo_teach.preference_file import DataWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        cli._one_line_warnings("demo", (DataWarning, world.CacheWarning))
+        warnings.warn("reference cache /c/x is unusable (truncated); rebuilding it", world.CacheWarning, stacklevel=1)
+    assert capsys.readouterr().err == "dpo-teach demo: warning: reference cache /c/x is unusable (truncated); " \
+                                      "rebuilding it\n"
