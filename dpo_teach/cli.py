@@ -100,8 +100,9 @@ def cmd_train(args) -> None:
     check_out_replaceable(args.out, {"--data": args.data, "--model": args.model})
     checkpoint = check_context(args.model, args.max_length)
     reference, tokenizer = checkpoint or load_reference(WorldConfig(preset=preset), verbose=True)
+    context = context_length(reference)
     data = check_preferences(args.data, data, tokenizer, args.max_length, args.skip_invalid,  # prompts vs the length
-                             context=context_length(reference))
+                             context=context)
     if data.skipped:
         line, reason = data.skipped[0]
         print(f"skipped {len(data.skipped)} invalid rows of {args.data} (first: line {line}: {reason})")
@@ -109,7 +110,9 @@ def cmd_train(args) -> None:
     if cut:
         warnings.warn(f"{args.data}: {cut} of {len(data.rows)} pairs are longer than --max-length {args.max_length} "
                       "tokens and are cut at the end (as TRL does)" + (f"; {same} of them are then the same tokens, "
-                      "with nothing left to prefer" if same else "") + ": raise --max-length, or shorten the "
+                      "with nothing left to prefer" if same else "") + ": " + (
+                      "raise --max-length" if context is None or args.max_length < context else
+                      f"use a model with a longer context than {context} tokens (--model)") + ", or shorten the "
                       "completions", DataWarning, stacklevel=1)
     train_rows, heldout = split_heldout(data.rows, args.eval_fraction, args.seed, args.data)
     warn_heldout_overlap(args.data, train_rows, heldout)
@@ -189,13 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     from dpo_teach.model import CheckpointError, ContextLengthError
     from dpo_teach.preference_file import DataError, DataWarning
     from dpo_teach.training import TrainingError
-    from dpo_teach.world import CacheWarning
+    from dpo_teach.world import CacheError, CacheWarning
 
     try:
         with warnings.catch_warnings():
             _one_line_warnings(args.command, (DataWarning, CacheWarning))
             {"demo": cmd_demo, "data": cmd_data, "train": cmd_train, "compare": cmd_compare}[args.command](args)
-    except (DataError, CheckpointError, ContextLengthError, UsageError, TrainingError) as e:
+    except (DataError, CheckpointError, ContextLengthError, UsageError, TrainingError, CacheError) as e:
         print(f"dpo-teach {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

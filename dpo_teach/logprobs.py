@@ -212,11 +212,15 @@ def cut_pairs(tokenizer, rows: list[dict], max_length: int) -> tuple[int, int]:
     """``(pairs whose completions tokenize_pairs cuts at max_length, pairs of those whose two completions are then
     the same tokens)``: a pair made identical by the cut has no preference left to learn, and always counts as wrong
     in accuracy."""
-    examples = tokenize_pairs(tokenizer, rows, max_length)
-    whole = [encode_completion(tokenizer, r["prompt"], r[k])[1] for r in rows for k in ("chosen", "rejected")]
-    cut = [e for e, c, r in zip(examples, whole[::2], whole[1::2], strict=True)
-           if len(e["chosen_ids"]) < len(c) or len(e["rejected_ids"]) < len(r)]
-    return len(cut), sum(e["chosen_ids"] == e["rejected_ids"] for e in cut)
+    cut = same = 0
+    for row in rows:  # as tokenize_pairs reads them, in one pass
+        prompt_ids, chosen = encode_completion(tokenizer, row["prompt"], row["chosen"])
+        _, rejected = encode_completion(tokenizer, row["prompt"], row["rejected"])
+        room = max_length - len(prompt_ids)
+        if len(chosen) > room or len(rejected) > room:
+            cut += 1
+            same += chosen[:room] == rejected[:room]
+    return cut, same
 
 
 REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")  # what reference_logprobs adds to each example

@@ -101,7 +101,7 @@ def _prompt_too_long(row: dict, tokenizer, max_length: int, context: int | None 
         return ""
     fix = ("shorten the prompt or raise --max-length" if context is None or max_length < context else
            f"shorten the prompt, or use a model with a longer context (--model): this one reads {context} tokens")
-    return f"the prompt is {n_prompt} tokens, leaving no room for the completion within max_length={max_length}; {fix}"
+    return f"the prompt is {n_prompt} tokens, which leaves no room for a completion in max_length={max_length}; {fix}"
 
 
 def _is_messages(value) -> bool:
@@ -157,10 +157,13 @@ def _parse_line(raw: bytes, first: bool) -> tuple[dict | None, str]:
     except json.JSONDecodeError as e:
         if line.strip() in ("[", "{"):  # the first line of a pretty-printed JSON file
             return None, _pretty_printed(line.strip())
-        if first and re.match(r"\W*prompt\W*[,;\t]", line, re.IGNORECASE):  # a spreadsheet's header row
-            return None, ("the first line reads like a CSV header, not a JSON object: this loader reads JSON Lines; "
-                          "convert it: `python -c \"import pandas as pd; pd.read_csv('in.csv').to_json('out.jsonl', "
-                          "orient='records', lines=True, force_ascii=False)\"`")
+        if (first and not line.lstrip().startswith(("{", "[")) and re.search(r"\bprompt\b", line, re.IGNORECASE)
+                and any(c in line for c in ",;\t")):  # a spreadsheet's header row
+            sep = max(",;\t", key=line.count)  # its separator
+            return None, (f"the first line reads like a CSV header, not a JSON object: this loader reads JSON Lines; "
+                          f"convert it: `python -c \"import pandas as pd; d = pd.read_csv('in.csv', sep={sep!r}); "
+                          "d.columns = d.columns.str.lower(); d.to_json('out.jsonl', orient='records', lines=True, "
+                          "force_ascii=False)\"`")
         return None, f"not valid JSON ({e.msg} at column {e.colno}); fix the line"
     except _DuplicateKey as e:
         return None, (f"the key {e.args[0]!r} appears twice in one object, and JSON would keep only the last value; "
@@ -170,6 +173,10 @@ def _parse_line(raw: bytes, first: bool) -> tuple[dict | None, str]:
     except ValueError as e:  # e.g. an integer of more than 4,300 digits
         return None, f"not usable JSON ({e}); fix the line"
     return _check_row(obj)
+
+
+# A first line with one of these reasons: the whole file is in another format (skipping lines cannot help)
+_WHOLE_FILE = ("the first line reads like a CSV header", "a line with a lone", "a JSON array of")
 
 
 def _pretty_printed(bracket: str) -> str:
@@ -317,7 +324,7 @@ def _keep(data: PreferenceFile, path: Path, lineno: int, row: dict | None, reaso
     elif skip_invalid:
         data.skipped.append((lineno, reason))
     else:
-        whole_file = "convert it" in reason or "convert the file" in reason  # skipping lines cannot help
+        whole_file = lineno == 1 and reason.startswith(_WHOLE_FILE)  # skipping lines cannot help
         skip = "" if whole_file else " (or pass --skip-invalid to skip bad rows)"
         raise DataError(f"{path}:{lineno}: {reason}{skip}")
 

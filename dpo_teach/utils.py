@@ -140,9 +140,10 @@ def check_replaceable(path: str | Path, owned: Collection[str], what: str = "a r
 def readable_by_all(folder: Path) -> None:
     """Give every file under ``folder`` the permissions a new file gets (0666 less the umask), as ``open`` would:
     some writers (safetensors) make theirs 0600."""
+    mode = 0o666 & ~_umask()
     for path in Path(folder).rglob("*"):
         if path.is_file() and not path.is_symlink():
-            os.chmod(path, 0o666 & ~_umask())
+            os.chmod(path, mode)
 
 
 def _clutter(name: str) -> bool:

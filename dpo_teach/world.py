@@ -25,11 +25,15 @@ from dpo_teach.sft import SFTConfig, train_sft
 from dpo_teach.tokenizer import train_tokenizer
 
 CACHE_ENV = "DPO_TEACH_CACHE"
+_FORMAT = 2  # bump when the build procedure changes, so old cache entries are not reused
 
 
 class CacheWarning(UserWarning):
     """π_ref's cache entry could not be used or written: the run goes on (with a rebuild), the message says why."""
-_FORMAT = 2  # bump when the build procedure changes, so old cache entries are not reused
+
+
+class CacheError(ValueError):
+    """``$DPO_TEACH_CACHE`` names no folder that every process can agree on; the message says what to set."""
 
 
 @dataclass
@@ -50,8 +54,12 @@ class WorldConfig:
 
 def cache_dir() -> Path:
     """Where built reference models live: ``$DPO_TEACH_CACHE`` or ``~/.cache/dpo-teach``."""
-    # "~/x" as a shell leaves it when quoted, and a relative path, are the same folder from every working directory
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dpo-teach").expanduser().absolute()
+    path = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dpo-teach").expanduser()  # "~/x", quoted
+    if not path.is_absolute():  # the notebooks run in notebooks/, the CLI where it is started, the grader elsewhere
+        raise CacheError(f"{CACHE_ENV}={os.environ[CACHE_ENV]} is a relative path, which names another folder from "
+                         f"each working directory (each would build π_ref again); set an absolute one, e.g. "
+                         f"export {CACHE_ENV}=\"$PWD/{os.environ[CACHE_ENV]}\"")
+    return path
 
 
 def corpus_examples(config: WorldConfig) -> list[tuple[str, str]]:

@@ -322,6 +322,7 @@ def test_malformed_preference_files(tmp_path, content, message):
 @pytest.mark.parametrize("content, whole_file", [
     (b"prompt,chosen,rejected\nthe film was, great ., bad .\n", True),  # a spreadsheet's export
     (b"Prompt;Chosen;Rejected\nx;a;b\n", True),
+    (b"id,prompt,chosen,rejected\n1,x,a,b\n", True),
     (json.dumps([GOOD, GOOD], indent=2).encode(), True),
     (GOOD_LINE + b'\n{"prompt": "x", "chosen": " a"\n', False),
 ])
@@ -331,8 +332,10 @@ def test_a_whole_file_in_another_format_is_not_told_to_skip_lines(tmp_path, cont
     with pytest.raises(DataError) as err:
         load_preferences(write_bytes(tmp_path, content))
     assert ("--skip-invalid" in str(err.value)) is not whole_file, str(err.value)
-    if content.lower().startswith(b"prompt"):
-        assert ":1: the first line reads like a CSV header" in str(err.value) and "pd.read_csv" in str(err.value)
+    if b"rompt," in content or b"rompt;" in content:
+        sep = ";" if b";" in content else ","
+        assert ":1: the first line reads like a CSV header" in str(err.value)
+        assert f"pd.read_csv('in.csv', sep='{sep}')" in str(err.value) and "str.lower()" in str(err.value)
 
 
 @pytest.mark.parametrize("content", [
@@ -1037,7 +1040,7 @@ def test_completions_repeating_the_prompt_are_warned_about_once(tmp_path, tiny_c
     data = write_bytes(tmp_path, jsonl(*rows))
     assert main(["train", "--data", str(data), "--model", str(tiny_checkpoint), "--out", str(tmp_path / "out"),
                  "--quiet", "--batch-size", "8", "--max-length", "32"]) == 0
-    warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    warning = [line for line in capsys.readouterr().err.splitlines() if "begin with the prompt" in line]
     assert warning == [f"dpo-teach train: warning: {data}: in 20 of 20 rows both 'chosen' and 'rejected' begin with "
                        "the prompt; they should hold only the completion that follows it (the trainer scores prompt + "
                        "completion, so the prompt would be read twice): remove the prompt from the start of the "
@@ -1063,7 +1066,8 @@ def test_train_parses_the_data_file_once_and_checks_prompt_lengths_after(tmp_pat
                  "--quiet", "--batch-size", "8", "--max-length", "32", "--skip-invalid"]) == 0
     assert len(parsed) == 20
     out = capsys.readouterr().out
-    assert f"skipped 1 invalid rows of {data} (first: line 7: the prompt is" in out and "raise --max-length" in out
+    assert f"skipped 1 invalid rows of {data} (first: line 7: the prompt is" in out
+    assert "use a model with a longer context (--model): this one reads 32 tokens" in out, "--max-length 32 is its all"
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["n_train_pairs"] == 17  # 19 valid, 2 held out
 
 

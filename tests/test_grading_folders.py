@@ -83,14 +83,17 @@ def test_of_copies_saved_in_the_same_instant_the_higher_copy_number_is_the_later
     re-download ``(1)`` is still the later one, and ``(10)`` is later than ``(2)``."""
     names = [f"alice_{KL}.ipynb", f"alice_{KL} (1).ipynb", f"alice_{KL} (2).ipynb", f"alice_{KL} (10).ipynb",
              f"Copy of bob_{KL}.ipynb", f"bob_{KL}.ipynb", f"carl_{KL}-Copy2.ipynb", f"carl_{KL}-Copy1.ipynb"]
-    for name in names:
+    for i, name in enumerate(names):  # written in the order a clone writes them, a few milliseconds apart
         (tmp_path / name).write_text(notebook("x = 1"))
-        os.utime(tmp_path / name, (1_700_000_000, 1_700_000_000))
+        os.utime(tmp_path / name, (1_700_000_000 - 0.01 * i, 1_700_000_000 - 0.01 * i))
     found = submissions.find_submissions(tmp_path, [KL])
     assert {s for s, _ in found} == {"alice", "bob", "carl"}
     _, superseded = submissions.assignments_and_latest(found, {KL: {}}, None)
     kept = {p.name for _, p in found} - set(p.name for p in superseded)
     assert kept == {f"alice_{KL} (10).ipynb", f"Copy of bob_{KL}.ipynb", f"carl_{KL}-Copy2.ipynb"}
+    os.utime(tmp_path / f"alice_{KL}.ipynb", (1_700_000_060, 1_700_000_060))  # saved again a minute later
+    _, superseded = submissions.assignments_and_latest(found, {KL: {}}, None)
+    assert f"alice_{KL}.ipynb" not in {p.name for p in superseded}, "a later save is later, whatever its name"
     number = submissions.copy_number
     assert number(f"alice_{KL}") == () < number(f"alice_{KL} (2)") < number(f"alice_{KL} (10)")
 
@@ -142,8 +145,9 @@ def test_canvas_download_names_keep_one_student_across_uploads_and_deadlines():
 
 
 def test_the_grades_folder_inside_the_submissions_is_not_graded(tmp_path, assigned, stub_grading, capsys):
-    for folder, out in ((tmp_path / "a", tmp_path / "a" / "grades"), (tmp_path / "b", tmp_path / "b")):
-        folder.mkdir()
+    for folder, out in ((tmp_path / "a", tmp_path / "a" / "grades"), (tmp_path / "b", tmp_path / "b"),
+                        (tmp_path / "c" / "in", tmp_path / "c")):  # inside, the folder itself, above it
+        folder.mkdir(parents=True)
         (folder / f"alice_{KL}.ipynb").write_text(notebook("x = 1"))
         for _ in range(2):  # the rerun finds the first run's grades there
             code, printed, err = run_cli(folder, out, assigned, capsys)
@@ -159,7 +163,7 @@ def test_an_archive_in_a_students_folder_says_to_unzip_it_there(tmp_path, assign
     code, _, err = run_cli(tmp_path / "in", tmp_path / "out", assigned, capsys)
     assert code == 0, err
     reasons = {r["student"]: r["reason"] for r in json.loads((tmp_path / "out" / "grades.json").read_text())["results"]}
-    assert "unzip it into its folder (bob" in reasons["bob"], reasons
+    assert "unzip it into the student's folder bob/, where it is" in reasons["bob"], reasons
     assert "unzip it into the submissions folder" in reasons["carol"], reasons
 
 
@@ -237,3 +241,27 @@ def test_gradescope_without_its_options_says_what_to_pass(capsys):
         err = capsys.readouterr().err
         assert "pass --out DIR" in err and "--source, --submission and --results together" in err, err
 
+
+
+@NEEDS_SANDBOX
+def test_what_a_notebook_prints_or_raises_cannot_stop_the_report(tmp_path, assigned):
+    """A lone surrogate in an error message (``chr(0xdce7)``) and bytes that are not UTF-8 on stderr: the rows say
+    what happened, with escapes, and grades.csv and grades.json are written (before: every rerun failed to write
+    the class's report)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / f"ann_{KL}.ipynb").write_text(notebook("raise ValueError('bad ' + chr(0xdce7))"))
+    (folder / f"ben_{KL}.ipynb").write_text(notebook("import os\nos.write(2, b'\\xff\\xfe oops\\n')\nos._exit(3)"))
+    report = grade_module.grade(folder, tmp_path / "out", autograder=assigned / "autograder", log=lambda m: None)
+    rows = {r["student"]: r for r in report["results"]}
+    assert "bad \\udce7" in rows["ann"]["errors"][0], rows["ann"]["errors"]
+    assert "ended while running cell 0: \\xff\\xfe oops" in rows["ben"]["reason"], rows["ben"]["reason"]
+    assert json.loads((tmp_path / "out" / "grades.json").read_text(encoding="utf-8"))["results"]
+    assert "bad \\udce7" in (tmp_path / "out" / "grades.csv").read_text(encoding="utf-8")
+
+
+def test_otter_metadata_of_the_wrong_type_is_read_from_the_file_name(tmp_path):
+    nb = nbformat.v4.new_notebook(metadata={"otter": "x"})
+    assert submissions.detect_assignment(tmp_path / f"ann_{KL}.ipynb", nb, {KL: {}}) == KL
+    nb.metadata["otter"] = {"assignment_name": ["a", "list"]}
+    assert submissions.detect_assignment(tmp_path / "ann.ipynb", nb, {KL: {}}) is None

@@ -59,14 +59,16 @@ def test_saved_weights_are_readable_by_everyone_who_can_read_the_folder(tmp_path
     assert modes and set(modes.values()) == {0o644}, modes
 
 
-def test_a_quoted_tilde_or_a_relative_cache_path_is_one_folder_from_anywhere(monkeypatch, tmp_path):
+def test_a_quoted_tilde_is_home_and_a_relative_cache_path_is_refused(monkeypatch, tmp_path, capsys):
+    """A relative path names another folder from each working directory (the notebooks run in notebooks/, the CLI
+    where it is started): each would build π_ref again, in a folder the student never meant."""
     monkeypatch.setenv(world.CACHE_ENV, "~/dpo-cache")
-    assert world.cache_dir() == (world.Path.home() / "dpo-cache")
+    assert world.cache_dir() == world.Path.home() / "dpo-cache"
     monkeypatch.setenv(world.CACHE_ENV, "cache")
-    monkeypatch.chdir(tmp_path)
-    here = world.cache_dir()
-    monkeypatch.chdir(tmp_path.parent)
-    assert here == tmp_path / "cache" and here.is_absolute(), "the same setting, another folder each time"
+    with pytest.raises(world.CacheError, match=r"is a relative path.*export DPO_TEACH_CACHE=\"\$PWD/cache\""):
+        world.cache_dir()
+    assert main(["data", "--out", str(tmp_path / "p.jsonl")]) == 2
+    assert "dpo-teach data: error: DPO_TEACH_CACHE=cache is a relative path" in capsys.readouterr().err
 
 
 def test_an_uncached_reference_does_not_say_it_was_cached(monkeypatch, capsys):
@@ -153,6 +155,7 @@ def test_real_dialogues_with_a_short_context_model_get_advice_that_can_be_follow
     assert "use a model with a longer context (--model): this one reads 64 tokens" in captured.out, captured.out
     assert "raise --max-length" not in captured.out.split("(first:")[1].split("\n")[0]
     assert "pairs are longer than --max-length 64 tokens and are cut at the end" in captured.err, captured.err
+    assert "use a model with a longer context than 64 tokens (--model)" in captured.err, captured.err
 
 
 def test_a_cache_warning_is_one_line_like_a_data_warning(capsys):

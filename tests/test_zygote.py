@@ -127,12 +127,14 @@ def test_a_machine_limit_below_the_sandboxes_holds_and_no_notebook_is_an_error()
     first cell (``ValueError: not allowed to raise maximum limit``), an ``error`` row for every student."""
     below = 5 << 30  # bytes, under the sandbox's 6144 MiB
     script = (f"import json, os, resource\nresource.setrlimit(resource.RLIMIT_AS, ({below}, {below}))\n"
-              "from test_zygote import grade, notebook\n"
+              "from test_zygote import grade, notebook\nfrom dpo_teach.grading import sandbox\n"
+              "print(sandbox.memory_limit_mb())\n"
               f"code = '>>> import resource\\n>>> assert resource.getrlimit(resource.RLIMIT_AS) == {(below, below)}'\n"
               "print(json.dumps(grade(notebook('x = 1'), code, dict(os.environ))))")
     done = subprocess.run([sys.executable, "-c", script], cwd=os.path.dirname(__file__), capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[0] == "5120", "the grader's own count of the limit"
     row = json.loads(done.stdout.splitlines()[-1])
     assert row["status"] == "graded", row["reason"]
     assert [c["passed"] for c in row["cases"]["q"]] == [True], row["cases"]

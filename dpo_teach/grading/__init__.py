@@ -19,7 +19,8 @@ hidden), under two time limits: a per-cell limit (an endless loop raises ``Timeo
 that depend on it) and a per-notebook wall-clock limit (the sandbox is killed with everything in it; the notebook
 scores 0 with that reason). The tests of the bundle are sent in only after the notebook's cells have run, one
 question at a time, and run against private references taken before the student's code (``runner.py``, started and
-read by ``judge.py``); ``grade.py`` scores from the manifest. A static scan (``scan.py``, its rules in ``rules.py``)
+read by ``judge.py``; without the sandbox ``strays.py`` ends whatever a notebook left running); ``grade.py``
+scores from the manifest. A static scan (``scan.py``, its rules in ``rules.py``)
 flags code that touches the grading machinery and answers that call the package's own implementation. A file that is
 not a notebook is skipped, with what to do; an unknown assignment or a crash is scored 0 with a reason (status
 ``crashed`` when the notebook's own code ended its process, ``error`` when the grader failed or cannot tell the

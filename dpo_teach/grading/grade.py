@@ -18,10 +18,11 @@ from pathlib import Path
 from dpo_teach.grading import sandbox
 from dpo_teach.grading.assign import AUTOGRADER, NOTEBOOKS, ROOT
 from dpo_teach.grading.journal import Journal, fingerprint
-from dpo_teach.grading.judge import end_running, ending_strays, run_notebook
+from dpo_teach.grading.judge import allow_running, end_running, run_notebook
 from dpo_teach.grading.manifests import load_manifests
 from dpo_teach.grading.reports import empty_row, per_student, row_reason, write_reports
 from dpo_teach.grading.scan import scan
+from dpo_teach.grading.strays import ending_strays
 from dpo_teach.grading.submissions import (
     ARCHIVES,
     assignments_and_latest,
@@ -39,7 +40,7 @@ def _not_a_notebook(student: str, path: Path, submissions: Path) -> dict:
     if kind in ARCHIVES:
         unpack = "unzip" if kind == ".zip" else "unpack"
         where = ("the submissions folder" if Path(path).parent == Path(submissions)
-                 else f"its folder ({shown(Path(path).parent.name)}: the student's, so the name is kept)")
+                 else f"the student's folder {shown(Path(path).parent.name)}/, where it is")
         what = f"a {kind} archive: {unpack} it into {where} and grade again"
     else:
         what = f"not a notebook ({kind}): ask the student for the .ipynb file"
@@ -174,7 +175,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     """Grade every notebook under ``submissions``; write ``out/grades.csv`` and ``out/grades.json``.
 
     Each notebook runs in the sandbox (``sandbox.py``); where there is none, grading refuses unless ``unsafe``, and
-    then every process the batch started is ended before the reports are written (``judge.ending_strays``).
+    then every process the batch started is ended before the reports are written (``strays.ending_strays``).
     Every row is appended to ``out/grades.partial.jsonl`` as soon as it is graded, and a rerun of an interrupted
     batch takes the rows whose notebook, bundle and settings (mode, time limits, sandbox) are unchanged from there
     instead of grading them again, except rows of status ``error`` (the grader failed, not the notebook: graded again;
@@ -200,7 +201,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     names, superseded = assignments_and_latest(found, manifests, assignment)
     # what a row depends on besides the files (--timeout 900 and the default 900 are one setting)
     settings = {"mode": "fast" if fast else "full", "per_cell_s": int(cell_timeout),
-                "per_notebook_s": float(timeout), "sandbox": not unsafe}
+                "per_notebook_s": float(timeout), "sandbox": not unsafe, "memory_mb": sandbox.memory_limit_mb()}
     journal = Journal(out / "grades.partial.jsonl", {
         path: fingerprint(path, manifests[names[path]], settings) for _, path in found
         if names.get(path) in manifests and path not in superseded})
@@ -208,6 +209,9 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     log(f"grading {notebooks} notebooks in {shown(submissions)} ({'fast' if fast else 'full'} mode, {jobs} at a time, "
         f"{'no sandbox (--unsafe)' if unsafe else 'each in the sandbox'}; {len(journal.done)} graded before; "
         f"{len(found) - notebooks} other files skipped)")
+    if settings["memory_mb"] < sandbox.MEMORY_MB and not unsafe:
+        log(f"memory: {settings['memory_mb']} MiB per notebook, this machine's hard limit (ulimit -Hv), below the "
+            f"sandbox's {sandbox.MEMORY_MB} MiB: a notebook that needs more ends as crashed")
     env = {**os.environ, "DPO_TEACH_FAST": "1" if fast else "0", "TOKENIZERS_PARALLELISM": "false"}
     out.mkdir(parents=True, exist_ok=True)
     hide = _hidden(submissions, out, autograder)
@@ -247,22 +251,8 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
                 journal.record(path, row)
         return row
 
-    # the largest notebooks first (longest first: with several jobs the batch ends sooner); rows in folder order
-    order = sorted(range(len(found)), key=lambda i: -_size(found[i][1]))
     with ending_strays(unsafe):  # without the sandbox: no process a notebook started outlives the batch
-        pool = ThreadPoolExecutor(max_workers=max(1, jobs))
-        try:
-            futures = {i: pool.submit(one, found[i]) for i in order}
-            rows = [futures[i].result() for i in range(len(found))]
-        except KeyboardInterrupt:
-            interrupted.set()
-            end_running()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise GradingInterrupted(f"interrupted; the {len(journal.kept())} notebook(s) graded so far are kept in "
-                                     f"{shown(journal.path)}: run the same command again and it grades only the "
-                                     "rest") from None
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        rows = _each(found, one, jobs, interrupted, journal)
     if stopped:
         path, error = stopped[0]
         raise _no_sandbox(f"the sandbox failed as {shown(Path(path).name)} started ({error})",
@@ -284,6 +274,27 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
                                "and run the same command again (it grades none of them again)") from e
     journal.close()
     return report
+
+
+def _each(found: list, one, jobs: int, interrupted: threading.Event, journal: Journal) -> list:
+    """``one(item)`` of every item of ``found``, ``jobs`` at a time, the largest files first (with several jobs the
+    batch ends sooner); the results in ``found``'s order. Ctrl-C sets ``interrupted``, ends the notebooks running
+    (their rows are not journaled) and raises :class:`GradingInterrupted`, which says what the journal keeps."""
+    order = sorted(range(len(found)), key=lambda i: -_size(found[i][1]))
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
+        futures = {i: pool.submit(one, found[i]) for i in order}
+        return [futures[i].result() for i in range(len(found))]
+    except KeyboardInterrupt:
+        interrupted.set()
+        end_running()
+        pool.shutdown(wait=True, cancel_futures=True)
+        allow_running()
+        raise GradingInterrupted(f"interrupted; the {len(journal.kept())} notebook(s) graded so far are kept in "
+                                 f"{shown(journal.path)}: run the same command again and it grades only the "
+                                 "rest") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class ReportNotWritten(OSError):

@@ -185,18 +185,19 @@ def _student_output(row: dict, withheld: set[str]) -> str:
 def run(source: Path, submission: Path, results: Path) -> dict:
     """Grade the notebook in ``submission`` (the latest ``.ipynb``) and write Gradescope's ``results.json``."""
     from dpo_teach.grading.manifests import load_manifests
-    from dpo_teach.grading.submissions import copy_number, is_notebook
+    from dpo_teach.grading.submissions import assignments_and_latest, is_notebook, shown
 
     ((assignment, manifest),) = load_manifests(source / "autograder").items()
-    # the latest (then the copy with the larger number: "-Copy1" after the original, "(10)" after "(2)")
-    notebooks = sorted(filter(is_notebook, submission.rglob("*")),
-                       key=lambda p: (p.stat().st_mtime, copy_number(p.stem), p.name))
-    if not notebooks:
+    notebooks = sorted(filter(is_notebook, submission.rglob("*")))
+    # the batch's rule: the latest readable one (of copies saved in one instant, the highest copy number)
+    _, superseded = assignments_and_latest([("you", p) for p in notebooks], {assignment: manifest}, assignment)
+    graded = next((p for p in notebooks if p not in superseded), None)
+    if graded is None:
         report = {"score": 0, "output": "No .ipynb file was submitted: upload your notebook file.", "tests": []}
     else:
-        row, note = _graded_row(source, notebooks[-1], assignment)
+        row, note = _graded_row(source, graded, assignment)
         if len(notebooks) > 1:
-            note = "\n".join(filter(None, [f"Graded {notebooks[-1].name}, the latest of the {len(notebooks)} "
+            note = "\n".join(filter(None, [f"Graded {shown(graded.name)}, the latest of the {len(notebooks)} "
                                             "notebooks you submitted.", note]))
         withheld = {q for q, about in manifest["questions"].items() if about["choice"]} & set(row["questions"])
         tests = [{"name": q, "score": r["score"], "max_score": r["possible"], "output": r["feedback"],

@@ -18,7 +18,6 @@ flagged, and a flagged notebook scores 0 until an instructor has read it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import doctest
 import json
 import os
@@ -73,7 +72,7 @@ class _Process:
     a plain new Python."""
 
     def __init__(self, env: dict, sandboxed: bool):
-        self.log = tempfile.TemporaryFile("w+")
+        self.log = tempfile.TemporaryFile("w+", encoding="utf-8", errors="backslashreplace")  # any bytes on stderr
         if sandboxed:
             stdin_r, stdin_w = os.pipe()
             stdout_r, stdout_w = os.pipe()
@@ -131,70 +130,6 @@ class _Process:
         self.log.close()
 
 
-_PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
-
-
-def _processes() -> dict[int, tuple[int, str, str]]:
-    """pid → (parent's pid, state, start time) of every process in view (``/proc``)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rpartition(")")[2].split()  # after "pid (name)"
-            except OSError:  # it has ended meanwhile
-                continue
-            found[int(entry.name)] = (int(fields[1]), fields[0], fields[19])
-    return found
-
-
-def _strays(before: set[tuple[int, str]]) -> dict[int, tuple[int, str]]:
-    """pid → (parent's pid, state) of every process below this one that was not there in ``before``; what runs below
-    a process that was there before (a zygote and its forks, a kernel) is not looked into."""
-    table, found = _processes(), {}
-    todo = [os.getpid()]
-    while todo:
-        parent = todo.pop()
-        for pid, (ppid, state, start) in table.items():
-            if ppid == parent and (pid, start) not in before:
-                found[pid] = (ppid, state)
-                todo.append(pid)
-    return found
-
-
-@contextlib.contextmanager
-def ending_strays(active: bool = True):
-    """Without the sandbox (``--unsafe``, a Gradescope container that forbids namespaces) no PID namespace ends what a
-    notebook started, and ``killpg`` does not reach a process that left the group (``setsid``): while this block
-    runs, this process adopts every orphan below it (``PR_SET_CHILD_SUBREAPER``), and on leaving it kills every
-    process below it that was not there when it began, with whatever those started meanwhile. Linux only; elsewhere
-    it does nothing."""
-    if not active or not sys.platform.startswith("linux"):
-        yield
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    was = ctypes.c_int(0)
-    libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0)
-    before = {(pid, start) for pid, (_, _, start) in _processes().items()}
-    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    try:
-        yield
-    finally:
-        for _ in range(1000):  # a process that forks as fast as it is killed: each round kills what is new
-            strays = _strays(before)
-            for pid, (ppid, state) in strays.items():
-                if state == "Z" and ppid == os.getpid():
-                    with contextlib.suppress(ChildProcessError):
-                        os.waitpid(pid, os.WNOHANG)  # ended; its exit status is no one's business
-            living = [pid for pid, (_, state) in strays.items() if state != "Z"]
-            if not living:
-                break
-            for pid in living:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.01)
-        libc.prctl(_PR_SET_CHILD_SUBREAPER, was.value, 0, 0, 0)
-
-
 def _spawn(env: dict, *fds: int) -> int:
     """A notebook's process forked by the zygote for ``env`` (started, or started again, when needed)."""
     from dpo_teach.grading import zygote
@@ -213,7 +148,7 @@ class _Abort(Exception):
 
 
 def run_notebook(text: str, file_name: str, tests: dict[str, list[dict]], cell_timeout: int, timeout: float,
-                 env: dict, sandboxed: bool, hide: list[str], memory_mb: int = 6144) -> dict:
+                 env: dict, sandboxed: bool, hide: list[str], memory_mb: int = sandbox.MEMORY_MB) -> dict:
     """Run one notebook's cells, then its tests (``{question: [test_case, ...]}``, :func:`load_tests`). Returns
     ``{"status", "reason", "phase", "cases", "errors", "tampered"}``; ``cases`` maps each question to its cases'
     ``{"passed", "message", "hidden", "stopped"}`` (``stopped``: one of ``STOPPED`` when the runner itself ended the
@@ -233,6 +168,8 @@ def run_notebook(text: str, file_name: str, tests: dict[str, list[dict]], cell_t
         process = _Process(env, sandboxed)
         with _RUNNING_LOCK:
             _RUNNING.add(process)
+            if _ENDING.is_set():  # started while the batch was being interrupted: end it too
+                process.end()
         try:
             return _run(process, private, text, file_name, tests, cell_timeout, timeout, sandboxed, hide, memory_mb)
         finally:
@@ -243,14 +180,22 @@ def run_notebook(text: str, file_name: str, tests: dict[str, list[dict]], cell_t
 
 _RUNNING: set[_Process] = set()  # the notebooks' processes running now, in any thread
 _RUNNING_LOCK = threading.Lock()
+_ENDING = threading.Event()  # set from end_running() until allow_running(): a process started meanwhile is ended
 
 
 def end_running() -> None:
-    """End every notebook running now (the batch was interrupted: Ctrl-C). Each :func:`run_notebook` then returns
-    the row of a notebook whose process ended, which the caller must not keep."""
+    """End every notebook running now, and any started until :func:`allow_running` (the batch was interrupted:
+    Ctrl-C). Each :func:`run_notebook` then returns the row of a notebook whose process ended, which the caller
+    must not keep."""
     with _RUNNING_LOCK:
+        _ENDING.set()
         for process in _RUNNING:
             process.end()
+
+
+def allow_running() -> None:
+    """After :func:`end_running`, once the interrupted batch has stopped: notebooks may run again."""
+    _ENDING.clear()
 
 
 def _run(process: _Process, private: str, text: str, file_name: str, tests: dict[str, list[dict]],
@@ -285,6 +230,18 @@ def _ended(phase: str) -> str:
     return "error" if phase == "start" else "crashed"
 
 
+def _writable(value):
+    """``value`` with every string made encodable (a lone surrogate, ``chr(0xdce7)`` in a student's error message,
+    becomes the text ``\\udce7``): else writing grades.json, or printing the table, would fail for the whole class."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [_writable(v) for v in value]
+    if isinstance(value, dict):
+        return {_writable(k): _writable(v) for k, v in value.items()}
+    return value
+
+
 class _Channel:
     """The runner's replies, each checked: this job's id, an event the grader is waiting for, in time."""
 
@@ -302,7 +259,7 @@ class _Channel:
             raise _Abort(_ended(phase), f"the notebook's process ended while {_phase_words(phase)}: "
                                         f"{self.process.stderr_tail() or 'no message'}")
         try:
-            message = json.loads(line)
+            message = _writable(json.loads(line))
             ok = isinstance(message, dict) and message.get("id") == self.job_id and message.get("event") in expected
         except ValueError:
             ok = False

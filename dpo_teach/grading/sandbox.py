@@ -110,6 +110,16 @@ def isolate() -> None:
     _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
 
 
+MEMORY_MB = 6144  # a notebook's address space (RLIMIT_AS); the course's notebooks need about 2 GiB
+
+
+def memory_limit_mb(wanted: int = MEMORY_MB) -> int:
+    """The address space a sandboxed notebook gets: ``wanted`` MiB, or the machine's own hard limit where it is lower
+    (``ulimit -Hv``; :func:`enter` cannot raise it)."""
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard >> 20)
+
+
 def process_limit() -> int | None:
     """RLIMIT_NPROC for a notebook started by this user: what the user runs now plus 256 (it counts every process
     of the user's real uid, in every namespace); None for root, whom the kernel does not hold to it."""

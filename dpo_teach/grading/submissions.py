@@ -17,6 +17,7 @@ _COPY_PREFIX = re.compile(r"^copy of\s+", re.IGNORECASE)
 # student is the name and the user id; the submission id changes with every upload, LATE with the deadline.
 _CANVAS = re.compile(r"^(.+?)(?:_late)?_(\d+)_\d+$", re.IGNORECASE)
 _SEPARATORS = "_- "
+SAME_INSTANT_S = 2.0  # a git clone or an unzip writes a folder's files within this of one another (FAT: 2 s steps)
 GRADER_FILES = {"grades.csv", "grades.json", "grades.partial.jsonl"}  # what `dpo-teach grade` writes in --out
 ARCHIVES = {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"}
 
@@ -95,12 +96,13 @@ def find_submissions(folder: Path, assignments: Iterable[str] = (), skip: Path |
     assignment in ``assignments`` it holds (:func:`student_name`)."""
     found = []
     skip = Path(skip).resolve() if skip is not None else None
+    inside = skip is not None and Path(folder).resolve() in skip.parents  # else above it, or the folder itself
     for path in sorted(Path(folder).rglob("*")):
         rel = path.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts) or not path.is_file():
             continue
         if skip is not None and (path.resolve().parent == skip and path.name in GRADER_FILES
-                                 or skip != Path(folder).resolve() and skip in path.resolve().parents):
+                                 or inside and skip in path.resolve().parents):
             continue
         student = rel.parts[0] if len(rel.parts) > 1 else student_name(_bare_name(path), assignments)
         found.append((shown(student), path))
@@ -116,8 +118,9 @@ def _bare_name(path: Path) -> str:
 def detect_assignment(path: Path, nb, manifests: dict) -> str | None:
     """The assignment of notebook ``nb`` at ``path``: its otter metadata's when ``manifests`` has it, else the
     longest name of ``manifests`` in the file's name, else None."""
-    name = (nb.metadata.get("otter") or {}).get("assignment_name") if nb is not None else None
-    if name in manifests:
+    otter = nb.metadata.get("otter") if nb is not None else None
+    name = otter.get("assignment_name") if isinstance(otter, dict) else None  # a hand-edited file: anything
+    if isinstance(name, str) and name in manifests:
         return name
     return _named_in(path.name, manifests)
 
@@ -130,10 +133,11 @@ def _named_in(text: str, names: Iterable[str]) -> str | None:
 def assignments_and_latest(found: list[tuple[str, Path]], manifests: dict,
                            assignment: str | None) -> tuple[dict, dict]:
     """``({path: its assignment or None}`` for every notebook, ``{path: (the path graded instead, the assignment,
-    why)}`` for every notebook that another notebook of the same student and assignment supersedes: the latest one
-    (modification time, then the number of its copy marks, then its name) of those that can be read, and every one
-    that cannot while another can (an unreadable notebook is graded, as invalid, only when it is the student's
-    only notebook of the assignment: a broken re-upload does not cost the points of the notebook before it)."""
+    why)}`` for every notebook that another notebook of the same student and assignment supersedes. Graded is the
+    latest of those that can be read: of those saved within ``SAME_INSTANT_S`` of the newest (a ``git clone``, an
+    unzip), the one with the highest copy number (``(10)`` after ``(2)`` after the original), then the newest, then
+    by name. An unreadable notebook is graded (as invalid) only where the student has no readable one of the
+    assignment: a broken re-upload does not cost the points of the notebook before it."""
     names, groups = {}, {}
     for student, path in found:
         if not is_notebook(path):
@@ -145,7 +149,9 @@ def assignments_and_latest(found: list[tuple[str, Path]], manifests: dict,
     superseded = {}
     for (_, name), paths in groups.items():
         readable = [p for ok, p in paths if ok] or [p for _, p in paths]
-        latest = max(readable, key=lambda p: (_mtime(p), copy_number(_bare_name(p)), p.name))
+        newest = max(_mtime(p) for p in readable)  # times 2 s apart or less are one instant: the copy's number decides
+        recent = [p for p in readable if _mtime(p) >= newest - SAME_INSTANT_S]
+        latest = max(recent, key=lambda p: (copy_number(_bare_name(p)), _mtime(p), p.name))
         for ok, p in paths:
             if p != latest:
                 why = (f"{shown(latest.name)} is this student's later notebook of the same assignment" if ok else
