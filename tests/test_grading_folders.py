@@ -265,3 +265,21 @@ def test_otter_metadata_of_the_wrong_type_is_read_from_the_file_name(tmp_path):
     assert submissions.detect_assignment(tmp_path / f"ann_{KL}.ipynb", nb, {KL: {}}) == KL
     nb.metadata["otter"] = {"assignment_name": ["a", "list"]}
     assert submissions.detect_assignment(tmp_path / "ann.ipynb", nb, {KL: {}}) is None
+
+
+@NEEDS_SANDBOX
+def test_a_notebook_that_starts_while_the_batch_is_interrupted_is_ended_too():
+    """Ctrl-C: ``end_running`` ends the notebooks running, and one whose process starts a moment later (its thread
+    was past the check, reading the file) is ended as it starts, not left to run out its time limit."""
+    from dpo_teach.grading import judge
+
+    text = notebook("import time\ntime.sleep(300)")
+    judge.end_running()
+    try:
+        start = time.monotonic()
+        row = judge.run_notebook(text, "homework.ipynb", {}, 300, 300, dict(os.environ), True, [])
+        assert time.monotonic() - start < 60 and row["status"] in ("error", "crashed"), row
+    finally:
+        judge.allow_running()
+    row = judge.run_notebook(notebook("x = 1"), "homework.ipynb", {}, 60, 60, dict(os.environ), True, [])
+    assert row["status"] == "graded", row["reason"]
