@@ -7,6 +7,7 @@ arguments are in :mod:`dpo_teach.cli_args`; this module holds the commands.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import sys
@@ -43,16 +44,23 @@ def cmd_demo(args) -> None:
 
 
 def cmd_data(args) -> None:
-    from dpo_teach.data import PreferenceConfig, make_preference_pairs, write_preferences
+    from dpo_teach.data import PreferenceConfig, make_preference_pairs, preferences_text, write_preferences
     from dpo_teach.world import WorldConfig, load_reference
 
-    check_writable(args.out, "--out", directory=False)
+    to_stdout = args.out == "-"  # the rows on standard output (piped on), everything else on standard error
+    if not to_stdout:
+        check_writable(args.out, "--out", directory=False)
     # π_ref as `train` loads it (seed 0): the pairs must come from the model that training takes as its reference
-    reference, tokenizer = load_reference(WorldConfig(preset=args.preset), verbose=True)
-    rows = make_preference_pairs(reference, tokenizer, PreferenceConfig(
-        n_prompts=args.pairs, bt_temperature=args.bt_temperature, seed=args.seed))
-    write_preferences(args.out, rows)
-    print(f"wrote {len(rows)} preference pairs to {args.out}")
+    with contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext():
+        reference, tokenizer = load_reference(WorldConfig(preset=args.preset), verbose=True)
+        rows = make_preference_pairs(reference, tokenizer, PreferenceConfig(
+            n_prompts=args.pairs, bt_temperature=args.bt_temperature, seed=args.seed))
+    if to_stdout:
+        sys.stdout.write(preferences_text(rows))
+    else:
+        write_preferences(args.out, rows)
+    print(f"wrote {len(rows)} preference pairs to {'standard output' if to_stdout else args.out}",
+          file=sys.stderr if to_stdout else sys.stdout)
 
 
 def cmd_grade(args) -> int:

@@ -79,6 +79,8 @@ def check_writable(path: str | Path, flag: str, directory: bool) -> None:
     want, other = ("a directory", "a file") if directory else ("a file", "a directory")
     if path.exists() and path.is_dir() != directory:
         raise UsageError(f"{flag} {path}: is {other}, expected {want}; pass another path")
+    if not directory and path.is_file() and not os.access(path, os.W_OK):  # a rename in its folder would replace it
+        raise UsageError(f"{flag} {path}: is read-only; make it writable (chmod u+w) or pass another path")
     start = path if directory else path.parent
     existing = next(p for p in (start, *start.parents) if p.exists() or p == Path(p.anchor))
     if not existing.is_dir():
@@ -146,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("data", help="write a toy preference set as JSONL",
                        description="Sample two completions per prompt from the toy π_ref and label them with "
                                    "Bradley–Terry noise on the ground-truth reward.")
-    m.add_argument("--out", required=True, help="JSONL file to write")
+    m.add_argument("--out", required=True, help="JSONL file to write (- for standard output)")
     m.add_argument("--pairs", type=_positive(int, MAX_PAIRS), default=2000, help="prompts (%(default)s)")
     m.add_argument("--bt-temperature", type=_positive(float), default=0.1, help="label noise τ (%(default)s)")
     m.add_argument("--seed", type=_seed, default=0, help="seed of the prompts, samples and labels; π_ref is the toy "

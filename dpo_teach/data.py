@@ -115,9 +115,14 @@ def _fraction_text(k: int, n: int) -> str:
     return repr(k / n)
 
 
+def preferences_text(rows: list[dict]) -> str:
+    """Rows as JSON Lines: one object per line."""
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
 def write_preferences(path: str | Path, rows: list[dict]) -> None:
     """Write rows as JSONL, atomically."""
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(path, preferences_text(rows))
 
 
 def heldout_overlap(train_rows: list[dict], heldout_rows: list[dict]) -> int:

@@ -170,3 +170,29 @@ def test_a_cache_warning_is_one_line_like_a_data_warning(capsys):
         warnings.warn("reference cache /c/x is unusable (truncated); rebuilding it", world.CacheWarning, stacklevel=1)
     assert capsys.readouterr().err == "dpo-teach demo: warning: reference cache /c/x is unusable (truncated); " \
                                       "rebuilding it\n"
+
+
+def test_data_writes_to_standard_output_with_a_dash(monkeypatch, capsys, tmp_path):
+    """``data --out -`` (to pipe the pairs on) wrote a file named "-"; the rows now go to standard output, and
+    nothing else does."""
+    from dpo_teach import data as data_module
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(world, "load_reference", lambda config, verbose=False: print("π_ref: loaded") or (None, None))
+    monkeypatch.setattr(data_module, "make_preference_pairs", lambda ref, tok, config: [
+        {"prompt": "the film was", "chosen": " great .", "rejected": " bad ."}] * config.n_prompts)
+    assert main(["data", "--out", "-", "--pairs", "3"]) == 0
+    captured = capsys.readouterr()
+    assert [json.loads(line)["chosen"] for line in captured.out.splitlines()] == [" great ."] * 3
+    assert "π_ref: loaded" in captured.err and "wrote 3 preference pairs to standard output" in captured.err
+    assert not (tmp_path / "-").exists()
+
+
+def test_a_read_only_output_file_is_not_replaced(tmp_path, monkeypatch, capsys):
+    target = tmp_path / "pairs.jsonl"
+    target.write_text("mine\n")
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(target) else real(p, mode, **kw))
+    assert main(["data", "--out", str(target)]) == 2
+    assert "pairs.jsonl: is read-only; make it writable (chmod u+w)" in capsys.readouterr().err
+    assert target.read_text() == "mine\n"
