@@ -44,6 +44,7 @@ def test_a_run_never_replaces_the_folder_that_holds_its_own_input(tmp_path, pair
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "would delete its own input" in err and ("--data" in err or "--model" in err), err
+        assert f"e.g. {argv[-1]}-next" in err, "the suggested folder is beside --out"
     assert (run / "train.jsonl").is_file()
 
 
