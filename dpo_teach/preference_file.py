@@ -1,8 +1,9 @@
 """Reading a user's preference file: JSON Lines (gzipped or not) in, validated rows out, every bad row named.
 
 Rows as in :mod:`dpo_teach.data` (TRL's ``prompt``/``chosen``/``rejected``); HH-RLHF rows with only ``chosen``/
-``rejected`` dialogues are split (:func:`split_dialogue`). A refusal is a :class:`DataError` naming the file, the
-line and the fix; a file that loads but probably does not say what its author meant gets a :class:`DataWarning`.
+``rejected`` dialogues are split (:func:`split_dialogue`; what one row must hold is in ``preference_rows.py``). A
+refusal is a :class:`DataError` naming the file, the line and the fix; a file that loads but probably does not say
+what its author meant gets a :class:`DataWarning`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ASSISTANT = "\n\nAssistant:"
+from dpo_teach.preference_rows import ASSISTANT, check_row, split_dialogue  # noqa: F401 (public here too)
 
 
 class DataError(ValueError):
@@ -32,21 +33,6 @@ class EOSWarning(DataWarning):
     """The completions of a preference file end with EOS inconsistently (missing, duplicated or one-sided)."""
 
 
-def split_dialogue(chosen: str, rejected: str) -> tuple[str, str, str] | None:
-    """HH-RLHF rows: the prompt is the shared prefix up to and including the last ``"\\n\\nAssistant:"``.
-
-    Returns ``(prompt, chosen_completion, rejected_completion)``, or None when the two share no such prefix.
-    """
-    n = 0
-    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
-        n += 1
-    cut = chosen.rfind(ASSISTANT, 0, n)
-    if cut < 0 or cut + len(ASSISTANT) > n:
-        return None
-    end = cut + len(ASSISTANT)
-    return chosen[:end], chosen[end:], rejected[end:]
-
-
 @dataclass
 class PreferenceFile:
     """What :func:`load_preferences` read: the valid rows and, with ``skip_invalid``, what was skipped."""
@@ -54,43 +40,6 @@ class PreferenceFile:
     rows: list[dict]
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
     lines: list[int] = field(default_factory=list)  # the line number of each row (for errors found later)
-
-
-def _check_row(obj) -> tuple[dict | None, str]:
-    """Validate one parsed line. Returns ``(row, "")`` or ``(None, reason)``."""
-    if isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
-        return None, (f"a JSON array of {len(obj)} objects: JSON Lines has one object per line, without [ ]; convert "
-                      "the file with `jq -c '.[]' in.json > out.jsonl`")
-    if not isinstance(obj, dict):
-        return None, f"expected a JSON object, got {type(obj).__name__}"
-    conversational = [key for key in ("prompt", "chosen", "rejected") if _is_messages(obj.get(key))]
-    if conversational:
-        return None, _conversational(conversational[0], implicit="prompt" not in obj)
-    row = dict(obj)
-    if "prompt" not in row and isinstance(row.get("chosen"), str) and isinstance(row.get("rejected"), str):
-        parts = split_dialogue(row["chosen"], row["rejected"])
-        if parts is None:
-            return None, ("no 'prompt' field, and 'chosen'/'rejected' share no prefix ending in "
-                          "'\\n\\nAssistant:' (HH-RLHF format); add a 'prompt' field")
-        row["prompt"], row["chosen"], row["rejected"] = parts
-    for key in ("prompt", "chosen", "rejected"):
-        if key not in row:
-            return None, f"the field '{key}' is missing; every row needs 'prompt', 'chosen' and 'rejected'"
-        if not isinstance(row[key], str):
-            return None, f"the field '{key}' must be a string, got {type(row[key]).__name__}"
-        try:
-            row[key].encode("utf-8")
-        except UnicodeEncodeError as e:  # JSON allows "\ud800" alone, but no text holds half a surrogate pair
-            return None, (f"the field '{key}' holds an unpaired surrogate escape (\\u{ord(row[key][e.start]):04x} at "
-                          f"character {e.start + 1}), which is not text; fix or remove the escape")
-    if not row["prompt"]:  # with no token before it, a completion's first token would never be scored
-        return None, "the prompt is empty; give the row a prompt (at least one token before the completion)"
-    for key in ("chosen", "rejected"):
-        if not row[key].strip():
-            return None, f"the '{key}' completion is empty; remove the row or fill it in"
-    if row["chosen"] == row["rejected"]:
-        return None, "'chosen' and 'rejected' are identical, so the row expresses no preference; remove it"
-    return row, ""
 
 
 def _prompt_too_long(row: dict, tokenizer, max_length: int, context: int | None = None) -> str:
@@ -102,24 +51,6 @@ def _prompt_too_long(row: dict, tokenizer, max_length: int, context: int | None 
     fix = ("shorten the prompt or raise --max-length" if context is None or max_length < context else
            f"shorten the prompt, or use a model with a longer context (--model): this one reads {context} tokens")
     return f"the prompt is {n_prompt} tokens, which leaves no room for a completion in max_length={max_length}; {fix}"
-
-
-def _is_messages(value) -> bool:
-    """A list of chat messages, ``[{"role": ..., "content": ...}, ...]`` (TRL's conversational format)."""
-    return (isinstance(value, list) and bool(value)
-            and all(isinstance(m, dict) and "role" in m and "content" in m for m in value))
-
-
-def _conversational(key: str, implicit: bool) -> str:
-    """Why a conversational row is refused, and how to flatten it. This loader reads plain text only: turning
-    messages into text takes a chat template, and choosing one for the user would change what the model learns."""
-    where = (" with an implicit prompt (the first messages of 'chosen' and 'rejected')" if implicit else "")
-    fix = ("flatten 'chosen' and 'rejected' to HH-RLHF text ('\\n\\nHuman: …\\n\\nAssistant: …'), which this loader "
-           "splits into prompt and completion" if implicit else
-           "flatten each field to plain text (e.g. HH-RLHF's '\\n\\nHuman: …\\n\\nAssistant: …' for the prompt, the "
-           "assistant's reply for 'chosen'/'rejected')")
-    return (f"the field '{key}' is a list of chat messages ({{role, content}}), TRL's conversational format{where}, "
-            f"which this loader does not read (it needs plain-text fields); {fix}")
 
 
 class _DuplicateKey(ValueError):
@@ -172,7 +103,7 @@ def _parse_line(raw: bytes, first: bool) -> tuple[dict | None, str]:
         return None, "JSON nested too deeply to read; a row is one flat object of strings"
     except ValueError as e:  # e.g. an integer of more than 4,300 digits
         return None, f"not usable JSON ({e}); fix the line"
-    return _check_row(obj)
+    return check_row(obj)
 
 
 # A first line with one of these reasons: the whole file is in another format (skipping lines cannot help)

@@ -17,7 +17,7 @@ LAYERS = [
     # foundations, the world's r, the notebooks' claim checks, running notebooks headless
     {"utils", "claims", "grammar", "tokenizer", "model", "reward", "compute", "measure", "plots", "headless"},
     {"logprobs", "sampling", "rollout"},  # tokens → log-probabilities, samples, rollouts
-    {"preference_file"},  # reading a user's preference file (validation, errors); data re-exports it
+    {"preference_rows", "preference_file"},  # a user's preference file: rows checked, the file read (data re-exports)
     {"data"},  # preference pairs (sampled from π_ref, labelled by the ground truth), splits, files
     {"losses", "training"},  # the preference math; the shared loop mechanics
     {"sft", "dpo", "reward_model", "ppo", "grpo", "rloo", "online_dpo"},  # trainers
