@@ -95,10 +95,10 @@ def cmd_train(args) -> None:
     from dpo_teach.data import split_heldout, warn_heldout_overlap
     from dpo_teach.dpo import FLAGS, DPOConfig, train_dpo
     from dpo_teach.evaluate import preference_accuracy
-    from dpo_teach.logprobs import cut_pairs
+    from dpo_teach.logprobs import tokenize_pairs
     from dpo_teach.model import context_length, save_checkpoint
     from dpo_teach.plots import plot_dpo_history, save_figure
-    from dpo_teach.preference_file import DataWarning, check_preferences, read_preferences
+    from dpo_teach.preference_file import DataWarning, check_preferences, length_fix, read_preferences
     from dpo_teach.utils import atomic_dir, atomic_write_json
     from dpo_teach.world import WorldConfig, load_reference
 
@@ -114,24 +114,27 @@ def cmd_train(args) -> None:
     if data.skipped:
         line, reason = data.skipped[0]
         print(f"skipped {len(data.skipped)} invalid rows of {args.data} (first: line {line}: {reason})")
-    cut, same = cut_pairs(tokenizer, data.rows, args.max_length)
-    if cut:
-        warnings.warn(f"{args.data}: {cut} of {len(data.rows)} pairs are longer than --max-length {args.max_length} "
-                      "tokens and are cut at the end (as TRL does)" + (f"; {same} of them are then the same tokens, "
-                      "with nothing left to prefer" if same else "") + ": " + (
-                      "raise --max-length" if context is None or args.max_length < context else
-                      f"use a model with a longer context than {context} tokens (--model)") + ", or shorten the "
-                      "completions", DataWarning, stacklevel=1)
+    examples = tokenize_pairs(tokenizer, data.rows, args.max_length)  # once: counted here, trained and evaluated on
+    cut = [e for e in examples if not e["chosen_ids"][-1:] == e["rejected_ids"][-1:] == [tokenizer.eos_token_id]]
+    if cut:  # a completion cut at --max-length lost its EOS
+        same = sum(e["chosen_ids"] == e["rejected_ids"] for e in cut)
+        warnings.warn(f"{args.data}: {len(cut)} of {len(data.rows)} pairs are longer than --max-length "
+                      f"{args.max_length} tokens and are cut at the end (as TRL does)" + (
+                      f"; {same} of them are then the same tokens, with nothing left to prefer" if same else "")
+                      + f": {length_fix(args.max_length, context, 'the completions')}", DataWarning, stacklevel=1)
     train_rows, heldout = split_heldout(data.rows, args.eval_fraction, args.seed, args.data)
     warn_heldout_overlap(args.data, train_rows, heldout)
+    tokenized = {id(row): e for row, e in zip(data.rows, examples, strict=True)}
     cfg = DPOConfig()
     apply_dpo_args(cfg, args)
     policy = copy.deepcopy(reference)
-    history = train_dpo(policy, reference, tokenizer, train_rows, cfg, progress=not args.quiet, flags=FLAGS)
+    history = train_dpo(policy, reference, tokenizer, train_rows, cfg, progress=not args.quiet, flags=FLAGS,
+                        examples=[tokenized[id(row)] for row in train_rows])
     out = Path(args.out)
     with atomic_dir(out) as work:  # an interrupted run leaves an earlier run in --out intact
         save_checkpoint(policy, tokenizer, work / "policy")
-        accuracy = preference_accuracy(policy, reference, tokenizer, heldout, cfg.max_length)
+        accuracy = preference_accuracy(policy, reference, tokenizer, heldout, cfg.max_length,
+                                       examples=[tokenized[id(row)] for row in heldout])
         atomic_write_json(work / "history.json", history)
         atomic_write_json(work / "metrics.json", {
             "heldout_accuracy": accuracy, "n_train_pairs": len(train_rows), "n_heldout_pairs": len(heldout),

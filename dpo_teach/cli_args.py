@@ -250,7 +250,7 @@ def check_out_replaceable(out: str, inputs: dict[str, str | None] | None = None)
 
     target = Path(out).resolve()
     for flag, path in (inputs or {}).items():
-        if path is not None and (Path(path).resolve() == target or target in Path(path).resolve().parents):
+        if path is not None and Path(path).resolve().is_relative_to(target):
             beside = Path(out).with_name(Path(out).name + "-next")
             raise UsageError(f"--out {out} holds {flag} {path}, and a run replaces --out as a whole (the run would "
                              f"delete its own input); pass another --out, e.g. {beside}")

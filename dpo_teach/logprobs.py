@@ -208,21 +208,6 @@ def tokenize_pairs(tokenizer, rows: list[dict], max_length: int, append_eos: boo
     return out
 
 
-def cut_pairs(tokenizer, rows: list[dict], max_length: int) -> tuple[int, int]:
-    """``(pairs whose completions tokenize_pairs cuts at max_length, pairs of those whose two completions are then
-    the same tokens)``: a pair made identical by the cut has no preference left to learn, and always counts as wrong
-    in accuracy."""
-    cut = same = 0
-    for row in rows:  # as tokenize_pairs reads them, in one pass
-        prompt_ids, chosen = encode_completion(tokenizer, row["prompt"], row["chosen"])
-        _, rejected = encode_completion(tokenizer, row["prompt"], row["rejected"])
-        room = max_length - len(prompt_ids)
-        if len(chosen) > room or len(rejected) > room:
-            cut += 1
-            same += chosen[:room] == rejected[:room]
-    return cut, same
-
-
 REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")  # what reference_logprobs adds to each example
 SPOT_CHECKED = 4  # examples whose carried log-probs are scored again by the reference they are used with (spread
 # over the list, first and last included: a list whose end was joined on from another source is caught)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dpo_teach.preference_rows import ASSISTANT, check_row, split_dialogue  # noqa: F401 (public here too)
+from dpo_teach.preference_rows import ASSISTANT, WholeFile, check_row, split_dialogue  # noqa: F401 (public too)
 
 
 class DataError(ValueError):
@@ -48,9 +48,16 @@ def _prompt_too_long(row: dict, tokenizer, max_length: int, context: int | None 
     n_prompt = len(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"])
     if n_prompt < max_length:
         return ""
-    fix = ("shorten the prompt or raise --max-length" if context is None or max_length < context else
-           f"shorten the prompt, or use a model with a longer context (--model): this one reads {context} tokens")
-    return f"the prompt is {n_prompt} tokens, which leaves no room for a completion in max_length={max_length}; {fix}"
+    return (f"the prompt is {n_prompt} tokens, which leaves no room for a completion in max_length={max_length}; "
+            f"{length_fix(max_length, context, 'the prompt')}")
+
+
+def length_fix(max_length: int, context: int | None, what: str) -> str:
+    """What to do about text longer than ``max_length`` tokens: raise it, or, where it is already the model's
+    ``context``, use a model that reads more; or shorten ``what``."""
+    if context is None or max_length < context:
+        return f"raise --max-length, or shorten {what}"
+    return f"use a model with a longer context than {context} tokens (--model), or shorten {what}"
 
 
 class _DuplicateKey(ValueError):
@@ -91,10 +98,10 @@ def _parse_line(raw: bytes, first: bool) -> tuple[dict | None, str]:
         if (first and not line.lstrip().startswith(("{", "[")) and re.search(r"\bprompt\b", line, re.IGNORECASE)
                 and any(c in line for c in ",;\t")):  # a spreadsheet's header row
             sep = max(",;\t", key=line.count)  # its separator
-            return None, (f"the first line reads like a CSV header, not a JSON object: this loader reads JSON Lines; "
-                          f"convert it: `python -c \"import pandas as pd; d = pd.read_csv('in.csv', sep={sep!r}); "
-                          "d.columns = d.columns.str.lower(); d.to_json('out.jsonl', orient='records', lines=True, "
-                          "force_ascii=False)\"`")
+            return None, WholeFile(
+                "the first line reads like a CSV header, not a JSON object: this loader reads JSON Lines; convert it: "
+                f"`python -c \"import pandas as pd; d = pd.read_csv('in.csv', sep={sep!r}); d.columns = "
+                "d.columns.str.lower(); d.to_json('out.jsonl', orient='records', lines=True, force_ascii=False)\"`")
         return None, f"not valid JSON ({e.msg} at column {e.colno}); fix the line"
     except _DuplicateKey as e:
         return None, (f"the key {e.args[0]!r} appears twice in one object, and JSON would keep only the last value; "
@@ -106,16 +113,12 @@ def _parse_line(raw: bytes, first: bool) -> tuple[dict | None, str]:
     return check_row(obj)
 
 
-# A first line with one of these reasons: the whole file is in another format (skipping lines cannot help)
-_WHOLE_FILE = ("the first line reads like a CSV header", "a line with a lone", "a JSON array of")
-
-
 def _pretty_printed(bracket: str) -> str:
     if bracket == "[":
-        return ("a line with a lone '[': the file looks like one JSON array printed over many lines, not JSON Lines "
-                "(one whole object per line); convert it with `jq -c '.[]' in.json > out.jsonl`")
-    return ("a line with a lone '{': the rows look printed over several lines each, but JSON Lines needs one whole "
-            "object per line; convert the file with `jq -c . in.json > out.jsonl`")
+        return WholeFile("a line with a lone '[': the file looks like one JSON array printed over many lines, not "
+                         "JSON Lines (one whole object per line); convert it with `jq -c '.[]' in.json > out.jsonl`")
+    return WholeFile("a line with a lone '{': the rows look printed over several lines each, but JSON Lines needs "
+                     "one whole object per line; convert the file with `jq -c . in.json > out.jsonl`")
 
 
 # Files that are not UTF-8 JSON Lines, by their first bytes: (magic, what the file is, what to do).
@@ -255,8 +258,7 @@ def _keep(data: PreferenceFile, path: Path, lineno: int, row: dict | None, reaso
     elif skip_invalid:
         data.skipped.append((lineno, reason))
     else:
-        whole_file = lineno == 1 and reason.startswith(_WHOLE_FILE)  # skipping lines cannot help
-        skip = "" if whole_file else " (or pass --skip-invalid to skip bad rows)"
+        skip = "" if isinstance(reason, WholeFile) else " (or pass --skip-invalid to skip bad rows)"
         raise DataError(f"{path}:{lineno}: {reason}{skip}")
 
 

@@ -7,6 +7,11 @@ from __future__ import annotations
 ASSISTANT = "\n\nAssistant:"
 
 
+class WholeFile(str):
+    """A reason that is about the whole file (another format: a JSON array, a CSV), not one bad row: skipping rows
+    (``--skip-invalid``) cannot help, so the error does not offer it."""
+
+
 def split_dialogue(chosen: str, rejected: str) -> tuple[str, str, str] | None:
     """HH-RLHF rows: the prompt is the shared prefix up to and including the last ``"\\n\\nAssistant:"``.
 
@@ -25,8 +30,8 @@ def split_dialogue(chosen: str, rejected: str) -> tuple[str, str, str] | None:
 def check_row(obj) -> tuple[dict | None, str]:
     """Validate one parsed line. Returns ``(row, "")`` or ``(None, reason)``."""
     if isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
-        return None, (f"a JSON array of {len(obj)} objects: JSON Lines has one object per line, without [ ]; convert "
-                      "the file with `jq -c '.[]' in.json > out.jsonl`")
+        return None, WholeFile(f"a JSON array of {len(obj)} objects: JSON Lines has one object per line, without "
+                               "[ ]; convert the file with `jq -c '.[]' in.json > out.jsonl`")
     if not isinstance(obj, dict):
         return None, f"expected a JSON object, got {type(obj).__name__}"
     conversational = [key for key in ("prompt", "chosen", "rejected") if _is_messages(obj.get(key))]

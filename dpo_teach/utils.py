@@ -44,7 +44,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -137,10 +137,15 @@ def check_replaceable(path: str | Path, owned: Collection[str], what: str = "a r
                               f"directory, or move {'it' if len(foreign) == 1 else 'them'} out")
 
 
+def _file_mode() -> int:
+    """The permissions ``open`` gives a new file: 0666 less the umask."""
+    return 0o666 & ~_umask()
+
+
 def readable_by_all(folder: Path) -> None:
     """Give every file under ``folder`` the permissions a new file gets (0666 less the umask), as ``open`` would:
     some writers (safetensors) make theirs 0600."""
-    mode = 0o666 & ~_umask()
+    mode = _file_mode()
     for path in Path(folder).rglob("*"):
         if path.is_file() and not path.is_symlink():
             os.chmod(path, mode)

@@ -1067,7 +1067,7 @@ def test_train_parses_the_data_file_once_and_checks_prompt_lengths_after(tmp_pat
     assert len(parsed) == 20
     out = capsys.readouterr().out
     assert f"skipped 1 invalid rows of {data} (first: line 7: the prompt is" in out
-    assert "use a model with a longer context (--model): this one reads 32 tokens" in out, "--max-length 32 is its all"
+    assert "use a model with a longer context than 32 tokens (--model)" in out, "--max-length 32 is its all"
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["n_train_pairs"] == 17  # 19 valid, 2 held out
 
 

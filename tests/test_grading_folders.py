@@ -146,7 +146,8 @@ def test_canvas_download_names_keep_one_student_across_uploads_and_deadlines():
 
 def test_the_grades_folder_inside_the_submissions_is_not_graded(tmp_path, assigned, stub_grading, capsys):
     for folder, out in ((tmp_path / "a", tmp_path / "a" / "grades"), (tmp_path / "b", tmp_path / "b"),
-                        (tmp_path / "c" / "in", tmp_path / "c")):  # inside, the folder itself, above it
+                        (tmp_path / "c" / "in", tmp_path / "c")):  # inside, the folder itself, above it (where
+        # nothing is to be skipped but the grades' files: the rule must not hide the submissions themselves)
         folder.mkdir(parents=True)
         (folder / f"alice_{KL}.ipynb").write_text(notebook("x = 1"))
         for _ in range(2):  # the rerun finds the first run's grades there
@@ -279,6 +280,7 @@ def test_a_notebook_that_starts_while_the_batch_is_interrupted_is_ended_too():
         start = time.monotonic()
         row = judge.run_notebook(text, "homework.ipynb", {}, 300, 300, dict(os.environ), True, [])
         assert time.monotonic() - start < 60 and row["status"] in ("error", "crashed"), row
+        assert "the notebook's process ended while" in row["reason"], "it ended for another reason"
     finally:
         judge.allow_running()
     row = judge.run_notebook(notebook("x = 1"), "homework.ipynb", {}, 60, 60, dict(os.environ), True, [])

@@ -10,7 +10,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 from dpo_teach.grading import sandbox
 from dpo_teach.grading.assign import AUTOGRADER, NOTEBOOKS, ROOT
 from dpo_teach.grading.journal import Journal, fingerprint
-from dpo_teach.grading.judge import allow_running, end_running, run_notebook
+from dpo_teach.grading.judge import allow_running, end_running, ending, run_notebook
 from dpo_teach.grading.manifests import load_manifests
 from dpo_teach.grading.reports import empty_row, per_student, row_reason, write_reports
 from dpo_teach.grading.scan import scan
@@ -216,11 +215,10 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     out.mkdir(parents=True, exist_ok=True)
     hide = _hidden(submissions, out, autograder)
     stopped: list[tuple[Path, Exception]] = []  # where the sandbox failed: the notebooks not yet started wait
-    interrupted = threading.Event()  # Ctrl-C: the notebooks running are ended, and none is kept or started
 
     def one(item):
         student, path = item
-        if stopped or interrupted.is_set():
+        if stopped or ending():  # the sandbox failed, or Ctrl-C: no notebook starts
             return None
         try:
             row = graded(student, path)
@@ -244,15 +242,15 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         else:
             row = journal.resumed(path, student)
             if row is None:
-                row = grade_submission(student, path, manifests, assignment, cell_timeout, timeout, env,
+                row = grade_submission(student, path, manifests, names.get(path), cell_timeout, timeout, env,
                                        sandboxed=not unsafe, hide=hide, released_dir=released_dir)
-                if interrupted.is_set():  # ended by the Ctrl-C, not by its own code: graded again on the rerun
+                if ending():  # ended by the Ctrl-C, not by its own code: graded again on the rerun
                     return None
                 journal.record(path, row)
         return row
 
     with ending_strays(unsafe):  # without the sandbox: no process a notebook started outlives the batch
-        rows = _each(found, one, jobs, interrupted, journal)
+        rows = _each(found, one, jobs, journal)
     if stopped:
         path, error = stopped[0]
         raise _no_sandbox(f"the sandbox failed as {shown(Path(path).name)} started ({error})",
@@ -276,25 +274,28 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     return report
 
 
-def _each(found: list, one, jobs: int, interrupted: threading.Event, journal: Journal) -> list:
+def _each(found: list, one, jobs: int, journal: Journal) -> list:
     """``one(item)`` of every item of ``found``, ``jobs`` at a time, the largest files first (with several jobs the
-    batch ends sooner); the results in ``found``'s order. Ctrl-C sets ``interrupted``, ends the notebooks running
-    (their rows are not journaled) and raises :class:`GradingInterrupted`, which says what the journal keeps."""
+    batch ends sooner); the results in ``found``'s order. Ctrl-C ends the notebooks running (``judge.end_running``:
+    their rows are not journaled, none starts) and raises :class:`GradingInterrupted`, which says what the journal
+    keeps."""
     order = sorted(range(len(found)), key=lambda i: -_size(found[i][1]))
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    interrupted = False
     try:
         futures = {i: pool.submit(one, found[i]) for i in order}
         return [futures[i].result() for i in range(len(found))]
     except KeyboardInterrupt:
-        interrupted.set()
+        interrupted = True
         end_running()
-        pool.shutdown(wait=True, cancel_futures=True)
-        allow_running()
-        raise GradingInterrupted(f"interrupted; the {len(journal.kept())} notebook(s) graded so far are kept in "
-                                 f"{shown(journal.path)}: run the same command again and it grades only the "
-                                 "rest") from None
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if interrupted:
+            allow_running()
+            raise GradingInterrupted(f"interrupted; the {len(journal.kept())} notebook(s) graded so far are kept in "
+                                     f"{shown(journal.path)}: run the same command again and it grades only the "
+                                     "rest") from None
 
 
 class ReportNotWritten(OSError):

@@ -193,6 +193,12 @@ def end_running() -> None:
             process.end()
 
 
+def ending() -> bool:
+    """Whether the batch is being interrupted (between :func:`end_running` and :func:`allow_running`): a row that
+    comes back now is of a notebook ended by the interrupt, not by its own code."""
+    return _ENDING.is_set()
+
+
 def allow_running() -> None:
     """After :func:`end_running`, once the interrupted batch has stopped: notebooks may run again."""
     _ENDING.clear()
