@@ -243,19 +243,12 @@ def check_model_flags(args) -> str:
 
 def check_out_replaceable(out: str, inputs: dict[str, str | None] | None = None) -> None:
     """A run replaces --out as a whole at its end: refuse a directory that holds anything but an earlier run, or that
-    holds one of the run's own ``inputs`` (``{"--data": path, "--model": path}``: an earlier run's pairs or policy,
-    which the run would delete while its metrics.json still named them)."""
+    holds one of the run's own ``inputs`` (``{"--data": path, "--model": path}``)."""
     from dpo_teach.pipeline import RUN_OUTPUTS
     from dpo_teach.utils import check_replaceable
 
-    target = Path(out).resolve()
-    for flag, path in (inputs or {}).items():
-        if path is not None and Path(path).resolve().is_relative_to(target):
-            beside = Path(out).with_name(Path(out).name + "-next")
-            raise UsageError(f"--out {out} holds {flag} {path}, and a run replaces --out as a whole (the run would "
-                             f"delete its own input); pass another --out, e.g. {beside}")
     try:
-        check_replaceable(out, RUN_OUTPUTS)
+        check_replaceable(out, RUN_OUTPUTS, inputs=inputs)
     except FileExistsError as e:
         raise UsageError(f"--out {e}") from None
 

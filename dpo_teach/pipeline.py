@@ -75,10 +75,11 @@ def run_demo(config: DemoConfig, progress: bool = True, verbose: bool = True, re
     that it is not loaded twice.
 
     Raises:
-        FileExistsError: ``out_dir`` is a file, or holds files a run does not write (``RUN_OUTPUTS``): they stay.
+        FileExistsError: ``out_dir`` is a file, holds files a run does not write (``RUN_OUTPUTS``: they stay), or
+            holds ``config.model_path`` (π_ref, which the run would delete).
     """
     out = Path(config.out_dir)
-    check_replaceable(out, RUN_OUTPUTS, "a demo run")
+    check_replaceable(out, RUN_OUTPUTS, "a demo run", inputs={"model_path": config.model_path})
     log = print if verbose else (lambda *a, **k: None)
     with atomic_dir(out) as work:
         metrics, times = _write_demo(config, work, out, progress, verbose, log, reference)

@@ -9,7 +9,7 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from glob import escape as glob_escape
 from pathlib import Path
@@ -114,14 +114,22 @@ def _running(pid: int) -> bool:
     return True
 
 
-def check_replaceable(path: str | Path, owned: Collection[str], what: str = "a run") -> None:
+def check_replaceable(path: str | Path, owned: Collection[str], what: str = "a run",
+                      inputs: Mapping[str, str | Path | None] | None = None) -> None:
     """Refuse to let :func:`atomic_dir` replace ``path`` when that would delete something that is not an earlier
-    output: a file, the current directory (or one holding it), or a directory with names not in ``owned``.
+    output: a file, the current directory (or one holding it), a directory with names not in ``owned``, or one of
+    the run's own ``inputs`` (``{"--model": path}``: an earlier run's policy or pairs, which the run reads and would
+    delete while its metrics still named them).
 
     Raises:
         FileExistsError: the message names ``path``, what is in the way, and what to do.
     """
     path = Path(path)
+    for name, given in (inputs or {}).items():
+        if given is not None and Path(given).resolve().is_relative_to(path.resolve()):
+            beside = path.with_name(path.name + "-next")
+            raise FileExistsError(f"{path} holds {name} {given}, and {what} replaces {path} as a whole ({what} would "
+                                  f"delete its own input); pass another folder, e.g. {beside}")
     if not path.exists():
         return
     if not path.is_dir():

@@ -21,7 +21,7 @@ from test_grading import exercise_solution
 from test_zygote import notebook
 
 from dpo_teach.cli import main as cli
-from dpo_teach.grading import gradescope, sandbox, submissions
+from dpo_teach.grading import gradescope, runner, sandbox, submissions
 from dpo_teach.grading.reports import empty_row
 
 KL = "01_kl_objective"
@@ -76,6 +76,21 @@ def test_a_notebook_jupyter_runs_is_graded_though_nbformat_schema_refuses_it(ass
     assert (rows["vscode"]["status"], rows["vscode"]["score"], rows["vscode"]["possible"]) == ("graded", 5.0, 5.0), \
         rows["vscode"]["reason"]
     assert rows["nocells"]["status"] == "invalid" and "cells" in rows["nocells"]["reason"]
+
+
+def test_a_cell_without_source_is_read_as_the_runner_runs_it_and_a_source_that_is_no_text_is_not(tmp_path):
+    """The runner reads a cell without ``source`` as empty (``runner.code_cells``); the check before it must not
+    refuse what the runner would run."""
+    cells = [{"cell_type": "markdown", "metadata": {}}, {"cell_type": "code", "metadata": {}, "outputs": [],
+                                                        "execution_count": None, "source": ["x = 1\n", "x"]}]
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 4, "metadata": {}, "cells": cells}))
+    nb, problem = submissions.read_notebook(path)
+    assert problem is None and [src for _, src in runner.code_cells(nb)] == ["x = 1\nx"]
+    cells[0]["source"] = 7
+    path.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 4, "metadata": {}, "cells": cells}))
+    nb, problem = submissions.read_notebook(path)
+    assert nb is None and "cell 1" in problem and "not text" in problem
 
 
 def test_of_copies_saved_in_the_same_instant_the_higher_copy_number_is_the_later(tmp_path):

@@ -48,6 +48,18 @@ def test_a_run_never_replaces_the_folder_that_holds_its_own_input(tmp_path, pair
     assert (run / "train.jsonl").is_file()
 
 
+def test_the_demo_called_from_python_refuses_to_delete_its_own_reference(tmp_path):
+    """The same guard without the CLI: ``run_demo`` with π_ref inside ``out_dir`` (a notebook's call)."""
+    from dpo_teach.pipeline import DemoConfig, run_demo
+
+    run = tmp_path / "demo"
+    (run / "policy").mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="would delete its own input"):
+        run_demo(DemoConfig(model_path=str(run / "policy"), out_dir=str(run)), progress=False, verbose=False)
+    assert (run / "policy").is_dir() and (run / "metrics.json").is_file()
+
+
 def test_saved_weights_are_readable_by_everyone_who_can_read_the_folder(tmp_path, world):
     """safetensors writes its file 0600: a cache shared in a lab, or a policy handed to a classmate, could not be
     read by anyone else."""

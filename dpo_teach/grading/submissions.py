@@ -34,8 +34,9 @@ def shown(text: str | Path) -> str:
 
 def read_notebook(path: Path):
     """``(notebook, None)``, or ``(None, why it is not a usable notebook)``. Grading needs a list of cells, each with
-    its type and its source: nbformat's schema is stricter than Jupyter, which opens and runs (so a student hands in)
-    a notebook that VS Code saved with cell ids under nbformat 4.4, or whose markdown cell kept its outputs."""
+    its type and, if it has a source, source text (the runner reads a missing one as empty, as Jupyter opens it):
+    nbformat's schema is stricter than Jupyter, which opens and runs (so a student hands in) a notebook that VS Code
+    saved with cell ids under nbformat 4.4, or whose markdown cell kept its outputs."""
     import nbformat  # not at the top: each submission's process imports this package (nbformat costs ~1 s)
 
     try:
@@ -45,8 +46,8 @@ def read_notebook(path: Path):
             raise ValueError("it holds no list of cells")
         for i, cell in enumerate(cells, 1):
             if not (isinstance(cell, dict) and isinstance(cell.get("cell_type"), str)
-                    and isinstance(cell.get("source"), str)):
-                raise ValueError(f"its cell {i} has no cell_type or no source text")
+                    and isinstance(cell.get("source", ""), str)):
+                raise ValueError(f"its cell {i} has no cell_type, or a source that is not text")
     except Exception as e:  # noqa: BLE001 - any reason a file is not a usable notebook
         first_line = (str(e).splitlines() or [""])[0][:200]
         return None, f"not a valid notebook ({type(e).__name__}: {first_line})"
