@@ -39,3 +39,28 @@ def test_trl_trainer_computes_our_loss_on_a_batch(world, pairs, trained_policy, 
     for key in keys:
         assert ours[key] == pytest.approx(theirs[key], abs=1e-5, rel=0), key
     assert abs(ours["loss"] - {"sigmoid": 0.6931, "ipo": 1 / (4 * beta**2)}[loss_type]) > 0.01
+
+
+def test_the_readmes_gpu_script_builds_its_config_without_a_deprecated_argument():
+    """The README's `train_dpo_trl.py` is copied by people with GPUs: its DPOConfig must build with the pinned TRL
+    and transformers without a warning (a deprecated name stops working at the next major version), and notebook
+    07 must name the same file."""
+    trl = pytest.importorskip("trl")
+    import ast
+    import re
+    import warnings
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    block = next(b for b in re.findall(r"```python\n(.*?)```", (root / "README.md").read_text(), re.S)
+                 if b.startswith("# train_dpo_trl.py"))
+    call = next(n.value for n in ast.parse(block).body
+                if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "args")
+    call.keywords.append(ast.keyword("use_cpu", ast.Constant(True)))  # bf16=True on a machine without a GPU needs it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        args = eval(compile(ast.fix_missing_locations(ast.Expression(call)), "README.md", "eval"),
+                    {"DPOConfig": trl.DPOConfig})
+    assert args.bf16 and args.gradient_checkpointing and args.precompute_ref_log_probs
+    notebook = (root / "notebooks" / "07_variants_and_pitfalls.ipynb").read_text()
+    assert "train_dpo_trl.py" in notebook and "train_dpo.py" not in notebook
