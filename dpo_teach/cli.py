@@ -213,11 +213,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dpo-teach {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        kept = (f"--out {args.out} is as it was before this run" if args.command in ("demo", "train")
-                else "results written so far are intact")
-        print(f"interrupted; {kept}", file=sys.stderr)
+        print(f"interrupted; {_interrupted(args)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _interrupted(args) -> str:
+    """What an interrupted command leaves: each writes its outputs only at its end (atomically)."""
+    if args.command in ("demo", "train"):
+        return f"--out {args.out} is as it was before this run"
+    if args.command == "compare":
+        return ("a comparison writes results.json, table.md and frontier.png only at its end, so none of this run's "
+                "results were kept and --out is as it was before; rerunning starts over")
+    return "nothing was written" + ("" if args.out == "-" else f" to {args.out}")
 
 
 if __name__ == "__main__":

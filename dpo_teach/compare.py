@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -142,11 +143,29 @@ def run_seed(config: CompareConfig, seed: int, progress: bool = False, verbose: 
         runs.append(run)
         if verbose:
             f = run["final"]
-            print(f"seed {seed} {method:6s} {run['param_name']}={param:<5g} reward {f['reward']:+.3f} "
+            print(f"seed {seed} {method:6s} {run['param_name']}={param:<5g} mean reward {f['reward']:.3f} "
                   f"KL {f['kl']:5.2f} fluency {f['fluency']:.0%}  ({run['train_s']:.1f} s)", flush=True)
     return {"seed": seed, "reference": {**evaluator.reference_point, "samples": evaluator.reference_samples},
             "stage": {k: v for k, v in stage.items() if k not in ("train_rows", "learned")}, "runs": runs,
             "wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(time.process_time() - cpu, 1)}
+
+
+def _seed_pool(workers: int):
+    """The seeds' processes, which ignore Ctrl-C: it reaches every process of the terminal, but only this one handles
+    it (leaving the pool ends them); otherwise each printed its own traceback. They are started with SIGINT ignored,
+    which they inherit, so that a Ctrl-C while they import torch is ignored too; the initializer covers a call from
+    another thread, where the signal's handler cannot be changed."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        return multiprocessing.get_context("spawn").Pool(workers, initializer=_ignore_interrupt)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _ignore_interrupt() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _seed_worker(config: CompareConfig, seed: int, verbose: bool) -> dict:
@@ -189,7 +208,7 @@ def run_comparison(config: CompareConfig, progress: bool = True, verbose: bool =
             parts = [run_seed(config, seed, progress, verbose) for seed in config.seeds]
         else:
             log(f"running {len(config.seeds)} seeds in {workers} processes, {config.threads} torch thread(s) each")
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            with _seed_pool(workers) as pool:
                 parts = pool.starmap(_seed_worker, [(config, seed, verbose) for seed in config.seeds])
     finally:
         torch.set_num_threads(threads)

@@ -54,10 +54,14 @@ def _stages_text(results: dict) -> str:
     pairs = stages[0]["pairs"]
     methods = methods_in(results)
     without = [m for m in methods if m not in USES_PAIRS]
+    users = [m for m in ("DPO",) if m in methods] + (["the reward model"] if "reward_model" in stages[0] else [])
+    uses = [f"{' and '.join(users)} train{'s' if len(users) == 1 else ''} on its {pairs['n_train']:,} training pairs"
+            ] if users else []
     out = [f"Before training (per seed): the preference set = {pairs['completions']:,} completions sampled from "
            f"π_ref and {pairs['ground_truth_calls']:,} ground-truth labels "
-           f"({_pm(mean_sd([s['pairs']['seconds'] for s in stages]), '.1f')} s); DPO and the reward model train on its "
-           f"{pairs['n_train']:,} training pairs" + (f", {', '.join(without)} do not use it." if without else ".")]
+           f"({_pm(mean_sd([s['pairs']['seconds'] for s in stages]), '.1f')} s); "
+           + "; ".join(uses + ([f"{', '.join(without)} do{'es' if len(without) == 1 else ''} not use it"]
+                               if without else [])) + "."]
     if "reward_model" in stages[0]:
         rm = [s["reward_model"] for s in stages]
         users = ", ".join(m for m in methods if m in USES_REWARD_MODEL)
@@ -107,14 +111,14 @@ def frontier_sentence(results: dict, a: str, b: str, min_fluency: float = MIN_FL
     if np.isnan(g["gap"]):
         return f"{a} and {b} have no KL range where both have measured points{scope}: nothing to compare."
     per_seed = ", ".join(f"{x:+.3f}" for x in g["per_seed"])
-    if g["seeds"] < g["of_seeds"]:
-        per_seed += f": only {g['seeds']} of {g['of_seeds']} seeds share a KL range"
-    at = "; ".join(f"at KL {k:g}: {fa:+.3f} vs {fb:+.3f}" for k, (fa, fb) in g["at"].items())
-    return (f"{a}'s reward–KL frontier {_relation(g['share_above'])} {b}'s{scope}: at matched KL, from "
+    some = ("" if g["seeds"] == g["of_seeds"] else f"on {g['seeds']} of {g['of_seeds']} seeds only (only those share "
+            "a KL range where both have measured points; one seed's gap is no agreement between seeds), ")
+    at = "; ".join(f"at KL {k:g}: {fa:.3f} vs {fb:.3f}" for k, (fa, fb) in g["at"].items())
+    return (f"{a}'s reward–KL frontier {_relation(g['share_above'])} {b}'s{scope}: {some}at matched KL, from "
             f"{g['kl_min']:.2f} to {g['kl_max']:.2f} nats where both have measured points, {a}'s reward is "
             f"{abs(g['gap']):.3f} {'higher' if g['gap'] >= 0 else 'lower'} on average (per seed {per_seed}; {a} "
             f"ahead on {g['share_above']:.0%} of the KL grid)"
-            + (f". Reward at matched KL, {a} vs {b}: {at}." if at else "."))
+            + (f". Mean reward at matched KL, {a} vs {b}: {at}." if at else "."))
 
 
 # Frontier comparisons the conclusions state, each with what it isolates (a, b, what a removes or adds vs b)
@@ -132,6 +136,8 @@ STORY = [("DPO", "PPO", "DPO drops the reward model, the value model and samplin
 def gap_table(results: dict, min_fluency: float = MIN_FLUENCY) -> str:
     """Markdown: the matched-KL frontier gap of every pair of methods (row minus column, mean ± sd over seeds)."""
     methods = methods_in(results)
+    if len(methods) < 2:
+        return f"Only one method ({', '.join(methods)}): no frontier gaps to compare.\n"
     lines = ["| row − column | " + " | ".join(methods[1:]) + " |", "|" + "---|" * len(methods)]
     for i, a in enumerate(methods[:-1]):
         cells = ["" if j <= i else gap_text(matched_kl_gap(results, a, b, min_fluency))
@@ -170,15 +176,32 @@ def verdict(results: dict) -> str:
         return "Only one method in these results: nothing to compare."
     (top, _), (second, _) = order[0], order[1]
     g = matched_kl_gap(results, top, second, MIN_FLUENCY)
-    noise = evaluation_noise(results) * np.sqrt(2)  # standard error of a difference of two evaluations
+    se = gap_standard_error(results, g)
     signs = {bool(x > 0) for x in g["per_seed"]}
-    clear = abs(g["gap"]) > 2 * noise and signs == {True}
+    clear = abs(g["gap"]) > 2 * se and signs == {True}
     return (f"Verdict at matched KL (points with fluency ≥ {MIN_FLUENCY:.0%}): {top}'s frontier lies highest, "
             f"{gap_text(g)} reward above the runner-up {second} (per seed "
-            f"{', '.join(f'{x:+.3f}' for x in g['per_seed'])}); a difference of two evaluations has a standard error "
-            f"≈ {noise:.3f}, so this lead is " + ("clear of the noise." if clear else "within the noise: a tie on this "
-                                                  "toy world.") + " Ranking by mean gap against all others: "
+            f"{', '.join(f'{x:+.3f}' for x in g['per_seed'])}); {_se_text(g, se)}, so this lead is "
+            + ("clear of the noise." if clear else "within the noise: a tie on this toy world.")
+            + " Ranking by mean gap against all others: "
             + ", ".join(f"{m} {round(v, 3) + 0.0:+.3f}" for m, v in order) + ".")
+
+
+def gap_standard_error(results: dict, g: dict) -> float:
+    """Standard error of ``g``'s gap (a :func:`matched_kl_gap`), its mean over ``g["seeds"]`` seeds: each seed's gap
+    is a difference of two evaluations (standard error ``evaluation_noise · √2``), or varies between seeds by its
+    sd, whichever is larger; the mean over independent seeds divides that by √seeds."""
+    per_seed = evaluation_noise(results) * np.sqrt(2)
+    if g["seeds"] > 1 and np.isfinite(g["gap_sd"]):
+        per_seed = max(per_seed, g["gap_sd"])
+    return float(per_seed / np.sqrt(max(g["seeds"], 1)))
+
+
+def _se_text(g: dict, se: float) -> str:
+    if g["seeds"] <= 1:
+        return f"a difference of two evaluations has a standard error ≈ {se:.3f}"
+    return (f"its mean over {g['seeds']} seeds has a standard error ≈ {se:.3f} (the larger of the evaluation noise and "
+            "the spread between seeds, over √seeds)")
 
 
 def length_sentence(results: dict) -> str | None:
@@ -187,15 +210,20 @@ def length_sentence(results: dict) -> str | None:
     if not {"GRPO-GT", "GRPO-GT/token"} <= set(methods):
         return None
     rows = {(r["method"], r["param"]): r for r in summarize(results)}
-    parts = []
+    parts, longer = [], []
     for (m, param), r in sorted(rows.items()):
         if m == "GRPO-GT" and ("GRPO-GT/token", param) in rows:
             t = rows[("GRPO-GT/token", param)]
             parts.append(f"β={param:g}: {_pm(r['length'], '.1f')} (per sequence) vs {_pm(t['length'], '.1f')} "
-                         f"(per token) tokens, reward {r['reward'][0]:+.3f} vs {t['reward'][0]:+.3f}")
+                         f"(per token) tokens, mean reward {r['reward'][0]:.3f} vs {t['reward'][0]:.3f}")
+            spread = float(np.hypot(r["length"][1], t["length"][1]))  # sd over seeds of the difference, at most
+            longer.append(r["length"][0] - t["length"][0] > max(spread, 0.1))
     ref = np.mean([v.get("length", np.nan) for v in results["reference"].values()])
+    shown = (f"per-sequence averaging gave longer completions at {sum(longer)} of {len(longer)} β by more than the "
+             "spread between seeds" + (": the length bias shows here." if all(longer) else
+                                       ", so the length bias does not show clearly at this size."))
     return (f"Loss averaging and completion length (GRPO-GT, final evaluation, π_ref {ref:.1f} tokens): "
-            + "; ".join(parts) + ".")
+            + "; ".join(parts) + f"; {shown}")
 
 
 def conclusions(results: dict) -> dict[str, str]:

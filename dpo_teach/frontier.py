@@ -19,6 +19,7 @@ from pathlib import Path
 
 import matplotlib.ticker
 import numpy as np
+from matplotlib.lines import Line2D
 
 from dpo_teach.plots import plt
 from dpo_teach.utils import atomic_write_text
@@ -250,13 +251,18 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
 
     Hollow markers: fluency below the target. Each frontier joins a method's fluent points, as every matched-KL
     comparison does: solid between measured points, dotted from π_ref (KL 0) to the first, which no evaluation
-    measured. ``highlight`` ({method: setting}) draws those runs' trajectories.
+    measured. ``highlight`` ({method: setting}) draws those runs' trajectories. The reward panel ends a little past
+    the highest fluent KL, where the comparisons end (points beyond it, all below the fluency target, are counted in
+    a note there); the fluency panel shows every point.
     """
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     pairs = next(iter(results["stages"].values()))["pairs"]["completions"]
+    all_kl, fluent_kl = [], [0.0]
     for m in methods_in(results):
         p = points(results, m)
         fluent = p[:, 2] >= MIN_FLUENCY
+        all_kl += p[:, 0].tolist()
+        fluent_kl += p[fluent, 0].tolist()
         for ax, y in ((axes[0], 1), (axes[1], 2)):
             ax.scatter(p[fluent, 0], p[fluent, y], color=COLORS[m], s=18, alpha=0.7)
             ax.scatter(p[~fluent, 0], p[~fluent, y], facecolors="none", edgecolors=COLORS[m], s=18)
@@ -278,6 +284,14 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
             axes[0].plot(traj[:, 0], traj[:, 1], "--", color=COLORS[m], lw=1.5, marker="x",
                          label=f"{m} {'β' if PARAM_NAMES[m] == 'beta' else 'kl'}={param:g} run")
     axes[0].set(xlabel="KL(π‖π_ref), nats", ylabel="mean ground-truth reward", title="reward–KL frontier")
+    right = 1.1 * max(fluent_kl) or 1.0
+    beyond = sum(k > right for k in all_kl)
+    if beyond:  # only disfluent points lie there: the reward panel keeps the range the frontiers are compared on
+        axes[0].set_xlim(left=min(0.0, axes[0].get_xlim()[0]), right=right)
+        axes[0].annotate(f"{beyond} point(s) beyond KL {right:.1f}, all with fluency < {MIN_FLUENCY:.0%}: see the "
+                         "fluency panel", xy=(0.99, 0.02), xycoords="axes fraction", ha="right", fontsize=7,
+                         color="gray")
+
     axes[1].axhline(MIN_FLUENCY, color="gray", ls=":")
     axes[1].set(xlabel="KL(π‖π_ref), nats", ylabel="fluency (share well-formed)", title="fluency")
     axes[2].set(xscale="log", xlabel="completions sampled (preference set + training)",
@@ -285,7 +299,11 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
     axes[2].xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     axes[2].xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
     axes[2].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axes[0].legend(fontsize=8)
+    handles = axes[0].get_legend_handles_labels()[0] + [  # what the line and marker styles mean
+        Line2D([], [], ls=":", color="gray", label="π_ref → first evaluation (drawn, not measured)"),
+        Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="gray",
+               label=f"fluency < {MIN_FLUENCY:.0%}")]
+    axes[0].legend(handles=handles, fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -219,7 +219,8 @@ def train_group_policy(policy, reference, tokenizer, reward_fn: RewardFn, config
     reference.eval()
     history: list[dict] = []
     per_step = config.prompts_per_step * config.group_size
-    for step in tqdm(range(config.steps), desc=f"{name} β={config.beta:g}", disable=not progress):
+    label = f"{name} {'kl' if name == 'RLOO' else 'β'}={config.beta:g}"  # RLOO's β is a KL coefficient in the reward
+    for step in tqdm(range(config.steps), desc=label, disable=not progress):
         lr = lr_at(step, config.steps, config.lr)
         set_lr(optimizer, lr)
         prompts = prompt_rng.choices(grammar.all_prompts(), k=config.prompts_per_step)

@@ -288,7 +288,7 @@ def train_ppo(policy, reference, value_model: ScalarModel, tokenizer, reward_fn:
     optimizer = adamw(list(policy.parameters()) + list(value_model.parameters()), config.lr, eps=1e-5)
     reference.eval()
     history: list[dict] = []
-    for step in tqdm(range(config.steps), desc=f"PPO β={config.kl_coef:g}", disable=not progress):
+    for step in tqdm(range(config.steps), desc=f"PPO kl={config.kl_coef:g}", disable=not progress):
         lr = lr_at(step, config.steps, config.lr)
         set_lr(optimizer, lr)
         prompts = prompt_rng.choices(grammar.all_prompts(), k=config.rollout_size)

@@ -93,7 +93,8 @@ def test_a_gap_measured_on_one_seed_does_not_pass_for_two_that_agree():
     g = frontier.matched_kl_gap(results, "DPO", "PPO", min_fluency=0.0)
     assert (g["seeds"], g["of_seeds"], len(g["per_seed"])) == (1, 2, 1) and np.isnan(g["gap_sd"])
     assert conclusions.gap_text(g) == f"{g['gap']:+.3f} (1 of 2 seeds)"
-    assert "only 1 of 2 seeds share a KL range" in conclusions.frontier_sentence(results, "DPO", "PPO", 0.0)
+    sentence = conclusions.frontier_sentence(results, "DPO", "PPO", 0.0)
+    assert "lies above PPO's: on 1 of 2 seeds only (only those share a KL range" in sentence, sentence
     for run in results["runs"]:
         run["final"]["reward_std"] = 0.5
     table = conclusions.gap_table({**results, "config": {"n_eval_prompts": 100}}, 0.0)
@@ -107,7 +108,16 @@ def test_the_figure_draws_each_frontier_as_the_comparisons_compute_it():
 
     fig = frontier.plot_frontier(fake_results())
     lines = {(line.get_label(), line.get_linestyle()): line.get_xydata().tolist() for line in fig.axes[0].lines}
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    reward_panel, fluency_panel = fig.axes[0].get_xlim(), fig.axes[1].get_xlim()
+    note = [t.get_text() for t in fig.axes[0].texts]
     plt.close(fig)
+    # the reward panel ends past the highest fluent KL (2), so the disfluent DPO point at KL 3 (a seed mean) does not
+    # squeeze the frontiers; the fluency panel shows it, and a note counts it; the legend says what dotted and
+    # hollow mean
+    assert 2.0 < reward_panel[1] < 3.0 and fluency_panel[1] > 3.0
+    assert note == ["1 point(s) beyond KL 2.2, all with fluency < 70%: see the fluency panel"], note
+    assert "π_ref → first evaluation (drawn, not measured)" in legend and "fluency < 70%" in legend
     assert lines[("DPO frontier", "-")] == [[0.5, 0.3], [1.0, 0.5]]
     assert lines[("PPO frontier", "-")] == [[1.0, 0.4], [2.0, 0.6]]
     dotted = sorted(xy for (label, style), xy in lines.items() if style == ":")
@@ -159,6 +169,50 @@ def test_gap_table_covers_every_pair_and_states_the_noise():
     assert "frontier online-DPO vs DPO" in text
     assert "0.1: 9.5 ± 0.7 (per sequence) vs 12.5 ± 0.7 (per token) tokens" in text["length"]
     assert "online-DPO sampled 600 per run" in text["completions"]
+
+
+def test_a_lead_every_seed_agrees_on_is_judged_against_the_noise_of_the_mean_over_seeds():
+    """Each seed's gap is a difference of two evaluations (standard error 0.05·√2 here); the mean over two seeds has
+    1/√2 of it, 0.05. So a lead of 0.12 on both seeds is clear of the noise (2 × 0.05), one of 0.08 is not; and a
+    spread between seeds larger than the evaluation noise counts instead of it."""
+    def results_with(leads):
+        runs = []
+        for seed, lead in enumerate(leads):
+            runs += [_run("DPO", 1.0, seed, [(0, 0), (1, 0.5 + lead), (2, 0.7 + lead)]),
+                     _run("PPO", 0.1, seed, [(0, 0), (1, 0.5), (2, 0.7)])]
+        for run in runs:
+            run["final"]["reward_std"] = 0.5
+        return {**fake_results(), "runs": runs, "config": {"n_eval_prompts": 100}}  # one evaluation: 0.5 / √100
+
+    clear = conclusions.verdict(results_with([0.12, 0.12]))
+    assert "DPO's frontier lies highest" in clear and "standard error ≈ 0.050" in clear
+    assert "clear of the noise" in clear
+    assert "a tie" in conclusions.verdict(results_with([0.08, 0.08]))
+    spread = results_with([0.05, 0.35])  # mean 0.2, sd 0.21 over seeds: 0.21 / √2 = 0.15 per mean, 0.2 < 2 × 0.15
+    assert "standard error ≈ 0.150" in conclusions.verdict(spread) and "a tie" in conclusions.verdict(spread)
+
+
+def test_the_texts_name_only_the_methods_that_ran():
+    """`--methods PPO-GT GRPO-GT` trains neither DPO nor a reward model; `--methods DPO` has no pair to compare."""
+    results = fake_results()
+    for run in results["runs"]:
+        run["method"] = {"DPO": "PPO-GT", "PPO": "GRPO-GT"}[run["method"]]
+    before = conclusions.results_table(results).split("\n\n", 1)[1].splitlines()[0]
+    assert "DPO" not in before and "reward model" not in before, before
+    assert before.endswith("s); PPO-GT, GRPO-GT do not use it."), before
+    results["runs"] = [r for r in fake_results()["runs"] if r["method"] == "DPO"]
+    assert "s); DPO trains on its 80 training pairs." in conclusions.results_table(results)
+    assert conclusions.gap_table(results) == "Only one method (DPO): no frontier gaps to compare.\n"
+
+
+def test_the_length_sentence_says_whether_per_sequence_averaging_made_completions_longer():
+    results = _fake_family()  # per sequence 9.5 ± 0.7 tokens, per token 12.5 ± 0.7: shorter
+    assert "longer completions at 0 of 1 β" in conclusions.conclusions(results)["length"]
+    for run in results["runs"]:
+        if run["method"] == "GRPO-GT":
+            run["final"]["length"] += 6  # 15.5 per sequence against 12.5 per token, spread 1
+    assert "at 1 of 1 β by more than the spread between seeds: the length bias shows here." in \
+        conclusions.conclusions(results)["length"]
 
 
 def test_jobs_follow_each_methods_sweep():
@@ -231,3 +285,30 @@ def test_fast_comparison_end_to_end(tmp_path, cache_root, capsys):
             "completions"} <= set(text)
     assert text["frontier DPO vs PPO"] in printed and "| PPO-GT ★ |" in (out / "table.md").read_text()
     save_figure(frontier.plot_frontier(results, highlight={"DPO": 1.0, "PPO": 0.1}), tmp_path / "h.png")
+
+
+def test_ctrl_c_during_a_comparison_says_nothing_was_kept_and_prints_no_worker_traceback(tmp_path, cache_root):
+    """Ctrl-C reaches every process of the terminal (here: the command's process group), the seed processes too,
+    while they still import torch. Only the command answers, in one line; an earlier run in --out stays as it was."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "results.json").write_text('{"earlier": true}')
+    proc = subprocess.Popen([sys.executable, "-m", "dpo_teach.cli", "compare", "--fast", "--methods", "DPO",
+                             "--seeds", "0", "1", "--workers", "2", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "DPO_TEACH_CACHE": str(cache_root)})
+    for line in proc.stdout:  # the parent says it starts the seeds' processes, then starts them
+        if line.startswith("running 2 seeds in 2 processes"):
+            break
+    time.sleep(1.0)  # the seed processes are importing torch
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "none of this run's results were kept" in err, err[-2000:]
+    assert (out / "results.json").read_text() == '{"earlier": true}'
