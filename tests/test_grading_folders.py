@@ -76,6 +76,7 @@ def test_a_notebook_jupyter_runs_is_graded_though_nbformat_schema_refuses_it(ass
     assert (rows["vscode"]["status"], rows["vscode"]["score"], rows["vscode"]["possible"]) == ("graded", 5.0, 5.0), \
         rows["vscode"]["reason"]
     assert rows["nocells"]["status"] == "invalid" and "cells" in rows["nocells"]["reason"]
+    assert all(q["hidden_failed"] == [] for q in rows["vscode"]["questions"].values())  # every hidden test passed
 
 
 def test_a_cell_without_source_is_read_as_the_runner_runs_it_and_a_source_that_is_no_text_is_not(tmp_path):
@@ -91,6 +92,25 @@ def test_a_cell_without_source_is_read_as_the_runner_runs_it_and_a_source_that_i
     path.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 4, "metadata": {}, "cells": cells}))
     nb, problem = submissions.read_notebook(path)
     assert nb is None and "cell 1" in problem and "not text" in problem
+
+
+def test_the_instructor_reads_what_a_failed_hidden_test_says_and_the_student_does_not():
+    """"hidden test 2 of 3 failed" is all a student sees; the instructor's grades.json says which assert failed."""
+    from dpo_teach.grading.reports import row_reason
+
+    cases = [{"passed": True, "hidden": False, "message": ""},
+             {"passed": True, "hidden": True, "message": ""},
+             {"passed": False, "hidden": True, "message": "AssertionError: p(y) = 0 must contribute 0"},
+             {"passed": False, "hidden": True, "message": ""}]
+    assert grade_module._hidden_failures(cases) == ["hidden test 2 of 3: AssertionError: p(y) = 0 must contribute 0",
+                                                    "hidden test 3 of 3: (no message)"]
+    public_passed, feedback = grade_module._public_feedback(cases)
+    row = {**empty_row("ann", Path(f"ann_{KL}.ipynb"), KL, "graded"), "score": 0.0, "possible": 2.0,
+           "questions": {"kl_divergence": {"score": 0.0, "possible": 2.0, "public_passed": public_passed,
+                                           "feedback": feedback,
+                                           "hidden_failed": grade_module._hidden_failures(cases)}}}
+    assert "must contribute" not in row_reason(row) and "hidden test 2 of 3" in row_reason(row)
+    assert "must contribute" not in gradescope._student_output(row, set())
 
 
 def test_of_copies_saved_in_the_same_instant_the_higher_copy_number_is_the_later(tmp_path):

@@ -392,6 +392,23 @@ def test_routes_to_the_runner_and_to_processes_are_flagged(assigned, what):
     assert _scan_with(assigned, ROUTES[what])["grader"], what
 
 
+def test_an_install_in_the_notebook_is_flagged_with_the_command_and_what_to_do_instead():
+    """Colab's habit, `!pip install …` or `%pip install …` in the notebook handed in: flagged like any shell command
+    (without the sandbox, it would install on the grader's machine), and the reason quotes it and says what to do.
+    A string that names the grader is named as such, not as a path."""
+    cells = [{"cell_type": "code", "source": source} for source in
+             ("!pip install otter-grader", "%pip install -e ..", "!ls | head", "x = open('/proc/self/status')")]
+    found = scan(cells, [], {})["grader"]
+    assert any(f.startswith("code cell 1, line 1: runs the shell command !pip install otter-grader (installing "
+                            "belongs in a terminal") for f in found), found
+    assert any(f.startswith("code cell 2, line 1: runs the IPython magic %pip (installing belongs") for f in found)
+    assert "code cell 3, line 1: runs the shell command !ls | head" in found
+    assert "code cell 1, line 1: names 'otter', which a notebook must leave to the grader, in the string 'pip " \
+        "install otter-grader'" in found and not any("names the path" in f for f in found)
+    assert "code cell 4, line 1: names '/proc', which a notebook must leave to the grader, in the string " \
+        "'/proc/self/status'" in found
+
+
 def test_a_notebook_without_exercises_is_not_graded_and_says_so(hostile):
     row = hostile["rows"]["olga_06_ppo_vs_dpo"]
     assert row["status"] == "skipped" and row["assignment"] == "06_ppo_vs_dpo", row

@@ -79,6 +79,15 @@ def _public_feedback(cases: list[dict]) -> tuple[bool, str]:
         f": {first['message']}" if first.get("stopped") else "")
 
 
+def _hidden_failures(cases: list[dict]) -> list[str]:
+    """For the instructor only (``grades.json``; never the feedback, the CSV or Gradescope's output): each failed
+    hidden case with its message, what its assert says or what the student's code raised, so that "hidden test 2
+    of 3 failed" can be answered without rerunning the notebook."""
+    hidden = [c for c in cases if c["hidden"]]
+    return [f"hidden test {i} of {len(hidden)}: {c['message'] or '(no message)'}"
+            for i, c in enumerate(hidden, 1) if not c["passed"]]
+
+
 def _released(assignment: str, released_dir: Path) -> list[dict]:
     path = Path(released_dir) / f"{assignment}.ipynb"
     try:
@@ -128,7 +137,7 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
                             "(course rule: write your own; the package's version is for after your exercise)")
             row["questions"][q] = {"score": float(auto[q]["points"]) if passed else 0.0,
                                    "possible": float(auto[q]["points"]), "public_passed": public_passed,
-                                   "feedback": feedback}
+                                   "feedback": feedback, "hidden_failed": _hidden_failures(cases)}
         row["flags"] = found["grader"] + [f"at run time: changed {t}" for t in outcome["tampered"]]
         if row["flags"]:  # also when it crashed or ran out of time: what it tried matters more
             row["status"] = "flagged"

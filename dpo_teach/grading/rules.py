@@ -55,6 +55,10 @@ FRAGMENTS = {"tb_", "f_", "gi_", "cr_", "ag_", "__glob", "__buil", "__trace"}
 GRADER_PATHS = re.compile(r"/proc\b|/dev/|autograder|(^|/)tests/|/tests$|(^|/)test/|/test$|\.zip$|\botter\b"
                           r"|(^|/)\.git(/|$)|(^|/)masters(/|$)")  # not "tests" alone: a plot's title
 OTTER_ALLOWED = {"Notebook", "check", "check_all", "export", "to_pdf"}
+# A set-up command in the notebook itself (Colab's habit): flagged like any shell command, with what to do instead.
+INSTALLS = re.compile(r"\s*(sudo\s+)?(pip3?|conda|mamba|uv|python3?\s+-m\s+pip|apt(-get)?)\b")
+_INSTALL_HINT = (" (installing belongs in a terminal or a notebook of your own, not in the notebook you hand in: "
+                 "delete the cell and hand it in again)")
 # IPython magics that run nothing of their own; those whose argument or body is Python code have it scanned.
 SAFE_MAGICS = {"matplotlib", "config", "precision", "pprint", "autoreload", "pinfo", "pinfo2", "pdoc", "pdef",
                "psource", "who", "whos"}
@@ -184,7 +188,9 @@ class Visitor(ast.NodeVisitor):
         shell = node.func.value.func
         kind, args = node.func.attr, [_text(a) for a in node.args]
         if kind not in ("run_line_magic", "run_cell_magic") or not args or args[0] is None:
-            self.flag(node, "runs a shell command (!...)" if kind in ("system", "getoutput")
+            command = args[0] if kind in ("system", "getoutput") and args and args[0] else None
+            self.flag(node, f"runs the shell command !{command[:60]}{_INSTALL_HINT if INSTALLS.match(command) else ''}"
+                      if command else "runs a shell command (!...)" if kind in ("system", "getoutput")
                       else f"uses IPython's {kind}")
             self.vetted.add(id(shell))
             return
@@ -193,7 +199,7 @@ class Visitor(ast.NodeVisitor):
         if magic == "load_ext" and args[1:2] == ["autoreload"] or magic in SAFE_MAGICS:
             return
         if magic not in CODE_MAGICS or None in args:
-            self.flag(node, f"runs the IPython magic %{magic}")
+            self.flag(node, f"runs the IPython magic %{magic}" + (_INSTALL_HINT if magic in ("pip", "conda") else ""))
             return
         for code in ([_options_removed(args[1])] if magic != "capture" else []) + args[2:3]:
             try:
@@ -240,8 +246,9 @@ class Visitor(ast.NodeVisitor):
     def constant(self, node, fragments: bool = True) -> None:
         if not isinstance(node.value, str):
             return
-        if GRADER_PATHS.search(node.value):
-            self.flag(node, f"names the path {node.value[:40]!r}")
+        if found := GRADER_PATHS.search(node.value):
+            self.flag(node, f"names {found.group(0)!r}, which a notebook must leave to the grader, in the string "
+                            f"{node.value[:40]!r}")
         words = INTERNAL_WORDS.findall(node.value)
         if words or (fragments and node.value in FRAGMENTS):
             self.flag(node, f"names {(words or [node.value])[0]!r} in a string")
