@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "The full sweep of all methods took 4.7 minutes on 2 free cores (about twice "
                                    "that on a busy machine); --methods DPO PPO PPO-GT alone, 2.5 minutes.")
     c.add_argument("--fast", action="store_true",
-                   help="one setting per method, shorter runs (under a minute on 2 free cores)")
+                   help="one setting per method (two β for DPO), shorter runs (about a minute on 2 free cores)")
     c.add_argument("--methods", nargs="+", metavar="METHOD",
                    help="run only these methods (default: all; with --fast all but online-DPO-fixed, "
                         "online-DPO-RM and GRPO-GT/token), e.g. --methods DPO PPO PPO-GT")

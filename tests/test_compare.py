@@ -257,7 +257,7 @@ def test_fast_comparison_end_to_end(tmp_path, cache_root, capsys):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     cfg = CompareConfig.fast()
-    assert len(results["runs"]) == len(FAST_METHODS) * len(cfg.seeds)
+    assert len(results["runs"]) == len(jobs(cfg)) * len(cfg.seeds) and set(jobs(cfg)) >= {("DPO", 0.3), ("DPO", 1.0)}
     assert all(len(r["evals"]) == cfg.n_evals + 1 for r in results["runs"])  # π_ref + n_evals checkpoints
     rollouts = cfg.ppo.steps * cfg.ppo.rollout_size
     groups = cfg.grpo.steps * cfg.grpo.prompts_per_step * cfg.grpo.group_size
@@ -280,6 +280,8 @@ def test_fast_comparison_end_to_end(tmp_path, cache_root, capsys):
     assert best["DPO"]["reward_gain"][0] >= 0.2
     for method in ("GRPO-GT", "online-DPO"):
         assert best[method]["reward_gain"][0] >= 0.2, (method, best[method]["reward_gain"])
+    gap = frontier.matched_kl_gap(results, "DPO", "PPO")  # the live demo's headline rests on every seed
+    assert gap["seeds"] == gap["of_seeds"] == 2, gap
     text = conclusions.conclusions(results)
     assert {"frontier DPO vs PPO", "frontier DPO vs PPO-GT", "frontier GRPO vs PPO", "frontier online-DPO vs DPO",
             "completions"} <= set(text)
