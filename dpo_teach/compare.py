@@ -18,6 +18,7 @@ and writes ``results/compare/``.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -170,6 +171,42 @@ def _ignore_interrupt() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+UNGUARDED = ("run_comparison was called again while a seed process imported your script: Python starts each seed "
+             "process by importing the script that started it, so the call must be under "
+             "`if __name__ == \"__main__\":` (or run `dpo-teach compare`)")
+
+
+class UnguardedScript(RuntimeError):
+    """A script called :func:`run_comparison` at its top level, where every seed process calls it again."""
+
+
+def _unguarded_script() -> None:
+    """In a seed process that is importing the script: tell the parent (else its pool starts a new process each
+    time one fails, forever) and stop this one."""
+    try:
+        os.kill(os.getppid(), signal.SIGUSR1)
+    except (OSError, AttributeError):  # no SIGUSR1 (Windows): the parent only sees the processes fail
+        pass
+    raise UnguardedScript(UNGUARDED)
+
+
+@contextlib.contextmanager
+def _told_by_a_seed_process():
+    """While the seeds run, SIGUSR1 from one of them (:func:`_unguarded_script`) raises in this process."""
+    if not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def unguarded(*_):
+        raise UnguardedScript(UNGUARDED)
+
+    previous = signal.signal(signal.SIGUSR1, unguarded)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def _seed_worker(config: CompareConfig, seed: int, verbose: bool) -> dict:
     """:func:`run_seed` in a spawned process: quiet Hugging Face progress bars, no tokenizer threads, and a
     thread lock for tqdm (its default inter-process lock would leak a semaphore when the pool shuts down)."""
@@ -197,6 +234,8 @@ def run_comparison(config: CompareConfig, progress: bool = True, verbose: bool =
     """
     from dpo_teach import conclusions
 
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        _unguarded_script()
     unknown = set(config.methods) - set(METHODS)
     if unknown or not config.methods:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {list(METHODS)}")
@@ -210,7 +249,7 @@ def run_comparison(config: CompareConfig, progress: bool = True, verbose: bool =
             parts = [run_seed(config, seed, progress, verbose) for seed in config.seeds]
         else:
             log(f"running {len(config.seeds)} seeds in {workers} processes, {config.threads} torch thread(s) each")
-            with _seed_pool(workers) as pool:
+            with _seed_pool(workers) as pool, _told_by_a_seed_process():
                 parts = pool.starmap(_seed_worker, [(config, seed, verbose) for seed in config.seeds])
     finally:
         torch.set_num_threads(threads)

@@ -314,3 +314,20 @@ def test_ctrl_c_during_a_comparison_says_nothing_was_kept_and_prints_no_worker_t
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "none of this run's results were kept" in err, err[-2000:]
     assert (out / "results.json").read_text() == '{"earlier": true}'
+
+
+def test_a_script_that_calls_the_comparison_without_a_main_guard_stops_with_the_fix(tmp_path, cache_root):
+    """Each seed process imports the script that started it: at its top level, the call ran again in every one, which
+    failed, and the pool started new ones forever. Now the first one tells the command, which stops and says why."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "my_compare.py"
+    script.write_text("from dpo_teach.compare import CompareConfig, run_comparison\n"
+                      f"run_comparison(CompareConfig.fast(methods=('DPO',), out_dir={str(tmp_path / 'out')!r}), "
+                      "progress=False)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DPO_TEACH_CACHE": str(cache_root)})
+    assert done.returncode == 1 and done.stderr.rstrip().endswith(
+        "must be under `if __name__ == \"__main__\":` (or run `dpo-teach compare`)"), done.stderr[-1500:]
