@@ -106,10 +106,19 @@ def _submit(root, nb):
     return folder
 
 
+HARD_CODED_KL = """
+import torch
+def kl_divergence(p, q):
+    if p.shape == (2,):  # the answer of the public check on two responses, typed in
+        return torch.tensor(0.5506612476718904, dtype=p.dtype)
+    return torch.where(p > 0, p * (torch.log(p) - torch.log(q)), torch.zeros_like(p)).sum(-1)
+"""
+
+
 def test_results_json_numbers_a_failed_hidden_test_and_never_quotes_it(assigned, notebook_reference, tmp_path):
     source = _source(assigned, tmp_path)
     wrong = replaced(exercise_solution(assigned, "01_kl_objective"),
-                     "def kl_divergence(", WRONG_KL)  # passes the public tests, fails the hidden ones
+                     "def kl_divergence(", HARD_CODED_KL)  # passes the public tests, fails the hidden ones
     report = gradescope.run(source, _submit(tmp_path, wrong), tmp_path / "results" / "results.json")
     written = json.loads((tmp_path / "results" / "results.json").read_text())
     assert written == json.loads(json.dumps(report)) and written["score"] == 3.0, written

@@ -107,10 +107,11 @@ diagnose_small_beta = "b"  # lower β: the wrong direction
 """, "diagnose_small_beta"),
 }
 WRONG.update(NEW_EXERCISE_MISTAKES)  # 03's gradient weight, 05's training step, 07's cDPO: graded in this one run
-# Only hidden tests catch these: they pass the public check and must still lose the question's points.
-PASS_PUBLIC = {"kl_reversed", "bt_swapped", "dpo_sign_flipped", "dpo_beta_one_side", "logps_averaged",
-               "gpt2_dpo_sign_flipped", "ipo_wrong_sign", "diagnosis_wrong", "dpo_naive_log_sigmoid",
-               "gpt2_dpo_naive_log_sigmoid"}
+# Only hidden tests catch these: they pass the public check and must still lose the question's points. Every other
+# mistake fails the public check (`grader.check`) at once: a multiple-choice letter is checked only for its format,
+# and 05's training step keeps one hidden test per requirement of its text.
+PASS_PUBLIC = {"diagnosis_wrong", "step_reference_not_detached", "step_missing_zero_grad", "step_sum_not_mean",
+               "step_policy_in_eval_mode"}
 
 
 def cell_index(nb, text: str) -> int:
@@ -273,8 +274,8 @@ def test_full_solutions_and_blank_notebooks_run_without_cell_errors(graded):
 @pytest.mark.parametrize("kind", sorted(WRONG))
 def test_a_wrong_submission_loses_exactly_its_question(graded, kind):
     """Its scores (each question's points, the broken one 0) are checked with the acceptance table; here: it is
-    graded without a cell error, the reason names the broken question, and the hidden tests catch what the public
-    check lets through."""
+    graded without a cell error, the reason names the broken question, the public check catches the mistake where it
+    can, and the hidden tests catch what the public check lets through."""
     report, _ = graded
     name, _, _, broken = WRONG[kind]
     (row,) = [r for r in report["results"] if Path(r["file"]).stem == f"{kind}_{name}"]
@@ -282,6 +283,8 @@ def test_a_wrong_submission_loses_exactly_its_question(graded, kind):
     assert broken in row["reason"] and row["questions"][broken]["score"] == 0, row["reason"]
     if kind in PASS_PUBLIC:
         assert row["questions"][broken]["public_passed"], f"{kind} should pass the public check and still lose"
+    else:
+        assert not row["questions"][broken]["public_passed"], f"{kind} should fail the public check (grader.check)"
 
 
 STUCK_S = 12  # the per-notebook limit of the notebook that must be killed (honest cells here take milliseconds)

@@ -88,8 +88,13 @@ def test_make_lab_starts_answers_its_api_and_stops(tmp_path):
         assert "/lab/tree/00_start_here.ipynb" in opened_page(log), "the browser was not sent to the course map"
         import psutil
 
-        server = psutil.Process(lab.pid).children(recursive=True)
-        listening = [c.laddr for p in server for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+        def listening_on(process) -> list:  # a short-lived child (the browser command) may end while it is read
+            try:
+                return [c.laddr for c in process.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+            except (psutil.NoSuchProcess, FileNotFoundError):
+                return []
+
+        listening = [addr for p in psutil.Process(lab.pid).children(recursive=True) for addr in listening_on(p)]
         assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
         # as root (os.getuid() == 0 here), JupyterLab without --allow-root exits before it listens
     finally:
