@@ -18,10 +18,10 @@ and writes ``results/compare/``.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -174,6 +174,7 @@ def _ignore_interrupt() -> None:
 UNGUARDED = ("run_comparison was called again while a seed process imported your script: Python starts each seed "
              "process by importing the script that started it, so the call must be under "
              "`if __name__ == \"__main__\":` (or run `dpo-teach compare`)")
+_FLAG = "DPO_TEACH_UNGUARDED_FLAG"  # set while a pool runs: the file a seed process creates to say the above
 
 
 class UnguardedScript(RuntimeError):
@@ -181,30 +182,25 @@ class UnguardedScript(RuntimeError):
 
 
 def _unguarded_script() -> None:
-    """In a seed process that is importing the script: tell the parent (else its pool starts a new process each
-    time one fails, forever) and stop this one."""
-    try:
-        os.kill(os.getppid(), signal.SIGUSR1)
-    except (OSError, AttributeError):  # no SIGUSR1 (Windows): the parent only sees the processes fail
-        pass
-    raise UnguardedScript(UNGUARDED)
-
-
-@contextlib.contextmanager
-def _told_by_a_seed_process():
-    """While the seeds run, SIGUSR1 from one of them (:func:`_unguarded_script`) raises in this process."""
-    if not hasattr(signal, "SIGUSR1") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def unguarded(*_):
+    """In a seed process that is importing the script (its pool's parent waits for the seeds, and would start a new
+    process each time one failed, forever): leave the flag file the parent looks for and end quietly; the parent
+    says why. Outside this package's pool (no flag set), raise."""
+    flag = os.environ.get(_FLAG)
+    if not flag:
         raise UnguardedScript(UNGUARDED)
+    Path(flag).touch()
+    raise SystemExit(1)
 
-    previous = signal.signal(signal.SIGUSR1, unguarded)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
+
+def _run_seeds(pool, config: CompareConfig, verbose: bool, flag: Path) -> list[dict]:
+    """The seeds' results, waiting in short slices so that a seed process's flag (:func:`_unguarded_script`) or a
+    Ctrl-C is seen at once."""
+    running = pool.starmap_async(_seed_worker, [(config, seed, verbose) for seed in config.seeds])
+    while not running.ready():
+        if flag.exists():
+            raise UnguardedScript(UNGUARDED)
+        running.wait(0.5)
+    return running.get()
 
 
 def _seed_worker(config: CompareConfig, seed: int, verbose: bool) -> dict:
@@ -249,8 +245,14 @@ def run_comparison(config: CompareConfig, progress: bool = True, verbose: bool =
             parts = [run_seed(config, seed, progress, verbose) for seed in config.seeds]
         else:
             log(f"running {len(config.seeds)} seeds in {workers} processes, {config.threads} torch thread(s) each")
-            with _seed_pool(workers) as pool, _told_by_a_seed_process():
-                parts = pool.starmap(_seed_worker, [(config, seed, verbose) for seed in config.seeds])
+            with tempfile.TemporaryDirectory() as scratch:
+                flag = Path(scratch) / "unguarded"
+                os.environ[_FLAG] = str(flag)  # before the pool: its processes inherit it
+                try:
+                    with _seed_pool(workers) as pool:
+                        parts = _run_seeds(pool, config, verbose, flag)
+                finally:
+                    os.environ.pop(_FLAG, None)
     finally:
         torch.set_num_threads(threads)
     results = {"format": FORMAT, "config": asdict(config),

@@ -18,6 +18,7 @@ from dpo_teach.frontier import (
     mean_sd,
     methods_in,
     plot_frontier,
+    runs_of,
     summarize,
 )
 from dpo_teach.plots import save_figure
@@ -111,14 +112,42 @@ def frontier_sentence(results: dict, a: str, b: str, min_fluency: float = MIN_FL
     if np.isnan(g["gap"]):
         return f"{a} and {b} have no KL range where both have measured points{scope}: nothing to compare."
     per_seed = ", ".join(f"{x:+.3f}" for x in g["per_seed"])
-    some = ("" if g["seeds"] == g["of_seeds"] else f"on {g['seeds']} of {g['of_seeds']} seeds only (only those share "
-            "a KL range where both have measured points; one seed's gap is no agreement between seeds), ")
+    some = _some_seeds(g) + ", " if g["seeds"] < g["of_seeds"] else ""
     at = "; ".join(f"at KL {k:g}: {fa:.3f} vs {fb:.3f}" for k, (fa, fb) in g["at"].items())
     return (f"{a}'s reward–KL frontier {_relation(g['share_above'])} {b}'s{scope}: {some}at matched KL, from "
             f"{g['kl_min']:.2f} to {g['kl_max']:.2f} nats where both have measured points, {a}'s reward is "
             f"{abs(g['gap']):.3f} {'higher' if g['gap'] >= 0 else 'lower'} on average (per seed {per_seed}; {a} "
             f"ahead on {g['share_above']:.0%} of the KL grid)"
             + (f". Mean reward at matched KL, {a} vs {b}: {at}." if at else "."))
+
+
+def _some_seeds(g: dict) -> str:
+    """``on 1 of 2 seeds only (…)``: a gap measured on only some of the seeds."""
+    if g["seeds"] == 1:
+        return (f"on 1 of {g['of_seeds']} seeds only (only that one has a KL range where both have measured points; "
+                "one seed's gap is no agreement between seeds)")
+    return f"on {g['seeds']} of {g['of_seeds']} seeds only (only those have a KL range where both have measured points)"
+
+
+def headline(results: dict, a: str, b: str) -> str:
+    """``a`` against ``b`` in one line (notebook 06's): the mean gap at matched KL, per seed, and against the noise."""
+    g = matched_kl_gap(results, a, b)
+    if not g["seeds"]:
+        return f"{a}'s and {b}'s fluent points share no KL range on any seed, so nothing compares them here."
+    some = f"; {_some_seeds(g)}" if g["seeds"] < g["of_seeds"] else ""
+    return (f"{a}'s frontier lies {'above' if g['gap'] >= 0 else 'below'} {b}'s by {abs(g['gap']):.3f} reward on "
+            f"average at matched KL (KL {g['kl_min']:.1f} to {g['kl_max']:.1f} nats; per seed "
+            f"{', '.join(f'{x:+.3f}' for x in g['per_seed'])}{some}); {against_noise(results, g)[1]}.")
+
+
+def against_noise(results: dict, g: dict) -> tuple[bool, str]:
+    """Whether the gap ``g`` (a :func:`matched_kl_gap` with at least one seed) is clear of the evaluation noise: more
+    than two standard errors (:func:`gap_standard_error`) and the same sign on every seed. A rule of thumb, not a
+    test: with two seeds the spread between them is itself barely measured. Returns (clear, the clause that says
+    so)."""
+    se = gap_standard_error(results, g)
+    clear = abs(g["gap"]) > 2 * se and len({bool(x > 0) for x in g["per_seed"]}) == 1
+    return clear, f"{_se_text(g, se)}, so the gap is {'clear of' if clear else 'within'} the noise"
 
 
 # Frontier comparisons the conclusions state, each with what it isolates (a, b, what a removes or adds vs b)
@@ -176,15 +205,19 @@ def verdict(results: dict) -> str:
         return "Only one method in these results: nothing to compare."
     (top, _), (second, _) = order[0], order[1]
     g = matched_kl_gap(results, top, second, MIN_FLUENCY)
-    se = gap_standard_error(results, g)
-    signs = {bool(x > 0) for x in g["per_seed"]}
-    clear = abs(g["gap"]) > 2 * se and signs == {True}
-    return (f"Verdict at matched KL (points with fluency ≥ {MIN_FLUENCY:.0%}): {top}'s frontier lies highest, "
-            f"{gap_text(g)} reward above the runner-up {second} (per seed "
-            f"{', '.join(f'{x:+.3f}' for x in g['per_seed'])}); {_se_text(g, se)}, so this lead is "
-            + ("clear of the noise." if clear else "within the noise: a tie on this toy world.")
-            + " Ranking by mean gap against all others: "
-            + ", ".join(f"{m} {round(v, 3) + 0.0:+.3f}" for m, v in order) + ".")
+    ranked = ("Ranking by mean gap against all others: " + ", ".join(f"{m} {round(v, 3) + 0.0:+.3f}" for m, v in order)
+              + ".")
+    head = f"Verdict at matched KL (points with fluency ≥ {MIN_FLUENCY:.0%}): "
+    if not g["seeds"]:
+        return (head + f"{top} ranks first, but it and the runner-up {second} have no KL range where both have "
+                f"measured points, so nothing compares the two directly. " + ranked)
+    clear, noise = against_noise(results, g)
+    per_seed = ", ".join(f"{x:+.3f}" for x in g["per_seed"])
+    if g["gap"] < 0:  # first against all others, yet below the runner-up where the two were measured
+        return (head + f"{top} ranks first, yet lies {gap_text(g).lstrip('-')} reward below the runner-up {second} "
+                f"where both were measured (per seed {per_seed}); {noise}. " + ranked)
+    return (head + f"{top}'s frontier lies highest, {gap_text(g)} reward above the runner-up {second} (per seed "
+            f"{per_seed}); {noise}" + ("." if clear else ": a tie on this toy world.") + " " + ranked)
 
 
 def gap_standard_error(results: dict, g: dict) -> float:
@@ -205,7 +238,8 @@ def _se_text(g: dict, se: float) -> str:
 
 
 def length_sentence(results: dict) -> str | None:
-    """What per-token instead of per-sequence loss averaging did to completion length (GRPO-GT vs GRPO-GT/token)."""
+    """What per-token instead of per-sequence loss averaging did to completion length (GRPO-GT vs GRPO-GT/token), and
+    whether per-sequence averaging made completions longer on every seed (the same seed's two runs compared)."""
     methods = methods_in(results)
     if not {"GRPO-GT", "GRPO-GT/token"} <= set(methods):
         return None
@@ -216,12 +250,21 @@ def length_sentence(results: dict) -> str | None:
             t = rows[("GRPO-GT/token", param)]
             parts.append(f"β={param:g}: {_pm(r['length'], '.1f')} (per sequence) vs {_pm(t['length'], '.1f')} "
                          f"(per token) tokens, mean reward {r['reward'][0]:.3f} vs {t['reward'][0]:.3f}")
-            spread = float(np.hypot(r["length"][1], t["length"][1]))  # sd over seeds of the difference, at most
-            longer.append(r["length"][0] - t["length"][0] > max(spread, 0.1))
+            per_token = {run["seed"]: run["final"]["length"] for run in runs_of(results, "GRPO-GT/token", param)}
+            differences = [run["final"]["length"] - per_token[run["seed"]]
+                           for run in runs_of(results, m, param) if run["seed"] in per_token]
+            longer.append(bool(differences) and all(d > 0.1 for d in differences))
+    if not parts:
+        return None
+    seeds = len(results["reference"])
     ref = np.mean([v.get("length", np.nan) for v in results["reference"].values()])
-    shown = (f"per-sequence averaging gave longer completions at {sum(longer)} of {len(longer)} β by more than the "
-             "spread between seeds" + (": the length bias shows here." if all(longer) else
-                                       ", so the length bias does not show clearly at this size."))
+    if seeds < 2:
+        shown = (f"per-sequence averaging gave longer completions at {sum(longer)} of {len(longer)} β, on one seed: "
+                 "with no second seed, no spread was measured, so this says nothing yet about a length bias.")
+    else:
+        shown = (f"per-sequence averaging gave longer completions on every seed at {sum(longer)} of {len(longer)} β"
+                 + (": the length bias shows here." if all(longer) else
+                    ", so the length bias does not show clearly at this size."))
     return (f"Loss averaging and completion length (GRPO-GT, final evaluation, π_ref {ref:.1f} tokens): "
             + "; ".join(parts) + f"; {shown}")
 
@@ -274,10 +317,11 @@ def completions_sentence(results: dict) -> str:
 
 def write_outputs(results: dict, out: Path) -> None:
     """``results.json``, ``table.md`` (table and conclusions) and ``frontier.png`` under ``out``."""
-    atomic_write_json(out / "results.json", results)
     text = (results_table(results) + "\n## Frontier gaps at matched KL\n\n" + gap_table(results) + "\n"
             + "\n\n".join(f"- {s}" for s in conclusions(results).values()) + "\n")
+    figure = plot_frontier(results)  # everything computed first: a Ctrl-C meanwhile leaves an earlier run whole
+    atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "table.md", "# The preference-optimisation family on the toy world\n\n" + text)
-    save_figure(plot_frontier(results), out / "frontier.png")
+    save_figure(figure, out / "frontier.png")
 
 

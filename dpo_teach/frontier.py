@@ -257,11 +257,11 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
     """
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     pairs = next(iter(results["stages"].values()))["pairs"]["completions"]
-    all_kl, fluent_kl = [], [0.0]
+    drawn, fluent_kl = [], [0.0]  # every (KL, reward) point; the fluent points' KL
     for m in methods_in(results):
         p = points(results, m)
         fluent = p[:, 2] >= MIN_FLUENCY
-        all_kl += p[:, 0].tolist()
+        drawn += p[:, :2].tolist()
         fluent_kl += p[fluent, 0].tolist()
         for ax, y in ((axes[0], 1), (axes[1], 2)):
             ax.scatter(p[fluent, 0], p[fluent, y], color=COLORS[m], s=18, alpha=0.7)
@@ -285,10 +285,13 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
                          label=f"{m} {'β' if PARAM_NAMES[m] == 'beta' else 'kl'}={param:g} run")
     axes[0].set(xlabel="KL(π‖π_ref), nats", ylabel="mean ground-truth reward", title="reward–KL frontier")
     right = 1.1 * max(fluent_kl) or 1.0
-    beyond = sum(k > right for k in all_kl)
+    beyond = sum(k > right for k, _ in drawn)
     if beyond:  # only disfluent points lie there: the reward panel keeps the range the frontiers are compared on
+        shown = [r for k, r in drawn if k <= right]
+        low, high = min(shown), max(shown)
         axes[0].set_xlim(left=min(0.0, axes[0].get_xlim()[0]), right=right)
-        axes[0].annotate(f"{beyond} point(s) beyond KL {right:.1f}, all with fluency < {MIN_FLUENCY:.0%}: see the "
+        axes[0].set_ylim(low - 0.05 * (high - low or 1), high + 0.05 * (high - low or 1))
+        axes[0].annotate(f"{beyond} point(s) beyond KL {right:.3g}, all with fluency < {MIN_FLUENCY:.0%}: see the "
                          "fluency panel", xy=(0.99, 0.02), xycoords="axes fraction", ha="right", fontsize=7,
                          color="gray")
 
@@ -300,9 +303,10 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
     axes[2].xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
     axes[2].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     handles = axes[0].get_legend_handles_labels()[0] + [  # what the line and marker styles mean
-        Line2D([], [], ls=":", color="gray", label="π_ref → first evaluation (drawn, not measured)"),
-        Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="gray",
-               label=f"fluency < {MIN_FLUENCY:.0%}")]
+        Line2D([], [], ls=":", color="gray", label="π_ref → first evaluation (drawn, not measured)")]
+    if len(drawn) > len(fluent_kl) - 1:  # some point below the fluency target: drawn hollow
+        handles.append(Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="gray",
+                              label=f"fluency < {MIN_FLUENCY:.0%}"))
     axes[0].legend(handles=handles, fontsize=8)
     fig.tight_layout()
     return fig

@@ -127,7 +127,8 @@ def check_replaceable(path: str | Path, owned: Collection[str], what: str = "a r
     path = Path(path)
     for name, given in (inputs or {}).items():
         if given is not None and Path(given).resolve().is_relative_to(path.resolve()):
-            beside = path.with_name(path.name + "-next")
+            named = path if path.name else path.resolve()  # `.` has no name to put -next after
+            beside = named.with_name(named.name + "-next")
             raise FileExistsError(f"{path} holds {name} {given}, and {what} replaces {path} as a whole ({what} would "
                                   f"delete its own input); pass another folder, e.g. {beside}")
     if not path.exists():

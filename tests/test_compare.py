@@ -1,6 +1,7 @@
 """The comparison: frontier arithmetic on known points, and the fast mode end to end through the command."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -10,6 +11,9 @@ from dpo_teach.cli import main
 from dpo_teach.compare import FAST_METHODS, CompareConfig, jobs
 from dpo_teach.plots import save_figure
 from dpo_teach.runs import eval_steps
+
+# The seeds run in as many processes as there are cores, up to two: these tests need the two.
+TWO_SEED_PROCESSES = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the seeds need two processes (2 cores)")
 
 
 def _run(method, param, seed, pts, fluency=0.95, completions=0):
@@ -94,7 +98,11 @@ def test_a_gap_measured_on_one_seed_does_not_pass_for_two_that_agree():
     assert (g["seeds"], g["of_seeds"], len(g["per_seed"])) == (1, 2, 1) and np.isnan(g["gap_sd"])
     assert conclusions.gap_text(g) == f"{g['gap']:+.3f} (1 of 2 seeds)"
     sentence = conclusions.frontier_sentence(results, "DPO", "PPO", 0.0)
-    assert "lies above PPO's: on 1 of 2 seeds only (only those share a KL range" in sentence, sentence
+    assert "lies above PPO's: on 1 of 2 seeds only (only that one has a KL range where both have measured points; " \
+        "one seed's gap is no agreement between seeds), at matched KL" in sentence, sentence
+    assert "; on 1 of 2 seeds only (only that one" in conclusions.headline(
+        {**results, "config": {"n_eval_prompts": 100}, "runs": [{**r, "final": {**r["final"], "reward_std": 0.5}}
+                                                                  for r in results["runs"]]}, "DPO", "PPO")
     for run in results["runs"]:
         run["final"]["reward_std"] = 0.5
     table = conclusions.gap_table({**results, "config": {"n_eval_prompts": 100}}, 0.0)
@@ -192,6 +200,32 @@ def test_a_lead_every_seed_agrees_on_is_judged_against_the_noise_of_the_mean_ove
     assert "standard error ≈ 0.150" in conclusions.verdict(spread) and "a tie" in conclusions.verdict(spread)
 
 
+def test_the_verdict_says_when_the_first_cannot_be_compared_with_the_runner_up_or_lies_below_it():
+    """The ranking averages each method's gaps against all others: the first need not share a KL range with the
+    second, nor lie above it where both were measured."""
+    def results_with(dpo_points, ppo_points, third):
+        runs = []
+        for seed in (0, 1):
+            runs += [_run("DPO", 1.0, seed, dpo_points), _run("PPO", 0.1, seed, ppo_points),
+                     _run("PPO-GT", 0.1, seed, third)]
+        for run in runs:
+            run["final"]["reward_std"] = 0.5
+        return {**fake_results(), "runs": runs, "config": {"n_eval_prompts": 100}}
+
+    # DPO only at KL ≤ 0.5, PPO only from 1: no shared range; both far above PPO-GT, which spans both
+    apart = results_with([(0, 0), (0.3, 0.5), (0.5, 0.6)], [(0, 0), (1, 0.7), (2, 0.8)], [(0, 0), (0.2, 0), (3, 0)])
+    text = conclusions.verdict(apart)
+    assert "but it and the runner-up" in text and "nothing compares the two directly" in text, text
+    assert "lies highest" not in text and "a tie" not in text
+    # DPO first against all (far above PPO-GT, which PPO never meets), yet below PPO where the two were measured
+    below = results_with([(0, 0), (0.3, 0.5), (1, 0.6), (2, 0.7)], [(0, 0), (1, 0.62), (2, 0.72)],
+                         [(0, 0), (0.2, -0.5), (0.5, -0.5)])
+    assert [m for m, _ in conclusions.ranking(below)] == ["DPO", "PPO", "PPO-GT"]
+    text = conclusions.verdict(below)
+    assert "DPO ranks first, yet lies 0.020 ± 0.000 reward below the runner-up PPO where both were measured" in text
+    assert "lies highest" not in text, text
+
+
 def test_the_texts_name_only_the_methods_that_ran():
     """`--methods PPO-GT GRPO-GT` trains neither DPO nor a reward model; `--methods DPO` has no pair to compare."""
     results = fake_results()
@@ -207,12 +241,14 @@ def test_the_texts_name_only_the_methods_that_ran():
 
 def test_the_length_sentence_says_whether_per_sequence_averaging_made_completions_longer():
     results = _fake_family()  # per sequence 9.5 ± 0.7 tokens, per token 12.5 ± 0.7: shorter
-    assert "longer completions at 0 of 1 β" in conclusions.conclusions(results)["length"]
+    assert "longer completions on every seed at 0 of 1 β" in conclusions.conclusions(results)["length"]
     for run in results["runs"]:
         if run["method"] == "GRPO-GT":
             run["final"]["length"] += 6  # 15.5 per sequence against 12.5 per token, spread 1
-    assert "at 1 of 1 β by more than the spread between seeds: the length bias shows here." in \
-        conclusions.conclusions(results)["length"]
+    assert "on every seed at 1 of 1 β: the length bias shows here." in conclusions.conclusions(results)["length"]
+    results["runs"] = [r for r in results["runs"] if r["seed"] == 0]  # one seed: no spread, no conclusion
+    results["reference"] = {"0": results["reference"]["0"]}
+    assert "on one seed: with no second seed, no spread was measured" in conclusions.conclusions(results)["length"]
 
 
 def test_jobs_follow_each_methods_sweep():
@@ -289,6 +325,7 @@ def test_fast_comparison_end_to_end(tmp_path, cache_root, capsys):
     save_figure(frontier.plot_frontier(results, highlight={"DPO": 1.0, "PPO": 0.1}), tmp_path / "h.png")
 
 
+@TWO_SEED_PROCESSES
 def test_ctrl_c_during_a_comparison_says_nothing_was_kept_and_prints_no_worker_traceback(tmp_path, cache_root):
     """Ctrl-C reaches every process of the terminal (here: the command's process group), the seed processes too,
     while they still import torch. Only the command answers, in one line; an earlier run in --out stays as it was."""
@@ -316,6 +353,7 @@ def test_ctrl_c_during_a_comparison_says_nothing_was_kept_and_prints_no_worker_t
     assert (out / "results.json").read_text() == '{"earlier": true}'
 
 
+@TWO_SEED_PROCESSES
 def test_a_script_that_calls_the_comparison_without_a_main_guard_stops_with_the_fix(tmp_path, cache_root):
     """Each seed process imports the script that started it: at its top level, the call ran again in every one, which
     failed, and the pool started new ones forever. Now the first one tells the command, which stops and says why."""
@@ -331,3 +369,4 @@ def test_a_script_that_calls_the_comparison_without_a_main_guard_stops_with_the_
                           env={**os.environ, "DPO_TEACH_CACHE": str(cache_root)})
     assert done.returncode == 1 and done.stderr.rstrip().endswith(
         "must be under `if __name__ == \"__main__\":` (or run `dpo-teach compare`)"), done.stderr[-1500:]
+    assert done.stderr.count("must be under") == 1 and done.stderr.count("Traceback") == 1, done.stderr[-3000:]

@@ -397,12 +397,14 @@ def test_an_install_in_the_notebook_is_flagged_with_the_command_and_what_to_do_i
     (without the sandbox, it would install on the grader's machine), and the reason quotes it and says what to do.
     A string that names the grader is named as such, not as a path."""
     cells = [{"cell_type": "code", "source": source} for source in
-             ("!pip install otter-grader", "%pip install -e ..", "!ls | head", "x = open('/proc/self/status')")]
+             ("!pip install otter-grader", "%pip install -e ..", "!ls | head", "x = open('/proc/self/status')",
+              "!pip list")]
     found = scan(cells, [], {})["grader"]
     assert any(f.startswith("code cell 1, line 1: runs the shell command !pip install otter-grader (installing "
                             "belongs in a terminal") for f in found), found
     assert any(f.startswith("code cell 2, line 1: runs the IPython magic %pip (installing belongs") for f in found)
     assert "code cell 3, line 1: runs the shell command !ls | head" in found
+    assert "code cell 5, line 1: runs the shell command !pip list" in found  # flagged, but it installs nothing
     assert "code cell 1, line 1: names 'otter', which a notebook must leave to the grader, in the string 'pip " \
         "install otter-grader'" in found and not any("names the path" in f for f in found)
     assert "code cell 4, line 1: names '/proc', which a notebook must leave to the grader, in the string " \

@@ -31,7 +31,7 @@ def test_what_a_file_manager_leaves_in_the_run_folder_does_not_block_the_rerun(t
         utils.check_replaceable(run, {"metrics.json"})
 
 
-def test_a_run_never_replaces_the_folder_that_holds_its_own_input(tmp_path, pairs, capsys):
+def test_a_run_never_replaces_the_folder_that_holds_its_own_input(tmp_path, pairs, capsys, monkeypatch):
     """``train --data demo/train.jsonl --out demo`` deleted the pairs it trained on (and ``demo --model demo/policy
     --out demo`` its π_ref), while metrics.json still named them."""
     run = tmp_path / "demo"
@@ -45,6 +45,10 @@ def test_a_run_never_replaces_the_folder_that_holds_its_own_input(tmp_path, pair
         err = capsys.readouterr().err
         assert "would delete its own input" in err and ("--data" in err or "--model" in err), err
         assert f"e.g. {argv[-1]}-next" in err, "the suggested folder is beside --out"
+    monkeypatch.chdir(run)  # `--out .`: a folder without a name to put -next after
+    assert main(["train", "--data", "train.jsonl", "--out", "."]) == 2
+    err = capsys.readouterr().err
+    assert "would delete its own input" in err and f"e.g. {run}-next" in err, err
     assert (run / "train.jsonl").is_file()
 
 

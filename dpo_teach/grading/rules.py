@@ -56,7 +56,8 @@ GRADER_PATHS = re.compile(r"/proc\b|/dev/|autograder|(^|/)tests/|/tests$|(^|/)te
                           r"|(^|/)\.git(/|$)|(^|/)masters(/|$)")  # not "tests" alone: a plot's title
 OTTER_ALLOWED = {"Notebook", "check", "check_all", "export", "to_pdf"}
 # A set-up command in the notebook itself (Colab's habit): flagged like any shell command, with what to do instead.
-INSTALLS = re.compile(r"\s*(sudo\s+)?(pip3?|conda|mamba|uv|python3?\s+-m\s+pip|apt(-get)?)\b")
+INSTALLS = re.compile(r"\s*(sudo\s+)?(pip3?|conda|mamba|micromamba|uv(\s+pip)?|python3?\s+-m\s+pip|apt(-get)?)\s+"
+                      r"(install|add|sync)\b")
 _INSTALL_HINT = (" (installing belongs in a terminal or a notebook of your own, not in the notebook you hand in: "
                  "delete the cell and hand it in again)")
 # IPython magics that run nothing of their own; those whose argument or body is Python code have it scanned.
@@ -199,7 +200,8 @@ class Visitor(ast.NodeVisitor):
         if magic == "load_ext" and args[1:2] == ["autoreload"] or magic in SAFE_MAGICS:
             return
         if magic not in CODE_MAGICS or None in args:
-            self.flag(node, f"runs the IPython magic %{magic}" + (_INSTALL_HINT if magic in ("pip", "conda") else ""))
+            line = f"{magic} {args[1] if len(args) > 1 and args[1] else ''}"
+            self.flag(node, f"runs the IPython magic %{magic}" + (_INSTALL_HINT if INSTALLS.match(line) else ""))
             return
         for code in ([_options_removed(args[1])] if magic != "capture" else []) + args[2:3]:
             try:
