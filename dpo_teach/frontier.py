@@ -283,7 +283,9 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
                              for i in range(len(runs[0]["evals"]))])
             axes[0].plot(traj[:, 0], traj[:, 1], "--", color=COLORS[m], lw=1.5, marker="x",
                          label=f"{m} {'β' if PARAM_NAMES[m] == 'beta' else 'kl'}={param:g} run")
-    axes[0].set(xlabel="KL(π‖π_ref), nats", ylabel="mean ground-truth reward", title="reward–KL frontier")
+    seeds = len({r["seed"] for r in results["runs"]})
+    axes[0].set(xlabel="KL(π‖π_ref), nats", ylabel="mean ground-truth reward",  # the text compares seed by seed
+                title="reward–KL frontier" + (f" (each point: mean of {seeds} seeds)" if seeds > 1 else ""))
     right = 1.1 * max(fluent_kl) or 1.0
     beyond = sum(k > right for k, _ in drawn)
     if beyond:  # only disfluent points lie there: the reward panel keeps the range the frontiers are compared on

@@ -119,6 +119,7 @@ def test_the_figure_draws_each_frontier_as_the_comparisons_compute_it():
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     reward_panel, fluency_panel = fig.axes[0].get_xlim(), fig.axes[1].get_xlim()
     note = [t.get_text() for t in fig.axes[0].texts]
+    title = fig.axes[0].get_title()
     plt.close(fig)
     # the reward panel ends past the highest fluent KL (2), so the disfluent DPO point at KL 3 (a seed mean) does not
     # squeeze the frontiers; the fluency panel shows it, and a note counts it; the legend says what dotted and
@@ -126,6 +127,7 @@ def test_the_figure_draws_each_frontier_as_the_comparisons_compute_it():
     assert 2.0 < reward_panel[1] < 3.0 and fluency_panel[1] > 3.0
     assert note == ["1 point(s) beyond KL 2.2, all with fluency < 70%: see the fluency panel"], note
     assert "π_ref → first evaluation (drawn, not measured)" in legend and "fluency < 70%" in legend
+    assert title == "reward–KL frontier (each point: mean of 2 seeds)"  # the sentences compare seed by seed
     assert lines[("DPO frontier", "-")] == [[0.5, 0.3], [1.0, 0.5]]
     assert lines[("PPO frontier", "-")] == [[1.0, 0.4], [2.0, 0.6]]
     dotted = sorted(xy for (label, style), xy in lines.items() if style == ":")
