@@ -23,6 +23,7 @@ from dpo_teach.cli_args import (
     check_model_flags,
     check_out_replaceable,
     check_writable,
+    warn_other_reference,
 )
 
 
@@ -107,6 +108,8 @@ def cmd_train(args) -> None:
     check_writable(args.out, "--out", directory=True)
     check_out_replaceable(args.out, {"--data": args.data, "--model": args.model})
     checkpoint = check_context(args.model, args.max_length)
+    if args.model is None:
+        warn_other_reference(args.data, WorldConfig(preset=preset))
     reference, tokenizer = checkpoint or load_reference(WorldConfig(preset=preset), verbose=True)
     context = context_length(reference)
     data = check_preferences(args.data, data, tokenizer, args.max_length, args.skip_invalid,  # prompts vs the length

@@ -277,3 +277,30 @@ def check_context(model_dir: str | None, max_length: int, sample_tokens: int | N
                                      f"the checkpoint {model_dir} has {context} (n_positions); use a checkpoint with a "
                                      "longer context, or drop --model to use the toy model")
     return model, tokenizer
+
+
+def warn_other_reference(data: str, world) -> None:
+    """Warn (``DataWarning``) when ``data`` holds a demo run's pairs (its ``metrics.json`` beside it) sampled from
+    another toy π_ref than ``world``, the one ``train`` measures them against: ``demo --seed 1`` builds a seed-1
+    π_ref, ``train`` the seed-0 one. DPO's loss assumes the pairs' reference is π_ref."""
+    import json
+    import warnings
+    from dataclasses import asdict
+
+    from dpo_teach.preference_file import DataWarning
+    from dpo_teach.world import WorldConfig, cache_dir
+
+    try:
+        sampled = WorldConfig(**json.loads((Path(data).parent / "metrics.json").read_text())["config"]["world"])
+    except (OSError, ValueError, KeyError, TypeError):  # not a demo run's pairs: nothing to compare
+        return
+    if sampled == world:
+        return
+    differ = ", ".join(f"{k} {v} (train: {getattr(world, k)})" for k, v in asdict(sampled).items()
+                       if v != getattr(world, k))
+    entry = cache_dir() / f"reference-{sampled.preset}-{sampled.key()}"
+    fix = (f"pass it with --model {entry}" if (entry / "config.json").is_file() else
+           f"rerun the demo with `--seed {world.seed}` for pairs of train's π_ref")
+    warnings.warn(f"{data}: these pairs were sampled by a demo whose toy π_ref differs from the one train measures "
+                  f"them against ({differ}); DPO's loss assumes the pairs' reference is π_ref: to train against the "
+                  f"one that sampled them, {fix}", DataWarning, stacklevel=2)

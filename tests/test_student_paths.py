@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -214,3 +215,33 @@ def test_a_read_only_output_file_is_not_replaced(tmp_path, monkeypatch, capsys):
     assert main(["data", "--out", str(target)]) == 2
     assert "pairs.jsonl: is read-only; make it writable (chmod u+w)" in capsys.readouterr().err
     assert target.read_text() == "mine\n"
+
+
+def test_train_on_a_demo_runs_pairs_says_when_they_came_from_another_reference(tmp_path, monkeypatch, pairs):
+    """``demo --seed 1`` samples its pairs from a seed-1 π_ref; ``train`` measures pairs against the seed-0 one. It
+    says so, and how to train against the π_ref that sampled them (its cache entry, where there is one)."""
+    from dataclasses import asdict
+
+    from dpo_teach.cli_args import warn_other_reference
+    from dpo_teach.preference_file import DataWarning
+    from dpo_teach.world import WorldConfig
+
+    monkeypatch.setenv("DPO_TEACH_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "demo"
+    run.mkdir()
+    write_preferences(run / "train.jsonl", pairs[:4])
+    train_world = WorldConfig(preset="tiny")
+    sampled = WorldConfig(preset="tiny", seed=1)
+    (run / "metrics.json").write_text(json.dumps({"config": {"world": asdict(sampled)}}))
+    with pytest.warns(DataWarning, match=r"seed 1 \(train: 0\).*rerun the demo with `--seed 0`"):
+        warn_other_reference(str(run / "train.jsonl"), train_world)
+    entry = tmp_path / "cache" / f"reference-tiny-{sampled.key()}"
+    entry.mkdir(parents=True)
+    (entry / "config.json").write_text("{}")
+    with pytest.warns(DataWarning, match=f"pass it with --model {entry}"):
+        warn_other_reference(str(run / "train.jsonl"), train_world)
+    (run / "metrics.json").write_text(json.dumps({"config": {"world": asdict(train_world)}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same π_ref, or no demo run beside the file: nothing to say
+        warn_other_reference(str(run / "train.jsonl"), train_world)
+        warn_other_reference(str(tmp_path / "elsewhere.jsonl"), train_world)
