@@ -309,8 +309,13 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
     if len(drawn) > len(fluent_kl) - 1:  # some point below the fluency target: drawn hollow
         handles.append(Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="gray",
                               label=f"fluency < {MIN_FLUENCY:.0%}"))
-    axes[0].legend(handles=handles, fontsize=8)
-    fig.tight_layout()
+    # below the panels, not on them: with every run's trajectory (``highlight``) it has 20 entries or more
+    columns = min(6, len(handles))
+    rows = -(-len(handles) // columns)
+    height = 4.4 + 0.17 * rows  # inches: the panels, and a row of the legend each
+    fig.set_size_inches(16, height)
+    fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, (0.08 + 0.17 * rows) / height, 1, 1))
     return fig
 
 

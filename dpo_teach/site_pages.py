@@ -47,8 +47,8 @@ MACHINE_NOTE = ("These lines describe the machine that built this site (its Pyth
 # student's page may not. The README's sections that the site shows leave out each sentence, parenthesis, table row or
 # code line that names them (for_readers), and no student notebook shows either (tests/test_site.py,
 # tests/test_notebooks_00_04.py). NOT_FOR_STUDENTS: both.
-FOR_DEVELOPERS = re.compile(r"\bCI\b|test suite|pytest|\btests/|DPO_TEACH_STRICT|source card|acceptance|\bissues? \d|"
-                            r"completed by us", re.IGNORECASE)
+FOR_DEVELOPERS = re.compile(r"\bCI\b|test suite|make test\b|pytest|\btests/|DPO_TEACH_STRICT|source card|"
+                            r"acceptance|\bissues? \d|completed by us", re.IGNORECASE)
 FOR_INSTRUCTORS = re.compile(r"\bmasters?\b|student (?:notebook|version)", re.IGNORECASE)
 NOT_FOR_STUDENTS = re.compile(f"{FOR_DEVELOPERS.pattern}|{FOR_INSTRUCTORS.pattern}", re.IGNORECASE)
 SENTENCE_END = re.compile(r"(?<=[.!?])(?<!e\.g\.)(?<!i\.e\.)\s+(?=[A-Z*`\[(])")  # not after "e.g."

@@ -13,11 +13,11 @@ from dpo_teach import site_pages
 from dpo_teach.grading import ROOT
 
 DOWNLOADS = "downloads"  # the student release as a zip, and its notebooks one by one
-CHECKING = ("## Checking your answer\n\nEach exercise is a function (or an answer) in a cell of the notebook, followed "
-            "by a `grader.check(\"question\")` cell that runs the public tests and prints what failed. The pages of "
-            "this site show those checks on the unsolved stubs, as a student sees them first (open one to read its "
-            "feedback); after each exercise the notebook goes on with the package's reference version, so every "
-            "later cell runs.")
+CHECKING = ("## Checking your answer\n\nEach auto-graded exercise is a function (or an answer) in a cell of the "
+            "notebook, followed by a `grader.check(\"question\")` cell that runs the public tests and prints what "
+            "failed (the open questions graded by hand have none). The pages of this site show those checks on the "
+            "unsolved stubs, as a student sees them first (open one to read its feedback); after each exercise the "
+            "notebook goes on with the package's reference version, so every later cell runs.")
 # What the download leaves out, said under the README's "For instructors: grading" on grading.html.
 INSTRUCTORS = ("Grading needs the instructor's copy of the course repository, which holds what the download leaves "
                "out: each exercise's solution, its hidden tests and the rubrics of the questions graded by hand. "

@@ -116,7 +116,9 @@ def test_the_figure_draws_each_frontier_as_the_comparisons_compute_it():
 
     fig = frontier.plot_frontier(fake_results())
     lines = {(line.get_label(), line.get_linestyle()): line.get_xydata().tolist() for line in fig.axes[0].lines}
-    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    (below,) = fig.legends  # the figure's legend, under the panels: on the reward panel it hid the lines
+    legend = [t.get_text() for t in below.get_texts()]
+    assert fig.axes[0].get_legend() is None
     reward_panel, fluency_panel = fig.axes[0].get_xlim(), fig.axes[1].get_xlim()
     note = [t.get_text() for t in fig.axes[0].texts]
     title = fig.axes[0].get_title()
@@ -243,11 +245,12 @@ def test_the_texts_name_only_the_methods_that_ran():
 
 def test_the_length_sentence_says_whether_per_sequence_averaging_made_completions_longer():
     results = _fake_family()  # per sequence 9.5 ± 0.7 tokens, per token 12.5 ± 0.7: shorter
-    assert "longer completions on every seed at 0 of 1 β" in conclusions.conclusions(results)["length"]
+    length = conclusions.conclusions(results)["length"]
+    assert "longer completions than per-token averaging on every seed at 0 of the 1 β" in length, length
     for run in results["runs"]:
         if run["method"] == "GRPO-GT":
             run["final"]["length"] += 6  # 15.5 per sequence against 12.5 per token, spread 1
-    assert "on every seed at 1 of 1 β: the length bias shows here." in conclusions.conclusions(results)["length"]
+    assert "on every seed at 1 of the 1 β: the length bias shows here." in conclusions.conclusions(results)["length"]
     results["runs"] = [r for r in results["runs"] if r["seed"] == 0]  # one seed: no spread, no conclusion
     results["reference"] = {"0": results["reference"]["0"]}
     assert "on one seed: with no second seed, no spread was measured" in conclusions.conclusions(results)["length"]
