@@ -52,7 +52,8 @@ def cmd_data(args) -> None:
     if not to_stdout:
         check_writable(args.out, "--out", directory=False)
     # π_ref as `train` loads it (seed 0): the pairs must come from the model that training takes as its reference
-    with contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext():
+    log = sys.stderr if to_stdout else sys.stdout
+    with contextlib.redirect_stdout(log):
         reference, tokenizer = load_reference(WorldConfig(preset=args.preset), verbose=True)
         rows = make_preference_pairs(reference, tokenizer, PreferenceConfig(
             n_prompts=args.pairs, bt_temperature=args.bt_temperature, seed=args.seed))
@@ -60,8 +61,7 @@ def cmd_data(args) -> None:
         sys.stdout.write(preferences_text(rows))
     else:
         write_preferences(args.out, rows)
-    print(f"wrote {len(rows)} preference pairs to {'standard output' if to_stdout else args.out}",
-          file=sys.stderr if to_stdout else sys.stdout)
+    print(f"wrote {len(rows)} preference pairs to {'standard output' if to_stdout else args.out}", file=log)
 
 
 def cmd_grade(args) -> int:

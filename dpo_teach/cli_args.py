@@ -288,7 +288,7 @@ def warn_other_reference(data: str, world) -> None:
     from dataclasses import asdict
 
     from dpo_teach.preference_file import DataWarning
-    from dpo_teach.world import WorldConfig, cache_dir
+    from dpo_teach.world import WorldConfig, cache_entry, reference_cached
 
     try:
         sampled = WorldConfig(**json.loads((Path(data).parent / "metrics.json").read_text())["config"]["world"])
@@ -298,8 +298,7 @@ def warn_other_reference(data: str, world) -> None:
         return
     differ = ", ".join(f"{k} {v} (train: {getattr(world, k)})" for k, v in asdict(sampled).items()
                        if v != getattr(world, k))
-    entry = cache_dir() / f"reference-{sampled.preset}-{sampled.key()}"
-    fix = (f"pass it with --model {entry}" if (entry / "config.json").is_file() else
+    fix = (f"pass it with --model {cache_entry(sampled)}" if reference_cached(sampled) else
            f"rerun the demo with `--seed {world.seed}` for pairs of train's π_ref")
     warnings.warn(f"{data}: these pairs were sampled by a demo whose toy π_ref differs from the one train measures "
                   f"them against ({differ}); DPO's loss assumes the pairs' reference is π_ref: to train against the "

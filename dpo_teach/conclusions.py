@@ -55,9 +55,9 @@ def _stages_text(results: dict) -> str:
     pairs = stages[0]["pairs"]
     methods = methods_in(results)
     without = [m for m in methods if m not in USES_PAIRS]
-    users = [m for m in ("DPO",) if m in methods] + (["the reward model"] if "reward_model" in stages[0] else [])
-    uses = [f"{' and '.join(users)} train{'s' if len(users) == 1 else ''} on its {pairs['n_train']:,} training pairs"
-            ] if users else []
+    trainers = (["DPO"] if "DPO" in methods else []) + (["the reward model"] if "reward_model" in stages[0] else [])
+    uses = [f"{' and '.join(trainers)} train{'s' if len(trainers) == 1 else ''} on its {pairs['n_train']:,} training "
+            "pairs"] if trainers else []
     out = [f"Before training (per seed): the preference set = {pairs['completions']:,} completions sampled from "
            f"π_ref and {pairs['ground_truth_calls']:,} ground-truth labels "
            f"({_pm(mean_sd([s['pairs']['seconds'] for s in stages]), '.1f')} s); "
@@ -109,9 +109,9 @@ def frontier_sentence(results: dict, a: str, b: str, min_fluency: float = MIN_FL
     """One sentence on where ``a``'s frontier lies relative to ``b``'s, with the numbers (``matched_kl_gap``)."""
     g = matched_kl_gap(results, a, b, min_fluency)
     scope = f" (points with fluency ≥ {min_fluency:.0%})" if min_fluency else ""
-    if np.isnan(g["gap"]):
+    if not g["seeds"]:
         return f"{a} and {b} have no KL range where both have measured points{scope}: nothing to compare."
-    per_seed = ", ".join(f"{x:+.3f}" for x in g["per_seed"])
+    per_seed = _per_seed(g)
     some = _some_seeds(g) + ", " if g["seeds"] < g["of_seeds"] else ""
     at = "; ".join(f"at KL {k:g}: {fa:.3f} vs {fb:.3f}" for k, (fa, fb) in g["at"].items())
     return (f"{a}'s reward–KL frontier {_relation(g['share_above'])} {b}'s{scope}: {some}at matched KL, from "
@@ -119,6 +119,10 @@ def frontier_sentence(results: dict, a: str, b: str, min_fluency: float = MIN_FL
             f"{abs(g['gap']):.3f} {'higher' if g['gap'] >= 0 else 'lower'} on average (per seed {per_seed}; {a} "
             f"ahead on {g['share_above']:.0%} of the KL grid)"
             + (f". Mean reward at matched KL, {a} vs {b}: {at}." if at else "."))
+
+
+def _per_seed(g: dict) -> str:
+    return ", ".join(f"{x:+.3f}" for x in g["per_seed"])
 
 
 def _some_seeds(g: dict) -> str:
@@ -137,7 +141,7 @@ def headline(results: dict, a: str, b: str) -> str:
     some = f"; {_some_seeds(g)}" if g["seeds"] < g["of_seeds"] else ""
     return (f"{a}'s frontier lies {'above' if g['gap'] >= 0 else 'below'} {b}'s by {abs(g['gap']):.3f} reward on "
             f"average at matched KL (KL {g['kl_min']:.1f} to {g['kl_max']:.1f} nats; per seed "
-            f"{', '.join(f'{x:+.3f}' for x in g['per_seed'])}{some}); {against_noise(results, g)[1]}.")
+            f"{_per_seed(g)}{some}); {against_noise(results, g)[1]}.")
 
 
 def against_noise(results: dict, g: dict) -> tuple[bool, str]:
@@ -212,7 +216,7 @@ def verdict(results: dict) -> str:
         return (head + f"{top} ranks first, but it and the runner-up {second} have no KL range where both have "
                 f"measured points, so nothing compares the two directly. " + ranked)
     clear, noise = against_noise(results, g)
-    per_seed = ", ".join(f"{x:+.3f}" for x in g["per_seed"])
+    per_seed = _per_seed(g)
     if g["gap"] < 0:  # first against all others, yet below the runner-up where the two were measured
         return (head + f"{top} ranks first, yet lies {gap_text(g).lstrip('-')} reward below the runner-up {second} "
                 f"where both were measured (per seed {per_seed}); {noise}. " + ranked)
@@ -223,11 +227,11 @@ def verdict(results: dict) -> str:
 def gap_standard_error(results: dict, g: dict) -> float:
     """Standard error of ``g``'s gap (a :func:`matched_kl_gap`), its mean over ``g["seeds"]`` seeds: each seed's gap
     is a difference of two evaluations (standard error ``evaluation_noise · √2``), or varies between seeds by its
-    sd, whichever is larger; the mean over independent seeds divides that by √seeds."""
+    sd, whichever is larger; the mean over independent seeds divides that by √seeds. ``g`` has at least one seed."""
     per_seed = evaluation_noise(results) * np.sqrt(2)
-    if g["seeds"] > 1 and np.isfinite(g["gap_sd"]):
+    if g["seeds"] > 1:  # with one seed, gap_sd is nan: no spread measured
         per_seed = max(per_seed, g["gap_sd"])
-    return float(per_seed / np.sqrt(max(g["seeds"], 1)))
+    return float(per_seed / np.sqrt(g["seeds"]))
 
 
 def _se_text(g: dict, se: float) -> str:

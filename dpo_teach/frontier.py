@@ -257,12 +257,13 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
     """
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     pairs = next(iter(results["stages"].values()))["pairs"]["completions"]
-    drawn, fluent_kl = [], [0.0]  # every (KL, reward) point; the fluent points' KL
+    drawn, fluent_max, hollow = [], 0.0, False  # every (KL, reward) point; the fluent points' largest KL; any not
     for m in methods_in(results):
         p = points(results, m)
         fluent = p[:, 2] >= MIN_FLUENCY
         drawn += p[:, :2].tolist()
-        fluent_kl += p[fluent, 0].tolist()
+        fluent_max = max(fluent_max, float(p[fluent, 0].max(initial=0.0)))
+        hollow |= bool((~fluent).any())
         for ax, y in ((axes[0], 1), (axes[1], 2)):
             ax.scatter(p[fluent, 0], p[fluent, y], color=COLORS[m], s=18, alpha=0.7)
             ax.scatter(p[~fluent, 0], p[~fluent, y], facecolors="none", edgecolors=COLORS[m], s=18)
@@ -283,10 +284,10 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
                              for i in range(len(runs[0]["evals"]))])
             axes[0].plot(traj[:, 0], traj[:, 1], "--", color=COLORS[m], lw=1.5, marker="x",
                          label=f"{m} {'β' if PARAM_NAMES[m] == 'beta' else 'kl'}={param:g} run")
-    seeds = len({r["seed"] for r in results["runs"]})
+    seeds = len(results["reference"])
     axes[0].set(xlabel="KL(π‖π_ref), nats", ylabel="mean ground-truth reward",  # the text compares seed by seed
                 title="reward–KL frontier" + (f" (each point: mean of {seeds} seeds)" if seeds > 1 else ""))
-    right = 1.1 * max(fluent_kl) or 1.0
+    right = 1.1 * fluent_max or 1.0
     beyond = sum(k > right for k, _ in drawn)
     if beyond:  # only disfluent points lie there: the reward panel keeps the range the frontiers are compared on
         shown = [r for k, r in drawn if k <= right]
@@ -306,7 +307,7 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
     axes[2].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     handles = axes[0].get_legend_handles_labels()[0] + [  # what the line and marker styles mean
         Line2D([], [], ls=":", color="gray", label="π_ref → first evaluation (drawn, not measured)")]
-    if len(drawn) > len(fluent_kl) - 1:  # some point below the fluency target: drawn hollow
+    if hollow:  # some point below the fluency target: drawn hollow
         handles.append(Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="gray",
                               label=f"fluency < {MIN_FLUENCY:.0%}"))
     # below the panels, not on them: with every run's trajectory (``highlight``) it has 20 entries or more

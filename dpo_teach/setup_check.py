@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dpo_teach.world import WorldConfig, cache_dir
+from dpo_teach.world import cache_dir, reference_cached
 
 SUPPORTED_PYTHONS = ((3, 11), (3, 12), (3, 13))
 
@@ -81,12 +81,6 @@ def speed_probe(repeats: int = 3) -> float:
     finally:
         torch.set_num_threads(threads)
     return best
-
-
-def reference_cached(config: WorldConfig | None = None) -> bool:
-    """Whether π_ref for ``config`` (the notebooks' "tiny" preset) is in the cache, so no notebook builds it."""
-    config = config or WorldConfig(preset="tiny")
-    return (cache_dir() / f"reference-{config.preset}-{config.key()}" / "world.json").is_file()
 
 
 def _seconds(s: float) -> str:

@@ -81,6 +81,17 @@ def build_reference(config: WorldConfig, progress: bool = False) -> tuple[torch.
     return model, tokenizer
 
 
+def cache_entry(config: WorldConfig) -> Path:
+    """The folder that caches π_ref of ``config`` (a ``save_pretrained`` directory plus ``world.json``, so
+    ``--model`` takes it too)."""
+    return cache_dir() / f"reference-{config.preset}-{config.key()}"
+
+
+def reference_cached(config: WorldConfig | None = None) -> bool:
+    """Whether π_ref for ``config`` (the notebooks' "tiny" preset) is in the cache, so no notebook builds it."""
+    return (cache_entry(config or WorldConfig(preset="tiny")) / "world.json").is_file()
+
+
 def load_reference(
     config: WorldConfig | None = None, rebuild: bool = False, progress: bool = False, verbose: bool = False
 ) -> tuple[torch.nn.Module, object]:
@@ -89,7 +100,7 @@ def load_reference(
     The model is in eval mode; treat it as frozen (the fixed-reference assumption).
     """
     config = config or WorldConfig()
-    path = cache_dir() / f"reference-{config.preset}-{config.key()}"
+    path = cache_entry(config)
     if path.exists() and not rebuild:
         try:
             model, tokenizer = load_checkpoint(path)

@@ -334,7 +334,6 @@ def test_fast_comparison_end_to_end(tmp_path, cache_root, capsys):
 def test_ctrl_c_during_a_comparison_says_nothing_was_kept_and_prints_no_worker_traceback(tmp_path, cache_root):
     """Ctrl-C reaches every process of the terminal (here: the command's process group), the seed processes too,
     while they still import torch. Only the command answers, in one line; an earlier run in --out stays as it was."""
-    import os
     import signal
     import subprocess
     import sys
@@ -362,7 +361,6 @@ def test_ctrl_c_during_a_comparison_says_nothing_was_kept_and_prints_no_worker_t
 def test_a_script_that_calls_the_comparison_without_a_main_guard_stops_with_the_fix(tmp_path, cache_root):
     """Each seed process imports the script that started it: at its top level, the call ran again in every one, which
     failed, and the pool started new ones forever. Now the first one tells the command, which stops and says why."""
-    import os
     import subprocess
     import sys
 

@@ -95,7 +95,7 @@ def test_an_uncached_reference_does_not_say_it_was_cached(monkeypatch, capsys):
 
     monkeypatch.setattr(world, "save_checkpoint", full_disk)
     config = world.WorldConfig(preset="tiny", corpus_size=200, sft_steps=2, sft_batch_size=8)
-    with pytest.warns(UserWarning, match="could not be cached"):
+    with pytest.warns(world.CacheWarning, match="could not be cached"):
         world.load_reference(config, rebuild=True, verbose=True)
     printed = capsys.readouterr().out
     assert "not cached" in printed and "cached at" not in printed, printed
@@ -178,7 +178,6 @@ def test_real_dialogues_with_a_short_context_model_get_advice_that_can_be_follow
 
 
 def test_a_cache_warning_is_one_line_like_a_data_warning(capsys):
-    import warnings
 
     from dpo_teach import cli
     from dpo_teach.preference_file import DataWarning
@@ -235,9 +234,9 @@ def test_train_on_a_demo_runs_pairs_says_when_they_came_from_another_reference(t
     (run / "metrics.json").write_text(json.dumps({"config": {"world": asdict(sampled)}}))
     with pytest.warns(DataWarning, match=r"seed 1 \(train: 0\).*rerun the demo with `--seed 0`"):
         warn_other_reference(str(run / "train.jsonl"), train_world)
-    entry = tmp_path / "cache" / f"reference-tiny-{sampled.key()}"
+    entry = world.cache_entry(sampled)
     entry.mkdir(parents=True)
-    (entry / "config.json").write_text("{}")
+    (entry / "world.json").write_text("{}")  # what marks a cached π_ref (world.reference_cached)
     with pytest.warns(DataWarning, match=f"pass it with --model {entry}"):
         warn_other_reference(str(run / "train.jsonl"), train_world)
     (run / "metrics.json").write_text(json.dumps({"config": {"world": asdict(train_world)}}))

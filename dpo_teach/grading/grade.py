@@ -24,6 +24,7 @@ from dpo_teach.grading.scan import scan
 from dpo_teach.grading.strays import ending_strays
 from dpo_teach.grading.submissions import (
     ARCHIVES,
+    JOURNAL_FILE,
     assignments_and_latest,
     detect_assignment,
     find_submissions,
@@ -73,19 +74,23 @@ def _public_feedback(cases: list[dict]) -> tuple[bool, str]:
     first = failed[0]
     if not first["hidden"]:
         return public_passed, f"public test failed: {first['message']}"
-    hidden = [c for c in cases if c["hidden"]]
-    number = next(i for i, c in enumerate(hidden, 1) if c is first)
-    return public_passed, f"hidden test {number} of {len(hidden)} failed" + (
+    number, of = next((i, n) for i, n, c in _numbered_hidden(cases) if c is first)
+    return public_passed, f"hidden test {number} of {of} failed" + (
         f": {first['message']}" if first.get("stopped") else "")
+
+
+def _numbered_hidden(cases: list[dict]) -> list[tuple[int, int, dict]]:
+    """``(k, n, case)`` for the hidden cases: "hidden test k of n", as the feedback and ``hidden_failed`` say."""
+    hidden = [c for c in cases if c["hidden"]]
+    return [(i, len(hidden), c) for i, c in enumerate(hidden, 1)]
 
 
 def _hidden_failures(cases: list[dict]) -> list[str]:
     """For the instructor only (``grades.json``; never the feedback, the CSV or Gradescope's output): each failed
     hidden case with its message, what its assert says or what the student's code raised, so that "hidden test 2
     of 3 failed" can be answered without rerunning the notebook."""
-    hidden = [c for c in cases if c["hidden"]]
-    return [f"hidden test {i} of {len(hidden)}: {c['message'] or '(no message)'}"
-            for i, c in enumerate(hidden, 1) if not c["passed"]]
+    return [f"hidden test {i} of {n}: {c['message'] or '(no message)'}" for i, n, c in _numbered_hidden(cases)
+            if not c["passed"]]
 
 
 def _released(assignment: str, released_dir: Path) -> list[dict]:
@@ -210,7 +215,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     # what a row depends on besides the files (--timeout 900 and the default 900 are one setting)
     settings = {"mode": "fast" if fast else "full", "per_cell_s": int(cell_timeout),
                 "per_notebook_s": float(timeout), "sandbox": not unsafe, "memory_mb": sandbox.memory_limit_mb()}
-    journal = Journal(out / "grades.partial.jsonl", {
+    journal = Journal(out / JOURNAL_FILE, {
         path: fingerprint(path, manifests[names[path]], settings) for _, path in found
         if names.get(path) in manifests and path not in superseded})
     notebooks = sum(is_notebook(path) for _, path in found)
@@ -246,8 +251,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         if not is_notebook(path):
             return _not_a_notebook(student, path, submissions)
         if path in superseded:
-            _, name, why = superseded[path]
-            row = empty_row(student, path, name, "superseded", why)
+            row = empty_row(student, path, names[path], "superseded", superseded[path])
         else:
             row = journal.resumed(path, student)
             if row is None:

@@ -3,8 +3,8 @@ and decide the score itself.
 
 What a submission cannot do from inside: see the tests before its cells have run (they are sent afterwards, a
 question at a time, and never written to disk), see or signal the grader or another submission (PID namespace),
-leave a process behind (killed with the namespace; without the sandbox, :func:`ending_strays`), answer for another
-job (every line carries this job's random id and must be the reply the grader is waiting for), say ``ready``
+leave a process behind (killed with the namespace; without the sandbox, :func:`strays.ending_strays`), answer for
+another job (every line carries this job's random id and must be the reply the grader is waiting for), say ``ready``
 before the runner has reported its last cell, or prepare a reply in advance (each question carries a nonce that the
 reply must return: no one knew it while the cells ran), or give itself points (the score is the manifest's points
 for a question whose every case passed, 0 otherwise).

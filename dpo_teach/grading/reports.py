@@ -10,7 +10,7 @@ import re
 from collections.abc import Collection
 from pathlib import Path
 
-from dpo_teach.grading.submissions import shown
+from dpo_teach.grading.submissions import REPORT_FILES, shown
 from dpo_teach.utils import atomic_file
 
 
@@ -80,10 +80,11 @@ def write_reports(report: dict, out: Path) -> None:
         scores = [r["questions"][q]["score"] if q in r["questions"] else "" for q in questions]
         writer.writerow([r["student"], r["assignment"] or "", r["file"], r["status"], r["score"], r["possible"],
                          *scores, r["reason"]])
-    for name in ("grades.csv", "grades.json"):  # the one thing that fails a rename once both are written
+    for name in REPORT_FILES:  # the one thing that fails a rename once both are written
         if (out / name).is_dir():
             raise IsADirectoryError(f"{out / name} is a folder")
-    with atomic_file(out / "grades.csv") as csv_file, atomic_file(out / "grades.json") as json_file:
+    csv_path, json_path = (out / name for name in REPORT_FILES)
+    with atomic_file(csv_path) as csv_file, atomic_file(json_path) as json_file:
         json_file.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         csv_file.write_text(buffer.getvalue(), encoding="utf-8")  # both written, then both renamed: never one alone
 

@@ -58,8 +58,10 @@ OTTER_ALLOWED = {"Notebook", "check", "check_all", "export", "to_pdf"}
 # A set-up command in the notebook itself (Colab's habit): flagged like any shell command, with what to do instead.
 INSTALLS = re.compile(r"\s*(sudo\s+)?(pip3?|conda|mamba|micromamba|uv(\s+pip)?|python3?\s+-m\s+pip|apt(-get)?)\s+"
                       r"(install|add|sync)\b")
-_INSTALL_HINT = (" (installing belongs in a terminal or a notebook of your own, not in the notebook you hand in: "
-                 "delete the cell and hand it in again)")
+def _install_hint(command: str) -> str:
+    """What to do instead, when ``command`` (a shell line or a magic's) installs packages."""
+    return (" (installing belongs in a terminal or a notebook of your own, not in the notebook you hand in: delete "
+            "the cell and hand it in again)" if INSTALLS.match(command) else "")
 # IPython magics that run nothing of their own; those whose argument or body is Python code have it scanned.
 SAFE_MAGICS = {"matplotlib", "config", "precision", "pprint", "autoreload", "pinfo", "pinfo2", "pdoc", "pdef",
                "psource", "who", "whos"}
@@ -189,10 +191,12 @@ class Visitor(ast.NodeVisitor):
         shell = node.func.value.func
         kind, args = node.func.attr, [_text(a) for a in node.args]
         if kind not in ("run_line_magic", "run_cell_magic") or not args or args[0] is None:
-            command = args[0] if kind in ("system", "getoutput") and args and args[0] else None
-            self.flag(node, f"runs the shell command !{command[:60]}{_INSTALL_HINT if INSTALLS.match(command) else ''}"
-                      if command else "runs a shell command (!...)" if kind in ("system", "getoutput")
-                      else f"uses IPython's {kind}")
+            if kind not in ("system", "getoutput"):
+                self.flag(node, f"uses IPython's {kind}")
+            elif args and args[0]:
+                self.flag(node, f"runs the shell command !{args[0][:60]}{_install_hint(args[0])}")
+            else:
+                self.flag(node, "runs a shell command (!...)")
             self.vetted.add(id(shell))
             return
         magic = args[0].lstrip("%")
@@ -200,8 +204,8 @@ class Visitor(ast.NodeVisitor):
         if magic == "load_ext" and args[1:2] == ["autoreload"] or magic in SAFE_MAGICS:
             return
         if magic not in CODE_MAGICS or None in args:
-            line = f"{magic} {args[1] if len(args) > 1 and args[1] else ''}"
-            self.flag(node, f"runs the IPython magic %{magic}" + (_INSTALL_HINT if INSTALLS.match(line) else ""))
+            self.flag(node, f"runs the IPython magic %{magic}"
+                      + _install_hint(f"{magic} {args[1] if len(args) > 1 and args[1] else ''}"))
             return
         for code in ([_options_removed(args[1])] if magic != "capture" else []) + args[2:3]:
             try:

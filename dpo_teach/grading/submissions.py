@@ -18,7 +18,9 @@ _COPY_PREFIX = re.compile(r"^copy of\s+", re.IGNORECASE)
 _CANVAS = re.compile(r"^(.+?)(?:_late)?_(\d+)_\d+$", re.IGNORECASE)
 _SEPARATORS = "_- "
 SAME_INSTANT_S = 2.0  # a git clone or an unzip writes a folder's files within this of one another (FAT: 2 s steps)
-GRADER_FILES = {"grades.csv", "grades.json", "grades.partial.jsonl"}  # what `dpo-teach grade` writes in --out
+REPORT_FILES = ("grades.csv", "grades.json")  # what `dpo-teach grade` writes in --out at the end
+JOURNAL_FILE = "grades.partial.jsonl"  # and while it runs (journal.py)
+GRADER_FILES = {*REPORT_FILES, JOURNAL_FILE}
 ARCHIVES = {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"}
 
 
@@ -54,10 +56,17 @@ def read_notebook(path: Path):
     return nb, None
 
 
-def _without_copy_marks(text: str) -> str:
+def _copy_suffixes(text: str) -> tuple[str, list[int]]:
+    """``text`` without the marks of a copy at its end (`` (1)``, ``-Copy2``, …), and their numbers, first first."""
+    numbers: list[int] = []
     while (trimmed := _COPY_SUFFIX.sub("", text)) != text:
+        numbers[:0] = [int(n) for n in re.findall(r"\d+", text[len(trimmed):])] or [1]
         text = trimmed
-    return text.strip(_SEPARATORS)
+    return text, numbers
+
+
+def _without_copy_marks(text: str) -> str:
+    return _copy_suffixes(text)[0].strip(_SEPARATORS)
 
 
 def student_name(stem: str, assignments: Iterable[str]) -> str:
@@ -81,12 +90,7 @@ def copy_number(stem: str) -> tuple[int, ...]:
     """The numbers in the marks of a copy (``(2,)`` of ``alice_01 (2)``, ``(1,)`` of ``Copy of alice_01``, ``()`` of
     the original): of two files saved in the same instant (a ``git clone``, an unzipped archive) the copy with the
     larger number is the later one, ``(10)`` after ``(2)``."""
-    numbers = [1] if _COPY_PREFIX.match(stem) else []
-    text = _COPY_PREFIX.sub("", stem)
-    while (trimmed := _COPY_SUFFIX.sub("", text)) != text:
-        numbers[:0] = [int(n) for n in re.findall(r"\d+", text[len(trimmed):])] or [1]
-        text = trimmed
-    return tuple(numbers)
+    return tuple(_copy_suffixes(_COPY_PREFIX.sub("", stem))[1] + ([1] if _COPY_PREFIX.match(stem) else []))
 
 
 def find_submissions(folder: Path, assignments: Iterable[str] = (), skip: Path | None = None) -> list[tuple[str, Path]]:
@@ -133,8 +137,8 @@ def _named_in(text: str, names: Iterable[str]) -> str | None:
 
 def assignments_and_latest(found: list[tuple[str, Path]], manifests: dict,
                            assignment: str | None) -> tuple[dict, dict]:
-    """``({path: its assignment or None}`` for every notebook, ``{path: (the path graded instead, the assignment,
-    why)}`` for every notebook that another notebook of the same student and assignment supersedes. Graded is the
+    """``({path: its assignment or None}`` for every notebook, ``{path: why it is not graded}`` for every notebook
+    that another notebook of the same student and assignment supersedes. Graded is the
     latest of those that can be read: of those saved within ``SAME_INSTANT_S`` of the newest (a ``git clone``, an
     unzip), the one with the highest copy number (``(10)`` after ``(2)`` after the original), then the newest, then
     by name. An unreadable notebook is graded (as invalid) only where the student has no readable one of the
@@ -148,17 +152,18 @@ def assignments_and_latest(found: list[tuple[str, Path]], manifests: dict,
         if names[path] in manifests:
             groups.setdefault((student, names[path]), []).append((nb is not None, path))
     superseded = {}
-    for (_, name), paths in groups.items():
+    for paths in groups.values():
         readable = [p for ok, p in paths if ok] or [p for _, p in paths]
-        newest = max(_mtime(p) for p in readable)  # times 2 s apart or less are one instant: the copy's number decides
-        recent = [p for p in readable if _mtime(p) >= newest - SAME_INSTANT_S]
-        latest = max(recent, key=lambda p: (copy_number(_bare_name(p)), _mtime(p), p.name))
+        times = {p: _mtime(p) for p in readable}
+        newest = max(times.values())  # times 2 s apart or less are one instant: the copy's number decides
+        recent = [p for p in readable if times[p] >= newest - SAME_INSTANT_S]
+        latest = max(recent, key=lambda p: (copy_number(_bare_name(p)), times[p], p.name))
         for ok, p in paths:
             if p != latest:
                 why = (f"{shown(latest.name)} is this student's later notebook of the same assignment" if ok else
                        f"it cannot be read as a notebook; {shown(latest.name)}, this student's other notebook of the "
                        "same assignment, is graded instead")
-                superseded[p] = (latest, name, f"not graded: {why}")
+                superseded[p] = f"not graded: {why}"
     return names, superseded
 
 
