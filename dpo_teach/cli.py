@@ -169,6 +169,7 @@ def cmd_compare(args) -> None:
     if args.asset:
         check_writable(args.asset, "--asset", directory=False)
     results = run_comparison(cfg, progress=not args.quiet)
+    args.compared = cfg.out_dir  # what an interrupt from here on leaves: the run in --out, the asset as it was
     if args.asset:
         from dpo_teach.frontier import write_asset
 
@@ -191,6 +192,14 @@ def _one_line_warnings(command: str, category: type[Warning] | tuple[type[Warnin
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before a command started (importing torch and transformers takes seconds); each
+        print("interrupted while starting; nothing was written", file=sys.stderr)  # command answers its own
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "grade":  # its own errors and exit codes (grading runs notebooks, trains no model)
         return cmd_grade(args)
@@ -225,6 +234,8 @@ def _interrupted(args) -> str:
     """What an interrupted command leaves: each writes its outputs only at its end (atomically)."""
     if args.command in ("demo", "train"):
         return f"--out {args.out} is as it was before this run"
+    if args.command == "compare" and getattr(args, "compared", None):
+        return f"this run's results are in {args.compared}; --asset {args.asset} is as it was before"
     if args.command == "compare":
         return ("a comparison writes results.json, table.md and frontier.png only at its end, so none of this run's "
                 "results were kept and --out is as it was before; rerunning starts over")

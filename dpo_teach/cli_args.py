@@ -75,7 +75,13 @@ class UsageError(ValueError):
 
 def check_writable(path: str | Path, flag: str, directory: bool) -> None:
     """Refuse an output path that could not be written at the end of a long run: check it before the run."""
-    path = Path(path)
+    try:
+        _check_writable(Path(path), flag, directory)
+    except OSError as e:  # e.g. a name longer than the file system takes
+        raise UsageError(f"{flag} {path}: {e.strerror or e}; pass another path") from None
+
+
+def _check_writable(path: Path, flag: str, directory: bool) -> None:
     want, other = ("a directory", "a file") if directory else ("a file", "a directory")
     if path.exists() and path.is_dir() != directory:
         raise UsageError(f"{flag} {path}: is {other}, expected {want}; pass another path")
@@ -251,6 +257,21 @@ def check_out_replaceable(out: str, inputs: dict[str, str | None] | None = None)
         check_replaceable(out, RUN_OUTPUTS, inputs=inputs)
     except FileExistsError as e:
         raise UsageError(f"--out {e}") from None
+    _check_room_beside(Path(os.path.abspath(out)))
+
+
+def _check_room_beside(target: Path) -> None:
+    """A run is written into a temporary folder beside --out (``.NAME.PID.XXXXXXXX.tmp``, ``utils.atomic_dir``) that
+    takes its place at the end: its folder must be writable, and that name short enough for the file system."""
+    beside = next(p for p in (target.parent, *target.parent.parents) if p.exists())
+    if not os.access(beside, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {target}: the run is written beside it, in {beside}, and then takes its place, but "
+                         f"{beside} is not writable for you; pass a path in a folder you can write to")
+    longest = os.pathconf(beside, "PC_NAME_MAX") - len(f"..{os.getpid()}.XXXXXXXX.tmp")
+    if len(target.name.encode()) > longest:
+        raise UsageError(f"--out {target}: its last part is {len(target.name.encode())} bytes long; the run is "
+                         f"written beside it under a name {len(f'..{os.getpid()}.XXXXXXXX.tmp')} bytes longer, which "
+                         f"this file system refuses; pass a name of at most {longest} bytes")
 
 
 def check_context(model_dir: str | None, max_length: int, sample_tokens: int | None = None) -> tuple | None:

@@ -96,7 +96,7 @@ def prepare_seed(reference, tokenizer, config: CompareConfig, seed: int, progres
         with stopwatch() as times, PeakMemory() as memory:
             rm, history = train_reward_model(reference, tokenizer, train_rows, replace(config.reward, seed=seed),
                                              compute, progress=progress)
-            learned = LearnedReward(rm, tokenizer, train_rows)
+            learned = LearnedReward(rm, tokenizer, train_rows, compute)
         stage["learned"] = learned
         stage["reward_model"] = {
             "seconds": round(times["wall_s"], 2), "cpu_s": round(times["cpu_s"], 2),
@@ -264,8 +264,6 @@ def run_comparison(config: CompareConfig, progress: bool = True, verbose: bool =
                                "cpus": os.cpu_count(), "load_average": load_average(),
                                "seed_wall_s": {str(p["seed"]): p["wall_s"] for p in parts},
                                "seed_cpu_s": {str(p["seed"]): p["cpu_s"] for p in parts}}}
-    conclusions.write_outputs(results, Path(config.out_dir))
-    log("\n" + conclusions.results_table(results))
-    log("\n" + "\n".join(conclusions.conclusions(results).values()))
+    log("\n" + conclusions.write_outputs(results, Path(config.out_dir)))
     log(f"\nwrote {config.out_dir}/results.json, table.md, frontier.png ({results['wall_s']:.0f} s in all)")
     return results

@@ -22,7 +22,7 @@ from dpo_teach.frontier import (
     summarize,
 )
 from dpo_teach.plots import save_figure
-from dpo_teach.utils import atomic_write_json, atomic_write_text
+from dpo_teach.utils import atomic_files, json_text
 
 
 def _pm(ms: tuple[float, float], fmt: str) -> str:
@@ -134,14 +134,15 @@ def _some_seeds(g: dict) -> str:
 
 
 def headline(results: dict, a: str, b: str) -> str:
-    """``a`` against ``b`` in one line (notebook 06's): the mean gap at matched KL, per seed, and against the noise."""
+    """``a`` against ``b`` in one line (notebook 06's): where ``a``'s frontier lies (in :func:`frontier_sentence`'s
+    words: above, mostly above, crosses ...), the mean gap at matched KL, per seed, and against the noise."""
     g = matched_kl_gap(results, a, b)
     if not g["seeds"]:
         return f"{a}'s and {b}'s fluent points share no KL range on any seed, so nothing compares them here."
     some = f"; {_some_seeds(g)}" if g["seeds"] < g["of_seeds"] else ""
-    return (f"{a}'s frontier lies {'above' if g['gap'] >= 0 else 'below'} {b}'s by {abs(g['gap']):.3f} reward on "
-            f"average at matched KL (KL {g['kl_min']:.1f} to {g['kl_max']:.1f} nats; per seed "
-            f"{_per_seed(g)}{some}); {against_noise(results, g)[1]}.")
+    return (f"{a}'s frontier {_relation(g['share_above'])} {b}'s, {abs(g['gap']):.3f} reward "
+            f"{'higher' if g['gap'] >= 0 else 'lower'} on average at matched KL (KL {g['kl_min']:.1f} to "
+            f"{g['kl_max']:.1f} nats; per seed {_per_seed(g)}{some}); {against_noise(results, g)[1]}.")
 
 
 def against_noise(results: dict, g: dict) -> tuple[bool, str]:
@@ -321,13 +322,17 @@ def completions_sentence(results: dict) -> str:
     return "; ".join(parts) + "."
 
 
-def write_outputs(results: dict, out: Path) -> None:
-    """``results.json``, ``table.md`` (table and conclusions) and ``frontier.png`` under ``out``."""
+def write_outputs(results: dict, out: Path) -> str:
+    """``results.json``, ``table.md`` (table and conclusions) and ``frontier.png`` under ``out``; returns the text
+    written to ``table.md`` below its title (what the command prints)."""
     text = (results_table(results) + "\n## Frontier gaps at matched KL\n\n" + gap_table(results) + "\n"
             + "\n\n".join(f"- {s}" for s in conclusions(results).values()) + "\n")
     figure = plot_frontier(results)  # everything computed first: a Ctrl-C meanwhile leaves an earlier run whole
-    atomic_write_json(out / "results.json", results)
-    atomic_write_text(out / "table.md", "# The preference-optimisation family on the toy world\n\n" + text)
-    save_figure(figure, out / "frontier.png")
+    # the three replace an earlier run's together: a Ctrl-C while they are written or swapped in leaves that run whole
+    with atomic_files([out / "results.json", out / "table.md", out / "frontier.png"]) as (json_tmp, table_tmp, png):
+        json_tmp.write_text(json_text(results), encoding="utf-8")
+        table_tmp.write_text("# The preference-optimisation family on the toy world\n\n" + text, encoding="utf-8")
+        save_figure(figure, png)
+    return text
 
 

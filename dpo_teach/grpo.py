@@ -125,7 +125,7 @@ class GRPOConfig:
     group_size: int = 8  # K completions per prompt (prompts_per_step × K completions per iteration)
     epochs: int = 2  # passes over each batch (μ in the GRPO paper; only 1 with one minibatch = fresh samples)
     minibatch_size: int = 32  # completions per gradient step
-    lr: float = 3e-4  # peak learning rate (AdamW), warm-up then cosine decay
+    lr: float = 3e-4  # peak learning rate (AdamW), cosine decay (utils.lr_at: no warm-up under 40 steps)
     cliprange: float = 0.2  # ε of the clipped ratio
     loss_norm: str = "sequence"  # "sequence" (GRPO paper) or "token" (DAPO, TRL's bnpo) averaging of the loss
     scale_rewards: bool = True  # GRPO: divide advantages by the group's std; RLOO: whiten them over the batch

@@ -1,7 +1,8 @@
 """The end-to-end demo: π_ref (cached) → preference pairs → DPO → evaluation → results on disk.
 
 ``run_demo`` is what ``dpo-teach demo`` and ``make demo`` run. Everything in ``metrics.json`` is a function of the
-config and its seed (timings go to ``run.json``), so the same seed writes the same ``metrics.json``.
+config and its seed (timings go to ``run.json``), so the same seed writes the same ``metrics.json`` on a CPU with
+the same number of torch threads (another count sums in another order, which may change the last digits).
 """
 
 from __future__ import annotations

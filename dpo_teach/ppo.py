@@ -180,7 +180,8 @@ class PPOConfig:
     rollout_size: int = 128  # prompts per rollout, one completion each
     ppo_epochs: int = 4  # passes over each rollout
     minibatch_size: int = 32  # completions per gradient step
-    lr: float = 3e-4  # peak learning rate (AdamW) of policy and value model, warm-up then cosine decay
+    lr: float = 3e-4  # peak learning rate (AdamW) of policy and value model, cosine decay over the
+    # iterations (utils.lr_at: a 5 % warm-up, so none under 40 iterations)
     cliprange: float = 0.2  # ε of the clipped surrogate
     cliprange_value: float = 0.2  # ε_v of the clipped value loss
     vf_coef: float = 0.1  # weight of the value loss

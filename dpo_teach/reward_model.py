@@ -144,11 +144,14 @@ class LearnedReward:
     Call it like the ground truth: ``reward(prompts, completions) -> np.ndarray`` of Shape: (N,).
     """
 
-    def __init__(self, rm: ScalarModel, tokenizer, rows: list[dict]):
-        """Standardise with the mean and std of r_φ over the chosen and rejected completions of ``rows``."""
+    def __init__(self, rm: ScalarModel, tokenizer, rows: list[dict], compute: Compute | None = None):
+        """Standardise with the mean and std of r_φ over the chosen and rejected completions of ``rows``; that pass
+        (2 × len(rows) sequences through r_φ) is part of building the reward, so it adds to ``compute``."""
         self.rm, self.tokenizer = rm, tokenizer
         raw = score_completions(rm, tokenizer, [r["prompt"] for r in rows] * 2,
                                 [r["chosen"] for r in rows] + [r["rejected"] for r in rows])
+        if compute is not None:
+            compute.add(forward=2 * len(rows))
         self.mean, self.std = raw.mean().item(), raw.std().item() + 1e-8
         self.calls = 0  # completions scored so far (not counting the standardisation pass)
 

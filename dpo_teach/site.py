@@ -4,17 +4,16 @@
     DPO_TEACH_FAST=1 python -m dpo_teach.site ...          # fast mode: shorter runs; the pages say which
 
 Pages: ``index.html`` (the course map, the toy world and "Get the course": the student release as a zip in
-``downloads/``, built by ``dpo_teach.grading.release``, which refuses to write one that holds a solution), one page
-per notebook (the student version, exercises still stubs: its check cells show, folded, the feedback an unsolved
-exercise gets, and the notebook goes on with the package's reference answers; dpo_teach/site_pages.py makes each
-executed notebook into a page and keeps developers' text out of the README's sections), ``ppo_vs_dpo.html`` (the
-shipped comparison and its frontier), one ``grading_NN_name.html`` per exercise set and ``grading.html`` (every set,
-and how instructors grade); dpo_teach/site_readme.py writes the pages that are not executed notebooks.
-Rendering is nbconvert's JupyterLab template with three changes
-(``site_assets/page.html``, a Jinja template): no script from a CDN (math is typeset by the MathJax 3 copy that the
-``django-static-mathjax`` wheel ships, copied into ``static/mathjax``), one shared stylesheet, and a header and footer
-with the navigation and the mode. The test suite builds the site from its own notebook runs (tests/test_site.py), so
-nothing runs twice."""
+``downloads/``, built by ``dpo_teach.grading.release``, which refuses to write one that holds a solution), one page per
+notebook (the student version, exercises still stubs: its check cells show, folded, the feedback an unsolved exercise
+gets, and the notebook goes on with the package's reference answers; dpo_teach/site_pages.py makes each executed
+notebook into a page and keeps developers' text out of the README's sections), ``ppo_vs_dpo.html`` (the shipped
+comparison and its frontier), ``beyond_the_laptop.html`` (TRL and the GPU script), one ``grading_NN_name.html`` per
+exercise set and ``grading.html`` (every set, and how instructors grade); dpo_teach/site_readme.py writes the pages that
+are not executed notebooks. Rendering is nbconvert's JupyterLab template with three changes (``site_assets/page.html``,
+a Jinja template): no script from a CDN (math is typeset by the MathJax 3 copy that the ``django-static-mathjax`` wheel
+ships, copied into ``static/mathjax``), one shared stylesheet, and a header and footer with the navigation and the mode.
+The test suite builds the site from its own notebook runs (tests/test_site.py), so nothing runs twice."""
 
 from __future__ import annotations
 
@@ -36,10 +35,13 @@ from dpo_teach.grading import AUTOGRADER, MASTERS, NOTEBOOKS, ROOT, load_manifes
 from dpo_teach.grading.assign import solution_lines
 from dpo_teach.grading.release import release
 from dpo_teach.site_readme import (
+    BEYOND,
     DOWNLOADS,
+    beyond_page,
     grading_index,
     grading_page,
     landing,
+    link_readme_sections,
     readme_sections,
     results_page,
 )
@@ -193,7 +195,8 @@ def provenance() -> str:
 
 def write_downloads(out: Path) -> int:
     """The student release (``dpo_teach.grading.release``, which writes nothing when a solution or hidden test would
-    be in it) as ``out/downloads/dpo-teach.zip``, and its notebooks one by one beside it; returns the zip's bytes."""
+    be in it) as ``out/downloads/dpo-teach.zip``, its notebooks one by one beside it and the licences
+    (``LICENSE.txt``); returns the zip's bytes."""
     folder = out / DOWNLOADS
     folder.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,19 +204,21 @@ def write_downloads(out: Path) -> int:
         archive = Path(shutil.make_archive(str(folder / "dpo-teach"), "zip", root_dir=tmp, base_dir="dpo-teach"))
         for notebook in sorted((Path(tmp) / "dpo-teach" / "notebooks").glob("[0-9][0-9]_*.ipynb")):
             shutil.copy(notebook, folder)
+    shutil.copy(ROOT / "LICENSE", folder / "LICENSE.txt")  # each page's foot links it
     return archive.stat().st_size
 
 
 def all_pages(executed: dict[str, nbformat.NotebookNode], caches: dict[str, str], titles: dict[str, str],
               graded: dict[str, dict], zip_bytes: int) -> dict:
-    """``{stem: (notebook, title)}`` for every page of the site: the index, the comparison, the notebooks (``caches``:
-    the π_ref cache folder each one's run used, if not this process's) and the exercise pages (``graded``:
-    :func:`graded_questions`). The README is read here, once."""
+    """``{stem: (notebook, title)}`` for every page of the site: the index, the comparison, TRL beyond the laptop,
+    the notebooks (``caches``: the π_ref cache folder each one's run used, if not this process's) and the exercise
+    pages (``graded``: :func:`graded_questions`). The README is read here, once."""
     readme = readme_sections()
     pages = {"index": (landing(readme, titles, graded, zip_bytes), "dpo-teach: the course"),
-             "ppo_vs_dpo": (results_page(readme), "PPO vs DPO: the shipped comparison")}
-    pages |= {name: (site_pages.prepare(executed[name], [caches[name]] if name in caches else []), title)
-              for name, title in titles.items()}
+             "ppo_vs_dpo": (results_page(readme), "PPO vs DPO: the shipped comparison"),
+             "beyond_the_laptop": (beyond_page(readme), BEYOND)}
+    pages |= {name: (link_readme_sections(site_pages.prepare(executed[name], [caches[name]] if name in caches else [])),
+                     title) for name, title in titles.items()}
     pages |= {f"grading_{name}": (grading_page(name, titles[name], questions), f"Exercises of {titles[name]}")
               for name, questions in graded.items()}
     if graded:

@@ -286,12 +286,17 @@ def first_heading(nb: nbformat.NotebookNode, default: str) -> str:
     return default
 
 
+# The README's section that notebook 07 sends its readers to (its GPU script): a page of its own on the site.
+BEYOND = "Beyond the laptop: TRL, real checkpoints, real data"
+
+
 def header_links(titles: dict[str, str], current: str, graded: bool) -> list[dict]:
     """The header's links (``href``, ``label``, ``title`` tooltip, ``current``): home, each notebook by its number,
-    the comparison and, when any notebook has exercises, the exercises and grading page."""
+    the comparison, TRL at scale and, when any notebook has exercises, the exercises and grading page."""
     links = [("index", "Home", "dpo-teach: the course")]
     links += [(name, name[:2], title) for name, title in titles.items()]
-    links += [("ppo_vs_dpo", "PPO vs DPO", "PPO vs DPO: the shipped comparison")]
+    links += [("ppo_vs_dpo", "PPO vs DPO", "PPO vs DPO: the shipped comparison"),
+              ("beyond_the_laptop", "At scale", BEYOND)]
     links += [("grading", "Grading", "Exercises and grading")] * graded
     return [{"href": f"{stem}.html", "label": label, "title": title,
              "current": stem == current or (stem == "grading" and current.startswith("grading_"))}

@@ -1,6 +1,7 @@
-"""The site's pages that are written, not executed: from the README (the landing page, the comparison, how
-instructors grade, each cut for readers by :func:`site_pages.for_readers`), the Makefile's own ``make help`` (how to
-start the course) and the autograder manifests (each exercise set's questions and points)."""
+"""The site's pages that are written, not executed: from the README (the landing page, the comparison, TRL and real
+checkpoints beyond the laptop, how instructors grade, each cut for readers by :func:`site_pages.for_readers`), the
+Makefile's own ``make help`` (how to start the course) and the autograder manifests (each exercise set's questions and
+points)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import nbformat
 
 from dpo_teach import site_pages
 from dpo_teach.grading import ROOT
+from dpo_teach.site_pages import BEYOND
 
 DOWNLOADS = "downloads"  # the student release as a zip, and its notebooks one by one
 CHECKING = ("## Checking your answer\n\nEach auto-graded exercise is a function (or an answer) in a cell of the "
@@ -97,7 +99,7 @@ def landing(readme: dict[str, str], titles: dict[str, str], graded: dict[str, di
     return markdown_page(intro, get_the_course(readme, zip_bytes), course_map,
                          site_pages.for_readers(readme["The toy world"]),
                          "## Pages\n\n" + pages + "\n- [PPO vs DPO: the shipped comparison](ppo_vs_dpo.html)"
-                         "\n- [Exercises and grading](grading.html)")
+                         f"\n- [{BEYOND}](beyond_the_laptop.html)\n- [Exercises and grading](grading.html)")
 
 
 def grading_page(name: str, title: str, questions: dict[str, dict]) -> nbformat.NotebookNode:
@@ -123,6 +125,21 @@ def grading_index(readme: dict[str, str], titles: dict[str, str], graded: dict[s
     heading, _, section = site_pages.for_readers(readme["For instructors: grading"],
                                                  site_pages.FOR_DEVELOPERS).partition("\n\n")
     return markdown_page(f"# Exercises and grading\n\n{table}", CHECKING, f"{heading}\n\n{INSTRUCTORS}\n\n{section}")
+
+
+def beyond_page(readme: dict[str, str]) -> nbformat.NotebookNode:
+    """``beyond_the_laptop.html``: the README's section on TRL, real checkpoints and data, its GPU script included."""
+    return markdown_page(site_pages.for_readers(readme[BEYOND]))
+
+
+def link_readme_sections(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """``nb`` (a page being prepared) with each mention of the README's section that the site shows as a page
+    (:data:`BEYOND`) made a link to that page; on the site the README itself is not one click away."""
+    mention = f'README\'s section "{BEYOND}"'
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and mention in cell.source:
+            cell.source = cell.source.replace(mention, f"[{mention}](beyond_the_laptop.html)")
+    return nb
 
 
 def results_page(readme: dict[str, str]) -> nbformat.NotebookNode:

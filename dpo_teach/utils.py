@@ -50,15 +50,67 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_files(paths: list[str | Path]) -> Iterator[list[Path]]:
+    """:func:`atomic_file` for files that belong together (a run's results, its table, its figure): yield one
+    temporary path beside each of ``paths``; when the block succeeds they replace their paths one after another.
+
+    If the block raises, no path is touched. If an interrupt (Ctrl-C) or an error comes while they replace their
+    paths, the files already replaced get their earlier contents back (kept as hard links until the end), so the set
+    is the earlier one or the new one, never a mix. Temporary files that a killed run left (SIGKILL: no ``except``
+    ran) go at the next call.
+    """
+    paths = [Path(p) for p in paths]
+    tmps: list[Path] = []
+    kept: dict[Path, Path | None] = {}  # path -> a hard link to its earlier contents (None: it had none)
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _remove_abandoned(path)
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+            os.close(fd)
+            tmps.append(Path(name))
+        yield list(tmps)
+        for tmp in tmps:
+            os.chmod(tmp, _file_mode())  # mkstemp makes 0600; give the file the usual permissions
+        for path, tmp in zip(paths, tmps, strict=True):
+            kept[path] = _hard_link(path, tmp.with_suffix(".old")) if path.exists() else None
+            os.replace(tmp, path)
+    except BaseException:
+        for path, tmp in zip(paths, tmps, strict=False):
+            if kept.get(path) is not None:
+                os.replace(kept[path], path)  # its earlier contents, whether or not it was replaced yet
+            elif path in kept and not tmp.exists():  # it is new (nothing before) and already in place
+                path.unlink(missing_ok=True)
+        raise
+    finally:
+        for file in [*tmps, *(k for k in kept.values() if k is not None)]:
+            file.unlink(missing_ok=True)
+
+
+def _hard_link(path: Path, link: Path) -> Path:
+    """``link`` made a second name of ``path``'s contents (a copy where the file system has no hard links)."""
+    try:
+        os.link(path, link)
+    except OSError:
+        shutil.copy2(path, link)
+    return link
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (see :func:`atomic_file`)."""
     with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
+def json_text(obj: object, sort_keys: bool = True) -> str:
+    """``obj`` as the indented UTF-8 JSON that the package writes."""
+    return json.dumps(obj, indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n"
+
+
 def atomic_write_json(path: str | Path, obj: object, sort_keys: bool = True) -> None:
-    """``atomic_write_text`` of ``obj`` as indented UTF-8 JSON."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n")
+    """``atomic_write_text`` of ``obj`` as indented UTF-8 JSON (:func:`json_text`)."""
+    atomic_write_text(path, json_text(obj, sort_keys))
 
 
 @contextmanager
@@ -66,8 +118,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary directory beside ``path``; when the block succeeds it takes the place of ``path``.
 
     Everything a run writes goes into the temporary directory, so an interrupted or failed run (an exception, a
-    Ctrl-C) leaves ``path`` exactly as it was and removes the temporary directory; a finished one leaves only the new
-    contents (whatever ``path`` held before is deleted: check with :func:`check_replaceable` first).
+    Ctrl-C, also one between the two renames that swap the folders) leaves ``path`` exactly as it was and removes the
+    temporary directory; a finished one leaves only the new contents (whatever ``path`` held before is deleted: check
+    with :func:`check_replaceable` first). A run killed outright between the renames leaves the earlier folder aside;
+    the next call puts it back before it starts.
     """
     path = Path(os.path.abspath(path))  # "results/." has the parent "results", not "."
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,27 +135,40 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = None
-    if path.exists():
-        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".old"))
-        os.replace(path, old / "x")
-    os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".old"))
+            os.replace(path, old / "x")
+        os.replace(tmp, path)
+    except BaseException:  # a Ctrl-C between the two renames: back to the state before the run, whichever came
+        if not tmp.exists():  # the new run had already taken path's place
+            os.replace(path, tmp)
+        if old is not None and (old / "x").exists():
+            os.replace(old / "x", path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _remove_abandoned(path: Path) -> None:
-    """Delete what :func:`atomic_dir` left beside ``path`` in a run that was killed outright (SIGKILL, a power cut:
-    no ``except`` ran): its ``.NAME.PID.*.tmp``/``.old`` folders whose process no longer runs on this machine. An
-    ``.old`` that holds the earlier run while ``path`` is gone (killed between the two renames) is kept: it is the
-    only copy of that run."""
-    form = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.(tmp|old)")  # mkdtemp's part has no dot
-    for folder in path.parent.glob(f".{glob_escape(path.name)}.*"):
-        found = form.fullmatch(folder.name)
-        if not found or not folder.is_dir() or _running(int(found[1])):
+    """Delete what :func:`atomic_dir` or :func:`atomic_files` left beside ``path`` in a run that was killed outright
+    (SIGKILL, a power cut: no ``except`` ran): its ``.NAME.PID.*.tmp``/``.old`` folders and files whose process no
+    longer runs on this machine. An ``.old`` that holds the earlier contents while ``path`` is gone (killed between
+    two renames) is put back in ``path``'s place: it is the only copy of them."""
+    form = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[^.]+\.(tmp|old)")  # mkstemp's part has no dot
+    for found_path in path.parent.glob(f".{glob_escape(path.name)}.*"):
+        found = form.fullmatch(found_path.name)
+        if not found or _running(int(found[1])):
             continue
-        if found[2] == "old" and (folder / "x").exists() and not path.exists():
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
+        earlier = found_path / "x" if found_path.is_dir() else found_path
+        if found[2] == "old" and earlier.exists() and not path.exists():
+            os.replace(earlier, path)
+        if found_path.is_dir():
+            shutil.rmtree(found_path, ignore_errors=True)
+        else:
+            found_path.unlink(missing_ok=True)
 
 
 def _running(pid: int) -> bool:
@@ -174,7 +241,11 @@ def _count_entries(is_dir: list[bool]) -> str:
 
 
 def lr_at(step: int, steps: int, peak: float, warmup_frac: float = 0.05, floor: float = 0.1) -> float:
-    """Linear warm-up then cosine decay from ``peak`` to ``floor * peak``."""
+    """Linear warm-up, then cosine decay from ``peak`` towards ``floor * peak`` at the last step.
+
+    The warm-up lasts ``int(warmup_frac * steps)`` steps, at least one, and step 0 runs at ``peak / warmup``: a run
+    of fewer than ``1 / warmup_frac`` steps (40 at 5 %: PPO's, GRPO's and RLOO's iterations in the comparison, an
+    online-DPO round) has no ramp and starts at the peak."""
     warmup = max(1, int(warmup_frac * steps))
     if step < warmup:
         return peak * (step + 1) / warmup

@@ -104,3 +104,72 @@ def test_an_interrupted_train_rerun_leaves_the_earlier_run_intact(tmp_path, worl
     assert sorted(p.name for p in out.iterdir()) == ["history.json", "metrics.json", "policy", "training_curves.png"]
     assert (out / "metrics.json").read_bytes() != before[Path("metrics.json")]
     assert [p.name for p in out.parent.iterdir()] == ["train"]
+
+
+def _trains_nothing(monkeypatch):
+    """A train or demo that gets past its checks fails the test: each refusal below must come first."""
+    import dpo_teach.dpo
+    import dpo_teach.pipeline
+
+    def trained(*args, **kwargs):
+        raise AssertionError("the run started before its --out was checked")
+
+    monkeypatch.setattr(dpo_teach.dpo, "train_dpo", trained)
+    monkeypatch.setattr(dpo_teach.pipeline, "run_demo", trained)
+
+
+@pytest.mark.parametrize("command", ["train", "demo"])
+def test_an_out_whose_folder_cannot_take_the_run_is_refused_before_training(tmp_path, monkeypatch, capsys, command):
+    """A run is written beside --out and then takes its place: a folder beside it that is not writable, or an --out
+    name too long to add the temporary name's part to, ends the command in one line before any work (it used to
+    train first and lose the result in a traceback)."""
+    import os
+
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps(GOOD) + "\n")
+    argv = [command, *(["--data", str(data)] if command == "train" else [])]
+    _trains_nothing(monkeypatch)
+    locked = tmp_path / "locked"
+    (locked / "run").mkdir(parents=True)  # --out itself is writable; the folder that holds it is not
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and access(p, mode))  # root passes chmod
+    assert main([*argv, "--out", str(locked / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"in {locked}, and then takes its place, but {locked} is not writable for you" in err, err
+    assert len(err.strip().splitlines()) == 1
+    long = "b" * 245  # a valid name, too long once ".NAME.PID.XXXXXXXX.tmp" is made of it
+    assert main([*argv, "--out", str(tmp_path / long)]) == 2
+    err = capsys.readouterr().err
+    assert "its last part is 245 bytes long" in err and "pass a name of at most" in err and "Traceback" not in err
+    assert main([*argv, "--out", str(tmp_path / ("c" * 300))]) == 2  # too long for any file name
+    err = capsys.readouterr().err
+    assert "File name too long; pass another path" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_ctrl_c_while_the_command_starts_is_one_line(monkeypatch, capsys):
+    """The parser imports torch and transformers (seconds): a Ctrl-C then says so in one line, no traceback."""
+    import dpo_teach.cli
+
+    def slow_start():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dpo_teach.cli, "build_parser", slow_start)
+    assert main(["demo"]) == 130
+    assert capsys.readouterr().err == "interrupted while starting; nothing was written\n"
+
+
+def test_a_ctrl_c_after_the_comparison_wrote_its_results_says_where_they_are(tmp_path, monkeypatch, capsys):
+    """With --asset, the comparison's own outputs are written before the asset: a Ctrl-C between says so."""
+    import dpo_teach.compare
+    import dpo_teach.frontier
+
+    monkeypatch.setattr(dpo_teach.compare, "run_comparison", lambda cfg, progress: {})
+
+    def interrupted(results, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dpo_teach.frontier, "write_asset", interrupted)
+    asset = tmp_path / "asset.json"
+    assert main(["compare", "--fast", "--out", str(tmp_path / "cmp"), "--asset", str(asset)]) == 130
+    assert capsys.readouterr().err == (f"interrupted; this run's results are in {tmp_path / 'cmp'}; --asset {asset} "
+                                       "is as it was before\n")

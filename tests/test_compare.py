@@ -327,6 +327,7 @@ def test_fast_comparison_end_to_end(tmp_path, cache_root, capsys):
     assert {"frontier DPO vs PPO", "frontier DPO vs PPO-GT", "frontier GRPO vs PPO", "frontier online-DPO vs DPO",
             "completions"} <= set(text)
     assert text["frontier DPO vs PPO"] in printed and "| PPO-GT ★ |" in (out / "table.md").read_text()
+    assert (out / "table.md").read_text().split("\n\n", 1)[1] in printed  # the command prints what it wrote
     save_figure(frontier.plot_frontier(results, highlight={"DPO": 1.0, "PPO": 0.1}), tmp_path / "h.png")
 
 
@@ -373,3 +374,45 @@ def test_a_script_that_calls_the_comparison_without_a_main_guard_stops_with_the_
     assert done.returncode == 1 and done.stderr.rstrip().endswith(
         "must be under `if __name__ == \"__main__\":` (or run `dpo-teach compare`)"), done.stderr[-1500:]
     assert done.stderr.count("must be under") == 1 and done.stderr.count("Traceback") == 1, done.stderr[-3000:]
+
+
+def test_the_one_line_summary_says_where_the_frontier_lies_as_the_sentence_does():
+    """A frontier that starts below and ends above: the sentence says it crosses, and so does the one-line summary
+    (not "lies below" because the mean gap is negative)."""
+    runs = []
+    for seed in (0, 1):
+        runs += [_run("DPO", 1.0, seed, [(0, 0), (1, 0.1), (2, 0.7)]),
+                 _run("PPO", 0.1, seed, [(0, 0), (1, 0.4), (2, 0.6)])]
+    for run in runs:
+        run["final"]["reward_std"] = 0.5
+    results = {**fake_results(), "runs": runs, "config": {"n_eval_prompts": 100}}
+    assert frontier.matched_kl_gap(results, "DPO", "PPO", 0.0)["gap"] < 0
+    assert "DPO's reward–KL frontier crosses PPO's" in conclusions.frontier_sentence(results, "DPO", "PPO", 0.0)
+    line = conclusions.headline(results, "DPO", "PPO")
+    assert line.startswith("DPO's frontier crosses PPO's, ") and "lower on average at matched KL" in line, line
+
+
+def test_a_ctrl_c_while_the_outputs_are_written_leaves_the_earlier_comparison_whole(tmp_path, monkeypatch):
+    """What the interrupted command says ("--out is as it was before"): a Ctrl-C between the renames of
+    results.json, table.md and frontier.png leaves the earlier three, not a mix of two runs."""
+    import os
+
+    earlier = {**fake_results(), "config": {"n_eval_prompts": 100}}
+    for run in earlier["runs"]:
+        run["final"]["reward_std"] = 0.5
+    conclusions.write_outputs(earlier, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["frontier.png", "results.json", "table.md"]
+    replace, calls = os.replace, []
+
+    def interrupted(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:  # the figure is drawn (one rename) and results.json swapped in: table.md is next
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    later = {**earlier, "runs": [r for r in earlier["runs"] if r["seed"] == 0], "reference": {"0": {"reward": 0.0}}}
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        conclusions.write_outputs(later, tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

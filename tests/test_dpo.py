@@ -156,3 +156,16 @@ def test_log_probs_of_another_reference_are_refused(world, pairs):
     joined = examples[:6] + reference_logprobs(other, tokenize_pairs(tok, pairs[6:8], 64), tok.pad_token_id)
     with pytest.raises(ValueError, match=r"example 7 carries ref_chosen_logps"):
         train_dpo(copy.deepcopy(reference), reference, tok, pairs[:8], DPOConfig(batch_size=4), examples=joined)
+
+
+def test_the_learning_rate_schedule_is_what_the_configs_say():
+    """utils.lr_at: a linear warm-up over 5 % of the steps (DPO's 189 steps: 9), then cosine decay towards 10 % of
+    the peak; a run under 40 steps (the comparison's 20 PPO iterations) has no ramp and starts at the peak."""
+    from dpo_teach.utils import lr_at
+
+    ramp = [lr_at(s, 189, 1.0) for s in range(10)]
+    assert ramp[0] == pytest.approx(1 / 9) and ramp[8] == ramp[9] == 1.0
+    assert all(a < b for a, b in zip(ramp[:9], ramp[1:9], strict=False))
+    decay = [lr_at(s, 189, 1.0) for s in range(9, 189)]
+    assert all(a >= b for a, b in zip(decay, decay[1:], strict=False)) and 0.1 < decay[-1] < 0.11
+    assert lr_at(0, 20, 1.0) == 1.0 and lr_at(0, 39, 1.0) == 1.0 and lr_at(0, 40, 1.0) == 0.5

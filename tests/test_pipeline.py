@@ -92,8 +92,8 @@ def test_an_interrupted_rerun_leaves_the_earlier_run_intact_and_complete(world, 
 
 def test_a_folder_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path):
     """SIGKILL runs no ``except``: the killed run's ``.NAME.PID.*.tmp`` stays beside --out until the next run into
-    the same place removes it, and only it (a live run's folder, another --out's, an ``.old`` that is the only copy
-    of the earlier run, and other files stay)."""
+    the same place removes it, and only it (a live run's folder, another --out's and other files stay); an ``.old``
+    that is the only copy of the earlier run (killed between the renames) is put back in --out's place first."""
     import subprocess
     import sys
 
@@ -109,10 +109,41 @@ def test_a_folder_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path):
         (folder / "policy").mkdir(parents=True)
     only_copy = tmp_path / f".demo.{dead}.ghi012.old"  # killed between its renames: the earlier run, and no demo/
     (only_copy / "x" / "policy").mkdir(parents=True)
-    kept.append(only_copy)
     with atomic_dir(out) as work:
+        assert (out / "policy").is_dir() and not only_copy.exists()  # the earlier run is back while this one runs
         (work / "metrics.json").write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["demo"] + [p.name for p in kept])
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+
+
+@pytest.mark.parametrize("at", ["moving the earlier run aside", "moving the new run in", "after both renames"])
+def test_a_ctrl_c_while_the_folders_are_swapped_leaves_the_earlier_run(tmp_path, monkeypatch, at):
+    """The swap at the end of a run is two renames (the earlier run aside, the new one in); a Ctrl-C before, between
+    or right after them leaves --out as it was, as the interrupted command says, and nothing beside it."""
+    from dpo_teach.utils import atomic_dir
+
+    out = tmp_path / "demo"
+    (out / "policy").mkdir(parents=True)
+    (out / "metrics.json").write_text('{"run": "earlier"}')
+    replace, calls = os.replace, []
+
+    def interrupted(src, dst):
+        calls.append(dst)
+        if at == "moving the earlier run aside" and len(calls) == 1:
+            raise KeyboardInterrupt
+        if at == "moving the new run in" and len(calls) == 2:
+            raise KeyboardInterrupt
+        replace(src, dst)
+        if at == "after both renames" and len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(out) as work:
+            (work / "metrics.json").write_text('{"run": "new"}')
+            monkeypatch.setattr(os, "replace", interrupted)
+    monkeypatch.setattr(os, "replace", replace)
+    assert (out / "metrics.json").read_text() == '{"run": "earlier"}' and (out / "policy").is_dir()
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]
 
 
 def test_a_demo_into_a_folder_with_other_files_deletes_nothing(tmp_path):

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from dpo_teach.compute import Compute
 from dpo_teach.data import split_pairs
 from dpo_teach.losses import bradley_terry_loss
 from dpo_teach.reward import bt_probability
@@ -83,7 +84,9 @@ def test_training_lowers_the_bt_loss_and_orders_held_out_pairs(world, trained):
 def test_learned_reward_is_standardised_counts_calls_and_prefers_positive_text(world, trained):
     _, tokenizer = world
     rm, _, train, _ = trained
-    reward = LearnedReward(rm, tokenizer, train)
+    compute = Compute()
+    reward = LearnedReward(rm, tokenizer, train, compute)
+    assert compute.as_dict() == {**Compute().as_dict(), "forward": 2 * len(train)}  # the standardisation pass
     prompts = [r["prompt"] for r in train] * 2
     completions = [r["chosen"] for r in train] + [r["rejected"] for r in train]
     scores = reward(prompts, completions)

@@ -11,6 +11,7 @@ other host blocked, at a desktop's width and then at a phone's, and each page's 
 from __future__ import annotations
 
 import functools
+import html
 import json
 import os
 import re
@@ -336,6 +337,31 @@ def test_the_course_can_be_downloaded_without_solutions(built, tmp_path):
         assert f'href="downloads/{path.name}"' in (out / f"{path.stem}.html").read_text(encoding="utf-8")
 
 
+def test_every_page_names_the_licences_and_links_them(built):
+    """A visitor may reuse what they read: each page's foot says which licence covers what, as LICENSE does, and
+    links LICENSE itself."""
+    out, _ = built
+    licence = (site.ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert "MIT License" in licence and "(CC BY 4.0)" in licence
+    assert (out / site_readme.DOWNLOADS / "LICENSE.txt").read_text(encoding="utf-8") == licence
+    pages = sorted(out.glob("*.html"))
+    assert len(pages) > 10
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert 'Code under the MIT License, course text under CC BY 4.0:\n  <a href="downloads/LICENSE.txt">' in text, \
+            page.name
+
+
+def test_notebook_07s_pointer_to_the_gpu_script_is_a_link_to_it(built):
+    """07 sends its readers to the README's section with the GPU script; on the site that section is a page, linked
+    from 07 and from the index, and it holds the script."""
+    out, _ = built
+    beyond = html.unescape(re.sub(r"<[^>]+>", "", (out / "beyond_the_laptop.html").read_text(encoding="utf-8")))
+    assert "train_dpo_trl.py" in beyond and "trainer = DPOTrainer(model=MODEL" in beyond
+    for name in ("07_variants_and_pitfalls", "index"):
+        assert 'href="beyond_the_laptop.html"' in (out / f"{name}.html").read_text(encoding="utf-8"), name
+
+
 def makefile_rules() -> dict[str, str]:
     """``{target: its prerequisites}`` for every rule of the Makefile."""
     rules = re.findall(r"^([^\s#:=][^:=\n]*):(?!=)(.*)$", (site.ROOT / "Makefile").read_text(), re.MULTILINE)
@@ -613,7 +639,8 @@ def test_navigation_names_and_marks_the_pages(browsed):
         here = "grading.html" if name.startswith("grading") else f"{name}.html"
         assert [link["href"] for link in page["nav"] if link["current"] == "page"] == [here], name
         assert all(link["title"] for link in page["nav"]), f"{name}: a header link without its full name"
-        assert {"grading.html", "ppo_vs_dpo.html", "index.html"} <= {link["href"] for link in page["nav"]}
+        assert {"grading.html", "ppo_vs_dpo.html", "beyond_the_laptop.html", "index.html"} <= {
+            link["href"] for link in page["nav"]}
         assert page["phone"]["header"] not in {"sticky", "fixed"} and page["header"] == "sticky", name
     for at, name in enumerate(notebooks):
         page = browsed[name]

@@ -131,3 +131,59 @@ def _current_umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _write_set(paths, texts):
+    from dpo_teach.utils import atomic_files
+
+    with atomic_files(paths) as tmps:
+        for tmp, text in zip(tmps, texts, strict=True):
+            tmp.write_text(text)
+
+
+@pytest.mark.parametrize("stop", [None, 1, 2, 3, "after"])
+def test_files_written_as_a_set_are_the_earlier_set_or_the_new_one_after_a_ctrl_c(tmp_path, monkeypatch, stop):
+    """A comparison's results.json, table.md and frontier.png (and grading's grades.csv and grades.json) replace
+    the earlier ones together: a Ctrl-C at any rename of the swap (``stop``: before the 1st, 2nd or 3rd, or right
+    after the last) leaves the earlier set, a file the earlier run did not have included, and no temporary file."""
+    import os
+
+    paths = [tmp_path / "results.json", tmp_path / "table.md", tmp_path / "frontier.png"]
+    _write_set(paths[:2], ["old results", "old table"])  # the earlier run had no figure
+    replace, calls = os.replace, []
+
+    def interrupted(src, dst):
+        calls.append(dst)
+        if len(calls) == stop:
+            raise KeyboardInterrupt
+        replace(src, dst)
+        if stop == "after" and len(calls) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    if stop is None:
+        _write_set(paths, ["new results", "new table", "new figure"])
+        assert [p.read_text() for p in paths] == ["new results", "new table", "new figure"]
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            _write_set(paths, ["new results", "new table", "new figure"])
+        assert [p.read_text() for p in paths[:2]] == ["old results", "old table"] and not paths[2].exists()
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in paths if p.exists())
+
+
+def test_files_of_a_set_are_untouched_when_the_block_fails_and_a_killed_runs_temporary_files_go(tmp_path):
+    import subprocess
+    import sys
+
+    from dpo_teach.utils import atomic_files
+
+    path = tmp_path / "table.md"
+    path.write_text("earlier")
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    abandoned = tmp_path / f".table.md.{int(ended.stdout)}.abc123.tmp"  # a SIGKILLed run's
+    abandoned.write_text("half")
+    with pytest.raises(RuntimeError):
+        with atomic_files([path]) as (tmp,):
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert path.read_text() == "earlier" and [p.name for p in tmp_path.iterdir()] == ["table.md"]

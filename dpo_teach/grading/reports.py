@@ -11,7 +11,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from dpo_teach.grading.submissions import REPORT_FILES, shown
-from dpo_teach.utils import atomic_file
+from dpo_teach.utils import atomic_files
 
 
 def empty_row(student: str, path: Path, assignment: str | None, status: str, problem: str = "") -> dict:
@@ -84,9 +84,9 @@ def write_reports(report: dict, out: Path) -> None:
         if (out / name).is_dir():
             raise IsADirectoryError(f"{out / name} is a folder")
     csv_path, json_path = (out / name for name in REPORT_FILES)
-    with atomic_file(csv_path) as csv_file, atomic_file(json_path) as json_file:
+    with atomic_files([csv_path, json_path]) as (csv_file, json_file):  # both written, then both swapped in:
         json_file.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        csv_file.write_text(buffer.getvalue(), encoding="utf-8")  # both written, then both renamed: never one alone
+        csv_file.write_text(buffer.getvalue(), encoding="utf-8")  # never one alone, also after a Ctrl-C
 
 
 def format_table(report: dict) -> str:
