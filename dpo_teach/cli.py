@@ -28,11 +28,11 @@ from dpo_teach.cli_args import (
 
 
 def cmd_demo(args) -> None:
-    from dpo_teach.pipeline import DemoConfig, run_demo
+    from dpo_teach.pipeline import RUN_OUTPUTS, DemoConfig, run_demo
 
     preset = check_model_flags(args)
     check_writable(args.out, "--out", directory=True)
-    check_out_replaceable(args.out, {"--model": args.model})
+    check_out_replaceable(args.out, RUN_OUTPUTS, {"--model": args.model})
     cfg = DemoConfig.with_seed(args.seed, out_dir=args.out, model_path=args.model)
     cfg.world.preset, cfg.prefs.n_prompts = preset, args.pairs
     apply_dpo_args(cfg.dpo, args)
@@ -98,15 +98,16 @@ def cmd_train(args) -> None:
     from dpo_teach.evaluate import preference_accuracy
     from dpo_teach.logprobs import tokenize_pairs
     from dpo_teach.model import context_length, save_checkpoint
+    from dpo_teach.pipeline import TRAIN_OUTPUTS
     from dpo_teach.plots import plot_dpo_history, save_figure
-    from dpo_teach.preference_file import DataWarning, check_preferences, length_fix, read_preferences
+    from dpo_teach.preference_file import check_preferences, read_preferences, warn_cut
     from dpo_teach.utils import atomic_dir, atomic_write_json
     from dpo_teach.world import WorldConfig, load_reference
 
     preset = check_model_flags(args)
     data = read_preferences(args.data, args.skip_invalid)  # fail fast, before any model is loaded or built
     check_writable(args.out, "--out", directory=True)
-    check_out_replaceable(args.out, {"--data": args.data, "--model": args.model})
+    check_out_replaceable(args.out, TRAIN_OUTPUTS, {"--data": args.data, "--model": args.model})
     checkpoint = check_context(args.model, args.max_length)
     if args.model is None:
         warn_other_reference(args.data, WorldConfig(preset=preset))
@@ -118,13 +119,7 @@ def cmd_train(args) -> None:
         line, reason = data.skipped[0]
         print(f"skipped {len(data.skipped)} invalid rows of {args.data} (first: line {line}: {reason})")
     examples = tokenize_pairs(tokenizer, data.rows, args.max_length)  # once: counted here, trained and evaluated on
-    cut = [e for e in examples if not e["chosen_ids"][-1:] == e["rejected_ids"][-1:] == [tokenizer.eos_token_id]]
-    if cut:  # a completion cut at --max-length lost its EOS
-        same = sum(e["chosen_ids"] == e["rejected_ids"] for e in cut)
-        warnings.warn(f"{args.data}: {len(cut)} of {len(data.rows)} pairs are longer than --max-length "
-                      f"{args.max_length} tokens and are cut at the end (as TRL does)" + (
-                      f"; {same} of them are then the same tokens, with nothing left to prefer" if same else "")
-                      + f": {length_fix(args.max_length, context, 'the completions')}", DataWarning, stacklevel=1)
+    warn_cut(args.data, examples, tokenizer.eos_token_id, args.max_length, context, stacklevel=1)
     train_rows, heldout = split_heldout(data.rows, args.eval_fraction, args.seed, args.data)
     warn_heldout_overlap(args.data, train_rows, heldout)
     tokenized = {id(row): e for row, e in zip(data.rows, examples, strict=True)}
@@ -227,11 +222,15 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; {_interrupted(args)}", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk or quota, a folder gone while the run wrote: what is kept, in one line
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"dpo-teach {args.command}: error: {e.strerror or e}{where}; {_interrupted(args)}", file=sys.stderr)
+        return 2
     return 0
 
 
 def _interrupted(args) -> str:
-    """What an interrupted command leaves: each writes its outputs only at its end (atomically)."""
+    """What an interrupted or failed command leaves: each writes its outputs only at its end (atomically)."""
     if args.command in ("demo", "train"):
         return f"--out {args.out} is as it was before this run"
     if args.command == "compare" and getattr(args, "compared", None):

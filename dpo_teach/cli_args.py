@@ -82,6 +82,12 @@ def check_writable(path: str | Path, flag: str, directory: bool) -> None:
 
 
 def _check_writable(path: Path, flag: str, directory: bool) -> None:
+    if path.is_symlink() and not path.exists():
+        raise UsageError(f"{flag} {path}: is a symbolic link to {os.readlink(path)}, which does not exist; create "
+                         "it or pass another path")
+    if path.exists() and not path.is_dir() and not path.is_file():  # a device (/dev/null), a pipe, a socket
+        raise UsageError(f"{flag} {path}: is not a regular file (a device or a pipe), which the command would "
+                         f"replace by one; pass a file path{', or - for standard output' if flag == '--out' else ''}")
     want, other = ("a directory", "a file") if directory else ("a file", "a directory")
     if path.exists() and path.is_dir() != directory:
         raise UsageError(f"{flag} {path}: is {other}, expected {want}; pass another path")
@@ -93,6 +99,19 @@ def _check_writable(path: Path, flag: str, directory: bool) -> None:
         raise UsageError(f"{flag} {path}: {existing} is a file, so nothing can be created under it; pass another path")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path}: {existing} is not writable for you; pass a path you can write to")
+
+
+def _path(text: str) -> str:
+    """A path argument: not empty (an unset shell variable, ``"$DIR"``, would otherwise mean the default or the
+    current directory) and UTF-8 (the tokenizer's and the results' files are written and read under it)."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path (an unset shell variable?); pass a path")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{text.encode('utf-8', 'surrogateescape')!r} is not UTF-8, which the "
+                                         "files written under it need; rename it or pass another path") from None
+    return text
 
 
 def _fraction(text: str) -> float:
@@ -145,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--pairs", type=_at_least(12, "a sixth of the pairs is held out", MAX_PAIRS),
                    default=demo_defaults.prefs.n_prompts,
                    help="prompts to sample preference pairs for (%(default)s)")
-    d.add_argument("--model", metavar="DIR", help="use this save_pretrained directory as π_ref (e.g. a real GPT-2)")
-    d.add_argument("--out", default=demo_defaults.out_dir, help="output directory (%(default)s)")
+    d.add_argument("--model", metavar="DIR", type=_path,
+                   help="use this save_pretrained directory as π_ref (e.g. a real GPT-2)")
+    d.add_argument("--out", default=demo_defaults.out_dir, type=_path, help="output directory (%(default)s)")
     d.add_argument("--rebuild", action="store_true", help="rebuild π_ref even when cached (not with --model)")
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_dpo_args(d, demo_defaults.dpo)
@@ -154,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("data", help="write a toy preference set as JSONL",
                        description="Sample two completions per prompt from the toy π_ref and label them with "
                                    "Bradley–Terry noise on the ground-truth reward.")
-    m.add_argument("--out", required=True, help="JSONL file to write (- for standard output)")
+    m.add_argument("--out", required=True, type=_path, help="JSONL file to write (- for standard output)")
     m.add_argument("--pairs", type=_positive(int, MAX_PAIRS), default=2000, help="prompts (%(default)s)")
     m.add_argument("--bt-temperature", type=_positive(float), default=0.1, help="label noise τ (%(default)s)")
     m.add_argument("--seed", type=_seed, default=0, help="seed of the prompts, samples and labels; π_ref is the toy "
@@ -175,11 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "interrupted one. Writes grades.csv (a row per submission, a column "
                                    "per question) and grades.json (also feedback, cell errors, flags, totals per "
                                    "student).")
-    g.add_argument("submissions", metavar="SUBMISSIONS_DIR", help="folder of submitted notebooks")
-    g.add_argument("--out", default="results/grades", help="where grades.csv and grades.json go (%(default)s)")
+    g.add_argument("submissions", metavar="SUBMISSIONS_DIR", type=_path, help="folder of submitted notebooks")
+    g.add_argument("--out", default="results/grades", type=_path,
+                   help="where grades.csv and grades.json go (%(default)s)")
     g.add_argument("--assignment", help="grade every notebook as this assignment, e.g. 03_deriving_dpo (default: "
                                         "read from each notebook's metadata, else from its file name)")
-    g.add_argument("--autograder-dir", metavar="DIR",
+    g.add_argument("--autograder-dir", metavar="DIR", type=_path,
                    help="bundles written by `make assign` (default: course/autograder)")
     g.add_argument("--timeout", type=_positive(float, MAX_TIMEOUT), default=900,
                    help="seconds per notebook; past it a notebook is killed and scores 0 (%(default)s)")
@@ -196,11 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a policy with DPO on a JSONL file of {prompt, chosen, rejected} rows "
                                    "(or HH-RLHF {chosen, rejected} dialogues). π_ref is the toy model unless "
                                    "--model points at a save_pretrained directory.")
-    t.add_argument("--data", required=True, metavar="FILE.jsonl", help="preference pairs")
-    t.add_argument("--model", metavar="DIR", help="π_ref checkpoint directory (default: the cached toy model)")
+    t.add_argument("--data", required=True, type=_path, metavar="FILE.jsonl", help="preference pairs")
+    t.add_argument("--model", metavar="DIR", type=_path,
+                   help="π_ref checkpoint directory (default: the cached toy model)")
     t.add_argument("--preset", choices=sorted(PRESETS),
                    help=f"toy model size ({demo_defaults.world.preset}; not with --model)")
-    t.add_argument("--out", default="results/train", help="output directory (%(default)s)")
+    t.add_argument("--out", default="results/train", type=_path, help="output directory (%(default)s)")
     t.add_argument("--eval-fraction", type=_fraction, default=0.1, help="pairs held out for accuracy (%(default)s)")
     t.add_argument("--skip-invalid", action="store_true", help="skip bad rows (counted) instead of stopping")
     t.add_argument("--seed", type=_seed, default=0, help="seed (%(default)s)")
@@ -222,12 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only these methods (default: all; with --fast all but online-DPO-fixed, "
                         "online-DPO-RM and GRPO-GT/token), e.g. --methods DPO PPO PPO-GT")
     c.add_argument("--seeds", type=_seed, nargs="+", help="seeds to repeat everything with (default: 0 1)")
-    c.add_argument("--out", help="output directory (default: results/compare, or results/compare/fast with --fast)")
+    c.add_argument("--out", type=_path,
+                   help="output directory (default: results/compare, or results/compare/fast with --fast)")
     c.add_argument("--workers", type=_positive(int, MAX_PROCESSES), default=2,
                    help="seeds run in parallel processes (%(default)s)")
     c.add_argument("--threads", type=_positive(int, MAX_PROCESSES), default=1,
                    help="torch CPU threads per process (%(default)s)")
-    c.add_argument("--asset", metavar="FILE.json",
+    c.add_argument("--asset", metavar="FILE.json", type=_path,
                    help="also write the results compactly here (notebooks/assets/compare_results.json ships them)")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
@@ -247,17 +270,17 @@ def check_model_flags(args) -> str:
     return args.preset or DemoConfig().world.preset
 
 
-def check_out_replaceable(out: str, inputs: dict[str, str | None] | None = None) -> None:
-    """A run replaces --out as a whole at its end: refuse a directory that holds anything but an earlier run, or that
-    holds one of the run's own ``inputs`` (``{"--data": path, "--model": path}``)."""
-    from dpo_teach.pipeline import RUN_OUTPUTS
+def check_out_replaceable(out: str, owned: frozenset[str], inputs: dict[str, str | None] | None = None) -> None:
+    """A run replaces --out as a whole at its end: refuse a directory that holds anything but what such a run writes
+    (``owned``: ``pipeline.RUN_OUTPUTS`` for the demo, ``TRAIN_OUTPUTS`` for train), or that holds one of the run's
+    own ``inputs`` (``{"--data": path, "--model": path}``)."""
     from dpo_teach.utils import check_replaceable
 
     try:
-        check_replaceable(out, RUN_OUTPUTS, inputs=inputs)
+        check_replaceable(out, owned, inputs=inputs)
     except FileExistsError as e:
         raise UsageError(f"--out {e}") from None
-    _check_room_beside(Path(os.path.abspath(out)))
+    _check_room_beside(Path(os.path.realpath(out)))  # where utils.atomic_dir writes: beside the folder a link names
 
 
 def _check_room_beside(target: Path) -> None:
@@ -268,8 +291,8 @@ def _check_room_beside(target: Path) -> None:
         raise UsageError(f"--out {target}: the run is written beside it, in {beside}, and then takes its place, but "
                          f"{beside} is not writable for you; pass a path in a folder you can write to")
     longest = os.pathconf(beside, "PC_NAME_MAX") - len(f"..{os.getpid()}.XXXXXXXX.tmp")
-    if len(target.name.encode()) > longest:
-        raise UsageError(f"--out {target}: its last part is {len(target.name.encode())} bytes long; the run is "
+    if len(os.fsencode(target.name)) > longest:
+        raise UsageError(f"--out {target}: its last part is {len(os.fsencode(target.name))} bytes long; the run is "
                          f"written beside it under a name {len(f'..{os.getpid()}.XXXXXXXX.tmp')} bytes longer, which "
                          f"this file system refuses; pass a name of at most {longest} bytes")
 

@@ -86,7 +86,12 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, path: str | Path, extra: 
     """
 
     with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp)
+        try:
+            model.save_pretrained(tmp)
+        except Exception as e:
+            if type(e).__name__ == "SafetensorError" and "os error" in str(e):  # its I/O errors: a full disk ...
+                raise OSError(_first_line(e).removeprefix("SafetensorError: ")) from e
+            raise
         tokenizer.save_pretrained(tmp)
         for name, obj in (extra or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
@@ -143,6 +148,7 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
         raise CheckpointError(f"checkpoint {path}: the model cannot be loaded ({_first_line(e)}); "
                               f"the files may be truncated or corrupt — re-save or re-download them") from e
     _check_weights(path, config, info)
+    _check_finite(path, model)
     n_embedded = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > n_embedded:  # a token id past the embedding table would fail deep inside torch
         raise CheckpointError(f"checkpoint {path}: the tokenizer has {len(tokenizer)} tokens but the model embeds only "
@@ -150,6 +156,16 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
     disable_dropout(model)
     model.eval()
     return model, tokenizer
+
+
+def _check_finite(path: Path, model: PreTrainedModel) -> None:
+    """Refuse weights that hold nan or inf (a policy saved after its training diverged): every log-prob would be nan,
+    and the run would stop later blaming the learning rate, or sampling would fail inside torch."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"checkpoint {path}: weight {name} holds nan or inf (saved after training "
+                                  "diverged?); use a checkpoint saved before that, or train again with a lower "
+                                  "learning rate")
 
 
 def _check_special_tokens(path: Path, tokenizer) -> None:

@@ -18,8 +18,10 @@ import torch
 from dpo_teach.data import PreferenceConfig, bt_ceiling, make_preference_pairs, split_heldout, write_preferences
 from dpo_teach.dpo import FLAGS, DPOConfig, train_dpo
 from dpo_teach.evaluate import evaluate_policy, evaluation_prompts, preference_accuracy, samples_table, win_rate
-from dpo_teach.model import load_checkpoint, save_checkpoint
+from dpo_teach.logprobs import tokenize_pairs
+from dpo_teach.model import context_length, load_checkpoint, save_checkpoint
 from dpo_teach.plots import plot_dpo_history, plot_reward_before_after, save_figure
+from dpo_teach.preference_file import warn_cut
 from dpo_teach.reward import ground_truth_reward
 from dpo_teach.utils import atomic_dir, atomic_write_json, atomic_write_text, check_replaceable
 from dpo_teach.world import WorldConfig, load_reference
@@ -28,6 +30,9 @@ from dpo_teach.world import WorldConfig, load_reference
 # nothing else is a previous run, which a new run may replace as a whole.
 RUN_OUTPUTS = frozenset({"metrics.json", "run.json", "history.json", "samples.md", "train.jsonl", "heldout.jsonl",
                          "training_curves.png", "reward_before_after.png", "policy"})
+# What `dpo-teach train --out` may replace: an earlier train or demo run's outputs, but no preference file (the demo
+# writes train.jsonl and heldout.jsonl; in a folder given to `train` they are as likely the user's own data)
+TRAIN_OUTPUTS = RUN_OUTPUTS - {"train.jsonl", "heldout.jsonl"}
 
 
 @dataclass
@@ -111,8 +116,12 @@ def _write_demo(config: DemoConfig, out: Path, shown: Path, progress: bool, verb
     log(f"preference pairs: {len(train_rows)} train, {len(heldout_rows)} held out → {shown}/train.jsonl")
 
     t = time.perf_counter()
+    examples = tokenize_pairs(tokenizer, train_rows, config.dpo.max_length)  # once: checked here, trained on
+    warn_cut("the demo's sampled pairs", examples, tokenizer.eos_token_id, config.dpo.max_length,
+             context_length(reference), stacklevel=1)
     policy = copy.deepcopy(reference)
-    history = train_dpo(policy, reference, tokenizer, train_rows, config.dpo, progress=progress, flags=FLAGS)
+    history = train_dpo(policy, reference, tokenizer, train_rows, config.dpo, progress=progress, flags=FLAGS,
+                        examples=examples)
     times["dpo_s"] = time.perf_counter() - t
     save_checkpoint(policy, tokenizer, out / "policy")
     atomic_write_json(out / "history.json", history)

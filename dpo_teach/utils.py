@@ -37,7 +37,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 
     Readers see the old file or the new one, never half of one; if the block raises, ``path`` is untouched.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # a symbolic link stays: the file it points to is replaced
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -60,7 +60,7 @@ def atomic_files(paths: list[str | Path]) -> Iterator[list[Path]]:
     is the earlier one or the new one, never a mix. Temporary files that a killed run left (SIGKILL: no ``except``
     ran) go at the next call.
     """
-    paths = [Path(p) for p in paths]
+    paths = [Path(os.path.realpath(p)) for p in paths]  # a symbolic link stays: the file it points to is replaced
     tmps: list[Path] = []
     kept: dict[Path, Path | None] = {}  # path -> a hard link to its earlier contents (None: it had none)
     try:
@@ -123,8 +123,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     with :func:`check_replaceable` first). A run killed outright between the renames leaves the earlier folder aside;
     the next call puts it back before it starts.
     """
-    path = Path(os.path.abspath(path))  # "results/." has the parent "results", not "."
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(os.path.realpath(path))  # "results/." has the parent "results", not "."; a link stays, its folder
+    path.parent.mkdir(parents=True, exist_ok=True)  # is replaced
     _remove_abandoned(path)
     prefix = f".{path.name}.{os.getpid()}."  # the owner's process id: a later run can tell an abandoned folder
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".tmp"))

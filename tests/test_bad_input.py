@@ -7,6 +7,7 @@ bundles, each fed malformed values. Models here are built in the test (a few tho
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -159,6 +160,15 @@ def test_max_length_above_the_toy_context_is_refused_before_any_model(tmp_path, 
     (["grade", "subs", "--jobs", str(10**9)], "--jobs: must be at most 1024"),
     (["grade", "subs", "--cell-timeout", str(10**20)], "--cell-timeout: must be at most 2147483647"),
     (["grade", "subs", "--timeout", "1e300"], "--timeout: must be at most 10000000"),
+    # an empty path (an unset shell variable, "$DIR") meant the default or the current directory
+    *[(argv, f"{flag}: empty path (an unset shell variable?); pass a path") for argv, flag in [
+        (["demo", "--out", ""], "--out"), (["demo", "--model", ""], "--model"), (["data", "--out", ""], "--out"),
+        (["train", "--data", ""], "--data"), (["train", "--data", "x.jsonl", "--out", ""], "--out"),
+        (["train", "--data", "x.jsonl", "--model", ""], "--model"), (["grade", ""], "SUBMISSIONS_DIR"),
+        (["grade", "subs", "--out", ""], "--out"), (["grade", "subs", "--autograder-dir", ""], "--autograder-dir"),
+        (["compare", "--out", ""], "--out"), (["compare", "--asset", ""], "--asset")]],
+    (["train", "--data", "x.jsonl", "--out", "t\udce9"], "--out: b't\\xe9' is not UTF-8"),
+    (["demo", "--model", "ck\udce9"], "--model: b'ck\\xe9' is not UTF-8"),
 ])
 def test_malformed_argument_values_give_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -192,7 +202,10 @@ def _paths(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "garbage_model" / "tokenizer.json").write_text("[]")
     (tmp_path / "prefs.jsonl").write_bytes(jsonl(GOOD, OTHER))
     (tmp_path / "empty.jsonl").write_bytes(b"")
+    (tmp_path / "dangling").symlink_to(tmp_path / "not_yet")
+    os.mkfifo(tmp_path / "a_pipe")
     return {k: str(tmp_path / v) for k, v in {
+        "DANGLING": "dangling", "TARGET": "not_yet", "PIPE": "a_pipe",
         "FILE": "a_file", "UNDER_FILE": "a_file/sub", "DIR": "a_dir", "MISSING": "missing/deeper", "EMPTY": "empty_dir",
         "GARBAGE": "garbage_model", "DATA": "prefs.jsonl", "EMPTY_DATA": "empty.jsonl"}.items()}
 
@@ -225,6 +238,17 @@ def _paths(tmp_path: Path) -> dict[str, str]:
     (["compare", "--fast", "--out", "UNDER_FILE"], "so nothing can be created under it"),
     (["compare", "--out", "DIR", "--asset", "DIR"], "--asset DIR: is a directory, expected a file"),
     (["compare", "--out", "DIR", "--asset", "UNDER_FILE"], "so nothing can be created under it"),
+    # a link to a folder not made yet: the run was lost at its end (a rename onto the link)
+    *[(argv, "is a symbolic link to TARGET, which does not exist; create it or pass another path") for argv in [
+        ["demo", "--out", "DANGLING"], ["train", "--data", "DATA", "--out", "DANGLING"],
+        ["compare", "--fast", "--out", "DANGLING"], ["data", "--out", "DANGLING"]]],
+    # a device or a pipe was replaced by a regular file (as root, --out /dev/null destroyed /dev/null)
+    (["data", "--out", "PIPE"], "--out PIPE: is not a regular file (a device or a pipe), which the command would "
+                                "replace by one; pass a file path, or - for standard output"),
+    (["data", "--out", "/dev/null"], "--out /dev/null: is not a regular file"),
+    (["compare", "--out", "DIR", "--asset", "/dev/null"], "--asset /dev/null: is not a regular file (a device or a "
+                                                          "pipe), which the command would replace by one; pass a file "
+                                                          "path"),
 ])
 def test_unusable_paths_give_one_line_before_any_work(tmp_path, argv, message, capsys, no_work):
     paths = _paths(tmp_path)
@@ -1128,3 +1152,79 @@ def test_demo_rebuild_trains_on_the_reference_it_just_built(tmp_path, tiny_check
     with pytest.raises(Reached):
         main(["demo", "--rebuild", "--pairs", "12", "--out", str(tmp_path / "out"), "--quiet"])
     assert calls == [("built", "tiny")]
+
+
+def test_train_keeps_a_folders_pair_files_it_does_not_write(tmp_path, capsys, no_work):
+    """`train --out DIR` deleted the user's own train.jsonl and heldout.jsonl in DIR: the demo writes those names,
+    train does not, so for train they are the user's files."""
+    data = write_bytes(tmp_path, jsonl(GOOD, OTHER))
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "train.jsonl").write_bytes(jsonl(GOOD))
+    (out / "heldout.jsonl").write_bytes(jsonl(OTHER))
+    (out / "metrics.json").write_text("{}")  # an earlier train run's: fine to replace
+    assert main(["train", "--data", str(data), "--out", str(out)]) == 2
+    assert f"--out {out}: holds 2 files (e.g. heldout.jsonl) that a run does not write" in one_line_error(capsys)
+    assert (out / "train.jsonl").read_bytes() == jsonl(GOOD)
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_at_load(tmp_path, tiny_checkpoint, capsys):
+    """A policy saved after its training diverged: train blamed the learning rate, demo crashed in torch.multinomial."""
+    from safetensors.torch import load_file, save_file
+
+    from dpo_teach.model import CheckpointError, load_checkpoint
+
+    path = _copy_checkpoint(tiny_checkpoint, tmp_path / "diverged")
+    weights = load_file(path / "model.safetensors")
+    name = next(n for n in sorted(weights) if n.endswith("attn.c_attn.weight"))
+    weights[name][0, 0] = float("nan")
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=rf"weight {re.escape(name)} holds nan or inf \(saved after training "):
+        load_checkpoint(path)
+    data = write_bytes(tmp_path, jsonl(GOOD, OTHER))
+    assert main(["train", "--data", str(data), "--model", str(path), "--out", str(tmp_path / "t")]) == 2
+    assert "holds nan or inf" in one_line_error(capsys)
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_earlier_run(tmp_path, tiny_checkpoint, monkeypatch,
+                                                                        capsys):
+    """safetensors reports a full disk as its own error (not an OSError): it became a traceback after training."""
+    import dpo_teach.model
+
+    class SafetensorError(Exception):
+        pass
+
+    def full_disk(self, directory, *args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    data = write_bytes(tmp_path, jsonl(*distinct_rows(8)))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"earlier": true}')
+    monkeypatch.setattr(dpo_teach.model.PreTrainedModel, "save_pretrained", full_disk)
+    assert main(["train", "--data", str(data), "--model", str(tiny_checkpoint), "--out", str(out), "--quiet",
+                 "--max-length", "32"]) == 2
+    err = one_line_error(capsys)
+    assert err.startswith("dpo-teach train: error: Error while serializing: I/O error: No space left on device")
+    assert err.rstrip().endswith(f"--out {out} is as it was before this run")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".run")] == []
+    assert (out / "metrics.json").read_text() == '{"earlier": true}'
+
+
+def test_a_symbolic_link_to_an_output_file_stays_and_its_file_is_written(tmp_path):
+    """`data --out link.jsonl` replaced the link by a plain file and left the file it names unchanged."""
+    from dpo_teach.utils import atomic_write_text
+
+    (tmp_path / "target.jsonl").write_text("old")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "target.jsonl")
+    atomic_write_text(tmp_path / "link.jsonl", "new")
+    assert (tmp_path / "link.jsonl").is_symlink() and (tmp_path / "target.jsonl").read_text() == "new"
+
+
+def test_a_demo_whose_max_length_cuts_its_pairs_says_so_as_train_does(tmp_path, capsys):
+    """`train --max-length 10` warned that pairs are cut; the demo cut them without a word."""
+    assert main(["demo", "--pairs", "12", "--epochs", "1", "--max-length", "10", "--quiet",
+                 "--out", str(tmp_path / "d")]) == 0
+    err = capsys.readouterr().err
+    assert "dpo-teach demo: warning: the demo's sampled pairs: " in err and " pairs are longer than --max-length " \
+        "10 tokens and are cut at the end (as TRL does)" in err and "raise --max-length" in err, err

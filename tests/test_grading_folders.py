@@ -278,6 +278,28 @@ def test_gradescope_without_its_options_says_what_to_pass(capsys):
         assert "pass --out DIR" in err and "--source, --submission and --results together" in err, err
 
 
+def test_gradescope_paths_that_cannot_be_used_are_one_line(tmp_path, capsys):
+    """They were tracebacks: an unpacking ValueError, a FileExistsError, an IsADirectoryError after grading."""
+    from dpo_teach.grading.__main__ import main
+
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "bundle" / "autograder").mkdir(parents=True)
+    (tmp_path / "submission").mkdir()
+    grade_one = ["gradescope", "--source", str(tmp_path / "bundle"), "--submission", str(tmp_path / "submission"),
+                 "--results"]
+    for i, (args, message) in enumerate([
+            (["gradescope", "--out", str(tmp_path / "a_file")], "is a file, expected a folder; pass another path"),
+            ([*grade_one, str(tmp_path / "r.json")], "expected one assignment's manifest in "),
+            (["gradescope", "--source", str(tmp_path / "bundle"), "--submission", str(tmp_path / "a_file"),
+              "--results", str(tmp_path / "r.json")], "not a folder"),
+            ([*grade_one, str(tmp_path / "submission")], "is a folder; pass the path of the results.json")]):
+        if i == 2:  # from here on the bundle has its one manifest
+            (tmp_path / "bundle" / "autograder" / f"{KL}.json").write_text("{}")
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
 
 @NEEDS_SANDBOX
 def test_what_a_notebook_prints_or_raises_cannot_stop_the_report(tmp_path, assigned):
@@ -320,3 +342,32 @@ def test_a_notebook_that_starts_while_the_batch_is_interrupted_is_ended_too():
         judge.allow_running()
     row = judge.run_notebook(notebook("x = 1"), "homework.ipynb", {}, 60, 60, dict(os.environ), True, [])
     assert row["status"] == "graded", row["reason"]
+
+
+@NEEDS_SANDBOX
+def test_a_symbolic_link_handed_in_is_skipped_without_quoting_what_it_names(tmp_path, assigned, stub_grading, capsys):
+    """A link named like a notebook (``eve_01_kl_objective.ipynb -> /etc/passwd``) was read, and the parse error
+    quoted the file it names into the row's reason; now it is skipped, saying what to do, and nothing is read."""
+    (tmp_path / "in").mkdir()
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash")
+    (tmp_path / "in" / f"eve_{KL}.ipynb").symlink_to(secret)
+    (tmp_path / "in" / f"bob_{KL}.ipynb").write_text(notebook("x = 1"))
+    code, _, err = run_cli(tmp_path / "in", tmp_path / "out", assigned, capsys)
+    assert code == 0, err
+    rows = {r["student"]: r for r in json.loads((tmp_path / "out" / "grades.json").read_text())["results"]}
+    assert rows["eve"]["status"] == "skipped" and "is a symbolic link, not a file handed in" in rows["eve"]["reason"]
+    assert "root:" not in (tmp_path / "out" / "grades.json").read_text() + (tmp_path / "out" / "grades.csv").read_text()
+    assert stub_grading == [f"bob_{KL}.ipynb"]
+
+
+def test_gradescope_grades_no_symbolic_link(tmp_path, assigned, monkeypatch):
+    from test_gradescope import _source
+
+    source, submission = _source(assigned, tmp_path), tmp_path / "submission"
+    submission.mkdir()
+    (tmp_path / "secret.txt").write_text("root:x:0:0")
+    (submission / f"{KL}.ipynb").symlink_to(tmp_path / "secret.txt")
+    monkeypatch.setattr(gradescope, "_graded_row", lambda *args: pytest.fail("a link was graded"))
+    report = gradescope.run(source, submission, tmp_path / "results.json")
+    assert report["score"] == 0 and "No .ipynb file was submitted" in report["output"]

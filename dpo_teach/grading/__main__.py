@@ -22,6 +22,26 @@ def _missing(folder: Path, pattern: str, what: str) -> str | None:
             "out); they are in the instructor's full repository of the course")
 
 
+def _gradescope_problem(args) -> str | None:
+    """Why ``gradescope`` cannot run with these paths (each named, with what to pass), or None."""
+    if args.out:
+        if Path(args.out).exists() and not Path(args.out).is_dir():
+            return f"--out {args.out}: is a file, expected a folder; pass another path"
+        return _missing(AUTOGRADER, "*.json", "autograder bundles (`make assign` writes them from the masters)")
+    if not (args.source and args.submission and args.results):
+        return ("pass --out DIR to build the bundles, or --source, --submission and --results together to grade "
+                "one submission (what a bundle's run_autograder does)")
+    manifests = sorted(Path(args.source, "autograder").glob("*.json"))
+    if len(manifests) != 1:
+        return (f"--source {args.source}: expected one assignment's manifest in {Path(args.source, 'autograder')}, "
+                f"found {len(manifests)}; pass the folder of one bundle that `make gradescope` built, unpacked")
+    if not Path(args.submission).is_dir():
+        return f"--submission {args.submission}: not a folder; pass the folder that holds the submitted notebook"
+    if Path(args.results).is_dir():
+        return f"--results {args.results}: is a folder; pass the path of the results.json to write"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,11 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     problem = None
     if args.command == "assign":
         problem = _missing(MASTERS, "*.ipynb", "master notebooks")
-    elif args.command == "gradescope" and args.out:
-        problem = _missing(AUTOGRADER, "*.json", "autograder bundles (`make assign` writes them from the masters)")
-    elif args.command == "gradescope" and not (args.source and args.submission and args.results):
-        problem = ("pass --out DIR to build the bundles, or --source, --submission and --results together to grade "
-                   "one submission (what a bundle's run_autograder does)")
+    elif args.command == "gradescope":
+        problem = _gradescope_problem(args)
     if problem:
         print(f"{PROG} {args.command}: error: {problem}", file=sys.stderr)
         return 2

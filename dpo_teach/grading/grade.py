@@ -248,6 +248,9 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         return row
 
     def graded(student, path):
+        if path.is_symlink():  # it names a file elsewhere on this machine, which its reason would quote
+            return empty_row(student, path, None, "skipped", f"{shown(path.name)} is a symbolic link, not a file "
+                             "handed in: copy the student's file into its place and grade again")
         if not is_notebook(path):
             return _not_a_notebook(student, path, submissions)
         if path in superseded:

@@ -188,7 +188,8 @@ def run(source: Path, submission: Path, results: Path) -> dict:
     from dpo_teach.grading.submissions import assignments_and_latest, find_submissions, is_notebook, shown
 
     ((assignment, manifest),) = load_manifests(source / "autograder").items()
-    notebooks = sorted(p for _, p in find_submissions(submission) if is_notebook(p))  # as the batch: no hidden files
+    # as the batch: no hidden files, and no symbolic link (it names a file elsewhere, which a reason would quote)
+    notebooks = sorted(p for _, p in find_submissions(submission) if is_notebook(p) and not p.is_symlink())
     # the batch's rule: the latest readable one (of copies saved in one instant, the highest copy number)
     _, superseded = assignments_and_latest([("you", p) for p in notebooks], {assignment: manifest}, assignment)
     graded = next((p for p in notebooks if p not in superseded), None)
