@@ -107,7 +107,7 @@ def cmd_train(args) -> None:
     preset = check_model_flags(args)
     data = read_preferences(args.data, args.skip_invalid)  # fail fast, before any model is loaded or built
     check_writable(args.out, "--out", directory=True)
-    check_out_replaceable(args.out, TRAIN_OUTPUTS, {"--data": args.data, "--model": args.model})
+    check_out_replaceable(args.out, TRAIN_OUTPUTS, {"--data": args.data, "--model": args.model}, "a train run")
     checkpoint = check_context(args.model, args.max_length)
     if args.model is None:
         warn_other_reference(args.data, WorldConfig(preset=preset))
@@ -188,14 +188,14 @@ def _one_line_warnings(command: str, category: type[Warning] | tuple[type[Warnin
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return _main(argv)
-    except KeyboardInterrupt:  # before a command started (importing torch and transformers takes seconds); each
-        print("interrupted while starting; nothing was written", file=sys.stderr)  # command answers its own
+        args = build_parser().parse_args(argv)  # imports torch and transformers (the defaults): seconds
+    except KeyboardInterrupt:  # each command answers its own
+        print("interrupted while starting; nothing was written", file=sys.stderr)
         return 130
+    return _run(args)
 
 
-def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+def _run(args) -> int:
     if args.command == "grade":  # its own errors and exit codes (grading runs notebooks, trains no model)
         return cmd_grade(args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -222,6 +222,10 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; {_interrupted(args)}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `data --out - | head`: the reader has what it wanted
+        with contextlib.suppress(OSError, ValueError):  # no second error as Python flushes standard output at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:  # a full disk or quota, a folder gone while the run wrote: what is kept, in one line
         where = f" ({e.filename})" if e.filename else ""
         print(f"dpo-teach {args.command}: error: {e.strerror or e}{where}; {_interrupted(args)}", file=sys.stderr)

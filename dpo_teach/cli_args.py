@@ -74,31 +74,32 @@ class UsageError(ValueError):
 
 
 def check_writable(path: str | Path, flag: str, directory: bool) -> None:
-    """Refuse an output path that could not be written at the end of a long run: check it before the run."""
+    """Refuse an output path that could not be written at the end of a long run: check it before the run. A symbolic
+    link is checked where it points, as the writes follow it (``utils.atomic_file``, ``atomic_dir``)."""
     try:
-        _check_writable(Path(path), flag, directory)
+        _check_writable(Path(os.path.realpath(path)), f"{flag} {path}", directory)
     except OSError as e:  # e.g. a name longer than the file system takes
         raise UsageError(f"{flag} {path}: {e.strerror or e}; pass another path") from None
 
 
-def _check_writable(path: Path, flag: str, directory: bool) -> None:
-    if path.is_symlink() and not path.exists():
-        raise UsageError(f"{flag} {path}: is a symbolic link to {os.readlink(path)}, which does not exist; create "
-                         "it or pass another path")
+def _check_writable(path: Path, named: str, directory: bool) -> None:
+    """The checks of :func:`check_writable` on the resolved ``path``; ``named``: the flag and the path as given."""
     if path.exists() and not path.is_dir() and not path.is_file():  # a device (/dev/null), a pipe, a socket
-        raise UsageError(f"{flag} {path}: is not a regular file (a device or a pipe), which the command would "
-                         f"replace by one; pass a file path{', or - for standard output' if flag == '--out' else ''}")
+        if directory:
+            raise UsageError(f"{named}: is a device or a pipe, not a directory; pass a directory")
+        raise UsageError(f"{named}: is a device or a pipe, not a regular file, which the command would replace by "
+                         f"one; pass a file path{', or - for standard output' if named.startswith('--out ') else ''}")
     want, other = ("a directory", "a file") if directory else ("a file", "a directory")
     if path.exists() and path.is_dir() != directory:
-        raise UsageError(f"{flag} {path}: is {other}, expected {want}; pass another path")
+        raise UsageError(f"{named}: is {other}, expected {want}; pass another path")
     if not directory and path.is_file() and not os.access(path, os.W_OK):  # a rename in its folder would replace it
-        raise UsageError(f"{flag} {path}: is read-only; make it writable (chmod u+w) or pass another path")
+        raise UsageError(f"{named}: is read-only; make it writable (chmod u+w) or pass another path")
     start = path if directory else path.parent
     existing = next(p for p in (start, *start.parents) if p.exists() or p == Path(p.anchor))
     if not existing.is_dir():
-        raise UsageError(f"{flag} {path}: {existing} is a file, so nothing can be created under it; pass another path")
+        raise UsageError(f"{named}: {existing} is a file, so nothing can be created under it; pass another path")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: {existing} is not writable for you; pass a path you can write to")
+        raise UsageError(f"{named}: {existing} is not writable for you; pass a path you can write to")
 
 
 def _path(text: str) -> str:
@@ -236,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "learned reward model ('PPO', 'GRPO', 'RLOO') and on the ground-truth reward "
                                    "('PPO-GT', 'GRPO-GT', 'GRPO-GT/token'); evaluate every run at regular intervals "
                                    "(reward, KL, fluency); write results.json, table.md and frontier.png to --out. "
-                                   "The full sweep of all methods took 4.7 minutes on 2 free cores (about twice "
+                                   "The full sweep of all methods took 4.5 minutes on 2 free cores (about twice "
                                    "that on a busy machine); --methods DPO PPO PPO-GT alone, 2.5 minutes.")
     c.add_argument("--fast", action="store_true",
                    help="one setting per method (two β for DPO), shorter runs (about a minute on 2 free cores)")
@@ -270,29 +271,35 @@ def check_model_flags(args) -> str:
     return args.preset or DemoConfig().world.preset
 
 
-def check_out_replaceable(out: str, owned: frozenset[str], inputs: dict[str, str | None] | None = None) -> None:
+def check_out_replaceable(out: str, owned: frozenset[str], inputs: dict[str, str | None] | None = None,
+                          what: str = "a run") -> None:
     """A run replaces --out as a whole at its end: refuse a directory that holds anything but what such a run writes
     (``owned``: ``pipeline.RUN_OUTPUTS`` for the demo, ``TRAIN_OUTPUTS`` for train), or that holds one of the run's
     own ``inputs`` (``{"--data": path, "--model": path}``)."""
     from dpo_teach.utils import check_replaceable
 
     try:
-        check_replaceable(out, owned, inputs=inputs)
+        check_replaceable(out, owned, what, inputs=inputs)
     except FileExistsError as e:
         raise UsageError(f"--out {e}") from None
-    _check_room_beside(Path(os.path.realpath(out)))  # where utils.atomic_dir writes: beside the folder a link names
+    _check_room_beside(out)
 
 
-def _check_room_beside(target: Path) -> None:
-    """A run is written into a temporary folder beside --out (``.NAME.PID.XXXXXXXX.tmp``, ``utils.atomic_dir``) that
-    takes its place at the end: its folder must be writable, and that name short enough for the file system."""
+def _check_room_beside(out: str) -> None:
+    """A run is written into a temporary folder beside --out (``.NAME.PID.XXXXXXXX.tmp``, ``utils.atomic_dir``; beside
+    the folder a link names) that takes its place at the end: its folder must be writable, that name short enough for
+    the file system, and --out no mount point (which no rename can replace)."""
+    target = Path(os.path.realpath(out))
+    if os.path.ismount(target):
+        raise UsageError(f"--out {out}: is a mount point, which a run cannot replace (it is written beside --out and "
+                         "then takes its place); pass a folder inside it")
     beside = next(p for p in (target.parent, *target.parent.parents) if p.exists())
     if not os.access(beside, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {target}: the run is written beside it, in {beside}, and then takes its place, but "
+        raise UsageError(f"--out {out}: the run is written beside it, in {beside}, and then takes its place, but "
                          f"{beside} is not writable for you; pass a path in a folder you can write to")
     longest = os.pathconf(beside, "PC_NAME_MAX") - len(f"..{os.getpid()}.XXXXXXXX.tmp")
     if len(os.fsencode(target.name)) > longest:
-        raise UsageError(f"--out {target}: its last part is {len(os.fsencode(target.name))} bytes long; the run is "
+        raise UsageError(f"--out {out}: its last part is {len(os.fsencode(target.name))} bytes long; the run is "
                          f"written beside it under a name {len(f'..{os.getpid()}.XXXXXXXX.tmp')} bytes longer, which "
                          f"this file system refuses; pass a name of at most {longest} bytes")
 

@@ -76,16 +76,21 @@ def atomic_files(paths: list[str | Path]) -> Iterator[list[Path]]:
         for path, tmp in zip(paths, tmps, strict=True):
             kept[path] = _hard_link(path, tmp.with_suffix(".old")) if path.exists() else None
             os.replace(tmp, path)
+        for link in kept.values():  # the new set is in place: the earlier contents go
+            if link is not None:
+                link.unlink(missing_ok=True)
     except BaseException:
         for path, tmp in zip(paths, tmps, strict=False):
-            if kept.get(path) is not None:
-                os.replace(kept[path], path)  # its earlier contents, whether or not it was replaced yet
+            if kept.get(path) is not None and tmp.exists():  # not replaced yet: it still holds its earlier contents
+                kept.pop(path).unlink()  # (renaming one hard link onto the other would do nothing, and keep both)
+            elif kept.get(path) is not None:
+                os.replace(kept.pop(path), path)  # its earlier contents back
             elif path in kept and not tmp.exists():  # it is new (nothing before) and already in place
                 path.unlink(missing_ok=True)
         raise
-    finally:
-        for file in [*tmps, *(k for k in kept.values() if k is not None)]:
-            file.unlink(missing_ok=True)
+    finally:  # (a second Ctrl-C in the loop above leaves an earlier file not put back as a hidden .old beside it)
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
 
 
 def _hard_link(path: Path, link: Path) -> Path:
@@ -140,16 +145,23 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".old"))
             os.replace(path, old / "x")
         os.replace(tmp, path)
-    except BaseException:  # a Ctrl-C between the two renames: back to the state before the run, whichever came
+    except BaseException as e:  # a Ctrl-C between the two renames: back to the state before the run, whichever came
         if not tmp.exists():  # the new run had already taken path's place
             os.replace(path, tmp)
         if old is not None and (old / "x").exists():
             os.replace(old / "x", path)
+        if old is not None:
+            old.rmdir()  # empty now (if a second Ctrl-C came first, the next run puts the earlier one back)
+        if isinstance(e, OSError):  # the swap itself failed: keep the finished run where it is, and say where
+            raise OSError(e.errno, f"{e.strerror}; the finished run is in {tmp}, and is deleted by the next run "
+                                   f"into {path.name}", e.filename) from e
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        if old is not None:
+    if old is not None:
+        try:
             shutil.rmtree(old, ignore_errors=True)
+        except KeyboardInterrupt:  # the new run is in place, as the caller goes on to say; what is left of the
+            pass  # earlier one beside it goes at the next run (_remove_abandoned)
 
 
 def _remove_abandoned(path: Path) -> None:

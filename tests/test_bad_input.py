@@ -202,10 +202,10 @@ def _paths(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "garbage_model" / "tokenizer.json").write_text("[]")
     (tmp_path / "prefs.jsonl").write_bytes(jsonl(GOOD, OTHER))
     (tmp_path / "empty.jsonl").write_bytes(b"")
-    (tmp_path / "dangling").symlink_to(tmp_path / "not_yet")
+    (tmp_path / "link_to_file").symlink_to(tmp_path / "a_file")
     os.mkfifo(tmp_path / "a_pipe")
     return {k: str(tmp_path / v) for k, v in {
-        "DANGLING": "dangling", "TARGET": "not_yet", "PIPE": "a_pipe",
+        "LINK_TO_FILE": "link_to_file", "PIPE": "a_pipe",
         "FILE": "a_file", "UNDER_FILE": "a_file/sub", "DIR": "a_dir", "MISSING": "missing/deeper", "EMPTY": "empty_dir",
         "GARBAGE": "garbage_model", "DATA": "prefs.jsonl", "EMPTY_DATA": "empty.jsonl"}.items()}
 
@@ -238,17 +238,15 @@ def _paths(tmp_path: Path) -> dict[str, str]:
     (["compare", "--fast", "--out", "UNDER_FILE"], "so nothing can be created under it"),
     (["compare", "--out", "DIR", "--asset", "DIR"], "--asset DIR: is a directory, expected a file"),
     (["compare", "--out", "DIR", "--asset", "UNDER_FILE"], "so nothing can be created under it"),
-    # a link to a folder not made yet: the run was lost at its end (a rename onto the link)
-    *[(argv, "is a symbolic link to TARGET, which does not exist; create it or pass another path") for argv in [
-        ["demo", "--out", "DANGLING"], ["train", "--data", "DATA", "--out", "DANGLING"],
-        ["compare", "--fast", "--out", "DANGLING"], ["data", "--out", "DANGLING"]]],
     # a device or a pipe was replaced by a regular file (as root, --out /dev/null destroyed /dev/null)
-    (["data", "--out", "PIPE"], "--out PIPE: is not a regular file (a device or a pipe), which the command would "
+    (["data", "--out", "PIPE"], "--out PIPE: is a device or a pipe, not a regular file, which the command would "
                                 "replace by one; pass a file path, or - for standard output"),
-    (["data", "--out", "/dev/null"], "--out /dev/null: is not a regular file"),
-    (["compare", "--out", "DIR", "--asset", "/dev/null"], "--asset /dev/null: is not a regular file (a device or a "
-                                                          "pipe), which the command would replace by one; pass a file "
-                                                          "path"),
+    (["data", "--out", "/dev/null"], "--out /dev/null: is a device or a pipe, not a regular file"),
+    (["compare", "--out", "DIR", "--asset", "/dev/null"], "--asset /dev/null: is a device or a pipe, not a regular "
+                                                          "file, which the command would replace by one; pass a file "
+                                                          "path\n"),
+    (["demo", "--out", "/dev/null"], "--out /dev/null: is a device or a pipe, not a directory; pass a directory"),
+    (["train", "--data", "DATA", "--out", "LINK_TO_FILE"], "--out LINK_TO_FILE: is a file, expected a directory"),
 ])
 def test_unusable_paths_give_one_line_before_any_work(tmp_path, argv, message, capsys, no_work):
     paths = _paths(tmp_path)
@@ -1164,7 +1162,7 @@ def test_train_keeps_a_folders_pair_files_it_does_not_write(tmp_path, capsys, no
     (out / "heldout.jsonl").write_bytes(jsonl(OTHER))
     (out / "metrics.json").write_text("{}")  # an earlier train run's: fine to replace
     assert main(["train", "--data", str(data), "--out", str(out)]) == 2
-    assert f"--out {out}: holds 2 files (e.g. heldout.jsonl) that a run does not write" in one_line_error(capsys)
+    assert f"--out {out}: holds 2 files (e.g. heldout.jsonl) that a train run does not write" in one_line_error(capsys)
     assert (out / "train.jsonl").read_bytes() == jsonl(GOOD)
 
 
@@ -1211,14 +1209,27 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_earlier_run(tmp_path
     assert (out / "metrics.json").read_text() == '{"earlier": true}'
 
 
-def test_a_symbolic_link_to_an_output_file_stays_and_its_file_is_written(tmp_path):
-    """`data --out link.jsonl` replaced the link by a plain file and left the file it names unchanged."""
-    from dpo_teach.utils import atomic_write_text
+def test_symbolic_links_as_outputs_stay_and_what_they_name_is_written(tmp_path):
+    """`data --out link.jsonl` replaced the link by a plain file and left the file it names unchanged; `train --out
+    link` to a folder not made yet trained, then lost the run at the rename onto the link. Now the writes follow
+    the link, and the checks look where it points."""
+    from dpo_teach.cli_args import check_out_replaceable, check_writable
+    from dpo_teach.pipeline import TRAIN_OUTPUTS
+    from dpo_teach.utils import atomic_dir, atomic_write_text
 
     (tmp_path / "target.jsonl").write_text("old")
     (tmp_path / "link.jsonl").symlink_to(tmp_path / "target.jsonl")
+    check_writable(tmp_path / "link.jsonl", "--out", directory=False)
     atomic_write_text(tmp_path / "link.jsonl", "new")
     assert (tmp_path / "link.jsonl").is_symlink() and (tmp_path / "target.jsonl").read_text() == "new"
+    (tmp_path / "runlink").symlink_to(tmp_path / "not_yet" / "run")  # a folder not made yet
+    check_writable(tmp_path / "runlink", "--out", directory=True)
+    check_out_replaceable(str(tmp_path / "runlink"), TRAIN_OUTPUTS)
+    for run in ("first", "second"):
+        with atomic_dir(tmp_path / "runlink") as work:
+            (work / "metrics.json").write_text(run)
+        assert (tmp_path / "runlink").is_symlink() and (tmp_path / "runlink" / "metrics.json").read_text() == run
+    assert sorted(p.name for p in (tmp_path / "not_yet").iterdir()) == ["run"]
 
 
 def test_a_demo_whose_max_length_cuts_its_pairs_says_so_as_train_does(tmp_path, capsys):

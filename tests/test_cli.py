@@ -173,3 +173,15 @@ def test_a_ctrl_c_after_the_comparison_wrote_its_results_says_where_they_are(tmp
     assert main(["compare", "--fast", "--out", str(tmp_path / "cmp"), "--asset", str(asset)]) == 130
     assert capsys.readouterr().err == (f"interrupted; this run's results are in {tmp_path / 'cmp'}; --asset {asset} "
                                        "is as it was before\n")
+
+
+def test_data_to_a_pipe_that_closes_early_ends_quietly(monkeypatch, capsys):
+    """`dpo-teach data --out - | head`: the reader stops reading; that is no error of the command's."""
+    import dpo_teach.cli
+
+    def piped(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(dpo_teach.cli, "cmd_data", piped)
+    assert main(["data", "--out", "-"]) == 0
+    assert capsys.readouterr().err == ""

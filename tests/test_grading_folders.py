@@ -278,24 +278,27 @@ def test_gradescope_without_its_options_says_what_to_pass(capsys):
         assert "pass --out DIR" in err and "--source, --submission and --results together" in err, err
 
 
-def test_gradescope_paths_that_cannot_be_used_are_one_line(tmp_path, capsys):
+def test_gradescope_paths_that_cannot_be_used_are_one_line(tmp_path, assigned, capsys):
     """They were tracebacks: an unpacking ValueError, a FileExistsError, an IsADirectoryError after grading."""
+    from test_gradescope import _source
+
     from dpo_teach.grading.__main__ import main
 
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "bundle" / "autograder").mkdir(parents=True)
+    (tmp_path / "bundle" / "autograder" / f"{KL}.json").write_text("{}")  # a manifest without its bundle
     (tmp_path / "submission").mkdir()
-    grade_one = ["gradescope", "--source", str(tmp_path / "bundle"), "--submission", str(tmp_path / "submission"),
-                 "--results"]
-    for i, (args, message) in enumerate([
-            (["gradescope", "--out", str(tmp_path / "a_file")], "is a file, expected a folder; pass another path"),
-            ([*grade_one, str(tmp_path / "r.json")], "expected one assignment's manifest in "),
-            (["gradescope", "--source", str(tmp_path / "bundle"), "--submission", str(tmp_path / "a_file"),
-              "--results", str(tmp_path / "r.json")], "not a folder"),
-            ([*grade_one, str(tmp_path / "submission")], "is a folder; pass the path of the results.json")]):
-        if i == 2:  # from here on the bundle has its one manifest
-            (tmp_path / "bundle" / "autograder" / f"{KL}.json").write_text("{}")
-        assert main(args) == 2
+    source = _source(assigned, tmp_path)
+    results = str(tmp_path / "r.json")
+    for args, message in [
+            (["--out", str(tmp_path / "a_file")], "is a file, expected a folder; pass another path"),
+            (["--source", str(tmp_path / "bundle"), "--submission", str(tmp_path / "submission"), "--results",
+              results], "expected one assignment's manifest and bundle in "),
+            (["--source", str(source), "--submission", str(tmp_path / "a_file"), "--results", results],
+             "not a folder; pass the folder that holds the submitted notebook"),
+            (["--source", str(source), "--submission", str(tmp_path / "submission"), "--results",
+              str(tmp_path / "submission")], "is a folder; pass the path of the results.json to write")]:
+        assert main(["gradescope", *args]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
 
@@ -347,18 +350,22 @@ def test_a_notebook_that_starts_while_the_batch_is_interrupted_is_ended_too():
 @NEEDS_SANDBOX
 def test_a_symbolic_link_handed_in_is_skipped_without_quoting_what_it_names(tmp_path, assigned, stub_grading, capsys):
     """A link named like a notebook (``eve_01_kl_objective.ipynb -> /etc/passwd``) was read, and the parse error
-    quoted the file it names into the row's reason; now it is skipped, saying what to do, and nothing is read."""
+    quoted the file it names into the row's reason; now it is skipped, saying what to do. A link named as a later
+    copy (``(2)``) of a student's real notebook does not supersede it."""
     (tmp_path / "in").mkdir()
     secret = tmp_path / "secret.txt"
     secret.write_text("root:x:0:0:root:/root:/bin/bash")
     (tmp_path / "in" / f"eve_{KL}.ipynb").symlink_to(secret)
     (tmp_path / "in" / f"bob_{KL}.ipynb").write_text(notebook("x = 1"))
+    (tmp_path / "other.ipynb").write_text(notebook("x = 2"))
+    (tmp_path / "in" / f"bob_{KL} (2).ipynb").symlink_to(tmp_path / "other.ipynb")
     code, _, err = run_cli(tmp_path / "in", tmp_path / "out", assigned, capsys)
     assert code == 0, err
-    rows = {r["student"]: r for r in json.loads((tmp_path / "out" / "grades.json").read_text())["results"]}
-    assert rows["eve"]["status"] == "skipped" and "is a symbolic link, not a file handed in" in rows["eve"]["reason"]
+    rows = {Path(r["file"]).name: r for r in json.loads((tmp_path / "out" / "grades.json").read_text())["results"]}
+    for link in (f"eve_{KL}.ipynb", f"bob_{KL} (2).ipynb"):
+        assert rows[link]["status"] == "skipped" and "is a symbolic link, not a file handed in" in rows[link]["reason"]
     assert "root:" not in (tmp_path / "out" / "grades.json").read_text() + (tmp_path / "out" / "grades.csv").read_text()
-    assert stub_grading == [f"bob_{KL}.ipynb"]
+    assert stub_grading == [f"bob_{KL}.ipynb"] and rows[f"bob_{KL}.ipynb"]["status"] == "graded"
 
 
 def test_gradescope_grades_no_symbolic_link(tmp_path, assigned, monkeypatch):

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +155,28 @@ def test_a_demo_into_a_folder_with_other_files_deletes_nothing(tmp_path):
                                               r"and a demo run replaces"):
         run_demo(DemoConfig.with_seed(0, out_dir=str(out)), progress=False, verbose=False)
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_a_swap_that_fails_keeps_the_finished_run_and_says_where(tmp_path, monkeypatch):
+    """A rename the system refuses (--out is busy, e.g. a mount point): the earlier run stays in --out and the
+    finished one is not deleted; the error names where it is."""
+    import errno
+
+    from dpo_teach.utils import atomic_dir
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "metrics.json").write_text("earlier")
+    replace = os.replace
+
+    def busy(src, dst):  # a mount point cannot be moved aside
+        if Path(src) == out:
+            raise OSError(errno.EBUSY, "Device or resource busy", str(out))
+        replace(src, dst)
+
+    with pytest.raises(OSError, match="Device or resource busy; the finished run is in ") as caught:
+        with atomic_dir(out) as work:
+            (work / "metrics.json").write_text("new")
+            monkeypatch.setattr(os, "replace", busy)
+    kept = Path(str(caught.value).split("the finished run is in ")[1].split(",")[0])
+    assert (out / "metrics.json").read_text() == "earlier" and (kept / "metrics.json").read_text() == "new"

@@ -31,10 +31,16 @@ def _gradescope_problem(args) -> str | None:
     if not (args.source and args.submission and args.results):
         return ("pass --out DIR to build the bundles, or --source, --submission and --results together to grade "
                 "one submission (what a bundle's run_autograder does)")
-    manifests = sorted(Path(args.source, "autograder").glob("*.json"))
-    if len(manifests) != 1:
-        return (f"--source {args.source}: expected one assignment's manifest in {Path(args.source, 'autograder')}, "
-                f"found {len(manifests)}; pass the folder of one bundle that `make gradescope` built, unpacked")
+    from dpo_teach.grading.manifests import load_manifests
+
+    try:
+        found = len(load_manifests(Path(args.source, "autograder")))  # the rule the grading reads them by
+    except (OSError, ValueError) as e:
+        found = f"none usable ({e})"
+    if found != 1:
+        return (f"--source {args.source}: expected one assignment's manifest and bundle in "
+                f"{Path(args.source, 'autograder')}, found {found}; pass the folder of one bundle that "
+                "`make gradescope` built, unpacked")
     if not Path(args.submission).is_dir():
         return f"--submission {args.submission}: not a folder; pass the folder that holds the submitted notebook"
     if Path(args.results).is_dir():

@@ -211,14 +211,15 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     if not found:
         raise FileNotFoundError(f"no files in {shown(submissions)} (its sub-folders searched too, hidden ones "
                                 "skipped): pass the folder that holds the submitted notebooks")
-    names, superseded = assignments_and_latest(found, manifests, assignment)
+    files = [(student, path) for student, path in found if not path.is_symlink()]  # a link is never read (below)
+    names, superseded = assignments_and_latest(files, manifests, assignment)
     # what a row depends on besides the files (--timeout 900 and the default 900 are one setting)
     settings = {"mode": "fast" if fast else "full", "per_cell_s": int(cell_timeout),
                 "per_notebook_s": float(timeout), "sandbox": not unsafe, "memory_mb": sandbox.memory_limit_mb()}
     journal = Journal(out / JOURNAL_FILE, {
-        path: fingerprint(path, manifests[names[path]], settings) for _, path in found
+        path: fingerprint(path, manifests[names[path]], settings) for _, path in files
         if names.get(path) in manifests and path not in superseded})
-    notebooks = sum(is_notebook(path) for _, path in found)
+    notebooks = sum(is_notebook(path) for _, path in files)
     log(f"grading {notebooks} notebooks in {shown(submissions)} ({'fast' if fast else 'full'} mode, {jobs} at a time, "
         f"{'no sandbox (--unsafe)' if unsafe else 'each in the sandbox'}; {len(journal.done)} graded before; "
         f"{len(found) - notebooks} other files skipped)")
