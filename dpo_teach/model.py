@@ -140,6 +140,7 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"checkpoint {path}: config.json cannot be loaded ({_first_line(e)}); {fix}") from e
     _check_causal(path, config)
+    _check_size(path, config, weights)
     try:  # mismatched shapes are reported in the loading info below, with an example, instead of raised
         model, info = AutoModelForCausalLM.from_pretrained(path, config=config, local_files_only=True,
                                                            dtype=torch.float32, ignore_mismatched_sizes=True,
@@ -191,6 +192,23 @@ def _check_causal(path: Path, config) -> None:
         raise CheckpointError(f"checkpoint {path}: config.json describes a {kind} model with is_decoder false, a "
                               "bidirectional encoder, not a causal language model; use a decoder-only checkpoint such "
                               "as GPT-2")
+
+
+def _check_size(path: Path, config, weights: list[Path]) -> None:
+    """Refuse a config.json that describes a model far larger than the weights files hold (a config from another
+    model, or a ``model_type`` edited: transformers would build that model at its default size, gigabytes, before any
+    weight is compared). About 12·layers·d² + vocab·d parameters; the files may hold them in 8 bits or more."""
+    layers, d = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
+    vocab = getattr(config, "vocab_size", None)
+    if not all(isinstance(x, int) and x > 0 for x in (layers, d, vocab)):
+        return
+    params = 12 * layers * d * d + vocab * d
+    stored = sum(p.stat().st_size for p in weights if p.name != "training_args.bin")
+    if params > 2 * stored + 2**24:  # fewer than half a byte per parameter: not these weights
+        raise CheckpointError(f"checkpoint {path}: config.json describes a {getattr(config, 'model_type', '?')} model "
+                              f"of about {params / 1e6:,.0f} M parameters ({layers} layers of width {d}), but its "
+                              f"weights files hold {stored / 1e6:,.1f} MB; the config belongs to another model — save "
+                              "the config and the weights together (save_pretrained)")
 
 
 def _check_weights(path: Path, config, info: dict) -> None:

@@ -1239,3 +1239,21 @@ def test_a_demo_whose_max_length_cuts_its_pairs_says_so_as_train_does(tmp_path, 
     err = capsys.readouterr().err
     assert "dpo-teach demo: warning: the demo's sampled pairs: " in err and " pairs are longer than --max-length " \
         "10 tokens and are cut at the end (as TRL does)" in err and "raise --max-length" in err, err
+
+
+def test_a_config_of_another_model_over_these_weights_is_refused_before_it_is_built(tmp_path, tiny_checkpoint):
+    """config.json's model_type edited to llama over GPT-2's weights: transformers built Llama at its default size
+    (13 GB in 30 s here) before comparing any weight."""
+    import time
+
+    from dpo_teach.model import CheckpointError, load_checkpoint
+
+    path = _copy_checkpoint(tiny_checkpoint, tmp_path / "edited")
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "model_type": "llama", "architectures": None}))
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"config.json describes a llama model of about [\d,]+ M parameters \(32 "
+                                              r"layers of width 4096\), but its weights files hold [\d.]+ MB; the "
+                                              r"config belongs to another model"):
+        load_checkpoint(path)
+    assert time.perf_counter() - start < 30  # refused from the files, not after building the model
