@@ -185,3 +185,19 @@ def test_data_to_a_pipe_that_closes_early_ends_quietly(monkeypatch, capsys):
     monkeypatch.setattr(dpo_teach.cli, "cmd_data", piped)
     assert main(["data", "--out", "-"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_an_out_that_is_a_mount_point_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    """A run is swapped in by renaming --out aside, which the system refuses for a mount point (a Docker volume)."""
+    import os
+
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps(GOOD) + "\n")
+    out = tmp_path / "volume"
+    out.mkdir()
+    _trains_nothing(monkeypatch)
+    ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == out or ismount(p))
+    assert main(["train", "--data", str(data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: is a mount point, which a run cannot replace" in err and "pass a folder inside it" in err, err
