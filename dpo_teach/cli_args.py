@@ -297,11 +297,12 @@ def _check_room_beside(out: str) -> None:
     if not os.access(beside, os.W_OK | os.X_OK):
         raise UsageError(f"--out {out}: the run is written beside it, in {beside}, and then takes its place, but "
                          f"{beside} is not writable for you; pass a path in a folder you can write to")
-    longest = os.pathconf(beside, "PC_NAME_MAX") - len(f"..{os.getpid()}.XXXXXXXX.tmp")
-    if len(os.fsencode(target.name)) > longest:
-        raise UsageError(f"--out {out}: its last part is {len(os.fsencode(target.name))} bytes long; the run is "
-                         f"written beside it under a name {len(f'..{os.getpid()}.XXXXXXXX.tmp')} bytes longer, which "
-                         f"this file system refuses; pass a name of at most {longest} bytes")
+    added, name = len(f"..{os.getpid()}.XXXXXXXX.tmp"), len(os.fsencode(target.name))
+    longest = os.pathconf(beside, "PC_NAME_MAX") - added
+    if name > longest:
+        raise UsageError(f"--out {out}: its last part is {name} bytes long; the run is written beside it under a "
+                         f"name {added} bytes longer, which this file system refuses; pass a name of at most "
+                         f"{longest} bytes")
 
 
 def check_context(model_dir: str | None, max_length: int, sample_tokens: int | None = None) -> tuple | None:

@@ -35,17 +35,16 @@ from dpo_teach.grading import AUTOGRADER, MASTERS, NOTEBOOKS, ROOT, load_manifes
 from dpo_teach.grading.assign import solution_lines
 from dpo_teach.grading.release import release
 from dpo_teach.site_readme import (
-    BEYOND,
     DOWNLOADS,
     beyond_page,
     grading_index,
     grading_page,
     landing,
-    link_readme_sections,
     readme_sections,
     results_page,
 )
 
+WRITE = {"ppo_vs_dpo": results_page, "beyond_the_laptop": beyond_page}  # each of site_pages.WRITTEN_PAGES
 ASSETS = Path(__file__).parent / "site_assets"
 # The parts of MathJax 3 that the pages load (TeX in, CommonHTML out, its web fonts, the TeX packages it loads on
 # demand), from the copy that the django-static-mathjax wheel ships (no Django needed: only its files are read).
@@ -215,10 +214,9 @@ def all_pages(executed: dict[str, nbformat.NotebookNode], caches: dict[str, str]
     pages (``graded``: :func:`graded_questions`). The README is read here, once."""
     readme = readme_sections()
     pages = {"index": (landing(readme, titles, graded, zip_bytes), "dpo-teach: the course"),
-             "ppo_vs_dpo": (results_page(readme), "PPO vs DPO: the shipped comparison"),
-             "beyond_the_laptop": (beyond_page(readme), BEYOND)}
-    pages |= {name: (link_readme_sections(site_pages.prepare(executed[name], [caches[name]] if name in caches else [])),
-                     title) for name, title in titles.items()}
+             **{stem: (WRITE[stem](readme), title) for stem, _, title in site_pages.WRITTEN_PAGES}}
+    pages |= {name: (site_pages.prepare(executed[name], [caches[name]] if name in caches else []), title)
+              for name, title in titles.items()}
     pages |= {f"grading_{name}": (grading_page(name, titles[name], questions), f"Exercises of {titles[name]}")
               for name, questions in graded.items()}
     if graded:

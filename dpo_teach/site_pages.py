@@ -214,6 +214,7 @@ def prepare(nb: nbformat.NotebookNode, caches: Iterable[Path | str] = ()) -> nbf
     clean_outputs(page, caches)
     note_build_machine(page)
     fold_checks(page)
+    link_readme_sections(page)
     return page
 
 
@@ -288,6 +289,18 @@ def first_heading(nb: nbformat.NotebookNode, default: str) -> str:
 
 # The README's section that notebook 07 sends its readers to (its GPU script): a page of its own on the site.
 BEYOND = "Beyond the laptop: TRL, real checkpoints, real data"
+# The pages written from the README, not executed, in the header's order: (stem, header label, title)
+WRITTEN_PAGES = (("ppo_vs_dpo", "PPO vs DPO", "PPO vs DPO: the shipped comparison"),
+                 ("beyond_the_laptop", "At scale", BEYOND))
+
+
+def link_readme_sections(nb: nbformat.NotebookNode) -> None:
+    """Make each mention in ``nb``'s markdown of the README's section that the site shows as a page (:data:`BEYOND`)
+    a link to that page: on the site the README itself is not one click away."""
+    mention = f'README\'s section "{BEYOND}"'
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and mention in cell.source:
+            cell.source = cell.source.replace(mention, f"[{mention}](beyond_the_laptop.html)")
 
 
 def header_links(titles: dict[str, str], current: str, graded: bool) -> list[dict]:
@@ -295,8 +308,7 @@ def header_links(titles: dict[str, str], current: str, graded: bool) -> list[dic
     the comparison, TRL at scale and, when any notebook has exercises, the exercises and grading page."""
     links = [("index", "Home", "dpo-teach: the course")]
     links += [(name, name[:2], title) for name, title in titles.items()]
-    links += [("ppo_vs_dpo", "PPO vs DPO", "PPO vs DPO: the shipped comparison"),
-              ("beyond_the_laptop", "At scale", BEYOND)]
+    links += WRITTEN_PAGES
     links += [("grading", "Grading", "Exercises and grading")] * graded
     return [{"href": f"{stem}.html", "label": label, "title": title,
              "current": stem == current or (stem == "grading" and current.startswith("grading_"))}

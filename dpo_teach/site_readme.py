@@ -98,8 +98,9 @@ def landing(readme: dict[str, str], titles: dict[str, str], graded: dict[str, di
     course_map = link_pages(site_pages.for_readers(readme["Course map"]), list(titles), graded)
     return markdown_page(intro, get_the_course(readme, zip_bytes), course_map,
                          site_pages.for_readers(readme["The toy world"]),
-                         "## Pages\n\n" + pages + "\n- [PPO vs DPO: the shipped comparison](ppo_vs_dpo.html)"
-                         f"\n- [{BEYOND}](beyond_the_laptop.html)\n- [Exercises and grading](grading.html)")
+                         "## Pages\n\n" + pages
+                         + "".join(f"\n- [{title}]({stem}.html)" for stem, _, title in site_pages.WRITTEN_PAGES)
+                         + "\n- [Exercises and grading](grading.html)")
 
 
 def grading_page(name: str, title: str, questions: dict[str, dict]) -> nbformat.NotebookNode:
@@ -130,16 +131,6 @@ def grading_index(readme: dict[str, str], titles: dict[str, str], graded: dict[s
 def beyond_page(readme: dict[str, str]) -> nbformat.NotebookNode:
     """``beyond_the_laptop.html``: the README's section on TRL, real checkpoints and data, its GPU script included."""
     return markdown_page(site_pages.for_readers(readme[BEYOND]))
-
-
-def link_readme_sections(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """``nb`` (a page being prepared) with each mention of the README's section that the site shows as a page
-    (:data:`BEYOND`) made a link to that page; on the site the README itself is not one click away."""
-    mention = f'README\'s section "{BEYOND}"'
-    for cell in nb.cells:
-        if cell.cell_type == "markdown" and mention in cell.source:
-            cell.source = cell.source.replace(mention, f"[{mention}](beyond_the_laptop.html)")
-    return nb
 
 
 def results_page(readme: dict[str, str]) -> nbformat.NotebookNode:

@@ -35,19 +35,11 @@ def _umask() -> int:
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path`` in one rename.
 
-    Readers see the old file or the new one, never half of one; if the block raises, ``path`` is untouched.
+    Readers see the old file or the new one, never half of one; if the block raises, ``path`` is untouched
+    (:func:`atomic_files` of one file).
     """
-    path = Path(os.path.realpath(path))  # a symbolic link stays: the file it points to is replaced
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    with atomic_files([path]) as (tmp,):
         yield tmp
-        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -81,11 +73,15 @@ def atomic_files(paths: list[str | Path]) -> Iterator[list[Path]]:
                 link.unlink(missing_ok=True)
     except BaseException:
         for path, tmp in zip(paths, tmps, strict=False):
-            if kept.get(path) is not None and tmp.exists():  # not replaced yet: it still holds its earlier contents
-                kept.pop(path).unlink()  # (renaming one hard link onto the other would do nothing, and keep both)
-            elif kept.get(path) is not None:
-                os.replace(kept.pop(path), path)  # its earlier contents back
-            elif path in kept and not tmp.exists():  # it is new (nothing before) and already in place
+            if path not in kept:  # the swap had not reached it
+                continue
+            earlier = kept.pop(path)
+            if tmp.exists():  # not replaced yet: the link is a second name of what it holds (renaming one onto the
+                if earlier is not None:  # other would do nothing and keep both)
+                    earlier.unlink()
+            elif earlier is not None:
+                os.replace(earlier, path)  # its earlier contents back
+            else:  # new (nothing before) and already in place
                 path.unlink(missing_ok=True)
         raise
     finally:  # (a second Ctrl-C in the loop above leaves an earlier file not put back as a hidden .old beside it)

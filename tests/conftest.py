@@ -174,10 +174,10 @@ def shared_reference(config, tmp_path_factory, private: Path, threads: int | Non
     The first worker to ask builds it in the shared store (``threads`` torch threads), under a lock that the others
     wait on; each worker links the entry into its private cache and loads it from there.
     """
-    from dpo_teach.world import CACHE_ENV, load_reference
+    from dpo_teach.world import CACHE_ENV, cache_entry, load_reference
 
     store = shared_dir(tmp_path_factory, "references")
-    name = f"reference-{config.preset}-{config.key()}"
+    name = cache_entry(config).name
 
     def build() -> None:  # the cache writes the entry's folder atomically
         before = torch.get_num_threads()

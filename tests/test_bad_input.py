@@ -1163,7 +1163,7 @@ def test_train_keeps_a_folders_pair_files_it_does_not_write(tmp_path, capsys, no
     (out / "metrics.json").write_text("{}")  # an earlier train run's: fine to replace
     assert main(["train", "--data", str(data), "--out", str(out)]) == 2
     assert f"--out {out}: holds 2 files (e.g. heldout.jsonl) that a train run does not write" in one_line_error(capsys)
-    assert (out / "train.jsonl").read_bytes() == jsonl(GOOD)
+    assert (out / "train.jsonl").read_bytes() == jsonl(GOOD) and (out / "heldout.jsonl").read_bytes() == jsonl(OTHER)
 
 
 def test_a_checkpoint_with_nan_weights_is_refused_at_load(tmp_path, tiny_checkpoint, capsys):

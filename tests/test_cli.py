@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_bad_input import jsonl, no_work, one_line_error, write_bytes  # noqa: F401 (no_work: a fixture used by name)
 
 from dpo_teach.cli import main
 
@@ -106,18 +107,7 @@ def test_an_interrupted_train_rerun_leaves_the_earlier_run_intact(tmp_path, worl
     assert [p.name for p in out.parent.iterdir()] == ["train"]
 
 
-def _trains_nothing(monkeypatch):
-    """A train or demo that gets past its checks fails the test: each refusal below must come first."""
-    import dpo_teach.dpo
-    import dpo_teach.pipeline
-
-    def trained(*args, **kwargs):
-        raise AssertionError("the run started before its --out was checked")
-
-    monkeypatch.setattr(dpo_teach.dpo, "train_dpo", trained)
-    monkeypatch.setattr(dpo_teach.pipeline, "run_demo", trained)
-
-
+@pytest.mark.usefixtures("no_work")
 @pytest.mark.parametrize("command", ["train", "demo"])
 def test_an_out_whose_folder_cannot_take_the_run_is_refused_before_training(tmp_path, monkeypatch, capsys, command):
     """A run is written beside --out and then takes its place: a folder beside it that is not writable, or an --out
@@ -125,25 +115,20 @@ def test_an_out_whose_folder_cannot_take_the_run_is_refused_before_training(tmp_
     train first and lose the result in a traceback)."""
     import os
 
-    data = tmp_path / "p.jsonl"
-    data.write_text(json.dumps(GOOD) + "\n")
+    data = write_bytes(tmp_path, jsonl(GOOD))
     argv = [command, *(["--data", str(data)] if command == "train" else [])]
-    _trains_nothing(monkeypatch)
     locked = tmp_path / "locked"
     (locked / "run").mkdir(parents=True)  # --out itself is writable; the folder that holds it is not
     access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and access(p, mode))  # root passes chmod
     assert main([*argv, "--out", str(locked / "run")]) == 2
-    err = capsys.readouterr().err
-    assert f"in {locked}, and then takes its place, but {locked} is not writable for you" in err, err
-    assert len(err.strip().splitlines()) == 1
+    assert f"in {locked}, and then takes its place, but {locked} is not writable for you" in one_line_error(capsys)
     long = "b" * 245  # a valid name, too long once ".NAME.PID.XXXXXXXX.tmp" is made of it
     assert main([*argv, "--out", str(tmp_path / long)]) == 2
-    err = capsys.readouterr().err
-    assert "its last part is 245 bytes long" in err and "pass a name of at most" in err and "Traceback" not in err
+    err = one_line_error(capsys)
+    assert "its last part is 245 bytes long" in err and "pass a name of at most" in err
     assert main([*argv, "--out", str(tmp_path / ("c" * 300))]) == 2  # too long for any file name
-    err = capsys.readouterr().err
-    assert "File name too long; pass another path" in err and len(err.strip().splitlines()) == 1, err
+    assert "File name too long; pass another path" in one_line_error(capsys)
 
 
 def test_a_ctrl_c_while_the_command_starts_is_one_line(monkeypatch, capsys):
@@ -187,17 +172,16 @@ def test_data_to_a_pipe_that_closes_early_ends_quietly(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.usefixtures("no_work")
 def test_an_out_that_is_a_mount_point_is_refused_before_training(tmp_path, monkeypatch, capsys):
     """A run is swapped in by renaming --out aside, which the system refuses for a mount point (a Docker volume)."""
     import os
 
-    data = tmp_path / "p.jsonl"
-    data.write_text(json.dumps(GOOD) + "\n")
+    data = write_bytes(tmp_path, jsonl(GOOD))
     out = tmp_path / "volume"
     out.mkdir()
-    _trains_nothing(monkeypatch)
     ismount = os.path.ismount
     monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == out or ismount(p))
     assert main(["train", "--data", str(data), "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert f"--out {out}: is a mount point, which a run cannot replace" in err and "pass a folder inside it" in err, err
+    err = one_line_error(capsys)
+    assert f"--out {out}: is a mount point, which a run cannot replace" in err and "pass a folder inside it" in err

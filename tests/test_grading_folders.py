@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from test_bad_input import one_line_error
 from test_grading import exercise_solution
 from test_zygote import notebook
 
@@ -299,8 +300,7 @@ def test_gradescope_paths_that_cannot_be_used_are_one_line(tmp_path, assigned, c
             (["--source", str(source), "--submission", str(tmp_path / "submission"), "--results",
               str(tmp_path / "submission")], "is a folder; pass the path of the results.json to write")]:
         assert main(["gradescope", *args]) == 2
-        err = capsys.readouterr().err
-        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert message in one_line_error(capsys)
 
 
 

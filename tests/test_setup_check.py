@@ -30,11 +30,11 @@ def test_the_table_has_what_a_student_needs(tmp_path, monkeypatch):
 
 
 def test_estimates_scale_with_the_probe_and_drop_the_build_once_cached(tmp_path, monkeypatch):
-    from dpo_teach.world import WorldConfig
+    from dpo_teach.world import WorldConfig, cache_entry
 
     monkeypatch.setenv("DPO_TEACH_CACHE", str(tmp_path))
-    config = WorldConfig(preset="tiny")
-    entry = tmp_path / f"reference-{config.preset}-{config.key()}"
+    entry = cache_entry(WorldConfig(preset="tiny"))
+    assert entry.parent == tmp_path
     entry.mkdir()
     (entry / "world.json").write_text("{}")
     assert setup_check.reference_cached()

@@ -28,6 +28,7 @@ from dpo_teach.grading.submissions import (
     assignments_and_latest,
     detect_assignment,
     find_submissions,
+    handed_in,
     is_notebook,
     read_notebook,
     shown,
@@ -211,7 +212,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     if not found:
         raise FileNotFoundError(f"no files in {shown(submissions)} (its sub-folders searched too, hidden ones "
                                 "skipped): pass the folder that holds the submitted notebooks")
-    files = [(student, path) for student, path in found if not path.is_symlink()]  # a link is never read (below)
+    files = [(student, path) for student, path in found if handed_in(path)]  # a link is never read (below)
     names, superseded = assignments_and_latest(files, manifests, assignment)
     # what a row depends on besides the files (--timeout 900 and the default 900 are one setting)
     settings = {"mode": "fast" if fast else "full", "per_cell_s": int(cell_timeout),
@@ -249,7 +250,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         return row
 
     def graded(student, path):
-        if path.is_symlink():  # it names a file elsewhere on this machine, which its reason would quote
+        if not handed_in(path):
             return empty_row(student, path, None, "skipped", f"{shown(path.name)} is a symbolic link, not a file "
                              "handed in: copy the student's file into its place and grade again")
         if not is_notebook(path):

@@ -185,11 +185,10 @@ def _student_output(row: dict, withheld: set[str]) -> str:
 def run(source: Path, submission: Path, results: Path) -> dict:
     """Grade the notebook in ``submission`` (the latest ``.ipynb``) and write Gradescope's ``results.json``."""
     from dpo_teach.grading.manifests import load_manifests
-    from dpo_teach.grading.submissions import assignments_and_latest, find_submissions, is_notebook, shown
+    from dpo_teach.grading.submissions import assignments_and_latest, find_submissions, handed_in, is_notebook, shown
 
     ((assignment, manifest),) = load_manifests(source / "autograder").items()
-    # as the batch: no hidden files, and no symbolic link (it names a file elsewhere, which a reason would quote)
-    notebooks = sorted(p for _, p in find_submissions(submission) if is_notebook(p) and not p.is_symlink())
+    notebooks = sorted(p for _, p in find_submissions(submission) if is_notebook(p) and handed_in(p))  # as the batch
     # the batch's rule: the latest readable one (of copies saved in one instant, the highest copy number)
     _, superseded = assignments_and_latest([("you", p) for p in notebooks], {assignment: manifest}, assignment)
     graded = next((p for p in notebooks if p not in superseded), None)

@@ -80,11 +80,10 @@ def write_reports(report: dict, out: Path) -> None:
         scores = [r["questions"][q]["score"] if q in r["questions"] else "" for q in questions]
         writer.writerow([r["student"], r["assignment"] or "", r["file"], r["status"], r["score"], r["possible"],
                          *scores, r["reason"]])
-    for name in REPORT_FILES:  # the one thing that fails a rename once both are written
+    for name in REPORT_FILES:  # a folder in the way: said plainly, before anything is written
         if (out / name).is_dir():
             raise IsADirectoryError(f"{out / name} is a folder")
-    csv_path, json_path = (out / name for name in REPORT_FILES)
-    with atomic_files([csv_path, json_path]) as (csv_file, json_file):  # both written, then both swapped in:
+    with atomic_files([out / name for name in REPORT_FILES]) as (csv_file, json_file):  # both written, then both in:
         json_file.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         csv_file.write_text(buffer.getvalue(), encoding="utf-8")  # never one alone, also after a Ctrl-C
 

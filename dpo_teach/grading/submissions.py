@@ -114,6 +114,12 @@ def find_submissions(folder: Path, assignments: Iterable[str] = (), skip: Path |
     return found
 
 
+def handed_in(path: Path) -> bool:
+    """Whether the batch may read ``path``: not a symbolic link, which names a file elsewhere on the grading machine
+    (``/etc/passwd``) that a reason would quote. A link gets a ``skipped`` row instead."""
+    return not Path(path).is_symlink()
+
+
 def _bare_name(path: Path) -> str:
     """The file's name without its extension, and without ``.ipynb`` before it (``alice_01`` of
     ``alice_01.ipynb.zip``)."""
