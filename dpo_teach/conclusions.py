@@ -263,15 +263,11 @@ def length_sentence(results: dict) -> str | None:
         return None
     seeds = len(results["reference"])
     ref = np.mean([v.get("length", np.nan) for v in results["reference"].values()])
-    if seeds < 2:
-        shown = (f"per-sequence averaging gave longer completions than per-token averaging at {sum(longer)} of the "
-                 f"{len(longer)} β, on one seed: "
-                 "with no second seed, no spread was measured, so this says nothing yet about a length bias.")
-    else:
-        shown = (f"per-sequence averaging gave longer completions than per-token averaging on every seed at "
-                 f"{sum(longer)} of the {len(longer)} β"
-                 + (": the length bias shows here." if all(longer) else
-                    ", so the length bias does not show clearly at this size."))
+    shown = (f"per-sequence averaging gave longer completions than per-token averaging"
+             f"{' on every seed' if seeds > 1 else ''} at {sum(longer)} of the {len(longer)} β"
+             + (", on one seed: with no second seed, no spread was measured, so this says nothing yet about a length "
+                "bias." if seeds < 2 else ": the length bias shows here." if all(longer) else
+                ", so the length bias does not show clearly at this size."))
     return (f"Loss averaging and completion length (GRPO-GT, final evaluation, π_ref {ref:.1f} tokens): "
             + "; ".join(parts) + f"; {shown}")
 

@@ -26,6 +26,7 @@ from dpo_teach.utils import atomic_write_text
 
 MIN_FLUENCY = 0.7  # the course's fluency target: a "best setting" must keep at least this share well-formed
 KL_QUOTED = (0.5, 1.0, 2.0, 4.0)  # KL values (nats) at which the conclusions quote both rewards, where both reach them
+PANEL_HEIGHT = 4.4  # inches: the frontier figure's three panels, before its legend below them
 # The methods of the comparison, in the order tables and figures list them (``dpo_teach.compare`` runs them).
 COLORS = {"DPO": "tab:blue", "online-DPO": "tab:cyan", "online-DPO-fixed": "tab:purple", "online-DPO-RM": "tab:gray",
           "PPO": "tab:orange",
@@ -255,7 +256,7 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
     the highest fluent KL, where the comparisons end (points beyond it, all below the fluency target, are counted in
     a note there); the fluency panel shows every point.
     """
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, PANEL_HEIGHT))
     pairs = next(iter(results["stages"].values()))["pairs"]["completions"]
     drawn, fluent_max, hollow = [], 0.0, False  # every (KL, reward) point; the fluent points' largest KL; any not
     for m in methods_in(results):
@@ -293,7 +294,8 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
         shown = [r for k, r in drawn if k <= right]
         low, high = min(shown), max(shown)
         axes[0].set_xlim(left=min(0.0, axes[0].get_xlim()[0]), right=right)
-        axes[0].set_ylim(low - 0.05 * (high - low or 1), high + 0.05 * (high - low or 1))
+        pad = 0.05 * (high - low or 1)
+        axes[0].set_ylim(low - pad, high + pad)
         axes[0].annotate(f"{beyond} point(s) beyond KL {right:.3g}, all with fluency < {MIN_FLUENCY:.0%}: see the "
                          "fluency panel", xy=(0.99, 0.02), xycoords="axes fraction", ha="right", fontsize=7,
                          color="gray")
@@ -313,7 +315,7 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
     # below the panels, not on them: with every run's trajectory (``highlight``) it has 20 entries or more
     columns = min(6, len(handles))
     rows = -(-len(handles) // columns)
-    height = 4.4 + 0.17 * rows  # inches: the panels, and a row of the legend each
+    height = PANEL_HEIGHT + 0.17 * rows  # inches: the panels, and a row of the legend each
     fig.set_size_inches(16, height)
     fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, (0.08 + 0.17 * rows) / height, 1, 1))
