@@ -185,12 +185,14 @@ def gap_table(results: dict, min_fluency: float = MIN_FLUENCY) -> str:
             f"difference of two frontier points has a standard error ≈ {noise * np.sqrt(2):.3f}.\n")
 
 
-def gap_text(g: dict) -> str:
+def gap_text(g: dict, size_only: bool = False) -> str:
     """``+0.022 ± 0.015`` (mean ± sd over seeds), or ``+0.046 (1 of 2 seeds)`` when only some seeds have a KL range
-    that both methods measured: one seed's gap is no agreement between seeds."""
+    that both methods measured: one seed's gap is no agreement between seeds. ``size_only``: the gap's size, no
+    sign (``0.022 ± 0.015``), for a sentence that says "below" itself."""
+    gap, fmt = (abs(g["gap"]), ".3f") if size_only else (g["gap"], "+.3f")
     if g["seeds"] == g["of_seeds"] and g["seeds"] > 1:
-        return _pm((g["gap"], g["gap_sd"]), "+.3f")
-    return "—" if not g["seeds"] else f"{g['gap']:+.3f} ({g['seeds']} of {g['of_seeds']} seeds)"
+        return _pm((gap, g["gap_sd"]), fmt)
+    return "—" if not g["seeds"] else f"{gap:{fmt}} ({g['seeds']} of {g['of_seeds']} seeds)"
 
 
 def ranking(results: dict, min_fluency: float = MIN_FLUENCY) -> list[tuple[str, float]]:
@@ -219,7 +221,7 @@ def verdict(results: dict) -> str:
     clear, noise = against_noise(results, g)
     per_seed = _per_seed(g)
     if g["gap"] < 0:  # first against all others, yet below the runner-up where the two were measured
-        return (head + f"{top} ranks first, yet lies {gap_text(g).lstrip('-')} reward below the runner-up {second} "
+        return (head + f"{top} ranks first, yet lies {gap_text(g, size_only=True)} reward below the runner-up {second} "
                 f"where both were measured (per seed {per_seed}); {noise}. " + ranked)
     return (head + f"{top}'s frontier lies highest, {gap_text(g)} reward above the runner-up {second} (per seed "
             f"{per_seed}); {noise}" + ("." if clear else ": a tie on this toy world.") + " " + ranked)

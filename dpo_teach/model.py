@@ -6,7 +6,6 @@ checkpoint directory (``save_pretrained`` output: ``config.json``, weights and t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from dpo_teach.utils import atomic_dir, readable_by_all
+from dpo_teach.utils import atomic_dir, json_text, readable_by_all
 
 # Sizes measured on 2 CPU cores in DESIGN.md §7: "tiny" trains in seconds, "small" in about a minute.
 PRESETS: dict[str, dict[str, int]] = {
@@ -61,7 +60,8 @@ def check_max_length(max_length: int, context: int | None, what: str = "the mode
 
 
 def build_model(preset: str, vocab_size: int, eos_token_id: int, n_positions: int = TOY_CONTEXT) -> GPT2LMHeadModel:
-    """A freshly initialised tiny GPT-2. Dropout is off, so a policy equals its reference bit for bit."""
+    """A freshly initialised tiny GPT-2. Dropout is off, so a policy equals its reference bit for bit; its config
+    says so as a loaded checkpoint's does (:func:`disable_dropout`), so the first run writes the files later ones do."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
     config = GPT2Config(
@@ -70,13 +70,12 @@ def build_model(preset: str, vocab_size: int, eos_token_id: int, n_positions: in
         bos_token_id=eos_token_id,
         eos_token_id=eos_token_id,
         pad_token_id=eos_token_id,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
         activation_function="gelu_pytorch_tanh",  # GPT-2's tanh-approximate GELU, in one fused op (~25 % faster)
         **PRESETS[preset],
     )
-    return GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel(config)
+    disable_dropout(model)
+    return model
 
 
 def save_checkpoint(model: PreTrainedModel, tokenizer, path: str | Path, extra: dict | None = None) -> None:
@@ -94,7 +93,7 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, path: str | Path, extra: 
             raise
         tokenizer.save_pretrained(tmp)
         for name, obj in (extra or {}).items():
-            (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+            (tmp / name).write_text(json_text(obj), encoding="utf-8")
         readable_by_all(tmp)  # safetensors writes its file 0600: a shared cache, another user could not read it
 
 

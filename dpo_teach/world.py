@@ -92,6 +92,21 @@ def reference_cached(config: WorldConfig | None = None) -> bool:
     return (cache_entry(config or WorldConfig(preset="tiny")) / "world.json").is_file()
 
 
+def _warn_not_cached(path: Path, why: object) -> str:
+    warnings.warn(f"π_ref could not be cached at {path} ({why}); it will be rebuilt next time. Point ${CACHE_ENV} at "
+                  "a writable directory to keep it", CacheWarning, stacklevel=3)  # names load_reference's caller
+    return str(why)
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why π_ref cannot be saved in ``folder``, or None: checked before a build, which takes minutes."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return str(e)
+    return None if os.access(folder, os.W_OK | os.X_OK) else "not writable"
+
+
 def load_reference(
     config: WorldConfig | None = None, rebuild: bool = False, progress: bool = False, verbose: bool = False
 ) -> tuple[torch.nn.Module, object]:
@@ -112,16 +127,19 @@ def load_reference(
             return model, tokenizer
         except (CheckpointError, OSError, ValueError, RecursionError) as e:  # e.g. a truncated or edited entry
             warnings.warn(f"reference cache {path} is unusable ({e}); rebuilding it", CacheWarning, stacklevel=2)
+    # A full disk or an unwritable $DPO_TEACH_CACHE costs a rebuild next time, not this run; said before the build's
+    # minutes when the folder shows it already (a file in its place), else when the save fails.
+    if problem := _unwritable(path.parent):
+        _warn_not_cached(path, problem)
     start = time.perf_counter()
     model, tokenizer = build_reference(config, progress=progress)
-    where = f"cached at {path}"
-    try:
-        save_checkpoint(model, tokenizer, path, extra={"world.json": asdict(config)})
-    except OSError as e:  # a full disk or an unwritable $DPO_TEACH_CACHE costs a rebuild next time, not this run
-        where = "not cached"
-        warnings.warn(f"π_ref could not be cached at {path} ({e}); it will be rebuilt next time. Point "
-                      f"${CACHE_ENV} at a writable directory to keep it", CacheWarning, stacklevel=2)
+    if not problem:
+        try:
+            save_checkpoint(model, tokenizer, path, extra={"world.json": asdict(config)})
+        except OSError as e:
+            problem = _warn_not_cached(path, e)
     if verbose:
+        where = "not cached" if problem else f"cached at {path}"
         print(f"π_ref: built in {time.perf_counter() - start:.1f} s, {where}")
     model.eval()
     return model, tokenizer

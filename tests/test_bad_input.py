@@ -658,13 +658,18 @@ def test_corrupt_cache_entry_is_rebuilt_with_a_warning(tmp_path, monkeypatch, ho
 
 
 def test_unwritable_cache_warns_and_still_returns_the_model(tmp_path, monkeypatch):
+    from dpo_teach import world
     from dpo_teach.world import WorldConfig, load_reference
 
     (tmp_path / "a_file").write_text("x")
     monkeypatch.setenv("DPO_TEACH_CACHE", str(tmp_path / "a_file" / "cache"))
-    with pytest.warns(UserWarning, match=r"could not be cached .* Point \$DPO_TEACH_CACHE at a writable directory"):
+    build, warned_first = world.build_reference, []
+    with pytest.warns(UserWarning, match=r"could not be cached .* Point \$DPO_TEACH_CACHE at a writable directory") \
+            as said:  # before the build's minutes, not after them
+        monkeypatch.setattr(world, "build_reference", lambda *a, **k: warned_first.append(len(said)) or build(*a, **k))
         model, tok = load_reference(WorldConfig(**TINY_WORLD))
     assert model.config.vocab_size == len(tok)
+    assert warned_first == [1] and len(said) == 1, "warned once, before π_ref was built"
 
 
 # --- comparison results (notebook 06's asset) -----------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 import json
 import math
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dpo_teach import data, preference_file
@@ -50,6 +52,10 @@ def test_generated_pairs_are_labelled_by_bradley_terry(pairs):
 def test_bt_probability_and_ceiling():
     assert bt_probability(0.5, 0.5, 0.1) == 0.5
     assert math.isclose(bt_probability(0.3, 0.1, 0.1), 1 / (1 + math.exp(-2)))
+    with warnings.catch_warnings():  # a τ so small that (r_a − r_b) / τ overflows: the sure label, and no warning
+        warnings.simplefilter("error")
+        assert bt_probability(np.float64(0.3), np.float64(0.1), 1e-320) == 1.0
+        assert bt_probability(np.float64(0.1), np.float64(0.3), 1e-320) == 0.0
     rows = [{"chosen_reward": 0.0, "rejected_reward": 0.0}, {"chosen_reward": -1.0, "rejected_reward": 1.0}]
     assert math.isclose(bt_ceiling(rows, 0.1), (0.5 + 1 / (1 + math.exp(-20))) / 2)
 

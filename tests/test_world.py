@@ -32,9 +32,10 @@ def test_build_is_reproducible(cache_root):
 
 
 def test_a_freshly_built_reference_is_the_cached_one_without_gradients(cache_root, count_builds):
-    """π_ref built now and π_ref loaded from the cache are the same model: no gradient left over from its SFT (a
-    stale one would add into the gradients notebook 04 computes through π_ref, and count as "π_ref has a
-    gradient" there, on a student's first run only)."""
+    """π_ref built now and π_ref loaded from the cache are the same model, with the same config: no gradient left
+    over from its SFT (a stale one would add into the gradients notebook 04 computes through π_ref, and count as
+    "π_ref has a gradient" there, on a student's first run only), and the same dropout fields (a policy copied from
+    the first wrote another config.json than later runs did)."""
     built, _ = load_reference(FAST, rebuild=True)
     builds = count_builds()
     loaded, _ = load_reference(FAST)
@@ -42,6 +43,7 @@ def test_a_freshly_built_reference_is_the_cached_one_without_gradients(cache_roo
     assert all(p.grad is None for p in built.parameters())
     assert all(p.grad is None for p in loaded.parameters())
     assert not built.training and not loaded.training
+    assert built.config.to_diff_dict() == loaded.config.to_diff_dict()
 
 
 def test_corrupt_cache_is_rebuilt_with_a_warning(cache_root):

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from collections.abc import Collection
 from pathlib import Path
 
 from dpo_teach.grading.submissions import REPORT_FILES, shown
-from dpo_teach.utils import atomic_files
+from dpo_teach.utils import atomic_files, json_text
 
 
 def empty_row(student: str, path: Path, assignment: str | None, status: str, problem: str = "") -> dict:
@@ -84,7 +83,7 @@ def write_reports(report: dict, out: Path) -> None:
         if (out / name).is_dir():
             raise IsADirectoryError(f"{out / name} is a folder")
     with atomic_files([out / name for name in REPORT_FILES]) as (csv_file, json_file):  # both written, then both in:
-        json_file.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        json_file.write_text(json_text(report, sort_keys=False), encoding="utf-8")
         csv_file.write_text(buffer.getvalue(), encoding="utf-8")  # never one alone, also after a Ctrl-C
 
 
