@@ -133,6 +133,8 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means an unusable tokenizer
         raise CheckpointError(f"checkpoint {path}: the tokenizer cannot be loaded ({_first_line(e)}); {fix}") from e
+    for how in ("is_local", "local_files_only"):  # how it was loaded, not what it is: else every tokenizer saved
+        tokenizer.init_kwargs.pop(how, None)  # from a loaded one would write them, and one from a new one would not
     _check_special_tokens(path, tokenizer)
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)

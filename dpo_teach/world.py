@@ -25,7 +25,8 @@ from dpo_teach.sft import SFTConfig, train_sft
 from dpo_teach.tokenizer import train_tokenizer
 
 CACHE_ENV = "DPO_TEACH_CACHE"
-_FORMAT = 2  # bump when the build procedure changes, so old cache entries are not reused
+BUILD_THREADS = 1  # torch threads of π_ref's SFT, whoever builds it (the notebooks run on one thread anyway)
+_FORMAT = 3  # bump when the build procedure changes, so old cache entries are not reused (3: SFT on one thread)
 
 
 class CacheWarning(UserWarning):
@@ -69,14 +70,22 @@ def corpus_examples(config: WorldConfig) -> list[tuple[str, str]]:
 
 
 def build_reference(config: WorldConfig, progress: bool = False) -> tuple[torch.nn.Module, object]:
-    """Train the tokenizer and SFT a fresh tiny GPT-2 on the grammar corpus. Returns ``(model, tokenizer)``."""
+    """Train the tokenizer and SFT a fresh tiny GPT-2 on the grammar corpus. Returns ``(model, tokenizer)``.
+
+    The SFT runs on :data:`BUILD_THREADS` torch threads whatever the caller's count (restored after): another count
+    sums in another order, and the cache keeps whichever π_ref was built first for every later run."""
     pairs = corpus_examples(config)
     tokenizer = train_tokenizer([p + c for p, c in pairs], vocab_size=config.vocab_size)
     examples = [encode_completion(tokenizer, p, c) for p, c in pairs]
     torch.manual_seed(config.seed)
     model = build_model(config.preset, len(tokenizer), tokenizer.eos_token_id)
     sft = SFTConfig(steps=config.sft_steps, batch_size=config.sft_batch_size, lr=config.sft_lr, seed=config.seed)
-    train_sft(model, examples, tokenizer.pad_token_id, sft, progress=progress)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
+    try:
+        train_sft(model, examples, tokenizer.pad_token_id, sft, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
     model.zero_grad(set_to_none=True)  # as loaded from the cache: the last SFT step's gradients are not π_ref's
     return model, tokenizer
 

@@ -168,11 +168,11 @@ def _restore_environment():
         os.environ.update(saved)
 
 
-def shared_reference(config, tmp_path_factory, private: Path, threads: int | None = None):
+def shared_reference(config, tmp_path_factory, private: Path):
     """``load_reference(config)``, with π_ref built at most once per suite.
 
-    The first worker to ask builds it in the shared store (``threads`` torch threads), under a lock that the others
-    wait on; each worker links the entry into its private cache and loads it from there.
+    The first worker to ask builds it in the shared store (on one thread, as every build: world.BUILD_THREADS), under
+    a lock that the others wait on; each worker links the entry into its private cache and loads it from there.
     """
     from dpo_teach.world import CACHE_ENV, cache_entry, load_reference
 
@@ -180,13 +180,10 @@ def shared_reference(config, tmp_path_factory, private: Path, threads: int | Non
     name = cache_entry(config).name
 
     def build() -> None:  # the cache writes the entry's folder atomically
-        before = torch.get_num_threads()
         os.environ[CACHE_ENV] = str(store)
-        torch.set_num_threads(threads or before)
         try:
             load_reference(config)
         finally:
-            torch.set_num_threads(before)
             os.environ[CACHE_ENV] = str(private)
 
     once_per_suite(store / name, build)
@@ -217,8 +214,7 @@ def notebook_reference(private_cache, tmp_path_factory):
     """The notebooks' π_ref (the "tiny" preset at full size), in this worker's cache before any kernel needs it."""
     from dpo_teach.world import WorldConfig
 
-    # One thread as in the notebooks; on a busy 2-core machine 2 threads build many times slower.
-    return shared_reference(WorldConfig(preset="tiny"), tmp_path_factory, private_cache, threads=1)
+    return shared_reference(WorldConfig(preset="tiny"), tmp_path_factory, private_cache)
 
 
 @pytest.fixture(scope="session")

@@ -31,19 +31,41 @@ def test_build_is_reproducible(cache_root):
     assert same_weights(a, b)
 
 
-def test_a_freshly_built_reference_is_the_cached_one_without_gradients(cache_root, count_builds):
+def test_the_build_is_the_same_whatever_the_callers_thread_count():
+    """The cache keeps whichever π_ref was built first (by a notebook on one thread, or the CLI on all cores) for
+    every later run: the build must not depend on the caller's torch threads, and must leave them as it found them."""
+    from dpo_teach.world import build_reference
+
+    before = torch.get_num_threads()
+    try:
+        built = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            built.append(build_reference(FAST)[0])
+            assert torch.get_num_threads() == threads, "the caller's thread count must be restored"
+    finally:
+        torch.set_num_threads(before)
+    assert same_weights(*built), "π_ref's weights depend on the thread count of the process that built it"
+
+
+def test_a_freshly_built_reference_is_the_cached_one_without_gradients(cache_root, count_builds, tmp_path):
     """π_ref built now and π_ref loaded from the cache are the same model, with the same config: no gradient left
     over from its SFT (a stale one would add into the gradients notebook 04 computes through π_ref, and count as
-    "π_ref has a gradient" there, on a student's first run only), and the same dropout fields (a policy copied from
-    the first wrote another config.json than later runs did)."""
-    built, _ = load_reference(FAST, rebuild=True)
+    "π_ref has a gradient" there, on a student's first run only), and a policy saved from either writes the same
+    files (the first run wrote another dropout field into config.json, later runs how the tokenizer was loaded into
+    tokenizer_config.json)."""
+    built, built_tok = load_reference(FAST, rebuild=True)
     builds = count_builds()
-    loaded, _ = load_reference(FAST)
+    loaded, loaded_tok = load_reference(FAST)
     assert builds == [], "the second π_ref must come from the cache"
     assert all(p.grad is None for p in built.parameters())
     assert all(p.grad is None for p in loaded.parameters())
     assert not built.training and not loaded.training
     assert built.config.to_diff_dict() == loaded.config.to_diff_dict()
+    for name, (model, tokenizer) in {"built": (built, built_tok), "loaded": (loaded, loaded_tok)}.items():
+        save_checkpoint(model, tokenizer, tmp_path / name)  # as a run saves its policy
+    for file in ("config.json", "tokenizer_config.json"):
+        assert (tmp_path / "built" / file).read_text() == (tmp_path / "loaded" / file).read_text(), file
 
 
 def test_corrupt_cache_is_rebuilt_with_a_warning(cache_root):
