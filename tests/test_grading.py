@@ -212,6 +212,30 @@ def test_no_solution_leaks_into_student_notebooks(assigned):
         assert cases and not any(case["hidden"] for case in cases), f"{name}: hidden tests in the metadata"
 
 
+def test_solution_notebooks_are_answer_keys(assigned):
+    """What `make assign SOLUTIONS=…` writes, for an instructor to grade first and to publish after the deadline:
+    every answer of the master in place, no marker of otter's and no stub a student starts from (they grade in full:
+    the acceptance table)."""
+    for name in NAMES:
+        master = nbformat.read(grading.MASTERS / f"{name}.ipynb", as_version=4)
+        answers, stubs = [], []
+        for cell in (c for c in master.cells if c.cell_type == "code"):
+            block = None
+            for line in cell.source.splitlines():
+                if marker := re.search(r"# (BEGIN|END) (SOLUTION|PROMPT)", line):
+                    block = marker.group(2) if marker.group(1) == "BEGIN" else None
+                elif block == "SOLUTION" or line.rstrip().endswith("# SOLUTION"):
+                    answers.append(line.removesuffix("# SOLUTION").rstrip())
+                elif block == "PROMPT" and line.strip() not in ("", '"""'):
+                    stubs.append(line)
+        key = nbformat.read(assigned / "solutions" / f"{name}.ipynb", as_version=4)
+        code = [line for c in key.cells if c.cell_type == "code" for line in c.source.splitlines()]
+        assert answers and not [a for a in answers if a not in code], f"{name}: answers missing"
+        assert not [s for s in stubs if s in code], f"{name}: a student's stub is in the answer key"
+        marks = [line for line in code if re.search(r"# (BEGIN|END) (SOLUTION|PROMPT)|# SOLUTION\b", line)]
+        assert not marks, f"{name}: otter's markers are in the answer key: {marks[:3]}"
+
+
 def test_student_stubs_raise_not_implemented(assigned):
     """Every answer cell that defines a function raises NotImplementedError (a `concept_x = ...` answer is exempt)."""
     for name in NAMES:

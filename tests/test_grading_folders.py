@@ -178,6 +178,10 @@ def test_canvas_download_names_keep_one_student_across_uploads_and_deadlines():
     assert submissions.student_name(f"smithjohn_LATE_12345_99999_{KL}-1", names) == "smithjohn_12345"
     assert submissions.student_name(f"alice_{KL}", names) == "alice"
     assert submissions.student_name(f"bob_2024_{KL}", names) == "bob_2024"
+    # renamed by the student before the upload: no assignment's name, still one student
+    assert submissions.student_name("smithjohn_12345_67890_hw1", names) == "smithjohn_12345"
+    assert submissions.student_name("smithjohn_late_12345_67891_Untitled (1)", names) == "smithjohn_12345"
+    assert submissions.student_name("alice_hw1 (1)", names) == "alice_hw1"
 
 
 def test_the_grades_folder_inside_the_submissions_is_not_graded(tmp_path, assigned, stub_grading, capsys):
@@ -226,7 +230,8 @@ def test_a_report_that_cannot_be_written_keeps_the_rows_and_says_so(tmp_path, as
 
 
 @NEEDS_SANDBOX
-def test_ctrl_c_ends_the_running_notebooks_keeps_the_graded_and_says_how_to_go_on(tmp_path, assigned, capsys):
+def test_ctrl_c_ends_the_running_notebooks_keeps_the_graded_and_says_how_to_go_on(tmp_path, assigned, capsys,
+                                                                                    monkeypatch):
     folder, out = tmp_path / "in", tmp_path / "out"
     folder.mkdir()
     (folder / f"ann_{KL}.ipynb").write_text(notebook("x = 1"))
@@ -251,6 +256,17 @@ def test_ctrl_c_ends_the_running_notebooks_keeps_the_graded_and_says_how_to_go_o
         "again and it grades only the rest"], err
     kept = [json.loads(line)["row"] for line in journal.read_text().splitlines()]
     assert [(r["student"], r["status"]) for r in kept] == [("ann", "graded")], "ben's ended run was kept as his"
+
+    (folder / f"ann_{KL}.ipynb").unlink()  # a batch stopped before its first row: no journal to point at
+    batch = importlib.import_module("dpo_teach.grading.grade")  # the module; `grading.grade` is its function
+    run_notebook = batch.run_notebook  # Ctrl-C once ben's notebook has started
+    monkeypatch.setattr(batch, "run_notebook", lambda *a, **k: threading.Timer(
+        1, os.kill, (os.getpid(), signal.SIGINT)).start() or run_notebook(*a, **k))
+    code = cli(["grade", str(folder), "--out", str(tmp_path / "early"),
+                "--autograder-dir", str(assigned / "autograder")])
+    err = capsys.readouterr().err
+    assert code == 130 and err.strip().splitlines() == ["dpo-teach grade: interrupted before any notebook was graded "
+                                                        "(nothing was kept): run the same command again"], err
 
 
 def test_gradescope_names_the_notebook_it_graded_of_several(tmp_path, assigned, monkeypatch):

@@ -12,7 +12,7 @@ import re
 import nbformat
 import torch
 
-from dpo_teach import claims, frontier
+from dpo_teach import claims, conclusions, frontier
 from dpo_teach.compare import FAST_METHODS
 from dpo_teach.grading import NOTEBOOKS
 from dpo_teach.headless import notebook_client
@@ -52,6 +52,9 @@ def test_readme_quotes_the_shipped_numbers():
             in " ".join(section.split()))
     for method, row in frontier.best_settings(results).items():
         assert f"{row['reward_gain'][0]:+.3f}" in section, method
+    table = conclusions.results_table(results)  # the reward model's line, as `compare` prints it
+    accuracy = re.search(r"held-out pairwise accuracy (\S+ ± \S+) \(BT-noise ceiling (\S+)\)", table)
+    assert f"pairwise accuracy {accuracy.group(1)}, BT-noise ceiling {accuracy.group(2)}" in " ".join(section.split())
 
 
 RELATION = "(lies above|lies mostly above|crosses|lies mostly below|lies below)"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -132,6 +131,30 @@ def _normalized_student_notebook(path: Path, stem: str) -> str:
     return nbformat.writes(nb) + "\n"
 
 
+_SOLUTION_MARK = re.compile(r"^\s*# (BEGIN SOLUTION( NO PROMPT)?|END SOLUTION)\s*$")
+_PROMPT = re.compile(r"# (BEGIN|END) PROMPT\s*$")
+
+
+def _answer_key(path: Path) -> str:
+    """otter's solution notebook as an answer key: the answers in place, without the markers of its solutions
+    (``# BEGIN SOLUTION``, ``# END SOLUTION``, a line's ``# SOLUTION``) and without the stubs a student starts from
+    (``# BEGIN PROMPT`` … ``# END PROMPT``). Cells, their ids and tags are otter's: it grades as it did."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept, in_prompt = [], False
+        for line in cell.source.split("\n"):
+            if _PROMPT.search(line):
+                in_prompt = "BEGIN" in line
+            elif not in_prompt and not _SOLUTION_MARK.match(line):
+                kept.append(re.sub(r"\s+# SOLUTION\s*$", "", line))
+        cell.source = "\n".join(kept)
+    return nbformat.writes(nb) + "\n"
+
+
 def _repack(zip_path: Path) -> bytes:
     """Otter's bundle with sorted members, fixed timestamps and permissions."""
     buffer = io.BytesIO()
@@ -148,8 +171,9 @@ def assign(masters: Path = MASTERS, notebooks: Path = NOTEBOOKS, autograder: Pat
            solutions: Path | None = None, quiet: bool = True) -> list[str]:
     """Run ``otter assign`` on every ``masters/*.ipynb``; write student notebooks, bundles and manifests.
 
-    ``solutions`` (optional): also write the solution notebooks there (the masters without otter's markup),
-    e.g. to grade them as a full-score submission. Returns the assignment names.
+    ``solutions`` (optional): also write the solution notebooks there (the answers in place, without otter's
+    solution markers and the students' stubs: :func:`_answer_key`), e.g. to grade them as a full-score submission.
+    Returns the assignment names.
     """
     from otter.assign import main as otter_assign
 
@@ -170,6 +194,6 @@ def assign(masters: Path = MASTERS, notebooks: Path = NOTEBOOKS, autograder: Pat
             atomic_write_json(Path(autograder) / f"{stem}.json", manifest(stem, master, bundle), sort_keys=False)
             if solutions is not None:
                 Path(solutions).mkdir(parents=True, exist_ok=True)
-                shutil.copy(out / "autograder" / f"{stem}.ipynb", Path(solutions) / f"{stem}.ipynb")
+                atomic_write_text(Path(solutions) / f"{stem}.ipynb", _answer_key(out / "autograder" / f"{stem}.ipynb"))
         names.append(stem)
     return names

@@ -311,9 +311,11 @@ def _each(found: list, one, jobs: int, journal: Journal) -> list:
         pool.shutdown(wait=True, cancel_futures=True)
         if interrupted:
             allow_running()
-            raise GradingInterrupted(f"interrupted; the {len(journal.kept())} notebook(s) graded so far are kept in "
-                                     f"{shown(journal.path)}: run the same command again and it grades only the "
-                                     "rest") from None
+            kept = len(journal.kept())
+            raise GradingInterrupted(
+                f"interrupted; the {kept} notebook(s) graded so far are kept in {shown(journal.path)}: run the same "
+                "command again and it grades only the rest" if kept else
+                "interrupted before any notebook was graded (nothing was kept): run the same command again") from None
 
 
 class ReportNotWritten(OSError):
