@@ -28,12 +28,14 @@ def test_release_has_the_course_and_no_solution_or_hidden_test(tmp_path):
     assert figures and all((out / f).is_file() for f in figures), "the README's figures travel with it"
 
 
-def test_make_test_in_the_release_says_the_suite_is_not_there(tmp_path):
+@pytest.mark.parametrize("target, missing", [("test", "tests/"), ("test-site", "tests/"), ("bench", "benchmarks/"),
+                                             ("bench-notebooks", "benchmarks/"), ("bench-test", "benchmarks/")])
+def test_make_test_and_bench_in_the_release_say_they_are_not_there(tmp_path, target, missing):
     out = tmp_path / "student"
     release(out)
-    done = subprocess.run(["make", "-s", "-j2", "test"], cwd=out, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "no tests/ (it is the student release)" in done.stderr
-    assert not (out / ".venv").exists(), "nothing installed for a suite that is not there"
+    done = subprocess.run(["make", "-s", "-j2", target], cwd=out, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and f"no {missing} (it is the student release)" in done.stderr, done.stderr
+    assert not (out / ".venv").exists(), "nothing installed for what is not there"
 
 
 def test_the_leak_check_finds_a_solution_line_and_release_writes_nothing(tmp_path, monkeypatch):
