@@ -80,8 +80,8 @@ def try_exercise(exercise: str, call: Callable[[], Any], fallback: str = "the pa
     try:
         return True, call()
     except NotImplementedError:
-        print(f"{exercise} is still a stub (NotImplementedError); {fallback} is used from here on.")
+        print(f"{exercise} is still a stub (NotImplementedError); {fallback} is used instead.")
     except Exception as error:  # noqa: BLE001 - a student's function may raise anything
-        print(f"{exercise} raised {type(error).__name__}: {error}\n  {fallback} is used from here on; fix the "
+        print(f"{exercise} raised {type(error).__name__}: {error}\n  {fallback} is used instead; fix the "
               f"exercise and rerun its check cell to see which test fails.")
     return False, None

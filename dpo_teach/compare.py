@@ -39,6 +39,7 @@ from dpo_teach.online_dpo import OnlineDPOConfig
 from dpo_teach.ppo import PPOConfig
 from dpo_teach.reward_model import LearnedReward, RewardConfig, pairwise_accuracy, train_reward_model
 from dpo_teach.runs import Evaluator, run_dpo, run_group, run_online_dpo, run_ppo
+from dpo_teach.utils import torch_threads
 from dpo_teach.world import WorldConfig, load_reference
 
 FORMAT = 1  # bump when the layout of results.json changes
@@ -239,8 +240,7 @@ def run_comparison(config: CompareConfig, progress: bool = True, verbose: bool =
     start = time.perf_counter()
     load_reference(config.world, progress=progress, verbose=verbose)  # build it once, before any worker needs it
     workers = max(1, min(config.workers, len(config.seeds), os.cpu_count() or 1))
-    threads = torch.get_num_threads()
-    try:
+    with torch_threads(None):  # run_seed sets config.threads in this process when workers == 1
         if workers == 1:
             parts = [run_seed(config, seed, progress, verbose) for seed in config.seeds]
         else:
@@ -253,8 +253,6 @@ def run_comparison(config: CompareConfig, progress: bool = True, verbose: bool =
                         parts = _run_seeds(pool, config, verbose, flag)
                 finally:
                     os.environ.pop(_FLAG, None)
-    finally:
-        torch.set_num_threads(threads)
     results = {"format": FORMAT, "config": asdict(config),
                "reference": {str(p["seed"]): p["reference"] for p in parts},
                "stages": {str(p["seed"]): p["stage"] for p in parts},

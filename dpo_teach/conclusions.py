@@ -246,12 +246,13 @@ def _se_text(g: dict, se: float) -> str:
 
 def length_sentence(results: dict) -> str | None:
     """What per-token instead of per-sequence loss averaging did to completion length (GRPO-GT vs GRPO-GT/token), and
-    whether per-sequence averaging made completions longer on every seed (the same seed's two runs compared)."""
+    whether per-sequence averaging made completions longer on every seed (the same seed's two runs compared), and
+    where that differs, at how many β it did on the mean over seeds (a mean can be longer while one seed is not)."""
     methods = methods_in(results)
     if not {"GRPO-GT", "GRPO-GT/token"} <= set(methods):
         return None
     rows = {(r["method"], r["param"]): r for r in summarize(results)}
-    parts, longer = [], []
+    parts, longer, on_mean = [], [], []
     for (m, param), r in sorted(rows.items()):
         if m == "GRPO-GT" and ("GRPO-GT/token", param) in rows:
             t = rows[("GRPO-GT/token", param)]
@@ -261,12 +262,14 @@ def length_sentence(results: dict) -> str | None:
             differences = [run["final"]["length"] - per_token[run["seed"]]
                            for run in runs_of(results, m, param) if run["seed"] in per_token]
             longer.append(bool(differences) and all(d > 0.1 for d in differences))
+            on_mean.append(r["length"][0] - t["length"][0] > 0.1)
     if not parts:
         return None
     seeds = len(results["reference"])
     ref = np.mean([v.get("length", np.nan) for v in results["reference"].values()])
     shown = (f"per-sequence averaging gave longer completions than per-token averaging"
              f"{' on every seed' if seeds > 1 else ''} at {sum(longer)} of the {len(longer)} β"
+             + (f" (on the mean over seeds: at {sum(on_mean)})" if seeds > 1 and sum(on_mean) != sum(longer) else "")
              + (", on one seed: with no second seed, no spread was measured, so this says nothing yet about a length "
                 "bias." if seeds < 2 else ": the length bias shows here." if all(longer) else
                 ", so the length bias does not show clearly at this size."))

@@ -45,5 +45,5 @@ def bt_probability(reward_a, reward_b, temperature: float = 1.0):
     al. 2023 (τ = 1 there). Elementwise on tensors (notebook 02); on two numbers it returns a float (the labeller)."""
     if isinstance(reward_a, torch.Tensor) or isinstance(reward_b, torch.Tensor):
         return torch.sigmoid((reward_a - reward_b) / temperature)
-    z = -float(reward_a - reward_b) / temperature  # a Python float: ±inf for a tiny τ, where numpy's would warn
+    z = -float(reward_a - reward_b) / float(temperature)  # Python floats: ±inf for a tiny τ, where numpy warns
     return 0.0 if z > 700 else 1.0 / (1.0 + math.exp(z))  # exp overflows a float past ~709

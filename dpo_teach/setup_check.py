@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dpo_teach.world import cache_dir, reference_cached
+from dpo_teach.utils import torch_threads
+from dpo_teach.world import cache_dir, cache_problem, reference_cached
 
 SUPPORTED_PYTHONS = ((3, 11), (3, 12), (3, 13))
 
@@ -68,18 +69,14 @@ def speed_probe(repeats: int = 3) -> float:
     x = torch.randn(256, 64, generator=generator)  # (B, C)
     w1 = torch.randn(64, 256, generator=generator, requires_grad=True)
     w2 = torch.randn(256, 64, generator=generator, requires_grad=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the notebooks run
-    try:
-        best = float("inf")
+    best = float("inf")
+    with torch_threads(1):  # as the notebooks run
         for _ in range(repeats):
             start = time.perf_counter()
             for _ in range(200):
                 loss = (torch.relu(x @ w1) @ w2).square().mean()  # (B, 256) → (B, C) → ()
                 loss.backward()
             best = min(best, time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
     return best
 
 
@@ -93,7 +90,7 @@ def setup_report(probe_s: float | None = None) -> SetupReport:
     supported = "supported" if py in SUPPORTED_PYTHONS else "not tested: the course supports 3.11, 3.12, 3.13"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     cache = cache_dir()
-    writable = os.access(cache if cache.exists() else cache.parent if cache.parent.exists() else "/", os.W_OK)
+    writable = cache_problem(cache) is None
     cached = reference_cached()
     probe_s = speed_probe() if probe_s is None else probe_s
     slower = probe_s / REFERENCE["probe_s"]

@@ -25,6 +25,21 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``n`` in the block (None: as they are; code in it may set them), the caller's
+    count after, also when the block raises."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from dpo_teach.logprobs import encode_completion
 from dpo_teach.model import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from dpo_teach.sft import SFTConfig, train_sft
 from dpo_teach.tokenizer import train_tokenizer
+from dpo_teach.utils import torch_threads
 
 CACHE_ENV = "DPO_TEACH_CACHE"
 BUILD_THREADS = 1  # torch threads of π_ref's SFT, whoever builds it (the notebooks run on one thread anyway)
@@ -80,12 +82,8 @@ def build_reference(config: WorldConfig, progress: bool = False) -> tuple[torch.
     torch.manual_seed(config.seed)
     model = build_model(config.preset, len(tokenizer), tokenizer.eos_token_id)
     sft = SFTConfig(steps=config.sft_steps, batch_size=config.sft_batch_size, lr=config.sft_lr, seed=config.seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(BUILD_THREADS)
-    try:
+    with torch_threads(BUILD_THREADS):
         train_sft(model, examples, tokenizer.pad_token_id, sft, progress=progress)
-    finally:
-        torch.set_num_threads(threads)
     model.zero_grad(set_to_none=True)  # as loaded from the cache: the last SFT step's gradients are not π_ref's
     return model, tokenizer
 
@@ -107,13 +105,19 @@ def _warn_not_cached(path: Path, why: object) -> str:
     return str(why)
 
 
-def _unwritable(folder: Path) -> str | None:
-    """Why π_ref cannot be saved in ``folder``, or None: checked before a build, which takes minutes."""
+def cache_problem(folder: Path) -> str | None:
+    """Why π_ref could not be saved under ``folder``, or None: a folder is made and removed where it would go (on
+    the nearest part of the path that exists), so the answer is the file system's own; nothing is left behind."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".dpo-teach-probe-"))
     except OSError as e:
-        return str(e)
-    return None if os.access(folder, os.W_OK | os.X_OK) else "not writable"
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def load_reference(
@@ -138,7 +142,7 @@ def load_reference(
             warnings.warn(f"reference cache {path} is unusable ({e}); rebuilding it", CacheWarning, stacklevel=2)
     # A full disk or an unwritable $DPO_TEACH_CACHE costs a rebuild next time, not this run; said before the build's
     # minutes when the folder shows it already (a file in its place), else when the save fails.
-    if problem := _unwritable(path.parent):
+    if problem := cache_problem(path.parent):
         _warn_not_cached(path, problem)
     start = time.perf_counter()
     model, tokenizer = build_reference(config, progress=progress)

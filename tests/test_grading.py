@@ -1,7 +1,7 @@
 """The grading workflow end to end: `make assign` reproduces the committed files without leaking solutions, and
 `dpo-teach grade` scores a folder of submissions as expected.
 
-The submissions are made here from the masters (nothing is committed under tests/): the solution notebooks that
+The submissions are made here from the masters (nothing is committed under tests/): the answer keys that
 otter assign writes ("full"), the student notebooks ("blank"), the solutions with one answer replaced by a classic
 mistake ("wrong"), and files that are broken in the ways a real batch contains. Blank and wrong submissions are cut
 to their exercises (`exercises_only`): every student notebook's whole run is already tested headless in
@@ -224,15 +224,15 @@ def test_solution_notebooks_are_answer_keys(assigned):
             for line in cell.source.splitlines():
                 if marker := re.search(r"# (BEGIN|END) (SOLUTION|PROMPT)", line):
                     block = marker.group(2) if marker.group(1) == "BEGIN" else None
-                elif block == "SOLUTION" or line.rstrip().endswith("# SOLUTION"):
-                    answers.append(line.removesuffix("# SOLUTION").rstrip())
+                elif block == "SOLUTION" or re.search(r"# ?SOLUTION$", line.rstrip()):
+                    answers.append(re.sub(r"\s*# ?SOLUTION$", "", line.rstrip()))
                 elif block == "PROMPT" and line.strip() not in ("", '"""'):
                     stubs.append(line)
         key = nbformat.read(assigned / "solutions" / f"{name}.ipynb", as_version=4)
         code = [line for c in key.cells if c.cell_type == "code" for line in c.source.splitlines()]
         assert answers and not [a for a in answers if a not in code], f"{name}: answers missing"
         assert not [s for s in stubs if s in code], f"{name}: a student's stub is in the answer key"
-        marks = [line for line in code if re.search(r"# (BEGIN|END) (SOLUTION|PROMPT)|# SOLUTION\b", line)]
+        marks = [line for line in code if re.search(r"# ?(BEGIN|END) (SOLUTION|PROMPT)|# ?SOLUTION\b", line)]
         assert not marks, f"{name}: otter's markers are in the answer key: {marks[:3]}"
 
 

@@ -178,10 +178,9 @@ def test_canvas_download_names_keep_one_student_across_uploads_and_deadlines():
     assert submissions.student_name(f"smithjohn_LATE_12345_99999_{KL}-1", names) == "smithjohn_12345"
     assert submissions.student_name(f"alice_{KL}", names) == "alice"
     assert submissions.student_name(f"bob_2024_{KL}", names) == "bob_2024"
-    # renamed by the student before the upload: no assignment's name, still one student
-    assert submissions.student_name("smithjohn_12345_67890_hw1", names) == "smithjohn_12345"
-    assert submissions.student_name("smithjohn_late_12345_67891_Untitled (1)", names) == "smithjohn_12345"
-    assert submissions.student_name("alice_hw1 (1)", names) == "alice_hw1"
+    # no assignment's name: the whole name, never a guess that would make two students one
+    alice, bob = (submissions.student_name(f"lab_2024_1205_{s}", names) for s in ("alice", "bob"))
+    assert alice != bob, alice
 
 
 def test_the_grades_folder_inside_the_submissions_is_not_graded(tmp_path, assigned, stub_grading, capsys):
@@ -228,6 +227,13 @@ def test_a_report_that_cannot_be_written_keeps_the_rows_and_says_so(tmp_path, as
     assert code == 0 and stub_grading == [f"alice_{KL}.ipynb"], "the rerun graded alice again"
     assert "1 graded before" in printed
 
+    (tmp_path / "skipped").mkdir()  # nothing graded (a file that is not a notebook): no journal to point at
+    (tmp_path / "skipped" / "bob.py").write_text("x = 1\n")
+    (tmp_path / "out2" / "grades.csv").mkdir(parents=True)
+    code, _, err = run_cli(tmp_path / "skipped", tmp_path / "out2", assigned, capsys)
+    assert code == 2 and "no notebook was graded, so none is kept: fix that and run the same command again" in err, err
+    assert "grades.partial.jsonl" not in err, err
+
 
 @NEEDS_SANDBOX
 def test_ctrl_c_ends_the_running_notebooks_keeps_the_graded_and_says_how_to_go_on(tmp_path, assigned, capsys,
@@ -258,15 +264,22 @@ def test_ctrl_c_ends_the_running_notebooks_keeps_the_graded_and_says_how_to_go_o
     assert [(r["student"], r["status"]) for r in kept] == [("ann", "graded")], "ben's ended run was kept as his"
 
     (folder / f"ann_{KL}.ipynb").unlink()  # a batch stopped before its first row: no journal to point at
-    batch = importlib.import_module("dpo_teach.grading.grade")  # the module; `grading.grade` is its function
-    run_notebook = batch.run_notebook  # Ctrl-C once ben's notebook has started
-    monkeypatch.setattr(batch, "run_notebook", lambda *a, **k: threading.Timer(
-        1, os.kill, (os.getpid(), signal.SIGINT)).start() or run_notebook(*a, **k))
-    code = cli(["grade", str(folder), "--out", str(tmp_path / "early"),
-                "--autograder-dir", str(assigned / "autograder")])
+    started, returned, run_notebook = threading.Event(), threading.Event(), grade_module.run_notebook
+    monkeypatch.setattr(grade_module, "run_notebook", lambda *a, **k: started.set() or run_notebook(*a, **k))
+
+    def interrupt_once_ben_runs():  # never after `grade` returned: the signal would stop pytest instead
+        if started.wait(120) and not returned.wait(1):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_ben_runs, daemon=True).start()
+    try:
+        code = cli(["grade", str(folder), "--out", str(tmp_path / "early"),
+                    "--autograder-dir", str(assigned / "autograder")])
+    finally:
+        returned.set()
     err = capsys.readouterr().err
-    assert code == 130 and err.strip().splitlines() == ["dpo-teach grade: interrupted before any notebook was graded "
-                                                        "(nothing was kept): run the same command again"], err
+    assert code == 130 and err.strip().splitlines() == ["dpo-teach grade: interrupted; no notebook was graded, so none "
+                                                        "is kept: run the same command again"], err
 
 
 def test_gradescope_names_the_notebook_it_graded_of_several(tmp_path, assigned, monkeypatch):

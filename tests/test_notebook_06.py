@@ -55,6 +55,11 @@ def test_readme_quotes_the_shipped_numbers():
     table = conclusions.results_table(results)  # the reward model's line, as `compare` prints it
     accuracy = re.search(r"held-out pairwise accuracy (\S+ ± \S+) \(BT-noise ceiling (\S+)\)", table)
     assert f"pairwise accuracy {accuracy.group(1)}, BT-noise ceiling {accuracy.group(2)}" in " ".join(section.split())
+    said = {k: " ".join(v.split()) for k, v in conclusions.conclusions(results).items()}
+    text = " ".join(section.split())
+    quoted = [k for k, v in said.items() if k.startswith("frontier") and v[:60] in text]  # begun: then whole
+    assert len(quoted) >= 8 and all(said[k] in text for k in quoted), [k for k in quoted if said[k] not in text]
+    assert said["length"].split(": ", 1)[1] in text, "the length sentence, as the shipped file gives it"
 
 
 RELATION = "(lies above|lies mostly above|crosses|lies mostly below|lies below)"

@@ -20,7 +20,11 @@ def test_the_table_has_what_a_student_needs(tmp_path, monkeypatch):
                      "first GPT-2 run"]
     assert report["Python"].startswith(platform.python_version()) and "(supported)" in report["Python"]
     assert report["torch"].startswith(torch.__version__)
-    assert str(tmp_path / "cache") in report["cache (π_ref)"]
+    assert report["cache (π_ref)"] == str(tmp_path / "cache")  # writable: nothing more said
+    (tmp_path / "a_file").write_text("x")  # a cache that cannot be made (a file in its place): said in the table,
+    monkeypatch.setenv("DPO_TEACH_CACHE", str(tmp_path / "a_file" / "cache"))  # as load_reference warns
+    assert "(not writable: set DPO_TEACH_CACHE)" in setup_report(probe_s=1.0)["cache (π_ref)"]
+    monkeypatch.setenv("DPO_TEACH_CACHE", str(tmp_path / "cache"))
     assert report["π_ref cached"].startswith("no")  # an empty cache: the build time is added
     assert report["speed"].startswith("1.00×")
     assert report["first notebook"] == f"01: about {REFERENCE['notebook_01_s']:.0f} s (estimate)"

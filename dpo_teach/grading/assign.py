@@ -131,15 +131,16 @@ def _normalized_student_notebook(path: Path, stem: str) -> str:
     return nbformat.writes(nb) + "\n"
 
 
-_SOLUTION_MARK = re.compile(r"^\s*# (BEGIN SOLUTION( NO PROMPT)?|END SOLUTION)\s*$")
-_PROMPT = re.compile(r"# (BEGIN|END) PROMPT\s*$")
+_SOLUTION_SUFFIX = re.compile(r"\s*# ?SOLUTION( NO PROMPT)?\s*$")  # otter's "# SOLUTION" line, either spelling
 
 
 def _answer_key(path: Path) -> str:
     """otter's solution notebook as an answer key: the answers in place, without the markers of its solutions
     (``# BEGIN SOLUTION``, ``# END SOLUTION``, a line's ``# SOLUTION``) and without the stubs a student starts from
-    (``# BEGIN PROMPT`` … ``# END PROMPT``). Cells, their ids and tags are otter's: it grades as it did."""
+    (``# BEGIN PROMPT`` … ``# END PROMPT``), read by otter's own rules. Cells, their ids and tags are otter's: it
+    grades as it did."""
     import nbformat
+    from otter.assign.solutions import begin_solution_regex
 
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
@@ -147,10 +148,11 @@ def _answer_key(path: Path) -> str:
             continue
         kept, in_prompt = [], False
         for line in cell.source.split("\n"):
-            if _PROMPT.search(line):
-                in_prompt = "BEGIN" in line
-            elif not in_prompt and not _SOLUTION_MARK.match(line):
-                kept.append(re.sub(r"\s+# SOLUTION\s*$", "", line))
+            end = line.rstrip()
+            if end.endswith(("# BEGIN PROMPT", "# END PROMPT")):
+                in_prompt = end.endswith("# BEGIN PROMPT")
+            elif not (in_prompt or begin_solution_regex.match(line) or end.endswith("# END SOLUTION")):
+                kept.append(_SOLUTION_SUFFIX.sub("", line))
         cell.source = "\n".join(kept)
     return nbformat.writes(nb) + "\n"
 

@@ -271,9 +271,9 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         rows = _each(found, one, jobs, journal)
     if stopped:
         path, error = stopped[0]
+        then = _kept(journal, "once the sandbox works, run the same command again")
         raise _no_sandbox(f"the sandbox failed as {shown(Path(path).name)} started ({error})",
-                          f"The {len(journal.kept())} notebook(s) graded before are kept in {journal.path}: once the "
-                          "sandbox works, run the same command again and it grades only the rest.")
+                          f"{then[0].upper()}{then[1:]}.")
     report = {
         "submissions_dir": shown(submissions), "mode": "fast" if fast else "full",
         "sandbox": not unsafe,
@@ -285,11 +285,19 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     try:
         write_reports(report, out)
     except OSError as e:  # a full disk, a folder named grades.csv: the rows are not lost
-        raise ReportNotWritten(f"could not write grades.csv and grades.json in {shown(out)} ({e}); the "
-                               f"{len(journal.kept())} notebook(s) graded are kept in {shown(journal.path)}: fix that "
-                               "and run the same command again (it grades none of them again)") from e
+        raise ReportNotWritten(f"could not write grades.csv and grades.json in {shown(out)} ({e}); "
+                               + _kept(journal, "fix that and run the same command again")) from e
     journal.close()
     return report
+
+
+def _kept(journal: Journal, then: str) -> str:
+    """Where the rows graded so far are kept for the rerun, then what to do (``then``); no file is named when no
+    notebook was graded (the journal may not exist)."""
+    kept = len(journal.kept())
+    if not kept:
+        return f"no notebook was graded, so none is kept: {then}"
+    return f"the {kept} notebook(s) graded so far are kept in {shown(journal.path)}: {then} and it grades only the rest"
 
 
 def _each(found: list, one, jobs: int, journal: Journal) -> list:
@@ -311,11 +319,7 @@ def _each(found: list, one, jobs: int, journal: Journal) -> list:
         pool.shutdown(wait=True, cancel_futures=True)
         if interrupted:
             allow_running()
-            kept = len(journal.kept())
-            raise GradingInterrupted(
-                f"interrupted; the {kept} notebook(s) graded so far are kept in {shown(journal.path)}: run the same "
-                "command again and it grades only the rest" if kept else
-                "interrupted before any notebook was graded (nothing was kept): run the same command again") from None
+            raise GradingInterrupted(f"interrupted; {_kept(journal, 'run the same command again')}") from None
 
 
 class ReportNotWritten(OSError):

@@ -16,9 +16,6 @@ _COPY_PREFIX = re.compile(r"^copy of\s+", re.IGNORECASE)
 # Canvas's bulk download names each file "<name>[_LATE]_<user id>_<submission id>_<the student's file name>": the
 # student is the name and the user id; the submission id changes with every upload, LATE with the deadline.
 _CANVAS = re.compile(r"^(.+?)(?:_late)?_(\d+)_\d+$", re.IGNORECASE)
-# Canvas's bulk download, the file renamed by its student (``smithjohn_LATE_12345_67890_hw1``): name, user id, one id
-# per upload, then whatever the student called it
-_CANVAS_RENAMED = re.compile(r"^([^\W_]+)(?:_late)?_(\d+)_\d+_.", re.IGNORECASE)
 _SEPARATORS = "_- "
 SAME_INSTANT_S = 2.0  # a git clone or an unzip writes a folder's files within this of one another (FAT: 2 s steps)
 REPORT_FILES = ("grades.csv", "grades.json")  # what `dpo-teach grade` writes in --out at the end
@@ -77,12 +74,12 @@ def student_name(stem: str, assignments: Iterable[str]) -> str:
     assignment in it (``alice`` of ``alice_01_kl_objective (1)``), else what comes after it
     (``01_kl_objective_alice``), without separators and the marks of a copy; a name with neither
     (``01_kl_objective``, ``01_kl_objective (1)``) is the assignment's. Without an assignment's name, the name less
-    the marks of a copy. Canvas's names (``smithjohn_LATE_12345_67890_…``) are ``smithjohn_12345`` either way."""
+    the marks of a copy. In Canvas's names (``smithjohn_LATE_12345_67890_01_kl_objective``) the student is
+    ``smithjohn_12345``; a file its student renamed (``smithjohn_12345_67890_hw1``) keeps its whole name: nothing
+    tells it safely from a name such as ``lab_2024_1205_alice``, which must not become ``lab_2024``."""
     bare = _COPY_PREFIX.sub("", stem)
     name = _named_in(bare, assignments)
     if name is None:
-        if canvas := _CANVAS_RENAMED.match(bare):
-            return f"{canvas.group(1)}_{canvas.group(2)}"
         return _without_copy_marks(bare) or stem
     at = bare.lower().index(name.lower())
     before = bare[:at].strip(_SEPARATORS)
