@@ -84,7 +84,9 @@ def cmd_grade(args) -> int:
         print(f"dpo-teach grade: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C: what is kept, and how to go on
-        said = str(e) or f"interrupted; run the same command again: it grades what {out}/grades.partial.jsonl lacks"
+        said = str(e) or ("interrupted; run the same command again: it grades only what "
+                          f"{out}/grades.partial.jsonl lacks" if (out / "grades.partial.jsonl").is_file()
+                          else "interrupted before any notebook was graded: run the same command again")
         print(f"dpo-teach grade: {said}", file=sys.stderr)
         return 130
     print(grading.format_table(report))

@@ -108,15 +108,15 @@ def _warn_not_cached(path: Path, why: object) -> str:
 def cache_problem(folder: Path) -> str | None:
     """Why π_ref could not be saved under ``folder``, or None: a folder is made and removed where it would go (on
     the nearest part of the path that exists), so the answer is the file system's own; nothing is left behind."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder"
+    existing = Path(os.path.realpath(folder))  # where a save goes, through a link too
     try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{existing} is a file, not a folder"
         os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".dpo-teach-probe-"))
-    except OSError as e:
-        return f"{type(e).__name__}: {e}"
+    except OSError as e:  # a folder above it that cannot be searched, or written
+        return f"{existing} is not writable ({e.strerror or e})"
     return None
 
 

@@ -236,6 +236,19 @@ def test_solution_notebooks_are_answer_keys(assigned):
         assert not marks, f"{name}: otter's markers are in the answer key: {marks[:3]}"
 
 
+def test_an_answer_key_reads_otters_markers_as_otter_does(tmp_path):
+    """The spellings otter accepts, none of which the masters use today: each leaves the answer and no marker."""
+    from dpo_teach.grading.assign import _answer_key
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "x = 1  #SOLUTION\ny = 2  # SOLUTION NO PROMPT\nu = 5  # SOLUTION: from Eq. 7\n# BEGIN SOLUTION  # a note\n"
+        "z = 3\n    # END SOLUTION\n\"\"\" # BEGIN PROMPT\nz = ...\n\"\"\" # END PROMPT\nprint(z)  # not a marker")]
+    nbformat.write(nb, tmp_path / "key.ipynb")
+    key = nbformat.reads(_answer_key(tmp_path / "key.ipynb"), as_version=4)
+    assert key.cells[0].source == "x = 1\ny = 2\nu = 5\nz = 3\nprint(z)  # not a marker"
+
+
 def test_student_stubs_raise_not_implemented(assigned):
     """Every answer cell that defines a function raises NotImplementedError (a `concept_x = ...` answer is exempt)."""
     for name in NAMES:

@@ -181,6 +181,7 @@ def test_canvas_download_names_keep_one_student_across_uploads_and_deadlines():
     # no assignment's name: the whole name, never a guess that would make two students one
     alice, bob = (submissions.student_name(f"lab_2024_1205_{s}", names) for s in ("alice", "bob"))
     assert alice != bob, alice
+    assert submissions.student_name("smithjohn_12345_67890_hw1 (1)", names) == "smithjohn_12345_67890_hw1"
 
 
 def test_the_grades_folder_inside_the_submissions_is_not_graded(tmp_path, assigned, stub_grading, capsys):
@@ -264,19 +265,23 @@ def test_ctrl_c_ends_the_running_notebooks_keeps_the_graded_and_says_how_to_go_o
     assert [(r["student"], r["status"]) for r in kept] == [("ann", "graded")], "ben's ended run was kept as his"
 
     (folder / f"ann_{KL}.ipynb").unlink()  # a batch stopped before its first row: no journal to point at
-    started, returned, run_notebook = threading.Event(), threading.Event(), grade_module.run_notebook
+    started, run_notebook = threading.Event(), grade_module.run_notebook
+    returned, signalling = threading.Event(), threading.Lock()
     monkeypatch.setattr(grade_module, "run_notebook", lambda *a, **k: started.set() or run_notebook(*a, **k))
 
     def interrupt_once_ben_runs():  # never after `grade` returned: the signal would stop pytest instead
         if started.wait(120) and not returned.wait(1):
-            os.kill(os.getpid(), signal.SIGINT)
+            with signalling:
+                if not returned.is_set():
+                    os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt_once_ben_runs, daemon=True).start()
     try:
         code = cli(["grade", str(folder), "--out", str(tmp_path / "early"),
                     "--autograder-dir", str(assigned / "autograder")])
     finally:
-        returned.set()
+        with signalling:
+            returned.set()
     err = capsys.readouterr().err
     assert code == 130 and err.strip().splitlines() == ["dpo-teach grade: interrupted; no notebook was graded, so none "
                                                         "is kept: run the same command again"], err

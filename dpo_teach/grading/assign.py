@@ -131,7 +131,7 @@ def _normalized_student_notebook(path: Path, stem: str) -> str:
     return nbformat.writes(nb) + "\n"
 
 
-_SOLUTION_SUFFIX = re.compile(r"\s*# ?SOLUTION( NO PROMPT)?\s*$")  # otter's "# SOLUTION" line, either spelling
+_SOLUTION_SUFFIX = re.compile(r"\s*# ?SOLUTION.*$")  # otter's solution line: "# SOLUTION" (or "#SOLUTION") onwards
 
 
 def _answer_key(path: Path) -> str:

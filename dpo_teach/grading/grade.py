@@ -286,17 +286,19 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         write_reports(report, out)
     except OSError as e:  # a full disk, a folder named grades.csv: the rows are not lost
         raise ReportNotWritten(f"could not write grades.csv and grades.json in {shown(out)} ({e}); "
-                               + _kept(journal, "fix that and run the same command again")) from e
+                               + _kept(journal, "fix that and run the same command again", finished=True)) from e
     journal.close()
     return report
 
 
-def _kept(journal: Journal, then: str) -> str:
+def _kept(journal: Journal, then: str, finished: bool = False) -> str:
     """Where the rows graded so far are kept for the rerun, then what to do (``then``); no file is named when no
-    notebook was graded (the journal may not exist)."""
+    notebook was graded (the journal may not exist). ``finished``: the batch was graded to its end."""
     kept = len(journal.kept())
     if not kept:
         return f"no notebook was graded, so none is kept: {then}"
+    if finished:
+        return f"the {kept} notebook(s) graded are kept in {shown(journal.path)}: {then} (it grades none of them again)"
     return f"the {kept} notebook(s) graded so far are kept in {shown(journal.path)}: {then} and it grades only the rest"
 
 
