@@ -287,6 +287,25 @@ def test_ctrl_c_ends_the_running_notebooks_keeps_the_graded_and_says_how_to_go_o
                                                         "is kept: run the same command again"], err
 
 
+def test_ctrl_c_before_the_batch_names_a_journal_only_when_there_is_one(tmp_path, assigned, capsys, monkeypatch):
+    """A Ctrl-C while the files are read, before any row: the journal is named only if an earlier run left one."""
+    from dpo_teach import grading
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(grading, "grade", interrupted)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / f"ann_{KL}.ipynb").write_text(notebook("x = 1"))
+    code, _, err = run_cli(tmp_path / "in", tmp_path / "out", assigned, capsys)
+    assert code == 130 and err.strip() == ("dpo-teach grade: interrupted before any notebook was graded: run the "
+                                           "same command again"), err
+    (tmp_path / "out").mkdir(exist_ok=True)
+    (tmp_path / "out" / "grades.partial.jsonl").write_text("")  # an earlier run's journal
+    code, _, err = run_cli(tmp_path / "in", tmp_path / "out", assigned, capsys)
+    assert code == 130 and "it grades only what" in err and "grades.partial.jsonl lacks" in err, err
+
+
 def test_gradescope_names_the_notebook_it_graded_of_several(tmp_path, assigned, monkeypatch):
     """Two notebooks uploaded in the same instant: the copy is the later one, and the output says which was graded."""
     from test_gradescope import _source
