@@ -66,6 +66,7 @@ def cmd_data(args) -> None:
 
 def cmd_grade(args) -> int:
     from dpo_teach import grading
+    from dpo_teach.grading.submissions import JOURNAL_FILE
 
     folder, out = Path(args.submissions), Path(args.out)
     if not folder.is_dir():
@@ -84,9 +85,10 @@ def cmd_grade(args) -> int:
         print(f"dpo-teach grade: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C: what is kept, and how to go on
-        said = str(e) or ("interrupted; run the same command again: it grades only what "
-                          f"{out}/grades.partial.jsonl lacks" if (out / "grades.partial.jsonl").is_file()
-                          else "interrupted before any notebook was graded: run the same command again")
+        journal = out / JOURNAL_FILE
+        said = str(e) or (f"interrupted; run the same command again: it grades only what {journal} lacks"
+                          if journal.is_file() else
+                          "interrupted before any notebook was graded: run the same command again")
         print(f"dpo-teach grade: {said}", file=sys.stderr)
         return 130
     print(grading.format_table(report))

@@ -13,6 +13,8 @@ import math
 import os
 from pathlib import Path
 
+from dpo_teach.utils import nearest_existing
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line instead of usage + message
@@ -95,7 +97,7 @@ def _check_writable(path: Path, named: str, directory: bool) -> None:
     if not directory and path.is_file() and not os.access(path, os.W_OK):  # a rename in its folder would replace it
         raise UsageError(f"{named}: is read-only; make it writable (chmod u+w) or pass another path")
     start = path if directory else path.parent
-    existing = next(p for p in (start, *start.parents) if p.exists() or p == Path(p.anchor))
+    existing = nearest_existing(start)
     if not existing.is_dir():
         raise UsageError(f"{named}: {existing} is a file, so nothing can be created under it; pass another path")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -293,7 +295,7 @@ def _check_room_beside(out: str) -> None:
     if os.path.ismount(target):
         raise UsageError(f"--out {out}: is a mount point, which a run cannot replace (it is written beside --out and "
                          "then takes its place); pass a folder inside it")
-    beside = next(p for p in (target.parent, *target.parent.parents) if p.exists())
+    beside = nearest_existing(target.parent)
     if not os.access(beside, os.W_OK | os.X_OK):
         raise UsageError(f"--out {out}: the run is written beside it, in {beside}, and then takes its place, but "
                          f"{beside} is not writable for you; pass a path in a folder you can write to")

@@ -40,6 +40,12 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` if it exists, else the nearest folder above it that does (the root at last): where anything made at
+    ``path`` would have to start."""
+    return next((p for p in (path, *path.parents) if p.exists()), Path(path.anchor))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -24,7 +24,7 @@ from dpo_teach.logprobs import encode_completion
 from dpo_teach.model import CheckpointError, build_model, load_checkpoint, save_checkpoint
 from dpo_teach.sft import SFTConfig, train_sft
 from dpo_teach.tokenizer import train_tokenizer
-from dpo_teach.utils import torch_threads
+from dpo_teach.utils import nearest_existing, torch_threads
 
 CACHE_ENV = "DPO_TEACH_CACHE"
 BUILD_THREADS = 1  # torch threads of π_ref's SFT, whoever builds it (the notebooks run on one thread anyway)
@@ -99,10 +99,9 @@ def reference_cached(config: WorldConfig | None = None) -> bool:
     return (cache_entry(config or WorldConfig(preset="tiny")) / "world.json").is_file()
 
 
-def _warn_not_cached(path: Path, why: object) -> str:
+def _warn_not_cached(path: Path, why: str) -> None:
     warnings.warn(f"π_ref could not be cached at {path} ({why}); it will be rebuilt next time. Point ${CACHE_ENV} at "
                   "a writable directory to keep it", CacheWarning, stacklevel=3)  # names load_reference's caller
-    return str(why)
 
 
 def cache_problem(folder: Path) -> str | None:
@@ -110,8 +109,7 @@ def cache_problem(folder: Path) -> str | None:
     the nearest part of the path that exists), so the answer is the file system's own; nothing is left behind."""
     existing = Path(os.path.realpath(folder))  # where a save goes, through a link too
     try:
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
+        existing = nearest_existing(existing)
         if not existing.is_dir():
             return f"{existing} is a file, not a folder"
         os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".dpo-teach-probe-"))
@@ -150,7 +148,8 @@ def load_reference(
         try:
             save_checkpoint(model, tokenizer, path, extra={"world.json": asdict(config)})
         except OSError as e:
-            problem = _warn_not_cached(path, e)
+            problem = str(e)
+            _warn_not_cached(path, problem)
     if verbose:
         where = "not cached" if problem else f"cached at {path}"
         print(f"π_ref: built in {time.perf_counter() - start:.1f} s, {where}")

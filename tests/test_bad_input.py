@@ -1237,7 +1237,7 @@ def test_symbolic_links_as_outputs_stay_and_what_they_name_is_written(tmp_path):
     assert sorted(p.name for p in (tmp_path / "not_yet").iterdir()) == ["run"]
 
 
-def test_a_demo_whose_max_length_cuts_its_pairs_says_so_as_train_does(tmp_path, capsys):
+def test_a_demo_whose_max_length_cuts_its_pairs_says_so_as_train_does(tmp_path, capsys, cache_root):
     """`train --max-length 10` warned that pairs are cut; the demo cut them without a word."""
     assert main(["demo", "--pairs", "12", "--epochs", "1", "--max-length", "10", "--quiet",
                  "--out", str(tmp_path / "d")]) == 0

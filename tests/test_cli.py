@@ -6,11 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_bad_input import jsonl, no_work, one_line_error, write_bytes  # noqa: F401 (no_work: a fixture used by name)
+from test_bad_input import GOOD, jsonl, no_work, one_line_error, write_bytes  # noqa: F401 (no_work: a fixture)
 
 from dpo_teach.cli import main
-
-GOOD = {"prompt": "the film was", "chosen": " great .", "rejected": " bad ."}
 
 
 @pytest.mark.parametrize("argv", [[], ["demo"], ["data"], ["train"]])

@@ -400,7 +400,6 @@ def test_a_notebook_that_starts_while_the_batch_is_interrupted_is_ended_too():
     assert row["status"] == "graded", row["reason"]
 
 
-@NEEDS_SANDBOX
 def test_a_symbolic_link_handed_in_is_skipped_without_quoting_what_it_names(tmp_path, assigned, stub_grading, capsys):
     """A link named like a notebook (``eve_01_kl_objective.ipynb -> /etc/passwd``) was read, and the parse error
     quoted the file it names into the row's reason; now it is skipped, saying what to do. A link named as a later

@@ -25,23 +25,16 @@ def test_cache_is_keyed_by_config_and_reused(cache_root, count_builds):
     assert WorldConfig(seed=1).key() != WorldConfig(seed=2).key()
 
 
-def test_build_is_reproducible(cache_root):
-    a, _ = load_reference(FAST)
-    b, _ = load_reference(FAST, rebuild=True)
-    assert same_weights(a, b)
-
-
-def test_the_build_is_the_same_whatever_the_callers_thread_count():
-    """The cache keeps whichever π_ref was built first (by a notebook on one thread, or the CLI on all cores) for
-    every later run: the build must not depend on the caller's torch threads, and must leave them as it found them."""
-    from dpo_teach.world import build_reference
-
+def test_build_is_reproducible_whatever_the_callers_thread_count(cache_root):
+    """The same config builds the same π_ref. The cache keeps whichever was built first (by a notebook on one thread,
+    or the CLI on all cores) for every later run: the build must not depend on the caller's torch threads, and must
+    leave them as it found them."""
     before = torch.get_num_threads()
     try:
         built = []
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            built.append(build_reference(FAST)[0])
+            built.append(load_reference(FAST, rebuild=True)[0])
             assert torch.get_num_threads() == threads, "the caller's thread count must be restored"
     finally:
         torch.set_num_threads(before)
