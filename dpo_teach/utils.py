@@ -42,8 +42,9 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 def nearest_existing(path: Path) -> Path:
     """``path`` if it exists, else the nearest folder above it that does (the root at last): where anything made at
-    ``path`` would have to start."""
-    return next((p for p in (path, *path.parents) if p.exists()), Path(path.anchor))
+    ``path`` would have to start. A path under a folder that cannot be searched counts as missing (os.path.exists),
+    where ``Path.exists`` raises."""
+    return next((p for p in (path, *path.parents) if os.path.exists(p)), Path(path.anchor))
 
 
 def _umask() -> int:

@@ -95,8 +95,9 @@ def cache_entry(config: WorldConfig) -> Path:
 
 
 def reference_cached(config: WorldConfig | None = None) -> bool:
-    """Whether π_ref for ``config`` (the notebooks' "tiny" preset) is in the cache, so no notebook builds it."""
-    return (cache_entry(config or WorldConfig(preset="tiny")) / "world.json").is_file()
+    """Whether π_ref for ``config`` (the notebooks' "tiny" preset) is in the cache, so no notebook builds it (not
+    when a folder above it cannot be searched: ``os.path.isfile`` says False where ``Path.is_file`` raises)."""
+    return os.path.isfile(cache_entry(config or WorldConfig(preset="tiny")) / "world.json")
 
 
 def _warn_not_cached(path: Path, why: str) -> None:
@@ -127,7 +128,7 @@ def load_reference(
     """
     config = config or WorldConfig()
     path = cache_entry(config)
-    if path.exists() and not rebuild:
+    if os.path.exists(path) and not rebuild:  # False under a folder that cannot be searched: built, not saved, said
         try:
             model, tokenizer = load_checkpoint(path)
             saved = json.loads((path / "world.json").read_text())

@@ -1,6 +1,7 @@
 """What a student's own laptop does to the commands: a Finder's .DS_Store in the run folder, a run pointed at its own
-input, a cache path written with a quoted ``~``, a cache shared with another user, a GPT-2 download without merges.txt,
-``--seeds 0 0``; and the data command's π_ref, which must be the one ``train`` takes as its reference."""
+input, a cache path written with a quoted ``~``, a cache shared with another user or under a folder that cannot be
+searched, a GPT-2 download without merges.txt, ``--seeds 0 0``; and the data command's π_ref, which must be the one
+``train`` takes as its reference."""
 
 from __future__ import annotations
 
@@ -99,6 +100,35 @@ def test_an_uncached_reference_does_not_say_it_was_cached(monkeypatch, capsys):
         world.load_reference(config, rebuild=True, verbose=True)
     printed = capsys.readouterr().out
     assert "not cached" in printed and "cached at" not in printed, printed
+
+
+def test_a_cache_under_a_folder_that_cannot_be_searched_is_said_not_raised(monkeypatch, tmp_path):
+    """A cache under another user's private folder (mode 700): looking inside it is refused. The notebooks' set-up
+    table and π_ref's load stopped in a PermissionError traceback; now the table says so and π_ref is built, unsaved.
+    (The suite runs as root, whom no mode stops: the refusal is the file system's error, raised here by hand.)"""
+    from dpo_teach.setup_check import setup_report
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_stat, real_mkdir = os.stat, os.mkdir
+
+    def refused(real):
+        def call(path, *args, **kwargs):
+            if str(path).startswith(f"{locked}{os.sep}"):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "stat", refused(real_stat))
+    monkeypatch.setattr(os, "mkdir", refused(real_mkdir))
+    monkeypatch.setenv(world.CACHE_ENV, str(locked / "cache"))
+    report = setup_report(probe_s=1.0)
+    assert report["cache (π_ref)"].endswith("(not writable: set DPO_TEACH_CACHE)")
+    assert report["π_ref cached"].startswith("no")
+    config = world.WorldConfig(preset="tiny", corpus_size=200, sft_steps=2, sft_batch_size=8)
+    with pytest.warns(world.CacheWarning, match=f"could not be cached .*\\({locked} is not writable"):
+        model, _ = world.load_reference(config)
+    assert not model.training
 
 
 def test_data_samples_from_the_reference_that_train_uses(monkeypatch, tmp_path):
