@@ -69,7 +69,12 @@ def cmd_grade(args) -> int:
     from dpo_teach.grading.submissions import JOURNAL_FILE
 
     folder, out = Path(args.submissions), Path(args.out)
-    if not folder.is_dir():
+    try:
+        is_dir = folder.is_dir()
+    except OSError as e:  # under a folder that cannot be searched
+        print(f"dpo-teach grade: error: {folder}: {e.strerror}; pass a folder you can read", file=sys.stderr)
+        return 2
+    if not is_dir:
         print(f"dpo-teach grade: error: {folder} is not a directory; pass the folder that holds the submitted "
               f"notebooks", file=sys.stderr)
         return 2

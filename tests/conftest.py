@@ -209,6 +209,47 @@ def count_builds(monkeypatch):
     return start
 
 
+@pytest.fixture
+def ctrl_c_at_rename(monkeypatch):
+    """``ctrl_c_at_rename(before=n)``: from now on ``os.replace`` raises KeyboardInterrupt instead of doing its n-th
+    rename; ``after=n``: right after doing it. Returns the destinations it was asked for so far."""
+    def start(before: int | None = None, after: int | None = None) -> list:
+        replace, calls = os.replace, []
+
+        def interrupted(src, dst):
+            calls.append(dst)
+            if len(calls) == before:
+                raise KeyboardInterrupt
+            replace(src, dst)
+            if len(calls) == after:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(os, "replace", interrupted)
+        return calls
+
+    return start
+
+
+@pytest.fixture
+def unsearchable(monkeypatch, tmp_path):
+    """A folder whose insides cannot be looked at or made (another user's, mode 700), as the file system refuses it
+    to anyone but root. The suite runs as root, whom no mode stops, so ``os.stat`` and ``os.mkdir`` (what
+    ``Path.exists``, ``os.path.exists`` and ``tempfile.mkdtemp`` call) raise the file system's error below it."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+
+    def refused(real):
+        def call(path, *args, **kwargs):
+            if os.fspath(path).startswith(f"{locked}{os.sep}"):
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return real(path, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "stat", refused(os.stat))
+    monkeypatch.setattr(os, "mkdir", refused(os.mkdir))
+    return locked
+
+
 @pytest.fixture(scope="session")
 def notebook_reference(private_cache, tmp_path_factory):
     """The notebooks' π_ref (the "tiny" preset at full size), in this worker's cache before any kernel needs it."""

@@ -43,6 +43,12 @@ def one_line_error(capsys) -> str:
     return err
 
 
+def test_a_submissions_folder_that_cannot_be_searched_is_one_line(unsearchable, tmp_path, capsys):
+    assert main(["grade", str(unsearchable / "subs"), "--out", str(tmp_path / "grades")]) == 2
+    err = one_line_error(capsys)
+    assert f"{unsearchable / 'subs'}: Permission denied; pass a folder you can read" in err, err
+
+
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A save_pretrained directory of an untrained 2-layer GPT-2 with a 32-token context (n_positions=32)."""

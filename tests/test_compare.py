@@ -397,10 +397,9 @@ def test_the_one_line_summary_says_where_the_frontier_lies_as_the_sentence_does(
     assert line.startswith("DPO's frontier crosses PPO's, ") and "lower on average at matched KL" in line, line
 
 
-def test_a_ctrl_c_while_the_outputs_are_written_leaves_the_earlier_comparison_whole(tmp_path, monkeypatch):
+def test_a_ctrl_c_while_the_outputs_are_written_leaves_the_earlier_comparison_whole(tmp_path, ctrl_c_at_rename):
     """What the interrupted command says ("--out is as it was before"): a Ctrl-C between the renames of
     results.json, table.md and frontier.png leaves the earlier three, not a mix of two runs."""
-    import os
 
     earlier = {**fake_results(), "config": {"n_eval_prompts": 100}}
     for run in earlier["runs"]:
@@ -408,16 +407,8 @@ def test_a_ctrl_c_while_the_outputs_are_written_leaves_the_earlier_comparison_wh
     conclusions.write_outputs(earlier, tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert sorted(before) == ["frontier.png", "results.json", "table.md"]
-    replace, calls = os.replace, []
-
-    def interrupted(src, dst):
-        calls.append(dst)
-        if len(calls) == 3:  # the figure is drawn (one rename) and results.json swapped in: table.md is next
-            raise KeyboardInterrupt
-        replace(src, dst)
-
     later = {**earlier, "runs": [r for r in earlier["runs"] if r["seed"] == 0], "reference": {"0": {"reward": 0.0}}}
-    monkeypatch.setattr(os, "replace", interrupted)
+    ctrl_c_at_rename(before=3)  # the figure is drawn (one rename) and results.json swapped in: table.md is next
     with pytest.raises(KeyboardInterrupt):
         conclusions.write_outputs(later, tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

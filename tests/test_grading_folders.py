@@ -332,7 +332,16 @@ def test_gradescope_without_its_options_says_what_to_pass(capsys):
         assert "pass --out DIR" in err and "--source, --submission and --results together" in err, err
 
 
-def test_gradescope_paths_that_cannot_be_used_are_one_line(tmp_path, assigned, capsys):
+@pytest.mark.parametrize("args, message", [
+    (["--out", "{tmp}/a_file"], "is a file, expected a folder; pass another path"),
+    (["--source", "{tmp}/bundle", "--submission", "{tmp}/submission", "--results", "{tmp}/r.json"],
+     "expected one assignment's manifest and bundle in "),
+    (["--source", "{source}", "--submission", "{tmp}/a_file", "--results", "{tmp}/r.json"],
+     "not a folder; pass the folder that holds the submitted notebook"),
+    (["--source", "{source}", "--submission", "{tmp}/submission", "--results", "{tmp}/submission"],
+     "is a folder; pass the path of the results.json to write"),
+], ids=["out is a file", "a manifest without its bundle", "submission is a file", "results is a folder"])
+def test_gradescope_paths_that_cannot_be_used_are_one_line(tmp_path, assigned, capsys, args, message):
     """They were tracebacks: an unpacking ValueError, a FileExistsError, an IsADirectoryError after grading."""
     from test_gradescope import _source
 
@@ -343,18 +352,8 @@ def test_gradescope_paths_that_cannot_be_used_are_one_line(tmp_path, assigned, c
     (tmp_path / "bundle" / "autograder" / f"{KL}.json").write_text("{}")  # a manifest without its bundle
     (tmp_path / "submission").mkdir()
     source = _source(assigned, tmp_path)
-    results = str(tmp_path / "r.json")
-    for args, message in [
-            (["--out", str(tmp_path / "a_file")], "is a file, expected a folder; pass another path"),
-            (["--source", str(tmp_path / "bundle"), "--submission", str(tmp_path / "submission"), "--results",
-              results], "expected one assignment's manifest and bundle in "),
-            (["--source", str(source), "--submission", str(tmp_path / "a_file"), "--results", results],
-             "not a folder; pass the folder that holds the submitted notebook"),
-            (["--source", str(source), "--submission", str(tmp_path / "submission"), "--results",
-              str(tmp_path / "submission")], "is a folder; pass the path of the results.json to write")]:
-        assert main(["gradescope", *args]) == 2
-        assert message in one_line_error(capsys)
-
+    assert main(["gradescope", *(arg.format(tmp=tmp_path, source=source) for arg in args)]) == 2
+    assert message in one_line_error(capsys)
 
 
 @NEEDS_SANDBOX

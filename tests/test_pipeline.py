@@ -118,7 +118,7 @@ def test_a_folder_left_by_a_killed_run_is_removed_by_the_next_one(tmp_path):
 
 
 @pytest.mark.parametrize("at", ["moving the earlier run aside", "moving the new run in", "after both renames"])
-def test_a_ctrl_c_while_the_folders_are_swapped_leaves_the_earlier_run(tmp_path, monkeypatch, at):
+def test_a_ctrl_c_while_the_folders_are_swapped_leaves_the_earlier_run(tmp_path, ctrl_c_at_rename, at):
     """The swap at the end of a run is two renames (the earlier run aside, the new one in); a Ctrl-C before, between
     or right after them leaves --out as it was, as the interrupted command says, and nothing beside it."""
     from dpo_teach.utils import atomic_dir
@@ -126,23 +126,11 @@ def test_a_ctrl_c_while_the_folders_are_swapped_leaves_the_earlier_run(tmp_path,
     out = tmp_path / "demo"
     (out / "policy").mkdir(parents=True)
     (out / "metrics.json").write_text('{"run": "earlier"}')
-    replace, calls = os.replace, []
-
-    def interrupted(src, dst):
-        calls.append(dst)
-        if at == "moving the earlier run aside" and len(calls) == 1:
-            raise KeyboardInterrupt
-        if at == "moving the new run in" and len(calls) == 2:
-            raise KeyboardInterrupt
-        replace(src, dst)
-        if at == "after both renames" and len(calls) == 2:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
         with atomic_dir(out) as work:
             (work / "metrics.json").write_text('{"run": "new"}')
-            monkeypatch.setattr(os, "replace", interrupted)
-    monkeypatch.setattr(os, "replace", replace)
+            ctrl_c_at_rename(**{"moving the earlier run aside": {"before": 1}, "moving the new run in": {"before": 2},
+                                "after both renames": {"after": 2}}[at])
     assert (out / "metrics.json").read_text() == '{"run": "earlier"}' and (out / "policy").is_dir()
     assert [p.name for p in tmp_path.iterdir()] == ["demo"]
 

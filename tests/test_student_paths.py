@@ -102,25 +102,12 @@ def test_an_uncached_reference_does_not_say_it_was_cached(monkeypatch, capsys):
     assert "not cached" in printed and "cached at" not in printed, printed
 
 
-def test_a_cache_under_a_folder_that_cannot_be_searched_is_said_not_raised(monkeypatch, tmp_path):
-    """A cache under another user's private folder (mode 700): looking inside it is refused. The notebooks' set-up
-    table and π_ref's load stopped in a PermissionError traceback; now the table says so and π_ref is built, unsaved.
-    (The suite runs as root, whom no mode stops: the refusal is the file system's error, raised here by hand.)"""
+def test_a_cache_under_a_folder_that_cannot_be_searched_is_said_not_raised(monkeypatch, unsearchable):
+    """A cache under another user's private folder (mode 700): the notebooks' set-up table and π_ref's load stopped
+    in a PermissionError traceback; now the table says so and π_ref is built, unsaved."""
     from dpo_teach.setup_check import setup_report
 
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    real_stat, real_mkdir = os.stat, os.mkdir
-
-    def refused(real):
-        def call(path, *args, **kwargs):
-            if str(path).startswith(f"{locked}{os.sep}"):
-                raise PermissionError(13, "Permission denied", str(path))
-            return real(path, *args, **kwargs)
-        return call
-
-    monkeypatch.setattr(os, "stat", refused(real_stat))
-    monkeypatch.setattr(os, "mkdir", refused(real_mkdir))
+    locked = unsearchable
     monkeypatch.setenv(world.CACHE_ENV, str(locked / "cache"))
     report = setup_report(probe_s=1.0)
     assert report["cache (π_ref)"].endswith("(not writable: set DPO_TEACH_CACHE)")

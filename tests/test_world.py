@@ -159,7 +159,7 @@ def _write_set(paths, texts):
 
 
 @pytest.mark.parametrize("stop", [None, 1, 2, 3, "after"])
-def test_files_written_as_a_set_are_the_earlier_set_or_the_new_one_after_a_ctrl_c(tmp_path, monkeypatch, stop):
+def test_files_written_as_a_set_are_the_earlier_set_or_the_new_one_after_a_ctrl_c(tmp_path, ctrl_c_at_rename, stop):
     """A comparison's results.json, table.md and frontier.png (and grading's grades.csv and grades.json) replace
     the earlier ones together: a Ctrl-C at any rename of the swap (``stop``: before the 1st, 2nd or 3rd, or right
     after the last) leaves the earlier set, a file the earlier run did not have included, and no temporary file."""
@@ -167,17 +167,7 @@ def test_files_written_as_a_set_are_the_earlier_set_or_the_new_one_after_a_ctrl_
 
     paths = [tmp_path / "results.json", tmp_path / "table.md", tmp_path / "frontier.png"]
     _write_set(paths[:2], ["old results", "old table"])  # the earlier run had no figure
-    replace, calls = os.replace, []
-
-    def interrupted(src, dst):
-        calls.append(dst)
-        if len(calls) == stop:
-            raise KeyboardInterrupt
-        replace(src, dst)
-        if stop == "after" and len(calls) == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(os, "replace", interrupted)
+    ctrl_c_at_rename(before=None if stop == "after" else stop, after=3 if stop == "after" else None)
     if stop is None:
         _write_set(paths, ["new results", "new table", "new figure"])
         assert [p.read_text() for p in paths] == ["new results", "new table", "new figure"]
