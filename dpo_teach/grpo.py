@@ -2,11 +2,11 @@
 
 Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath §4.1; TRL's ``GRPOTrainer``):
 
-1. for each prompt, sample a **group** of K completions from the current policy π_old;
-2. score them, r_1 … r_K, and give every token of completion i the same advantage, normalised within its group
+1. for each prompt, sample a **group** of G completions from the current policy π_old;
+2. score them, r_1 … r_G, and give every token of completion i the same advantage, normalised within its group
    (:func:`group_advantages`)::
 
-       A_i = (r_i − mean(r_1 … r_K)) / (std(r_1 … r_K) + ε)
+       A_i = (r_i − mean(r_1 … r_G)) / (std(r_1 … r_G) + δ)
 
    The group mean replaces PPO's value model V (:mod:`dpo_teach.ppo`): no second network, no GAE;
 3. minimise PPO's clipped surrogate (:func:`dpo_teach.ppo.clipped_surrogate`) plus β times a per-token estimate of
@@ -18,7 +18,7 @@ Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath §4.1; TRL's 
    GRPO divides by a constant instead: the batch size times the longest allowed completion).
 
 RLOO (:mod:`dpo_teach.rloo`) runs the same loop with its own advantage and loss. Shape letters: N completions
-(prompts × K, a group's completions next to each other), L completion tokens (see :mod:`dpo_teach.rollout`).
+(prompts × G, a group's completions next to each other), L completion tokens (see :mod:`dpo_teach.rollout`).
 """
 
 from __future__ import annotations
@@ -45,24 +45,24 @@ LOSS_NORMS = ("sequence", "token")
 
 
 def group_advantages(scores: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
-    """A_i = (r_i − mean of its group) / (std of its group + ε): the GRPO paper's outcome advantage.
+    """A_i = (r_i − mean of its group) / (std of its group + δ): the GRPO paper's outcome advantage.
 
     Args:
         scores: r(x, y) per completion, groups of ``group_size`` next to each other. Shape: (N,).
-        group_size: K ≥ 2, completions per prompt.
+        group_size: G ≥ 2, completions per prompt.
         scale: divide by the group's standard deviation (sample std, as TRL); False keeps only the mean baseline
             (Dr. GRPO's fix: a group whose rewards barely differ is not blown up to unit scale).
-        eps: keeps a group of equal rewards at advantage 0 instead of 0/0.
+        eps: δ, keeps a group of equal rewards at advantage 0 instead of 0/0.
 
     Returns:
         One advantage per completion. Shape: (N,).
     """
     if group_size < 2:
         raise ValueError(f"group_size must be at least 2, got {group_size}: with one completion per prompt there is "
-                         "no group to compare with (the advantage would be 0, its scale nan); sample K >= 2 "
+                         "no group to compare with (the advantage would be 0, its scale nan); sample G >= 2 "
                          "completions per prompt, or use PPO for one")
     assert scores.numel() % group_size == 0, "scores must hold whole groups of group_size completions"
-    groups = scores.view(-1, group_size)  # (N / K, K)
+    groups = scores.view(-1, group_size)  # (N / G, G)
     advantages = groups - groups.mean(dim=1, keepdim=True)
     if scale:
         advantages = advantages / (groups.std(dim=1, keepdim=True) + eps)
@@ -122,7 +122,7 @@ class GRPOConfig:
     beta: float = 0.04  # KL weight: GRPO's per-token k3 in the loss; RLOO's sequence KL in the reward (0 = none)
     steps: int = 20  # iterations, each one batch of groups then its updates
     prompts_per_step: int = 16  # prompts per iteration
-    group_size: int = 8  # K completions per prompt (prompts_per_step × K completions per iteration)
+    group_size: int = 8  # G completions per prompt (prompts_per_step × G completions per iteration)
     epochs: int = 2  # passes over each batch (μ in the GRPO paper; only 1 with one minibatch = fresh samples)
     minibatch_size: int = 32  # completions per gradient step
     lr: float = 3e-4  # peak learning rate (AdamW), cosine decay (utils.lr_at: no warm-up under 40 steps)
@@ -135,7 +135,7 @@ class GRPOConfig:
 
 @dataclass
 class Groups:
-    """One iteration's completions, K per prompt, scored: everything an update needs, from the policy that sampled."""
+    """One iteration's completions, G per prompt, scored: everything an update needs, from the policy that sampled."""
 
     batch: RolloutBatch
     scores: torch.Tensor  # (N,) r(x, y)
@@ -164,7 +164,7 @@ def grpo_minibatch_loss(logps: torch.Tensor, groups: Groups, idx: torch.Tensor, 
 @torch.no_grad()
 def make_groups(policy, reference, tokenizer, reward_fn: RewardFn, prompts: list[str], config: GRPOConfig, seed: int,
                 compute: Compute, advantage_fn: AdvantageFn = grpo_advantages) -> Groups:
-    """Sample K completions of each prompt from ``policy``, score them, and compute their advantages."""
+    """Sample G completions of each prompt from ``policy``, score them, and compute their advantages."""
     repeated = [p for p in prompts for _ in range(config.group_size)]  # a group's completions side by side
     samples = sample(policy, tokenizer, repeated, config.max_new_tokens, seed=seed)
     batch = collate_rollout(samples.prompt_ids, samples.completion_ids, tokenizer.pad_token_id)

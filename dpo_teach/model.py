@@ -6,6 +6,8 @@ checkpoint directory (``save_pretrained`` output: ``config.json``, weights and t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -17,6 +19,7 @@ from transformers import (
     GPT2LMHeadModel,
     PreTrainedModel,
 )
+from transformers.utils import logging as hf_logging
 
 from dpo_teach.utils import atomic_dir, json_text, readable_by_all
 
@@ -78,13 +81,26 @@ def build_model(preset: str, vocab_size: int, eos_token_id: int, n_positions: in
     return model
 
 
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """transformers draws a bar for writing and one for loading the weights: noise for a file this size, printed in
+    the middle of a student's output. Off for the block, then as the caller had them."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def save_checkpoint(model: PreTrainedModel, tokenizer, path: str | Path, extra: dict | None = None) -> None:
     """Save model and tokenizer with ``save_pretrained``, atomically (a crash leaves the old directory intact).
 
     ``extra`` maps file names to JSON-serialisable objects written beside them (e.g. the config that built it).
     """
 
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path) as tmp, _no_progress_bars():
         try:
             model.save_pretrained(tmp)
         except Exception as e:
@@ -143,9 +159,10 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
     _check_causal(path, config)
     _check_size(path, config, weights)
     try:  # mismatched shapes are reported in the loading info below, with an example, instead of raised
-        model, info = AutoModelForCausalLM.from_pretrained(path, config=config, local_files_only=True,
-                                                           dtype=torch.float32, ignore_mismatched_sizes=True,
-                                                           output_loading_info=True)
+        with _no_progress_bars():
+            model, info = AutoModelForCausalLM.from_pretrained(path, config=config, local_files_only=True,
+                                                               dtype=torch.float32, ignore_mismatched_sizes=True,
+                                                               output_loading_info=True)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"checkpoint {path}: the model cannot be loaded ({_first_line(e)}); "
                               f"the files may be truncated or corrupt — re-save or re-download them") from e

@@ -1,13 +1,13 @@
 """RLOO: REINFORCE with a leave-one-out baseline, the simplest member of the policy-gradient family.
 
-Ahmadian et al. 2024 ("Back to Basics", after Kool et al. 2019), as in TRL's ``RLOOTrainer``. Each prompt gets K
+Ahmadian et al. 2024 ("Back to Basics", after Kool et al. 2019), as in TRL's ``RLOOTrainer``. Each prompt gets G
 completions, like GRPO (:mod:`dpo_teach.grpo`, whose sampling loop it shares); what differs is small:
 
 - the KL to π_ref goes into the **reward**, once per sequence, as in PPO: r_i − β·log π_old(y_i|x)/π_ref(y_i|x);
-- the baseline of completion i is the mean reward of the **other** K − 1 completions of its prompt
+- the baseline of completion i is the mean reward of the **other** G − 1 completions of its prompt
   (:func:`rloo_advantages`), an unbiased baseline because it does not depend on y_i itself::
 
-      A_i = r_i − (1 / (K − 1)) · Σ_{j≠i} r_j = K / (K − 1) · (r_i − mean(r_1 … r_K))
+      A_i = r_i − (1 / (G − 1)) · Σ_{j≠i} r_j = G / (G − 1) · (r_i − mean(r_1 … r_G))
 
 - the whole completion is one action: the ratio and its clip are taken on the **sequence** log-probability
   (:func:`rloo_loss`), and the loss is a mean over completions. With one pass and a single gradient step per batch
@@ -31,14 +31,14 @@ def rloo_advantages(scores: torch.Tensor, group_size: int) -> torch.Tensor:
 
     Args:
         scores: rewards, groups of ``group_size`` next to each other. Shape: (N,).
-        group_size: K ≥ 2 (with one completion there is no other to compare with).
+        group_size: G ≥ 2 (with one completion there is no other to compare with).
 
     Returns:
         Shape: (N,).
     """
     assert group_size >= 2, "the leave-one-out baseline needs at least two completions per prompt"
-    groups = scores.view(-1, group_size)  # (N / K, K)
-    baseline = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)  # (N / K, K) mean of the others
+    groups = scores.view(-1, group_size)  # (N / G, G)
+    baseline = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)  # (N / G, G) mean of the others
     return (groups - baseline).reshape(-1)
 
 

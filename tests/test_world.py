@@ -61,6 +61,23 @@ def test_a_freshly_built_reference_is_the_cached_one_without_gradients(cache_roo
         assert (tmp_path / "built" / file).read_text() == (tmp_path / "loaded" / file).read_text(), file
 
 
+def test_saving_and_loading_draw_no_progress_bar_and_leave_the_callers_setting(tmp_path, world, capfd):
+    """transformers drew "Writing model shards" and "Loading weights" bars in the middle of a student's output, each
+    time π_ref was built or a policy saved or loaded."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()  # as in a fresh kernel
+    try:
+        save_checkpoint(*world, tmp_path / "ck")
+        load_checkpoint(tmp_path / "ck")
+        assert hf_logging.is_progress_bar_enabled(), "the caller's setting is theirs"
+    finally:
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+    err = capfd.readouterr().err
+    assert "Writing model shards" not in err and "Loading weights" not in err, err
+
+
 def test_corrupt_cache_is_rebuilt_with_a_warning(cache_root):
     load_reference(FAST)
     path = cache_root / f"reference-tiny-{FAST.key()}"
