@@ -113,6 +113,32 @@ def my_group_advantages(scores, group_size):
     assert "raised ZeroDivisionError" in _exercise_check_output("def my_group_advantages(s, k):\n    return 1 / 0")
 
 
+def test_results_file_opens_a_comparison_the_instructor_ran(tmp_path, monkeypatch):
+    """``RESULTS_FILE``: the notebook opens a comparison run from the command line (here the shipped one cut to seed
+    0, as ``dpo-teach compare --seeds 0`` would write it) instead of the shipped results. The switch and the loading
+    cells run in this process: what they print is what the notebook shows."""
+    import json
+
+    results = json.loads(ASSET.read_text())
+    results["config"]["seeds"] = [0]
+    results["runs"] = [r for r in results["runs"] if r["seed"] == 0]
+    for key in ("reference", "stages"):
+        results[key] = {"0": results[key]["0"]}
+    mine = tmp_path / "results.json"
+    mine.write_text(json.dumps(results))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    switch = [c.source for c in nb.cells if c.cell_type == "code" and "\nRESULTS_FILE = None" in c.source]
+    assert len(switch) == 1, "the RESULTS_FILE switch moved"
+    loading = next(c.source for c in nb.cells if c.cell_type == "code" and "frontier.load_results(" in c.source)
+    out, namespace = io.StringIO(), {}
+    with contextlib.redirect_stdout(out):
+        exec(switch[0].replace("\nRESULTS_FILE = None", f"\nRESULTS_FILE = {str(mine)!r}"), namespace)  # noqa: S102
+        exec(loading, namespace)  # noqa: S102
+    assert namespace["results"]["config"]["seeds"] == [0]
+    assert f"training runs of {len(frontier.METHODS)} methods, seeds [0]" in out.getvalue()
+
+
 def test_notebook_executes_with_a_smoke_sized_rerun(monkeypatch, cache_root):
     """``RERUN = True`` in fast mode: the comparison of the seven methods reruns at smoke size inside the notebook."""
     monkeypatch.setenv("DPO_TEACH_FAST", "1")

@@ -94,6 +94,18 @@ def test_importing_this_module_reads_no_notebook(monkeypatch):
     assert not reads, f"importing test_site.py read {len(reads)} notebooks"
 
 
+def test_the_readmes_frontier_figure_is_what_the_shipped_results_draw(built):
+    """docs/images/frontier.png, the README's figure, had been drawn from an older results file by an older plot:
+    its points were not the numbers of the table under it."""
+    import matplotlib.image
+    import numpy as np
+
+    drawn = matplotlib.image.imread(built[0] / "images" / "frontier.png")  # from the shipped results, now
+    shown = matplotlib.image.imread(site.ROOT / "docs" / "images" / "frontier.png")
+    assert drawn.shape == shown.shape and np.array_equal(drawn, shown), \
+        "docs/images/frontier.png differs from what the shipped results draw: run `make readme-images`"
+
+
 def test_the_readme_is_read_once_per_build(build_run):
     assert build_run["readme_reads"] == 1
 
