@@ -20,9 +20,11 @@ from dpo_teach.utils import nearest_existing
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # A value such as -inf, -nan or -1e-3 after a space is a value, not an unknown option: argparse's own pattern
-        # takes only -5 and -.5, and said "--beta: expected one argument" where the value's own check says what is wrong
-        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-(inf|infinity|nan)$", re.I)
+        # A value such as -inf, -nan, -1e-3 or -1_000 after a space is a value, not an unknown option: argparse's own
+        # pattern (Python 3.11-3.13) takes only -5 and -.5, and said "--beta: expected one argument" where the value's
+        # own check says what is wrong
+        self._negative_number_matcher = re.compile(
+            r"^-(\d[\d_]*\.?[\d_]*|\.\d[\d_]*)(e[-+]?\d[\d_]*)?$|^-(inf|infinity|nan)$", re.I)
 
     def error(self, message: str) -> None:  # one line instead of usage + message
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

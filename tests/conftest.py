@@ -198,12 +198,13 @@ def shared_reference(config, tmp_path_factory, private: Path):
 
 @pytest.fixture
 def count_builds(monkeypatch):
-    """``count_builds()`` returns a list that grows by one each time π_ref is built (not loaded from the cache)."""
+    """``count_builds()`` returns a list that grows by one item each time π_ref is built (not loaded from the cache):
+    1, or what ``count_builds(when)`` calls ``when()`` to record as the build starts."""
     from dpo_teach import world
 
-    def start() -> list:
+    def start(when=lambda: 1) -> list:
         calls, build = [], world.build_reference
-        monkeypatch.setattr(world, "build_reference", lambda *a, **k: calls.append(1) or build(*a, **k))
+        monkeypatch.setattr(world, "build_reference", lambda *a, **k: calls.append(when()) or build(*a, **k))
         return calls
 
     return start
@@ -239,9 +240,9 @@ def unsearchable(monkeypatch, tmp_path):
     locked.mkdir()
 
     def refused(real):
-        def call(path, *args, **kwargs):
-            if os.fspath(path).startswith(f"{locked}{os.sep}"):
-                raise PermissionError(13, "Permission denied", os.fspath(path))
+        def call(path, *args, **kwargs):  # a file descriptor passes through
+            if isinstance(path, (str, bytes, os.PathLike)) and os.fsdecode(path).startswith(f"{locked}{os.sep}"):
+                raise PermissionError(13, "Permission denied", os.fsdecode(path))
             return real(path, *args, **kwargs)
         return call
 

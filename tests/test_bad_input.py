@@ -128,6 +128,7 @@ def test_max_length_above_the_toy_context_is_refused_before_any_model(tmp_path, 
     (["demo", "--lr=-1e-3"], "--lr: must be > 0"),
     (["demo", "--lr", "-1e-3"], "--lr: must be > 0"),  # a value after a space, not an unknown option
     (["demo", "--beta", "-inf"], "--beta: expected a finite number, got '-inf'"),
+    (["demo", "--pairs", "-1_000"], "--pairs: must be > 0"),
     (["train", "--data", "x.jsonl", "--beta", "-NaN"], "--beta: expected a finite number, got '-NaN'"),
     (["demo", "--epochs", "0"], "--epochs: must be > 0"),
     (["demo", "--batch-size", "-5"], "--batch-size: must be > 0"),
@@ -666,19 +667,17 @@ def test_corrupt_cache_entry_is_rebuilt_with_a_warning(tmp_path, monkeypatch, ho
     assert builds == [], "the rebuilt entry must be loaded, not built again"
 
 
-def test_unwritable_cache_warns_and_still_returns_the_model(tmp_path, monkeypatch):
-    from dpo_teach import world
+def test_unwritable_cache_warns_and_still_returns_the_model(tmp_path, monkeypatch, count_builds):
     from dpo_teach.world import WorldConfig, load_reference
 
     (tmp_path / "a_file").write_text("x")
     monkeypatch.setenv("DPO_TEACH_CACHE", str(tmp_path / "a_file" / "cache"))
-    build, warned_first = world.build_reference, []
     with pytest.warns(UserWarning, match=r"could not be cached .* Point \$DPO_TEACH_CACHE at a writable directory") \
             as said:  # before the build's minutes, not after them
-        monkeypatch.setattr(world, "build_reference", lambda *a, **k: warned_first.append(len(said)) or build(*a, **k))
+        warnings_at_build = count_builds(lambda: len(said))
         model, tok = load_reference(WorldConfig(**TINY_WORLD))
     assert model.config.vocab_size == len(tok)
-    assert warned_first == [1] and len(said) == 1, "warned once, before π_ref was built"
+    assert warnings_at_build == [1] and len(said) == 1, "warned once, before π_ref was built"
 
 
 # --- comparison results (notebook 06's asset) -----------------------------------------------------------------

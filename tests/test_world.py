@@ -67,11 +67,12 @@ def test_saving_and_loading_draw_no_progress_bar_and_leave_the_callers_setting(t
     from transformers.utils import logging as hf_logging
 
     before = hf_logging.is_progress_bar_enabled()
-    hf_logging.enable_progress_bar()  # as in a fresh kernel
     try:
-        save_checkpoint(*world, tmp_path / "ck")
-        load_checkpoint(tmp_path / "ck")
-        assert hf_logging.is_progress_bar_enabled(), "the caller's setting is theirs"
+        for enabled in (True, False):  # as in a fresh kernel, and as after `dpo-teach` or a notebook turned them off
+            (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+            save_checkpoint(*world, tmp_path / f"ck-{enabled}")
+            load_checkpoint(tmp_path / f"ck-{enabled}")
+            assert hf_logging.is_progress_bar_enabled() == enabled, "the caller's setting is theirs"
     finally:
         (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
     err = capfd.readouterr().err
