@@ -238,9 +238,9 @@ def summarize(results: dict) -> list[dict]:
 def best_settings(results: dict, min_fluency: float = MIN_FLUENCY) -> dict[str, dict]:
     """Per method, the setting with the highest final reward among those keeping ``min_fluency`` (mean over
     seeds); if none keeps it, the highest reward regardless (its row then says ``fluent: False``)."""
-    best = {}
+    best, summary = {}, summarize(results)  # every method's rows, computed once
     for method in methods_in(results):
-        rows = [r for r in summarize(results) if r["method"] == method]
+        rows = [r for r in summary if r["method"] == method]
         fluent = [r for r in rows if r["fluency"][0] >= min_fluency]
         pick = max(fluent or rows, key=lambda r: r["reward"][0])
         best[method] = {**pick, "fluent": bool(fluent)}

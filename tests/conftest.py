@@ -19,6 +19,7 @@ marks: with pytest 9.2, ``--dist loadgroup`` silently ignores them (pytest-xdist
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -213,20 +214,19 @@ def count_builds(monkeypatch):
 @pytest.fixture
 def ctrl_c_at_rename(monkeypatch):
     """``ctrl_c_at_rename(before=n)``: from now on ``os.replace`` raises KeyboardInterrupt instead of doing its n-th
-    rename; ``after=n``: right after doing it. Returns the destinations it was asked for so far."""
-    def start(before: int | None = None, after: int | None = None) -> list:
-        replace, calls = os.replace, []
+    rename; ``after=n``: right after doing it."""
+    def start(before: int | None = None, after: int | None = None) -> None:
+        replace, renames = os.replace, itertools.count(1)
 
         def interrupted(src, dst):
-            calls.append(dst)
-            if len(calls) == before:
+            n = next(renames)
+            if n == before:
                 raise KeyboardInterrupt
             replace(src, dst)
-            if len(calls) == after:
+            if n == after:
                 raise KeyboardInterrupt
 
         monkeypatch.setattr(os, "replace", interrupted)
-        return calls
 
     return start
 
