@@ -218,8 +218,11 @@ def _seed_worker(config: CompareConfig, seed: int, verbose: bool) -> dict:
     return run_seed(config, seed, progress=False, verbose=verbose)
 
 
-def run_comparison(config: CompareConfig, progress: bool = True, verbose: bool = True) -> dict:
+def run_comparison(config: CompareConfig, progress: bool = True, verbose: bool = True, table: bool = True) -> dict:
     """Run every method, setting and seed of ``config``; write ``results.json``, ``table.md`` and ``frontier.png``.
+
+    ``verbose`` prints each stage as it runs, and with ``table`` (what ``dpo-teach compare`` prints) also the table
+    and conclusions written to ``table.md``; notebook 06 renders its own from the results.
 
     With ``config.workers`` > 1 the seeds run in parallel processes (``config.threads`` torch threads each); every
     number except timings and memory is the same either way.
@@ -262,6 +265,8 @@ def run_comparison(config: CompareConfig, progress: bool = True, verbose: bool =
                                "cpus": os.cpu_count(), "load_average": load_average(),
                                "seed_wall_s": {str(p["seed"]): p["wall_s"] for p in parts},
                                "seed_cpu_s": {str(p["seed"]): p["cpu_s"] for p in parts}}}
-    log("\n" + conclusions.write_outputs(results, Path(config.out_dir)))
+    written = conclusions.write_outputs(results, Path(config.out_dir))
+    if table:
+        log("\n" + written)
     log(f"\nwrote {config.out_dir}/results.json, table.md, frontier.png ({results['wall_s']:.0f} s in all)")
     return results

@@ -10,8 +10,8 @@ Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath §4.1; TRL's 
 
    The group mean replaces PPO's value model V (:mod:`dpo_teach.ppo`): no second network, no GAE;
 3. minimise PPO's clipped surrogate (:func:`dpo_teach.ppo.clipped_surrogate`) plus β times a per-token estimate of
-   KL(π_θ‖π_ref) — the k3 estimator :func:`k3_kl` — inside the loss, not in the reward as PPO does. β = 0 (TRL's
-   default today) needs no reference model at all;
+   KL(π_θ‖π_ref) — the k3 estimator :func:`k3_kl`, whose gradient per token is in fact that of KL(π_ref‖π_θ) —
+   inside the loss, not in the reward as PPO does. β = 0 (TRL's default today) needs no reference model at all;
 4. average the per-token loss over a batch (:func:`grpo_loss`). **How** is a real choice: ``"sequence"`` (the GRPO
    paper) averages tokens within each completion first, so a long completion's tokens weigh less each;
    ``"token"`` (DAPO; TRL's ``bnpo``) averages over all tokens of the batch, so every token weighs the same (Dr.
@@ -71,7 +71,16 @@ def group_advantages(scores: torch.Tensor, group_size: int, scale: bool = True, 
 
 def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     """Per-token KL(π_θ‖π_ref) estimate k3 = e^{log π_ref − log π_θ} − (log π_ref − log π_θ) − 1 (Schulman 2020;
-    Eq. 4 in Shao et al. 2024). Unbiased for tokens sampled from π_θ, never negative. Shape: unchanged."""
+    Eq. 4 in Shao et al. 2024). Unbiased for tokens sampled from π_θ, never negative. Shape: unchanged.
+
+    Its *value* estimates KL(π_θ‖π_ref); its *gradient* follows the other direction. At one position, given the
+    prefix, with the sampled token y held fixed (the loss does not differentiate through the sampling),
+    ∇k3 = (1 − π_ref/π_θ)·∇log π_θ, whose expectation over y ~ π_θ is Σ_y (π_θ − π_ref)·∇log π_θ
+    = −Σ_y π_ref·∇log π_θ = ∇KL(π_ref‖π_θ) of that position's next-token distributions. Summed over a completion,
+    the prefixes are still π_θ's samples, so this is not the gradient of the whole sequences' KL(π_ref‖π_θ) either.
+    Both directions vanish at π_θ = π_ref, so either pulls the policy back towards π_ref; they differ in how hard
+    away from it. (From the second epoch over a batch the tokens are π_old's, not π_θ's: as in the GRPO paper, no
+    importance ratio corrects k3 for that; TRL's default ``use_bias_correction_kl=True`` multiplies it by π_θ/π_old.)"""
     log_ratio = ref_logps - logps
     return log_ratio.exp() - log_ratio - 1
 

@@ -1,10 +1,11 @@
 """Online (iterative) DPO: DPO's fixed data set replaced, round by round, by fresh pairs from the current policy.
 
 Offline DPO (:mod:`dpo_teach.dpo`) trains on pairs sampled once from π_ref. Online DPO keeps the DPO loss and moves
-the data. This module runs it round by round, as iterative DPO does (Xu et al. 2023 "Some things are more CRINGE
-than others", Xiong et al. 2024), refreshing the reference between rounds; Guo et al. 2024 (online AI feedback) and
-TRL's ``OnlineDPOTrainer`` instead take one step per fresh batch against a fixed π_ref, which
-``refresh_reference=False`` comes closer to::
+the data. This module runs it round by round, as iterative DPO does, refreshing the reference between rounds as Xu
+et al. 2023 ("Some things are more CRINGE than others") and Yuan et al. 2024 (self-rewarding language models) do.
+Xiong et al. 2024 (RLHFlow) also start each round from the last policy but keep π_ref as the reference in every
+round: ``refresh_reference=False``. Guo et al. 2024 (online AI feedback) and TRL's ``OnlineDPOTrainer`` take one step
+per fresh batch against a fixed π_ref, which ``refresh_reference=False`` also comes closer to::
 
     π_0 = π_ref
     for round k = 1 … R:

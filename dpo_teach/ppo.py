@@ -15,8 +15,10 @@ PPO (Schulman et al. 2017, as used for RLHF by Ziegler et al. 2019 and Ouyang et
 4. several epochs of minibatch steps on the clipped surrogate (:func:`clipped_policy_loss`) and the clipped value
    loss (:func:`clipped_value_loss`), which keep each update close to the policy that sampled the rollout.
 
-Metric names follow TRL's PPO trainer (``objective/kl``, ``objective/scores``, ``objective/entropy``,
-``policy/clipfrac``, ``loss/value``, ...; TRL appends ``_avg`` to the minibatch averages). Shape letters:
+Metric names follow TRL's PPO trainer (``objective/kl``, ``objective/scores``, ``policy/clipfrac``, ``loss/value``,
+...; TRL appends ``_avg`` to the minibatch averages), with two differences: the ratio is ``policy/ratio`` (TRL:
+``val/ratio``), and ``objective/entropy`` is the exact entropy of each next-token distribution, summed over the
+completion, where TRL sums −log p of the sampled tokens (an estimate of it). Shape letters:
 N completions in a rollout, L completion tokens (see :mod:`dpo_teach.rollout`).
 """
 

@@ -126,7 +126,10 @@ def pairwise_accuracy(rm: ScalarModel, tokenizer, rows: list[dict], max_length: 
 @torch.no_grad()
 def score_completions(rm: ScalarModel, tokenizer, prompts: list[str], completions: list[str],
                       batch_size: int = 256) -> torch.Tensor:
-    """Raw r_φ(x, y) of completion texts, encoded exactly like the training pairs (y + EOS). Shape: (N,)."""
+    """Raw r_φ(x, y) of completion texts, encoded exactly like the training pairs (y + EOS). Shape: (N,).
+
+    A completion cut at the length limit before its EOS is scored as if it had ended there (TRL's
+    ``missing_eos_penalty`` is one way to charge for running on; π_ref's samples end well within the limit)."""
     rm.eval()
     out = []
     for start in range(0, len(prompts), batch_size):

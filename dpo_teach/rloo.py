@@ -5,7 +5,9 @@ completions, like GRPO (:mod:`dpo_teach.grpo`, whose sampling loop it shares); w
 
 - the KL to π_ref goes into the **reward**, once per sequence, as in PPO: r_i − β·log π_old(y_i|x)/π_ref(y_i|x);
 - the baseline of completion i is the mean reward of the **other** G − 1 completions of its prompt
-  (:func:`rloo_advantages`), an unbiased baseline because it does not depend on y_i itself::
+  (:func:`rloo_advantages`), an unbiased baseline because it does not depend on y_i itself (with
+  ``scale_rewards=True`` the batch's standard deviation, y_i's reward included, then scales it; the comparison
+  keeps it off, as TRL's ``normalize_advantages=False`` does)::
 
       A_i = r_i − (1 / (G − 1)) · Σ_{j≠i} r_j = G / (G − 1) · (r_i − mean(r_1 … r_G))
 

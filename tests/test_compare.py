@@ -412,3 +412,28 @@ def test_a_ctrl_c_while_the_outputs_are_written_leaves_the_earlier_comparison_wh
     with pytest.raises(KeyboardInterrupt):
         conclusions.write_outputs(later, tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_the_comparison_prints_its_table_once_where_the_caller_shows_its_own(tmp_path, monkeypatch, capsys):
+    """`dpo-teach compare` prints the table it writes; notebook 06 (table=False) renders its own below the run, so the
+    run prints its progress and where it wrote, not the whole table a second time. Both write table.md."""
+    from dpo_teach import compare
+
+    done = {**fake_results(), "config": {"n_eval_prompts": 100}}
+    for run in done["runs"]:
+        run["final"]["reward_std"] = 0.5
+
+    def one_seed(config, seed, progress, verbose):
+        return {"seed": seed, "reference": done["reference"][str(seed)], "stage": done["stages"][str(seed)],
+                "runs": [r for r in done["runs"] if r["seed"] == seed], "wall_s": 1.0, "cpu_s": 1.0}
+
+    monkeypatch.setattr(compare, "run_seed", one_seed)
+    monkeypatch.setattr(compare, "load_reference", lambda *a, **k: None)
+    for table in (True, False):
+        out = tmp_path / str(table)
+        compare.run_comparison(CompareConfig.fast(methods=("DPO", "PPO"), seeds=(0, 1), workers=1, out_dir=str(out)),
+                               progress=False, table=table)
+        printed = capsys.readouterr().out
+        written = (out / "table.md").read_text().split("\n\n", 1)[1]
+        assert (written in printed) is table, printed
+        assert "## Frontier gaps at matched KL" in written and f"wrote {out}/results.json" in printed

@@ -80,6 +80,20 @@ def check_kl_pulls_towards_the_reference():
     assert logps.grad[0, 0] > 0 > logps.grad[0, 1]  # above the reference: pushed down; below: pushed up
 
 
+def check_k3_gradient_is_that_of_the_reverse_kl():
+    """Averaged over tokens drawn from π_θ, β·k3's gradient is ∇KL(π_ref‖π_θ), not ∇KL(π_θ‖π_ref) (its value's)."""
+    logits = torch.tensor([1.0, -0.5, 0.3, 2.0, -1.0], requires_grad=True)  # π_θ over 5 tokens
+    ref_logps = torch.log_softmax(torch.tensor([0.2, 0.4, -0.3, 0.1, 0.5]), -1)
+    logps = torch.log_softmax(logits, -1)
+    pi = logps.exp()
+    # the exact expectation over the sampled token: each token's k3 weighted by its (non-differentiated) probability
+    (expected,) = torch.autograd.grad((pi.detach() * grpo.k3_kl(logps, ref_logps)).sum(), logits, retain_graph=True)
+    (reverse,) = torch.autograd.grad((ref_logps.exp() * (ref_logps - logps)).sum(), logits, retain_graph=True)
+    (forward,) = torch.autograd.grad((pi * (logps - ref_logps)).sum(), logits)
+    close(expected, reverse.tolist())
+    assert (expected - forward).abs().max() > 0.05  # the two directions' gradients differ here
+
+
 def check_rloo_advantages():
     scores = torch.tensor([1.0, 2.0, 3.0, 6.0, 0.0, 0.0])
     # baselines: (2+3)/2, (1+3)/2, (1+2)/2 | (0+0)/2, (6+0)/2, (6+0)/2
@@ -102,8 +116,9 @@ def check_rloo_kl_in_the_reward_and_the_sequence_loss():
     assert stats["clipfrac"] == pytest.approx(2 / 3)
 
 
-CHECKS = [check_group_advantages, check_k3_kl, check_clipped_objective_and_kl, check_kl_pulls_towards_the_reference,
-          check_rloo_advantages, check_rloo_kl_in_the_reward_and_the_sequence_loss]
+CHECKS = [check_group_advantages, check_k3_kl, check_k3_gradient_is_that_of_the_reverse_kl,
+          check_clipped_objective_and_kl, check_kl_pulls_towards_the_reference, check_rloo_advantages,
+          check_rloo_kl_in_the_reward_and_the_sequence_loss]
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))

@@ -152,3 +152,5 @@ def test_notebook_executes_with_a_smoke_sized_rerun(monkeypatch, cache_root):
     assert f"training runs of {len(FAST_METHODS)} methods, seeds [0]" in printed
     assert_headline_agrees(printed)
     assert "GRPO" in printed
+    # the run says where it wrote and leaves the table to the cells that render it (not printed once more as text)
+    assert "/results.json, table.md, frontier.png" in printed and "## Frontier gaps at matched KL" not in printed
