@@ -195,7 +195,19 @@ def _one_line_warnings(command: str, category: type[Warning] | tuple[type[Warnin
     warnings.showwarning = showwarning  # restored by the caller's warnings.catch_warnings()
 
 
+def _escape_what_the_console_cannot_show() -> None:
+    """π, β and ≥ as escapes (``\\u03c0``) where standard output or error cannot encode them (Windows sends a pipe or
+    a file its ANSI code page, cp1252), instead of a UnicodeEncodeError after the whole run."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            "π".encode(stream.encoding or "ascii")
+        except (UnicodeEncodeError, LookupError):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _escape_what_the_console_cannot_show()
     try:
         args = build_parser().parse_args(argv)  # imports torch and transformers (the defaults): seconds
     except KeyboardInterrupt:  # each command answers its own

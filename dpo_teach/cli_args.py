@@ -354,7 +354,8 @@ def warn_other_reference(data: str, world) -> None:
     from dpo_teach.world import WorldConfig, cache_entry, reference_cached
 
     try:
-        sampled = WorldConfig(**json.loads((Path(data).parent / "metrics.json").read_text())["config"]["world"])
+        metrics = json.loads((Path(data).parent / "metrics.json").read_text(encoding="utf-8"))
+        sampled = WorldConfig(**metrics["config"]["world"])
     except (OSError, ValueError, KeyError, TypeError):  # not a demo run's pairs: nothing to compare
         return
     if sampled == world:

@@ -65,7 +65,10 @@ def link_assets(path: Path, workdir: Path) -> None:
     shipped comparison there)."""
     reads = any('"assets"' in cell.source for cell in nbformat.read(path, as_version=4).cells)
     if reads and not (workdir / "assets").exists():
-        (workdir / "assets").symlink_to((path.parent / "assets").resolve(), target_is_directory=True)
+        try:
+            (workdir / "assets").symlink_to((path.parent / "assets").resolve(), target_is_directory=True)
+        except OSError:  # Windows without Developer Mode may refuse links: a copy reads the same
+            shutil.copytree(path.parent / "assets", workdir / "assets")
 
 
 def execute(path: Path, workdir: Path, timeout: int = 1800) -> nbformat.NotebookNode:
@@ -126,7 +129,8 @@ def copy_static(out: Path) -> None:
         else:
             shutil.copy(src, dst)
     lab = next(Path(p) / "static" for p in exporter().template_paths if (Path(p) / "static" / "index.css").is_file())
-    css = [(lab / "index.css").read_text(), (lab / "theme-light.css").read_text(), (ASSETS / "site.css").read_text()]
+    css = [(folder / name).read_text(encoding="utf-8")
+           for folder, name in ((lab, "index.css"), (lab, "theme-light.css"), (ASSETS, "site.css"))]
     (out / "static" / "site.css").write_text("\n".join(css), encoding="utf-8")
 
 

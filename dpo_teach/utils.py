@@ -8,6 +8,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -202,6 +203,13 @@ def _remove_abandoned(path: Path) -> None:
 
 
 def _running(pid: int) -> bool:
+    """Whether process ``pid`` still runs (its leftovers are then its own, not to be cleaned up)."""
+    if sys.platform == "win32":  # os.kill(pid, 0) would send CTRL_C_EVENT there, not probe
+        try:
+            import psutil  # ipykernel's dependency, so there with Jupyter
+        except ImportError:
+            return True  # cannot tell: leave its leftovers alone
+        return psutil.pid_exists(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

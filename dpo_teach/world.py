@@ -131,7 +131,7 @@ def load_reference(
     if os.path.exists(path) and not rebuild:  # False under a folder that cannot be searched: built, not saved, said
         try:
             model, tokenizer = load_checkpoint(path)
-            saved = json.loads((path / "world.json").read_text())
+            saved = json.loads((path / "world.json").read_text(encoding="utf-8"))
             if saved != asdict(config):
                 raise CheckpointError(f"world.json describes {saved}, not {asdict(config)}")
             if verbose:

@@ -12,8 +12,9 @@ machine                                                    build     pip install
 =========================================================  ========  ============================================
 pip already has the torch it would install as a local      local     torch==2.13.0 (from disk, no download)
 file (``--find-links``; the course's CI machines)
-macOS                                                      default   torch==2.13.0 (PyPI's wheel; MPS on Apple
-                                                                     silicon)
+macOS on Apple silicon, macOS 14 or later                  default   torch==2.13.0 (PyPI's wheel; MPS)
+macOS on an Intel Mac (or an x86_64 Python under Rosetta),  (none)   refused with what to do: PyPI has no such
+or before macOS 14                                                   wheel (Intel: none after torch 2.2.2)
 Linux or Windows with an NVIDIA GPU (``nvidia-smi -L``     cuda      torch==2.13.0 (PyPI's wheel: a CUDA build
 works)                                                               on Linux, CPU-only on Windows)
 Linux or Windows without one                               cpu       torch==2.13.0 --index-url PyTorch's CPU
@@ -37,6 +38,26 @@ import urllib.request
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # PyTorch's own index of CPU-only wheels
 PYPI = "https://pypi.org/simple"
 BUILDS = ("auto", "cpu", "cuda", "default")
+
+
+class NoWheel(Exception):
+    """PyPI has no torch wheel for this machine: the message says why and what to do instead."""
+
+
+def mac_wheel_missing(machine: str, release: str) -> str | None:
+    """Why PyPI's torch 2.13.0 wheel cannot install on this Mac (``platform.machine()``, ``platform.mac_ver()[0]``),
+    or None. Its only macOS wheel is ``macosx_14_0_arm64``; PyTorch's last Intel-Mac wheel was 2.2.2, and the course
+    needs torch 2.4 or later."""
+    if machine != "arm64":
+        return (f"this Python runs on {machine or 'an unknown CPU'} (an Intel Mac, or an x86_64 Python under Rosetta), "
+                "and PyTorch has published no macOS wheel for it since torch 2.2.2 (the course needs 2.4 or later). "
+                "On an Apple-silicon Mac use an arm64 Python; on an Intel Mac run the course in a Linux container or "
+                "virtual machine, or on another computer")
+    major = int(release.split(".")[0]) if release.split(".")[0].isdigit() else None
+    if major is not None and major < 14:
+        return (f"torch's macOS wheel needs macOS 14 or later, and this is macOS {release}: update macOS, or run the "
+                "course in a Linux container or virtual machine")
+    return None
 
 
 def has_nvidia_gpu() -> bool:
@@ -74,11 +95,16 @@ def reachable(url: str = CPU_INDEX, timeout: float = 10) -> bool:
 
 
 def choose(build: str, torch: str, system: str | None = None, local: bool | None = None,
-           gpu: bool | None = None, cpu_index: bool | None = None) -> tuple[str, list[str], str]:
+           gpu: bool | None = None, cpu_index: bool | None = None,
+           mac: tuple[str, str] | None = None) -> tuple[str, list[str], str]:
     """``(build, pip arguments, reason)`` for ``build`` in ``BUILDS``; the detections run only when needed.
 
-    ``system`` (``platform.system()``), ``local`` (:func:`pip_has_local_file`), ``gpu`` (:func:`has_nvidia_gpu`)
-    and ``cpu_index`` (:func:`reachable`) can be given, as the tests do; ``None`` means detect.
+    ``system`` (``platform.system()``), ``local`` (:func:`pip_has_local_file`), ``gpu`` (:func:`has_nvidia_gpu`),
+    ``cpu_index`` (:func:`reachable`) and ``mac`` (``(platform.machine(), platform.mac_ver()[0])``) can be given, as
+    the tests do; ``None`` means detect.
+
+    Raises:
+        NoWheel: ``auto`` on a Mac that PyPI has no wheel for (:func:`mac_wheel_missing`).
     """
     if build not in BUILDS:
         raise ValueError(f"unknown torch build {build!r}; choose one of {', '.join(BUILDS)}")
@@ -91,6 +117,9 @@ def choose(build: str, torch: str, system: str | None = None, local: bool | None
         return "local", [torch], "pip has this torch as a local file: nothing to download"
     system = system or platform.system()
     if system == "Darwin":
+        why_not = mac_wheel_missing(*(mac or (platform.machine(), platform.mac_ver()[0])))
+        if why_not:
+            raise NoWheel(why_not)
         return "default", [torch], "macOS: PyPI's standard wheel (CPU, and MPS on Apple silicon)"
     if gpu if gpu is not None else has_nvidia_gpu():
         return "cuda", [torch], f"{system} with an NVIDIA GPU (nvidia-smi): PyPI's standard wheel"
@@ -109,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         build, pip_args, reason = choose(args.build.strip().lower() or "auto", args.torch)
     except ValueError as e:
         parser.error(str(e))
+    except NoWheel as e:
+        print(f"torch: cannot install here: {e}. (TORCH_BUILD=default makes pip try anyway.)", file=sys.stderr)
+        return 1
     print(f"torch: {build} build, {reason}. Override: TORCH_BUILD=cpu|cuda|default", file=sys.stderr)
     print(" ".join(pip_args))
     return 0

@@ -1,6 +1,7 @@
 """The dpo-teach command: help everywhere, one-line errors, training on a user's file."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,16 @@ def test_train_on_a_user_file_with_a_checkpoint(tmp_path, world, pairs, capsys):
 def test_console_script_runs():
     r = subprocess.run([sys.executable, "-m", "dpo_teach.cli", "demo", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--beta" in r.stdout
+
+
+@pytest.mark.parametrize("command", ["--help", "demo --help", "compare --help"])
+def test_an_output_that_cannot_encode_greek_gets_escapes_not_a_crash(command):
+    """Windows hands a pipe or a file its ANSI code page (cp1252), which has no π or β: the help (and a run's table)
+    ended in a UnicodeEncodeError."""
+    r = subprocess.run([sys.executable, "-m", "dpo_teach.cli", *command.split()], capture_output=True,
+                       env={**os.environ, "PYTHONIOENCODING": "cp1252"})
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr.decode("cp1252")[-1500:]
+    assert b"\\u03c0" in r.stdout or b"\\u03b2" in r.stdout, r.stdout.decode("cp1252")[-800:]
 
 
 def test_an_interrupted_train_rerun_leaves_the_earlier_run_intact(tmp_path, world, pairs, monkeypatch, capsys):

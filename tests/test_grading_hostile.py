@@ -729,9 +729,17 @@ def test_a_notebook_is_retried_only_when_it_hung_before_its_own_code(monkeypatch
 
 
 def test_without_a_sandbox_grading_refuses_unless_unsafe(assigned, tmp_path, monkeypatch, capsys):
+    """As on a Mac: no namespaces, a user who is not root, and no /proc (where the sandbox counts the user's
+    processes for its limit: --unsafe graded every notebook as an error, FileNotFoundError '/proc')."""
     from dpo_teach.cli import main
 
+    def no_proc(path):
+        raise FileNotFoundError(2, "No such file or directory", "/proc")
+
     monkeypatch.setattr(sandbox, "unavailable_reason", lambda: "the sandbox needs Linux namespaces; this is darwin")
+    monkeypatch.setattr(sandbox, "LINUX", False)
+    monkeypatch.setattr(os, "geteuid", lambda: 501)
+    monkeypatch.setattr(sandbox, "_owner", no_proc)
     (tmp_path / "subs").mkdir()
     nbformat.write(exercise_solution(assigned, "00_start_here"), tmp_path / "subs" / "ann_00_start_here.ipynb")
     args = ["grade", str(tmp_path / "subs"), "--out", str(tmp_path / "out"),
@@ -740,7 +748,24 @@ def test_without_a_sandbox_grading_refuses_unless_unsafe(assigned, tmp_path, mon
     err = capsys.readouterr().err
     assert "this is darwin" in err and "--unsafe" in err and not (tmp_path / "out" / "grades.csv").exists()
     assert main([*args, "--unsafe"]) == 0
-    assert "ann_00_start_here" in (tmp_path / "out" / "grades.csv").read_text()
+    (row,) = json.loads((tmp_path / "out" / "grades.json").read_text())["results"]
+    assert row["status"] == "graded" and "ann_00_start_here" in (tmp_path / "out" / "grades.csv").read_text(), row
+
+
+def test_on_windows_grading_says_to_use_wsl(assigned, tmp_path, monkeypatch, capsys):
+    """Windows has no fork, SIGALRM or process groups, so not even --unsafe grading can run: one line says where to
+    grade instead of a traceback from deep inside."""
+    from dpo_teach.cli import main
+
+    monkeypatch.setattr(importlib.import_module("dpo_teach.grading.grade"), "WINDOWS", True)
+    (tmp_path / "subs").mkdir()
+    nbformat.write(exercise_solution(assigned, "00_start_here"), tmp_path / "subs" / "ann_00_start_here.ipynb")
+    args = ["grade", str(tmp_path / "subs"), "--out", str(tmp_path / "out"),
+            "--autograder-dir", str(assigned / "autograder")]
+    for unsafe in ([], ["--unsafe"]):
+        assert main([*args, *unsafe]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "WSL" in err and "Traceback" not in err, err
 
 
 def test_the_scan_takes_no_honest_answer_for_the_package_and_still_follows_an_alias(assigned):

@@ -30,7 +30,25 @@ def spec(load_script):
     ("Windows", False, "cpu", CPU),
 ])
 def test_auto_picks_by_platform_and_gpu(spec, system, gpu, build, args):
-    assert spec.choose("auto", TORCH, system=system, local=False, gpu=gpu, cpu_index=True)[:2] == (build, args)
+    chosen = spec.choose("auto", TORCH, system=system, local=False, gpu=gpu, cpu_index=True, mac=("arm64", "14.5"))
+    assert chosen[:2] == (build, args)
+
+
+@pytest.mark.parametrize("mac, says", [
+    (("x86_64", "13.6"), "Intel Mac"),  # PyPI's last Intel-Mac torch is 2.2.2
+    (("x86_64", "15.1"), "Rosetta"),  # an x86_64 Python on Apple silicon gets no arm64 wheel either
+    (("arm64", "13.6"), "macOS 14 or later"),  # torch 2.13.0's one macOS wheel: macosx_14_0_arm64
+])
+def test_a_mac_pypi_has_no_wheel_for_is_told_what_to_do(spec, monkeypatch, capsys, mac, says):
+    with pytest.raises(spec.NoWheel, match=says):
+        spec.choose("auto", TORCH, system="Darwin", local=False, mac=mac)
+    monkeypatch.setattr(spec, "pip_has_local_file", lambda torch: False)
+    monkeypatch.setattr(spec.platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(spec.platform, "machine", lambda: mac[0])
+    monkeypatch.setattr(spec.platform, "mac_ver", lambda: (mac[1], ("", "", ""), mac[0]))
+    assert spec.main([]) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith("torch: cannot install here: ") and "Linux container" in out.err
 
 
 def test_without_pytorchs_index_auto_falls_back_to_pypi(spec):

@@ -456,6 +456,19 @@ def test_exercise_pages_for_students_and_one_grading_page_for_instructors(built)
     assert not re.search(r"tests/|BEGIN SOLUTION|DPO_TEACH_STRICT|record mode", text)
 
 
+def test_a_notebooks_assets_are_copied_where_links_are_refused(tmp_path, monkeypatch):
+    """Windows without Developer Mode refuses symbolic links (WinError 1314): notebook 06 still finds the shipped
+    results beside it."""
+
+    def refused(self, target, target_is_directory=False):
+        raise OSError(1314, "A required privilege is not held by the client")
+
+    monkeypatch.setattr(Path, "symlink_to", refused)
+    site.link_assets(NOTEBOOKS / "06_ppo_vs_dpo.ipynb", tmp_path)
+    shipped = NOTEBOOKS / "assets" / "compare_results.json"
+    assert (tmp_path / "assets" / "compare_results.json").read_bytes() == shipped.read_bytes()
+
+
 def test_log_axes_leave_minor_ticks_unlabelled():
     """On a log axis of a decade or two matplotlib labels the minor ticks too, on top of each other (05's β sweep)."""
     unlabelled = {}

@@ -261,3 +261,28 @@ def test_train_on_a_demo_runs_pairs_says_when_they_came_from_another_reference(t
         warnings.simplefilter("error")  # the same π_ref, or no demo run beside the file: nothing to say
         warn_other_reference(str(run / "train.jsonl"), train_world)
         warn_other_reference(str(tmp_path / "elsewhere.jsonl"), train_world)
+
+
+def test_the_grader_cell_imports_without_the_posix_only_modules():
+    """Windows has no ``resource``, ``fcntl``, ``termios``, ``pwd`` or ``grp``: the grader cell of every graded
+    notebook (``otter`` and ``find_notebook``) stopped there, and every ``grader.check`` after it with a NameError."""
+    blocked = ["resource", "fcntl", "termios", "pwd", "grp"]
+    cell = (f"import sys; sys.modules.update(dict.fromkeys({blocked!r}))\n"  # None in sys.modules: the import fails
+            "import otter\nfrom dpo_teach.grading.student import find_notebook\nprint(find_notebook('00_start_here'))")
+    done = subprocess.run([sys.executable, "-c", cell], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip().endswith("00_start_here.ipynb"), done.stderr[-1500:]
+
+
+def test_leftovers_of_a_run_are_judged_without_signals_on_windows(monkeypatch):
+    """On Windows ``os.kill(pid, 0)`` sends CTRL_C_EVENT instead of probing: whether the process that left a
+    temporary folder still runs is asked of psutil there."""
+    import psutil
+
+    def no_kill(pid, sig):
+        raise AssertionError("os.kill must not be called on Windows")
+
+    asked = []
+    monkeypatch.setattr(psutil, "pid_exists", lambda pid: asked.append(pid) or pid == 4242)
+    monkeypatch.setattr(utils.sys, "platform", "win32")
+    monkeypatch.setattr(utils.os, "kill", no_kill)
+    assert utils._running(4242) and not utils._running(4243) and asked == [4242, 4243]

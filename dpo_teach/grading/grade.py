@@ -34,6 +34,8 @@ from dpo_teach.grading.submissions import (
     shown,
 )
 
+WINDOWS = sys.platform == "win32"
+
 
 def _not_a_notebook(student: str, path: Path, submissions: Path) -> dict:
     """The row of a file that is not a notebook: skipped, with what to do, and no assignment (no 0 in a total)."""
@@ -204,6 +206,10 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         raise FileNotFoundError(f"no autograder bundles in {autograder}; run `make assign` first")
     if assignment is not None and assignment not in manifests:
         raise ValueError(f"unknown assignment {assignment!r}; choose one of {sorted(manifests)}")
+    if WINDOWS:  # no fork, SIGALRM or process groups: not even --unsafe grading runs
+        raise sandbox.SandboxUnavailable(
+            "grading needs Linux (in the sandbox) or macOS (--unsafe, trusted notebooks only); on Windows, run "
+            "`dpo-teach grade` inside WSL (Windows Subsystem for Linux), where the sandbox works")
     why_not = None if unsafe else sandbox.unavailable_reason()
     if why_not:
         raise _no_sandbox(why_not)

@@ -148,7 +148,7 @@ def build(out: Path, autograder: Path = AUTOGRADER, released: Path = NOTEBOOKS) 
         wheel, reference = _wheel(Path(tmp)), _reference_entry()
         shared = [("setup.sh", setup_script(), 0o755), ("run_autograder", RUN, 0o755),  # the same in every bundle
                   ("requirements.txt", requirements() + "\n", 0o644), ("torch.txt", torch_requirement(), 0o644),
-                  ("pip_install.py", INSTALLER.read_text(), 0o644)]
+                  ("pip_install.py", INSTALLER.read_text(encoding="utf-8"), 0o644)]
         for manifest in sorted(Path(autograder).glob("*.json")):
             name = manifest.stem
             buffer = io.BytesIO()

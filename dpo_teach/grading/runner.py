@@ -315,7 +315,7 @@ def main(unavailable: Exception | None = None) -> int:
     random.seed(0)  # every notebook starts from the same seeds: a notebook that samples without seeding grades
     numpy.random.seed(0)  # the same each time
     torch.manual_seed(0)
-    Path(job["file_name"]).write_text(job["notebook"])
+    Path(job["file_name"]).write_text(job["notebook"], encoding="utf-8")
     for index, source in code_cells(decode(job["notebook"])):
         send("cell", index=index)
         with alarm:

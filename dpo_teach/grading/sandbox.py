@@ -26,13 +26,18 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import resource
 import select
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+try:
+    import resource
+except ImportError:  # Windows: no rlimits (and no grading: grade.py refuses); the student's grader cell still imports
+    resource = None
+
+LINUX = sys.platform.startswith("linux")  # namespaces and /proc; elsewhere no sandbox (``unavailable_reason``)
 _CLONE_NEWUSER = 0x10000000
 # isolate()'s namespaces: user, mount, PID, network, IPC, host name
 _CLONE_ALL = _CLONE_NEWUSER | 0x00020000 | 0x20000000 | 0x40000000 | 0x08000000 | 0x04000000
@@ -116,14 +121,17 @@ MEMORY_MB = 6144  # a notebook's address space (RLIMIT_AS); the course's noteboo
 def memory_limit_mb(wanted: int = MEMORY_MB) -> int:
     """The address space a sandboxed notebook gets: ``wanted`` MiB, or the machine's own hard limit where it is lower
     (``ulimit -Hv``; :func:`enter` cannot raise it)."""
+    if resource is None:
+        return wanted
     hard = resource.getrlimit(resource.RLIMIT_AS)[1]
     return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard >> 20)
 
 
 def process_limit() -> int | None:
     """RLIMIT_NPROC for a notebook started by this user: what the user runs now plus 256 (it counts every process
-    of the user's real uid, in every namespace); None for root, whom the kernel does not hold to it."""
-    if os.geteuid() == 0:
+    of the user's real uid, in every namespace); None for root, whom the kernel does not hold to it, and off Linux
+    (no sandbox there, and no ``/proc`` to count with)."""
+    if not LINUX or os.geteuid() == 0:
         return None
     mine = sum(1 for p in Path("/proc").iterdir() if p.name.isdigit() and _owner(p) == os.geteuid())
     return mine + 256
