@@ -95,10 +95,10 @@ def render(nb: nbformat.NotebookNode, title: str, **site) -> str:
     """One page titled ``title``; ``site`` fills the header and footer of ``site_assets/page.html``: ``nav`` (the
     links of :func:`site_pages.header_links`), ``banner`` (the mode), ``download`` (the notebook's file), ``pager``
     (:func:`site_pages.neighbours`) and ``made`` (commit and time). otter's ✅/❌ are drawn
-    (:func:`site_pages.draw_marks`)."""
+    (:func:`site_pages.draw_marks`) and printed tables keep their columns (:func:`site_pages.keep_columns`)."""
     nb.metadata["title"] = title
     body, _ = exporter().from_notebook_node(nb, resources={"site": site})
-    return site_pages.draw_marks(body)
+    return site_pages.keep_columns(site_pages.draw_marks(body))
 
 
 # --- the comparison's figure ----------------------------------------------------------------------------------------

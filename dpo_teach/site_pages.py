@@ -6,7 +6,8 @@ claim notes go (:func:`drop_forced_notes`), the build machine's folders become t
 (:func:`clean_outputs`: the π_ref cache that the run recorded, the virtual environment, temporary folders, the
 kernel's cell files, the doctest frames of exercise feedback), notebook 00's report on "this machine" says whose machine
 that was (:func:`note_build_machine`), and each exercise check's feedback folds into one line (:func:`fold_checks`).
-On every rendered page otter's ✅/❌ marks are drawn, not typed (:func:`draw_marks`: no emoji font needed). The
+On every rendered page otter's ✅/❌ marks are drawn, not typed (:func:`draw_marks`: no emoji font needed), and printed
+tables keep their columns (:func:`keep_columns`: they scroll sideways instead of wrapping on a phone). The
 README's sections that the site shows leave out what only the course's developers need (:func:`for_readers`).
 """
 
@@ -177,6 +178,43 @@ def note_build_machine(nb: nbformat.NotebookNode) -> None:
             cell.outputs.insert(0, nbformat.from_dict(note))
 
 
+# a plot's own words in the code that drew it: title="…", set_xlabel("…"), plt.ylabel(f"…"), suptitle("…")
+_LABEL = re.compile(r"""\b(title|suptitle|xlabel|ylabel)\s*(?:\(|=)\s*f?(["'])(.+?)\2""")
+_GREEK = {"beta": "β", "pi": "π", "theta": "θ", "tau": "τ", "sigma": "σ", "varepsilon": "ε", "epsilon": "ε",
+          "lambda": "λ", "phi": "φ", "star": "*"}
+
+
+def _spoken(text: str) -> str:
+    """Markdown or TeX as a screen reader should say it: no $, `, * or braces; \\beta as β; \\text{ref} as ref."""
+    text = re.sub(r"\\(?:text|mathrm|operatorname)\{([^{}]*)\}", r"\1", text)
+    text = re.sub(r"\\([A-Za-z]+)", lambda m: _GREEK.get(m[1], m[1]), text)
+    return re.sub(r"[$`*{}]", "", text).strip()
+
+
+def describe_figures(nb: nbformat.NotebookNode) -> None:
+    """Give every figure an alternative text for screen readers (nbconvert's default is "No description has been
+    provided for this image"): the section it is in, and the titles and axis labels that the code drawing it sets
+    (an f-string's fields as "…"). site_assets/page.html writes it into the image's ``alt``."""
+    section = ""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            headings = [line.lstrip("#").strip() for line in cell.source.splitlines() if line.startswith("#")]
+            section = _spoken(headings[-1]) if headings else section
+            continue
+        words = {"title": [], "suptitle": [], "xlabel": [], "ylabel": []}
+        for kind, _, text in _LABEL.findall(cell.get("source", "")):
+            words[kind].append(_spoken(re.sub(r"\{[^{}]*\}", "…", text)))
+        said = [f"titled {'; '.join(words['suptitle'] + words['title'])}"] if words["suptitle"] + words["title"] else []
+        axes = [f"{'x' if kind == 'xlabel' else 'y'}: {', '.join(dict.fromkeys(words[kind]))}"
+                for kind in ("xlabel", "ylabel") if words[kind]]
+        said += [f"axes {'; '.join(axes)}"] if axes else []
+        for out in cell.get("outputs", []):
+            if "image/png" in out.get("data", {}):
+                where = f"in the section “{section}”" if section else "drawn by the code above"
+                alt = f"Figure {where}" + (f", {', '.join(said)}" if said else "")
+                out.setdefault("metadata", {}).setdefault("image/png", {})["alt"] = alt
+
+
 def check_summary(question: str, feedback: str) -> str:
     """One line for otter's feedback on ``question``: how many of its public tests fail (on the unsolved stub)."""
     failed, passed = feedback.count("❌"), feedback.count("✅")
@@ -214,6 +252,7 @@ def prepare(nb: nbformat.NotebookNode, caches: Iterable[Path | str] = ()) -> nbf
     clean_outputs(page, caches)
     note_build_machine(page)
     fold_checks(page)
+    describe_figures(page)
     link_readme_sections(page)
     return page
 
@@ -233,6 +272,24 @@ def draw_marks(page: str) -> str:
     body = max(page.find("<body"), 0)  # none: all of it is body
     kept = r"(<script\b.*?</script>|<style\b.*?</style>|<[^>]*>)"
     return page[:body] + re.sub(kept + "|[✅❌]", lambda m: m[1] or MARKS[m[0]], page[body:], flags=re.DOTALL)
+
+
+# a printed output whose lines line up in columns: at least two lines with a gap of two spaces or more inside them
+_COLUMNS = re.compile(r"^.*\S {2,}\S.*$", re.MULTILINE)
+_PRINTED = re.compile(r'(<div class="jp-RenderedText jp-OutputArea-output)("[^>]*>\s*<pre>)(.*?)(</pre>)', re.DOTALL)
+
+
+def keep_columns(page: str) -> str:
+    """The rendered ``page`` (HTML) with each printed output that lines up in columns (a table printed with padded
+    fields) marked ``site-columns``: site.css keeps its lines whole, so the output scrolls sideways where it is wider
+    than the screen, instead of wrapping each row into pieces that no longer line up. Other printed text wraps."""
+
+    def mark(m: re.Match) -> str:
+        text = html.unescape(re.sub(r"<[^>]+>", "", m[3]))
+        columns = len(_COLUMNS.findall(text)) >= 2
+        return f"{m[1]}{' site-columns' if columns else ''}{m[2]}{m[3]}{m[4]}"
+
+    return _PRINTED.sub(mark, page)
 
 
 # --- the README's text for readers ---------------------------------------------------------------------------------

@@ -83,7 +83,9 @@ def get_the_course(readme: dict[str, str], zip_bytes: int) -> str:
     """The index's section on downloading the course (the zip of :func:`write_downloads`) and starting it."""
     requirements = next(p for p in readme["Quick start"].split("\n\n") if p.startswith("Requirements:"))
     return (f"## Get the course\n\n[Download the course]({DOWNLOADS}/dpo-teach.zip) (a zip, {zip_bytes / 1e6:.1f} MB): "
-            "the notebooks, the `dpo_teach` package they import, the README and the set-up; no exercise solutions. "
+            "the notebooks, the `dpo_teach` package they import, the README and the set-up. The exercises are stubs, "
+            "without their solutions; the package holds its own reference version of each graded function, public "
+            "by design (a notebook falls back on it after each exercise), and an answer that calls it scores 0. "
             "Unzip it and, in its folder `dpo-teach`, run\n\n"
             f"```bash\n{make_help()}\n```\n\nWhichever runs first sets up `.venv` (it installs everything the course "
             f"needs); `make help` lists every command. {requirements} Each notebook page also links its own `.ipynb`, "
@@ -128,11 +130,18 @@ def grading_index(readme: dict[str, str], titles: dict[str, str], graded: dict[s
     return markdown_page(f"# Exercises and grading\n\n{table}", CHECKING, f"{heading}\n\n{INSTRUCTORS}\n\n{section}")
 
 
+def titled(section: str, stem: str) -> str:
+    """A README ``section`` as the page ``stem`` of :data:`site_pages.WRITTEN_PAGES`: its "## heading" becomes the
+    page's one "# title" (the page's own title, as in the header's links)."""
+    title = next(t for s, _, t in site_pages.WRITTEN_PAGES if s == stem)
+    return f"# {title}\n\n{section.partition(chr(10))[2].lstrip()}"
+
+
 def beyond_page(readme: dict[str, str]) -> nbformat.NotebookNode:
     """``beyond_the_laptop.html``: the README's section on TRL, real checkpoints and data, its GPU script included."""
-    return markdown_page(site_pages.for_readers(readme[BEYOND]))
+    return markdown_page(titled(site_pages.for_readers(readme[BEYOND]), "beyond_the_laptop"))
 
 
 def results_page(readme: dict[str, str]) -> nbformat.NotebookNode:
-    return markdown_page(site_pages.for_readers(readme["PPO vs DPO (instructor demo)"]).replace(
+    return markdown_page(titled(site_pages.for_readers(readme["PPO vs DPO (instructor demo)"]), "ppo_vs_dpo").replace(
         "\n\nMeasured", "\n\n![reward–KL frontier, fluency and sample efficiency](images/frontier.png)\n\nMeasured", 1))

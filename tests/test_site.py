@@ -273,6 +273,50 @@ def test_pass_and_fail_marks_are_drawn_not_typed():
     assert site_pages.draw_marks(script).startswith('<body><script>const mark = "✅";</script><p><svg')
 
 
+def test_a_printed_table_keeps_its_columns_and_prose_wraps():
+    """On a phone a printed table whose rows wrap no longer lines up: a printed output with columns (two or more
+    lines with a gap of two spaces or more) keeps its lines whole and scrolls; a printed sentence still wraps."""
+    table = "    β  reward gain      KL\n  0.1       +0.688    7.57\n  1.0       +0.497    0.64\n"
+    prose = "1997 training pairs, 400 held out; BT-noise ceiling 0.904\n"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(table)", outputs=[
+        nbformat.v4.new_output("stream", name="stdout", text=text)]) for text in (table, prose)])
+    page = site.render(nb, "columns")
+    printed = re.findall(r'<div class="(jp-RenderedText jp-OutputArea-output[^"]*)"[^>]*>\s*<pre>(.*?)</pre>', page,
+                         re.DOTALL)
+    assert [(cls.endswith(" site-columns"), html.unescape(text)) for cls, text in printed] == [
+        (True, table), (False, prose)]
+    assert ".site-columns pre { white-space: pre;" in (site.ASSETS / "site.css").read_text(encoding="utf-8")
+
+
+def test_a_figure_is_described_by_its_section_titles_and_axes():
+    """nbconvert leaves every figure "No description has been provided for this image" for a screen reader; a page
+    says where the figure is and what its code titled it and its axes (an f-string's fields as …)."""
+    png = nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"})
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("## A small $\\beta$ sweep\n\nText."),
+        nbformat.v4.new_code_cell('ax.set(title=f"β = {beta:.3g}", xlabel="KL (nats)")\nplt.ylabel("reward")',
+                                  outputs=[png]),
+        nbformat.v4.new_code_cell("plt.show()", outputs=[png])])
+    page = site.render(site_pages.prepare(nb), "figures")
+    assert re.findall(r'<img [^>]*alt="([^"]*)"', page) == [
+        "Figure in the section “A small β sweep”, titled β = …, axes x: KL (nats); y: reward",
+        "Figure in the section “A small β sweep”"]
+    assert "No description has been provided" not in page
+
+
+def test_every_page_has_one_title_heading_and_every_image_a_description(built):
+    out, pages = built
+    for page in pages:
+        markup = (out / page).read_text(encoding="utf-8")
+        assert len(re.findall(r"<h1[ >]", markup)) == 1, f"{page}: {len(re.findall(r'<h1[ >]', markup))} <h1>"
+        alts = re.findall(r'<img [^>]*?alt="([^"]*)"', markup)
+        assert len(alts) == markup.count("<img "), f"{page}: an image without alt"
+        assert all(alts) and not any("No description has been provided" in a for a in alts), (page, alts)
+    for stem, _, title in site_pages.WRITTEN_PAGES:
+        assert re.search(rf"<h1[^>]*>{re.escape(html.escape(title, quote=False))}", (out / f"{stem}.html").read_text(
+            encoding="utf-8")), stem
+
+
 def test_a_readme_section_the_site_quotes_names_itself_when_missing(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# course\n\n## Quick start\n\nmake lab\n", encoding="utf-8")
