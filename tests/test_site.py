@@ -307,14 +307,48 @@ def test_a_figure_is_described_by_its_section_titles_and_axes():
 def test_every_page_has_one_title_heading_and_every_image_a_description(built):
     out, pages = built
     for page in pages:
-        markup = (out / page).read_text(encoding="utf-8")
-        assert len(re.findall(r"<h1[ >]", markup)) == 1, f"{page}: {len(re.findall(r'<h1[ >]', markup))} <h1>"
+        markup = page.read_text(encoding="utf-8")
+        assert len(re.findall(r"<h1[ >]", markup)) == 1, f"{page.name}: {len(re.findall(r'<h1[ >]', markup))} <h1>"
         alts = re.findall(r'<img [^>]*?alt="([^"]*)"', markup)
-        assert len(alts) == markup.count("<img "), f"{page}: an image without alt"
-        assert all(alts) and not any("No description has been provided" in a for a in alts), (page, alts)
+        assert len(alts) == markup.count("<img "), f"{page.name}: an image without alt"
+        assert all(alts) and not any("No description has been provided" in a for a in alts), (page.name, alts)
     for stem, _, title in site_pages.WRITTEN_PAGES:
         assert re.search(rf"<h1[^>]*>{re.escape(html.escape(title, quote=False))}", (out / f"{stem}.html").read_text(
             encoding="utf-8")), stem
+
+
+def _contrast(a: str, b: str) -> float:
+    """WCAG's contrast ratio of two colours (#rgb or #rrggbb)."""
+
+    def luminance(colour: str) -> float:
+        h = colour.lstrip("#")
+        h = "".join(c * 2 for c in h) if len(h) == 3 else h
+        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+                  for c in (int(h[i:i + 2], 16) / 255 for i in (0, 2, 4))]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    high, low = sorted((luminance(a), luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_code_colours_read_on_the_code_background(built):
+    """Every colour the pages' code highlighting uses has WCAG AA contrast (4.5:1) on the code cells' background, as
+    the site's stylesheet finally defines them (JupyterLab's comments were 4.2:1)."""
+    out, pages = built
+    css = (out / "static" / "site.css").read_text(encoding="utf-8")
+    defined = dict(re.findall(r"(--[\w-]+):\s*([^;}]+)", css))  # the last definition of each wins, as in the page
+
+    def colour(value: str) -> str:
+        while value.startswith("var("):
+            value = defined[value[4:].split(")")[0].split(",")[0].strip()].strip()
+        return {"white": "#ffffff", "black": "#000000", "blue": "#0000ff"}.get(value, value)
+
+    background = colour("var(--jp-cell-editor-background)")
+    rule = re.compile(r"\.highlight \.\w+ \{ color: var\((--jp-mirror-editor-[\w-]+)\)")
+    used = {name for page in pages for name in rule.findall(page.read_text(encoding="utf-8"))}
+    assert {"--jp-mirror-editor-comment-color", "--jp-mirror-editor-number-color"} <= used, used
+    low = {name: round(_contrast(colour(f"var({name})"), background), 2) for name in used}
+    assert all(ratio >= 4.5 for ratio in low.values()), {n: r for n, r in low.items() if r < 4.5}
 
 
 def test_a_readme_section_the_site_quotes_names_itself_when_missing(tmp_path):
