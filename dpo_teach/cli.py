@@ -106,6 +106,7 @@ def cmd_train(args) -> None:
     from dpo_teach.dpo import FLAGS, DPOConfig, train_dpo
     from dpo_teach.evaluate import preference_accuracy
     from dpo_teach.logprobs import tokenize_pairs
+    from dpo_teach.losses import LABELS
     from dpo_teach.model import context_length, save_checkpoint
     from dpo_teach.pipeline import TRAIN_OUTPUTS
     from dpo_teach.plots import plot_dpo_history, save_figure
@@ -114,6 +115,8 @@ def cmd_train(args) -> None:
     from dpo_teach.world import WorldConfig, load_reference
 
     preset = check_model_flags(args)
+    cfg = DPOConfig()
+    apply_dpo_args(cfg, args)  # a loss's option given with another loss: refused before anything is read
     data = read_preferences(args.data, args.skip_invalid)  # fail fast, before any model is loaded or built
     check_writable(args.out, "--out", directory=True)
     check_out_replaceable(args.out, TRAIN_OUTPUTS, {"--data": args.data, "--model": args.model}, "a train run")
@@ -132,8 +135,6 @@ def cmd_train(args) -> None:
     train_rows, heldout = split_heldout(data.rows, args.eval_fraction, args.seed, args.data)
     warn_heldout_overlap(args.data, train_rows, heldout)
     tokenized = {id(row): e for row, e in zip(data.rows, examples, strict=True)}
-    cfg = DPOConfig()
-    apply_dpo_args(cfg, args)
     policy = copy.deepcopy(reference)
     history = train_dpo(policy, reference, tokenizer, train_rows, cfg, progress=not args.quiet, flags=FLAGS,
                         examples=[tokenized[id(row)] for row in train_rows])
@@ -147,7 +148,7 @@ def cmd_train(args) -> None:
             "heldout_accuracy": accuracy, "n_train_pairs": len(train_rows), "n_heldout_pairs": len(heldout),
             "skipped_rows": [{"line": n, "reason": r} for n, r in data.skipped], "config": asdict(cfg),
             "data": str(args.data), "model": args.model})
-        save_figure(plot_dpo_history(history), work / "training_curves.png")
+        save_figure(plot_dpo_history(history, title=f"{LABELS[cfg.loss_type]} training"), work / "training_curves.png")
     print(f"{len(history)} steps; final loss {history[-1]['loss']:.4f}; held-out implicit-reward accuracy "
           f"{accuracy:.3f} on {len(heldout)} pairs")
     print(f"wrote {out}/policy/, metrics.json, history.json, training_curves.png")

@@ -126,6 +126,25 @@ def _path(text: str) -> str:
     return text
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {_KIND[float]}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _label_smoothing(text: str) -> float:
+    value = _non_negative(text)
+    if value >= 0.5:
+        raise argparse.ArgumentTypeError(f"must be in [0, 0.5) (at 0.5 a label says nothing), got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = _positive(float)(text)
     if value >= 1:
@@ -144,6 +163,11 @@ def _add_dpo_args(p: argparse.ArgumentParser, defaults) -> None:
                    help="pairs per step (%(default)s)")
     g.add_argument("--loss", choices=sorted(LOSSES), default=defaults.loss_type,
                    help="loss variant, a name in dpo_teach.losses.LOSSES (%(default)s = the DPO paper's)")
+    g.add_argument("--label-smoothing", type=_label_smoothing, default=None, metavar="EPS",
+                   help=f"ε of --loss cdpo, the assumed label-flip probability ({defaults.label_smoothing})")
+    g.add_argument("--dpop-lambda", type=_non_negative, default=None, metavar="LAMBDA",
+                   help=f"λ of --loss dpop, the weight of its penalty on a chosen log-prob that falls below "
+                        f"π_ref's ({defaults.dpop_lambda})")
     g.add_argument("--max-length", type=_positive(int), default=defaults.max_length,
                    help="prompt + completion tokens (%(default)s)")
     g.add_argument("--on-the-fly-ref", action="store_true",
@@ -151,10 +175,19 @@ def _add_dpo_args(p: argparse.ArgumentParser, defaults) -> None:
 
 
 def apply_dpo_args(cfg, args) -> None:
-    """Copy the DPO group's flags (and --seed) into ``cfg``, a :class:`~dpo_teach.dpo.DPOConfig`."""
+    """Copy the DPO group's flags (and --seed) into ``cfg``, a :class:`~dpo_teach.dpo.DPOConfig`. A loss's own option
+    given with another loss is refused: it would change nothing."""
     cfg.beta, cfg.lr, cfg.epochs, cfg.batch_size = args.beta, args.lr, args.epochs, args.batch_size
     cfg.loss_type, cfg.max_length, cfg.precompute_ref = args.loss, args.max_length, not args.on_the_fly_ref
     cfg.seed = args.seed
+    for flag, value, loss, field in (("--label-smoothing", args.label_smoothing, "cdpo", "label_smoothing"),
+                                     ("--dpop-lambda", args.dpop_lambda, "dpop", "dpop_lambda")):
+        if value is None:
+            continue
+        if args.loss != loss:
+            raise UsageError(f"{flag} is an option of --loss {loss}, and this run's loss is {args.loss}; "
+                             f"add --loss {loss}, or leave {flag} out")
+        setattr(cfg, field, value)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,13 +31,18 @@ or inf; ``training.diverged`` says so): "lower" (a smaller β scales the margin,
 drifting from π_ref: against drift a *larger* β anchors every one of these losses (notebook 07, "β too small")."""
 
 
-def register(name: str, steadier_beta: str = "lower") -> Callable:
-    """Add a loss to :data:`LOSSES` under ``name``, with the way to move β when it blows up (:data:`STEADIER_BETA`)."""
+LABELS: dict[str, str] = {}
+"""name → what a table, a figure or a samples file calls a policy trained with that loss ("DPO", "IPO", ...)."""
+
+
+def register(name: str, label: str, steadier_beta: str = "lower") -> Callable:
+    """Add a loss to :data:`LOSSES` under ``name``, with its :data:`LABELS` entry and the way to move β when it blows
+    up (:data:`STEADIER_BETA`)."""
     assert steadier_beta in ("lower", "raise"), steadier_beta
 
     def add(fn: Callable) -> Callable:
         assert name not in LOSSES, f"loss {name!r} registered twice"
-        LOSSES[name], STEADIER_BETA[name] = fn, steadier_beta
+        LOSSES[name], LABELS[name], STEADIER_BETA[name] = fn, label, steadier_beta
         return fn
     return add
 
@@ -79,7 +84,7 @@ def preference_probability(chosen_logratio: torch.Tensor, rejected_logratio: tor
 
 # --- DPO and its variants (notebooks 03, 05 and 07) -----------------------------------------------------------------
 
-@register("sigmoid")
+@register("sigmoid", "DPO")
 def dpo_loss(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
@@ -107,7 +112,7 @@ def dpo_loss(
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
-@register("cdpo")
+@register("cdpo", "cDPO")
 def cdpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
               beta: float = 0.1, label_smoothing: float = 0.1):
     """Conservative DPO (cDPO, Mitchell 2023): each label is assumed flipped with probability ε, so
@@ -126,7 +131,7 @@ def cdpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
-@register("ipo", steadier_beta="raise")  # on nan/inf: a smaller β moves the target 1/(2β) further out
+@register("ipo", "IPO", steadier_beta="raise")  # on nan/inf: a smaller β moves the target 1/(2β) further out
 def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float = 0.1):
     """IPO, Eq. 17 in Azar et al. 2023: ``(h − 1/(2β))²`` with h the difference of log-ratios.
 
@@ -141,7 +146,7 @@ def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
-@register("hinge")
+@register("hinge", "hinge")
 def hinge_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float = 0.1):
     """Hinge loss on the implicit-reward margin: ``max(0, 1 − β·h)``.
 
@@ -155,7 +160,7 @@ def hinge_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
-@register("reference_free")
+@register("reference_free", "reference-free DPO")
 def reference_free_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps=None, ref_rejected_logps=None,
                         beta: float = 0.1):
     """Reference-free DPO: ``-log σ(β·(log π_θ(y_w|x) − log π_θ(y_l|x)))``, i.e. DPO with a π_ref that is constant
@@ -169,7 +174,7 @@ def reference_free_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_l
     return losses, beta * policy_chosen_logps.detach(), beta * policy_rejected_logps.detach()
 
 
-@register("dpop")
+@register("dpop", "DPOP")
 def dpop_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
               beta: float = 0.1, lam: float = 0.5):
     """DPO-Positive (DPOP, Eq. 3 in Pal et al. 2024, "Smaug"):
@@ -187,11 +192,21 @@ def dpop_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
 
 
+def loss_options() -> set[str]:
+    """The options some registered loss takes besides β (``label_smoothing``, ``lam``): keywords with a default."""
+    return {name for fn in LOSSES.values() for name, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty and name != "beta"}
+
+
 def get_loss(name: str, beta: float, **options) -> Callable:
     """``LOSSES[name]`` with β and those of ``options`` that it takes bound (e.g. ``label_smoothing`` for cdpo,
-    ``lam`` for dpop); it is then called with the four log-prob tensors alone."""
+    ``lam`` for dpop; one loss's option is ignored by the others); it is then called with the four log-prob tensors
+    alone. An option that no registered loss takes (a typo) is refused, not ignored."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss_type {name!r}; choose one of {sorted(LOSSES)}")
+    unknown = sorted(set(options) - loss_options())
+    if unknown:
+        raise TypeError(f"no loss takes {unknown}; the losses' options are {sorted(loss_options())}")
     fn = LOSSES[name]
     takes = inspect.signature(fn).parameters
     return partial(fn, beta=beta, **{k: v for k, v in options.items() if k in takes})

@@ -19,6 +19,7 @@ from dpo_teach.data import PreferenceConfig, bt_ceiling, make_preference_pairs, 
 from dpo_teach.dpo import FLAGS, DPOConfig, train_dpo
 from dpo_teach.evaluate import evaluate_policy, evaluation_prompts, preference_accuracy, samples_table, win_rate
 from dpo_teach.logprobs import tokenize_pairs
+from dpo_teach.losses import LABELS
 from dpo_teach.model import context_length, load_checkpoint, save_checkpoint
 from dpo_teach.plots import plot_dpo_history, plot_reward_before_after, save_figure
 from dpo_teach.preference_file import warn_cut
@@ -54,8 +55,9 @@ class DemoConfig:
 
 
 def results_table(metrics: dict) -> str:
-    """The demo's summary as a plain-text table."""
+    """The demo's summary as a plain-text table; the trained policy's column is named after its loss ("DPO")."""
     ref, pol = metrics["reference"], metrics["policy"]
+    trained = LABELS.get(metrics.get("config", {}).get("dpo", {}).get("loss_type"), "DPO")
     rows = [
         ("mean ground-truth reward", f"{ref['reward']:+.3f}", f"{pol['reward']:+.3f}",
          f"gain {metrics['reward_gain']:+.3f}"),
@@ -67,7 +69,8 @@ def results_table(metrics: dict) -> str:
          f"BT-noise ceiling {metrics['bt_ceiling']:.3f}"),
     ]
     w = [max(len(r[i]) for r in rows) for i in range(4)]
-    head = f"{'':{w[0]}}  {'π_ref':>{w[1]}}  {'DPO':>{w[2]}}"
+    w[2] = max(w[2], len(trained))
+    head = f"{'':{w[0]}}  {'π_ref':>{w[1]}}  {trained:>{w[2]}}"
     return "\n".join([head] + [f"{a:{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}  {d}" for a, b, c, d in rows])
 
 
@@ -151,12 +154,14 @@ def _write_demo(config: DemoConfig, out: Path, shown: Path, progress: bool, verb
 
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(out / "run.json", {"timings_s": times, "torch": torch.__version__})
-    atomic_write_text(out / "samples.md", "# Sample completions before (π_ref) and after DPO\n\nSame prompts, one "
-                      "sample each at temperature 1. ✓ = well-formed sentence ended by EOS.\n\n"
-                      + samples_table({"π_ref": ref_samples, "DPO": pol_samples}, n=40))
-    save_figure(plot_dpo_history(history), out / "training_curves.png")
+    trained = LABELS[config.dpo.loss_type]
+    atomic_write_text(out / "samples.md", f"# Sample completions before (π_ref) and after {trained}\n\nSame prompts, "
+                      "one sample each at temperature 1. ✓ = well-formed sentence ended by EOS.\n\n"
+                      + samples_table({"π_ref": ref_samples, trained: pol_samples}, n=40))
+    save_figure(plot_dpo_history(history, title=f"{trained} training"), out / "training_curves.png")
     save_figure(plot_reward_before_after(ground_truth_reward(ref_samples.completions),
-                                         ground_truth_reward(pol_samples.completions), ref_metrics, pol_metrics),
+                                         ground_truth_reward(pol_samples.completions), ref_metrics, pol_metrics,
+                                         trained=trained),
                 out / "reward_before_after.png")
     log("\n" + results_table(metrics))
     return metrics, times

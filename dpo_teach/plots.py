@@ -52,11 +52,12 @@ def plot_dpo_history(history: list[dict], title: str = "DPO training"):
 
 
 def plot_reward_before_after(rewards_before: np.ndarray, rewards_after: np.ndarray, metrics_before: dict,
-                             metrics_after: dict):
-    """Histogram of ground-truth rewards of π_ref and π_θ samples, with mean reward, fluency and KL in the legend."""
+                             metrics_after: dict, trained: str = "DPO"):
+    """Histogram of ground-truth rewards of π_ref and π_θ samples, with mean reward, fluency and KL in the legend;
+    ``trained`` names the trained policy (its loss: "DPO", "IPO", ...)."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
     bins = np.linspace(-1, 1, 41)
-    for r, m, name in ((rewards_before, metrics_before, "π_ref"), (rewards_after, metrics_after, "DPO")):
+    for r, m, name in ((rewards_before, metrics_before, "π_ref"), (rewards_after, metrics_after, trained)):
         ax.hist(r, bins=bins, alpha=0.55,
                 label=f"{name}: mean r {m['reward']:+.2f}, fluent {m['fluency']:.0%}, KL {m['kl']:.2f}")
     ax.set_xlabel("ground-truth reward r(x, y) (VADER compound)")

@@ -180,8 +180,8 @@ def leaks(out: Path) -> list[str]:
 
 def mode_note(mode: str) -> str:
     """The line under each page's header: which mode produced the numbers on it."""
-    return ("Executed in <b>fast mode</b>: shorter training runs than the notebooks' default, so some numbers differ "
-            "a little from a full run; same lessons." if mode == "fast" else
+    return ("Executed in <b>fast mode</b>: smaller data sets and shorter training runs than the notebooks' default, "
+            "so numbers differ from a full run, some by much (05's KL); same lessons." if mode == "fast" else
             "Executed in <b>full mode</b>: the notebooks' default runs, the numbers a run of them gives (on another "
             "machine a few may land a little elsewhere, and the notebook says so).")
 

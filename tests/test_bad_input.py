@@ -139,6 +139,10 @@ def test_max_length_above_the_toy_context_is_refused_before_any_model(tmp_path, 
     (["demo", "--seed", str(2**32)], "--seed: must be from 0 to 4294967295"),
     (["demo", "--seed", "abc"], "--seed: expected an integer"),
     (["demo", "--loss", "bogus"], "--loss: invalid choice"),
+    # a loss's own option: in its range, and only with that loss (elsewhere it would change nothing)
+    (["demo", "--loss", "cdpo", "--label-smoothing", "0.5"], "--label-smoothing: must be in [0, 0.5)"),
+    (["demo", "--loss", "cdpo", "--label-smoothing", "-0.1"], "--label-smoothing: must be >= 0"),
+    (["demo", "--loss", "dpop", "--dpop-lambda", "nan"], "--dpop-lambda: expected a finite number"),
     (["demo", "--preset", ""], "--preset: invalid choice"),
     (["data"], "the following arguments are required: --out"),
     (["data", "--out", "x.jsonl", "--pairs", "0"], "--pairs: must be > 0"),
@@ -257,6 +261,11 @@ def _paths(tmp_path: Path) -> dict[str, str]:
                                                           "path\n"),
     (["demo", "--out", "/dev/null"], "--out /dev/null: is a device or a pipe, not a directory; pass a directory"),
     (["train", "--data", "DATA", "--out", "LINK_TO_FILE"], "--out LINK_TO_FILE: is a file, expected a directory"),
+    # a loss's own option with another loss would change nothing
+    (["demo", "--label-smoothing", "0.2"], "--label-smoothing is an option of --loss cdpo, and this run's loss is "
+                                           "sigmoid; add --loss cdpo, or leave --label-smoothing out"),
+    (["train", "--data", "DATA", "--loss", "cdpo", "--dpop-lambda", "1"], "--dpop-lambda is an option of --loss "
+                                                                          "dpop, and this run's loss is cdpo"),
 ])
 def test_unusable_paths_give_one_line_before_any_work(tmp_path, argv, message, capsys, no_work):
     paths = _paths(tmp_path)

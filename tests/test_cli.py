@@ -194,3 +194,19 @@ def test_an_out_that_is_a_mount_point_is_refused_before_training(tmp_path, monke
     assert main(["train", "--data", str(data), "--out", str(out)]) == 2
     err = one_line_error(capsys)
     assert f"--out {out}: is a mount point, which a run cannot replace" in err and "pass a folder inside it" in err
+
+
+def test_a_losses_own_option_reaches_the_run(tmp_path, world, pairs, capsys):
+    """`--loss cdpo --label-smoothing 0.3` trains with ε = 0.3 (before, the CLI had no such flag: always 0.1), and the
+    run's metrics record it."""
+    from dpo_teach.data import write_preferences
+    from dpo_teach.model import save_checkpoint
+
+    save_checkpoint(*world, tmp_path / "ref")
+    data = tmp_path / "prefs.jsonl"
+    write_preferences(data, pairs[:60])
+    out = tmp_path / "out"
+    assert main(["train", "--data", str(data), "--model", str(tmp_path / "ref"), "--out", str(out), "--quiet",
+                 "--epochs", "1", "--loss", "cdpo", "--label-smoothing", "0.3"]) == 0
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    assert (config["loss_type"], config["label_smoothing"]) == ("cdpo", 0.3)

@@ -143,3 +143,30 @@ def test_the_registry_says_which_way_beta_steadies_each_loss(name):
     smaller_beta_is_steadier = gradient_norm(0.05) < gradient_norm(0.1)
     assert STEADIER_BETA[name] == ("lower" if smaller_beta_is_steadier else "raise")
     assert DPOConfig(loss_type=name).steadier_beta == STEADIER_BETA[name]
+
+
+def test_an_option_no_loss_takes_is_refused_not_ignored():
+    """A typo (label_smothing) left cDPO at its default ε = 0.1 with no word; one loss's option is still ignored by
+    the others, since DPOConfig passes every loss's options."""
+    from dpo_teach.losses import get_loss
+
+    with pytest.raises(TypeError, match=r"no loss takes \['label_smothing'\]; the losses' options are"):
+        get_loss("cdpo", 0.5, label_smothing=0.3)
+    h = torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([0.0])
+    assert get_loss("cdpo", 0.5, label_smoothing=0.3)(*h)[0].item() == pytest.approx(
+        cdpo_loss(*h, beta=0.5, label_smoothing=0.3)[0].item())
+    assert get_loss("sigmoid", 0.5, label_smoothing=0.3)(*h)[0].item() == pytest.approx(
+        dpo_loss(*h, beta=0.5)[0].item())
+
+
+def test_every_loss_names_the_policy_it_trains():
+    """The demo's table, samples and figures name the trained policy after its loss: "IPO", not "DPO"."""
+    from dpo_teach.losses import LABELS
+    from dpo_teach.pipeline import results_table
+
+    assert set(LABELS) == set(LOSSES) and LABELS["sigmoid"] == "DPO" and len(set(LABELS.values())) == len(LABELS)
+    side = {"reward": 0.1, "fluency": 0.9, "kl": 0.5, "kl_sem": 0.05, "length": 7.0}
+    metrics = {"reference": side, "policy": side, "reward_gain": 0.0, "win_rate": 0.5, "heldout_accuracy": 0.8,
+               "bt_ceiling": 0.9, "config": {"dpo": {"loss_type": "reference_free"}}}
+    head = results_table(metrics).splitlines()[0]
+    assert head.split() == ["π_ref", "reference-free", "DPO"], head
