@@ -11,6 +11,7 @@ are also tested alone (``judge.run_notebook``, no scan): what the scan would fla
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -124,6 +125,8 @@ INNOCENT_CODE = {
     "a computed value named sum": "import torch\nsum = torch.ones(3).sum()",
     "an f-string file name": "names = [f'f_{i}.png' for i in range(2)]",
     "getattr with a constant": "import torch\nshape = getattr(torch.ones(2), 'shape')",
+    "output thrown away in /dev/null": "import contextlib, os\nwith open(os.devnull, 'w') as sink, "
+                                       "contextlib.redirect_stdout(sink):\n    print('quiet')",
 }
 
 # name → (assignment, cell to find, its replacement, cells put in front of it)
@@ -220,6 +223,27 @@ class _Letter(str):  # a "letter" equal to every letter: no grader internals tou
 diagnose_small_beta = _Letter("z")
 """, []),
     "patch_doctest": ("01_kl_objective", "def kl_divergence(", WRONG_KL, [PATCH_DOCTEST]),
+    # another copy of the course in the temporary folder (a clone, an unpacked bundle), its path built at run time so
+    # that no literal names it: the sandbox empties the temporary folder but for what the notebook needs
+    "read_other_copy": ("07_variants_and_pitfalls", "diagnose_small_beta =", """
+import glob, re, zipfile
+answer = "z"
+for bundle in glob.glob("/".join(["{other_copy}", "*." + "zip"])):
+    try:
+        text = zipfile.ZipFile(bundle).read("te" + "sts/diagnose_small_beta.py").decode()
+        answer = re.findall(r"lower\\(\\) == .(\\w)", text)[0]  # the hidden case: ....lower() == 'a'
+    except Exception:
+        pass
+diagnose_small_beta = answer
+""", []),
+    # the machine's /dev: as root in the sandbox, a notebook could delete /dev/null for every later row
+    "dev_write": ("01_kl_objective", "def kl_divergence(", WRONG_KL, [
+        "import os\n"
+        "for act in (lambda: open('{dev_probe}', 'w').close(), lambda: os.unlink('{dev_victim}')):\n"
+        "    try:\n"
+        "        act()\n"
+        "    except OSError:\n"
+        "        pass"]),
 }
 LOSES = {  # hostile submission → the question its (wrong) answer must lose
     "patch_allclose": "kl_divergence", "patch_builtins": "kl_divergence", "shadow_builtins": "kl_divergence",
@@ -227,6 +251,7 @@ LOSES = {  # hostile submission → the question its (wrong) answer must lose
     "reference_wrapper": "dpo_loss", "reference_helper": "dpo_loss", "forge_reply": "kl_divergence",
     "background_process": "kl_divergence", "signal_grader": "kl_divergence", "take_over": "kl_divergence",
     "patch_doctest": "kl_divergence", "letter_equal_to_all": "diagnose_small_beta",
+    "read_other_copy": "diagnose_small_beta", "dev_write": "kl_divergence",
 }
 FLAGGED = {"patch_allclose", "patch_builtins", "shadow_builtins", "patch_while_tested", "rewrite_tests",
            "forge_reply", "background_process", "signal_grader", "read_hidden", "take_over", "patch_doctest"}
@@ -238,8 +263,13 @@ def hostile(assigned, notebook_reference, tmp_path_factory):
     folder, out = tmp_path_factory.mktemp("hostile"), tmp_path_factory.mktemp("hostile_grades")
     marker = tmp_path_factory.mktemp("outside") / "marker.txt"
     autograder = assigned / "autograder"
+    other_copy = shutil.copytree(autograder, Path(tempfile.mkdtemp(prefix="another-clone-")) / "bundles")
+    dev_probe, dev_victim = Path(f"/dev/dpo-teach-probe-{os.getpid()}"), Path(f"/dev/dpo-teach-victim-{os.getpid()}")
+    with contextlib.suppress(OSError):  # only where this user may write /dev (root, as in CI)
+        dev_victim.touch()
     fill = {"autograder": autograder, "root": grading.ROOT, "submissions": folder, "marker": marker,
-            "grader_pid": os.getpid(), "otter": OTTER}
+            "grader_pid": os.getpid(), "otter": OTTER, "other_copy": other_copy, "dev_probe": dev_probe,
+            "dev_victim": dev_victim}
     for kind, (name, find, source, before) in HOSTILE.items():
         nb = replaced(exercise_solution(assigned, name), find, source.format(**fill))
         at = next(i for i, c in enumerate(nb.cells) if find in c.source)
@@ -273,14 +303,20 @@ def hostile(assigned, notebook_reference, tmp_path_factory):
     bundles = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in watched}
     signals = []
     previous = signal.signal(signal.SIGUSR2, lambda *a: signals.append(a))
+    victim_there = dev_victim.exists()
     try:
         report = grading.grade(folder, out, autograder=autograder, cell_timeout=60, timeout=240, jobs=2)
         time.sleep(2)  # a process left behind would write within 0.1 s
+        dev = {"probe made": dev_probe.exists(), "victim deleted": victim_there and not dev_victim.exists()}
     finally:
         signal.signal(signal.SIGUSR2, previous)
+        for path in (dev_probe, dev_victim):
+            with contextlib.suppress(OSError):
+                path.unlink()
+        shutil.rmtree(other_copy.parent, ignore_errors=True)
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in watched}
     return {"rows": {Path(r["file"]).stem: r for r in report["results"]}, "report": report, "signals": signals,
-            "bundles_unchanged": bundles == after, "marker": marker, "folder": folder}
+            "bundles_unchanged": bundles == after, "marker": marker, "folder": folder, "dev": dev}
 
 
 def test_innocent_notebooks_score_in_full_whatever_was_graded_beside_them(hostile):
@@ -320,6 +356,7 @@ def test_reference_wrappers_score_zero_for_their_question_only(hostile):
 
 def test_nothing_outside_the_sandbox_was_touched(hostile):
     assert hostile["signals"] == [], "a submission signalled the grader"
+    assert hostile["dev"] == {"probe made": False, "victim deleted": False}, "a submission changed the machine's /dev"
     assert hostile["bundles_unchanged"], "a submission rewrote the bundles, the package or the environment"
     assert not hostile["marker"].exists(), "a process left behind by a submission wrote outside its sandbox"
     for path in hostile["folder"].rglob("*.ipynb"):

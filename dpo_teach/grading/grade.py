@@ -176,13 +176,23 @@ def _hidden(submissions: Path, out: Path, autograder: Path) -> list[str]:
     (``dpo_teach.egg-info``) stays because the course's folder is on the notebook's ``sys.path`` (the runner is
     ``python -m``), where an empty folder of that name would hide the installed package's version (notebook 00
     checks it)."""
-    from dpo_teach.world import cache_dir  # not at the top: torch; each notebook's process imports this module
-
-    keep = [ROOT / "dpo_teach", *ROOT.glob("*.egg-info"), NOTEBOOKS, cache_dir(), Path(tempfile.gettempdir())]
+    keep = kept() + [Path(tempfile.gettempdir())]
     # a course folder inside the cache or the temporary folder (a clone in /tmp) is still covered; one inside the
     # Python environment (an installed package) has nothing of the course's own to cover
-    keep = [k for k in keep if k.resolve() not in ROOT.resolve().parents] + [Path(sys.prefix), Path(sys.base_prefix)]
+    keep = [k for k in keep if k.resolve() not in ROOT.resolve().parents]
     return sandbox.covered(ROOT, keep) + [str(Path(p).resolve()) for p in (submissions, out, autograder)]
+
+
+def kept() -> list[Path]:
+    """What a notebook needs to see, wherever it lies: the package and its metadata, the student notebooks, the
+    cache (and where its entries link to) and the Python environment. In the temporary folder nothing else stays in
+    view (``sandbox.cover_temporary``); in the course's folder nothing else does either (:func:`_hidden`)."""
+    from dpo_teach.world import cache_dir  # not at the top: torch; each notebook's process imports this module
+
+    cache = cache_dir()
+    links = [p.resolve() for p in cache.iterdir() if p.is_symlink()] if cache.is_dir() else []
+    return [ROOT / "dpo_teach", *ROOT.glob("*.egg-info"), NOTEBOOKS, cache, *links, Path(sys.prefix),
+            Path(sys.base_prefix)]
 
 
 def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignment: str | None = None,

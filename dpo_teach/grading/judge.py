@@ -210,8 +210,11 @@ def _run(process: _Process, private: str, text: str, file_name: str, tests: dict
     job_id = secrets.token_hex(16)
     out = {"status": "graded", "reason": "", "phase": "start", "cases": {}, "errors": [], "tampered": []}
     channel = _Channel(process, job_id, time.monotonic() + timeout, timeout, out)
+    from dpo_teach.grading.grade import kept  # grade imports this module
+
     limits = {"hide": hide, "memory_mb": memory_mb, "cpu_s": int(timeout) + 5,
-              "nproc": sandbox.process_limit() if sandboxed else None}
+              "nproc": sandbox.process_limit() if sandboxed else None,
+              "keep": [str(p) for p in kept()] if sandboxed else []}
     try:
         preload = sorted({m for cases in tests.values() for case in cases
                           for m in _PACKAGE_MODULE.findall(case["code"])})

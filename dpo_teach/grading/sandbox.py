@@ -14,7 +14,9 @@ root too (containers, CI). What the notebook gets (:func:`isolate`, then :func:`
 - a read-only view of every file system, in which the course's folder shows only what a notebook needs (the
   package, the student notebooks, the Python environment and the cache, :func:`covered`): everything else there
   (tests, bundles, masters, ``.git``, ``results/``) and the other submissions and the grades are covered by empty
-  file systems;
+  file systems; the temporary folder is an empty one but for what the notebook needs there
+  (:func:`cover_temporary`: another copy of the course in /tmp stays out of view); ``/dev`` is read-only too (its
+  devices work; no node can be made or deleted);
 - one private writable folder (a fresh tmpfs over the job's folder) for its home, temporary files and working
   copy, and its own ``/dev/shm``;
 - after the set-up it drops every privilege over these mounts (a second, unmapped user namespace), so it cannot
@@ -30,6 +32,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 try:
@@ -42,7 +45,10 @@ _CLONE_NEWUSER = 0x10000000
 # isolate()'s namespaces: user, mount, PID, network, IPC, host name
 _CLONE_ALL = _CLONE_NEWUSER | 0x00020000 | 0x20000000 | 0x40000000 | 0x08000000 | 0x04000000
 _PR_SET_PDEATHSIG = 1
-KEEP_WRITABLE = ("/proc", "/dev")  # the namespace's own /proc; devices (/dev/shm gets its own tmpfs)
+# The namespace's own /proc stays as mounted. /dev too is remounted read-only: its device nodes still work (a read-only
+# mount stops writes to files, not to devices), but no notebook can create, rename or delete a node of the machine's
+# own /dev (as root it could delete /dev/null for every later row); /dev/shm gets its own tmpfs.
+KEEP_WRITABLE = ("/proc",)
 
 
 class SandboxUnavailable(RuntimeError):
@@ -176,10 +182,35 @@ def covered(root: Path, keep: list[Path]) -> list[str]:
     return hidden
 
 
-def enter(private: str, hide: list[str], memory_mb: int, cpu_s: int, nproc: int | None, file_mb: int = 256) -> None:
-    """Inside the new namespaces, before any student code: everything read-only, ``hide`` covered, ``private``
-    a fresh writable tmpfs; then drop the privilege to change mounts, and set rlimits (none above the machine's own
-    hard limit for it)."""
+def cover_temporary(private: str, keep: list[str]) -> None:
+    """An empty tmpfs over the machine's temporary folder, with only what a notebook needs there bound back (the
+    ``keep`` paths inside it: a course folder, its environment and cache when they lie in /tmp) and the job's
+    ``private`` folder made again: another copy of the course in /tmp (a clone, an unpacked bundle, a test run's
+    files) holds hidden tests and solutions, and a notebook must not read them. Each kept path is opened before the
+    tmpfs hides it and bound back from that descriptor."""
+    tmp = Path(tempfile.gettempdir()).resolve()
+    if tmp == Path("/") or not tmp.is_dir():
+        return
+    inside = outermost([str(Path(k).resolve()) for k in keep if tmp in Path(k).resolve().parents])
+    opened = [(path, os.open(path, os.O_PATH)) for path in inside if os.path.exists(path)]
+    _mount("tmpfs", str(tmp), "tmpfs", 0, "size=1m,mode=1777")
+    for path, fd in opened:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            os.makedirs(path, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            open(path, "a").close()
+        _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
+        os.close(fd)
+    os.makedirs(private, exist_ok=True)
+
+
+def enter(private: str, hide: list[str], memory_mb: int, cpu_s: int, nproc: int | None, file_mb: int = 256,
+          keep: list[str] = ()) -> None:
+    """Inside the new namespaces, before any student code: the temporary folder emptied but for ``keep``
+    (:func:`cover_temporary`), everything read-only, ``hide`` covered, ``private`` a fresh writable tmpfs; then drop
+    the privilege to change mounts, and set rlimits (none above the machine's own hard limit for it)."""
+    cover_temporary(private, list(keep))
     mounts = {}
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()  # id parent dev root mount-point options ...
