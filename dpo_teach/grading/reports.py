@@ -69,16 +69,27 @@ def per_student(rows: list[dict]) -> dict:
     return students
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
+
+
+def as_text(value):
+    """A CSV cell that a spreadsheet shows as the text it is: a string that starts like a formula (a student's file
+    named ``=HYPERLINK(…)_01_kl_objective.ipynb``) gets a leading apostrophe, OWASP's advice against CSV injection;
+    numbers and other strings are written as they are."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def write_reports(report: dict, out: Path) -> None:
-    """``grades.json`` (everything) and ``grades.csv`` (one row per submission, one column per question)."""
+    """``grades.json`` (everything) and ``grades.csv`` (one row per submission, one column per question; text that
+    starts like a formula is escaped, :func:`as_text`)."""
     questions = [q for a in report["assignments"].values() for q, v in a["questions"].items() if not v["manual"]]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["student", "assignment", "file", "status", "score", "possible", *questions, "reason"])
     for r in report["results"]:
         scores = [r["questions"][q]["score"] if q in r["questions"] else "" for q in questions]
-        writer.writerow([r["student"], r["assignment"] or "", r["file"], r["status"], r["score"], r["possible"],
-                         *scores, r["reason"]])
+        writer.writerow([as_text(v) for v in (r["student"], r["assignment"] or "", r["file"], r["status"],
+                                              r["score"], r["possible"], *scores, r["reason"])])
     for name in REPORT_FILES:  # a folder in the way: said plainly, before anything is written
         if (out / name).is_dir():
             raise IsADirectoryError(f"{out / name} is a folder")
