@@ -236,6 +236,16 @@ for bundle in glob.glob("/".join(["{other_copy}", "*." + "zip"])):
         pass
 diagnose_small_beta = answer
 """, []),
+    # beneath torch's functions, where the private references do not reach: a mode left active, a kernel replaced
+    "torch_mode": ("01_kl_objective", "def kl_divergence(", WRONG_KL, [
+        "import torch\nfrom torch.overrides import TorchFunctionMode\n\n"
+        "class _Lenient(TorchFunctionMode):\n"
+        "    def __torch_function__(self, func, types, args=(), kwargs=None):\n"
+        "        return True if func is torch.allclose else func(*args, **(kwargs or {{}}))\n\n"
+        "_Lenient().__enter__()"]),
+    "torch_kernel": ("01_kl_objective", "def kl_divergence(", WRONG_KL, [
+        "import torch\n_lib = torch.library.Library('aten', 'IMPL')\n"
+        "_lib.impl('allclose', lambda *args, **kwargs: True, 'CPU')"]),
     # a float whose arithmetic lies (its difference from anything is 0): the check reads the float's own value
     "float_that_lies": ("04_fixed_reward_and_reference", "logged_probability =", """
 class Probability(float):
@@ -258,9 +268,11 @@ LOSES = {  # hostile submission → the question its (wrong) answer must lose
     "background_process": "kl_divergence", "signal_grader": "kl_divergence", "take_over": "kl_divergence",
     "patch_doctest": "kl_divergence", "letter_equal_to_all": "diagnose_small_beta",
     "read_other_copy": "diagnose_small_beta", "dev_write": "kl_divergence", "float_that_lies": "logged_probability",
+    "torch_mode": "kl_divergence", "torch_kernel": "kl_divergence",
 }
 FLAGGED = {"patch_allclose", "patch_builtins", "shadow_builtins", "patch_while_tested", "rewrite_tests",
-           "forge_reply", "background_process", "signal_grader", "read_hidden", "take_over", "patch_doctest"}
+           "forge_reply", "background_process", "signal_grader", "read_hidden", "take_over", "patch_doctest",
+           "torch_mode", "torch_kernel"}
 
 
 @pytest.fixture(scope="module")
@@ -351,6 +363,8 @@ def test_patching_is_named_in_the_flags(hostile):
     assert any("shadows the builtin abs" in f for f in rows["shadow_builtins_01_kl_objective"]["flags"])
     assert "while it was tested" in rows["patch_while_tested_01_kl_objective"]["questions"]["kl_divergence"]["feedback"]
     assert "grader's channel" in rows["forge_reply_01_kl_objective"]["reason"]
+    assert any("torch function mode left active" in f for f in rows["torch_mode_01_kl_objective"]["flags"])
+    assert any("aten/allclose/CPU (torch.library)" in f for f in rows["torch_kernel_01_kl_objective"]["flags"])
 
 
 def test_reference_wrappers_score_zero_for_their_question_only(hostile):

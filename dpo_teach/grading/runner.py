@@ -61,6 +61,25 @@ class References:
             cls = getattr(self.modules[module], attr)
             self.classes[qualified] = (cls, dict(vars(cls)))
         self.builtins = dict(vars(builtins))
+        torch = self.modules["torch"]
+        self.torch_kernels = frozenset(getattr(torch.library, "_impls", ()))  # every kernel torch.library registered
+
+    def torch_overrides(self) -> list[str]:
+        """What changes torch's answers beneath its functions, where private references cannot reach: a function or
+        dispatch mode left active (ended here) and a kernel of torch's own operators registered by the notebook
+        (``torch.library``: reported, as it cannot be undone here)."""
+        torch_c, found = self.modules["torch"]._C, []
+        for kind, length, pop in (("function", torch_c._len_torch_function_stack, torch_c._pop_torch_function_stack),
+                                  ("dispatch", torch_c._len_torch_dispatch_stack, torch_c._pop_torch_dispatch_stack)):
+            if length():
+                found.append(f"a torch {kind} mode left active (it can change what any torch function returns)")
+                while length():
+                    pop()
+        kernels = getattr(self.modules["torch"].library, "_impls", ())
+        new = sorted(k for k in set(kernels) - self.torch_kernels if k.startswith("aten/") and not k.endswith("/Meta"))
+        if new:
+            found.append(f"torch's own kernel replaced for {', '.join(new[:3])} (torch.library)")
+        return found
 
     def restore(self, strict: bool) -> list[str]:
         """Undo every change to the references; return the changes that count: with ``strict`` (while a test runs)
@@ -93,7 +112,7 @@ class References:
             changed.append("sys.settrace/sys.setprofile")
             sys.settrace(None)
             sys.setprofile(None)
-        return changed
+        return changed + self.torch_overrides()
 
     def namespace(self, user_ns: dict) -> dict:
         """What test code runs in: the notebook's names, every module among them replaced by the pristine one, the
