@@ -18,12 +18,14 @@ import importlib.util
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import nbformat
@@ -246,6 +248,30 @@ diagnose_small_beta = answer
     "torch_kernel": ("01_kl_objective", "def kl_divergence(", WRONG_KL, [
         "import torch\n_lib = torch.library.Library('aten', 'IMPL')\n"
         "_lib.impl('allclose', lambda *args, **kwargs: True, 'CPU')"]),
+    # kl_divergence records its inputs, and objective's public test (whose message the student reads) shows them: were
+    # kl's hidden cases run before it, their inputs would be in that message
+    "leak_hidden_inputs": ("01_kl_objective", "def objective(", """
+def objective(pi, pi_ref, r, beta):
+    raise AssertionError(repr(_seen[-2:]))
+""", ["""
+import torch
+_seen = []
+def kl_divergence(p, q):
+    if p.dim() == 1:
+        _seen.append(p.tolist())
+    return (p * (torch.log(p) - torch.log(q))).nan_to_num().sum(-1)
+"""]),
+    # the same inputs printed as the process ends itself: the reason of a crashed row quoted its last words
+    "abort_with_inputs": ("01_kl_objective", "def kl_divergence(", """
+import os, sys, torch
+_calls = []
+def kl_divergence(p, q):
+    _calls.append(p.tolist())
+    if len(_calls) > 6:
+        print("INPUTS", _calls[-1], file=sys.stderr, flush=True)
+        os.abort()
+    return (p * (torch.log(p) - torch.log(q))).nan_to_num().sum(-1)
+""", []),
     # a float whose arithmetic lies (its difference from anything is 0): the check reads the float's own value
     "float_that_lies": ("04_fixed_reward_and_reference", "logged_probability =", """
 class Probability(float):
@@ -261,14 +287,15 @@ logged_probability = Probability(0.5)
         "    except OSError:\n"
         "        pass"]),
 }
-LOSES = {  # hostile submission → the question its (wrong) answer must lose
+LOSES = {  # hostile submission → the question its (wrong) answer must lose (None: what it shows is the point)
     "patch_allclose": "kl_divergence", "patch_builtins": "kl_divergence", "shadow_builtins": "kl_divergence",
     "patch_while_tested": "kl_divergence", "rewrite_tests": "kl_divergence", "read_hidden": "diagnose_small_beta",
     "reference_wrapper": "dpo_loss", "reference_helper": "dpo_loss", "forge_reply": "kl_divergence",
     "background_process": "kl_divergence", "signal_grader": "kl_divergence", "take_over": "kl_divergence",
     "patch_doctest": "kl_divergence", "letter_equal_to_all": "diagnose_small_beta",
     "read_other_copy": "diagnose_small_beta", "dev_write": "kl_divergence", "float_that_lies": "logged_probability",
-    "torch_mode": "kl_divergence", "torch_kernel": "kl_divergence",
+    "torch_mode": "kl_divergence", "torch_kernel": "kl_divergence", "leak_hidden_inputs": "objective",
+    "abort_with_inputs": None,  # what it earned before it ended its process stays; what it printed is the point
 }
 FLAGGED = {"patch_allclose", "patch_builtins", "shadow_builtins", "patch_while_tested", "rewrite_tests",
            "forge_reply", "background_process", "signal_grader", "read_hidden", "take_over", "patch_doctest",
@@ -350,7 +377,7 @@ def test_an_attack_does_not_score_and_is_reported(hostile, kind):
     name = HOSTILE[kind][0]
     row = hostile["rows"][f"{kind}_{name}"]
     question = LOSES[kind]
-    assert row["questions"][question]["score"] == 0, f"{kind}: {row['reason']}"
+    assert question is None or row["questions"][question]["score"] == 0, f"{kind}: {row['reason']}"
     if kind in FLAGGED:
         assert row["status"] == "flagged" and row["score"] == 0 and row["flags"], f"{kind}: {row}"
     assert all("\n>>>" not in r["feedback"] and "_huge" not in r["feedback"] for r in row["questions"].values())
@@ -887,6 +914,7 @@ def test_the_scan_finds_nothing_in_honest_notebooks(assigned):
 
 LEAK_AND_STUBBORN = """
 import time
+import zipfile
 
 def leak(x):
     raise TimeoutError(f"time limit: the test called leak({x!r})")  # the grader's words, with the test's input
@@ -949,3 +977,23 @@ def test_a_notebook_that_ends_its_own_process_is_crashed_not_the_graders_error(t
             for status in ("crashed", "error")}
     journal.write_text("".join(json.dumps({"key": status, "row": row}) + "\n" for status, row in rows.items()))
     assert list(resumable(journal)) == ["crashed"]
+
+
+def test_a_hidden_cases_inputs_never_reach_what_the_student_reads(hostile, assigned):
+    """Every question's public cases run before any hidden one: kl_divergence's hidden inputs, recorded by the
+    student's function, cannot come back in objective's public feedback (before, kl's hidden cases ran first)."""
+    text = zipfile.ZipFile(assigned / "autograder" / "01_kl_objective.zip").read("tests/kl_divergence.py").decode()
+    namespace = {}
+    exec(text, namespace)  # noqa: S102 - the bundle's own test file
+    literals = {hidden: {lst for case in namespace["test"]["suites"][0]["cases"] if case["hidden"] is hidden
+                         for lst in re.findall(r"torch\.tensor\((\[[^\]]*\])", case["code"])}
+                for hidden in (False, True)}
+    only_hidden = literals[True] - literals[False]
+    assert only_hidden, "kl_divergence's hidden cases have inputs of their own"
+    row = hostile["rows"]["leak_hidden_inputs_01_kl_objective"]
+    shown = row["questions"]["objective"]["feedback"] + row["reason"]
+    assert shown.startswith("public test failed: AssertionError: [["), shown
+    assert not [lst for lst in only_hidden if lst in shown], shown
+    crashed = hostile["rows"]["abort_with_inputs_01_kl_objective"]
+    assert crashed["status"] == "crashed" and "INPUTS" not in crashed["reason"], crashed["reason"]
+    assert "what it printed last is not shown" in crashed["reason"], crashed["reason"]

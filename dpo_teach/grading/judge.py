@@ -222,15 +222,29 @@ def _run(process: _Process, private: str, text: str, file_name: str, tests: dict
                       "private": private, "preload": preload, "sandbox": limits if sandboxed else None})
         _cell_phase(channel, [index for index, _ in code_cells(json.loads(text))], out)
         out["phase"] = "tests"
-        for question, cases in tests.items():
-            _test_question(channel, process, question, cases, out)
+        # every question's public cases before any hidden one: a function that records the hidden cases' inputs
+        # cannot pass them on through a later public case's message, which the student reads
+        for hidden in (False, True):
+            for question, cases in tests.items():
+                part = [case for case in cases if case["hidden"] is hidden]
+                if part:
+                    _test_question(channel, process, question, part, out)
         process.send({"id": job_id, "end": True})
     except _Abort as e:
         out["status"], out["reason"] = e.status, e.reason
     except OSError as e:  # the runner's stdin closed under us: it has died
         out["status"] = _ended(out["phase"])
-        out["reason"] = f"the notebook's process ended while {_phase_words(out['phase'])}: {e}; {process.stderr_tail()}"
+        out["reason"] = (f"the notebook's process ended while {_phase_words(out['phase'])}: {e}; "
+                         f"{_last_words(process, out['phase'])}")
     return out
+
+
+def _last_words(process: _Process, phase: str) -> str:
+    """What a process that ended early printed last, for the row's reason; not once the tests ran, when the student's
+    code may have printed the hidden tests' inputs before ending its own process."""
+    if phase == "tests":
+        return "what it printed last is not shown (it may hold the tests' inputs)"
+    return process.stderr_tail() or "no message"
 
 
 def _ended(phase: str) -> str:
@@ -267,7 +281,7 @@ class _Channel:
         if line is None:
             phase = self.out["phase"]
             raise _Abort(_ended(phase), f"the notebook's process ended while {_phase_words(phase)}: "
-                                        f"{self.process.stderr_tail() or 'no message'}")
+                                        f"{_last_words(self.process, phase)}")
         try:
             message = _writable(json.loads(line))
             ok = isinstance(message, dict) and message.get("id") == self.job_id and message.get("event") in expected
@@ -318,8 +332,9 @@ def _test_question(channel: _Channel, process: _Process, question: str, cases: l
             or len(results) != len(cases) or not all(isinstance(r, dict) for r in results):
         channel.forged("a reply that does not answer the question asked (another question, or no nonce)")
     out["tampered"] += [str(t) for t in message.get("tampered", [])][:20]
-    out["cases"][question] = [{"passed": r.get("passed") is True, "message": str(r.get("message", ""))[:300],
-                               "hidden": case["hidden"], "stopped": _stopped(r)} for r, case in zip(results, cases)]
+    out["cases"].setdefault(question, []).extend(
+        {"passed": r.get("passed") is True, "message": str(r.get("message", ""))[:300], "hidden": case["hidden"],
+         "stopped": _stopped(r)} for r, case in zip(results, cases))
 
 
 def _stopped(result: dict) -> str | None:
