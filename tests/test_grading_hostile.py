@@ -272,6 +272,23 @@ def kl_divergence(p, q):
         os.abort()
     return (p * (torch.log(p) - torch.log(q))).nan_to_num().sum(-1)
 """, []),
+    # the package's implementation called where the scan cannot follow: seen at run time, while the question's tests run
+    "reference_under_if": ("01_kl_objective", "def kl_divergence(", """
+from dpo_teach import bandit
+if True:
+    def kl_divergence(p, q):
+        return bandit.kl_divergence(p, q)
+""", []),
+    "reference_by_getattr": ("01_kl_objective", "def kl_divergence(", """
+from dpo_teach import bandit
+kl_divergence = lambda p, q: getattr(bandit, "kl_divergence")(p, q)  # not a `def kl_divergence(` of its own
+""", []),
+    "reference_registry": ("03_deriving_dpo", "def dpo_loss(", """
+from dpo_teach import losses
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
+    return losses.LOSSES["sigmoid"](policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                                    beta=beta)
+""", []),
     # a float whose arithmetic lies (its difference from anything is 0): the check reads the float's own value
     "float_that_lies": ("04_fixed_reward_and_reference", "logged_probability =", """
 class Probability(float):
@@ -296,6 +313,7 @@ LOSES = {  # hostile submission → the question its (wrong) answer must lose (N
     "read_other_copy": "diagnose_small_beta", "dev_write": "kl_divergence", "float_that_lies": "logged_probability",
     "torch_mode": "kl_divergence", "torch_kernel": "kl_divergence", "leak_hidden_inputs": "objective",
     "abort_with_inputs": None,  # what it earned before it ended its process stays; what it printed is the point
+    "reference_under_if": "kl_divergence", "reference_by_getattr": "kl_divergence", "reference_registry": "dpo_loss",
 }
 FLAGGED = {"patch_allclose", "patch_builtins", "shadow_builtins", "patch_while_tested", "rewrite_tests",
            "forge_reply", "background_process", "signal_grader", "read_hidden", "take_over", "patch_doctest",
@@ -395,10 +413,14 @@ def test_patching_is_named_in_the_flags(hostile):
 
 
 def test_reference_wrappers_score_zero_for_their_question_only(hostile):
-    for kind in ("reference_wrapper", "reference_helper"):
+    for kind in ("reference_wrapper", "reference_helper", "reference_registry"):
         row = hostile["rows"][f"{kind}_03_deriving_dpo"]
         assert row["status"] == "graded" and row["score"] == row["possible"] - 3, row["reason"]
         assert "dpo_teach.losses.dpo_loss" in row["questions"]["dpo_loss"]["feedback"]
+    for kind in ("reference_under_if", "reference_by_getattr"):  # seen at run time: the scan cannot follow these
+        row = hostile["rows"][f"{kind}_01_kl_objective"]
+        assert row["status"] == "graded" and row["score"] == row["possible"] - 2, row["reason"]
+        assert "calls the package's dpo_teach.bandit.kl_divergence" in row["questions"]["kl_divergence"]["feedback"]
 
 
 def test_nothing_outside_the_sandbox_was_touched(hostile):

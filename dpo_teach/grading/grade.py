@@ -137,6 +137,9 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
                        "errors": [], "tampered": []}
         row["status"], row["errors"], row["tries"] = outcome["status"], outcome["errors"], outcome.get("tries", [])
         row["problem"] = outcome.get("reason", "")
+        for q, names in outcome.get("reference_calls", {}).items():  # what the scan could not see, seen at run time
+            if q in auto:
+                found["reference"][q] = sorted(set(found["reference"].get(q, [])) | set(names))
         for q, cases in outcome["cases"].items():
             passed = all(c["passed"] for c in cases) and q not in found["reference"]
             public_passed, feedback = _public_feedback(cases)

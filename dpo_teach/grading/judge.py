@@ -35,6 +35,7 @@ from pathlib import Path
 
 from dpo_teach.grading import sandbox
 from dpo_teach.grading.runner import code_cells
+from dpo_teach.grading.scan import references
 
 MAX_LINE = 1 << 20  # a reply longer than this is not the runner's
 STOPPED = ("time_limit", "tampered")  # how the runner itself may end a test case (``runner.run_cases``)
@@ -219,7 +220,8 @@ def _run(process: _Process, private: str, text: str, file_name: str, tests: dict
         preload = sorted({m for cases in tests.values() for case in cases
                           for m in _PACKAGE_MODULE.findall(case["code"])})
         process.send({"id": job_id, "notebook": text, "file_name": file_name, "cell_timeout": cell_timeout,
-                      "private": private, "preload": preload, "sandbox": limits if sandboxed else None})
+                      "private": private, "preload": preload, "sandbox": limits if sandboxed else None,
+                      "references": {q: sorted(names) for q, names in references(tests).items()}})
         _cell_phase(channel, [index for index, _ in code_cells(json.loads(text))], out)
         out["phase"] = "tests"
         # every question's public cases before any hidden one: a function that records the hidden cases' inputs
@@ -332,6 +334,9 @@ def _test_question(channel: _Channel, process: _Process, question: str, cases: l
             or len(results) != len(cases) or not all(isinstance(r, dict) for r in results):
         channel.forged("a reply that does not answer the question asked (another question, or no nonce)")
     out["tampered"] += [str(t) for t in message.get("tampered", [])][:20]
+    called = message.get("reference_calls")
+    if isinstance(called, list) and called:
+        out.setdefault("reference_calls", {}).setdefault(question, []).extend(str(c)[:200] for c in called[:5])
     out["cases"].setdefault(question, []).extend(
         {"passed": r.get("passed") is True, "message": str(r.get("message", ""))[:300], "hidden": case["hidden"],
          "stopped": _stopped(r)} for r, case in zip(results, cases))

@@ -29,6 +29,7 @@ with another job's id or out of turn voids the notebook's score.
 from __future__ import annotations
 
 import builtins
+import functools
 import importlib
 import io
 import json
@@ -187,6 +188,58 @@ def _fake_otter() -> types.ModuleType:
     return otter
 
 
+class ReferenceCalls:
+    """Who calls the package's implementation of a question while that question's tests run: each function a
+    question's tests compare its answer with (``scan.references``) is wrapped wherever the package holds it (its
+    module, modules that import it by name, a registry such as ``losses.LOSSES``) before any student code runs, so
+    an alias the notebook takes later is the wrapper too. A call whose caller is the notebook's own code (a cell's
+    function, lambda or loop) during the question's tests is recorded; the tests' own calls and the package's calls
+    of its own functions are not. This catches what the static scan cannot follow (an alias under an ``if``, a
+    ``getattr`` with a built name, a re-export)."""
+
+    def __init__(self, references: dict[str, list[str]]) -> None:
+        self.question: str | None = None
+        self.calls: dict[str, set[str]] = {}
+        wanted = {name for names in references.values() for name in names}
+        self.owners = {name: {q for q, names in references.items() if name in names} for name in wanted}
+        for name in sorted(wanted):
+            module_name, _, attr = name.rpartition(".")
+            try:
+                original = getattr(importlib.import_module(module_name), attr)
+            except (ImportError, AttributeError):
+                continue
+            if callable(original):
+                self._replace(original, self._wrap(name, original))
+
+    def _wrap(self, name: str, original):
+        watch = self
+
+        @functools.wraps(original)
+        def wrapper(*args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if watch.question in watch.owners[name] and caller.startswith(CELL_FILES):
+                watch.calls.setdefault(watch.question, set()).add(name)
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    @staticmethod
+    def _replace(original, wrapper) -> None:
+        for module_name, module in list(sys.modules.items()):
+            if module_name.split(".")[0] != "dpo_teach" or module_name.startswith("dpo_teach.grading"):
+                continue
+            for key, value in list(vars(module).items()):
+                if value is original:
+                    setattr(module, key, wrapper)
+                elif type(value) is dict:
+                    for k, v in list(value.items()):
+                        if v is original:
+                            value[k] = wrapper
+
+    def taken(self, question: str) -> list[str]:
+        return sorted(self.calls.get(question, ()))
+
+
 def _preload(modules: list[str]) -> None:
     """The package modules the tests rely on, loaded now so that they are among the private references (the rest
     of the package loads when the notebook imports it: each module costs start-up time)."""
@@ -328,6 +381,7 @@ def main(unavailable: Exception | None = None) -> int:
 
     _preload(job.get("preload", []))
     sys.modules["otter"] = _fake_otter()
+    calls = ReferenceCalls(job.get("references", {}))  # before the references: they then hold the wrappers
     refs = References()
     shell = InteractiveShell.instance()
     alarm = _Alarm(int(job["cell_timeout"]))
@@ -356,10 +410,15 @@ def main(unavailable: Exception | None = None) -> int:
         if request.get("id") != job_id or "cases" not in request:
             break
         question = request.get("question")
-        results, tampered = run_cases(request["cases"], refs, shell.user_ns, alarm,
-                                      alarm.grace if question in looping else None)
+        calls.question = question
+        try:
+            results, tampered = run_cases(request["cases"], refs, shell.user_ns, alarm,
+                                          alarm.grace if question in looping else None)
+        finally:
+            calls.question = None
         if any(r["stopped"] == "time_limit" for r in results):
             looping.add(question)  # its hidden cases, asked for later, call the same looping function
-        send("result", question=request["question"], nonce=request.get("nonce"), cases=results, tampered=tampered)
+        send("result", question=request["question"], nonce=request.get("nonce"), cases=results, tampered=tampered,
+             reference_calls=calls.taken(question))
     protocol.flush()
     os._exit(0)  # no interpreter shutdown: nothing the notebook registered (atexit, __del__) runs after the tests

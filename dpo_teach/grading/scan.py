@@ -25,7 +25,9 @@ escapes translated; a cell identical to one of the released notebook's is the co
 
 The scan reads code, not what code builds at run time: a module the notebook writes to a file and imports, or code
 assembled from strings without ``exec``, is beyond it (``course/INSTRUCTOR.md``, "What this does not protect
-against").
+against"). The reference rule is also checked at run time (``runner.ReferenceCalls``): a call of the question's
+package function from the notebook's own code while the question's tests run counts the same, however it was
+reached (an alias under an ``if``, ``getattr`` with a constant, a registry such as ``losses.LOSSES``).
 """
 
 from __future__ import annotations
