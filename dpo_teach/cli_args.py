@@ -40,14 +40,20 @@ MAX_CELL_TIMEOUT = 2**31 - 1  # --cell-timeout, seconds: the largest alarm signa
 MAX_TIMEOUT = 10**7  # --timeout, seconds per notebook (115 days): a deadline past year 9999 is no timestamp
 
 
+def _number(kind, text: str, wanted: str):
+    """``text`` as a finite ``kind`` (int or float), or the one-line error that says what was ``wanted``."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _positive(kind, maximum: int | None = None):
     def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {_KIND[kind]}, got {text!r}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        value = _number(kind, text, _KIND[kind])
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         if maximum is not None and value > maximum:
@@ -127,12 +133,7 @@ def _path(text: str) -> str:
 
 
 def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {_KIND[float]}, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    value = _number(float, text, "a number >= 0")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
