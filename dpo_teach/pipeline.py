@@ -57,7 +57,7 @@ class DemoConfig:
 def results_table(metrics: dict) -> str:
     """The demo's summary as a plain-text table; the trained policy's column is named after its loss ("DPO")."""
     ref, pol = metrics["reference"], metrics["policy"]
-    trained = LABELS.get(metrics.get("config", {}).get("dpo", {}).get("loss_type"), "DPO")
+    trained = LABELS[metrics["config"]["dpo"]["loss_type"]]
     rows = [
         ("mean ground-truth reward", f"{ref['reward']:+.3f}", f"{pol['reward']:+.3f}",
          f"gain {metrics['reward_gain']:+.3f}"),

@@ -134,7 +134,8 @@ def titled(section: str, stem: str) -> str:
     """A README ``section`` as the page ``stem`` of :data:`site_pages.WRITTEN_PAGES`: its "## heading" becomes the
     page's one "# title" (the page's own title, as in the header's links)."""
     title = next(t for s, _, t in site_pages.WRITTEN_PAGES if s == stem)
-    return f"# {title}\n\n{section.partition(chr(10))[2].lstrip()}"
+    body = section.partition("\n")[2].lstrip()  # below the heading
+    return f"# {title}\n\n{body}"
 
 
 def beyond_page(readme: dict[str, str]) -> nbformat.NotebookNode:

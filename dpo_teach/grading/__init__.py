@@ -26,7 +26,8 @@ notebook is skipped, with what to do; an unknown assignment or a crash is scored
 when the notebook's own code ended its process, ``error`` when the grader failed or cannot tell the assignment). Only
 the machine stops a batch (a sandbox that fails as a notebook starts: no student gets a 0 for it). Every row is
 journaled so that an interrupted or stopped batch resumes (a row the grader failed on is graded again). Students in a
-flat folder are named by ``student_name``. Results go to ``grades.csv`` and ``grades.json``, written atomically. """
+flat folder are named by ``student_name``. Results go to ``grades.csv`` and ``grades.json``, written atomically.
+"""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from dpo_teach.grading import sandbox
 from dpo_teach.grading.assign import AUTOGRADER, NOTEBOOKS, ROOT
 from dpo_teach.grading.journal import Journal, fingerprint
-from dpo_teach.grading.judge import allow_running, end_running, ending, run_notebook
+from dpo_teach.grading.judge import allow_running, end_running, ending, kept, run_notebook
 from dpo_teach.grading.manifests import load_manifests
 from dpo_teach.grading.reports import empty_row, per_student, row_reason, write_reports
 from dpo_teach.grading.scan import scan
@@ -184,18 +184,6 @@ def _hidden(submissions: Path, out: Path, autograder: Path) -> list[str]:
     # Python environment (an installed package) has nothing of the course's own to cover
     keep = [k for k in keep if k.resolve() not in ROOT.resolve().parents]
     return sandbox.covered(ROOT, keep) + [str(Path(p).resolve()) for p in (submissions, out, autograder)]
-
-
-def kept() -> list[Path]:
-    """What a notebook needs to see, wherever it lies: the package and its metadata, the student notebooks, the
-    cache (and where its entries link to) and the Python environment. In the temporary folder nothing else stays in
-    view (``sandbox.cover_temporary``); in the course's folder nothing else does either (:func:`_hidden`)."""
-    from dpo_teach.world import cache_dir  # not at the top: torch; each notebook's process imports this module
-
-    cache = cache_dir()
-    links = [p.resolve() for p in cache.iterdir() if p.is_symlink()] if cache.is_dir() else []
-    return [ROOT / "dpo_teach", *ROOT.glob("*.egg-info"), NOTEBOOKS, cache, *links, Path(sys.prefix),
-            Path(sys.base_prefix)]
 
 
 def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignment: str | None = None,

@@ -34,6 +34,7 @@ import zipfile
 from pathlib import Path
 
 from dpo_teach.grading import sandbox
+from dpo_teach.grading.assign import NOTEBOOKS, ROOT
 from dpo_teach.grading.runner import code_cells
 from dpo_teach.grading.scan import references
 
@@ -211,8 +212,6 @@ def _run(process: _Process, private: str, text: str, file_name: str, tests: dict
     job_id = secrets.token_hex(16)
     out = {"status": "graded", "reason": "", "phase": "start", "cases": {}, "errors": [], "tampered": []}
     channel = _Channel(process, job_id, time.monotonic() + timeout, timeout, out)
-    from dpo_teach.grading.grade import kept  # grade imports this module
-
     limits = {"hide": hide, "memory_mb": memory_mb, "cpu_s": int(timeout) + 5,
               "nproc": sandbox.process_limit() if sandboxed else None,
               "keep": [str(p) for p in kept()] if sandboxed else []}
@@ -239,6 +238,18 @@ def _run(process: _Process, private: str, text: str, file_name: str, tests: dict
         out["reason"] = (f"the notebook's process ended while {_phase_words(out['phase'])}: {e}; "
                          f"{_last_words(process, out['phase'])}")
     return out
+
+
+def kept() -> list[Path]:
+    """What a notebook needs to see, wherever it lies: the package and its metadata, the student notebooks, the
+    cache (and where its entries link to) and the Python environment. In the temporary folder nothing else stays in
+    view (``sandbox.cover_temporary``); in the course's folder nothing else does either (``grade._hidden``)."""
+    from dpo_teach.world import cache_dir  # not at the top: torch; each notebook's process imports this module
+
+    cache = cache_dir()
+    links = [p.resolve() for p in cache.iterdir() if p.is_symlink()] if cache.is_dir() else []
+    return [ROOT / "dpo_teach", *ROOT.glob("*.egg-info"), NOTEBOOKS, cache, *links, Path(sys.prefix),
+            Path(sys.base_prefix)]
 
 
 def _last_words(process: _Process, phase: str) -> str:

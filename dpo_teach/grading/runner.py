@@ -195,7 +195,7 @@ class ReferenceCalls:
     an alias the notebook takes later is the wrapper too. A call whose caller is the notebook's own code (a cell's
     function, lambda or loop) during the question's tests is recorded; the tests' own calls and the package's calls
     of its own functions are not. This catches what the static scan cannot follow (an alias under an ``if``, a
-    ``getattr`` with a built name, a re-export)."""
+    ``getattr`` with a constant name, a re-export)."""
 
     def __init__(self, references: dict[str, list[str]]) -> None:
         self.question: str | None = None
@@ -418,7 +418,7 @@ def main(unavailable: Exception | None = None) -> int:
             calls.question = None
         if any(r["stopped"] == "time_limit" for r in results):
             looping.add(question)  # its hidden cases, asked for later, call the same looping function
-        send("result", question=request["question"], nonce=request.get("nonce"), cases=results, tampered=tampered,
+        send("result", question=question, nonce=request.get("nonce"), cases=results, tampered=tampered,
              reference_calls=calls.taken(question))
     protocol.flush()
     os._exit(0)  # no interpreter shutdown: nothing the notebook registered (atexit, __del__) runs after the tests

@@ -59,7 +59,7 @@ class SandboxUnavailable(RuntimeError):
 def unavailable_reason() -> str | None:
     """None when the sandbox works here, else why not (checked once per process: a new Python enters the
     namespaces, as every notebook's process does)."""
-    if not sys.platform.startswith("linux"):
+    if not LINUX:
         return f"the sandbox needs Linux namespaces; this is {sys.platform}"
     try:
         probe = subprocess.run([sys.executable, "-c", "from dpo_teach.grading import sandbox; sandbox.isolate()"],
@@ -191,7 +191,8 @@ def cover_temporary(private: str, keep: list[str]) -> None:
     tmp = Path(tempfile.gettempdir()).resolve()
     if tmp == Path("/") or not tmp.is_dir():
         return
-    inside = outermost([str(Path(k).resolve()) for k in keep if tmp in Path(k).resolve().parents])
+    resolved = [Path(k).resolve() for k in keep]
+    inside = outermost([str(k) for k in resolved if tmp in k.parents])
     opened = [(path, os.open(path, os.O_PATH)) for path in inside if os.path.exists(path)]
     _mount("tmpfs", str(tmp), "tmpfs", 0, "size=1m,mode=1777")
     for path, fd in opened:
