@@ -28,6 +28,12 @@ from dpo_teach.utils import lr_at, set_seed
 # The flags of `dpo-teach train` and `demo` that set these DPOConfig fields: the CLI passes them to train_dpo so
 # that a divergence error names them (elsewhere, in a notebook or the comparison, it names the config fields).
 FLAGS = {"lr": "--lr", "beta": "--beta"}
+# A step whose loss is this many times the first step's (or 1, if that is less) ends the run as diverged, though the
+# loss is still a number: training lowers the loss, and such a jump means an update threw the policy far off, as a
+# learning rate of 10 does (its next losses swing between 0 and thousands; the weights stay finite, so the nan checks
+# do not see it). Every loss of the family is ≥ 0 and starts where π_θ = π_ref: ln 2 for DPO, 1 for the hinge,
+# (1/2β)² for IPO, so a healthy run stays far below this.
+LOSS_JUMP = 100.0
 
 
 @dataclass
@@ -132,6 +138,10 @@ def train_dpo(
         loss = metrics.get("loss") if isinstance(metrics, dict) else None
         if isinstance(loss, float) and not math.isfinite(loss):  # a custom step_fn that stepped anyway
             raise diverged("DPO", step, total, lr, config, f"the loss is {loss}", flags)
+        first = history[0].get("loss") if history else None
+        if isinstance(loss, float) and isinstance(first, float) and loss > LOSS_JUMP * max(first, 1.0):
+            raise diverged("DPO", step, total, lr, config, f"the loss jumped to {loss:.4g} from {first:.4g} at step 1",
+                           flags)
         history.append({"step": step, "epoch": epoch, "lr": lr, **metrics})
         if callback is not None:
             callback(history[-1])

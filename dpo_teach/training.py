@@ -21,8 +21,9 @@ import torch
 
 
 class TrainingError(RuntimeError):
-    """Training diverged: the loss or the gradient is no longer a finite number (nan or inf). Nothing is updated
-    with it; raised through :func:`diverging`, the message says which run, at which step, and what to change."""
+    """Training diverged: the loss or the gradient is no longer a finite number (nan or inf), or (DPO's loss,
+    ``dpo.LOSS_JUMP``) the loss jumped far above where it started. Nothing is saved; raised through :func:`diverging`
+    or :func:`diverged`, the message says which run, at which step, and what to change."""
 
 
 BETAS = ("beta", "kl_coef")  # the config fields that hold a trainer's β, the weight of its KL term
@@ -30,7 +31,7 @@ BETAS = ("beta", "kl_coef")  # the config fields that hold a trainer's β, the w
 
 def diverged(name: str, step: int, total: int, lr: float, config, what: str,
              flags: Mapping[str, str] | None = None) -> TrainingError:
-    """The error for ``name``'s step ``step`` (0-based) of ``total`` whose loss or gradient is nan or inf (``what``):
+    """The error for ``name``'s step ``step`` (0-based) of ``total`` that diverged (``what``: the loss is nan, ...):
     where, the learning rate then, the run's peak lr and β (``config.lr``, and ``config.beta`` or ``config.kl_coef``
     where the config has one), and what to change: the learning rate, or β where it is not 0, lowered (a large β can
     overflow the KL term) unless the config's ``steadier_beta`` says "raise" (IPO's loss, :data:`losses.STEADIER_BETA`).
