@@ -6,6 +6,7 @@ checkpoint directory (``save_pretrained`` output: ``config.json``, weights and t
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,8 +59,8 @@ def check_max_length(max_length: int, context: int | None, what: str = "the mode
     """
     if context is not None and max_length > context:
         raise ContextLengthError(f"--max-length {max_length} is longer than {what}'s context of {context} tokens "
-                                 f"(n_positions); pass --max-length {context} or less, or use a model with a longer "
-                                 "context")
+                                 f"(the positions it can read); pass --max-length {context} or less, or use a model "
+                                 "with a longer context")
 
 
 def build_model(preset: str, vocab_size: int, eos_token_id: int, n_positions: int = TOY_CONTEXT) -> GPT2LMHeadModel:
@@ -116,7 +117,9 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, path: str | Path, extra: 
 def _first_line(error: Exception) -> str:
     """``Type: first line of the message``, at most 200 characters: library errors can run over many lines."""
     text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-    return f"{type(error).__name__}: {text[:200]}"
+    if len(text) > 200:  # cut between words, and say so
+        text = text[:200].rsplit(" ", 1)[0] + " …"
+    return f"{type(error).__name__}: {text}"
 
 
 def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
@@ -133,8 +136,16 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
     if not path.is_dir():
         what = "is a file, not a directory" if path.exists() else "no such directory"
         raise CheckpointError(f"checkpoint {path}: {what}; {fix}")
+    if not (path / "config.json").is_file() and (path / "adapter_config.json").is_file():
+        raise CheckpointError(f"checkpoint {path}: a PEFT adapter (adapter_config.json), not a whole model; merge it "
+                              "into its base model (`PeftModel.from_pretrained(base, path).merge_and_unload()`) and "
+                              "`save_pretrained` the result with its tokenizer")
     if not (path / "config.json").is_file():
         raise CheckpointError(f"checkpoint {path}: config.json is missing; {fix}")
+    if _custom_code(path):  # transformers would ask on the terminal whether to run the folder's own Python code
+        raise CheckpointError(f"checkpoint {path}: its config names model code of its own (auto_map), which dpo-teach "
+                              "does not run; use a checkpoint of an architecture that transformers ships (GPT-2, "
+                              "Llama, GPT-NeoX, ...)")
     weights = [p for p in (*path.glob("*.safetensors"), *path.glob("*.bin")) if p.is_file()]
     if not [p for p in weights if p.name != "training_args.bin"]:  # a Trainer's arguments, not weights
         raise CheckpointError(f"checkpoint {path}: no weights file (*.safetensors or *.bin); {fix}")
@@ -146,14 +157,14 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
         raise CheckpointError(f"checkpoint {path}: vocab.json is there but merges.txt is missing (a GPT-2 tokenizer "
                               "needs both, or tokenizer.json); download merges.txt into the folder too")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - any failure here means an unusable tokenizer
         raise CheckpointError(f"checkpoint {path}: the tokenizer cannot be loaded ({_first_line(e)}); {fix}") from e
     for how in ("is_local", "local_files_only"):  # how it was loaded, not what it is: else every tokenizer saved
         tokenizer.init_kwargs.pop(how, None)  # from a loaded one would write them, and one from a new one would not
     _check_special_tokens(path, tokenizer)
     try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True)
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"checkpoint {path}: config.json cannot be loaded ({_first_line(e)}); {fix}") from e
     _check_causal(path, config)
@@ -168,13 +179,30 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
                               f"the files may be truncated or corrupt — re-save or re-download them") from e
     _check_weights(path, config, info)
     _check_finite(path, model)
+    disable_dropout(model)
+    model.eval()
+    _check_left_to_right(path, model)
     n_embedded = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > n_embedded:  # a token id past the embedding table would fail deep inside torch
         raise CheckpointError(f"checkpoint {path}: the tokenizer has {len(tokenizer)} tokens but the model embeds only "
                               f"{n_embedded}; the tokenizer files belong to another model — save both together")
-    disable_dropout(model)
-    model.eval()
     return model, tokenizer
+
+
+def _custom_code(path: Path) -> bool:
+    """Whether the checkpoint's config.json or tokenizer_config.json maps a class to the folder's own code
+    (``auto_map``) for a model type that transformers does not ship (for one it ships, its own class is used)."""
+    from transformers import CONFIG_MAPPING
+
+    read = {}
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            read[name] = json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # missing or unreadable: transformers' own loading says so
+    files = [f for f in read.values() if isinstance(f, dict)]
+    model_type = read.get("config.json", {}).get("model_type") if isinstance(read.get("config.json"), dict) else None
+    return any("auto_map" in f for f in files) and model_type not in CONFIG_MAPPING
 
 
 def _check_finite(path: Path, model: PreTrainedModel) -> None:
@@ -206,10 +234,24 @@ def _check_causal(path: Path, config) -> None:
     if getattr(config, "is_encoder_decoder", False):
         raise CheckpointError(f"checkpoint {path}: config.json describes a {kind} encoder-decoder model, not a causal "
                               "language model; use a decoder-only checkpoint such as GPT-2")
-    if getattr(config, "is_decoder", True) is False:  # e.g. BERT: its "LM head" sees the tokens after each position
-        raise CheckpointError(f"checkpoint {path}: config.json describes a {kind} model with is_decoder false, a "
-                              "bidirectional encoder, not a causal language model; use a decoder-only checkpoint such "
-                              "as GPT-2")
+
+
+def _check_left_to_right(path: Path, model: PreTrainedModel) -> None:
+    """Refuse a model whose prediction at a position changes with a token after it (BERT's "LM head" sees the whole
+    text): tried on the model itself, with 8 tokens and then the last one changed, since configs do not say it
+    alike (``is_decoder`` is false by default in GPT-NeoX's config, whose model is causal, and in BERT's, whose is
+    not)."""
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.arange(1, min(8, context_length(model) or 8) + 1).remainder(vocab).unsqueeze(0)
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1) % vocab
+    with torch.no_grad():
+        before, after = (model(x).logits[0, :-1] for x in (ids, changed))
+    if not torch.allclose(before, after, rtol=1e-4, atol=1e-5):
+        kind = getattr(model.config, "model_type", "?")
+        raise CheckpointError(f"checkpoint {path}: a {kind} model whose prediction at a position changes with the "
+                              "tokens after it (a bidirectional encoder such as BERT), not a causal language model; "
+                              "use a decoder-only checkpoint such as GPT-2")
 
 
 def _check_size(path: Path, config, weights: list[Path]) -> None:

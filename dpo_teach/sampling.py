@@ -1,14 +1,19 @@
 """Sampling completions from a policy, keeping the token ids so that log-probs are scored on exactly what was drawn.
 
 Evaluation samples at temperature 1 with no top-k or top-p truncation: a KL estimate from samples is only unbiased
-for samples drawn from π itself (``generate`` would otherwise apply top_k=50 by default).
+for samples drawn from π itself (``generate`` would otherwise apply top_k=50 by default). For the same reason a
+checkpoint's own ``generation_config.json`` (a repetition penalty, ``no_repeat_ngram_size``, ``min_new_tokens``, ...)
+is set aside while sampling: ``generate`` would fill every setting not passed to it from there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from transformers import GenerationConfig
 
 from dpo_teach.logprobs import pad_rows, sequence_logprobs
 from dpo_teach.model import ContextLengthError, context_length
@@ -23,6 +28,21 @@ class Samples:
     prompt_ids: list[list[int]]  # tokens of x
     completion_ids: list[list[int]]  # tokens of y, EOS included when the model produced it
     ended: list[bool]  # True when the model produced EOS within max_new_tokens
+
+
+@contextmanager
+def plain_generation(model: torch.nn.Module) -> Iterator[None]:
+    """``model.generation_config`` set to transformers' defaults while ``generate`` runs, then put back: the settings
+    a checkpoint saved there (a repetition penalty, say) would change what is drawn, and the draws must come from π."""
+    if not hasattr(model, "generation_config"):  # not a transformers model: nothing to set aside
+        yield
+        return
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 @torch.no_grad()
@@ -46,12 +66,12 @@ def sample(
     longest = max((len(p) for p in prompt_ids), default=0)
     if context is not None and longest + max_new_tokens > context:  # else an IndexError deep inside generate
         raise ContextLengthError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} does not fit the "
-                                 f"model's context of {context} tokens (n_positions); shorten the prompts or lower "
+                                 f"model's context of {context} tokens; shorten the prompts or lower "
                                  "max_new_tokens")
     completion_ids: list[list[int]] = []
     was_training = model.training
     model.eval()
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(), plain_generation(model):
         torch.manual_seed(seed)
         for start in range(0, len(prompts), batch_size):
             chunk = prompt_ids[start:start + batch_size]

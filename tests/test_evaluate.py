@@ -34,6 +34,23 @@ def test_sampling_is_seeded_and_uses_exact_token_ids(world, prompts):
         assert tok.decode(ids[:-1] if ended else ids) == text
 
 
+def test_a_checkpoints_generation_config_does_not_change_what_is_sampled(world, prompts):
+    """A checkpoint may save sampling settings in generation_config.json (a repetition penalty, no repeated n-grams,
+    a minimum length); ``generate`` fills every setting it is not given from there, so they changed the demo's
+    samples, its KL and its rewards without a word. Samples must come from π itself: the settings are set aside,
+    and put back afterwards."""
+    from transformers import GenerationConfig
+
+    reference, tok = world
+    plain = sample(reference, tok, prompts[:40], seed=3)
+    model = copy.deepcopy(reference)
+    saved = GenerationConfig(repetition_penalty=3.0, no_repeat_ngram_size=1, min_new_tokens=12, top_k=5)
+    model.generation_config = saved
+    assert sample(model, tok, prompts[:40], seed=3).completion_ids == plain.completion_ids
+    assert model.generation_config is saved
+    assert min(len(c) for c in plain.completion_ids) < 12  # the settings would have changed these samples
+
+
 def test_kl_estimate_is_positive_for_a_changed_policy(world, prompts):
     reference, tok = world
     policy = copy.deepcopy(reference)
