@@ -178,8 +178,10 @@ def note_build_machine(nb: nbformat.NotebookNode) -> None:
             cell.outputs.insert(0, nbformat.from_dict(note))
 
 
-# a plot's own words in the code that drew it: title="…", set_xlabel("…"), plt.ylabel(f"…"), suptitle("…")
-_LABEL = re.compile(r"""\b(title|suptitle|xlabel|ylabel)\s*(?:\(|=)\s*f?(["'])(.+?)\2""")
+# a plot's own words in the code that drew it: title="…", ax.set_xlabel("…"), plt.ylabel(f"…"), suptitle("…")
+_LABEL = re.compile(r"""(?<!\w)(?:set_)?(title|suptitle|xlabel|ylabel)\s*(?:\(|=)\s*f?(["'])(.+?)\2""")
+_DEF = re.compile(r"^def (\w+)\(", re.MULTILINE)
+_CALL = re.compile(r"(?<![\w.])(?:\w+\.)?(\w+)\(")
 _GREEK = {"beta": "β", "pi": "π", "theta": "θ", "tau": "τ", "sigma": "σ", "varepsilon": "ε", "epsilon": "ε",
           "lambda": "λ", "phi": "φ", "star": "*"}
 
@@ -191,20 +193,47 @@ def _spoken(text: str) -> str:
     return re.sub(r"[$`*{}]", "", text).strip()
 
 
+def _labels(source: str) -> list[tuple[str, str]]:
+    """``(kind, words)`` of every title and axis label that ``source`` sets (an f-string's fields as "…")."""
+    return [(kind, _spoken(re.sub(r"\{[^{}]*\}", "…", text))) for kind, _, text in _LABEL.findall(source)]
+
+
+def package_figures() -> dict[str, str]:
+    """``{name: what it draws}`` for the package's figure functions (``plots``, ``frontier``): the first sentence of
+    each docstring, for a figure whose titles and axes are set inside the package, not in the notebook's cell."""
+    from dpo_teach import frontier, plots
+
+    said = {}
+    for module in (plots, frontier):
+        for name, function in vars(module).items():
+            if name.startswith(("plot_", "draw_")) and callable(function) and function.__doc__:
+                sentence = re.split(r"(?<=\.)\s|;\s", function.__doc__.strip(), maxsplit=1)[0].rstrip(".")
+                said[name] = _spoken(sentence.replace("``", ""))
+    return said
+
+
 def describe_figures(nb: nbformat.NotebookNode) -> None:
     """Give every figure an alternative text for screen readers (nbconvert's default is "No description has been
-    provided for this image"): the section it is in, and the titles and axis labels that the code drawing it sets
-    (an f-string's fields as "…"). site_assets/page.html writes it into the image's ``alt``."""
+    provided for this image"): the section it is in, the titles and axis labels that the code drawing it sets (in
+    its cell, or in a function of the notebook's that the cell calls), and what a package function it calls draws
+    (:func:`package_figures`). site_assets/page.html writes it into the image's ``alt``."""
+    cells = code_cells(nb)
+    defined = {name: _labels(cell.source) for cell in cells for name in _DEF.findall(cell.source)}
+    drawers = package_figures()
     section = ""
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             headings = [line.lstrip("#").strip() for line in cell.source.splitlines() if line.startswith("#")]
             section = _spoken(headings[-1]) if headings else section
             continue
-        words = {"title": [], "suptitle": [], "xlabel": [], "ylabel": []}
-        for kind, _, text in _LABEL.findall(cell.get("source", "")):
-            words[kind].append(_spoken(re.sub(r"\{[^{}]*\}", "…", text)))
-        said = [f"titled {'; '.join(words['suptitle'] + words['title'])}"] if words["suptitle"] + words["title"] else []
+        source = cell.get("source", "")
+        called = dict.fromkeys(_CALL.findall(source))
+        found = _labels(source) + [label for name in called if name in defined and name not in _DEF.findall(source)
+                                   for label in defined[name]]
+        words = {kind: [text for k, text in found if k == kind] for kind in ("title", "suptitle", "xlabel", "ylabel")}
+        said = [f"drawing {drawers[name]}" for name in called if name in drawers]
+        titles = list(dict.fromkeys(words["suptitle"] + words["title"]))
+        said += [f"titled {'; '.join(titles)}"] if titles else []
         axes = [f"{'x' if kind == 'xlabel' else 'y'}: {', '.join(dict.fromkeys(words[kind]))}"
                 for kind in ("xlabel", "ylabel") if words[kind]]
         said += [f"axes {'; '.join(axes)}"] if axes else []
