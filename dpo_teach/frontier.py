@@ -28,10 +28,13 @@ MIN_FLUENCY = 0.7  # the course's fluency target: a "best setting" must keep at 
 KL_QUOTED = (0.5, 1.0, 2.0, 4.0)  # KL values (nats) at which the conclusions quote both rewards, where both reach them
 PANEL_HEIGHT = 4.4  # inches: the frontier figure's three panels, before its legend below them
 # The methods of the comparison, in the order tables and figures list them (``dpo_teach.compare`` runs them).
-COLORS = {"DPO": "tab:blue", "online-DPO": "tab:cyan", "online-DPO-fixed": "tab:purple", "online-DPO-RM": "tab:gray",
-          "PPO": "tab:orange",
-          "PPO-GT": "tab:green", "GRPO": "tab:red", "GRPO-GT": "tab:olive", "GRPO-GT/token": "tab:brown",
-          "RLOO": "tab:pink"}
+# Each method's colour (3:1 contrast or more against white: matplotlib's orange, cyan, olive and pink are darkened)
+# and marker: several of the colours look alike to colour-blind readers and in greyscale, the markers do not.
+COLORS = {"DPO": "tab:blue", "online-DPO": "#1b8e9e", "online-DPO-fixed": "tab:purple", "online-DPO-RM": "tab:gray",
+          "PPO": "#d9650b", "PPO-GT": "tab:green", "GRPO": "tab:red", "GRPO-GT": "#8a8a00",
+          "GRPO-GT/token": "tab:brown", "RLOO": "#c04d9e"}
+MARKERS = {"DPO": "o", "online-DPO": "s", "online-DPO-fixed": "D", "online-DPO-RM": "v", "PPO": "^", "PPO-GT": "P",
+           "GRPO": "X", "GRPO-GT": "*", "GRPO-GT/token": "<", "RLOO": ">"}
 METHODS = tuple(COLORS)
 PARAM_NAMES = {m: "kl_coef" if m in ("PPO", "PPO-GT", "RLOO") else "beta" for m in METHODS}  # the swept setting
 USES_PAIRS = {"DPO", "PPO", "GRPO", "RLOO", "online-DPO-RM"}  # trained on the offline preference set (or via the RM)
@@ -266,19 +269,20 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
         fluent_max = max(fluent_max, float(p[fluent, 0].max(initial=0.0)))
         hollow |= bool((~fluent).any())
         for ax, y in ((axes[0], 1), (axes[1], 2)):
-            ax.scatter(p[fluent, 0], p[fluent, y], color=COLORS[m], s=18, alpha=0.7)
-            ax.scatter(p[~fluent, 0], p[~fluent, y], facecolors="none", edgecolors=COLORS[m], s=18)
+            ax.scatter(p[fluent, 0], p[fluent, y], color=COLORS[m], marker=MARKERS[m], s=22, alpha=0.7)
+            ax.scatter(p[~fluent, 0], p[~fluent, y], facecolors="none", edgecolors=COLORS[m], marker=MARKERS[m], s=22)
         kl, best = frontier_curve(p[fluent, 0], p[fluent, 1])
         measured = kl > 0  # π_ref's own point is KL 0: the line up to the first evaluation is drawn, not measured
         upto = np.argmax(measured) + 1  # π_ref's point and the first measured one
         axes[0].plot(kl[:upto], best[:upto], ":", color=COLORS[m], lw=1.5)
-        axes[0].plot(kl[measured], best[measured], color=COLORS[m], lw=2, label=f"{m} frontier")
+        axes[0].plot(kl[measured], best[measured], color=COLORS[m], lw=2, marker=MARKERS[m], ms=6,
+                     label=f"{m} frontier")
         for param in sorted({r["param"] for r in runs_of(results, m)}):
             runs = runs_of(results, m, param)
             x = [np.mean([r["evals"][i]["completions"] for r in runs]) + (pairs if m in USES_PAIRS else 0)
                  for i in range(1, len(runs[0]["evals"]))]
             y = [np.mean([r["evals"][i]["reward"] for r in runs]) for i in range(1, len(runs[0]["evals"]))]
-            axes[2].plot(x, y, "o-", color=COLORS[m], ms=3, alpha=0.6)
+            axes[2].plot(x, y, "-", color=COLORS[m], marker=MARKERS[m], ms=4, alpha=0.6)
         for param in [(highlight or {}).get(m)] if highlight and m in highlight else []:
             runs = runs_of(results, m, param)
             traj = np.array([[np.mean([r["evals"][i][k] for r in runs]) for k in ("kl", "reward")]
@@ -297,7 +301,7 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
         pad = 0.05 * (high - low or 1)
         axes[0].set_ylim(low - pad, high + pad)
         axes[0].annotate(f"{beyond} point(s) beyond KL {right:.3g}, all with fluency < {MIN_FLUENCY:.0%}: see the "
-                         "fluency panel", xy=(0.99, 0.02), xycoords="axes fraction", ha="right", fontsize=7,
+                         "fluency panel", xy=(0.99, 0.02), xycoords="axes fraction", ha="right", fontsize=9,
                          color="gray")
 
     axes[1].axhline(MIN_FLUENCY, color="gray", ls=":")
@@ -311,13 +315,13 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
         Line2D([], [], ls=":", color="gray", label="π_ref → first evaluation (drawn, not measured)")]
     if hollow:  # some point below the fluency target: drawn hollow
         handles.append(Line2D([], [], ls="", marker="o", markerfacecolor="none", markeredgecolor="gray",
-                              label=f"fluency < {MIN_FLUENCY:.0%}"))
+                              label=f"hollow: fluency < {MIN_FLUENCY:.0%}"))
     # below the panels, not on them: with every run's trajectory (``highlight``) it has 20 entries or more
     columns = min(6, len(handles))
     rows = -(-len(handles) // columns)
     height = PANEL_HEIGHT + 0.17 * rows  # inches: the panels, and a row of the legend each
     fig.set_size_inches(16, height)
-    fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=10, frameon=False)
     fig.tight_layout(rect=(0, (0.08 + 0.17 * rows) / height, 1, 1))
     return fig
 

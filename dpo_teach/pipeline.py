@@ -156,7 +156,8 @@ def _write_demo(config: DemoConfig, out: Path, shown: Path, progress: bool, verb
     atomic_write_json(out / "run.json", {"timings_s": times, "torch": torch.__version__})
     trained = LABELS[config.dpo.loss_type]
     atomic_write_text(out / "samples.md", f"# Sample completions before (π_ref) and after {trained}\n\nSame prompts, "
-                      "one sample each at temperature 1. ✓ = well-formed sentence ended by EOS.\n\n"
+                      "one sample each at temperature 1. ✓ = well-formed sentence ended by EOS; ✗ = not "
+                      "(ungrammatical, or cut at the length limit).\n\n"
                       + samples_table({"π_ref": ref_samples, trained: pol_samples}, n=40))
     save_figure(plot_dpo_history(history, title=f"{trained} training"), out / "training_curves.png")
     save_figure(plot_reward_before_after(ground_truth_reward(ref_samples.completions),

@@ -390,15 +390,24 @@ def link_readme_sections(nb: nbformat.NotebookNode) -> None:
 
 
 def header_links(titles: dict[str, str], current: str, graded: bool) -> list[dict]:
-    """The header's links (``href``, ``label``, ``title`` tooltip, ``current``): home, each notebook by its number,
-    the comparison, TRL at scale and, when any notebook has exercises, the exercises and grading page."""
+    """The header's links (``href``, ``label``, ``title`` tooltip, ``spoken`` name, ``current``): home, each
+    notebook by its number, the comparison, TRL at scale and, when any notebook has exercises, the exercises and
+    grading page."""
     links = [("index", "Home", "dpo-teach: the course")]
     links += [(name, name[:2], title) for name, title in titles.items()]
     links += WRITTEN_PAGES
     links += [("grading", "Grading", "Exercises and grading")] * graded
-    return [{"href": f"{stem}.html", "label": label, "title": title,
+    return [{"href": f"{stem}.html", "label": label, "title": title, "spoken": _spoken_link(label, title),
              "current": stem == current or (stem == "grading" and current.startswith("grading_"))}
             for stem, label, title in links]
+
+
+def _spoken_link(label: str, title: str) -> str:
+    """A header link's name for a screen reader (its ``aria-label``): "Notebook 01: The KL objective" for a number;
+    a label in words with the page's title after it, unless the title starts with it."""
+    if label.isdigit():
+        return f"Notebook {label}: {title}"
+    return title if title.lower().startswith(label.lower()) else f"{label}: {title}"
 
 
 def neighbours(titles: dict[str, str], current: str) -> dict[str, dict | None]:

@@ -43,3 +43,31 @@ def test_plot_dpo_history_uses_the_shared_panels():
         assert fig._suptitle.get_text() == "run"
     finally:
         plt.close(fig)
+
+
+def test_series_are_told_apart_without_colour_and_every_colour_shows_on_white():
+    """Several of matplotlib's colours collapse for colour-blind readers (orange and green for protanopes, ΔE 1.3)
+    and in greyscale (blue and red), and its orange, olive, cyan and pink are under WCAG's 3:1 for graphics on
+    white: every series of the course's figures has a colour of 3:1 or more and something besides colour (a line
+    style, or a marker for the comparison's methods) that no other series in its figure shares."""
+    from wcag import contrast
+
+    from dpo_teach import frontier
+
+    for colour in [*plots.COLORS, *frontier.COLORS.values()]:
+        assert contrast(colour, "#ffffff") >= 3.0, colour
+    assert set(frontier.MARKERS) == set(frontier.COLORS)
+    assert len(set(frontier.MARKERS.values())) == len(frontier.MARKERS)
+    with plt.rc_context():
+        plots.course_style()
+        cycle = list(plt.rcParams["axes.prop_cycle"])
+        assert len({(c["color"], str(c["linestyle"])) for c in cycle}) == len(cycle) == len(plots.COLORS)
+        assert len({str(c["linestyle"]) for c in cycle[:4]}) == 4  # the first four series differ in style alone
+    fig, axes = plt.subplots(2, 2)
+    try:
+        plots.draw_dpo_panels(axes, fake_history(6))
+        for ax in axes.ravel():
+            curves = [line for line in ax.get_lines() if line.get_label() != "ln 2"]
+            assert len({str(line.get_linestyle()) for line in curves}) == len(curves), ax.get_title()
+    finally:
+        plt.close(fig)

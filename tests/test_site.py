@@ -28,6 +28,7 @@ from urllib.parse import urljoin, urlparse
 import nbformat
 import pytest
 from filelock import FileLock
+from wcag import contrast
 
 from dpo_teach import site, site_pages, site_readme
 from dpo_teach.grading import AUTOGRADER, MASTERS, NOTEBOOKS, load_manifests
@@ -329,6 +330,28 @@ def test_a_figure_drawn_by_a_method_a_function_or_the_package_is_described_too()
         "chosen/rejected log-probs against the step"]
 
 
+def test_a_keyboard_can_skip_the_header_and_a_screen_reader_hears_each_link_in_full():
+    """The header holds a dozen links before the content, and a notebook's link said only "01" (its title was a
+    tooltip, which neither the keyboard's focus nor a screen reader shows): the first link skips to the content, and
+    each link whose label is short is named in full; on a short window (a laptop at 200 %) the header scrolls away."""
+    titles = {"01_kl_objective": "The KL objective", "02_bradley_terry": "Bradley–Terry"}
+    page = site.render(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# The KL objective")]),
+                       "The KL objective", nav=site_pages.header_links(titles, "01_kl_objective", False))
+    body = page.split("<body", 1)[1]
+    assert re.search(r"<a [^>]*>", body)[0] == '<a class="site-skip" href="#content">'
+    assert '<main id="content" tabindex="-1">' in body
+    nav = re.search(r'<nav aria-label="Course pages">(.*?)</nav>', body, re.DOTALL)[1]
+    named = [(re.search(r'href="([^"]+)"', a)[1], re.search(r'aria-label="([^"]+)"', a)[1])
+             for a in re.findall(r"<a [^>]*>", nav)]
+    assert named == [("index.html", "Home: dpo-teach: the course"),
+                     ("01_kl_objective.html", "Notebook 01: The KL objective"),
+                     ("02_bradley_terry.html", "Notebook 02: Bradley–Terry"),
+                     ("ppo_vs_dpo.html", "PPO vs DPO: the shipped comparison"),
+                     ("beyond_the_laptop.html", "At scale: Beyond the laptop: TRL, real checkpoints, real data")]
+    css = (site.ASSETS / "site.css").read_text(encoding="utf-8")
+    assert "only screen and (max-height: 500px)" in css and ".site-skip:focus" in css
+
+
 def test_every_page_has_one_title_heading_and_every_image_a_description(built):
     out, pages = built
     for page in pages:
@@ -340,20 +363,6 @@ def test_every_page_has_one_title_heading_and_every_image_a_description(built):
     for stem, _, title in site_pages.WRITTEN_PAGES:
         assert re.search(rf"<h1[^>]*>{re.escape(html.escape(title, quote=False))}", (out / f"{stem}.html").read_text(
             encoding="utf-8")), stem
-
-
-def _contrast(a: str, b: str) -> float:
-    """WCAG's contrast ratio of two colours (#rgb or #rrggbb)."""
-
-    def luminance(colour: str) -> float:
-        h = colour.lstrip("#")
-        h = "".join(c * 2 for c in h) if len(h) == 3 else h
-        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
-                  for c in (int(h[i:i + 2], 16) / 255 for i in (0, 2, 4))]
-        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
-
-    high, low = sorted((luminance(a), luminance(b)), reverse=True)
-    return (high + 0.05) / (low + 0.05)
 
 
 def test_code_colours_read_on_the_code_background(built):
@@ -372,7 +381,7 @@ def test_code_colours_read_on_the_code_background(built):
     rule = re.compile(r"\.highlight \.\w+ \{ color: var\((--jp-mirror-editor-[\w-]+)\)")
     used = {name for page in pages for name in rule.findall(page.read_text(encoding="utf-8"))}
     assert {"--jp-mirror-editor-comment-color", "--jp-mirror-editor-number-color"} <= used, used
-    low = {name: round(_contrast(colour(f"var({name})"), background), 2) for name in used}
+    low = {name: round(contrast(colour(f"var({name})"), background), 2) for name in used}
     assert all(ratio >= 4.5 for ratio in low.values()), {n: r for n, r in low.items() if r < 4.5}
 
 
