@@ -109,7 +109,7 @@ def cmd_train(args) -> None:
     from dpo_teach.losses import LABELS
     from dpo_teach.model import context_length, save_checkpoint
     from dpo_teach.pipeline import TRAIN_OUTPUTS
-    from dpo_teach.plots import plot_dpo_history, save_figure
+    from dpo_teach.plots import course_figures, plot_dpo_history, save_figure
     from dpo_teach.preference_file import check_preferences, read_preferences, warn_cut
     from dpo_teach.utils import atomic_dir, atomic_write_json
     from dpo_teach.world import WorldConfig, load_reference
@@ -148,7 +148,9 @@ def cmd_train(args) -> None:
             "heldout_accuracy": accuracy, "n_train_pairs": len(train_rows), "n_heldout_pairs": len(heldout),
             "skipped_rows": [{"line": n, "reason": r} for n, r in data.skipped], "config": asdict(cfg),
             "data": str(args.data), "model": args.model})
-        save_figure(plot_dpo_history(history, title=f"{LABELS[cfg.loss_type]} training"), work / "training_curves.png")
+        with course_figures():
+            save_figure(plot_dpo_history(history, title=f"{LABELS[cfg.loss_type]} training"),
+                        work / "training_curves.png")
     print(f"{len(history)} steps; final loss {history[-1]['loss']:.4f}; held-out implicit-reward accuracy "
           f"{accuracy:.3f} on {len(heldout)} pairs")
     print(f"wrote {out}/policy/, metrics.json, history.json, training_curves.png")

@@ -21,7 +21,7 @@ from dpo_teach.evaluate import evaluate_policy, evaluation_prompts, preference_a
 from dpo_teach.logprobs import tokenize_pairs
 from dpo_teach.losses import LABELS
 from dpo_teach.model import context_length, load_checkpoint, save_checkpoint
-from dpo_teach.plots import plot_dpo_history, plot_reward_before_after, save_figure
+from dpo_teach.plots import course_figures, plot_dpo_history, plot_reward_before_after, save_figure
 from dpo_teach.preference_file import warn_cut
 from dpo_teach.reward import ground_truth_reward
 from dpo_teach.utils import atomic_dir, atomic_write_json, atomic_write_text, check_replaceable
@@ -159,10 +159,11 @@ def _write_demo(config: DemoConfig, out: Path, shown: Path, progress: bool, verb
                       "one sample each at temperature 1. ✓ = well-formed sentence ended by EOS; ✗ = not "
                       "(ungrammatical, or cut at the length limit).\n\n"
                       + samples_table({"π_ref": ref_samples, trained: pol_samples}, n=40))
-    save_figure(plot_dpo_history(history, title=f"{trained} training"), out / "training_curves.png")
-    save_figure(plot_reward_before_after(ground_truth_reward(ref_samples.completions),
-                                         ground_truth_reward(pol_samples.completions), ref_metrics, pol_metrics,
-                                         trained=trained),
-                out / "reward_before_after.png")
+    with course_figures():
+        save_figure(plot_dpo_history(history, title=f"{trained} training"), out / "training_curves.png")
+        save_figure(plot_reward_before_after(ground_truth_reward(ref_samples.completions),
+                                             ground_truth_reward(pol_samples.completions), ref_metrics, pol_metrics,
+                                             trained=trained),
+                    out / "reward_before_after.png")
     log("\n" + results_table(metrics))
     return metrics, times

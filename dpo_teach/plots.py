@@ -17,11 +17,21 @@ COLORS = ["tab:blue", "#d9650b", "tab:green", "tab:red", "tab:purple", "tab:brow
 LINE_STYLES = ["-", "--", "-.", (0, (5, 1.5, 1, 1.5, 1, 1.5))] * 2
 
 
+# The course's figures: each series a colour and a line style of its own, text a size up from matplotlib's default.
+COURSE_RC = {"axes.prop_cycle": cycler(color=COLORS) + cycler(linestyle=LINE_STYLES), "font.size": 11,
+             "axes.titlesize": 11, "legend.fontsize": 9}
+
+
 def course_style() -> None:
-    """The course's figures: each series a colour and a line style of its own (:data:`COLORS`, :data:`LINE_STYLES`),
-    and text a size up from matplotlib's default. Each notebook calls it once, after its imports."""
-    plt.rcParams["axes.prop_cycle"] = cycler(color=COLORS) + cycler(linestyle=LINE_STYLES)
-    plt.rcParams.update({"font.size": 11, "axes.titlesize": 11, "legend.fontsize": 9})
+    """Set :data:`COURSE_RC` for every figure from here on: each notebook calls it once, after its imports. A figure
+    saved to a file is drawn inside :func:`course_figures` instead, the same whatever ran before it."""
+    plt.rcParams.update(COURSE_RC)
+
+
+def course_figures():
+    """``with course_figures():`` the figures drawn (and saved) inside have :data:`COURSE_RC`, and the settings
+    before it come back after it."""
+    return plt.rc_context(COURSE_RC)
 
 
 def smooth(values: list[float], window: int = 10) -> np.ndarray:

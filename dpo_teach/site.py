@@ -109,9 +109,10 @@ def frontier_figure(path: Path) -> None:
 
     matplotlib.use("Agg")
     from dpo_teach import frontier
-    from dpo_teach.plots import save_figure
+    from dpo_teach.plots import course_figures, save_figure
 
-    save_figure(frontier.plot_frontier(frontier.load_results(NOTEBOOKS / "assets" / "compare_results.json")), path)
+    with course_figures():  # as notebook 06 draws it, whatever this process's settings
+        save_figure(frontier.plot_frontier(frontier.load_results(NOTEBOOKS / "assets" / "compare_results.json")), path)
 
 
 # --- the whole site -------------------------------------------------------------------------------------------------

@@ -128,7 +128,7 @@ def test_the_figure_draws_each_frontier_as_the_comparisons_compute_it():
     # hollow mean
     assert 2.0 < reward_panel[1] < 3.0 and fluency_panel[1] > 3.0
     assert note == ["1 point(s) beyond KL 2.2, all with fluency < 70%: see the fluency panel"], note
-    assert "π_ref → first evaluation (drawn, not measured)" in legend and "fluency < 70%" in legend
+    assert "π_ref → first evaluation (drawn, not measured)" in legend and "hollow: fluency < 70%" in legend
     assert title == "reward–KL frontier (each point: mean of 2 seeds)"  # the sentences compare seed by seed
     assert lines[("DPO frontier", "-")] == [[0.5, 0.3], [1.0, 0.5]]
     assert lines[("PPO frontier", "-")] == [[1.0, 0.4], [2.0, 0.6]]

@@ -31,13 +31,14 @@ _CDPO_HEAD = ("import torch.nn.functional as F\n"
 
 def _step(ref: str = "with torch.no_grad():\n            rc, rr = logprobs.concatenated_logprobs(reference, batch)",
           train: str = "policy.train()", update: str = "optimizer.zero_grad()\n    l.mean().backward()\n"
-          "    torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)\n    optimizer.step()") -> str:
+          "    torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)\n    optimizer.step()",
+          loss: str = "loss_fn(pc, pr, rc, rr)") -> str:
     return (_STEP_HEAD + f"    {train}\n"
             "    pc, pr = logprobs.concatenated_logprobs(policy, batch)\n"
             "    if 'ref_chosen_logps' in batch:\n"
             "        rc, rr = batch['ref_chosen_logps'], batch['ref_rejected_logps']\n"
             f"    else:\n        {ref}\n"
-            "    l, cw, rw = loss_fn(pc, pr, rc, rr)\n"
+            f"    l, cw, rw = {loss}\n"
             f"    {update}\n"
             "    return losses.step_metrics(l, cw, rw, pc, pr)\n")
 
@@ -69,6 +70,10 @@ def dpo_gradient_weight(policy_chosen_logps, policy_rejected_logps, ref_chosen_l
                           "    torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)\n"
                           "    optimizer.step()"), "dpo_training_step"),
     "step_policy_in_eval_mode": ("05_dpo_on_gpt2", STEP, _step(train="policy.eval()"), "dpo_training_step"),
+    "step_ignores_loss_fn": ("05_dpo_on_gpt2", STEP, _step(loss="dpo_loss(pc, pr, rc, rr, beta=BETA)"),
+                             "dpo_training_step"),
+    "step_without_clipping": ("05_dpo_on_gpt2", STEP, _step(update="optimizer.zero_grad()\n    l.mean().backward()\n"
+                              "    optimizer.step()"), "dpo_training_step"),
     "step_before_backward": ("05_dpo_on_gpt2", STEP, _step(update="optimizer.zero_grad()\n    optimizer.step()\n"
                              "    l.mean().backward()"), "dpo_training_step"),
     "cdpo_epsilon_swapped": ("07_variants_and_pitfalls", CDPO, _CDPO_HEAD + """

@@ -109,9 +109,10 @@ diagnose_small_beta = "b"  # lower β: the wrong direction
 WRONG.update(NEW_EXERCISE_MISTAKES)  # 03's gradient weight, 05's training step, 07's cDPO: graded in this one run
 # Only hidden tests catch these: they pass the public check and must still lose the question's points. Every other
 # mistake fails the public check (`grader.check`) at once: a multiple-choice letter is checked only for its format,
-# and 05's training step keeps one hidden test per requirement of its text.
-PASS_PUBLIC = {"diagnosis_wrong", "step_reference_not_detached", "step_missing_zero_grad", "step_sum_not_mean",
-               "step_policy_in_eval_mode"}
+# and 05's training step is checked in public for each requirement of its text that a student can see go wrong
+# (zero_grad, train mode, the mean, clipping, the precomputed log-probs, the loss_fn passed in; before, the first
+# four were hidden: a student learnt of them only from the grade), in hidden tests for the reference's gradient.
+PASS_PUBLIC = {"diagnosis_wrong", "step_reference_not_detached"}
 
 
 def cell_index(nb, text: str) -> int:

@@ -1019,3 +1019,24 @@ def test_a_hidden_cases_inputs_never_reach_what_the_student_reads(hostile, assig
     crashed = hostile["rows"]["abort_with_inputs_01_kl_objective"]
     assert crashed["status"] == "crashed" and "INPUTS" not in crashed["reason"], crashed["reason"]
     assert "what it printed last is not shown" in crashed["reason"], crashed["reason"]
+
+
+def test_a_library_updating_its_own_state_during_a_test_is_not_tampering():
+    """``torch.set_default_dtype(torch.float64)`` inside a correct answer (notebooks 04, 05 and 07 run in float32)
+    rebinds ``torch.Storage``: while a test ran, that counted as swapping one public callable for another, and the
+    whole notebook was flagged and scored 0. It is put back and does not count; a real swap still does."""
+    import torch
+
+    from dpo_teach.grading.runner import References
+
+    default, storage, allclose = torch.get_default_dtype(), torch.Storage, torch.allclose
+    refs = References()
+    try:
+        torch.set_default_dtype(torch.float32 if default == torch.float64 else torch.float64)
+        assert torch.Storage is not storage  # what the library does to itself
+        assert refs.restore(strict=True) == [] and torch.Storage is storage
+        torch.allclose = torch.is_tensor
+        assert refs.restore(strict=True) == ["torch.allclose"] and torch.allclose is allclose
+    finally:
+        torch.set_default_dtype(default)
+        torch.allclose = allclose

@@ -46,6 +46,10 @@ from pathlib import Path
 WATCHED = ("torch", "numpy", "math", "dpo_teach", "builtins", "operator", "functools", "json", "io", "signal")
 CLASSES = ("torch.Tensor", "torch.nn.Module", "torch.nn.Parameter", "json.JSONDecoder", "json.JSONEncoder")
 MISSING = object()
+# What a library rebinds in its own namespace as it works, called from any code: torch.set_default_dtype sets
+# torch.Storage to the new dtype's storage class. Put back after each cell and test, but never tampering (before: a
+# correct answer that set float64 inside itself was flagged, its notebook scored 0).
+LIBRARY_STATE = {"torch.Storage"}
 CELL_FILES = ("<ipython-input-", "<cell")  # IPython's names for the code of a cell
 
 
@@ -84,8 +88,8 @@ class References:
 
     def restore(self, strict: bool) -> list[str]:
         """Undo every change to the references; return the changes that count: with ``strict`` (while a test runs)
-        any change, otherwise those that put the notebook's own code in place (a library updating itself, such as
-        ``torch.set_default_dtype`` rebinding ``torch.Storage``, is put back silently)."""
+        any change but a library's own state (:data:`LIBRARY_STATE`), otherwise those that put the notebook's own
+        code in place (a library updating itself is put back silently)."""
         changed = []
         for name, module in self.modules.items():
             if sys.modules.get(name) is not module:
@@ -95,7 +99,7 @@ class References:
             for key, value in self.attributes[name].items():
                 now = current.get(key, MISSING)
                 if now is not value:
-                    if _counts(key, value, now, strict):
+                    if f"{name}.{key}" not in LIBRARY_STATE and _counts(key, value, now, strict):
                         changed.append(f"{name}.{key}")
                     current[key] = value
         for qualified, (cls, saved) in self.classes.items():
@@ -137,8 +141,8 @@ class References:
 def _counts(key: str, before, now, strict: bool) -> bool:
     """Whether a changed attribute is tampering: the notebook's code put in place, or (while a test runs) one public
     function swapped for another, such as ``torch.allclose = torch.is_tensor``. A library updating its own state
-    (``torch.set_default_dtype`` rebinding ``torch.Storage``, a cached flag) does not count; it is undone all the
-    same."""
+    (a cached flag; and, while a test runs too, what :data:`LIBRARY_STATE` names) does not count; it is undone all
+    the same."""
     if _from_notebook(now):
         return True
     return strict and not key.startswith("_") and callable(before) and callable(now)
