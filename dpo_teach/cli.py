@@ -147,13 +147,25 @@ def cmd_train(args) -> None:
         atomic_write_json(work / "metrics.json", {
             "heldout_accuracy": accuracy, "n_train_pairs": len(train_rows), "n_heldout_pairs": len(heldout),
             "skipped_rows": [{"line": n, "reason": r} for n, r in data.skipped], "config": asdict(cfg),
-            "data": str(args.data), "model": args.model})
+            **run_inputs(args, preset)})
         with course_figures():
             save_figure(plot_dpo_history(history, title=f"{LABELS[cfg.loss_type]} training"),
                         work / "training_curves.png")
     print(f"{len(history)} steps; final loss {history[-1]['loss']:.4f}; held-out implicit-reward accuracy "
           f"{accuracy:.3f} on {len(heldout)} pairs")
     print(f"wrote {out}/policy/, metrics.json, history.json, training_curves.png")
+
+
+def run_inputs(args, preset: str | None) -> dict:
+    """What a train run read, for its metrics.json: the data and the model as absolute paths (as typed, a relative
+    path names nothing once the folder is moved), the toy preset where no --model was given, the held-out split's
+    settings and the versions that computed it."""
+    from importlib.metadata import version
+
+    return {"data": str(Path(args.data).resolve()), "model": str(Path(args.model).resolve()) if args.model else None,
+            "preset": None if args.model else preset, "eval_fraction": args.eval_fraction, "seed": args.seed,
+            "skip_invalid": args.skip_invalid,
+            "versions": {name: version(name) for name in ("dpo-teach", "torch", "transformers")}}
 
 
 def cmd_compare(args) -> None:

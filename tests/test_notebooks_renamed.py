@@ -141,3 +141,34 @@ def test_find_notebook_skips_other_assignments_and_says_what_is_missing(tmp_path
         find_notebook("01_kl_objective", cwd=tmp_path)
     monkeypatch.setattr(otter.Notebook, "_grading_mode", True)  # otter run: its bundle holds the tests
     assert find_notebook("01_kl_objective", cwd=tmp_path) is None
+
+
+def test_a_print_left_in_a_correct_answer_does_not_fail_its_check(monkeypatch):
+    """otter runs each check as a doctest: a correct ``kl_divergence`` that prints failed every case of its check
+    cell ("Expected nothing, Got: debug ..."), while ``dpo-teach grade`` gave it every point. The grader cell's
+    ``checks_ignore_prints()`` lets the check pass it; a wrong answer still fails, with its message."""
+    import json
+
+    import torch
+    from otter.test_files import ok_test
+
+    from dpo_teach.grading.student import checks_ignore_prints
+
+    monkeypatch.setattr(ok_test, "doctest", ok_test.doctest)  # put back after the test
+    tests = json.loads((NOTEBOOKS / "01_kl_objective.ipynb").read_text())["metadata"]["otter"]["tests"]
+    cases = [case["code"] for case in tests["kl_divergence"]["suites"][0]["cases"]]
+
+    def kl(p, q, wrong=False):
+        print("debug", p.shape)
+        terms = torch.where(p > 0, p * (p.log() - q.log()), torch.zeros_like(p))
+        return (terms.mean if wrong else terms.sum)(-1)
+
+    def run(answer) -> list[tuple[bool, str]]:
+        return [ok_test.run_doctest(f"kl {i}", code, {"kl_divergence": answer}) for i, code in enumerate(cases)]
+
+    assert not any(passed for passed, _ in run(kl)[:4])  # what a student saw
+    checks_ignore_prints()
+    checks_ignore_prints()  # a second run of the grader cell changes nothing more
+    assert all(passed for passed, _ in run(kl)), run(kl)
+    failed = [text for passed, text in run(lambda p, q: kl(p, q, wrong=True)) if not passed]
+    assert failed and any("sum over y (not the mean)" in text for text in failed), failed

@@ -106,7 +106,8 @@ def _secret_and_seen(master: Path) -> tuple[list[str], set[str]]:
 def _portable(nb) -> None:
     """A student notebook that runs under any file name and says how to install the package where it is missing.
 
-    The grader cell finds the notebook's file by its otter metadata (``find_notebook``), not by the master's file
+    The grader cell lets a check pass a correct answer that prints (``checks_ignore_prints``) and finds the
+    notebook's file by its otter metadata (``find_notebook``), not by the master's file
     name; the set-up check comes before the first code cell (both in ``dpo_teach/grading/student.py``).
     """
     import nbformat
@@ -114,7 +115,8 @@ def _portable(nb) -> None:
     (cell,) = [c for c in nb.cells if c.cell_type == "code" and _GRADER.search(c.source)]
     assert cell.source.startswith("import otter\n"), "the master's grader cell starts with `import otter`"
     cell.source = _GRADER.sub(lambda m: f'otter.Notebook(find_notebook("{m["stem"]}"))', cell.source).replace(
-        "import otter\n", "import otter\n\nfrom dpo_teach.grading.student import find_notebook\n\n", 1)
+        "import otter\n", "import otter\n\nfrom dpo_teach.grading.student import checks_ignore_prints, "
+        "find_notebook\n\nchecks_ignore_prints()  # a print left in a correct answer does not fail its check\n", 1)
     first_code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")  # after the title
     nb.cells.insert(first_code, nbformat.v4.new_code_cell(SETUP_CHECK))
 

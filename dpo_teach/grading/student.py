@@ -12,6 +12,7 @@ installed says how to install it instead of failing on its first import.
 
 from __future__ import annotations
 
+import doctest
 import json
 import os
 from pathlib import Path
@@ -31,6 +32,40 @@ except ModuleNotFoundError as missing:
         "repository run `make lab` (it installs everything into .venv and opens the notebooks there), or "
         "`pip install -e .` in the clone with this kernel's Python; then restart the kernel."
     ) from None'''
+
+
+class _AssertsOnly(doctest.OutputChecker):
+    """The course's checks are asserts, which print nothing: an example that expects no output passes whatever the
+    code it ran printed (a ``print`` left in a correct answer). An assert that fails still fails: doctest tells an
+    exception from output before it asks the checker."""
+
+    def check_output(self, want: str, got: str, optionflags: int) -> bool:
+        return want == "" or super().check_output(want, got, optionflags)
+
+
+class _Doctest:
+    """otter's ``doctest`` as otter's check cells see it, with the runner given :class:`_AssertsOnly`."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+    def DocTestRunner(self, *args, **kwargs):  # noqa: N802 - doctest's name
+        return self.real.DocTestRunner(*args, **{"checker": _AssertsOnly(), **kwargs})
+
+
+def checks_ignore_prints() -> None:
+    """Make ``grader.check`` pass a correct answer that prints: otter runs each check as a doctest, which failed it
+    with "Expected nothing, Got: debug ..." while ``dpo-teach grade`` (which runs the asserts) gave it every point.
+    The grader cell calls this; it leaves otter as it is where otter no longer runs its checks this way."""
+    try:
+        from otter.test_files import ok_test
+    except ImportError:
+        return
+    if isinstance(getattr(ok_test, "doctest", None), type(doctest)):
+        ok_test.doctest = _Doctest(ok_test.doctest)
 
 
 def assignment_of(path: Path) -> str | None:
