@@ -160,12 +160,16 @@ def run_inputs(args, preset: str | None) -> dict:
     """What a train run read, for its metrics.json: the data and the model as absolute paths (as typed, a relative
     path names nothing once the folder is moved), the toy preset where no --model was given, the held-out split's
     settings and the versions that computed it."""
-    from importlib.metadata import version
+    import torch
+    import transformers
+
+    import dpo_teach
 
     return {"data": str(Path(args.data).resolve()), "model": str(Path(args.model).resolve()) if args.model else None,
-            "preset": None if args.model else preset, "eval_fraction": args.eval_fraction, "seed": args.seed,
-            "skip_invalid": args.skip_invalid,
-            "versions": {name: version(name) for name in ("dpo-teach", "torch", "transformers")}}
+            "preset": None if args.model else preset, "eval_fraction": args.eval_fraction,
+            "heldout_seed": args.seed, "skip_invalid": args.skip_invalid,
+            "versions": {"dpo-teach": dpo_teach.__version__, "torch": torch.__version__,
+                         "transformers": transformers.__version__}}
 
 
 def cmd_compare(args) -> None:

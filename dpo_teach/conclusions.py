@@ -21,7 +21,7 @@ from dpo_teach.frontier import (
     runs_of,
     summarize,
 )
-from dpo_teach.plots import save_figure
+from dpo_teach.plots import course_figures, save_figure
 from dpo_teach.utils import atomic_files, json_text
 
 
@@ -328,12 +328,14 @@ def write_outputs(results: dict, out: Path) -> str:
     written to ``table.md`` below its title (what the command prints)."""
     text = (results_table(results) + "\n## Frontier gaps at matched KL\n\n" + gap_table(results) + "\n"
             + "\n\n".join(f"- {s}" for s in conclusions(results).values()) + "\n")
-    figure = plot_frontier(results)  # everything computed first: a Ctrl-C meanwhile leaves an earlier run whole
-    # the three replace an earlier run's together: a Ctrl-C while they are written or swapped in leaves that run whole
-    with atomic_files([out / "results.json", out / "table.md", out / "frontier.png"]) as (json_tmp, table_tmp, png):
-        json_tmp.write_text(json_text(results), encoding="utf-8")
-        table_tmp.write_text("# The preference-optimisation family on the toy world\n\n" + text, encoding="utf-8")
-        save_figure(figure, png)
+    with course_figures():  # drawn as notebook 06 and the README draw it
+        figure = plot_frontier(results)  # everything computed first: a Ctrl-C meanwhile leaves an earlier run whole
+        # the three replace an earlier run's together: a Ctrl-C while they are written or swapped in leaves it whole
+        with atomic_files([out / "results.json", out / "table.md", out / "frontier.png"]) as (json_tmp, table_tmp,
+                                                                                              png):
+            json_tmp.write_text(json_text(results), encoding="utf-8")
+            table_tmp.write_text("# The preference-optimisation family on the toy world\n\n" + text, encoding="utf-8")
+            save_figure(figure, png)
     return text
 
 

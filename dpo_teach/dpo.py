@@ -28,12 +28,27 @@ from dpo_teach.utils import lr_at, set_seed
 # The flags of `dpo-teach train` and `demo` that set these DPOConfig fields: the CLI passes them to train_dpo so
 # that a divergence error names them (elsewhere, in a notebook or the comparison, it names the config fields).
 FLAGS = {"lr": "--lr", "beta": "--beta"}
-# A step whose loss is this many times the first step's (or 1, if that is less) ends the run as diverged, though the
-# loss is still a number: training lowers the loss, and such a jump means an update threw the policy far off, as a
-# learning rate of 10 does (its next losses swing between 0 and thousands; the weights stay finite, so the nan checks
-# do not see it). Every loss of the family is ≥ 0 and starts where π_θ = π_ref: ln 2 for DPO, 1 for the hinge,
-# (1/2β)² for IPO, so a healthy run stays far below this.
-LOSS_JUMP = 100.0
+# A step after which the policy gives its batch's chosen completions less than this log-probability per token ends
+# the run as diverged, though every number is still finite: a uniform guess over GPT-2's 50,257 tokens gives -10.8,
+# so only weights thrown far off go below it, as a learning rate of 10 does (its losses swing between 0 and
+# thousands; the weights stay finite, so the nan checks do not see it). It does not depend on β or the loss, whose
+# values grow with β in healthy runs (at β = 1000 a policy barely moved has a loss near 100).
+LOGP_PER_TOKEN_FLOOR = -50.0
+
+
+def thrown_off(metrics, batch: dict[str, torch.Tensor]) -> str | None:
+    """What is wrong when the step's chosen completions got less than :data:`LOGP_PER_TOKEN_FLOOR` nats per token
+    under the policy (``metrics["logps/chosen"]``, the mean over the batch's first half of ``batch``'s rows, over
+    their mean completion length), else None. A step that reports no such metric is not checked."""
+    logp = metrics.get("logps/chosen") if isinstance(metrics, dict) else None
+    if not isinstance(logp, float) or "completion_mask" not in batch:
+        return None
+    chosen = batch["completion_mask"][: batch["completion_mask"].shape[0] // 2]
+    per_token = logp / max(float(chosen.sum()) / max(len(chosen), 1), 1.0)
+    if per_token < LOGP_PER_TOKEN_FLOOR:
+        return (f"the chosen completions' log-probability fell to {per_token:.3g} nats per token, below "
+                f"{LOGP_PER_TOKEN_FLOOR:g}: the weights were thrown far off")
+    return None
 
 
 @dataclass
@@ -138,10 +153,9 @@ def train_dpo(
         loss = metrics.get("loss") if isinstance(metrics, dict) else None
         if isinstance(loss, float) and not math.isfinite(loss):  # a custom step_fn that stepped anyway
             raise diverged("DPO", step, total, lr, config, f"the loss is {loss}", flags)
-        first = history[0].get("loss") if history else None
-        if isinstance(loss, float) and isinstance(first, float) and loss > LOSS_JUMP * max(first, 1.0):
-            raise diverged("DPO", step, total, lr, config, f"the loss jumped to {loss:.4g} from {first:.4g} at step 1",
-                           flags)
+        thrown = thrown_off(metrics, batch)
+        if thrown:
+            raise diverged("DPO", step, total, lr, config, thrown, flags)
         history.append({"step": step, "epoch": epoch, "lr": lr, **metrics})
         if callback is not None:
             callback(history[-1])

@@ -21,6 +21,7 @@ import matplotlib.ticker
 import numpy as np
 from matplotlib.lines import Line2D
 
+from dpo_teach.plots import COLORS as SERIES
 from dpo_teach.plots import plt
 from dpo_teach.utils import atomic_write_text
 
@@ -31,8 +32,8 @@ PANEL_HEIGHT = 4.4  # inches: the frontier figure's three panels, before its leg
 # Each method's colour (3:1 contrast or more against white: matplotlib's orange, cyan, olive and pink are darkened)
 # and marker: several of the colours look alike to colour-blind readers and in greyscale, the markers do not.
 COLORS = {"DPO": "tab:blue", "online-DPO": "#1b8e9e", "online-DPO-fixed": "tab:purple", "online-DPO-RM": "tab:gray",
-          "PPO": "#d9650b", "PPO-GT": "tab:green", "GRPO": "tab:red", "GRPO-GT": "#8a8a00",
-          "GRPO-GT/token": "tab:brown", "RLOO": "#c04d9e"}
+          "PPO": SERIES[1], "PPO-GT": "tab:green", "GRPO": "tab:red", "GRPO-GT": "#8a8a00",
+          "GRPO-GT/token": "tab:brown", "RLOO": SERIES[6]}
 MARKERS = {"DPO": "o", "online-DPO": "s", "online-DPO-fixed": "D", "online-DPO-RM": "v", "PPO": "^", "PPO-GT": "P",
            "GRPO": "X", "GRPO-GT": "*", "GRPO-GT/token": "<", "RLOO": ">"}
 METHODS = tuple(COLORS)
@@ -275,7 +276,7 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
         measured = kl > 0  # π_ref's own point is KL 0: the line up to the first evaluation is drawn, not measured
         upto = np.argmax(measured) + 1  # π_ref's point and the first measured one
         axes[0].plot(kl[:upto], best[:upto], ":", color=COLORS[m], lw=1.5)
-        axes[0].plot(kl[measured], best[measured], color=COLORS[m], lw=2, marker=MARKERS[m], ms=6,
+        axes[0].plot(kl[measured], best[measured], "-", color=COLORS[m], lw=2, marker=MARKERS[m], ms=6,
                      label=f"{m} frontier")
         for param in sorted({r["param"] for r in runs_of(results, m)}):
             runs = runs_of(results, m, param)

@@ -115,7 +115,8 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, path: str | Path, extra: 
 
 
 def _first_line(error: Exception) -> str:
-    """``Type: first line of the message``, at most 200 characters: library errors can run over many lines."""
+    """``Type: first line of the message``, its first 200 characters or so (cut between words, with " …"): library
+    errors can run over many lines."""
     text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
     if len(text) > 200:  # cut between words, and say so
         text = text[:200].rsplit(" ", 1)[0] + " …"
@@ -172,6 +173,7 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
     try:  # mismatched shapes are reported in the loading info below, with an example, instead of raised
         with _no_progress_bars():
             model, info = AutoModelForCausalLM.from_pretrained(path, config=config, local_files_only=True,
+                                                               trust_remote_code=False,
                                                                dtype=torch.float32, ignore_mismatched_sizes=True,
                                                                output_loading_info=True)
     except Exception as e:  # noqa: BLE001

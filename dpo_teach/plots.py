@@ -23,8 +23,9 @@ COURSE_RC = {"axes.prop_cycle": cycler(color=COLORS) + cycler(linestyle=LINE_STY
 
 
 def course_style() -> None:
-    """Set :data:`COURSE_RC` for every figure from here on: each notebook calls it once, after its imports. A figure
-    saved to a file is drawn inside :func:`course_figures` instead, the same whatever ran before it."""
+    """Set :data:`COURSE_RC` for every figure from here on: each notebook calls it once, after its imports. The
+    figures the package saves to files (the demo's, train's, the comparison's, the README's and the site's frontier)
+    are drawn inside :func:`course_figures` instead, the same whatever ran before them."""
     plt.rcParams.update(COURSE_RC)
 
 
@@ -52,8 +53,9 @@ DPO_PANELS = [  # (title, history keys) of the four panels of a DPO training run
 
 
 def draw_dpo_panels(axes, history: list[dict], window: int = 10) -> None:
-    """Draw :data:`DPO_PANELS` from ``history`` (``train_dpo``'s) into four axes, as moving averages over ``window``
-    steps, with ln 2 marked on the loss. Each axis is cleared first, so a live plot can redraw into the same axes."""
+    """Loss (ln 2 marked), reward accuracy, implicit rewards and chosen/rejected log-probs of ``history``
+    (``train_dpo``'s) in four axes (:data:`DPO_PANELS`), as moving averages over ``window`` steps. Each axis is
+    cleared first, so a live plot can redraw into the same axes."""
     steps = [h["step"] for h in history]
     for ax, (title, keys) in zip(np.ravel(axes), DPO_PANELS, strict=True):
         ax.clear()

@@ -181,7 +181,7 @@ def note_build_machine(nb: nbformat.NotebookNode) -> None:
 # a plot's own words in the code that drew it: title="…", ax.set_xlabel("…"), plt.ylabel(f"…"), suptitle("…")
 _LABEL = re.compile(r"""(?<!\w)(?:set_)?(title|suptitle|xlabel|ylabel)\s*(?:\(|=)\s*f?(["'])(.+?)\2""")
 _DEF = re.compile(r"^def (\w+)\(", re.MULTILINE)
-_CALL = re.compile(r"(?<![\w.])(?:\w+\.)?(\w+)\(")
+_CALL = re.compile(r"(?<![\w.])(?:\w+\.)*(\w+)\(")
 _GREEK = {"beta": "β", "pi": "π", "theta": "θ", "tau": "τ", "sigma": "σ", "varepsilon": "ε", "epsilon": "ε",
           "lambda": "λ", "phi": "φ", "star": "*"}
 
@@ -207,7 +207,8 @@ def package_figures() -> dict[str, str]:
     for module in (plots, frontier):
         for name, function in vars(module).items():
             if name.startswith(("plot_", "draw_")) and callable(function) and function.__doc__:
-                sentence = re.split(r"(?<=\.)\s|;\s", function.__doc__.strip(), maxsplit=1)[0].rstrip(".")
+                text = " ".join(re.sub(r":\w+:`([^`]*)`", r"\1", function.__doc__).split())  # roles, line breaks
+                sentence = re.split(r"(?<=\.)\s|;\s", text, maxsplit=1)[0].rstrip(".")
                 said[name] = _spoken(sentence.replace("``", ""))
     return said
 
@@ -404,10 +405,10 @@ def header_links(titles: dict[str, str], current: str, graded: bool) -> list[dic
 
 def _spoken_link(label: str, title: str) -> str:
     """A header link's name for a screen reader (its ``aria-label``): "Notebook 01: The KL objective" for a number;
-    a label in words with the page's title after it, unless the title starts with it."""
+    a label in words with the page's title after a dash, unless the title starts with it."""
     if label.isdigit():
         return f"Notebook {label}: {title}"
-    return title if title.lower().startswith(label.lower()) else f"{label}: {title}"
+    return title if title.lower().startswith(label.lower()) else f"{label} – {title}"
 
 
 def neighbours(titles: dict[str, str], current: str) -> dict[str, dict | None]:

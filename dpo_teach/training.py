@@ -21,9 +21,10 @@ import torch
 
 
 class TrainingError(RuntimeError):
-    """Training diverged: the loss or the gradient is no longer a finite number (nan or inf), or (DPO's loss,
-    ``dpo.LOSS_JUMP``) the loss jumped far above where it started. Nothing is saved; raised through :func:`diverging`
-    or :func:`diverged`, the message says which run, at which step, and what to change."""
+    """Training diverged: the loss or the gradient is no longer a finite number (nan or inf), or (DPO,
+    ``dpo.thrown_off``) the weights were thrown so far that the policy finds its chosen completions all but
+    impossible. Nothing is saved; raised through :func:`diverging` or :func:`diverged`, the message says which run,
+    at which step, and what to change."""
 
 
 BETAS = ("beta", "kl_coef")  # the config fields that hold a trainer's β, the weight of its KL term

@@ -70,7 +70,7 @@ def test_train_on_a_user_file_with_a_checkpoint(tmp_path, world, pairs, capsys):
     assert metrics["n_train_pairs"] == 90 and metrics["n_heldout_pairs"] == 10
     # what it read, found again after the folder is moved: absolute paths, the split's settings, the versions
     assert metrics["model"] == str((tmp_path / "ref").resolve()) and metrics["data"] == str(data.resolve())
-    assert [metrics[k] for k in ("preset", "eval_fraction", "seed", "skip_invalid")] == [None, 0.1, 0, True]
+    assert [metrics[k] for k in ("preset", "eval_fraction", "heldout_seed", "skip_invalid")] == [None, 0.1, 0, True]
     assert set(metrics["versions"]) == {"dpo-teach", "torch", "transformers"}
     (skipped,) = metrics["skipped_rows"]
     assert skipped["line"] == 101 and "not valid JSON" in skipped["reason"] and set(skipped) == {"line", "reason"}

@@ -1040,3 +1040,30 @@ def test_a_library_updating_its_own_state_during_a_test_is_not_tampering():
     finally:
         torch.set_default_dtype(default)
         torch.allclose = allclose
+
+
+@pytest.mark.parametrize("cell", [
+    'import otter\n\nfrom dpo_teach.grading.student import find_notebook\n\n'
+    'grader = otter.Notebook(find_notebook("01_kl_objective"))',  # the grader cell before checks_ignore_prints
+    'import otter\n\nfrom dpo_teach.grading.student import checks_ignore_prints, find_notebook\n\n'
+    'checks_ignore_prints()\ngrader = otter.Notebook(find_notebook("01_kl_objective"))',
+])
+def test_a_grader_cell_of_an_earlier_release_scans_clean(assigned, cell):
+    """A student who kept a notebook from before the bundles were rebuilt has a grader cell that is no longer the
+    released one, so it is scanned: what it imports from grading.student is the student's side of the grader, not
+    its machinery (before, either form was flagged and the notebook scored 0)."""
+    assert _scan_with(assigned, cell) == {"grader": [], "reference": {}}
+    found = _scan_with(assigned, "from dpo_teach.grading.student import find_notebook, SETUP_CHECK")["grader"]
+    assert any("SETUP_CHECK" in finding for finding in found), found  # any other name from there: the grader's
+
+
+def test_a_tool_of_a_questions_tests_is_not_its_forbidden_answer(assigned):
+    """05's step tests pass the step a loss function (DPO's, IPO's): those are arguments the answer may use, not the
+    answer it must not copy; the package's own step is. Before, naming ipo_loss in a public test made any step that
+    used it "call the package's own implementation" and score 0."""
+    from dpo_teach.grading import scan as scan_module
+
+    tests = judge.load_tests(assigned / "autograder" / "05_dpo_on_gpt2.zip")
+    named = "\n".join(case["code"] for case in tests["dpo_training_step"])
+    assert "dpo_teach.losses.ipo_loss" in named and "dpo_teach.dpo.dpo_step" in named
+    assert scan_module.references(tests)["dpo_training_step"] == {"dpo_teach.dpo.dpo_step"}

@@ -320,14 +320,18 @@ def test_a_figure_drawn_by_a_method_a_function_or_the_package_is_described_too()
         nbformat.v4.new_code_cell('def show_margin(beta):\n    plt.plot([0, 1])\n'
                                   '    plt.gca().set_title(f"β = {beta}")\n    plt.gca().set_xlabel("margin")'),
         nbformat.v4.new_code_cell("show_margin(0.1)", outputs=[png()]),
-        nbformat.v4.new_code_cell("fig = plots.plot_dpo_history(history)", outputs=[png()])])
+        nbformat.v4.new_code_cell("fig = dpo_teach.plots.plot_dpo_history(history)", outputs=[png()]),
+        nbformat.v4.new_code_cell("draw_dpo_panels(axes, history)", outputs=[png()])])
     site_pages.describe_figures(nb)
     alts = [cell.outputs[0].metadata["image/png"]["alt"] for cell in nb.cells if cell.get("outputs")]
     assert alts == [
         "Figure in the section “Curves”, titled loss, axes x: step; y: KL (nats)",
         "Figure in the section “Curves”, titled β = …, axes x: margin",
         "Figure in the section “Curves”, drawing Loss (with the ln 2 start), reward accuracy, margins and "
-        "chosen/rejected log-probs against the step"]
+        "chosen/rejected log-probs against the step",
+        "Figure in the section “Curves”, drawing Loss (ln 2 marked), reward accuracy, implicit rewards and "
+        "chosen/rejected log-probs of history (train_dpo's) in four axes (DPO_PANELS), as moving averages over window "
+        "steps"]
 
 
 def test_a_keyboard_can_skip_the_header_and_a_screen_reader_hears_each_link_in_full():
@@ -343,11 +347,11 @@ def test_a_keyboard_can_skip_the_header_and_a_screen_reader_hears_each_link_in_f
     nav = re.search(r'<nav aria-label="Course pages">(.*?)</nav>', body, re.DOTALL)[1]
     named = [(re.search(r'href="([^"]+)"', a)[1], re.search(r'aria-label="([^"]+)"', a)[1])
              for a in re.findall(r"<a [^>]*>", nav)]
-    assert named == [("index.html", "Home: dpo-teach: the course"),
+    assert named == [("index.html", "Home – dpo-teach: the course"),
                      ("01_kl_objective.html", "Notebook 01: The KL objective"),
                      ("02_bradley_terry.html", "Notebook 02: Bradley–Terry"),
                      ("ppo_vs_dpo.html", "PPO vs DPO: the shipped comparison"),
-                     ("beyond_the_laptop.html", "At scale: Beyond the laptop: TRL, real checkpoints, real data")]
+                     ("beyond_the_laptop.html", "At scale – Beyond the laptop: TRL, real checkpoints, real data")]
     css = (site.ASSETS / "site.css").read_text(encoding="utf-8")
     assert "only screen and (max-height: 500px)" in css and ".site-skip:focus" in css
 

@@ -99,14 +99,14 @@ class References:
             for key, value in self.attributes[name].items():
                 now = current.get(key, MISSING)
                 if now is not value:
-                    if f"{name}.{key}" not in LIBRARY_STATE and _counts(key, value, now, strict):
+                    if _counts(f"{name}.{key}", value, now, strict):
                         changed.append(f"{name}.{key}")
                     current[key] = value
         for qualified, (cls, saved) in self.classes.items():
             for key, value in saved.items():
                 now = vars(cls).get(key, MISSING)
                 if key not in ("__dict__", "__weakref__", "__doc__") and now is not value:
-                    if _counts(key, value, now, strict):
+                    if _counts(f"{qualified}.{key}", value, now, strict):
                         changed.append(f"{qualified}.{key}")
                     setattr(cls, key, value)
             for key in set(vars(cls)) - set(saved):
@@ -138,14 +138,15 @@ class References:
         return ns
 
 
-def _counts(key: str, before, now, strict: bool) -> bool:
+def _counts(qualified: str, before, now, strict: bool) -> bool:
     """Whether a changed attribute is tampering: the notebook's code put in place, or (while a test runs) one public
     function swapped for another, such as ``torch.allclose = torch.is_tensor``. A library updating its own state
     (a cached flag; and, while a test runs too, what :data:`LIBRARY_STATE` names) does not count; it is undone all
     the same."""
     if _from_notebook(now):
         return True
-    return strict and not key.startswith("_") and callable(before) and callable(now)
+    key = qualified.rsplit(".", 1)[1]
+    return strict and qualified not in LIBRARY_STATE and not key.startswith("_") and callable(before) and callable(now)
 
 
 def _from_notebook(value) -> bool:

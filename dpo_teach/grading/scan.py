@@ -43,7 +43,8 @@ INPUT_HELPERS = {"dpo_teach.logprobs.pad_rows", "dpo_teach.logprobs.PreferenceCo
                  "dpo_teach.logprobs.reference_logprobs"}
 # Package functions a question's tests use as a tool, which its answer may use too: the step's loss is an argument,
 # not its answer; the gradient weight may be read off autograd through the loss (notebook 03 does so above it).
-ALLOWED = {"dpo_training_step": {"dpo_teach.losses.dpo_loss"}, "dpo_gradient_weight": {"dpo_teach.losses.dpo_loss"}}
+ALLOWED = {"dpo_training_step": {"dpo_teach.losses.dpo_loss", "dpo_teach.losses.ipo_loss"},
+           "dpo_gradient_weight": {"dpo_teach.losses.dpo_loss"}}
 _CHECK = re.compile(r"""grader\.check\(\s*["'](\w+)["']""")
 _REFERENCE = re.compile(r"dpo_teach(?:\.\w+)+")
 
