@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dpo_teach.cli_args import (
+    SettingWarning,
     UsageError,
     apply_dpo_args,
     build_parser,
@@ -254,7 +255,7 @@ def _run(args) -> int:
 
     try:
         with warnings.catch_warnings():
-            _one_line_warnings(args.command, (DataWarning, CacheWarning))
+            _one_line_warnings(args.command, (DataWarning, CacheWarning, SettingWarning))
             {"demo": cmd_demo, "data": cmd_data, "train": cmd_train, "compare": cmd_compare}[args.command](args)
     except (DataError, CheckpointError, ContextLengthError, UsageError, TrainingError, CacheError) as e:
         print(f"dpo-teach {args.command}: error: {e}", file=sys.stderr)

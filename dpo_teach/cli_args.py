@@ -12,6 +12,7 @@ import argparse
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 
 from dpo_teach.utils import nearest_existing
@@ -88,6 +89,13 @@ def _seed(text: str) -> int:
 
 class UsageError(ValueError):
     """An argument that parses but cannot be used (e.g. an --out nobody can write); checked before any work."""
+
+
+class SettingWarning(UserWarning):
+    """A setting that runs but probably does not do what its user meant; the message says why and what is usual."""
+
+
+TINY_BETA = 1e-3  # below it, a loss of β·h reads as if frozen while AdamW moves the policy at full speed
 
 
 def check_writable(path: str | Path, flag: str, directory: bool) -> None:
@@ -181,6 +189,11 @@ def apply_dpo_args(cfg, args) -> None:
     cfg.beta, cfg.lr, cfg.epochs, cfg.batch_size = args.beta, args.lr, args.epochs, args.batch_size
     cfg.loss_type, cfg.max_length, cfg.precompute_ref = args.loss, args.max_length, not args.on_the_fly_ref
     cfg.seed = args.seed
+    if 0 < args.beta < TINY_BETA and args.loss != "ipo":  # IPO's β sets a target, 1/(2β): there it is no scale
+        warnings.warn(f"--beta {args.beta:g} is tiny: the loss will read about its value at β·h = 0 (ln 2 for DPO) "
+                      "and the rewards about 0 at every step, yet AdamW divides β out of each step, so the policy "
+                      "moves at full speed with next to no pull back to π_ref (notebook 07, Pitfall 2); usual values "
+                      "are 0.01 to 1", SettingWarning, stacklevel=2)
     for flag, value, loss, field in (("--label-smoothing", args.label_smoothing, "cdpo", "label_smoothing"),
                                      ("--dpop-lambda", args.dpop_lambda, "dpop", "dpop_lambda")):
         if value is None:

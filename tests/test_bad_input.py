@@ -979,6 +979,20 @@ def test_divergent_training_is_an_error_and_saves_nothing(tmp_path, tiny_checkpo
     assert not out.exists()
 
 
+@pytest.mark.parametrize("loss, beta, warned", [("sigmoid", "1e-6", True), ("hinge", "1e-4", True),
+                                                ("sigmoid", "0.01", False), ("ipo", "1e-4", False)])
+def test_a_tiny_beta_is_warned_about_in_one_line(tmp_path, tiny_checkpoint, loss, beta, warned, capsys):
+    """β = 1e-6 (a unit slip) reads on the dashboard like β = 0 (loss ln 2, rewards 0) while AdamW moves the policy at
+    full speed: train says so in one line and runs on. IPO's β sets its target, 1/(2β): not warned there."""
+    data = write_bytes(tmp_path, jsonl(*distinct_rows(20)))
+    assert main(["train", "--data", str(data), "--model", str(tiny_checkpoint), "--out", str(tmp_path / "out"),
+                 "--quiet", "--batch-size", "8", "--epochs", "1", "--max-length", "32", "--loss", loss,
+                 "--beta", beta]) == 0
+    err = capsys.readouterr().err
+    assert (f"dpo-teach train: warning: --beta {float(beta):g} is tiny: the loss will read" in err) is warned, err
+    assert "Traceback" not in err and "cli_args.py" not in err
+
+
 def test_optimizer_step_refuses_a_nan_loss_and_leaves_the_weights(tiny_checkpoint):
     import torch
 
