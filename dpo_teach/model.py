@@ -202,9 +202,9 @@ def _custom_code(path: Path) -> bool:
             read[name] = json.loads((path / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue  # missing or unreadable: transformers' own loading says so
-    files = [f for f in read.values() if isinstance(f, dict)]
-    model_type = read.get("config.json", {}).get("model_type") if isinstance(read.get("config.json"), dict) else None
-    return any("auto_map" in f for f in files) and model_type not in CONFIG_MAPPING
+    config = read.get("config.json")
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    return any(isinstance(f, dict) and "auto_map" in f for f in read.values()) and model_type not in CONFIG_MAPPING
 
 
 def _check_finite(path: Path, model: PreTrainedModel) -> None:

@@ -15,8 +15,6 @@ from dpo_teach.utils import atomic_file
 # several of these colours look alike. Dotted lines are left for the course's reference lines (ln 2, a target).
 COLORS = ["tab:blue", "#d9650b", "tab:green", "tab:red", "tab:purple", "tab:brown", "#c04d9e", "tab:gray"]
 LINE_STYLES = ["-", "--", "-.", (0, (5, 1.5, 1, 1.5, 1, 1.5))] * 2
-
-
 # The course's figures: each series a colour and a line style of its own, text a size up from matplotlib's default.
 COURSE_RC = {"axes.prop_cycle": cycler(color=COLORS) + cycler(linestyle=LINE_STYLES), "font.size": 11,
              "axes.titlesize": 11, "legend.fontsize": 9}

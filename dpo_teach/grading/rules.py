@@ -112,10 +112,14 @@ def reaches(parts: list[str]) -> str | None:
         return f"reaches the module {name}"
     if owner in OWNED and (name in OWNED[owner] or (owner != "inspect" and name.startswith("_"))):
         return f"uses {owner}.{name}"
-    if parts[:2] == ["dpo_teach", "grading"] and len(parts) > 2 and not (
-            parts[2:3] == ["student"] and len(parts) == 4 and parts[3] in STUDENT_NAMES):
+    if parts[:2] == ["dpo_teach", "grading"] and len(parts) > 2 and not student_side(parts):
         return f"uses {'.'.join(parts)}"
     return None
+
+
+def student_side(parts: list[str]) -> bool:
+    """Whether an attribute path is one of the names the grader cell imports (:data:`STUDENT_NAMES`)."""
+    return parts[:3] == ["dpo_teach", "grading", "student"] and len(parts) == 4 and parts[3] in STUDENT_NAMES
 
 
 class Visitor(ast.NodeVisitor):
@@ -156,8 +160,8 @@ class Visitor(ast.NodeVisitor):
         names = [a.name for a in node.names]
         if module.split(".")[0] in GRADER_MODULES or module.startswith("otter") or (
                 module.startswith("IPython") and module != "IPython.display") or (
-                module.startswith("dpo_teach.grading") and (module != "dpo_teach.grading.student"
-                                                            or not set(names) <= STUDENT_NAMES)):
+                module.startswith("dpo_teach.grading") and not all(
+                    student_side([*module.split("."), name]) for name in names)):
             self.flag(node, f"imports from {module}")
         for name in names:
             found = reaches([*module.split("."), name])
