@@ -159,9 +159,17 @@ def train_dpo(
         history.append({"step": step, "epoch": epoch, "lr": lr, **metrics})
         if callback is not None:
             callback(history[-1])
-    if not all(torch.isfinite(p).all() for p in policy.parameters()):  # the last step overflowed a weight
-        raise diverged("DPO", total - 1, total, lr_at(total - 1, total, config.lr), config,
-                       "a weight is no longer finite", flags)
     policy.eval()
+    last = (total - 1, total, lr_at(total - 1, total, config.lr), config)
+    if not all(torch.isfinite(p).all() for p in policy.parameters()):  # the last step overflowed a weight
+        raise diverged("DPO", *last, "a weight is no longer finite", flags)
+    if history:  # a step's metrics come from before its update: the last update is checked on its own batch
+        with torch.no_grad():
+            chosen, _ = concatenated_logprobs(policy, batch)
+        logp = chosen.mean().item()
+        thrown = (thrown_off({"logps/chosen": logp}, batch) if math.isfinite(logp)
+                  else "the policy's log-probabilities are no longer finite")
+        if thrown:
+            raise diverged("DPO", *last, f"after the last step's update, {thrown}", flags)
     return history
 

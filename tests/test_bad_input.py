@@ -1007,13 +1007,14 @@ def test_optimizer_step_refuses_a_nan_loss_and_leaves_the_weights(tiny_checkpoin
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("breaks", ["the loss", "a weight", "thrown off"])
+@pytest.mark.parametrize("breaks", ["the loss", "a weight", "thrown off", "the last update"])
 def test_a_students_step_that_steps_anyway_is_stopped_with_the_step_and_settings(world, pairs, breaks):
     """Notebook 05 trains with the student's own ``dpo_training_step``: one that reports a nan loss, or that
     steps without the package's finite-gradient check and overflows a weight, must stop ``train_dpo`` with the step
     and settings, not hand back a policy of nan weights. So must a policy whose chosen completions fall below -50
     nats per token while its weights stay finite (what a learning rate of 10 does on some CPUs: before, the run
-    ended "successfully" with a policy thrown far off)."""
+    ended "successfully" with a policy thrown far off), and an update by the last step, which no step's metrics
+    see (they come from the forward pass before the update)."""
     import copy
     import math
 
@@ -1036,12 +1037,18 @@ def test_a_students_step_that_steps_anyway_is_stopped_with_the_step_and_settings
                 next(policy.parameters())[0, 0] = math.inf
         if len(calls) == 3 and breaks == "thrown off":
             return {**metrics, "logps/chosen": -1e4}  # the batch's chosen completions: a few tokens each
+        if len(calls) == 3 and breaks == "the last update":  # finite weights, seen by no step's metrics
+            with torch.no_grad():
+                policy.transformer.ln_f.weight.mul_(1e4)
         return metrics
 
     cfg = DPOConfig(beta=0.5, lr=1e-3, batch_size=16, epochs=1, seed=0)
     step, what = {"the loss": ("2 of 3", "the loss is nan"), "a weight": ("3 of 3", "a weight is no longer finite"),
                   "thrown off": ("3 of 3", "the chosen completions' log-probability fell to -[0-9.e+]+ nats per "
-                                           "token, below -50: the weights were thrown far off")}[breaks]
+                                           "token, below -50: the weights were thrown far off"),
+                  "the last update": ("3 of 3", "after the last step's update, the chosen completions' "
+                                                "log-probability fell to -[0-9.e+]+ nats per token, below -50: the "
+                                                "weights were thrown far off")}[breaks]
     with pytest.raises(TrainingError, match=rf"DPO diverged at step {step} \({what}; .*peak lr=0.001, beta=0.5\)"):
         train_dpo(policy, reference, tokenizer, pairs[:48], cfg, step_fn=students_step)
 
