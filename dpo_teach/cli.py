@@ -248,7 +248,7 @@ def _run(args) -> int:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    from dpo_teach.model import CheckpointError, ContextLengthError
+    from dpo_teach.model import CheckpointError, ContextLengthError, InstallError
     from dpo_teach.preference_file import DataError, DataWarning
     from dpo_teach.training import TrainingError
     from dpo_teach.world import CacheError, CacheWarning
@@ -257,7 +257,7 @@ def _run(args) -> int:
         with warnings.catch_warnings():
             _one_line_warnings(args.command, (DataWarning, CacheWarning, SettingWarning))
             {"demo": cmd_demo, "data": cmd_data, "train": cmd_train, "compare": cmd_compare}[args.command](args)
-    except (DataError, CheckpointError, ContextLengthError, UsageError, TrainingError, CacheError) as e:
+    except (DataError, CheckpointError, ContextLengthError, InstallError, UsageError, TrainingError, CacheError) as e:
         print(f"dpo-teach {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -7,11 +7,13 @@ checkpoint directory (``save_pretrained`` output: ``config.json``, weights and t
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -38,6 +40,11 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.m
 
 class CheckpointError(ValueError):
     """A model directory that cannot be used; the message names the path and the fix."""
+
+
+class InstallError(RuntimeError):
+    """An installed library that would build another model than the course's (so every number would differ); the
+    message names the library, its version and the fix."""
 
 
 class ContextLengthError(ValueError):
@@ -78,8 +85,28 @@ def build_model(preset: str, vocab_size: int, eos_token_id: int, n_positions: in
         **PRESETS[preset],
     )
     model = GPT2LMHeadModel(config)
+    check_scaled_init(model)
     disable_dropout(model)
     return model
+
+
+def check_scaled_init(model: GPT2LMHeadModel) -> None:
+    """Refuse a freshly built GPT-2 whose residual projections were not initialised at GPT-2's scale.
+
+    GPT-2 draws each block's output projections (``c_proj``) with standard deviation initializer_range / √(2·n_layer)
+    (Radford et al. 2019, section 2.3). transformers 5.0 to 5.14 drew them at initializer_range
+    (huggingface/transformers#47458, fixed in 5.15): a π_ref built there is another model, and the course's numbers
+    change with it (the demo's KL 1.95 instead of 1.08, fluency 80 % instead of 94 %), with nothing to say why.
+    """
+    config = model.config
+    expected = config.initializer_range / math.sqrt(2 * config.n_layer)
+    drawn = float(model.transformer.h[0].attn.c_proj.weight.detach().std())
+    if drawn > 1.4 * expected:  # unscaled is √(2·n_layer) ≥ 1.4× the scaled value (n_layer ≥ 1)
+        raise InstallError(
+            f"transformers {transformers.__version__} initialises GPT-2's residual projections without GPT-2's "
+            f"1/√(2·n_layer) scale (standard deviation {drawn:.4f}, expected {expected:.4f}; a bug of transformers 5.0 "
+            "to 5.14), so π_ref would be another model than the course's and every number would differ. Upgrade: "
+            "pip install 'transformers>=5.15' (or `make lab`, which installs what the course needs)")
 
 
 @contextmanager

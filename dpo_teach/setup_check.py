@@ -2,8 +2,9 @@
 
     from dpo_teach.setup_check import setup_report; setup_report()
 
-shows Python, the torch build (CPU, CUDA or MPS), the threads torch uses, where π_ref is cached and whether it is
-already built, and how long the first notebooks will take here. The times are estimates: the course's measured times
+shows Python, whether the installed packages are the versions the course needs, the torch build (CPU, CUDA or
+MPS), the threads torch uses, where π_ref is cached and whether it is already built, and how long the first
+notebooks will take here. The times are estimates: the course's measured times
 (``REFERENCE``, a 2-core machine) scaled by how fast a small fixed torch workload (``speed_probe``) runs here.
 """
 
@@ -84,6 +85,33 @@ def _seconds(s: float) -> str:
     return f"about {s:.0f} s" if s < 90 else f"about {s / 60:.1f} min"
 
 
+def unmet_requirements(distribution: str = "dpo-teach") -> list[str]:
+    """What this environment lacks of ``distribution``'s own requirements (its installed metadata, extras aside):
+    ``"transformers 5.0.0 (needs >=5.15)"``, ``"tqdm missing"``. Empty when all are met, or when the package runs from
+    a source tree that was never installed (there is nothing to compare with)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    try:
+        required = metadata.requires(distribution) or []
+    except metadata.PackageNotFoundError:
+        return []
+    unmet = []
+    for line in required:
+        requirement = Requirement(line)
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue  # an extra's (dev, peers) or another platform's
+        try:
+            version = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            unmet.append(f"{requirement.name} missing")
+            continue
+        if not requirement.specifier.contains(version, prereleases=True):
+            unmet.append(f"{requirement.name} {version} (needs {requirement.specifier})")
+    return unmet
+
+
 def setup_report(probe_s: float | None = None) -> SetupReport:
     """The table; ``probe_s`` (seconds of :func:`speed_probe`) is measured when not given."""
     py = sys.version_info[:2]
@@ -95,8 +123,12 @@ def setup_report(probe_s: float | None = None) -> SetupReport:
     probe_s = speed_probe() if probe_s is None else probe_s
     slower = probe_s / REFERENCE["probe_s"]
     build = "" if cached else f", + {_seconds(REFERENCE['build_reference_s'] * slower)} once to build π_ref"
+    unmet = unmet_requirements()
     rows = [
         ("Python", f"{platform.python_version()} ({supported})"),
+        ("packages", "as the course needs" if not unmet else
+         f"not as the course needs: {', '.join(unmet)}; run `make lab` in the course folder (it installs them), or "
+         "`pip install -e .` there, then restart the kernel"),
         ("torch", f"{torch.__version__}: {torch_build()}"),
         ("threads", f"torch uses {torch.get_num_threads()} of {cores} cores (notebooks set 1 for the tiny models)"),
         ("cache (π_ref)", f"{cache}{'' if writable else ' (not writable: set DPO_TEACH_CACHE)'}"),

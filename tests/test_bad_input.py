@@ -1382,3 +1382,32 @@ def test_a_config_of_another_model_over_these_weights_is_refused_before_it_is_bu
                                               r"config belongs to another model"):
         load_checkpoint(path)
     assert time.perf_counter() - start < 30  # refused from the files, not after building the model
+
+
+def test_a_transformers_that_skips_gpt2s_residual_scale_is_refused_before_pi_ref_is_built(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """transformers 5.0 to 5.14 drew GPT-2's residual projections at 0.02 instead of 0.02/√(2·n_layer)
+    (huggingface/transformers#47458): π_ref was another model (the demo's KL 1.95 instead of 1.08) and was cached as
+    if it were the course's. Here that init is imitated; the build stops with the version and the fix, nothing is
+    cached, and the command says it in one line."""
+    import torch
+
+    from dpo_teach import model
+    from dpo_teach.model import InstallError, build_model
+
+    class Unscaled(model.GPT2LMHeadModel):
+        def __init__(self, config):
+            super().__init__(config)
+            with torch.no_grad():
+                for block in self.transformer.h:
+                    block.attn.c_proj.weight.normal_(0.0, config.initializer_range)
+
+    assert build_model("tiny", 300, 0) is not None  # this environment's transformers: the course's model
+    monkeypatch.setattr(model, "GPT2LMHeadModel", Unscaled)
+    with pytest.raises(InstallError, match=r"transformers \S+ initialises GPT-2's residual projections without .* "
+                                           r"\(standard deviation 0\.0[12]\d*, expected 0\.0100; .*'transformers>=5\.15'"):
+        build_model("tiny", 300, 0)
+    monkeypatch.setenv("DPO_TEACH_CACHE", str(tmp_path / "cache"))
+    assert main(["data", "--out", str(tmp_path / "pairs.jsonl"), "--pairs", "10"]) == 2
+    assert "dpo-teach data: error: transformers " in one_line_error(capsys)
+    assert not list((tmp_path / "cache").glob("reference-*")) and not (tmp_path / "pairs.jsonl").exists()

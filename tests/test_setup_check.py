@@ -16,10 +16,11 @@ def test_the_table_has_what_a_student_needs(tmp_path, monkeypatch):
     monkeypatch.setenv("DPO_TEACH_CACHE", str(tmp_path / "cache"))
     report = setup_report(probe_s=REFERENCE["probe_s"])  # as fast as the course's machine
     whats = [what for what, _ in report.rows]
-    assert whats == ["Python", "torch", "threads", "cache (π_ref)", "π_ref cached", "speed", "first notebook",
-                     "first GPT-2 run"]
+    assert whats == ["Python", "packages", "torch", "threads", "cache (π_ref)", "π_ref cached", "speed",
+                     "first notebook", "first GPT-2 run"]
     assert report["Python"].startswith(platform.python_version()) and "(supported)" in report["Python"]
     assert report["torch"].startswith(torch.__version__)
+    assert report["packages"] == "as the course needs"  # this suite's own environment, installed by `make test`
     assert report["cache (π_ref)"] == str(tmp_path / "cache")  # writable: nothing more said
     (tmp_path / "a_file").write_text("x")  # a cache that cannot be made (a file in its place): said in the table,
     monkeypatch.setenv("DPO_TEACH_CACHE", str(tmp_path / "a_file" / "cache"))  # as load_reference warns
@@ -72,3 +73,23 @@ def test_an_unsupported_python_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("DPO_TEACH_CACHE", str(tmp_path))
     monkeypatch.setattr(setup_check, "SUPPORTED_PYTHONS", ((3, 99),))
     assert "3.11, 3.12, 3.13" in setup_report(probe_s=1.0)["Python"]
+
+
+def test_packages_below_what_the_course_needs_are_named_with_the_fix(monkeypatch):
+    """transformers 5.0 to 5.14 build another π_ref (GPT-2's residual scale skipped) and every number differs: a
+    student whose environment kept such a version (or lacks a package) reads which, and what to run."""
+    from importlib import metadata
+
+    real = metadata.version
+
+    def version(name):
+        if name == "tqdm":
+            raise metadata.PackageNotFoundError(name)
+        return "5.0.0" if name == "transformers" else real(name)
+
+    monkeypatch.setattr(metadata, "version", version)
+    assert setup_check.unmet_requirements() == ["transformers 5.0.0 (needs >=5.15)", "tqdm missing"]
+    row = setup_report(probe_s=1.0)["packages"]
+    assert row.startswith("not as the course needs: transformers 5.0.0 (needs >=5.15), tqdm missing;"), row
+    assert "`make lab`" in row and "`pip install -e .`" in row
+    assert setup_check.unmet_requirements("a-distribution-that-is-not-installed") == []
