@@ -160,16 +160,24 @@ def train_dpo(
         if callback is not None:
             callback(history[-1])
     policy.eval()
-    last = (total - 1, total, lr_at(total - 1, total, config.lr), config)
-    if not all(torch.isfinite(p).all() for p in policy.parameters()):  # the last step overflowed a weight
-        raise diverged("DPO", *last, "a weight is no longer finite", flags)
-    if history:  # a step's metrics come from before its update: the last update is checked on its own batch
-        with torch.no_grad():
-            chosen, _ = concatenated_logprobs(policy, batch)
-        logp = chosen.mean().item()
-        thrown = (thrown_off({"logps/chosen": logp}, batch) if math.isfinite(logp)
-                  else "the policy's log-probabilities are no longer finite")
-        if thrown:
-            raise diverged("DPO", *last, f"after the last step's update, {thrown}", flags)
+    thrown = after_last_update(policy, batch) if history else None
+    if thrown:
+        raise diverged("DPO", total - 1, total, lr_at(total - 1, total, config.lr), config, thrown, flags)
     return history
+
+
+def after_last_update(policy: torch.nn.Module, batch: dict[str, torch.Tensor]) -> str | None:
+    """What is wrong with ``policy`` after the last step's update, else None: a weight that is no longer finite, or
+    (:func:`thrown_off`) chosen completions of the last ``batch`` below the floor. Each step's metrics come from the
+    forward pass before its update, so no step sees the last update; this one forward under ``no_grad`` does (an
+    evaluation, like those after training: not counted in the run's ``Compute``)."""
+    if not all(torch.isfinite(p).all() for p in policy.parameters()):
+        return "a weight is no longer finite"
+    with torch.no_grad():
+        chosen, _ = concatenated_logprobs(policy, batch)
+    logp = chosen.mean().item()
+    if not math.isfinite(logp):
+        return "after the last step's update, the policy's log-probabilities are no longer finite"
+    thrown = thrown_off({"logps/chosen": logp}, batch)
+    return f"after the last step's update, {thrown}" if thrown else None
 

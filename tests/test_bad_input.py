@@ -1404,8 +1404,9 @@ def test_a_transformers_that_skips_gpt2s_residual_scale_is_refused_before_pi_ref
 
     assert build_model("tiny", 300, 0) is not None  # this environment's transformers: the course's model
     monkeypatch.setattr(model, "GPT2LMHeadModel", Unscaled)
-    with pytest.raises(InstallError, match=r"transformers \S+ initialises GPT-2's residual projections without .* "
-                                           r"\(standard deviation 0\.0[12]\d*, expected 0\.0100; .*'transformers>=5\.15'"):
+    refused = (r"transformers \S+ initialises GPT-2's residual projections without .* \(standard deviation "
+               r"0\.0[12]\d*, expected 0\.0100; .*'transformers>=5\.15'")
+    with pytest.raises(InstallError, match=refused):
         build_model("tiny", 300, 0)
     monkeypatch.setenv("DPO_TEACH_CACHE", str(tmp_path / "cache"))
     assert main(["data", "--out", str(tmp_path / "pairs.jsonl"), "--pairs", "10"]) == 2

@@ -356,6 +356,18 @@ def test_a_keyboard_can_skip_the_header_and_a_screen_reader_hears_each_link_in_f
     assert "only screen and (max-height: 500px)" in css and ".site-skip:focus" in css
 
 
+def test_every_exercise_is_a_heading_and_no_heading_level_is_skipped():
+    """A screen reader's list of headings, and JupyterLab's table of contents, lead to each exercise and question
+    (they were bold text, found only by reading on); and the outline never jumps a level (## to ####)."""
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+        assert not re.findall(r"^\*\*(?:Exercise|Question) [^*]*\*\*", text, re.M), path.name
+        levels = [len(m.group(1)) for m in re.finditer(r"^(#+) ", text, re.M)]
+        assert levels[0] == 1 and all(b <= a + 1 for a, b in zip(levels, levels[1:])), (path.name, levels)
+        assert re.search(r"^#{2,5} Exercise ", text, re.M), f"{path.name}: no exercise heading"
+
+
 def test_every_page_has_one_title_heading_and_every_image_a_description(built):
     out, pages = built
     for page in pages:
@@ -644,18 +656,38 @@ PAGE_CHECKS = """() => {
 # At each width: what is cut off without a way to scroll to it (in a cell, MathJax's own parts aside), output text
 # that breaks inside words, how the header stays, and how wide the page and the body's content are (content that
 # sticks out of the body by less than its margin leaves the page as wide as the screen, but not the body).
+# Blocks in a cell that scroll but that Tab cannot reach (or a screen reader cannot name)
+UNFOCUSABLE = """() => Array.from(document.querySelectorAll('.jp-Cell *'))
+    .filter(e => !e.tagName.startsWith('MJX') || e.tagName === 'MJX-CONTAINER')
+    .filter(e => { const s = getComputedStyle(e);
+                   return (['auto', 'scroll'].includes(s.overflowX) && e.scrollWidth > e.clientWidth + 1)
+                          || (['auto', 'scroll'].includes(s.overflowY) && e.scrollHeight > e.clientHeight + 1); })
+    .filter(e => e.tabIndex < 0 || !e.getAttribute('aria-label'))
+    .map(e => `${e.closest('.jp-Cell').id} ${e.tagName}.${e.className}`)"""
 LAYOUT_CHECKS = """() => ({
   clipped: Array.from(document.querySelectorAll('.jp-Cell *'))
     .filter(e => !e.tagName.startsWith('MJX') && ['hidden', 'clip'].includes(getComputedStyle(e).overflowX)
                  && e.scrollWidth > e.clientWidth + 1)
     .map(e => `${e.closest('.jp-Cell').id} ${e.tagName}.${e.className}: ${e.scrollWidth} > ${e.clientWidth} px`),
+  unfocusable: (UNFOCUSABLE)(),
   breakAll: Array.from(document.querySelectorAll('.jp-OutputArea-output pre'))
     .filter(e => getComputedStyle(e).wordBreak === 'break-all').length,
   header: getComputedStyle(document.querySelector('.site-header')).position,
   screen: window.innerWidth,
   page: document.documentElement.scrollWidth,
   body: [document.body.clientWidth, document.body.scrollWidth],
-})"""
+})""".replace("(UNFOCUSABLE)", f"({UNFOCUSABLE})")
+
+
+def settled(page, seconds: float = 3) -> None:
+    """Wait (at most ``seconds``) for the page to catch up with a new window size: until every block that scrolls
+    takes keyboard focus; the check that follows reports any that still does not."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(f"() => ({UNFOCUSABLE})().length === 0", timeout=seconds * 1000)
+    except PlaywrightTimeout:
+        pass
 
 
 def browse(base: str, pages: list[Path], shots: Path) -> dict[str, dict]:
@@ -682,6 +714,7 @@ def browse(base: str, pages: list[Path], shots: Path) -> dict[str, dict]:
             found[path.stem] = {**page.evaluate(PAGE_CHECKS), **page.evaluate(LAYOUT_CHECKS)}
             page.screenshot(path=str(shots / f"{path.stem}.jpg"), full_page=True, type="jpeg", quality=70)
             page.set_viewport_size(PHONE)
+            settled(page)
             found[path.stem]["phone"] = page.evaluate(LAYOUT_CHECKS)
             page.screenshot(path=str(shots / f"{path.stem}-phone.jpg"), full_page=True, type="jpeg", quality=60)
             found[path.stem].update(errors=errors, offsite=list(offsite))
@@ -748,12 +781,16 @@ def layouts_at(browsed: dict, width: str) -> dict:
 
 
 def test_code_and_outputs_scroll_instead_of_being_cut_off(browsed):
+    """Nothing is cut off: wide code and outputs scroll inside their cell, and each block that scrolls takes keyboard
+    focus (Tab reaches it, the arrow keys scroll it) and is named for a screen reader."""
     for width in ("desktop", "phone"):
         layouts = layouts_at(browsed, width)
         clipped = {name: layout["clipped"][:3] for name, layout in layouts.items() if layout["clipped"]}
         assert not clipped, f"{width}: cut off, no scrolling: {clipped}"
         assert not {name: layout["breakAll"] for name, layout in layouts.items() if layout["breakAll"]}, \
             f"{width}: output text breaks inside words"
+        unfocusable = {name: layout["unfocusable"][:3] for name, layout in layouts.items() if layout["unfocusable"]}
+        assert not unfocusable, f"{width}: scrolls, but a keyboard cannot reach it or it has no name: {unfocusable}"
 
 
 def test_no_page_is_wider_than_the_screen(browsed):
