@@ -119,6 +119,16 @@ def cache_problem(folder: Path) -> str | None:
     return None
 
 
+def unscaled_init(version: str | None) -> bool:
+    """Whether a model saved by transformers ``version`` was initialised without GPT-2's residual scale (5.0 to 5.14:
+    :func:`model.check_scaled_init`). A π_ref cached by one of them is built again; an unknown version is trusted."""
+    try:
+        major, minor = (int(part) for part in (version or "").split(".")[:2])
+    except ValueError:
+        return False
+    return major == 5 and minor < 15
+
+
 def load_reference(
     config: WorldConfig | None = None, rebuild: bool = False, progress: bool = False, verbose: bool = False
 ) -> tuple[torch.nn.Module, object]:
@@ -134,6 +144,9 @@ def load_reference(
             saved = json.loads((path / "world.json").read_text(encoding="utf-8"))
             if saved != asdict(config):
                 raise CheckpointError(f"world.json describes {saved}, not {asdict(config)}")
+            if unscaled_init(getattr(model.config, "transformers_version", None)):
+                raise CheckpointError(f"it was built with transformers {model.config.transformers_version}, whose "
+                                      "GPT-2 skips the residual init scale (model.check_scaled_init): another π_ref")
             if verbose:
                 print(f"π_ref: loaded from cache {path}")
             return model, tokenizer

@@ -89,6 +89,32 @@ def test_corrupt_cache_is_rebuilt_with_a_warning(cache_root):
     assert same_weights(model, reloaded)
 
 
+@pytest.mark.parametrize("built_with, rebuilt", [("5.3.0", True), ("5.14.1", True), ("5.15.0", False),
+                                                 ("5.25.0", False), (None, False)])
+def test_a_reference_cached_by_a_transformers_that_skipped_gpt2s_init_scale_is_built_again(cache_root, count_builds,
+                                                                                          built_with, rebuilt):
+    """transformers 5.0 to 5.14 built another π_ref (model.check_scaled_init, which now refuses to build there): an
+    entry they cached before that check existed is built again, with the reason, not loaded as the course's."""
+    import json
+
+    load_reference(FAST)
+    path = cache_root / f"reference-tiny-{FAST.key()}"
+    config = json.loads((path / "config.json").read_text())
+    if built_with is None:
+        config.pop("transformers_version")
+    else:
+        config["transformers_version"] = built_with
+    (path / "config.json").write_text(json.dumps(config))
+    builds = count_builds()
+    if rebuilt:
+        with pytest.warns(UserWarning, match=f"reference cache {path} is unusable \\(it was built with transformers "
+                                             f"{built_with}, whose GPT-2 skips the residual init scale"):
+            load_reference(FAST)
+    else:
+        load_reference(FAST)
+    assert len(builds) == rebuilt
+
+
 def test_missing_and_corrupt_checkpoints_say_what_to_do(tmp_path, world):
     with pytest.raises(CheckpointError, match="no such directory"):
         load_checkpoint(tmp_path / "absent")
