@@ -15,6 +15,7 @@ import platform
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -85,16 +86,33 @@ def _seconds(s: float) -> str:
     return f"about {s:.0f} s" if s < 90 else f"about {s / 60:.1f} min"
 
 
+def requirements(distribution: str = "dpo-teach") -> list[str]:
+    """``distribution``'s own requirements: for this course run from a clone, its ``pyproject.toml`` (an editable
+    install's saved metadata is as old as the last ``pip install -e .``, and a ``git pull`` may have raised a bound
+    since); else the installed metadata. Raises ``importlib.metadata.PackageNotFoundError`` when neither has them."""
+    import tomllib
+    from importlib import metadata
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:
+        project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+        if project["name"] == distribution:
+            return list(project["dependencies"])
+    except (OSError, ValueError, KeyError, TypeError):  # no clone around the package (a wheel), or not ours
+        pass
+    return metadata.requires(distribution) or []
+
+
 def unmet_requirements(distribution: str = "dpo-teach") -> list[str]:
-    """What this environment lacks of ``distribution``'s own requirements (its installed metadata, extras aside):
-    ``"transformers 5.0.0 (needs >=5.15)"``, ``"tqdm missing"``. Empty when all are met, or when the package runs from
-    a source tree that was never installed (there is nothing to compare with)."""
+    """What this environment lacks of ``distribution``'s own requirements (:func:`requirements`, extras aside):
+    ``"transformers 5.0.0 (needs >=5.15)"``, ``"tqdm missing"``. Empty when all are met, or when neither a clone nor
+    an install says what they are (there is nothing to compare with)."""
     from importlib import metadata
 
     from packaging.requirements import Requirement
 
     try:
-        required = metadata.requires(distribution) or []
+        required = requirements(distribution)
     except metadata.PackageNotFoundError:
         return []
     unmet = []

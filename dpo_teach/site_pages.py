@@ -213,6 +213,9 @@ def package_figures() -> dict[str, str]:
     return said
 
 
+_TASK = re.compile(r"(Exercise|Question)\b")  # headings of the tasks in a section, not sections themselves
+
+
 def describe_figures(nb: nbformat.NotebookNode) -> None:
     """Give every figure an alternative text for screen readers (nbconvert's default is "No description has been
     provided for this image"): the section it is in, the titles and axis labels that the code drawing it sets (in
@@ -224,7 +227,8 @@ def describe_figures(nb: nbformat.NotebookNode) -> None:
     section = ""
     for cell in nb.cells:
         if cell.cell_type == "markdown":
-            headings = [line.lstrip("#").strip() for line in cell.source.splitlines() if line.startswith("#")]
+            headings = [text for line in cell.source.splitlines() if line.startswith("#")  # an exercise's or a
+                        if not _TASK.match(text := line.lstrip("#").strip())]  # question's heading is no section
             section = _spoken(headings[-1]) if headings else section
             continue
         source = cell.get("source", "")

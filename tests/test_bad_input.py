@@ -1412,3 +1412,24 @@ def test_a_transformers_that_skips_gpt2s_residual_scale_is_refused_before_pi_ref
     assert main(["data", "--out", str(tmp_path / "pairs.jsonl"), "--pairs", "10"]) == 2
     assert "dpo-teach data: error: transformers " in one_line_error(capsys)
     assert not list((tmp_path / "cache").glob("reference-*")) and not (tmp_path / "pairs.jsonl").exists()
+
+
+@pytest.mark.parametrize("n_layer", [1, 2, 6])
+def test_the_init_check_tells_scaled_from_unscaled_at_any_depth(n_layer):
+    """One layer is the hardest case: unscaled is only √2 times the scaled spread. Over ten seeds, the check passes
+    every model initialised as GPT-2 is and refuses every one drawn without the scale."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from dpo_teach.model import InstallError, check_scaled_init
+
+    config = GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_head=2, n_layer=n_layer)
+    for seed in range(10):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+        check_scaled_init(model)  # as GPT-2 draws it
+        with torch.no_grad():
+            for block in model.transformer.h:
+                block.attn.c_proj.weight.normal_(0.0, config.initializer_range)
+        with pytest.raises(InstallError):
+            check_scaled_init(model)

@@ -93,3 +93,7 @@ def test_packages_below_what_the_course_needs_are_named_with_the_fix(monkeypatch
     assert row.startswith("not as the course needs: transformers 5.0.0 (needs >=5.15), tqdm missing;"), row
     assert "`make lab`" in row and "`pip install -e .`" in row
     assert setup_check.unmet_requirements("a-distribution-that-is-not-installed") == []
+    # a clone pulled after its `pip install -e .`: the saved metadata still says transformers>=5.0, pyproject.toml
+    # says more, and the clone's word counts
+    monkeypatch.setattr(metadata, "requires", lambda name: ["transformers>=5.0"])
+    assert "transformers 5.0.0 (needs >=5.15)" in setup_check.unmet_requirements()

@@ -297,6 +297,7 @@ def test_a_figure_is_described_by_its_section_titles_and_axes():
         nbformat.v4.new_markdown_cell("## A small $\\beta$ sweep\n\nText."),
         nbformat.v4.new_code_cell('ax.set(title=f"β = {beta:.3g}", xlabel="KL (nats)")\nplt.ylabel("reward")',
                                   outputs=[png]),
+        nbformat.v4.new_markdown_cell("### Exercise 2.1\n\nImplement it."),  # a task in the section, not a section
         nbformat.v4.new_code_cell("plt.show()", outputs=[png])])
     page = site.render(site_pages.prepare(nb), "figures")
     assert re.findall(r'<img [^>]*alt="([^"]*)"', page) == [
