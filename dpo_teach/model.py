@@ -90,6 +90,19 @@ def build_model(preset: str, vocab_size: int, eos_token_id: int, n_positions: in
     return model
 
 
+SCALED_INIT_SINCE = (5, 15)  # the first transformers 5 whose GPT-2 draws c_proj at GPT-2's scale (pyproject's bound)
+
+
+def unscaled_init(version: str | None) -> bool:
+    """Whether a model saved by transformers ``version`` (a checkpoint's ``config.json`` says which) was initialised
+    without GPT-2's residual scale (:func:`check_scaled_init`); an unknown version is trusted."""
+    try:
+        major, minor = (int(part) for part in (version or "").split(".")[:2])
+    except ValueError:
+        return False
+    return (5, 0) <= (major, minor) < SCALED_INIT_SINCE
+
+
 def check_scaled_init(model: GPT2LMHeadModel) -> None:
     """Refuse a freshly built GPT-2 whose residual projections were not initialised at GPT-2's scale.
 
@@ -103,11 +116,12 @@ def check_scaled_init(model: GPT2LMHeadModel) -> None:
     drawn = float(torch.cat([block.attn.c_proj.weight.detach().flatten() for block in model.transformer.h]).std())
     # unscaled is √(2·n_layer) times the scaled value (1.41× at one layer): refused past the midpoint on a log scale
     if drawn > expected * (2 * config.n_layer) ** 0.25:
+        since = ".".join(map(str, SCALED_INIT_SINCE))
         raise InstallError(
             f"transformers {transformers.__version__} initialises GPT-2's residual projections without GPT-2's "
-            f"1/√(2·n_layer) scale (standard deviation {drawn:.4f}, expected {expected:.4f}; a bug of transformers 5.0 "
-            "to 5.14), so π_ref would be another model than the course's and every number would differ. Upgrade: "
-            "pip install 'transformers>=5.15' (or `make lab`, which installs what the course needs)")
+            f"1/√(2·n_layer) scale (standard deviation {drawn:.4f}, expected {expected:.4f}; a bug of transformers 5 "
+            f"before {since}), so π_ref would be another model than the course's and every number would differ. "
+            f"Upgrade: pip install 'transformers>={since}' (or `make lab`, which installs what the course needs)")
 
 
 @contextmanager

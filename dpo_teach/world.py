@@ -21,7 +21,7 @@ import torch
 
 from dpo_teach import grammar
 from dpo_teach.logprobs import encode_completion
-from dpo_teach.model import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from dpo_teach.model import CheckpointError, build_model, load_checkpoint, save_checkpoint, unscaled_init
 from dpo_teach.sft import SFTConfig, train_sft
 from dpo_teach.tokenizer import train_tokenizer
 from dpo_teach.utils import nearest_existing, torch_threads
@@ -117,16 +117,6 @@ def cache_problem(folder: Path) -> str | None:
     except OSError as e:  # a folder above it that cannot be searched, or written
         return f"{existing} is not writable ({e.strerror or e})"
     return None
-
-
-def unscaled_init(version: str | None) -> bool:
-    """Whether a model saved by transformers ``version`` was initialised without GPT-2's residual scale (5.0 to 5.14:
-    :func:`model.check_scaled_init`). A π_ref cached by one of them is built again; an unknown version is trusted."""
-    try:
-        major, minor = (int(part) for part in (version or "").split(".")[:2])
-    except ValueError:
-        return False
-    return major == 5 and minor < 15
 
 
 def load_reference(

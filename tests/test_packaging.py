@@ -32,3 +32,14 @@ def test_make_targets_create_the_venv_and_pin_torch():
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
     assert _names(["torch>=2.4"]) == {"torch"}
+
+
+def test_the_transformers_bound_is_the_one_that_builds_the_courses_model():
+    """pyproject's lower bound on transformers is where GPT-2's residual init scale came back (model.py says which):
+    below it π_ref is another model (model.check_scaled_init refuses to build it)."""
+    from dpo_teach.model import SCALED_INIT_SINCE, unscaled_init
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (bound,) = [spec for spec in project["dependencies"] if _names([spec]) == {"transformers"}]
+    assert bound == f"transformers>={'.'.join(map(str, SCALED_INIT_SINCE))}", bound
+    assert unscaled_init("5.0.0") and unscaled_init("5.14.1") and not unscaled_init(bound.split(">=")[1] + ".0")
