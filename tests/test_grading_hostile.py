@@ -238,6 +238,33 @@ for bundle in glob.glob("/".join(["{other_copy}", "*." + "zip"])):
         pass
 diagnose_small_beta = answer
 """, []),
+    # the same copy in a home folder (another user's, or the grader's own): the sandbox covers people's homes too
+    "read_home_copy": ("07_variants_and_pitfalls", "diagnose_small_beta =", """
+import glob, re, zipfile
+answer = "z"
+for bundle in glob.glob("/".join(["{home_copy}", "*." + "zip"])):
+    try:
+        text = zipfile.ZipFile(bundle).read("te" + "sts/diagnose_small_beta.py").decode()
+        answer = re.findall(r"lower\\(\\) == .(\\w)", text)[0]
+    except Exception:
+        pass
+diagnose_small_beta = answer
+""", []),
+    # a daemon of the machine's that listens on a Unix socket (Docker's /run/docker.sock would start a container as
+    # root): a socket connects on a read-only mount and across network namespaces; this one answers the question
+    "ask_a_daemon": ("07_variants_and_pitfalls", "diagnose_small_beta =", """
+import socket
+answer = "z"
+for path in {sockets}:
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(path)
+            s.sendall(b"diagnose_small_beta?")
+            answer = s.recv(8).decode() or answer
+    except OSError:
+        pass
+diagnose_small_beta = answer
+""", []),
     # beneath torch's functions, where the private references do not reach: a mode left active, a kernel replaced
     "torch_mode": ("01_kl_objective", "def kl_divergence(", WRONG_KL, [
         "import torch\nfrom torch.overrides import TorchFunctionMode\n\n"
@@ -310,7 +337,8 @@ LOSES = {  # hostile submission → the question its (wrong) answer must lose (N
     "reference_wrapper": "dpo_loss", "reference_helper": "dpo_loss", "forge_reply": "kl_divergence",
     "background_process": "kl_divergence", "signal_grader": "kl_divergence", "take_over": "kl_divergence",
     "patch_doctest": "kl_divergence", "letter_equal_to_all": "diagnose_small_beta",
-    "read_other_copy": "diagnose_small_beta", "dev_write": "kl_divergence", "float_that_lies": "logged_probability",
+    "read_other_copy": "diagnose_small_beta", "read_home_copy": "diagnose_small_beta",
+    "ask_a_daemon": "diagnose_small_beta", "dev_write": "kl_divergence", "float_that_lies": "logged_probability",
     "torch_mode": "kl_divergence", "torch_kernel": "kl_divergence", "leak_hidden_inputs": "objective",
     "abort_with_inputs": None,  # what it earned before it ended its process stays; what it printed is the point
     "reference_under_if": "kl_divergence", "reference_by_getattr": "kl_divergence", "reference_registry": "dpo_loss",
@@ -320,6 +348,46 @@ FLAGGED = {"patch_allclose", "patch_builtins", "shadow_builtins", "patch_while_t
            "torch_mode", "torch_kernel"}
 
 
+def real_home() -> Path:
+    """The grading user's home as the password file has it (the suite's $HOME is a temporary folder in CI)."""
+    import pwd
+
+    return Path(pwd.getpwuid(os.getuid()).pw_dir)
+
+
+@contextlib.contextmanager
+def daemon(folders: list[Path], answer: str):
+    """A stand-in for a daemon of the machine's: a Unix socket in each of ``folders`` that answers ``answer`` to
+    anyone who connects; yields the socket paths and the list of what callers sent."""
+    import socket
+    import threading
+
+    calls, servers = [], []
+    for folder in folders:
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(folder / "daemon.sock"))
+        server.listen(8)
+        servers.append(server)
+
+    def serve(server):
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the batch is over
+                return
+            with conn:
+                calls.append(conn.recv(64))
+                conn.sendall(answer.encode())
+
+    for server in servers:
+        threading.Thread(target=serve, args=(server,), daemon=True).start()
+    try:
+        yield [str(folder / "daemon.sock") for folder in folders], calls
+    finally:
+        for server in servers:
+            server.close()
+
+
 @pytest.fixture(scope="module")
 def hostile(assigned, notebook_reference, tmp_path_factory):
     assert sandbox.unavailable_reason() is None, sandbox.unavailable_reason()
@@ -327,12 +395,17 @@ def hostile(assigned, notebook_reference, tmp_path_factory):
     marker = tmp_path_factory.mktemp("outside") / "marker.txt"
     autograder = assigned / "autograder"
     other_copy = shutil.copytree(autograder, Path(tempfile.mkdtemp(prefix="another-clone-")) / "bundles")
+    # in the grading user's own home (as root: /root) and in /run (or the user's runtime folder in it)
+    home_copy = shutil.copytree(autograder, Path(tempfile.mkdtemp(prefix=".dpo-teach-test-", dir=real_home())) / "b")
+    run = Path("/run") if os.access("/run", os.W_OK) else Path(os.environ.get("XDG_RUNTIME_DIR", "/run"))
+    daemon_folders = [home_copy.parent, Path(tempfile.mkdtemp(prefix="dpo-teach-test-", dir=run))]
     dev_probe, dev_victim = Path(f"/dev/dpo-teach-probe-{os.getpid()}"), Path(f"/dev/dpo-teach-victim-{os.getpid()}")
     with contextlib.suppress(OSError):  # only where this user may write /dev (root, as in CI)
         dev_victim.touch()
     fill = {"autograder": autograder, "root": grading.ROOT, "submissions": folder, "marker": marker,
             "grader_pid": os.getpid(), "otter": OTTER, "other_copy": other_copy, "dev_probe": dev_probe,
-            "dev_victim": dev_victim}
+            "dev_victim": dev_victim, "home_copy": home_copy,
+            "sockets": [str(f / "daemon.sock") for f in daemon_folders]}
     for kind, (name, find, source, before) in HOSTILE.items():
         nb = replaced(exercise_solution(assigned, name), find, source.format(**fill))
         at = next(i for i, c in enumerate(nb.cells) if find in c.source)
@@ -368,7 +441,9 @@ def hostile(assigned, notebook_reference, tmp_path_factory):
     previous = signal.signal(signal.SIGUSR2, lambda *a: signals.append(a))
     victim_there = dev_victim.exists()
     try:
-        report = grading.grade(folder, out, autograder=autograder, cell_timeout=60, timeout=240, jobs=2)
+        with daemon(daemon_folders, answer="a") as (sockets, calls):  # "a": 07's answer
+            assert sockets == fill["sockets"]
+            report = grading.grade(folder, out, autograder=autograder, cell_timeout=60, timeout=240, jobs=2)
         time.sleep(2)  # a process left behind would write within 0.1 s
         dev = {"probe made": dev_probe.exists(), "victim deleted": victim_there and not dev_victim.exists()}
     finally:
@@ -376,10 +451,12 @@ def hostile(assigned, notebook_reference, tmp_path_factory):
         for path in (dev_probe, dev_victim):
             with contextlib.suppress(OSError):
                 path.unlink()
-        shutil.rmtree(other_copy.parent, ignore_errors=True)
+        for path in (other_copy.parent, *daemon_folders):
+            shutil.rmtree(path, ignore_errors=True)
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in watched}
     return {"rows": {Path(r["file"]).stem: r for r in report["results"]}, "report": report, "signals": signals,
-            "bundles_unchanged": bundles == after, "marker": marker, "folder": folder, "dev": dev}
+            "bundles_unchanged": bundles == after, "marker": marker, "folder": folder, "dev": dev,
+            "daemon_calls": calls}
 
 
 def test_innocent_notebooks_score_in_full_whatever_was_graded_beside_them(hostile):
@@ -425,6 +502,7 @@ def test_reference_wrappers_score_zero_for_their_question_only(hostile):
 
 def test_nothing_outside_the_sandbox_was_touched(hostile):
     assert hostile["signals"] == [], "a submission signalled the grader"
+    assert hostile["daemon_calls"] == [], "a submission reached a Unix socket of the machine's (in a home or /run)"
     assert hostile["dev"] == {"probe made": False, "victim deleted": False}, "a submission changed the machine's /dev"
     assert hostile["bundles_unchanged"], "a submission rewrote the bundles, the package or the environment"
     assert not hostile["marker"].exists(), "a process left behind by a submission wrote outside its sandbox"

@@ -25,6 +25,7 @@ import queue
 import re
 import secrets
 import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -214,7 +215,8 @@ def _run(process: _Process, private: str, text: str, file_name: str, tests: dict
     channel = _Channel(process, job_id, time.monotonic() + timeout, timeout, out)
     limits = {"hide": hide, "memory_mb": memory_mb, "cpu_s": int(timeout) + 5,
               "nproc": sandbox.process_limit() if sandboxed else None,
-              "keep": [str(p) for p in kept()] if sandboxed else []}
+              "keep": [str(p) for p in kept()] if sandboxed else [],
+              "cover_too": sandbox.private_folders() if sandboxed else []}
     try:
         preload = sorted({m for cases in tests.values() for case in cases
                           for m in _PACKAGE_MODULE.findall(case["code"])})
@@ -242,14 +244,16 @@ def _run(process: _Process, private: str, text: str, file_name: str, tests: dict
 
 def kept() -> list[Path]:
     """What a notebook needs to see, wherever it lies: the package and its metadata, the student notebooks, the
-    cache (and where its entries link to) and the Python environment. In the temporary folder nothing else stays in
-    view (``sandbox.cover_temporary``); in the course's folder nothing else does either (``grade._hidden``)."""
+    cache (and where its entries link to) and the Python environment (with the user's own site-packages, where
+    ``pip install --user`` puts packages). In the temporary folder and in people's homes nothing else stays in view
+    (``sandbox.cover``); in the course's folder nothing else does either (``grade._hidden``)."""
     from dpo_teach.world import cache_dir  # not at the top: torch; each notebook's process imports this module
 
     cache = cache_dir()
     links = [p.resolve() for p in cache.iterdir() if p.is_symlink()] if cache.is_dir() else []
+    user_site = [Path(site.getusersitepackages())] if site.ENABLE_USER_SITE else []
     return [ROOT / "dpo_teach", *ROOT.glob("*.egg-info"), NOTEBOOKS, cache, *links, Path(sys.prefix),
-            Path(sys.base_prefix)]
+            Path(sys.base_prefix), *(p for p in user_site if p.is_dir())]
 
 
 def _last_words(process: _Process, phase: str) -> str:

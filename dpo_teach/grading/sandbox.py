@@ -14,17 +14,20 @@ root too (containers, CI). What the notebook gets (:func:`isolate`, then :func:`
 - a read-only view of every file system, in which the course's folder shows only what a notebook needs (the
   package, the student notebooks, the Python environment and the cache, :func:`covered`): everything else there
   (tests, bundles, masters, ``.git``, ``results/``) and the other submissions and the grades are covered by empty
-  file systems; the temporary folder is an empty one but for what the notebook needs there
-  (:func:`cover_temporary`: another copy of the course in /tmp stays out of view); ``/dev`` is read-only too (its
-  devices work; no node can be made or deleted);
+  file systems; the temporary folder, people's homes and the folders where daemons listen on Unix sockets
+  (``/run``, :data:`PRIVATE_FOLDERS`) are empty ones but for what the notebook needs there (:func:`cover`: another
+  copy of the course in /tmp or in a home stays out of view, and no socket of the machine's, Docker's included, can be
+  reached); ``/dev`` is read-only too (its devices work; no node can be made or deleted);
 - one private writable folder (a fresh tmpfs over the job's folder) for its home, temporary files and working
   copy, and its own ``/dev/shm``;
 - after the set-up it drops every privilege over these mounts (a second, unmapped user namespace), so it cannot
-  undo them; then rlimits on memory, file size and CPU time.
+  undo them; then rlimits on memory, file size and CPU time, and a seccomp filter (:func:`no_unix_sockets`): no Unix
+  socket, so no daemon's socket connects wherever it lies in view.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -182,19 +185,39 @@ def covered(root: Path, keep: list[Path]) -> list[str]:
     return hidden
 
 
-def cover_temporary(private: str, keep: list[str]) -> None:
-    """An empty tmpfs over the machine's temporary folder, with only what a notebook needs there bound back (the
-    ``keep`` paths inside it: a course folder, its environment and cache when they lie in /tmp) and the job's
-    ``private`` folder made again: another copy of the course in /tmp (a clone, an unpacked bundle, a test run's
-    files) holds hidden tests and solutions, and a notebook must not read them. Each kept path is opened before the
-    tmpfs hides it and bound back from that descriptor."""
+# The folders a submission has no business reading, covered like the temporary folder (:func:`cover`): people's homes
+# (another copy of the course, keys, tokens) and the folders where the machine's daemons listen on Unix sockets. A
+# socket connects on a read-only mount and across network namespaces: through the Docker daemon's /run/docker.sock a
+# notebook would start a container as root on the machine.
+PRIVATE_FOLDERS = ("/home", "/root", "/run", "/var/run", "/var/tmp", "/mnt", "/media", "/srv")
+
+
+def private_folders() -> list[str]:
+    """What the sandbox covers besides the temporary folder, as the grader (not yet in the sandbox) finds it:
+    :data:`PRIVATE_FOLDERS` and the grading user's own home wherever it lies (``$HOME`` and the password file's),
+    those that exist, resolved (``/var/run`` is ``/run``) and outermost; not ``/``, and none inside the temporary
+    folder, which is covered already."""
+    homes = [os.environ.get("HOME", "")]
+    with contextlib.suppress(ImportError, KeyError):
+        import pwd
+
+        homes.append(pwd.getpwuid(os.getuid()).pw_dir)
     tmp = Path(tempfile.gettempdir()).resolve()
-    if tmp == Path("/") or not tmp.is_dir():
-        return
-    resolved = [Path(k).resolve() for k in keep]
-    inside = outermost([str(k) for k in resolved if tmp in k.parents])
+    found = {Path(f).resolve() for f in (*PRIVATE_FOLDERS, *homes) if f and os.path.isdir(f)}
+    return outermost([str(f) for f in found if f != Path("/") and f != tmp and tmp not in f.parents])
+
+
+def cover(folder: Path, keep: list[str], mode: str) -> list[Path] | None:
+    """An empty tmpfs over ``folder``, with only what a notebook needs there bound back (the ``keep`` paths inside it:
+    a course folder, its environment and cache when they lie there); returns the paths bound back, or None where
+    nothing was covered (``folder`` is ``/``, missing, or inside a kept folder). Each kept path is opened before the
+    tmpfs hides it and bound back from that descriptor."""
+    folder, resolved = Path(folder).resolve(), [Path(k).resolve() for k in keep]
+    if folder == Path("/") or not folder.is_dir() or any(folder == k or k in folder.parents for k in resolved):
+        return None
+    inside = outermost([str(k) for k in resolved if folder in k.parents])
     opened = [(path, os.open(path, os.O_PATH)) for path in inside if os.path.exists(path)]
-    _mount("tmpfs", str(tmp), "tmpfs", 0, "size=1m,mode=1777")
+    _mount("tmpfs", str(folder), "tmpfs", 0, f"size=1m,mode={mode}")
     for path, fd in opened:
         if os.path.isdir(f"/proc/self/fd/{fd}"):
             os.makedirs(path, exist_ok=True)
@@ -203,20 +226,41 @@ def cover_temporary(private: str, keep: list[str]) -> None:
             open(path, "a").close()
         _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
         os.close(fd)
-    os.makedirs(private, exist_ok=True)
+    return [Path(path) for path, _ in opened]
+
+
+def shadowed(point: str, covered: list[Path], bound: list[Path]) -> bool:
+    """Whether the mount at ``point`` lies under a tmpfs that :func:`cover` put over a folder, and was not bound back:
+    nothing reaches it any more (a path there now names the tmpfs's own folder, or nothing)."""
+    path = Path(point)
+    return (any(c in path.parents for c in covered)
+            and not any(path == b or b in path.parents for b in bound))
 
 
 def enter(private: str, hide: list[str], memory_mb: int, cpu_s: int, nproc: int | None, file_mb: int = 256,
-          keep: list[str] = ()) -> None:
-    """Inside the new namespaces, before any student code: the temporary folder emptied but for ``keep``
-    (:func:`cover_temporary`), everything read-only, ``hide`` covered, ``private`` a fresh writable tmpfs; then drop
-    the privilege to change mounts, and set rlimits (none above the machine's own hard limit for it)."""
-    cover_temporary(private, list(keep))
+          keep: list[str] = (), cover_too: list[str] = ()) -> None:
+    """Inside the new namespaces, before any student code: the temporary folder and the ``cover_too`` folders
+    (:func:`private_folders`) emptied but for ``keep`` (:func:`cover`), everything read-only, ``hide`` covered,
+    ``private`` a fresh writable tmpfs; then drop the privilege to change mounts, and set rlimits (none above the
+    machine's own hard limit for it).
+
+    The temporary folder first: another copy of the course in /tmp (a clone, an unpacked bundle, a test run's files)
+    holds hidden tests and solutions, and a notebook must not read them."""
+    covered, bound = [], []
+    folders = [(Path(tempfile.gettempdir()), "1777"), *((Path(f), "0755") for f in cover_too)]
+    for folder, mode in folders:
+        back = cover(folder, list(keep), mode)
+        if back is not None:
+            covered.append(folder.resolve())
+            bound += back
+    os.makedirs(private, exist_ok=True)  # under a covered folder it is gone (the tmpfs over it comes below)
     mounts = {}
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()  # id parent dev root mount-point options ...
         mounts[fields[4].replace("\\040", " ")] = sum(_KEPT.get(o, 0) for o in fields[5].split(","))
     for point, kept in sorted(mounts.items()):
+        if shadowed(point, covered, bound):  # under a covering tmpfs (a user's runtime folder in /run): out of reach
+            continue
         if point == "/" or not point.startswith(KEEP_WRITABLE):
             _mount(None, point, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | kept)
     for path in outermost(hide):  # an empty tmpfs over a folder, /dev/null over a file
@@ -238,3 +282,55 @@ def enter(private: str, hide: list[str], memory_mb: int, cpu_s: int, nproc: int 
         if hard != resource.RLIM_INFINITY:  # the machine's own limit is lower (ulimit -H): it holds for every
             value = min(value, hard)  # process anyway, and no process may raise it (ValueError, every row an error)
         resource.setrlimit(which, (value, value))
+    no_unix_sockets()
+
+
+# socket(2)'s number and the kernel's name for the architecture, where the filter below knows them (elsewhere the
+# folders covered above are the whole defence against a daemon's socket)
+_SOCKET_SYSCALL = {"x86_64": (41, 0xC000003E), "aarch64": (198, 0xC00000B7)}
+_IO_URING_SETUP = 425  # the same number on every architecture; io_uring makes sockets without socket(2)
+_AF_UNIX, _EPERM = 1, 1
+
+
+def no_unix_sockets() -> None:
+    """A seccomp filter, for this process and all it starts: ``socket(AF_UNIX, ...)`` and ``io_uring_setup`` fail
+    with EPERM, a system call of another ABI (32-bit ``int 0x80``, x32) ends the process; everything else is allowed.
+
+    The network namespace keeps a notebook off the network and off abstract sockets, and :func:`cover` hides the
+    folders where daemons keep their sockets, but a socket anywhere else in view connects, read-only mount or not.
+    ``socketpair`` stays allowed (Python's ``multiprocessing`` and ``asyncio`` use it; it connects nothing outside)."""
+    import platform
+
+    machine = platform.machine().lower().replace("arm64", "aarch64").replace("amd64", "x86_64")
+    if machine not in _SOCKET_SYSCALL:
+        return
+    nr_socket, arch = _SOCKET_SYSCALL[machine]
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    allow, deny, kill = 0x7FFF0000, 0x00050000 | _EPERM, 0x80000000  # SECCOMP_RET_ALLOW, _ERRNO(EPERM), _KILL_PROCESS
+    program = [  # (code, jump if true, jump if false, k); jumps count the instructions skipped
+        (ld, 0, 0, 4),  # seccomp_data.arch
+        (jeq, 1, 0, arch),
+        (ret, 0, 0, kill),  # another ABI
+        (ld, 0, 0, 0),  # seccomp_data.nr
+        (jge, 5, 0, 0x40000000),  # x32's numbers (x86_64)
+        (jeq, 4, 0, _IO_URING_SETUP),
+        (jeq, 0, 2, nr_socket),
+        (ld, 0, 0, 16),  # seccomp_data.args[0], its low 32 bits: the address family
+        (jeq, 1, 0, _AF_UNIX),
+        (ret, 0, 0, allow),
+        (ret, 0, 0, deny),
+    ]
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+    filters = (Filter * len(program))(*[Filter(*line) for line in program])
+    prog = Program(len(program), filters)
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
+    if (libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0
+            or libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(prog), 0, 0) != 0):
+        raise SandboxUnavailable(f"could not install the seccomp filter: {os.strerror(ctypes.get_errno())}")

@@ -1,0 +1,132 @@
+"""What the sandbox covers beyond the course's folder: the temporary folder, people's homes and the folders where
+daemons listen on Unix sockets (``sandbox.cover``). The attacks themselves (a copy of the course in a home, a daemon's
+socket in /run) are graded in tests/test_grading_hostile.py's batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from dpo_teach.grading import sandbox
+
+pytestmark = pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="needs the sandbox (Linux namespaces)")
+
+# Inside the sandbox's namespaces, a file system mounted under a folder that the sandbox then covers (as a user's
+# runtime folder is mounted under /run): entering must neither fail on that mount nor show it.
+NESTED = """
+import json, os, sys, tempfile
+from pathlib import Path
+from dpo_teach.grading import sandbox
+
+base = Path(sys.argv[1])
+sandbox.isolate()
+(base / "inner").mkdir()
+sandbox._mount("tmpfs", str(base / "inner"), "tmpfs", 0, "size=1m")
+(base / "inner" / "secret.txt").write_text("SECRET")
+out = {}
+try:
+    sandbox.enter(tempfile.mkdtemp(), [], 4096, 60, None, cover_too=[str(base)])
+    out["secret seen"] = (base / "inner" / "secret.txt").exists()
+except Exception as e:
+    out["error"] = repr(e)
+print(json.dumps(out))
+"""
+
+
+def real_home() -> Path:
+    import pwd
+
+    return Path(pwd.getpwuid(os.getuid()).pw_dir)
+
+
+@pytest.mark.parametrize("where", ["the temporary folder", "the grading user's home"])
+def test_a_mount_inside_a_covered_folder_is_out_of_reach_and_no_error(where):
+    parent = Path(tempfile.mkdtemp(prefix=".dpo-teach-nested-", dir=real_home() if "home" in where else None))
+    try:
+        run = subprocess.run([sys.executable, "-c", NESTED, str(parent)], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr[-2000:]
+        out = json.loads(run.stdout.strip().splitlines()[-1])
+        assert "error" not in out, f"entering the sandbox failed on a mount it covers: {out['error']}"
+        assert out == {"secret seen": False}, out
+    finally:
+        subprocess.run(["rm", "-rf", str(parent)], check=False)
+
+
+def test_the_covered_folders_are_homes_and_sockets_folders_not_the_root_nor_inside_the_temporary_one(monkeypatch,
+                                                                                                   tmp_path):
+    import pwd
+
+    tmp = Path(tempfile.gettempdir()).resolve()
+    monkeypatch.setenv("HOME", str(tmp_path))  # a home in the temporary folder (as in CI): covered with it already
+    folders = [Path(f) for f in sandbox.private_folders()]
+    assert folders and all(f.is_dir() and f != Path("/") and f.resolve() == f for f in folders), folders
+    assert not any(f == tmp or tmp in f.parents for f in folders), folders
+    assert len(folders) == len(set(folders)) and not any(a in b.parents for a in folders for b in folders), folders
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir).resolve()
+    if home.is_dir() and home != Path("/") and tmp not in home.parents:
+        assert any(home == f or f in home.parents for f in folders), f"the grading user's home {home}: {folders}"
+    for known in ("/home", "/root", "/run", "/mnt"):
+        if Path(known).is_dir() and not Path(known).is_symlink():
+            assert Path(known) in folders, f"{known} is not covered: {folders}"
+    monkeypatch.setenv("HOME", "/")
+    assert Path("/") not in [Path(f) for f in sandbox.private_folders()]
+
+
+def test_a_mount_is_shadowed_only_under_a_covered_folder_and_not_where_it_was_bound_back():
+    covered, bound = [Path("/run"), Path("/tmp")], [Path("/run/keep")]
+    assert sandbox.shadowed("/run/user/1000", covered, bound)
+    assert sandbox.shadowed("/tmp/.X11-unix", covered, bound)
+    assert not sandbox.shadowed("/run", covered, bound)  # the covering tmpfs itself
+    assert not sandbox.shadowed("/run/keep", covered, bound) and not sandbox.shadowed("/run/keep/sub", covered, bound)
+    assert not sandbox.shadowed("/proc", covered, bound) and not sandbox.shadowed("/running", covered, bound)
+
+
+# A daemon's socket where the notebook can see it (a folder it keeps: the course's, the environment's), and what the
+# notebook can still do with sockets: a pair of its own (multiprocessing, asyncio), an internet socket (loopback only).
+SOCKETS = """
+import asyncio, json, os, socket, sys, tempfile, threading
+from dpo_teach.grading import sandbox
+
+folder = sys.argv[1]
+server = socket.socket(socket.AF_UNIX)
+server.bind(os.path.join(folder, "daemon.sock"))
+server.listen(4)
+threading.Thread(target=lambda: server.accept()[0].sendall(b"a"), daemon=True).start()
+read, write = os.pipe()
+if os.fork() == 0:
+    out = {}
+    sandbox.isolate()
+    sandbox.enter(tempfile.mkdtemp(), [], 4096, 60, None, keep=[folder])
+    out["in view"] = os.path.exists(os.path.join(folder, "daemon.sock"))
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(os.path.join(folder, "daemon.sock"))
+            out["daemon said"] = s.recv(4).decode()
+    except OSError as e:
+        out["refused"] = e.errno
+    a, b = socket.socketpair()
+    a.sendall(b"x")
+    out["pair"] = b.recv(1).decode()
+    out["asyncio"] = asyncio.run(asyncio.sleep(0, "ok"))
+    socket.socket(socket.AF_INET).close()
+    os.write(write, json.dumps(out).encode())
+    os._exit(0)
+os.wait()
+print(os.read(read, 4000).decode())
+"""
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "aarch64"), reason="the seccomp filter knows x86_64, arm64")
+def test_no_unix_socket_connects_even_where_it_is_in_view(tmp_path):
+    import errno
+
+    run = subprocess.run([sys.executable, "-c", SOCKETS, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out == {"in view": True, "refused": errno.EPERM, "pair": "x", "asyncio": "ok"}, out
