@@ -36,15 +36,15 @@ FLAGS = {"lr": "--lr", "beta": "--beta"}
 LOGP_PER_TOKEN_FLOOR = -50.0
 
 
-def thrown_off(metrics, batch: dict[str, torch.Tensor]) -> str | None:
-    """What is wrong when the step's chosen completions got less than :data:`LOGP_PER_TOKEN_FLOOR` nats per token
-    under the policy (``metrics["logps/chosen"]``, the mean over the batch's first half of ``batch``'s rows, over
-    their mean completion length), else None. A step that reports no such metric is not checked."""
-    logp = metrics.get("logps/chosen") if isinstance(metrics, dict) else None
-    if not isinstance(logp, float) or "completion_mask" not in batch:
+def thrown_off(logp_chosen, batch: dict[str, torch.Tensor]) -> str | None:
+    """What is wrong when ``batch``'s chosen completions got less than :data:`LOGP_PER_TOKEN_FLOOR` nats per token
+    under the policy, else None. ``logp_chosen`` is their summed log-probability averaged over the batch's first half
+    of rows (a step's ``logps/chosen``); it is spread over their mean completion length. Anything but a float (a
+    custom step that reports no such metric) is not checked."""
+    if not isinstance(logp_chosen, float) or "completion_mask" not in batch:
         return None
     chosen = batch["completion_mask"][: batch["completion_mask"].shape[0] // 2]
-    per_token = logp / max(float(chosen.sum()) / max(len(chosen), 1), 1.0)
+    per_token = logp_chosen / max(float(chosen.sum()) / max(len(chosen), 1), 1.0)
     if per_token < LOGP_PER_TOKEN_FLOOR:
         return (f"the chosen completions' log-probability fell to {per_token:.3g} nats per token, below "
                 f"{LOGP_PER_TOKEN_FLOOR:g}: the weights were thrown far off")
@@ -153,7 +153,7 @@ def train_dpo(
         loss = metrics.get("loss") if isinstance(metrics, dict) else None
         if isinstance(loss, float) and not math.isfinite(loss):  # a custom step_fn that stepped anyway
             raise diverged("DPO", step, total, lr, config, f"the loss is {loss}", flags)
-        thrown = thrown_off(metrics, batch)
+        thrown = thrown_off(metrics.get("logps/chosen") if isinstance(metrics, dict) else None, batch)
         if thrown:
             raise diverged("DPO", step, total, lr, config, thrown, flags)
         history.append({"step": step, "epoch": epoch, "lr": lr, **metrics})
@@ -178,6 +178,6 @@ def after_last_update(policy: torch.nn.Module, batch: dict[str, torch.Tensor]) -
     logp = chosen.mean().item()
     if not math.isfinite(logp):
         return "after the last step's update, the policy's log-probabilities are no longer finite"
-    thrown = thrown_off({"logps/chosen": logp}, batch)
+    thrown = thrown_off(logp, batch)
     return f"after the last step's update, {thrown}" if thrown else None
 

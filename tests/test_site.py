@@ -367,6 +367,16 @@ def test_every_exercise_is_a_heading_and_no_heading_level_is_skipped():
         levels = [len(m.group(1)) for m in re.finditer(r"^(#+) ", text, re.M)]
         assert levels[0] == 1 and all(b <= a + 1 for a, b in zip(levels, levels[1:])), (path.name, levels)
         assert re.search(r"^#{2,5} Exercise ", text, re.M), f"{path.name}: no exercise heading"
+        # an exercise's heading heads that exercise alone: the section an exercise sits in is named for its topic
+        # ("Exercise: conservative DPO" over "Exercise 7.2" read as two exercises in a screen reader's list)
+        exercise = re.compile(r"Exercise(?::| \d| \()")  # "Exercise 7.2", "Exercise (practice)"; not "... feedback"
+        above: list[tuple[int, str]] = []
+        for m in re.finditer(r"^(#+) (.*)$", text, re.M):
+            level, title = len(m.group(1)), m.group(2)
+            above = [(lv, t) for lv, t in above if lv < level]
+            if exercise.match(title):
+                assert not any(exercise.match(t) for _, t in above), (path.name, above, title)
+            above.append((level, title))
 
 
 def test_every_page_has_one_title_heading_and_every_image_a_description(built):
