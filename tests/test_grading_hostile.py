@@ -397,8 +397,8 @@ def hostile(assigned, notebook_reference, tmp_path_factory):
     other_copy = shutil.copytree(autograder, Path(tempfile.mkdtemp(prefix="another-clone-")) / "bundles")
     # in the grading user's own home (as root: /root) and in /run (or the user's runtime folder in it)
     home_copy = shutil.copytree(autograder, Path(tempfile.mkdtemp(prefix=".dpo-teach-test-", dir=real_home())) / "b")
-    run = Path("/run") if os.access("/run", os.W_OK) else Path(os.environ.get("XDG_RUNTIME_DIR", "/run"))
-    daemon_folders = [home_copy.parent, Path(tempfile.mkdtemp(prefix="dpo-teach-test-", dir=run))]
+    runtime = [Path(d) for d in ("/run", os.environ.get("XDG_RUNTIME_DIR", "")) if d and os.access(d, os.W_OK)]
+    daemon_folders = [home_copy.parent, *(Path(tempfile.mkdtemp(prefix="dpo-teach-test-", dir=d)) for d in runtime[:1])]
     dev_probe, dev_victim = Path(f"/dev/dpo-teach-probe-{os.getpid()}"), Path(f"/dev/dpo-teach-victim-{os.getpid()}")
     with contextlib.suppress(OSError):  # only where this user may write /dev (root, as in CI)
         dev_victim.touch()

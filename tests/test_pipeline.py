@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo_teach.pipeline import DemoConfig, results_table, run_demo
+from dpo_teach.pipeline import DemoConfig, drift_hint, results_table, run_demo
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,23 @@ def test_default_demo_meets_reward_fluency_and_accuracy_targets(demo_runs):
     assert m["reference"]["fluency"] >= 0.9 and m["reference"]["kl"] == 0.0
     assert 0 < m["policy"]["kl"] < 10
     assert m["win_rate"] > 0.6
+
+
+def test_a_policy_that_drifted_into_garbage_says_to_lower_the_learning_rate(demo_runs):
+    """The table shows fluency against its target; below it (while π_ref meets it) a line says what to try, naming the
+    run's learning rate and the demo's. The default run, and a π_ref that is not fluent itself, get no such line."""
+    import copy
+
+    _, m, _ = demo_runs
+    assert drift_hint(m) is None
+    drifted = copy.deepcopy(m)  # what --lr 5e-3 gave on seed 0
+    drifted["policy"].update(fluency=0.012, kl=27.98)
+    drifted["config"]["dpo"]["lr"] = 5e-3
+    hint = drift_hint(drifted)
+    assert hint and "1.2% well-formed" in hint and "28.0 nats" in hint, hint
+    assert "lower --lr first (this run: 0.005; the demo's default: 0.0005)" in hint, hint
+    drifted["reference"]["fluency"] = 0.1  # a real checkpoint: the toy grammar does not describe its text
+    assert drift_hint(drifted) is None
 
 
 def test_same_seed_writes_the_same_metrics_json(demo_runs):

@@ -74,8 +74,44 @@ def test_the_covered_folders_are_homes_and_sockets_folders_not_the_root_nor_insi
     for known in ("/home", "/root", "/run", "/mnt"):
         if Path(known).is_dir() and not Path(known).is_symlink():
             assert Path(known) in folders, f"{known} is not covered: {folders}"
-    monkeypatch.setenv("HOME", "/")
-    assert Path("/") not in [Path(f) for f in sandbox.private_folders()]
+    for system in ("/", "/dev", "/usr/sbin", "/etc"):  # a system user's home: covering it would break every notebook
+        monkeypatch.setenv("HOME", system)
+        assert sandbox.private_folders() == [str(f) for f in folders], f"HOME={system} changed what is covered"
+
+
+def test_a_kept_folder_that_holds_a_covered_one_stops_the_sandbox_with_what_to_do(tmp_path):
+    """DPO_TEACH_CACHE=/home, say: covering /home would hide the cache, keeping the cache would show all of /home."""
+    (tmp_path / "home").mkdir()
+    with pytest.raises(sandbox.SandboxUnavailable, match=r"holds .*home, which the sandbox empties: move it"):
+        sandbox.cover(tmp_path / "home", [str(tmp_path)], "0755")  # refused before anything is mounted
+
+
+# A kept path reached through a symbolic link inside a covered folder (a ~/venv that links elsewhere).
+LINKED = """
+import json, os, sys, tempfile
+from pathlib import Path
+from dpo_teach.grading import sandbox
+
+home, target = Path(sys.argv[1]), Path(sys.argv[2])
+sandbox.isolate()
+sandbox.enter(tempfile.mkdtemp(), [], 4096, 60, None, keep=[str(home / "venv")], cover_too=[str(home)])
+print(json.dumps({"home": sorted(os.listdir(home)), "python": (home / "venv" / "python").read_text()}))
+"""
+
+
+def test_a_kept_path_behind_a_symbolic_link_stays_reachable_by_its_own_name(tmp_path):
+    home = Path(tempfile.mkdtemp(prefix=".dpo-teach-linked-", dir=real_home()))
+    try:
+        (tmp_path / "real-venv").mkdir()
+        (tmp_path / "real-venv" / "python").write_text("the interpreter")
+        (home / "venv").symlink_to(tmp_path / "real-venv")
+        (home / "secrets").write_text("not for notebooks")
+        run = subprocess.run([sys.executable, "-c", LINKED, str(home), str(tmp_path)], capture_output=True,
+                             text=True, timeout=60)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert json.loads(run.stdout.strip().splitlines()[-1]) == {"home": ["venv"], "python": "the interpreter"}
+    finally:
+        subprocess.run(["rm", "-rf", str(home)], check=False)
 
 
 def test_a_mount_is_shadowed_only_under_a_covered_folder_and_not_where_it_was_bound_back():
@@ -115,6 +151,14 @@ if os.fork() == 0:
     out["pair"] = b.recv(1).decode()
     out["asyncio"] = asyncio.run(asyncio.sleep(0, "ok"))
     socket.socket(socket.AF_INET).close()
+    socket.socket(socket.AF_INET6).close()
+    for name, make in [("datagram pair", lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)),
+                       ("vsock", lambda: socket.socket(40, socket.SOCK_STREAM))]:  # AF_VSOCK: a VM's host
+        try:
+            make()
+            out[name] = "made"
+        except OSError as e:
+            out[name] = e.errno
     os.write(write, json.dumps(out).encode())
     os._exit(0)
 os.wait()
@@ -129,4 +173,5 @@ def test_no_unix_socket_connects_even_where_it_is_in_view(tmp_path):
     run = subprocess.run([sys.executable, "-c", SOCKETS, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
-    assert out == {"in view": True, "refused": errno.EPERM, "pair": "x", "asyncio": "ok"}, out
+    assert out == {"in view": True, "refused": errno.EPERM, "pair": "x", "asyncio": "ok",
+                   "datagram pair": errno.EPERM, "vsock": errno.EPERM}, out

@@ -374,6 +374,10 @@ def main(unavailable: Exception | None = None) -> int:
     os.environ.update(HOME=f"{private}/home", TMPDIR=f"{private}/tmp", MPLBACKEND="Agg",
                       MPLCONFIGDIR=f"{private}/tmp", IPYTHONDIR=f"{private}/home/.ipython")
     tempfile.tempdir = None  # found again from TMPDIR: the zygote's imports may have settled on /tmp
+    if job.get("sandbox"):  # a forkserver (3.14's default) needs a Unix socket by name: the sandbox refuses it
+        import multiprocessing
+
+        multiprocessing.set_start_method("fork", force=True)
     os.chdir(f"{private}/work")
     log = os.open(f"{private}/output.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)

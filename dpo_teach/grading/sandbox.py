@@ -192,16 +192,28 @@ def covered(root: Path, keep: list[Path]) -> list[str]:
 PRIVATE_FOLDERS = ("/home", "/root", "/run", "/var/run", "/var/tmp", "/mnt", "/media", "/srv")
 
 
+# Where a home is no home (a system user's, or $HOME pointed at a system folder): covering it would hide what every
+# notebook needs (/dev, /usr), so such a home is left as it is
+SYSTEM_FOLDERS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys",
+                  "/usr", "/var", "/opt")
+
+
 def private_folders() -> list[str]:
     """What the sandbox covers besides the temporary folder, as the grader (not yet in the sandbox) finds it:
     :data:`PRIVATE_FOLDERS` and the grading user's own home wherever it lies (``$HOME`` and the password file's),
-    those that exist, resolved (``/var/run`` is ``/run``) and outermost; not ``/``, and none inside the temporary
-    folder, which is covered already."""
+    those that exist, resolved (``/var/run`` is ``/run``) and outermost; not ``/``, none inside the temporary folder
+    (covered already), and no home that is, holds or lies inside a system folder but ``/var`` and ``/opt``
+    (``/var/lib/jenkins`` is covered, ``/usr/sbin`` or ``/dev`` is not: :data:`SYSTEM_FOLDERS`)."""
     homes = [os.environ.get("HOME", "")]
     with contextlib.suppress(ImportError, KeyError):
         import pwd
 
         homes.append(pwd.getpwuid(os.getuid()).pw_dir)
+    system = [Path(f) for f in SYSTEM_FOLDERS]
+    lenient = {Path("/var"), Path("/opt")}  # a home inside them is a home (a service's), not a system folder
+    homes = [h for h in homes if h and os.path.isdir(h) and not any(
+        (f == Path(h).resolve()) or (Path(h).resolve() in f.parents)
+        or (f in Path(h).resolve().parents and f not in lenient) for f in system)]
     tmp = Path(tempfile.gettempdir()).resolve()
     found = {Path(f).resolve() for f in (*PRIVATE_FOLDERS, *homes) if f and os.path.isdir(f)}
     return outermost([str(f) for f in found if f != Path("/") and f != tmp and tmp not in f.parents])
@@ -209,12 +221,22 @@ def private_folders() -> list[str]:
 
 def cover(folder: Path, keep: list[str], mode: str) -> list[Path] | None:
     """An empty tmpfs over ``folder``, with only what a notebook needs there bound back (the ``keep`` paths inside it:
-    a course folder, its environment and cache when they lie there); returns the paths bound back, or None where
-    nothing was covered (``folder`` is ``/``, missing, or inside a kept folder). Each kept path is opened before the
-    tmpfs hides it and bound back from that descriptor."""
+    a course folder, its environment and cache when they lie there, and the symbolic links on the way to them, a
+    ``~/venv`` that links to ``/opt/venv``); returns the paths bound back, or None where ``folder`` is ``/`` or
+    missing.
+
+    Raises:
+        SandboxUnavailable: a kept path is ``folder`` or holds it (``DPO_TEACH_CACHE=/home``): covering ``folder``
+            would hide it, and keeping it would show the whole folder.
+    """
     folder, resolved = Path(folder).resolve(), [Path(k).resolve() for k in keep]
-    if folder == Path("/") or not folder.is_dir() or any(folder == k or k in folder.parents for k in resolved):
+    if folder == Path("/") or not folder.is_dir():
         return None
+    holding = [str(k) for k in resolved if folder == k or k in folder.parents]
+    if holding:
+        raise SandboxUnavailable(f"{holding[0]} is kept in view for the notebooks (the cache, the Python environment) "
+                                 f"and holds {folder}, which the sandbox empties: move it into a folder of its own")
+    links = [link for k in keep for link in _links_inside(Path(os.path.abspath(k)), folder)]
     inside = outermost([str(k) for k in resolved if folder in k.parents])
     opened = [(path, os.open(path, os.O_PATH)) for path in inside if os.path.exists(path)]
     _mount("tmpfs", str(folder), "tmpfs", 0, f"size=1m,mode={mode}")
@@ -226,7 +248,24 @@ def cover(folder: Path, keep: list[str], mode: str) -> list[Path] | None:
             open(path, "a").close()
         _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
         os.close(fd)
+    for path, target in links:
+        if not os.path.lexists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.symlink(target, path)
     return [Path(path) for path, _ in opened]
+
+
+def _links_inside(path: Path, folder: Path) -> list[tuple[str, str]]:
+    """The symbolic links inside ``folder`` on the way to ``path`` (an absolute path, not resolved), each with what
+    it points to: following ``path`` from ``/``, a link is read and the walk goes on from where it leads."""
+    links, at = [], Path("/")
+    for part in path.parts[1:]:
+        at = at / part
+        if at.is_symlink():
+            if folder in at.parents:
+                links.append((str(at), os.readlink(at)))
+            at = at.resolve()
+    return links
 
 
 def shadowed(point: str, covered: list[Path], bound: list[Path]) -> bool:
@@ -285,40 +324,50 @@ def enter(private: str, hide: list[str], memory_mb: int, cpu_s: int, nproc: int 
     no_unix_sockets()
 
 
-# socket(2)'s number and the kernel's name for the architecture, where the filter below knows them (elsewhere the
-# folders covered above are the whole defence against a daemon's socket)
-_SOCKET_SYSCALL = {"x86_64": (41, 0xC000003E), "aarch64": (198, 0xC00000B7)}
+# socket(2)'s and socketpair(2)'s numbers and the kernel's name for the architecture, where the filter below knows
+# them (elsewhere the folders covered above are the whole defence against a daemon's socket)
+_SOCKET_SYSCALLS = {"x86_64": (41, 53, 0xC000003E), "aarch64": (198, 199, 0xC00000B7),
+                    "riscv64": (198, 199, 0xC00000F3)}
 _IO_URING_SETUP = 425  # the same number on every architecture; io_uring makes sockets without socket(2)
-_AF_UNIX, _EPERM = 1, 1
+_AF_INET, _AF_INET6, _AF_NETLINK, _SOCK_DGRAM, _EPERM = 2, 10, 16, 2, 1
 
 
 def no_unix_sockets() -> None:
-    """A seccomp filter, for this process and all it starts: ``socket(AF_UNIX, ...)`` and ``io_uring_setup`` fail
-    with EPERM, a system call of another ABI (32-bit ``int 0x80``, x32) ends the process; everything else is allowed.
+    """A seccomp filter, for this process and all it starts: ``socket(2)`` makes only internet and netlink sockets
+    (the network namespace holds only a loopback), a ``socketpair`` is a stream or packet pair, never a datagram
+    pair (which could send to a datagram socket by its path: ``/dev/log``), and ``io_uring_setup`` fails, all with
+    EPERM; a system call of another ABI (32-bit ``int 0x80``) ends the process, and one of x32 fails. Everything else
+    is allowed.
 
     The network namespace keeps a notebook off the network and off abstract sockets, and :func:`cover` hides the
-    folders where daemons keep their sockets, but a socket anywhere else in view connects, read-only mount or not.
-    ``socketpair`` stays allowed (Python's ``multiprocessing`` and ``asyncio`` use it; it connects nothing outside)."""
+    folders where daemons keep their sockets, but a Unix socket anywhere else in view connects, read-only mount or
+    not, and a vsock reaches the host of a virtual machine. A stream pair of its own still works (Python's
+    ``multiprocessing`` and ``asyncio`` use one); what needs a Unix socket by name does not (a ``multiprocessing``
+    manager, a forkserver, a torch ``DataLoader`` with workers: keep ``num_workers=0``)."""
     import platform
 
     machine = platform.machine().lower().replace("arm64", "aarch64").replace("amd64", "x86_64")
-    if machine not in _SOCKET_SYSCALL:
+    if machine not in _SOCKET_SYSCALLS:
         return
-    nr_socket, arch = _SOCKET_SYSCALL[machine]
-    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    nr_socket, nr_socketpair, arch = _SOCKET_SYSCALLS[machine]
+    ld, jeq, jge, ret, and_ = 0x20, 0x15, 0x35, 0x06, 0x54  # BPF_LD|W|ABS, JMP|JEQ|K, JMP|JGE|K, RET|K, ALU|AND|K
     allow, deny, kill = 0x7FFF0000, 0x00050000 | _EPERM, 0x80000000  # SECCOMP_RET_ALLOW, _ERRNO(EPERM), _KILL_PROCESS
-    program = [  # (code, jump if true, jump if false, k); jumps count the instructions skipped
-        (ld, 0, 0, 4),  # seccomp_data.arch
+    program = [  # (code, jump if true, jump if false, k); a jump skips that many instructions
+        (ld, 0, 0, 4),  # 0: seccomp_data.arch
         (jeq, 1, 0, arch),
         (ret, 0, 0, kill),  # another ABI
-        (ld, 0, 0, 0),  # seccomp_data.nr
-        (jge, 5, 0, 0x40000000),  # x32's numbers (x86_64)
-        (jeq, 4, 0, _IO_URING_SETUP),
-        (jeq, 0, 2, nr_socket),
-        (ld, 0, 0, 16),  # seccomp_data.args[0], its low 32 bits: the address family
-        (jeq, 1, 0, _AF_UNIX),
-        (ret, 0, 0, allow),
-        (ret, 0, 0, deny),
+        (ld, 0, 0, 0),  # 3: seccomp_data.nr
+        (jge, 11, 0, 0x40000000),  # 4: x32's numbers (x86_64) → deny
+        (jeq, 10, 0, _IO_URING_SETUP),  # → deny
+        (jeq, 5, 0, nr_socketpair),  # → 12
+        (jeq, 0, 7, nr_socket),  # 7: else → allow
+        (ld, 0, 0, 16),  # 8: seccomp_data.args[0], its low 32 bits: the address family
+        (jeq, 5, 0, _AF_INET), (jeq, 4, 0, _AF_INET6), (jeq, 3, 4, _AF_NETLINK),  # → allow, else → deny
+        (ld, 0, 0, 24),  # 12: seccomp_data.args[1], low bits: the type (SOCK_CLOEXEC and SOCK_NONBLOCK above 0xf)
+        (and_, 0, 0, 0xF),
+        (jeq, 1, 0, _SOCK_DGRAM),  # → deny
+        (ret, 0, 0, allow),  # 15
+        (ret, 0, 0, deny),  # 16
     ]
 
     class Filter(ctypes.Structure):
