@@ -175,3 +175,34 @@ def test_no_unix_socket_connects_even_where_it_is_in_view(tmp_path):
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out == {"in view": True, "refused": errno.EPERM, "pair": "x", "asyncio": "ok",
                    "datagram pair": errno.EPERM, "vsock": errno.EPERM}, out
+
+
+DEV = """
+import json, os, tempfile
+from dpo_teach.grading import sandbox
+
+read, write = os.pipe()
+if os.fork() == 0:
+    sandbox.isolate()
+    sandbox.enter(tempfile.mkdtemp(), [], 4096, 60, None)
+    with open("/dev/null", "w") as f:
+        f.write("works")
+    out = {"dev": sorted(os.listdir("/dev")), "urandom": len(open("/dev/urandom", "rb").read(8)),
+           "shm writable": os.access("/dev/shm", os.W_OK), "fd": os.path.exists("/dev/fd/1")}
+    os.write(write, json.dumps(out).encode())
+    os._exit(0)
+os.wait()
+print(os.read(read, 4000).decode())
+"""
+
+
+def test_dev_holds_only_the_devices_a_notebook_opens():
+    """No disk, /dev/kvm, /dev/kmsg or /dev/fuse in view (as root, the raw disk would hold every file, hidden tests
+    included): null, zero, full, random and urandom, the usual links and a private /dev/shm."""
+    run = subprocess.run([sys.executable, "-c", DEV], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    devices = [d for d in sandbox.DEVICES if os.path.exists(f"/dev/{d}")]
+    assert out["dev"] == sorted([*devices, *sandbox.DEVICE_LINKS, "shm"]), out["dev"]
+    assert set(os.listdir("/dev")) - set(out["dev"]), "the machine's /dev holds more, which the test should see hidden"
+    assert out["urandom"] == 8 and out["shm writable"] and out["fd"], out

@@ -17,7 +17,8 @@ root too (containers, CI). What the notebook gets (:func:`isolate`, then :func:`
   file systems; the temporary folder, people's homes and the folders where daemons listen on Unix sockets
   (``/run``, :data:`PRIVATE_FOLDERS`) are empty ones but for what the notebook needs there (:func:`cover`: another
   copy of the course in /tmp or in a home stays out of view, and no socket of the machine's, Docker's included, can be
-  reached); ``/dev`` is read-only too (its devices work; no node can be made or deleted);
+  reached); ``/dev`` holds only :data:`DEVICES` (no disk in view), read-only too (they work; no node can be made or
+  deleted);
 - one private writable folder (a fresh tmpfs over the job's folder) for its home, temporary files and working
   copy, and its own ``/dev/shm``;
 - after the set-up it drops every privilege over these mounts (a second, unmapped user namespace), so it cannot
@@ -48,9 +49,9 @@ _CLONE_NEWUSER = 0x10000000
 # isolate()'s namespaces: user, mount, PID, network, IPC, host name
 _CLONE_ALL = _CLONE_NEWUSER | 0x00020000 | 0x20000000 | 0x40000000 | 0x08000000 | 0x04000000
 _PR_SET_PDEATHSIG = 1
-# The namespace's own /proc stays as mounted. /dev too is remounted read-only: its device nodes still work (a read-only
-# mount stops writes to files, not to devices), but no notebook can create, rename or delete a node of the machine's
-# own /dev (as root it could delete /dev/null for every later row); /dev/shm gets its own tmpfs.
+# The namespace's own /proc stays as mounted. /dev (DEVICES) too is remounted read-only: its device nodes still work (a
+# read-only mount stops writes to files, not to devices), but no notebook can create, rename or delete a node of the
+# machine's own /dev (as root it could delete /dev/null for every later row); /dev/shm gets its own tmpfs.
 KEEP_WRITABLE = ("/proc",)
 
 
@@ -192,6 +193,14 @@ def covered(root: Path, keep: list[Path]) -> list[str]:
 PRIVATE_FOLDERS = ("/home", "/root", "/run", "/var/run", "/var/tmp", "/mnt", "/media", "/srv")
 
 
+# The devices a notebook may open: /dev is a tmpfs with these bound back from the machine's (where it has them), their
+# usual links and /dev/shm. The rest (disks, /dev/kvm, /dev/kmsg, /dev/fuse) is out of view: a grader that runs as
+# root would otherwise hand every notebook the raw disk, and with it every file, hidden tests included.
+DEVICES = ("null", "zero", "full", "random", "urandom")
+DEVICE_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+                "stderr": "/proc/self/fd/2"}
+
+
 # Where a home is no home (a system user's, or $HOME pointed at a system folder): covering it would hide what every
 # notebook needs (/dev, /usr), so such a home is left as it is
 SYSTEM_FOLDERS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys",
@@ -286,12 +295,15 @@ def enter(private: str, hide: list[str], memory_mb: int, cpu_s: int, nproc: int 
     The temporary folder first: another copy of the course in /tmp (a clone, an unpacked bundle, a test run's files)
     holds hidden tests and solutions, and a notebook must not read them."""
     covered, bound = [], []
-    folders = [(Path(tempfile.gettempdir()), "1777"), *((Path(f), "0755") for f in cover_too)]
+    folders = [(Path(tempfile.gettempdir()), "1777"), *((Path(f), "0755") for f in cover_too), (Path("/dev"), "0755")]
     for folder, mode in folders:
-        back = cover(folder, list(keep), mode)
+        back = cover(folder, [*keep, *(f"/dev/{d}" for d in DEVICES)], mode)
         if back is not None:
             covered.append(folder.resolve())
             bound += back
+    for name, target in DEVICE_LINKS.items():
+        os.symlink(target, f"/dev/{name}")
+    os.makedirs("/dev/shm")  # its own tmpfs comes below
     os.makedirs(private, exist_ok=True)  # under a covered folder it is gone (the tmpfs over it comes below)
     mounts = {}
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
