@@ -51,6 +51,32 @@ def thrown_off(logp_chosen, batch: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+def unlike_reference(logp_chosen, batch: dict[str, torch.Tensor]) -> str | None:
+    """What is wrong when, at the first step of a policy that starts as π_ref, its chosen log-probability
+    ``logp_chosen`` (the step's ``logps/chosen``) is under half or over twice π_ref's on the same rows (the batch's
+    precomputed ``ref_chosen_logps``), else None. The two should agree (up to dropout, which a training forward
+    applies): a step that averages the policy's log-probs over the completion tokens
+    (``concatenated_logprobs(..., average=True)``) against π_ref's sums gives a tenth of them on 10-token completions,
+    and the loss then trains on that gap, without a word. Not checked without precomputed log-probs, or where π_ref's
+    are above -1 nat (too short to tell)."""
+    if not isinstance(logp_chosen, float) or "ref_chosen_logps" not in batch:
+        return None
+    ref = float(batch["ref_chosen_logps"].mean())
+    if ref < -1.0 and not 0.5 <= logp_chosen / ref <= 2.0:
+        return (f"at the first step the policy is still π_ref, yet its chosen completions' log-probability is "
+                f"{logp_chosen:.4g} against π_ref's {ref:.4g} on the same rows ({logp_chosen / ref:.2g} times): the "
+                "two are not computed the same way. A mean over the completion tokens on one side and a sum on the "
+                "other does this (DPO compares sums: logprobs.concatenated_logprobs without average=True); so do "
+                "other masks or other tokens for the policy than for π_ref")
+    return None
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Whether ``a`` and ``b`` hold the same parameters, value for value (a policy that starts as π_ref)."""
+    pa, pb = list(a.parameters()), list(b.parameters())
+    return a is b or (len(pa) == len(pb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(pa, pb)))
+
+
 @dataclass
 class DPOConfig:
     beta: float = 0.5  # β: KL-penalty strength; larger keeps π_θ closer to π_ref
@@ -142,6 +168,7 @@ def train_dpo(
     optimizer = adamw(policy.parameters(), config.lr)
     total = n_steps(len(examples), config.batch_size, config.epochs)
     batches = minibatches(len(examples), config.batch_size, config.epochs, torch.Generator().manual_seed(config.seed))
+    starts_as_reference = same_weights(policy, reference)
     policy.train()
     history: list[dict] = []
     for step, (epoch, idx) in enumerate(tqdm(batches, total=total, desc="DPO", disable=not progress)):
@@ -153,7 +180,10 @@ def train_dpo(
         loss = metrics.get("loss") if isinstance(metrics, dict) else None
         if isinstance(loss, float) and not math.isfinite(loss):  # a custom step_fn that stepped anyway
             raise diverged("DPO", step, total, lr, config, f"the loss is {loss}", flags)
-        thrown = thrown_off(metrics.get("logps/chosen") if isinstance(metrics, dict) else None, batch)
+        logp = metrics.get("logps/chosen") if isinstance(metrics, dict) else None
+        if step == 0 and starts_as_reference and unlike_reference(logp, batch):
+            raise ValueError(f"DPO step 1 of {total}: {unlike_reference(logp, batch)}")
+        thrown = thrown_off(logp, batch)
         if thrown:
             raise diverged("DPO", step, total, lr, config, thrown, flags)
         history.append({"step": step, "epoch": epoch, "lr": lr, **metrics})

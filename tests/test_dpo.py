@@ -158,6 +158,35 @@ def test_log_probs_of_another_reference_are_refused(world, pairs):
         train_dpo(copy.deepcopy(reference), reference, tok, pairs[:8], DPOConfig(batch_size=4), examples=joined)
 
 
+def test_a_step_that_averages_the_policys_log_probs_against_summed_reference_ones_is_stopped(world, pairs):
+    """The mean-vs-sum trap: a custom step that scores the policy with length-averaged log-probs while π_ref's were
+    precomputed as sums trains on their gap, silently. At the first step the policy is π_ref, so the two must agree;
+    a policy that starts elsewhere, or the package's own step, is not stopped."""
+    from dpo_teach.dpo import dpo_step
+    from dpo_teach.losses import step_metrics
+    from dpo_teach.training import optimizer_step
+
+    def averaging_step(policy, reference, batch, optimizer, loss_fn, max_grad_norm=1.0):
+        policy.train()
+        chosen, rejected = concatenated_logprobs(policy, batch, average=True)  # the trap: a mean per token
+        losses, chosen_rewards, rejected_rewards = loss_fn(chosen, rejected, batch["ref_chosen_logps"],
+                                                           batch["ref_rejected_logps"])
+        optimizer_step(optimizer, losses.mean(), max_grad_norm)
+        return step_metrics(losses, chosen_rewards, rejected_rewards, chosen, rejected)
+
+    reference, tok = world
+    config = DPOConfig(batch_size=8)
+    with pytest.raises(ValueError, match=r"DPO step 1 of 2: at the first step the policy is still π_ref, yet its "
+                                         r"chosen completions' log-probability is .* A mean over the completion "
+                                         r"tokens on one side and a sum on the other"):
+        train_dpo(copy.deepcopy(reference), reference, tok, pairs[:16], config, step_fn=averaging_step)
+    assert len(train_dpo(copy.deepcopy(reference), reference, tok, pairs[:16], config, step_fn=dpo_step)) == 2
+    elsewhere = copy.deepcopy(reference)
+    with torch.no_grad():
+        elsewhere.lm_head.weight.mul_(1.01)  # a policy that starts from another checkpoint: nothing to compare
+    assert len(train_dpo(elsewhere, reference, tok, pairs[:16], config, step_fn=averaging_step)) == 2
+
+
 def test_the_learning_rate_schedule_is_what_the_configs_say():
     """utils.lr_at: a linear warm-up over 5 % of the steps (DPO's 189 steps: 9), then cosine decay towards 10 % of
     the peak; a run under 40 steps (the comparison's 20 PPO iterations) has no ramp and starts at the peak."""
