@@ -31,6 +31,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from test_grading import exercise_solution, replaced  # tests/ is on sys.path (pytest's rootdir import)
+from test_sandbox import real_home
 from test_zygote import notebook
 
 from dpo_teach import grading
@@ -348,13 +349,6 @@ FLAGGED = {"patch_allclose", "patch_builtins", "shadow_builtins", "patch_while_t
            "torch_mode", "torch_kernel"}
 
 
-def real_home() -> Path:
-    """The grading user's home as the password file has it (the suite's $HOME is a temporary folder in CI)."""
-    import pwd
-
-    return Path(pwd.getpwuid(os.getuid()).pw_dir)
-
-
 @contextlib.contextmanager
 def daemon(folders: list[Path], answer: str):
     """A stand-in for a daemon of the machine's: a Unix socket in each of ``folders`` that answers ``answer`` to
@@ -389,16 +383,23 @@ def daemon(folders: list[Path], answer: str):
 
 
 @pytest.fixture(scope="module")
-def hostile(assigned, notebook_reference, tmp_path_factory):
+def hostile(assigned, notebook_reference, tmp_path_factory, request):
     assert sandbox.unavailable_reason() is None, sandbox.unavailable_reason()
     folder, out = tmp_path_factory.mktemp("hostile"), tmp_path_factory.mktemp("hostile_grades")
     marker = tmp_path_factory.mktemp("outside") / "marker.txt"
     autograder = assigned / "autograder"
-    other_copy = shutil.copytree(autograder, Path(tempfile.mkdtemp(prefix="another-clone-")) / "bundles")
+
+    def outside(prefix: str, where: Path | None = None) -> Path:
+        """A folder outside pytest's, removed at the end however the fixture ends (it holds copies of hidden tests)."""
+        made = Path(tempfile.mkdtemp(prefix=prefix, dir=where))
+        request.addfinalizer(lambda: shutil.rmtree(made, ignore_errors=True))
+        return made
+
+    other_copy = shutil.copytree(autograder, outside("another-clone-") / "bundles")
     # in the grading user's own home (as root: /root) and in /run (or the user's runtime folder in it)
-    home_copy = shutil.copytree(autograder, Path(tempfile.mkdtemp(prefix=".dpo-teach-test-", dir=real_home())) / "b")
+    home_copy = shutil.copytree(autograder, outside(".dpo-teach-test-", real_home()) / "b")
     runtime = [Path(d) for d in ("/run", os.environ.get("XDG_RUNTIME_DIR", "")) if d and os.access(d, os.W_OK)]
-    daemon_folders = [home_copy.parent, *(Path(tempfile.mkdtemp(prefix="dpo-teach-test-", dir=d)) for d in runtime[:1])]
+    daemon_folders = [home_copy.parent, *(outside("dpo-teach-test-", d) for d in runtime[:1])]
     dev_probe, dev_victim = Path(f"/dev/dpo-teach-probe-{os.getpid()}"), Path(f"/dev/dpo-teach-victim-{os.getpid()}")
     with contextlib.suppress(OSError):  # only where this user may write /dev (root, as in CI)
         dev_victim.touch()
@@ -451,8 +452,6 @@ def hostile(assigned, notebook_reference, tmp_path_factory):
         for path in (dev_probe, dev_victim):
             with contextlib.suppress(OSError):
                 path.unlink()
-        for path in (other_copy.parent, *daemon_folders):
-            shutil.rmtree(path, ignore_errors=True)
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in watched}
     return {"rows": {Path(r["file"]).stem: r for r in report["results"]}, "report": report, "signals": signals,
             "bundles_unchanged": bundles == after, "marker": marker, "folder": folder, "dev": dev,

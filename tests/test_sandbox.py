@@ -40,9 +40,14 @@ print(json.dumps(out))
 
 
 def real_home() -> Path:
+    """The grading user's home as the password file has it (the suite's $HOME is a temporary folder in CI), else
+    $HOME (a user without an entry, ``docker run -u 1234``)."""
     import pwd
 
-    return Path(pwd.getpwuid(os.getuid()).pw_dir)
+    try:
+        return Path(pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError:
+        return Path.home()
 
 
 @pytest.mark.parametrize("where", ["the temporary folder", "the grading user's home"])
@@ -166,7 +171,8 @@ print(os.read(read, 4000).decode())
 """
 
 
-@pytest.mark.skipif(os.uname().machine not in ("x86_64", "aarch64"), reason="the seccomp filter knows x86_64, arm64")
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "aarch64", "riscv64"),
+                    reason="the seccomp filter knows x86_64, arm64 and riscv64")
 def test_no_unix_socket_connects_even_where_it_is_in_view(tmp_path):
     import errno
 
@@ -206,3 +212,32 @@ def test_dev_holds_only_the_devices_a_notebook_opens():
     assert out["dev"] == sorted([*devices, *sandbox.DEVICE_LINKS, "shm"]), out["dev"]
     assert set(os.listdir("/dev")) - set(out["dev"]), "the machine's /dev holds more, which the test should see hidden"
     assert out["urandom"] == 8 and out["shm writable"] and out["fd"], out
+
+
+def test_a_private_folder_in_dev_shm_is_writable():
+    """TMPDIR=/dev/shm: the job's folder lies under /dev/shm, which gets its own tmpfs; it is made again in it (every
+    notebook failed with "mount tmpfs on /dev/shm/...: No such file or directory")."""
+    script = ("import json, os, sys\nfrom dpo_teach.grading import sandbox\n"
+              "private = sys.argv[1]\nsandbox.isolate()\nsandbox.enter(private, [], 4096, 60, None)\n"
+              "open(os.path.join(private, 'notes.txt'), 'w').write('ok')\nprint(json.dumps(os.listdir(private)))")
+    private = tempfile.mkdtemp(prefix="dpo-grade-", dir="/dev/shm")
+    try:
+        run = subprocess.run([sys.executable, "-c", script, private], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert json.loads(run.stdout.strip().splitlines()[-1]) == ["notes.txt"]
+    finally:
+        subprocess.run(["rm", "-rf", private], check=False)
+
+
+def test_the_folders_on_sys_path_stay_in_view_but_not_the_course_or_a_whole_home(tmp_path, monkeypatch):
+    """A package on PYTHONPATH, or installed in editable mode from a home folder, is imported later by a notebook:
+    its folder is kept. The course's folder (its tests and masters), the working folder, a home itself and a
+    top-level folder are not: each would show all it holds."""
+    from dpo_teach.grading import judge
+
+    library = tmp_path / "lib"
+    library.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [str(library), "", str(tmp_path), str(judge.ROOT), str(judge.ROOT / "tests"),
+                                      str(judge.ROOT.parent), str(Path.home()), "/home", "/", "/no/such/folder"])
+    assert judge._import_folders() == [library.resolve()]

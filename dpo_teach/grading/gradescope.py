@@ -218,8 +218,8 @@ def _graded_row(source: Path, notebook: Path, assignment: str) -> tuple[dict, st
     if why_not is None:
         try:
             return _grade_copy(source, notebook, assignment, unsafe=False), None
-        except sandbox.SandboxUnavailable:  # the probe passed, yet the notebook's own sandbox did not start
-            why_not = "it did not start for this notebook"
+        except sandbox.SandboxUnavailable as e:  # the probe passed, yet the notebook's own sandbox did not start
+            why_not = f"it did not start for this notebook ({e})"
     note = (f"(The grader's own sandbox is not available in this container: {why_not}; the container isolates the "
             "submission.)")
     return _grade_copy(source, notebook, assignment, unsafe=True), note

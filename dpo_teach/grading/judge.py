@@ -253,7 +253,24 @@ def kept() -> list[Path]:
     links = [p.resolve() for p in cache.iterdir() if p.is_symlink()] if cache.is_dir() else []
     user_site = [Path(site.getusersitepackages())] if site.ENABLE_USER_SITE else []
     return [ROOT / "dpo_teach", *ROOT.glob("*.egg-info"), NOTEBOOKS, cache, *links, Path(sys.prefix),
-            Path(sys.base_prefix), *(p for p in user_site if p.is_dir())]
+            Path(sys.base_prefix), *(p for p in user_site if p.is_dir()), *_import_folders()]
+
+
+def _import_folders() -> list[Path]:
+    """The folders on ``sys.path`` besides the environment's (``PYTHONPATH``, another package installed in editable
+    mode from a home folder): what a notebook imports later must be there. Not the course's folder or one above it (it
+    would show the tests and masters: what a notebook needs of it is kept on its own), not the working folder (a
+    ``python -m`` run puts it first) and not a top-level folder or a home itself (it would show all of it)."""
+    root, found = ROOT.resolve(), []
+    for entry in sys.path:
+        if not entry or not os.path.isdir(entry):
+            continue
+        path = Path(entry).resolve()
+        if (path == root or root in path.parents or path in root.parents or path == Path.cwd().resolve()
+                or path == Path.home().resolve() or len(path.parts) <= 2):
+            continue
+        found.append(path)
+    return found
 
 
 def _last_words(process: _Process, phase: str) -> str:

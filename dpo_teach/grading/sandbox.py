@@ -34,6 +34,7 @@ import functools
 import os
 import select
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -49,9 +50,9 @@ _CLONE_NEWUSER = 0x10000000
 # isolate()'s namespaces: user, mount, PID, network, IPC, host name
 _CLONE_ALL = _CLONE_NEWUSER | 0x00020000 | 0x20000000 | 0x40000000 | 0x08000000 | 0x04000000
 _PR_SET_PDEATHSIG = 1
-# The namespace's own /proc stays as mounted. /dev (DEVICES) too is remounted read-only: its device nodes still work (a
-# read-only mount stops writes to files, not to devices), but no notebook can create, rename or delete a node of the
-# machine's own /dev (as root it could delete /dev/null for every later row); /dev/shm gets its own tmpfs.
+# The namespace's own /proc stays as mounted and writable; every other mount is remounted read-only, /dev's
+# (DEVICES) too: its device nodes still work (a read-only mount stops writes to files, not to devices), but no notebook
+# can create, rename or delete a node (as root it could delete the machine's /dev/null for every later row).
 KEEP_WRITABLE = ("/proc",)
 
 
@@ -214,18 +215,26 @@ def private_folders() -> list[str]:
     (covered already), and no home that is, holds or lies inside a system folder but ``/var`` and ``/opt``
     (``/var/lib/jenkins`` is covered, ``/usr/sbin`` or ``/dev`` is not: :data:`SYSTEM_FOLDERS`)."""
     homes = [os.environ.get("HOME", "")]
-    with contextlib.suppress(ImportError, KeyError):
+    with contextlib.suppress(ImportError, KeyError):  # KeyError: a user without a password-file entry
         import pwd
 
         homes.append(pwd.getpwuid(os.getuid()).pw_dir)
-    system = [Path(f) for f in SYSTEM_FOLDERS]
-    lenient = {Path("/var"), Path("/opt")}  # a home inside them is a home (a service's), not a system folder
-    homes = [h for h in homes if h and os.path.isdir(h) and not any(
-        (f == Path(h).resolve()) or (Path(h).resolve() in f.parents)
-        or (f in Path(h).resolve().parents and f not in lenient) for f in system)]
     tmp = Path(tempfile.gettempdir()).resolve()
-    found = {Path(f).resolve() for f in (*PRIVATE_FOLDERS, *homes) if f and os.path.isdir(f)}
+    found = {Path(f).resolve() for f in (*PRIVATE_FOLDERS, *filter(_is_home, homes)) if f and os.path.isdir(f)}
     return outermost([str(f) for f in found if f != Path("/") and f != tmp and tmp not in f.parents])
+
+
+def _is_home(path: str) -> bool:
+    """Whether ``path`` can be covered as a home: a folder that is not a system folder, holds none and lies in none
+    (but ``/var`` and ``/opt``, where services have their homes)."""
+    if not path or not os.path.isdir(path):
+        return False
+    home = Path(path).resolve()
+    for system in map(Path, SYSTEM_FOLDERS):
+        inside = system in home.parents and system not in (Path("/var"), Path("/opt"))
+        if home == system or home in system.parents or inside:
+            return False
+    return True
 
 
 def cover(folder: Path, keep: list[str], mode: str) -> list[Path] | None:
@@ -292,12 +301,15 @@ def enter(private: str, hide: list[str], memory_mb: int, cpu_s: int, nproc: int 
     ``private`` a fresh writable tmpfs; then drop the privilege to change mounts, and set rlimits (none above the
     machine's own hard limit for it).
 
-    The temporary folder first: another copy of the course in /tmp (a clone, an unpacked bundle, a test run's files)
-    holds hidden tests and solutions, and a notebook must not read them."""
+    Each covered folder hides what lies in it, the job's ``private`` folder too where it lies there (a temporary
+    folder in ``/run/user/N``): it is made again after the covers, and once more after ``/dev/shm``'s own tmpfs (a
+    temporary folder in ``/dev/shm``)."""
     covered, bound = [], []
-    folders = [(Path(tempfile.gettempdir()), "1777"), *((Path(f), "0755") for f in cover_too), (Path("/dev"), "0755")]
-    for folder, mode in folders:
-        back = cover(folder, [*keep, *(f"/dev/{d}" for d in DEVICES)], mode)
+    devices = [f"/dev/{d}" for d in DEVICES]
+    folders = [(Path(tempfile.gettempdir()), "1777", list(keep)), *((Path(f), "0755", list(keep)) for f in cover_too),
+               (Path("/dev"), "0755", devices)]
+    for folder, mode, kept_there in folders:
+        back = cover(folder, kept_there, mode)
         if back is not None:
             covered.append(folder.resolve())
             bound += back
@@ -305,7 +317,8 @@ def enter(private: str, hide: list[str], memory_mb: int, cpu_s: int, nproc: int 
         os.symlink(target, f"/dev/{name}")
     os.makedirs("/dev/shm")  # its own tmpfs comes below
     os.makedirs(private, exist_ok=True)  # under a covered folder it is gone (the tmpfs over it comes below)
-    mounts = {}
+    mounts = {}  # mount point → its locked flags; where mounts are stacked (a covering tmpfs over the machine's /run)
+    # the later line, the mount on top, wins: mountinfo lists mounts in the order they were made
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()  # id parent dev root mount-point options ...
         mounts[fields[4].replace("\\040", " ")] = sum(_KEPT.get(o, 0) for o in fields[5].split(","))
@@ -320,6 +333,7 @@ def enter(private: str, hide: list[str], memory_mb: int, cpu_s: int, nproc: int 
         elif Path(path).is_file() and not Path(path).is_symlink():
             _mount("/dev/null", path, None, _MS_BIND)
     _mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=64m")
+    os.makedirs(private, exist_ok=True)
     _mount("tmpfs", private, "tmpfs", 0, f"size={max(64, file_mb * 2)}m,mode=0777")
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(_CLONE_NEWUSER) != 0:  # from here on no capability over the mounts above
@@ -359,8 +373,8 @@ def no_unix_sockets() -> None:
     import platform
 
     machine = platform.machine().lower().replace("arm64", "aarch64").replace("amd64", "x86_64")
-    if machine not in _SOCKET_SYSCALLS:
-        return
+    if machine not in _SOCKET_SYSCALLS or struct.calcsize("P") != 8:  # the kernel's machine; a 32-bit Python on it
+        return  # makes its calls through the 32-bit ABI, which the filter would end
     nr_socket, nr_socketpair, arch = _SOCKET_SYSCALLS[machine]
     ld, jeq, jge, ret, and_ = 0x20, 0x15, 0x35, 0x06, 0x54  # BPF_LD|W|ABS, JMP|JEQ|K, JMP|JGE|K, RET|K, ALU|AND|K
     allow, deny, kill = 0x7FFF0000, 0x00050000 | _EPERM, 0x80000000  # SECCOMP_RET_ALLOW, _ERRNO(EPERM), _KILL_PROCESS
