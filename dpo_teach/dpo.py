@@ -22,6 +22,7 @@ from dpo_teach.logprobs import (
     with_reference_logprobs,
 )
 from dpo_teach.losses import STEADIER_BETA, get_loss, step_metrics
+from dpo_teach.model import same_weights
 from dpo_teach.training import adamw, diverged, diverging, minibatches, n_steps, optimizer_step, set_lr
 from dpo_teach.utils import lr_at, set_seed
 
@@ -69,12 +70,6 @@ def unlike_reference(logp_chosen, batch: dict[str, torch.Tensor]) -> str | None:
                 "other does this (DPO compares sums: logprobs.concatenated_logprobs without average=True); so do "
                 "other masks or other tokens for the policy than for π_ref")
     return None
-
-
-def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    """Whether ``a`` and ``b`` hold the same parameters, value for value (a policy that starts as π_ref)."""
-    pa, pb = list(a.parameters()), list(b.parameters())
-    return a is b or (len(pa) == len(pb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(pa, pb)))
 
 
 @dataclass
@@ -177,12 +172,13 @@ def train_dpo(
         set_lr(optimizer, lr)
         with diverging("DPO", step, total, lr, config, flags):
             metrics = (step_fn or dpo_step)(policy, reference, batch, optimizer, loss_fn)
-        loss = metrics.get("loss") if isinstance(metrics, dict) else None
+        reported = metrics if isinstance(metrics, dict) else {}  # a custom step_fn may report anything
+        loss, logp = reported.get("loss"), reported.get("logps/chosen")
         if isinstance(loss, float) and not math.isfinite(loss):  # a custom step_fn that stepped anyway
             raise diverged("DPO", step, total, lr, config, f"the loss is {loss}", flags)
-        logp = metrics.get("logps/chosen") if isinstance(metrics, dict) else None
-        if step == 0 and starts_as_reference and unlike_reference(logp, batch):
-            raise ValueError(f"DPO step 1 of {total}: {unlike_reference(logp, batch)}")
+        unlike = unlike_reference(logp, batch) if step == 0 and starts_as_reference else None
+        if unlike:
+            raise ValueError(f"DPO step 1 of {total}: {unlike}")
         thrown = thrown_off(logp, batch)
         if thrown:
             raise diverged("DPO", step, total, lr, config, thrown, flags)

@@ -90,6 +90,13 @@ def build_model(preset: str, vocab_size: int, eos_token_id: int, n_positions: in
     return model
 
 
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Whether ``a`` and ``b`` hold the same parameters, value for value (a policy that starts as π_ref, a π_ref
+    loaded back from the cache)."""
+    pa, pb = list(a.parameters()), list(b.parameters())
+    return a is b or (len(pa) == len(pb) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(pa, pb)))
+
+
 SCALED_INIT_SINCE = (5, 15)  # the first transformers 5 whose GPT-2 draws c_proj at GPT-2's scale (pyproject's bound)
 
 

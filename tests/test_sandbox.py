@@ -50,13 +50,19 @@ def real_home() -> Path:
         return Path.home()
 
 
+def sandboxed(script: str, *args) -> dict:
+    """Run ``script`` (which enters the sandbox itself) in a fresh Python, ``args`` its ``sys.argv[1:]``; what it
+    printed last, read as JSON."""
+    run = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("where", ["the temporary folder", "the grading user's home"])
 def test_a_mount_inside_a_covered_folder_is_out_of_reach_and_no_error(where):
     parent = Path(tempfile.mkdtemp(prefix=".dpo-teach-nested-", dir=real_home() if "home" in where else None))
     try:
-        run = subprocess.run([sys.executable, "-c", NESTED, str(parent)], capture_output=True, text=True, timeout=60)
-        assert run.returncode == 0, run.stderr[-2000:]
-        out = json.loads(run.stdout.strip().splitlines()[-1])
+        out = sandboxed(NESTED, parent)
         assert "error" not in out, f"entering the sandbox failed on a mount it covers: {out['error']}"
         assert out == {"secret seen": False}, out
     finally:
@@ -65,15 +71,13 @@ def test_a_mount_inside_a_covered_folder_is_out_of_reach_and_no_error(where):
 
 def test_the_covered_folders_are_homes_and_sockets_folders_not_the_root_nor_inside_the_temporary_one(monkeypatch,
                                                                                                    tmp_path):
-    import pwd
-
     tmp = Path(tempfile.gettempdir()).resolve()
     monkeypatch.setenv("HOME", str(tmp_path))  # a home in the temporary folder (as in CI): covered with it already
     folders = [Path(f) for f in sandbox.private_folders()]
     assert folders and all(f.is_dir() and f != Path("/") and f.resolve() == f for f in folders), folders
     assert not any(f == tmp or tmp in f.parents for f in folders), folders
     assert len(folders) == len(set(folders)) and not any(a in b.parents for a in folders for b in folders), folders
-    home = Path(pwd.getpwuid(os.getuid()).pw_dir).resolve()
+    home = real_home().resolve()
     if home.is_dir() and home != Path("/") and tmp not in home.parents:
         assert any(home == f or f in home.parents for f in folders), f"the grading user's home {home}: {folders}"
     for known in ("/home", "/root", "/run", "/mnt"):
@@ -97,7 +101,7 @@ import json, os, sys, tempfile
 from pathlib import Path
 from dpo_teach.grading import sandbox
 
-home, target = Path(sys.argv[1]), Path(sys.argv[2])
+home = Path(sys.argv[1])
 sandbox.isolate()
 sandbox.enter(tempfile.mkdtemp(), [], 4096, 60, None, keep=[str(home / "venv")], cover_too=[str(home)])
 print(json.dumps({"home": sorted(os.listdir(home)), "python": (home / "venv" / "python").read_text()}))
@@ -111,10 +115,7 @@ def test_a_kept_path_behind_a_symbolic_link_stays_reachable_by_its_own_name(tmp_
         (tmp_path / "real-venv" / "python").write_text("the interpreter")
         (home / "venv").symlink_to(tmp_path / "real-venv")
         (home / "secrets").write_text("not for notebooks")
-        run = subprocess.run([sys.executable, "-c", LINKED, str(home), str(tmp_path)], capture_output=True,
-                             text=True, timeout=60)
-        assert run.returncode == 0, run.stderr[-2000:]
-        assert json.loads(run.stdout.strip().splitlines()[-1]) == {"home": ["venv"], "python": "the interpreter"}
+        assert sandboxed(LINKED, home) == {"home": ["venv"], "python": "the interpreter"}
     finally:
         subprocess.run(["rm", "-rf", str(home)], check=False)
 
@@ -176,9 +177,7 @@ print(os.read(read, 4000).decode())
 def test_no_unix_socket_connects_even_where_it_is_in_view(tmp_path):
     import errno
 
-    run = subprocess.run([sys.executable, "-c", SOCKETS, str(tmp_path)], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr[-2000:]
-    out = json.loads(run.stdout.strip().splitlines()[-1])
+    out = sandboxed(SOCKETS, tmp_path)
     assert out == {"in view": True, "refused": errno.EPERM, "pair": "x", "asyncio": "ok",
                    "datagram pair": errno.EPERM, "vsock": errno.EPERM}, out
 
@@ -187,27 +186,19 @@ DEV = """
 import json, os, tempfile
 from dpo_teach.grading import sandbox
 
-read, write = os.pipe()
-if os.fork() == 0:
-    sandbox.isolate()
-    sandbox.enter(tempfile.mkdtemp(), [], 4096, 60, None)
-    with open("/dev/null", "w") as f:
-        f.write("works")
-    out = {"dev": sorted(os.listdir("/dev")), "urandom": len(open("/dev/urandom", "rb").read(8)),
-           "shm writable": os.access("/dev/shm", os.W_OK), "fd": os.path.exists("/dev/fd/1")}
-    os.write(write, json.dumps(out).encode())
-    os._exit(0)
-os.wait()
-print(os.read(read, 4000).decode())
+sandbox.isolate()
+sandbox.enter(tempfile.mkdtemp(), [], 4096, 60, None)
+with open("/dev/null", "w") as f:
+    f.write("works")
+print(json.dumps({"dev": sorted(os.listdir("/dev")), "urandom": len(open("/dev/urandom", "rb").read(8)),
+                  "shm writable": os.access("/dev/shm", os.W_OK), "fd": os.path.exists("/dev/fd/1")}))
 """
 
 
 def test_dev_holds_only_the_devices_a_notebook_opens():
     """No disk, /dev/kvm, /dev/kmsg or /dev/fuse in view (as root, the raw disk would hold every file, hidden tests
     included): null, zero, full, random and urandom, the usual links and a private /dev/shm."""
-    run = subprocess.run([sys.executable, "-c", DEV], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, run.stderr[-2000:]
-    out = json.loads(run.stdout.strip().splitlines()[-1])
+    out = sandboxed(DEV)
     devices = [d for d in sandbox.DEVICES if os.path.exists(f"/dev/{d}")]
     assert out["dev"] == sorted([*devices, *sandbox.DEVICE_LINKS, "shm"]), out["dev"]
     assert set(os.listdir("/dev")) - set(out["dev"]), "the machine's /dev holds more, which the test should see hidden"
@@ -222,9 +213,7 @@ def test_a_private_folder_in_dev_shm_is_writable():
               "open(os.path.join(private, 'notes.txt'), 'w').write('ok')\nprint(json.dumps(os.listdir(private)))")
     private = tempfile.mkdtemp(prefix="dpo-grade-", dir="/dev/shm")
     try:
-        run = subprocess.run([sys.executable, "-c", script, private], capture_output=True, text=True, timeout=60)
-        assert run.returncode == 0, run.stderr[-2000:]
-        assert json.loads(run.stdout.strip().splitlines()[-1]) == ["notes.txt"]
+        assert sandboxed(script, private) == ["notes.txt"]
     finally:
         subprocess.run(["rm", "-rf", private], check=False)
 

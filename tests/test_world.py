@@ -3,14 +3,10 @@
 import pytest
 import torch
 
-from dpo_teach.model import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from dpo_teach.model import CheckpointError, build_model, load_checkpoint, same_weights, save_checkpoint
 from dpo_teach.world import WorldConfig, cache_dir, load_reference
 
 FAST = WorldConfig(preset="tiny", corpus_size=500, sft_steps=5, sft_batch_size=8, seed=11)
-
-
-def same_weights(a, b):
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def test_cache_is_keyed_by_config_and_reused(cache_root, count_builds):

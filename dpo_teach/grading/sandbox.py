@@ -286,11 +286,12 @@ def _links_inside(path: Path, folder: Path) -> list[tuple[str, str]]:
     return links
 
 
-def shadowed(point: str, covered: list[Path], bound: list[Path]) -> bool:
-    """Whether the mount at ``point`` lies under a tmpfs that :func:`cover` put over a folder, and was not bound back:
-    nothing reaches it any more (a path there now names the tmpfs's own folder, or nothing)."""
+def shadowed(point: str, emptied: list[Path], bound: list[Path]) -> bool:
+    """Whether the mount at ``point`` lies under a tmpfs that :func:`cover` put over one of the ``emptied`` folders,
+    and was not ``bound`` back: nothing reaches it any more (a path there now names the tmpfs's own folder, or
+    nothing)."""
     path = Path(point)
-    return (any(c in path.parents for c in covered)
+    return (any(e in path.parents for e in emptied)
             and not any(path == b or b in path.parents for b in bound))
 
 
@@ -304,14 +305,14 @@ def enter(private: str, hide: list[str], memory_mb: int, cpu_s: int, nproc: int 
     Each covered folder hides what lies in it, the job's ``private`` folder too where it lies there (a temporary
     folder in ``/run/user/N``): it is made again after the covers, and once more after ``/dev/shm``'s own tmpfs (a
     temporary folder in ``/dev/shm``)."""
-    covered, bound = [], []
+    emptied, bound = [], []  # the folders a tmpfs now covers (not covered(), the course folder's list), what is back
     devices = [f"/dev/{d}" for d in DEVICES]
     folders = [(Path(tempfile.gettempdir()), "1777", list(keep)), *((Path(f), "0755", list(keep)) for f in cover_too),
                (Path("/dev"), "0755", devices)]
     for folder, mode, kept_there in folders:
         back = cover(folder, kept_there, mode)
         if back is not None:
-            covered.append(folder.resolve())
+            emptied.append(folder.resolve())
             bound += back
     for name, target in DEVICE_LINKS.items():
         os.symlink(target, f"/dev/{name}")
@@ -323,7 +324,7 @@ def enter(private: str, hide: list[str], memory_mb: int, cpu_s: int, nproc: int 
         fields = line.split()  # id parent dev root mount-point options ...
         mounts[fields[4].replace("\\040", " ")] = sum(_KEPT.get(o, 0) for o in fields[5].split(","))
     for point, kept in sorted(mounts.items()):
-        if shadowed(point, covered, bound):  # under a covering tmpfs (a user's runtime folder in /run): out of reach
+        if shadowed(point, emptied, bound):  # under a covering tmpfs (a user's runtime folder in /run): out of reach
             continue
         if point == "/" or not point.startswith(KEEP_WRITABLE):
             _mount(None, point, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | kept)
