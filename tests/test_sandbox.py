@@ -205,6 +205,32 @@ def test_dev_holds_only_the_devices_a_notebook_opens():
     assert out["urandom"] == 8 and out["shm writable"] and out["fd"], out
 
 
+# isolate()'s parent is slowed after the fork while the child, in the same mount namespace, covers /dev at once (as
+# enter() does on a busy machine): the parent must have nothing left to open by then.
+SLOW_PARENT = """
+import json, os, sys, time
+from dpo_teach.grading import sandbox
+
+fork = os.fork
+def slow_fork():
+    pid = fork()
+    if pid:
+        time.sleep(1)
+    return pid
+os.fork = slow_fork
+sandbox.isolate()
+sandbox._mount("tmpfs", "/dev", "tmpfs", 0, "size=1m")
+time.sleep(2)
+print(json.dumps({"child": "done"}))
+"""
+
+
+def test_the_waiting_parent_opens_nothing_after_the_fork():
+    """The namespace's first process's parent (which only waits) once failed with "No such file or directory:
+    '/dev/null'": it opened /dev/null after the fork, by when the child had covered /dev."""
+    assert sandboxed(SLOW_PARENT) == {"child": "done"}
+
+
 def test_a_private_folder_in_dev_shm_is_writable():
     """TMPDIR=/dev/shm: the job's folder lies under /dev/shm, which gets its own tmpfs; it is made again in it (every
     notebook failed with "mount tmpfs on /dev/shm/...: No such file or directory")."""

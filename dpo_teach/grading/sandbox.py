@@ -108,15 +108,18 @@ def isolate() -> None:
         with open(f"/proc/self/{name}", "w") as f:
             f.write(text)
     lifeline, held = os.pipe()  # open as long as this process lives
+    # Opened before the fork: the child shares this mount namespace and covers /dev at once (``enter``), so an open
+    # after the fork could find /dev empty on a busy machine (it did, once in a thousand tests).
+    null = os.open(os.devnull, os.O_RDWR)
     child = os.fork()
     if child:
         os.close(lifeline)
-        null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):  # the runner's channels stay with the runner alone: its end is the grader's EOF
             os.dup2(null, fd)
         _, status = os.waitpid(child, 0)
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
     os.close(held)
+    os.close(null)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:  # --kill-child: this process dies with its parent
         raise SandboxUnavailable(f"prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}")
     if select.select([lifeline], [], [], 0)[0]:  # EOF already: the parent was killed before the line above
