@@ -138,3 +138,18 @@ def test_a_machine_limit_below_the_sandboxes_holds_and_no_notebook_is_an_error()
     row = json.loads(done.stdout.splitlines()[-1])
     assert row["status"] == "graded", row["reason"]
     assert [c["passed"] for c in row["cases"]["q"]] == [True], row["cases"]
+
+
+def test_a_pool_runs_in_the_sandbox_where_python_starts_workers_from_a_forkserver(tmp_path):
+    """Python 3.14 starts multiprocessing's workers from a forkserver by default, which listens on a Unix socket by
+    name: the sandbox refuses that socket, so the runner sets ``fork``. A sitecustomize makes this Python's default a
+    forkserver (as 3.14's is) before the zygote imports anything."""
+    (tmp_path / "sitecustomize.py").write_text("import multiprocessing\n"
+                                               "multiprocessing.set_start_method('forkserver')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    probe = subprocess.run([sys.executable, "-c", "import multiprocessing; print(multiprocessing.get_start_method())"],
+                           env=env, capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "forkserver", "the sitecustomize did not take: this test would test nothing"
+    pool = "import multiprocessing\nwith multiprocessing.Pool(2) as p:\n    squares = p.map(abs, [-1, -2, -3])"
+    out = grade(notebook(pool), ">>> assert squares == [1, 2, 3], squares", env)
+    assert out["status"] == "graded" and out["cases"]["q"][0]["passed"], out
