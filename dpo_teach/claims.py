@@ -29,7 +29,8 @@ STRICT_ENV = "DPO_TEACH_STRICT"  # "1": a failed claim raises (CI)
 MODE_ENV = "DPO_TEACH_CLAIMS"  # "fail": every claim fails; "record": log each outcome, then act as "fail"
 LOG_ENV = "DPO_TEACH_CLAIMS_LOG"  # with "record": the JSON-lines file each check appends {"claim", "held"} to
 WHY = ("the number comes from a run tuned on seed 0 of the course's machine; another CPU, torch build or thread "
-       "count changes the floating-point sums, and a short training run can land a little elsewhere")
+       "count changes the floating-point sums, and a short training run can land elsewhere (as the same run with "
+       "another seed can)")
 
 
 class ClaimFailed(AssertionError):
