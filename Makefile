@@ -11,7 +11,7 @@ TORCH_BUILD ?= auto
 # LOCKED=1: install the exact versions of requirements.lock (`make lock` writes it) before the package itself.
 LOCKED ?=
 
-.PHONY: demo test lab bench bench-notebooks bench-test bench-compare bench-grading assign release gradescope lint clean help
+.PHONY: demo test lab bench bench-notebooks bench-claims bench-test bench-compare bench-grading assign release gradescope lint clean help
 .PHONY: site browser test-site readme-images
 
 help:
@@ -21,6 +21,8 @@ help:
 	@echo "make lab    open the notebooks in JupyterLab"
 	@echo "make bench  throughput and memory benchmarks -> results/bench.json"
 	@echo "make bench-notebooks  notebook run times (fast mode: all; full mode: 05, 07) -> results/notebooks_bench.json"
+	@echo "make bench-claims  which claim checks of a notebook hold at other training seeds (NB=07 SEEDS=\"0 1 2 3 4 5\")"
+	@echo "            -> results/claims_bench.json"
 	@echo "make bench-test BASE=<commit>  fresh-clone \`make test\` of BASE, then of the working tree, timed with set-up"
 	@echo "            -> results/bench_test_suite.json (as long as both suites together); SAME_TESTS=1 adds a run of"
 	@echo "            the working tree on only BASE's tests (like for like)"
@@ -84,7 +86,7 @@ lab: $(STAMP)
 # The student release has no benchmarks/ either: there their targets say so, like `make test`.
 HAVE_BENCHMARKS := $(wildcard benchmarks/.)
 ifeq ($(HAVE_BENCHMARKS),)
-bench bench-notebooks bench-test bench-compare bench-grading:
+bench bench-notebooks bench-claims bench-test bench-compare bench-grading:
 	@echo "make $@: this copy of the course has no benchmarks/ (it is the student release); clone the full" \
 		"repository for them" >&2; exit 2
 else
@@ -94,6 +96,12 @@ bench: $(STAMP)
 # about 15 minutes on 2 cores: every notebook in fast mode, then 05 and 07 in full mode
 bench-notebooks: $(STAMP)
 	$(BIN)/python benchmarks/bench_notebooks.py --fast --full 05 07 --keep results/notebooks
+
+# about 7 minutes on 2 cores for 07: the notebook in fast mode at each training seed, its claim checks side by side
+NB ?= 07
+SEEDS ?= 0 1 2 3 4 5
+bench-claims: $(STAMP)
+	$(BIN)/python benchmarks/bench_claims.py $(NB) --seeds $(SEEDS)
 
 # a fresh clone's `make test` (new .venv, empty caches) of BASE and of the working tree, back to back; needs no .venv
 BASE ?= HEAD

@@ -21,13 +21,15 @@ prints a message naming the exercise and the notebook continues with the package
 from __future__ import annotations
 
 import json
+import linecache
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
 STRICT_ENV = "DPO_TEACH_STRICT"  # "1": a failed claim raises (CI)
 MODE_ENV = "DPO_TEACH_CLAIMS"  # "fail": every claim fails; "record": log each outcome, then act as "fail"
-LOG_ENV = "DPO_TEACH_CLAIMS_LOG"  # with "record": the JSON-lines file each check appends {"claim", "held"} to
+LOG_ENV = "DPO_TEACH_CLAIMS_LOG"  # with "record": the JSON-lines file each check appends {"claim", "held", "at"} to
 WHY = ("the number comes from a run tuned on seed 0 of the course's machine; another CPU, torch build or thread "
        "count changes the floating-point sums, and a short training run can land elsewhere (as the same run with "
        "another seed can)")
@@ -49,7 +51,18 @@ def _record(held: bool, what: str) -> None:
     path = os.environ.get(LOG_ENV)
     if os.environ.get(MODE_ENV, "") == "record" and path:
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"claim": what, "held": held}, ensure_ascii=False) + "\n")
+            f.write(json.dumps({"claim": what, "held": held, "at": _caller_line()}, ensure_ascii=False) + "\n")
+
+
+def _caller_line() -> str:
+    """The source line of the ``check`` call being recorded (a notebook cell's line: IPython keeps each cell's source
+    for tracebacks), so that a log tells apart the checks of one cell that share "a claim of this cell"."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back
+    if frame is None:
+        return ""
+    return linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
 
 
 def check(condition: Any, message: str = "", why: str = WHY) -> None:

@@ -172,3 +172,35 @@ def test_a_process_is_counted_by_what_it_runs_not_by_where_it_lies():
                        (["/usr/lib/chromium/chromium", "--headless"], "browser (the site's test)"),
                        (["make", "test"], "other")]:
         assert kind_of(argv) == kind, argv
+
+
+def test_bench_claims_reruns_a_notebook_at_other_training_seeds_and_lists_what_did_not_always_hold(tmp_path):
+    """``make bench-claims``: every ``DPOConfig(..., seed=0)`` takes each seed in turn; the claims that failed in some
+    run are listed with where they are; a claim lost at seed 0 (what CI would fail on) is the exit status."""
+    import json
+
+    import nbformat
+    from bench_claims import main as bench_claims
+
+    setup = "from dpo_teach import claims\nDPOConfig = dict\nconfig = DPOConfig(beta=0.5,\n                   seed=0)"
+    checks = "claims.check(config['seed'] != 1, 'holds but at seed 1')\nclaims.check(True)"
+    cells = [nbformat.v4.new_code_cell(setup), nbformat.v4.new_code_cell(checks)]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / "98_probe.ipynb")
+    out = tmp_path / "claims.json"
+    ours = {name: value for name, value in os.environ.items() if name.startswith("DPO_TEACH_")}
+    assert bench_claims(["98", "--seeds", "0", "1", "2", "--notebooks", str(tmp_path), "--out", str(out)]) == 0
+    after = {name: value for name, value in os.environ.items() if name.startswith("DPO_TEACH_")}
+    assert after == ours, "the bench left its claim settings in this process"
+    result = json.loads(out.read_text())
+    runs = [(r["seed"], r["error"], len(r["claims"])) for r in result["runs"]]
+    assert runs == [(0, None, 2), (1, None, 2), (2, None, 2)]
+    assert result["fragile"] == [{"index": 0, "claim": "holds but at seed 1", "held": {"0": True, "1": False,
+                                                                                     "2": True},
+                                  "at": "claims.check(config['seed'] != 1, 'holds but at seed 1')"}]
+    (tmp_path / "98_probe.ipynb").rename(tmp_path / "97_probe.ipynb")
+    assert bench_claims(["97", "--seeds", "1", "--notebooks", str(tmp_path), "--out", str(out)]) == 0  # no seed 0 run
+    assert bench_claims(["97", "--seeds", "1", "0", "--notebooks", str(tmp_path), "--out", str(out)]) == 0
+    nb = nbformat.read(tmp_path / "97_probe.ipynb", as_version=4)
+    nb.cells[1].source = "claims.check(config['seed'] != 0, 'fails at seed 0')"
+    nbformat.write(nb, tmp_path / "97_probe.ipynb")
+    assert bench_claims(["97", "--seeds", "0", "--notebooks", str(tmp_path), "--out", str(out)]) == 1

@@ -53,7 +53,8 @@ def test_a_failed_claim_fails_the_suite_run(tmp_path, monkeypatch, capsys):
     claims.check(1 + 1 == 2, "arithmetic")
     claims.check(False, "a claim that fails here")
     assert [json.loads(line) for line in log.read_text().splitlines()] == [
-        {"claim": "arithmetic", "held": True}, {"claim": "a claim that fails here", "held": False}]
+        {"claim": "arithmetic", "held": True, "at": 'claims.check(1 + 1 == 2, "arithmetic")'},
+        {"claim": "a claim that fails here", "held": False, "at": 'claims.check(False, "a claim that fails here")'}]
     assert capsys.readouterr().out.count(FORCED) == 2
     monkeypatch.setenv(claims.MODE_ENV, "")
     monkeypatch.setenv(claims.STRICT_ENV, "1")

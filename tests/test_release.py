@@ -29,7 +29,8 @@ def test_release_has_the_course_and_no_solution_or_hidden_test(tmp_path):
 
 
 @pytest.mark.parametrize("target, missing", [("test", "tests/"), ("test-site", "tests/")] + [
-    (bench, "benchmarks/") for bench in ("bench", "bench-notebooks", "bench-test", "bench-compare", "bench-grading")])
+    (bench, "benchmarks/") for bench in ("bench", "bench-notebooks", "bench-claims", "bench-test", "bench-compare",
+                                         "bench-grading")])
 def test_make_test_and_bench_in_the_release_say_they_are_not_there(tmp_path, target, missing):
     out = tmp_path / "student"
     release(out)
