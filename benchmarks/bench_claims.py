@@ -21,12 +21,11 @@ import os
 import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_notebooks import notebook_paths  # noqa: E402
+from bench_notebooks import execute, notebook_paths  # noqa: E402
 from common import RESULTS, quiet_offline  # noqa: E402
 
 TRAINING_SEED = re.compile(r"(\bDPOConfig\([^()]*\bseed=)0(\s*\))")  # DPOConfig(..., seed=0) in one call, any lines
@@ -45,38 +44,13 @@ def with_training_seed(nb, seed: int) -> int:
 def run_at_seed(path: Path, seed: int, fast: bool, timeout: float, keep: Path | None = None) -> dict:
     """Execute notebook ``path`` at training seed ``seed``: ``{"seed", "seconds", "error", "claims": [...]}``, each
     claim ``{"claim", "held", "at"}`` in the order the checks ran."""
-    import nbformat
-
-    from dpo_teach.headless import notebook_client
-    from dpo_teach.site import link_assets
-
-    nb = nbformat.read(path, as_version=4)
-    if not with_training_seed(nb, seed):
-        raise SystemExit(f"bench_claims: {path.name} has no DPOConfig(..., seed=0) in its code: nothing to vary")
     with tempfile.TemporaryDirectory(prefix="dpo-teach-bench-claims-") as tmp:
         log = Path(tmp) / "claims.jsonl"
-        link_assets(path, Path(tmp))
-        env = {"DPO_TEACH_FAST": "1" if fast else "0", "DPO_TEACH_CLAIMS": "record", "DPO_TEACH_CLAIMS_LOG": str(log),
-               "DPO_TEACH_STRICT": "0"}
-        saved = {name: os.environ.get(name) for name in env}
-        os.environ.update(env)  # the kernel inherits them
-        start, error = time.perf_counter(), None
-        try:
-            notebook_client(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": tmp}}).execute()
-        except Exception as exc:  # noqa: BLE001 - a run that stops is a result to report
-            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-        finally:
-            for name, value in saved.items():  # this process's own claim checks stay as they were
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-        seconds = time.perf_counter() - start
+        env = {"DPO_TEACH_CLAIMS": "record", "DPO_TEACH_CLAIMS_LOG": str(log), "DPO_TEACH_STRICT": "0"}
+        run = execute(path, fast, timeout, keep, edit=lambda nb: with_training_seed(nb, seed), env=env,
+                      name=f"seed{seed}")
         claims = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.is_file() else []
-        if keep is not None:
-            keep.mkdir(parents=True, exist_ok=True)
-            nbformat.write(nb, keep / f"{path.stem}.seed{seed}.ipynb")
-    return {"seed": seed, "seconds": round(seconds, 1), "error": error, "claims": claims}
+    return {"seed": seed, "seconds": run["seconds"], "error": run["error"], "claims": claims}
 
 
 def fragile(runs: list[dict]) -> list[dict]:
@@ -119,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         [args.notebook])
     if len(paths) != 1:
         parser.error(f"{args.notebook!r} names {len(paths)} notebooks ({', '.join(p.name for p in paths)}); name one")
+    import nbformat
+
+    if not with_training_seed(nbformat.read(paths[0], as_version=4), 1):
+        parser.error(f"{paths[0].name} has no DPOConfig(..., seed=0) in its code: nothing to vary")
     quiet_offline()
 
     from dpo_teach.utils import atomic_write_json

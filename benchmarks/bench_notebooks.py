@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, ROOT, quiet_offline  # noqa: E402
+from common import RESULTS, ROOT, environ, quiet_offline  # noqa: E402
 
 NOTEBOOKS = ROOT / "notebooks"
 FAST_GROUPS = {"00–04": ["00", "01", "02", "03", "04"], "05 + 07": ["05", "07"]}
@@ -42,31 +42,36 @@ def notebook_paths(prefixes: list[str] | None) -> list[Path]:
     return paths
 
 
-def execute(path: Path, fast: bool, timeout: float, keep: Path | None = None) -> dict:
+def execute(path: Path, fast: bool, timeout: float, keep: Path | None = None, edit=None, env: dict | None = None,
+            name: str | None = None) -> dict:
     """Run one notebook in a fresh kernel; return its seconds and error (None when every cell ran).
 
-    With ``keep``, the executed notebook (outputs included) is saved there as ``NAME.fast.ipynb``/``NAME.full.ipynb``.
+    ``edit(nb)`` changes the copy that runs (never the file); ``env`` adds variables for its kernel. With ``keep``,
+    the executed notebook (outputs included) is saved there as ``NAME.fast.ipynb``/``NAME.full.ipynb`` (``name`` in
+    place of the mode, when given).
     """
     import nbformat
 
     from dpo_teach.headless import notebook_client
     from dpo_teach.site import link_assets
 
-    os.environ["DPO_TEACH_FAST"] = "1" if fast else "0"  # the kernel inherits it
     with tempfile.TemporaryDirectory(prefix="dpo-teach-bench-nb-") as tmp:
         copy = Path(shutil.copy(path, Path(tmp) / path.name))
         link_assets(path, Path(tmp))  # shipped results that a notebook opens (06)
         nb = nbformat.read(copy, as_version=4)
+        if edit is not None:
+            edit(nb)
         client = notebook_client(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": tmp}})
         start, error = time.perf_counter(), None
-        try:
-            client.execute()
-        except Exception as exc:  # noqa: BLE001 - a failing notebook is a result to report, not a crash
-            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+        with environ({"DPO_TEACH_FAST": "1" if fast else "0", **(env or {})}):  # the kernel inherits them
+            try:
+                client.execute()
+            except Exception as exc:  # noqa: BLE001 - a failing notebook is a result to report, not a crash
+                error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         seconds = time.perf_counter() - start
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
-            nbformat.write(nb, keep / f"{path.stem}.{'fast' if fast else 'full'}.ipynb")
+            nbformat.write(nb, keep / f"{path.stem}.{name or ('fast' if fast else 'full')}.ipynb")
     return {"notebook": path.stem, "mode": "fast" if fast else "full", "seconds": round(seconds, 1), "error": error}
 
 

@@ -262,12 +262,12 @@ def _import_folders() -> list[Path]:
     would show the tests and masters: what a notebook needs of it is kept on its own), not the working folder (a
     ``python -m`` run puts it first) and not a top-level folder or a home itself (it would show all of it)."""
     root, found = ROOT.resolve(), []
+    never = {Path.cwd().resolve(), Path.home().resolve()}
     for entry in sys.path:
         if not entry or not os.path.isdir(entry):
             continue
         path = Path(entry).resolve()
-        if (path == root or root in path.parents or path in root.parents or path == Path.cwd().resolve()
-                or path == Path.home().resolve() or len(path.parts) <= 2):
+        if path == root or root in path.parents or path in root.parents or path in never or len(path.parts) <= 2:
             continue
         found.append(path)
     return found
