@@ -80,6 +80,33 @@ def test_a_notebook_jupyter_runs_is_graded_though_nbformat_schema_refuses_it(ass
     assert all(q["hidden_failed"] == [] for q in rows["vscode"]["questions"].values())  # every hidden test passed
 
 
+@NEEDS_SANDBOX
+def test_a_notebook_finds_pi_ref_in_the_graders_default_cache(assigned, notebook_reference, private_cache, tmp_path,
+                                                             monkeypatch):
+    """Without $DPO_TEACH_CACHE the grader's cache is ~/.cache/dpo-teach, but a notebook's process has a fresh home
+    of its own: there it found no π_ref, and each notebook that loads it (04, 05, 07) built it again. The grader
+    names its cache to the notebooks."""
+    from dpo_teach.world import CACHE_ENV, WorldConfig, cache_entry
+
+    cache = tmp_path / "home" / ".cache" / "dpo-teach"
+    cache.mkdir(parents=True)
+    for entry in private_cache.iterdir():  # the suite's π_ref, as an instructor's first run would have cached it
+        (cache / entry.name).symlink_to(entry.resolve(), target_is_directory=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(CACHE_ENV)
+    assert cache_entry(WorldConfig(preset="tiny")).parent == cache
+    nb = exercise_solution(assigned, KL)
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "from dpo_teach.world import WorldConfig, cache_entry\n"
+        "entry = cache_entry(WorldConfig(preset='tiny'))\n"
+        "assert entry.is_dir(), f'no π_ref at {entry}'"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    nbformat.write(nb, folder / f"ada_{KL}.ipynb")
+    (row,) = grade_module.grade(folder, tmp_path / "out", autograder=assigned / "autograder")["results"]
+    assert row["errors"] == [] and row["score"] == row["possible"] == 5.0, row["reason"]
+
+
 def test_a_cell_without_source_is_read_as_the_runner_runs_it_and_a_source_that_is_no_text_is_not(tmp_path):
     """The runner reads a cell without ``source`` as empty (``runner.code_cells``); the check before it must not
     refuse what the runner would run."""

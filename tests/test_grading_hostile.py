@@ -266,6 +266,21 @@ for path in {sockets}:
         pass
 diagnose_small_beta = answer
 """, []),
+    # a token in the grader's environment (SECRET below, whose first letter is 07's answer): read from the notebook's
+    # own environment or from the environment block its process was started with, and shown in an error message
+    "read_environment": ("07_variants_and_pitfalls", "diagnose_small_beta =", """
+import os
+found = [os.environ.get("{secret_name}", "")]
+for who in ("self", "1"):  # the path built at run time, past the scan
+    try:
+        environ = open(os.path.join("/", "pr" + "oc", who, "environ"), "rb").read()
+        found += [item.split(b"=", 1)[1].decode() for item in environ.split(b"\\0")
+                  if item.startswith(b"{secret_name}=")]
+    except OSError:
+        pass
+secret = "".join(found)
+diagnose_small_beta = secret[:1] or "z"
+""", ["import os\nraise RuntimeError('the grader holds ' + os.environ.get('{secret_name}', 'nothing'))"]),
     # beneath torch's functions, where the private references do not reach: a mode left active, a kernel replaced
     "torch_mode": ("01_kl_objective", "def kl_divergence(", WRONG_KL, [
         "import torch\nfrom torch.overrides import TorchFunctionMode\n\n"
@@ -332,6 +347,8 @@ logged_probability = Probability(0.5)
         "    except OSError:\n"
         "        pass"]),
 }
+# A token of the grader's, in its environment while the batch is graded: its first letter is 07's answer
+SECRET = ("COURSE_API_TOKEN", "a-token-of-the-graders")
 LOSES = {  # hostile submission → the question its (wrong) answer must lose (None: what it shows is the point)
     "patch_allclose": "kl_divergence", "patch_builtins": "kl_divergence", "shadow_builtins": "kl_divergence",
     "patch_while_tested": "kl_divergence", "rewrite_tests": "kl_divergence", "read_hidden": "diagnose_small_beta",
@@ -339,7 +356,8 @@ LOSES = {  # hostile submission → the question its (wrong) answer must lose (N
     "background_process": "kl_divergence", "signal_grader": "kl_divergence", "take_over": "kl_divergence",
     "patch_doctest": "kl_divergence", "letter_equal_to_all": "diagnose_small_beta",
     "read_other_copy": "diagnose_small_beta", "read_home_copy": "diagnose_small_beta",
-    "ask_a_daemon": "diagnose_small_beta", "dev_write": "kl_divergence", "float_that_lies": "logged_probability",
+    "ask_a_daemon": "diagnose_small_beta", "read_environment": "diagnose_small_beta",
+    "dev_write": "kl_divergence", "float_that_lies": "logged_probability",
     "torch_mode": "kl_divergence", "torch_kernel": "kl_divergence", "leak_hidden_inputs": "objective",
     "abort_with_inputs": None,  # what it earned before it ended its process stays; what it printed is the point
     "reference_under_if": "kl_divergence", "reference_by_getattr": "kl_divergence", "reference_registry": "dpo_loss",
@@ -406,7 +424,7 @@ def hostile(assigned, notebook_reference, tmp_path_factory, request):
     fill = {"autograder": autograder, "root": grading.ROOT, "submissions": folder, "marker": marker,
             "grader_pid": os.getpid(), "otter": OTTER, "other_copy": other_copy, "dev_probe": dev_probe,
             "dev_victim": dev_victim, "home_copy": home_copy,
-            "sockets": [str(f / "daemon.sock") for f in daemon_folders]}
+            "sockets": [str(f / "daemon.sock") for f in daemon_folders], "secret_name": SECRET[0]}
     for kind, (name, find, source, before) in HOSTILE.items():
         nb = replaced(exercise_solution(assigned, name), find, source.format(**fill))
         at = next(i for i, c in enumerate(nb.cells) if find in c.source)
@@ -444,7 +462,9 @@ def hostile(assigned, notebook_reference, tmp_path_factory, request):
     try:
         with daemon(daemon_folders, answer="a") as (sockets, calls):  # "a": 07's answer
             assert sockets == fill["sockets"]
+            os.environ[SECRET[0]] = SECRET[1]  # the grader's token (put back by conftest's _restore_environment)
             report = grading.grade(folder, out, autograder=autograder, cell_timeout=60, timeout=240, jobs=2)
+            del os.environ[SECRET[0]]
         time.sleep(2)  # a process left behind would write within 0.1 s
         dev = {"probe made": dev_probe.exists(), "victim deleted": victim_there and not dev_victim.exists()}
     finally:
@@ -507,6 +527,25 @@ def test_nothing_outside_the_sandbox_was_touched(hostile):
     assert not hostile["marker"].exists(), "a process left behind by a submission wrote outside its sandbox"
     for path in hostile["folder"].rglob("*.ipynb"):
         assert path.read_text() != "SABOTAGED", f"{path} was overwritten by another submission's process"
+
+
+def test_no_variable_of_the_graders_reaches_a_notebook_or_the_report(hostile):
+    """A token in the grader's environment is neither in a notebook's environment (it would score) nor in any row
+    (the attack's error message says what it found); the course's own variables still reach it."""
+    row = hostile["rows"]["read_environment_07_variants_and_pitfalls"]
+    assert row["questions"]["diagnose_small_beta"]["score"] == 0, row["reason"]
+    assert any("the grader holds nothing" in error for error in row["errors"]), row["errors"]
+    assert SECRET[1] not in json.dumps(hostile["report"])
+
+
+def test_a_notebook_keeps_only_the_variables_it_needs():
+    environ = {"PATH": "/usr/bin", "HOME": "/home/ada", "LC_ALL": "C.UTF-8", "PYTHONPATH": "/src",
+               "DPO_TEACH_CACHE": "/cache", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+               "HF_TOKEN": "hf_x", "AWS_SECRET_ACCESS_KEY": "k", "GITHUB_TOKEN": "g", "OPENAI_API_KEY": "o",
+               "SSH_AUTH_SOCK": "/run/agent", "PYTEST_CURRENT_TEST": "t"}
+    assert sandbox.notebook_environment(environ) == {
+        "PATH": "/usr/bin", "HOME": "/home/ada", "LC_ALL": "C.UTF-8", "PYTHONPATH": "/src", "DPO_TEACH_CACHE": "/cache",
+        "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
 def test_fair_to_honest_students(hostile):

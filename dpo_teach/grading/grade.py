@@ -214,6 +214,9 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     why_not = None if unsafe else sandbox.unavailable_reason()
     if why_not:
         raise _no_sandbox(why_not)
+    from dpo_teach.world import CACHE_ENV, cache_dir  # not at the top: torch
+
+    cache = cache_dir()  # before any notebook: a relative $DPO_TEACH_CACHE is refused here (CacheError)
     course = [*manifests, *(p.stem for p in Path(released_dir).glob("*.ipynb"))]  # what a file's name may hold
     found = find_submissions(submissions, course, skip=out)
     if not found:
@@ -234,7 +237,11 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     if settings["memory_mb"] < sandbox.MEMORY_MB and not unsafe:
         log(f"memory: {settings['memory_mb']} MiB per notebook, this machine's hard limit (ulimit -Hv), below the "
             f"sandbox's {sandbox.MEMORY_MB} MiB: a notebook that needs more ends as crashed")
-    env = {**os.environ, "DPO_TEACH_FAST": "1" if fast else "0", "TOKENIZERS_PARALLELISM": "false"}
+    # Sandboxed, a notebook gets only the variables it needs (no token or key of the grader's), and the grader's
+    # cache by name: its runner's home is a fresh folder, where the default cache (~/.cache/dpo-teach) is empty, and
+    # every notebook that loads π_ref would build it again.
+    env = {**(os.environ if unsafe else sandbox.notebook_environment(os.environ)),
+           "DPO_TEACH_FAST": "1" if fast else "0", "TOKENIZERS_PARALLELISM": "false", CACHE_ENV: str(cache)}
     out.mkdir(parents=True, exist_ok=True)
     hide = _hidden(submissions, out, autograder)
     stopped: list[tuple[Path, Exception]] = []  # where the sandbox failed: the notebooks not yet started wait

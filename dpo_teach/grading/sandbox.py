@@ -23,7 +23,9 @@ root too (containers, CI). What the notebook gets (:func:`isolate`, then :func:`
   copy, and its own ``/dev/shm``;
 - after the set-up it drops every privilege over these mounts (a second, unmapped user namespace), so it cannot
   undo them; then rlimits on memory, file size and CPU time, and a seccomp filter (:func:`no_unix_sockets`): no Unix
-  socket, so no daemon's socket connects wherever it lies in view.
+  socket, so no daemon's socket connects wherever it lies in view;
+- of the grader's environment variables, only those a notebook needs (:func:`notebook_environment`): no token or key
+  of the grader's reaches it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 try:
@@ -195,6 +198,25 @@ def covered(root: Path, keep: list[Path]) -> list[str]:
 # socket connects on a read-only mount and across network namespaces: through the Docker daemon's /run/docker.sock a
 # notebook would start a container as root on the machine.
 PRIVATE_FOLDERS = ("/home", "/root", "/run", "/var/run", "/var/tmp", "/mnt", "/media", "/srv")
+
+
+# What a notebook's process keeps of the grader's environment variables: where programs, libraries and the course's
+# files are, the locale, and the settings of Python, of the thread libraries and of the course (DPO_TEACH_*). Nothing
+# else: a token or a key there (HF_TOKEN, AWS_SECRET_ACCESS_KEY, GITHUB_TOKEN, a CI's secrets) would be one
+# `print(os.environ)` or one error message away from the report that a student reads.
+KEPT_VARIABLES = frozenset({
+    "PATH", "HOME", "TMPDIR", "TEMP", "TMP", "LANG", "LANGUAGE", "TZ", "TERM", "USER", "LOGNAME", "VIRTUAL_ENV",
+    "CONDA_PREFIX", "LD_LIBRARY_PATH", "MPLBACKEND", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+    "HF_DATASETS_OFFLINE"})
+KEPT_PREFIXES = ("LC_", "PYTHON", "DPO_TEACH_", "OMP_", "MKL_", "OPENBLAS_", "KMP_")
+
+
+def notebook_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``environ`` that a sandboxed notebook's process gets: :data:`KEPT_VARIABLES` and those that
+    begin with one of :data:`KEPT_PREFIXES`. The grader starts its zygote with them alone, so that nothing else is in
+    the memory a notebook's process inherits or in its ``/proc/self/environ`` either."""
+    return {name: value for name, value in environ.items()
+            if name in KEPT_VARIABLES or name.startswith(KEPT_PREFIXES)}
 
 
 # The devices a notebook may open: /dev is a tmpfs with these bound back from the machine's (where it has them), their
