@@ -22,7 +22,7 @@ help:
 	@echo "make bench  throughput and memory benchmarks -> results/bench.json"
 	@echo "make bench-notebooks  notebook run times (fast mode: all; full mode: 05, 07) -> results/notebooks_bench.json"
 	@echo "make bench-claims  which claim checks of a notebook hold at other training seeds (NB=07 SEEDS=\"0 1 2 3 4 5\")"
-	@echo "            -> results/claims_bench.json"
+	@echo "            -> results/claims_bench.json; SET=\"lr=2.5e-4\" also changes that keyword in every DPOConfig(...)"
 	@echo "make bench-test BASE=<commit>  fresh-clone \`make test\` of BASE, then of the working tree, timed with set-up"
 	@echo "            -> results/bench_test_suite.json (as long as both suites together); SAME_TESTS=1 adds a run of"
 	@echo "            the working tree on only BASE's tests (like for like)"
@@ -100,8 +100,9 @@ bench-notebooks: $(STAMP)
 # about 7 minutes on 2 cores for 07: the notebook in fast mode at each training seed, its claim checks side by side
 NB ?= 07
 SEEDS ?= 0 1 2 3 4 5
+SET ?=
 bench-claims: $(STAMP)
-	$(BIN)/python benchmarks/bench_claims.py $(NB) --seeds $(SEEDS)
+	$(BIN)/python benchmarks/bench_claims.py $(NB) --seeds $(SEEDS) $(if $(SET),--set $(SET))
 
 # a fresh clone's `make test` (new .venv, empty caches) of BASE and of the working tree, back to back; needs no .venv
 BASE ?= HEAD

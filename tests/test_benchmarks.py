@@ -204,3 +204,37 @@ def test_bench_claims_reruns_a_notebook_at_other_training_seeds_and_lists_what_d
     nb.cells[1].source = "claims.check(config['seed'] != 0, 'fails at seed 0')"
     nbformat.write(nb, tmp_path / "97_probe.ipynb")
     assert bench_claims(["97", "--seeds", "0", "--notebooks", str(tmp_path), "--out", str(out)]) == 1
+
+
+def test_bench_claims_can_change_a_setting_of_every_config_and_refuses_what_it_cannot_change(tmp_path, capsys):
+    """``--set beta=2.0``: the value of that keyword in every ``DPOConfig(...)`` that has it (not in code that merely
+    names it), recorded with the runs; a keyword no config has, the seed, or a value that is no one piece of code is
+    a one-line error before any run."""
+    import json
+
+    import nbformat
+    from bench_claims import main as bench_claims
+
+    setup = ("from dpo_teach import claims\nDPOConfig = dict\nconfig = DPOConfig(beta=0.5, seed=0)\n"
+             "other = DPOConfig(\n    beta=0.5,\n    lr=1e-3, seed=0)\nbeta = 0.5  # not a config")
+    checks = ("claims.check(config['beta'] == other['beta'] == 2.0 and other['lr'] == 1e-3 and beta == 0.5, "
+              "'both configs changed, nothing else')")
+    cells = [nbformat.v4.new_code_cell(setup), nbformat.v4.new_code_cell(checks)]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / "96_probe.ipynb")
+    out = tmp_path / "claims.json"
+    common = ["96", "--notebooks", str(tmp_path), "--out", str(out)]
+    assert bench_claims([*common, "--seeds", "0", "1", "--set", "beta=2.0"]) == 0
+    result = json.loads(out.read_text())
+    assert result["settings"] == {"beta": "2.0"} and result["fragile"] == []
+    assert [(r["seed"], r["error"], [c["held"] for c in r["claims"]]) for r in result["runs"]] == [
+        (0, None, [True]), (1, None, [True])]
+    assert "training seed 1, beta=2.0" in capsys.readouterr().out
+    assert bench_claims([*common, "--seeds", "0", "--set", "beta=3.0"]) == 0  # lost at seed 0: measured, not CI's
+    assert [row["held"] for row in json.loads(out.read_text())["fragile"]] == [{"0": False}]
+    for bad, says in [("epochs=3", "no DPOConfig(...) in 96_probe.ipynb's code has epochs="),
+                      ("seed=3", "the seed is what --seeds varies"), ("beta=", "is not NAME=VALUE"),
+                      ("beta=f(1, 2)", "is not NAME=VALUE"), ("2beta=1", "is not NAME=VALUE")]:
+        with pytest.raises(SystemExit) as stop:
+            bench_claims([*common, "--seeds", "0", "--set", bad])
+        assert stop.value.code == 2
+        assert says in capsys.readouterr().err, bad
