@@ -462,9 +462,11 @@ def hostile(assigned, notebook_reference, tmp_path_factory, request):
     try:
         with daemon(daemon_folders, answer="a") as (sockets, calls):  # "a": 07's answer
             assert sockets == fill["sockets"]
-            os.environ[SECRET[0]] = SECRET[1]  # the grader's token (put back by conftest's _restore_environment)
-            report = grading.grade(folder, out, autograder=autograder, cell_timeout=60, timeout=240, jobs=2)
-            del os.environ[SECRET[0]]
+            os.environ[SECRET[0]] = SECRET[1]  # the grader's token, while the batch is graded
+            try:
+                report = grading.grade(folder, out, autograder=autograder, cell_timeout=60, timeout=240, jobs=2)
+            finally:
+                del os.environ[SECRET[0]]
         time.sleep(2)  # a process left behind would write within 0.1 s
         dev = {"probe made": dev_probe.exists(), "victim deleted": victim_there and not dev_victim.exists()}
     finally:
@@ -531,7 +533,7 @@ def test_nothing_outside_the_sandbox_was_touched(hostile):
 
 def test_no_variable_of_the_graders_reaches_a_notebook_or_the_report(hostile):
     """A token in the grader's environment is neither in a notebook's environment (it would score) nor in any row
-    (the attack's error message says what it found); the course's own variables still reach it."""
+    (the attack's error message says what it found)."""
     row = hostile["rows"]["read_environment_07_variants_and_pitfalls"]
     assert row["questions"]["diagnose_small_beta"]["score"] == 0, row["reason"]
     assert any("the grader holds nothing" in error for error in row["errors"]), row["errors"]
@@ -539,13 +541,13 @@ def test_no_variable_of_the_graders_reaches_a_notebook_or_the_report(hostile):
 
 
 def test_a_notebook_keeps_only_the_variables_it_needs():
-    environ = {"PATH": "/usr/bin", "HOME": "/home/ada", "LC_ALL": "C.UTF-8", "PYTHONPATH": "/src",
-               "DPO_TEACH_CACHE": "/cache", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-               "HF_TOKEN": "hf_x", "AWS_SECRET_ACCESS_KEY": "k", "GITHUB_TOKEN": "g", "OPENAI_API_KEY": "o",
-               "SSH_AUTH_SOCK": "/run/agent", "PYTEST_CURRENT_TEST": "t"}
-    assert sandbox.notebook_environment(environ) == {
-        "PATH": "/usr/bin", "HOME": "/home/ada", "LC_ALL": "C.UTF-8", "PYTHONPATH": "/src", "DPO_TEACH_CACHE": "/cache",
-        "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    kept = {"PATH": "/usr/bin", "HOME": "/home/ada", "TMPDIR": "/scratch", "LC_ALL": "C.UTF-8", "PYTHONPATH": "/src",
+            "PYTHONHASHSEED": "0", "DPO_TEACH_CACHE": "/cache", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "MPLCONFIGDIR": "/scratch/mpl"}
+    secrets = {"HF_TOKEN": "hf_x", "AWS_SECRET_ACCESS_KEY": "k", "GITHUB_TOKEN": "g", "OPENAI_API_KEY": "o",
+               "SSH_AUTH_SOCK": "/run/agent", "PYTEST_CURRENT_TEST": "t", "PYTHON_PYPI_TOKEN": "p",
+               "PYTHONANYWHERE_API_TOKEN": "a", "LC_SECRET": "s", "CI_JOB_TOKEN": "c"}
+    assert sandbox.notebook_environment({**kept, **secrets}) == kept
 
 
 def test_fair_to_honest_students(hostile):

@@ -25,7 +25,7 @@ root too (containers, CI). What the notebook gets (:func:`isolate`, then :func:`
   undo them; then rlimits on memory, file size and CPU time, and a seccomp filter (:func:`no_unix_sockets`): no Unix
   socket, so no daemon's socket connects wherever it lies in view;
 - of the grader's environment variables, only those a notebook needs (:func:`notebook_environment`): no token or key
-  of the grader's reaches it.
+  that the grader holds in a variable reaches it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import re
 import select
 import signal
 import struct
@@ -201,22 +202,26 @@ PRIVATE_FOLDERS = ("/home", "/root", "/run", "/var/run", "/var/tmp", "/mnt", "/m
 
 
 # What a notebook's process keeps of the grader's environment variables: where programs, libraries and the course's
-# files are, the locale, and the settings of Python, of the thread libraries and of the course (DPO_TEACH_*). Nothing
-# else: a token or a key there (HF_TOKEN, AWS_SECRET_ACCESS_KEY, GITHUB_TOKEN, a CI's secrets) would be one
-# `print(os.environ)` or one error message away from the report that a student reads.
+# files are, the locale, and the settings of Python, matplotlib, the thread libraries and the course (DPO_TEACH_*),
+# each by its own name or prefix. Nothing else: a token or a key held in a variable (HF_TOKEN, AWS_SECRET_ACCESS_KEY,
+# GITHUB_TOKEN, a CI's secret variables) would be one `print(os.environ)` or one error message away from the report
+# that a student reads. Python's own are PYTHON and capitals (PYTHONPATH, PYTHONHASHSEED), not PYTHON_PYPI_TOKEN.
 KEPT_VARIABLES = frozenset({
     "PATH", "HOME", "TMPDIR", "TEMP", "TMP", "LANG", "LANGUAGE", "TZ", "TERM", "USER", "LOGNAME", "VIRTUAL_ENV",
-    "CONDA_PREFIX", "LD_LIBRARY_PATH", "MPLBACKEND", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-    "HF_DATASETS_OFFLINE"})
-KEPT_PREFIXES = ("LC_", "PYTHON", "DPO_TEACH_", "OMP_", "MKL_", "OPENBLAS_", "KMP_")
+    "CONDA_PREFIX", "LD_LIBRARY_PATH", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "MPLBACKEND", "MPLCONFIGDIR",
+    "MATPLOTLIBRC", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE",
+    *(f"LC_{c}" for c in ("ALL", "CTYPE", "NUMERIC", "TIME", "COLLATE", "MONETARY", "MESSAGES", "PAPER", "NAME",
+                          "ADDRESS", "TELEPHONE", "MEASUREMENT", "IDENTIFICATION"))})
+KEPT_PREFIXES = ("DPO_TEACH_", "OMP_", "MKL_", "OPENBLAS_", "KMP_")
+_PYTHONS_OWN = re.compile(r"PYTHON[A-Z]+")
 
 
 def notebook_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The variables of ``environ`` that a sandboxed notebook's process gets: :data:`KEPT_VARIABLES` and those that
-    begin with one of :data:`KEPT_PREFIXES`. The grader starts its zygote with them alone, so that nothing else is in
-    the memory a notebook's process inherits or in its ``/proc/self/environ`` either."""
+    """The variables of ``environ`` that a sandboxed notebook's process gets: :data:`KEPT_VARIABLES`, Python's own
+    and those that begin with one of :data:`KEPT_PREFIXES`. The grader starts its zygote with them alone, so that
+    nothing else is in the memory a notebook's process inherits or in its ``/proc/self/environ`` either."""
     return {name: value for name, value in environ.items()
-            if name in KEPT_VARIABLES or name.startswith(KEPT_PREFIXES)}
+            if name in KEPT_VARIABLES or name.startswith(KEPT_PREFIXES) or _PYTHONS_OWN.fullmatch(name)}
 
 
 # The devices a notebook may open: /dev is a tmpfs with these bound back from the machine's (where it has them), their

@@ -34,7 +34,8 @@ PRELOAD = ("numpy", "torch", "IPython.core.interactiveshell", "matplotlib.pyplot
 _MAX_ZYGOTES = 2  # one per environment the grader uses at a time (fast and full mode)
 # Variables that differ from one grading call to the next in one grader process and that no import reads: a zygote
 # started under other values serves the call (its fork takes the call's exact environment). pytest sets the first
-# for every test, so without this each test that grades would start a zygote of its own.
+# for every test, so without this each test that runs a notebook through judge.run_notebook would start a zygote of
+# its own (grade() passes neither: sandbox.notebook_environment).
 VOLATILE = ("PYTEST_CURRENT_TEST",)
 
 
