@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, ROOT, environ, quiet_offline  # noqa: E402
+from common import RESULTS, ROOT, quiet_offline  # noqa: E402
 
 NOTEBOOKS = ROOT / "notebooks"
 FAST_GROUPS = {"00–04": ["00", "01", "02", "03", "04"], "05 + 07": ["05", "07"]}
@@ -54,6 +54,7 @@ def execute(path: Path, fast: bool, timeout: float, keep: Path | None = None, ed
 
     from dpo_teach.headless import notebook_client
     from dpo_teach.site import link_assets
+    from dpo_teach.utils import environment
 
     with tempfile.TemporaryDirectory(prefix="dpo-teach-bench-nb-") as tmp:
         copy = Path(shutil.copy(path, Path(tmp) / path.name))
@@ -63,7 +64,7 @@ def execute(path: Path, fast: bool, timeout: float, keep: Path | None = None, ed
             edit(nb)
         client = notebook_client(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": tmp}})
         start, error = time.perf_counter(), None
-        with environ({"DPO_TEACH_FAST": "1" if fast else "0", **(env or {})}):  # the kernel inherits them
+        with environment({"DPO_TEACH_FAST": "1" if fast else "0", **(env or {})}):  # the kernel inherits them
             try:
                 client.execute()
             except Exception as exc:  # noqa: BLE001 - a failing notebook is a result to report, not a crash

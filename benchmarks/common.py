@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import statistics
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,21 +29,6 @@ def quiet_offline() -> None:
         datasets.logging.set_verbosity_error()
     except ImportError:  # the `peers` extra is not installed; only the TRL comparison needs it
         pass
-
-
-@contextmanager
-def environ(values: dict[str, str]) -> Iterator[None]:
-    """``os.environ`` with ``values`` set (what a notebook's kernel, started inside, inherits), then as it was."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def world_and_pairs(preset: str, n_pairs: int, seed: int = 0):

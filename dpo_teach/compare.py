@@ -39,7 +39,7 @@ from dpo_teach.online_dpo import OnlineDPOConfig
 from dpo_teach.ppo import PPOConfig
 from dpo_teach.reward_model import LearnedReward, RewardConfig, pairwise_accuracy, train_reward_model
 from dpo_teach.runs import Evaluator, run_dpo, run_group, run_online_dpo, run_ppo
-from dpo_teach.utils import torch_threads
+from dpo_teach.utils import environment, torch_threads
 from dpo_teach.world import WorldConfig, load_reference
 
 FORMAT = 1  # bump when the layout of results.json changes
@@ -250,12 +250,8 @@ def run_comparison(config: CompareConfig, progress: bool = True, verbose: bool =
             log(f"running {len(config.seeds)} seeds in {workers} processes, {config.threads} torch thread(s) each")
             with tempfile.TemporaryDirectory() as scratch:
                 flag = Path(scratch) / "unguarded"
-                os.environ[_FLAG] = str(flag)  # before the pool: its processes inherit it
-                try:
-                    with _seed_pool(workers) as pool:
-                        parts = _run_seeds(pool, config, verbose, flag)
-                finally:
-                    os.environ.pop(_FLAG, None)
+                with environment({_FLAG: str(flag)}), _seed_pool(workers) as pool:  # its processes inherit it
+                    parts = _run_seeds(pool, config, verbose, flag)
     results = {"format": FORMAT, "config": asdict(config),
                "reference": {str(p["seed"]): p["reference"] for p in parts},
                "stages": {str(p["seed"]): p["stage"] for p in parts},

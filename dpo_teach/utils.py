@@ -41,6 +41,22 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set in the block (what a process started inside inherits: a notebook's kernel,
+    the comparison's workers), then each of them as it was before, also when the block raises."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def nearest_existing(path: Path) -> Path:
     """``path`` if it exists, else the nearest folder above it that does (the root at last): where anything made at
     ``path`` would have to start. A path under a folder that cannot be searched counts as missing (os.path.exists),

@@ -147,14 +147,11 @@ def once_per_suite(done: Path, make) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
     """This worker's reference cache, set as $DPO_TEACH_CACHE for every test and every kernel it starts."""
+    from dpo_teach.utils import environment
+
     root = tmp_path_factory.mktemp("dpo-teach-cache")
-    old = os.environ.get("DPO_TEACH_CACHE")
-    os.environ["DPO_TEACH_CACHE"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("DPO_TEACH_CACHE", None)
-    else:
-        os.environ["DPO_TEACH_CACHE"] = old
+    with environment({"DPO_TEACH_CACHE": str(root)}):
+        yield root
 
 
 @pytest.fixture(autouse=True)
@@ -364,7 +361,7 @@ class NotebookRuns:
 
         from dpo_teach.headless import notebook_client
         from dpo_teach.site import link_assets
-        from dpo_teach.utils import atomic_write_json
+        from dpo_teach.utils import atomic_write_json, environment
         from dpo_teach.world import cache_dir
 
         workdir = self.store / key
@@ -380,20 +377,13 @@ class NotebookRuns:
         # also shows that no check stops the notebook (tests/test_notebook_claims_forced.py reads it).
         env = {"DPO_TEACH_FAST": "1" if fast else "0", "DPO_TEACH_CLAIMS": "record", "DPO_TEACH_CLAIMS_LOG": str(log),
                "DPO_TEACH_STRICT": "0", "TMPDIR": str(scratch)}
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
         start, stopped = time.perf_counter(), None
-        try:
-            notebook_client(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(workdir)}}).execute()
-        except Exception as e:  # noqa: BLE001 - reported by the test that needs it
-            stopped = f"{type(e).__name__}: {e}"
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        with environment(env):
+            try:
+                notebook_client(nb, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(workdir)}}).execute()
+            except Exception as e:  # noqa: BLE001 - reported by the test that needs it
+                stopped = f"{type(e).__name__}: {e}"
         seconds = time.perf_counter() - start
         claims = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()] if log.is_file() else []
         failed = [c["claim"] for c in claims if not c["held"]]
