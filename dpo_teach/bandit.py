@@ -66,7 +66,7 @@ def objective(pi: torch.Tensor, pi_ref: torch.Tensor, r: torch.Tensor, beta: flo
 def optimal_policy(pi_ref: torch.Tensor, r: torch.Tensor, beta: float) -> torch.Tensor:
     """π*(y|x) = π_ref(y|x)·exp(r(x, y)/β) / Z(x), Eq. 4 in Rafailov et al. 2023.
 
-    Computed as a softmax of log π_ref + r/β, which never overflows, even for tiny β.
+    Computed as a softmax of log π_ref + r/β, which does not overflow for a tiny β, as long as r/β itself is finite.
     """
     return torch.softmax(torch.log(pi_ref) + r / beta, dim=-1)
 
@@ -81,7 +81,8 @@ def log_partition(pi_ref: torch.Tensor, r: torch.Tensor, beta: float) -> torch.T
 def sample_preferences(pi_ref: torch.Tensor, rewards: torch.Tensor, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Draw ``n`` prompts uniformly, two responses from π_ref for each, and a Bradley–Terry label on ``rewards``.
 
-    Pairs with two identical responses carry no preference and are dropped, so slightly fewer than ``n`` return.
+    Pairs with two identical responses carry no preference and are dropped: a share Σ_y π_ref(y|x)² of each prompt's
+    draws, about a quarter with :data:`PI_REF` (10,000 draws give about 7,600 pairs).
 
     Returns:
         ``prompt``, ``chosen``, ``rejected``: index tensors, each Shape: (N,) with N ≤ n.

@@ -117,8 +117,19 @@ def frontier_sentence(results: dict, a: str, b: str, min_fluency: float = MIN_FL
     return (f"{a}'s reward–KL frontier {_relation(g['share_above'])} {b}'s{scope}: {some}at matched KL, from "
             f"{g['kl_min']:.2f} to {g['kl_max']:.2f} nats where both have measured points, {a}'s reward is "
             f"{abs(g['gap']):.3f} {'higher' if g['gap'] >= 0 else 'lower'} on average (per seed {per_seed}; {a} "
-            f"ahead on {g['share_above']:.0%} of the KL grid)"
+            f"ahead on {g['share_above']:.0%} of the KL grid{_noise_note(results, g)})"
             + (f". Mean reward at matched KL, {a} vs {b}: {at}." if at else "."))
+
+
+def _noise_note(results: dict, g: dict) -> str:
+    """``; the gap is within the noise, standard error ≈ 0.031``: the rule of :func:`against_noise`, for a
+    comparison sentence (whose "lies above" words only say on how much of the KL grid one frontier is higher); empty
+    for results saved before the evaluations kept their reward's spread."""
+    if "reward_std" not in results["runs"][0]["final"]:
+        return ""
+    clear, _ = against_noise(results, g)
+    se = gap_standard_error(results, g)
+    return f"; the gap is {'clear of' if clear else 'within'} the noise, standard error ≈ {se:.3f}"
 
 
 def _per_seed(g: dict) -> str:

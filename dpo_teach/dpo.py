@@ -145,7 +145,8 @@ def train_dpo(
         step_fn: replaces :func:`dpo_step` (same signature), e.g. a student's own training step.
         examples: already tokenized ``rows`` (``tokenize_pairs``' format), e.g. with EOS handled differently
             (notebook 07's EOS pitfall); ``rows`` is then only counted. When they carry π_ref's log-probs
-            (``logprobs.reference_logprobs``: one pass for every run on the same pairs), those are used.
+            (``logprobs.reference_logprobs``: one pass for every run on the same pairs), those are used when
+            ``config.precompute_ref`` is True (the default); otherwise π_ref runs at every step and they are ignored.
         flags: what a divergence error calls ``lr`` and ``beta`` (the CLI passes :data:`FLAGS`); by default their
             field names, as a notebook or the comparison sets them.
 

@@ -79,8 +79,10 @@ def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     = −Σ_y π_ref·∇log π_θ = ∇KL(π_ref‖π_θ) of that position's next-token distributions. Summed over a completion,
     the prefixes are still π_θ's samples, so this is not the gradient of the whole sequences' KL(π_ref‖π_θ) either.
     Both directions vanish at π_θ = π_ref, so either pulls the policy back towards π_ref; they differ in how hard
-    away from it. (From the second epoch over a batch the tokens are π_old's, not π_θ's: as in the GRPO paper, no
-    importance ratio corrects k3 for that; TRL's default ``use_bias_correction_kl=True`` multiplies it by π_θ/π_old.)"""
+    away from it. (From the second gradient step on a batch, minibatches and epochs alike, the tokens are π_old's,
+    not π_θ's: as in the GRPO paper, no importance ratio corrects k3 for that. TRL's default
+    ``use_bias_correction_kl=True`` multiplies k3 by the differentiable π_θ/π_old, which makes its gradient that of
+    KL(π_θ‖π_ref) even on-policy: the other direction of the KL than this function's.)"""
     log_ratio = ref_logps - logps
     return log_ratio.exp() - log_ratio - 1
 

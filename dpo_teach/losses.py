@@ -28,11 +28,14 @@ STEADIER_BETA: dict[str, str] = {}
 """name → which way to move β when training with that loss blows up numerically (its loss or gradient becomes nan
 or inf; ``training.diverged`` says so): "lower" (a smaller β scales the margin, and so the gradient, down) or "raise"
 (IPO: its target 1/(2β) and its gradient grow as β falls). This is about numbers overflowing, not about the policy
-drifting from π_ref: against drift a *larger* β anchors every one of these losses (notebook 07, "β too small")."""
+drifting from π_ref: against drift a *larger* β anchors every one of these losses but ``reference_free``, which has
+no reference to be anchored to (notebook 07, "β too small")."""
 
 
 LABELS: dict[str, str] = {}
 """name → what a table, a figure or a samples file calls a policy trained with that loss ("DPO", "IPO", ...)."""
+LOGPROBS = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
+"""The four log-probability arguments every loss takes first, in this order (notebook 03's signature)."""
 
 
 def register(name: str, label: str, steadier_beta: str = "lower") -> Callable:
@@ -193,9 +196,10 @@ def dpop_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_
 
 
 def loss_options() -> set[str]:
-    """The options some registered loss takes besides β (``label_smoothing``, ``lam``): keywords with a default."""
+    """The options some registered loss takes besides β (``label_smoothing``, ``lam``): keywords with a default, other
+    than β and the four log-probabilities (``reference_free_loss`` lets the reference's two default to None)."""
     return {name for fn in LOSSES.values() for name, p in inspect.signature(fn).parameters.items()
-            if p.default is not inspect.Parameter.empty and name != "beta"}
+            if p.default is not inspect.Parameter.empty and name not in ("beta", *LOGPROBS)}
 
 
 def get_loss(name: str, beta: float, **options) -> Callable:

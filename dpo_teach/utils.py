@@ -298,7 +298,7 @@ def lr_at(step: int, steps: int, peak: float, warmup_frac: float = 0.05, floor: 
     """Linear warm-up, then cosine decay from ``peak`` towards ``floor * peak`` at the last step.
 
     The warm-up lasts ``int(warmup_frac * steps)`` steps, at least one, and step 0 runs at ``peak / warmup``: a run
-    of fewer than ``1 / warmup_frac`` steps (40 at 5 %: PPO's, GRPO's and RLOO's iterations in the comparison, an
+    of fewer than ``2 / warmup_frac`` steps (40 at 5 %: PPO's, GRPO's and RLOO's iterations in the comparison, an
     online-DPO round) has no ramp and starts at the peak."""
     warmup = max(1, int(warmup_frac * steps))
     if step < warmup:

@@ -150,8 +150,13 @@ def test_an_option_no_loss_takes_is_refused_not_ignored():
     the others, since DPOConfig passes every loss's options."""
     from dpo_teach.losses import get_loss
 
-    with pytest.raises(TypeError, match=r"no loss takes \['label_smothing'\]; the losses' options are"):
+    with pytest.raises(TypeError, match=r"no loss takes \['label_smothing'\]; the losses' options are "
+                                        r"\['label_smoothing', 'lam'\]$"):
         get_loss("cdpo", 0.5, label_smothing=0.3)
+    # a log-probability is an argument of every loss, not an option: reference_free_loss's default of None for the
+    # reference's two does not make them options that bind once and for all
+    with pytest.raises(TypeError, match=r"no loss takes \['ref_chosen_logps'\]"):
+        get_loss("sigmoid", 0.5, ref_chosen_logps=torch.tensor([0.0]))
     h = torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([0.0])
     assert get_loss("cdpo", 0.5, label_smoothing=0.3)(*h)[0].item() == pytest.approx(
         cdpo_loss(*h, beta=0.5, label_smoothing=0.3)[0].item())
