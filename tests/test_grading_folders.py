@@ -224,6 +224,23 @@ def test_the_grades_folder_inside_the_submissions_is_not_graded(tmp_path, assign
             assert [r["student"] for r in report["results"]] == ["alice"], printed
 
 
+def test_a_folder_above_the_students_folders_grades_each_student(tmp_path, assigned, stub_grading, capsys):
+    """`grade subs` where subs/section1/alice/ and subs/section1/bob/ hold the notebooks: section1 is not one student
+    whose later notebook supersedes the other's (bob's used to cost alice her grade, with no word), each sub-folder
+    is a student, and the grader says how to name them by their folders alone. One student's own sub-folder
+    (carol/week1/) still makes carol."""
+    for student in ("alice", "bob"):
+        (tmp_path / "in" / "section1" / student).mkdir(parents=True)
+        (tmp_path / "in" / "section1" / student / f"{KL}.ipynb").write_text(notebook("x = 1"))
+    (tmp_path / "in" / "carol" / "week1").mkdir(parents=True)
+    (tmp_path / "in" / "carol" / "week1" / f"{KL}.ipynb").write_text(notebook("x = 1"))
+    code, printed, err = run_cli(tmp_path / "in", tmp_path / "out", assigned, capsys)
+    assert code == 0, err
+    rows = {r["student"]: r["status"] for r in json.loads((tmp_path / "out" / "grades.json").read_text())["results"]}
+    assert rows == {"section1/alice": "graded", "section1/bob": "graded", "carol": "graded"}, printed
+    assert f"to name them by their folders alone, pass {tmp_path / 'in' / 'section1'}" in printed, printed
+
+
 def test_an_archive_in_a_students_folder_says_to_unzip_it_there(tmp_path, assigned, stub_grading, capsys):
     (tmp_path / "in" / "bob").mkdir(parents=True)
     (tmp_path / "in" / "bob" / "work.zip").write_bytes(b"PK")

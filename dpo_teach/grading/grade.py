@@ -29,8 +29,10 @@ from dpo_teach.grading.submissions import (
     detect_assignment,
     find_submissions,
     handed_in,
+    in_sections,
     is_notebook,
     read_notebook,
+    section_students,
     shown,
 )
 
@@ -224,6 +226,15 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
                                 "skipped): pass the folder that holds the submitted notebooks")
     files = [(student, path) for student, path in found if handed_in(path)]  # a link is never read (below)
     names, superseded = assignments_and_latest(files, manifests, assignment)
+    sections = section_students(files, names, submissions)
+    if sections:  # the folder above the students' folders: each sub-folder of a section is a student
+        found, files = in_sections(found, sections, submissions), in_sections(files, sections, submissions)
+        names, superseded = assignments_and_latest(files, manifests, assignment)
+        for top, held in sections.items():
+            listed = ", ".join(shown(h) for h in held[:3]) + (", ..." if len(held) > 3 else "")
+            log(f"{shown(top)}: its sub-folders {listed} hold notebooks of the same assignment, so each is graded as a "
+                f"student ({shown(top)}/{shown(held[0])}, ...); to name them by their folders alone, pass "
+                f"{shown(Path(submissions) / top)}")
     # what a row depends on besides the files (--timeout 900 and the default 900 are one setting)
     settings = {"mode": "fast" if fast else "full", "per_cell_s": int(cell_timeout),
                 "per_notebook_s": float(timeout), "sandbox": not unsafe, "memory_mb": sandbox.memory_limit_mb()}

@@ -175,6 +175,34 @@ def assignments_and_latest(found: list[tuple[str, Path]], manifests: dict,
     return names, superseded
 
 
+def section_students(found: list[tuple[str, Path]], names: dict, folder: Path) -> dict[str, list[str]]:
+    """The first-level folders of ``folder`` that are sections, not students: two or more of their sub-folders hold a
+    notebook of the same assignment (``names``: :func:`assignments_and_latest`'s), as ``section1/alice/hw1.ipynb``
+    and ``section1/bob/hw1.ipynb`` do when the folder passed is the one above the students' folders. As one
+    student's, the later notebook would supersede the other student's. ``{section: its sub-folders that hold
+    notebooks}``; :func:`in_sections` names their students."""
+    subs: dict[tuple[str, str], set[str]] = {}
+    for _, path in found:
+        parts = Path(path).relative_to(folder).parts
+        if len(parts) > 2 and names.get(path):
+            subs.setdefault((parts[0], names[path]), set()).add(parts[1])
+    sections: dict[str, set[str]] = {}
+    for (top, _), held in subs.items():
+        if len(held) > 1:
+            sections.setdefault(top, set()).update(held)
+    return {top: sorted(held) for top, held in sections.items()}
+
+
+def in_sections(found: list[tuple[str, Path]], sections: dict, folder: Path) -> list[tuple[str, Path]]:
+    """``found`` with each file in a section's sub-folder (:func:`section_students`) given that sub-folder as its
+    student, named with its section (``section1/alice``); a file directly in a section keeps the section's name."""
+    renamed = []
+    for student, path in found:
+        parts = Path(path).relative_to(folder).parts
+        renamed.append((shown(f"{parts[0]}/{parts[1]}") if len(parts) > 2 and parts[0] in sections else student, path))
+    return renamed
+
+
 def _mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
