@@ -257,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("submissions", metavar="SUBMISSIONS_DIR", type=_path, help="folder of submitted notebooks")
     g.add_argument("--out", default="results/grades", type=_path,
                    help="where grades.csv and grades.json go (%(default)s)")
-    g.add_argument("--assignment", help="grade every notebook as this assignment, e.g. 03_deriving_dpo (default: "
-                                        "read from each notebook's metadata, else from its file name)")
+    g.add_argument("--assignment", help="grade as this assignment, e.g. 03_deriving_dpo, every notebook whose "
+                                        "metadata names none (default: read from each notebook's metadata, else "
+                                        "from its file name)")
     g.add_argument("--autograder-dir", metavar="DIR", type=_path,
                    help="bundles written by `make assign` (default: course/autograder)")
     g.add_argument("--timeout", type=_positive(float, MAX_TIMEOUT), default=900,

@@ -224,6 +224,33 @@ def test_the_grades_folder_inside_the_submissions_is_not_graded(tmp_path, assign
             assert [r["student"] for r in report["results"]] == ["alice"], printed
 
 
+def test_assignment_names_the_notebooks_whose_metadata_names_none(tmp_path, assigned, stub_grading, capsys):
+    """`--assignment 01`: a notebook that says it is 03 (its otter metadata) is graded as 03, not as a later 01 that
+    superseded the student's real 01 (which then scored 0, with no word); a notebook whose metadata names no
+    assignment is graded as 01."""
+    def saying(assignment: str | None) -> str:
+        nb = json.loads(notebook("x = 1"))
+        if assignment:
+            nb["metadata"]["otter"] = {"assignment_name": assignment}
+        return json.dumps(nb)
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / f"alice_{KL}.ipynb").write_text(saying(KL))
+    (folder / "alice_03_deriving_dpo.ipynb").write_text(saying("03_deriving_dpo"))
+    os.utime(folder / f"alice_{KL}.ipynb", (time.time() - 60, time.time() - 60))  # the 03 is the later file
+    (folder / "bob_homework.ipynb").write_text(saying(None))
+    code = cli(["grade", str(folder), "--out", str(tmp_path / "out"), "--autograder-dir", str(assigned / "autograder"),
+                "--unsafe", "--assignment", KL])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    rows = {(r["student"], r["assignment"]): r["status"]
+            for r in json.loads((tmp_path / "out" / "grades.json").read_text())["results"]}
+    assert rows == {("alice", KL): "graded", ("alice", "03_deriving_dpo"): "graded",
+                    ("bob_homework", KL): "graded"}, rows
+    assert "1 notebook names another assignment in its metadata and is graded as it, not as 01_kl_objective" in printed
+
+
 def test_a_folder_above_the_students_folders_grades_each_student(tmp_path, assigned, stub_grading, capsys):
     """`grade subs` where subs/section1/alice/ and subs/section1/bob/ hold the notebooks: section1 is not one student
     whose later notebook supersedes the other's (bob's used to cost alice her grade, with no word), each sub-folder
@@ -239,6 +266,18 @@ def test_a_folder_above_the_students_folders_grades_each_student(tmp_path, assig
     rows = {r["student"]: r["status"] for r in json.loads((tmp_path / "out" / "grades.json").read_text())["results"]}
     assert rows == {"section1/alice": "graded", "section1/bob": "graded", "carol": "graded"}, printed
     assert f"to name them by their folders alone, pass {tmp_path / 'in' / 'section1'}" in printed, printed
+
+
+def test_an_out_inside_a_students_folder_is_refused_not_left_out(tmp_path, assigned, stub_grading, capsys):
+    """`--out in/alice`: everything under --out is the grader's, so alice's notebook was skipped and she was missing
+    from the grades without a word. Refused before any notebook runs, naming what it holds."""
+    for student in ("alice", "bob"):
+        (tmp_path / "in" / student).mkdir(parents=True)
+        (tmp_path / "in" / student / f"{KL}.ipynb").write_text(notebook("x = 1"))
+    code, _, err = run_cli(tmp_path / "in", tmp_path / "in" / "alice", assigned, capsys)
+    assert code == 2 and stub_grading == [], err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("dpo-teach grade: error: --out "), err
+    assert f"holds 1 notebook ({KL}.ipynb) that would not be graded" in err, err
 
 
 def test_an_archive_in_a_students_folder_says_to_unzip_it_there(tmp_path, assigned, stub_grading, capsys):

@@ -220,12 +220,26 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
 
     cache = cache_dir()  # before any notebook: a relative $DPO_TEACH_CACHE is refused here (CacheError)
     course = [*manifests, *(p.stem for p in Path(released_dir).glob("*.ipynb"))]  # what a file's name may hold
+    if Path(submissions).resolve() in out.resolve().parents and out.is_dir():  # all of out is skipped (below)
+        held = sorted(p for p in out.rglob("*.ipynb") if p.is_file())
+        if held:  # e.g. --out pointing at a student's folder: that student would vanish from the grades
+            raise ValueError(f"--out {shown(out)} lies inside the submissions and holds {len(held)} notebook"
+                             f"{'s' if len(held) > 1 else ''} ({shown(held[0].relative_to(out))}"
+                             f"{', ...' if len(held) > 1 else ''}) that would not be graded: pass an --out outside "
+                             f"{shown(submissions)}, or a folder that holds no notebook")
     found = find_submissions(submissions, course, skip=out)
     if not found:
         raise FileNotFoundError(f"no files in {shown(submissions)} (its sub-folders searched too, hidden ones "
                                 "skipped): pass the folder that holds the submitted notebooks")
     files = [(student, path) for student, path in found if handed_in(path)]  # a link is never read (below)
     names, superseded = assignments_and_latest(files, manifests, assignment)
+    if assignment is not None:  # --assignment is for the notebooks whose metadata names none (submissions.py)
+        other = sorted((shown(p.name), n) for p, n in names.items() if n in manifests and n != assignment)
+        if other:
+            log(f"{len(other)} notebook{'s' if len(other) > 1 else ''} name{'' if len(other) > 1 else 's'} another "
+                f"assignment in {'their' if len(other) > 1 else 'its'} metadata and {'are' if len(other) > 1 else 'is'}"
+                f" graded as it, not as {assignment} (--assignment): {other[0][0]} as {other[0][1]}"
+                + (", ..." if len(other) > 1 else ""))
     sections = section_students(files, names, submissions)
     if sections:  # the folder above the students' folders: each sub-folder of a section is a student
         found, files = in_sections(found, sections, submissions), in_sections(files, sections, submissions)

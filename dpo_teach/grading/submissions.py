@@ -131,11 +131,14 @@ def _bare_name(path: Path) -> str:
 def detect_assignment(path: Path, nb, manifests: dict) -> str | None:
     """The assignment of notebook ``nb`` at ``path``: its otter metadata's when ``manifests`` has it, else the
     longest name of ``manifests`` in the file's name, else None."""
+    return named_assignment(nb, manifests) or _named_in(path.name, manifests)
+
+
+def named_assignment(nb, manifests: dict) -> str | None:
+    """The assignment that notebook ``nb``'s otter metadata names, where ``manifests`` has it; else None."""
     otter = nb.metadata.get("otter") if nb is not None else None
     name = otter.get("assignment_name") if isinstance(otter, dict) else None  # a hand-edited file: anything
-    if isinstance(name, str) and name in manifests:
-        return name
-    return _named_in(path.name, manifests)
+    return name if isinstance(name, str) and name in manifests else None
 
 
 def _named_in(text: str, names: Iterable[str]) -> str | None:
@@ -156,7 +159,11 @@ def assignments_and_latest(found: list[tuple[str, Path]], manifests: dict,
         if not is_notebook(path):
             continue
         nb, _ = read_notebook(path)
-        names[path] = assignment or detect_assignment(path, nb, manifests)
+        # --assignment names the assignment of a notebook whose metadata names none (a file saved outside Jupyter,
+        # a renamed copy); a notebook's own metadata wins: a student's 03 in a folder graded as 01 is graded as 03,
+        # not as a later 01 that would supersede the real one
+        names[path] = (named_assignment(nb, manifests) or assignment) if assignment else detect_assignment(
+            path, nb, manifests)
         if names[path] in manifests:
             groups.setdefault((student, names[path]), []).append((nb is not None, path))
     superseded = {}
