@@ -280,6 +280,31 @@ def test_an_out_inside_a_students_folder_is_refused_not_left_out(tmp_path, assig
     assert f"holds 1 notebook ({KL}.ipynb) that would not be graded" in err, err
 
 
+def test_another_batch_into_the_same_out_keeps_an_interrupted_batchs_rows(tmp_path, assigned, monkeypatch, capsys):
+    """Batch a is interrupted after alice; batch b, graded into the same --out (the default results/grades, say),
+    finishes. Its journal used to be deleted whole, a's rows with it, so a's rerun graded alice again; now b takes
+    out only its own rows and a's rerun grades only bob."""
+    graded = []
+
+    def grade_submission(student, path, manifests, assignment, *args, **kwargs):
+        graded.append(student)
+        if student == "bob" and graded.count("bob") == 1:
+            raise KeyboardInterrupt  # Ctrl-C while bob's notebook runs
+        return {**empty_row(student, path, assignment or KL, "graded"), "score": 1.0, "possible": 1.0}
+
+    monkeypatch.setattr(grade_module, "grade_submission", grade_submission)
+    for folder, students in (("a", ("alice", "bob")), ("b", ("carol",))):
+        (tmp_path / folder).mkdir()
+        for student in students:
+            (tmp_path / folder / f"{student}_{KL}.ipynb").write_text(notebook(f"x = '{student}'"))
+    assert run_cli(tmp_path / "a", tmp_path / "out", assigned, capsys)[0] == 130
+    assert run_cli(tmp_path / "b", tmp_path / "out", assigned, capsys)[0] == 0
+    code, printed, err = run_cli(tmp_path / "a", tmp_path / "out", assigned, capsys)
+    assert code == 0 and "1 graded before" in printed, (printed, err)
+    assert graded == ["alice", "bob", "carol", "bob"], graded
+    assert not (tmp_path / "out" / "grades.partial.jsonl").exists(), "every batch finished: nothing left to resume"
+
+
 def test_an_archive_in_a_students_folder_says_to_unzip_it_there(tmp_path, assigned, stub_grading, capsys):
     (tmp_path / "in" / "bob").mkdir(parents=True)
     (tmp_path / "in" / "bob" / "work.zip").write_bytes(b"PK")

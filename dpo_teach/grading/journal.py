@@ -3,7 +3,8 @@ that a batch that was interrupted (Ctrl-C, a reboot, a sandbox that failed) resu
 
 A row is keyed by what it depends on (:func:`fingerprint`: the file, its bytes, the bundle, the settings), so a rerun
 takes only the rows that the same command would grade the same way; a row of status ``error`` (the grader failed,
-not the notebook) is graded again. A finished batch deletes its journal: ``grades.json`` then holds every row.
+not the notebook) is graded again. A finished batch takes its rows out of the journal (``grades.json`` then holds
+them), and deletes it where no other batch's are left.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 from pathlib import Path
 
 from dpo_teach.grading.submissions import shown
+from dpo_teach.utils import atomic_write_text
 
 
 def fingerprint(path: Path, manifest: dict, settings: dict) -> str | None:
@@ -62,8 +64,14 @@ class Journal:
             os.fsync(f.fileno())
 
     def close(self) -> None:
-        """The batch is complete: ``grades.json`` holds every row."""
-        self.path.unlink(missing_ok=True)
+        """The batch is complete: ``grades.json`` holds every row, and its rows leave the journal. Rows of another
+        batch graded into the same ``--out`` (one that was interrupted) stay there for that batch's rerun."""
+        others = {key: row for key, row in _read(self.path).items() if key not in self._current}
+        if not others:
+            self.path.unlink(missing_ok=True)
+            return
+        lines = (json.dumps({"key": key, "row": row}) + "\n" for key, row in others.items())
+        atomic_write_text(self.path, "".join(lines))
 
 
 def resumable(journal: Path) -> dict[str, dict]:
