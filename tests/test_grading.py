@@ -469,6 +469,27 @@ def test_the_terminal_table_keeps_its_columns_for_every_status():
     assert len(starts) == 1, "\n" + "\n".join(lines)
 
 
+def test_the_points_graded_by_hand_are_said_and_get_empty_columns(tmp_path):
+    """04's open questions (16 points) were in no score, no column and no line of the table: its 11/11 read as the
+    whole assignment. The table now says how many points are left to grade by hand, and grades.csv has an empty
+    column for each such question, after the auto-graded ones."""
+    from dpo_teach.grading.reports import write_reports
+
+    questions = {"preference_probability": {"points": 1, "manual": False},
+                 "open_fixed_assumption": {"points": 2, "manual": True}, "open_pipeline": {"points": 2, "manual": True}}
+    row = {"student": "ann", "assignment": "04_x", "file": "ann.ipynb", "status": "graded", "score": 1.0,
+           "possible": 1.0, "reason": "", "questions": {"preference_probability": {"score": 1.0, "possible": 1.0}}}
+    report = {"assignments": {"04_x": {"questions": questions}}, "results": [row], "students": {}}
+    assert ("04_x: 4 more points in 2 open questions are graded by hand, not in the scores above"
+            in grading.format_table(report)), grading.format_table(report)
+    write_reports(report, tmp_path)
+    with open(tmp_path / "grades.csv", newline="") as f:
+        (line,) = list(csv.DictReader(f))
+    assert list(line)[6:] == ["preference_probability", "open_fixed_assumption (by hand, 2 points)",
+                              "open_pipeline (by hand, 2 points)", "reason"], list(line)
+    assert line["preference_probability"] == "1.0" and line["open_pipeline (by hand, 2 points)"] == ""
+
+
 def test_cli_grade_reports_user_errors(tmp_path, capsys):
     from dpo_teach.cli import main
 

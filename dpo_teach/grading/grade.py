@@ -256,9 +256,10 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         path: fingerprint(path, manifests[names[path]], settings) for _, path in files
         if names.get(path) in manifests and path not in superseded})
     notebooks = sum(is_notebook(path) for _, path in files)
-    log(f"grading {notebooks} notebooks in {shown(submissions)} ({'fast' if fast else 'full'} mode, {jobs} at a time, "
+    log(f"grading {notebooks} notebook{'s' * (notebooks != 1)} in {shown(submissions)} "
+        f"({'fast' if fast else 'full'} mode, {jobs} at a time, "
         f"{'no sandbox (--unsafe)' if unsafe else 'each in the sandbox'}; {len(journal.done)} graded before; "
-        f"{len(found) - notebooks} other files skipped)")
+        f"{len(found) - notebooks} other file{'s' * (len(found) - notebooks != 1)} skipped)")
     if settings["memory_mb"] < sandbox.MEMORY_MB and not unsafe:
         log(f"memory: {settings['memory_mb']} MiB per notebook, this machine's hard limit (ulimit -Hv), below the "
             f"sandbox's {sandbox.MEMORY_MB} MiB: a notebook that needs more ends as crashed")

@@ -80,16 +80,19 @@ def as_text(value):
 
 
 def write_reports(report: dict, out: Path) -> None:
-    """``grades.json`` (everything) and ``grades.csv`` (one row per submission, one column per question; text that
-    starts like a formula is escaped, :func:`as_text`)."""
+    """``grades.json`` (everything) and ``grades.csv`` (one row per submission, one column per question, then an
+    empty column per question graded by hand, ``open_q (by hand, 2 points)``, to fill in; text that starts like a
+    formula is escaped, :func:`as_text`)."""
     questions = [q for a in report["assignments"].values() for q, v in a["questions"].items() if not v["manual"]]
+    by_hand = [f"{q} (by hand, {v['points']:g} points)" for a in report["assignments"].values()
+               for q, v in a["questions"].items() if v["manual"]]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["student", "assignment", "file", "status", "score", "possible", *questions, "reason"])
+    writer.writerow(["student", "assignment", "file", "status", "score", "possible", *questions, *by_hand, "reason"])
     for r in report["results"]:
         scores = [r["questions"][q]["score"] if q in r["questions"] else "" for q in questions]
         writer.writerow([as_text(v) for v in (r["student"], r["assignment"] or "", r["file"], r["status"],
-                                              r["score"], r["possible"], *scores, r["reason"])])
+                                              r["score"], r["possible"], *scores, *[""] * len(by_hand), r["reason"])])
     for name in REPORT_FILES:  # a folder in the way: said plainly, before anything is written
         if (out / name).is_dir():
             raise IsADirectoryError(f"{out / name} is a folder")
@@ -108,8 +111,16 @@ def format_table(report: dict) -> str:
     ws = max([len("score")] + [len(score) for score in scores])  # right-aligned: "10.5/12.5" under "0/5"
     lines = [f"{'student':<{w1}}{'assignment':<{w2}}{'score':>{ws}}  {'status':<{w3}}reason"]
     for r, score in zip(rows, scores):
-        reason = re.sub(r"\s+", " ", r["reason"])[:100]
+        reason = re.sub(r"\s+", " ", r["reason"])
+        reason = reason if len(reason) <= 100 else reason[:99] + "…"  # the whole reason: grades.csv
         lines.append(f"{r['student']:<{w1}}{(r['assignment'] or '?'):<{w2}}{score:>{ws}}  {r['status']:<{w3}}{reason}")
+    for name, assignment in report.get("assignments", {}).items():  # points the scores above leave out
+        manual = [v["points"] for v in assignment["questions"].values() if v["manual"]]
+        if manual and any(r["assignment"] == name and r["status"] == "graded" for r in rows):
+            questions = f"{len(manual)} open question{'s' * (len(manual) > 1)}"
+            lines.append(f"{name}: {sum(manual):g} more points in {questions} are graded by hand, "
+                         "not in the scores above (their rubrics are in the master; grades.csv has an empty column "
+                         "for each)")
     skipped = [Path(r["file"]).name for r in rows if r["status"] == "skipped"]
     if skipped:
         lines.append(f"not graded ({len(skipped)} file(s), status skipped: see their reasons above): "
