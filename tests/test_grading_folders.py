@@ -305,6 +305,20 @@ def test_another_batch_into_the_same_out_keeps_an_interrupted_batchs_rows(tmp_pa
     assert not (tmp_path / "out" / "grades.partial.jsonl").exists(), "every batch finished: nothing left to resume"
 
 
+def test_a_notebook_of_an_assignment_without_a_bundle_is_named_as_its_metadata_names_it(tmp_path, assigned, capsys):
+    """Its metadata says 99_mystery: the grader can tell which assignment it is, there is no bundle for it. It used to
+    say it could not tell, and to rename the file (no help where the student is a folder's name)."""
+    nb = json.loads(notebook("x = 1"))
+    nb["metadata"]["otter"] = {"assignment_name": "99_mystery"}
+    (tmp_path / "in" / "dave").mkdir(parents=True)
+    (tmp_path / "in" / "dave" / "sub.ipynb").write_text(json.dumps(nb))
+    code, printed, err = run_cli(tmp_path / "in", tmp_path / "out", assigned, capsys)
+    assert code == 0, err
+    (row,) = json.loads((tmp_path / "out" / "grades.json").read_text())["results"]
+    assert row["status"] == "error" and row["reason"].startswith(
+        "its metadata names the assignment 99_mystery, which has no bundle (the bundles are 00_start_here, "), row
+
+
 def test_an_archive_in_a_students_folder_says_to_unzip_it_there(tmp_path, assigned, stub_grading, capsys):
     (tmp_path / "in" / "bob").mkdir(parents=True)
     (tmp_path / "in" / "bob" / "work.zip").write_bytes(b"PK")
@@ -312,7 +326,7 @@ def test_an_archive_in_a_students_folder_says_to_unzip_it_there(tmp_path, assign
     code, _, err = run_cli(tmp_path / "in", tmp_path / "out", assigned, capsys)
     assert code == 0, err
     reasons = {r["student"]: r["reason"] for r in json.loads((tmp_path / "out" / "grades.json").read_text())["results"]}
-    assert "unzip it into the student's folder bob/, where it is" in reasons["bob"], reasons
+    assert "unzip it into the folder it is in (bob/) and grade again" in reasons["bob"], reasons
     assert "unzip it into the submissions folder" in reasons["carol"], reasons
 
 

@@ -515,6 +515,8 @@ def test_reference_wrappers_score_zero_for_their_question_only(hostile):
         row = hostile["rows"][f"{kind}_03_deriving_dpo"]
         assert row["status"] == "graded" and row["score"] == row["possible"] - 3, row["reason"]
         assert "dpo_teach.losses.dpo_loss" in row["questions"]["dpo_loss"]["feedback"]
+        # the one-line reason (grades.csv, the terminal) says why too: a bare "lost points on dpo_loss" did not
+        assert "dpo_loss (calls the package's dpo_teach.losses.dpo_loss instead of your own code)" in row["reason"]
     for kind in ("reference_under_if", "reference_by_getattr"):  # seen at run time: the scan cannot follow these
         row = hostile["rows"][f"{kind}_01_kl_objective"]
         assert row["status"] == "graded" and row["score"] == row["possible"] - 2, row["reason"]

@@ -45,7 +45,7 @@ def _not_a_notebook(student: str, path: Path, submissions: Path) -> dict:
     if kind in ARCHIVES:
         unpack = "unzip" if kind == ".zip" else "unpack"
         where = ("the submissions folder" if Path(path).parent == Path(submissions)
-                 else f"the student's folder {shown(Path(path).parent.name)}/, where it is")
+                 else f"the folder it is in ({shown(Path(path).parent.name)}/)")
         what = f"a {kind} archive: {unpack} it into {where} and grade again"
     else:
         what = f"not a notebook ({kind}): ask the student for the .ipynb file"
@@ -170,6 +170,12 @@ def _unknown_assignment(path: Path, nb, manifests: dict, released_dir: Path) -> 
         return {"status": "skipped", "assignment": course,
                 "problem": f"not graded: {course} has no auto-graded exercises (the graded notebooks are "
                            f"{', '.join(sorted(manifests))})"}
+    otter = nb.metadata.get("otter") if nb is not None else None
+    named = otter.get("assignment_name") if isinstance(otter, dict) else None
+    if isinstance(named, str) and named:  # the notebook says what it is, and no bundle has that name
+        return {"status": "error", "problem": f"its metadata names the assignment {shown(named)}, which has no bundle "
+                                              f"(the bundles are {', '.join(sorted(manifests))}): grade it with the "
+                                              "bundles of its course, or pass --assignment if it is one of these"}
     return {"status": "error", "problem": "cannot tell which assignment this is: name the file after it "
                                           f"(e.g. alice_{next(iter(manifests))}.ipynb) or pass --assignment"}
 

@@ -48,10 +48,10 @@ def lost_points(questions: dict) -> str:
 
 
 def _why(feedback: str) -> str:
-    """`` (TimeoutError: ...)``, `` (AssertionError: message)`` or `` (hidden test 2 of 3)`` from a test's
-    feedback, for the one-line reason."""
+    """`` (TimeoutError: ...)``, `` (AssertionError: message)``, `` (hidden test 2 of 3)`` or `` (calls the
+    package's kl_divergence ...)`` from a test's feedback, for the one-line reason."""
     errors = re.findall(r"(\w+(?:Error|Exception)\b.*)$", feedback, flags=re.M)
-    hidden = re.match(r"hidden test \d+ of \d+", feedback)
+    hidden = re.match(r"hidden test \d+ of \d+|calls the package's [\w, .]+ instead of your own code", feedback)
     return f" ({errors[0].strip()[:80]})" if errors else f" ({hidden.group()})" if hidden else ""
 
 
