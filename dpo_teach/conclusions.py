@@ -223,8 +223,9 @@ def verdict(results: dict) -> str:
         return "Only one method in these results: nothing to compare."
     (top, _), (second, _) = order[0], order[1]
     g = matched_kl_gap(results, top, second, MIN_FLUENCY)
-    ranked = ("Ranking by mean gap against all others: " + ", ".join(f"{m} {round(v, 3) + 0.0:+.3f}" for m, v in order)
-              + ".")
+    ranked = ("Ranking by mean gap against all others (each gap over the KL range the two share, so a method whose "
+              "points span a short range is ranked on that range alone): "
+              + ", ".join(f"{m} {round(v, 3) + 0.0:+.3f}" for m, v in order) + ".")
     head = f"Verdict at matched KL (points with fluency ≥ {MIN_FLUENCY:.0%}): "
     if not g["seeds"]:
         return (head + f"{top} ranks first, but it and the runner-up {second} have no KL range where both have "
