@@ -141,7 +141,7 @@ def test_best_setting_must_keep_the_fluency_target():
     assert best["DPO"]["param"] == 1.0 and best["DPO"]["fluent"]  # β = 0.1 has more reward but 50 % fluency
     assert best["PPO"]["param"] == 0.02
     table = conclusions.results_table(fake_results())
-    assert "| DPO ★ | β=1 |" in table and "| DPO | β=0.1 |" in table and "50 ± 0 %" in table
+    assert "| DPO ★ | β=1 |" in table and "| DPO | β=0.1 |" in table and "50.0 ± 0.0 %" in table
     text = conclusions.conclusions(fake_results())
     assert "fluent frontier DPO vs PPO" not in text, "one filter for every matched-KL statement: fluent points"
     assert "(points with fluency ≥ 70%)" in text["frontier DPO vs PPO"]
