@@ -19,7 +19,7 @@ from dpo_teach.grading.assign import AUTOGRADER, NOTEBOOKS, ROOT
 from dpo_teach.grading.journal import Journal, fingerprint
 from dpo_teach.grading.judge import allow_running, end_running, ending, kept, run_notebook
 from dpo_teach.grading.manifests import load_manifests
-from dpo_teach.grading.reports import empty_row, per_student, row_reason, write_reports
+from dpo_teach.grading.reports import REFERENCE_CALL, empty_row, per_student, row_reason, write_reports
 from dpo_teach.grading.scan import scan
 from dpo_teach.grading.strays import ending_strays
 from dpo_teach.grading.submissions import (
@@ -31,6 +31,7 @@ from dpo_teach.grading.submissions import (
     handed_in,
     in_sections,
     is_notebook,
+    metadata_assignment,
     read_notebook,
     section_students,
     shown,
@@ -146,8 +147,8 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
             passed = all(c["passed"] for c in cases) and q not in found["reference"]
             public_passed, feedback = _public_feedback(cases)
             if q in found["reference"]:
-                feedback = (f"calls the package's {', '.join(found['reference'][q])} instead of your own code "
-                            "(course rule: write your own; the package's version is for after your exercise)")
+                feedback = (REFERENCE_CALL.format(", ".join(found["reference"][q]))
+                            + " (course rule: write your own; the package's version is for after your exercise)")
             row["questions"][q] = {"score": float(auto[q]["points"]) if passed else 0.0,
                                    "possible": float(auto[q]["points"]), "public_passed": public_passed,
                                    "feedback": feedback, "hidden_failed": _hidden_failures(cases)}
@@ -170,9 +171,8 @@ def _unknown_assignment(path: Path, nb, manifests: dict, released_dir: Path) -> 
         return {"status": "skipped", "assignment": course,
                 "problem": f"not graded: {course} has no auto-graded exercises (the graded notebooks are "
                            f"{', '.join(sorted(manifests))})"}
-    otter = nb.metadata.get("otter") if nb is not None else None
-    named = otter.get("assignment_name") if isinstance(otter, dict) else None
-    if isinstance(named, str) and named:  # the notebook says what it is, and no bundle has that name
+    named = metadata_assignment(nb)
+    if named:  # the notebook says what it is, and no bundle has that name
         return {"status": "error", "problem": f"its metadata names the assignment {shown(named)}, which has no bundle "
                                               f"(the bundles are {', '.join(sorted(manifests))}): grade it with the "
                                               "bundles of its course, or pass --assignment if it is one of these"}
@@ -242,10 +242,10 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     if assignment is not None:  # --assignment is for the notebooks whose metadata names none (submissions.py)
         other = sorted((shown(p.name), n) for p, n in names.items() if n in manifests and n != assignment)
         if other:
-            log(f"{len(other)} notebook{'s' if len(other) > 1 else ''} name{'' if len(other) > 1 else 's'} another "
-                f"assignment in {'their' if len(other) > 1 else 'its'} metadata and {'are' if len(other) > 1 else 'is'}"
-                f" graded as it, not as {assignment} (--assignment): {other[0][0]} as {other[0][1]}"
-                + (", ..." if len(other) > 1 else ""))
+            many = len(other) > 1
+            log(f"{len(other)} notebook{'s' * many} name{'s' * (not many)} another assignment in "
+                f"{'their' if many else 'its'} metadata and {'are' if many else 'is'} graded as it, not as "
+                f"{assignment} (--assignment): {other[0][0]} as {other[0][1]}{', ...' * many}")
     sections = section_students(files, names, submissions)
     if sections:  # the folder above the students' folders: each sub-folder of a section is a student
         found, files = in_sections(found, sections, submissions), in_sections(files, sections, submissions)

@@ -47,12 +47,18 @@ def lost_points(questions: dict) -> str:
     return "lost points on " + ", ".join(lost) if lost else ""
 
 
+REFERENCE_CALL = "calls the package's {} instead of your own code"
+"""A question's feedback where the answer calls the package's own implementation (``grade``), which the one-line
+reason quotes (:func:`_why`)."""
+_QUOTED = re.compile(r"hidden test \d+ of \d+|" + re.escape(REFERENCE_CALL).replace(r"\{\}", r"[\w, .]+"))
+
+
 def _why(feedback: str) -> str:
     """`` (TimeoutError: ...)``, `` (AssertionError: message)``, `` (hidden test 2 of 3)`` or `` (calls the
     package's kl_divergence ...)`` from a test's feedback, for the one-line reason."""
     errors = re.findall(r"(\w+(?:Error|Exception)\b.*)$", feedback, flags=re.M)
-    hidden = re.match(r"hidden test \d+ of \d+|calls the package's [\w, .]+ instead of your own code", feedback)
-    return f" ({errors[0].strip()[:80]})" if errors else f" ({hidden.group()})" if hidden else ""
+    quoted = _QUOTED.match(feedback)
+    return f" ({errors[0].strip()[:80]})" if errors else f" ({quoted.group()})" if quoted else ""
 
 
 def per_student(rows: list[dict]) -> dict:

@@ -136,9 +136,15 @@ def detect_assignment(path: Path, nb, manifests: dict) -> str | None:
 
 def named_assignment(nb, manifests: dict) -> str | None:
     """The assignment that notebook ``nb``'s otter metadata names, where ``manifests`` has it; else None."""
+    name = metadata_assignment(nb)
+    return name if name in manifests else None
+
+
+def metadata_assignment(nb) -> str | None:
+    """Whatever assignment notebook ``nb``'s otter metadata names, bundle or not; None where it names none."""
     otter = nb.metadata.get("otter") if nb is not None else None
     name = otter.get("assignment_name") if isinstance(otter, dict) else None  # a hand-edited file: anything
-    return name if isinstance(name, str) and name in manifests else None
+    return name if isinstance(name, str) and name else None
 
 
 def _named_in(text: str, names: Iterable[str]) -> str | None:
