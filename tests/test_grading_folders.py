@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -149,14 +150,17 @@ def test_of_copies_saved_in_the_same_instant_the_higher_copy_number_is_the_later
     for i, name in enumerate(names):  # written in the order a clone writes them, a few milliseconds apart
         (tmp_path / name).write_text(notebook("x = 1"))
         os.utime(tmp_path / name, (1_700_000_000 - 0.01 * i, 1_700_000_000 - 0.01 * i))
-    found = submissions.find_submissions(tmp_path, [KL])
+    found, manifests = submissions.find_submissions(tmp_path, [KL]), {KL: {}}
     assert {s for s, _ in found} == {"alice", "bob", "carl"}
-    _, superseded = submissions.assignments_and_latest(found, {KL: {}}, None)
-    kept = {p.name for _, p in found} - set(p.name for p in superseded)
+
+    def superseded() -> set[str]:
+        names, readable = submissions.assignments(found, manifests, None)
+        return {p.name for p in submissions.superseded_by_latest(found, names, readable, manifests)}
+
+    kept = {p.name for _, p in found} - superseded()
     assert kept == {f"alice_{KL} (10).ipynb", f"Copy of bob_{KL}.ipynb", f"carl_{KL}-Copy2.ipynb"}
     os.utime(tmp_path / f"alice_{KL}.ipynb", (1_700_000_060, 1_700_000_060))  # saved again a minute later
-    _, superseded = submissions.assignments_and_latest(found, {KL: {}}, None)
-    assert f"alice_{KL}.ipynb" not in {p.name for p in superseded}, "a later save is later, whatever its name"
+    assert f"alice_{KL}.ipynb" not in superseded(), "a later save is later, whatever its name"
     number = submissions.copy_number
     assert number(f"alice_{KL}") == () < number(f"alice_{KL} (2)") < number(f"alice_{KL} (10)")
 
@@ -198,6 +202,21 @@ def test_names_that_are_not_utf8_are_graded_and_written(tmp_path, assigned, stub
     assert report["students"]["Fran\\xe7ois"]["score"] == 1.0
 
 
+def test_names_that_differ_only_in_case_are_one_student(tmp_path):
+    """ALICE_01 and alice_03 used to be two students, each with one assignment's grade; a sub-folder Bob/ beside a
+    file bob_01 too."""
+    for name in (f"ALICE_{KL}.ipynb", "alice_03_deriving_dpo.ipynb", "alice_02_bradley_terry.ipynb", f"bob_{KL}.ipynb"):
+        (tmp_path / name).write_text(notebook("x = 1"))
+    (tmp_path / "Bob").mkdir()
+    (tmp_path / "Bob" / "03_deriving_dpo.ipynb").write_text(notebook("x = 1"))
+    found = submissions.find_submissions(tmp_path, [KL, "02_bradley_terry", "03_deriving_dpo"])
+    assert sorted(found) == sorted([("alice", tmp_path / f"ALICE_{KL}.ipynb"),
+                                    ("alice", tmp_path / "alice_02_bradley_terry.ipynb"),
+                                    ("alice", tmp_path / "alice_03_deriving_dpo.ipynb"),
+                                    ("Bob", tmp_path / "Bob" / "03_deriving_dpo.ipynb"),
+                                    ("Bob", tmp_path / f"bob_{KL}.ipynb")]), found
+
+
 def test_canvas_download_names_keep_one_student_across_uploads_and_deadlines():
     names = [KL, "02_bradley_terry"]
     assert submissions.student_name(f"smithjohn_12345_67890_{KL}", names) == "smithjohn_12345"
@@ -222,6 +241,10 @@ def test_the_grades_folder_inside_the_submissions_is_not_graded(tmp_path, assign
             assert code == 0, err
             report = json.loads((out / "grades.json").read_text())
             assert [r["student"] for r in report["results"]] == ["alice"], printed
+    shutil.copytree(tmp_path / "a" / "grades", tmp_path / "c" / "in" / "old")  # an earlier batch's --out in there
+    code, printed, err = run_cli(tmp_path / "c" / "in", tmp_path / "c", assigned, capsys)
+    assert code == 0 and "0 other files skipped" in printed, (printed, err)
+    assert [r["student"] for r in json.loads((tmp_path / "c" / "grades.json").read_text())["results"]] == ["alice"]
 
 
 def test_assignment_names_the_notebooks_whose_metadata_names_none(tmp_path, assigned, stub_grading, capsys):
@@ -251,11 +274,15 @@ def test_assignment_names_the_notebooks_whose_metadata_names_none(tmp_path, assi
     assert "1 notebook names another assignment in its metadata and is graded as it, not as 01_kl_objective" in printed
 
 
-def test_a_folder_above_the_students_folders_grades_each_student(tmp_path, assigned, stub_grading, capsys):
+def test_a_folder_above_the_students_folders_grades_each_student(tmp_path, assigned, stub_grading, capsys,
+                                                                  monkeypatch):
     """`grade subs` where subs/section1/alice/ and subs/section1/bob/ hold the notebooks: section1 is not one student
     whose later notebook supersedes the other's (bob's used to cost alice her grade, with no word), each sub-folder
     is a student, and the grader says how to name them by their folders alone. One student's own sub-folder
-    (carol/week1/) still makes carol."""
+    (carol/week1/) still makes carol. Each notebook is read once to tell its assignment, sections or not."""
+    reads = []
+    read_notebook = submissions.read_notebook
+    monkeypatch.setattr(submissions, "read_notebook", lambda path: reads.append(path.name) or read_notebook(path))
     for student in ("alice", "bob"):
         (tmp_path / "in" / "section1" / student).mkdir(parents=True)
         (tmp_path / "in" / "section1" / student / f"{KL}.ipynb").write_text(notebook("x = 1"))
@@ -266,6 +293,7 @@ def test_a_folder_above_the_students_folders_grades_each_student(tmp_path, assig
     rows = {r["student"]: r["status"] for r in json.loads((tmp_path / "out" / "grades.json").read_text())["results"]}
     assert rows == {"section1/alice": "graded", "section1/bob": "graded", "carol": "graded"}, printed
     assert f"to name them by their folders alone, pass {tmp_path / 'in' / 'section1'}" in printed, printed
+    assert reads == [f"{KL}.ipynb"] * 3, reads
 
 
 def test_an_out_inside_a_students_folder_is_refused_not_left_out(tmp_path, assigned, stub_grading, capsys):
@@ -303,6 +331,34 @@ def test_another_batch_into_the_same_out_keeps_an_interrupted_batchs_rows(tmp_pa
     assert code == 0 and "1 graded before" in printed, (printed, err)
     assert graded == ["alice", "bob", "carol", "bob"], graded
     assert not (tmp_path / "out" / "grades.partial.jsonl").exists(), "every batch finished: nothing left to resume"
+
+
+def test_a_rerun_says_which_rows_it_takes_and_which_it_grades_again(tmp_path, assigned, monkeypatch, capsys):
+    """A rerun under other settings (here --timeout) grades again what an interrupted run graded, and says so: it
+    used to print "0 graded before" beside the rows it set aside. A row taken from the journal says it was graded
+    before, not the seconds it took then."""
+    graded = []
+
+    def grade_submission(student, path, manifests, assignment, *args, **kwargs):
+        graded.append(student)
+        if student == "bob" and graded.count("bob") < 3:
+            raise KeyboardInterrupt  # Ctrl-C while bob's notebook runs, twice
+        return {**empty_row(student, path, assignment or KL, "graded"), "score": 1.0, "possible": 1.0, "seconds": 42}
+
+    monkeypatch.setattr(grade_module, "grade_submission", grade_submission)
+    (tmp_path / "in").mkdir()
+    for student in ("alice", "bob"):
+        (tmp_path / "in" / f"{student}_{KL}.ipynb").write_text(notebook(f"x = '{student}'"))
+    assert run_cli(tmp_path / "in", tmp_path / "out", assigned, capsys)[0] == 130
+    code = cli(["grade", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--autograder-dir",
+                str(assigned / "autograder"), "--unsafe", "--timeout", "300"])
+    printed = capsys.readouterr().out
+    assert code == 130 and graded == ["alice", "bob", "alice", "bob"], graded
+    assert "0 graded before (1 graded before under other settings or from an earlier version of the file: graded " \
+           "again)" in printed, printed
+    code, printed, err = run_cli(tmp_path / "in", tmp_path / "out", assigned, capsys)  # the first command again
+    assert code == 0 and graded[4:] == ["bob"], (graded, err)
+    assert f"alice: {KL} 1/1 graded (graded before)" in printed and f"bob: {KL} 1/1 graded (42 s)" in printed, printed
 
 
 def test_a_notebook_of_an_assignment_without_a_bundle_is_named_as_its_metadata_names_it(tmp_path, assigned, capsys):

@@ -25,7 +25,7 @@ from dpo_teach.grading.strays import ending_strays
 from dpo_teach.grading.submissions import (
     ARCHIVES,
     JOURNAL_FILE,
-    assignments_and_latest,
+    assignments,
     detect_assignment,
     find_submissions,
     handed_in,
@@ -35,6 +35,7 @@ from dpo_teach.grading.submissions import (
     read_notebook,
     section_students,
     shown,
+    superseded_by_latest,
 )
 
 WINDOWS = sys.platform == "win32"
@@ -238,7 +239,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         raise FileNotFoundError(f"no files in {shown(submissions)} (its sub-folders searched too, hidden ones "
                                 "skipped): pass the folder that holds the submitted notebooks")
     files = [(student, path) for student, path in found if handed_in(path)]  # a link is never read (below)
-    names, superseded = assignments_and_latest(files, manifests, assignment)
+    names, readable = assignments(files, manifests, assignment)  # each notebook read once
     if assignment is not None:  # --assignment is for the notebooks whose metadata names none (submissions.py)
         other = sorted((shown(p.name), n) for p, n in names.items() if n in manifests and n != assignment)
         if other:
@@ -249,12 +250,12 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     sections = section_students(files, names, submissions)
     if sections:  # the folder above the students' folders: each sub-folder of a section is a student
         found, files = in_sections(found, sections, submissions), in_sections(files, sections, submissions)
-        names, superseded = assignments_and_latest(files, manifests, assignment)
         for top, held in sections.items():
             listed = ", ".join(shown(h) for h in held[:3]) + (", ..." if len(held) > 3 else "")
             log(f"{shown(top)}: its sub-folders {listed} hold notebooks of the same assignment, so each is graded as a "
                 f"student ({shown(top)}/{shown(held[0])}, ...); to name them by their folders alone, pass "
                 f"{shown(Path(submissions) / top)}")
+    superseded = superseded_by_latest(files, names, readable, manifests)  # of each student as named now
     # what a row depends on besides the files (--timeout 900 and the default 900 are one setting)
     settings = {"mode": "fast" if fast else "full", "per_cell_s": int(cell_timeout),
                 "per_notebook_s": float(timeout), "sandbox": not unsafe, "memory_mb": sandbox.memory_limit_mb()}
@@ -262,9 +263,12 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         path: fingerprint(path, manifests[names[path]], settings) for _, path in files
         if names.get(path) in manifests and path not in superseded})
     notebooks = sum(is_notebook(path) for _, path in files)
+    aside = journal.set_aside()
+    stale = (f" ({aside} graded before under other settings or from an earlier version of the file: graded again)"
+             if aside else "")
     log(f"grading {notebooks} notebook{'s' * (notebooks != 1)} in {shown(submissions)} "
         f"({'fast' if fast else 'full'} mode, {jobs} at a time, "
-        f"{'no sandbox (--unsafe)' if unsafe else 'each in the sandbox'}; {len(journal.done)} graded before; "
+        f"{'no sandbox (--unsafe)' if unsafe else 'each in the sandbox'}; {len(journal.done)} graded before{stale}; "
         f"{len(found) - notebooks} other file{'s' * (len(found) - notebooks != 1)} skipped)")
     if settings["memory_mb"] < sandbox.MEMORY_MB and not unsafe:
         log(f"memory: {settings['memory_mb']} MiB per notebook, this machine's hard limit (ulimit -Hv), below the "
@@ -277,6 +281,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     out.mkdir(parents=True, exist_ok=True)
     hide = _hidden(submissions, out, autograder)
     stopped: list[tuple[Path, Exception]] = []  # where the sandbox failed: the notebooks not yet started wait
+    resumed: set[Path] = set()  # the rows taken from the journal (an interrupted run of the same command graded them)
 
     def one(item):
         student, path = item
@@ -291,8 +296,9 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
             row = empty_row(student, path, None, "error", f"could not grade it: {type(e).__name__}: {e}")
         if row is None:
             return None
+        took = "graded before" if path in resumed else f"{row['seconds']:.0f} s"
         log(f"  {row['student']}: {row['assignment'] or '?'} {row['score']:g}/{row['possible']:g} "
-            f"{row['status']} ({row['seconds']:.0f} s)")
+            f"{row['status']} ({took})")
         return row
 
     def graded(student, path):
@@ -305,7 +311,9 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
             row = empty_row(student, path, names[path], "superseded", superseded[path])
         else:
             row = journal.resumed(path, student)
-            if row is None:
+            if row is not None:
+                resumed.add(path)
+            else:
                 row = grade_submission(student, path, manifests, names.get(path), cell_timeout, timeout, env,
                                        sandboxed=not unsafe, hide=hide, released_dir=released_dir)
                 if ending():  # ended by the Ctrl-C, not by its own code: graded again on the rerun

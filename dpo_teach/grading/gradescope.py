@@ -185,12 +185,20 @@ def _student_output(row: dict, withheld: set[str]) -> str:
 def run(source: Path, submission: Path, results: Path) -> dict:
     """Grade the notebook in ``submission`` (the latest ``.ipynb``) and write Gradescope's ``results.json``."""
     from dpo_teach.grading.manifests import load_manifests
-    from dpo_teach.grading.submissions import assignments_and_latest, find_submissions, handed_in, is_notebook, shown
+    from dpo_teach.grading.submissions import (
+        assignments,
+        find_submissions,
+        handed_in,
+        is_notebook,
+        shown,
+        superseded_by_latest,
+    )
 
     ((assignment, manifest),) = load_manifests(source / "autograder").items()
     notebooks = sorted(p for _, p in find_submissions(submission) if is_notebook(p) and handed_in(p))  # as the batch
     # the batch's rule: the latest readable one (of copies saved in one instant, the highest copy number)
-    _, superseded = assignments_and_latest([("you", p) for p in notebooks], {assignment: manifest}, assignment)
+    mine, manifests = [("you", p) for p in notebooks], {assignment: manifest}
+    superseded = superseded_by_latest(mine, *assignments(mine, manifests, assignment), manifests)
     graded = next((p for p in notebooks if p not in superseded), None)
     if graded is None:
         report = {"score": 0, "output": "No .ipynb file was submitted: upload your notebook file.", "tests": []}

@@ -48,6 +48,12 @@ class Journal:
         """This batch's rows in the journal now, but rows of status error (the grader's failure: graded again)."""
         return {key: row for key, row in resumable(self.path).items() if key in self._current}
 
+    def set_aside(self) -> int:
+        """How many rows in the journal are of this batch's files but were graded under other settings or before the
+        file changed (their fingerprint is not this batch's): they are graded again, not taken."""
+        files = {shown(path) for path, key in self.keys.items() if key is not None}
+        return sum(row.get("file") in files for key, row in _read(self.path).items() if key not in self._current)
+
     def resumed(self, path: Path, student: str) -> dict | None:
         """The row an earlier run graded for ``path``, named as this run names it (another folder, newer rules)."""
         key = self.keys.get(path)

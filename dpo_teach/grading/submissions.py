@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -98,9 +99,10 @@ def copy_number(stem: str) -> tuple[int, ...]:
 def find_submissions(folder: Path, assignments: Iterable[str] = (), skip: Path | None = None) -> list[tuple[str, Path]]:
     """``(student, path)`` for every file under ``folder`` but hidden ones (``.ipynb_checkpoints`` too) and the
     grader's own (``skip``, the grades' folder: all of it when it is inside ``folder``, its files when it is
-    ``folder``): the notebooks, and anything else a student handed in (graded as ``skipped``, with what to do). The
-    student is the first sub-folder's name, or for a file directly in ``folder`` its name without the name of the
-    assignment in ``assignments`` it holds (:func:`student_name`)."""
+    ``folder``; an earlier batch's reports and journal wherever they lie, :func:`earlier_grades`): the notebooks,
+    and anything else a student handed in (graded as ``skipped``, with what to do). The student is the first
+    sub-folder's name, or for a file directly in ``folder`` its name without the name of the assignment in
+    ``assignments`` it holds (:func:`student_name`)."""
     found = []
     skip = Path(skip).resolve() if skip is not None else None
     inside = skip is not None and Path(folder).resolve() in skip.parents  # else above it, or the folder itself
@@ -109,11 +111,30 @@ def find_submissions(folder: Path, assignments: Iterable[str] = (), skip: Path |
         if any(part.startswith(".") for part in rel.parts) or not path.is_file():
             continue
         if skip is not None and (path.resolve().parent == skip and path.name in GRADER_FILES
-                                 or inside and skip in path.resolve().parents):
+                                 or inside and skip in path.resolve().parents) or earlier_grades(path):
             continue
         student = rel.parts[0] if len(rel.parts) > 1 else student_name(_bare_name(path), assignments)
         found.append((shown(student), path))
-    return found
+    return one_spelling(found)
+
+
+def one_spelling(found: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+    """``found`` with the names that differ only in case made one (``ALICE_01.ipynb`` and ``alice_03.ipynb`` are
+    Alice's two notebooks, not two students' each with half the grades): the spelling most of the files have, of
+    equals the first by name."""
+    spellings: dict[str, Counter] = {}
+    for student, _ in found:
+        spellings.setdefault(student.casefold(), Counter())[student] += 1
+    chosen = {key: min(counts, key=lambda name: (-counts[name], name)) for key, counts in spellings.items()}
+    return [(chosen[student.casefold()], path) for student, path in found]
+
+
+def earlier_grades(path: Path) -> bool:
+    """Whether ``path`` is what an earlier batch wrote into the submissions (``--out subs/grades``, then a rerun
+    with another ``--out``): its journal, or its ``grades.csv`` beside its ``grades.json``. It used to be listed as
+    a student named after its folder, whose files were skipped."""
+    return path.name == JOURNAL_FILE or path.name in REPORT_FILES and all(
+        (path.parent / name).is_file() for name in REPORT_FILES)
 
 
 def handed_in(path: Path) -> bool:
@@ -152,32 +173,40 @@ def _named_in(text: str, names: Iterable[str]) -> str | None:
     return max((n for n in names if n.lower() in text.lower()), key=len, default=None)
 
 
-def assignments_and_latest(found: list[tuple[str, Path]], manifests: dict,
-                           assignment: str | None) -> tuple[dict, dict]:
-    """``({path: its assignment or None}`` for every notebook, ``{path: why it is not graded}`` for every notebook
-    that another notebook of the same student and assignment supersedes. Graded is the
-    latest of those that can be read: of those saved within ``SAME_INSTANT_S`` of the newest (a ``git clone``, an
-    unzip), the one with the highest copy number (``(10)`` after ``(2)`` after the original), then the newest, then
-    by name. An unreadable notebook is graded (as invalid) only where the student has no readable one of the
-    assignment: a broken re-upload does not cost the points of the notebook before it."""
-    names, groups = {}, {}
+def assignments(found: list[tuple[str, Path]], manifests: dict,
+                assignment: str | None) -> tuple[dict[Path, str | None], set[Path]]:
+    """``{path: its assignment or None}`` for every notebook of ``found``, and the set of those that read as a
+    notebook; each is read once. ``assignment`` (``--assignment``) names the assignment of a notebook whose metadata
+    names none (a file saved outside Jupyter, a renamed copy); a notebook's own metadata wins: a student's 03 in a
+    folder graded as 01 is graded as 03, not as a later 01 that would supersede the real one."""
+    names, readable = {}, set()
+    for _, path in found:
+        if is_notebook(path):
+            nb, _ = read_notebook(path)
+            names[path] = (named_assignment(nb, manifests) or assignment) if assignment else detect_assignment(
+                path, nb, manifests)
+            if nb is not None:
+                readable.add(path)
+    return names, readable
+
+
+def superseded_by_latest(found: list[tuple[str, Path]], names: dict, readable: set[Path], manifests: dict) -> dict:
+    """``{path: why it is not graded}`` for every notebook (``names``, ``readable``: :func:`assignments`'s) that
+    another notebook of the same student (as ``found`` names them) and assignment supersedes. Graded is the latest
+    of those that can be read: of those saved within ``SAME_INSTANT_S`` of the newest (a ``git clone``, an unzip),
+    the one with the highest copy number (``(10)`` after ``(2)`` after the original), then the newest, then by name.
+    An unreadable notebook is graded (as invalid) only where the student has no readable one of the assignment: a
+    broken re-upload does not cost the points of the notebook before it."""
+    groups = {}
     for student, path in found:
-        if not is_notebook(path):
-            continue
-        nb, _ = read_notebook(path)
-        # --assignment names the assignment of a notebook whose metadata names none (a file saved outside Jupyter,
-        # a renamed copy); a notebook's own metadata wins: a student's 03 in a folder graded as 01 is graded as 03,
-        # not as a later 01 that would supersede the real one
-        names[path] = (named_assignment(nb, manifests) or assignment) if assignment else detect_assignment(
-            path, nb, manifests)
-        if names[path] in manifests:
-            groups.setdefault((student, names[path]), []).append((nb is not None, path))
+        if names.get(path) in manifests:
+            groups.setdefault((student, names[path]), []).append((path in readable, path))
     superseded = {}
     for paths in groups.values():
-        readable = [p for ok, p in paths if ok] or [p for _, p in paths]
-        times = {p: _mtime(p) for p in readable}
+        candidates = [p for ok, p in paths if ok] or [p for _, p in paths]
+        times = {p: _mtime(p) for p in candidates}
         newest = max(times.values())  # times 2 s apart or less are one instant: the copy's number decides
-        recent = [p for p in readable if times[p] >= newest - SAME_INSTANT_S]
+        recent = [p for p in candidates if times[p] >= newest - SAME_INSTANT_S]
         latest = max(recent, key=lambda p: (copy_number(_bare_name(p)), times[p], p.name))
         for ok, p in paths:
             if p != latest:
@@ -185,12 +214,12 @@ def assignments_and_latest(found: list[tuple[str, Path]], manifests: dict,
                        f"it cannot be read as a notebook; {shown(latest.name)}, this student's other notebook of the "
                        "same assignment, is graded instead")
                 superseded[p] = f"not graded: {why}"
-    return names, superseded
+    return superseded
 
 
 def section_students(found: list[tuple[str, Path]], names: dict, folder: Path) -> dict[str, list[str]]:
     """The first-level folders of ``folder`` that are sections, not students: two or more of their sub-folders hold a
-    notebook of the same assignment (``names``: :func:`assignments_and_latest`'s), as ``section1/alice/hw1.ipynb``
+    notebook of the same assignment (``names``: :func:`assignments`'s), as ``section1/alice/hw1.ipynb``
     and ``section1/bob/hw1.ipynb`` do when the folder passed is the one above the students' folders. As one
     student's, the later notebook would supersede the other student's. ``{section: its sub-folders that hold
     notebooks}``; :func:`in_sections` names their students."""
