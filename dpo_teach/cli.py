@@ -86,7 +86,7 @@ def cmd_grade(args) -> int:
                              "wrote (course/autograder)")
         report = grading.grade(folder, out, Path(args.autograder_dir or grading.AUTOGRADER), args.assignment,
                                cell_timeout=args.cell_timeout, timeout=args.timeout, fast=not args.full,
-                               jobs=args.jobs, unsafe=args.unsafe)
+                               jobs=args.jobs, unsafe=args.unsafe, log=_print_while_read)
     except (OSError, ValueError, grading.SandboxUnavailable) as e:  # OSError: no bundles, no files, no report
         print(f"dpo-teach grade: error: {e}", file=sys.stderr)
         return 2
@@ -97,9 +97,23 @@ def cmd_grade(args) -> int:
                           "interrupted before any notebook was graded: run the same command again")
         print(f"dpo-teach grade: {said}", file=sys.stderr)
         return 130
-    print(grading.format_table(report))
-    print(f"wrote {out}/grades.csv and {out}/grades.json")
+    _print_while_read(grading.format_table(report))
+    _print_while_read(f"wrote {out}/grades.csv and {out}/grades.json")
     return 0
+
+
+def _print_while_read(text: str) -> None:
+    """``print``, until the reader of standard output has gone (``dpo-teach grade subs | head``): then the rest is
+    not printed, and the batch grades on and writes its reports (it used to end with exit 2, half graded)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _stdout_to_devnull()
+
+
+def _stdout_to_devnull() -> None:
+    with contextlib.suppress(OSError, ValueError):  # no second error as Python flushes standard output at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def cmd_train(args) -> None:
@@ -264,8 +278,7 @@ def _run(args) -> int:
         print(f"interrupted; {_interrupted(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `data --out - | head`: the reader has what it wanted
-        with contextlib.suppress(OSError, ValueError):  # no second error as Python flushes standard output at exit
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _stdout_to_devnull()
         return 0
     except OSError as e:  # a full disk or quota, a folder gone while the run wrote: what is kept, in one line
         where = f" ({e.filename})" if e.filename else ""

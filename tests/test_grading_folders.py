@@ -361,6 +361,24 @@ def test_a_rerun_says_which_rows_it_takes_and_which_it_grades_again(tmp_path, as
     assert f"alice: {KL} 1/1 graded (graded before)" in printed and f"bob: {KL} 1/1 graded (42 s)" in printed, printed
 
 
+def test_a_reader_that_stops_reading_does_not_stop_the_batch(tmp_path, assigned, stub_grading, monkeypatch):
+    """`dpo-teach grade subs | head -1`: the batch used to end at its second line with exit 2, half graded; it grades
+    on and writes its reports, printing nothing more."""
+    for student in ("alice", "bob", "carol"):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / f"{student}_{KL}.ipynb").write_text(notebook("x = 1"))
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone
+    with open(write, "w", buffering=1) as gone, monkeypatch.context() as patch:
+        patch.setattr("sys.stdout", gone)
+        code = cli(["grade", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--autograder-dir",
+                    str(assigned / "autograder"), "--unsafe"])
+    assert code == 0 and sorted(stub_grading) == [f"{s}_{KL}.ipynb" for s in ("alice", "bob", "carol")], code
+    rows = json.loads((tmp_path / "out" / "grades.json").read_text())["results"]
+    assert [r["student"] for r in rows] == ["alice", "bob", "carol"]
+    assert not (tmp_path / "out" / "grades.partial.jsonl").exists()
+
+
 def test_a_notebook_of_an_assignment_without_a_bundle_is_named_as_its_metadata_names_it(tmp_path, assigned, capsys):
     """Its metadata says 99_mystery: the grader can tell which assignment it is, there is no bundle for it. It used to
     say it could not tell, and to rename the file (no help where the student is a folder's name)."""
