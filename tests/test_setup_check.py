@@ -97,3 +97,28 @@ def test_packages_below_what_the_course_needs_are_named_with_the_fix(monkeypatch
     # says more, and the clone's word counts
     monkeypatch.setattr(metadata, "requires", lambda name: ["transformers>=5.0"])
     assert "transformers 5.0.0 (needs >=5.15)" in setup_check.unmet_requirements()
+
+
+def test_notebook_00s_version_table_asks_what_the_package_requires():
+    """Notebook 00's environment check said "ok" for transformers 5.10 (its table asked ≥ 5.0), and the set-up table
+    one cell below named the same package as below what the course needs (≥ 5.15, pyproject.toml)."""
+    import ast
+    import json
+
+    from packaging.requirements import Requirement
+
+    from dpo_teach.grading import MASTERS, NOTEBOOKS
+
+    bounds = {}
+    for line in setup_check.requirements():
+        requirement = Requirement(line)
+        bounds[requirement.name.lower()] = {s.version for s in requirement.specifier if s.operator == ">="}
+    for notebook in (MASTERS / "00_start_here.ipynb", NOTEBOOKS / "00_start_here.ipynb"):
+        cells = ["".join(c["source"]) for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+        (source,) = [s for s in cells if "NEEDED = {" in s]
+        (assignment,) = [n for n in ast.parse(source).body if isinstance(n, ast.Assign) and n.targets[0].id == "NEEDED"]
+        table = ast.literal_eval(assignment.value)
+        checked = {dist.lower(): minimum for dist, minimum in table.values() if dist.lower() in bounds}
+        assert len(checked) >= 7, checked  # torch, transformers, tokenizers, numpy, matplotlib, ipywidgets, ...
+        for dist, minimum in checked.items():
+            assert bounds[dist] == {minimum}, f"{notebook.name}: {dist} ≥ {minimum}, pyproject.toml asks {bounds[dist]}"
