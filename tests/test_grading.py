@@ -102,6 +102,30 @@ def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     losses = (chosen - rejected + 1 / (2 * beta)) ** 2  # pushes the margin towards −1/(2β)
     return losses, beta * chosen.detach(), beta * rejected.detach()
 """, "ipo_loss"),
+    # the loss right in value, no gradient to log π_θ(y_l): it trains only the chosen side (public since 12-06)
+    "dpo_rejected_detached": ("03_deriving_dpo", "def dpo_loss(", """
+import torch.nn.functional as F
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
+    chosen = policy_chosen_logps - ref_chosen_logps
+    rejected = policy_rejected_logps.detach() - ref_rejected_logps  # detached before the loss
+    return -F.logsigmoid(beta * (chosen - rejected)), beta * chosen.detach(), beta * rejected
+""", "dpo_loss"),
+    "ipo_rejected_reward_attached": ("07_variants_and_pitfalls", "def ipo_loss(", """
+def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
+    chosen, rejected = policy_chosen_logps - ref_chosen_logps, policy_rejected_logps - ref_rejected_logps
+    return (chosen - rejected - 1 / (2 * beta)) ** 2, beta * chosen.detach(), beta * rejected  # not detached
+""", "ipo_loss"),
+    "bt_loss_detached": ("02_bradley_terry", "def bt_loss(", """
+import torch.nn.functional as F
+def bt_loss(reward_chosen, reward_rejected):
+    return -F.logsigmoid(reward_chosen - reward_rejected).detach()  # no gradient reaches the reward model
+""", "bt_loss"),
+    "optimal_policy_global_max": ("01_kl_objective", "def optimal_policy(", """
+import torch
+def optimal_policy(pi_ref, r, beta):
+    weights = pi_ref * torch.exp((r - r.max()) / beta)  # the whole tensor's max: a row far below it underflows to 0/0
+    return weights / weights.sum(-1, keepdim=True)
+""", "optimal_policy"),
     "diagnosis_wrong": ("07_variants_and_pitfalls", "diagnose_small_beta =", """
 diagnose_small_beta = "b"  # lower β: the wrong direction
 """, "diagnose_small_beta"),
@@ -110,8 +134,10 @@ WRONG.update(NEW_EXERCISE_MISTAKES)  # 03's gradient weight, 05's training step,
 # Only hidden tests catch these: they pass the public check and must still lose the question's points. Every other
 # mistake fails the public check (`grader.check`) at once: a multiple-choice letter is checked only for its format,
 # and 05's training step is checked in public for each requirement of its text that a student can see go wrong
-# (zero_grad, train mode, the mean, clipping, the precomputed log-probs, the loss_fn passed in; before, the first
-# four were hidden: a student learnt of them only from the grade), in hidden tests for the reference's gradient.
+# (zero_grad, train mode, the mean, clipping, the precomputed log-probs, the loss_fn passed in, the step as a whole,
+# its metrics; before, several were hidden: a student learnt of them only from the grade), in hidden tests for the
+# reference's gradient. Each of its public cases for one requirement runs only where the step as a whole is right:
+# else every one of them fired, each naming another step.
 PASS_PUBLIC = {"diagnosis_wrong", "step_reference_not_detached"}
 
 
