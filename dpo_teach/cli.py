@@ -47,6 +47,7 @@ def cmd_demo(args) -> None:
 
 def cmd_data(args) -> None:
     from dpo_teach.data import PreferenceConfig, make_preference_pairs, preferences_text, write_preferences
+    from dpo_teach.pipeline import DemoConfig
     from dpo_teach.world import WorldConfig, load_reference
 
     to_stdout = args.out == "-"  # the rows on standard output (piped on), everything else on standard error
@@ -63,6 +64,9 @@ def cmd_data(args) -> None:
     else:
         write_preferences(args.out, rows)
     print(f"wrote {len(rows)} preference pairs to {'standard output' if to_stdout else args.out}", file=log)
+    if args.preset != DemoConfig().world.preset:  # train measures pairs against this π_ref unless told otherwise
+        print(f"these pairs come from the {args.preset} π_ref: train them with "
+              f"`dpo-teach train --preset {args.preset}`", file=log)
 
 
 def cmd_grade(args) -> int:

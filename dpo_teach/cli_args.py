@@ -30,6 +30,15 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line instead of usage + message
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an option that the chosen command does not take is that command's error: `dpo-teach
+        train --steps 10` points to `dpo-teach train --help`, where argparse pointed to `dpo-teach --help`."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            commands = next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
+            commands.get(getattr(parsed, "command", None), self).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
 
 _KIND = {int: "a positive integer", float: "a positive number"}
 
@@ -103,8 +112,28 @@ def check_writable(path: str | Path, flag: str, directory: bool) -> None:
     link is checked where it points, as the writes follow it (``utils.atomic_file``, ``atomic_dir``)."""
     try:
         _check_writable(Path(os.path.realpath(path)), f"{flag} {path}", directory)
+        _check_not_virtual(path, f"{flag} {path}", stdout=flag == "--out" and not directory)
+        if not directory:  # a directory's own check is check_out_replaceable's, where the run writes it beside
+            _check_name_beside(Path(os.path.realpath(path)), f"{flag} {path}", "the file")
     except OSError as e:  # e.g. a name longer than the file system takes
         raise UsageError(f"{flag} {path}: {e.strerror or e}; pass another path") from None
+
+
+VIRTUAL = ("/dev", "/proc", "/sys")  # file systems of the kernel's: nothing can be created or renamed there
+
+
+def _check_not_virtual(path: str | Path, named: str, stdout: bool) -> None:
+    """Refuse an output in /dev, /proc or /sys, as given or where it leads (``/dev/stdout``: the terminal, a pipe, or
+    the file standard output is redirected to, which the command would replace at its end, losing what it printed
+    there): the output is written beside it and renamed into its place, which cannot be done there. ``stdout``: the
+    command writes ``-`` to standard output (``data --out -``)."""
+    for where in {os.path.abspath(path), os.path.realpath(path)}:
+        top = next((v for v in VIRTUAL if where == v or where.startswith(v + "/")), None)
+        if top is not None:
+            dash = ", or - for standard output" if stdout else ""
+            raise UsageError(f"{named}: lies in {top}, a file system of the kernel's, where the output cannot be "
+                             f"created (it is written beside its path and renamed into place); pass a path on a "
+                             f"disk{dash}")
 
 
 def _check_writable(path: Path, named: str, directory: bool) -> None:
@@ -238,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--bt-temperature", type=_positive(float), default=0.1, help="label noise τ (%(default)s)")
     m.add_argument("--seed", type=_seed, default=0, help="seed of the prompts, samples and labels; π_ref is the toy "
                                                           "one `train` loads (%(default)s)")
-    m.add_argument("--preset", choices=sorted(PRESETS), default=demo_defaults.world.preset, help="(%(default)s)")
+    m.add_argument("--preset", choices=sorted(PRESETS), default=demo_defaults.world.preset,
+                   help="the toy π_ref that samples the pairs (%(default)s); train them with the same --preset")
 
     g = sub.add_parser("grade", help="grade a folder of submitted notebooks → grades.csv and grades.json",
                        description="Grade every notebook under SUBMISSIONS_DIR (NAME.ipynb files, or one folder per "
@@ -356,12 +386,19 @@ def _check_room_beside(out: str) -> None:
     if not os.access(beside, os.W_OK | os.X_OK):
         raise UsageError(f"--out {out}: the run is written beside it, in {beside}, and then takes its place, but "
                          f"{beside} is not writable for you; pass a path in a folder you can write to")
+    _check_name_beside(target, f"--out {out}", "the run")
+
+
+def _check_name_beside(target: Path, named: str, what: str) -> None:
+    """``what`` is written beside ``target`` under a longer name (``.NAME.PID.XXXXXXXX.tmp``, ``utils.atomic_file``
+    and ``atomic_dir``), then renamed to it: refuse a name too long for that before the work, not after."""
+    beside = nearest_existing(target.parent)
     added, name = len(f"..{os.getpid()}.XXXXXXXX.tmp"), len(os.fsencode(target.name))
     longest = os.pathconf(beside, "PC_NAME_MAX") - added
     if name > longest:
-        raise UsageError(f"--out {out}: its last part is {name} bytes long; the run is written beside it under a "
-                         f"name {added} bytes longer, which this file system refuses; pass a name of at most "
-                         f"{longest} bytes")
+        raise UsageError(f"{named}: its last part is {name} bytes long; {what} is written beside it under a name "
+                         f"{added} bytes longer, which this file system refuses; pass a name of at most {longest} "
+                         "bytes")
 
 
 def check_context(model_dir: str | None, max_length: int, sample_tokens: int | None = None) -> tuple | None:

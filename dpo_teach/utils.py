@@ -248,10 +248,10 @@ def check_replaceable(path: str | Path, owned: Collection[str], what: str = "a r
     path = Path(path)
     for name, given in (inputs or {}).items():
         if given is not None and Path(given).resolve().is_relative_to(path.resolve()):
-            named = path if path.name else path.resolve()  # `.` has no name to put -next after
-            beside = named.with_name(named.name + "-next")
+            named = path.resolve() if path.name in ("", "..") else path  # `.` and `..`: the folder's own name
+            beside = f"e.g. {named.with_name(named.name + '-next')}" if named.name else "e.g. a new subdirectory"  # `/`
             raise FileExistsError(f"{path} holds {name} {given}, and {what} replaces {path} as a whole ({what} would "
-                                  f"delete its own input); pass another folder, e.g. {beside}")
+                                  f"delete its own input); pass another folder, {beside}")
     if not path.exists():
         return
     if not path.is_dir():

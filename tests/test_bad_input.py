@@ -261,6 +261,17 @@ def _paths(tmp_path: Path) -> dict[str, str]:
                                                           "path\n"),
     (["demo", "--out", "/dev/null"], "--out /dev/null: is a device or a pipe, not a directory; pass a directory"),
     (["train", "--data", "DATA", "--out", "LINK_TO_FILE"], "--out LINK_TO_FILE: is a file, expected a directory"),
+    # /dev/stdout (a terminal, a pipe, or the file standard output goes to: replaced at the end, what was printed
+    # into it lost) and /proc: refused before the work, not at its end ("No such file or directory (...tmp)")
+    (["data", "--out", "/dev/stdout"], "--out /dev/stdout: lies in /"),
+    (["data", "--out", "/dev/stdout"], "; pass a path on a disk, or - for standard output"),
+    (["grade", "DIR", "--out", "/proc/grades"], "--out /proc/grades: lies in /proc, a file system of the kernel's, "
+                                                "where the output cannot be created"),
+    (["train", "--data", "DATA", "--out", "/proc/run"], "--out /proc/run: lies in /proc"),
+    # a name too long for the file written beside it: refused before the work, as train's and demo's --out were
+    (["data", "--out", "n" * 240 + ".jsonl"], "its last part is 246 bytes long; the file is written beside it under "
+                                              "a name 19 bytes longer"),
+    (["compare", "--out", "DIR", "--asset", "n" * 240 + ".json"], "its last part is 245 bytes long"),
     # a loss's own option with another loss would change nothing
     (["demo", "--label-smoothing", "0.2"], "--label-smoothing is an option of --loss cdpo, and this run's loss is "
                                            "sigmoid; add --loss cdpo, or leave --label-smoothing out"),
@@ -274,6 +285,18 @@ def test_unusable_paths_give_one_line_before_any_work(tmp_path, argv, message, c
     assert main(argv) == 2
     err = one_line_error(capsys)
     assert message in err and ("; " in err or "rerun" in err or "run `make assign`" in err)
+
+
+def test_a_run_that_would_delete_its_input_names_a_folder_to_pass_even_for_the_root(tmp_path):
+    """`train --data prefs.jsonl --out /` ended in `ValueError: PosixPath('/') has an empty name` (no folder name to
+    put -next after); `--out ..` suggested `..-next`."""
+    from dpo_teach.utils import check_replaceable
+
+    data = tmp_path / "sub" / "prefs.jsonl"
+    with pytest.raises(FileExistsError, match=r"holds --data .*; pass another folder, e.g. a new subdirectory$"):
+        check_replaceable("/", set(), "a train run", inputs={"--data": data})
+    with pytest.raises(FileExistsError, match=rf"pass another folder, e.g. {tmp_path}-next$"):
+        check_replaceable(tmp_path / "sub" / "..", set(), "a train run", inputs={"--data": data})
 
 
 def test_output_path_checks_accept_what_can_be_created(tmp_path):

@@ -214,3 +214,25 @@ def test_a_losses_own_option_reaches_the_run(tmp_path, world, pairs, capsys):
                  "--epochs", "1", "--loss", "cdpo", "--label-smoothing", "0.3"]) == 0
     config = json.loads((out / "metrics.json").read_text())["config"]
     assert (config["loss_type"], config["label_smoothing"]) == ("cdpo", 0.3)
+
+
+def test_an_option_the_command_does_not_take_points_to_that_commands_help(capsys):
+    """`dpo-teach train --steps 10` said to see `dpo-teach --help`, which lists no option of train's."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--data", "prefs.jsonl", "--steps", "10"])
+    assert stopped.value.code == 2
+    assert one_line_error(capsys) == ("dpo-teach train: error: unrecognized arguments: --steps 10 "
+                                      "(see dpo-teach train --help)\n")
+
+
+@pytest.mark.parametrize("preset, hint", [("small", True), ("tiny", False)])
+def test_data_from_another_preset_says_how_to_train_it(tmp_path, monkeypatch, capsys, preset, hint):
+    """`data --preset small` then `train` measured the pairs against the tiny π_ref without a word."""
+    import dpo_teach.data
+    import dpo_teach.world
+
+    monkeypatch.setattr(dpo_teach.world, "load_reference", lambda config, verbose=False: (config.preset, None))
+    monkeypatch.setattr(dpo_teach.data, "make_preference_pairs", lambda reference, tokenizer, config: [GOOD])
+    assert main(["data", "--preset", preset, "--pairs", "12", "--out", str(tmp_path / "pairs.jsonl")]) == 0
+    said = capsys.readouterr().out
+    assert ("train them with `dpo-teach train --preset small`" in said) is hint, said
