@@ -205,6 +205,18 @@ def test_dev_holds_only_the_devices_a_notebook_opens():
     assert out["urandom"] == 8 and out["shm writable"] and out["fd"], out
 
 
+def test_a_notebooks_shell_commands_run_in_the_sandbox():
+    """`!cmd` lines ran on a pseudo-terminal, which the sandbox's /dev lacks: every one failed with "OSError: out of
+    pty devices", the command not run (a student's `!pip list` read as a crash of the grader's). They run through a
+    pipe, as in Jupyter, still inside the sandbox: no other process, no network."""
+    from test_zygote import grade, notebook
+
+    text = notebook("!echo hi from the shell > marker.txt", "x = open('marker.txt').read()",
+                    "!ls /proc | grep -c '^[0-9]' > processes.txt", "n = int(open('processes.txt').read())")
+    out = grade(text, ">>> x\n'hi from the shell\\n'\n>>> assert n <= 4, n\n", dict(os.environ))
+    assert out["status"] == "graded" and out["errors"] == [] and out["cases"]["q"][0]["passed"], out
+
+
 # isolate()'s parent is slowed after the fork while the child, in the same mount namespace, covers /dev at once (as
 # enter() does on a busy machine): the parent must have nothing left to open by then.
 SLOW_PARENT = """

@@ -393,6 +393,10 @@ def main(unavailable: Exception | None = None) -> int:
     calls = ReferenceCalls(job.get("references", {}))  # before the references: they then hold the wrappers
     refs = References()
     shell = InteractiveShell.instance()
+    # `!cmd` lines: IPython runs them on a pseudo-terminal, and the sandbox's /dev has none ("out of pty devices",
+    # the command not run); through a plain pipe they run as in Jupyter (`!pip install` then fails for want of a
+    # network, and says so, without stopping the cell)
+    shell.system = shell.system_raw
     alarm = _Alarm(int(job["cell_timeout"]))
     import random
 
