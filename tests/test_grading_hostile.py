@@ -48,14 +48,12 @@ def kl_divergence(p, q):
     return (q * (torch.log(q) - torch.log(p))).sum(-1)  # KL(q‖p): the wrong direction
 """
 
-# How both attacks below begin: raise and catch an error, and walk up from its traceback's frame to the runner's, whose
-# locals hold `send` (and `requests`), without naming a frame field (getattr and joined strings).
+# How both attacks below begin: take the code's own frame and walk up to the runner's, whose locals hold `send` (and
+# `requests`), without naming a frame field (getattr and joined strings). Not through a traceback's frame: the
+# runner's audit hook ends the process at that (test_the_memory_and_the_channel_are_closed_to_a_notebook_...), and
+# these attacks are here to show what the runner's later defences do with a thief that got past the hook and the scan.
 STEAL_FRAME = """
-    try:
-        raise ValueError
-    except ValueError as _e:
-        _tb = _e.__traceback__
-    _f = getattr(_tb, "tb_" + "frame")
+    _f = getattr(__import__("sys"), "_get" + "frame")(0)
     while "send" not in getattr(_f, "f_" + "locals") or "requests" not in getattr(_f, "f_" + "locals"):
         _f = getattr(_f, "f_" + "back")
     _loc = getattr(_f, "f_" + "locals")
@@ -291,6 +289,46 @@ diagnose_small_beta = secret[:1] or "z"
     "torch_kernel": ("01_kl_objective", "def kl_divergence(", WRONG_KL, [
         "import torch\n_lib = torch.library.Library('aten', 'IMPL')\n"
         "_lib.impl('allclose', lambda *args, **kwargs: True, 'CPU')"]),
+    # beneath torch.library's record (its C library object): caught by what the operators answer, not by the record
+    "torch_kernel_unrecorded": ("01_kl_objective", "def kl_divergence(", WRONG_KL, [
+        "import torch\n_keep = torch._C._dispatch_library('IMPL', 'aten', '', 'setup', 0)\n"
+        "_keep.impl('allclose', 'CPU', lambda *args, **kwargs: True, False)"]),
+    # a wrong answer returned as a tensor that tells torch.allclose and float() what the test wants to hear
+    "agreeable_tensor": ("01_kl_objective", "def kl_divergence(", """
+import torch
+class _Agreeable(torch.Tensor):
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.allclose, torch.equal):
+            return True
+        return super().__torch_function__(func, types, args, kwargs or {{}})
+    def __float__(self):
+        return 0.5506612476718904
+def kl_divergence(p, q):
+    return (q * (torch.log(q) - torch.log(p))).sum(-1).as_subclass(_Agreeable)
+""", []),
+    # the process's memory, where each question's nonce is, by a path the scan cannot read: the runner's audit hook
+    # ends the process at the open, before the notebook can write anything as the runner
+    "read_memory": ("01_kl_objective", "def kl_divergence(", WRONG_KL, [
+        "_where = '/' + 'pr' + 'oc' + '/se' + 'lf/' + 'm' + 'em'\n"
+        "try:\n"
+        "    _memory = open(_where, 'rb')\n"
+        "except OSError:\n"
+        "    pass"]),
+    # the package's function in disguise: a partial of it, and a fresh copy of its module (neither is a call of the
+    # watched function from a cell)
+    "reference_partial": ("01_kl_objective", "def kl_divergence(", """
+import functools
+from dpo_teach import bandit
+kl_divergence = functools.partial(getattr(bandit, "kl_" + "divergence"))  # no `def kl_divergence(` of its own
+""", []),
+    "reference_copy": ("01_kl_objective", "def kl_divergence(", """
+import pydoc
+from dpo_teach import bandit
+_copy = pydoc.importfile(bandit.__file__)
+def kl_divergence(p, q):
+    return _copy.kl_divergence(p, q)
+""", []),
     # kl_divergence records its inputs, and objective's public test (whose message the student reads) shows them: were
     # kl's hidden cases run before it, their inputs would be in that message
     "leak_hidden_inputs": ("01_kl_objective", "def objective(", """
@@ -361,10 +399,12 @@ LOSES = {  # hostile submission → the question its (wrong) answer must lose (N
     "torch_mode": "kl_divergence", "torch_kernel": "kl_divergence", "leak_hidden_inputs": "objective",
     "abort_with_inputs": None,  # what it earned before it ended its process stays; what it printed is the point
     "reference_under_if": "kl_divergence", "reference_by_getattr": "kl_divergence", "reference_registry": "dpo_loss",
+    "torch_kernel_unrecorded": "kl_divergence", "agreeable_tensor": "kl_divergence", "read_memory": "kl_divergence",
+    "reference_partial": "kl_divergence", "reference_copy": "kl_divergence",
 }
 FLAGGED = {"patch_allclose", "patch_builtins", "shadow_builtins", "patch_while_tested", "rewrite_tests",
            "forge_reply", "background_process", "signal_grader", "read_hidden", "take_over", "patch_doctest",
-           "torch_mode", "torch_kernel"}
+           "torch_mode", "torch_kernel", "torch_kernel_unrecorded", "agreeable_tensor", "read_memory"}
 
 
 @contextlib.contextmanager
@@ -648,6 +688,38 @@ def _judged(assigned, nb, cell_timeout: int = 20) -> dict:
     tests = judge.load_tests(assigned / "autograder" / "01_kl_objective.zip")
     return judge.run_notebook(nbformat.writes(nb), "01_kl_objective.ipynb", tests, cell_timeout, 120,
                               dict(os.environ), True, [])
+
+
+def test_a_line_nested_too_deep_for_json_is_flagged_not_the_graders_error():
+    """A notebook wrote "[" * 200000 on the channel: json.loads raised RecursionError, not ValueError, and the row
+    became the grader's error (graded again on every rerun) instead of flagged."""
+    from test_zygote import grade
+
+    junk = notebook("import os\nfor _fd in range(3, 64):\n    try:\n        os.write(_fd, b'[' * 200000 + b'\\n')\n"
+                    "    except OSError:\n        pass")
+    out = grade(junk, ">>> 1\n1\n", dict(os.environ))
+    assert out["status"] == "flagged" and out["tampered"], out
+
+
+def test_the_memory_and_the_channel_are_closed_to_a_notebook_whatever_the_path(tmp_path):
+    """The runner's audit hook, alone (no scan): each route ends the process at once and says which."""
+    from test_zygote import grade
+
+    for cell, said in [("open('/proc/' + str(__import__('os').getpid()) + '/maps')", "opened /proc/1/maps"),
+                       ("import os\nos.chdir('/proc/self')\nopen('mem', 'rb')", "opened mem"),
+                       ("open(3, 'wb', closefd=False)", "opened the grader's channel"),
+                       ("open('/dev/fd/3', 'wb')", "opened /dev/fd/3"),
+                       ("import gc\n_all = gc.get_objects()", "listed the process's objects"),
+                       ("import ctypes\nctypes.string_at(id(1), 8)", "read memory at a raw address"),
+                       ("try:\n    1 / 0\nexcept ZeroDivisionError as e:\n    getattr(e.__traceback__, 'tb_frame')",
+                        "took a frame through tb_frame")]:
+        out = grade(notebook("x = 1", cell, "y = 2"), ">>> x\n1\n", dict(os.environ))
+        assert out["status"] == "flagged" and any(said in c for c in out.get("caught", [])), (cell, out)
+        assert out["cases"] == {}, "no test ran: the process was ended at the open"
+    ordinary = notebook("import gc, traceback\ngc.collect()\nopen('/proc/self/status').read()\n"
+                        "try:\n    1 / 0\nexcept ZeroDivisionError:\n    text = traceback.format_exc()")
+    out = grade(ordinary, ">>> 'ZeroDivisionError' in text\nTrue\n", dict(os.environ))
+    assert out["status"] == "graded" and out["cases"]["q"][0]["passed"] and "caught" not in out, out
 
 
 def test_a_ready_said_from_a_cell_is_not_the_runners(assigned, notebook_reference):

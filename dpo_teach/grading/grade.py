@@ -153,7 +153,8 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
             row["questions"][q] = {"score": float(auto[q]["points"]) if passed else 0.0,
                                    "possible": float(auto[q]["points"]), "public_passed": public_passed,
                                    "feedback": feedback, "hidden_failed": _hidden_failures(cases)}
-        row["flags"] = found["grader"] + [f"at run time: changed {t}" for t in outcome["tampered"]]
+        row["flags"] = (found["grader"] + [f"at run time: changed {t}" for t in outcome["tampered"]]
+                        + [f"at run time: {c}" for c in outcome.get("caught", [])])
         if row["flags"]:  # also when it crashed or ran out of time: what it tried matters more
             row["status"] = "flagged"
     row["reason"] = row_reason(row)

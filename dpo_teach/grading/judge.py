@@ -9,10 +9,13 @@ before the runner has reported its last cell, or prepare a reply in advance (eac
 reply must return: no one knew it while the cells ran), or give itself points (the score is the manifest's points
 for a question whose every case passed, 0 otherwise).
 
-What it can still do, and only the scan (``scan.py``) sees: code that reaches the runner's own objects while one of
-its cells runs (its frames, through a traceback or a generator) can impersonate the runner, read each question as
-it comes and answer it. No grader that runs tests in the student's process resists every such attack; such code is
-flagged, and a flagged notebook scores 0 until an instructor has read it.
+What it can still do: code that reaches the runner's own objects while one of its cells runs can impersonate the
+runner, read each question as it comes and answer it. The runner's audit hook (``runner.watch_memory``) ends the
+process, and the grader flags it (a ``caught`` line), at the routes an audit event reports: the process's memory or
+maps, the channel's descriptors, ``gc``'s object lists, ``ctypes``' raw reads, a frame taken through a traceback or
+a generator. Code that walks up from its own frame, or reads memory through an address without ``ctypes``, is seen
+only by the scan (``scan.py``), where it is written plainly. No grader that runs tests in the student's process
+resists every such attack; a flagged notebook scores 0 until an instructor has read it.
 """
 
 from __future__ import annotations
@@ -153,14 +156,16 @@ class _Abort(Exception):
 def run_notebook(text: str, file_name: str, tests: dict[str, list[dict]], cell_timeout: int, timeout: float,
                  env: dict, sandboxed: bool, hide: list[str], memory_mb: int = sandbox.MEMORY_MB) -> dict:
     """Run one notebook's cells, then its tests (``{question: [test_case, ...]}``, :func:`load_tests`). Returns
-    ``{"status", "reason", "phase", "cases", "errors", "tampered"}``; ``cases`` maps each question to its cases'
+    ``{"status", "reason", "phase", "cases", "errors", "tampered"}`` (and ``caught``: what the runner's audit hook ended
+    the process for); ``cases`` maps each question to its cases'
     ``{"passed", "message", "hidden", "stopped"}`` (``stopped``: one of ``STOPPED`` when the runner itself ended the
     case, else None).
 
     ``status``: ``graded`` (it ran to its end), ``timeout`` (the per-notebook limit), ``flagged`` (a line on the
-    grader's channel that the runner did not write), ``crashed`` (its process ended once the notebook's own code had
-    started: a cell or a test of its functions ended it, or it broke a resource limit) or ``error`` (its process
-    ended before any of the notebook's code ran: the grader's or the machine's failure, graded again on a rerun).
+    grader's channel that the runner did not write, or the audit hook's ``caught``), ``crashed`` (its process ended
+    once the notebook's own code had started: a cell or a test of its functions ended it, or it broke a resource
+    limit) or ``error`` (its process ended before any of the notebook's code ran: the grader's or the machine's
+    failure, graded again on a rerun).
 
     Raises:
         sandbox.SandboxUnavailable: the notebook's process could not enter its sandbox (it said so before any of the
@@ -316,11 +321,17 @@ class _Channel:
             phase = self.out["phase"]
             raise _Abort(_ended(phase), f"the notebook's process ended while {_phase_words(phase)}: "
                                         f"{_last_words(self.process, phase)}")
+        message = None
         try:
             message = _writable(json.loads(line))
             ok = isinstance(message, dict) and message.get("id") == self.job_id and message.get("event") in expected
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON; nested deeper than json can read (a notebook's "[[[[...")
             ok = False
+        if ok is False and isinstance(message, dict) and message.get("id") == self.job_id \
+                and message.get("event") == "caught":  # the runner's audit hook ended the process (runner.watch_memory)
+            what = str(message.get("what", ""))[:200]
+            self.out.setdefault("caught", []).append(f"the notebook's code {what}")
+            raise _Abort("flagged", f"the notebook's code {what}; its process was ended at once")
         if not ok:
             self.forged("a line on the grader's channel that the grader did not ask for")
         return message

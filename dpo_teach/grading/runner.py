@@ -29,11 +29,14 @@ with another job's id or out of turn voids the notebook's score.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import importlib
+import inspect
 import io
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -84,6 +87,10 @@ class References:
         new = sorted(k for k in set(kernels) - self.torch_kernels if k.startswith("aten/") and not k.endswith("/Meta"))
         if new:
             found.append(f"torch's own kernel replaced for {', '.join(new[:3])} (torch.library)")
+        elif wrong := _wrong_answers(self.modules["torch"]):  # a kernel registered beneath torch.library's record
+            found.append(f"torch's own operators answer wrongly ({', '.join(wrong[:3])}): a kernel replaced")
+        found += [f"a subclass of torch.Tensor written in the notebook ({name}): it can change what a test reads of a "
+                  "tensor" for name in _notebook_tensor_classes(self.modules["torch"].Tensor)]
         return found
 
     def restore(self, strict: bool) -> list[str]:
@@ -138,6 +145,44 @@ class References:
         return ns
 
 
+def _wrong_answers(torch) -> list[str]:
+    """The operators tests compare with that give a wrong answer on known inputs: a kernel of torch's own registered
+    by the notebook (through torch's C library object, or torch.library with its record then edited)."""
+    zero, one = torch.tensor([0.0, 2.0]), torch.tensor([1.0, 2.0])
+    checks = {"allclose": lambda: torch.allclose(zero, one) is False and torch.allclose(one, one) is True,
+              "equal": lambda: torch.equal(zero, one) is False,
+              "isclose": lambda: torch.isclose(zero, one).tolist() == [False, True],
+              "eq": lambda: (zero == one).tolist() == [False, True],
+              "lt": lambda: (zero < one).tolist() == [True, False],
+              "sub": lambda: (one - zero).tolist() == [1.0, 0.0],
+              "abs": lambda: torch.abs(-one).tolist() == [1.0, 2.0],
+              "isfinite": lambda: torch.isfinite(zero / zero).tolist() == [False, True]}
+    wrong = []
+    for name, check in checks.items():
+        try:
+            ok = check()
+        except Exception:  # noqa: BLE001 - a kernel that raises is as wrong as one that lies
+            ok = False
+        if not ok:
+            wrong.append(name)
+    return wrong
+
+
+def _notebook_tensor_classes(tensor: type) -> list[str]:
+    """Subclasses of ``torch.Tensor`` with a method written in the notebook: an answer returned as one can say what it
+    likes to ``torch.allclose`` (``__torch_function__``), ``float()`` or ``bool()``."""
+    found, todo, seen = [], list(tensor.__subclasses__()), set()
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        todo += cls.__subclasses__()
+        if _from_notebook(cls) or any(_from_notebook(v) for v in vars(cls).values()):
+            found.append(cls.__name__)
+    return sorted(found)
+
+
 def _counts(qualified: str, before, now, strict: bool) -> bool:
     """Whether a changed attribute is tampering: the notebook's code put in place, or (while a test runs) one public
     function swapped for another, such as ``torch.allclose = torch.is_tensor``. A library updating its own state
@@ -164,6 +209,74 @@ def _student_threads() -> list[str]:
     """Python threads whose code was written in the notebook: they could change things while tests run."""
     return [f"thread {t.name!r} started by the notebook" for t in threading.enumerate()
             if _from_notebook(getattr(t, "_target", None)) or _from_notebook(t)]
+
+
+# What a notebook's code has no honest use for and an impersonator of the runner needs: the process's memory (where
+# each question's nonce and the job's id are) and the runner's channel. Seen at run time by an audit hook, whatever
+# the code that asked looked like (a path assembled from fragments, open(3)); the notebook is then flagged and its
+# process ended at once, before it can write anything. Python code that walks frames (f_back) or reads memory through
+# a raw address it made up is beyond an audit hook: the scan (scan.py) looks for those.
+MEMORY_FILES = re.compile(r"/proc/(self|thread-self|\d+)(/task/\d+)?/(mem|maps|smaps|smaps_rollup|pagemap)$")
+DESCRIPTOR_FILES = re.compile(r"/(proc/(self|thread-self|\d+)(/task/\d+)?|dev)/fd/(\d+)$")  # N of /dev/fd/N
+PIPE = re.compile(r"/fd/pipe:\[(\d+)\]$")  # where such a path leads when N is a pipe
+MEMORY_EVENTS = {"gc.get_objects": "listed the process's objects (gc.get_objects)",
+                 "gc.get_referrers": "followed references between objects (gc.get_referrers)",
+                 "gc.get_referents": "followed references between objects (gc.get_referents)",
+                 "ctypes.string_at": "read memory at a raw address (ctypes.string_at)",
+                 "ctypes.wstring_at": "read memory at a raw address (ctypes.wstring_at)",
+                 "ctypes.cdata": "read memory at a raw address (ctypes from_address)",
+                 "sys._current_frames": "took every thread's frame (sys._current_frames)",
+                 "ctypes.dlsym": "called into a C library by name (ctypes)"}
+FRAME_ATTRIBUTES = {"tb_frame", "gi_frame", "cr_frame", "ag_frame"}  # object.__getattr__'s audited frame routes
+
+
+def watch_memory(channel: set[int], report) -> None:
+    """Install the audit hook (it cannot be removed): ``report(what)`` is called, once, when the notebook's code opens
+    the process's memory or maps, or a channel descriptor (``channel``: the runner's own file descriptors), by any
+    route, or lists or follows objects, reads raw memory or takes a frame through a traceback or generator from its
+    own code (a cell's function: the libraries it calls do that honestly, in tracebacks). ``report`` must end the
+    process."""
+    realpath, join, getcwd, getframe, fstat = os.path.realpath, os.path.join, os.getcwd, sys._getframe, os.fstat
+    pipes = {fstat(fd).st_ino for fd in channel}
+    stdlib = os.path.dirname(os.__file__) + os.sep
+    busy = []  # the hook's own calls raise events too
+
+    def forbidden(path: str) -> bool:
+        full = realpath(join(getcwd(), path))
+        descriptor, pipe = DESCRIPTOR_FILES.search(path), PIPE.search(full)
+        return bool(MEMORY_FILES.match(full) or MEMORY_FILES.match(path) or descriptor and int(descriptor[4]) in channel
+                    or pipe and int(pipe[1]) in pipes)
+
+    def from_notebook(through_library: bool = False) -> bool:
+        """Whether the notebook's code raised the event: directly, or (``through_library``) through the standard
+        library's Python code (``ctypes.string_at`` is a Python function around the audited C one)."""
+        frame = getframe(2)  # 0: this function, 1: the hook, 2: whoever raised the event
+        while through_library and frame is not None and frame.f_code.co_filename.startswith(stdlib):
+            frame = frame.f_back
+        return frame is not None and frame.f_code.co_filename.startswith(CELL_FILES)
+
+    def hook(event: str, args: tuple) -> None:
+        if busy:
+            return
+        busy.append(True)
+        try:
+            what = None
+            if event == "open" and args:
+                target = args[0]
+                if isinstance(target, int):
+                    what = "opened the grader's channel" if target in channel else None
+                elif isinstance(target, (str, bytes)) and forbidden(os.fsdecode(target)):
+                    what = f"opened {os.fsdecode(target)[:100]}: the process's memory, or the grader's channel"
+            elif event in MEMORY_EVENTS and from_notebook(through_library=True):
+                what = MEMORY_EVENTS[event]
+            elif event == "object.__getattr__" and len(args) > 1 and args[1] in FRAME_ATTRIBUTES and from_notebook():
+                what = f"took a frame through {args[1]}, where the runner's own objects are"
+            if what is not None:
+                report(what)
+        finally:
+            busy.clear()
+
+    sys.addaudithook(hook)
 
 
 def _kill_other_processes() -> None:
@@ -207,6 +320,8 @@ class ReferenceCalls:
         self.calls: dict[str, set[str]] = {}
         wanted = {name for names in references.values() for name in names}
         self.owners = {name: {q for q, names in references.items() if name in names} for name in wanted}
+        self.known: dict[int, str] = {}  # id of each reference and of its wrapper → its name
+        self.codes: dict[tuple[str, str], str] = {}  # (file, qualified name) of each reference's code → its name
         for name in sorted(wanted):
             module_name, _, attr = name.rpartition(".")
             try:
@@ -214,7 +329,12 @@ class ReferenceCalls:
             except (ImportError, AttributeError):
                 continue
             if callable(original):
-                self._replace(original, self._wrap(name, original))
+                wrapper = self._wrap(name, original)
+                self._replace(original, wrapper)
+                self.known.update({id(original): name, id(wrapper): name})
+                code = getattr(original, "__code__", None)
+                if isinstance(code, types.CodeType):
+                    self.codes[(code.co_filename, code.co_qualname)] = name
 
     def _wrap(self, name: str, original):
         watch = self
@@ -226,7 +346,71 @@ class ReferenceCalls:
                 watch.calls.setdefault(watch.question, set()).add(name)
             return original(*args, **kwargs)
 
+        with contextlib.suppress(ValueError, TypeError):  # a callable with no signature to read
+            wrapper.__signature__ = inspect.signature(original)  # what losses.loss_options reads of a loss
+        del wrapper.__wrapped__  # inspect.unwrap, .__wrapped__: the wrapper itself, not the unwatched original
         return wrapper
+
+    def check_answers(self, question: str, cases: list[dict], user_ns: dict) -> None:
+        """Before a question's tests: record the question's references that the notebook's names the tests call
+        lead to without a call of their own from a cell, so that the wrapper cannot see them: ``functools.partial``
+        of one, an object whose ``__call__`` is one, ``singledispatch`` over one, a global the answer's code reads
+        that holds one (or its ``__wrapped__`` original), or a fresh copy of the package's module (``pydoc.importfile``:
+        the same code, from the package's file)."""
+        import ast
+
+        names = set()
+        for case in cases:
+            for source in case["examples"]:
+                try:
+                    names |= {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
+                except SyntaxError:
+                    continue
+        mine = {n for n, owners in self.owners.items() if question in owners}
+        for name in sorted(n for n in names if not n.startswith("_") and n in user_ns):
+            reached = self._reaches(user_ns[name], mine, set(), 0)
+            if reached:
+                self.calls.setdefault(question, set()).add(reached)
+
+    def _reaches(self, obj, mine: set[str], seen: set[int], depth: int) -> str | None:
+        """The reference of ``mine`` that ``obj`` is, wraps or reads, or None. Only types and dictionaries are read,
+        never an attribute that could run the notebook's code (a property, ``__getattr__``, a metaclass's)."""
+        kind = type(obj)
+        if id(obj) in seen or depth > 4 or issubclass(kind, types.ModuleType):
+            return None
+        seen.add(id(obj))
+        if self.known.get(id(obj)) in mine:
+            return self.known[id(obj)]
+        inner: list = []
+        if issubclass(kind, functools.partial):
+            inner.append(obj.func)
+        elif issubclass(kind, (types.MethodType, staticmethod, classmethod)):
+            inner.append(obj.__func__)
+        elif kind is types.FunctionType:
+            code = obj.__code__
+            if self.codes.get((code.co_filename, code.co_qualname)) in mine:  # a fresh copy of the package's module
+                return self.codes[(code.co_filename, code.co_qualname)]
+            own = obj.__dict__
+            inner += [own[k] for k in ("__wrapped__",) if k in own]
+            if type(own.get("registry")) in (dict, types.MappingProxyType):  # functools.singledispatch
+                inner += list(own["registry"].values())
+            if code.co_filename.startswith(CELL_FILES) and type(obj.__globals__) is dict:  # the notebook's function
+                names, attributes = _code_names(code)
+                read = [obj.__globals__[n] for n in names if n in obj.__globals__]
+                inner += read + [cell.cell_contents for cell in obj.__closure__ or () if _filled(cell)]
+                for module in (m for m in read if type(m) is types.ModuleType):  # the package's, or a fresh copy
+                    inner += [vars(module)[a] for a in attributes if a in vars(module)]  # (pydoc.importfile)
+        elif not issubclass(kind, type) and callable(obj):  # an instance: its class's own __call__
+            for klass in type.__dict__["__mro__"].__get__(kind):
+                namespace = type.__dict__["__dict__"].__get__(klass)
+                if "__call__" in namespace:
+                    inner.append(namespace["__call__"])
+                    break
+        for item in inner:
+            found = self._reaches(item, mine, seen, depth + 1)
+            if found:
+                return found
+        return None
 
     @staticmethod
     def _replace(original, wrapper) -> None:
@@ -243,6 +427,32 @@ class ReferenceCalls:
 
     def taken(self, question: str) -> list[str]:
         return sorted(self.calls.get(question, ()))
+
+
+def _code_names(code: types.CodeType) -> tuple[set[str], set[str]]:
+    """The global names a function's code (and the code of the functions and lambdas in it) reads, and the attribute
+    names it reads (kept apart: ``B.kl_divergence`` is no read of a global ``kl_divergence``)."""
+    import dis
+
+    names, attributes = set(), set()
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+            names.add(instruction.argval)
+        elif instruction.opname in ("LOAD_ATTR", "LOAD_METHOD"):
+            attributes.add(instruction.argval)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            inner_names, inner_attributes = _code_names(const)
+            names, attributes = names | inner_names, attributes | inner_attributes
+    return names, attributes
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - an empty cell raises
+    except ValueError:
+        return False
+    return True
 
 
 def _preload(modules: list[str]) -> None:
@@ -404,6 +614,14 @@ def main(unavailable: Exception | None = None) -> int:
     numpy.random.seed(0)  # the same each time
     torch.manual_seed(0)
     Path(job["file_name"]).write_text(job["notebook"], encoding="utf-8")
+    write, end = os.write, os._exit
+
+    def caught(what: str) -> None:  # written at once, before the notebook's code can write anything of its own
+        with contextlib.suppress(OSError):
+            write(protocol.fileno(), (encode({"id": job_id, "event": "caught", "what": what}) + "\n").encode())
+        end(3)
+
+    watch_memory({protocol.fileno(), requests.fileno()}, caught)
     for index, source in code_cells(decode(job["notebook"])):
         send("cell", index=index)
         with alarm:
@@ -423,6 +641,7 @@ def main(unavailable: Exception | None = None) -> int:
         if request.get("id") != job_id or "cases" not in request:
             break
         question = request.get("question")
+        calls.check_answers(question, request["cases"], shell.user_ns)
         calls.question = question
         try:
             results, tampered = run_cases(request["cases"], refs, shell.user_ns, alarm,
