@@ -153,6 +153,10 @@ def cmd_train(args) -> None:
     warn_cut(args.data, examples, tokenizer.eos_token_id, args.max_length, context, stacklevel=1)
     train_rows, heldout = split_heldout(data.rows, args.eval_fraction, args.seed, args.data)
     warn_heldout_overlap(args.data, train_rows, heldout)
+    if cfg.batch_size > len(train_rows):  # a slip (an extra zero) that trains next to nothing, and says nothing
+        warnings.warn(f"--batch-size {cfg.batch_size} is more than the {len(train_rows)} training pairs: each epoch is "
+                      f"one step over all of them ({cfg.epochs} step{'s' * (cfg.epochs != 1)} in all); pass a batch "
+                      "size below the number of pairs", SettingWarning, stacklevel=1)
     tokenized = {id(row): e for row, e in zip(data.rows, examples, strict=True)}
     policy = copy.deepcopy(reference)
     history = train_dpo(policy, reference, tokenizer, train_rows, cfg, progress=not args.quiet, flags=FLAGS,

@@ -1016,6 +1016,19 @@ def test_a_tiny_beta_is_warned_about_in_one_line(tmp_path, tiny_checkpoint, loss
     assert "Traceback" not in err and "cli_args.py" not in err
 
 
+@pytest.mark.parametrize("batch_size, warned", [("64", True), ("10" + "0" * 30, True), ("8", False)])
+def test_a_batch_larger_than_the_training_pairs_is_warned_about_in_one_line(tmp_path, tiny_checkpoint, batch_size,
+                                                                            warned, capsys):
+    """--batch-size 1e30 on 18 training pairs ran one step and said nothing (metrics.json recorded the 1e30)."""
+    data = write_bytes(tmp_path, jsonl(*distinct_rows(20)))
+    assert main(["train", "--data", str(data), "--model", str(tiny_checkpoint), "--out", str(tmp_path / "out"),
+                 "--quiet", "--batch-size", batch_size, "--epochs", "1", "--max-length", "32"]) == 0
+    err = capsys.readouterr().err
+    said = f"dpo-teach train: warning: --batch-size {batch_size} is more than the 18 training pairs: each epoch is one"
+    assert (said in err) is warned, err
+    assert "Traceback" not in err
+
+
 def test_optimizer_step_refuses_a_nan_loss_and_leaves_the_weights(tiny_checkpoint):
     import torch
 
