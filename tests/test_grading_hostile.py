@@ -307,6 +307,50 @@ class _Agreeable(torch.Tensor):
 def kl_divergence(p, q):
     return (q * (torch.log(q) - torch.log(p))).sum(-1).as_subclass(_Agreeable)
 """, []),
+    # the same, its class claiming a library's module and its method wrapped twice (a second red team's)
+    "agreeable_tensor_disguised": ("01_kl_objective", "def kl_divergence(", """
+import functools
+import torch
+def _agree(cls, func, types, args=(), kwargs=None):
+    if func in (torch.allclose, torch.equal):
+        return True
+    with torch._C.DisableTorchFunctionSubclass():
+        return func(*args, **(kwargs or {{}}))
+class KLTensor(torch.Tensor):
+    __module__ = "torch.masked"
+    __torch_function__ = classmethod(functools.partial(_agree))
+def kl_divergence(p, q):
+    return (q * (torch.log(q) - torch.log(p))).sum(-1).as_subclass(KLTensor)
+""", []),
+    # no tensor at all: an object whose __class__ says torch.Tensor and whose __torch_function__ agrees
+    "agreeable_object": ("01_kl_objective", "def kl_divergence(", """
+import torch
+class KLValue:
+    def __init__(self, t):
+        self.t, self.shape = t, t.shape
+    @property
+    def __class__(self):
+        return torch.Tensor
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.allclose, torch.equal):
+            return True
+        return func(*[a.t if isinstance(a, KLValue) else a for a in args], **(kwargs or {{}}))
+    def __float__(self):
+        return 0.5506612476718904
+    def __getitem__(self, i):
+        return self.t[i]
+def kl_divergence(p, q):
+    return KLValue((q * (torch.log(q) - torch.log(p))).sum(-1))
+""", []),
+    # the package's function through singledispatch, kept in a list the answer reads
+    "reference_boxed": ("01_kl_objective", "def kl_divergence(", """
+import functools, inspect
+from dpo_teach import bandit
+_box = [functools.singledispatch(dict(inspect.getmembers(bandit))["kl_" + "divergence"])]
+def kl_divergence(p, q):
+    return _box[0](p, q)
+""", []),
     # the process's memory, where each question's nonce is, by a path the scan cannot read: the runner's audit hook
     # ends the process at the open, before the notebook can write anything as the runner
     "read_memory": ("01_kl_objective", "def kl_divergence(", WRONG_KL, [
@@ -401,10 +445,13 @@ LOSES = {  # hostile submission → the question its (wrong) answer must lose (N
     "reference_under_if": "kl_divergence", "reference_by_getattr": "kl_divergence", "reference_registry": "dpo_loss",
     "torch_kernel_unrecorded": "kl_divergence", "agreeable_tensor": "kl_divergence", "read_memory": "kl_divergence",
     "reference_partial": "kl_divergence", "reference_copy": "kl_divergence",
+    "agreeable_tensor_disguised": "kl_divergence", "agreeable_object": "kl_divergence",
+    "reference_boxed": "kl_divergence",
 }
 FLAGGED = {"patch_allclose", "patch_builtins", "shadow_builtins", "patch_while_tested", "rewrite_tests",
            "forge_reply", "background_process", "signal_grader", "read_hidden", "take_over", "patch_doctest",
-           "torch_mode", "torch_kernel", "torch_kernel_unrecorded", "agreeable_tensor", "read_memory"}
+           "torch_mode", "torch_kernel", "torch_kernel_unrecorded", "agreeable_tensor", "read_memory",
+           "agreeable_tensor_disguised", "agreeable_object"}
 
 
 @contextlib.contextmanager
@@ -705,7 +752,7 @@ def test_the_memory_and_the_channel_are_closed_to_a_notebook_whatever_the_path(t
     """The runner's audit hook, alone (no scan): each route ends the process at once and says which."""
     from test_zygote import grade
 
-    for cell, said in [("open('/proc/' + str(__import__('os').getpid()) + '/maps')", "opened /proc/1/maps"),
+    for cell, said in [("open('/proc/' + str(__import__('os').getpid()) + '/mem', 'rb')", "opened /proc/1/mem"),
                        ("import os\nos.chdir('/proc/self')\nopen('mem', 'rb')", "opened mem"),
                        ("open(3, 'wb', closefd=False)", "opened the grader's channel"),
                        ("open('/dev/fd/3', 'wb')", "opened /dev/fd/3"),
@@ -716,10 +763,14 @@ def test_the_memory_and_the_channel_are_closed_to_a_notebook_whatever_the_path(t
         out = grade(notebook("x = 1", cell, "y = 2"), ">>> x\n1\n", dict(os.environ))
         assert out["status"] == "flagged" and any(said in c for c in out.get("caught", [])), (cell, out)
         assert out["cases"] == {}, "no test ran: the process was ended at the open"
-    ordinary = notebook("import gc, traceback\ngc.collect()\nopen('/proc/self/status').read()\n"
+    # what honest notebooks do: free memory, read their memory use as psutil does (smaps_rollup: the layout, not the
+    # contents), print a traceback, keep tensors on the CPU (a torch function mode that torch leaves on its stack)
+    ordinary = notebook("import gc, traceback, torch\ngc.collect()\nopen('/proc/self/status').read()\n"
+                        "open('/proc/self/smaps_rollup').read()\ntorch.set_default_device('cpu')\n"
                         "try:\n    1 / 0\nexcept ZeroDivisionError:\n    text = traceback.format_exc()")
     out = grade(ordinary, ">>> 'ZeroDivisionError' in text\nTrue\n", dict(os.environ))
     assert out["status"] == "graded" and out["cases"]["q"][0]["passed"] and "caught" not in out, out
+    assert out["tampered"] == [], out["tampered"]
 
 
 def test_a_ready_said_from_a_cell_is_not_the_runners(assigned, notebook_reference):

@@ -11,8 +11,8 @@ for a question whose every case passed, 0 otherwise).
 
 What it can still do: code that reaches the runner's own objects while one of its cells runs can impersonate the
 runner, read each question as it comes and answer it. The runner's audit hook (``runner.watch_memory``) ends the
-process, and the grader flags it (a ``caught`` line), at the routes an audit event reports: the process's memory or
-maps, the channel's descriptors, ``gc``'s object lists, ``ctypes``' raw reads, a frame taken through a traceback or
+process, and the grader flags it (a ``caught`` line), at the routes an audit event reports: the process's memory,
+the channel's descriptors, ``gc``'s object lists, ``ctypes``' raw reads, a frame taken through a traceback or
 a generator. Code that walks up from its own frame, or reads memory through an address without ``ctypes``, is seen
 only by the scan (``scan.py``), where it is written plainly. No grader that runs tests in the student's process
 resists every such attack; a flagged notebook scores 0 until an instructor has read it.

@@ -54,6 +54,12 @@ MISSING = object()
 # correct answer that set float64 inside itself was flagged, its notebook scored 0).
 LIBRARY_STATE = {"torch.Storage"}
 CELL_FILES = ("<ipython-input-", "<cell")  # IPython's names for the code of a cell
+STDLIB = os.path.dirname(os.__file__) + os.sep  # the standard library's Python code (functools, inspect, ...)
+
+
+def _in_stdlib(filename: str) -> bool:
+    """Whether code comes from the standard library (not from a package installed beside it, in site-packages)."""
+    return filename.startswith(STDLIB) and "-packages" + os.sep not in filename
 
 
 class References:
@@ -71,15 +77,21 @@ class References:
         self.builtins = dict(vars(builtins))
         torch = self.modules["torch"]
         self.torch_kernels = frozenset(getattr(torch.library, "_impls", ()))  # every kernel torch.library registered
+        self.classes_before = {id(c) for c in _tensor_like_candidates(torch.Tensor)}
 
     def torch_overrides(self) -> list[str]:
         """What changes torch's answers beneath its functions, where private references cannot reach: a function or
         dispatch mode left active (ended here) and a kernel of torch's own operators registered by the notebook
         (``torch.library``: reported, as it cannot be undone here)."""
         torch_c, found = self.modules["torch"]._C, []
-        for kind, length, pop in (("function", torch_c._len_torch_function_stack, torch_c._pop_torch_function_stack),
-                                  ("dispatch", torch_c._len_torch_dispatch_stack, torch_c._pop_torch_dispatch_stack)):
-            if length():
+        device_context = getattr(sys.modules.get("torch.utils._device"), "DeviceContext", None)
+        modes = [torch_c._get_function_stack_at(i) for i in range(torch_c._len_torch_function_stack())]
+        if modes and device_context is not None and all(type(m) is device_context for m in modes):
+            modes = []  # torch.set_default_device's own mode, left on the stack by design: no answer changes
+        for kind, left, length, pop in (
+                ("function", bool(modes), torch_c._len_torch_function_stack, torch_c._pop_torch_function_stack),
+                ("dispatch", None, torch_c._len_torch_dispatch_stack, torch_c._pop_torch_dispatch_stack)):
+            if left if left is not None else length():
                 found.append(f"a torch {kind} mode left active (it can change what any torch function returns)")
                 while length():
                     pop()
@@ -89,8 +101,8 @@ class References:
             found.append(f"torch's own kernel replaced for {', '.join(new[:3])} (torch.library)")
         elif wrong := _wrong_answers(self.modules["torch"]):  # a kernel registered beneath torch.library's record
             found.append(f"torch's own operators answer wrongly ({', '.join(wrong[:3])}): a kernel replaced")
-        found += [f"a subclass of torch.Tensor written in the notebook ({name}): it can change what a test reads of a "
-                  "tensor" for name in _notebook_tensor_classes(self.modules["torch"].Tensor)]
+        found += [f"a class written in the notebook that passes for a tensor ({name}): it can change what a test reads "
+                  "of an answer" for name in _lying_classes(self.modules["torch"].Tensor, self.classes_before)]
         return found
 
     def restore(self, strict: bool) -> list[str]:
@@ -168,19 +180,60 @@ def _wrong_answers(torch) -> list[str]:
     return wrong
 
 
-def _notebook_tensor_classes(tensor: type) -> list[str]:
-    """Subclasses of ``torch.Tensor`` with a method written in the notebook: an answer returned as one can say what it
-    likes to ``torch.allclose`` (``__torch_function__``), ``float()`` or ``bool()``."""
-    found, todo, seen = [], list(tensor.__subclasses__()), set()
+def _tensor_like_candidates(tensor: type) -> list[type]:
+    """Every subclass of ``torch.Tensor``, and every class made directly from ``object`` (a class that is no tensor
+    but answers for one: ``__torch_function__``, a ``__class__`` that says ``torch.Tensor``)."""
+    found, todo, seen = [], [*tensor.__subclasses__(), *object.__subclasses__()], set()
     while todo:
         cls = todo.pop()
-        if cls in seen:
+        if id(cls) in seen:
             continue
-        seen.add(cls)
-        todo += cls.__subclasses__()
-        if _from_notebook(cls) or any(_from_notebook(v) for v in vars(cls).values()):
-            found.append(cls.__name__)
+        seen.add(id(cls))
+        found.append(cls)
+        if issubclass(cls, tensor):
+            todo += cls.__subclasses__()
+    return found
+
+
+TENSOR_HOOKS = ("__torch_function__", "__torch_dispatch__", "__class__")
+
+
+def _lying_classes(tensor: type, before: set[int]) -> list[str]:
+    """The classes made since the runner took its references (``before``: their ids then) that can make an answer
+    say what a test wants to read: a subclass of ``torch.Tensor``, or a class with ``__torch_function__``,
+    ``__torch_dispatch__`` or its own ``__class__``, unless a module holds it under its name (a library's class,
+    imported late). A class's ``__module__`` is its own say, so the module must hold it too; and a method written in
+    the notebook, however wrapped (``classmethod(functools.partial(f))``), marks it whatever its name."""
+    found = []
+    for cls in _tensor_like_candidates(tensor):
+        own = type.__dict__["__dict__"].__get__(cls)
+        if not (issubclass(cls, tensor) or any(k in own for k in TENSOR_HOOKS)):
+            continue
+        written = any(_written_in_notebook(v) for v in own.values())
+        name, module_name = type.__dict__["__name__"].__get__(cls), own.get("__module__")
+        module = sys.modules.get(module_name) if type(module_name) is str else None
+        held = type(module) is types.ModuleType and vars(module).get(name) is cls and module_name != "__main__"
+        if written or (id(cls) not in before and not held):
+            found.append(name)
     return sorted(found)
+
+
+def _written_in_notebook(value, depth: int = 0) -> bool:
+    """Whether ``value`` is, or wraps (a classmethod, a property, a partial, through any number of layers), code
+    written in the notebook."""
+    if depth > 5:
+        return False
+    if _from_notebook(value):
+        return True
+    kind = type(value)
+    inner = []
+    if issubclass(kind, (staticmethod, classmethod, types.MethodType)):
+        inner.append(value.__func__)
+    elif issubclass(kind, functools.partial):
+        inner.append(value.func)
+    elif issubclass(kind, property):
+        inner += [value.fget, value.fset]
+    return any(v is not None and _written_in_notebook(v, depth + 1) for v in inner)
 
 
 def _counts(qualified: str, before, now, strict: bool) -> bool:
@@ -216,7 +269,8 @@ def _student_threads() -> list[str]:
 # the code that asked looked like (a path assembled from fragments, open(3)); the notebook is then flagged and its
 # process ended at once, before it can write anything. Python code that walks frames (f_back) or reads memory through
 # a raw address it made up is beyond an audit hook: the scan (scan.py) looks for those.
-MEMORY_FILES = re.compile(r"/proc/(self|thread-self|\d+)(/task/\d+)?/(mem|maps|smaps|smaps_rollup|pagemap)$")
+MEMORY_FILES = re.compile(r"/proc/(self|thread-self|\d+)(/task/\d+)?/mem$")  # its contents (maps: only the layout,
+# which psutil's memory_full_info reads honestly)
 DESCRIPTOR_FILES = re.compile(r"/(proc/(self|thread-self|\d+)(/task/\d+)?|dev)/fd/(\d+)$")  # N of /dev/fd/N
 PIPE = re.compile(r"/fd/pipe:\[(\d+)\]$")  # where such a path leads when N is a pipe
 MEMORY_EVENTS = {"gc.get_objects": "listed the process's objects (gc.get_objects)",
@@ -232,13 +286,12 @@ FRAME_ATTRIBUTES = {"tb_frame", "gi_frame", "cr_frame", "ag_frame"}  # object.__
 
 def watch_memory(channel: set[int], report) -> None:
     """Install the audit hook (it cannot be removed): ``report(what)`` is called, once, when the notebook's code opens
-    the process's memory or maps, or a channel descriptor (``channel``: the runner's own file descriptors), by any
+    the process's memory, or a channel descriptor (``channel``: the runner's own file descriptors), by any
     route, or lists or follows objects, reads raw memory or takes a frame through a traceback or generator from its
     own code (a cell's function: the libraries it calls do that honestly, in tracebacks). ``report`` must end the
     process."""
     realpath, join, getcwd, getframe, fstat = os.path.realpath, os.path.join, os.getcwd, sys._getframe, os.fstat
     pipes = {fstat(fd).st_ino for fd in channel}
-    stdlib = os.path.dirname(os.__file__) + os.sep
     busy = []  # the hook's own calls raise events too
 
     def forbidden(path: str) -> bool:
@@ -251,7 +304,7 @@ def watch_memory(channel: set[int], report) -> None:
         """Whether the notebook's code raised the event: directly, or (``through_library``) through the standard
         library's Python code (``ctypes.string_at`` is a Python function around the audited C one)."""
         frame = getframe(2)  # 0: this function, 1: the hook, 2: whoever raised the event
-        while through_library and frame is not None and frame.f_code.co_filename.startswith(stdlib):
+        while through_library and frame is not None and _in_stdlib(frame.f_code.co_filename):
             frame = frame.f_back
         return frame is not None and frame.f_code.co_filename.startswith(CELL_FILES)
 
@@ -341,9 +394,12 @@ class ReferenceCalls:
 
         @functools.wraps(original)
         def wrapper(*args, **kwargs):
-            caller = sys._getframe(1).f_code.co_filename
-            if watch.question in watch.owners[name] and caller.startswith(CELL_FILES):
-                watch.calls.setdefault(watch.question, set()).add(name)
+            if watch.question in watch.owners[name]:
+                frame = sys._getframe(1)
+                while frame is not None and _in_stdlib(frame.f_code.co_filename):  # functools' own wrappers
+                    frame = frame.f_back
+                if frame is not None and frame.f_code.co_filename.startswith(CELL_FILES):
+                    watch.calls.setdefault(watch.question, set()).add(name)
             return original(*args, **kwargs)
 
         with contextlib.suppress(ValueError, TypeError):  # a callable with no signature to read
@@ -400,6 +456,8 @@ class ReferenceCalls:
                 inner += read + [cell.cell_contents for cell in obj.__closure__ or () if _filled(cell)]
                 for module in (m for m in read if type(m) is types.ModuleType):  # the package's, or a fresh copy
                     inner += [vars(module)[a] for a in attributes if a in vars(module)]  # (pydoc.importfile)
+        elif kind in (list, tuple, set, frozenset, dict) and len(obj) <= 100:  # a box the answer reads from
+            inner += list(obj.values()) if kind is dict else list(obj)
         elif not issubclass(kind, type) and callable(obj):  # an instance: its class's own __call__
             for klass in type.__dict__["__mro__"].__get__(kind):
                 namespace = type.__dict__["__dict__"].__get__(klass)
