@@ -1362,7 +1362,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_earlier_run(tmp_path
     (out / "metrics.json").write_text('{"earlier": true}')
     monkeypatch.setattr(dpo_teach.model.PreTrainedModel, "save_pretrained", full_disk)
     assert main(["train", "--data", str(data), "--model", str(tiny_checkpoint), "--out", str(out), "--quiet",
-                 "--max-length", "32"]) == 2
+                 "--max-length", "32", "--batch-size", "4"]) == 2  # a batch below the 7 training pairs: no warning
     err = one_line_error(capsys)
     assert err.startswith("dpo-teach train: error: Error while serializing: I/O error: No space left on device")
     assert err.rstrip().endswith(f"--out {out} is as it was before this run")
