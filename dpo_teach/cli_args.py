@@ -111,10 +111,11 @@ def check_writable(path: str | Path, flag: str, directory: bool) -> None:
     """Refuse an output path that could not be written at the end of a long run: check it before the run. A symbolic
     link is checked where it points, as the writes follow it (``utils.atomic_file``, ``atomic_dir``)."""
     try:
-        _check_writable(Path(os.path.realpath(path)), f"{flag} {path}", directory)
-        _check_not_virtual(path, f"{flag} {path}", stdout=flag == "--out" and not directory)
+        target, named = Path(os.path.realpath(path)), f"{flag} {path}"
+        _check_writable(target, named, directory)
+        _check_not_virtual(path, named, stdout=flag == "--out" and not directory)
         if not directory:  # a directory's own check is check_out_replaceable's, where the run writes it beside
-            _check_name_beside(Path(os.path.realpath(path)), f"{flag} {path}", "the file")
+            _check_name_beside(target, named, "the file")
     except OSError as e:  # e.g. a name longer than the file system takes
         raise UsageError(f"{flag} {path}: {e.strerror or e}; pass another path") from None
 

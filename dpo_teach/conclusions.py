@@ -306,7 +306,8 @@ def _near_miss(rows: list[dict], best: dict, sym: str) -> str:
 
 def conclusions(results: dict) -> dict[str, str]:
     """The statements the README and notebook 06 make, computed from ``results``."""
-    out, best, methods, summary = {}, best_settings(results), methods_in(results), summarize(results)
+    out, methods, summary = {}, methods_in(results), summarize(results)
+    best = best_settings(results, summary=summary)
     for m in methods:
         r = best[m]
         sym = "β" if r["param_name"] == "beta" else "KL coefficient"

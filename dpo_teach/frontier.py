@@ -239,10 +239,12 @@ def summarize(results: dict) -> list[dict]:
     return rows
 
 
-def best_settings(results: dict, min_fluency: float = MIN_FLUENCY) -> dict[str, dict]:
+def best_settings(results: dict, min_fluency: float = MIN_FLUENCY,
+                  summary: list[dict] | None = None) -> dict[str, dict]:
     """Per method, the setting with the highest final reward among those keeping ``min_fluency`` (mean over
-    seeds); if none keeps it, the highest reward regardless (its row then says ``fluent: False``)."""
-    best, summary = {}, summarize(results)  # every method's rows, computed once
+    seeds); if none keeps it, the highest reward regardless (its row then says ``fluent: False``). ``summary``:
+    :func:`summarize`'s rows, where the caller has them already."""
+    best, summary = {}, summary if summary is not None else summarize(results)  # every method's rows, computed once
     for method in methods_in(results):
         rows = [r for r in summary if r["method"] == method]
         fluent = [r for r in rows if r["fluency"][0] >= min_fluency]

@@ -282,7 +282,6 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     out.mkdir(parents=True, exist_ok=True)
     hide = _hidden(submissions, out, autograder)
     stopped: list[tuple[Path, Exception]] = []  # where the sandbox failed: the notebooks not yet started wait
-    resumed: set[Path] = set()  # the rows taken from the journal (an interrupted run of the same command graded them)
 
     def one(item):
         student, path = item
@@ -297,7 +296,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
             row = empty_row(student, path, None, "error", f"could not grade it: {type(e).__name__}: {e}")
         if row is None:
             return None
-        took = "graded before" if path in resumed else f"{row['seconds']:.0f} s"
+        took = "graded before" if journal.taken(path) else f"{row['seconds']:.0f} s"
         log(f"  {row['student']}: {row['assignment'] or '?'} {row['score']:g}/{row['possible']:g} "
             f"{row['status']} ({took})")
         return row
@@ -312,9 +311,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
             row = empty_row(student, path, names[path], "superseded", superseded[path])
         else:
             row = journal.resumed(path, student)
-            if row is not None:
-                resumed.add(path)
-            else:
+            if row is None:
                 row = grade_submission(student, path, manifests, names.get(path), cell_timeout, timeout, env,
                                        sandboxed=not unsafe, hide=hide, released_dir=released_dir)
                 if ending():  # ended by the Ctrl-C, not by its own code: graded again on the rerun

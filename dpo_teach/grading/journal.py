@@ -54,6 +54,10 @@ class Journal:
         files = {shown(path) for path, key in self.keys.items() if key is not None}
         return sum(row.get("file") in files for key, row in _read(self.path).items() if key not in self._current)
 
+    def taken(self, path: Path) -> bool:
+        """Whether ``path``'s row comes from the journal (an interrupted run of the same command graded it)."""
+        return self.keys.get(path) in self.done
+
     def resumed(self, path: Path, student: str) -> dict | None:
         """The row an earlier run graded for ``path``, named as this run names it (another folder, newer rules)."""
         key = self.keys.get(path)

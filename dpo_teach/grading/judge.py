@@ -327,7 +327,7 @@ class _Channel:
             ok = isinstance(message, dict) and message.get("id") == self.job_id and message.get("event") in expected
         except (ValueError, RecursionError):  # not JSON; nested deeper than json can read (a notebook's "[[[[...")
             ok = False
-        if ok is False and isinstance(message, dict) and message.get("id") == self.job_id \
+        if isinstance(message, dict) and message.get("id") == self.job_id \
                 and message.get("event") == "caught":  # the runner's audit hook ended the process (runner.watch_memory)
             what = str(message.get("what", ""))[:200]
             self.out.setdefault("caught", []).append(f"the notebook's code {what}")

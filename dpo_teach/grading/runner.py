@@ -62,6 +62,14 @@ def _in_stdlib(filename: str) -> bool:
     return filename.startswith(STDLIB) and "-packages" + os.sep not in filename
 
 
+def _caller_in_notebook(frame, through_library: bool) -> bool:
+    """Whether ``frame`` is the notebook's code, or (``through_library``) the first frame above the standard
+    library's own Python code is (``functools.singledispatch``'s wrapper, ``ctypes.string_at`` around its C call)."""
+    while through_library and frame is not None and _in_stdlib(frame.f_code.co_filename):
+        frame = frame.f_back
+    return frame is not None and frame.f_code.co_filename.startswith(CELL_FILES)
+
+
 class References:
     """Private references to what tests rely on, taken before student code runs; ``restore`` puts them back."""
 
@@ -85,13 +93,14 @@ class References:
         (``torch.library``: reported, as it cannot be undone here)."""
         torch_c, found = self.modules["torch"]._C, []
         device_context = getattr(sys.modules.get("torch.utils._device"), "DeviceContext", None)
-        modes = [torch_c._get_function_stack_at(i) for i in range(torch_c._len_torch_function_stack())]
-        if modes and device_context is not None and all(type(m) is device_context for m in modes):
-            modes = []  # torch.set_default_device's own mode, left on the stack by design: no answer changes
+        function_modes = [torch_c._get_function_stack_at(i) for i in range(torch_c._len_torch_function_stack())]
         for kind, left, length, pop in (
-                ("function", bool(modes), torch_c._len_torch_function_stack, torch_c._pop_torch_function_stack),
-                ("dispatch", None, torch_c._len_torch_dispatch_stack, torch_c._pop_torch_dispatch_stack)):
-            if left if left is not None else length():
+                # torch.set_default_device leaves its own mode on the stack by design: it changes no answer
+                ("function", any(type(m) is not device_context for m in function_modes),
+                 torch_c._len_torch_function_stack, torch_c._pop_torch_function_stack),
+                ("dispatch", torch_c._len_torch_dispatch_stack() > 0,
+                 torch_c._len_torch_dispatch_stack, torch_c._pop_torch_dispatch_stack)):
+            if left:
                 found.append(f"a torch {kind} mode left active (it can change what any torch function returns)")
                 while length():
                     pop()
@@ -209,31 +218,13 @@ def _lying_classes(tensor: type, before: set[int]) -> list[str]:
         own = type.__dict__["__dict__"].__get__(cls)
         if not (issubclass(cls, tensor) or any(k in own for k in TENSOR_HOOKS)):
             continue
-        written = any(_written_in_notebook(v) for v in own.values())
+        written = any(_from_notebook(v) for v in own.values())
         name, module_name = type.__dict__["__name__"].__get__(cls), own.get("__module__")
         module = sys.modules.get(module_name) if type(module_name) is str else None
         held = type(module) is types.ModuleType and vars(module).get(name) is cls and module_name != "__main__"
         if written or (id(cls) not in before and not held):
             found.append(name)
     return sorted(found)
-
-
-def _written_in_notebook(value, depth: int = 0) -> bool:
-    """Whether ``value`` is, or wraps (a classmethod, a property, a partial, through any number of layers), code
-    written in the notebook."""
-    if depth > 5:
-        return False
-    if _from_notebook(value):
-        return True
-    kind = type(value)
-    inner = []
-    if issubclass(kind, (staticmethod, classmethod, types.MethodType)):
-        inner.append(value.__func__)
-    elif issubclass(kind, functools.partial):
-        inner.append(value.func)
-    elif issubclass(kind, property):
-        inner += [value.fget, value.fset]
-    return any(v is not None and _written_in_notebook(v, depth + 1) for v in inner)
 
 
 def _counts(qualified: str, before, now, strict: bool) -> bool:
@@ -247,15 +238,29 @@ def _counts(qualified: str, before, now, strict: bool) -> bool:
     return strict and qualified not in LIBRARY_STATE and not key.startswith("_") and callable(before) and callable(now)
 
 
-def _from_notebook(value) -> bool:
-    """Whether ``value`` is (or wraps, or is an instance of) a function or class written in the notebook."""
+def _from_notebook(value, depth: int = 0) -> bool:
+    """Whether ``value`` is (or wraps, however many wrappers deep: a classmethod of a partial, or is an instance of) a
+    function or class written in the notebook."""
     for obj in (value, getattr(value, "__func__", None), getattr(value, "func", None), type(value)):
         code = getattr(obj, "__code__", None)
         if isinstance(code, types.CodeType) and code.co_filename.startswith(CELL_FILES):
             return True
         if isinstance(obj, type) and obj.__module__ == "__main__":
             return True
-    return False
+    return depth < 5 and any(_from_notebook(inner, depth + 1) for inner in _inside(value))
+
+
+def _inside(value) -> list:
+    """What a wrapper holds, read from its type's own fields (no code of the notebook's runs): a partial's function,
+    a method's, staticmethod's or classmethod's function, a property's getter and setter."""
+    kind = type(value)
+    if issubclass(kind, functools.partial):
+        return [value.func]
+    if issubclass(kind, (types.MethodType, staticmethod, classmethod)):
+        return [value.__func__]
+    if issubclass(kind, property):
+        return [f for f in (value.fget, value.fset) if f is not None]
+    return []
 
 
 def _student_threads() -> list[str]:
@@ -300,14 +305,6 @@ def watch_memory(channel: set[int], report) -> None:
         return bool(MEMORY_FILES.match(full) or MEMORY_FILES.match(path) or descriptor and int(descriptor[4]) in channel
                     or pipe and int(pipe[1]) in pipes)
 
-    def from_notebook(through_library: bool = False) -> bool:
-        """Whether the notebook's code raised the event: directly, or (``through_library``) through the standard
-        library's Python code (``ctypes.string_at`` is a Python function around the audited C one)."""
-        frame = getframe(2)  # 0: this function, 1: the hook, 2: whoever raised the event
-        while through_library and frame is not None and _in_stdlib(frame.f_code.co_filename):
-            frame = frame.f_back
-        return frame is not None and frame.f_code.co_filename.startswith(CELL_FILES)
-
     def hook(event: str, args: tuple) -> None:
         if busy:
             return
@@ -320,9 +317,10 @@ def watch_memory(channel: set[int], report) -> None:
                     what = "opened the grader's channel" if target in channel else None
                 elif isinstance(target, (str, bytes)) and forbidden(os.fsdecode(target)):
                     what = f"opened {os.fsdecode(target)[:100]}: the process's memory, or the grader's channel"
-            elif event in MEMORY_EVENTS and from_notebook(through_library=True):
+            elif event in MEMORY_EVENTS and _caller_in_notebook(getframe(1), through_library=True):
                 what = MEMORY_EVENTS[event]
-            elif event == "object.__getattr__" and len(args) > 1 and args[1] in FRAME_ATTRIBUTES and from_notebook():
+            elif event == "object.__getattr__" and len(args) > 1 and args[1] in FRAME_ATTRIBUTES \
+                    and _caller_in_notebook(getframe(1), through_library=False):  # (tracebacks read it honestly)
                 what = f"took a frame through {args[1]}, where the runner's own objects are"
             if what is not None:
                 report(what)
@@ -394,12 +392,8 @@ class ReferenceCalls:
 
         @functools.wraps(original)
         def wrapper(*args, **kwargs):
-            if watch.question in watch.owners[name]:
-                frame = sys._getframe(1)
-                while frame is not None and _in_stdlib(frame.f_code.co_filename):  # functools' own wrappers
-                    frame = frame.f_back
-                if frame is not None and frame.f_code.co_filename.startswith(CELL_FILES):
-                    watch.calls.setdefault(watch.question, set()).add(name)
+            if watch.question in watch.owners[name] and _caller_in_notebook(sys._getframe(1), through_library=True):
+                watch.calls.setdefault(watch.question, set()).add(name)
             return original(*args, **kwargs)
 
         with contextlib.suppress(ValueError, TypeError):  # a callable with no signature to read
@@ -437,12 +431,8 @@ class ReferenceCalls:
         seen.add(id(obj))
         if self.known.get(id(obj)) in mine:
             return self.known[id(obj)]
-        inner: list = []
-        if issubclass(kind, functools.partial):
-            inner.append(obj.func)
-        elif issubclass(kind, (types.MethodType, staticmethod, classmethod)):
-            inner.append(obj.__func__)
-        elif kind is types.FunctionType:
+        inner: list = _inside(obj)  # a partial, a method
+        if kind is types.FunctionType:
             code = obj.__code__
             if self.codes.get((code.co_filename, code.co_qualname)) in mine:  # a fresh copy of the package's module
                 return self.codes[(code.co_filename, code.co_qualname)]
@@ -458,7 +448,7 @@ class ReferenceCalls:
                     inner += [vars(module)[a] for a in attributes if a in vars(module)]  # (pydoc.importfile)
         elif kind in (list, tuple, set, frozenset, dict) and len(obj) <= 100:  # a box the answer reads from
             inner += list(obj.values()) if kind is dict else list(obj)
-        elif not issubclass(kind, type) and callable(obj):  # an instance: its class's own __call__
+        elif not inner and not issubclass(kind, type) and callable(obj):  # an instance: its class's own __call__
             for klass in type.__dict__["__mro__"].__get__(kind):
                 namespace = type.__dict__["__dict__"].__get__(klass)
                 if "__call__" in namespace:
