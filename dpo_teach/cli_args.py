@@ -105,6 +105,7 @@ class SettingWarning(UserWarning):
 
 
 TINY_BETA = 1e-3  # below it, a loss of β·h reads as if frozen while AdamW moves the policy at full speed
+HUGE_BETA = 100.0  # above it, a slip of units: β·h saturates (DPO and kin) or IPO's target 1/(2β) is next to 0
 
 
 def check_writable(path: str | Path, flag: str, directory: bool) -> None:
@@ -224,6 +225,15 @@ def apply_dpo_args(cfg, args) -> None:
                       "and the rewards about 0 at every step, yet AdamW divides β out of each step, so the policy "
                       "moves at full speed with next to no pull back to π_ref (notebook 07, Pitfall 2); usual values "
                       "are 0.01 to 1", SettingWarning, stacklevel=2)
+    if args.beta > HUGE_BETA:
+        warnings.warn(f"--beta {args.beta:g} is huge: " + (
+            f"IPO's target margin 1/(2β) is {1 / (2 * args.beta):.2g}, so the loss pulls every pair's log-ratio "
+            "margin to about 0 and the policy learns next to no preference; usual values are 0.1 to 1"
+            if args.loss == "ipo" else
+            "the loss and the rewards read in units of β (rewards in the thousands for log-ratios below 1), a pair "
+            "drops out of the loss as soon as π_θ orders it right, and AdamW divides β out of each step, so the policy "
+            "moves at full speed on the pairs it still orders wrong; usual values are 0.01 to 1"),
+            SettingWarning, stacklevel=2)
     for flag, value, loss, field in (("--label-smoothing", args.label_smoothing, "cdpo", "label_smoothing"),
                                      ("--dpop-lambda", args.dpop_lambda, "dpop", "dpop_lambda")):
         if value is None:

@@ -1016,6 +1016,25 @@ def test_a_tiny_beta_is_warned_about_in_one_line(tmp_path, tiny_checkpoint, loss
     assert "Traceback" not in err and "cli_args.py" not in err
 
 
+@pytest.mark.parametrize("loss, beta, says", [
+    ("sigmoid", "1e6", "the loss and the rewards read in units of β"), ("hinge", "500", "the loss and the rewards"),
+    ("ipo", "1e3", "IPO's target margin 1/(2β) is 0.0005, so the loss pulls every pair's log-ratio margin to about 0"),
+    ("sigmoid", "10", None), ("ipo", "50", None)])
+def test_a_huge_beta_is_warned_about_in_one_line(tmp_path, tiny_checkpoint, loss, beta, says, capsys):
+    """β = 1e6 (an exponent slip) trained without a word and printed a final loss of 26553: the loss and rewards
+    read in units of β, and IPO's target 1/(2β) sits at 0. train says so in one line and runs on."""
+    data = write_bytes(tmp_path, jsonl(*distinct_rows(20)))
+    assert main(["train", "--data", str(data), "--model", str(tiny_checkpoint), "--out", str(tmp_path / "out"),
+                 "--quiet", "--batch-size", "8", "--epochs", "1", "--max-length", "32", "--loss", loss,
+                 "--beta", beta]) == 0
+    err = capsys.readouterr().err
+    warning = f"dpo-teach train: warning: --beta {float(beta):g} is huge: "
+    assert (warning in err) is (says is not None), err
+    if says:
+        assert says in err and len([line for line in err.splitlines() if "warning" in line]) == 1, err
+    assert "Traceback" not in err and "cli_args.py" not in err
+
+
 @pytest.mark.parametrize("batch_size, warned", [("64", True), ("10" + "0" * 30, True), ("8", False)])
 def test_a_batch_larger_than_the_training_pairs_is_warned_about_in_one_line(tmp_path, tiny_checkpoint, batch_size,
                                                                             warned, capsys):
