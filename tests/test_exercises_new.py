@@ -8,6 +8,7 @@ solutions score every point, the new questions included. This module checks the 
 
 from __future__ import annotations
 
+import doctest
 import json
 
 import nbformat
@@ -116,3 +117,43 @@ def test_new_exercises_have_public_and_hidden_tests(assigned, name):
                                            for suite in test["suites"] for case in suite["cases"]]
     leaked = sorted(line for line in hidden_lines if any(line in text for text in shown))
     assert not leaked, f"{name}: hidden test lines in the student notebook: {leaked[:3]}"
+
+
+def public_messages(assigned, name: str, question: str, answer: str) -> list[str]:
+    """What ``grader.check(question)`` says of ``answer`` in the student notebook: each failing public case's message."""
+    import torch
+
+    from dpo_teach import logprobs, losses
+
+    nb = nbformat.read(assigned / "notebooks" / f"{name}.ipynb", as_version=4)
+    cases = [case["code"] for suite in nb.metadata["otter"]["tests"][question]["suites"] for case in suite["cases"]]
+    assert cases, f"{name}: no public case of {question}"
+    answered = {"torch": torch, "logprobs": logprobs, "losses": losses}
+    exec(compile(answer, "<answer>", "exec"), answered)  # noqa: S102 - our own test answers
+    said = []
+    for code in cases:  # each a doctest, run as the grader runs it: its examples one by one in a fresh namespace
+        ns = dict(answered)
+        try:
+            for example in doctest.DocTestParser().get_examples(code):
+                exec(compile(example.source, "<case>", "single"), ns)  # noqa: S102 - the course's own public tests
+        except AssertionError as e:
+            said.append(str(e))
+    return said
+
+
+@pytest.mark.parametrize("mistake, says", [
+    # the metrics of the batch after the step: the messages speak of the returned metrics, never of the loss_fn
+    (_step(update="optimizer.zero_grad()\n    l.mean().backward()\n"
+           "    torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)\n    optimizer.step()\n"
+           "    pc, pr = logprobs.concatenated_logprobs(policy, batch)\n    l, cw, rw = loss_fn(pc, pr, rc, rr)"),
+     ("before optimizer.step()", "step 6: the metrics", "step 6: the returned loss")),
+    # zero_grad after the step: the leftover gradients at the start of the next one
+    (_step(update="l.mean().backward()\n    torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)\n"
+           "    optimizer.step()\n    optimizer.zero_grad()"), ("step 5: clear the gradients",)),
+    (_step(loss="losses.dpo_loss(pc, pr, rc, rr, beta=0.5)"), ("step 4: compute the losses with the loss_fn",)),
+])
+def test_each_training_step_mistake_is_told_what_to_change(assigned, mistake, says):
+    """A step that returns the metrics of the batch after the step was told, among others, to use the loss_fn it
+    was given (it did); each message now names the requirement the answer breaks."""
+    said = public_messages(assigned, "05_dpo_on_gpt2", "dpo_training_step", mistake)
+    assert len(said) == len(says) and all(s in m for s, m in zip(says, said)), said
