@@ -120,7 +120,7 @@ def test_new_exercises_have_public_and_hidden_tests(assigned, name):
 
 
 def public_messages(assigned, name: str, question: str, answer: str) -> list[str]:
-    """What ``grader.check(question)`` says of ``answer`` in the student notebook: each failing public case's message."""
+    """What ``grader.check(question)`` says of ``answer`` in the student notebook: each failing public case's words."""
     import torch
 
     from dpo_teach import logprobs, losses
