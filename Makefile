@@ -36,6 +36,8 @@ help:
 	@echo "make test-site  the site's browser test alone; make readme-images: the README's figures -> docs/images/"
 	@echo "make lint   ruff over the package, tests, benchmarks and scripts (the first step of make test)"
 	@echo "make lock   requirements.lock: the versions installed in .venv (make .venv/.installed LOCKED=1 installs them)"
+	@echo "make browser  Debian's chromium for the site's browser test (apt, as root; make test runs it first)"
+	@echo "make clean  delete results/ and the pytest and ruff caches (not .venv)"
 
 # `pip install` through scripts/pip_install.py: uv (fetched into .venv) given pip's own configuration, so the same
 # versions in about half the time; plain pip where uv cannot be had. INSTALLER=pip: pip only.

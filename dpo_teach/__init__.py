@@ -1,25 +1,34 @@
 """dpo-teach: Direct Preference Optimization, derived, broken, fixed and run on a laptop CPU.
 
 The helper package behind the course notebooks, the ``dpo-teach`` command and the tests.
-One topic per module, in layers that import one way (lowest first; tests/test_layers.py checks it):
+One topic per module, in layers that import one way: a module imports only from the layers above it in this list
+(tests/test_layers.py checks the imports, and that this list names every module in its layer):
 
-- ``utils``, ``grammar``, ``tokenizer``, ``model``  seeding and atomic writes; the toy world's review grammar, its
-  byte-level BPE tokenizer (GPT-2's algorithm) and tiny ``GPT2Config`` presets, checkpoints with clear errors
-- ``reward``     the ground-truth reward r(x, y) (VADER) and the Bradley–Terry probability the "human" labels with
-- ``compute``, ``measure``, ``plots``  cost counters; time, memory and load; figures
-- ``logprobs``, ``sampling``, ``rollout``  tokenization with a completion mask, summed sequence log-probs, π_ref's
+- ``utils``, ``claims``, ``grammar``, ``tokenizer``, ``model``, ``reward``, ``compute``, ``measure``, ``plots``,
+  ``headless``: seeding and atomic writes; the notebooks' claim checks; the toy world's review grammar, its
+  byte-level BPE tokenizer (GPT-2's algorithm) and tiny ``GPT2Config`` presets, checkpoints with clear errors; the
+  ground-truth reward r(x, y) (VADER) and the Bradley–Terry probability the "human" labels with; cost counters;
+  time, memory and load; figures; notebooks run headless
+- ``logprobs``, ``sampling``, ``rollout``: tokenization with a completion mask, summed sequence log-probs, π_ref's
   log-probs precomputed once; sampling; rollouts with per-token log-probs
-- ``data``       preference pairs: generation, JSONL I/O and validation (also HH-RLHF rows)
-- ``losses``     the preference math: Bradley–Terry, the implicit reward, DPO (Eq. 7 of Rafailov et al. 2023) and
-  its variants, each a pure function registered in ``LOSSES``; TRL's metric names
-- ``training``   the loop mechanics every trainer shares (optimizer, minibatches, schedule, one step)
-- ``sft``, ``dpo``, ``reward_model``, ``ppo``  the trainers: SFT, DPO, a Bradley–Terry reward model, our own PPO
-- ``world``, ``evaluate``, ``bandit``, ``pitfalls``  the cached π_ref; evaluation (reward, KL, fluency, win rate,
+- ``preference_rows``, ``preference_file``: a user's preference file (JSON Lines, HH-RLHF rows too): each row
+  checked, the file read, every bad row named
+- ``data``: preference pairs sampled from π_ref and labelled by the ground truth, splits, JSONL files (it re-exports
+  the loader)
+- ``losses``, ``training``: the preference math (Bradley–Terry, the implicit reward, DPO as Eq. 7 of Rafailov et
+  al. 2023 and its variants, each a pure function registered in ``LOSSES``; TRL's metric names); the loop mechanics
+  every trainer shares (optimizer, minibatches, schedule, one step)
+- ``sft``, ``dpo``, ``reward_model``, ``ppo``, ``grpo``, ``rloo``, ``online_dpo``: the trainers: SFT, DPO, a
+  Bradley–Terry reward model, our own PPO, GRPO, RLOO and online DPO
+- ``world``, ``evaluate``, ``bandit``, ``pitfalls``: the cached π_ref; evaluation (reward, KL, fluency, win rate,
   implicit-reward accuracy, the shared evaluation prompts and samples table); the exact bandit world of notebooks
   01–04; notebook 07's failure modes
-- ``compare``, ``frontier``, ``conclusions``, ``pipeline``, ``trl_bridge``  PPO vs DPO (the sweep, the frontier,
-  the table and sentences); the demo job; preference rows to TRL's ``DPOTrainer`` (optional ``peers`` extra)
-- ``cli``, ``grading``  the ``dpo-teach`` command; otter-grader (``make assign`` and ``dpo-teach grade``)
+- ``compare``, ``runs``, ``frontier``, ``conclusions``, ``pipeline``, ``trl_bridge``, ``setup_check``: PPO vs DPO
+  (the sweep, each run's record, the frontier, the table and sentences); the demo job; preference rows to TRL's
+  ``DPOTrainer`` (optional ``peers`` extra); notebook 00's first-run check
+- ``cli``, ``cli_args``, ``grading``, ``site``, ``site_pages``, ``site_readme``: the ``dpo-teach`` command and its
+  arguments; otter-grader (``make assign`` and ``dpo-teach grade``); the course site (its build, its executed and
+  its written pages)
 
 Shape letters used in docstrings and comments throughout:
 

@@ -38,6 +38,7 @@ import urllib.request
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # PyTorch's own index of CPU-only wheels
 PYPI = "https://pypi.org/simple"
 BUILDS = ("auto", "cpu", "cuda", "default")
+LOWEST_TORCH = "2.6"  # pyproject.toml's lower bound (tests/test_setup_torch.py holds them together)
 
 
 class NoWheel(Exception):
@@ -47,12 +48,12 @@ class NoWheel(Exception):
 def mac_wheel_missing(machine: str, release: str) -> str | None:
     """Why PyPI's torch 2.13.0 wheel cannot install on this Mac (``platform.machine()``, ``platform.mac_ver()[0]``),
     or None. Its only macOS wheel is ``macosx_14_0_arm64``; PyTorch's last Intel-Mac wheel was 2.2.2, and the course
-    needs torch 2.4 or later."""
+    needs torch 2.6 or later (``LOWEST_TORCH``)."""
     if machine != "arm64":
         return (f"this Python runs on {machine or 'an unknown CPU'} (an Intel Mac, or an x86_64 Python under Rosetta), "
-                "and PyTorch has published no macOS wheel for it since torch 2.2.2 (the course needs 2.4 or later). "
-                "On an Apple-silicon Mac use an arm64 Python; on an Intel Mac run the course in a Linux container or "
-                "virtual machine, or on another computer")
+                "and PyTorch has published no macOS wheel for it since torch 2.2.2 (the course needs "
+                f"{LOWEST_TORCH} or later). On an Apple-silicon Mac use an arm64 Python; on an Intel Mac run the "
+                "course in a Linux container or virtual machine, or on another computer")
     major = int(release.split(".")[0]) if release.split(".")[0].isdigit() else None
     if major is not None and major < 14:
         return (f"torch's macOS wheel needs macOS 14 or later, and this is macOS {release}: update macOS, or run the "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,19 @@ def package_imports(path: Path) -> set[str]:
 def test_every_module_has_a_layer():
     missing = sorted(set(modules()) - set(RANK))
     assert not missing, f"place {missing} in a layer of LAYERS (lowest first) so the layering test covers them"
+
+
+def test_the_packages_map_names_every_module_in_its_layer():
+    """dpo_teach/__init__.py's list of layers is what a reader opens first: it listed 11 groups where LAYERS had 9,
+    put four modules in the wrong layer and left 14 out."""
+    import dpo_teach
+
+    text = dpo_teach.__doc__.split("One topic per module", 1)[1].split("Shape letters", 1)[0]
+    bullets = [b.split(":", 1)[0] for b in re.split(r"\n- ", text)[1:]]  # each layer's names, before its colon
+    listed = [set(re.findall(r"``(\w+)``", names)) for names in bullets]
+    assert listed == LAYERS, "dpo_teach/__init__.py's list of layers differs from LAYERS: " + "; ".join(
+        f"layer {i}: {sorted(a ^ b)}" for i, (a, b) in enumerate(zip(listed, LAYERS)) if a != b) + (
+        f"; {len(listed)} layers listed, {len(LAYERS)} in LAYERS" if len(listed) != len(LAYERS) else "")
 
 
 @pytest.mark.parametrize("name", sorted(modules()))

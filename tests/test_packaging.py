@@ -43,3 +43,15 @@ def test_the_transformers_bound_is_the_one_that_builds_the_courses_model():
     (bound,) = [spec for spec in project["dependencies"] if _names([spec]) == {"transformers"}]
     assert bound == f"transformers>={'.'.join(map(str, SCALED_INIT_SINCE))}", bound
     assert unscaled_init("5.0.0") and unscaled_init("5.14.1") and not unscaled_init(bound.split(">=")[1] + ".0")
+
+
+def test_make_help_names_every_make_command():
+    """`make clean` and `make browser` were rules that `make help` never mentioned: each rule a user can run (all
+    but help itself and the set-up stamp) has a line of its own there, and each line names a rule."""
+    makefile = (ROOT / "Makefile").read_text()
+    rules = {target for targets in re.findall(r"^([a-z][\w .-]*):(?!=)", makefile, re.MULTILINE)
+             for target in targets.split()} - {"help"}
+    help_text = makefile.split("\nhelp:\n", 1)[1].split("\n\n", 1)[0]
+    described = set(re.findall(r"\bmake ([a-z][\w-]*)", help_text))
+    assert rules - described == set(), f"rules without a line in `make help`: {sorted(rules - described)}"
+    assert described - rules == set(), f"`make help` names what is no rule: {sorted(described - rules)}"

@@ -159,3 +159,13 @@ def test_the_makefile_installs_what_the_script_picks(tmp_path, spec, variables, 
     if expected is None:
         expected = spec.choose("auto", TORCH)[1]
     assert out.stdout.split()[1:] == expected
+
+
+def test_the_lowest_torch_a_message_names_is_pyprojects(spec):
+    """The Intel-Mac message said the course needs torch 2.4 or later while pyproject.toml asks for 2.6."""
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    (bound,) = [d for d in pyproject["project"]["dependencies"] if d.startswith("torch")]
+    assert bound == f"torch>={spec.LOWEST_TORCH}", bound
+    assert f"the course needs {spec.LOWEST_TORCH} or later" in spec.mac_wheel_missing("x86_64", "13.6")

@@ -15,8 +15,8 @@ Grading (``dpo-teach grade DIR``, ``grade.py``; the folder read by ``submissions
 a process of its own (a fork of a zygote that loaded the libraries once per grader, ``zygote.py``) inside a sandbox
 (``sandbox.py``: Linux namespaces; no network, no other process in view, every file system read-only, of the course's
 folder only the package, the student notebooks and the Python environment in view, the temporary folder, people's homes
-and ``/run`` emptied but for those, ``/dev`` holding only null, zero and the random devices, no Unix socket (seccomp),
-other submissions hidden), under two time limits: a per-cell limit (an endless loop raises ``TimeoutError``
+and ``/run`` emptied but for those, ``/dev`` holding only null, zero, full and the random devices, no Unix socket
+(seccomp), other submissions hidden), under two time limits: a per-cell limit (an endless loop raises ``TimeoutError``
 and costs only the points that depend on it) and a per-notebook wall-clock limit (the sandbox is killed with
 everything in it; the notebook scores 0 with that reason). The tests of the bundle are sent in only after the
 notebook's cells have run, one question at a time, and run against private references taken before the student's code

@@ -4,8 +4,9 @@ rlimits.
 The process is a fork of the grader's zygote (``zygote.py``). :func:`isolate` does what util-linux's ``unshare --user
 --map-root-user --pid --fork --kill-child --mount-proc --net --mount --ipc --uts`` did when each notebook was a new
 Python: unshare(2), root mapped to the grader's user, a fork into the new PID namespace. No extra package and no root
-are needed wherever unprivileged user namespaces are enabled (the default on Debian, Ubuntu and Fedora); it works as
-root too (containers, CI). What the notebook gets (:func:`isolate`, then :func:`enter`):
+are needed wherever unprivileged user namespaces are enabled (the default on Debian and Fedora; Ubuntu 24.04 and
+later restrict them through AppArmor: ``sysctl kernel.apparmor_restrict_unprivileged_userns=0``, or grade as root in a
+container); it works as root too (containers, CI). What the notebook gets (:func:`isolate`, then :func:`enter`):
 
 - its own PID namespace: it sees no other process, so it cannot signal the grader or another submission, and when
   its first process ends the kernel kills every process it started (the grader kills the process that waits for it
