@@ -1,5 +1,6 @@
 """A Gradescope bundle graded as the platform grades it: unpacked into an empty folder, its environment built from
-its own files only (``setup.sh``), its ``run_autograder`` run on a correct and on a wrong submission; and what its
+its own files only (``setup.sh``), its ``run_autograder`` run from a folder of its own (not the repository, whose
+package ``python -m`` would import) on a correct and on a wrong submission; and what its
 grading entry point (``gradescope.run``) writes: no hidden test quoted, no process of the notebook's left running
 where the container forbids the sandbox."""
 
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -52,7 +54,9 @@ def test_a_bundle_grades_from_an_empty_folder(assigned, notebook_reference, tmp_
                  PIP_CACHE_DIR=os.environ.get("PIP_CACHE_DIR", os.path.expanduser("~/.cache/pip")),
                  UV_CACHE_DIR=os.environ.get("UV_CACHE_DIR", os.path.expanduser("~/.cache/uv")))
     clean.pop("DPO_TEACH_CACHE", None)
-    setup = subprocess.run(["bash", str(source / "setup.sh")], env=clean, capture_output=True, text=True)
+    # from a folder of its own, as on Gradescope: run from the repository, `python -m` would import the repository's
+    # package instead of the bundle's wheel (and hid that the sandbox covered the wheel's whole environment)
+    setup = subprocess.run(["bash", str(source / "setup.sh")], env=clean, capture_output=True, text=True, cwd=root)
     assert setup.returncode == 0, setup.stderr[-2000:]
 
     solution = exercise_solution(assigned, "01_kl_objective")
@@ -64,7 +68,7 @@ def test_a_bundle_grades_from_an_empty_folder(assigned, notebook_reference, tmp_
             old.unlink()
         nbformat.write(nb, root / "submission" / "homework (1).ipynb")
         done = subprocess.run(["bash", str(source / "run_autograder")], env={**clean, "AUTOGRADER_ROOT": str(root)},
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, cwd=root)
         assert done.returncode == 0, done.stderr[-2000:]
         results = json.loads((root / "results" / "results.json").read_text())
         scores[kind] = (results["score"], {t["name"]: t["score"] for t in results["tests"]}, results["output"])
@@ -72,6 +76,21 @@ def test_a_bundle_grades_from_an_empty_folder(assigned, notebook_reference, tmp_
     assert scores["correct"][:2] == (5.0, {"kl_divergence": 2.0, "objective": 1.0, "optimal_policy": 2.0}), scores
     assert scores["wrong"][:2] == (3.0, {"kl_divergence": 0.0, "objective": 1.0, "optimal_policy": 2.0}), scores
     assert "kl_divergence" in scores["wrong"][2]
+
+
+def test_an_installed_package_keeps_its_python_environment_in_view(tmp_path, monkeypatch):
+    """A bundle's package is a wheel in its venv's site-packages: the sandbox covered every other package there
+    (torch, IPython: each notebook ended before its first cell), so every submission scored 0."""
+    import importlib
+
+    grade_module = importlib.import_module("dpo_teach.grading.grade")  # the module (the package exports grade())
+
+    site_packages = next(Path(p) for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()
+                         and Path(sys.prefix).resolve() in Path(p).resolve().parents)
+    monkeypatch.setattr(grade_module, "ROOT", site_packages)
+    folders = [tmp_path / name for name in ("submissions", "out", "autograder")]
+    hidden = grade_module._hidden(*folders)
+    assert hidden == [str(f.resolve()) for f in folders], hidden[:5]
 
 
 def test_the_bundled_wheel_holds_the_package_as_it_is_now(tmp_path, monkeypatch):
@@ -254,3 +273,34 @@ def test_a_sandbox_that_fails_for_the_notebook_grades_it_in_the_container(assign
     nb = exercise_solution(assigned, "00_start_here")
     report = gradescope.run(source, _submit(tmp_path, nb), tmp_path / "results" / "results.json")
     assert report["score"] == 1.0 and "not available in this container" in report["output"], report
+
+
+def test_a_grader_failure_is_the_autograders_failure_not_a_students_zero(assigned, tmp_path, monkeypatch, capsys):
+    """A notebook whose process ended before its first cell (the grader's or the container's fault) was written to
+    results.json as a score of 0 with exit status 0: the student saw a 0 and nobody was told. Now nothing is
+    written, and the command exits 1, so that Gradescope says the autograder failed and the submission can be
+    regraded."""
+    from dpo_teach.grading.__main__ import main
+
+    source = _source(assigned, tmp_path, "00_start_here")
+    submission = _submit(tmp_path, exercise_solution(assigned, "00_start_here"))
+    failed = {"status": "error", "reason": "the notebook's process ended while starting (before any cell ran): "
+              "ModuleNotFoundError: No module named 'IPython.core.oinspect'", "questions": {}, "score": 0.0}
+    monkeypatch.setattr(gradescope, "_graded_row", lambda *a: (failed, None))
+    results = tmp_path / "results" / "results.json"
+    assert main(["gradescope", "--source", str(source), "--submission", str(submission),
+                 "--results", str(results)]) == 1
+    err = capsys.readouterr().err
+    assert not results.exists() and "the grader failed on this submission, not the student's notebook" in err, err
+    assert "No module named 'IPython.core.oinspect'" in err and "regrade" in err
+
+
+def test_another_notebook_of_the_course_is_named_not_flagged(assigned, tmp_path):
+    """00's notebook uploaded to 03's assignment was scored 0 "until an instructor has read it: it touches the
+    grading machinery": the student had only picked the wrong file."""
+    source = _source(assigned, tmp_path, "03_deriving_dpo")
+    report = gradescope.run(source, _submit(tmp_path, exercise_solution(assigned, "00_start_here")),
+                            tmp_path / "results" / "results.json")
+    assert report["score"] == 0 and report["tests"] == [], report
+    assert report["output"] == ("homework.ipynb is the notebook of 00_start_here, and this assignment is "
+                                "03_deriving_dpo: upload your 03_deriving_dpo.ipynb instead (nothing was graded).")

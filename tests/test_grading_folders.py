@@ -123,6 +123,27 @@ def test_a_cell_without_source_is_read_as_the_runner_runs_it_and_a_source_that_i
     assert nb is None and "cell 1" in problem and "not text" in problem
 
 
+@pytest.mark.parametrize("content, says", [
+    (b"", "the file is empty (an upload that failed): ask the student to upload it again"),
+    (b"PK\x03\x04\x14\x00", "it is a zip archive named .ipynb (an LMS download): unzip it"),
+    (b"%PDF-1.7\n", "it is a PDF named .ipynb: ask the student for the .ipynb file"),
+    (b"<!DOCTYPE html><html>", "it is a web page (HTML) named .ipynb"),
+    (b'{"cells": [{"cell_type": "code", "source": "x = 1', "it stops before its end (an upload or a save that was cut"),
+    (b'{"cells": [{"cell_type": "code"}]', "it stops before its end"),
+    (b'{"cells": [}, "x": 1}', "its JSON is broken at line 1, column 12 (Expecting value)"),
+    (b"\x8a\x01\xff", "it is not text (UTF-8)"),
+])
+def test_a_file_that_is_no_notebook_says_what_it_is_and_what_to_do(tmp_path, content, says):
+    """An empty upload, a zip or a PDF named .ipynb and a truncated upload each read "not a valid notebook
+    (NotJSONError: ...)" or a codec's error: the student and the instructor learnt neither what the file is nor
+    what to do."""
+    path = tmp_path / "ann_03_deriving_dpo.ipynb"
+    path.write_bytes(content)
+    nb, problem = submissions.read_notebook(path)
+    assert nb is None and problem.startswith("not a valid notebook: ") and says in problem, problem
+    assert "Error" not in problem, problem  # no exception's name: words an instructor can act on
+
+
 def test_the_instructor_reads_what_a_failed_hidden_test_says_and_the_student_does_not():
     """"hidden test 2 of 3 failed" is all a student sees; the instructor's grades.json says which assert failed."""
     from dpo_teach.grading.reports import row_reason

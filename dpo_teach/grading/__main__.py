@@ -98,7 +98,13 @@ def main(argv: list[str] | None = None) -> int:
             for path in gradescope.build(Path(args.out)):
                 print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
         else:
-            report = gradescope.run(Path(args.source), Path(args.submission), Path(args.results))
+            try:
+                report = gradescope.run(Path(args.source), Path(args.submission), Path(args.results))
+            except gradescope.GraderFailed as e:
+                print(f"gradescope: error: the grader failed on this submission, not the student's notebook ({e}); "
+                      "no results.json was written, so Gradescope reports that the autograder failed: fix the cause "
+                      "(the bundle's set-up, the container) and regrade the submission", file=sys.stderr)
+                return 1
             print(f"score {report['score']:g}: {report['output']}")
     elif args.command == "_zygote":
         from dpo_teach.grading.zygote import serve

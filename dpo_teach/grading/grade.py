@@ -189,10 +189,12 @@ def _hidden(submissions: Path, out: Path, autograder: Path) -> list[str]:
     (``dpo_teach.egg-info``) stays because the course's folder is on the notebook's ``sys.path`` (the runner is
     ``python -m``), where an empty folder of that name would hide the installed package's version (notebook 00
     checks it)."""
-    keep = kept() + [Path(tempfile.gettempdir())]
     # a course folder inside the cache or the temporary folder (a clone in /tmp) is still covered; one inside the
-    # Python environment (an installed package) has nothing of the course's own to cover
-    keep = [k for k in keep if k.resolve() not in ROOT.resolve().parents]
+    # Python environment (an installed package: a Gradescope bundle's wheel in its venv's site-packages) has nothing
+    # of the course's own to cover, and the environment must stay in view (covering it, every import failed)
+    environment = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    keep = [k for k in kept() + [Path(tempfile.gettempdir())]
+            if k.resolve() in environment or k.resolve() not in ROOT.resolve().parents]
     return sandbox.covered(ROOT, keep) + [str(Path(p).resolve()) for p in (submissions, out, autograder)]
 
 

@@ -182,8 +182,14 @@ def _student_output(row: dict, withheld: set[str]) -> str:
             "are scored now and shown, with your total, when your instructor publishes the grades.")
 
 
+class GraderFailed(RuntimeError):
+    """The grader, not the submission, failed (a row of status ``error``): no ``results.json`` is written, so that
+    Gradescope says the autograder failed and the instructor can regrade, instead of showing the student a 0."""
+
+
 def run(source: Path, submission: Path, results: Path) -> dict:
-    """Grade the notebook in ``submission`` (the latest ``.ipynb``) and write Gradescope's ``results.json``."""
+    """Grade the notebook in ``submission`` (the latest ``.ipynb``) and write Gradescope's ``results.json``; raises
+    :class:`GraderFailed` (and writes nothing) where the grader failed on it."""
     from dpo_teach.grading.manifests import load_manifests
     from dpo_teach.grading.submissions import (
         assignments,
@@ -200,10 +206,16 @@ def run(source: Path, submission: Path, results: Path) -> dict:
     mine, manifests = [("you", p) for p in notebooks], {assignment: manifest}
     superseded = superseded_by_latest(mine, *assignments(mine, manifests, assignment), manifests)
     graded = next((p for p in notebooks if p not in superseded), None)
+    other = _other_assignment(graded, assignment) if graded is not None else None
     if graded is None:
         report = {"score": 0, "output": "No .ipynb file was submitted: upload your notebook file.", "tests": []}
+    elif other:  # another notebook of the course: not graded (its cells would read as tampering with this one's)
+        report = {"score": 0, "tests": [], "output": f"{shown(graded.name)} is the notebook of {other}, and this "
+                  f"assignment is {assignment}: upload your {assignment}.ipynb instead (nothing was graded)."}
     else:
         row, note = _graded_row(source, graded, assignment)
+        if row["status"] == "error":  # the grader's or the machine's failure (the assignment is the bundle's own)
+            raise GraderFailed(row["reason"])
         if len(notebooks) > 1:
             note = "\n".join(filter(None, [f"Graded {shown(graded.name)}, the latest of the {len(notebooks)} "
                                             "notebooks you submitted.", note]))
@@ -215,6 +227,15 @@ def run(source: Path, submission: Path, results: Path) -> dict:
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(report, indent=1))
     return report
+
+
+def _other_assignment(notebook: Path, assignment: str) -> str | None:
+    """The course assignment that ``notebook``'s metadata names, where it is not this bundle's ``assignment``."""
+    from dpo_teach.grading.submissions import metadata_assignment, read_notebook
+
+    nb, _ = read_notebook(notebook)
+    named = metadata_assignment(nb) if nb is not None else None
+    return named if named and named != assignment else None
 
 
 def _graded_row(source: Path, notebook: Path, assignment: str) -> tuple[dict, str | None]:

@@ -42,6 +42,8 @@ def read_notebook(path: Path):
     saved with cell ids under nbformat 4.4, or whose markdown cell kept its outputs."""
     import nbformat  # not at the top: each submission's process imports this package (nbformat costs ~1 s)
 
+    if why := _not_json(path):
+        return None, why
     try:
         nb = nbformat.read(path, as_version=4)
         cells = nb.get("cells")
@@ -55,6 +57,58 @@ def read_notebook(path: Path):
         first_line = (str(e).splitlines() or [""])[0][:200]
         return None, f"not a valid notebook ({type(e).__name__}: {first_line})"
     return nb, None
+
+
+# What a file named .ipynb often is instead of a notebook, told by its first bytes, and what to do about it.
+_OTHER_FILES = [(b"PK\x03\x04", "it is a zip archive named .ipynb (an LMS download): unzip it into the submissions "
+                 "folder and grade again"),
+                (b"%PDF", "it is a PDF named .ipynb: ask the student for the .ipynb file (Jupyter: File > Download)"),
+                (b"<", "it is a web page (HTML) named .ipynb, often a download that saved the page around the "
+                 "notebook: ask the student for the .ipynb file (Jupyter: File > Download)")]
+
+
+def _not_json(path: Path) -> str | None:
+    """Why ``path`` is no notebook at all, in words an instructor can act on (empty, another kind of file, JSON that
+    stops early), or None: the JSON parser's own message said only ``NotJSONError`` or a codec's error."""
+    import json
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e}): check the file's permissions and grade again"
+    if not data.strip():
+        return "not a valid notebook: the file is empty (an upload that failed): ask the student to upload it again"
+    head = data.lstrip()[:8]
+    for magic, what in _OTHER_FILES:
+        if head.startswith(magic):
+            return f"not a valid notebook: {what}"
+    try:
+        json.loads(data)
+    except UnicodeDecodeError:
+        return ("not a valid notebook: it is not text (UTF-8), so not a notebook saved by Jupyter: ask the student to "
+                "open it in Jupyter, save it and upload it again")
+    except ValueError as e:
+        if _cut_short(data.decode("utf-8")):
+            return ("not a valid notebook: it stops before its end (an upload or a save that was cut short): ask the "
+                    "student to upload it again")
+        return (f"not a valid notebook: its JSON is broken at line {e.lineno}, column {e.colno} ({e.msg}), an edit "
+                "by hand or a merge: ask the student to open it in Jupyter, save it and upload it again")
+    return None
+
+
+def _cut_short(text: str) -> bool:
+    """Whether JSON ``text`` ends inside a string or with a bracket still open: the end of the file is missing."""
+    depth, in_string, escaped = 0, False, False
+    for char in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+    return in_string or depth > 0
 
 
 def _copy_suffixes(text: str) -> tuple[str, list[int]]:
