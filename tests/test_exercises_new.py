@@ -151,9 +151,13 @@ def public_messages(assigned, name: str, question: str, answer: str) -> list[str
     (_step(update="l.mean().backward()\n    torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)\n"
            "    optimizer.step()\n    optimizer.zero_grad()"), ("step 5: clear the gradients",)),
     (_step(loss="losses.dpo_loss(pc, pr, rc, rr, beta=0.5)"), ("step 4: compute the losses with the loss_fn",)),
+    # π_ref's log-probs with a graph: this one used to pass in public while the notebook's probe said the step differs
+    (_step(ref="rc, rr = logprobs.concatenated_logprobs(reference, batch)"),
+     ("step 3: π_ref's log-probs under torch.no_grad()",)),
 ])
 def test_each_training_step_mistake_is_told_what_to_change(assigned, mistake, says):
     """A step that returns the metrics of the batch after the step was told, among others, to use the loss_fn it
-    was given (it did); each message now names the requirement the answer breaks."""
+    was given (it did), and one that lets a gradient reach π_ref passed; each message now names the requirement the
+    answer breaks."""
     said = public_messages(assigned, "05_dpo_on_gpt2", "dpo_training_step", mistake)
     assert len(said) == len(says) and all(s in m for s, m in zip(says, said)), said

@@ -135,10 +135,10 @@ WRONG.update(NEW_EXERCISE_MISTAKES)  # 03's gradient weight, 05's training step,
 # mistake fails the public check (`grader.check`) at once: a multiple-choice letter is checked only for its format,
 # and 05's training step is checked in public for each requirement of its text that a student can see go wrong
 # (zero_grad, train mode, the mean, clipping, the precomputed log-probs, the loss_fn passed in, the step as a whole,
-# its metrics; before, several were hidden: a student learnt of them only from the grade), in hidden tests for the
-# reference's gradient. Each of its public cases for one requirement runs only where the step as a whole is right:
-# else every one of them fired, each naming another step.
-PASS_PUBLIC = {"diagnosis_wrong", "step_reference_not_detached"}
+# its metrics, no gradient reaching the reference; before, several were hidden: a student learnt of them only from the
+# grade, and the notebook's own probe of the step sent them to a check that had passed). Its cases for one
+# requirement run only where the step as a whole is right: else every one of them fired, each naming another step.
+PASS_PUBLIC = {"diagnosis_wrong"}
 
 
 def cell_index(nb, text: str) -> int:
