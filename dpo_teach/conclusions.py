@@ -253,8 +253,8 @@ def gap_standard_error(results: dict, g: dict) -> float:
 def _se_text(g: dict, se: float) -> str:
     if g["seeds"] <= 1:
         return f"a difference of two evaluations has a standard error ≈ {se:.3f}"
-    return (f"its mean over {g['seeds']} seeds has a standard error ≈ {se:.3f} (the larger of the evaluation noise and "
-            "the spread between seeds, over √seeds)")
+    return (f"its mean over {g['seeds']} seeds has a standard error ≈ {se:.3f} (the larger of a difference's "
+            "evaluation noise, √2 times one evaluation's, and the spread between seeds, over √seeds)")
 
 
 def length_sentence(results: dict) -> str | None:
@@ -335,8 +335,10 @@ def completions_sentence(results: dict) -> str:
     for m in methods_in(results):
         row = best[m]["compute"]
         if m == "DPO":
-            parts.append(f"DPO sampled 0 completions while training (offline: it reuses the {pairs['completions']:,} "
-                         f"completions sampled once from π_ref for the {pairs['ground_truth_calls']:,} labelled pairs)")
+            parts.append(f"DPO sampled 0 completions while training (offline: it reuses the {2 * pairs['n_train']:,} "
+                         f"completions of its {pairs['n_train']:,} training pairs, sampled once from π_ref; with the "
+                         f"held-out pairs, {pairs['completions']:,} completions and "
+                         f"{pairs['ground_truth_calls']:,} labels)")
         elif m == "online-DPO-RM":
             parts.append(f"{m} sampled {row['completions']:,.0f} per run from its own policy, in pairs, and let the "
                          f"reward model order each pair ({row['reward_model_calls']:,.0f} scores, no new labels)")

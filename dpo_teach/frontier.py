@@ -263,7 +263,9 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
     a note there); the fluency panel shows every point.
     """
     fig, axes = plt.subplots(1, 3, figsize=(16, PANEL_HEIGHT))
-    pairs = next(iter(results["stages"].values()))["pairs"]["completions"]
+    # the preference set's part of a method's budget: its training pairs' two completions each (the held-out pairs are
+    # sampled too, but only to evaluate on), as notebook 06's budget lines count it
+    pairs = 2 * next(iter(results["stages"].values()))["pairs"]["n_train"]
     drawn, fluent_max, hollow = [], 0.0, False  # every (KL, reward) point; the fluent points' largest KL; any not
     for m in methods_in(results):
         p = points(results, m)
@@ -309,7 +311,7 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
 
     axes[1].axhline(MIN_FLUENCY, color="gray", ls=":")
     axes[1].set(xlabel="KL(π‖π_ref), nats", ylabel="fluency (share well-formed)", title="fluency")
-    axes[2].set(xscale="log", xlabel="completions sampled (preference set + training)",
+    axes[2].set(xscale="log", xlabel="completions sampled (training pairs' + while training)",
                 ylabel="mean ground-truth reward", title="sample efficiency (every setting)")
     axes[2].xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     axes[2].xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))

@@ -60,6 +60,9 @@ def test_readme_quotes_the_shipped_numbers():
               if (a, b) != ("online-DPO", "GRPO-GT")]  # (that one: notebook 06 only)
     assert len(quoted) == 8 and [k for k in quoted if said[k] not in text] == []
     assert said["length"].split(": ", 1)[1] in text, "the length sentence, as the shipped file gives it"
+    assert " ".join(conclusions.completions_sentence(results).split()) in text, "the completions, as computed"
+    verdict = said["verdict"].split(": ", 1)[1].split(" Ranking", 1)[0]  # after its heading, before the ranking
+    assert verdict in text, f"the verdict, as the shipped file gives it (its standard error's wording too): {verdict}"
 
 
 RELATION = "(lies above|lies mostly above|crosses|lies mostly below|lies below)"
