@@ -144,6 +144,19 @@ def test_a_file_that_is_no_notebook_says_what_it_is_and_what_to_do(tmp_path, con
     assert "Error" not in problem, problem  # no exception's name: words an instructor can act on
 
 
+def test_a_long_message_in_a_reason_is_cut_after_a_word_and_says_so():
+    """The one-line reason cut a test's message at 80 characters, mid-word and without a mark: students read
+    "...is β applied to the whole h,)"."""
+    from dpo_teach.grading.reports import lost_points
+
+    message = ("AssertionError: for a margin of −1999 the loss is 1999 (got 23.03): inf or nan means "
+               "−log(sigmoid(...)), use −F.logsigmoid")
+    reason = lost_points({"dpo_loss": {"score": 0.0, "possible": 2.0, "feedback": message}})
+    quoted = reason.split("(", 1)[1].rsplit(")", 1)[0]
+    assert quoted.endswith("…") and len(quoted) <= 80 and message.startswith(quoted[:-1]), reason
+    assert message[len(quoted) - 1] == " ", f"cut inside a word: {reason}"
+
+
 def test_the_instructor_reads_what_a_failed_hidden_test_says_and_the_student_does_not():
     """"hidden test 2 of 3 failed" is all a student sees; the instructor's grades.json says which assert failed."""
     from dpo_teach.grading.reports import row_reason
@@ -332,7 +345,8 @@ def test_an_out_inside_a_students_folder_is_refused_not_left_out(tmp_path, assig
 def test_another_batch_into_the_same_out_keeps_an_interrupted_batchs_rows(tmp_path, assigned, monkeypatch, capsys):
     """Batch a is interrupted after alice; batch b, graded into the same --out (the default results/grades, say),
     finishes. Its journal used to be deleted whole, a's rows with it, so a's rerun graded alice again; now b takes
-    out only its own rows and a's rerun grades only bob."""
+    out only its own rows and a's rerun grades only bob. That rerun would replace b's grades: it is refused, before
+    any notebook runs, until b's reports are moved away (a finished batch's grades were replaced without a word)."""
     graded = []
 
     def grade_submission(student, path, manifests, assignment, *args, **kwargs):
@@ -348,6 +362,13 @@ def test_another_batch_into_the_same_out_keeps_an_interrupted_batchs_rows(tmp_pa
             (tmp_path / folder / f"{student}_{KL}.ipynb").write_text(notebook(f"x = '{student}'"))
     assert run_cli(tmp_path / "a", tmp_path / "out", assigned, capsys)[0] == 130
     assert run_cli(tmp_path / "b", tmp_path / "out", assigned, capsys)[0] == 0
+    code, _, err = run_cli(tmp_path / "a", tmp_path / "out", assigned, capsys)
+    assert code == 2 and graded == ["alice", "bob", "carol"] and len(err.strip().splitlines()) == 1, err
+    assert f"--out {tmp_path / 'out'} holds the grades of another folder, {tmp_path / 'b'}: grading " in err, err
+    assert f"move grades.csv and grades.json out of {tmp_path / 'out'} first" in err, err
+    (tmp_path / "b-grades").mkdir()
+    for name in ("grades.csv", "grades.json"):
+        (tmp_path / "out" / name).rename(tmp_path / "b-grades" / name)
     code, printed, err = run_cli(tmp_path / "a", tmp_path / "out", assigned, capsys)
     assert code == 0 and "1 graded before" in printed, (printed, err)
     assert graded == ["alice", "bob", "carol", "bob"], graded

@@ -64,6 +64,11 @@ def test_the_instructors_commands_in_the_release_say_what_is_missing(tmp_path):
         assert done.returncode == 2, (command, done.stdout, done.stderr)
         assert missing in done.stderr and "instructor's full repository" in done.stderr, done.stderr
         assert str(out / "course") in done.stderr, "the message names the folder it looked in"
+    (out / "subs").mkdir()  # grade: it said "run `make assign` first", which the release cannot
+    done = subprocess.run([sys.executable, "-m", "dpo_teach.cli", "grade", "subs"], cwd=out, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(out)})
+    assert done.returncode == 2 and "make assign" not in done.stderr, done.stderr
+    assert "(the student release): grade from the instructor's full repository" in done.stderr, done.stderr
 
 
 def test_release_replaces_only_an_earlier_release(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from dpo_teach.grading import sandbox
-from dpo_teach.grading.assign import AUTOGRADER, NOTEBOOKS, ROOT
+from dpo_teach.grading.assign import AUTOGRADER, MASTERS, NOTEBOOKS, ROOT
 from dpo_teach.grading.journal import Journal, fingerprint
 from dpo_teach.grading.judge import allow_running, end_running, ending, kept, run_notebook
 from dpo_teach.grading.manifests import load_manifests
@@ -216,7 +216,10 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     out = Path(out)
     manifests = load_manifests(autograder)
     if not manifests:
-        raise FileNotFoundError(f"no autograder bundles in {autograder}; run `make assign` first")
+        raise FileNotFoundError(f"no autograder bundles in {autograder}; " + (
+            "run `make assign` first" if MASTERS.is_dir() else "this copy of the course has no masters to make them "
+            "from (the student release): grade from the instructor's full repository, or pass --autograder-dir "
+            "with its bundles"))
     if assignment is not None and assignment not in manifests:
         raise ValueError(f"unknown assignment {assignment!r}; choose one of {sorted(manifests)}")
     if WINDOWS:  # no fork, SIGALRM or process groups: not even --unsafe grading runs
@@ -237,6 +240,11 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
                              f"{'s' if len(held) > 1 else ''} ({shown(held[0].relative_to(out))}"
                              f"{', ...' if len(held) > 1 else ''}) that would not be graded: pass an --out outside "
                              f"{shown(submissions)}, or a folder that holds no notebook")
+    if earlier := _other_batch(out, submissions):  # before any work: grading on would replace that batch's grades
+        raise ValueError(f"--out {shown(out)} holds the grades of another folder, {earlier}: grading "
+                         f"{shown(submissions)} there would replace them; pass another --out (e.g. "
+                         f"{shown(out.parent / (out.name + '-' + Path(submissions).resolve().name))}), or move "
+                         f"grades.csv and grades.json out of {shown(out)} first")
     found = find_submissions(submissions, course, skip=out)
     if not found:
         raise FileNotFoundError(f"no files in {shown(submissions)} (its sub-folders searched too, hidden ones "
@@ -329,7 +337,8 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         raise _no_sandbox(f"the sandbox failed as {shown(Path(path).name)} started ({error})",
                           f"{then[0].upper()}{then[1:]}.")
     report = {
-        "submissions_dir": shown(submissions), "mode": "fast" if fast else "full",
+        "submissions_dir": shown(submissions), "submissions_path": shown(Path(submissions).resolve()),
+        "mode": "fast" if fast else "full",
         "sandbox": not unsafe,
         "time_limits": {"per_cell_s": cell_timeout, "per_notebook_s": timeout},
         "assignments": {a: {"questions": m["questions"]} for a, m in manifests.items()
@@ -343,6 +352,18 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
                                + _kept(journal, "fix that and run the same command again", finished=True)) from e
     journal.close()
     return report
+
+
+def _other_batch(out: Path, submissions: Path) -> str | None:
+    """The submissions folder whose grades ``out`` holds, where it is not ``submissions`` (a second folder graded
+    into the same ``--out``, the default ``results/grades`` above all, replaced the first one's grades without a
+    word); None where ``out`` holds no grades or this folder's."""
+    try:
+        earlier = json.loads((out / "grades.json").read_text(encoding="utf-8"))
+        path = earlier.get("submissions_path") or str(Path(earlier["submissions_dir"]).resolve())  # older reports
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # no grades there, or none this grader wrote: nothing of a batch to keep
+    return None if Path(path) == Path(submissions).resolve() else shown(path)
 
 
 def _kept(journal: Journal, then: str, finished: bool = False) -> str:

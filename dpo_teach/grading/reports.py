@@ -58,7 +58,18 @@ def _why(feedback: str) -> str:
     package's kl_divergence ...)`` from a test's feedback, for the one-line reason."""
     errors = re.findall(r"(\w+(?:Error|Exception)\b.*)$", feedback, flags=re.M)
     quoted = _QUOTED.match(feedback)
-    return f" ({errors[0].strip()[:80]})" if errors else f" ({quoted.group()})" if quoted else ""
+    return f" ({clipped(errors[0].strip(), 80)})" if errors else f" ({quoted.group()})" if quoted else ""
+
+
+def clipped(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, cut after a whole word and ended with "…" where it is longer (cut
+    mid-word, a reason read "is β applied to the whole h,)")."""
+    if len(text) <= width:
+        return text
+    cut = text[:width - 1]
+    if " " in cut and not text[width - 1].isspace():
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:(") + "…"
 
 
 def per_student(rows: list[dict]) -> dict:
@@ -118,7 +129,7 @@ def format_table(report: dict) -> str:
     lines = [f"{'student':<{w1}}{'assignment':<{w2}}{'score':>{ws}}  {'status':<{w3}}reason"]
     for r, score in zip(rows, scores):
         reason = re.sub(r"\s+", " ", r["reason"])
-        reason = reason if len(reason) <= 100 else reason[:99] + "…"  # the whole reason: grades.csv
+        reason = clipped(reason, 100)  # the whole reason: grades.csv
         lines.append(f"{r['student']:<{w1}}{(r['assignment'] or '?'):<{w2}}{score:>{ws}}  {r['status']:<{w3}}{reason}")
     for name, assignment in report.get("assignments", {}).items():  # points the scores above leave out
         manual = [v["points"] for v in assignment["questions"].values() if v["manual"]]
