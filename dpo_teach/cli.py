@@ -102,7 +102,8 @@ def cmd_grade(args) -> int:
         print(f"dpo-teach grade: {said}", file=sys.stderr)
         return 130
     _print_while_read(grading.format_table(report))
-    _print_while_read(f"wrote {out}/grades.csv and {out}/grades.json")
+    _print_while_read(f"wrote {out}/grades.csv (a row per file), {out}/grades_by_student.csv (a row per student, "
+                      f"for a gradebook) and {out}/grades.json")
     return 0
 
 

@@ -281,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--preset", choices=sorted(PRESETS), default=demo_defaults.world.preset,
                    help="the toy π_ref that samples the pairs (%(default)s); train them with the same --preset")
 
-    g = sub.add_parser("grade", help="grade a folder of submitted notebooks → grades.csv and grades.json",
+    g = sub.add_parser("grade", help="grade a folder of submitted notebooks → grades.csv, grades_by_student.csv, "
+                       "grades.json",
                        description="Grade every notebook under SUBMISSIONS_DIR (NAME.ipynb files, or one folder per "
                                    "student) with the tests of its autograder bundle from `make assign`, each "
                                    "notebook in its own sandbox (Linux namespaces: no network, no view of other "
@@ -293,11 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "that calls the package's own version scores 0 for that question. Only a sandbox "
                                    "that fails to start stops the batch (exit 2); a rerun resumes a stopped or "
                                    "interrupted one. Writes grades.csv (a row per submission, a column "
-                                   "per question) and grades.json (also feedback, cell errors, flags, totals per "
-                                   "student).")
+                                   "per question), grades_by_student.csv (a row per student, for a gradebook) and "
+                                   "grades.json (also feedback, cell errors, flags, totals per student).")
     g.add_argument("submissions", metavar="SUBMISSIONS_DIR", type=_path, help="folder of submitted notebooks")
     g.add_argument("--out", default="results/grades", type=_path,
-                   help="where grades.csv and grades.json go (%(default)s)")
+                   help="where the reports go: grades.csv, grades_by_student.csv, grades.json (%(default)s)")
     g.add_argument("--assignment", help="grade as this assignment, e.g. 03_deriving_dpo, every notebook whose "
                                         "metadata names none (default: read from each notebook's metadata, else "
                                         "from its file name)")

@@ -325,6 +325,13 @@ def test_grade_writes_matching_csv_and_json(graded):
             assert float(line[q]) == result["score"]
     full = report["students"]["full"]  # full_01_kl_objective.ipynb, full_02_bradley_terry.ipynb, ...: one student
     assert full["score"] == full["possible"] > 0 and sorted(full["assignments"]) == NAMES, full
+    with open(out / "grades_by_student.csv", newline="") as f:  # a row per student, the same totals
+        by_student = {line["student"]: line for line in csv.DictReader(f)}
+    assert set(by_student) == set(report["students"])
+    for student, totals in report["students"].items():
+        assert float(by_student[student]["total"]) == totals["score"], (student, by_student[student], totals)
+    assert all(float(by_student["full"][name]) == full["assignments"][name] for name in NAMES)
+    assert {line["possible (auto-graded)"] for line in by_student.values()} == {f"{full['possible']:g}"}
 
 
 def test_full_solutions_and_blank_notebooks_run_without_cell_errors(graded):

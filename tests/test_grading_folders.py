@@ -157,6 +157,34 @@ def test_a_long_message_in_a_reason_is_cut_after_a_word_and_says_so():
     assert message[len(quoted) - 1] == " ", f"cut inside a word: {reason}"
 
 
+def test_grades_by_student_is_one_row_per_student_for_a_gradebook():
+    """grades.csv has a row per file, a superseded 0 beside the graded score, and totals only over what a student
+    handed in: a gradebook import could take the 0, and a student with a missing notebook looked complete. The
+    by-student file has one row per student, a column per assignment, the total over every assignment of the batch
+    and what to look at."""
+    import csv
+    import io
+
+    from dpo_teach.grading.reports import students_csv
+
+    def row(student, assignment, status, score, file=None):
+        return {**empty_row(student, Path(file or f"{student}_{assignment}.ipynb"), assignment, status),
+                "score": score}
+
+    questions = {"01": {"q1": {"points": 5, "manual": False}},
+                 "03": {"q3": {"points": 6, "manual": False}, "open": {"points": 2, "manual": True}}}
+    report = {"assignments": {a: {"questions": q} for a, q in questions.items()},
+              "results": [row("bob", "01", "flagged", 0.0), row("alice", "01", "graded", 5.0),
+                          row("alice", "01", "superseded", 0.0), row("Bob", "03", "graded", 6.0),
+                          row("carol", None, "error", 0.0, "hw1.ipynb")]}
+    got = list(csv.reader(io.StringIO(students_csv(report))))
+    assert got == [["student", "01", "03", "total", "possible (auto-graded)", "to check"],
+                   ["alice", "5.0", "", "5.0", "11", ""],
+                   ["Bob", "", "6.0", "6.0", "11", ""],
+                   ["bob", "0.0", "", "0.0", "11", "01: flagged"],
+                   ["carol", "", "", "0.0", "11", "hw1.ipynb: error"]], got
+
+
 def test_the_instructor_reads_what_a_failed_hidden_test_says_and_the_student_does_not():
     """"hidden test 2 of 3 failed" is all a student sees; the instructor's grades.json says which assert failed."""
     from dpo_teach.grading.reports import row_reason
@@ -365,9 +393,9 @@ def test_another_batch_into_the_same_out_keeps_an_interrupted_batchs_rows(tmp_pa
     code, _, err = run_cli(tmp_path / "a", tmp_path / "out", assigned, capsys)
     assert code == 2 and graded == ["alice", "bob", "carol"] and len(err.strip().splitlines()) == 1, err
     assert f"--out {tmp_path / 'out'} holds the grades of another folder, {tmp_path / 'b'}: grading " in err, err
-    assert f"move grades.csv and grades.json out of {tmp_path / 'out'} first" in err, err
+    assert f"move its reports (grades.csv, grades.json, grades_by_student.csv) out of {tmp_path / 'out'} first" in err
     (tmp_path / "b-grades").mkdir()
-    for name in ("grades.csv", "grades.json"):
+    for name in ("grades.csv", "grades.json", "grades_by_student.csv"):
         (tmp_path / "out" / name).rename(tmp_path / "b-grades" / name)
     code, printed, err = run_cli(tmp_path / "a", tmp_path / "out", assigned, capsys)
     assert code == 0 and "1 graded before" in printed, (printed, err)

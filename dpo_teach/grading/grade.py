@@ -244,7 +244,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         raise ValueError(f"--out {shown(out)} holds the grades of another folder, {earlier}: grading "
                          f"{shown(submissions)} there would replace them; pass another --out (e.g. "
                          f"{shown(out.parent / (out.name + '-' + Path(submissions).resolve().name))}), or move "
-                         f"grades.csv and grades.json out of {shown(out)} first")
+                         f"its reports (grades.csv, grades.json, grades_by_student.csv) out of {shown(out)} first")
     found = find_submissions(submissions, course, skip=out)
     if not found:
         raise FileNotFoundError(f"no files in {shown(submissions)} (its sub-folders searched too, hidden ones "

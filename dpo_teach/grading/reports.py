@@ -1,5 +1,5 @@
-"""A grade row and what is written from the rows: its one-line reason, the totals per student, ``grades.csv`` and
-``grades.json`` (atomically), and the table for the terminal."""
+"""A grade row and what is written from the rows: its one-line reason, the totals per student, ``grades.csv``,
+``grades.json`` and ``grades_by_student.csv`` (atomically, together), and the table for the terminal."""
 
 from __future__ import annotations
 
@@ -97,9 +97,9 @@ def as_text(value):
 
 
 def write_reports(report: dict, out: Path) -> None:
-    """``grades.json`` (everything) and ``grades.csv`` (one row per submission, one column per question, then an
-    empty column per question graded by hand, ``open_q (by hand, 2 points)``, to fill in; text that starts like a
-    formula is escaped, :func:`as_text`)."""
+    """``grades.json`` (everything), ``grades_by_student.csv`` (:func:`students_csv`) and ``grades.csv`` (one row
+    per submission, one column per question, then an empty column per question graded by hand, ``open_q (by hand, 2
+    points)``, to fill in; text that starts like a formula is escaped, :func:`as_text`)."""
     questions = [q for a in report["assignments"].values() for q, v in a["questions"].items() if not v["manual"]]
     by_hand = [f"{q} (by hand, {v['points']:g} points)" for a in report["assignments"].values()
                for q, v in a["questions"].items() if v["manual"]]
@@ -113,9 +113,42 @@ def write_reports(report: dict, out: Path) -> None:
     for name in REPORT_FILES:  # a folder in the way: said plainly, before anything is written
         if (out / name).is_dir():
             raise IsADirectoryError(f"{out / name} is a folder")
-    with atomic_files([out / name for name in REPORT_FILES]) as (csv_file, json_file):  # both written, then both in:
-        json_file.write_text(json_text(report, sort_keys=False), encoding="utf-8")
-        csv_file.write_text(buffer.getvalue(), encoding="utf-8")  # never one alone, also after a Ctrl-C
+    with atomic_files([out / name for name in REPORT_FILES]) as (csv_file, json_file, by_student):  # all written,
+        json_file.write_text(json_text(report, sort_keys=False), encoding="utf-8")  # then all in: never one alone,
+        csv_file.write_text(buffer.getvalue(), encoding="utf-8")  # also after a Ctrl-C
+        by_student.write_text(students_csv(report), encoding="utf-8")
+
+
+TO_CHECK = ("flagged", "crashed", "timeout", "error", "invalid")  # a row whose score an instructor should look at
+
+
+def students_csv(report: dict) -> str:
+    """``grades_by_student.csv``: one row per student (in alphabetical order), one column per assignment of the batch
+    (the graded notebook's score; empty where the student handed in none), the total, what is possible over every
+    assignment of the batch (auto-graded points: a missing notebook counts 0 of its points) and the rows to look at
+    (flagged, crashed, timed out, not gradable). What a gradebook imports: ``grades.csv`` has a row per file, its
+    superseded and skipped files beside the graded one."""
+    assignments = sorted(report["assignments"])
+    points = {a: sum(v["points"] for v in report["assignments"][a]["questions"].values() if not v["manual"])
+              for a in assignments}
+    students: dict[str, dict] = {}
+    for r in report["results"]:
+        if r["status"] in ("superseded", "skipped"):
+            continue
+        s = students.setdefault(r["student"], {"scores": {}, "check": []})
+        if r["assignment"] in points:
+            s["scores"][r["assignment"]] = r["score"]
+        if r["status"] in TO_CHECK or r["assignment"] not in points:
+            s["check"].append(f"{r['assignment'] or r['file']}: {r['status']}")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["student", *assignments, "total", "possible (auto-graded)", "to check"])
+    for name in sorted(students, key=lambda n: (n.casefold(), n)):
+        s = students[name]
+        scores = [s["scores"].get(a, "") for a in assignments]
+        total, possible = sum(s["scores"].values(), 0.0), sum(points.values())
+        writer.writerow([as_text(v) for v in (name, *scores, total, possible, "; ".join(s["check"]))])
+    return buffer.getvalue()
 
 
 def format_table(report: dict) -> str:

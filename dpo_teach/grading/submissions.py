@@ -19,7 +19,8 @@ _COPY_PREFIX = re.compile(r"^copy of\s+", re.IGNORECASE)
 _CANVAS = re.compile(r"^(.+?)(?:_late)?_(\d+)_\d+$", re.IGNORECASE)
 _SEPARATORS = "_- "
 SAME_INSTANT_S = 2.0  # a git clone or an unzip writes a folder's files within this of one another (FAT: 2 s steps)
-REPORT_FILES = ("grades.csv", "grades.json")  # what `dpo-teach grade` writes in --out at the end
+REPORT_FILES = ("grades.csv", "grades.json", "grades_by_student.csv")  # what `dpo-teach grade` writes in --out
+BATCH_REPORTS = REPORT_FILES[:2]  # what every batch wrote, older ones too: its reports are these two side by side
 JOURNAL_FILE = "grades.partial.jsonl"  # and while it runs (journal.py)
 GRADER_FILES = {*REPORT_FILES, JOURNAL_FILE}
 ARCHIVES = {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"}
@@ -185,10 +186,10 @@ def one_spelling(found: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
 
 def earlier_grades(path: Path) -> bool:
     """Whether ``path`` is what an earlier batch wrote into the submissions (``--out subs/grades``, then a rerun
-    with another ``--out``): its journal, or its ``grades.csv`` beside its ``grades.json``. It used to be listed as
-    a student named after its folder, whose files were skipped."""
+    with another ``--out``): its journal, or its reports beside ``grades.csv`` and ``grades.json``. It used to be
+    listed as a student named after its folder, whose files were skipped."""
     return path.name == JOURNAL_FILE or path.name in REPORT_FILES and all(
-        (path.parent / name).is_file() for name in REPORT_FILES)
+        (path.parent / name).is_file() for name in BATCH_REPORTS)
 
 
 def handed_in(path: Path) -> bool:
