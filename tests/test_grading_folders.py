@@ -355,6 +355,9 @@ def test_a_folder_above_the_students_folders_grades_each_student(tmp_path, assig
     rows = {r["student"]: r["status"] for r in json.loads((tmp_path / "out" / "grades.json").read_text())["results"]}
     assert rows == {"section1/alice": "graded", "section1/bob": "graded", "carol": "graded"}, printed
     assert f"to name them by their folders alone, pass {tmp_path / 'in' / 'section1'}" in printed, printed
+    # carol/week1 reads the same as a section of one student (section2/zoe, credited to "section2" without a word)
+    assert (f"carol: graded as one student, carol, whose notebooks lie in carol/week1; if carol is a section with one "
+            f"student, grade {tmp_path / 'in' / 'carol'} on its own to name the student week1") in printed, printed
     assert reads == [f"{KL}.ipynb"] * 3, reads
 
 

@@ -31,6 +31,7 @@ from dpo_teach.grading.submissions import (
     handed_in,
     in_sections,
     is_notebook,
+    lone_subfolders,
     metadata_assignment,
     read_notebook,
     section_students,
@@ -260,6 +261,10 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
                 f"{assignment} (--assignment): {other[0][0]} as {other[0][1]}{', ...' * many}")
     sections = section_students(files, names, submissions)
     if sections:  # the folder above the students' folders: each sub-folder of a section is a student
+        for top, sub in lone_subfolders(files, sections, submissions).items():  # a section of one student, or not
+            log(f"{shown(top)}: graded as one student, {shown(top)}, whose notebooks lie in {shown(top)}/{shown(sub)}; "
+                f"if {shown(top)} is a section with one student, grade {shown(Path(submissions) / top)} on its own to "
+                f"name the student {shown(sub)}")
         found, files = in_sections(found, sections, submissions), in_sections(files, sections, submissions)
         for top, held in sections.items():
             listed = ", ".join(shown(h) for h in held[:3]) + (", ..." if len(held) > 3 else "")

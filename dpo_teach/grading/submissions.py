@@ -290,6 +290,19 @@ def section_students(found: list[tuple[str, Path]], names: dict, folder: Path) -
     return {top: sorted(held) for top, held in sections.items()}
 
 
+def lone_subfolders(found: list[tuple[str, Path]], sections: dict, folder: Path) -> dict[str, str]:
+    """Beside ``sections``, the first-level folders of ``folder`` whose notebooks all lie in one sub-folder of theirs
+    (``section2/zoe/hw1.ipynb``, ``carol/week1/hw1.ipynb``): ``{folder: its sub-folder}``. Each is graded as one
+    student named after the first-level folder, which is right for carol's week1 and wrong for a section with one
+    student; no name tells the two apart, so the grader says which it did."""
+    where: dict[str, set] = {}
+    for _, path in found:
+        parts = Path(path).relative_to(folder).parts
+        if len(parts) > 1 and parts[0] not in sections and str(path).lower().endswith(".ipynb"):
+            where.setdefault(parts[0], set()).add(parts[1] if len(parts) > 2 else None)
+    return {top: next(iter(subs)) for top, subs in where.items() if len(subs) == 1 and None not in subs}
+
+
 def in_sections(found: list[tuple[str, Path]], sections: dict, folder: Path) -> list[tuple[str, Path]]:
     """``found`` with each file in a section's sub-folder (:func:`section_students`) given that sub-folder as its
     student, named with its section (``section1/alice``); a file directly in a section keeps the section's name."""
