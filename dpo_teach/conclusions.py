@@ -17,7 +17,9 @@ from dpo_teach.frontier import (
     matched_kl_gap,
     mean_sd,
     methods_in,
+    pair_completions,
     plot_frontier,
+    preference_pairs,
     runs_of,
     summarize,
 )
@@ -330,13 +332,14 @@ def conclusions(results: dict) -> dict[str, str]:
 
 def completions_sentence(results: dict) -> str:
     """How many completions each method sampled (per run, at its best setting) and how many labels it needed."""
-    pairs = next(iter(results["stages"].values()))["pairs"]
+    pairs = preference_pairs(results)
     parts, best = [], best_settings(results)
     for m in methods_in(results):
         row = best[m]["compute"]
         if m == "DPO":
-            parts.append(f"DPO sampled 0 completions while training (offline: it reuses the {2 * pairs['n_train']:,} "
-                         f"completions of its {pairs['n_train']:,} training pairs, sampled once from π_ref; with the "
+            parts.append(f"DPO sampled 0 completions while training (offline: it reuses the "
+                         f"{pair_completions(results):,} completions of its {pairs['n_train']:,} training pairs, "
+                         "sampled once from π_ref; with the "
                          f"held-out pairs, {pairs['completions']:,} completions and "
                          f"{pairs['ground_truth_calls']:,} labels)")
         elif m == "online-DPO-RM":

@@ -253,6 +253,18 @@ def best_settings(results: dict, min_fluency: float = MIN_FLUENCY,
     return best
 
 
+def preference_pairs(results: dict) -> dict:
+    """The preference set's record (the first seed's; every seed samples as many pairs): ``n_train`` and the counts
+    of the whole set, held-out pairs included (``completions``, ``ground_truth_calls``)."""
+    return next(iter(results["stages"].values()))["pairs"]
+
+
+def pair_completions(results: dict) -> int:
+    """What a method that learns from the preference set (:data:`USES_PAIRS`) spends of it: its training pairs' two
+    completions each (the held-out pairs are sampled too, but only to evaluate on)."""
+    return 2 * preference_pairs(results)["n_train"]
+
+
 def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
     """Reward vs KL (frontiers), fluency vs KL, and reward vs completions sampled; seed means.
 
@@ -263,9 +275,7 @@ def plot_frontier(results: dict, highlight: dict[str, float] | None = None):
     a note there); the fluency panel shows every point.
     """
     fig, axes = plt.subplots(1, 3, figsize=(16, PANEL_HEIGHT))
-    # the preference set's part of a method's budget: its training pairs' two completions each (the held-out pairs are
-    # sampled too, but only to evaluate on), as notebook 06's budget lines count it
-    pairs = 2 * next(iter(results["stages"].values()))["pairs"]["n_train"]
+    pairs = pair_completions(results)  # the preference set's part of a budget, as notebook 06's budget lines count it
     drawn, fluent_max, hollow = [], 0.0, False  # every (KL, reward) point; the fluent points' largest KL; any not
     for m in methods_in(results):
         p = points(results, m)

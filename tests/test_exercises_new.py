@@ -8,13 +8,13 @@ solutions score every point, the new questions included. This module checks the 
 
 from __future__ import annotations
 
-import doctest
 import json
 
 import nbformat
 import pytest
 
 from dpo_teach import grading
+from dpo_teach.grading import judge
 from dpo_teach.grading.assign import solution_lines
 
 WEIGHT = "def dpo_gradient_weight("
@@ -134,8 +134,8 @@ def public_messages(assigned, name: str, question: str, answer: str) -> list[str
     for code in cases:  # each a doctest, run as the grader runs it: its examples one by one in a fresh namespace
         ns = dict(answered)
         try:
-            for example in doctest.DocTestParser().get_examples(code):
-                exec(compile(example.source, "<case>", "single"), ns)  # noqa: S102 - the course's own public tests
+            for example in judge.test_case(code, hidden=False)["examples"]:
+                exec(compile(example, "<case>", "single"), ns)  # noqa: S102 - the course's own public tests
         except AssertionError as e:
             said.append(str(e))
     return said

@@ -165,7 +165,7 @@ def test_grades_by_student_is_one_row_per_student_for_a_gradebook():
     import csv
     import io
 
-    from dpo_teach.grading.reports import students_csv
+    from dpo_teach.grading.reports import per_student, students_csv
 
     def row(student, assignment, status, score, file=None):
         return {**empty_row(student, Path(file or f"{student}_{assignment}.ipynb"), assignment, status),
@@ -177,6 +177,7 @@ def test_grades_by_student_is_one_row_per_student_for_a_gradebook():
               "results": [row("bob", "01", "flagged", 0.0), row("alice", "01", "graded", 5.0),
                           row("alice", "01", "superseded", 0.0), row("Bob", "03", "graded", 6.0),
                           row("carol", None, "error", 0.0, "hw1.ipynb")]}
+    report["students"] = per_student(report["results"])  # as grade() writes it
     got = list(csv.reader(io.StringIO(students_csv(report))))
     assert got == [["student", "01", "03", "total", "possible (auto-graded)", "to check"],
                    ["alice", "5.0", "", "5.0", "11", ""],

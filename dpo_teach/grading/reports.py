@@ -123,31 +123,25 @@ TO_CHECK = ("flagged", "crashed", "timeout", "error", "invalid")  # a row whose 
 
 
 def students_csv(report: dict) -> str:
-    """``grades_by_student.csv``: one row per student (in alphabetical order), one column per assignment of the batch
-    (the graded notebook's score; empty where the student handed in none), the total, what is possible over every
-    assignment of the batch (auto-graded points: a missing notebook counts 0 of its points) and the rows to look at
-    (flagged, crashed, timed out, not gradable). What a gradebook imports: ``grades.csv`` has a row per file, its
-    superseded and skipped files beside the graded one."""
+    """``grades_by_student.csv``: the report's totals per student (:func:`per_student`), one row each in alphabetical
+    order, one column per assignment of the batch (the graded notebook's score; empty where the student handed in
+    none), the total, what is possible over every assignment of the batch (auto-graded points: a missing notebook
+    counts 0 of its points) and the rows to look at (flagged, crashed, timed out, not gradable). What a gradebook
+    imports: ``grades.csv`` has a row per file, its superseded and skipped files beside the graded one."""
     assignments = sorted(report["assignments"])
-    points = {a: sum(v["points"] for v in report["assignments"][a]["questions"].values() if not v["manual"])
-              for a in assignments}
-    students: dict[str, dict] = {}
+    possible = sum(v["points"] for a in assignments for v in report["assignments"][a]["questions"].values()
+                   if not v["manual"])
+    check: dict[str, list[str]] = {}
     for r in report["results"]:
-        if r["status"] in ("superseded", "skipped"):
-            continue
-        s = students.setdefault(r["student"], {"scores": {}, "check": []})
-        if r["assignment"] in points:
-            s["scores"][r["assignment"]] = r["score"]
-        if r["status"] in TO_CHECK or r["assignment"] not in points:
-            s["check"].append(f"{r['assignment'] or r['file']}: {r['status']}")
+        if r["status"] in TO_CHECK:
+            check.setdefault(r["student"], []).append(f"{r['assignment'] or r['file']}: {r['status']}")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["student", *assignments, "total", "possible (auto-graded)", "to check"])
-    for name in sorted(students, key=lambda n: (n.casefold(), n)):
-        s = students[name]
-        scores = [s["scores"].get(a, "") for a in assignments]
-        total, possible = sum(s["scores"].values(), 0.0), sum(points.values())
-        writer.writerow([as_text(v) for v in (name, *scores, total, possible, "; ".join(s["check"]))])
+    for name, totals in sorted(report["students"].items(), key=lambda item: (item[0].casefold(), item[0])):
+        scores = [totals["assignments"].get(a, "") for a in assignments]
+        writer.writerow([as_text(v) for v in (name, *scores, totals["score"], possible,
+                                              "; ".join(check.get(name, [])))])
     return buffer.getvalue()
 
 

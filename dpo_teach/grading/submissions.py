@@ -4,6 +4,7 @@ latest."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
@@ -43,8 +44,6 @@ def read_notebook(path: Path):
     saved with cell ids under nbformat 4.4, or whose markdown cell kept its outputs."""
     import nbformat  # not at the top: each submission's process imports this package (nbformat costs ~1 s)
 
-    if why := _not_json(path):
-        return None, why
     try:
         nb = nbformat.read(path, as_version=4)
         cells = nb.get("cells")
@@ -56,7 +55,7 @@ def read_notebook(path: Path):
                 raise ValueError(f"its cell {i} has no cell_type, or a source that is not text")
     except Exception as e:  # noqa: BLE001 - any reason a file is not a usable notebook
         first_line = (str(e).splitlines() or [""])[0][:200]
-        return None, f"not a valid notebook ({type(e).__name__}: {first_line})"
+        return None, _not_json(path) or f"not a valid notebook ({type(e).__name__}: {first_line})"
     return nb, None
 
 
@@ -69,10 +68,9 @@ _OTHER_FILES = [(b"PK\x03\x04", "it is a zip archive named .ipynb (an LMS downlo
 
 
 def _not_json(path: Path) -> str | None:
-    """Why ``path`` is no notebook at all, in words an instructor can act on (empty, another kind of file, JSON that
-    stops early), or None: the JSON parser's own message said only ``NotJSONError`` or a codec's error."""
-    import json
-
+    """Why ``path``, which nbformat could not read, is no notebook at all, in words an instructor can act on (empty,
+    another kind of file, JSON that stops early), or None (it is JSON: nbformat's own reason says what is wrong with
+    it); nbformat's message said only ``NotJSONError`` or a codec's error."""
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -298,7 +296,7 @@ def lone_subfolders(found: list[tuple[str, Path]], sections: dict, folder: Path)
     where: dict[str, set] = {}
     for _, path in found:
         parts = Path(path).relative_to(folder).parts
-        if len(parts) > 1 and parts[0] not in sections and str(path).lower().endswith(".ipynb"):
+        if len(parts) > 1 and parts[0] not in sections and is_notebook(path):
             where.setdefault(parts[0], set()).add(parts[1] if len(parts) > 2 else None)
     return {top: next(iter(subs)) for top, subs in where.items() if len(subs) == 1 and None not in subs}
 
