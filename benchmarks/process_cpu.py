@@ -25,7 +25,7 @@ PROC = Path("/proc")
 # "What runs" is the program's file name, then the module after -m, the script's file name or the code after -c, so
 # that a checkout in /tmp/dpo-teach-bench-test-x/ is not taken for a dpo-teach command.
 KINDS = {
-    "notebook kernels": ("ipykernel_launcher",),
+    "notebook kernels": ("ipykernel_launcher", "dpo_teach.warm_kernel"),  # cold, and warm (launcher, zygote, forks)
     "grading sandbox (zygotes, forks)": ("dpo_teach.grading",),
     "multiprocessing workers (the comparison's seeds)": ("multiprocessing",),
     "pytest-xdist workers (tests run in process)": ("exec(eval(sys.stdin.readline()))",),

@@ -5,10 +5,10 @@ One topic per module, in layers that import one way: a module imports only from 
 (tests/test_layers.py checks the imports, and that this list names every module in its layer):
 
 - ``utils``, ``claims``, ``grammar``, ``tokenizer``, ``model``, ``reward``, ``compute``, ``measure``, ``plots``,
-  ``headless``: seeding and atomic writes; the notebooks' claim checks; the toy world's review grammar, its
-  byte-level BPE tokenizer (GPT-2's algorithm) and tiny ``GPT2Config`` presets, checkpoints with clear errors; the
-  ground-truth reward r(x, y) (VADER) and the Bradley–Terry probability the "human" labels with; cost counters;
-  time, memory and load; figures; notebooks run headless
+  ``headless``, ``warm_kernel``: seeding and atomic writes; the notebooks' claim checks; the toy world's review
+  grammar, its byte-level BPE tokenizer (GPT-2's algorithm) and tiny ``GPT2Config`` presets, checkpoints with clear
+  errors; the ground-truth reward r(x, y) (VADER) and the Bradley–Terry probability the "human" labels with; cost
+  counters; time, memory and load; figures; notebooks run headless, in kernels that can start warm
 - ``logprobs``, ``sampling``, ``rollout``: tokenization with a completion mask, summed sequence log-probs, π_ref's
   log-probs precomputed once; sampling; rollouts with per-token log-probs
 - ``preference_rows``, ``preference_file``: a user's preference file (JSON Lines, HH-RLHF rows too): each row

@@ -6,8 +6,9 @@ The suite runs in one process (plain ``pytest``) or in parallel (``make test``: 
 - each π_ref (the small world below, the notebooks' "tiny" preset) is built once, by whichever worker needs it
   first, in a store that every worker of the run sees (``shared_dir``), under a file lock; each worker links it into
   its own private ``$DPO_TEACH_CACHE``, where its tests and its notebook kernels load it;
-- each notebook is executed once (``notebook_runs``); the executed copy, its seconds and its error are read by every
-  test that checks them;
+- each notebook is executed once (``notebook_runs``), in a kernel that starts warm (dpo_teach/warm_kernel.py:
+  torch, transformers and IPython imported once per worker); the executed copy, its seconds and its error are read
+  by every test that checks them;
 - a test module is one work unit (``work_unit``), so a module fixture (the grading batch, the demo runs) is computed
   once, by the worker whose tests check it; the tests that each run one notebook are a unit per notebook, so that
   the notebook runs spread over the workers;
@@ -334,6 +335,9 @@ def renamed(path: Path) -> str:
 class NotebookRuns:
     """Notebooks executed headless in a fresh kernel, each (path, mode) at most once per suite.
 
+    The kernels start warm (dpo_teach/warm_kernel.py): a fork of a process that imported torch, transformers
+    and IPython once per worker, instead of a new Python that imports them before the first cell.
+
     ``get(path)`` returns ``{"nb": the executed notebook, "seconds": its wall time, "error": None or what stopped
     it, "cache": the π_ref cache folder its kernel used (its worker's $DPO_TEACH_CACHE)}``. The first caller runs it
     and stores the executed copy; later callers, in any worker, read that copy (and wait while another worker is
@@ -362,6 +366,7 @@ class NotebookRuns:
         from dpo_teach.headless import notebook_client
         from dpo_teach.site import link_assets
         from dpo_teach.utils import atomic_write_json, environment
+        from dpo_teach.warm_kernel import kernel_manager_class
         from dpo_teach.world import cache_dir
 
         workdir = self.store / key
@@ -380,7 +385,7 @@ class NotebookRuns:
         start, stopped = time.perf_counter(), None
         with environment(env):
             try:
-                notebook_client(nb, timeout=timeout, kernel_name="python3",
+                notebook_client(nb, timeout=timeout, kernel_name="python3", kernel_manager_class=kernel_manager_class(),
                                 resources={"metadata": {"path": str(workdir)}}).execute()
             except Exception as e:  # noqa: BLE001 - reported by the test that needs it
                 stopped = f"{type(e).__name__}: {e}"

@@ -159,6 +159,8 @@ def test_a_process_is_counted_by_what_it_runs_not_by_where_it_lies():
     python = "/tmp/dpo-teach-bench-test-x/new/.venv/bin/python"  # a checkout's path says nothing of what runs
     for argv, kind in [([python, "-c", "import time"], "other Python processes"),
                        ([python, "-m", "ipykernel_launcher", "-f", "k.json"], "notebook kernels"),
+                       ([python, "-m", "dpo_teach.warm_kernel", "/tmp/z/zygote", "-f", "k.json"], "notebook kernels"),
+                       ([python, "-m", "dpo_teach.warm_kernel", "--zygote", "/tmp/z/zygote"], "notebook kernels"),
                        ([python, "-m", "dpo_teach.grading", "_zygote", "19"], "grading sandbox (zygotes, forks)"),
                        ([python, "-u", "-c", "import sys;exec(eval(sys.stdin.readline()))"],
                         "pytest-xdist workers (tests run in process)"),
