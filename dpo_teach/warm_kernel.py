@@ -106,10 +106,12 @@ def kernel_manager_class(env: dict | None = None) -> type:
     """A ``jupyter_client.AsyncKernelManager`` class for nbclient (``headless.notebook_client(nb,
     kernel_manager_class=kernel_manager_class())``, which then starts and shuts down the kernel as its own) whose
     kernels start warm, from the zygote for ``env`` (default: this process's environment, which the kernels inherit).
-    """
+    On Linux only; elsewhere Jupyter's own class (kernels that start cold)."""
     from jupyter_client import AsyncKernelManager
     from jupyter_client.kernelspec import KernelSpec
 
+    if not sys.platform.startswith("linux"):  # macOS: a fork of a process that loaded torch is not safe; cold starts
+        return AsyncKernelManager
     zygote = zygote_for(dict(os.environ) if env is None else env)
     launcher = [sys.executable, "-m", "dpo_teach.warm_kernel", zygote.socket_path, "-f", "{connection_file}"]
     spec = KernelSpec(argv=launcher, display_name="Python 3 (warm start)", language="python",
