@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from glob import escape as glob_escape
@@ -305,3 +307,31 @@ def lr_at(step: int, steps: int, peak: float, warmup_frac: float = 0.05, floor: 
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, steps - warmup)
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class KeptProcesses:
+    """Long-lived helper processes (zygotes), one per key: ``get`` starts one with ``start(env)`` on first use, again
+    when it has died or in place of ``replacing`` (one that failed; if another thread has replaced it already, that
+    one is returned). At most ``keep`` are kept, the oldest goes; all are closed when this process exits. A process
+    has ``alive()`` and ``close()``."""
+
+    def __init__(self, start, keep: int = 2):
+        self.start, self.keep, self.held, self.lock = start, keep, {}, threading.Lock()
+        atexit.register(self.close_all)
+
+    def get(self, key, env: dict, replacing=None):
+        with self.lock:
+            process = self.held.get(key)
+            if process is not None and (process is replacing or not process.alive()):
+                self.held.pop(key).close()
+                process = None
+            if process is None:
+                while len(self.held) >= self.keep:
+                    self.held.pop(next(iter(self.held))).close()
+                process = self.held[key] = self.start(env)
+            return process
+
+    def close_all(self) -> None:
+        with self.lock:
+            while self.held:
+                self.held.popitem()[1].close()

@@ -30,6 +30,8 @@ import sys
 import tempfile
 import threading
 
+from dpo_teach.utils import KeptProcesses
+
 # What a kernel of the course imports at start or in its first cells; nothing that reads DPO_TEACH_* or TMPDIR, and
 # nothing that imports pdb: the kernel replaces pdb.Pdb when it starts, and a class that doctest (otter's checks)
 # derived from the old one before that fails. So otter's heavy part (nbformat's schema checks), not otter itself.
@@ -76,30 +78,12 @@ class Zygote:
             os.rmdir(self.folder)
 
 
-_zygotes: dict[tuple, Zygote] = {}
-_lock = threading.Lock()
+_zygotes = KeptProcesses(Zygote, keep=_MAX_ZYGOTES)
 
 
 def zygote_for(env: dict) -> Zygote:
     """The running zygote for ``env`` (started on first use, or again when it has died); at most two are kept."""
-    key = _key(env)
-    with _lock:
-        zygote = _zygotes.get(key)
-        if zygote is not None and not zygote.alive():
-            _zygotes.pop(key).close()
-            zygote = None
-        if zygote is None:
-            while len(_zygotes) >= _MAX_ZYGOTES:
-                _zygotes.pop(next(iter(_zygotes))).close()
-            zygote = _zygotes[key] = Zygote(env)
-        return zygote
-
-
-@atexit.register
-def close_all() -> None:
-    with _lock:
-        while _zygotes:
-            _zygotes.popitem()[1].close()
+    return _zygotes.get(_key(env), env)
 
 
 def kernel_manager_class(env: dict | None = None) -> type:

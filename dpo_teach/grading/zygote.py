@@ -16,7 +16,6 @@ The zygote never runs student code and holds no test. It exits when the grader c
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
@@ -26,6 +25,8 @@ import subprocess
 import sys
 import threading
 import traceback
+
+from dpo_teach.utils import KeptProcesses
 
 # What every notebook's process imports before its first cell (the runner's own imports and the notebooks' heavy
 # ones). Not the rest of dpo_teach: the runner loads what each assignment's tests name, as before.
@@ -80,32 +81,15 @@ class Zygote:
         self.process.wait()
 
 
-_zygotes: dict[tuple, Zygote] = {}
-_zygotes_lock = threading.Lock()
+_zygotes = KeptProcesses(Zygote, keep=_MAX_ZYGOTES)
 
 
 def for_env(env: dict, replacing: Zygote | None = None) -> Zygote:
     """The running zygote for ``env``, started on first use, when it has died, or in place of ``replacing`` (one
     that failed; if another thread has replaced it already, that one is returned). At most ``_MAX_ZYGOTES`` are
     kept; the oldest goes."""
-    key = tuple(sorted((name, value) for name, value in env.items() if name not in VOLATILE))
-    with _zygotes_lock:
-        zygote = _zygotes.get(key)
-        if zygote is not None and (zygote is replacing or not zygote.alive()):
-            _zygotes.pop(key).close()
-            zygote = None
-        if zygote is None:
-            while len(_zygotes) >= _MAX_ZYGOTES:
-                _zygotes.pop(next(iter(_zygotes))).close()
-            zygote = _zygotes[key] = Zygote(env)
-        return zygote
-
-
-@atexit.register
-def close_all() -> None:
-    with _zygotes_lock:
-        while _zygotes:
-            _zygotes.popitem()[1].close()
+    return _zygotes.get(tuple(sorted((name, value) for name, value in env.items() if name not in VOLATILE)), env,
+                        replacing)
 
 
 def serve(fd: int) -> int:
