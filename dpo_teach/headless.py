@@ -36,10 +36,16 @@ def in_slices(get_msg: Callable[..., Awaitable[dict]], slice_s: float = SLICE_S)
     return get
 
 
-def notebook_client(nb, **kwargs):
+def notebook_client(nb, warm: bool = False, **kwargs):
     """``nbclient.NotebookClient(nb, **kwargs)`` whose kernel client polls its shell and IOPub channels
-    :func:`in_slices`."""
+    :func:`in_slices`; ``warm``: its kernel starts as a fork of a process that imported the heavy libraries once
+    (:mod:`dpo_teach.warm_kernel`, what the test suite uses)."""
     from nbclient import NotebookClient
+
+    if warm:
+        from dpo_teach.warm_kernel import kernel_manager_class
+
+        kwargs["kernel_manager_class"] = kernel_manager_class()
 
     class Client(NotebookClient):
         async def async_start_new_kernel_client(self):

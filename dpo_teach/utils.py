@@ -310,16 +310,19 @@ def lr_at(step: int, steps: int, peak: float, warmup_frac: float = 0.05, floor: 
 
 
 class KeptProcesses:
-    """Long-lived helper processes (zygotes), one per key: ``get`` starts one with ``start(env)`` on first use, again
-    when it has died or in place of ``replacing`` (one that failed; if another thread has replaced it already, that
-    one is returned). At most ``keep`` are kept, the oldest goes; all are closed when this process exits. A process
-    has ``alive()`` and ``close()``."""
+    """Long-lived helper processes (zygotes), one per environment: ``get(env)`` starts one with ``start(env)`` on first
+    use, again when it has died or in place of ``replacing`` (one that failed; if another thread has replaced it
+    already, that one is returned). Environments that differ only in variables for which ``volatile(name)`` is true
+    share one. At most ``keep`` are kept, the oldest goes; all are closed when this process exits. A process has
+    ``alive()`` and ``close()``."""
 
-    def __init__(self, start, keep: int = 2):
-        self.start, self.keep, self.held, self.lock = start, keep, {}, threading.Lock()
+    def __init__(self, start, volatile, keep: int = 2):
+        self.start, self.volatile, self.keep = start, volatile, keep
+        self.held, self.lock = {}, threading.Lock()
         atexit.register(self.close_all)
 
-    def get(self, key, env: dict, replacing=None):
+    def get(self, env: dict, replacing=None):
+        key = tuple(sorted((name, value) for name, value in env.items() if not self.volatile(name)))
         with self.lock:
             process = self.held.get(key)
             if process is not None and (process is replacing or not process.alive()):

@@ -1,9 +1,10 @@
 """Notebook kernels that start warm: torch, transformers and IPython imported once, not once per kernel.
 
-A notebook's kernel (``python -m ipykernel_launcher``) spends 5-6 s of CPU importing those libraries before its first
-cell; a short notebook's whole run is not much more. For the runs that the test suite makes, :func:`kernel_manager`
-gives nbclient a kernel that starts as a fork of a **zygote**: a process that imported the libraries once and waits
-(the grader does the same for graded notebooks: ``dpo_teach/grading/zygote.py``). Jupyter starts the kernel's
+A notebook's kernel (``python -m ipykernel_launcher``) spends 3-5 s of CPU importing those libraries before its first
+cell; a short notebook's whole run is not much more. For the runs that the test suite makes,
+:func:`kernel_manager_class` (``headless.notebook_client(nb, warm=True)``) gives nbclient a kernel that starts as a
+fork of a **zygote**: a process that imported the libraries once and waits (the grader does the same for graded
+notebooks: ``dpo_teach/grading/zygote.py``). Jupyter starts the kernel's
 command as always; that command is a small **launcher** (``python -m dpo_teach.warm_kernel SOCKET -f FILE``) that
 hands its three channels, its environment, its folder and its arguments to the zygote over a Unix socket. The zygote
 forks; the fork takes all of those as its own, starts a session of its own and runs ipykernel as
@@ -44,11 +45,6 @@ VOLATILE_PREFIXES = ("DPO_TEACH_",)
 _MAX_ZYGOTES = 2
 
 
-def _key(env: dict) -> tuple:
-    return tuple(sorted((name, value) for name, value in env.items()
-                        if name not in VOLATILE and not name.startswith(VOLATILE_PREFIXES)))
-
-
 class Zygote:
     """A zygote process started with ``env``, listening on a Unix socket in a private folder."""
 
@@ -78,25 +74,26 @@ class Zygote:
             os.rmdir(self.folder)
 
 
-_zygotes = KeptProcesses(Zygote, keep=_MAX_ZYGOTES)
+_zygotes = KeptProcesses(Zygote, volatile=lambda name: name in VOLATILE or name.startswith(VOLATILE_PREFIXES),
+                         keep=_MAX_ZYGOTES)
 
 
 def zygote_for(env: dict) -> Zygote:
     """The running zygote for ``env`` (started on first use, or again when it has died); at most two are kept."""
-    return _zygotes.get(_key(env), env)
+    return _zygotes.get(env)
 
 
-def kernel_manager_class(env: dict | None = None) -> type:
-    """A ``jupyter_client.AsyncKernelManager`` class for nbclient (``headless.notebook_client(nb,
-    kernel_manager_class=kernel_manager_class())``, which then starts and shuts down the kernel as its own) whose
-    kernels start warm, from the zygote for ``env`` (default: this process's environment, which the kernels inherit).
-    On Linux only; elsewhere Jupyter's own class (kernels that start cold)."""
+def kernel_manager_class() -> type:
+    """A ``jupyter_client.AsyncKernelManager`` class for nbclient (``headless.notebook_client(nb, warm=True)``, which
+    then starts and shuts down the kernel as its own) whose kernels start warm, from the zygote for this process's
+    environment (which the kernels inherit). On Linux only; elsewhere Jupyter's own class (kernels that start
+    cold)."""
     from jupyter_client import AsyncKernelManager
     from jupyter_client.kernelspec import KernelSpec
 
     if not sys.platform.startswith("linux"):  # macOS: a fork of a process that loaded torch is not safe; cold starts
         return AsyncKernelManager
-    zygote = zygote_for(dict(os.environ) if env is None else env)
+    zygote = zygote_for(dict(os.environ))
     launcher = [sys.executable, "-m", "dpo_teach.warm_kernel", zygote.socket_path, "-f", "{connection_file}"]
     spec = KernelSpec(argv=launcher, display_name="Python 3 (warm start)", language="python",
                       metadata={"debugger": True})
@@ -134,12 +131,9 @@ def launch(socket_path: str, argv: list[str]) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(signum, relay)
-    while True:
-        try:
-            if not os.read(ended_r, 1):
-                return 0
-        except InterruptedError:  # a signal was relayed (Python retries reads itself; kept for clarity)
-            continue
+    while os.read(ended_r, 1):  # after a relayed signal, Python goes on reading by itself
+        pass
+    return 0
 
 
 # --- the zygote ----------------------------------------------------------------------------------------------------

@@ -366,7 +366,6 @@ class NotebookRuns:
         from dpo_teach.headless import notebook_client
         from dpo_teach.site import link_assets
         from dpo_teach.utils import atomic_write_json, environment
-        from dpo_teach.warm_kernel import kernel_manager_class
         from dpo_teach.world import cache_dir
 
         workdir = self.store / key
@@ -385,7 +384,7 @@ class NotebookRuns:
         start, stopped = time.perf_counter(), None
         with environment(env):
             try:
-                notebook_client(nb, timeout=timeout, kernel_name="python3", kernel_manager_class=kernel_manager_class(),
+                notebook_client(nb, warm=True, timeout=timeout, kernel_name="python3",
                                 resources={"metadata": {"path": str(workdir)}}).execute()
             except Exception as e:  # noqa: BLE001 - reported by the test that needs it
                 stopped = f"{type(e).__name__}: {e}"

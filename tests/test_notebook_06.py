@@ -12,7 +12,7 @@ import re
 import nbformat
 import torch
 
-from dpo_teach import claims, conclusions, frontier, warm_kernel
+from dpo_teach import claims, conclusions, frontier
 from dpo_teach.compare import FAST_METHODS
 from dpo_teach.grading import NOTEBOOKS
 from dpo_teach.headless import notebook_client
@@ -150,7 +150,7 @@ def test_notebook_executes_with_a_smoke_sized_rerun(monkeypatch, cache_root):
     switch = [c for c in nb.cells if c.cell_type == "code" and "\nRERUN = False" in c.source]
     assert len(switch) == 1, "the RERUN switch moved"
     switch[0].source = switch[0].source.replace("\nRERUN = False", "\nRERUN = True")
-    notebook_client(nb, timeout=600, kernel_name="python3", kernel_manager_class=warm_kernel.kernel_manager_class(),
+    notebook_client(nb, warm=True, timeout=600, kernel_name="python3",
                     resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert f"training runs of {len(FAST_METHODS)} methods, seeds [0]" in printed

@@ -19,7 +19,6 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from dpo_teach import warm_kernel
 from dpo_teach.grading import MASTERS, NOTEBOOKS
 from dpo_teach.grading.student import SETUP_CHECK, assignment_of, find_notebook
 from dpo_teach.headless import notebook_client
@@ -63,8 +62,7 @@ def renamed_runs(tmp_path_factory) -> dict[str, list]:
     old = os.environ.get("DPO_TEACH_FAST")
     os.environ["DPO_TEACH_FAST"] = "1"
     try:
-        notebook_client(nb, timeout=300, kernel_name="python3", allow_errors=True,
-                        kernel_manager_class=warm_kernel.kernel_manager_class(),
+        notebook_client(nb, warm=True, timeout=300, kernel_name="python3", allow_errors=True,
                         resources={"metadata": {"path": str(downloads)}}).execute()
     finally:
         os.environ.pop("DPO_TEACH_FAST") if old is None else os.environ.__setitem__("DPO_TEACH_FAST", old)

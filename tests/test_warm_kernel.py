@@ -40,9 +40,8 @@ def report(folder: Path, mode: str, warm: bool) -> dict:
     old = {name: os.environ.get(name) for name in ("DPO_TEACH_FAST", "TMPDIR")}
     os.environ.update(DPO_TEACH_FAST=mode, TMPDIR=str(folder))
     try:
-        extra = {"kernel_manager_class": warm_kernel.kernel_manager_class()} if warm else {}
-        notebook_client(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(folder)}},
-                        **extra).execute()
+        notebook_client(nb, warm=warm, timeout=120, kernel_name="python3",
+                        resources={"metadata": {"path": str(folder)}}).execute()
     finally:
         for name, value in old.items():
             os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
@@ -91,15 +90,17 @@ async def _run(kc, code: str, timeout: float = 60) -> tuple[dict, str]:
 
 
 def _gone(pids: list[int], within: float = 15) -> bool:
+    """Whether every process of ``pids`` has ended (or is a zombie, ended but not yet reaped) within ``within`` s."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        if not any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in pids):
+        if all(_state(pid) == "Z" for pid in pids):
             return True
         time.sleep(0.2)
     return False
 
 
 def _state(pid: int) -> str:
+    """The state letter of process ``pid`` in /proc ("Z" for a zombie), "Z" too where it is gone."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:

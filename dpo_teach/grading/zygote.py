@@ -81,15 +81,14 @@ class Zygote:
         self.process.wait()
 
 
-_zygotes = KeptProcesses(Zygote, keep=_MAX_ZYGOTES)
+_zygotes = KeptProcesses(Zygote, volatile=VOLATILE.__contains__, keep=_MAX_ZYGOTES)
 
 
 def for_env(env: dict, replacing: Zygote | None = None) -> Zygote:
     """The running zygote for ``env``, started on first use, when it has died, or in place of ``replacing`` (one
     that failed; if another thread has replaced it already, that one is returned). At most ``_MAX_ZYGOTES`` are
     kept; the oldest goes."""
-    return _zygotes.get(tuple(sorted((name, value) for name, value in env.items() if name not in VOLATILE)), env,
-                        replacing)
+    return _zygotes.get(env, replacing)
 
 
 def serve(fd: int) -> int:
