@@ -90,7 +90,7 @@ def cmd_grade(args) -> int:
                              "wrote (course/autograder)")
         report = grading.grade(folder, out, Path(args.autograder_dir or grading.AUTOGRADER), args.assignment,
                                cell_timeout=args.cell_timeout, timeout=args.timeout, fast=not args.full,
-                               jobs=args.jobs, unsafe=args.unsafe, log=_print_while_read)
+                               jobs=args.jobs, unsafe=args.unsafe, regrade=args.regrade, log=_print_while_read)
     except (OSError, ValueError, grading.SandboxUnavailable) as e:  # OSError: no bundles, no files, no report
         print(f"dpo-teach grade: error: {e}", file=sys.stderr)
         return 2
@@ -103,7 +103,7 @@ def cmd_grade(args) -> int:
         return 130
     _print_while_read(grading.format_table(report))
     _print_while_read(f"wrote {out}/grades.csv (a row per file), {out}/grades_by_student.csv (a row per student, "
-                      f"for a gradebook) and {out}/grades.json")
+                      f"for a gradebook), {out}/grades.json and {out}/feedback/ (a file per student, to hand back)")
     return 0
 
 

@@ -293,12 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with what to do); one that touches the grading machinery is flagged; an answer "
                                    "that calls the package's own version scores 0 for that question. Only a sandbox "
                                    "that fails to start stops the batch (exit 2); a rerun resumes a stopped or "
-                                   "interrupted one. Writes grades.csv (a row per submission, a column "
-                                   "per question), grades_by_student.csv (a row per student, for a gradebook) and "
-                                   "grades.json (also feedback, cell errors, flags, totals per student).")
+                                   "interrupted one, and grading the same folder again grades only the notebooks that "
+                                   "are new or changed (--regrade: all). Writes grades.csv (a row per submission, a "
+                                   "column per question), grades_by_student.csv (a row per student, for a "
+                                   "gradebook), grades.json (also feedback, cell errors, flags, totals per student) "
+                                   "and feedback/, a file per student to hand back: each notebook's and question's "
+                                   "score and what the student may read of why.")
     g.add_argument("submissions", metavar="SUBMISSIONS_DIR", type=_path, help="folder of submitted notebooks")
     g.add_argument("--out", default="results/grades", type=_path,
-                   help="where the reports go: grades.csv, grades_by_student.csv, grades.json (%(default)s)")
+                   help="where the reports go: grades.csv, grades_by_student.csv, grades.json, feedback/ "
+                        "(%(default)s)")
     g.add_argument("--assignment", help="grade as this assignment, e.g. 03_deriving_dpo, every notebook whose "
                                         "metadata names none (default: read from each notebook's metadata, else "
                                         "from its file name)")
@@ -314,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run notebooks in full mode (default: fast mode, DPO_TEACH_FAST=1; exercises score the same)")
     g.add_argument("--unsafe", action="store_true",
                    help="grade without the sandbox (where there is none, e.g. macOS): only for notebooks you trust")
+    g.add_argument("--regrade", action="store_true",
+                   help="grade every notebook again (default: a notebook whose file, bundle, settings and grader are "
+                        "unchanged since the last batch graded into --out, finished or interrupted, keeps its row)")
 
     t = sub.add_parser("train", help="train DPO on your own preference file",
                        description="Train a policy with DPO on a JSONL file of {prompt, chosen, rejected} rows "

@@ -312,6 +312,26 @@ def assigned(tmp_path_factory):
     return root
 
 
+@pytest.fixture
+def stub_grading(monkeypatch):
+    """Each notebook 'graded' at once: 1 of 1 point (as 01_kl_objective, where the file names no assignment), the rest
+    of the batch (files, journal, reports, feedback) real. Returns the names of the files graded, in order."""
+    import importlib
+
+    from dpo_teach.grading.reports import empty_row
+
+    grade_module = importlib.import_module("dpo_teach.grading.grade")  # the package's `grade` is the function
+    graded = []
+
+    def grade_submission(student, path, manifests, assignment, *args, **kwargs):
+        graded.append(path.name)
+        row = empty_row(student, path, assignment or "01_kl_objective", "graded")
+        return {**row, "score": 1.0, "possible": 1.0}
+
+    monkeypatch.setattr(grade_module, "grade_submission", grade_submission)
+    return graded
+
+
 @pytest.fixture(scope="session")
 def load_script():
     """``load_script("torch_spec")``: ``scripts/torch_spec.py`` as a module (scripts/ is not a package)."""

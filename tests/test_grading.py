@@ -342,6 +342,36 @@ def test_full_solutions_and_blank_notebooks_run_without_cell_errors(graded):
             assert row["errors"] == [], f"{row['student']}: {row['errors'][:2]}"
 
 
+def test_each_student_gets_a_feedback_file_that_quotes_no_hidden_test(graded):
+    """feedback/<student>.md, one per student of the batch, to hand back: the student's total as the reports count
+    it, a line per question with its score and the feedback a student may read (a failed hidden test numbered, the
+    instructor's ``hidden_failed`` message never in it), and an unreadable file's reason."""
+    report, out = graded
+    files = {p.stem: p.read_text(encoding="utf-8") for p in (out / "feedback").iterdir()}
+    assert set(files) == {r["student"] for r in report["results"]}
+    for student, totals in report["students"].items():
+        assert f"{totals['score']:g} of {totals['possible']:g} auto-graded points" in files[student], student
+    assert files["full"].count(": passed") == sum(len(r["questions"]) for r in report["results"]
+                                                  if r["student"] == "full")
+    hidden = []  # (student, the hidden test's message that grades.json keeps for the instructor)
+    numbered = 0  # questions whose feedback is a numbered hidden test
+    for row in report["results"]:
+        for q, result in row["questions"].items():
+            if result["score"] < result["possible"] and row["status"] == "graded":
+                line = f"- `{q}` 0 / {result['possible']:g}: {' '.join(result['feedback'].split())[:200]}"
+                assert line in files[row["student"]], (row["student"], q, line)
+                numbered += result["feedback"].startswith("hidden test")
+            for failed in result.get("hidden_failed", []):
+                message = failed.split(": ", 1)[1]  # the student's own error (a stub's) is also the public test's
+                if len(message) > 12 and message not in result["feedback"]:  # "(no message)": in no test's words
+                    hidden.append((row["student"], message))
+    assert hidden, "no wrong submission failed a hidden test with a message: nothing here checks what is withheld"
+    assert numbered, "no question lost its points on a hidden test alone"
+    for student, message in hidden:
+        assert message not in files[student], (student, message)
+    assert "it is not a notebook the grader could read" in files["broken"]
+
+
 @pytest.mark.parametrize("kind", sorted(WRONG))
 def test_a_wrong_submission_loses_exactly_its_question(graded, kind):
     """Its scores (each question's points, the broken one 0) are checked with the acceptance table; here: it is

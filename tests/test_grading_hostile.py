@@ -863,8 +863,56 @@ def test_an_interrupted_batch_resumes_without_grading_again(assigned, notebook_r
     assert calls == ["ann", "ben", "ben"], "the rerun graded ann's unchanged notebook again"
     assert [r["score"] for r in report["results"]] == [1.0, 1.0]
     assert not (tmp_path / "out" / "grades.partial.jsonl").exists()
-    grading.grade(folder, tmp_path / "out", autograder=assigned / "autograder", log=lambda m: None)
-    assert calls == ["ann", "ben", "ben", "ann", "ben"], "a finished batch is graded afresh"
+    again = grading.grade(folder, tmp_path / "out", autograder=assigned / "autograder", log=lambda m: None)
+    assert calls == ["ann", "ben", "ben"], "the finished batch, graded again, graded its unchanged notebooks again"
+    assert again["results"] == report["results"]
+
+
+def test_grading_a_finished_folder_again_grades_only_what_is_new_or_changed(assigned, tmp_path, monkeypatch):
+    """The same folder graded again into the same --out (a late submission came in): the rows of unchanged notebooks
+    are taken from the last batch's grades.json; a new file, a changed file, a row the grader failed on and every row
+    after the grader's own code changed are graded; --regrade grades them all."""
+    grade_module = importlib.import_module("dpo_teach.grading.grade")
+    journal_module = importlib.import_module("dpo_teach.grading.journal")
+    folder, out = _ann_and_ben(assigned, tmp_path), tmp_path / "out"
+    calls = []
+
+    def counted(student, path, manifests, assignment, *args, **kwargs):
+        calls.append(student)
+        status = "error" if student == "cy" and calls.count("cy") == 1 else "graded"  # cy's first: the grader's fault
+        return {**empty_row(student, path, "00_start_here", status), "score": float(status == "graded"),
+                "possible": 1.0}
+
+    monkeypatch.setattr(grade_module, "grade_submission", counted)
+
+    def again(**kwargs) -> tuple[list[str], str]:
+        """Whom a batch over ``folder`` graded, and its first line."""
+        before, said = len(calls), []
+        grading.grade(folder, out, autograder=assigned / "autograder", log=said.append, **kwargs)
+        return sorted(calls[before:]), said[0]
+
+    graded, header = again()
+    assert graded == ["ann", "ben"] and "0 graded before" in header, (graded, header)
+    graded, header = again()
+    assert graded == [] and "2 graded before" in header, "nothing changed, and the folder was graded again"
+    nbformat.write(exercise_solution(assigned, "00_start_here"), folder / "cy_00_start_here.ipynb")  # late
+    graded, header = again()
+    assert graded == ["cy"] and "2 graded before" in header, (graded, header)
+    assert again()[0] == ["cy"], "cy's row of status error (the grader failed) was taken from grades.json"
+    (folder / "ben_00_start_here.ipynb").write_text((folder / "ben_00_start_here.ipynb").read_text() + " ")
+    graded, header = again()
+    assert graded == ["ben"] and "1 graded before under other settings or from an earlier version of the file" in \
+        header, (graded, header)
+    monkeypatch.setattr(journal_module, "grader_digest", lambda: "a course updated with a grader fix")
+    assert again()[0] == ["ann", "ben", "cy"]
+    graded, header = again(regrade=True)
+    assert graded == ["ann", "ben", "cy"] and "every notebook graded again (--regrade)" in header, header
+    written = json.loads((out / "grades.json").read_text())["results"]
+    assert all(len(row["fingerprint"]) == 64 for row in written)
+    for row in written:  # a report written before rows kept their fingerprints: every notebook is graded again
+        del row["fingerprint"]
+    (out / "grades.json").write_text(json.dumps({**json.loads((out / "grades.json").read_text()), "results": written}))
+    assert again()[0] == ["ann", "ben", "cy"]
 
 
 def test_a_resumed_batch_grades_again_what_other_settings_would_score_differently(assigned, tmp_path, monkeypatch):

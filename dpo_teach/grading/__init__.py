@@ -11,7 +11,8 @@ Adding a graded notebook = adding a master and running ``make assign``. Only fil
 written; other notebooks in ``notebooks/`` are never touched.
 
 Grading (``dpo-teach grade DIR``, ``grade.py``; the folder read by ``submissions.py``, the bundles by
-``manifests.py``, the batch journaled by ``journal.py``, the reports written by ``reports.py``) runs each notebook in
+``manifests.py``, the batch journaled by ``journal.py``, the reports written by ``reports.py``, each student's
+feedback by ``feedback.py``) runs each notebook in
 a process of its own (a fork of a zygote that loaded the libraries once per grader, ``zygote.py``) inside a sandbox
 (``sandbox.py``: Linux namespaces; no network, no other process in view, every file system read-only, of the course's
 folder only the package, the student notebooks and the Python environment in view, the temporary folder, people's homes
@@ -26,8 +27,10 @@ that touches the grading machinery and answers that call the package's own imple
 notebook is skipped, with what to do; an unknown assignment or a crash is scored 0 with a reason (status ``crashed``
 when the notebook's own code ended its process, ``error`` when the grader failed or cannot tell the assignment). Only
 the machine stops a batch (a sandbox that fails as a notebook starts: no student gets a 0 for it). Every row is
-journaled so that an interrupted or stopped batch resumes (a row the grader failed on is graded again). Students in a
-flat folder are named by ``student_name``. Results go to ``grades.csv`` and ``grades.json``, written atomically.
+journaled so that an interrupted or stopped batch resumes (a row the grader failed on is graded again), and the same
+folder graded again grades only its new or changed notebooks. Students in a flat folder are named by
+``student_name``. Results go to ``grades.csv``, ``grades_by_student.csv`` and ``grades.json``, written atomically,
+and a file per student to ``feedback/``.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from dpo_teach.grading import sandbox
+from dpo_teach.grading import feedback, sandbox
 from dpo_teach.grading.assign import AUTOGRADER, MASTERS, NOTEBOOKS, ROOT
-from dpo_teach.grading.journal import Journal, fingerprint
+from dpo_teach.grading.journal import Journal, fingerprint, finished_rows
 from dpo_teach.grading.judge import allow_running, end_running, ending, kept, run_notebook
 from dpo_teach.grading.manifests import load_manifests
 from dpo_teach.grading.reports import REFERENCE_CALL, empty_row, per_student, row_reason, write_reports
@@ -201,7 +201,7 @@ def _hidden(submissions: Path, out: Path, autograder: Path) -> list[str]:
 
 def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignment: str | None = None,
           cell_timeout: int = 120, timeout: float = 900, fast: bool = True, jobs: int = 1, unsafe: bool = False,
-          released_dir: Path = NOTEBOOKS, log=print) -> dict:
+          released_dir: Path = NOTEBOOKS, regrade: bool = False, log=print) -> dict:
     """Grade every notebook under ``submissions``; write ``out/grades.csv`` and ``out/grades.json``.
 
     Each notebook runs in the sandbox (``sandbox.py``); where there is none, grading refuses unless ``unsafe``, and
@@ -209,7 +209,9 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     Every row is appended to ``out/grades.partial.jsonl`` as soon as it is graded, and a rerun of an interrupted
     batch takes the rows whose notebook, bundle and settings (mode, time limits, sandbox) are unchanged from there
     instead of grading them again, except rows of status ``error`` (the grader failed, not the notebook: graded again;
-    a ``crashed`` row, whose notebook ended its own process, is kept). A sandbox that fails as a notebook
+    a ``crashed`` row, whose notebook ended its own process, is kept). The same folder graded again into the same
+    ``out`` takes those rows from the last batch's ``grades.json`` too (a late submission is the only notebook
+    graded); ``regrade`` takes none, from either. A sandbox that fails as a notebook
     starts (the machine, not the student) stops the batch with ``SandboxUnavailable``: the rows graded so far stay in
     the journal for the rerun. A file that is not a notebook gets a row of status ``skipped`` that says what to do.
     Returns the JSON report: the assignments with their questions, one row per submission and totals per student.
@@ -246,6 +248,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
                          f"{shown(submissions)} there would replace them; pass another --out (e.g. "
                          f"{shown(out.parent / (out.name + '-' + Path(submissions).resolve().name))}), or move "
                          f"its reports (grades.csv, grades.json, grades_by_student.csv) out of {shown(out)} first")
+    feedback.check_folder(out)  # before any work, as above: the batch's last step replaces that folder
     found = find_submissions(submissions, course, skip=out)
     if not found:
         raise FileNotFoundError(f"no files in {shown(submissions)} (its sub-folders searched too, hidden ones "
@@ -277,14 +280,16 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
                 "per_notebook_s": float(timeout), "sandbox": not unsafe, "memory_mb": sandbox.memory_limit_mb()}
     journal = Journal(out / JOURNAL_FILE, {
         path: fingerprint(path, manifests[names[path]], settings) for _, path in files
-        if names.get(path) in manifests and path not in superseded})
+        if names.get(path) in manifests and path not in superseded},
+        earlier=finished_rows(out / "grades.json"), fresh=regrade)  # grades.json: this folder's (_other_batch)
     notebooks = sum(is_notebook(path) for _, path in files)
     aside = journal.set_aside()
     stale = (f" ({aside} graded before under other settings or from an earlier version of the file: graded again)"
              if aside else "")
     log(f"grading {notebooks} notebook{'s' * (notebooks != 1)} in {shown(submissions)} "
         f"({'fast' if fast else 'full'} mode, {jobs} at a time, "
-        f"{'no sandbox (--unsafe)' if unsafe else 'each in the sandbox'}; {len(journal.done)} graded before{stale}; "
+        f"{'no sandbox (--unsafe)' if unsafe else 'each in the sandbox'}; "
+        f"{'every notebook graded again (--regrade)' if regrade else f'{len(journal.done)} graded before{stale}'}; "
         f"{len(found) - notebooks} other file{'s' * (len(found) - notebooks != 1)} skipped)")
     if settings["memory_mb"] < sandbox.MEMORY_MB and not unsafe:
         log(f"memory: {settings['memory_mb']} MiB per notebook, this machine's hard limit (ulimit -Hv), below the "
@@ -352,8 +357,10 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     }
     try:
         write_reports(report, out)
+        feedback.write_feedback(report, out)
     except OSError as e:  # a full disk, a folder named grades.csv: the rows are not lost
-        raise ReportNotWritten(f"could not write grades.csv and grades.json in {shown(out)} ({e}); "
+        raise ReportNotWritten(f"could not write the reports (grades.csv, grades.json, grades_by_student.csv, "
+                               f"{feedback.FOLDER}/) in {shown(out)} ({e}); "
                                + _kept(journal, "fix that and run the same command again", finished=True)) from e
     journal.close()
     return report

@@ -14,10 +14,11 @@ from dpo_teach.utils import atomic_files, json_text
 
 
 def empty_row(student: str, path: Path, assignment: str | None, status: str, problem: str = "") -> dict:
-    """A grade row before (or without) grading: nothing scored; ``problem`` (why it is not graded) is its reason."""
+    """A grade row before (or without) grading: nothing scored; ``problem`` (why it is not graded) is its reason;
+    ``fingerprint`` is set where the row is journaled (``journal.fingerprint``: what a rerun compares)."""
     return {"student": shown(student), "file": shown(path), "assignment": assignment, "status": status,
             "reason": problem, "problem": problem, "score": 0.0, "possible": 0.0, "questions": {}, "errors": [],
-            "flags": [], "tries": [], "seconds": 0.0}
+            "flags": [], "tries": [], "seconds": 0.0, "fingerprint": None}
 
 
 def row_reason(row: dict, withheld: Collection[str] = ()) -> str:

@@ -23,6 +23,7 @@ SAME_INSTANT_S = 2.0  # a git clone or an unzip writes a folder's files within t
 REPORT_FILES = ("grades.csv", "grades.json", "grades_by_student.csv")  # what `dpo-teach grade` writes in --out
 BATCH_REPORTS = REPORT_FILES[:2]  # what every batch wrote, older ones too: its reports are these two side by side
 JOURNAL_FILE = "grades.partial.jsonl"  # and while it runs (journal.py)
+FEEDBACK_FOLDER = "feedback"  # and a file per student in this folder beside them (feedback.py)
 GRADER_FILES = {*REPORT_FILES, JOURNAL_FILE}
 ARCHIVES = {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"}
 
@@ -151,11 +152,11 @@ def copy_number(stem: str) -> tuple[int, ...]:
 
 def find_submissions(folder: Path, assignments: Iterable[str] = (), skip: Path | None = None) -> list[tuple[str, Path]]:
     """``(student, path)`` for every file under ``folder`` but hidden ones (``.ipynb_checkpoints`` too) and the
-    grader's own (``skip``, the grades' folder: all of it when it is inside ``folder``, its files when it is
-    ``folder``; an earlier batch's reports and journal wherever they lie, :func:`earlier_grades`): the notebooks,
-    and anything else a student handed in (graded as ``skipped``, with what to do). The student is the first
-    sub-folder's name, or for a file directly in ``folder`` its name without the name of the assignment in
-    ``assignments`` it holds (:func:`student_name`)."""
+    grader's own (``skip``, the grades' folder: all of it when it is inside ``folder``, its files and its feedback
+    folder when it is ``folder``; an earlier batch's reports, feedback and journal wherever they lie,
+    :func:`earlier_grades`): the notebooks, and anything else a student handed in (graded as ``skipped``, with what
+    to do). The student is the first sub-folder's name, or for a file directly in ``folder`` its name without the
+    name of the assignment in ``assignments`` it holds (:func:`student_name`)."""
     found = []
     skip = Path(skip).resolve() if skip is not None else None
     inside = skip is not None and Path(folder).resolve() in skip.parents  # else above it, or the folder itself
@@ -164,6 +165,7 @@ def find_submissions(folder: Path, assignments: Iterable[str] = (), skip: Path |
         if any(part.startswith(".") for part in rel.parts) or not path.is_file():
             continue
         if skip is not None and (path.resolve().parent == skip and path.name in GRADER_FILES
+                                 or path.resolve().parent == skip / FEEDBACK_FOLDER
                                  or inside and skip in path.resolve().parents) or earlier_grades(path):
             continue
         student = rel.parts[0] if len(rel.parts) > 1 else student_name(_bare_name(path), assignments)
@@ -184,10 +186,14 @@ def one_spelling(found: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
 
 def earlier_grades(path: Path) -> bool:
     """Whether ``path`` is what an earlier batch wrote into the submissions (``--out subs/grades``, then a rerun
-    with another ``--out``): its journal, or its reports beside ``grades.csv`` and ``grades.json``. It used to be
-    listed as a student named after its folder, whose files were skipped."""
-    return path.name == JOURNAL_FILE or path.name in REPORT_FILES and all(
-        (path.parent / name).is_file() for name in BATCH_REPORTS)
+    with another ``--out``): its journal, or its reports beside ``grades.csv`` and ``grades.json``, or a student's
+    feedback in the ``feedback`` folder beside them. It used to be listed as a student named after its folder, whose
+    files were skipped."""
+    if path.name == JOURNAL_FILE:
+        return True
+    feedback = path.parent.name == FEEDBACK_FOLDER and path.suffix == ".md"
+    reports = path.parent.parent if feedback else path.parent
+    return (feedback or path.name in REPORT_FILES) and all((reports / name).is_file() for name in BATCH_REPORTS)
 
 
 def handed_in(path: Path) -> bool:
