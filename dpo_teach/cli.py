@@ -90,7 +90,8 @@ def cmd_grade(args) -> int:
                              "wrote (course/autograder)")
         report = grading.grade(folder, out, Path(args.autograder_dir or grading.AUTOGRADER), args.assignment,
                                cell_timeout=args.cell_timeout, timeout=args.timeout, fast=not args.full,
-                               jobs=args.jobs, unsafe=args.unsafe, regrade=args.regrade, log=_print_while_read)
+                               jobs=args.jobs, unsafe=args.unsafe, regrade=args.regrade,
+                               find_sections=args.sections, log=_print_while_read)
     except (OSError, ValueError, grading.SandboxUnavailable) as e:  # OSError: no bundles, no files, no report
         print(f"dpo-teach grade: error: {e}", file=sys.stderr)
         return 2

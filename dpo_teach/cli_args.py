@@ -318,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run notebooks in full mode (default: fast mode, DPO_TEACH_FAST=1; exercises score the same)")
     g.add_argument("--unsafe", action="store_true",
                    help="grade without the sandbox (where there is none, e.g. macOS): only for notebooks you trust")
+    g.add_argument("--no-sections", dest="sections", action="store_false",
+                   help="each first-level folder of SUBMISSIONS_DIR is one student, whatever its sub-folders hold "
+                        "(attempts, weeks: the latest notebook of each assignment is graded); default: a folder whose "
+                        "sub-folders hold notebooks of the same assignment is a section, each sub-folder a student")
     g.add_argument("--regrade", action="store_true",
                    help="grade every notebook again (default: a notebook whose file, bundle, settings and grader are "
                         "unchanged since the last batch graded into --out, finished or interrupted, keeps its row)")

@@ -313,7 +313,7 @@ def test_grade_scores_the_acceptance_folder(graded, assigned):
     assert "not a valid notebook" in rows["broken_03_deriving_dpo"]["reason"]
 
 
-def test_grade_writes_matching_csv_and_json(graded):
+def test_grade_writes_matching_csv_and_json(graded, assigned):
     report, out = graded
     assert json.loads((out / "grades.json").read_text()) == json.loads(json.dumps(report))
     with open(out / "grades.csv", newline="") as f:
@@ -327,11 +327,18 @@ def test_grade_writes_matching_csv_and_json(graded):
     assert full["score"] == full["possible"] > 0 and sorted(full["assignments"]) == NAMES, full
     with open(out / "grades_by_student.csv", newline="") as f:  # a row per student, the same totals
         by_student = {line["student"]: line for line in csv.DictReader(f)}
-    assert set(by_student) == set(report["students"])
-    for student, totals in report["students"].items():
-        assert float(by_student[student]["total"]) == totals["score"], (student, by_student[student], totals)
-    assert all(float(by_student["full"][name]) == full["assignments"][name] for name in NAMES)
-    assert {line["possible (auto-graded)"] for line in by_student.values()} == {f"{full['possible']:g}"}
+    expected = {}  # student -> {assignment: score}, from the acceptance table, not from the grader's totals
+    for stem, scores in expected_scores(assigned).items():
+        name = next(n for n in NAMES if stem.endswith(f"_{n}"))
+        expected.setdefault(stem[:-len(name) - 1], {})[name] = sum(scores.values())
+    assert set(by_student) == set(report["students"]) == set(expected)
+    for student, scores in expected.items():
+        line = by_student[student]
+        assert float(line["total"]) == sum(scores.values()) == report["students"][student]["score"], (student, line)
+        assert {n: float(line[n]) for n in NAMES if line[n] != ""} == scores, (student, line)
+    possible = sum(sum(manifest_points(assigned, name).values()) for name in NAMES)  # every assignment's, handed in
+    assert {line["possible (auto-graded)"] for line in by_student.values()} == {f"{possible:g}"} \
+        and full["possible"] == possible
 
 
 def test_full_solutions_and_blank_notebooks_run_without_cell_errors(graded):

@@ -40,7 +40,7 @@ def test_a_student_reads_each_questions_score_and_why_but_no_hidden_tests_words(
                                                                                       f"{HIDDEN_MESSAGE}"])},
         errors=["cell 4: NameError: name 'beta' is not defined"])
     text = feedback.feedback_texts(report_of([lost], manual=3))["ann.md"]
-    assert "2 of 3 auto-graded points over 1 notebook (fast mode)" in text, text
+    assert "2 of 3 auto-graded points over 1 notebook." in text, text
     assert f"## {KL}: 2 / 3" in text and "- `kl_divergence` 2 / 2: passed" in text, text
     assert "- `objective` 0 / 1: hidden test 2 of 3 failed" in text, text
     assert HIDDEN_MESSAGE not in text and "0.1308" not in text

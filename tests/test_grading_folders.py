@@ -348,6 +348,28 @@ def test_a_folder_above_the_students_folders_grades_each_student(tmp_path, assig
     assert reads == [f"{KL}.ipynb"] * 3, reads
 
 
+def test_no_sections_grades_a_students_folders_of_attempts_as_one_student(tmp_path, assigned, stub_grading, capsys):
+    """in/alice/attempt1/ and in/alice/attempt2/ each hold 01: read as a section, they were two students,
+    alice/attempt1 and alice/attempt2, each with a total of its own. The grader says so and names --no-sections,
+    with which alice is one student whose later attempt is graded and the earlier one superseded."""
+    for attempt, when in (("attempt1", 1_700_000_000), ("attempt2", 1_700_000_100)):
+        (tmp_path / "in" / "alice" / attempt).mkdir(parents=True)
+        path = tmp_path / "in" / "alice" / attempt / f"{KL}.ipynb"
+        path.write_text(notebook(f"x = '{attempt}'"))
+        os.utime(path, (when, when))
+    code, printed, err = run_cli(tmp_path / "in", tmp_path / "out", assigned, capsys)
+    assert code == 0, err
+    assert "if they are alice's own attempts, pass --no-sections" in printed, printed
+    code = cli(["grade", str(tmp_path / "in"), "--out", str(tmp_path / "out2"), "--autograder-dir",
+                str(assigned / "autograder"), "--unsafe", "--no-sections"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "--no-sections" not in printed, printed
+    report = json.loads((tmp_path / "out2" / "grades.json").read_text())
+    rows = {Path(r["file"]).parent.name: (r["student"], r["status"]) for r in report["results"]}
+    assert rows == {"attempt1": ("alice", "superseded"), "attempt2": ("alice", "graded")}, rows
+    assert list(report["students"]) == ["alice"] and stub_grading[-1:] == [f"{KL}.ipynb"]
+
+
 def test_an_out_inside_a_students_folder_is_refused_not_left_out(tmp_path, assigned, stub_grading, capsys):
     """`--out in/alice`: everything under --out is the grader's, so alice's notebook was skipped and she was missing
     from the grades without a word. Refused before any notebook runs, naming what it holds."""

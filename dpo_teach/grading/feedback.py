@@ -60,7 +60,7 @@ def student_text(student: str, rows: list[dict], report: dict) -> str:
     score, possible = sum(r["score"] for r in counted), sum(r["possible"] for r in counted)
     lines = [f"# Feedback for {student}", "",
              f"{score:g} of {possible:g} auto-graded points over {len(counted)} notebook"
-             f"{'s' * (len(counted) != 1)} ({report.get('mode', 'fast')} mode)."
+             f"{'s' * (len(counted) != 1)}."
              + (" Questions graded by hand are not in these scores." if _by_hand(counted, report) else "")]
     for row in rows:
         lines += ["", *notebook_lines(row, report)]

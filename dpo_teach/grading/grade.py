@@ -201,7 +201,7 @@ def _hidden(submissions: Path, out: Path, autograder: Path) -> list[str]:
 
 def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignment: str | None = None,
           cell_timeout: int = 120, timeout: float = 900, fast: bool = True, jobs: int = 1, unsafe: bool = False,
-          released_dir: Path = NOTEBOOKS, regrade: bool = False, log=print) -> dict:
+          released_dir: Path = NOTEBOOKS, regrade: bool = False, find_sections: bool = True, log=print) -> dict:
     """Grade every notebook under ``submissions``; write ``out/grades.csv`` and ``out/grades.json``.
 
     Each notebook runs in the sandbox (``sandbox.py``); where there is none, grading refuses unless ``unsafe``, and
@@ -211,7 +211,9 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     instead of grading them again, except rows of status ``error`` (the grader failed, not the notebook: graded again;
     a ``crashed`` row, whose notebook ended its own process, is kept). The same folder graded again into the same
     ``out`` takes those rows from the last batch's ``grades.json`` too (a late submission is the only notebook
-    graded); ``regrade`` takes none, from either. A sandbox that fails as a notebook
+    graded); ``regrade`` takes none, from either. A first-level folder whose sub-folders hold notebooks of one
+    assignment is a section, each sub-folder a student (``section_students``), unless ``find_sections`` is False:
+    then every first-level folder is one student (sub-folders of attempts or weeks). A sandbox that fails as a notebook
     starts (the machine, not the student) stops the batch with ``SandboxUnavailable``: the rows graded so far stay in
     the journal for the rerun. A file that is not a notebook gets a row of status ``skipped`` that says what to do.
     Returns the JSON report: the assignments with their questions, one row per submission and totals per student.
@@ -262,7 +264,7 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
             log(f"{len(other)} notebook{'s' * many} name{'s' * (not many)} another assignment in "
                 f"{'their' if many else 'its'} metadata and {'are' if many else 'is'} graded as it, not as "
                 f"{assignment} (--assignment): {other[0][0]} as {other[0][1]}{', ...' * many}")
-    sections = section_students(files, names, submissions)
+    sections = section_students(files, names, submissions) if find_sections else {}
     if sections:  # the folder above the students' folders: each sub-folder of a section is a student
         for top, sub in lone_subfolders(files, sections, submissions).items():  # a section of one student, or not
             log(f"{shown(top)}: graded as one student, {shown(top)}, whose notebooks lie in {shown(top)}/{shown(sub)}; "
@@ -273,7 +275,8 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
             listed = ", ".join(shown(h) for h in held[:3]) + (", ..." if len(held) > 3 else "")
             log(f"{shown(top)}: its sub-folders {listed} hold notebooks of the same assignment, so each is graded as a "
                 f"student ({shown(top)}/{shown(held[0])}, ...); to name them by their folders alone, pass "
-                f"{shown(Path(submissions) / top)}")
+                f"{shown(Path(submissions) / top)}; if they are {shown(top)}'s own attempts, pass --no-sections (the "
+                f"latest notebook of each assignment is graded)")
     superseded = superseded_by_latest(files, names, readable, manifests)  # of each student as named now
     # what a row depends on besides the files (--timeout 900 and the default 900 are one setting)
     settings = {"mode": "fast" if fast else "full", "per_cell_s": int(cell_timeout),
