@@ -443,6 +443,27 @@ def test_a_rerun_says_which_rows_it_takes_and_which_it_grades_again(tmp_path, as
     assert f"alice: {KL} 1/1 graded (graded before)" in printed and f"bob: {KL} 1/1 graded (42 s)" in printed, printed
 
 
+def test_the_same_folder_graded_again_grades_only_a_late_submission_unless_told_to_regrade(
+        tmp_path, assigned, stub_grading, capsys):
+    """`dpo-teach grade in` after a late submission came in grades that one notebook and takes the others' rows from
+    the last batch's grades.json (the report still lists all three); `--regrade` grades every notebook again."""
+    (tmp_path / "in").mkdir()
+    for student in ("alice", "bob"):
+        (tmp_path / "in" / f"{student}_{KL}.ipynb").write_text(notebook(f"x = '{student}'"))
+    assert run_cli(tmp_path / "in", tmp_path / "out", assigned, capsys)[0] == 0
+    (tmp_path / "in" / f"carol_{KL}.ipynb").write_text(notebook("x = 'late'"))
+    code, printed, err = run_cli(tmp_path / "in", tmp_path / "out", assigned, capsys)
+    assert code == 0 and stub_grading[2:] == [f"carol_{KL}.ipynb"], (stub_grading, err)
+    assert "2 graded before" in printed and f"alice: {KL} 1/1 graded (graded before)" in printed, printed
+    report = json.loads((tmp_path / "out" / "grades.json").read_text())
+    assert [r["student"] for r in report["results"]] == ["alice", "bob", "carol"]
+    code = cli(["grade", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--autograder-dir",
+                str(assigned / "autograder"), "--unsafe", "--regrade"])
+    printed = capsys.readouterr().out
+    assert code == 0 and sorted(stub_grading[3:]) == [f"{s}_{KL}.ipynb" for s in ("alice", "bob", "carol")]
+    assert "every notebook graded again (--regrade)" in printed and "graded before" not in printed, printed
+
+
 def test_a_reader_that_stops_reading_does_not_stop_the_batch(tmp_path, assigned, stub_grading, monkeypatch):
     """`dpo-teach grade subs | head -1`: the batch used to end at its second line with exit 2, half graded; it grades
     on and writes its reports, printing nothing more."""
