@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dpo_teach.cli_args import (
+    COMMANDS,
     SettingWarning,
     UsageError,
     apply_dpo_args,
@@ -252,8 +253,10 @@ def _escape_what_the_console_cannot_show() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _escape_what_the_console_cannot_show()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else ""  # `dpo-teach --help`: no command's arguments
     try:
-        args = build_parser().parse_args(argv)  # imports torch and transformers (the defaults): seconds
+        args = build_parser(command).parse_args(argv)  # demo, data, train: torch and transformers (their defaults)
     except KeyboardInterrupt:  # each command answers its own
         print("interrupted while starting; nothing was written", file=sys.stderr)
         return 130

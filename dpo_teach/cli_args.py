@@ -244,12 +244,14 @@ def apply_dpo_args(cfg, args) -> None:
         setattr(cfg, field, value)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from dpo_teach.dpo import DPOConfig
-    from dpo_teach.model import PRESETS
-    from dpo_teach.pipeline import DemoConfig
+COMMANDS = ("demo", "data", "grade", "train", "compare")  # build_parser's, in its order
 
-    demo_defaults = DemoConfig()
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``dpo-teach`` parser. ``only``: add the arguments of that command alone ("" for none), as :func:`main` does
+    with the command it is given, so that ``dpo-teach --help``, ``grade`` and ``compare`` import no torch: the
+    defaults that ``demo``, ``data`` and ``train`` print come from config classes whose modules import torch and
+    transformers (4-5 s). None: every command's arguments."""
     parser = _Parser(prog="dpo-teach", description="Direct Preference Optimization on a small GPT-2, on a CPU.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -257,29 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build (or load from cache) the toy π_ref, sample and label preference pairs, "
                                    "train DPO, evaluate with the ground-truth reward; write metrics.json, figures, "
                                    "samples.md and the trained policy to --out.")
-    d.add_argument("--seed", type=_seed, default=0, help="one seed for everything (%(default)s)")
-    d.add_argument("--preset", choices=sorted(PRESETS),
-                   help=f"toy model size ({demo_defaults.world.preset}; not with --model)")
-    d.add_argument("--pairs", type=_at_least(12, "a sixth of the pairs is held out", MAX_PAIRS),
-                   default=demo_defaults.prefs.n_prompts,
-                   help="prompts to sample preference pairs for (%(default)s)")
-    d.add_argument("--model", metavar="DIR", type=_path,
-                   help="use this save_pretrained directory as π_ref (e.g. a real GPT-2)")
-    d.add_argument("--out", default=demo_defaults.out_dir, type=_path, help="output directory (%(default)s)")
-    d.add_argument("--rebuild", action="store_true", help="rebuild π_ref even when cached (not with --model)")
-    d.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_dpo_args(d, demo_defaults.dpo)
+    if only in (None, "demo"):
+        _demo_arguments(d)
 
     m = sub.add_parser("data", help="write a toy preference set as JSONL",
                        description="Sample two completions per prompt from the toy π_ref and label them with "
                                    "Bradley–Terry noise on the ground-truth reward.")
-    m.add_argument("--out", required=True, type=_path, help="JSONL file to write (- for standard output)")
-    m.add_argument("--pairs", type=_positive(int, MAX_PAIRS), default=2000, help="prompts (%(default)s)")
-    m.add_argument("--bt-temperature", type=_positive(float), default=0.1, help="label noise τ (%(default)s)")
-    m.add_argument("--seed", type=_seed, default=0, help="seed of the prompts, samples and labels; π_ref is the toy "
-                                                          "one `train` loads (%(default)s)")
-    m.add_argument("--preset", choices=sorted(PRESETS), default=demo_defaults.world.preset,
-                   help="the toy π_ref that samples the pairs (%(default)s); train them with the same --preset")
+    if only in (None, "data"):
+        _data_arguments(m)
 
     g = sub.add_parser("grade", help="grade a folder of submitted notebooks → grades.csv, grades_by_student.csv, "
                        "grades.json",
@@ -330,17 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a policy with DPO on a JSONL file of {prompt, chosen, rejected} rows "
                                    "(or HH-RLHF {chosen, rejected} dialogues). π_ref is the toy model unless "
                                    "--model points at a save_pretrained directory.")
-    t.add_argument("--data", required=True, type=_path, metavar="FILE.jsonl", help="preference pairs")
-    t.add_argument("--model", metavar="DIR", type=_path,
-                   help="π_ref checkpoint directory (default: the cached toy model)")
-    t.add_argument("--preset", choices=sorted(PRESETS),
-                   help=f"toy model size ({demo_defaults.world.preset}; not with --model)")
-    t.add_argument("--out", default="results/train", type=_path, help="output directory (%(default)s)")
-    t.add_argument("--eval-fraction", type=_fraction, default=0.1, help="pairs held out for accuracy (%(default)s)")
-    t.add_argument("--skip-invalid", action="store_true", help="skip bad rows (counted) instead of stopping")
-    t.add_argument("--seed", type=_seed, default=0, help="seed (%(default)s)")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_dpo_args(t, DPOConfig())
+    if only in (None, "train"):
+        _train_arguments(t)
 
     c = sub.add_parser("compare", help="PPO, GRPO, RLOO, DPO and online DPO on one reward–KL frontier",
                        description="Sweep each method's β or KL coefficient over several seeds: DPO and online DPO "
@@ -367,6 +345,58 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the results compactly here (notebooks/assets/compare_results.json ships them)")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def _demo_arguments(d: argparse.ArgumentParser) -> None:
+    from dpo_teach.model import PRESETS
+    from dpo_teach.pipeline import DemoConfig
+
+    demo_defaults = DemoConfig()
+    d.add_argument("--seed", type=_seed, default=0, help="one seed for everything (%(default)s)")
+    d.add_argument("--preset", choices=sorted(PRESETS),
+                   help=f"toy model size ({demo_defaults.world.preset}; not with --model)")
+    d.add_argument("--pairs", type=_at_least(12, "a sixth of the pairs is held out", MAX_PAIRS),
+                   default=demo_defaults.prefs.n_prompts,
+                   help="prompts to sample preference pairs for (%(default)s)")
+    d.add_argument("--model", metavar="DIR", type=_path,
+                   help="use this save_pretrained directory as π_ref (e.g. a real GPT-2)")
+    d.add_argument("--out", default=demo_defaults.out_dir, type=_path, help="output directory (%(default)s)")
+    d.add_argument("--rebuild", action="store_true", help="rebuild π_ref even when cached (not with --model)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_dpo_args(d, demo_defaults.dpo)
+
+
+def _data_arguments(m: argparse.ArgumentParser) -> None:
+    from dpo_teach.model import PRESETS
+    from dpo_teach.pipeline import DemoConfig
+
+    demo_defaults = DemoConfig()
+    m.add_argument("--out", required=True, type=_path, help="JSONL file to write (- for standard output)")
+    m.add_argument("--pairs", type=_positive(int, MAX_PAIRS), default=2000, help="prompts (%(default)s)")
+    m.add_argument("--bt-temperature", type=_positive(float), default=0.1, help="label noise τ (%(default)s)")
+    m.add_argument("--seed", type=_seed, default=0, help="seed of the prompts, samples and labels; π_ref is the toy "
+                                                          "one `train` loads (%(default)s)")
+    m.add_argument("--preset", choices=sorted(PRESETS), default=demo_defaults.world.preset,
+                   help="the toy π_ref that samples the pairs (%(default)s); train them with the same --preset")
+
+
+def _train_arguments(t: argparse.ArgumentParser) -> None:
+    from dpo_teach.dpo import DPOConfig
+    from dpo_teach.model import PRESETS
+    from dpo_teach.pipeline import DemoConfig
+
+    demo_defaults = DemoConfig()
+    t.add_argument("--data", required=True, type=_path, metavar="FILE.jsonl", help="preference pairs")
+    t.add_argument("--model", metavar="DIR", type=_path,
+                   help="π_ref checkpoint directory (default: the cached toy model)")
+    t.add_argument("--preset", choices=sorted(PRESETS),
+                   help=f"toy model size ({demo_defaults.world.preset}; not with --model)")
+    t.add_argument("--out", default="results/train", type=_path, help="output directory (%(default)s)")
+    t.add_argument("--eval-fraction", type=_fraction, default=0.1, help="pairs held out for accuracy (%(default)s)")
+    t.add_argument("--skip-invalid", action="store_true", help="skip bad rows (counted) instead of stopping")
+    t.add_argument("--seed", type=_seed, default=0, help="seed (%(default)s)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_dpo_args(t, DPOConfig())
 
 
 def check_model_flags(args) -> str:

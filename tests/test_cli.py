@@ -10,6 +10,7 @@ import pytest
 from test_bad_input import GOOD, jsonl, no_work, one_line_error, write_bytes  # noqa: F401 (no_work: a fixture)
 
 from dpo_teach.cli import main
+from dpo_teach.cli_args import COMMANDS, build_parser
 
 
 @pytest.mark.parametrize("argv", [[], ["demo"], ["data"], ["train"]])
@@ -144,11 +145,25 @@ def test_an_out_whose_folder_cannot_take_the_run_is_refused_before_training(tmp_
     assert "File name too long; pass another path" in one_line_error(capsys)
 
 
+def test_the_help_and_the_grader_start_without_torch():
+    """`dpo-teach --help` took 4-6 s: the parser imported torch and transformers for the defaults of demo, data and
+    train. Now only those commands' own arguments do; the command list, grade and compare start at once."""
+    code = ("import sys\nfrom dpo_teach.cli import main\n"
+            "for argv in (['--help'], ['grade', '--help'], ['compare', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code == 0, (argv, e.code)\n"
+            "print('imported:', sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip().endswith("imported: []"), done.stdout[-300:]
+    assert "{" + ",".join(COMMANDS) + "}" in done.stdout and "--regrade" in done.stdout and "--fast" in done.stdout
+    assert [a for a in build_parser()._subparsers._group_actions[0].choices] == list(COMMANDS)
+
+
 def test_a_ctrl_c_while_the_command_starts_is_one_line(monkeypatch, capsys):
     """The parser imports torch and transformers (seconds): a Ctrl-C then says so in one line, no traceback."""
     import dpo_teach.cli
 
-    def slow_start():
+    def slow_start(only=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(dpo_teach.cli, "build_parser", slow_start)
