@@ -347,13 +347,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _demo_arguments(d: argparse.ArgumentParser) -> None:
+def _toy_defaults() -> tuple[list[str], object]:
+    """The toy presets' names and the demo's defaults (a ``DemoConfig``), which ``demo``, ``data`` and ``train`` print:
+    their modules import torch and transformers, so only those commands' arguments ask for them."""
     from dpo_teach.model import PRESETS
     from dpo_teach.pipeline import DemoConfig
 
-    demo_defaults = DemoConfig()
+    return sorted(PRESETS), DemoConfig()
+
+
+def _demo_arguments(d: argparse.ArgumentParser) -> None:
+    presets, demo_defaults = _toy_defaults()
     d.add_argument("--seed", type=_seed, default=0, help="one seed for everything (%(default)s)")
-    d.add_argument("--preset", choices=sorted(PRESETS),
+    d.add_argument("--preset", choices=presets,
                    help=f"toy model size ({demo_defaults.world.preset}; not with --model)")
     d.add_argument("--pairs", type=_at_least(12, "a sixth of the pairs is held out", MAX_PAIRS),
                    default=demo_defaults.prefs.n_prompts,
@@ -367,29 +373,24 @@ def _demo_arguments(d: argparse.ArgumentParser) -> None:
 
 
 def _data_arguments(m: argparse.ArgumentParser) -> None:
-    from dpo_teach.model import PRESETS
-    from dpo_teach.pipeline import DemoConfig
-
-    demo_defaults = DemoConfig()
+    presets, demo_defaults = _toy_defaults()
     m.add_argument("--out", required=True, type=_path, help="JSONL file to write (- for standard output)")
     m.add_argument("--pairs", type=_positive(int, MAX_PAIRS), default=2000, help="prompts (%(default)s)")
     m.add_argument("--bt-temperature", type=_positive(float), default=0.1, help="label noise τ (%(default)s)")
     m.add_argument("--seed", type=_seed, default=0, help="seed of the prompts, samples and labels; π_ref is the toy "
                                                           "one `train` loads (%(default)s)")
-    m.add_argument("--preset", choices=sorted(PRESETS), default=demo_defaults.world.preset,
+    m.add_argument("--preset", choices=presets, default=demo_defaults.world.preset,
                    help="the toy π_ref that samples the pairs (%(default)s); train them with the same --preset")
 
 
 def _train_arguments(t: argparse.ArgumentParser) -> None:
     from dpo_teach.dpo import DPOConfig
-    from dpo_teach.model import PRESETS
-    from dpo_teach.pipeline import DemoConfig
 
-    demo_defaults = DemoConfig()
+    presets, demo_defaults = _toy_defaults()
     t.add_argument("--data", required=True, type=_path, metavar="FILE.jsonl", help="preference pairs")
     t.add_argument("--model", metavar="DIR", type=_path,
                    help="π_ref checkpoint directory (default: the cached toy model)")
-    t.add_argument("--preset", choices=sorted(PRESETS),
+    t.add_argument("--preset", choices=presets,
                    help=f"toy model size ({demo_defaults.world.preset}; not with --model)")
     t.add_argument("--out", default="results/train", type=_path, help="output directory (%(default)s)")
     t.add_argument("--eval-fraction", type=_fraction, default=0.1, help="pairs held out for accuracy (%(default)s)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from dpo_teach.grading.reports import NOT_COUNTED, clipped
 from dpo_teach.grading.submissions import FEEDBACK_FOLDER as FOLDER  # in --out, beside grades.csv
 from dpo_teach.utils import atomic_dir
 
@@ -56,12 +57,13 @@ def feedback_texts(report: dict) -> dict[str, str]:
 
 def student_text(student: str, rows: list[dict], report: dict) -> str:
     """One student's feedback (see the module's docstring)."""
-    counted = [r for r in rows if r["status"] not in ("superseded", "skipped")]  # as in the totals (per_student)
-    score, possible = sum(r["score"] for r in counted), sum(r["possible"] for r in counted)
+    counted = [r for r in rows if r["status"] not in NOT_COUNTED]
+    totals = report["students"].get(student, {"score": 0.0, "possible": 0.0})  # none: only files not graded
     lines = [f"# Feedback for {student}", "",
-             f"{score:g} of {possible:g} auto-graded points over {len(counted)} notebook"
+             f"{totals['score']:g} of {totals['possible']:g} auto-graded points over {len(counted)} notebook"
              f"{'s' * (len(counted) != 1)}."
-             + (" Questions graded by hand are not in these scores." if _by_hand(counted, report) else "")]
+             + (" Questions graded by hand are not in these scores." if any(_manual(r, report) for r in counted)
+                else "")]
     for row in rows:
         lines += ["", *notebook_lines(row, report)]
     return "\n".join(lines) + "\n"
@@ -70,7 +72,7 @@ def student_text(student: str, rows: list[dict], report: dict) -> str:
 def notebook_lines(row: dict, report: dict) -> list[str]:
     """A notebook's section: its score and status, each question, the first cell errors, the points graded by hand."""
     title = row["assignment"] or Path(row["file"]).name
-    if row["status"] in ("superseded", "skipped"):
+    if row["status"] in NOT_COUNTED:
         return [f"## {title}: not graded", "", f"`{row['file']}`: {row['problem']}"]
     head = [f"## {title}: {row['score']:g} / {row['possible']:g}", ""]
     if row["status"] == "graded":
@@ -99,22 +101,22 @@ def question_feedback(result: dict, status: str) -> str:
     return _one_line(result.get("feedback") or "not graded")
 
 
-def _by_hand(rows: list[dict], report: dict) -> bool:
-    return any(_by_hand_lines(row, report) for row in rows)
+def _manual(row: dict, report: dict) -> list[float]:
+    """The points of the row's assignment's questions graded by hand."""
+    questions = report.get("assignments", {}).get(row["assignment"], {}).get("questions", {})
+    return [v["points"] for v in questions.values() if v["manual"]]
 
 
 def _by_hand_lines(row: dict, report: dict) -> list[str]:
-    questions = report.get("assignments", {}).get(row["assignment"], {}).get("questions", {})
-    manual = [v["points"] for v in questions.values() if v["manual"]]
+    manual = _manual(row, report)
     if not manual:
         return []
     return ["", f"Graded by hand, not in this score: {len(manual)} open question{'s' * (len(manual) != 1)}, "
                 f"{sum(manual):g} points."]
 
 
-def _one_line(text: str, width: int = 300) -> str:
-    text = re.sub(r"\s+", " ", str(text)).strip()
-    return text if len(text) <= width else text[:width - 1].rstrip() + "…"
+def _one_line(text: str) -> str:
+    return clipped(re.sub(r"\s+", " ", str(text)).strip(), 300)  # as the terminal's table clips a reason
 
 
 def check_folder(out: Path) -> None:

@@ -249,7 +249,8 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
         raise ValueError(f"--out {shown(out)} holds the grades of another folder, {earlier}: grading "
                          f"{shown(submissions)} there would replace them; pass another --out (e.g. "
                          f"{shown(out.parent / (out.name + '-' + Path(submissions).resolve().name))}), or move "
-                         f"its reports (grades.csv, grades.json, grades_by_student.csv) out of {shown(out)} first")
+                         f"its reports (grades.csv, grades.json, grades_by_student.csv) out of {shown(out)} first, and "
+                         f"its {feedback.FOLDER}/ folder with them (this batch would replace it)")
     feedback.check_folder(out)  # before any work, as above: the batch's last step replaces that folder
     found = find_submissions(submissions, course, skip=out)
     if not found:

@@ -71,9 +71,9 @@ class Journal:
         self.path, self.keys = Path(path), keys
         self._current = set(keys.values()) - {None}
         self._lock = threading.Lock()  # rows are written from several grading threads
-        self._earlier = {} if fresh else {k: r for k, r in (earlier or {}).items() if k in self._current}
-        self._set_aside = [] if fresh else [r for k, r in (earlier or {}).items() if k not in self._current]
-        self.done = {} if fresh else {**self._earlier, **self.kept()}
+        earlier = {} if fresh else earlier or {}
+        self._set_aside = [row for key, row in earlier.items() if key not in self._current]  # for set_aside()
+        self.done = {} if fresh else {**{k: r for k, r in earlier.items() if k in self._current}, **self.kept()}
 
     def kept(self) -> dict[str, dict]:
         """This batch's rows in the journal now, but rows of status error (the grader's failure: graded again)."""

@@ -73,12 +73,15 @@ def clipped(text: str, width: int) -> str:
     return cut.rstrip(" ,;:(") + "…"
 
 
+NOT_COUNTED = ("superseded", "skipped")  # statuses of files not graded: in no student's total
+
+
 def per_student(rows: list[dict]) -> dict:
     """``{student: {"score", "possible", "assignments": {assignment: score}}}`` over the graded rows (a superseded or
     skipped file adds no 0 to anyone's total)."""
     students: dict[str, dict] = {}
     for r in rows:
-        if r["status"] in ("superseded", "skipped"):  # not graded: no 0 in anyone's total
+        if r["status"] in NOT_COUNTED:
             continue
         s = students.setdefault(r["student"], {"score": 0.0, "possible": 0.0, "assignments": {}})
         s["assignments"][r["assignment"] or r["file"]] = r["score"]
