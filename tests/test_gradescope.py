@@ -243,6 +243,21 @@ def test_what_a_student_sees_at_once_leaves_out_only_the_multiple_choice_results
     assert gradescope._student_output(only_letters, {"diagnose_small_beta"}).startswith("All code questions passed.")
 
 
+def test_a_student_on_gradescope_is_not_told_what_the_scan_caught_or_what_the_instructor_should_do():
+    """Gradescope showed the instructor's reason: a flagged upload was told what the scan caught (the next upload, a
+    minute later, knew what to hide), and an empty one "ask the student to upload it again"."""
+    flagged = {"status": "flagged", "problem": "", "tries": ["cell 9"], "questions": {}, "errors": [],
+               "flags": ["line 3: assigns to dpo_teach.grading.runner.report"]}
+    assert "runner.report" in row_reason(flagged)  # the instructor's reason names it
+    seen = gradescope._student_output(flagged, set())
+    assert seen == "it touches the grading machinery, so it scores 0 until your instructor has read it", seen
+    empty = {**flagged, "status": "invalid", "flags": [], "tries": [],
+             "problem": "not a valid notebook: the file is empty (an upload that failed): ask the student to upload "
+                        "it again"}
+    assert gradescope._student_output(empty, set()) == ("not a valid notebook: the file is empty (an upload that "
+                                                        "failed): upload it again")
+
+
 def test_a_multiple_choice_result_waits_until_grades_are_published(assigned, tmp_path):
     """A student who resubmits and watches a multiple-choice question's score finds its answer in four tries: its test
     is shown only once the grades are published (and so, by Gradescope's rule, is the total), and nothing a student

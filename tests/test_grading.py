@@ -519,6 +519,10 @@ def test_files_that_are_not_notebooks_get_a_row_that_says_what_to_do(assigned, t
     assert python["status"] == archive["status"] == "skipped" and python["possible"] == archive["possible"] == 0
     assert "not a notebook (.py): ask the student for the .ipynb" in python["reason"], python["reason"]
     assert "a .zip archive: unzip it into the submissions folder and grade again" in archive["reason"], archive
+    told = {p.stem: p.read_text(encoding="utf-8") for p in (tmp_path / "out" / "feedback").iterdir()}  # to students
+    assert "`alice.py`: alice.py is not a notebook (.py): hand in the .ipynb file" in told["alice"], told
+    assert "alice_01.ipynb.zip is a .zip archive: hand in the .ipynb file itself, not an archive" in told["alice_01"]
+    assert not [t for t in told.values() if "the student" in t or "grade again" in t or str(tmp_path) in t], told
     assert report["students"] == {"alice": {"score": 5.0, "possible": 5.0, "assignments": {"01_kl_objective": 5.0}},
                                   "BOB": {"score": 5.0, "possible": 5.0, "assignments": {"01_kl_objective": 5.0}}}
     summary = grading.format_table(report).splitlines()[-1]

@@ -60,6 +60,21 @@ def test_a_flagged_notebook_says_it_waits_for_the_instructor_without_what_was_ca
     assert "- `objective` 1 / 1: not scored yet (see above)" in text, text
 
 
+def test_a_file_not_graded_tells_the_student_what_to_do_not_the_instructor():
+    """The reasons of files that are no notebooks tell the instructor to "ask the student to upload it again": the
+    student's file read the same words about "the student"."""
+    empty = row("eve", "invalid", possible=3.0,
+                problem="not a valid notebook: the file is empty (an upload that failed): ask the student to upload "
+                        "it again")
+    python = row("eve", "skipped", assignment=None, file="eve.py",
+                 problem="eve.py is not a notebook (.py): ask the student for the .ipynb file")
+    text = feedback.feedback_texts(report_of([empty, python]))["eve.md"]
+    assert "0 points, because it is not a notebook the grader could read (not a valid notebook: the file is empty " \
+           "(an upload that failed): upload it again)." in text, text
+    assert "`eve.py`: eve.py is not a notebook (.py): hand in the .ipynb file" in text, text
+    assert "the student" not in text, text
+
+
 def test_every_status_reads_as_what_happened_and_only_counted_notebooks_add_up():
     rows = [row("cy", "timeout", possible=3.0, problem="killed after 900 s in cell 7"),
             row("cy", "superseded", assignment="02_bradley_terry",

@@ -109,7 +109,7 @@ def test_a_cell_without_source_is_read_as_the_runner_runs_it_and_a_source_that_i
     assert nb is None and "cell 1" in problem and "not text" in problem
 
 
-@pytest.mark.parametrize("content, says", [
+NOT_NOTEBOOKS = [  # what a file named .ipynb often is, and what the grader's reason says of it
     (b"", "the file is empty (an upload that failed): ask the student to upload it again"),
     (b"PK\x03\x04\x14\x00", "it is a zip archive named .ipynb (an LMS download): unzip it"),
     (b"%PDF-1.7\n", "it is a PDF named .ipynb: ask the student for the .ipynb file"),
@@ -118,7 +118,10 @@ def test_a_cell_without_source_is_read_as_the_runner_runs_it_and_a_source_that_i
     (b'{"cells": [{"cell_type": "code"}]', "it stops before its end"),
     (b'{"cells": [}, "x": 1}', "its JSON is broken at line 1, column 12 (Expecting value)"),
     (b"\x8a\x01\xff", "it is not text (UTF-8)"),
-])
+]
+
+
+@pytest.mark.parametrize("content, says", NOT_NOTEBOOKS)
 def test_a_file_that_is_no_notebook_says_what_it_is_and_what_to_do(tmp_path, content, says):
     """An empty upload, a zip or a PDF named .ipynb and a truncated upload each read "not a valid notebook
     (NotJSONError: ...)" or a codec's error: the student and the instructor learnt neither what the file is nor
@@ -128,6 +131,57 @@ def test_a_file_that_is_no_notebook_says_what_it_is_and_what_to_do(tmp_path, con
     nb, problem = submissions.read_notebook(path)
     assert nb is None and problem.startswith("not a valid notebook: ") and says in problem, problem
     assert "Error" not in problem, problem  # no exception's name: words an instructor can act on
+
+
+INSTRUCTOR_WORDS = ("the student", "grade again", "submissions folder", "--")  # what only the instructor can act on
+
+
+def test_a_student_reads_what_to_do_about_a_file_not_what_the_instructor_should(tmp_path):
+    """The reason of a file that is no notebook tells the instructor what to do ("ask the student to upload it
+    again"); the feedback files and Gradescope showed the student those words. ``for_student`` gives every such
+    reason the student's action, and keeps what the file is."""
+    from dpo_teach.grading.grade import _not_a_notebook
+    from dpo_teach.grading.reports import for_student
+
+    problems = []
+    for i, (content, _) in enumerate(NOT_NOTEBOOKS):
+        (tmp_path / f"{i}.ipynb").write_bytes(content)
+        problems.append(submissions.read_notebook(tmp_path / f"{i}.ipynb")[1])
+    problems.append(submissions._not_json(tmp_path))  # cannot be read: a folder
+    (tmp_path / "alice").mkdir()
+    problems += [_not_a_notebook("alice", tmp_path / name, tmp_path)["problem"]
+                 for name in ("hw.zip", "hw.tar.gz", "hw.py", "alice/hw.zip")]
+    for problem in problems:
+        said = for_student(problem)
+        assert not [w for w in INSTRUCTOR_WORDS if w in said], (problem, said)
+        action = min(problem.find(w) for w in INSTRUCTOR_WORDS if w in problem)
+        assert said.startswith(problem[:problem.rfind(": ", 0, action) + 2]), (problem, said)  # what the file is
+    assert for_student(problems[0]).endswith("(an upload that failed): upload it again"), problems[0]
+    assert for_student(problems[2]).endswith(": hand in the .ipynb file (Jupyter: File > Download)"), problems[2]
+
+
+def test_every_action_for_the_instructor_in_a_reason_has_the_students_words():
+    """A reason written later that tells the instructor to ask the student or to grade again is caught here, before a
+    student reads it: every such string in the grading package, read by ``for_student``, says neither."""
+    import ast
+
+    from dpo_teach.grading.reports import for_student
+
+    found = []
+    for path in sorted(Path(submissions.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        parts = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.JoinedStr):  # its values as "x": the name or the folder it names
+                text = "".join(v.value if isinstance(v, ast.Constant) else "x" for v in node.values)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in parts:
+                text = node.value
+            else:
+                continue
+            if ("ask the student" in text or text.endswith("grade again")) and path.name != "reports.py":
+                found.append((path.name, node.lineno, text, for_student(text)))
+    assert len(found) >= 8, found  # the reasons of submissions.py and grade.py: no longer found, the test is blind
+    assert not [f for f in found if "the student" in f[3] or "grade again" in f[3]], found
 
 
 def test_a_long_message_in_a_reason_is_cut_after_a_word_and_says_so():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dpo_teach.grading.reports import NOT_COUNTED, clipped
+from dpo_teach.grading.reports import FLAGGED, NOT_COUNTED, clipped, for_student
 from dpo_teach.grading.submissions import FEEDBACK_FOLDER as FOLDER  # in --out, beside grades.csv
 from dpo_teach.utils import atomic_dir
 
@@ -25,7 +25,7 @@ WHY = {  # what a row of each status that is not "graded" scored 0 for, in a stu
     "crashed": "its process ended before the grading did",
     "invalid": "it is not a notebook the grader could read",
     "error": "the grader could not grade it (not your notebook's fault): your instructor will grade it again",
-    "flagged": "it touches the grading machinery, so it scores 0 until your instructor has read it",
+    "flagged": FLAGGED,
 }
 
 
@@ -73,14 +73,15 @@ def notebook_lines(row: dict, report: dict) -> list[str]:
     """A notebook's section: its score and status, each question, the first cell errors, the points graded by hand."""
     title = row["assignment"] or Path(row["file"]).name
     if row["status"] in NOT_COUNTED:
-        return [f"## {title}: not graded", "", f"`{row['file']}`: {row['problem']}"]
+        return [f"## {title}: not graded", "", f"`{handed_in(row, report)}`: {for_student(row['problem'])}"]
     head = [f"## {title}: {row['score']:g} / {row['possible']:g}", ""]
     if row["status"] == "graded":
-        head.append(f"`{row['file']}`, graded.")
+        head.append(f"`{handed_in(row, report)}`, graded.")
     else:
         why = WHY.get(row["status"], row["status"])
-        problem = f" ({row['problem']})" if row["problem"] and row["status"] not in ("flagged", "error") else ""
-        head.append(f"`{row['file']}`: 0 points, because {why}{problem}.")
+        told = row["problem"] and row["status"] not in ("flagged", "error")
+        problem = f" ({for_student(row['problem'])})" if told else ""
+        head.append(f"`{handed_in(row, report)}`: 0 points, because {why}{problem}.")
     questions = [f"- `{q}` {r['score']:g} / {r['possible']:g}: {question_feedback(r, row['status'])}"
                  for q, r in row["questions"].items()]
     errors = row["errors"][:ERRORS_SHOWN]
@@ -90,6 +91,15 @@ def notebook_lines(row: dict, report: dict) -> list[str]:
                       + (f" ({more} more not shown)" if more else "") + ":",
                   *(f"- {_one_line(e)}" for e in errors)]
     return head + ([""] + questions if questions else []) + errors + _by_hand_lines(row, report)
+
+
+def handed_in(row: dict, report: dict) -> str:
+    """The row's file as the student knows it: its path in the submissions folder, not where the instructor keeps
+    that folder (``/home/prof/2026/hw3/alice/hw.ipynb`` reads ``alice/hw.ipynb``)."""
+    try:
+        return Path(row["file"]).relative_to(report["submissions_dir"]).as_posix()
+    except (KeyError, ValueError):  # a report without the folder, or a file outside it
+        return Path(row["file"]).name
 
 
 def question_feedback(result: dict, status: str) -> str:

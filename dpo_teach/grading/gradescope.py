@@ -21,7 +21,7 @@ runs ``setup.sh`` once to build the image and ``run_autograder`` for every submi
   ``assign.multiple_choice``) is ``"visibility": "after_published"``: a student who could resubmit and watch its
   score would find the answer by trying each letter. Gradescope then also hides the total score from students until
   the grades are published (its results specification: "If test cases are hidden, students will not be able to see
-  their total score"), and the output text names only the code questions (``reports.row_reason``); code questions
+  their total score"), and the output text names only the code questions (``reports.student_reason``); code questions
   stay visible, for instant feedback.
 
 ``setup.sh`` needs Python ≥ 3.11 (the wheel's ``Requires-Python``) with its ``venv`` module (Debian and Ubuntu:
@@ -171,11 +171,11 @@ def build(out: Path, autograder: Path = AUTOGRADER, released: Path = NOTEBOOKS) 
 
 
 def _student_output(row: dict, withheld: set[str]) -> str:
-    """What a student sees at once: the row's reason without the ``withheld`` questions (``reports.row_reason``), and
-    when there are any, when their results come."""
-    from dpo_teach.grading.reports import row_reason
+    """What a student sees at once: the row's reason in a student's words without the ``withheld`` questions
+    (``reports.student_reason``), and when there are any, when their results come."""
+    from dpo_teach.grading.reports import student_reason
 
-    reason = row_reason(row, withheld)
+    reason = student_reason(row, withheld)
     if not withheld:
         return reason or "All auto-graded questions passed."
     return (f"{reason or 'All code questions passed.'}\nYour multiple-choice answers ({', '.join(sorted(withheld))}) "

@@ -22,23 +22,57 @@ def empty_row(student: str, path: Path, assignment: str | None, status: str, pro
 
 
 def row_reason(row: dict, withheld: Collection[str] = ()) -> str:
-    """A grade row's one-line reason: its ``problem`` (why it was not graded, or what ended its run early), a second
-    start, why it is flagged, the questions that lost points (a graded row's) and its first cell error.
+    """A grade row's one-line reason, for the instructor (``grades.csv``, ``grades.json``, the table): its
+    ``problem`` (why it was not graded, or what ended its run early), a second start, why it is flagged, the questions
+    that lost points (a graded row's) and its first cell error.
 
     ``withheld``: questions whose result the reason leaves out (Gradescope's multiple-choice questions, whose results
     students see only once the grades are published).
     """
-    parts = [row["problem"]]
+    flagged = f"{FLAGGED_SHORT} ({'; '.join(row['flags'][:3])})" if row["flags"] else ""
+    return _reason(row["problem"], flagged, row, withheld)
+
+
+def student_reason(row: dict, withheld: Collection[str] = ()) -> str:
+    """:func:`row_reason` as the student reads it (Gradescope's output): the problem's action is the student's
+    (:func:`for_student`), and a flagged row says that it waits for the instructor, not what the scan caught (which
+    would teach the next upload what to hide)."""
+    return _reason(for_student(row["problem"]), FLAGGED if row["flags"] else "", row, withheld)
+
+
+def _reason(problem: str, flagged: str, row: dict, withheld: Collection[str]) -> str:
+    parts = [problem]
     if len(row["tries"]) > 1:
         parts.append("started twice: the first start ran out of time before any cell ran (a busy machine)")
-    if row["flags"]:
-        parts.append(f"scored 0 until an instructor has read it: it touches the grading machinery "
-                     f"({'; '.join(row['flags'][:3])})")
+    parts.append(flagged)
     if row["status"] == "graded":
         parts.append(lost_points({q: r for q, r in row["questions"].items() if q not in withheld}))
     if row["errors"]:
         parts.append(f"{len(row['errors'])} cell error(s), first: {row['errors'][0]}")
     return "; ".join(part for part in parts if part)
+
+
+FLAGGED_SHORT = "scored 0 until an instructor has read it: it touches the grading machinery"  # + what was caught
+FLAGGED = "it touches the grading machinery, so it scores 0 until your instructor has read it"  # a student's words
+
+# What a reason tells the instructor to do about a file (``submissions._not_json``, ``grade._not_a_notebook``, ...:
+# each ends its reason), and what the student reads there instead (:func:`for_student`).
+_FOR_STUDENT = [
+    (re.compile(r"ask the student for the \.ipynb file"), "hand in the .ipynb file"),
+    (re.compile(r"ask the student to "), ""),
+    (re.compile(r"\w+ it into .+ and grade again$"), "hand in the .ipynb file itself, not an archive"),
+    (re.compile(r"(check the file's permissions|copy the student's file into its place) and grade again$"),
+     "your instructor will look into it"),
+]
+
+
+def for_student(problem: str) -> str:
+    """``problem`` (a row's reason for the instructor) with its action addressed to the student: "ask the student to
+    upload it again" reads "upload it again", "unzip it into the submissions folder and grade again" reads "hand in
+    the .ipynb file itself, not an archive"."""
+    for pattern, words in _FOR_STUDENT:
+        problem = pattern.sub(words, problem)
+    return problem
 
 
 def lost_points(questions: dict) -> str:
