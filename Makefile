@@ -37,7 +37,8 @@ help:
 	@echo "make lint   ruff over the package, tests, benchmarks and scripts (the first step of make test)"
 	@echo "make lock   requirements.lock: the versions installed in .venv (make .venv/.installed LOCKED=1 installs them)"
 	@echo "make browser  Debian's chromium for the site's browser test (apt, as root; make test runs it first)"
-	@echo "make clean  delete results/ and the pytest and ruff caches (not .venv)"
+	@echo "make clean  delete results/ (but a folder of grades: it says which it kept) and the pytest and ruff"
+	@echo "            caches (not .venv)"
 
 # `pip install` through scripts/pip_install.py: uv (fetched into .venv) given pip's own configuration, so the same
 # versions in about half the time; plain pip where uv cannot be had. INSTALLER=pip: pip only.
@@ -166,5 +167,6 @@ readme-images: $(STAMP)
 	mkdir -p docs/images && cp results/demo/training_curves.png docs/images/training_curves.png
 	$(BIN)/python -m dpo_teach.site --frontier docs/images/frontier.png
 
+# results/ (but any folder of grades: nothing regenerates those) and the pytest and ruff caches; scripts/clean.py
 clean:
-	rm -rf results .pytest_cache .ruff_cache
+	$(PYTHON) scripts/clean.py

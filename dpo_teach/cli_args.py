@@ -291,8 +291,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                    help="where the reports go: grades.csv, grades_by_student.csv, grades.json, feedback/ "
                         "(%(default)s)")
     g.add_argument("--assignment", help="grade as this assignment, e.g. 03_deriving_dpo, every notebook whose "
-                                        "metadata names none (default: read from each notebook's metadata, else "
-                                        "from its file name)")
+                                        "metadata names none of the course's graded assignments (default: read "
+                                        "from each notebook's metadata, else from its file name)")
     g.add_argument("--autograder-dir", metavar="DIR", type=_path,
                    help="bundles written by `make assign` (default: course/autograder)")
     g.add_argument("--timeout", type=_positive(float, MAX_TIMEOUT), default=900,

@@ -55,3 +55,43 @@ def test_make_help_names_every_make_command():
     described = set(re.findall(r"\bmake ([a-z][\w-]*)", help_text))
     assert rules - described == set(), f"rules without a line in `make help`: {sorted(rules - described)}"
     assert described - rules == set(), f"`make help` names what is no rule: {sorted(described - rules)}"
+
+
+def test_make_clean_deletes_results_but_never_a_folder_of_grades(tmp_path):
+    """`make clean` was `rm -rf results`, and `dpo-teach grade` writes to results/grades by default: an instructor who
+    tidied up lost a class's grades, feedback and an interrupted batch's journal. Folders of grades (also nested, and
+    one that holds only the journal) stay whole and are named; everything else in results/ goes, and the caches."""
+    import shutil
+    import subprocess
+    import sys
+
+    from dpo_teach.grading.submissions import JOURNAL_FILE, REPORT_FILES
+
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "clean.py", tmp_path / "scripts" / "clean.py")
+    files = {"results/demo/metrics.json": "{}", "results/gradescope/01.zip": "x", "results/bench.json": "{}",
+             "results/grades/grades.json": "{}", "results/grades/feedback/alice.md": "# alice",
+             "results/hw3/grades/grades.csv": "x", "results/hw3/solutions/01.ipynb": "{}",
+             "results/hw4/grades.partial.jsonl": "{}", "results/hw4/notes.txt": "mine",
+             ".pytest_cache/v/x": "", ".ruff_cache/x": "", "outside/keep.txt": "keep"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "results" / "link").symlink_to(tmp_path / "outside")  # a link goes, never what it points to
+    done = subprocess.run(["make", "-s", "clean", f"PYTHON={sys.executable}"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == ["Makefile", "outside/keep.txt", "results/grades/feedback/alice.md", "results/grades/grades.json",
+                    "results/hw3/grades/grades.csv", "results/hw4/grades.partial.jsonl", "results/hw4/notes.txt",
+                    "scripts/clean.py"], left
+    for kept in ("results/grades/", "results/hw3/grades/", "results/hw4/"):
+        assert f"kept {kept}, which holds grades" in done.stdout, done.stdout
+    clean = (ROOT / "scripts" / "clean.py").read_text()
+    assert set(re.search(r"GRADES = \(([^)]*)\)", clean).group(1).replace('"', "").split(", ")) == \
+        {*REPORT_FILES, JOURNAL_FILE}  # the names that mark a folder of grades are the grader's
+    subprocess.run(["make", "-s", "clean", f"PYTHON={sys.executable}"], cwd=tmp_path, check=True, timeout=60)
+    shutil.rmtree(tmp_path / "results")  # and with no results/ at all
+    assert subprocess.run(["make", "-s", "clean", f"PYTHON={sys.executable}"], cwd=tmp_path,
+                          timeout=60).returncode == 0
