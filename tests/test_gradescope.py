@@ -251,6 +251,10 @@ def test_a_student_on_gradescope_is_not_told_what_the_scan_caught_or_what_the_in
     assert "runner.report" in row_reason(flagged)  # the instructor's reason names it
     seen = gradescope._student_output(flagged, set())
     assert seen == "it touches the grading machinery, so it scores 0 until your instructor has read it", seen
+    flagged["questions"] = {"kl_divergence": {"score": 2.0, "possible": 2.0, "feedback": "", "public_passed": True}}
+    assert gradescope.result_tests(flagged, set()) == [{  # each test 0 too, as the total (it read 2 / 2 beside a 0)
+        "name": "kl_divergence", "score": 0.0, "max_score": 2.0, "output": "Not scored yet: see the output above.",
+        "visibility": "visible"}]
     empty = {**flagged, "status": "invalid", "flags": [], "tries": [],
              "problem": "not a valid notebook: the file is empty (an upload that failed): ask the student to upload "
                         "it again"}

@@ -57,7 +57,7 @@ def test_a_flagged_notebook_says_it_waits_for_the_instructor_without_what_was_ca
     assert "0 points, because it touches the grading machinery, so it scores 0 until your instructor has read it" \
         in text, text
     assert "runner" not in text and "passed" not in text, text
-    assert "- `objective` 1 / 1: not scored yet (see above)" in text, text
+    assert "- `objective` 0 / 1: not scored yet (see above)" in text, text  # 0, as the notebook's score counts it
 
 
 def test_a_file_not_graded_tells_the_student_what_to_do_not_the_instructor():
@@ -86,6 +86,30 @@ def test_every_status_reads_as_what_happened_and_only_counted_notebooks_add_up()
     assert "0 points, because it ran out of time (killed after 900 s in cell 7)." in texts["cy.md"]
     assert "## 02_bradley_terry: not graded" in texts["cy.md"] and "a later notebook" in texts["cy.md"]
     assert "your instructor will grade it again" in texts["dee.md"] and "No space" not in texts["dee.md"]
+
+
+def test_a_notebook_that_scored_0_as_a_whole_scores_0_on_each_question_wherever_it_is_read(tmp_path):
+    """A notebook that ran out of time in its hidden tests, or was flagged, scores 0, but its questions kept what their
+    tests gave: the feedback read "`kl_divergence` 2 / 2" under "0 points", and grades.csv's question columns added
+    up to points the score column did not give (a gradebook that imports the columns gave them). grades.json keeps
+    what the tests gave, for the instructor."""
+    import csv
+    import json
+
+    from dpo_teach.grading.reports import write_reports
+
+    late = row("gus", "timeout", possible=3.0, problem="killed after 900 s (per-notebook time limit) while running "
+               "the hidden tests", questions={"kl_divergence": q(2, 2), "objective": q(0, 1, "hidden test 1 of 1 "
+                                                                                         "failed")})
+    report = report_of([late])
+    text = feedback.feedback_texts(report)["gus.md"]
+    assert "- `kl_divergence` 0 / 2: not scored (see above)" in text, text
+    assert "- `objective` 0 / 1: hidden test 1 of 1 failed" in text, text
+    write_reports(report, tmp_path)
+    (line,) = csv.DictReader((tmp_path / "grades.csv").open(encoding="utf-8"))
+    assert (line["score"], line["kl_divergence"], line["objective"]) == ("0.0", "0.0", "0.0"), line
+    kept = json.loads((tmp_path / "grades.json").read_text(encoding="utf-8"))["results"][0]
+    assert kept["questions"]["kl_divergence"]["score"] == 2.0  # the instructor's record of what the tests gave
 
 
 def test_file_names_are_safe_and_never_shared():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dpo_teach.grading.reports import FLAGGED, NOT_COUNTED, clipped, for_student
+from dpo_teach.grading.reports import FLAGGED, NOT_COUNTED, clipped, counted, for_student
 from dpo_teach.grading.submissions import FEEDBACK_FOLDER as FOLDER  # in --out, beside grades.csv
 from dpo_teach.utils import atomic_dir
 
@@ -83,7 +83,7 @@ def notebook_lines(row: dict, report: dict) -> list[str]:
         problem = f" ({for_student(row['problem'])})" if told else ""
         head.append(f"`{handed_in(row, report)}`: 0 points, because {why}{problem}.")
     questions = [f"- `{q}` {r['score']:g} / {r['possible']:g}: {question_feedback(r, row['status'])}"
-                 for q, r in row["questions"].items()]
+                 for q, r in counted(row).items()]
     errors = row["errors"][:ERRORS_SHOWN]
     if errors:
         more = len(row["errors"]) - len(errors)
@@ -108,7 +108,7 @@ def question_feedback(result: dict, status: str) -> str:
         return "passed"
     if status == "flagged":
         return "not scored yet (see above)"
-    return _one_line(result.get("feedback") or "not graded")
+    return _one_line(result.get("feedback") or ("not graded" if status == "graded" else "not scored (see above)"))
 
 
 def _manual(row: dict, report: dict) -> list[float]:

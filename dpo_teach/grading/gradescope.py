@@ -170,6 +170,25 @@ def build(out: Path, autograder: Path = AUTOGRADER, released: Path = NOTEBOOKS) 
     return written
 
 
+def result_tests(row: dict, withheld: set[str]) -> list[dict]:
+    """``results.json``'s tests: one per auto-graded question, scored as the row's score counts it
+    (``reports.counted``: 0 in a flagged row), a ``withheld`` one visible only once the grades are published."""
+    from dpo_teach.grading.reports import counted
+
+    return [{"name": q, "score": r["score"], "max_score": r["possible"], "output": question_output(r, row),
+             "visibility": "after_published" if q in withheld else "visible"} for q, r in counted(row).items()]
+
+
+def question_output(result: dict, row: dict) -> str:
+    """A question's output on Gradescope: its feedback (a failed public test quoted, a hidden one numbered); in a
+    row that scored 0 as a whole (flagged, out of time, crashed: ``reports.counted``), why it is not scored."""
+    if row["status"] == "flagged":
+        return "Not scored yet: see the output above."
+    if row["status"] == "graded" or result["feedback"]:
+        return result["feedback"]
+    return "Not scored: see the output above."
+
+
 def _student_output(row: dict, withheld: set[str]) -> str:
     """What a student sees at once: the row's reason in a student's words without the ``withheld`` questions
     (``reports.student_reason``), and when there are any, when their results come."""
@@ -220,8 +239,7 @@ def run(source: Path, submission: Path, results: Path) -> dict:
             note = "\n".join(filter(None, [f"Graded {shown(graded.name)}, the latest of the {len(notebooks)} "
                                             "notebooks you submitted.", note]))
         withheld = {q for q, about in manifest["questions"].items() if about["choice"]} & set(row["questions"])
-        tests = [{"name": q, "score": r["score"], "max_score": r["possible"], "output": r["feedback"],
-                  "visibility": "after_published" if q in withheld else "visible"} for q, r in row["questions"].items()]
+        tests = result_tests(row, withheld)
         output = "\n".join(filter(None, [_student_output(row, withheld), note]))
         report = {"score": row["score"], "output": output, "tests": tests}
     results.parent.mkdir(parents=True, exist_ok=True)

@@ -75,6 +75,16 @@ def for_student(problem: str) -> str:
     return problem
 
 
+def counted(row: dict) -> dict:
+    """The row's questions as its score counts them: a row that is not ``graded`` (flagged, out of time, crashed,
+    invalid) scores 0 on each, whatever its tests gave before it ended (``grades.json`` keeps that, for the
+    instructor). What a student or a gradebook reads per question (``grades.csv``, the feedback, Gradescope) adds up
+    to the row's score."""
+    if row["status"] == "graded":
+        return row["questions"]
+    return {q: {**r, "score": 0.0} for q, r in row["questions"].items()}
+
+
 def lost_points(questions: dict) -> str:
     """``lost points on q1 (AssertionError: ...), q2 (hidden test 1 of 2)`` for the questions that lost points, or
     an empty string."""
@@ -136,8 +146,9 @@ def as_text(value):
 
 def write_reports(report: dict, out: Path) -> None:
     """``grades.json`` (everything), ``grades_by_student.csv`` (:func:`students_csv`) and ``grades.csv`` (one row
-    per submission, one column per question, then an empty column per question graded by hand, ``open_q (by hand, 2
-    points)``, to fill in; text that starts like a formula is escaped, :func:`as_text`)."""
+    per submission, one column per question as the score counts it (:func:`counted`), then an empty column per
+    question graded by hand, ``open_q (by hand, 2 points)``, to fill in; text that starts like a formula is escaped,
+    :func:`as_text`)."""
     questions = [q for a in report["assignments"].values() for q, v in a["questions"].items() if not v["manual"]]
     by_hand = [f"{q} (by hand, {v['points']:g} points)" for a in report["assignments"].values()
                for q, v in a["questions"].items() if v["manual"]]
@@ -145,7 +156,7 @@ def write_reports(report: dict, out: Path) -> None:
     writer = csv.writer(buffer)
     writer.writerow(["student", "assignment", "file", "status", "score", "possible", *questions, *by_hand, "reason"])
     for r in report["results"]:
-        scores = [r["questions"][q]["score"] if q in r["questions"] else "" for q in questions]
+        scores = [counted(r)[q]["score"] if q in r["questions"] else "" for q in questions]
         writer.writerow([as_text(v) for v in (r["student"], r["assignment"] or "", r["file"], r["status"],
                                               r["score"], r["possible"], *scores, *[""] * len(by_hand), r["reason"])])
     for name in REPORT_FILES:  # a folder in the way: said plainly, before anything is written
