@@ -64,7 +64,8 @@ def rloo_loss(seq_logps: torch.Tensor, old_seq_logps: torch.Tensor, advantages: 
 
 def rloo_advantages_with_kl(scores, logps, ref_logps, mask, config: GRPOConfig) -> torch.Tensor:
     """RLOO's advantage for the shared loop: the KL-penalised sequence reward minus the leave-one-out baseline;
-    with ``config.scale_rewards``, whitened over the batch (TRL's ``normalize_advantages``)."""
+    with ``config.scale_rewards``, whitened over the batch, like TRL's ``normalize_advantages`` (not exactly: whiten
+    divides by the population standard deviation, TRL by the sample one plus 1e-4)."""
     if ref_logps is not None:
         scores = scores - config.beta * ((logps - ref_logps) * mask).sum(-1)  # (N,) r − β·log π_old/π_ref
     advantages = rloo_advantages(scores, config.group_size)

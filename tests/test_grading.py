@@ -597,7 +597,7 @@ def test_a_failed_hidden_test_is_numbered_and_never_quoted():
     assert public_passed and feedback == "hidden test 2 of 3 failed"
     assert _why(feedback) == " (hidden test 2 of 3)"
     timed_out = "TimeoutError: time limit: a cell ran past the grader's limit of 8 s per cell"
-    cases[1] = {"passed": False, "hidden": True, "message": timed_out, "stopped": "time_limit"}  # the grader's: kept
+    cases[1] = {"passed": False, "hidden": True, "message": timed_out, "stopped": "time_limit"}  # the judge's words
     assert _public_feedback(cases)[1] == f"hidden test 1 of 3 failed: {timed_out}"
     cases[0] = {"passed": False, "hidden": False, "message": "AssertionError: return a tensor"}  # the student has it
     assert _public_feedback(cases) == (False, "public test failed: AssertionError: return a tensor")

@@ -540,6 +540,12 @@ def hostile(assigned, notebook_reference, tmp_path_factory, request):
     nb.cells += [nbformat.v4.new_code_cell(code) for code in INNOCENT_CODE.values()]
     nbformat.write(nb, folder / "ordinary_code_01_kl_objective.ipynb")
     shutil.copy(grading.NOTEBOOKS / "06_ppo_vs_dpo.ipynb", folder / "olga_06_ppo_vs_dpo.ipynb")  # not graded
+    # an nbformat 3 file whose worksheet (what nbformat reads: the scan, Jupyter) holds the wrong KL, and whose
+    # top-level "cells" (which nbformat 3 ignores) hold the right one: the runner ran the file's own JSON
+    disguised = json.loads(nbformat.writes(nbformat.convert(
+        replaced(exercise_solution(assigned, "01_kl_objective"), "def kl_divergence(", WRONG_KL), 3)))
+    disguised["cells"] = json.loads(nbformat.writes(exercise_solution(assigned, "01_kl_objective")))["cells"]
+    (folder / "disguised_v3_01_kl_objective.ipynb").write_text(json.dumps(disguised), encoding="utf-8")
 
     watched = [*autograder.iterdir(), grading.ROOT / "dpo_teach" / "losses.py", Path(OTTER)]
     bundles = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in watched}
@@ -584,6 +590,16 @@ def test_an_attack_does_not_score_and_is_reported(hostile, kind):
     if kind in FLAGGED:
         assert row["status"] == "flagged" and row["score"] == 0 and row["flags"], f"{kind}: {row}"
     assert all("\n>>>" not in r["feedback"] and "_huge" not in r["feedback"] for r in row["questions"].values())
+
+
+def test_what_runs_is_what_the_scan_read_and_jupyter_shows(hostile):
+    """An nbformat 3 file held, beside the worksheet that nbformat (so the scan, and Jupyter) reads, a top-level
+    "cells" list that the runner ran from the file's own JSON: code no scan saw and no instructor could see scored,
+    and with it every route the scan alone closes (frames, processes) was open. The runner now runs nbformat's
+    reading of the file: the worksheet's wrong KL."""
+    row = hostile["rows"]["disguised_v3_01_kl_objective"]
+    assert row["status"] == "graded" and row["questions"]["kl_divergence"]["score"] == 0, row["reason"]
+    assert row["questions"]["optimal_policy"]["score"] == 2, row["reason"]  # the rest of the worksheet ran
 
 
 def test_patching_is_named_in_the_flags(hostile):
@@ -1259,6 +1275,51 @@ def test_a_students_error_that_reads_like_the_time_limit_is_not_quoted():
     ``TimeoutError("time limit: ...")`` that carries the hidden test's input stays unquoted."""
     feedback, stopped = _hidden_feedback("leak")
     assert feedback == "hidden test 1 of 1 failed" and stopped is None, (feedback, stopped)
+
+
+# A function under test that walks up to the runner's main, takes its channel and the question's nonce, and answers
+# the hidden case itself: "stopped" by the runner, with the hidden test's own source as its message. The scan flags
+# the frame walk; a file whose code the scan did not read (test_what_runs_is_what_the_scan_read_...) ran it.
+FORGED_STOP = """
+import os, sys
+
+def kl_divergence(p, q):
+    f = sys._getframe(0)
+    while not (f.f_code.co_name == "main" and "request" in f.f_locals):
+        f = f.f_back
+    send, requests, decode, seen = f.f_locals["send"], f.f_locals["requests"], f.f_locals["decode"], []
+    def answer(request):
+        cases = [{"passed": True, "message": "", "stopped": None} for _ in request["cases"]]
+        if seen:  # the second batch of a question is its hidden one
+            leaked = " ; ".join(e.strip() for e in request["cases"][0]["examples"])
+            cases[0] = {"passed": False, "message": leaked, "stopped": "time_limit"}
+        seen.append(request["question"])
+        send("result", question=request["question"], nonce=request["nonce"], cases=cases, tampered=[])
+    answer(f.f_locals["request"])
+    for line in requests:
+        request = decode(line)
+        if "cases" not in request:
+            break
+        answer(request)
+    os._exit(0)
+"""
+
+
+def test_a_stopped_case_gets_the_graders_words_never_the_message_the_notebook_sent():
+    """The feedback on a hidden case the runner ended quoted the case's message, which the notebook's process sends:
+    a notebook that impersonated the runner put the hidden test's source there, and every student could read it. A
+    stopped case's message is now the judge's own words (``judge.STOPPED``)."""
+    from dpo_teach.grading.grade import _public_feedback
+
+    tests = {"kl_divergence": [judge.test_case(">>> kl_divergence(1, 2)", hidden=False),
+                               judge.test_case(">>> kl_divergence('hidden-input-7319', 0.1308)", hidden=True)]}
+    out = judge.run_notebook(notebook(FORGED_STOP), "homework.ipynb", tests, 5, 120, dict(os.environ), True, [])
+    cases = out["cases"]["kl_divergence"]
+    assert cases[1]["stopped"] == "time_limit", out  # the forged reply was taken: only the scan sees this attack
+    assert not [c for c in cases if "hidden-input" in c["message"]], cases
+    feedback = _public_feedback(cases)[1]
+    assert feedback == ("hidden test 1 of 1 failed: TimeoutError: time limit: a cell ran past the grader's limit of "
+                        "5 s per cell"), feedback
 
 
 def test_a_time_limit_the_students_code_caught_is_still_the_time_limit():

@@ -55,12 +55,12 @@ def _not_a_notebook(student: str, path: Path, submissions: Path) -> dict:
     return empty_row(student, path, None, "skipped", f"{shown(Path(path).name)} is {what}")
 
 
-def _run_job(bundle_tests: dict, path: Path, assignment: str, cell_timeout: int, timeout: float, env: dict,
+def _run_job(bundle_tests: dict, text: str, assignment: str, cell_timeout: int, timeout: float, env: dict,
              sandboxed: bool, hide: list[str]) -> dict:
     """Grade one notebook in a fresh process (the sandbox unless ``--unsafe``). A notebook that ran out of time
     before any of its cells started (the machine, not the student) is tried once more; one that ran out of time in
-    its own code is not. ``out["tries"]`` lists where each try ended (``["start", "cell 1"]``: tried twice)."""
-    text = path.read_text(encoding="utf-8")
+    its own code is not. ``out["tries"]`` lists where each try ended (``["start", "cell 1"]``: tried twice).
+    ``text``: the notebook as the scan read it (:func:`grade_submission`), never the file's own bytes."""
     tries = []
     for _attempt in range(2):
         out = run_notebook(text, f"{assignment}.ipynb", bundle_tests, cell_timeout, timeout, env, sandboxed, hide)
@@ -73,8 +73,9 @@ def _run_job(bundle_tests: dict, path: Path, assignment: str, cell_timeout: int,
 def _public_feedback(cases: list[dict]) -> tuple[bool, str]:
     """(every public case passed, what the first failed case says). A public case is quoted (the student has its
     test); a hidden one is only numbered ("hidden test 2 of 3 failed"), with the grader's own words when the runner
-    itself ended it (``stopped``: it ran out of time, or the code tampered), never the test's own message (it says
-    what the test checks) nor the student's (it may hold the hidden test's inputs)."""
+    itself ended it (``stopped``: it ran out of time, or the code tampered; the judge gives such a case its own
+    words, ``judge.STOPPED``), never the test's own message (it says what the test checks) nor the student's (it may
+    hold the hidden test's inputs)."""
     failed = [c for c in cases if not c["passed"]]
     public_passed = all(c["passed"] for c in cases if not c["hidden"])
     if not failed:
@@ -134,7 +135,10 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
         tests = {q: cases for q, cases in manifest["tests"].items() if q in auto}
         found = scan(nb.cells, _released(row["assignment"], released_dir), tests)
         try:
-            outcome = _run_job(tests, path, row["assignment"], cell_timeout, timeout, env, sandboxed, list(hide))
+            # what runs is what the scan read and what Jupyter shows: nbformat's reading of the file. The file's own
+            # JSON may differ (an nbformat 3 file whose top-level "cells" nbformat ignores: unscanned code ran)
+            outcome = _run_job(tests, json.dumps(nb), row["assignment"], cell_timeout, timeout, env, sandboxed,
+                               list(hide))
         except sandbox.SandboxUnavailable:
             raise  # the machine's, not the notebook's: grade() stops the batch
         except Exception as e:  # noqa: BLE001 - e.g. no process could be started: report it, go on

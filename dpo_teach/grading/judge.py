@@ -43,7 +43,11 @@ from dpo_teach.grading.runner import code_cells
 from dpo_teach.grading.scan import references
 
 MAX_LINE = 1 << 20  # a reply longer than this is not the runner's
-STOPPED = ("time_limit", "tampered")  # how the runner itself may end a test case (``runner.run_cases``)
+# How the runner itself may end a test case (``runner.run_cases``), and the message such a case gets: the grader's own
+# words, never the message the notebook's process sent, which its code could write (a notebook that impersonated the
+# runner wrote a hidden test's source there, and the feedback quoted it)
+STOPPED = {"time_limit": "TimeoutError: time limit: a cell ran past the grader's limit of {seconds} s per cell",
+           "tampered": "the code under test changed what the tests rely on while it was tested"}
 _PACKAGE_MODULE = re.compile(r"\bdpo_teach\.[a-z_]+")  # the package modules a test names
 
 
@@ -236,7 +240,7 @@ def _run(process: _Process, private: str, text: str, file_name: str, tests: dict
             for question, cases in tests.items():
                 part = [case for case in cases if case["hidden"] is hidden]
                 if part:
-                    _test_question(channel, process, question, part, out)
+                    _test_question(channel, process, question, part, out, cell_timeout)
         process.send({"id": job_id, "end": True})
     except _Abort as e:
         out["status"], out["reason"] = e.status, e.reason
@@ -366,7 +370,8 @@ def _cell_phase(channel: _Channel, cells: list[int], out: dict) -> None:
             return
 
 
-def _test_question(channel: _Channel, process: _Process, question: str, cases: list[dict], out: dict) -> None:
+def _test_question(channel: _Channel, process: _Process, question: str, cases: list[dict], out: dict,
+                   cell_timeout: int) -> None:
     """Send one question's cases with a fresh nonce; take the reply that returns it, with a result per case."""
     nonce = secrets.token_hex(16)
     process.send({"id": channel.job_id, "question": question, "nonce": nonce,
@@ -380,9 +385,11 @@ def _test_question(channel: _Channel, process: _Process, question: str, cases: l
     called = message.get("reference_calls")
     if isinstance(called, list) and called:
         out.setdefault("reference_calls", {}).setdefault(question, []).extend(str(c)[:200] for c in called[:5])
-    out["cases"].setdefault(question, []).extend(
-        {"passed": r.get("passed") is True, "message": str(r.get("message", ""))[:300], "hidden": case["hidden"],
-         "stopped": _stopped(r)} for r, case in zip(results, cases))
+    for r, case in zip(results, cases):
+        stopped = _stopped(r)
+        message = STOPPED[stopped].format(seconds=cell_timeout) if stopped else str(r.get("message", ""))[:300]
+        out["cases"].setdefault(question, []).append(
+            {"passed": r.get("passed") is True, "message": message, "hidden": case["hidden"], "stopped": stopped})
 
 
 def _stopped(result: dict) -> str | None:
