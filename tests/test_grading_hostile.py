@@ -48,15 +48,16 @@ def kl_divergence(p, q):
     return (q * (torch.log(q) - torch.log(p))).sum(-1)  # KL(q‖p): the wrong direction
 """
 
-# How both attacks below begin: take the code's own frame and walk up to the runner's, whose locals hold `send` (and
-# `requests`), without naming a frame field (getattr and joined strings). Not through a traceback's frame: the
-# runner's audit hook ends the process at that (test_the_memory_and_the_channel_are_closed_to_a_notebook_...), and
-# these attacks are here to show what the runner's later defences do with a thief that got past the hook and the scan.
+# How both attacks below begin: the locals of the runner's frame, which hold `send` (and `requests`), through a
+# package outside the standard library that reads frames for its caller (IPython's own helpers: the scan flags the
+# import). Not through sys._getframe, a traceback's frame or the standard library: the runner's audit hook ends the
+# process at those (test_the_memory_and_the_channel_are_closed_to_a_notebook_...), and these attacks are here to show
+# what the runner's later defences do with a thief that got past the hook and the scan.
 STEAL_FRAME = """
-    _f = getattr(__import__("sys"), "_get" + "frame")(0)
-    while "send" not in getattr(_f, "f_" + "locals") or "requests" not in getattr(_f, "f_" + "locals"):
-        _f = getattr(_f, "f_" + "back")
-    _loc = getattr(_f, "f_" + "locals")
+    _frames, _depth = __import__("IPython.utils.frame", fromlist=["frame"]), 1
+    while not {{"send", "requests"}} <= set(_frames.extract_module_locals(_depth)[1]):
+        _depth += 1
+    _loc = _frames.extract_module_locals(_depth)[1]
 """
 # Mallory's attack (a review, on notebook 05): with the runner's `send` and requests, say `ready` and answer every
 # question as passed while the cell still runs, then never end it. Braces doubled: format().
@@ -775,7 +776,15 @@ def test_the_memory_and_the_channel_are_closed_to_a_notebook_whatever_the_path(t
                        ("import gc\n_all = gc.get_objects()", "listed the process's objects"),
                        ("import ctypes\nctypes.string_at(id(1), 8)", "read memory at a raw address"),
                        ("try:\n    1 / 0\nexcept ZeroDivisionError as e:\n    getattr(e.__traceback__, 'tb_frame')",
-                        "took a frame through tb_frame")]:
+                        "took a frame through tb_frame"),
+                       # a frame by a call, whatever name reached the function (routes a scan does not read)
+                       ("import logging\nlogging.__dict__['current' + 'frame']()", "took a frame (sys._getframe"),
+                       ("import sys\n[sys][0].__dict__['_get' + 'frame'](0)", "took a frame (sys._getframe"),
+                       ("import traceback\nnext(traceback.walk_stack(None))", "took a frame (sys._getframe"),
+                       ("import inspect\ninspect.stack()", "took a frame (sys._getframe"),
+                       ("try:\n    1 / 0\nexcept ZeroDivisionError as e:\n    import traceback\n"
+                        "    _frames = list(traceback.walk_tb(e.__traceback__))", "took a frame through tb_frame"),
+                       ("import sys\nsys.settrace(lambda *a: None)", "set a trace function")]:
         out = grade(notebook("x = 1", cell, "y = 2"), ">>> x\n1\n", dict(os.environ))
         assert out["status"] == "flagged" and any(said in c for c in out.get("caught", [])), (cell, out)
         assert out["cases"] == {}, "no test ran: the process was ended at the open"
@@ -783,10 +792,55 @@ def test_the_memory_and_the_channel_are_closed_to_a_notebook_whatever_the_path(t
     # contents), print a traceback, keep tensors on the CPU (a torch function mode that torch leaves on its stack)
     ordinary = notebook("import gc, traceback, torch\ngc.collect()\nopen('/proc/self/status').read()\n"
                         "open('/proc/self/smaps_rollup').read()\ntorch.set_default_device('cpu')\n"
-                        "try:\n    1 / 0\nexcept ZeroDivisionError:\n    text = traceback.format_exc()")
+                        "try:\n    1 / 0\nexcept ZeroDivisionError:\n    text = traceback.format_exc()\n"
+                        "    traceback.print_exc()",
+                        # what takes a frame honestly for the code that calls it: a log line, a named tuple, a type
+                        # variable, an enum made by a call
+                        "import logging, enum, typing\nfrom collections import namedtuple\n"
+                        "logging.getLogger('notes').warning('careful')\nlogging.warning('again')\n"
+                        "Pair = namedtuple('Pair', 'chosen rejected')\nT = typing.TypeVar('T')\n"
+                        "Color = enum.Enum('Color', 'RED GREEN')")
     out = grade(ordinary, ">>> 'ZeroDivisionError' in text\nTrue\n", dict(os.environ))
     assert out["status"] == "graded" and out["cases"]["q"][0]["passed"] and "caught" not in out, out
     assert out["tampered"] == [], out["tampered"]
+
+
+def test_a_cell_too_deep_for_the_scan_is_flagged_not_the_graders_error(assigned):
+    """`x = 1+1+...+1` 5,000 times made the scan's parser raise RecursionError: the row became the grader's error
+    ("could not grade it"), its assignment unknown, instead of a notebook for the instructor to read."""
+    found = _scan_with(assigned, "x = " + "+".join(["1"] * 5000))
+    assert [f for f in found["grader"] if "nested too deeply for the scan" in f], found
+
+
+def test_a_one_line_magic_without_its_percent_runs_as_the_scan_reads_it():
+    """IPython's prefilter ran a one-line cell `time y = 41 + 1` as the %time magic (automagic: `time exec(...)` ran
+    whatever it decoded) while the scan, which reads a cell as IPython's input transformations leave it, saw a syntax
+    error and nothing to scan. The runner now runs a cell as the scan reads it."""
+    from test_zygote import grade
+
+    out = grade(notebook("x = 1", "time y = 41 + 1", "z = 2"), ">>> y\n42\n", dict(os.environ))
+    assert out["status"] == "graded" and not out["cases"]["q"][0]["passed"], out
+    assert any("SyntaxError" in e for e in out["errors"]), out["errors"]
+
+
+def test_a_process_that_stops_reading_cannot_hold_the_grader():
+    """A notebook that reached the runner's channel, answered, and then stopped reading its end of the pipe held the
+    grader in a blocking write of the next question, and every notebook after it: the batch never ended. A write to
+    the runner now waits no longer than the notebook's time limit, and the notebook is then out of time."""
+    read_end, write_end = os.pipe()
+    process = judge._Process.__new__(judge._Process)  # only its pipe: a runner that never reads
+    process.stdin = os.fdopen(write_end, "wb")
+    os.set_blocking(write_end, False)
+    channel = judge._Channel(process, "job", time.monotonic() + 1, 1, {"phase": "tests"})
+    start = time.monotonic()
+    try:
+        with pytest.raises(judge._Abort) as stopped:
+            channel.send({"cases": "x" * 1_000_000})  # more than a pipe holds
+    finally:
+        process.stdin.close()
+        os.close(read_end)
+    assert stopped.value.status == "timeout" and time.monotonic() - start < 10, stopped.value.reason
+    assert "per-notebook time limit" in stopped.value.reason, stopped.value.reason
 
 
 def test_a_ready_said_from_a_cell_is_not_the_runners(assigned, notebook_reference):
@@ -1277,17 +1331,26 @@ def test_a_students_error_that_reads_like_the_time_limit_is_not_quoted():
     assert feedback == "hidden test 1 of 1 failed" and stopped is None, (feedback, stopped)
 
 
-# A function under test that walks up to the runner's main, takes its channel and the question's nonce, and answers
-# the hidden case itself: "stopped" by the runner, with the hidden test's own source as its message. The scan flags
-# the frame walk; a file whose code the scan did not read (test_what_runs_is_what_the_scan_read_...) ran it.
+# A function under test that reaches the runner's main (as STEAL_FRAME), takes its channel and the question's nonce,
+# and answers the hidden case itself: "stopped" by the runner, with the hidden test's own source as its message. The
+# scan flags the route; a file whose code the scan did not read (test_what_runs_is_what_the_scan_read_...) ran it.
 FORGED_STOP = """
-import os, sys
+import os
+from IPython.utils import frame
+
+def main_locals():
+    for depth in range(1, 100):
+        try:
+            found = frame.extract_module_locals(depth)[1]
+        except KeyError:  # a frame whose module is not in sys.modules (the tests' own)
+            continue
+        if {"request", "send", "requests", "decode"} <= set(found):
+            return found
+
 
 def kl_divergence(p, q):
-    f = sys._getframe(0)
-    while not (f.f_code.co_name == "main" and "request" in f.f_locals):
-        f = f.f_back
-    send, requests, decode, seen = f.f_locals["send"], f.f_locals["requests"], f.f_locals["decode"], []
+    main = main_locals()
+    send, requests, decode, seen = main["send"], main["requests"], main["decode"], []
     def answer(request):
         cases = [{"passed": True, "message": "", "stopped": None} for _ in request["cases"]]
         if seen:  # the second batch of a question is its hidden one
@@ -1295,7 +1358,7 @@ def kl_divergence(p, q):
             cases[0] = {"passed": False, "message": leaked, "stopped": "time_limit"}
         seen.append(request["question"])
         send("result", question=request["question"], nonce=request["nonce"], cases=cases, tampered=[])
-    answer(f.f_locals["request"])
+    answer(main["request"])
     for line in requests:
         request = decode(line)
         if "cases" not in request:

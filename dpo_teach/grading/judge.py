@@ -12,10 +12,11 @@ for a question whose every case passed, 0 otherwise).
 What it can still do: code that reaches the runner's own objects while one of its cells runs can impersonate the
 runner, read each question as it comes and answer it. The runner's audit hook (``runner.watch_memory``) ends the
 process, and the grader flags it (a ``caught`` line), at the routes an audit event reports: the process's memory,
-the channel's descriptors, ``gc``'s object lists, ``ctypes``' raw reads, a frame taken through a traceback or
-a generator. Code that walks up from its own frame, or reads memory through an address without ``ctypes``, is seen
-only by the scan (``scan.py``), where it is written plainly. No grader that runs tests in the student's process
-resists every such attack; a flagged notebook scores 0 until an instructor has read it.
+the channel's descriptors, ``gc``'s object lists, ``ctypes``' raw reads, a frame taken for the notebook's code
+(``sys._getframe`` and the standard library around it, a traceback's or a generator's frame, a trace function).
+Code that walks up from a frame a package outside the standard library hands it, or reads memory through an address
+without ``ctypes``, is seen only by the scan (``scan.py``), where it is written plainly. No grader that runs tests
+in the student's process resists every such attack; a flagged notebook scores 0 until an instructor has read it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import queue
 import re
 import secrets
+import select
 import signal
 import site
 import subprocess
@@ -102,6 +104,7 @@ class _Process:
             self.proc = subprocess.Popen([sys.executable, "-m", "dpo_teach.grading", "_run"], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=self.log, env=env, start_new_session=True)
             self.pid, self.stdin, self.stdout = self.proc.pid, self.proc.stdin, self.proc.stdout
+        os.set_blocking(self.stdin.fileno(), False)  # send() waits for the pipe until a deadline, never for ever
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -114,9 +117,16 @@ class _Process:
         self.stdout.close()  # here, not in kill(): this thread may be reading while kill() runs
         self.lines.put(None)
 
-    def send(self, message: dict) -> None:
-        self.stdin.write((json.dumps(message) + "\n").encode())
-        self.stdin.flush()
+    def send(self, message: dict, deadline: float) -> None:
+        """Write ``message`` as one line; ``TimeoutError`` where the process has not taken it all by ``deadline``
+        (``time.monotonic()``): a notebook that stops reading its end of the pipe, the pipe full, held the grader, and
+        every notebook after it, for ever."""
+        data, fd = memoryview((json.dumps(message) + "\n").encode()), self.stdin.fileno()
+        while data:
+            if not select.select([], [fd], [], max(0.0, deadline - time.monotonic()))[1]:
+                raise TimeoutError("the notebook's process stopped reading what the grader sends")
+            with contextlib.suppress(BlockingIOError):  # room for less than a whole write: wait again
+                data = data[os.write(fd, data):]
 
     def stderr_tail(self) -> str:
         self.log.seek(0)
@@ -229,7 +239,7 @@ def _run(process: _Process, private: str, text: str, file_name: str, tests: dict
     try:
         preload = sorted({m for cases in tests.values() for case in cases
                           for m in _PACKAGE_MODULE.findall(case["code"])})
-        process.send({"id": job_id, "notebook": text, "file_name": file_name, "cell_timeout": cell_timeout,
+        channel.send({"id": job_id, "notebook": text, "file_name": file_name, "cell_timeout": cell_timeout,
                       "private": private, "preload": preload, "sandbox": limits if sandboxed else None,
                       "references": {q: sorted(names) for q, names in references(tests).items()}})
         _cell_phase(channel, [index for index, _ in code_cells(json.loads(text))], out)
@@ -240,8 +250,8 @@ def _run(process: _Process, private: str, text: str, file_name: str, tests: dict
             for question, cases in tests.items():
                 part = [case for case in cases if case["hidden"] is hidden]
                 if part:
-                    _test_question(channel, process, question, part, out, cell_timeout)
-        process.send({"id": job_id, "end": True})
+                    _test_question(channel, question, part, out, cell_timeout)
+        channel.send({"id": job_id, "end": True})
     except _Abort as e:
         out["status"], out["reason"] = e.status, e.reason
     except OSError as e:  # the runner's stdin closed under us: it has died
@@ -315,6 +325,14 @@ class _Channel:
     def __init__(self, process: _Process, job_id: str, deadline: float, timeout: float, out: dict):
         self.process, self.job_id, self.deadline, self.timeout, self.out = process, job_id, deadline, timeout, out
 
+    def send(self, message: dict) -> None:
+        """``message`` to the runner, within the notebook's time limit like every reply."""
+        try:
+            self.process.send(message, self.deadline)
+        except TimeoutError:
+            raise _Abort("timeout", f"killed after {self.timeout:g} s (per-notebook time limit) while "
+                                    f"{_phase_words(self.out['phase'])}") from None
+
     def receive(self, *expected: str) -> dict:
         try:
             line = self.process.lines.get(timeout=max(0.0, self.deadline - time.monotonic()))
@@ -370,11 +388,10 @@ def _cell_phase(channel: _Channel, cells: list[int], out: dict) -> None:
             return
 
 
-def _test_question(channel: _Channel, process: _Process, question: str, cases: list[dict], out: dict,
-                   cell_timeout: int) -> None:
+def _test_question(channel: _Channel, question: str, cases: list[dict], out: dict, cell_timeout: int) -> None:
     """Send one question's cases with a fresh nonce; take the reply that returns it, with a result per case."""
     nonce = secrets.token_hex(16)
-    process.send({"id": channel.job_id, "question": question, "nonce": nonce,
+    channel.send({"id": channel.job_id, "question": question, "nonce": nonce,
                   "cases": [{"examples": case["examples"]} for case in cases]})
     message = channel.receive("result")
     results = message.get("cases")

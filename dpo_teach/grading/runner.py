@@ -62,6 +62,19 @@ def _in_stdlib(filename: str) -> bool:
     return filename.startswith(STDLIB) and "-packages" + os.sep not in filename
 
 
+def _frame_for_notebook(frame) -> bool:
+    """Whether a frame taken where ``frame`` runs goes to the notebook's code: ``frame`` is the notebook's, or the
+    standard library's, called by the notebook's code through a function that hands frames over (any but
+    :data:`HONEST_FRAME_USES`)."""
+    entry = None
+    while frame is not None and _in_stdlib(frame.f_code.co_filename):
+        entry, frame = frame, frame.f_back
+    if frame is None or not frame.f_code.co_filename.startswith(CELL_FILES):
+        return False
+    return entry is None or entry.f_code.co_name not in HONEST_FRAME_USES.get(
+        entry.f_code.co_filename[len(STDLIB):].replace(os.sep, "/"), ())
+
+
 def _caller_in_notebook(frame, through_library: bool) -> bool:
     """Whether ``frame`` is the notebook's code, or (``through_library``) the first frame above the standard
     library's own Python code is (``functools.singledispatch``'s wrapper, ``ctypes.string_at`` around its C call)."""
@@ -287,6 +300,21 @@ MEMORY_EVENTS = {"gc.get_objects": "listed the process's objects (gc.get_objects
                  "sys._current_frames": "took every thread's frame (sys._current_frames)",
                  "ctypes.dlsym": "called into a C library by name (ctypes)"}
 FRAME_ATTRIBUTES = {"tb_frame", "gi_frame", "cr_frame", "ag_frame"}  # object.__getattr__'s audited frame routes
+# What hands the notebook's code a frame by a call, whatever name reached the function (``logging.__dict__["current"
+# + "frame"]``, ``inspect.stack``, ``traceback.walk_stack``, a debugger): the runner's main, with its channel and the
+# question's nonce, is a few ``f_back`` above any frame.
+FRAME_EVENTS = {"sys._getframe": "took a frame (sys._getframe, or a function of the standard library around it)",
+                "sys.settrace": "set a trace function, which is handed every frame (sys.settrace, a debugger)",
+                "sys.setprofile": "set a profile function, which is handed every frame (sys.setprofile)"}
+# The standard library's functions that take a frame for the notebook's code without handing it over: a log record's
+# place, a traceback printed, a class named after the module that made it. ``{file: the function the notebook
+# called}``; through any other standard-library function, or none, a frame taken for the notebook's code is stopped.
+HONEST_FRAME_USES = {
+    "logging/__init__.py": {"debug", "info", "warning", "warn", "error", "exception", "critical", "fatal", "log"},
+    "traceback.py": {"print_exc", "format_exc", "print_exception", "format_exception", "print_tb", "format_tb",
+                     "extract_tb", "print_stack", "format_stack", "extract_stack", "print_last", "__init__"},
+    "collections/__init__.py": {"namedtuple"}, "typing.py": {"__init__"}, "enum.py": {"__call__"},
+    "warnings.py": {"warn"}}
 
 
 def watch_memory(channel: set[int], report) -> None:
@@ -320,8 +348,10 @@ def watch_memory(channel: set[int], report) -> None:
             elif event in MEMORY_EVENTS and _caller_in_notebook(getframe(1), through_library=True):
                 what = MEMORY_EVENTS[event]
             elif event == "object.__getattr__" and len(args) > 1 and args[1] in FRAME_ATTRIBUTES \
-                    and _caller_in_notebook(getframe(1), through_library=False):  # (tracebacks read it honestly)
+                    and _frame_for_notebook(getframe(1)):  # (a traceback printed reads it honestly)
                 what = f"took a frame through {args[1]}, where the runner's own objects are"
+            elif event in FRAME_EVENTS and _frame_for_notebook(getframe(1)):
+                what = FRAME_EVENTS[event]
             if what is not None:
                 report(what)
         finally:
@@ -655,6 +685,10 @@ def main(unavailable: Exception | None = None) -> int:
     # the command not run); through a plain pipe they run as in Jupyter (`!pip install` then fails for want of a
     # network, and says so, without stopping the cell)
     shell.system = shell.system_raw
+    # a cell's code as the scan reads it (scan.py: IPython's input transformations alone), not through the prefilter
+    # IPython adds for a one-line cell: with automagic, `time exec(...)` ran as a magic while the scan, for which it is
+    # a syntax error, had nothing to read in it (and `run x.py`, `sx cmd`, an alias, ran the same way)
+    shell.transform_cell = shell.input_transformer_manager.transform_cell
     alarm = _Alarm(int(job["cell_timeout"]))
     import random
 

@@ -142,21 +142,30 @@ def answer_names(released: list[dict]) -> dict[str, set[str]]:
     return found
 
 
+def _unreadable(index: int, error: BaseException) -> str:
+    """The finding for a code cell nested too deeply for the scan (``1+1+...+1`` 5,000 times): the scan raised, and
+    the row was the grader's error instead of a notebook to read."""
+    return (f"code cell {index + 1}, nested too deeply for the scan to read it ({type(error).__name__}): read it "
+            "yourself")
+
+
 def scan(cells: list[dict], released: list[dict], tests: dict[str, list[dict]]) -> dict:
     """``{"grader": [finding, ...], "reference": {question: [package function, ...]}}`` for a notebook's cells
     (``released``: the student notebook as the course gave it out)."""
     given = {ipython_code(c.get("source", "")).strip() for c in released if c.get("cell_type") == "code"}
     code_cells = [ipython_code(c.get("source", "")) for c in cells if c.get("cell_type") == "code"]
-    trees = []
-    for source in code_cells:
+    trees, found = [], {"grader": [], "reference": {}}
+    for index, source in enumerate(code_cells):
         try:
             trees.append(ast.parse(source))
         except SyntaxError:
             trees.append(None)  # the cell fails when it runs; nothing to scan
+        except (RecursionError, MemoryError) as e:  # nested deeper than the parser goes: it may still run
+            trees.append(None)
+            found["grader"].append(_unreadable(index, e))
     aliases = _aliases([t for t in trees if t is not None])
     modules = _module_aliases([t for t in trees if t is not None], aliases)
     shadowed = builtins_used(tests)
-    found = {"grader": [], "reference": {}}
     definitions: dict[str, tuple[set[str], set[str]]] = {}
     for index, (source, tree) in enumerate(zip(code_cells, trees)):
         if tree is None:
@@ -164,8 +173,12 @@ def scan(cells: list[dict], released: list[dict], tests: dict[str, list[dict]]) 
         definitions.update(_definitions(tree, aliases))
         if source.strip() not in given:
             visitor = Visitor(aliases, modules)
-            visitor.visit(tree)
-            visitor.grader += [f"line {line}: shadows the builtin {name}" for line, name in shadows(tree, shadowed)]
+            try:
+                visitor.visit(tree)
+                visitor.grader += [f"line {line}: shadows the builtin {name}" for line, name in shadows(tree, shadowed)]
+            except RecursionError as e:
+                found["grader"].append(_unreadable(index, e))
+                continue
             found["grader"] += [f"code cell {index + 1}, {finding}" for finding in visitor.grader]
     answers = answer_names(released)
     for question, package in references(tests).items():
