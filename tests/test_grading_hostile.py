@@ -597,10 +597,11 @@ def test_what_runs_is_what_the_scan_read_and_jupyter_shows(hostile):
     """An nbformat 3 file held, beside the worksheet that nbformat (so the scan, and Jupyter) reads, a top-level
     "cells" list that the runner ran from the file's own JSON: code no scan saw and no instructor could see scored,
     and with it every route the scan alone closes (frames, processes) was open. The runner now runs nbformat's
-    reading of the file: the worksheet's wrong KL."""
+    reading of the file (the worksheet's wrong KL), and the notebook is flagged: no honest file looks like that."""
     row = hostile["rows"]["disguised_v3_01_kl_objective"]
-    assert row["status"] == "graded" and row["questions"]["kl_divergence"]["score"] == 0, row["reason"]
+    assert row["questions"]["kl_divergence"]["score"] == 0, row["reason"]
     assert row["questions"]["optimal_policy"]["score"] == 2, row["reason"]  # the rest of the worksheet ran
+    assert row["status"] == "flagged" and any("cells that Jupyter does not show" in f for f in row["flags"]), row
 
 
 def test_patching_is_named_in_the_flags(hostile):

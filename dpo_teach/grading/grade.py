@@ -37,6 +37,7 @@ from dpo_teach.grading.submissions import (
     section_students,
     shown,
     superseded_by_latest,
+    unshown_cells,
 )
 
 WINDOWS = sys.platform == "win32"
@@ -134,6 +135,7 @@ def grade_submission(student: str, path: Path, manifests: dict, assignment: str 
     if row["status"] == "graded":
         tests = {q: cases for q, cases in manifest["tests"].items() if q in auto}
         found = scan(nb.cells, _released(row["assignment"], released_dir), tests)
+        found["grader"] += unshown_cells(path)
         try:
             # what runs is what the scan read and what Jupyter shows: nbformat's reading of the file. The file's own
             # JSON may differ (an nbformat 3 file whose top-level "cells" nbformat ignores: unscanned code ran)

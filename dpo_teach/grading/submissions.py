@@ -96,6 +96,20 @@ def _not_json(path: Path) -> str | None:
     return None
 
 
+def unshown_cells(path: Path) -> list[str]:
+    """What an instructor should know when ``path`` holds cells that nbformat (so Jupyter, the scan and the runner)
+    does not read: a top-level ``cells`` list in a file of nbformat 3 or older, which reads its worksheets. No honest
+    file looks like that (the runner once ran that list, unscanned); they are not run, and the notebook is flagged."""
+    try:
+        raw = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return []
+    if isinstance(raw, dict) and raw.get("nbformat") != 4 and isinstance(raw.get("cells"), list):
+        return [f"the file holds {len(raw['cells'])} cells that Jupyter does not show (a top-level \"cells\" list in "
+                f"an nbformat {raw.get('nbformat')} file, which Jupyter reads from its worksheets); they were not run"]
+    return []
+
+
 def _cut_short(text: str) -> bool:
     """Whether JSON ``text`` ends inside a string or with a bracket still open: the end of the file is missing."""
     depth, in_string, escaped = 0, False, False
