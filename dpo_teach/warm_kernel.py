@@ -163,8 +163,11 @@ def serve(socket_path: str) -> int:
     sys.stdout.flush()
     while True:
         for key, _ in selector.select():
-            if key.fileobj is not listener:
-                return 0  # stdin: EOF (or anything) from the process that started this one
+            if key.fileobj is not listener:  # stdin: EOF (or anything) from the process that started this one
+                with contextlib.suppress(OSError):  # which may have ended without closing this one (its exit
+                    os.unlink(socket_path)  # handlers not run: a pytest-xdist worker): the folder goes here too
+                    os.rmdir(os.path.dirname(socket_path))
+                return 0
             channel, _ = listener.accept()
             with channel:
                 try:

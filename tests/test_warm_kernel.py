@@ -163,3 +163,19 @@ def test_no_zygote_outlives_the_process_that_started_it(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
     zygote = int(out.stdout)
     assert _gone([zygote]), "the zygote outlived the process that started it"
+
+
+def test_a_zygote_whose_starter_ended_without_closing_it_leaves_no_folder(tmp_path):
+    """Each `make test` left a dpo-teach-kernels-* folder with its socket in the temporary folder: a process that
+    ends without running its exit handlers (a pytest-xdist worker) never closes its zygote, which then exits on EOF
+    and left its folder behind. It removes the folder itself now."""
+    code = ("import os\nfrom dpo_teach import warm_kernel\nzygote = warm_kernel.Zygote(dict(os.environ))\n"
+            "print(zygote.folder, flush=True)\nos._exit(0)  # no exit handlers: the zygote is never closed")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
+    folder = Path(done.stdout.strip())
+    assert done.returncode == 0 and folder.parent == tmp_path, (done.stdout, done.stderr)
+    deadline = time.monotonic() + 30
+    while folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not folder.exists(), sorted(p.name for p in folder.iterdir())
