@@ -156,7 +156,8 @@ def write_reports(report: dict, out: Path) -> None:
     writer = csv.writer(buffer)
     writer.writerow(["student", "assignment", "file", "status", "score", "possible", *questions, *by_hand, "reason"])
     for r in report["results"]:
-        scores = [counted(r)[q]["score"] if q in r["questions"] else "" for q in questions]
+        scored = counted(r)
+        scores = [scored[q]["score"] if q in scored else "" for q in questions]
         writer.writerow([as_text(v) for v in (r["student"], r["assignment"] or "", r["file"], r["status"],
                                               r["score"], r["possible"], *scores, *[""] * len(by_hand), r["reason"])])
     for name in REPORT_FILES:  # a folder in the way: said plainly, before anything is written

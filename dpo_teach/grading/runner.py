@@ -62,25 +62,28 @@ def _in_stdlib(filename: str) -> bool:
     return filename.startswith(STDLIB) and "-packages" + os.sep not in filename
 
 
+def _through_stdlib(frame):
+    """``(the notebook's frame or None, the standard-library frame it called)``: up from ``frame`` past the standard
+    library's own Python code (``functools.singledispatch``'s wrapper, ``ctypes.string_at`` around its C call,
+    ``logging``'s ``currentframe``) to the first frame that is not; it counts where it is the notebook's code."""
+    entry = None
+    while frame is not None and _in_stdlib(frame.f_code.co_filename):
+        entry, frame = frame, frame.f_back
+    return (frame if frame is not None and frame.f_code.co_filename.startswith(CELL_FILES) else None), entry
+
+
+def _caller_in_notebook(frame) -> bool:
+    """Whether ``frame`` is the notebook's code, or the first frame above the standard library's code it runs is."""
+    return _through_stdlib(frame)[0] is not None
+
+
 def _frame_for_notebook(frame) -> bool:
     """Whether a frame taken where ``frame`` runs goes to the notebook's code: ``frame`` is the notebook's, or the
     standard library's, called by the notebook's code through a function that hands frames over (any but
     :data:`HONEST_FRAME_USES`)."""
-    entry = None
-    while frame is not None and _in_stdlib(frame.f_code.co_filename):
-        entry, frame = frame, frame.f_back
-    if frame is None or not frame.f_code.co_filename.startswith(CELL_FILES):
-        return False
-    return entry is None or entry.f_code.co_name not in HONEST_FRAME_USES.get(
-        entry.f_code.co_filename[len(STDLIB):].replace(os.sep, "/"), ())
-
-
-def _caller_in_notebook(frame, through_library: bool) -> bool:
-    """Whether ``frame`` is the notebook's code, or (``through_library``) the first frame above the standard
-    library's own Python code is (``functools.singledispatch``'s wrapper, ``ctypes.string_at`` around its C call)."""
-    while through_library and frame is not None and _in_stdlib(frame.f_code.co_filename):
-        frame = frame.f_back
-    return frame is not None and frame.f_code.co_filename.startswith(CELL_FILES)
+    notebook, entry = _through_stdlib(frame)
+    return notebook is not None and (entry is None or entry.f_code.co_name not in HONEST_FRAME_USES.get(
+        entry.f_code.co_filename[len(STDLIB):].replace(os.sep, "/"), ()))
 
 
 class References:
@@ -345,7 +348,7 @@ def watch_memory(channel: set[int], report) -> None:
                     what = "opened the grader's channel" if target in channel else None
                 elif isinstance(target, (str, bytes)) and forbidden(os.fsdecode(target)):
                     what = f"opened {os.fsdecode(target)[:100]}: the process's memory, or the grader's channel"
-            elif event in MEMORY_EVENTS and _caller_in_notebook(getframe(1), through_library=True):
+            elif event in MEMORY_EVENTS and _caller_in_notebook(getframe(1)):
                 what = MEMORY_EVENTS[event]
             elif event == "object.__getattr__" and len(args) > 1 and args[1] in FRAME_ATTRIBUTES \
                     and _frame_for_notebook(getframe(1)):  # (a traceback printed reads it honestly)
@@ -422,7 +425,7 @@ class ReferenceCalls:
 
         @functools.wraps(original)
         def wrapper(*args, **kwargs):
-            if watch.question in watch.owners[name] and _caller_in_notebook(sys._getframe(1), through_library=True):
+            if watch.question in watch.owners[name] and _caller_in_notebook(sys._getframe(1)):
                 watch.calls.setdefault(watch.question, set()).add(name)
             return original(*args, **kwargs)
 
