@@ -3,8 +3,10 @@ that dies is replaced without losing a notebook, and no zygote outlives the grad
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -106,6 +108,57 @@ def test_no_zygote_outlives_the_grader(tmp_path):
         time.sleep(0.1)
     else:
         pytest.fail(f"the zygote {pid} still runs after its grader ended")
+
+
+SLEEPER = "import time\nwhile True:\n    try:\n        time.sleep(100)\n    except BaseException:\n        pass"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_no_notebook_outlives_a_grader_that_is_killed():
+    """A grader ended by SIGTERM (a cancelled CI job, ``kill``) cannot end its notebooks; one that swallows every alarm
+    while it sleeps uses no CPU time to run out of, so it ran for ever. Its waiter now watches the grader (its
+    lifeline) and ends it. The grader here says which process waits for the notebook once the sleeping cell runs."""
+    script = ("import json, os\nfrom test_zygote import SLEEPER, grade, notebook\nfrom dpo_teach.grading import judge\n"
+              "receive = judge._Channel.receive\n"
+              "def told(self, *expected):\n"
+              "    message = receive(self, *expected)\n"
+              "    if message.get('event') == 'cell' and message.get('index') == 1:\n"
+              "        print(self.process.pid, flush=True)\n"
+              "    return message\n"
+              "judge._Channel.receive = told\n"
+              "grade(notebook('x = 1', SLEEPER), '>>> assert x == 1', dict(os.environ))\n")
+    grader = subprocess.Popen([sys.executable, "-c", script], cwd=os.path.dirname(__file__), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    waiter = notebook_process = None
+    try:
+        line = grader.stdout.readline()
+        assert line.strip().isdigit(), grader.stderr.read()[-2000:] if grader.poll() is not None else line
+        waiter = int(line)
+        children = open(f"/proc/{waiter}/task/{waiter}/children").read().split()
+        assert len(children) == 1, children  # the namespace's first process, where the notebook sleeps
+        notebook_process = int(children[0])
+        time.sleep(0.5)  # the runner is in the sleeping cell now: it reported the cell before running it
+        grader.terminate()
+        grader.wait(timeout=30)
+        for _ in range(100):
+            if _gone(waiter) and _gone(notebook_process):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the notebook's processes still run 10 s after their grader ended")
+    finally:
+        grader.kill()
+        for pid in (notebook_process, waiter):
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def test_a_kernel_without_user_namespaces_is_named_with_what_to_do(tmp_path, monkeypatch):

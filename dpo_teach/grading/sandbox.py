@@ -100,12 +100,15 @@ def _mount(source: str | None, target: str, fstype: str | None = None, flags: in
         raise SandboxUnavailable(f"mount {fstype or source} on {target}: {os.strerror(error)}")
 
 
-def isolate() -> None:
+def isolate(grader: int | None = None) -> None:
     """What ``unshare --user --map-root-user --pid --fork --kill-child --mount-proc --net --mount --ipc --uts`` does,
     done by a freshly forked, single-threaded process itself (``zygote.py``): new namespaces with root mapped to the
     caller's user, then a fork. The child, the new PID namespace's first process, returns and goes on (to
     :func:`enter`); this process only waits for it and exits with its status, and when this process is killed the
-    child is killed too, and with it the whole namespace."""
+    child is killed too, and with it the whole namespace.
+
+    ``grader``: the read end of a pipe whose write end only the grader holds (``zygote.lifeline``). This process then
+    also ends the child when the grader ends, however it ends (:func:`_wait`); the child does not keep it."""
     uid, gid, libc = os.geteuid(), os.getegid(), ctypes.CDLL(None, use_errno=True)
     if libc.unshare(_CLONE_ALL) != 0:
         raise SandboxUnavailable(f"unshare(2): {os.strerror(ctypes.get_errno())}")
@@ -121,10 +124,11 @@ def isolate() -> None:
         os.close(lifeline)
         for fd in (0, 1, 2):  # the runner's channels stay with the runner alone: its end is the grader's EOF
             os.dup2(null, fd)
-        _, status = os.waitpid(child, 0)
-        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+        os._exit(_wait(child, grader))
     os.close(held)
     os.close(null)
+    if grader is not None:
+        os.close(grader)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:  # --kill-child: this process dies with its parent
         raise SandboxUnavailable(f"prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}")
     if select.select([lifeline], [], [], 0)[0]:  # EOF already: the parent was killed before the line above
@@ -132,6 +136,30 @@ def isolate() -> None:
     os.close(lifeline)
     _mount("none", "/", None, _MS_REC | _MS_PRIVATE)  # --mount-proc: this namespace's own /proc
     _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+
+
+def _wait(child: int, grader: int | None) -> int:
+    """The exit status of ``child``, once it has ended. Where ``grader`` hangs up first (the grader ended without
+    ending this notebook: SIGTERM, SIGKILL, out of memory), the child is killed then, and with it its namespace: a
+    notebook that swallows every alarm while it sleeps, which the grader would kill at its time limit, no longer
+    outlives a grader that is gone."""
+    if grader is not None:
+        poller = select.poll()
+        poller.register(grader, 0)  # a hang-up is reported without asking; the grader never writes
+        tick = None
+        try:
+            poller.register(os.pidfd_open(child), select.POLLIN)  # readable once the child has ended
+        except (AttributeError, OSError):  # a kernel before 5.3: look every second
+            tick = 1000
+        while True:
+            ended, status = os.waitpid(child, os.WNOHANG)
+            if ended:
+                return os.waitstatus_to_exitcode(status) & 0xFF
+            if any(fd == grader for fd, _ in poller.poll(tick)):
+                os.kill(child, signal.SIGKILL)
+                break
+    _, status = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(status) & 0xFF
 
 
 MEMORY_MB = 6144  # a notebook's address space (RLIMIT_AS); the course's notebooks need about 2 GiB

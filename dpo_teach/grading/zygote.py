@@ -11,7 +11,9 @@ did) and runs ``runner.main`` as before, with nothing of another submission in i
 process, its own namespaces, the environment of the call that graded it, and its own copy of the libraries
 (copy-on-write memory).
 
-The zygote never runs student code and holds no test. It exits when the grader closes the socket or ends.
+The zygote never runs student code and holds no test. It exits when the grader closes the socket or ends. Each fork
+also gets the grader's :func:`lifeline`: when the grader ends without ending its notebooks (SIGTERM, SIGKILL, out of
+memory), every notebook's waiter sees it and ends its notebook (``sandbox.isolate``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,20 @@ _MAX_ZYGOTES = 2  # one per environment the grader uses at a time (fast and full
 VOLATILE = ("PYTEST_CURRENT_TEST",)
 
 
+_LIFELINE: list[int] = []  # [read end] of this grader's lifeline, made on first use
+_LIFELINE_LOCK = threading.Lock()
+
+
+def lifeline() -> int:
+    """The read end of a pipe whose write end only this grader process holds and never writes to (``os.pipe``'s
+    descriptors are not inherited: no zygote, no notebook and no other program holds it). It hangs up when the grader
+    ends, however it ends; every notebook's waiter watches it (``sandbox.isolate``)."""
+    with _LIFELINE_LOCK:
+        if not _LIFELINE:
+            _LIFELINE.append(os.pipe()[0])  # the write end stays open, unreferenced, until this process ends
+        return _LIFELINE[0]
+
+
 class Zygote:
     """The grader's handle on one zygote process (started with ``env``); :meth:`spawn` forks a notebook's process."""
 
@@ -57,7 +73,8 @@ class Zygote:
         self.socket.settimeout(60)
 
     def spawn(self, env: dict, stdin: int, stdout: int, stderr: int) -> int:
-        """Fork a notebook's process with environment ``env`` and these three file descriptors; returns its id.
+        """Fork a notebook's process with environment ``env``, these three file descriptors and the grader's
+        :func:`lifeline`; returns its id.
 
         The request carries ``env`` as its difference from the environment the zygote started with (in practice
         the ``VOLATILE`` variables), so it stays one small message however large the environment is.
@@ -65,7 +82,7 @@ class Zygote:
         changes = {"set": {name: value for name, value in env.items() if self.env.get(name) != value},
                    "unset": [name for name in self.env if name not in env]}
         with self.lock:
-            socket.send_fds(self.socket, [json.dumps(changes).encode()], [stdin, stdout, stderr])
+            socket.send_fds(self.socket, [json.dumps(changes).encode()], [stdin, stdout, stderr, lifeline()])
             reply = self.socket.recv(32)
         if not reply.isdigit():
             raise OSError("the grader's zygote did not fork")
@@ -103,7 +120,7 @@ def serve(fd: int) -> int:
     channel.send(b"ready")
     while True:
         try:
-            message, fds, _, _ = socket.recv_fds(channel, 1 << 20, 3)
+            message, fds, _, _ = socket.recv_fds(channel, 1 << 20, 4)
         except OSError:
             return 0
         if not message:
@@ -117,8 +134,9 @@ def serve(fd: int) -> int:
 
 
 def _child(channel: socket.socket, fds: list[int], request: bytes, started: dict) -> None:
-    """A notebook's process: its channels on 0, 1 and 2, the environment of the grader's ``request`` (JSON: what to
-    set and unset in the zygote's ``started`` environment), fresh namespaces, then the runner. Never returns."""
+    """A notebook's process: its channels on 0, 1 and 2, the grader's lifeline on 3, the environment of the grader's
+    ``request`` (JSON: what to set and unset in the zygote's ``started`` environment), fresh namespaces, then the
+    runner. Never returns."""
     code = 70
     try:
         channel.close()
@@ -132,13 +150,13 @@ def _child(channel: socket.socket, fds: list[int], request: bytes, started: dict
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for target, descriptor in enumerate(fds):
             os.dup2(descriptor, target)
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # nothing else of the zygote's (close_range(2): one call)
+        os.closerange(len(fds), os.sysconf("SC_OPEN_MAX"))  # nothing else of the zygote's (close_range(2): one call)
         from dpo_teach.grading import sandbox
         from dpo_teach.grading.runner import main
 
         os.setsid()  # not tied to the zygote: a zygote that ends (evicted, or the batch done) ends no notebook
         try:
-            sandbox.isolate()
+            sandbox.isolate(grader=3 if len(fds) > 3 else None)
         except (sandbox.SandboxUnavailable, OSError) as e:  # the runner tells the grader (``sandbox_failed``)
             code = main(unavailable=sandbox.SandboxUnavailable(str(e)))
         else:
