@@ -5,7 +5,8 @@ One topic per module, in layers that import one way: a module imports only from 
 (tests/test_layers.py checks the imports, and that this list names every module in its layer):
 
 - ``utils``, ``claims``, ``grammar``, ``tokenizer``, ``model``, ``reward``, ``compute``, ``measure``, ``plots``,
-  ``headless``, ``warm_kernel``: seeding and atomic writes; the notebooks' claim checks; the toy world's review
+  ``headless``, ``warm_kernel``, ``answer_checks``: seeding and atomic writes; the notebooks' claim checks and what
+  their exercises' tests check first about an answer (a tensor, its shape and dtype); the toy world's review
   grammar, its byte-level BPE tokenizer (GPT-2's algorithm) and tiny ``GPT2Config`` presets, checkpoints with clear
   errors; the ground-truth reward r(x, y) (VADER) and the Bradley–Terry probability the "human" labels with; cost
   counters; time, memory and load; figures; notebooks run headless, in kernels that can start warm

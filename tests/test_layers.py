@@ -17,7 +17,7 @@ PACKAGE = Path(dpo_teach.__file__).parent
 LAYERS = [
     # foundations, the world's r, the notebooks' claim checks, running notebooks headless (kernels that start warm)
     {"utils", "claims", "grammar", "tokenizer", "model", "reward", "compute", "measure", "plots", "headless",
-     "warm_kernel"},
+     "warm_kernel", "answer_checks"},
     {"logprobs", "sampling", "rollout"},  # tokens → log-probabilities, samples, rollouts
     {"preference_rows", "preference_file"},  # a user's preference file: rows checked, the file read (data re-exports)
     {"data"},  # preference pairs (sampled from π_ref, labelled by the ground truth), splits, files

@@ -41,6 +41,7 @@ from dpo_teach.grading.rules import Visitor, builtins_used, ipython_code, root_n
 # Input-building helpers that a question's tests call, which an answer may call too.
 INPUT_HELPERS = {"dpo_teach.logprobs.pad_rows", "dpo_teach.logprobs.PreferenceCollator",
                  "dpo_teach.logprobs.reference_logprobs"}
+ANSWER_CHECKS = "dpo_teach.answer_checks."  # what tests check an answer's result with first: tools, not answers
 # Package functions a question's tests use as a tool, which its answer may use too: the step's loss is an argument,
 # not its answer; the gradient weight may be read off autograd through the loss (notebook 03 does so above it).
 ALLOWED = {"dpo_training_step": {"dpo_teach.losses.dpo_loss", "dpo_teach.losses.ipo_loss"},
@@ -54,6 +55,7 @@ def references(tests: dict[str, list[dict]]) -> dict[str, set[str]]:
     for question, cases in tests.items():
         named = set(_REFERENCE.findall("\n".join(case["code"] for case in cases)))
         named = {n for n in named if n.count(".") >= 2 and not n.rsplit(".", 1)[1][:1].isupper()}
+        named = {n for n in named if not n.startswith(ANSWER_CHECKS)}
         found[question] = named - INPUT_HELPERS - ALLOWED.get(question, set())
     return found
 

@@ -44,7 +44,10 @@ class _AssertsOnly(doctest.OutputChecker):
 
 
 class _Doctest:
-    """otter's ``doctest`` as otter's check cells see it, with the runner given :class:`_AssertsOnly`."""
+    """otter's ``doctest`` as otter's check cells see it, with the runner given :class:`_AssertsOnly` and
+    ``FAIL_FAST``: a test case stops at its first failing line, as ``dpo-teach grade`` stops it. Doctest went on
+    with the case's later lines, and each of them that read a name the failing line would have set added a
+    ``NameError`` (``name '_out' is not defined``) to the feedback, burying the one line that mattered."""
 
     def __init__(self, real) -> None:
         self.real = real
@@ -53,12 +56,14 @@ class _Doctest:
         return getattr(self.real, name)
 
     def DocTestRunner(self, *args, **kwargs):  # noqa: N802 - doctest's name
-        return self.real.DocTestRunner(*args, **{"checker": _AssertsOnly(), **kwargs})
+        flags = kwargs.pop("optionflags", 0) | self.real.FAIL_FAST
+        return self.real.DocTestRunner(*args, **{"checker": _AssertsOnly(), "optionflags": flags, **kwargs})
 
 
 def checks_ignore_prints() -> None:
     """Make ``grader.check`` pass a correct answer that prints: otter runs each check as a doctest, which failed it
     with "Expected nothing, Got: debug ..." while ``dpo-teach grade`` (which runs the asserts) gave it every point.
+    Each check also stops at its first failing line (:class:`_Doctest`).
     The grader cell calls this; it leaves otter as it is where otter no longer runs its checks this way."""
     try:
         from otter.test_files import ok_test
