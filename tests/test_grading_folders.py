@@ -118,6 +118,11 @@ NOT_NOTEBOOKS = [  # what a file named .ipynb often is, and what the grader's re
     (b'{"cells": [{"cell_type": "code"}]', "it stops before its end"),
     (b'{"cells": [}, "x": 1}', "its JSON is broken at line 1, column 12 (Expecting value)"),
     (b"\x8a\x01\xff", "it is not text (UTF-8)"),
+    # UTF-16 (a Windows editor's save): whole, and cut short, which stopped the whole batch with a codec's error
+    ('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'.encode("utf-16"), "it is not text (UTF-8)"),
+    ('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'.encode("utf-16")[:21], "not text (UTF-8)"),
+    (b"\xff\xfe{}", "it is not text (UTF-8)"),
+    (b"[1, 2]", "it is JSON (a list without \"nbformat\") but no notebook"),
 ]
 
 

@@ -82,18 +82,28 @@ def _not_json(path: Path) -> str | None:
     for magic, what in _OTHER_FILES:
         if head.startswith(magic):
             return f"not a valid notebook: {what}"
-    try:
-        json.loads(data)
+    try:  # as Jupyter and nbformat read it: json.loads of the bytes would also take UTF-16 and UTF-32
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         return ("not a valid notebook: it is not text (UTF-8), so not a notebook saved by Jupyter: ask the student to "
                 "open it in Jupyter, save it and upload it again")
+    try:
+        parsed = json.loads(text.removeprefix("\ufeff"))
     except ValueError as e:
-        if _cut_short(data.decode("utf-8")):
+        if _cut_short(text):
             return ("not a valid notebook: it stops before its end (an upload or a save that was cut short): ask the "
                     "student to upload it again")
         return (f"not a valid notebook: its JSON is broken at line {e.lineno}, column {e.colno} ({e.msg}), an edit "
                 "by hand or a merge: ask the student to open it in Jupyter, save it and upload it again")
+    if not isinstance(parsed, dict) or "nbformat" not in parsed:
+        return (f"not a valid notebook: it is JSON ({'an object' if isinstance(parsed, dict) else _json_kind(parsed)}"
+                " without \"nbformat\") but no notebook: ask the student to open it in Jupyter, save it and upload "
+                "it again")
     return None
+
+
+def _json_kind(value) -> str:
+    return {list: "a list", str: "a string", bool: "true or false", type(None): "null"}.get(type(value), "a number")
 
 
 def unshown_cells(path: Path) -> list[str]:
