@@ -769,10 +769,14 @@ def test_a_symbolic_link_handed_in_is_skipped_without_quoting_what_it_names(tmp_
     (tmp_path / "in" / f"bob_{KL}.ipynb").write_text(notebook("x = 1"))
     (tmp_path / "other.ipynb").write_text(notebook("x = 2"))
     (tmp_path / "in" / f"bob_{KL} (2).ipynb").symlink_to(tmp_path / "other.ipynb")
+    # a link to nothing, and two links to each other: neither was listed, and the students had no row at all
+    (tmp_path / "in" / f"judy_{KL}.ipynb").symlink_to(tmp_path / "gone.ipynb")
+    (tmp_path / "in" / f"lp_{KL}.ipynb").symlink_to(tmp_path / "in" / f"lq_{KL}.ipynb")
+    (tmp_path / "in" / f"lq_{KL}.ipynb").symlink_to(tmp_path / "in" / f"lp_{KL}.ipynb")
     code, _, err = run_cli(tmp_path / "in", tmp_path / "out", assigned, capsys)
     assert code == 0, err
     rows = {Path(r["file"]).name: r for r in json.loads((tmp_path / "out" / "grades.json").read_text())["results"]}
-    for link in (f"eve_{KL}.ipynb", f"bob_{KL} (2).ipynb"):
+    for link in (f"eve_{KL}.ipynb", f"bob_{KL} (2).ipynb", f"judy_{KL}.ipynb", f"lp_{KL}.ipynb", f"lq_{KL}.ipynb"):
         assert rows[link]["status"] == "skipped" and "is a symbolic link, not a file handed in" in rows[link]["reason"]
     assert "root:" not in (tmp_path / "out" / "grades.json").read_text() + (tmp_path / "out" / "grades.csv").read_text()
     assert stub_grading == [f"bob_{KL}.ipynb"] and rows[f"bob_{KL}.ipynb"]["status"] == "graded"

@@ -48,6 +48,18 @@ def _questions(manifest: dict, tests: dict[str, list[dict]]) -> dict[str, dict]:
             for q in manifest["questions"]}
 
 
+def _pair_problem(manifest: dict, tests: dict[str, list[dict]]) -> str | None:
+    """What tells that a manifest and a bundle are not of one ``make assign`` (None when nothing does): every
+    auto-graded question of the manifest has tests in the bundle, and every question of the bundle is one of them."""
+    auto = {q["name"] for q in manifest["questions"] if not q["manual"]}
+    untested, unknown = sorted(auto - set(tests)), sorted(set(tests) - auto)
+    if untested:
+        return f"the bundle has no tests of {', '.join(untested[:3])}{', ...' * (len(untested) > 3)}"
+    if unknown:
+        return f"the manifest lists no auto-graded question {', '.join(unknown[:3])}{', ...' * (len(unknown) > 3)}"
+    return None
+
+
 def _bundle_problem(bundle: Path) -> str | None:
     """Why otter could not open ``bundle`` (None when the zip reads back intact)."""
     try:
@@ -63,14 +75,21 @@ def load_manifests(autograder: Path) -> dict[str, dict]:
     every bundle in ``autograder``.
 
     Raises:
-        ManifestError: a manifest that is not JSON or lacks a field, or a bundle that is not an intact zip.
+        ManifestError: a manifest that is not JSON or lacks a field, a bundle that is not an intact zip, a bundle or
+            a manifest without the other, a pair whose questions differ, two manifests of one assignment.
     """
-    manifests = {}
+    manifests, names = {}, {}
     fix = "run `make assign` to write the bundles and manifests again"
+    for path in sorted(Path(autograder).glob("*.zip")):
+        if not path.with_suffix(".json").is_file():  # else the assignment was graded as one with no exercise
+            raise ManifestError(f"{path}: a test bundle without its manifest {path.with_suffix('.json').name}; "
+                                f"copy both files of one `make assign`, or {fix}")
     for path in sorted(Path(autograder).glob("*.json")):
         bundle = path.with_suffix(".zip")
         if not bundle.is_file():
-            continue
+            raise ManifestError(f"{path}: a manifest without its test bundle {bundle.name}"
+                                f"{' (a folder)' if bundle.is_dir() else ''}; copy both files of one `make assign`, "
+                                f"or {fix}")
         try:
             manifest = json.loads(path.read_bytes())
         except (ValueError, RecursionError, OSError) as e:
@@ -82,6 +101,14 @@ def load_manifests(autograder: Path) -> dict[str, dict]:
         if problem:
             raise ManifestError(f"{bundle}: not a usable autograder bundle ({problem}); {fix}")
         tests = load_tests(bundle)
+        problem = _pair_problem(manifest, tests)
+        if problem:
+            raise ManifestError(f"{path} and {bundle.name} are not one assignment's ({problem}): every answer would "
+                                f"score 0 on those questions; copy both files of one `make assign`, or {fix}")
+        if manifest["assignment"] in names:
+            raise ManifestError(f"{names[manifest['assignment']]} and {path} both name assignment "
+                                f"{manifest['assignment']!r}: one of them is a copy; {fix}")
+        names[manifest["assignment"]] = path
         digest = hashlib.sha256(bundle.read_bytes() + path.read_bytes()).hexdigest()
         manifests[manifest["assignment"]] = {"bundle": bundle, "questions": _questions(manifest, tests),
                                              "tests": tests, "digest": digest}

@@ -186,11 +186,13 @@ def find_submissions(folder: Path, assignments: Iterable[str] = (), skip: Path |
     inside = skip is not None and Path(folder).resolve() in skip.parents  # else above it, or the folder itself
     for path in sorted(Path(folder).rglob("*")):
         rel = path.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+        # a link is listed wherever it points, to nothing or to itself too: its row says it is one (``handed_in``)
+        if any(part.startswith(".") for part in rel.parts) or not (path.is_file() or path.is_symlink()):
             continue
-        if skip is not None and (path.resolve().parent == skip and path.name in GRADER_FILES
-                                 or path.resolve().parent == skip / FEEDBACK_FOLDER
-                                 or inside and skip in path.resolve().parents) or earlier_grades(path):
+        real = Path(os.path.realpath(path))  # Path.resolve raises on a loop of links
+        if skip is not None and (real.parent == skip and path.name in GRADER_FILES
+                                 or real.parent == skip / FEEDBACK_FOLDER
+                                 or inside and skip in real.parents) or earlier_grades(path):
             continue
         student = rel.parts[0] if len(rel.parts) > 1 else student_name(_bare_name(path), assignments)
         found.append((shown(student), path))
