@@ -9,6 +9,7 @@ but cannot be used raises :class:`UsageError`, which the command prints as one l
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import re
@@ -105,6 +106,10 @@ class SettingWarning(UserWarning):
 
 
 TINY_BETA = 1e-3  # below it, a loss of β·h reads as if frozen while AdamW moves the policy at full speed
+# below it, the gradients (β times the log-ratio's, whose parameters' gradients are at most about 1) are smaller than
+# AdamW's ε (1e-8), which then outweighs them: the steps shrink with β, and the policy barely moves, if at all
+STALL_BETA = 1e-9
+MAX_EPOCHS = 10**5  # --epochs: passes over the pairs; far more than any run needs, and an ETA that still prints
 HUGE_BETA = 100.0  # above it, a slip of units: β·h saturates (DPO and kin) or IPO's target 1/(2β) is next to 0
 
 
@@ -113,12 +118,24 @@ def check_writable(path: str | Path, flag: str, directory: bool) -> None:
     link is checked where it points, as the writes follow it (``utils.atomic_file``, ``atomic_dir``)."""
     try:
         target, named = Path(os.path.realpath(path)), f"{flag} {path}"
+        _check_no_loop(path, named)
         _check_writable(target, named, directory)
         _check_not_virtual(path, named, stdout=flag == "--out" and not directory)
         if not directory:  # a directory's own check is check_out_replaceable's, where the run writes it beside
             _check_name_beside(target, named, "the file")
     except OSError as e:  # e.g. a name longer than the file system takes
         raise UsageError(f"{flag} {path}: {e.strerror or e}; pass another path") from None
+
+
+def _check_no_loop(path: str | Path, named: str) -> None:
+    """Refuse a path that leads through a loop of symbolic links (``a -> b``, ``b -> a``): the run's writes would fail
+    after all its work (the data sampled, the sweep trained), or a check raise from deep inside pathlib."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UsageError(f"{named}: leads through a loop of symbolic links (each names the next, and the last "
+                             "the first); remove the loop, or pass another path") from None
 
 
 VIRTUAL = ("/dev", "/proc", "/sys")  # file systems of the kernel's: nothing can be created or renamed there
@@ -198,7 +215,8 @@ def _add_dpo_args(p: argparse.ArgumentParser, defaults) -> None:
     g = p.add_argument_group("DPO")
     g.add_argument("--beta", type=_positive(float), default=defaults.beta, help="β, KL-penalty strength (%(default)s)")
     g.add_argument("--lr", type=_positive(float), default=defaults.lr, help="peak learning rate (%(default)s)")
-    g.add_argument("--epochs", type=_positive(int), default=defaults.epochs, help="passes over the pairs (%(default)s)")
+    g.add_argument("--epochs", type=_positive(int, MAX_EPOCHS), default=defaults.epochs,
+                   help="passes over the pairs (%(default)s)")
     g.add_argument("--batch-size", type=_positive(int), default=defaults.batch_size,
                    help="pairs per step (%(default)s)")
     g.add_argument("--loss", choices=sorted(LOSSES), default=defaults.loss_type,
@@ -220,7 +238,12 @@ def apply_dpo_args(cfg, args) -> None:
     cfg.beta, cfg.lr, cfg.epochs, cfg.batch_size = args.beta, args.lr, args.epochs, args.batch_size
     cfg.loss_type, cfg.max_length, cfg.precompute_ref = args.loss, args.max_length, not args.on_the_fly_ref
     cfg.seed = args.seed
-    if 0 < args.beta < TINY_BETA and args.loss != "ipo":  # IPO's β sets a target, 1/(2β): there it is no scale
+    if 0 < args.beta < STALL_BETA and args.loss != "ipo":
+        warnings.warn(f"--beta {args.beta:g} is so small that every gradient (β times the log-ratio's) falls below "
+                      "AdamW's ε (1e-8), which then outweighs it: the policy barely moves, if at all, and the loss "
+                      "stays at its value at β·h = 0 (ln 2 for DPO); usual values are 0.01 to 1", SettingWarning,
+                      stacklevel=2)
+    elif 0 < args.beta < TINY_BETA and args.loss != "ipo":  # IPO's β sets a target, 1/(2β): there it is no scale
         warnings.warn(f"--beta {args.beta:g} is tiny: the loss will read about its value at β·h = 0 (ln 2 for DPO) "
                       "and the rewards about 0 at every step, yet AdamW divides β out of each step, so the policy "
                       "moves at full speed with next to no pull back to π_ref (notebook 07, Pitfall 2); usual values "

@@ -28,7 +28,7 @@ from dpo_teach.utils import lr_at, set_seed
 
 # The flags of `dpo-teach train` and `demo` that set these DPOConfig fields: the CLI passes them to train_dpo so
 # that a divergence error names them (elsewhere, in a notebook or the comparison, it names the config fields).
-FLAGS = {"lr": "--lr", "beta": "--beta"}
+FLAGS = {"lr": "--lr", "beta": "--beta", "dpop_lambda": "--dpop-lambda"}
 # A step after which the policy gives its batch's chosen completions less than this log-probability per token ends
 # the run as diverged, though every number is still finite: a uniform guess over GPT-2's 50,257 tokens gives -10.8,
 # so only weights thrown far off go below it, as a learning rate of 10 does (its losses swing between 0 and

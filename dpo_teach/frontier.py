@@ -15,6 +15,7 @@ would lose there to one evaluated early.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib.ticker
@@ -60,19 +61,34 @@ def _results_problem(results, format_: int) -> str | None:
     for key, kind in (("runs", list), ("reference", dict), ("config", dict), ("stages", dict)):
         if not isinstance(results.get(key), kind):
             return f"'{key}' is missing or not a JSON {'array' if kind is list else 'object'}"
+    if not results["runs"]:
+        return "'runs' is empty"
+    lengths = {}  # (method, param) → how many evaluations its runs have: the same on every seed
     for i, run in enumerate(results["runs"]):
         if not isinstance(run, dict):
             return f"runs[{i}] is not a JSON object"
         bad = [k for k, kind in _RUN_KEYS.items() if not isinstance(run.get(k), kind) or isinstance(run.get(k), bool)]
         if bad:
             return f"runs[{i}] has no usable {', '.join(repr(k) for k in bad)}"
+        if run["method"] not in METHODS:
+            return f"runs[{i}].method is {run['method']!r}, none of {', '.join(METHODS)}"
+        if not math.isfinite(run["param"]) or not run["evals"]:
+            return f"runs[{i}] needs a finite 'param' and at least one evaluation in 'evals'"
         for j, point in enumerate([*run["evals"], run["final"]]):
-            if not isinstance(point, dict) or not all(isinstance(point.get(k), (int, float)) for k in _EVAL_KEYS):
+            if not isinstance(point, dict) or not all(_finite(point.get(k)) for k in _EVAL_KEYS) \
+                    or not 0 <= point["fluency"] <= 1:
                 where = f"evals[{j}]" if j < len(run["evals"]) else "final"
-                return f"runs[{i}].{where} needs numbers 'kl', 'reward' and 'fluency'"
+                return f"runs[{i}].{where} needs finite numbers 'kl', 'reward' and 'fluency' (a share, 0 to 1)"
+        if lengths.setdefault((run["method"], run["param"]), len(run["evals"])) != len(run["evals"]):
+            return (f"runs[{i}] ({run['method']}, {run['param_name']}={run['param']:g}) has {len(run['evals'])} "
+                    f"evaluations, and the same run of another seed {lengths[run['method'], run['param']]}")
         if not isinstance(results["reference"].get(str(run["seed"])), dict):
             return f"'reference' has no entry for seed {run['seed']} of runs[{i}]"
     return None
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_results(path: str | Path) -> dict:
@@ -85,6 +101,8 @@ def load_results(path: str | Path) -> dict:
 
     path = Path(path)
     fix = "rerun `dpo-teach compare` (with `--asset FILE` to rewrite a shipped asset)"
+    if path.is_dir():
+        raise ResultsError(f"{path}: is a folder; pass the results.json file in it")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; run `dpo-teach compare` (or `--fast`) to write it")
     try:

@@ -28,6 +28,7 @@ class TrainingError(RuntimeError):
 
 
 BETAS = ("beta", "kl_coef")  # the config fields that hold a trainer's β, the weight of its KL term
+LOSS_WEIGHTS = {"dpop_lambda": "dpop"}  # a loss's own weight (config field → the loss_type that reads it)
 
 
 def diverged(name: str, step: int, total: int, lr: float, config, what: str,
@@ -39,12 +40,15 @@ def diverged(name: str, step: int, total: int, lr: float, config, what: str,
     A setting is named by its command-line flag where ``flags`` (field → flag) has one, else by its config field."""
     flags = flags or {}
     betas = [key for key in BETAS if hasattr(config, key)]
+    weights = [key for key in LOSS_WEIGHTS if getattr(config, "loss_type", None) == LOSS_WEIGHTS[key]
+               and getattr(config, key, 0)]  # the loss's own weight, which can blow it up as β can
     settings = ", ".join(f"{label}={getattr(config, key):g}" for key, label in
-                         [("lr", "peak lr"), *((key, key) for key in betas)])
+                         [("lr", "peak lr"), *((key, key) for key in betas + weights)])
     fix = f"Lower the learning rate ({flags.get('lr', 'lr')}, e.g. {config.lr / 10:g})"
     raise_beta = getattr(config, "steadier_beta", "lower") == "raise"  # the loss's own word (DPOConfig)
     fix += "".join(f" or {'raise ' if raise_beta else ''}β ({flags.get(key, key)})"
                    for key in betas if getattr(config, key))
+    fix += "".join(f" or λ ({flags.get(key, key)})" for key in weights)
     return TrainingError(f"{name} diverged at step {step + 1} of {total} ({what}; learning rate {lr:.3g} at this "
                          f"step, {settings}); nothing was saved. {fix}")
 

@@ -169,6 +169,7 @@ def test_max_length_above_the_toy_context_is_refused_before_any_model(tmp_path, 
     # numbers that pass "> 0" but are too large for the system (OverflowError or ValueError deep inside)
     (["data", "--out", "x.jsonl", "--pairs", str(10**30)], "--pairs: must be at most 10000000"),
     (["demo", "--pairs", str(10**30)], "--pairs: must be at most 10000000"),
+    (["train", "--data", "x.jsonl", "--epochs", str(10**22)], "--epochs: must be at most 100000"),  # ran for ever
     (["compare", "--threads", str(10**20)], "--threads: must be at most 1024"),
     (["compare", "--workers", str(10**20)], "--workers: must be at most 1024"),
     (["grade", "subs", "--jobs", str(10**9)], "--jobs: must be at most 1024"),
@@ -217,9 +218,11 @@ def _paths(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "prefs.jsonl").write_bytes(jsonl(GOOD, OTHER))
     (tmp_path / "empty.jsonl").write_bytes(b"")
     (tmp_path / "link_to_file").symlink_to(tmp_path / "a_file")
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
     os.mkfifo(tmp_path / "a_pipe")
     return {k: str(tmp_path / v) for k, v in {
-        "LINK_TO_FILE": "link_to_file", "PIPE": "a_pipe",
+        "LINK_TO_FILE": "link_to_file", "PIPE": "a_pipe", "LOOP": "loop_a", "UNDER_LOOP": "loop_a/run.jsonl",
         "FILE": "a_file", "UNDER_FILE": "a_file/sub", "DIR": "a_dir", "MISSING": "missing/deeper", "EMPTY": "empty_dir",
         "GARBAGE": "garbage_model", "DATA": "prefs.jsonl", "EMPTY_DATA": "empty.jsonl"}.items()}
 
@@ -248,6 +251,11 @@ def _paths(tmp_path: Path) -> dict[str, str]:
     (["grade", "DIR", "--autograder-dir", "FILE"], "--autograder-dir FILE: not a directory"),
     (["grade", "DIR", "--autograder-dir", "EMPTY"], "no autograder bundles in EMPTY"),
     (["grade", "DIR", "--assignment", "99_nope"], "unknown assignment '99_nope'"),
+    # a loop of symbolic links: a traceback from inside pathlib, or (data, compare) an error after all the work
+    (["demo", "--out", "LOOP"], "--out LOOP: leads through a loop of symbolic links"),
+    (["train", "--data", "DATA", "--out", "LOOP"], "--out LOOP: leads through a loop of symbolic links"),
+    (["data", "--out", "UNDER_LOOP"], "--out UNDER_LOOP: leads through a loop of symbolic links"),
+    (["compare", "--fast", "--out", "LOOP"], "--out LOOP: leads through a loop of symbolic links"),
     (["compare", "--out", "FILE"], "--out FILE: is a file, expected a directory"),
     (["compare", "--fast", "--out", "UNDER_FILE"], "so nothing can be created under it"),
     (["compare", "--out", "DIR", "--asset", "DIR"], "--asset DIR: is a directory, expected a file"),
@@ -801,6 +809,23 @@ def _mutated_results(how: str):
         results["reference"].pop(str(run["seed"]))
     elif how == "stages missing":
         del results["stages"]
+    elif how == "kl NaN":  # each of these loaded and was plotted, or averaged into the table, without a word
+        run["evals"][1]["kl"] = float("nan")
+    elif how == "kl true":
+        run["evals"][1]["kl"] = True
+    elif how == "fluency 5":
+        run["final"]["fluency"] = 5.0
+    elif how == "method unknown":
+        run["method"] = "FOO"
+    elif how == "runs empty":
+        results["runs"] = []
+    elif how == "evals empty":
+        run["evals"] = []
+    elif how == "param infinite":
+        run["param"] = float("inf")
+    elif how == "evals ragged":
+        twin = next(r for r in results["runs"][1:] if (r["method"], r["param"]) == (run["method"], run["param"]))
+        twin["evals"] = twin["evals"][:-1]
     return results
 
 
@@ -812,8 +837,16 @@ def _mutated_results(how: str):
     ("runs not a list", "'runs' is missing or not a JSON array"),
     ("run not an object", "runs[3] is not a JSON object"),
     ("run without evals", "runs[0] has no usable 'evals'"),
-    ("kl a string", "runs[0].evals[1] needs numbers"),
-    ("final without reward", "runs[0].final needs numbers"),
+    ("kl a string", "runs[0].evals[1] needs finite numbers"),
+    ("final without reward", "runs[0].final needs finite numbers"),
+    ("kl NaN", "runs[0].evals[1] needs finite numbers"),
+    ("kl true", "runs[0].evals[1] needs finite numbers"),
+    ("fluency 5", "runs[0].final needs finite numbers 'kl', 'reward' and 'fluency' (a share, 0 to 1)"),
+    ("method unknown", "runs[0].method is 'FOO', none of DPO"),
+    ("runs empty", "'runs' is empty"),
+    ("evals empty", "runs[0] needs a finite 'param' and at least one evaluation"),
+    ("param infinite", "runs[0] needs a finite 'param'"),
+    ("evals ragged", "evaluations, and the same run of another seed"),
     ("seed a string", "runs[0] has no usable 'seed'"),
     ("reference without the seed", "'reference' has no entry for seed"),
     ("stages missing", "'stages' is missing"),
@@ -837,6 +870,13 @@ def test_results_files_that_are_not_json(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(ResultsError, match="not a comparison results file"):
         load_results(path)
+
+
+def test_a_folder_given_as_results_says_so(tmp_path):
+    from dpo_teach.frontier import ResultsError, load_results
+
+    with pytest.raises(ResultsError, match="is a folder; pass the results.json file in it"):
+        load_results(tmp_path)  # "no such file", of a folder that exists
 
 
 def test_the_shipped_asset_still_loads():
@@ -914,13 +954,48 @@ def test_malformed_autograder_bundles(tmp_path, how, message, capsys):
     assert message in one_line_error(capsys)
 
 
-def test_a_manifest_without_its_bundle_is_skipped(tmp_path):
+@pytest.mark.parametrize("how, message", [
+    ("manifest alone", "a manifest without its test bundle 01_kl_objective.zip"),
+    ("bundle a folder", "a manifest without its test bundle 01_kl_objective.zip (a folder)"),
+    ("bundle alone", "a test bundle without its manifest 01_kl_objective.json"),
+    ("another assignment's bundle", "are not one assignment's (the bundle has no tests of kl_divergence"),
+    ("a question renamed", "are not one assignment's (the bundle has no tests of nonexistent_q"),
+    ("two manifests of one assignment", "both name assignment '01_kl_objective'"),
+])
+def test_autograder_files_that_are_not_pairs_of_one_assign(tmp_path, how, message, capsys):
+    """Half of a pair was skipped, and the notebooks of its assignment became "no auto-graded exercises", 0/0; the
+    bundle of another assignment (or a question renamed in the manifest) graded a right answer 0 on that question,
+    with exit status 0; and a copy naming the same assignment replaced the other pair unsaid."""
     import shutil
 
-    from dpo_teach.grading.manifests import load_manifests
+    from dpo_teach.grading.manifests import ManifestError, load_manifests
 
-    shutil.copy(AUTOGRADER / "01_kl_objective.json", tmp_path)
-    assert load_manifests(tmp_path) == {}
+    name = "01_kl_objective"
+    manifest, bundle = tmp_path / f"{name}.json", tmp_path / f"{name}.zip"
+    shutil.copy(AUTOGRADER / f"{name}.json", manifest)
+    shutil.copy(AUTOGRADER / ("02_bradley_terry.zip" if how == "another assignment's bundle" else f"{name}.zip"),
+                bundle)
+    if how == "manifest alone":
+        bundle.unlink()
+    elif how == "bundle a folder":
+        bundle.unlink()
+        bundle.mkdir()
+    elif how == "bundle alone":
+        manifest.unlink()
+    elif how == "a question renamed":
+        data = json.loads(manifest.read_text())
+        data["questions"][0]["name"] = "nonexistent_q"
+        manifest.write_text(json.dumps(data))
+    elif how == "two manifests of one assignment":
+        shutil.copy(manifest, tmp_path / "copy.json")
+        shutil.copy(bundle, tmp_path / "copy.zip")
+    with pytest.raises(ManifestError) as err:
+        load_manifests(tmp_path)
+    assert message in str(err.value) and "make assign" in str(err.value) and "\n" not in str(err.value), err.value
+    submissions = tmp_path / "subs"
+    submissions.mkdir()
+    assert main(["grade", str(submissions), "--autograder-dir", str(tmp_path), "--out", str(tmp_path / "g")]) == 2
+    assert message in one_line_error(capsys)
 
 
 # --- flags that cannot go together, numbers that make no sense for the data ------------------------------------
@@ -1008,16 +1083,22 @@ def test_divergent_training_is_an_error_and_saves_nothing(tmp_path, tiny_checkpo
 
 
 @pytest.mark.parametrize("loss, beta, warned", [("sigmoid", "1e-6", True), ("hinge", "1e-4", True),
-                                                ("sigmoid", "0.01", False), ("ipo", "1e-4", False)])
+                                                ("sigmoid", "0.01", False), ("ipo", "1e-4", False),
+                                                ("sigmoid", "1e-300", "so small that every gradient")])
 def test_a_tiny_beta_is_warned_about_in_one_line(tmp_path, tiny_checkpoint, loss, beta, warned, capsys):
     """β = 1e-6 (a unit slip) reads on the dashboard like β = 0 (loss ln 2, rewards 0) while AdamW moves the policy at
-    full speed: train says so in one line and runs on. IPO's β sets its target, 1/(2β): not warned there."""
+    full speed: train says so in one line and runs on. IPO's β sets its target, 1/(2β): not warned there. Far below,
+    (1e-300: 0 in float32) the gradients fall under AdamW's ε and the policy does not move: the warning said it moved
+    at full speed."""
     data = write_bytes(tmp_path, jsonl(*distinct_rows(20)))
     assert main(["train", "--data", str(data), "--model", str(tiny_checkpoint), "--out", str(tmp_path / "out"),
                  "--quiet", "--batch-size", "8", "--epochs", "1", "--max-length", "32", "--loss", loss,
                  "--beta", beta]) == 0
     err = capsys.readouterr().err
-    assert (f"dpo-teach train: warning: --beta {float(beta):g} is tiny: the loss will read" in err) is warned, err
+    if isinstance(warned, str):
+        assert f"dpo-teach train: warning: --beta {float(beta):g} is {warned}" in err and "full speed" not in err, err
+    else:
+        assert (f"dpo-teach train: warning: --beta {float(beta):g} is tiny: the loss will read" in err) is warned, err
     assert "Traceback" not in err and "cli_args.py" not in err
 
 
@@ -1493,3 +1574,15 @@ def test_the_init_check_tells_scaled_from_unscaled_at_any_depth(n_layer):
                 block.attn.c_proj.weight.normal_(0.0, config.initializer_range)
         with pytest.raises(InstallError):
             check_scaled_init(model)
+
+
+def test_a_dpop_run_that_diverges_names_its_lambda():
+    """`--loss dpop --dpop-lambda 1e39` diverged at its first step, and the message said to lower the learning rate
+    or β only: λ, the weight that blew the loss up, was neither shown nor named."""
+    from dpo_teach.dpo import FLAGS, DPOConfig
+    from dpo_teach.training import diverged
+
+    said = str(diverged("DPO", 0, 2, 2e-4, DPOConfig(loss_type="dpop", dpop_lambda=1e39), "the loss is nan", FLAGS))
+    assert "dpop_lambda=1e+39" in said and "or λ (--dpop-lambda)" in said and "or β (--beta)" in said, said
+    plain = str(diverged("DPO", 0, 2, 2e-4, DPOConfig(dpop_lambda=1e39), "the loss is nan", FLAGS))
+    assert "λ" not in plain and "dpop_lambda" not in plain, plain  # another loss does not read λ
