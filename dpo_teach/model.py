@@ -206,6 +206,10 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
             and not (path / "merges.txt").is_file():  # a GPT-2 BPE needs both; transformers' words name neither
         raise CheckpointError(f"checkpoint {path}: vocab.json is there but merges.txt is missing (a GPT-2 tokenizer "
                               "needs both, or tokenizer.json); download merges.txt into the folder too")
+    try:  # first: the tokenizer reads config.json too, and its error named the tokenizer for a broken config.json
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint {path}: config.json cannot be loaded ({_first_line(e)}); {fix}") from e
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - any failure here means an unusable tokenizer
@@ -213,10 +217,6 @@ def load_checkpoint(path: str | Path) -> tuple[PreTrainedModel, object]:
     for how in ("is_local", "local_files_only"):  # how it was loaded, not what it is: else every tokenizer saved
         tokenizer.init_kwargs.pop(how, None)  # from a loaded one would write them, and one from a new one would not
     _check_special_tokens(path, tokenizer)
-    try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"checkpoint {path}: config.json cannot be loaded ({_first_line(e)}); {fix}") from e
     _check_causal(path, config)
     _check_size(path, config, weights)
     try:  # mismatched shapes are reported in the loading info below, with an example, instead of raised

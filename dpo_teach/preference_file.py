@@ -148,6 +148,11 @@ _NOT_JSONL = [
     (b"\xfd7zXZ\x00", "xz-compressed", "decompress it first: `unxz -k in.jsonl.xz`"),
     (b"\x28\xb5\x2f\xfd", "zstd-compressed", "decompress it first: `unzstd in.jsonl.zst`"),
     (b"PK\x03\x04", "a zip archive", "unzip it first and pass the JSON Lines file inside"),
+    # a file of another kind passed by mistake: converting its bytes (the advice for text that is not UTF-8) would
+    # not help
+    (b"\x89PNG\r\n\x1a\n", "a PNG image", "pass the JSON Lines file of preference pairs instead"),
+    (b"\xff\xd8\xff", "a JPEG image", "pass the JSON Lines file of preference pairs instead"),
+    (b"%PDF-", "a PDF document", "pass the JSON Lines file of preference pairs instead"),
 ]
 _GZIP = b"\x1f\x8b"  # gzip's magic: read transparently (HH-RLHF ships *.jsonl.gz)
 

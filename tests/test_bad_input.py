@@ -233,7 +233,7 @@ def _paths(tmp_path: Path) -> dict[str, str]:
     (["demo", "--model", "MISSING"], "checkpoint MISSING: no such directory"),
     (["demo", "--model", "FILE"], "checkpoint FILE: is a file, not a directory"),
     (["demo", "--model", "EMPTY"], "config.json is missing"),
-    (["demo", "--model", "GARBAGE"], "cannot be loaded"),
+    (["demo", "--model", "GARBAGE"], "config.json cannot be loaded"),
     (["data", "--out", "DIR"], "--out DIR: is a directory, expected a file"),
     (["data", "--out", "UNDER_FILE"], "FILE is a file, so nothing can be created under it"),
     (["train", "--data", "MISSING"], "MISSING: no such file"),
@@ -243,7 +243,7 @@ def _paths(tmp_path: Path) -> dict[str, str]:
     (["train", "--data", "DATA", "--out", "UNDER_FILE"], "so nothing can be created under it"),
     (["train", "--data", "DATA", "--model", "MISSING"], "checkpoint MISSING: no such directory"),
     (["train", "--data", "DATA", "--model", "EMPTY"], "config.json is missing"),
-    (["train", "--data", "DATA", "--model", "GARBAGE"], "cannot be loaded"),
+    (["train", "--data", "DATA", "--model", "GARBAGE"], "config.json cannot be loaded"),
     (["grade", "MISSING"], "MISSING is not a directory"),
     (["grade", "FILE"], "FILE is not a directory"),
     (["grade", "DIR", "--out", "FILE"], "--out FILE: is a file, expected a directory"),
@@ -346,7 +346,6 @@ GOOD_LINE = json.dumps(GOOD).encode()
     (b'{"prompt": ' + b"1" * 5000 + b"}\n", "not usable JSON (Exceeds the limit"),
     (b"x" * 2_000_000 + b"\n", "not valid JSON"),  # a 2 MB line of junk
     (b'{"prompt": "x", "chosen": " a", "rejected": " b"\x00}\n', "not valid JSON"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00", "not UTF-8 (byte 0x89 at column 1)"),  # an image
     (b"\x00\x00\x00\n", "not valid JSON"),  # NUL bytes
     (GOOD_LINE[:-9], "not valid JSON"),  # a download cut short, no newline at the end
     (b'{"prompt": "x", "chosen": " a", "rejected": " b"} {"prompt": "y"}\n', "not valid JSON (Extra data"),
@@ -360,6 +359,9 @@ GOOD_LINE = json.dumps(GOOD).encode()
                                "convert it: `python -c"),
     (b"BZh91AY&SY", "is bzip2-compressed, not UTF-8 JSON Lines; decompress it first"),
     (b"PK\x03\x04\x14\x00", "is a zip archive, not UTF-8 JSON Lines; unzip it first"),
+    # another file passed by mistake: it was "not UTF-8 ... re-save the file as UTF-8 (e.g. `iconv -f latin1 ...`)"
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "is a PNG image, not UTF-8 JSON Lines; pass the JSON Lines file"),
+    (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n", "is a PDF document, not UTF-8 JSON Lines; pass the JSON Lines file"),
     (b"\x1f\x8b\x08\x00\x00\x00\x00\x00", "the gzip data is truncated or corrupt"),
     # JSON that is not JSON Lines, and TRL's conversational rows: say which format it is and what to do
     (b'[{"prompt": "x", "chosen": " a", "rejected": " b"}, {"prompt": "y", "chosen": " a", "rejected": " b"}]\n',
@@ -901,6 +903,7 @@ AUTOGRADER = Path(__file__).resolve().parents[1] / "course" / "autograder"
     ("points negative", "questions[0] needs"),
     ("points NaN", "questions[0] needs"),
     ("manual missing", "questions[1] needs"),
+    ("a question twice", "questions[1]: 'kl_divergence' is listed twice"),
     ("bundle not a zip", "not a usable autograder bundle (not a zip archive"),
     ("bundle truncated", "not a usable autograder bundle"),
     ("bundle member corrupt", "not a usable autograder bundle"),
@@ -932,6 +935,8 @@ def test_malformed_autograder_bundles(tmp_path, how, message, capsys):
         q[0]["points"] = float("nan")
     elif how == "manual missing":
         del q[1]["manual"]
+    elif how == "a question twice":
+        q[1] = dict(q[0])
     elif how == "bundle not a zip":
         bundle.write_bytes(b"PK not really")
     elif how == "bundle truncated":
@@ -1586,3 +1591,17 @@ def test_a_dpop_run_that_diverges_names_its_lambda():
     assert "dpop_lambda=1e+39" in said and "or λ (--dpop-lambda)" in said and "or β (--beta)" in said, said
     plain = str(diverged("DPO", 0, 2, 2e-4, DPOConfig(dpop_lambda=1e39), "the loss is nan", FLAGS))
     assert "λ" not in plain and "dpop_lambda" not in plain, plain  # another loss does not read λ
+
+
+@pytest.mark.parametrize("config", ["{not json", "[1, 2]"])
+def test_a_broken_config_json_is_named_not_the_tokenizer(tmp_path, tiny_checkpoint, config):
+    """A checkpoint whose tokenizer files are whole but whose config.json is not: the tokenizer, loaded first, reads
+    config.json too, and the error said "the tokenizer cannot be loaded"."""
+    import shutil
+
+    from dpo_teach.model import CheckpointError, load_checkpoint
+
+    broken = Path(shutil.copytree(tiny_checkpoint, tmp_path / "ckpt"))
+    (broken / "config.json").write_text(config)
+    with pytest.raises(CheckpointError, match="config.json cannot be loaded"):
+        load_checkpoint(broken)

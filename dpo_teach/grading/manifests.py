@@ -29,6 +29,10 @@ def _manifest_problem(manifest) -> str | None:
               and 0 <= q["points"] < float("inf"))
         if not ok:
             return f"questions[{i}] needs a 'name', 'points' (a number ≥ 0) and 'manual' (true/false)"
+    names = [q["name"] for q in manifest["questions"]]
+    twice = next((i for i, name in enumerate(names) if name in names[:i]), None)
+    if twice is not None:  # read into one dict, the later entry's points would count, unsaid
+        return f"questions[{twice}]: {names[twice]!r} is listed twice"
     wrong = next((i for i, q in enumerate(manifest["questions"]) if "choice" in q and type(q["choice"]) is not bool),
                  None)
     if wrong is not None:  # null, 0 or "no" would decide silently whether students see a letter's result at once
