@@ -95,6 +95,12 @@ class DPOConfig:
         word (losses.STEADIER_BETA)."""
         return STEADIER_BETA.get(self.loss_type, "lower")
 
+    @property
+    def loss_weights(self) -> tuple[str, ...]:
+        """The fields of this loss's own weight, which can blow its training up as β can (DPOP's λ): named by
+        ``training.diverged`` beside the learning rate and β."""
+        return ("dpop_lambda",) if self.loss_type == "dpop" and self.dpop_lambda else ()
+
 
 def dpo_step(policy: torch.nn.Module, reference: torch.nn.Module, batch: dict[str, torch.Tensor],
              optimizer: torch.optim.Optimizer, loss_fn: Callable, max_grad_norm: float = 1.0) -> dict[str, float]:

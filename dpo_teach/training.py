@@ -28,7 +28,6 @@ class TrainingError(RuntimeError):
 
 
 BETAS = ("beta", "kl_coef")  # the config fields that hold a trainer's β, the weight of its KL term
-LOSS_WEIGHTS = {"dpop_lambda": "dpop"}  # a loss's own weight (config field → the loss_type that reads it)
 
 
 def diverged(name: str, step: int, total: int, lr: float, config, what: str,
@@ -36,12 +35,12 @@ def diverged(name: str, step: int, total: int, lr: float, config, what: str,
     """The error for ``name``'s step ``step`` (0-based) of ``total`` that diverged (``what``: the loss is nan, ...):
     where, the learning rate then, the run's peak lr and β (``config.lr``, and ``config.beta`` or ``config.kl_coef``
     where the config has one), and what to change: the learning rate, or β where it is not 0, lowered (a large β can
-    overflow the KL term) unless the config's ``steadier_beta`` says "raise" (IPO's loss, :data:`losses.STEADIER_BETA`).
-    A setting is named by its command-line flag where ``flags`` (field → flag) has one, else by its config field."""
+    overflow the KL term) unless the config's ``steadier_beta`` says "raise" (IPO's loss, :data:`losses.STEADIER_BETA`),
+    or the loss's own weight where the config's ``loss_weights`` names one (DPOP's λ). A setting is named by its
+    command-line flag where ``flags`` (field → flag) has one, else by its config field."""
     flags = flags or {}
     betas = [key for key in BETAS if hasattr(config, key)]
-    weights = [key for key in LOSS_WEIGHTS if getattr(config, "loss_type", None) == LOSS_WEIGHTS[key]
-               and getattr(config, key, 0)]  # the loss's own weight, which can blow it up as β can
+    weights = list(getattr(config, "loss_weights", ()))  # the loss's own weight (DPOConfig: DPOP's λ)
     settings = ", ".join(f"{label}={getattr(config, key):g}" for key, label in
                          [("lr", "peak lr"), *((key, key) for key in betas + weights)])
     fix = f"Lower the learning rate ({flags.get('lr', 'lr')}, e.g. {config.lr / 10:g})"

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import doctest
 
-import nbformat
 import pytest
-
-from dpo_teach.grading import judge
+from test_exercises_new import first_failures  # tests/ is on sys.path (pytest's rootdir import)
 
 _LOSS_HEAD = ("import torch\nimport torch.nn.functional as F\n"
               "def {name}(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,"
@@ -23,29 +21,6 @@ _LOSS_HEAD = ("import torch\nimport torch.nn.functional as F\n"
               "    c = policy_chosen_logps - ref_chosen_logps\n    r = policy_rejected_logps - ref_rejected_logps\n")
 _SEQ_HEAD = ("import torch\nimport torch.nn.functional as F\n"
              "def sequence_logprobs_from_logits(logits, input_ids, completion_mask):\n")
-
-
-def first_failures(assigned, notebook: str, question: str, answer: str) -> list[str]:
-    """Each public case of ``question`` that fails on ``answer``: its first failing line's exception, as
-    ``"Type: message"``."""
-    import torch
-
-    from dpo_teach import logprobs, losses
-
-    nb = nbformat.read(assigned / "notebooks" / f"{notebook}.ipynb", as_version=4)
-    cases = [case["code"] for suite in nb.metadata["otter"]["tests"][question]["suites"] for case in suite["cases"]]
-    assert cases, f"{notebook}: no public case of {question}"
-    answered = {"torch": torch, "logprobs": logprobs, "losses": losses}
-    exec(compile(answer, "<answer>", "exec"), answered)  # noqa: S102 - the answers below
-    failed = []
-    for code in cases:
-        ns = dict(answered)
-        try:
-            for example in judge.test_case(code, hidden=False)["examples"]:
-                exec(compile(example, "<case>", "single"), ns)  # noqa: S102 - the course's own public tests
-        except Exception as e:  # noqa: BLE001 - what the student would read
-            failed.append(f"{type(e).__name__}: {e}")
-    return failed
 
 
 # (notebook, question, a wrong answer, words the first failure must hold)

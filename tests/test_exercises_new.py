@@ -119,8 +119,10 @@ def test_new_exercises_have_public_and_hidden_tests(assigned, name):
     assert not leaked, f"{name}: hidden test lines in the student notebook: {leaked[:3]}"
 
 
-def public_messages(assigned, name: str, question: str, answer: str) -> list[str]:
-    """What ``grader.check(question)`` says of ``answer`` in the student notebook: each failing public case's words."""
+def first_failures(assigned, name: str, question: str, answer: str) -> list[str]:
+    """What ``grader.check(question)`` says of ``answer`` in the student notebook: each failing public case's first
+    failing line, as ``"Type: message"`` (each case a doctest, run as the grader runs it: its examples one by one in
+    a fresh namespace, up to the first that raises)."""
     import torch
 
     from dpo_teach import logprobs, losses
@@ -130,15 +132,22 @@ def public_messages(assigned, name: str, question: str, answer: str) -> list[str
     assert cases, f"{name}: no public case of {question}"
     answered = {"torch": torch, "logprobs": logprobs, "losses": losses}
     exec(compile(answer, "<answer>", "exec"), answered)  # noqa: S102 - our own test answers
-    said = []
-    for code in cases:  # each a doctest, run as the grader runs it: its examples one by one in a fresh namespace
+    failed = []
+    for code in cases:
         ns = dict(answered)
         try:
             for example in judge.test_case(code, hidden=False)["examples"]:
                 exec(compile(example, "<case>", "single"), ns)  # noqa: S102 - the course's own public tests
-        except AssertionError as e:
-            said.append(str(e))
-    return said
+        except Exception as e:  # noqa: BLE001 - what the student would read
+            failed.append(f"{type(e).__name__}: {e}")
+    return failed
+
+
+def public_messages(assigned, name: str, question: str, answer: str) -> list[str]:
+    """The words of each failing public case of ``question`` on ``answer``, each an assert's."""
+    said = first_failures(assigned, name, question, answer)
+    assert all(s.startswith("AssertionError: ") for s in said), said
+    return [s.removeprefix("AssertionError: ") for s in said]
 
 
 @pytest.mark.parametrize("mistake, says", [

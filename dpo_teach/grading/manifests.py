@@ -57,10 +57,12 @@ def _pair_problem(manifest: dict, tests: dict[str, list[dict]]) -> str | None:
     auto-graded question of the manifest has tests in the bundle, and every question of the bundle is one of them."""
     auto = {q["name"] for q in manifest["questions"] if not q["manual"]}
     untested, unknown = sorted(auto - set(tests)), sorted(set(tests) - auto)
-    if untested:
-        return f"the bundle has no tests of {', '.join(untested[:3])}{', ...' * (len(untested) > 3)}"
-    if unknown:
-        return f"the manifest lists no auto-graded question {', '.join(unknown[:3])}{', ...' * (len(unknown) > 3)}"
+    if untested:  # every answer would score 0 there
+        return (f"the bundle has no tests of {', '.join(untested[:3])}{', ...' * (len(untested) > 3)}, so every "
+                "answer would score 0 there")
+    if unknown:  # their tests would run and count for nothing
+        return (f"the manifest lists no auto-graded question {', '.join(unknown[:3])}{', ...' * (len(unknown) > 3)}, "
+                "whose tests would count for nothing")
     return None
 
 
@@ -82,7 +84,7 @@ def load_manifests(autograder: Path) -> dict[str, dict]:
         ManifestError: a manifest that is not JSON or lacks a field, a bundle that is not an intact zip, a bundle or
             a manifest without the other, a pair whose questions differ, two manifests of one assignment.
     """
-    manifests, names = {}, {}
+    manifests = {}
     fix = "run `make assign` to write the bundles and manifests again"
     for path in sorted(Path(autograder).glob("*.zip")):
         if not path.with_suffix(".json").is_file():  # else the assignment was graded as one with no exercise
@@ -107,12 +109,11 @@ def load_manifests(autograder: Path) -> dict[str, dict]:
         tests = load_tests(bundle)
         problem = _pair_problem(manifest, tests)
         if problem:
-            raise ManifestError(f"{path} and {bundle.name} are not one assignment's ({problem}): every answer would "
-                                f"score 0 on those questions; copy both files of one `make assign`, or {fix}")
-        if manifest["assignment"] in names:
-            raise ManifestError(f"{names[manifest['assignment']]} and {path} both name assignment "
-                                f"{manifest['assignment']!r}: one of them is a copy; {fix}")
-        names[manifest["assignment"]] = path
+            raise ManifestError(f"{path} and {bundle.name} are not one assignment's ({problem}); copy both files of "
+                                f"one `make assign`, or {fix}")
+        if manifest["assignment"] in manifests:
+            raise ManifestError(f"{manifests[manifest['assignment']]['bundle'].with_suffix('.json')} and {path} both "
+                                f"name assignment {manifest['assignment']!r}: one of them is a copy; {fix}")
         digest = hashlib.sha256(bundle.read_bytes() + path.read_bytes()).hexdigest()
         manifests[manifest["assignment"]] = {"bundle": bundle, "questions": _questions(manifest, tests),
                                              "tests": tests, "digest": digest}

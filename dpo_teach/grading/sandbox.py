@@ -151,10 +151,7 @@ def _wait(child: int, grader: int | None) -> int:
             poller.register(os.pidfd_open(child), select.POLLIN)  # readable once the child has ended
         except (AttributeError, OSError):  # a kernel before 5.3: look every second
             tick = 1000
-        while True:
-            ended, status = os.waitpid(child, os.WNOHANG)
-            if ended:
-                return os.waitstatus_to_exitcode(status) & 0xFF
+        while os.waitid(os.P_PID, child, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:  # not reaped: below
             if any(fd == grader for fd, _ in poller.poll(tick)):
                 os.kill(child, signal.SIGKILL)
                 break

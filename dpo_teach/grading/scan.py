@@ -54,8 +54,8 @@ def references(tests: dict[str, list[dict]]) -> dict[str, set[str]]:
     found = {}
     for question, cases in tests.items():
         named = set(_REFERENCE.findall("\n".join(case["code"] for case in cases)))
-        named = {n for n in named if n.count(".") >= 2 and not n.rsplit(".", 1)[1][:1].isupper()}
-        named = {n for n in named if not n.startswith(ANSWER_CHECKS)}
+        named = {n for n in named if n.count(".") >= 2 and not n.rsplit(".", 1)[1][:1].isupper()
+                 and not n.startswith(ANSWER_CHECKS)}
         found[question] = named - INPUT_HELPERS - ALLOWED.get(question, set())
     return found
 

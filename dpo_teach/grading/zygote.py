@@ -19,6 +19,7 @@ memory), every notebook's waiter sees it and ends its notebook (``sandbox.isolat
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -42,18 +43,12 @@ _MAX_ZYGOTES = 2  # one per environment the grader uses at a time (fast and full
 VOLATILE = ("PYTEST_CURRENT_TEST",)
 
 
-_LIFELINE: list[int] = []  # [read end] of this grader's lifeline, made on first use
-_LIFELINE_LOCK = threading.Lock()
-
-
+@functools.cache  # (two threads at once may each make a pipe: either works, as only this process writes to it)
 def lifeline() -> int:
     """The read end of a pipe whose write end only this grader process holds and never writes to (``os.pipe``'s
     descriptors are not inherited: no zygote, no notebook and no other program holds it). It hangs up when the grader
     ends, however it ends; every notebook's waiter watches it (``sandbox.isolate``)."""
-    with _LIFELINE_LOCK:
-        if not _LIFELINE:
-            _LIFELINE.append(os.pipe()[0])  # the write end stays open, unreferenced, until this process ends
-        return _LIFELINE[0]
+    return os.pipe()[0]  # the write end stays open, unreferenced, until this process ends
 
 
 class Zygote:
