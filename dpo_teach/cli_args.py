@@ -139,6 +139,7 @@ def _check_no_loop(path: str | Path, named: str) -> None:
 
 
 VIRTUAL = ("/dev", "/proc", "/sys")  # file systems of the kernel's: nothing can be created or renamed there
+MEMORY_DISK = "/dev/shm"  # but this one, in /dev, is a folder in memory (tmpfs), where files are made and renamed
 
 
 def _check_not_virtual(path: str | Path, named: str, stdout: bool) -> None:
@@ -147,6 +148,8 @@ def _check_not_virtual(path: str | Path, named: str, stdout: bool) -> None:
     there): the output is written beside it and renamed into its place, which cannot be done there. ``stdout``: the
     command writes ``-`` to standard output (``data --out -``)."""
     for where in {os.path.abspath(path), os.path.realpath(path)}:
+        if where.startswith(MEMORY_DISK + "/"):
+            continue
         top = next((v for v in VIRTUAL if where == v or where.startswith(v + "/")), None)
         if top is not None:
             dash = ", or - for standard output" if stdout else ""

@@ -178,7 +178,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
     old = None
     try:
-        if path.exists():
+        if path.exists() or path.is_symlink():  # a link still there after realpath: a loop of links, replaced too
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".old"))
             os.replace(path, old / "x")
         os.replace(tmp, path)

@@ -7,6 +7,7 @@ an unchanged one is reused by the notebooks, the CLI and the tests. Its location
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -105,10 +106,29 @@ def _warn_not_cached(path: Path, why: str) -> None:
                   "a writable directory to keep it", CacheWarning, stacklevel=3)  # names load_reference's caller
 
 
+def _loop(path: Path) -> bool:
+    """Whether ``path`` leads through a loop of symbolic links (each names the next, and the last the first)."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
+
+
+def _broken_link(path: Path) -> str:
+    """What is wrong with ``path``, a symbolic link that leads nowhere: π_ref is then saved through it (where it
+    points) or, for a loop, in its place."""
+    if _loop(path):
+        return "a loop of symbolic links: the π_ref built now takes its place"
+    return f"a symbolic link to {os.readlink(path)}, which does not exist: the π_ref built now is saved there"
+
+
 def cache_problem(folder: Path) -> str | None:
     """Why π_ref could not be saved under ``folder``, or None: a folder is made and removed where it would go (on
     the nearest part of the path that exists), so the answer is the file system's own; nothing is left behind."""
     existing = Path(os.path.realpath(folder))  # where a save goes, through a link too
+    if _loop(folder):  # $DPO_TEACH_CACHE -> itself, or a folder under such a link: found by the save, after the build
+        return f"{folder} leads through a loop of symbolic links"
     try:
         existing = nearest_existing(existing)
         if not existing.is_dir():
@@ -128,6 +148,9 @@ def load_reference(
     """
     config = config or WorldConfig()
     path = cache_entry(config)
+    if os.path.islink(path) and not os.path.exists(path) and not rebuild:  # else built every run, saved nowhere
+        warnings.warn(f"reference cache {path} is unusable ({_broken_link(path)}); rebuilding it", CacheWarning,
+                      stacklevel=2)
     if os.path.exists(path) and not rebuild:  # False under a folder that cannot be searched: built, not saved, said
         try:
             model, tokenizer = load_checkpoint(path)

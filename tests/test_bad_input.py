@@ -314,6 +314,9 @@ def test_output_path_checks_accept_what_can_be_created(tmp_path):
     check_writable(tmp_path / "missing_dir" / "results.json", "--asset", directory=False)
     (tmp_path / "old.json").write_text("{}")
     check_writable(tmp_path / "old.json", "--asset", directory=False)  # replaced atomically
+    if os.path.isdir("/dev/shm"):  # a folder in memory, in /dev: it was refused as "a file system of the kernel's"
+        check_writable("/dev/shm/dpo-teach-run", "--out", directory=True)
+        check_writable("/dev/shm/dpo-teach-pairs.jsonl", "--out", directory=False)
     assert not (tmp_path / "new").exists() and not (tmp_path / "missing_dir").exists()  # a check writes nothing
 
 
@@ -726,7 +729,8 @@ TINY_WORLD = dict(preset="tiny", corpus_size=200, vocab_size=300, sft_steps=2, s
 
 @pytest.mark.parametrize("how", ["world.json missing", "world.json not JSON", "world.json nested too deeply",
                                  "world.json not UTF-8", "world.json of another config", "entry is a file",
-                                 "entry is an empty dir", *BROKEN])
+                                 "entry is an empty dir", "entry is a loop of links", "entry links to nothing",
+                                 *BROKEN])
 def test_corrupt_cache_entry_is_rebuilt_with_a_warning(tmp_path, monkeypatch, how, count_builds):
     import shutil
 
@@ -744,6 +748,12 @@ def test_corrupt_cache_entry_is_rebuilt_with_a_warning(tmp_path, monkeypatch, ho
     elif how == "entry is an empty dir":
         shutil.rmtree(entry)
         entry.mkdir()
+    elif how == "entry is a loop of links":  # was built again at every run, "could not be cached (Not a directory)"
+        shutil.rmtree(entry)
+        entry.symlink_to(entry.name)
+    elif how == "entry links to nothing":  # e.g. to a disk not mounted now: saved there
+        shutil.rmtree(entry)
+        entry.symlink_to(tmp_path / "elsewhere" / "reference")
     elif how.startswith("world.json"):
         content = {"world.json missing": None, "world.json not JSON": b"{", "world.json not UTF-8": b"\xff",
                    "world.json nested too deeply": b"[" * 100_000,
@@ -764,15 +774,20 @@ def test_corrupt_cache_entry_is_rebuilt_with_a_warning(tmp_path, monkeypatch, ho
         warnings.simplefilter("error")
         load_reference(config)  # the rebuilt entry loads without a warning
     assert builds == [], "the rebuilt entry must be loaded, not built again"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folders left behind"
 
 
-def test_unwritable_cache_warns_and_still_returns_the_model(tmp_path, monkeypatch, count_builds):
+@pytest.mark.parametrize("cache, why", [("a_file/cache", "a_file is a file, not a folder"),
+                                        ("loop/cache", "loop/cache leads through a loop of symbolic links"),
+                                        ("loop", "loop leads through a loop of symbolic links")])
+def test_unwritable_cache_warns_and_still_returns_the_model(tmp_path, monkeypatch, count_builds, cache, why):
     from dpo_teach.world import WorldConfig, load_reference
 
     (tmp_path / "a_file").write_text("x")
-    monkeypatch.setenv("DPO_TEACH_CACHE", str(tmp_path / "a_file" / "cache"))
-    with pytest.warns(UserWarning, match=r"could not be cached .* Point \$DPO_TEACH_CACHE at a writable directory") \
-            as said:  # before the build's minutes, not after them
+    (tmp_path / "loop").symlink_to("loop")
+    monkeypatch.setenv("DPO_TEACH_CACHE", str(tmp_path / cache))
+    with pytest.warns(UserWarning, match=rf"could not be cached .*\({tmp_path}/{why}\); .* Point \$DPO_TEACH_CACHE at "
+                                         "a writable directory") as said:  # before the build's minutes, not after
         warnings_at_build = count_builds(lambda: len(said))
         model, tok = load_reference(WorldConfig(**TINY_WORLD))
     assert model.config.vocab_size == len(tok)
@@ -903,6 +918,8 @@ AUTOGRADER = Path(__file__).resolve().parents[1] / "course" / "autograder"
     ("points negative", "questions[0] needs"),
     ("points NaN", "questions[0] needs"),
     ("manual missing", "questions[1] needs"),
+    ("no questions", "it lists no question, so every notebook would score 0 of 0"),
+    ("points adding to infinity", "its points add up to more than a number holds"),
     ("a question twice", "questions[1]: 'kl_divergence' is listed twice"),
     ("bundle not a zip", "not a usable autograder bundle (not a zip archive"),
     ("bundle truncated", "not a usable autograder bundle"),
@@ -935,6 +952,10 @@ def test_malformed_autograder_bundles(tmp_path, how, message, capsys):
         q[0]["points"] = float("nan")
     elif how == "manual missing":
         del q[1]["manual"]
+    elif how == "no questions":
+        q.clear()
+    elif how == "points adding to infinity":  # each finite, their sum not: every percentage was nan
+        q[0]["points"] = q[1]["points"] = 1e308
     elif how == "a question twice":
         q[1] = dict(q[0])
     elif how == "bundle not a zip":

@@ -22,6 +22,7 @@ from test_bad_input import one_line_error
 from test_grading import exercise_solution
 from test_zygote import notebook
 
+from dpo_teach import grading
 from dpo_teach.cli import main as cli
 from dpo_teach.grading import gradescope, runner, sandbox, submissions
 from dpo_teach.grading.reports import empty_row
@@ -472,6 +473,14 @@ def test_another_batch_into_the_same_out_keeps_an_interrupted_batchs_rows(tmp_pa
     assert code == 0 and "1 graded before" in printed, (printed, err)
     assert graded == ["alice", "bob", "carol", "bob"], graded
     assert not (tmp_path / "out" / "grades.partial.jsonl").exists(), "every batch finished: nothing left to resume"
+
+
+def test_grades_of_another_batch_name_an_out_to_pass_even_for_the_root(tmp_path, assigned):
+    """`grade /` into an --out holding another folder's grades suggested `--out OUT-`: the root has no name."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "grades.json").write_text(json.dumps({"submissions_path": str(tmp_path / "b")}))
+    with pytest.raises(ValueError, match=rf"pass another --out \(e\.g\. {tmp_path / 'out'}-root\)"):
+        grading.grade(Path("/"), tmp_path / "out", autograder=assigned / "autograder")
 
 
 def test_a_rerun_says_which_rows_it_takes_and_which_it_grades_again(tmp_path, assigned, monkeypatch, capsys):

@@ -252,9 +252,10 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
                              f"{', ...' if len(held) > 1 else ''}) that would not be graded: pass an --out outside "
                              f"{shown(submissions)}, or a folder that holds no notebook")
     if earlier := _other_batch(out, submissions):  # before any work: grading on would replace that batch's grades
+        suffix = Path(submissions).resolve().name or "root"  # `grade /`: the root has no name
         raise ValueError(f"--out {shown(out)} holds the grades of another folder, {earlier}: grading "
                          f"{shown(submissions)} there would replace them; pass another --out (e.g. "
-                         f"{shown(out.parent / (out.name + '-' + Path(submissions).resolve().name))}), or move "
+                         f"{shown(out.parent / (out.name + '-' + suffix))}), or move "
                          f"its reports (grades.csv, grades.json, grades_by_student.csv) out of {shown(out)} first, and "
                          f"its {feedback.FOLDER}/ folder with them (this batch would replace it)")
     feedback.check_folder(out)  # before any work, as above: the batch's last step replaces that folder

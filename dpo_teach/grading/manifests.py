@@ -29,6 +29,10 @@ def _manifest_problem(manifest) -> str | None:
               and 0 <= q["points"] < float("inf"))
         if not ok:
             return f"questions[{i}] needs a 'name', 'points' (a number ≥ 0) and 'manual' (true/false)"
+    if not manifest["questions"]:
+        return "it lists no question, so every notebook would score 0 of 0"
+    if sum(q["points"] for q in manifest["questions"]) == float("inf"):  # each finite, their sum not: nan percentages
+        return "its points add up to more than a number holds (each question's points should be a few at most)"
     names = [q["name"] for q in manifest["questions"]]
     twice = next((i for i, name in enumerate(names) if name in names[:i]), None)
     if twice is not None:  # read into one dict, the later entry's points would count, unsaid
