@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +44,7 @@ from dpo_teach.site_readme import (
     readme_sections,
     results_page,
 )
+from dpo_teach.utils import atomic_dir, check_replaceable
 
 WRITE = {"ppo_vs_dpo": results_page, "beyond_the_laptop": beyond_page}  # each of site_pages.WRITTEN_PAGES
 ASSETS = Path(__file__).parent / "site_assets"
@@ -238,28 +240,36 @@ def graded_questions(names: list[str]) -> dict[str, dict]:
 
 def build(executed: dict[str, nbformat.NotebookNode], out: Path, mode: str,
           caches: dict[str, str] | None = None) -> list[Path]:
-    """Write the site for the executed notebooks ``{name: notebook}`` into ``out`` (emptied first); returns pages.
-    ``caches``: ``{name: the π_ref cache folder its run recorded}``, for runs made in another process with another
-    ``$DPO_TEACH_CACHE`` (a test worker's); a run of this process used this process's cache."""
+    """Write the site for the executed notebooks ``{name: notebook}`` into ``out``; returns pages. ``out`` is replaced
+    as a whole when the site is finished (an earlier site stays until then, and where the build fails); a folder that
+    holds anything but a site's files is refused (:class:`FileExistsError`). ``caches``: ``{name: the π_ref cache
+    folder its run recorded}``, for runs made in another process with another ``$DPO_TEACH_CACHE`` (a test
+    worker's); a run of this process used this process's cache."""
     titles = {name: site_pages.first_heading(executed[name], name) for name in sorted(executed)}
-    shutil.rmtree(out, ignore_errors=True)
-    (out / "images").mkdir(parents=True)
-    copy_static(out)
-    frontier_figure(out / "images" / "frontier.png")
-    pages = all_pages(executed, caches or {}, titles, graded_questions(list(titles)), write_downloads(out))
-    common = {"banner": mode_note(mode), "made": provenance()}
-    for stem, (nb, title) in pages.items():
-        download = f"{DOWNLOADS}/{stem}.ipynb"
-        page = render(nb, title if stem == "index" else f"{title} · dpo-teach", **common,
-                      nav=site_pages.header_links(titles, stem, "grading" in pages),
-                      download=download if stem in titles and (out / download).is_file() else None,
-                      pager=site_pages.neighbours(titles, stem) if stem in titles else None)
-        (out / f"{stem}.html").write_text(page, encoding="utf-8")
-    found = leaks(out)
-    if found:
-        shutil.rmtree(out)
-        raise RuntimeError(f"the site would show exercise solutions, so it was deleted: {found[:5]}")
+    check_replaceable(out, _site_files(out), "the site build")
+    with atomic_dir(out) as tmp:
+        (tmp / "images").mkdir()
+        copy_static(tmp)
+        frontier_figure(tmp / "images" / "frontier.png")
+        pages = all_pages(executed, caches or {}, titles, graded_questions(list(titles)), write_downloads(tmp))
+        common = {"banner": mode_note(mode), "made": provenance()}
+        for stem, (nb, title) in pages.items():
+            download = f"{DOWNLOADS}/{stem}.ipynb"
+            page = render(nb, title if stem == "index" else f"{title} · dpo-teach", **common,
+                          nav=site_pages.header_links(titles, stem, "grading" in pages),
+                          download=download if stem in titles and (tmp / download).is_file() else None,
+                          pager=site_pages.neighbours(titles, stem) if stem in titles else None)
+            (tmp / f"{stem}.html").write_text(page, encoding="utf-8")
+        found = leaks(tmp)
+        if found:  # raised inside the block: nothing of this build is kept, the earlier site stays
+            raise RuntimeError(f"the site would show exercise solutions, so it was not written: {found[:5]}")
     return [out / f"{stem}.html" for stem in pages]
+
+
+def _site_files(out: Path) -> set[str]:
+    """What a site build writes into its folder, and may therefore replace: its pages and its three folders."""
+    pages = {p.name for p in out.glob("*.html")} if out.is_dir() else set()
+    return {"images", "static", DOWNLOADS, *pages}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -272,6 +282,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.frontier:
         return frontier_figure(args.frontier)
     mode = current_mode()
+    try:  # before the notebooks' minutes
+        check_replaceable(args.out, _site_files(args.out), "the site build")
+    except FileExistsError as e:
+        sys.exit(f"make site: error: --out {e}")
     workdir = args.workdir or args.out.with_name(args.out.name + "-executed") / mode
     from dpo_teach.world import WorldConfig, load_reference
 
@@ -284,7 +298,10 @@ def main(argv: list[str] | None = None) -> None:
         executed[path.stem] = execute(path, workdir)
         print(f"{path.stem}: executed in {time.perf_counter() - t:.0f} s ({mode} mode)", flush=True)
     t = time.perf_counter()
-    pages = build(executed, args.out, mode)  # the kernels inherited this process's cache: machine_paths knows it
+    try:
+        pages = build(executed, args.out, mode)  # the kernels inherited this process's cache: machine_paths knows it
+    except FileExistsError as e:  # found after the notebooks ran too: the check above makes that rare
+        sys.exit(f"make site: error: --out {e}")
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"{len(pages)} pages rendered in {time.perf_counter() - t:.0f} s; {args.out}: {size / 1e6:.1f} MB; "
           f"{time.perf_counter() - start:.0f} s in all. Open {args.out / 'index.html'}")

@@ -725,6 +725,60 @@ def test_gradescope_paths_that_cannot_be_used_are_one_line(tmp_path, assigned, c
 
 
 @NEEDS_SANDBOX
+def test_a_graded_notebook_checks_its_claims_as_on_a_students_machine(tmp_path, assigned, monkeypatch):
+    """The grader's own DPO_TEACH_STRICT, DPO_TEACH_CLAIMS and DPO_TEACH_CLAIMS_LOG (a course's CI settings) reached
+    the notebooks it graded: a claim that did not hold, or every claim (CLAIMS=record: the log, outside the sandbox,
+    cannot be opened), was a cell error in the student's feedback."""
+    monkeypatch.setenv("DPO_TEACH_STRICT", "1")
+    monkeypatch.setenv("DPO_TEACH_CLAIMS", "record")
+    monkeypatch.setenv("DPO_TEACH_CLAIMS_LOG", str(tmp_path / "claims.jsonl"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / f"ann_{KL}.ipynb").write_text(notebook("from dpo_teach import claims\nclaims.check(False, 'a claim')"))
+    report = grade_module.grade(folder, tmp_path / "out", autograder=assigned / "autograder", log=lambda m: None)
+    (row,) = report["results"]
+    assert row["status"] == "graded" and not row["errors"], row
+
+
+@pytest.mark.parametrize("solutions, message", [
+    ("course/masters", "is or lies in course/masters, the folder of the masters, which the answer keys would replace"),
+    ("course/masters/keys", "is or lies in course/masters"),
+    ("notebooks", "the folder of the student notebooks, which the answer keys would replace"),
+    ("course/autograder", "the folder of the autograder bundles"),
+    ("README.md", "--solutions README.md: is a file, expected a directory"),
+    ("README.md/keys", "README.md is a file, so nothing can be created under it"),
+    ("/proc/dpo-teach-keys", "lies in /proc"),
+])
+def test_answer_keys_are_never_written_over_the_course(monkeypatch, capsys, solutions, message):
+    """`make assign SOLUTIONS=course/masters` replaced every master by its answer key (the hidden tests and otter's
+    markers gone; the next `make assign` crashed on them); SOLUTIONS=notebooks put the answers in the student
+    notebooks; a file was a traceback after the first master was assigned. Each is refused before any master."""
+    from dpo_teach.grading import __main__ as grading_main
+
+    monkeypatch.chdir(grading_main.ROOT)  # as `make assign` runs
+    monkeypatch.setattr(grading_main, "assign", lambda **kwargs: pytest.fail("a master was assigned"))
+    assert grading_main.main(["assign", "--solutions", solutions]) == 2
+    assert message in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("cache, message", [
+    ("relative/cache", "DPO_TEACH_CACHE=relative/cache is a relative path"),
+    ("{tmp}/a_file", "π_ref cannot be saved in {tmp}/a_file ({tmp}/a_file is a file, not a folder); point "
+                     "$DPO_TEACH_CACHE at a folder you can write to"),
+])
+def test_gradescope_bundles_say_a_cache_they_cannot_use_before_any_work(tmp_path, monkeypatch, capsys, cache, message):
+    """A relative cache was CacheError's traceback; a file, NotADirectoryError's, after the wheel and π_ref's build."""
+    from dpo_teach.grading.__main__ import main
+
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setenv("DPO_TEACH_CACHE", cache.format(tmp=tmp_path))
+    monkeypatch.setattr(gradescope, "_wheel", lambda folder: pytest.fail("the wheel was built"))
+    assert main(["gradescope", "--out", str(tmp_path / "bundles")]) == 2
+    assert message.format(tmp=tmp_path) in one_line_error(capsys)
+    assert not (tmp_path / "bundles").exists()
+
+
+@NEEDS_SANDBOX
 def test_what_a_notebook_prints_or_raises_cannot_stop_the_report(tmp_path, assigned):
     """A lone surrogate in an error message (``chr(0xdce7)``) and bytes that are not UTF-8 on stderr: the rows say
     what happened, with escapes, and grades.csv and grades.json are written (before: every rerun failed to write

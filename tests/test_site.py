@@ -126,6 +126,28 @@ def test_every_notebook_has_a_page_with_its_outputs(built):
         assert "data:image/png" in (out / f"{name}.html").read_text(encoding="utf-8"), f"{name}: no figure"
 
 
+def test_a_build_replaces_only_a_site_and_only_once_it_is_finished(tmp_path, monkeypatch):
+    """The build emptied --out first: a folder of other files was deleted (`--out ~/notes`), and a build that failed
+    left no site at all, not the earlier one."""
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "index.html").write_text("the earlier site")
+    (out / "notes.txt").write_text("mine")
+    monkeypatch.setattr(site, "copy_static", lambda folder: pytest.fail("the build started"))
+    with pytest.raises(FileExistsError, match=r"holds 1 file \(notes.txt\) that the site build does not write"):
+        site.build({}, out, mode="fast")
+    (out / "notes.txt").unlink()
+
+    def fails(folder):
+        raise RuntimeError("the build failed half-way")
+
+    monkeypatch.setattr(site, "copy_static", fails)
+    with pytest.raises(RuntimeError, match="half-way"):
+        site.build({}, out, mode="fast")
+    assert [p.name for p in tmp_path.iterdir()] == ["site"] and [p.name for p in out.iterdir()] == ["index.html"]
+    assert (out / "index.html").read_text() == "the earlier site"
+
+
 def test_no_solution_text_anywhere_in_the_site(built):
     out, _ = built
     secrets = {master.stem: solution_lines(master) for master in sorted(MASTERS.glob("*.ipynb"))}

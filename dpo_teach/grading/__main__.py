@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dpo_teach.grading.assign import AUTOGRADER, MASTERS, ROOT, assign
+from dpo_teach.grading.assign import AUTOGRADER, MASTERS, NOTEBOOKS, ROOT, assign
 
 PROG = "python -m dpo_teach.grading"
 
@@ -20,6 +20,26 @@ def _missing(folder: Path, pattern: str, what: str) -> str | None:
         return None
     return (f"no {what} in {folder} ({pattern}): this copy of the course has none (the student release leaves them "
             "out); they are in the instructor's full repository of the course")
+
+
+def _solutions_problem(solutions: str) -> str | None:
+    """Why ``assign --solutions`` cannot write the answer keys there (the flag and what to pass named), or None:
+    before any master is assigned. In the masters' folder they would replace the masters (their tests and markers
+    lost); in notebooks/ the student notebooks (the answers handed out); beside the bundles, they would be graded."""
+    from dpo_teach.cli_args import UsageError, check_writable
+
+    target = Path(solutions).resolve()
+    for folder, what in ((MASTERS, "the masters, which the answer keys would replace (their tests lost)"),
+                         (NOTEBOOKS, "the student notebooks, which the answer keys would replace"),
+                         (AUTOGRADER, "the autograder bundles")):
+        if target == folder.resolve() or folder.resolve() in target.parents:
+            return (f"--solutions {solutions}: is or lies in {folder.relative_to(ROOT)}, the folder of {what}; pass "
+                    "a folder of their own, e.g. results/solutions")
+    try:
+        check_writable(solutions, "--solutions", directory=True)
+    except UsageError as e:
+        return str(e)
+    return None
 
 
 def _gradescope_problem(args) -> str | None:
@@ -68,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     problem = None
     if args.command == "assign":
-        problem = _missing(MASTERS, "*.ipynb", "master notebooks")
+        problem = _missing(MASTERS, "*.ipynb", "master notebooks") or (args.solutions and
+                                                                        _solutions_problem(args.solutions))
     elif args.command == "gradescope":
         problem = _gradescope_problem(args)
     if problem:
@@ -95,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         from dpo_teach.grading import gradescope
 
         if args.out:
-            for path in gradescope.build(Path(args.out)):
+            try:
+                built = gradescope.build(Path(args.out))
+            except (gradescope.CacheUnusable, OSError) as e:  # OSError: a full disk, a folder in a bundle's place
+                print(f"make gradescope: error: {e}", file=sys.stderr)
+                return 2
+            for path in built:
                 print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
         else:
             try:

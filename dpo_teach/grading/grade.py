@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from dpo_teach.claims import LOG_ENV, MODE_ENV, STRICT_ENV
 from dpo_teach.grading import feedback, sandbox
 from dpo_teach.grading.assign import AUTOGRADER, MASTERS, NOTEBOOKS, ROOT
 from dpo_teach.grading.journal import Journal, fingerprint, finished_rows
@@ -308,7 +309,10 @@ def grade(submissions: Path, out: Path, autograder: Path = AUTOGRADER, assignmen
     # Sandboxed, a notebook gets only the variables it needs (no token or key of the grader's), and the grader's
     # cache by name: its runner's home is a fresh folder, where the default cache (~/.cache/dpo-teach) is empty, and
     # every notebook that loads π_ref would build it again.
-    env = {**(os.environ if unsafe else sandbox.notebook_environment(os.environ)),
+    # The claim checks' settings are the instructor's CI's (claims.py), not a student's: a graded notebook runs as on
+    # a student's machine, where a claim that another CPU does not reproduce is a printed note, not a cell error.
+    inherited = os.environ if unsafe else sandbox.notebook_environment(os.environ)
+    env = {**{name: value for name, value in inherited.items() if name not in (STRICT_ENV, MODE_ENV, LOG_ENV)},
            "DPO_TEACH_FAST": "1" if fast else "0", "TOKENIZERS_PARALLELISM": "false", CACHE_ENV: str(cache)}
     out.mkdir(parents=True, exist_ok=True)
     hide = _hidden(submissions, out, autograder)

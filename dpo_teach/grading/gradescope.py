@@ -45,6 +45,7 @@ from importlib import metadata
 from pathlib import Path
 
 from dpo_teach.grading.assign import AUTOGRADER, NOTEBOOKS, ROOT
+from dpo_teach.utils import atomic_file
 
 # What grading imports (the package's grader, the notebooks, their helpers), pinned to the builder's versions.
 RUNTIME = ["transformers", "tokenizers", "numpy", "matplotlib", "ipywidgets", "ipython", "nbformat",
@@ -130,22 +131,36 @@ def _wheel(tmp: Path) -> Path:
     return wheel
 
 
-def _reference_entry() -> Path:
-    """The cache entry of the notebooks' π_ref (built first if it is not cached)."""
-    from dpo_teach.world import WorldConfig, cache_dir, load_reference
+class CacheUnusable(ValueError):
+    """π_ref, which every bundle carries, is neither in ``$DPO_TEACH_CACHE`` nor can be saved there."""
 
-    config = WorldConfig(preset="tiny")
-    load_reference(config)
-    (entry,) = [p for p in cache_dir().iterdir() if p.name.endswith(config.key())]
+
+def _reference_entry() -> Path:
+    """The cache entry of the notebooks' π_ref (built first if it is not cached: before, the cache is checked, as the
+    bundles take π_ref from the saved entry)."""
+    from dpo_teach import world
+
+    config = world.WorldConfig(preset="tiny")
+    try:
+        cache = world.cache_dir()
+    except world.CacheError as e:  # a relative $DPO_TEACH_CACHE
+        raise CacheUnusable(str(e)) from None
+    problem = None if world.reference_cached(config) else world.cache_problem(cache)
+    if problem:
+        raise CacheUnusable(f"the bundles carry π_ref from its cache, and π_ref cannot be saved in {cache} "
+                            f"({problem}); point ${world.CACHE_ENV} at a folder you can write to")
+    world.load_reference(config)
+    (entry,) = [p for p in cache.iterdir() if p.name.endswith(config.key())]
     return entry.resolve()
 
 
 def build(out: Path, autograder: Path = AUTOGRADER, released: Path = NOTEBOOKS) -> list[Path]:
     """One Gradescope bundle per assignment of ``autograder`` into ``out``; returns their paths."""
+    reference = _reference_entry()  # before the wheel: the cache's problems are said first
     out.mkdir(parents=True, exist_ok=True)
     written = []
     with tempfile.TemporaryDirectory() as tmp:
-        wheel, reference = _wheel(Path(tmp)), _reference_entry()
+        wheel = _wheel(Path(tmp))
         shared = [("setup.sh", setup_script(), 0o755), ("run_autograder", RUN, 0o755),  # the same in every bundle
                   ("requirements.txt", requirements() + "\n", 0o644), ("torch.txt", torch_requirement(), 0o644),
                   ("pip_install.py", INSTALLER.read_text(encoding="utf-8"), 0o644)]
@@ -165,7 +180,8 @@ def build(out: Path, autograder: Path = AUTOGRADER, released: Path = NOTEBOOKS) 
                     if path.is_file():
                         z.write(path, f"cache/{reference.name}/{path.relative_to(reference)}")
             target = out / f"{name}.zip"
-            target.write_bytes(buffer.getvalue())
+            with atomic_file(target) as partial:  # a crash while writing leaves the earlier bundle, not half a zip
+                partial.write_bytes(buffer.getvalue())
             written.append(target)
     return written
 
