@@ -27,7 +27,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-STRICT_ENV = "DPO_TEACH_STRICT"  # "1": a failed claim raises (CI)
+STRICT_ENV = "DPO_TEACH_STRICT"  # "1" (or true, yes, on): a failed claim raises (CI)
 MODE_ENV = "DPO_TEACH_CLAIMS"  # "fail": every claim fails; "record": log each outcome, then act as "fail"
 LOG_ENV = "DPO_TEACH_CLAIMS_LOG"  # with "record": the JSON-lines file each check appends {"claim", "held", "at"} to
 WHY = ("the number comes from a run tuned on seed 0 of the course's machine; another CPU, torch build or thread "
@@ -35,23 +35,48 @@ WHY = ("the number comes from a run tuned on seed 0 of the course's machine; ano
        "another seed can)")
 
 
+_ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
 class ClaimFailed(AssertionError):
     """A claim of the notebook's text did not hold (raised only in strict mode)."""
 
 
+class ClaimSettingError(ValueError):
+    """A ``DPO_TEACH_STRICT``, ``DPO_TEACH_CLAIMS`` or ``DPO_TEACH_CLAIMS_LOG`` that cannot be used (set by CI or an
+    instructor; a student sets none of them): read as another value, a CI would pass on claims that failed."""
+
+
+def _setting(name: str, allowed: tuple[str, ...]) -> str:
+    """The value of the environment variable ``name``, in lower case and stripped, which must be one of ``allowed``."""
+    value = os.environ.get(name, "").strip().lower()
+    if value not in allowed:
+        raise ClaimSettingError(f"{name}={os.environ[name]!r} is none of {', '.join(v for v in allowed if v)}; "
+                                f"set one of them, or unset {name}")
+    return value
+
+
 def strict() -> bool:
-    return os.environ.get(STRICT_ENV, "0") == "1"
+    return _setting(STRICT_ENV, _ON + _OFF) in _ON
 
 
 def forced_to_fail() -> bool:
-    return os.environ.get(MODE_ENV, "") in ("fail", "record")
+    return _setting(MODE_ENV, ("fail", "record", "")) != ""
 
 
 def _record(held: bool, what: str) -> None:
-    path = os.environ.get(LOG_ENV)
-    if os.environ.get(MODE_ENV, "") == "record" and path:
+    if _setting(MODE_ENV, ("fail", "record", "")) != "record":
+        return
+    path = os.path.expanduser(os.environ.get(LOG_ENV, ""))
+    if not path:  # else nothing recorded, and every claim taken as failed: the suite would see no claim at all
+        raise ClaimSettingError(f"{MODE_ENV}=record writes each claim to the file ${LOG_ENV}, which is not set; "
+                                f"set it to a file path")
+    try:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"claim": what, "held": held, "at": _caller_line()}, ensure_ascii=False) + "\n")
+    except OSError as e:  # a folder, a missing folder, a full disk
+        raise ClaimSettingError(f"{LOG_ENV}={os.environ[LOG_ENV]}: a claim cannot be appended to it ({e.strerror or e}"
+                                "); set it to a file path in a folder you can write to") from None
 
 
 def _caller_line() -> str:
@@ -74,12 +99,13 @@ def check(condition: Any, message: str = "", why: str = WHY) -> None:
         why: why it can differ on another machine (the default: seed-0 numbers of a training run).
     """
     what = message or "a claim of this cell"
+    raises = strict()  # read at every check: a value of no meaning is said at the first claim, held or not
     _record(bool(condition), what)
     if bool(condition) and not forced_to_fail():
         return
-    if strict():
+    if raises:
         raise ClaimFailed(what)
-    forced = f" (forced: {MODE_ENV}={os.environ[MODE_ENV]})" if forced_to_fail() else ""
+    forced = f" (forced: {MODE_ENV}={_setting(MODE_ENV, ('fail', 'record'))})" if forced_to_fail() else ""
     print(f"⚠ claim not reproduced on this machine{forced}: {what}\n"
           f"  why this can happen: {why}.\n"
           f"  The notebook goes on; compare the printed numbers with the text.")

@@ -63,11 +63,16 @@ def length_fix(max_length: int, context: int | None, what: str) -> str:
 def warn_cut(source: str | Path, examples: list[dict], eos_id: int, max_length: int, context: int | None,
              stacklevel: int = 2) -> None:
     """A :class:`DataWarning` when some of the tokenized pairs ``examples`` (``logprobs.tokenize_pairs``) were cut at
-    ``max_length`` tokens (a completion that lost its EOS), counting those left with nothing to prefer."""
+    ``max_length`` tokens (a completion that lost its EOS), counting those left with nothing to prefer; a
+    :class:`DataError` when that is every pair."""
     cut = [e for e in examples if not e["chosen_ids"][-1:] == e["rejected_ids"][-1:] == [eos_id]]
     if not cut:
         return
     same = sum(e["chosen_ids"] == e["rejected_ids"] for e in cut)
+    if same == len(examples):  # every loss is log 2 whatever the policy does: a run of nothing, and its numbers
+        raise DataError(f"{source}: every pair is longer than --max-length {max_length} tokens, and cut there its "
+                        "chosen and rejected completions are the same tokens, with nothing left to prefer: "
+                        f"{length_fix(max_length, context, 'the completions')}")
     warnings.warn(f"{source}: {len(cut)} of {len(examples)} pairs are longer than --max-length {max_length} tokens "
                   "and are cut at the end (as TRL does)"
                   + (f"; {same} of them are then the same tokens, with nothing left to prefer" if same else "")

@@ -59,6 +59,11 @@ class WorldConfig:
 def cache_dir() -> Path:
     """Where built reference models live: ``$DPO_TEACH_CACHE`` or ``~/.cache/dpo-teach``."""
     path = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dpo-teach").expanduser()  # "~/x", quoted
+    value = os.environ.get(CACHE_ENV) or ""
+    if value != value.strip() or "$" in value:  # " ", "/data/cache " or '$HOME/cache' from a .env file: another folder
+        raise CacheError(f"{CACHE_ENV}={value!r} " + ("holds a $ that no shell expanded" if "$" in value else
+                                                      "begins or ends with a space") + "; set it to a folder's "
+                         f"absolute path, e.g. export {CACHE_ENV}=\"$HOME/.cache/dpo-teach\"")
     if not path.is_absolute():  # the notebooks run in notebooks/, the CLI where it is started, the grader elsewhere
         raise CacheError(f"{CACHE_ENV}={os.environ[CACHE_ENV]} is a relative path, which names another folder from "
                          f"each working directory (each would build π_ref again); set an absolute one, e.g. "

@@ -1533,6 +1533,21 @@ def test_a_demo_whose_max_length_cuts_its_pairs_says_so_as_train_does(tmp_path, 
         "10 tokens and are cut at the end (as TRL does)" in err and "raise --max-length" in err, err
 
 
+def test_pairs_that_all_cut_to_the_same_tokens_are_refused(tmp_path, capsys, cache_root, monkeypatch):
+    """Every pair's completions begin alike for longer than --max-length: cut, each pair had nothing to prefer. The
+    run warned, trained (every loss log 2) and wrote a run whose held-out accuracy was 0.000."""
+    shared = " the acting was great and the plot was great and the music was great and the end was"
+    rows = [{"prompt": f"review {i} :", "chosen": shared + " fine .", "rejected": shared + " dull ."}
+            for i in range(12)]
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr("dpo_teach.dpo.train_dpo", lambda *a, **k: pytest.fail("it trained"))
+    assert main(["train", "--data", str(tmp_path / "prefs.jsonl"), "--max-length", "12", "--out",
+                 str(tmp_path / "run")]) == 2
+    err = one_line_error(capsys)
+    assert "prefs.jsonl: every pair is longer than --max-length 12 tokens" in err and "raise --max-length" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_config_of_another_model_over_these_weights_is_refused_before_it_is_built(tmp_path, tiny_checkpoint):
     """config.json's model_type edited to llama over GPT-2's weights: transformers built Llama at its default size
     (13 GB in 30 s here) before comparing any weight."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -88,6 +89,17 @@ def test_a_quoted_tilde_is_home_and_a_relative_cache_path_is_refused(monkeypatch
         world.cache_dir()
     assert main(["data", "--out", str(tmp_path / "p.jsonl")]) == 2
     assert "dpo-teach data: error: DPO_TEACH_CACHE=cache is a relative path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, says", [(" ", "begins or ends with a space"),
+                                         ("/data/dpo-cache ", "begins or ends with a space"),
+                                         ("$HOME/dpo-cache", "holds a $ that no shell expanded")])
+def test_a_cache_path_no_shell_would_have_written_is_named(monkeypatch, value, says):
+    """A blank value was told to `export DPO_TEACH_CACHE="$PWD/ "`, a trailing space used another folder (π_ref built
+    again, in a folder named with a space), and '$HOME/cache' from a .env file was told to prepend $PWD."""
+    monkeypatch.setenv(world.CACHE_ENV, value)
+    with pytest.raises(world.CacheError, match=rf"^DPO_TEACH_CACHE='{re.escape(value)}' {re.escape(says)}; set it to "):
+        world.cache_dir()
 
 
 def test_an_uncached_reference_does_not_say_it_was_cached(monkeypatch, capsys):
