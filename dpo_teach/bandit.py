@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dpo_teach.losses import bradley_terry_loss, implicit_reward
+from dpo_teach.losses import bradley_terry_loss, check_beta, implicit_reward
 from dpo_teach.reward import bt_probability
 
 PROMPTS = ["the film was", "honestly , the acting was", "overall , the ending felt"]
@@ -53,8 +53,12 @@ def default_bandit() -> Bandit:
 # --- notebook 01: the KL-regularized objective ------------------------------------------------------------------
 
 def kl_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """KL(p‖q) = Σ_y p(y)·log(p(y)/q(y)) over the last dimension, with 0·log 0 = 0. Shape: (..., K) → (...)."""
-    terms = torch.where(p > 0, p * (torch.log(p) - torch.log(q)), torch.zeros_like(p))
+    """KL(p‖q) = Σ_y p(y)·log(p(y)/q(y)) over the last dimension, with 0·log 0 = 0. Shape: (..., K) → (...).
+
+    Only an exact 0 in ``p`` counts as 0: a negative entry (log-probabilities passed for probabilities) or a nan gives
+    nan, not a KL.
+    """
+    terms = torch.where(p == 0, torch.zeros_like(p), p * (torch.log(p) - torch.log(q)))
     return terms.sum(-1)
 
 
@@ -68,11 +72,13 @@ def optimal_policy(pi_ref: torch.Tensor, r: torch.Tensor, beta: float) -> torch.
 
     Computed as a softmax of log π_ref + r/β, which does not overflow for a tiny β, as long as r/β itself is finite.
     """
+    check_beta(beta)
     return torch.softmax(torch.log(pi_ref) + r / beta, dim=-1)
 
 
 def log_partition(pi_ref: torch.Tensor, r: torch.Tensor, beta: float) -> torch.Tensor:
     """log Z(x) = log Σ_y π_ref(y|x)·exp(r(x, y)/β). Shape: (..., K) → (...)."""
+    check_beta(beta)
     return torch.logsumexp(torch.log(pi_ref) + r / beta, dim=-1)
 
 
@@ -100,10 +106,21 @@ def sample_preferences(pi_ref: torch.Tensor, rewards: torch.Tensor, n: int, seed
 
 def pair_counts(prefs: dict[str, torch.Tensor], P: int, K: int) -> torch.Tensor:
     """n[x, w, l] = how often y_w ≻ y_l was labelled for prompt x. Shape: (P, K, K)."""
+    _check_ids(prefs, P, K)  # an id past its range would alias another cell of the flat index below
     counts = torch.zeros(P * K * K, dtype=torch.float64)
     flat = (prefs["prompt"] * K + prefs["chosen"]) * K + prefs["rejected"]
     counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
     return counts.view(P, K, K)
+
+
+def _check_ids(prefs: dict[str, torch.Tensor], P: int, K: int) -> None:
+    """Raise ValueError unless every prompt id of ``prefs`` is in [0, P) and every response id in [0, K)."""
+    for key, n, name in (("prompt", P, "P"), ("chosen", K, "K"), ("rejected", K, "K")):
+        ids = prefs[key]
+        if len(ids) and not 0 <= int(ids.min()) <= int(ids.max()) < n:
+            raise ValueError(f"prefs[{key!r}] holds ids {int(ids.min())} to {int(ids.max())}, but {name}={n} leaves "
+                             f"room for 0 to {n - 1}: pass P, the number of prompts, then K, the responses per prompt "
+                             "(pi_ref.shape), in that order")
 
 
 def center(r: torch.Tensor) -> torch.Tensor:
@@ -157,6 +174,7 @@ def bandit_dpo_loss(logits: torch.Tensor, counts: torch.Tensor, pi_ref: torch.Te
 
 def fit_dpo(counts: torch.Tensor, pi_ref: torch.Tensor, beta: float, max_iter: int = 500) -> torch.Tensor:
     """Minimize the DPO loss over policy logits with L-BFGS, starting from π_ref. Returns π_θ, Shape: (P, K)."""
+    check_beta(beta)
     logits = torch.log(pi_ref).clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS([logits], max_iter=max_iter, tolerance_grad=1e-12, tolerance_change=1e-14,
                                   line_search_fn="strong_wolfe")
@@ -178,6 +196,7 @@ def train_policy(counts: torch.Tensor, pi_ref: torch.Tensor, beta: float, refere
     Returns ``(pi, history)`` with ``pi`` Shape: (P, K) and one ``{"step", "loss", "kl"}`` dict per ``log_every``
     steps, where ``kl`` is the mean over prompts of KL(π_θ‖π_ref) to the *original* reference.
     """
+    check_beta(beta)
     logits = torch.log(pi_ref).clone().requires_grad_(True)
     history = []
     for step in range(steps + 1):

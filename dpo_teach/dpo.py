@@ -17,11 +17,12 @@ from tqdm.auto import tqdm
 from dpo_teach.logprobs import (
     REF_KEYS,
     PreferenceCollator,
+    check_batch_size,
     concatenated_logprobs,
     tokenize_pairs,
     with_reference_logprobs,
 )
-from dpo_teach.losses import STEADIER_BETA, get_loss, step_metrics
+from dpo_teach.losses import STEADIER_BETA, check_beta, get_loss, step_metrics
 from dpo_teach.model import same_weights
 from dpo_teach.training import adamw, diverged, diverging, minibatches, n_steps, optimizer_step, set_lr
 from dpo_teach.utils import lr_at, set_seed
@@ -84,6 +85,10 @@ class DPOConfig:
     max_length: int = 64  # prompt + completion tokens; longer completions are cut at the end
     precompute_ref: bool = True  # compute π_ref log-probs once before training (else every step)
     seed: int = 0  # batch-order seed
+
+    def __post_init__(self) -> None:
+        check_beta(self.beta, zero_ok=True)  # β = 0: notebook 07 shows that nothing learns
+        check_batch_size(self.batch_size)
 
     def loss(self) -> Callable:
         """The configured loss with β (and its own option) bound: called with the four log-prob tensors."""

@@ -23,6 +23,7 @@ from dpo_teach import grammar
 from dpo_teach.logprobs import (
     REF_KEYS,
     PreferenceCollator,
+    check_batch_size,
     concatenated_logprobs,
     encode_completion,
     tokenize_pairs,
@@ -68,6 +69,8 @@ def sample_metrics(samples: Samples, policy_logps: torch.Tensor, ref_logps: torc
 def evaluate_policy(policy, reference, tokenizer, prompts: list[str], seed: int = 0,
                     max_new_tokens: int = 16) -> tuple[dict[str, float], Samples]:
     """Sample one completion per prompt from ``policy`` and score it. Returns ``(metrics, samples)``."""
+    if len(prompts) == 0:
+        raise ValueError("prompts is empty: pass at least one prompt to evaluate the policy on")
     samples = sample(policy, tokenizer, prompts, max_new_tokens, seed=seed)
     pad = tokenizer.pad_token_id
     policy_logps = samples_logprobs(policy, samples, pad)
@@ -95,11 +98,14 @@ def logratios(policy, reference, tokenizer, rows: list[dict] | None, max_length:
     is compared on them (``logprobs.reference_logprobs``); ``rows`` (or None) is then only checked against them:
     as many, the first and last the same pairs.
     """
+    check_batch_size(batch_size)
     pad = tokenizer.pad_token_id
     if examples is None:
         examples = tokenize_pairs(tokenizer, rows, max_length)
     elif rows is not None:
         _check_tokenized_from(rows, examples, tokenizer)
+    if not examples:
+        raise ValueError("no preference pairs to score: rows (or examples) is empty")
     examples = with_reference_logprobs(reference, examples, pad, batch_size)
     collate = PreferenceCollator(pad, extra_keys=REF_KEYS)
     policy.eval()

@@ -8,6 +8,8 @@ completions go through the model in one concatenated forward: rows ``[:B]`` chos
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +38,12 @@ def _quiet_unmasked_padding_warning() -> None:
     logger = logging.getLogger("transformers.modeling_utils")
     if _WARNING_FILTER not in logger.filters:
         logger.addFilter(_WARNING_FILTER)
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Raise ValueError unless ``batch_size`` is a positive integer (``range`` would skip every example, or fail)."""
+    if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -184,8 +192,12 @@ def concatenated_logprobs(
     Returns:
         ``(chosen_logps, rejected_logps)``, each Shape: (B,).
     """
+    N = batch["input_ids"].shape[0]
+    if N % 2:  # halves of unequal size would pair each chosen row with another pair's rejected one
+        raise ValueError(f"batch has {N} rows; concatenated_logprobs needs 2B: B chosen rows, then their B rejected "
+                         "rows (a PreferenceCollator batch)")
     logps = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"], average)
-    B = logps.shape[0] // 2
+    B = N // 2
     return logps[:B], logps[B:]
 
 
@@ -197,9 +209,12 @@ def tokenize_pairs(tokenizer, rows: list[dict], max_length: int, append_eos: boo
     ``keep_start``); the loader has already rejected prompts that leave no room at all.
     """
     out = []
-    for row in rows:
+    for i, row in enumerate(rows):
         prompt_ids, chosen_ids = encode_completion(tokenizer, row["prompt"], row["chosen"], append_eos)
         _, rejected_ids = encode_completion(tokenizer, row["prompt"], row["rejected"], append_eos)
+        if not prompt_ids:  # the first completion token is scored from the last prompt token: there would be none
+            raise ValueError(f"row {i}: the prompt {row['prompt']!r} has no tokens; every prompt needs at least one "
+                             "token (the completion's first token is scored from it)")
         room = max_length - len(prompt_ids)
         if room < 1:
             raise ContextLengthError(f"prompt {row['prompt'][:40]!r}... is {len(prompt_ids)} tokens, which leaves no "
@@ -222,6 +237,7 @@ def reference_logprobs(reference: torch.nn.Module, examples: list[dict], pad_tok
     on θ), so they can be computed once before training and cached with the pairs, and once for every run that
     trains or evaluates on the same pairs (:func:`with_reference_logprobs`).
     """
+    check_batch_size(batch_size)
     collate = PreferenceCollator(pad_token_id)
     reference.eval()
     out = []
@@ -238,12 +254,18 @@ def with_reference_logprobs(reference: torch.nn.Module, examples: list[dict], pa
     """``examples`` with π_ref's log-probs: as they are when every one carries them already (computed once, by
     :func:`reference_logprobs`, for several runs on the same pairs), else :func:`reference_logprobs` of them.
 
-    Carried log-probs must be ``reference``'s: a few examples, spread from the first to the last, are scored again,
-    and a mismatch (log-probs of another model, or of other pairs) raises ``ValueError`` instead of training against
-    the wrong reference.
+    Carried log-probs must be ``reference``'s: all finite, and a few examples, spread from the first to the last, are
+    scored again; a mismatch (log-probs of another model, or of other pairs) raises ``ValueError`` instead of training
+    against the wrong reference.
     """
     if not examples or not all(key in e for e in examples for key in REF_KEYS):
         return reference_logprobs(reference, examples, pad_token_id, batch_size)
+    nonfinite = [(i, key) for i, e in enumerate(examples) for key in REF_KEYS if not math.isfinite(e[key])]
+    if nonfinite:  # nan would pass the comparison below (nan > tolerance is False)
+        i, key = nonfinite[0]
+        raise ValueError(f"example {i} carries {key} = {examples[i][key]}, not a log-probability ({len(nonfinite)} "
+                         "such values in all): pass examples without ref_chosen_logps/ref_rejected_logps, or compute "
+                         "them with reference_logprobs(reference, ...)")
     picked = sorted({round(k * (len(examples) - 1) / max(1, SPOT_CHECKED - 1)) for k in range(SPOT_CHECKED)})
     again = reference_logprobs(reference, [examples[i] for i in picked], pad_token_id)  # copies, scored anew
     for i, scored in zip(picked, again, strict=True):

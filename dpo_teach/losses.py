@@ -50,6 +50,28 @@ def register(name: str, label: str, steadier_beta: str = "lower") -> Callable:
     return add
 
 
+def check_beta(beta: float, zero_ok: bool = False) -> None:
+    """Raise ValueError unless β > 0 (or β = 0 where ``zero_ok``: notebook 07 trains at β = 0 to show that nothing
+    then learns). A negative β flips the sign of every implicit reward, so training learns the opposite preference."""
+    b = torch.as_tensor(beta)  # a float, or a tensor of β's that broadcasts
+    if not bool((b >= 0 if zero_ok else b > 0).all()):  # nan fails too
+        raise ValueError(f"beta must be {'≥' if zero_ok else '>'} 0, got {beta}: β weighs the KL penalty; a "
+                         "negative β learns the opposite preference, and β = 0 learns nothing (or divides by 0). "
+                         "Typical values are 0.1 to 1.")
+
+
+def check_logps(*logps: torch.Tensor | None) -> None:
+    """Raise ValueError unless the log-prob arguments (:data:`LOGPROBS`, in order; None: a reference that
+    ``reference_free_loss`` ignores) are one number per pair, all Shape: (B,). A (B, 1) beside a (B,) would broadcast
+    to a (B, B) loss, and per-token (B, T) log-probs are not yet a sequence's."""
+    for name, x in zip(LOGPROBS, logps):
+        if x is not None and x.shape != logps[0].shape[:1]:
+            raise ValueError(f"{name} has shape {tuple(x.shape)}; each log-prob argument is one number per pair, "
+                             f"shape (B,), the same for all four (policy_chosen_logps: {tuple(logps[0].shape)}). Sum "
+                             "per-token log-probs over the completion first (logprobs.sequence_logprobs); pass (B,), "
+                             "not (B, 1).")
+
+
 # --- Bradley–Terry and the implicit reward (notebooks 02–03) --------------------------------------------------------
 
 def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
@@ -109,6 +131,7 @@ def dpo_loss(
     Returns:
         ``(losses, chosen_rewards, rejected_rewards)``, each Shape: (B,); rewards are detached.
     """
+    check_logps(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     chosen_logratios = policy_chosen_logps - ref_chosen_logps  # log π_θ/π_ref(y_w)
     rejected_logratios = policy_rejected_logps - ref_rejected_logps  # log π_θ/π_ref(y_l)
     losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
@@ -125,6 +148,7 @@ def cdpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_
     Its minimum is at a finite margin, β·h = log((1 − ε)/ε), instead of at infinity. Same arguments and returns as
     :func:`dpo_loss`, plus ``label_smoothing`` ε in [0, 0.5) (ε = 0 is DPO).
     """
+    check_logps(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
     chosen_logratios = policy_chosen_logps - ref_chosen_logps
@@ -143,6 +167,7 @@ def ipo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     log-ratio by the completion length first, so its β is on another scale. Same arguments and returns as
     :func:`dpo_loss`.
     """
+    check_logps(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     chosen_logratios = policy_chosen_logps - ref_chosen_logps
     rejected_logratios = policy_rejected_logps - ref_rejected_logps
     losses = (chosen_logratios - rejected_logratios - 1 / (2 * beta)) ** 2
@@ -157,6 +182,7 @@ def hinge_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref
     hinge variant of RSO (Liu et al. 2023) and TRL's ``loss_type="hinge"``. Pairs whose margin already exceeds 1 give
     no gradient at all. Same arguments and returns as :func:`dpo_loss`.
     """
+    check_logps(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     chosen_logratios = policy_chosen_logps - ref_chosen_logps
     rejected_logratios = policy_rejected_logps - ref_rejected_logps
     losses = torch.relu(1 - beta * (chosen_logratios - rejected_logratios))
@@ -173,6 +199,7 @@ def reference_free_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_l
     The reference arguments are accepted and ignored so that every loss has one signature; the returned
     "rewards" are then β·log π_θ(y|x). Same returns as :func:`dpo_loss`.
     """
+    check_logps(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     losses = -F.logsigmoid(beta * (policy_chosen_logps - policy_rejected_logps))
     return losses, beta * policy_chosen_logps.detach(), beta * policy_rejected_logps.detach()
 
@@ -188,6 +215,7 @@ def dpop_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_
     fall (likelihood displacement). The penalty is 0 while the chosen log-prob stays at or above the reference's
     and grows with λ ≥ 0 once it falls below (λ = 0 is DPO). Same arguments and returns as :func:`dpo_loss`.
     """
+    check_logps(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     chosen_logratios = policy_chosen_logps - ref_chosen_logps
     rejected_logratios = policy_rejected_logps - ref_rejected_logps
     penalty = lam * torch.clamp(-chosen_logratios, min=0)  # > 0 only when y_w lost probability
@@ -208,6 +236,7 @@ def get_loss(name: str, beta: float, **options) -> Callable:
     alone. An option that no registered loss takes (a typo) is refused, not ignored."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss_type {name!r}; choose one of {sorted(LOSSES)}")
+    check_beta(beta, zero_ok=name != "ipo")  # β = 0: nothing learns (notebook 07); IPO's target 1/(2β) has no value
     unknown = sorted(set(options) - loss_options())
     if unknown:
         raise TypeError(f"no loss takes {unknown}; the losses' options are {sorted(loss_options())}")

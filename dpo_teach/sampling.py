@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig
 
-from dpo_teach.logprobs import pad_rows, sequence_logprobs
+from dpo_teach.logprobs import check_batch_size, pad_rows, sequence_logprobs
 from dpo_teach.model import ContextLengthError, context_length
 
 
@@ -56,6 +56,9 @@ def sample(
     batch_size: int = 512,
 ) -> Samples:
     """Draw one completion per prompt (repeat a prompt to draw several). Global RNG state is left untouched."""
+    if isinstance(prompts, str):  # else each of its characters would be a prompt
+        raise TypeError("prompts must be a list of strings, got a str: wrap it, [prompt]")
+    check_batch_size(batch_size)
     eos = tokenizer.eos_token_id
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     empty = [i for i, ids in enumerate(prompt_ids) if not ids]
@@ -93,6 +96,9 @@ def sample(
 def samples_logprobs(model: torch.nn.Module, samples: Samples, pad_token_id: int,
                      batch_size: int = 512) -> torch.Tensor:
     """log π(y|x) of each sampled completion under ``model``, summed over its tokens. Shape: (N,)."""
+    check_batch_size(batch_size)
+    if not samples.prompts:
+        raise ValueError("samples holds no completions to score: sample at least one prompt")
     was_training = model.training
     model.eval()
     out = []
