@@ -71,10 +71,42 @@ WRONG = {
         "    m = beta * (c - r)\n"
         "    losses = -(1 - label_smoothing) * F.logsigmoid(m) - label_smoothing * F.logsigmoid(-m)\n"
         "    return beta * c.detach(), losses, beta * r.detach()"), "the losses come first"),
+    "sigmoid_in_place": ("00_start_here", "practice_sigmoid", (
+        "import torch\ndef sigmoid(z):\n    return z.sigmoid_()"), "sigmoid changed z itself"),
+    "sigmoid_mean": ("00_start_here", "practice_sigmoid", (
+        "import torch\ndef sigmoid(z):\n    return torch.sigmoid(z).mean()"), "expected shape (2,), got ()"),
+    "sigmoid_in_float64": ("00_start_here", "practice_sigmoid", (
+        "import torch\ndef sigmoid(z):\n    return 1 / (1 + torch.exp(-z.double()))"),
+     "the inputs are float32, the result is float64"),
+    "probability_in_place": ("04_fixed_reward_and_reference", "preference_probability", (
+        "import torch\ndef preference_probability(chosen_logratio, rejected_logratio, beta):\n"
+        "    return torch.sigmoid(chosen_logratio.sub_(rejected_logratio).mul_(beta))"), "changed the log-ratios"),
+    "probability_by_exp_overflowing": ("04_fixed_reward_and_reference", "preference_probability", (
+        "import torch\ndef preference_probability(chosen_logratio, rejected_logratio, beta):\n"
+        "    a = torch.exp(beta * (chosen_logratio - rejected_logratio))\n    return a / (1 + a)"), "gives nan"),
+    "probability_clamped": ("04_fixed_reward_and_reference", "preference_probability", (
+        "import torch\ndef preference_probability(chosen_logratio, rejected_logratio, beta):\n"
+        "    return torch.sigmoid((beta * (chosen_logratio - rejected_logratio)).clamp(-10, 10))"), "do not clamp"),
+    "probability_in_float64": ("04_fixed_reward_and_reference", "preference_probability", (
+        "import torch\ndef preference_probability(chosen_logratio, rejected_logratio, beta):\n"
+        "    return torch.sigmoid(beta * (chosen_logratio - rejected_logratio).double())"),
+     "the inputs are float32, the result is float64"),
+    "probability_numpy": ("04_fixed_reward_and_reference", "preference_probability", (
+        "import torch\ndef preference_probability(chosen_logratio, rejected_logratio, beta):\n"
+        "    return torch.sigmoid(beta * (chosen_logratio - rejected_logratio)).numpy()"),
+     "return a torch tensor, not a numpy.ndarray"),
 }
 
 # (notebook, question, a correct answer written another way than the solution's)
 RIGHT = {
+    "sigmoid_by_its_formula": ("00_start_here", "practice_sigmoid", (
+        "import torch\ndef sigmoid(z):\n    return 1 / (1 + torch.exp(-z))")),
+    "probability_by_tanh": ("04_fixed_reward_and_reference", "preference_probability", (
+        "import torch\ndef preference_probability(chosen_logratio, rejected_logratio, beta):\n"
+        "    return 0.5 * (1 + torch.tanh(beta * (chosen_logratio - rejected_logratio) / 2))")),
+    "probability_by_logsigmoid": ("04_fixed_reward_and_reference", "preference_probability", (
+        "import torch.nn.functional as F\ndef preference_probability(chosen_logratio, rejected_logratio, beta):\n"
+        "    return F.logsigmoid(beta * chosen_logratio - beta * rejected_logratio).exp()")),
     "mask_from_argmax": ("05_dpo_on_gpt2", "completion_mask", (
         "import torch\ndef completion_mask(attention_mask, prompt_lengths):\n"
         "    first = attention_mask.argmax(-1, keepdim=True)\n"
