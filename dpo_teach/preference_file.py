@@ -105,8 +105,7 @@ def _parse_line(raw: bytes, first: bool) -> tuple[dict | None, str]:
     except UnicodeDecodeError as e:
         return None, (f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); re-save the file as UTF-8 "
                       "(e.g. `iconv -f latin1 -t utf-8 in.jsonl > out.jsonl`)")
-    if first:
-        line = line.removeprefix("\ufeff")  # a byte-order mark some editors write; harmless
+    line = line.removeprefix("\ufeff")  # a byte-order mark some editors write, also mid-file (`cat a.jsonl b.jsonl`)
     if not line.strip():
         return None, "blank"
     try:

@@ -417,6 +417,7 @@ def test_a_whole_file_in_another_format_is_not_told_to_skip_lines(tmp_path, cont
 
 @pytest.mark.parametrize("content", [
     b"\xef\xbb\xbf" + GOOD_LINE + b"\n",  # a byte-order mark (Windows editors)
+    GOOD_LINE + b"\n\xef\xbb\xbf" + GOOD_LINE + b"\n",  # two such files joined (`cat`): was "not valid JSON"
     GOOD_LINE + b"\r\n\r\n" + GOOD_LINE + b"\r\n",  # Windows line ends and a blank line
     GOOD_LINE + b"\r" + GOOD_LINE,  # old Mac line ends, no final newline
     b"\n\n  \n" + GOOD_LINE + b"\n\n",
