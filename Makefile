@@ -64,6 +64,13 @@ demo: $(STAMP)
 # pytest-xdist: one worker per core (at most 4), a test module per worker at a time (its module fixtures computed
 # once), slowest first: see tests/conftest.py. PYTEST_WORKERS=0 runs in one process; PYTEST_ADDOPTS adds options.
 PYTEST_WORKERS ?= auto
+# checked when the Makefile is read: pytest would refuse a typo only after the set-up, ruff and the browser's install
+_nondigits = $(subst 9,,$(subst 8,,$(subst 7,,$(subst 6,,$(subst 5,,$(subst 4,,$(subst 3,,$(subst 2,,$(subst 1,,$(subst 0,,$(1)))))))))))
+ifneq ($(filter test,$(MAKECMDGOALS)),)
+ifneq ($(words $(PYTEST_WORKERS))$(call _nondigits,$(filter-out auto logical,$(PYTEST_WORKERS))),1)
+$(error PYTEST_WORKERS=$(PYTEST_WORKERS): pass a number of workers (0: one process) or auto)
+endif
+endif
 
 # The student release (`make release`) has no tests/: there `make test` says so and installs nothing (decided when
 # the Makefile is read, so that `make -j` cannot start the set-up first).

@@ -197,6 +197,8 @@ def train_policy(counts: torch.Tensor, pi_ref: torch.Tensor, beta: float, refere
     steps, where ``kl`` is the mean over prompts of KL(π_θ‖π_ref) to the *original* reference.
     """
     check_beta(beta)
+    if log_every < 1:  # else a ZeroDivisionError from the loop's modulo, or nothing logged
+        raise ValueError(f"log_every must be a positive number of steps, got {log_every}")
     logits = torch.log(pi_ref).clone().requires_grad_(True)
     history = []
     for step in range(steps + 1):

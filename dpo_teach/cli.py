@@ -124,7 +124,7 @@ def _stdout_to_devnull() -> None:
 
 
 def cmd_train(args) -> None:
-    from dpo_teach.data import split_heldout, warn_heldout_overlap
+    from dpo_teach.data import split_heldout, warn_heldout_overlap, warn_label_problems
     from dpo_teach.dpo import FLAGS, DPOConfig, train_dpo
     from dpo_teach.evaluate import preference_accuracy
     from dpo_teach.logprobs import tokenize_pairs
@@ -154,6 +154,7 @@ def cmd_train(args) -> None:
         print(f"skipped {len(data.skipped)} invalid rows of {args.data} (first: line {line}: {reason})")
     examples = tokenize_pairs(tokenizer, data.rows, args.max_length)  # once: counted here, trained and evaluated on
     warn_cut(args.data, examples, tokenizer.eos_token_id, args.max_length, context, stacklevel=1)
+    warn_label_problems(args.data, data.rows)
     train_rows, heldout = split_heldout(data.rows, args.eval_fraction, args.seed, args.data)
     warn_heldout_overlap(args.data, train_rows, heldout)
     if cfg.batch_size > len(train_rows):  # a slip (an extra zero) that trains next to nothing, and says nothing

@@ -132,6 +132,28 @@ def heldout_overlap(train_rows: list[dict], heldout_rows: list[dict]) -> int:
     return sum((r["prompt"], r["chosen"], r["rejected"]) in seen for r in heldout_rows)
 
 
+HUMAN_TURN = "\n\nHuman:"  # where HH-RLHF's human speaks (preference_rows.ASSISTANT: where the assistant does)
+
+
+def warn_label_problems(path: str | Path, rows: list[dict]) -> None:
+    """Warn (:class:`DataWarning`) about pairs DPO cannot learn from as meant: a pair that appears again with its
+    chosen and rejected swapped (the loss pulls it both ways), and completions that hold a ``"\n\nHuman:"`` turn (an
+    HH-RLHF pair whose dialogues differ before their last Assistant turn: the prompt is cut at an earlier one, and
+    each completion carries the human's later words, which DPO then scores too)."""
+    pairs = {(r["prompt"], r["chosen"], r["rejected"]) for r in rows}
+    swapped = sum((p, rejected, chosen) in pairs for p, chosen, rejected in pairs)
+    if swapped:
+        warnings.warn(f"{path}: {swapped} of the {len(pairs)} distinct pairs also appear with chosen and rejected "
+                      "swapped, so DPO pulls each of them both ways (label noise, from several raters); keep one "
+                      "label per pair if the file should not hold any", DataWarning, stacklevel=2)
+    turns = sum(HUMAN_TURN in r["chosen"] or HUMAN_TURN in r["rejected"] for r in rows)
+    if turns:
+        warnings.warn(f"{path}: {turns} of the {len(rows)} pairs have a {HUMAN_TURN!r} turn in a completion: their "
+                      "two dialogues differ before the last Assistant turn, so the prompt ends at an earlier one and "
+                      "DPO also scores the human's later words; keep the dialogues' earlier turns the same, or give "
+                      "'prompt', 'chosen' and 'rejected' yourself", DataWarning, stacklevel=2)
+
+
 def warn_heldout_overlap(path: str | Path, train_rows: list[dict], heldout_rows: list[dict]) -> None:
     """Warn (:class:`DataWarning`) when held-out rows also appear in training (see :func:`heldout_overlap`)."""
     n = heldout_overlap(train_rows, heldout_rows)

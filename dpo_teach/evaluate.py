@@ -154,6 +154,8 @@ def samples_table(columns: dict[str, Samples], n: int = 12, markdown_math: bool 
         n: rows (the first ``n`` prompts).
         markdown_math: write the header's π_ref/π_θ in LaTeX for a notebook.
     """
+    if not columns:  # else a bare StopIteration
+        raise ValueError("samples_table needs at least one column: {title: samples}, e.g. {'π_ref': samples}")
     first = next(iter(columns.values()))
     if any(s.prompts[:n] != first.prompts[:n] for s in columns.values()):
         raise ValueError("samples_table needs samples drawn for the same prompts in the same order")

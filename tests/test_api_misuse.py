@@ -242,3 +242,13 @@ def test_a_batch_size_below_one_is_refused(tiny, call, batch_size):
 def test_nothing_to_score_is_said_not_torch_cat(tiny, call, says):
     with pytest.raises(ValueError, match=says):
         call(*tiny)
+
+
+def test_a_table_of_no_samples_and_a_log_every_below_one_are_said():
+    """A bare StopIteration, and a ZeroDivisionError from train_policy's loop."""
+    from dpo_teach.evaluate import samples_table
+
+    with pytest.raises(ValueError, match=r"samples_table needs at least one column"):
+        samples_table({})
+    with pytest.raises(ValueError, match=r"^log_every must be a positive number of steps, got 0$"):
+        bandit.train_policy(torch.ones(3, 5, 5), PI_REF, 0.5, steps=1, log_every=0)

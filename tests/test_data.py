@@ -181,3 +181,24 @@ def test_heldout_overlap_counts_heldout_pairs_also_in_training():
     assert heldout_overlap([GOOD, other], [GOOD, {**GOOD, "prompt": "x"}]) == 1
     assert heldout_overlap([GOOD] * 18, [GOOD] * 2) == 2
     assert heldout_overlap([other], [GOOD]) == 0
+
+
+def test_pairs_swapped_and_completions_that_hold_a_human_turn_are_warned_about(tmp_path):
+    """Both were trained without a word: a pair also labelled the other way round (the loss pulls it both ways), and
+    HH-RLHF dialogues that differ before their last Assistant turn (each completion then carries the human's words)."""
+    from dpo_teach.data import warn_label_problems
+
+    swapped = {**GOOD, "chosen": GOOD["rejected"], "rejected": GOOD["chosen"]}
+    other = {**GOOD, "chosen": " fine ."}
+    with pytest.warns(DataWarning, match=r"prefs.jsonl: 2 of the 3 distinct pairs also appear with chosen and "
+                                         r"rejected swapped"):
+        warn_label_problems("prefs.jsonl", [GOOD, GOOD, swapped, other])
+    hh = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: thanks\n\nAssistant: bye",
+          "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: go away\n\nAssistant: ok"}
+    (row,) = load_preferences(write_lines(tmp_path, [json.dumps(hh)])).rows
+    assert row["prompt"] == "\n\nHuman: hi\n\nAssistant:" and "\n\nHuman:" in row["chosen"], row
+    with pytest.warns(DataWarning, match=r"hh.jsonl: 1 of the 2 pairs have a '\\n\\nHuman:' turn in a completion"):
+        warn_label_problems("hh.jsonl", [row, GOOD])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_label_problems("prefs.jsonl", [GOOD, other, GOOD])  # a duplicate is the held-out check's

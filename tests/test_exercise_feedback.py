@@ -95,6 +95,11 @@ WRONG = {
         "import torch\ndef preference_probability(chosen_logratio, rejected_logratio, beta):\n"
         "    return torch.sigmoid(beta * (chosen_logratio - rejected_logratio)).numpy()"),
      "return a torch tensor, not a numpy.ndarray"),
+    "logged_probability_of_a_stub": ("04_fixed_reward_and_reference", "logged_probability", (
+        "def preference_probability(chosen_logratio, rejected_logratio, beta):\n"
+        "    raise NotImplementedError\n"
+        "try:\n    logged_probability = preference_probability(2.5, 0.4, 0.2)\nexcept NotImplementedError:\n"
+        "    pass"), "is still a stub"),
 }
 
 # (notebook, question, a correct answer written another way than the solution's)

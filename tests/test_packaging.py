@@ -4,6 +4,8 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -95,3 +97,21 @@ def test_make_clean_deletes_results_but_never_a_folder_of_grades(tmp_path):
     shutil.rmtree(tmp_path / "results")  # and with no results/ at all
     assert subprocess.run(["make", "-s", "clean", f"PYTHON={sys.executable}"], cwd=tmp_path,
                           timeout=60).returncode == 0
+
+
+@pytest.mark.parametrize("workers, runs", [("abc", False), ("-1", False), ("", False), ("2 3", False), ("1a", False),
+                                           ("0", True), ("2", True), ("auto", True)])
+def test_make_test_refuses_a_worker_count_before_any_set_up(workers, runs):
+    """`make test PYTEST_WORKERS=abc` was refused by pytest only after the set-up, ruff and the browser's install;
+    `PYTEST_WORKERS=-1` ran in one process without a word."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under make test
+    done = subprocess.run(["make", "--no-print-directory", "-n", "test", f"PYTEST_WORKERS={workers}"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)
+    if runs:
+        assert done.returncode == 0 and f"pytest -q -n {workers} " in done.stdout, done.stderr
+    else:
+        assert done.returncode == 2 and not done.stdout, done.stdout  # nothing set up, linted or installed first
+        assert f"PYTEST_WORKERS={workers}: pass a number of workers (0: one process) or auto" in done.stderr
