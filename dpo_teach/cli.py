@@ -178,9 +178,14 @@ def cmd_train(args) -> None:
         with course_figures():
             save_figure(plot_dpo_history(history, title=f"{LABELS[cfg.loss_type]} training"),
                         work / "training_curves.png")
+    coarse = (f" (one pair is {1 / len(heldout):.3f} of it: a larger --eval-fraction gives a finer number)"
+              if len(heldout) < FINE_ACCURACY else "")
     print(f"{len(history)} steps; final loss {history[-1]['loss']:.4f}; held-out implicit-reward accuracy "
-          f"{accuracy:.3f} on {len(heldout)} pairs")
+          f"{accuracy:.3f} on {len(heldout)} pairs{coarse}")
     print(f"wrote {out}/policy/, metrics.json, history.json, training_curves.png")
+
+
+FINE_ACCURACY = 20  # held-out pairs below which train says how coarse its accuracy is (3 pairs: 0, 1/3, 2/3 or 1)
 
 
 def run_inputs(args, preset: str | None) -> dict:

@@ -1346,7 +1346,8 @@ def test_heldout_pairs_repeated_in_training_are_warned_about(tmp_path, tiny_chec
     assert warning == [f"dpo-teach train: warning: {data}: 2 of the 2 held-out pairs also appear in the training "
                        "pairs (the file repeats rows), so held-out accuracy overstates how well the policy "
                        "generalises; remove duplicate rows (e.g. `sort -u`)"]
-    assert "held-out implicit-reward accuracy 1.000 on 2 pairs" in captured.out
+    assert "held-out implicit-reward accuracy 1.000 on 2 pairs (one pair is 0.500 of it: a larger --eval-fraction " \
+           "gives a finer number)" in captured.out  # said of 3 held-out HH-RLHF pairs as if it were a measurement
 
 
 def test_completions_repeating_the_prompt_are_warned_about_once(tmp_path, tiny_checkpoint, capsys):
