@@ -121,7 +121,7 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_no_notebook_outlives_a_grader_that_is_killed():
+def test_no_notebook_outlives_a_grader_that_is_killed(tmp_path):
     """A grader ended by SIGTERM (a cancelled CI job, ``kill``) cannot end its notebooks; one that swallows every alarm
     while it sleeps uses no CPU time to run out of, so it ran for ever. Its waiter now watches the grader (its
     lifeline) and ends it. The grader here says which process waits for the notebook once the sleeping cell runs."""
@@ -135,7 +135,8 @@ def test_no_notebook_outlives_a_grader_that_is_killed():
               "judge._Channel.receive = told\n"
               "grade(notebook('x = 1', SLEEPER), '>>> assert x == 1', dict(os.environ))\n")
     grader = subprocess.Popen([sys.executable, "-c", script], cwd=os.path.dirname(__file__), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True,  # its notebook's private folder, which a grader
+                              env={**os.environ, "TMPDIR": str(tmp_path)})  # ended by a signal cannot delete
     waiter = notebook_process = None
     try:
         line = grader.stdout.readline()
