@@ -60,12 +60,17 @@ def strict() -> bool:
     return _setting(STRICT_ENV, _ON + _OFF) in _ON
 
 
+def _mode() -> str:
+    """``DPO_TEACH_CLAIMS``: "fail", "record" or "" (unset)."""
+    return _setting(MODE_ENV, ("fail", "record", ""))
+
+
 def forced_to_fail() -> bool:
-    return _setting(MODE_ENV, ("fail", "record", "")) != ""
+    return _mode() != ""
 
 
 def _record(held: bool, what: str) -> None:
-    if _setting(MODE_ENV, ("fail", "record", "")) != "record":
+    if _mode() != "record":
         return
     path = os.path.expanduser(os.environ.get(LOG_ENV, ""))
     if not path:  # else nothing recorded, and every claim taken as failed: the suite would see no claim at all
@@ -105,7 +110,7 @@ def check(condition: Any, message: str = "", why: str = WHY) -> None:
         return
     if raises:
         raise ClaimFailed(what)
-    forced = f" (forced: {MODE_ENV}={_setting(MODE_ENV, ('fail', 'record'))})" if forced_to_fail() else ""
+    forced = f" (forced: {MODE_ENV}={_mode()})" if forced_to_fail() else ""
     print(f"⚠ claim not reproduced on this machine{forced}: {what}\n"
           f"  why this can happen: {why}.\n"
           f"  The notebook goes on; compare the printed numbers with the text.")

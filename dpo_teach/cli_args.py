@@ -9,14 +9,13 @@ but cannot be used raises :class:`UsageError`, which the command prints as one l
 from __future__ import annotations
 
 import argparse
-import errno
 import math
 import os
 import re
 import warnings
 from pathlib import Path
 
-from dpo_teach.utils import nearest_existing
+from dpo_teach.utils import leads_through_loop, nearest_existing
 
 
 class _Parser(argparse.ArgumentParser):
@@ -130,12 +129,9 @@ def check_writable(path: str | Path, flag: str, directory: bool) -> None:
 def _check_no_loop(path: str | Path, named: str) -> None:
     """Refuse a path that leads through a loop of symbolic links (``a -> b``, ``b -> a``): the run's writes would fail
     after all its work (the data sampled, the sweep trained), or a check raise from deep inside pathlib."""
-    try:
-        os.stat(path)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise UsageError(f"{named}: leads through a loop of symbolic links (each names the next, and the last "
-                             "the first); remove the loop, or pass another path") from None
+    if leads_through_loop(path):
+        raise UsageError(f"{named}: leads through a loop of symbolic links (each names the next, and the last the "
+                         "first); remove the loop, or pass another path")
 
 
 VIRTUAL = ("/dev", "/proc", "/sys")  # file systems of the kernel's: nothing can be created or renamed there

@@ -69,8 +69,6 @@ def sample_metrics(samples: Samples, policy_logps: torch.Tensor, ref_logps: torc
 def evaluate_policy(policy, reference, tokenizer, prompts: list[str], seed: int = 0,
                     max_new_tokens: int = 16) -> tuple[dict[str, float], Samples]:
     """Sample one completion per prompt from ``policy`` and score it. Returns ``(metrics, samples)``."""
-    if len(prompts) == 0:
-        raise ValueError("prompts is empty: pass at least one prompt to evaluate the policy on")
     samples = sample(policy, tokenizer, prompts, max_new_tokens, seed=seed)
     pad = tokenizer.pad_token_id
     policy_logps = samples_logprobs(policy, samples, pad)

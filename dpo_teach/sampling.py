@@ -59,6 +59,8 @@ def sample(
     if isinstance(prompts, str):  # else each of its characters would be a prompt
         raise TypeError("prompts must be a list of strings, got a str: wrap it, [prompt]")
     check_batch_size(batch_size)
+    if not prompts:  # else no samples, and their scoring fails on nothing to score
+        raise ValueError("prompts is empty: pass at least one prompt to sample from")
     eos = tokenizer.eos_token_id
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     empty = [i for i, ids in enumerate(prompt_ids) if not ids]

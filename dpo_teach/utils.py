@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import math
 import os
@@ -64,6 +65,16 @@ def nearest_existing(path: Path) -> Path:
     ``path`` would have to start. A path under a folder that cannot be searched counts as missing (os.path.exists),
     where ``Path.exists`` raises."""
     return next((p for p in (path, *path.parents) if os.path.exists(p)), Path(path.anchor))
+
+
+def leads_through_loop(path: str | Path) -> bool:
+    """Whether ``path`` leads through a loop of symbolic links (``a -> b``, ``b -> a``; or ``a -> a``): it exists for
+    no call (``os.path.exists`` says False), and a write through it fails."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
 
 
 def _umask() -> int:

@@ -7,7 +7,6 @@ an unchanged one is reused by the notebooks, the CLI and the tests. Its location
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -25,7 +24,7 @@ from dpo_teach.logprobs import encode_completion
 from dpo_teach.model import CheckpointError, build_model, load_checkpoint, save_checkpoint, unscaled_init
 from dpo_teach.sft import SFTConfig, train_sft
 from dpo_teach.tokenizer import train_tokenizer
-from dpo_teach.utils import nearest_existing, torch_threads
+from dpo_teach.utils import leads_through_loop, nearest_existing, torch_threads
 
 CACHE_ENV = "DPO_TEACH_CACHE"
 BUILD_THREADS = 1  # torch threads of π_ref's SFT, whoever builds it (the notebooks run on one thread anyway)
@@ -111,19 +110,10 @@ def _warn_not_cached(path: Path, why: str) -> None:
                   "a writable directory to keep it", CacheWarning, stacklevel=3)  # names load_reference's caller
 
 
-def _loop(path: Path) -> bool:
-    """Whether ``path`` leads through a loop of symbolic links (each names the next, and the last the first)."""
-    try:
-        os.stat(path)
-    except OSError as e:
-        return e.errno == errno.ELOOP
-    return False
-
-
 def _broken_link(path: Path) -> str:
     """What is wrong with ``path``, a symbolic link that leads nowhere: π_ref is then saved through it (where it
     points) or, for a loop, in its place."""
-    if _loop(path):
+    if leads_through_loop(path):
         return "a loop of symbolic links: the π_ref built now takes its place"
     return f"a symbolic link to {os.readlink(path)}, which does not exist: the π_ref built now is saved there"
 
@@ -132,7 +122,7 @@ def cache_problem(folder: Path) -> str | None:
     """Why π_ref could not be saved under ``folder``, or None: a folder is made and removed where it would go (on
     the nearest part of the path that exists), so the answer is the file system's own; nothing is left behind."""
     existing = Path(os.path.realpath(folder))  # where a save goes, through a link too
-    if _loop(folder):  # $DPO_TEACH_CACHE -> itself, or a folder under such a link: found by the save, after the build
+    if leads_through_loop(folder):  # $DPO_TEACH_CACHE -> itself, or under such a link: else found after the build
         return f"{folder} leads through a loop of symbolic links"
     try:
         existing = nearest_existing(existing)

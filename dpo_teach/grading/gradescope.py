@@ -150,8 +150,7 @@ def _reference_entry() -> Path:
         raise CacheUnusable(f"the bundles carry π_ref from its cache, and π_ref cannot be saved in {cache} "
                             f"({problem}); point ${world.CACHE_ENV} at a folder you can write to")
     world.load_reference(config)
-    (entry,) = [p for p in cache.iterdir() if p.name.endswith(config.key())]
-    return entry.resolve()
+    return world.cache_entry(config).resolve()
 
 
 def build(out: Path, autograder: Path = AUTOGRADER, released: Path = NOTEBOOKS) -> list[Path]:
